@@ -1,0 +1,134 @@
+"""Pydantic models for a whole run. Every default is the paper's setting.
+
+A run config is YAML; `engine.config.load_config` reads it and applies `--set a.b=c`
+overrides. Unknown keys are rejected everywhere (`extra="forbid"`), so a typo in a
+field name fails loudly instead of silently using the default.
+
+Example (the smallest valid file; everything else defaults)::
+
+    run_dir: runs/demo
+    data: {pool_files: [data/self-instruct/seed_tasks.jsonl]}
+    teacher: {backend: openai, model: gpt-3.5-turbo, openai: {api_key_env: OPENAI_API_KEY}}
+    student: {backend: vllm, model: /models/llama-7b}
+    referee: {backend: openai, model: gpt-3.5-turbo, openai: {api_key_env: OPENAI_API_KEY}}
+    generator: {backend: openai, model: gpt-3.5-turbo, openai: {api_key_env: OPENAI_API_KEY}}
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingParams(Strict):
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: PositiveInt = 512
+    seed: int | None = None
+
+
+class Parallelism(Strict):
+    tensor_parallel_size: PositiveInt = 1
+    replicas: PositiveInt = 1
+    batch_size: PositiveInt = 32
+
+
+class OpenAIEndpoint(Strict):
+    """An OpenAI-compatible endpoint: OpenAI itself, `vllm serve`, Ray Serve LLM."""
+
+    base_url: str | None = None  # None: the openai client's default (api.openai.com)
+    # The *name* of the variable holding the key; the key itself never enters a config.
+    api_key_env: str = "OPENAI_API_KEY"
+    requests_per_minute: PositiveInt = 3_500
+    tokens_per_minute: PositiveInt = 90_000
+    max_concurrent_requests: PositiveInt = 64
+    price_per_1k_prompt_tokens: float = Field(0.0, ge=0.0)
+    price_per_1k_completion_tokens: float = Field(0.0, ge=0.0)
+    timeout_s: PositiveFloat = 60.0
+    max_retries: int = Field(6, ge=0)
+    budget_usd: PositiveFloat | None = None  # stop the stage cleanly once spent
+
+
+class RoleConfig(Strict):
+    """One LLM role (teacher, student, referee or generator) and how it is served."""
+
+    backend: Literal["vllm", "hf", "openai"]
+    model: str = Field(min_length=1)  # a local path, or a name the backend resolves
+    sampling: SamplingParams = SamplingParams()
+    parallelism: Parallelism = Parallelism()
+    openai: OpenAIEndpoint | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: PositiveInt | None = None
+    # Passed through to vllm.LLM / vLLMEngineProcessorConfig(engine_kwargs=...).
+    engine_kwargs: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _endpoint_matches_backend(self) -> RoleConfig:
+        if self.backend == "openai" and self.openai is None:
+            self.openai = OpenAIEndpoint()
+        if self.backend != "openai" and self.openai is not None:
+            raise ValueError(f"'openai' settings given but backend is {self.backend!r}; set backend: openai or remove them")
+        return self
+
+
+class LionConfig(Strict):
+    iterations: PositiveInt = 3
+    new_instructions_per_iteration: PositiveInt = 6_000
+    hard_easy_ratio: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
+    tau: float = 1.0  # an instruction is hard when teacher_score - student_score >= tau
+    rouge_l_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
+    seed: int = 42
+
+    @property
+    def hard_fraction(self) -> float:
+        hard, easy = self.hard_easy_ratio
+        return hard / (hard + easy)
+
+
+class TrainConfig(Strict):
+    architecture: Literal["causal", "seq2seq"] = "causal"
+    learning_rate: PositiveFloat = 2e-5
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 8  # per worker, per step before accumulation
+    gradient_accumulation_steps: PositiveInt = 1
+    max_grad_norm: PositiveFloat = 1.0
+    max_length: PositiveInt = 512
+    num_workers: int = Field(1, ge=0)  # 0: run the loop in the driver (fast tests)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    activation_checkpointing: bool = False
+    rationale_weight: float = Field(1.0, ge=0.0)  # step-by-step's lambda
+    checkpoint_every_steps: PositiveInt = 500
+    max_failures: int = Field(2, ge=0)
+    seed: int = 42
+
+
+class DataConfig(Strict):
+    pool_files: list[str] = Field(min_length=1)
+    # For generic JSONL: which of a row's fields hold the instruction and its input.
+    field_map: dict[Literal["instruction", "input"], str] = Field(default_factory=dict)
+    max_instruction_chars: PositiveInt = 4_096
+
+
+class RunConfig(Strict):
+    run_dir: str = Field(min_length=1)  # local path or any pyarrow filesystem URI
+    name: str = "lion"
+    data: DataConfig
+    teacher: RoleConfig
+    student: RoleConfig
+    referee: RoleConfig
+    generator: RoleConfig
+    lion: LionConfig = LionConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _student_is_local(self) -> RunConfig:
+        if self.student.backend == "openai":
+            raise ValueError("student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai")
+        return self

@@ -1,0 +1,47 @@
+"""Instruction pools as parquet with an explicit schema, and as Ray Datasets."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from engine.data.rundir import RunDir
+from engine.data.schema import POOL_SCHEMA
+
+
+class PoolSchemaError(ValueError):
+    pass
+
+
+def conform(table: pa.Table, source: str = "pool") -> pa.Table:
+    """Columns in contract order and types; a missing or mistyped column is an error naming it."""
+    missing = [f.name for f in POOL_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise PoolSchemaError(f"{source}: missing pool column(s) {missing}; have {table.column_names}")
+    try:
+        return table.select(POOL_SCHEMA.names).cast(POOL_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as e:
+        raise PoolSchemaError(f"{source}: pool columns do not match the schema: {e}") from None
+
+
+def write_pool(run_dir: RunDir, rel: str, table: pa.Table) -> None:
+    run_dir.write_table(rel, conform(table, f"{run_dir.path(rel)}"))
+
+
+def read_pool(run_dir: RunDir, rel: str) -> pa.Table:
+    return conform(run_dir.read_table(rel), run_dir.path(rel))
+
+
+def pool_to_dataset(table: pa.Table):
+    """A pool table -> a Ray Dataset, so stages shard it across the cluster."""
+    import ray.data
+
+    return ray.data.from_arrow(conform(table))
+
+
+def dataset_to_pool(ds) -> pa.Table:
+    """A Ray Dataset of pool rows -> one table in the pool schema (rows in dataset order)."""
+    import ray
+
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return POOL_SCHEMA.empty_table()
+    return conform(pa.concat_tables(tables, promote_options="permissive"), "dataset")

@@ -1,0 +1,217 @@
+"""Instruction readers with counted, located rejects.
+
+Every record a file holds ends in exactly one place: kept in the pool, or counted
+under a reject reason with its `file:line`. `LoadReport.reconciles` checks it.
+
+Formats, chosen by extension:
+- `.json`: Alpaca (a JSON list of `{instruction, input, output}`),
+- `.jsonl`: self-instruct (`instances[{input, output}]`: one row per instance) or any
+  JSONL whose fields `field_map` names (default `instruction` / `input`),
+- `.parquet`: columns `instruction` and optionally `input`.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.data.schema import instruction_id, pool_table
+
+REJECT_REASONS = (
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "non_string_field",
+    "empty_instruction",
+    "instruction_too_long",
+    "invalid_utf8",
+    "duplicate_id",
+)
+EXAMPLES_PER_REASON = 5
+
+
+class PoolFileError(ValueError):
+    """A file that cannot be read at all (missing, unknown format, broken JSON list)."""
+
+
+@dataclass
+class LoadReport:
+    rows_in: int = 0
+    rows_kept: int = 0
+    rejects: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first locations
+
+    def reject(self, reason: str, where: str) -> None:
+        self.rejects[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append(where)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejects.values())
+
+    @property
+    def reconciles(self) -> bool:
+        return self.rows_in == self.rows_kept + self.rows_rejected
+
+    def as_dict(self) -> dict:
+        return {
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "rows_rejected": self.rows_rejected,
+            "rejects": dict(self.rejects),
+            "examples": self.examples,
+        }
+
+
+@dataclass
+class RawRecord:
+    where: str  # file:line (or file:row N for parquet)
+    fields: dict | None = None
+    error: str | None = None  # a reject reason, with a detail after ": "
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    # surrogateescape keeps reading past invalid bytes so only their own line is rejected.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    for number, line in enumerate(text.splitlines(), start=1):
+        yield number, line
+
+
+def _has_invalid_utf8(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def read_jsonl(path: Path, field_map: dict[str, str]) -> Iterator[RawRecord]:
+    instruction_key = field_map.get("instruction", "instruction")
+    input_key = field_map.get("input", "input")
+    for number, line in _lines(path):
+        where = f"{path}:{number}"
+        if not line.strip():
+            continue  # blank lines are layout, not records
+        if _has_invalid_utf8(line):
+            yield RawRecord(where, error="invalid_utf8")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield RawRecord(where, error=f"malformed_json: {e.msg} at column {e.colno}")
+            continue
+        if not isinstance(obj, dict):
+            yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
+        elif not field_map and isinstance(obj.get("instances"), list) and obj["instances"]:
+            for k, instance in enumerate(obj["instances"]):
+                got = instance.get("input", "") if isinstance(instance, dict) else instance
+                yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
+        else:
+            yield RawRecord(where, {"instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
+
+
+def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
+    """A JSON list read element by element, so each reject gets its line."""
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    decoder = json.JSONDecoder()
+    pos = _skip_space(text, 0)
+    if not text.startswith("[", pos):
+        raise PoolFileError(f"{path}:{_line_of(text, pos)}: expected a JSON list of objects (Alpaca format)")
+    pos = _skip_space(text, pos + 1)
+    while not text.startswith("]", pos):
+        where = f"{path}:{_line_of(text, pos)}"
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            # Past a broken element the list's structure is unknown: stop with its location.
+            raise PoolFileError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); fix the file and re-run") from None
+        if _has_invalid_utf8(text[pos:end]):
+            yield RawRecord(where, error="invalid_utf8")
+        elif not isinstance(obj, dict):
+            yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
+        else:
+            yield RawRecord(where, {"instruction": obj.get("instruction"), "input": obj.get("input", "")})
+        pos = _skip_space(text, end)
+        if text.startswith(",", pos):
+            pos = _skip_space(text, pos + 1)
+        elif not text.startswith("]", pos):
+            raise PoolFileError(f"{path}:{_line_of(text, pos)}: expected ',' or ']' in the JSON list")
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def read_parquet(path: Path) -> Iterator[RawRecord]:
+    table = pq.read_table(path)
+    if "instruction" not in table.column_names:
+        raise PoolFileError(f"{path}: parquet file has no 'instruction' column (columns: {table.column_names})")
+    inputs = table.column("input").to_pylist() if "input" in table.column_names else [""] * table.num_rows
+    for k, (instruction, got) in enumerate(zip(table.column("instruction").to_pylist(), inputs)):
+        yield RawRecord(f"{path}:row {k}", {"instruction": instruction, "input": got})
+
+
+def read_records(path: str | Path, field_map: dict[str, str] | None = None) -> Iterator[RawRecord]:
+    path = Path(path)
+    if not path.is_file():
+        raise PoolFileError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return read_alpaca_json(path)
+    if suffix == ".jsonl":
+        return read_jsonl(path, field_map or {})
+    if suffix == ".parquet":
+        return read_parquet(path)
+    raise PoolFileError(f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl or .parquet")
+
+
+def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | None, str | None]:
+    """-> (row, None) when kept, (None, reason) when rejected."""
+    if record.error:
+        return None, record.error
+    instruction, got = record.fields["instruction"], record.fields["input"]
+    got = "" if got is None else got
+    if instruction is None:
+        return None, "missing_field: instruction"
+    for name, value in (("instruction", instruction), ("input", got)):
+        if not isinstance(value, str):
+            return None, f"non_string_field: {name} is {type(value).__name__}"
+        if _has_invalid_utf8(value):
+            return None, "invalid_utf8"
+    instruction, got = instruction.strip(), got.strip()
+    if not instruction:
+        return None, "empty_instruction"
+    if len(instruction) > max_instruction_chars:
+        return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
+    return {"id": instruction_id(instruction, got), "instruction": instruction, "input": got}, None
+
+
+def load_pool(
+    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096
+) -> tuple[pa.Table, LoadReport]:
+    """Read and validate instruction files into one seed pool (ids unique across files)."""
+    report, rows, first_seen = LoadReport(), [], {}
+    for path in files:
+        for record in read_records(path, field_map):
+            report.rows_in += 1
+            row, error = check_record(record, max_instruction_chars)
+            if error:
+                reason, _, detail = error.partition(": ")
+                report.reject(reason, f"{record.where} ({detail})" if detail else record.where)
+            elif row["id"] in first_seen:
+                report.reject("duplicate_id", f"{record.where} (same instruction and input as {first_seen[row['id']]})")
+            else:
+                first_seen[row["id"]] = record.where
+                rows.append(row)
+    report.rows_kept = len(rows)
+    assert report.reconciles, report.as_dict()
+    return pool_table(rows), report

@@ -1,0 +1,68 @@
+"""A run directory on any pyarrow filesystem (local path, s3://, gs://, hdfs://...).
+
+Writes are atomic where the filesystem allows it: write a temporary file, then
+rename it over the target, so a killed job leaves either the old file or the new
+one, never half of one. (Object stores implement the rename as copy + delete: the
+target still only ever appears whole.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class RunDir:
+    def __init__(self, uri: str | Path):
+        uri = str(uri)
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
+        self.uri = uri
+        self.fs.create_dir(self.root, recursive=True)
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run directory, as the run's filesystem names it."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def local_path(self, *parts: str) -> Path:
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            raise ValueError(f"{self.uri} is not on the local filesystem")
+        return Path(self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, target)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str, default=None):
+        if not self.exists(rel):
+            return default
+        return json.loads(self.read_bytes(rel))
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def read_table(self, rel: str, schema: pa.Schema | None = None) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs, schema=schema)
