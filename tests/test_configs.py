@@ -1,0 +1,54 @@
+"""Every shipped run config loads, and configs/lion-7b.yaml is the paper's setup."""
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.yml"))
+
+
+def test_configs_exist():
+    assert {"lion-7b.yaml", "lion-7b-vllm.yaml"} <= {p.name for p in ALL}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    for role in (cfg.teacher, cfg.student, cfg.referee, cfg.generator):
+        if role.backend == "openai":
+            # The key is named, never written into a config.
+            assert role.openai.api_key_env and not role.openai.api_key_env.startswith("sk-")
+
+
+def test_lion_7b_is_the_papers_setup():
+    cfg = load_config(CONFIGS / "lion-7b.yaml")
+    for role in (cfg.teacher, cfg.referee, cfg.generator):
+        assert (role.backend, role.model) == ("openai", "gpt-3.5-turbo")
+        assert role.openai.api_key_env == "OPENAI_API_KEY"
+        assert role.openai.price_per_1k_prompt_tokens > 0 and role.openai.price_per_1k_completion_tokens > 0
+        assert role.openai.budget_usd is not None
+    assert cfg.student.backend == "vllm" and "llama-7b" in cfg.student.model.lower()
+    assert cfg.student.dtype == "bfloat16"
+    lion = cfg.lion
+    assert (lion.iterations, lion.new_instructions_per_iteration) == (3, 6000)
+    assert (lion.tau, lion.rouge_l_threshold, lion.hard_fraction) == (1.0, 0.7, 0.5)
+    assert cfg.data.pool_files[0].endswith("alpaca_data.json")
+    train = cfg.train
+    assert (train.architecture, train.learning_rate, train.epochs) == ("causal", 2e-5, 3)
+    assert train.max_length in (1024, 2048)
+    assert train.num_workers * train.gpus_per_worker == 8
+    assert train.num_workers * train.batch_size * train.gradient_accumulation_steps == 128
+
+
+def test_lion_7b_vllm_serves_every_role_locally():
+    cfg = load_config(CONFIGS / "lion-7b-vllm.yaml")
+    for role in (cfg.teacher, cfg.referee, cfg.generator):
+        assert role.backend == "vllm" and role.parallelism.tensor_parallel_size in (4, 8)
+    assert cfg.lion == load_config(CONFIGS / "lion-7b.yaml").lion
+
+
+def test_overrides_apply_to_shipped_config():
+    cfg = load_config(CONFIGS / "lion-7b.yaml", ["run_dir=s3://bucket/lion", "lion.iterations=1"])
+    assert (cfg.run_dir, cfg.lion.iterations) == ("s3://bucket/lion", 1)
