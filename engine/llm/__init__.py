@@ -1,0 +1,132 @@
+"""One interface for an LLM role over a Ray Dataset: `generate(role, rows, to_prompt, ...)`.
+
+Backends: `vllm` (Ray Data LLM's vLLM processor), `hf` (transformers generate in
+an actor pool; the only path for T5) and `openai` (any OpenAI-compatible
+endpoint, with a cluster-wide rate limiter, retries, a response cache and a
+budget). The batch callables `HFGenerator` and `OpenAIGenerator` import no Ray
+and run bare too; import them from their modules (engine.llm.hf,
+engine.llm.openai_client) where Ray is not installed.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Callable
+
+from engine.config.models import RoleConfig
+from engine.data.rundir import RunDir
+from engine.llm.responses import API_COLS, PROMPT_COL, attach_prompt, decode_prompt, fill_record
+from engine.metrics import StageRecord, stage_timer
+
+if TYPE_CHECKING:
+    import ray
+
+STRUCTURED_KINDS = ("regex", "json", "choice")
+RESPONSE_STATS = ["prompt_tokens", "completion_tokens", "finish_reason"]
+
+
+def check_structured_output(structured_output: dict | None, backend: str) -> None:
+    if structured_output is None:
+        return
+    if len(structured_output) != 1 or next(iter(structured_output)) not in STRUCTURED_KINDS:
+        raise ValueError(f"structured_output: expected exactly one of {STRUCTURED_KINDS}, got {sorted(structured_output)}")
+    if backend == "hf":
+        raise ValueError("structured_output: the hf backend cannot constrain decoding; serve the role with vllm or openai")
+
+
+def generate(
+    role: RoleConfig,
+    rows: "ray.data.Dataset",
+    to_prompt: Callable[[dict], list[dict] | str],
+    *,
+    stage: str,
+    role_name: str,
+    run_dir: RunDir | None = None,
+    structured_output: dict | None = None,
+    logprobs: int | None = None,
+) -> tuple["ray.data.Dataset", StageRecord]:
+    """Run `role` over every row.
+
+    -> (materialized dataset, StageRecord). The dataset has every input row with
+    its columns, plus `role`, `text`, `finish_reason` ("stop" | "length" |
+    "failed: <reason>"; text None when failed), `prompt_tokens`,
+    `completion_tokens` and, when `logprobs=k`, `logprobs`: a JSON string per row,
+    a list with one `{token_text: logprob}` map of the top k per generated token.
+    Rows in == rows out; callers join on `id` (order is not guaranteed).
+
+    structured_output: {"regex": str} | {"json": json_schema_dict} | {"choice": [str, ...]}
+    (vllm and openai backends). openai: the response cache and the usage ledger
+    live under run_dir/llm_cache/ when run_dir is given.
+    """
+    import ray
+
+    check_structured_output(structured_output, role.backend)
+    with stage_timer(stage) as rec:
+        keep = list(rows.columns())
+        prompted = rows.map(attach_prompt(to_prompt))
+        p = role.parallelism
+        if role.backend == "vllm":
+            from engine.llm.vllm_backend import run_vllm
+
+            chat = isinstance(decode_prompt(prompted.take(1)[0][PROMPT_COL]), list) if keep else True
+            out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
+                                     structured_output=structured_output, logprobs=logprobs)
+        elif role.backend == "hf":
+            from engine.llm.hf import HFGenerator
+
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            out = prompted.map_batches(
+                HFGenerator, fn_constructor_kwargs={"role": role, "role_name": role_name, "logprobs": logprobs},
+                batch_size=p.batch_size, compute=ray.data.ActorPoolStrategy(size=p.replicas),
+                num_gpus=gpus, num_cpus=0 if gpus else 1)
+            rec.gpus = gpus * p.replicas
+        else:
+            out = _openai(role, prompted, role_name=role_name, run_dir=run_dir,
+                          structured_output=structured_output, logprobs=logprobs)
+        out = out.materialize()
+        stats = out.select_columns(RESPONSE_STATS + [c for c in API_COLS if c in out.columns()])
+        import pyarrow as pa
+
+        fill_record(rec, pa.concat_tables(ray.get(stats.to_arrow_refs())))
+        if role.backend == "openai":
+            out = out.drop_columns(list(API_COLS)).materialize()
+    expected = rows.count()
+    if rec.rows != expected:
+        raise RuntimeError(f"{stage}: {expected} rows in, {rec.rows} rows out; this is a bug in engine.llm")
+    if role.backend == "openai" and run_dir is not None:
+        from engine.llm.ledger import write_ledger
+
+        write_ledger(run_dir, rec, role_name=role_name, model=role.model, endpoint=role.openai)
+    return out, rec
+
+
+def _openai(role: RoleConfig, prompted, *, role_name, run_dir, structured_output, logprobs):
+    import ray
+
+    from engine.llm.gate import shared_gate
+    from engine.llm.openai_client import OpenAIGenerator, resolve_api_key
+
+    endpoint = role.openai
+    kwargs = {
+        "role": role, "role_name": role_name, "api_key": resolve_api_key(role), "gate": shared_gate(endpoint, role.model),
+        "run_dir_uri": None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root), "job": uuid.uuid4().hex,
+        "structured_output": structured_output, "logprobs": logprobs,
+    }
+    # A batch is one actor's unit of concurrency: make it big enough to keep
+    # max_concurrent_requests in flight.
+    batch_size = max(role.parallelism.batch_size, 2 * endpoint.max_concurrent_requests)
+    return prompted.map_batches(OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                                compute=ray.data.ActorPoolStrategy(size=role.parallelism.replicas), num_cpus=0.5)
+
+
+def __getattr__(name: str):
+    # Lazy: `engine.llm.prompts` users should not pay for torch or openai imports.
+    if name == "HFGenerator":
+        from engine.llm.hf import HFGenerator
+        return HFGenerator
+    if name == "OpenAIGenerator":
+        from engine.llm.openai_client import OpenAIGenerator
+        return OpenAIGenerator
+    raise AttributeError(name)
+
+
+__all__ = ["generate", "check_structured_output", "HFGenerator", "OpenAIGenerator"]

@@ -1,0 +1,118 @@
+"""The response columns every backend writes, as pure functions over rows and batches.
+
+A row in is a row out: a request that fails gets `text` None and
+`finish_reason` "failed: <reason>", never a missing row. Prompts travel through
+Ray Data as one JSON string column (`PROMPT_COL`) because a dataset may mix chat
+messages and raw strings, which no single Arrow type holds.
+
+The `logprobs` column is a JSON string per row: a list with one entry per
+generated token, each a `{token_text: logprob}` map of the top-k candidates at
+that position (the sampled token included). `None` when not asked for or failed.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.metrics import StageRecord
+
+PROMPT_COL = "_llm_prompt"
+# Per-row API accounting, summed into the StageRecord and then dropped.
+API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
+RESPONSE_COLS = ("role", "text", "finish_reason", "prompt_tokens", "completion_tokens")
+
+
+def failed(reason: str) -> str:
+    return f"failed: {reason}"
+
+
+def is_failed(finish_reason: str | None) -> bool:
+    return finish_reason is None or finish_reason.startswith("failed")
+
+
+def encode_prompt(prompt: Any, row_id: Any = None) -> str:
+    """A to_prompt result -> the JSON string carried in PROMPT_COL; a bad one is named."""
+    if isinstance(prompt, str):
+        return json.dumps(prompt)
+    if isinstance(prompt, list) and prompt and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    ):
+        return json.dumps([{"role": m["role"], "content": m["content"]} for m in prompt])
+    raise ValueError(
+        f"to_prompt returned {type(prompt).__name__} for row id={row_id!r}: expected a prompt string "
+        "or a non-empty list of {'role': str, 'content': str} messages"
+    )
+
+
+def decode_prompt(encoded: str) -> str | list[dict]:
+    return json.loads(encoded)
+
+
+def attach_prompt(to_prompt: Callable[[dict], Any]) -> Callable[[dict], dict]:
+    """Row mapper for Ray Data: adds PROMPT_COL; a row without `id` is refused clearly."""
+    def _attach(row: dict) -> dict:
+        if row.get("id") is None:
+            raise ValueError(f"every row needs an `id` column (callers join responses on it); got columns {sorted(row)}")
+        try:
+            prompt = to_prompt(row)
+        except Exception as exc:  # a caller's bug: say which row, keep the cause
+            raise ValueError(f"to_prompt failed on row id={row['id']!r}: {exc!r}") from exc
+        return {**row, PROMPT_COL: encode_prompt(prompt, row["id"])}
+    return _attach
+
+
+def finish_reason_from_counts(completion_tokens: int, max_tokens: int) -> str:
+    """vLLM stops for exactly two reasons here: the end token (or a stop string) or
+    max_tokens; Ray's processor reports counts, not the reason, so derive it."""
+    return "length" if completion_tokens >= max_tokens else "stop"
+
+
+def top_logprobs_json(steps: list[dict[str, float]] | None) -> str | None:
+    return None if steps is None else json.dumps(steps, ensure_ascii=False)
+
+
+def response_row(text: str | None, finish_reason: str, prompt_tokens: int = 0, completion_tokens: int = 0,
+                 logprobs: str | None = None) -> dict:
+    return {"text": text, "finish_reason": finish_reason, "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion_tokens), "logprobs": logprobs}
+
+
+def failed_row(reason: str) -> dict:
+    return response_row(None, failed(reason))
+
+
+def merge_responses(batch: dict, responses: list[dict], role_name: str, with_logprobs: bool) -> dict:
+    """A batch (dict of columns) + one response dict per row -> the batch with the
+    response columns (and any API accounting columns the responses carry)."""
+    n = len(batch[PROMPT_COL])
+    if len(responses) != n:
+        raise AssertionError(f"backend returned {len(responses)} responses for {n} rows")
+    out = {k: v for k, v in batch.items() if k != PROMPT_COL}
+    out["role"] = [role_name] * n
+    for col in ("text", "finish_reason", "prompt_tokens", "completion_tokens"):
+        out[col] = [r[col] for r in responses]
+    if with_logprobs:
+        out["logprobs"] = [r.get("logprobs") for r in responses]
+    for col in API_COLS:
+        if col in responses[0]:
+            out[col] = [r[col] for r in responses]
+    return out
+
+
+def fill_record(rec: StageRecord, table: pa.Table) -> None:
+    """Sum a finished stage's responses (and API accounting, when present) into rec."""
+    rec.rows = table.num_rows
+    if not table.num_rows:
+        return
+    rec.prompt_tokens = int(pc.sum(table["prompt_tokens"]).as_py() or 0)
+    rec.completion_tokens = int(pc.sum(table["completion_tokens"]).as_py() or 0)
+    reasons = table["finish_reason"]
+    rec.failed_rows = int(pc.sum(pc.or_kleene(pc.is_null(reasons), pc.starts_with(reasons, "failed"))).as_py() or 0)
+    if "_api_requests" in table.column_names:
+        rec.api_requests = int(pc.sum(table["_api_requests"]).as_py() or 0)
+        rec.api_retries = int(pc.sum(table["_api_retries"]).as_py() or 0)
+        rec.api_cached = int(pc.sum(table["_api_cached"]).as_py() or 0)
+        rec.cost_usd = float(pc.sum(table["_api_cost_usd"]).as_py() or 0.0)

@@ -1,0 +1,106 @@
+"""The `vllm` backend: Ray's own `ray.data.llm.build_processor` with a
+`vLLMEngineProcessorConfig` (chat template, tokenize, vLLM engine, detokenize
+stages), wrapped so its rows come out in the engine's response contract.
+
+What Ray's processor does not give, derived here: `finish_reason` (it reports
+token counts only: "length" when max_tokens were generated, else "stop"), a
+failed row as "failed: <error>" (from `__inference_error__`; error rows bypass
+postprocess, so normalising happens in a map after the processor), and logprobs
+as the JSON top-k maps of engine.llm.responses.
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import ray
+from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+from engine.config.models import RoleConfig
+from engine.llm.responses import PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
+
+CPU_MAX_MODEL_LEN = 512
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
+    kw = {
+        "dtype": role.dtype if role.dtype != "auto" else ("bfloat16" if gpu else "float32"),
+        "tensor_parallel_size": role.parallelism.tensor_parallel_size,
+        "max_model_len": role.max_model_len or (None if gpu else CPU_MAX_MODEL_LEN),
+    }
+    if not gpu:
+        kw["enforce_eager"] = True  # graph capture only costs start-up time on CPU
+    kw.update(role.engine_kwargs)
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None) -> dict:
+    s = role.sampling
+    params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    if s.seed is not None:
+        params["seed"] = s.seed
+    if logprobs is not None:
+        params["logprobs"] = logprobs
+    if structured_output:
+        # A JSON schema travels as a string: Arrow would widen a dict into a struct.
+        params["structured_outputs"] = {k: json.dumps(v) if k == "json" else v for k, v in structured_output.items()}
+    return params
+
+
+def to_engine_request(row: dict, chat: bool, params: dict) -> dict:
+    row = dict(row)
+    prompt = decode_prompt(row.pop(PROMPT_COL))
+    if isinstance(prompt, list) != chat:
+        raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
+                         "for every row of a vllm stage")
+    return {**row, ("messages" if chat else "prompt"): prompt, "sampling_params": params}
+
+
+def logprob_steps(steps) -> list[dict[str, float]] | None:
+    """Ray's [{token_id: {logprob, rank, decoded_token}}] -> [{token_text: logprob}]."""
+    if steps is None:
+        return None
+    return [{v["decoded_token"]: v["logprob"] for v in step.values() if v is not None} for step in steps]
+
+
+def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool) -> dict:
+    out = {k: row.get(k) for k in keep}
+    error = row.get("__inference_error__") or ""
+    out["role"] = role_name
+    if error:
+        out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
+    else:
+        done = int(row.get("num_generated_tokens") or 0)
+        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens),
+                   prompt_tokens=int(row.get("num_input_tokens") or 0), completion_tokens=done)
+    if with_logprobs:
+        steps = None if error else logprob_steps(row.get("logprobs"))
+        out["logprobs"] = None if steps is None else json.dumps(steps, ensure_ascii=False)
+    return out
+
+
+def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
+             structured_output: dict | None, logprobs: int | None) -> tuple["ray.data.Dataset", float]:
+    """-> (lazy dataset in the response contract, GPUs held)."""
+    gpu = cluster_has_gpus()
+    tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
+    extra = {} if gpu else {
+        # Without GPUs the engine schedules only on an explicit CPU bundle, and vLLM's
+        # Ray metrics would import ray.serve (ENVIRONMENT.md).
+        "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
+    }
+    config = vLLMEngineProcessorConfig(
+        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu), batch_size=role.parallelism.batch_size,
+        concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
+        should_continue_on_error=True, **extra,
+    )
+    params = sampling_params(role, structured_output, logprobs)
+    processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
+    out = processor(prompted).map(partial(
+        to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
+        with_logprobs=logprobs is not None))
+    return out, float(tp * replicas if gpu else 0)

@@ -1,0 +1,116 @@
+"""engine.llm's pure logic, without Ray or models: milliseconds."""
+import json
+
+import pyarrow as pa
+import pytest
+
+from engine.config.models import OpenAIEndpoint, RoleConfig
+from engine.data.rundir import RunDir
+from engine.llm import check_structured_output
+from engine.llm.cache import ResponseCache, cache_key
+from engine.llm.ledger import cost_usd
+from engine.llm.openai_client import Secret, request_kwargs, resolve_api_key
+from engine.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
+from engine.llm.responses import PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses
+from engine.metrics import StageRecord
+
+
+def test_token_bucket_reserves_and_refills():
+    b = TokenBucket(per_minute=60)  # 1/s, burst 10
+    waits = [b.reserve(1, now=0.0) for _ in range(12)]
+    assert waits[:10] == [0.0] * 10 and waits[10] == pytest.approx(1.0) and waits[11] == pytest.approx(2.0)
+    assert b.reserve(1, now=10.0) == pytest.approx(0.0)  # 10 s refilled 10, 2 were owed, 1 taken
+    b.give_back(5, now=10.0)
+    assert b.level <= b.capacity
+
+
+def test_admission_headers_and_budget():
+    a = Admission(requests_per_minute=6000, tokens_per_minute=1e9)
+    assert a.admit("j", 10, 0.0, None, now=0.0) == 0.0
+    a.observe(ServerHints(retry_after_s=3.0), now=1.0)
+    assert a.admit("j", 10, 0.0, None, now=1.5) == pytest.approx(2.5)
+    a.observe(ServerHints(remaining_requests=0, reset_requests_s=5.0), now=10.0)
+    assert a.admit("j", 10, 0.0, None, now=10.0) >= 5.0
+    assert a.admit("b", 1, 0.6, 1.0, now=20.0) >= 0 and a.admit("b", 1, 0.6, 1.0, now=20.0) == REFUSED
+    a.settle("b", 1, 1, 0.6, 0.1, now=20.0)
+    assert a.spent("b") == pytest.approx(0.1)
+    assert a.admit("b", 1, 0.6, 1.0, now=20.0) >= 0  # the estimate was replaced by the real cost
+
+
+def test_header_parsing():
+    assert parse_duration_s("6m0s") == 360 and parse_duration_s("20ms") == pytest.approx(0.02)
+    assert parse_duration_s("1.5") == 1.5 and parse_duration_s("") is None
+    hints = ServerHints.from_headers({"retry-after": "2", "x-ratelimit-remaining-tokens": "100",
+                                      "x-ratelimit-reset-tokens": "1s"})
+    assert hints.retry_after_s == 2 and hints.remaining_tokens == 100 and hints.reset_tokens_s == 1
+    assert ServerHints.from_headers({"content-type": "json"}) is None
+
+
+def test_cache_key_covers_every_input():
+    base = cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, None)
+    assert base == cache_key("m", [{"content": "hi", "role": "user"}], {"temperature": 0.0}, None, None)
+    others = [cache_key("m2", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, None),
+              cache_key("m", "hi", {"temperature": 0.0}, None, None),
+              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.1}, None, None),
+              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, {"regex": "a"}, None),
+              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, 2)]
+    assert len({base, *others}) == 6
+
+
+def test_cache_persists_across_writers(tmp_path):
+    rd = RunDir(tmp_path)
+    a, b = ResponseCache(rd, flush_every=2), ResponseCache(rd, flush_every=100)
+    for i in range(3):
+        a.put(f"k{i}", {"text": str(i)})
+    b.put("kb", {"text": "b"})
+    a.flush(), b.flush()
+    (tmp_path / "llm_cache/responses/killed.jsonl.tmp-1").write_text("half")  # a writer killed mid-write
+    c = ResponseCache(rd)
+    assert len(c) == 4 and c.get("k2") == {"text": "2"} and c.unreadable_lines == 0
+
+
+def test_prompts_and_responses_reconcile():
+    assert json.loads(encode_prompt("raw")) == "raw"
+    with pytest.raises(ValueError, match="id='x'"):
+        encode_prompt([{"role": "user"}], "x")
+    with pytest.raises(ValueError, match="`id`"):
+        attach_prompt(lambda r: "p")({"instruction": "no id"})
+    with pytest.raises(ValueError, match="to_prompt failed on row id=1"):
+        attach_prompt(lambda r: r["missing"])({"id": 1})
+    batch = {"id": ["a", "b"], PROMPT_COL: ['"x"', '"y"']}
+    responses = [{"text": "t", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 4, "logprobs": None,
+                  "_api_requests": 1, "_api_retries": 2, "_api_cached": 0, "_api_cost_usd": 0.5},
+                 {"text": None, "finish_reason": "failed: budget", "prompt_tokens": 0, "completion_tokens": 0,
+                  "logprobs": None, "_api_requests": 0, "_api_retries": 0, "_api_cached": 0, "_api_cost_usd": 0.0}]
+    out = merge_responses(batch, responses, "teacher", with_logprobs=False)
+    assert PROMPT_COL not in out and out["role"] == ["teacher"] * 2 and "logprobs" not in out
+    rec = StageRecord("s")
+    fill_record(rec, pa.table(out))
+    assert (rec.rows, rec.failed_rows, rec.prompt_tokens, rec.api_requests, rec.api_retries, rec.cost_usd) == (
+        2, 1, 3, 1, 2, 0.5)
+
+
+def test_api_key_and_request_shape(monkeypatch):
+    remote = RoleConfig(backend="openai", model="gpt", openai=OpenAIEndpoint(api_key_env="LION_TEST_KEY"))
+    monkeypatch.delenv("LION_TEST_KEY", raising=False)
+    with pytest.raises(ValueError, match="LION_TEST_KEY"):
+        resolve_api_key(remote)
+    local = RoleConfig(backend="openai", model="m", openai=OpenAIEndpoint(base_url="http://127.0.0.1:1/v1",
+                                                                         api_key_env="LION_TEST_KEY"))
+    assert resolve_api_key(local).reveal() == "EMPTY"
+    monkeypatch.setenv("LION_TEST_KEY", "sk-secret")
+    key = resolve_api_key(remote)
+    assert "sk-secret" not in repr(key) + str(key) + repr([key])
+    kw = request_kwargs(remote, [{"role": "user", "content": "q"}], {"json": {"type": "object"}}, 3)
+    assert kw["top_logprobs"] == 3 and kw["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    kw = request_kwargs(remote, "raw", {"regex": "[0-9]"}, 2)
+    assert kw["prompt"] == "raw" and kw["logprobs"] == 2 and kw["extra_body"] == {"structured_outputs": {"regex": "[0-9]"}}
+    assert cost_usd(OpenAIEndpoint(price_per_1k_prompt_tokens=1, price_per_1k_completion_tokens=2), 500, 1000) == 2.5
+
+
+def test_structured_output_is_checked():
+    check_structured_output({"regex": "a"}, "vllm")
+    with pytest.raises(ValueError, match="exactly one"):
+        check_structured_output({"grammar": "x"}, "openai")
+    with pytest.raises(ValueError, match="hf backend"):
+        check_structured_output({"regex": "a"}, "hf")
