@@ -1,0 +1,307 @@
+"""The referee: asks, parses and aggregates pairwise reviews of teacher vs student answers.
+
+Each cache-pool instruction is reviewed twice, teacher's answer first and then
+student's first, and the two orders are averaged to cancel the referee's position
+bias. `gap = teacher_score - student_score`; the instruction is hard when gap >= tau.
+
+A review that cannot be read is never turned into a number (the original code scored
+it -1, which leaked into averages): it gets a `failed: ...` status and null scores,
+the caller retries those ids (`unparseable_ids`, `merge_retried`), and `summarize`
+counts failures by reason and averages only the rows that were judged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from itertools import accumulate
+
+import pyarrow as pa
+
+from engine.lion.prompts import REFEREE_SYSTEM, referee_user
+from engine.llm.prompts import instruction_text
+
+# Guided decoding: even a random model must emit "<score> <score>\n<explanation>".
+REVIEW_REGEX = r"(10|[1-9]) (10|[1-9])\n[A-Za-z0-9 ,.;:'()-]{0,400}"
+REVIEW_JSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "assistant_1": {"type": "integer", "minimum": 1, "maximum": 10},
+        "assistant_2": {"type": "integer", "minimum": 1, "maximum": 10},
+        "explanation": {"type": "string", "maxLength": 1000},
+    },
+    "required": ["assistant_1", "assistant_2", "explanation"],
+    "additionalProperties": False,
+}
+
+OK = "ok"
+UNPARSEABLE = "failed: unparseable review"
+EMPTY_ANSWER = "failed: empty answer"
+
+JUDGMENT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("review_teacher_first", pa.string()),
+        pa.field("review_student_first", pa.string()),
+        pa.field("teacher_score_1", pa.float64()),  # teacher-first order
+        pa.field("student_score_1", pa.float64()),
+        pa.field("teacher_score_2", pa.float64()),  # student-first order
+        pa.field("student_score_2", pa.float64()),
+        pa.field("teacher_score", pa.float64()),  # mean of the two orders
+        pa.field("student_score", pa.float64()),
+        pa.field("gap", pa.float64()),
+        pa.field("hard", pa.bool_()),  # null when failed
+        pa.field("status", pa.string(), nullable=False),  # ok | failed: <reason>
+    ]
+)
+
+
+def referee_messages(row: dict, first: str, second: str) -> list[dict]:
+    """Chat messages asking to review `first` (Assistant 1) and `second` (Assistant 2)."""
+    question = instruction_text(row["instruction"], row.get("input") or "")
+    return [
+        {"role": "system", "content": REFEREE_SYSTEM},
+        {"role": "user", "content": referee_user(question, first, second)},
+    ]
+
+
+# ---------------------------------------------------------------- reading a review's text
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_OUT_OF_TEN_SUFFIX = re.compile(r"\s*(?:/\s*10|out\s+of\s+10)\b", re.IGNORECASE)
+_OUT_OF_TEN = rf"(?:{_OUT_OF_TEN_SUFFIX.pattern})?"
+_LABELLED = re.compile(rf"assistant\s*([12])\b(?:(?!assistant)\D){{0,40}}?{_NUMBER}{_OUT_OF_TEN}", re.IGNORECASE)
+# Words that may sit around the two numbers on a score line; anything else means the
+# line is prose ("Assistant 1 gave 3 examples and 2 ...") and is not read as scores.
+_FILLER = re.compile(
+    r"(?:\b(?:final|overall|scores?|ratings?|and|vs\.?|versus)\b|[\s,;:|\-&])",
+    re.IGNORECASE,
+)
+_MARKUP = re.compile(r"[*_`#>\[\]]")
+
+
+def _score(number: str) -> float | None:
+    value = float(number)
+    return value if 1.0 <= value <= 10.0 else None
+
+
+def _pair(a: str, b: str) -> tuple[float, float] | None:
+    first, second = _score(a), _score(b)
+    return None if first is None or second is None else (first, second)
+
+
+def _score_line(lines: list[str]) -> int | None:
+    """Index of the first line with a digit, if only short headings ("Scores:",
+    "Here are my ratings:") come before it, never prose."""
+    for i, line in enumerate(lines[:3]):
+        if any(c.isdigit() for c in line):
+            return i
+        if not line.endswith(":"):
+            return None
+    return None
+
+
+def parse_review(text: str | None) -> tuple[float, float] | None:
+    """(score of Assistant 1, score of Assistant 2) from a review's first lines, or None.
+
+    Reads "8 7", "8/10 7/10", "8.5, 7", "**8 7**", "Scores: 8 and 7", and labelled scores
+    on one or two lines ("Assistant 1: 8\\nAssistant 2: 7"). None for anything else: a
+    single number, three numbers, a score outside 1-10, prose, an empty reply.
+    """
+    lines = [clean for raw in (text or "").splitlines() if (clean := _MARKUP.sub("", raw).strip())]
+    i = _score_line(lines)
+    if i is None:
+        return None
+    labels = {m.group(1): m.group(2) for m in _LABELLED.finditer(lines[i])}
+    if set(labels) == {"1"} and i + 1 < len(lines):
+        labels.update((m.group(1), m.group(2)) for m in _LABELLED.finditer(lines[i + 1]))
+    if labels:
+        repeated = len(_LABELLED.findall(lines[i])) > len(labels)
+        return _pair(labels["1"], labels["2"]) if set(labels) == {"1", "2"} and not repeated else None
+    line = _OUT_OF_TEN_SUFFIX.sub("", lines[i])
+    numbers = re.findall(_NUMBER, line)
+    if len(numbers) != 2 or _FILLER.sub("", re.sub(_NUMBER, "", line)):
+        return None
+    return _pair(*numbers)
+
+
+# ---------------------------------------------------------------- probability-weighted scores
+
+def _positions(logprobs) -> list[tuple[str, dict[str, float]]]:
+    """Normalise to [(sampled token text, {candidate text: logprob})].
+
+    Accepts a JSON string or a list of per-token entries, each either
+    {"token": str, "top_logprobs": {text: logprob}} or OpenAI's
+    {"token": str, "logprob": float, "top_logprobs": [{"token": str, "logprob": float}, ...]}.
+    """
+    if isinstance(logprobs, str):
+        logprobs = json.loads(logprobs)
+    out = []
+    for entry in logprobs or []:
+        top = entry.get("top_logprobs") or {}
+        if isinstance(top, list):
+            top = {t["token"]: t["logprob"] for t in top}
+        top = dict(top)
+        if "logprob" in entry:
+            top.setdefault(entry["token"], entry["logprob"])
+        out.append((entry["token"], top))
+    return out
+
+
+def _expected(top: dict[str, float], one_is_ten: float = 0.0) -> float | None:
+    """Expectation over candidates that are a score 1..10, renormalised among them.
+
+    `one_is_ten`: the probability that a "1" goes on to "0" (tokenizers that split digits
+    spell 10 as "1", "0"), which moves that share of the "1" mass to 10.
+    """
+    mass: dict[int, float] = {}
+    for token, logprob in top.items():
+        text = token.strip()
+        if text.isdigit() and 1 <= int(text) <= 10:
+            mass[int(text)] = mass.get(int(text), 0.0) + math.exp(logprob)
+    if one_is_ten and 1 in mass:
+        mass[10] = mass.get(10, 0.0) + mass[1] * one_is_ten
+        mass[1] *= 1.0 - one_is_ten
+    total = sum(mass.values())
+    return sum(score * p for score, p in mass.items()) / total if total > 0 else None
+
+
+_REGEX_HEAD = re.compile(r"(10|[1-9]) (10|[1-9])\n")
+
+
+def _score_at(positions: list[tuple[str, dict[str, float]]], starts: list[int], offset: int) -> float | None:
+    """Expected score at the token where the number at char `offset` begins."""
+    i = max(k for k, s in enumerate(starts) if s <= offset)
+    token, top = positions[i]
+    if token[: offset - starts[i]].strip() or not token.strip()[:1].isdigit():
+        return None  # the number does not begin this token (merged with what came before)
+    one_is_ten = 0.0
+    if token.strip() == "1" and i + 1 < len(positions) and positions[i + 1][0] == "0":
+        one_is_ten = math.exp(positions[i + 1][1].get("0", -math.inf))
+    return _expected(top, one_is_ten)
+
+
+def logprob_scores(logprobs) -> tuple[float, float] | None:
+    """Probability-weighted (score 1, score 2) of a review decoded under REVIEW_REGEX.
+
+    At each score's first token, the expectation over the top candidates "1".."10",
+    renormalised among them. Tokenizers that split digits spell 10 as "1", "0": where
+    the sampled path did so, the next position's probability of "0" moves that share of
+    the "1" mass to 10; elsewhere their "1" counts as 1 (a small bias toward 1 that only
+    such tokenizers have). None when there are no logprobs, the sampled text does not
+    start like REVIEW_REGEX ("<score> <score>\\n"), or a score has no candidates 1..10.
+    """
+    positions = _positions(logprobs)
+    tokens = [token for token, _ in positions]
+    head = _REGEX_HEAD.match("".join(tokens))
+    if head is None:
+        return None
+    starts = list(accumulate((len(t) for t in tokens[:-1]), initial=0))
+    first, second = _score_at(positions, starts, head.start(1)), _score_at(positions, starts, head.start(2))
+    return None if first is None or second is None else (first, second)
+
+
+# ---------------------------------------------------------------- judgments
+
+def _review_scores(review: dict, use_logprobs: bool) -> tuple[float, float] | str:
+    """(Assistant 1, Assistant 2) scores of one review, or the failed status."""
+    reason = review.get("finish_reason") or ""
+    if reason.startswith("failed"):
+        return reason
+    scores = parse_review(review.get("text"))
+    if scores is None:
+        return UNPARSEABLE
+    # The text decides whether there is a judgment at all; logprobs only refine it.
+    if use_logprobs and review.get("logprobs"):
+        scores = logprob_scores(review["logprobs"]) or scores
+    return scores
+
+
+def _answer_failure(pair: dict) -> str | None:
+    for role in ("teacher", "student"):
+        reason = pair.get(f"{role}_finish_reason") or ""
+        if reason.startswith("failed"):
+            return f"failed: {role} answer {reason}"
+    if not (pair.get("teacher_text") or "").strip() or not (pair.get("student_text") or "").strip():
+        return EMPTY_ANSWER
+    return None
+
+
+def judgment_rows(
+    pairs: list[dict],
+    reviews_teacher_first: list[dict],
+    reviews_student_first: list[dict],
+    tau: float,
+    use_logprobs: bool = True,
+) -> list[dict]:
+    """One judgment row per pair; the three lists are aligned by position.
+
+    A pair has `id`, `instruction`, `input`, `teacher_text`, `student_text` and
+    optionally `teacher_finish_reason` / `student_finish_reason`. A review has `text`,
+    `finish_reason` and optionally `logprobs` (and `id`, checked against the pair's).
+    Teacher-first: Assistant 1 is the teacher; student-first: Assistant 1 is the
+    student. Failed rows (an answer failed or is empty, a review failed or is
+    unparseable) keep their raw reviews and get null scores and hard=None.
+    """
+    if not len(pairs) == len(reviews_teacher_first) == len(reviews_student_first):
+        raise ValueError(
+            f"judgment_rows needs one review per pair and order: {len(pairs)} pairs, "
+            f"{len(reviews_teacher_first)} teacher-first and {len(reviews_student_first)} student-first reviews"
+        )
+    rows = []
+    for pair, tf, sf in zip(pairs, reviews_teacher_first, reviews_student_first):
+        for review in (tf, sf):
+            if review.get("id") not in (None, pair["id"]):
+                raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
+        row = {field: None for field in JUDGMENT_SCHEMA.names}
+        row.update(id=pair["id"], review_teacher_first=tf.get("text"), review_student_first=sf.get("text"))
+        failure = _answer_failure(pair)
+        first = second = None
+        if failure is None:
+            first, second = _review_scores(tf, use_logprobs), _review_scores(sf, use_logprobs)
+            failure = next((s for s in (first, second) if isinstance(s, str)), None)
+        if failure is not None:
+            rows.append({**row, "status": failure})
+            continue
+        (t1, s1), (s2, t2) = first, second  # positions swap in the student-first order
+        teacher, student = (t1 + t2) / 2, (s1 + s2) / 2
+        rows.append({
+            **row, "teacher_score_1": t1, "student_score_1": s1, "teacher_score_2": t2, "student_score_2": s2,
+            "teacher_score": teacher, "student_score": student, "gap": teacher - student,
+            "hard": teacher - student >= tau, "status": OK,
+        })
+    return rows
+
+
+def unparseable_ids(judgments: list[dict]) -> list[str]:
+    """Ids worth asking the referee again (with another seed): a review could not be read."""
+    return [j["id"] for j in judgments if j["status"] == UNPARSEABLE]
+
+
+def merge_retried(judgments: list[dict], retried: list[dict]) -> list[dict]:
+    """`judgments` with each row replaced by its retry when the retry succeeded; order kept."""
+    better = {j["id"]: j for j in retried if j["status"] == OK}
+    return [better.get(j["id"], j) for j in judgments]
+
+
+def summarize(judgments: list[dict]) -> dict:
+    """The discrimination stage's numbers; averages over judged rows only."""
+    ok = [j for j in judgments if j["status"] == OK]
+    hard = sum(1 for j in ok if j["hard"])
+
+    def mean(key: str) -> float | None:
+        return sum(j[key] for j in ok) / len(ok) if ok else None
+
+    return {
+        "rows": len(judgments),
+        "judged": len(ok),
+        "failed": len(judgments) - len(ok),
+        "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
+        "hard": hard,
+        "easy": len(ok) - hard,
+        "hard_fraction": hard / len(ok) if ok else None,
+        "mean_gap": mean("gap"),
+        "mean_teacher_score": mean("teacher_score"),
+        "mean_student_score": mean("student_score"),
+    }

@@ -1,0 +1,206 @@
+import json
+import math
+import re
+
+import pyarrow as pa
+import pytest
+
+from engine.lion.referee import (
+    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, REVIEW_REGEX, UNPARSEABLE, judgment_rows, logprob_scores, merge_retried,
+    parse_review, summarize, unparseable_ids,
+)
+
+# Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
+READABLE = [
+    ("8 7\nAssistant 1 gave a more detailed answer.", (8.0, 7.0)),
+    ("9 6\n\nBoth answers are relevant, but Assistant 2 missed the second part.", (9.0, 6.0)),
+    ("\n\n   8 7\nexplanation", (8.0, 7.0)),
+    ("8/10 7/10\nAssistant 1 is better.", (8.0, 7.0)),
+    ("9 / 10   8 / 10", (9.0, 8.0)),
+    ("8 out of 10, 7 out of 10", (8.0, 7.0)),
+    ("8.5, 7\nAssistant 1 was slightly more accurate.", (8.5, 7.0)),
+    ("**8 7**\n\nAssistant 1 provides...", (8.0, 7.0)),
+    ("Scores: 8 and 7\nThe first answer...", (8.0, 7.0)),
+    ("Scores:\n9 6\nExplanation: ...", (9.0, 6.0)),
+    ("Sure! Here are my scores:\n\n8 7\n\nAssistant 1 ...", (8.0, 7.0)),
+    ("Assistant 1: 8\nAssistant 2: 7\n\nAssistant 1 explains the steps.", (8.0, 7.0)),
+    ("**Assistant 1:** 9\n**Assistant 2:** 7\n\nexplanation", (9.0, 7.0)),
+    ("Score for Assistant 1: 7\nScore for Assistant 2: 8", (7.0, 8.0)),
+    ("Assistant 1: 8/10, Assistant 2: 6/10", (8.0, 6.0)),
+    ("Assistant 1 receives a score of 8, and Assistant 2 receives 6.", (8.0, 6.0)),
+    ("10 10\nBoth are perfect.", (10.0, 10.0)),
+    ("1 10", (1.0, 10.0)),
+    ("# 7 5", (7.0, 5.0)),
+]
+
+UNREADABLE = [
+    "", "   \n  ", None,
+    "8",  # a single number
+    "8/10",
+    "8 7 6",  # three numbers on the score line
+    "11 7", "0 5", "8 -", "10.5 3",
+    "Assistant 1's answer is better than Assistant 2's.\n8 7",  # prose first
+    "Assistant 1 and Assistant 2 both scored 7",
+    "Assistant 1: 8",  # the other score is missing
+    "Assistant 1: 8 Assistant 1: 7",
+    "I think Assistant 1 did better, it listed 3 reasons.",
+    "The answer from assistant one has 2 mistakes and 4 good points",
+    # a random tiny model, unconstrained
+    " keiff foll They 19 continiff foll system day companyPro\ufffd say #ournalag able",
+    "lect hotfor\ufffdways ableoreorm\ufffd\x03 well You looking questions makes offer'dus 4",
+]
+
+
+@pytest.mark.parametrize("text,scores", READABLE)
+def test_parse_review_reads_what_real_referees_write(text, scores):
+    assert parse_review(text) == scores
+
+
+@pytest.mark.parametrize("text", UNREADABLE)
+def test_parse_review_never_makes_up_a_number(text):
+    assert parse_review(text) is None
+
+
+def test_review_regex_outputs_always_parse():
+    pattern = re.compile(REVIEW_REGEX)
+    for text in ["10 1\n", "3 9\nAssistant 1 is vague, Assistant 2 is precise.", "7 7\n(both fine; equal) - ok"]:
+        assert pattern.fullmatch(text)
+        assert parse_review(text) is not None
+    assert not pattern.fullmatch("0 5\n") and not pattern.fullmatch("11 5\n") and not pattern.fullmatch("8 7")
+
+
+def _position(token, **top):
+    return {"token": token, "top_logprobs": {k.replace("_", " "): math.log(v) for k, v in top.items()}}
+
+
+def test_logprob_scores_is_the_renormalised_expectation():
+    lp = [
+        {"token": "8", "top_logprobs": {"8": math.log(0.5), "9": math.log(0.3), "x": math.log(0.2)}},
+        {"token": " ", "top_logprobs": {" ": 0.0}},
+        {"token": "6", "top_logprobs": {"6": math.log(0.25), " 7": math.log(0.25), "10": math.log(0.5)}},
+        {"token": "\n", "top_logprobs": {"\n": 0.0}},
+    ]
+    first, second = logprob_scores(lp)
+    assert first == pytest.approx((8 * 0.5 + 9 * 0.3) / 0.8)
+    assert second == pytest.approx(0.25 * 6 + 0.25 * 7 + 0.5 * 10)
+    assert logprob_scores(json.dumps(lp)) == (first, second)  # as engine.llm may ship it
+
+
+def test_logprob_scores_openai_shape_and_merged_space_tokens():
+    lp = [
+        {"token": "7", "logprob": math.log(0.9), "top_logprobs": [{"token": "6", "logprob": math.log(0.1)}]},
+        {"token": " 9", "logprob": 0.0, "top_logprobs": [{"token": " 9", "logprob": 0.0}]},
+        {"token": "\n", "logprob": 0.0, "top_logprobs": []},
+    ]
+    first, second = logprob_scores(lp)
+    assert first == pytest.approx(0.9 * 7 + 0.1 * 6) and second == pytest.approx(9.0)
+
+
+def test_logprob_scores_split_digit_ten():
+    # "10 8\n" from a tokenizer that spells 10 as "1", "0": P("0" after "1") splits the "1" mass.
+    lp = [
+        {"token": "1", "top_logprobs": {"1": math.log(0.8), "9": math.log(0.2)}},
+        {"token": "0", "top_logprobs": {"0": math.log(0.75), " ": math.log(0.25)}},
+        {"token": " ", "top_logprobs": {" ": 0.0}},
+        {"token": "8", "top_logprobs": {"8": 0.0}},
+        {"token": "\n", "top_logprobs": {"\n": 0.0}},
+    ]
+    first, second = logprob_scores(lp)
+    assert first == pytest.approx(0.8 * 0.25 * 1 + 0.8 * 0.75 * 10 + 0.2 * 9)
+    assert second == 8.0
+
+
+@pytest.mark.parametrize("lp", [
+    None, [], "[]",
+    [{"token": "Assistant", "top_logprobs": {}}, {"token": " 1", "top_logprobs": {}}],  # not REVIEW_REGEX's shape
+    [{"token": "8", "top_logprobs": {"x": 0.0}}, {"token": " 7", "top_logprobs": {" 7": 0.0}},
+     {"token": "\n", "top_logprobs": {}}],  # no candidate 1..10 at a score position
+    [{"token": "8 7", "top_logprobs": {"8 7": 0.0}}, {"token": "\n", "top_logprobs": {}}],  # merged token
+])
+def test_logprob_scores_none_when_it_cannot_tell(lp):
+    assert logprob_scores(lp) is None
+
+
+def _pair(i, teacher="Paris is the capital of France.", student="Paris.", **extra):
+    return {"id": f"p{i}", "instruction": "Capital of France?", "input": "", "teacher_text": teacher,
+            "student_text": student, "teacher_finish_reason": "stop", "student_finish_reason": "stop", **extra}
+
+
+def _review(text, finish_reason="stop", **extra):
+    return {"text": text, "finish_reason": finish_reason, **extra}
+
+
+def test_judgment_swaps_positions_in_the_student_first_order():
+    # teacher-first: teacher 9, student 6; student-first: student 7 (Assistant 1), teacher 8.
+    [j] = judgment_rows([_pair(0)], [_review("9 6\nx")], [_review("7 8\ny")], tau=1.0)
+    assert (j["teacher_score_1"], j["student_score_1"], j["teacher_score_2"], j["student_score_2"]) == (9, 6, 8, 7)
+    assert (j["teacher_score"], j["student_score"], j["gap"]) == (8.5, 6.5, 2.0)
+    assert j["hard"] is True and j["status"] == OK
+    assert j["review_teacher_first"] == "9 6\nx" and j["review_student_first"] == "7 8\ny"
+
+
+def test_hard_iff_gap_at_least_tau():
+    pairs = [_pair(i) for i in range(3)]
+    tf = [_review("8 7"), _review("8 8"), _review("7 9")]
+    sf = [_review("7 8"), _review("8 8"), _review("9 7")]
+    gaps = [j["gap"] for j in judgment_rows(pairs, tf, sf, tau=1.0)]
+    assert gaps == [1.0, 0.0, -2.0]
+    assert [j["hard"] for j in judgment_rows(pairs, tf, sf, tau=1.0)] == [True, False, False]
+    assert [j["hard"] for j in judgment_rows(pairs, tf, sf, tau=0.0)] == [True, True, False]
+
+
+def test_logprobs_refine_only_a_readable_review():
+    lp = [_position("8", **{"8": 0.5, "9": 0.5}), _position(" ", _=1.0), _position("7", **{"7": 1.0}),
+          _position("\n")]
+    [j] = judgment_rows([_pair(0)], [_review("8 7\n", logprobs=json.dumps(lp))], [_review("7 8\n")], tau=1.0)
+    assert j["teacher_score_1"] == 8.5
+    [j] = judgment_rows([_pair(0)], [_review("8 7\n", logprobs=lp)], [_review("7 8\n")], tau=1.0, use_logprobs=False)
+    assert j["teacher_score_1"] == 8.0
+    [j] = judgment_rows([_pair(0)], [_review("nonsense", logprobs=lp)], [_review("7 8\n")], tau=1.0)
+    assert j["status"] == UNPARSEABLE and j["teacher_score"] is None
+
+
+def test_failures_are_null_counted_and_excluded():
+    pairs = [_pair(0), _pair(1), _pair(2), _pair(3, student=""), _pair(4, teacher_finish_reason="failed: timeout"),
+             _pair(5)]
+    tf = [_review("9 5"), _review("I cannot judge."), _review(None, "failed: rate limited"), _review("9 5"),
+          _review("9 5"), _review("6 6")]
+    sf = [_review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("8")]
+    judgments = judgment_rows(pairs, tf, sf, tau=1.0)
+    assert [j["status"] for j in judgments] == [
+        OK, UNPARSEABLE, "failed: rate limited", EMPTY_ANSWER, "failed: teacher answer failed: timeout", UNPARSEABLE,
+    ]
+    for j in judgments[1:]:
+        assert j["hard"] is None and j["gap"] is None and j["teacher_score"] is None
+    summary = summarize(judgments)
+    assert summary == {
+        "rows": 6, "judged": 1, "failed": 5,
+        "failed_by_reason": {UNPARSEABLE: 2, "failed: rate limited": 1, EMPTY_ANSWER: 1,
+                             "failed: teacher answer failed: timeout": 1},
+        "hard": 1, "easy": 0, "hard_fraction": 1.0, "mean_gap": 4.0, "mean_teacher_score": 9.0,
+        "mean_student_score": 5.0,
+    }
+    assert summary["judged"] + sum(summary["failed_by_reason"].values()) == summary["rows"]
+    assert pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA).num_rows == 6
+
+
+def test_retry_of_unparseable_reviews_merges_back():
+    pairs = [_pair(0), _pair(1), _pair(2)]
+    judgments = judgment_rows(pairs, [_review("8 8"), _review("??"), _review("hmm")], [_review("8 8")] * 3, tau=1.0)
+    assert unparseable_ids(judgments) == ["p1", "p2"]
+    again = judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0)
+    merged = merge_retried(judgments, again)
+    assert [j["status"] for j in merged] == [OK, OK, UNPARSEABLE]
+    assert merged[1]["gap"] == 5.0 and unparseable_ids(merged) == ["p2"]
+
+
+def test_summary_of_nothing_judged_has_no_means():
+    summary = summarize(judgment_rows([_pair(0)], [_review("x")], [_review("y")], tau=1.0))
+    assert summary["judged"] == 0 and summary["hard_fraction"] is None and summary["mean_gap"] is None
+
+
+def test_misaligned_inputs_are_reported():
+    with pytest.raises(ValueError, match="one review per pair"):
+        judgment_rows([_pair(0)], [], [], tau=1.0)
+    with pytest.raises(ValueError, match="aligned"):
+        judgment_rows([_pair(0)], [_review("8 7", id="other")], [_review("7 8")], tau=1.0)
