@@ -69,56 +69,49 @@ def test_review_regex_outputs_always_parse():
     assert not pattern.fullmatch("0 5\n") and not pattern.fullmatch("11 5\n") and not pattern.fullmatch("8 7")
 
 
-def _position(token, **top):
-    return {"token": token, "top_logprobs": {k.replace("_", " "): math.log(v) for k, v in top.items()}}
+def _steps(*maps):
+    """engine.llm's logprobs column: per token, {candidate text: logprob}, probabilities given here."""
+    return [{token: math.log(p) for token, p in m.items()} for m in maps]
 
 
 def test_logprob_scores_is_the_renormalised_expectation():
-    lp = [
-        {"token": "8", "top_logprobs": {"8": math.log(0.5), "9": math.log(0.3), "x": math.log(0.2)}},
-        {"token": " ", "top_logprobs": {" ": 0.0}},
-        {"token": "6", "top_logprobs": {"6": math.log(0.25), " 7": math.log(0.25), "10": math.log(0.5)}},
-        {"token": "\n", "top_logprobs": {"\n": 0.0}},
-    ]
-    first, second = logprob_scores(lp)
+    steps = _steps({"8": 0.5, "9": 0.3, "x": 0.2}, {" ": 1.0}, {"6": 0.25, " 7": 0.25, "10": 0.5}, {"\n": 1.0})
+    first, second = logprob_scores(steps, "8 6\nbecause")
     assert first == pytest.approx((8 * 0.5 + 9 * 0.3) / 0.8)
     assert second == pytest.approx(0.25 * 6 + 0.25 * 7 + 0.5 * 10)
-    assert logprob_scores(json.dumps(lp)) == (first, second)  # as engine.llm may ship it
+    assert logprob_scores(json.dumps(steps), "8 6\nbecause") == (first, second)  # the column's JSON string
 
 
-def test_logprob_scores_openai_shape_and_merged_space_tokens():
-    lp = [
-        {"token": "7", "logprob": math.log(0.9), "top_logprobs": [{"token": "6", "logprob": math.log(0.1)}]},
-        {"token": " 9", "logprob": 0.0, "top_logprobs": [{"token": " 9", "logprob": 0.0}]},
-        {"token": "\n", "logprob": 0.0, "top_logprobs": []},
-    ]
-    first, second = logprob_scores(lp)
-    assert first == pytest.approx(0.9 * 7 + 0.1 * 6) and second == pytest.approx(9.0)
+def test_logprob_scores_with_space_merged_into_the_score_token():
+    steps = _steps({"7": 0.9, "6": 0.1}, {" 9": 0.6, " 8": 0.4}, {"\n": 1.0})
+    first, second = logprob_scores(steps, "7 9\nok")
+    assert first == pytest.approx(0.9 * 7 + 0.1 * 6) and second == pytest.approx(0.6 * 9 + 0.4 * 8)
 
 
 def test_logprob_scores_split_digit_ten():
-    # "10 8\n" from a tokenizer that spells 10 as "1", "0": P("0" after "1") splits the "1" mass.
-    lp = [
-        {"token": "1", "top_logprobs": {"1": math.log(0.8), "9": math.log(0.2)}},
-        {"token": "0", "top_logprobs": {"0": math.log(0.75), " ": math.log(0.25)}},
-        {"token": " ", "top_logprobs": {" ": 0.0}},
-        {"token": "8", "top_logprobs": {"8": 0.0}},
-        {"token": "\n", "top_logprobs": {"\n": 0.0}},
-    ]
-    first, second = logprob_scores(lp)
+    # "10 8" from a tokenizer that spells 10 as "1", "0": P("0" after "1") splits the "1" mass.
+    steps = _steps({"1": 0.8, "9": 0.2}, {"0": 0.75, " ": 0.25}, {" ": 1.0}, {"8": 1.0}, {"\n": 1.0})
+    first, second = logprob_scores(steps, "10 8\n")
     assert first == pytest.approx(0.8 * 0.25 * 1 + 0.8 * 0.75 * 10 + 0.2 * 9)
     assert second == 8.0
 
 
-@pytest.mark.parametrize("lp", [
-    None, [], "[]",
-    [{"token": "Assistant", "top_logprobs": {}}, {"token": " 1", "top_logprobs": {}}],  # not REVIEW_REGEX's shape
-    [{"token": "8", "top_logprobs": {"x": 0.0}}, {"token": " 7", "top_logprobs": {" 7": 0.0}},
-     {"token": "\n", "top_logprobs": {}}],  # no candidate 1..10 at a score position
-    [{"token": "8 7", "top_logprobs": {"8 7": 0.0}}, {"token": "\n", "top_logprobs": {}}],  # merged token
+def test_logprob_scores_aligns_when_1_and_10_both_fit():
+    # The sampled path was "1", "0" although "10" is a candidate too: the dead end is undone.
+    steps = _steps({"10": 0.5, "1": 0.5}, {"0": 1.0}, {" 5": 1.0}, {"\n": 1.0})
+    first, second = logprob_scores(steps, "10 5\n")
+    assert first == pytest.approx(10.0) and second == 5.0
+
+
+@pytest.mark.parametrize("steps,text", [
+    (None, "8 7\n"), ([], "8 7\n"), ("[]", "8 7\n"),
+    (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "Assistant 1: 8"),  # not REVIEW_REGEX's shape
+    (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "9 7\n"),  # steps do not spell the text
+    (_steps({"8": 1.0}), "8 7\n"),  # too few steps
+    (_steps({"8 7": 1.0}, {"\n": 1.0}), "8 7\n"),  # both scores in one token
 ])
-def test_logprob_scores_none_when_it_cannot_tell(lp):
-    assert logprob_scores(lp) is None
+def test_logprob_scores_none_when_it_cannot_tell(steps, text):
+    assert logprob_scores(steps, text) is None
 
 
 def _pair(i, teacher="Paris is the capital of France.", student="Paris.", **extra):
@@ -150,8 +143,7 @@ def test_hard_iff_gap_at_least_tau():
 
 
 def test_logprobs_refine_only_a_readable_review():
-    lp = [_position("8", **{"8": 0.5, "9": 0.5}), _position(" ", _=1.0), _position("7", **{"7": 1.0}),
-          _position("\n")]
+    lp = _steps({"8": 0.5, "9": 0.5}, {" ": 1.0}, {"7": 1.0}, {"\n": 1.0})
     [j] = judgment_rows([_pair(0)], [_review("8 7\n", logprobs=json.dumps(lp))], [_review("7 8\n")], tau=1.0)
     assert j["teacher_score_1"] == 8.5
     [j] = judgment_rows([_pair(0)], [_review("8 7\n", logprobs=lp)], [_review("7 8\n")], tau=1.0, use_logprobs=False)

@@ -128,25 +128,25 @@ def parse_review(text: str | None) -> tuple[float, float] | None:
 
 # ---------------------------------------------------------------- probability-weighted scores
 
-def _positions(logprobs) -> list[tuple[str, dict[str, float]]]:
-    """Normalise to [(sampled token text, {candidate text: logprob})].
+_REGEX_HEAD = re.compile(r"(10|[1-9]) (10|[1-9])\n")
 
-    Accepts a JSON string or a list of per-token entries, each either
-    {"token": str, "top_logprobs": {text: logprob}} or OpenAI's
-    {"token": str, "logprob": float, "top_logprobs": [{"token": str, "logprob": float}, ...]}.
+
+def _align(steps: list[dict[str, float]], text: str, end: int, i: int = 0, offset: int = 0) -> list[str] | None:
+    """The sampled token of each step until `end` chars of `text` are spelled.
+
+    engine.llm's steps list the top candidates with the sampled one among them but do
+    not say which it is: it is the candidate that continues the text. Where two do
+    ("1" and "10" before "0"), the longer is tried first and the other on a dead end.
     """
-    if isinstance(logprobs, str):
-        logprobs = json.loads(logprobs)
-    out = []
-    for entry in logprobs or []:
-        top = entry.get("top_logprobs") or {}
-        if isinstance(top, list):
-            top = {t["token"]: t["logprob"] for t in top}
-        top = dict(top)
-        if "logprob" in entry:
-            top.setdefault(entry["token"], entry["logprob"])
-        out.append((entry["token"], top))
-    return out
+    if offset >= end:
+        return []
+    if i >= len(steps):
+        return None
+    for token in sorted((t for t in steps[i] if t and text.startswith(t, offset)), key=len, reverse=True):
+        rest = _align(steps, text, end, i + 1, offset + len(token))
+        if rest is not None:
+            return [token, *rest]
+    return None
 
 
 def _expected(top: dict[str, float], one_is_ten: float = 0.0) -> float | None:
@@ -167,38 +167,39 @@ def _expected(top: dict[str, float], one_is_ten: float = 0.0) -> float | None:
     return sum(score * p for score, p in mass.items()) / total if total > 0 else None
 
 
-_REGEX_HEAD = re.compile(r"(10|[1-9]) (10|[1-9])\n")
-
-
-def _score_at(positions: list[tuple[str, dict[str, float]]], starts: list[int], offset: int) -> float | None:
-    """Expected score at the token where the number at char `offset` begins."""
-    i = max(k for k, s in enumerate(starts) if s <= offset)
-    token, top = positions[i]
-    if token[: offset - starts[i]].strip() or not token.strip()[:1].isdigit():
+def _score_at(steps: list[dict[str, float]], tokens: list[str], offset: int) -> float | None:
+    """Expected score at the step where the number at char `offset` of the text begins."""
+    starts = list(accumulate((len(t) for t in tokens[:-1]), initial=0))
+    i = max(k for k, start in enumerate(starts) if start <= offset)
+    if tokens[i][: offset - starts[i]].strip():
         return None  # the number does not begin this token (merged with what came before)
     one_is_ten = 0.0
-    if token.strip() == "1" and i + 1 < len(positions) and positions[i + 1][0] == "0":
-        one_is_ten = math.exp(positions[i + 1][1].get("0", -math.inf))
-    return _expected(top, one_is_ten)
+    if tokens[i].strip() == "1" and i + 1 < len(tokens) and tokens[i + 1] == "0":
+        one_is_ten = math.exp(steps[i + 1]["0"])
+    return _expected(steps[i], one_is_ten)
 
 
-def logprob_scores(logprobs) -> tuple[float, float] | None:
+def logprob_scores(logprobs: str | list[dict[str, float]] | None, text: str | None) -> tuple[float, float] | None:
     """Probability-weighted (score 1, score 2) of a review decoded under REVIEW_REGEX.
 
-    At each score's first token, the expectation over the top candidates "1".."10",
+    `logprobs` is engine.llm's column: per generated token, a {token_text: logprob} map
+    of the top candidates (a JSON string or the parsed list); `text` the review itself.
+    At each score's first token: the expectation over the candidates "1".."10",
     renormalised among them. Tokenizers that split digits spell 10 as "1", "0": where
-    the sampled path did so, the next position's probability of "0" moves that share of
-    the "1" mass to 10; elsewhere their "1" counts as 1 (a small bias toward 1 that only
-    such tokenizers have). None when there are no logprobs, the sampled text does not
-    start like REVIEW_REGEX ("<score> <score>\\n"), or a score has no candidates 1..10.
+    the sampled path did so, the next step's probability of "0" moves that share of the
+    "1" mass to 10; elsewhere their "1" counts as 1 (a small bias toward 1 that only such
+    tokenizers have). None when there are no logprobs, the text does not start like
+    REVIEW_REGEX ("<score> <score>\\n"), the steps do not spell the text, or a score
+    step has no candidate 1..10: the caller then keeps the scores read from the text.
     """
-    positions = _positions(logprobs)
-    tokens = [token for token, _ in positions]
-    head = _REGEX_HEAD.match("".join(tokens))
-    if head is None:
+    steps = json.loads(logprobs) if isinstance(logprobs, str) else logprobs
+    head = _REGEX_HEAD.match(text or "")
+    if not steps or head is None:
         return None
-    starts = list(accumulate((len(t) for t in tokens[:-1]), initial=0))
-    first, second = _score_at(positions, starts, head.start(1)), _score_at(positions, starts, head.start(2))
+    tokens = _align(steps, text, head.end())
+    if tokens is None:
+        return None
+    first, second = _score_at(steps, tokens, head.start(1)), _score_at(steps, tokens, head.start(2))
     return None if first is None or second is None else (first, second)
 
 
@@ -214,7 +215,7 @@ def _review_scores(review: dict, use_logprobs: bool) -> tuple[float, float] | st
         return UNPARSEABLE
     # The text decides whether there is a judgment at all; logprobs only refine it.
     if use_logprobs and review.get("logprobs"):
-        scores = logprob_scores(review["logprobs"]) or scores
+        scores = logprob_scores(review["logprobs"], review["text"]) or scores
     return scores
 
 
