@@ -31,6 +31,8 @@ READABLE = [
     ("10 10\nBoth are perfect.", (10.0, 10.0)),
     ("1 10", (1.0, 10.0)),
     ("# 7 5", (7.0, 5.0)),
+    ('{"assistant_1": 8, "assistant_2": 7, "explanation": "Assistant 1 is more detailed."}', (8.0, 7.0)),
+    ('  {\n  "assistant_1" : 3 ,\n "assistant_2": 9.5, "explanation": "     "}', (3.0, 9.5)),
 ]
 
 UNREADABLE = [
@@ -43,6 +45,8 @@ UNREADABLE = [
     "Assistant 1 and Assistant 2 both scored 7",
     "Assistant 1: 8",  # the other score is missing
     "Assistant 1: 8 Assistant 1: 7",
+    '{"assistant_1": 8, "explanation": "x"}', '{"assistant_1": 0, "assistant_2": 7}', '{"assistant_1": "8", ',
+    '{"assistant_1": true, "assistant_2": 7}',
     "I think Assistant 1 did better, it listed 3 reasons.",
     "The answer from assistant one has 2 mistakes and 4 good points",
     # a random tiny model, unconstrained

@@ -81,12 +81,12 @@ _FILLER = re.compile(
 _MARKUP = re.compile(r"[*_`#>\[\]]")
 
 
-def _score(number: str) -> float | None:
+def _score(number: str | float) -> float | None:
     value = float(number)
     return value if 1.0 <= value <= 10.0 else None
 
 
-def _pair(a: str, b: str) -> tuple[float, float] | None:
+def _pair(a: str | float, b: str | float) -> tuple[float, float] | None:
     first, second = _score(a), _score(b)
     return None if first is None or second is None else (first, second)
 
@@ -102,13 +102,30 @@ def _score_line(lines: list[str]) -> int | None:
     return None
 
 
+def _from_json(text: str) -> tuple[float, float] | None:
+    """A review decoded under REVIEW_JSON_SCHEMA."""
+    try:
+        review = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(review, dict):
+        return None
+    scores = review.get("assistant_1"), review.get("assistant_2")
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+        return None
+    return _pair(*scores)
+
+
 def parse_review(text: str | None) -> tuple[float, float] | None:
     """(score of Assistant 1, score of Assistant 2) from a review's first lines, or None.
 
     Reads "8 7", "8/10 7/10", "8.5, 7", "**8 7**", "Scores: 8 and 7", and labelled scores
-    on one or two lines ("Assistant 1: 8\\nAssistant 2: 7"). None for anything else: a
-    single number, three numbers, a score outside 1-10, prose, an empty reply.
+    on one or two lines ("Assistant 1: 8\\nAssistant 2: 7"), and REVIEW_JSON_SCHEMA's
+    {"assistant_1": 8, "assistant_2": 7, ...}. None for anything else: a single number,
+    three numbers, a score outside 1-10, prose, an empty reply.
     """
+    if (text or "").lstrip().startswith("{"):
+        return _from_json(text)
     lines = [clean for raw in (text or "").splitlines() if (clean := _MARKUP.sub("", raw).strip())]
     i = _score_line(lines)
     if i is None:
