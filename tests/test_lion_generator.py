@@ -107,6 +107,9 @@ GOOD_REPLIES = [
      ("Compose a limerick about a cat who loves jazz.", "")),
     ("Compose a short bedtime story about a lighthouse keeper's dog.",
      ("Compose a short bedtime story about a lighthouse keeper's dog.", "")),
+    # a random tiny model under the stage's guided-decoding regex: well-formed nonsense, kept
+    ("### Instruction:\nWell people make example again.\n### Input:\n<noinput>",
+     ("Well people make example again.", "")),
     ("### Instruction\nConvert 72 degrees Fahrenheit to Celsius.\n### Input\n<noinput>\n### Output\n22.2",
      ("Convert 72 degrees Fahrenheit to Celsius.", "")),
 ]

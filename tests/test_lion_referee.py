@@ -92,6 +92,13 @@ def test_logprob_scores_with_space_merged_into_the_score_token():
     assert first == pytest.approx(0.9 * 7 + 0.1 * 6) and second == pytest.approx(0.6 * 9 + 0.4 * 8)
 
 
+def test_logprob_scores_on_the_tiny_tokenizers_pieces():
+    # The tiny BPE spells "1 10\nok" as "1", " 10", "\n", "ok".
+    steps = _steps({"1": 0.6, "2": 0.4}, {" 10": 0.5, " 9": 0.5}, {"\n": 1.0}, {"ok": 1.0})
+    first, second = logprob_scores(steps, "1 10\nok")
+    assert first == pytest.approx(1.4) and second == pytest.approx(9.5)
+
+
 def test_logprob_scores_split_digit_ten():
     # "10 8" from a tokenizer that spells 10 as "1", "0": P("0" after "1") splits the "1" mass.
     steps = _steps({"1": 0.8, "9": 0.2}, {"0": 0.75, " ": 0.25}, {" ": 1.0}, {"8": 1.0}, {"\n": 1.0})
