@@ -165,11 +165,14 @@ class OpenAIGenerator:
     def __call__(self, batch: dict) -> dict:
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
         try:
-            responses = self._loop.run_until_complete(asyncio.gather(*(self._answer(p) for p in prompts)))
+            responses = self._loop.run_until_complete(self._answer_all(prompts))
         finally:
             if self.cache is not None:
                 self.cache.flush()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
+
+    async def _answer_all(self, prompts: list) -> list[dict]:
+        return await asyncio.gather(*(self._answer(p) for p in prompts))
 
     async def _answer(self, prompt) -> dict:
         sampling = self.role.sampling.model_dump()
