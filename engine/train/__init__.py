@@ -1,0 +1,43 @@
+"""Student fine-tuning on Ray Train with FSDP2.
+
+    result = train_causal_sft(cfg.train, "/models/llama-7b", rows, "runs/x/iter_0/student", name="iter_0_student")
+    result.model_dir        # Hugging Face export for the vllm / hf backends
+    metrics.add(result.record)
+
+The function chooses the architecture (cfg.architecture is overridden to match).
+`engine.train.step` (plain torch) and `engine.train.batches` import without Ray;
+this module imports the Ray wiring only when a job is started, so they stay usable
+where Ray is not installed (GPU benchmarks).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from engine.config.models import TrainConfig
+from engine.train.result import TrainResult
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["TrainResult", "train_causal_sft", "train_seq2seq_multitask"]
+
+
+def train_causal_sft(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *, name: str) -> TrainResult:
+    """Instruction tuning (Lion's imitation stage): rows `instruction`, `input`,
+    `response`; Alpaca prompt, loss on the response tokens and eos only."""
+    from engine.train.loop import fit
+
+    return fit(cfg.model_copy(update={"architecture": "causal"}), model_path, rows, output_dir, name=name, kind="causal")
+
+
+def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *,
+                            name: str, task: Literal["multitask", "standard"] = "multitask") -> TrainResult:
+    """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).
+    "multitask": loss = label loss + cfg.rationale_weight * rationale loss;
+    "standard": the label-only fine-tuning / distillation baseline."""
+    from engine.train.loop import fit
+
+    if task not in ("multitask", "standard"):
+        raise ValueError(f"task must be 'multitask' or 'standard', not {task!r}")
+    return fit(cfg.model_copy(update={"architecture": "seq2seq"}), model_path, rows, output_dir, name=name, kind=task)
+

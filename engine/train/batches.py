@@ -1,0 +1,116 @@
+"""Training rows -> token ids (in Ray Data `map_batches`) -> padded tensors (per step).
+
+Pure functions over batches (`dict[str, np.ndarray]`), so they are unit-tested
+without Ray. Tokenization keeps sequences ragged; `collate_*` pads each batch only
+to its own longest sequence, so short batches cost short compute.
+
+A row that cannot teach anything (its target is empty, or its prompt alone fills
+`max_length`) keeps `n_target_tokens == 0`; the trainer drops and counts those
+rows instead of training on an all-masked sequence.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from engine.llm.prompts import alpaca_prompt
+
+IGNORE = -100  # labels with this value add nothing to the loss (torch's ignore_index)
+# Distilling step-by-step's task prefixes, exactly as its code writes them
+# (google-research/distilling-step-by-step run.py; the paper's figure says "[label]"
+# and "[rationale]"): a model trained by either code answers the other's prompts.
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
+LABEL_TASK, RATIONALE_TASK = 0, 1
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    """One tokenizer per process: Ray Data reuses its worker processes across batches."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _texts(batch: dict, column: str) -> list[str]:
+    return ["" if v is None else str(v) for v in batch[column]]
+
+
+def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int) -> dict:
+    """Alpaca prompt -> response + eos. Labels are IGNORE on the prompt, so the loss
+    is on the response tokens (and eos) only; padding is masked at collate time."""
+    tok = load_tokenizer(tokenizer_path)
+    prompts = [alpaca_prompt(i, x) for i, x in zip(_texts(batch, "instruction"), _texts(batch, "input"))]
+    responses = _texts(batch, "response")
+    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    response_ids = tok(responses, add_special_tokens=False)["input_ids"]
+    input_ids, labels, n_prompt, n_target = [], [], [], []
+    for p, r, text in zip(prompt_ids, response_ids, responses):
+        room = max_length - len(p)
+        # A truncated response must not end in eos: the student would learn to stop mid-answer.
+        target = (r + [tok.eos_token_id]) if len(r) < room else r[:room]
+        if not text.strip() or room <= 0:
+            target = []
+        input_ids.append(np.asarray(p + target, dtype=np.int64))
+        labels.append(np.asarray([IGNORE] * len(p) + target, dtype=np.int64))
+        n_prompt.append(len(p))
+        n_target.append(len(target))
+    return {"input_ids": input_ids, "labels": labels,
+            "n_prompt_tokens": np.asarray(n_prompt), "n_target_tokens": np.asarray(n_target)}
+
+
+def tokenize_seq2seq(batch: dict, *, tokenizer_path: str, max_length: int, task: str) -> dict:
+    """Step-by-step rows -> a label-task pair (prefixed input -> label) and, for
+    `task="multitask"`, a rationale-task pair (prefixed input -> rationale)."""
+    tok = load_tokenizer(tokenizer_path)
+    inputs, labels = _texts(batch, "input"), _texts(batch, "label")
+
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        ids = tok(texts, max_length=max_length, truncation=True)["input_ids"]
+        return [np.asarray(x, dtype=np.int64) for x in ids]
+
+    out = {"label_input_ids": encode([LABEL_PREFIX + x for x in inputs]), "label_labels": encode(labels)}
+    usable = np.asarray([bool(x.strip()) and bool(y.strip()) for x, y in zip(inputs, labels)])
+    n_prompt = np.asarray([len(x) for x in out["label_input_ids"]])
+    n_target = np.asarray([len(y) for y in out["label_labels"]])
+    if task == "multitask":
+        rationales = _texts(batch, "rationale")
+        out["rationale_input_ids"] = encode([RATIONALE_PREFIX + x for x in inputs])
+        out["rationale_labels"] = encode(rationales)
+        usable &= np.asarray([bool(r.strip()) for r in rationales])
+        n_prompt = n_prompt + [len(x) for x in out["rationale_input_ids"]]
+        n_target = n_target + [len(y) for y in out["rationale_labels"]]
+    out["n_prompt_tokens"] = n_prompt
+    out["n_target_tokens"] = np.where(usable, n_target, 0)
+    return out
+
+
+def _pad(seqs, value: int) -> torch.Tensor:
+    seqs = [np.asarray(s, dtype=np.int64) for s in seqs]
+    out = np.full((len(seqs), max(len(s) for s in seqs)), value, dtype=np.int64)
+    for row, s in zip(out, seqs):
+        row[: len(s)] = s
+    return torch.from_numpy(out)
+
+
+def collate_causal(batch: dict, *, pad_id: int) -> dict[str, torch.Tensor]:
+    input_ids = _pad(batch["input_ids"], pad_id)
+    attention_mask = _pad([np.ones(len(s)) for s in batch["input_ids"]], 0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _pad(batch["labels"], IGNORE)}
+
+
+def collate_seq2seq(batch: dict, *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Both tasks of an example in one batch (2B sequences when multi-task): one
+    forward pass, so FSDP gathers each block's weights once per micro-batch."""
+    tasks = [("label", LABEL_TASK)] + ([("rationale", RATIONALE_TASK)] if "rationale_input_ids" in batch else [])
+    inputs = [s for name, _ in tasks for s in batch[f"{name}_input_ids"]]
+    targets = [s for name, _ in tasks for s in batch[f"{name}_labels"]]
+    task = [tid for _, tid in tasks for _ in batch[f"{tasks[0][0]}_input_ids"]]
+    return {
+        "input_ids": _pad(inputs, pad_id),
+        "attention_mask": _pad([np.ones(len(s)) for s in inputs], 0),
+        "labels": _pad(targets, IGNORE),
+        "task": torch.tensor(task, dtype=torch.long),
+    }

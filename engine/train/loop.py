@@ -1,0 +1,185 @@
+"""Ray Train wiring: tokenise with Ray Data, run `step.py` on every worker under a
+`TorchTrainer`, checkpoint through `ray.train.report`, export in Hugging Face format.
+
+The driver tokenises (`map_batches`), drops and counts rows that cannot teach
+anything, and works out the schedule length; the workers only load, step and save.
+A re-run with the same `name` resumes from the last reported checkpoint (Ray Train
+V2 keeps it under `RunConfig(name, storage_path)`); so does a worker failure, up to
+`max_failures` times.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import shutil
+import tempfile
+import time
+from functools import partial
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from engine.config.models import TrainConfig
+from engine.metrics import stage_timer
+from engine.train import batches as B
+from engine.train import step as S
+from engine.train.checkpoint import export_hf, load_checkpoint, save_checkpoint
+from engine.train.result import TrainResult
+
+log = logging.getLogger("engine.train")
+REQUIRED = {"causal": ("instruction", "input", "response"), "standard": ("input", "label"),
+            "multitask": ("input", "label", "rationale")}
+
+
+def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str, kind: str) -> TrainResult:
+    """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
+    ("multitask" | "standard")."""
+    missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
+    if missing:
+        raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
+    tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
+    pad_id = _pad_id(model_path)
+    with stage_timer(name) as rec:
+        tokenized = rows.map_batches(tokenize, fn_kwargs={"tokenizer_path": model_path, "max_length": cfg.max_length}).materialize()
+        usable = tokenized.filter(lambda r: r["n_target_tokens"] > 0).materialize()
+        n_in, n_usable = tokenized.count(), usable.count()
+        rec.failed_rows = n_in - n_usable
+        if rec.failed_rows:
+            log.warning("%s: %d of %d rows dropped (empty target, or prompt longer than max_length=%d)",
+                        name, rec.failed_rows, n_in, cfg.max_length)
+        ranks = max(1, cfg.num_workers)
+        if n_usable < ranks:
+            raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+        # Ray Train splits the dataset into equal shards, dropping the remainder.
+        micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
+        loop_config = {
+            "train": cfg.model_dump(), "model_path": model_path, "output_dir": output_dir, "kind": kind,
+            "pad_id": pad_id, "micro_per_epoch": micro_per_epoch,
+            "steps_per_epoch": math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps),
+        }
+        result = _trainer(cfg, loop_config, usable, output_dir, name).fit()
+        m = result.return_value
+    rec.rows = m["samples"]
+    rec.prompt_tokens, rec.completion_tokens = m["prompt_tokens"], m["target_tokens"]
+    rec.gpus = cfg.num_workers * cfg.gpus_per_worker
+    loop_s = max(m["loop_seconds"], 1e-9)
+    tokens_per_s = (m["prompt_tokens"] + m["target_tokens"]) / loop_s
+    rec.extra.update({
+        "samples_per_s": m["samples"] / loop_s, "tokens_per_s": tokens_per_s, "steps": m["step"],
+        "resumed_from_step": m["resumed_from_step"], "train_loss_first": m["train_loss_first"],
+        "train_loss_last": m["train_loss_last"],
+    })
+    if m.get("peak_flops") and rec.gpus:
+        rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
+    return TrainResult(model_dir=output_dir, record=rec)
+
+
+def _pad_id(model_path: str) -> int:
+    tok = B.load_tokenizer(model_path)
+    # LLaMA tokenizers have no pad token; padded positions are masked either way.
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def _trainer(cfg: TrainConfig, loop_config: dict, usable, output_dir: str, name: str) -> TorchTrainer:
+    gpu = cfg.gpus_per_worker > 0
+    return TorchTrainer(
+        _train_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None),
+        run_config=RunConfig(name=name, storage_path=storage_path(output_dir),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": usable},
+    )
+
+
+def storage_path(output_dir: str) -> str:
+    """Ray Train's checkpoints live beside the export, inside the run directory."""
+    if "://" in output_dir:
+        return posixpath.join(posixpath.dirname(output_dir.rstrip("/")), "ray_train")
+    return posixpath.join(posixpath.dirname(posixpath.abspath(output_dir)), "ray_train")
+
+
+def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) -> None:
+    """Every rank writes its shard to a local folder; Ray uploads them into one checkpoint."""
+    folder = tempfile.mkdtemp(prefix="ckpt-")
+    try:
+        save_checkpoint(folder, model, optimizer, scheduler, state)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_worker(config: dict) -> dict:
+    cfg = TrainConfig(**config["train"])
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    model = S.setup_model(S.load_model(config["model_path"], cfg.architecture), device,
+                          activation_checkpointing=cfg.activation_checkpointing)
+    optimizer, scheduler = S.build_optimizer(model, cfg, config["steps_per_epoch"] * cfg.epochs)
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(folder, model, optimizer, scheduler)
+    resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
+    collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
+    tasks = 2 if config["kind"] == "multitask" else 1
+    shard = ray.train.get_dataset_shard("train")
+    counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], cfg.epochs):
+        skip, micro, losses = state["micro_in_epoch"], 0, []
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
+                                              local_shuffle_buffer_size=8 * cfg.batch_size,
+                                              local_shuffle_seed=cfg.seed + epoch):
+            micro += 1
+            if micro <= skip:  # consumed before the checkpoint we resumed from
+                continue
+            last = micro == micro_per_epoch
+            sync = last or micro % cfg.gradient_accumulation_steps == 0
+            losses.append(S.backward(model, batch, cfg, device, sync=sync))
+            counts += _batch_counts(batch, config["kind"], tasks)
+            if not sync:
+                continue
+            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            loss = sum(losses) / len(losses)
+            losses = []
+            state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
+            if state["train_loss_first"] is None:
+                state["train_loss_first"] = loss
+            if state["step"] % cfg.checkpoint_every_steps == 0 and not last:
+                _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
+        if micro != micro_per_epoch:
+            raise RuntimeError(f"epoch {epoch}: shard gave {micro} batches, the schedule expected {micro_per_epoch}")
+        state.update(epoch=epoch + 1, micro_in_epoch=0)
+        _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
+    loop_seconds = time.perf_counter() - start
+    if dist.is_initialized():  # totals over ranks; NCCL reduces only device tensors
+        counts = counts.to(device)
+        dist.all_reduce(counts)
+        counts = counts.cpu()
+    export_hf(model, config["model_path"], config["output_dir"],
+              dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
+    return {  # Ray Train hands rank 0's return value to the driver
+        "step": state["step"], "resumed_from_step": resumed_from, "samples": samples,
+        "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "loop_seconds": loop_seconds,
+        "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
+        "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
+    }
+
+
+def _batch_counts(batch: dict, kind: str, tasks: int) -> torch.Tensor:
+    targets = int((batch["labels"] != B.IGNORE).sum())
+    context = int(batch["attention_mask"].sum())
+    if kind == "causal":  # the prompt is the unmasked rest of the one sequence
+        context -= targets
+    return torch.tensor([batch["input_ids"].shape[0] // tasks, context, targets], dtype=torch.float64)

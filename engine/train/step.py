@@ -1,0 +1,157 @@
+"""One training step in plain torch: model setup (FSDP2), losses, optimizer, step.
+
+Nothing here imports Ray, so GPU benchmarks and a `torchrun` job use exactly the
+code that runs inside Ray Train. When torch.distributed is initialised, every
+transformer block and then the root is wrapped with FSDP2 `fully_shard`
+(parameters, gradients and optimizer state sharded across ranks); with bf16
+mixed precision on GPU. Without a process group the model trains as is.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from engine.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
+
+# Dense bf16 peak per GPU, for MFU; an unknown GPU reports no MFU rather than a wrong one.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+
+
+def load_model(model_path: str, architecture: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
+    # fp32 master weights; on GPU the MixedPrecisionPolicy computes in bf16.
+    return cls.from_pretrained(model_path, dtype=torch.float32)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated layers FSDP shards one by one: the classes the model itself
+    declares unsplittable (LlamaDecoderLayer, T5Block...), else the children of
+    any ModuleList whose members all share one class."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    return [child for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1
+            and len({type(c) for c in m}) == 1 for child in m]
+
+
+def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False) -> nn.Module:
+    """Shard (when distributed) and place the model; returns the same module, now training."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # the KV cache only serves generation
+    if dist.is_initialized():
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if device.type == "cuda" else MixedPrecisionPolicy()
+        blocks = transformer_blocks(model)
+        if not blocks:
+            raise ValueError(f"{type(model).__name__}: found no transformer blocks to shard")
+        for block in blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    model.to(device)  # after sharding: each rank moves only its own shards
+    model.train()
+    return model
+
+
+def autocast(device: torch.device):
+    """bf16 compute for an unsharded model on GPU (FSDP2 casts by its policy instead)."""
+    enabled = device.type == "cuda" and not dist.is_initialized()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def build_optimizer(model: nn.Module, cfg, total_steps: int):
+    """AdamW (no decay on biases and norms) with linear warmup and cosine decay to zero."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
+    )
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, total_steps))
+    return optimizer, scheduler
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the tokens whose label is not IGNORE (in fp32)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+
+
+def causal_lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return masked_token_loss(logits[:, :-1], batch["labels"][:, 1:])  # token t predicts token t+1
+
+
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, rationale_weight: float) -> torch.Tensor:
+    """Distilling step-by-step: label loss + lambda * rationale loss, each a mean over
+    its own task's target tokens (a batch of label rows only is the standard loss)."""
+    loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK])
+    if bool((task == RATIONALE_TASK).any()):
+        loss = loss + rationale_weight * masked_token_loss(logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK])
+    return loss
+
+
+def seq2seq_loss(model: nn.Module, batch: dict, rationale_weight: float) -> torch.Tensor:
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids).logits
+    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight)
+
+
+def batch_loss(model: nn.Module, batch: dict, architecture: str, rationale_weight: float) -> torch.Tensor:
+    if architecture == "causal":
+        return causal_lm_loss(model, batch)
+    return seq2seq_loss(model, batch, rationale_weight)
+
+
+def backward(model: nn.Module, batch: dict, cfg, device: torch.device, *, sync: bool) -> float:
+    """Forward + backward of one micro-batch, scaled for gradient accumulation.
+    `sync=False` skips FSDP's gradient reduce-scatter until the last micro-batch."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast(device):
+        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight)
+    (loss / cfg.gradient_accumulation_steps).backward()
+    return loss.detach().item()
+
+
+def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Clip, step, schedule; returns the gradient norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def mfu(params: int, tokens_per_s: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: 6 FLOPs per parameter per token (forward + backward)."""
+    return 6.0 * params * tokens_per_s / peak_flops
+
+
+def peak_flops_per_gpu() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
