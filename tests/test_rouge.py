@@ -166,3 +166,17 @@ def test_ray_shards_give_identical_decisions(ray_cluster):
         assert expected[:60] == brute_force(pool, cands[:60], 0.7)
     finally:
         sharded.close()
+
+
+@FAST
+@given(st.lists(word_texts, max_size=10), st.lists(word_texts, max_size=10), thresholds)
+def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshold):
+    from engine.lion import rouge as module
+
+    old = module._CODE_POINTS
+    module._CODE_POINTS = 3  # a 4th distinct token switches the index to lists of ids
+    try:
+        got = NoveltyFilter(pool, threshold=threshold).filter(cands)
+    finally:
+        module._CODE_POINTS = old
+    assert got == brute_force(pool, cands, threshold)

@@ -40,7 +40,7 @@ import math
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -119,6 +119,20 @@ def rouge_l_f1(a: str, b: str, tokenizer: Tokenizer = "rouge") -> float:
     return _f1(lcs, len(ta), len(tb)) if lcs else 0.0  # rouge-score's 0 for no overlap
 
 
+# Token ids travel as one code point each, surrogates skipped: rapidfuzz's LCS is about
+# five times faster on str than on lists. Beyond the code-point space, an index falls
+# back to lists of the same integer codes, so elements and LCS stay the same.
+_CODE_POINTS = 0x110000 - 0x800
+
+
+def _code(token_id: int) -> int:
+    return token_id + 0x800 if token_id >= 0xD800 else token_id
+
+
+def _codes(seq: str | list[int]) -> list[int]:
+    return seq if isinstance(seq, list) else list(map(ord, seq))
+
+
 def _min_overlap(n: int, t: float) -> int:
     """A lower bound on the LCS any partner of an n-token text needs to reach F1 t.
 
@@ -129,41 +143,49 @@ def _min_overlap(n: int, t: float) -> int:
 
 
 class _Index:
-    """Token-id sequences of a pool with a prefix-filter inverted index over them."""
+    """Token-id sequences with a prefix-filter inverted index over them.
+
+    Queries run in batches, fully vectorised: per query and indexed item the prefix
+    matches give an upper bound on the overlap, and only pairs whose bound can reach the
+    threshold get an exact LCS, computed pairwise in compiled code.
+    """
 
     def __init__(self, threshold: float, tokenize: Callable[[str], list[str]]):
         self.threshold = threshold
         self._t = threshold - _SLACK
         self._tokenize = tokenize
         self._token_ids: dict[str, int] = {}
-        # Global element order, fixed at first sight of an element: (pool document
-        # frequency at build time) * 2**32 + serial. Elements first seen later rank as
-        # rarest (df 0); any fixed total order keeps the prefix filter exact.
+        # Global element order, fixed at first sight of an element: (document frequency
+        # at build time) * 2**32 + serial, rarest first. Elements first seen later rank
+        # as df 0; any fixed total order keeps the prefix filter exact.
         self._rank: dict[tuple[int, int], int] = {}
-        # element -> item << 32 | the element's position in the item's ordered elements:
-        # arrays for the pool as built, lists for what joins it later.
-        self._frozen: dict[tuple[int, int], np.ndarray] = {}
-        self._postings: dict[tuple[int, int], list[int]] = {}
-        self.seqs: list[list[int]] = []
-        self._lens = np.zeros(1024, dtype=np.int64)
+        # element -> item << 32 | the element's position in the item's ordered elements
+        self._postings: dict[tuple[int, int], np.ndarray] = {}
+        self.seqs: list[str | list[int]] = []
+        self._lens = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> str | list[int]:
         ids = self._token_ids
-        return [ids.setdefault(tok, len(ids)) for tok in self._tokenize(text)]
+        seq = [ids.setdefault(tok, len(ids)) for tok in self._tokenize(text)]
+        return list(map(_code, seq)) if self._wide else "".join([chr(_code(i)) for i in seq])
+
+    @property
+    def _wide(self) -> bool:
+        return len(self._token_ids) > _CODE_POINTS
 
     @staticmethod
-    def _elements(seq: list[int]) -> list[tuple[int, int]]:
+    def _elements(seq: str | list[int]) -> list[tuple[int, int]]:
         seen: dict[int, int] = {}
         out = []
-        for tok in seq:
+        for tok in _codes(seq):
             k = seen[tok] = seen.get(tok, 0) + 1
             out.append((tok, k))
         return out
 
-    def _prefix(self, seq: list[int]) -> list[tuple[int, int]]:
+    def _prefix(self, seq: str | list[int]) -> list[tuple[int, int]]:
         rank = self._rank
         elems = self._elements(seq)
         for e in elems:
@@ -182,62 +204,80 @@ class _Index:
         serial = len(self._rank)
         for i, e in enumerate(sorted(df, key=df.__getitem__)):
             self._rank.setdefault(e, (df[e] << 32) + serial + i)
+        self.add(seqs)
+
+    def add(self, seqs: list[str | list[int]]) -> None:
+        fresh: dict[tuple[int, int], list[int]] = {}
         for seq in seqs:
-            self.add(seq)
-        for e, lst in self._postings.items():
-            old = self._frozen.get(e)
-            self._frozen[e] = np.array(lst, dtype=np.int64) if old is None else np.r_[old, lst]
-        self._postings = {}
+            item = len(self.seqs)
+            self.seqs.append(seq)
+            if seq and self.threshold <= 1:  # above 1.0 no pair can match: index nothing
+                for j, e in enumerate(self._prefix(seq)):
+                    fresh.setdefault(e, []).append(item << 32 | j)
+        self._lens = np.concatenate([self._lens, np.array([len(q) for q in seqs], dtype=np.int64)])
+        for e, lst in fresh.items():
+            old = self._postings.get(e)
+            self._postings[e] = np.array(lst, dtype=np.int64) if old is None else np.r_[old, lst]
 
-    def add(self, seq: list[int]) -> None:
-        item = len(self.seqs)
-        self.seqs.append(seq)
-        if item == len(self._lens):
-            self._lens = np.concatenate([self._lens, np.zeros_like(self._lens)])
-        self._lens[item] = len(seq)
-        if not seq or self.threshold > 1:
-            return  # matches nothing: no F1 reaches a threshold above 1.0
-        postings = self._postings
-        for j, e in enumerate(self._prefix(seq)):
-            postings.setdefault(e, []).append(item << 32 | j)
+    def _survivors(self, seqs: list[str | list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(query, item) pairs the prefix and positional bounds cannot rule out, in batches.
 
-    def hits(self, seq: list[int]) -> bool:
-        """Whether some indexed item has ROUGE-L F1 >= threshold with `seq`."""
-        if self.threshold <= 0:
-            return len(self.seqs) > 0  # every F1, 0 included, reaches it
-        n = len(seq)
-        if n == 0 or self.threshold > 1:
-            return False
-        arrays, where = [], []
-        for i, e in enumerate(self._prefix(seq)):
-            for found in (self._frozen.get(e), self._postings.get(e)):
-                if found is not None:
+        A batch is flushed at about 2M postings entries, to bound memory whatever the pool.
+        """
+        qlens = np.array([len(s) for s in seqs], dtype=np.int64)
+        arrays, query, where, size = [], [], [], 0
+        for q, seq in enumerate(seqs):
+            for i, e in enumerate(self._prefix(seq) if seq else ()):
+                if (found := self._postings.get(e)) is not None:
                     arrays.append(found)
+                    query.append(q)
                     where.append(i)
-        if not arrays:
-            return False
+                    size += len(found)
+            if arrays and (size >= 1 << 21 or q == len(seqs) - 1):
+                yield self._bound(arrays, query, where, qlens)
+                arrays, query, where, size = [], [], [], 0
+
+    def _bound(self, arrays, query, where, qlens) -> tuple[np.ndarray, np.ndarray]:
+        sizes = [len(a) for a in arrays]
         packed = np.concatenate(arrays)
-        i = np.repeat(np.array(where, dtype=np.int64), [len(a) for a in arrays])
-        # Stable sort by item keeps each item's matches in probe (= rank) order.
-        order = np.argsort(packed >> 32, kind="stable")
-        items, i, j = packed[order] >> 32, i[order], packed[order] & 0xFFFFFFFF
-        first = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
-        last = np.r_[first[1:], len(items)] - 1
-        items = items[first]
-        m = self._lens[items]
+        q, i = np.repeat(np.array(query), sizes), np.repeat(np.array(where), sizes)
+        # A stable sort by (query, item) keeps each pair's matches in rank order.
+        order = np.argsort(q * len(self.seqs) + (packed >> 32), kind="stable")
+        q, i, item, j = q[order], i[order], packed[order] >> 32, packed[order] & 0xFFFFFFFF
+        first = np.flatnonzero(np.r_[True, (q[1:] != q[:-1]) | (item[1:] != item[:-1])])
+        last = np.r_[first[1:], len(q)] - 1
+        q, item = q[first], item[first]
+        n, m = qlens[q], self._lens[item]
         # PPJoin's bound: every common element ranked up to the last match lies in both
         # prefixes, so it was counted; after it, at most what is left of the shorter side.
         overlap = (last - first + 1) + np.minimum(n - 1 - i[last], m - 1 - j[last])
-        # LCS <= overlap and LCS <= min(m, n); F1 = 2*LCS/(m+n) must reach t.
+        # LCS <= overlap and <= min(m, n); F1 = 2*LCS/(m+n) must reach t.
         bound = np.minimum(overlap, np.minimum(m, n))
-        survivors = items[2 * bound >= self._t * (m + n)]
-        if not len(survivors):
-            return False
-        others = [self.seqs[k] for k in survivors.tolist()]
-        lcs = process.cdist([seq], others, scorer=LCSseq.similarity, dtype=np.int64)[0]
-        m = self._lens[survivors]
-        matched = lcs > 0
-        return bool((_f1(lcs[matched], m[matched], n) >= self.threshold).any())
+        keep = 2 * bound >= self._t * (m + n)
+        return q[keep], item[keep]
+
+    def matches(self, seqs: list[str | list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """All (query, item) pairs whose ROUGE-L F1 reaches the threshold (threshold > 0)."""
+        out_q, out_item = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for q, item in self._survivors(seqs):
+            a, b = [seqs[k] for k in q.tolist()], [self.seqs[k] for k in item.tolist()]
+            if self._wide:
+                a, b = [_codes(x) for x in a], [_codes(x) for x in b]
+            lcs = process.cpdist(a, b, scorer=LCSseq.similarity, dtype=np.int64)
+            # Survivors share a token, so lcs >= 1 and _f1's zero case cannot arise.
+            hit = _f1(lcs, self._lens[item], np.array([len(x) for x in a])) >= self.threshold
+            out_q.append(q[hit])
+            out_item.append(item[hit])
+        return np.concatenate(out_q), np.concatenate(out_item)
+
+    def hits(self, seqs: list[str | list[int]]) -> np.ndarray:
+        """Per query: whether some indexed item has ROUGE-L F1 >= threshold with it."""
+        out = np.zeros(len(seqs), dtype=bool)
+        if self.threshold <= 0:
+            out[:] = len(self.seqs) > 0  # every F1, 0 included, reaches it
+        else:
+            out[self.matches(seqs)[0]] = True
+        return out
 
 
 class NoveltyFilter:
@@ -253,17 +293,17 @@ class NoveltyFilter:
                  shards: int | None = None, shard_cpus: float = 1.0):
         self.threshold = threshold
         self.kept: list[str] = []
-        self._tokenize = _tokenizer(tokenizer)
-        self._index = _Index(threshold, self._tokenize)
+        self._tokenizer = tokenizer
+        self._index = _Index(threshold, _tokenizer(tokenizer))  # pool + kept, or kept only with shards
         self._initial = len(pool)
         self._actors: list = []
-        if shards:
+        if shards and pool:
             import ray
 
             actor = ray.remote(num_cpus=shard_cpus)(_ShardActor)
-            size = -(-len(pool) // shards) if pool else 0
+            size = -(-len(pool) // shards)
             self._actors = [actor.remote(list(pool[i:i + size]), threshold, tokenizer)
-                            for i in range(0, len(pool), size)] if size else []
+                            for i in range(0, len(pool), size)]
             ray.get([a.ready.remote() for a in self._actors])  # surface build errors here
         else:
             self._index.build(pool)
@@ -274,24 +314,33 @@ class NoveltyFilter:
         return self._initial + len(self.kept)
 
     def filter(self, candidates: Sequence[str]) -> list[bool]:
+        candidates = list(candidates)
+        seqs = [self._index.encode(c) for c in candidates]
+        # The pool side has no order: decide it for the whole batch at once (in the
+        # shards, in parallel, if any). Only candidate-vs-candidate is sequential.
+        hit = self._index.hits(seqs)
         if self._actors:
             import ray
 
-            # Shards answer for the fixed pool in parallel; only the kept candidates,
-            # which depend on earlier decisions, are checked here in order.
-            flags = ray.get([a.hits.remote(list(candidates)) for a in self._actors])
-            pool_hit = [any(f[i] for f in flags) for i in range(len(candidates))]
+            for flags in ray.get([a.hits.remote(candidates) for a in self._actors]):
+                hit |= flags
+        # Candidates among themselves: a throwaway index of the batch, each pair found once
+        # from the later side, then Lion's order resolved in one pass.
+        rivals: dict[int, list[int]] = {}
+        if self.threshold <= 0:
+            rivals = {k: list(range(k)) for k in range(len(candidates))}
         else:
-            pool_hit = [False] * len(candidates)
-        out = []
-        for text, hit in zip(candidates, pool_hit):
-            seq = self._index.encode(text)
-            keep = not hit and not self._index.hits(seq)
-            if keep:
-                self._index.add(seq)
-                self.kept.append(text)
-            out.append(keep)
-        return out
+            batch = _Index(self.threshold, _tokenizer(self._tokenizer))
+            batch.build(candidates)
+            for q, j in zip(*(a.tolist() for a in batch.matches(batch.seqs))):
+                if j < q:
+                    rivals.setdefault(q, []).append(j)
+        keep: list[bool] = []
+        for k in range(len(candidates)):
+            keep.append(not hit[k] and not any(keep[j] for j in rivals.get(k, ())))
+        self._index.add([s for s, k in zip(seqs, keep) if k])
+        self.kept += [c for c, k in zip(candidates, keep) if k]
+        return keep
 
     def close(self) -> None:
         """Release the shard actors (a no-op without shards)."""
@@ -313,5 +362,5 @@ class _ShardActor:
     def ready(self) -> int:
         return len(self._index)
 
-    def hits(self, candidates: list[str]) -> list[bool]:
-        return [self._index.hits(self._index.encode(text)) for text in candidates]
+    def hits(self, candidates: list[str]) -> np.ndarray:
+        return self._index.hits([self._index.encode(c) for c in candidates])
