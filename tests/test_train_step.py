@@ -1,0 +1,141 @@
+"""engine.train's pure parts: token masks, collation, losses, schedule, FSDP units (no Ray)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.llm.prompts import alpaca_prompt
+from engine.train import batches as B
+from engine.train import step as S
+
+
+def _rows(**cols):
+    return {k: np.asarray(v, dtype=object) for k, v in cols.items()}
+
+
+def test_causal_labels_mask_prompt_and_keep_response_plus_eos(tiny_models):
+    tok = B.load_tokenizer(str(tiny_models.llama))
+    batch = _rows(instruction=["Add the numbers.", "Say hi."], input=["2 and 3", ""], response=["5", "hi there"])
+    out = B.tokenize_causal(batch, tokenizer_path=str(tiny_models.llama), max_length=256)
+    for i, (inst, inp, resp) in enumerate([("Add the numbers.", "2 and 3", "5"), ("Say hi.", "", "hi there")]):
+        prompt = tok(alpaca_prompt(inst, inp))["input_ids"]
+        target = tok(resp, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert out["input_ids"][i].tolist() == prompt + target
+        assert out["labels"][i].tolist() == [B.IGNORE] * len(prompt) + target
+        assert (out["n_prompt_tokens"][i], out["n_target_tokens"][i]) == (len(prompt), len(target))
+    padded = B.collate_causal(out, pad_id=tok.pad_token_id)
+    short = int(out["n_prompt_tokens"][1] + out["n_target_tokens"][1])
+    assert padded["attention_mask"][1].tolist() == [1] * short + [0] * (padded["input_ids"].shape[1] - short)
+    assert (padded["labels"][1, short:] == B.IGNORE).all()  # padding never reaches the loss
+
+
+def test_causal_unusable_rows_have_no_target(tiny_models):
+    path = str(tiny_models.llama)
+    out = B.tokenize_causal(_rows(instruction=["x", "long " * 300, "y"], input=["", "", ""], response=["", "ok", "a b"]),
+                            tokenizer_path=path, max_length=96)
+    assert out["n_target_tokens"][0] == 0  # empty response
+    assert out["n_target_tokens"][1] == 0  # the prompt alone fills max_length
+    tok = B.load_tokenizer(path)
+    assert tok.eos_token_id in out["labels"][2].tolist()
+    clipped = B.tokenize_causal(_rows(instruction=["y"], input=[""], response=["word " * 100]), tokenizer_path=path, max_length=64)
+    assert len(clipped["input_ids"][0]) == 64 and tok.eos_token_id not in clipped["labels"][0].tolist()
+
+
+def test_seq2seq_multitask_pairs_and_collate(tiny_models):
+    path = str(tiny_models.t5)
+    tok = B.load_tokenizer(path)
+    batch = _rows(input=["2 + 3?", "Where do fish live?"], label=["5", "water"], rationale=["2 plus 3 is 5.", ""])
+    out = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="multitask")
+    assert out["label_input_ids"][0].tolist() == tok(B.LABEL_PREFIX + "2 + 3?")["input_ids"]
+    assert out["rationale_input_ids"][0].tolist() == tok(B.RATIONALE_PREFIX + "2 + 3?")["input_ids"]
+    assert out["rationale_labels"][0].tolist() == tok("2 plus 3 is 5.")["input_ids"]
+    assert out["n_target_tokens"][0] > 0 and out["n_target_tokens"][1] == 0  # no rationale: unusable for multitask
+    standard = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="standard")
+    assert "rationale_input_ids" not in standard and (standard["n_target_tokens"] > 0).all()
+    padded = B.collate_seq2seq(out, pad_id=tok.pad_token_id)
+    assert padded["task"].tolist() == [B.LABEL_TASK] * 2 + [B.RATIONALE_TASK] * 2
+    assert padded["input_ids"].shape[0] == padded["labels"].shape[0] == 4
+
+
+def test_multitask_loss_is_label_loss_plus_weighted_rationale_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 11)
+    labels = torch.randint(0, 11, (4, 5))
+    labels[0, 3:] = B.IGNORE
+    labels[3, 1:] = B.IGNORE
+    task = torch.tensor([0, 0, 1, 1])
+
+    def by_hand(rows):  # mean token cross-entropy over the unmasked tokens of these rows
+        logp = torch.log_softmax(logits[rows], -1)
+        picked = [(-logp[i, t, labels[r, t]]) for i, r in enumerate(rows) for t in range(5) if labels[r, t] != B.IGNORE]
+        return torch.stack(picked).mean()
+
+    expected = by_hand([0, 1]) + 0.3 * by_hand([2, 3])
+    assert torch.allclose(S.multitask_loss(logits, labels, task, 0.3), expected, atol=1e-6)
+    assert torch.allclose(S.multitask_loss(logits[:2], labels[:2], task[:2], 0.3), by_hand([0, 1]), atol=1e-6)
+
+
+def test_seq2seq_loss_matches_two_separate_t5_losses(tiny_models):
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = str(tiny_models.t5)
+    tok = B.load_tokenizer(path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    rows = _rows(input=["2 + 3?", "Where do fish live?"], label=["5", "water"], rationale=["2 plus 3 is 5.", "Fish swim in water."])
+    batch = B.collate_seq2seq(B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"), pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        combined = S.seq2seq_loss(model, batch, rationale_weight=0.5)
+        separate = [model(input_ids=batch["input_ids"][sl], attention_mask=batch["attention_mask"][sl], labels=batch["labels"][sl]).loss
+                    for sl in (slice(0, 2), slice(2, 4))]
+    assert torch.allclose(combined, separate[0] + 0.5 * separate[1], atol=1e-5)
+
+
+def test_causal_loss_matches_transformers_loss(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    path = str(tiny_models.llama)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    out = B.tokenize_causal(_rows(instruction=["Say hi.", "Add."], input=["", "1 2"], response=["hi", "3"]), tokenizer_path=path, max_length=128)
+    batch = B.collate_causal(out, pad_id=0)
+    with torch.no_grad():
+        ours = S.causal_lm_loss(model, batch)
+        theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_transformer_blocks_found_from_the_model(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    llama = AutoModelForCausalLM.from_pretrained(str(tiny_models.llama))
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(str(tiny_models.t5))
+    assert {type(b).__name__ for b in S.transformer_blocks(llama)} == {"LlamaDecoderLayer"}
+    assert len(S.transformer_blocks(llama)) == llama.config.num_hidden_layers
+    assert {type(b).__name__ for b in S.transformer_blocks(t5)} == {"T5Block"}
+    assert len(S.transformer_blocks(t5)) == t5.config.num_layers + t5.config.num_decoder_layers
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lrs = [S.cosine_with_warmup(s, warmup=2, total=10) for s in range(10)]
+    assert lrs[0] < lrs[1] < lrs[2] == 1.0
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert S.cosine_with_warmup(10, 2, 10) == pytest.approx(0.0)
+    assert S.mfu(params=1e9, tokens_per_s=1e4, peak_flops=989e12) == pytest.approx(6e13 / 989e12)
+    assert math.isclose(S.cosine_with_warmup(0, 0, 4), 1.0)
+
+
+def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):
+    from engine.config.models import TrainConfig
+
+    path = str(tiny_models.llama)
+    cfg = TrainConfig(learning_rate=1e-3, warmup_ratio=0.0, batch_size=4)
+    model = S.setup_model(S.load_model(path, "causal"), torch.device("cpu"))
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=6)
+    out = B.tokenize_causal(_rows(instruction=[f"Count to {i}." for i in range(4)], input=[""] * 4,
+                                  response=[" ".join(map(str, range(i + 1))) for i in range(4)]), tokenizer_path=path, max_length=128)
+    batch = B.collate_causal(out, pad_id=0)
+    losses = []
+    for _ in range(6):
+        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    assert losses[-1] < losses[0] - 1.0
