@@ -13,9 +13,12 @@ becomes a set of elements (token, k-th occurrence), so multiset intersection is 
 intersection, and the classic prefix filter of set-similarity joins applies: order
 elements globally rarest first; two sets sharing at least o elements must share one
 among the first |set| - o + 1 of each. An inverted index over pool prefixes then
-yields the few pool items that could reach the threshold; a length filter trims them,
-and only those get an exact LCS (rapidfuzz, compiled) and rouge-score's own F1
-arithmetic. Every bound is loosened by 1e-9 before use, far more than the few ulps
+yields the few pool items that could reach the threshold; PPJoin's positional bound
+and the lengths trim them (vectorised over a whole batch of candidates), and only
+those get an exact LCS (rapidfuzz, compiled) and rouge-score's own F1 arithmetic.
+The pool side needs no order, so a batch is joined against it at once; only
+candidate-vs-candidate is sequential, found by a self-join of the batch and resolved
+in Lion's order in one pass. Every bound is loosened by 1e-9 before use, far more than the few ulps
 by which rouge-score's floating-point F1 can differ from the exact ratio, so no pair
 that could reach the threshold is ever pruned; the decision itself is always made on
 the bit-identical float.
