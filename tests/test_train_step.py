@@ -139,3 +139,11 @@ def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):
         losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
         S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_step_code_imports_without_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, engine.train.step, engine.train.batches; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -21,6 +21,8 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.expressions import col
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -46,7 +48,7 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         tokenized = rows.map_batches(tokenize, fn_kwargs={"tokenizer_path": model_path, "max_length": cfg.max_length}).materialize()
-        usable = tokenized.filter(lambda r: r["n_target_tokens"] > 0).materialize()
+        usable = tokenized.filter(expr=col("n_target_tokens") > 0).materialize()
         n_in, n_usable = tokenized.count(), usable.count()
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
@@ -107,6 +109,17 @@ def storage_path(output_dir: str) -> str:
     return posixpath.join(posixpath.dirname(posixpath.abspath(output_dir)), "ray_train")
 
 
+class Collate(NumpyBatchCollateFn):
+    """Ray Data's collate interface around the pure `batches.collate_*`."""
+
+    def __init__(self, kind: str, pad_id: int):
+        super().__init__()
+        self.fn = partial(B.collate_causal if kind == "causal" else B.collate_seq2seq, pad_id=pad_id)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.fn(batch)
+
+
 def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) -> None:
     """Every rank writes its shard to a local folder; Ray uploads them into one checkpoint."""
     folder = tempfile.mkdtemp(prefix="ckpt-")
@@ -130,7 +143,7 @@ def _train_worker(config: dict) -> dict:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(folder, model, optimizer, scheduler)
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
-    collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
+    collate = Collate(config["kind"], config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
     shard = ray.train.get_dataset_shard("train")
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens

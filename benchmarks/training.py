@@ -1,0 +1,166 @@
+"""Student training throughput.
+
+    python benchmarks/training.py                 # CPU: Ray Train + FSDP2 (2 workers) vs a plain torch loop
+    python benchmarks/training.py --mode mfu      # no Ray: a 1B-class LLaMA-shaped model in bf16 on a GPU, MFU
+    python benchmarks/training.py --mode mfu --device cpu --hidden 128 --intermediate 256 --layers 2 --heads 2 \
+        --kv-heads 2 --vocab 2048 --seq-len 64 --steps 5 --out benchmarks/out/training_mfu_cpu.json
+
+`ray` mode trains the tiny LLaMA on the same synthetic instruction set both ways and
+reports samples/s and tokens/s (training loop only, and end to end for Ray) and the
+overhead ratio. `mfu` mode runs `engine.train.step` bare (FSDP2 over a one-rank
+process group, or every rank under torchrun) on random tokens: MFU = 6 * params *
+tokens/s / peak FLOPs. Writes JSON to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from engine.config.models import TrainConfig
+from engine.train import batches as B
+from engine.train import step as S
+
+
+def synthetic_rows(n: int) -> list[dict]:
+    return [{"instruction": f"Write the numbers from {i} to {i + 5}.", "input": "" if i % 3 else "as words",
+             "response": " ".join(str(i + k) for k in range(6))} for i in range(n)]
+
+
+def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
+    """The reference: one process, no Ray, no FSDP, same step code and data."""
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    tokens = B.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
+    pad = B.load_tokenizer(model_path).pad_token_id
+    model = S.setup_model(S.load_model(model_path, "causal"), torch.device("cpu"))
+    n_batches = -(-len(rows) // cfg.batch_size)
+    optimizer, scheduler = S.build_optimizer(model, cfg, n_batches * cfg.epochs)
+    samples = n_tokens = 0
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        for i in range(0, len(rows), cfg.batch_size):
+            batch = B.collate_causal({k: v[i:i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
+            S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            samples += batch["input_ids"].shape[0]
+            n_tokens += int(batch["attention_mask"].sum())
+    seconds = time.perf_counter() - start
+    return {"samples_per_s": samples / seconds, "tokens_per_s": n_tokens / seconds, "loop_s": seconds}
+
+
+def ray_mode(args) -> dict:
+    import tempfile
+
+    import ray
+
+    from engine.tiny import build_tiny_models
+    from engine.train import train_causal_sft
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    model_path = str(build_tiny_models().llama)
+    rows = synthetic_rows(args.rows)
+    cfg = TrainConfig(num_workers=2, batch_size=args.batch_size, epochs=args.epochs, learning_rate=1e-3,
+                      max_length=128, checkpoint_every_steps=10_000)
+    plain = plain_loop(model_path, rows, cfg)
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = train_causal_sft(cfg, model_path, ray.data.from_items(rows), f"{tmp}/student", name="bench").record
+    ray.shutdown()
+    fsdp = {"samples_per_s": rec.extra["samples_per_s"], "tokens_per_s": rec.extra["tokens_per_s"],
+            "loop_s": rec.rows / rec.extra["samples_per_s"], "end_to_end_s": rec.seconds,
+            "samples_per_s_end_to_end": rec.rows / rec.seconds}
+    return {"model": "tiny LLaMA (2 layers, 128 wide)", "rows": args.rows, "epochs": args.epochs,
+            "batch_size_per_worker": args.batch_size, "plain_torch_1_process": plain, "ray_train_fsdp2_2_workers": fsdp,
+            "loop_ratio_ray_over_plain": fsdp["samples_per_s"] / plain["samples_per_s"],
+            "end_to_end_ratio_ray_over_plain": fsdp["samples_per_s_end_to_end"] / plain["samples_per_s"]}
+
+
+def mfu_mode(args) -> dict:
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = torch.device(args.device)
+    if not dist.is_initialized():  # torchrun sets RANK etc.; alone, a one-rank group still runs FSDP2
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", torch.cuda.current_device())
+    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                         vocab_size=args.vocab, max_position_embeddings=args.seq_len)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    params = S.parameter_count(model)
+    model = S.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
+    cfg = TrainConfig(batch_size=args.batch_size, learning_rate=1e-4, warmup_ratio=0.0)
+    optimizer, scheduler = S.build_optimizer(model, cfg, args.steps + args.warmup)
+    ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        S.backward(model, batch, cfg, device, sync=True)
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    world = dist.get_world_size()
+    tokens_per_s = args.steps * args.batch_size * args.seq_len * world / seconds
+    dist.destroy_process_group()
+    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "ranks": world,
+            "params": params, "seq_len": args.seq_len, "batch_size_per_rank": args.batch_size, "steps": args.steps,
+            "tokens_per_s": tokens_per_s, "samples_per_s": tokens_per_s / args.seq_len,
+            "peak_flops_per_rank": args.peak_flops, "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world)}
+
+
+def table(result: dict) -> str:
+    if "mfu" in result:
+        return (f"| device | ranks | params | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |\n"
+                f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | {result['mfu']:.2%} |")
+    p, r = result["plain_torch_1_process"], result["ray_train_fsdp2_2_workers"]
+    return ("| path | samples/s | tokens/s | x plain |\n| --- | ---: | ---: | ---: |\n"
+            f"| plain torch loop, 1 process | {p['samples_per_s']:.1f} | {p['tokens_per_s']:,.0f} | 1.00 |\n"
+            f"| Ray Train + FSDP2, 2 workers (loop) | {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {result['loop_ratio_ray_over_plain']:.2f} |\n"
+            f"| Ray Train + FSDP2, 2 workers (end to end, {r['end_to_end_s']:.0f} s) | {r['samples_per_s_end_to_end']:.1f} | | "
+            f"{result['end_to_end_ratio_ray_over_plain']:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["ray", "mfu"], default="ray")
+    ap.add_argument("--out", default="benchmarks/out/training.json")
+    ap.add_argument("--rows", type=int, default=256, help="ray mode: synthetic instructions")
+    ap.add_argument("--epochs", type=int, default=2, help="ray mode")
+    ap.add_argument("--batch-size", type=int, default=8, help="per worker / rank")
+    ap.add_argument("--device", default="cuda", help="mfu mode")
+    ap.add_argument("--hidden", type=int, default=2048, help="mfu mode: LLaMA shape (default ~1.2B params)")
+    ap.add_argument("--intermediate", type=int, default=5632)
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--peak-flops", type=float, default=989e12, help="per rank; default H100 bf16 dense")
+    args = ap.parse_args(argv)
+    result = ray_mode(args) if args.mode == "ray" else mfu_mode(args)
+    print(table(result))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), and
+the one real 2-worker FSDP2 run: LLaMA SFT that resumes, exports, and loads in
+transformers and vLLM."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.config.models import TrainConfig
+from engine.step_by_step import accuracy, load_split, predict_labels
+from engine.step_by_step.data import REPO_DATA
+from engine.train import train_causal_sft, train_seq2seq_multitask
+
+pytestmark = pytest.mark.ray
+
+
+def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_models, tmp_path):
+    rows = load_split("cqa", "train", REPO_DATA).rows[:24]  # includes the one unparseable completion
+    ds = ray_cluster.data.from_items([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
+    cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=8, epochs=3, learning_rate=3e-3,
+                      warmup_ratio=0.0, max_length=128, rationale_weight=0.5)
+    multi = train_seq2seq_multitask(cfg, str(tiny_models.t5), ds, str(tmp_path / "multitask"), name="sbs-multi")
+    rec = multi.record
+    assert rec.failed_rows == 1 and rec.rows == 3 * 23  # 23 usable examples, 3 epochs
+    assert rec.extra["steps"] == 9 and rec.extra["train_loss_last"] < rec.extra["train_loss_first"]
+    inputs = [r["input"] for r in rows[:4]]
+    predictions = predict_labels(multi.model_dir, inputs, max_new_tokens=8)
+    assert len(predictions) == 4 and all(isinstance(p, str) for p in predictions)
+    assert 0.0 <= accuracy(predictions, [r["label"] for r in rows[:4]], "cqa") <= 1.0
+
+    standard = train_seq2seq_multitask(cfg.model_copy(update={"epochs": 1}), str(tiny_models.t5), ds.drop_columns(["rationale"]),
+                                       str(tmp_path / "standard"), name="sbs-standard", task="standard")
+    assert standard.record.failed_rows == 0 and standard.record.rows == 24
+    with pytest.raises(ValueError, match="rationale"):
+        train_seq2seq_multitask(cfg, str(tiny_models.t5), ds.drop_columns(["rationale"]), str(tmp_path / "x"), name="bad")
+
+
+VLLM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from vllm import LLM, SamplingParams
+    if __name__ == "__main__":
+        llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=256, enforce_eager=True)
+        out = llm.generate(["### Instruction:\\nSay the number 3.\\n\\n### Response:\\n"], SamplingParams(max_tokens=8, temperature=0))
+        print("RESULT", json.dumps({"tokens": len(out[0].outputs[0].token_ids)}), flush=True)
+""")
+
+
+@pytest.mark.vllm
+def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models, tmp_path):
+    rows = ray_cluster.data.from_items([{"instruction": f"Say the number {i}.", "input": "" if i % 2 else "digits",
+                                         "response": f"The number is {i}."} for i in range(16)])
+    cfg = TrainConfig(num_workers=2, batch_size=4, epochs=1, learning_rate=2e-3, warmup_ratio=0.0,
+                      max_length=128, checkpoint_every_steps=1)
+    out = str(tmp_path / "student")
+    first = train_causal_sft(cfg, str(tiny_models.llama), rows, out, name="sft")
+    assert first.record.extra["steps"] == 2  # 16 rows / 2 workers / batch 4
+    # Same name, more epochs: Ray Train hands back the last checkpoint and the step counter goes on from it.
+    second = train_causal_sft(cfg.model_copy(update={"epochs": 4}), str(tiny_models.llama), rows, out, name="sft")
+    extra = second.record.extra
+    assert extra["resumed_from_step"] == 2 and extra["steps"] == 8
+    assert second.record.rows == 3 * 16  # only the three new epochs were trained
+    assert extra["train_loss_first"] == first.record.extra["train_loss_first"]
+    assert extra["train_loss_last"] < extra["train_loss_first"] - 1.0
+    assert extra["samples_per_s"] > 0 and extra["tokens_per_s"] > 0
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(second.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(second.model_dir)
+    generated = model.generate(**tok("### Instruction:\nSay the number 3.", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > 0
+
+    script = tmp_path / "vllm_load.py"
+    script.write_text(VLLM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), second.model_dir], capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))  # vLLM logs to stdout too
+    assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0
