@@ -148,6 +148,26 @@ def build_tiny_models(cache_dir: str | Path = DEFAULT_CACHE) -> TinyModels:
     return TinyModels(tokenizer_path, build_llama(cache, tokenizer), build_t5(cache, tokenizer))
 
 
+TINY_SCHEME = "tiny://"
+
+
+def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
+    """A run config with every `tiny://llama` or `tiny://t5` model replaced by its built
+    folder, so a config (the demo's) can name tiny models that exist on no hub."""
+    roles = {name: getattr(cfg, name) for name in ("teacher", "student", "referee", "generator")}
+    wanted = {name: role for name, role in roles.items() if role.model.startswith(TINY_SCHEME)}
+    if not wanted:
+        return cfg
+    models = vars(build_tiny_models(cache_dir))
+    update = {}
+    for name, role in wanted.items():
+        kind = role.model[len(TINY_SCHEME):]
+        if kind not in ("llama", "t5"):
+            raise ValueError(f"{name}.model: unknown tiny model {role.model!r}; expected tiny://llama or tiny://t5")
+        update[name] = role.model_copy(update={"model": str(models[kind])})
+    return cfg.model_copy(update=update)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m engine.tiny", description="Build the tiny test models offline.")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE))

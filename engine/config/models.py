@@ -81,7 +81,17 @@ class LionConfig(Strict):
     hard_easy_ratio: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
     tau: float = 1.0  # an instruction is hard when teacher_score - student_score >= tau
     rouge_l_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
+    # non-Latin text). "unicode": words of every script, CJK character by character.
+    rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
+    rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
+    # Constrain the referee's review / the generator's reply to their formats (vLLM guided
+    # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
+    referee_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    generator_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
+    referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
     seed: int = 42
 
     @property
@@ -114,6 +124,7 @@ class DataConfig(Strict):
     # For generic JSONL: which of a row's fields hold the instruction and its input.
     field_map: dict[Literal["instruction", "input"], str] = Field(default_factory=dict)
     max_instruction_chars: PositiveInt = 4_096
+    sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
 
 
 class RunConfig(Strict):

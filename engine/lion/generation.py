@@ -1,0 +1,123 @@
+"""Generation: the generator writes new instructions from sampled hard instructions
+(same domain and task type, similar difficulty) and easy ones (same domain, rarer).
+Candidates are cleaned, then kept only if novel (ROUGE-L F1 < threshold against the
+cache pool and every candidate kept before); the generator is asked again until the
+hard and easy quotas are met or `generation_rounds` runs out. The train pool of the
+next iteration is the new instructions; its cache pool grows by them."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from engine.config import RunConfig
+from engine.data import RunDir, pool_table, write_pool
+from engine.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
+from engine.lion.iteration import collect, constraint, pools, read_rows, rel, usage, write_stage_metrics
+from engine.lion.prompts import NO_INPUT
+from engine.lion.rouge import NoveltyFilter
+from engine.llm import generate
+from engine.llm.prompts import instruction_text
+from engine.metrics import StageRecord
+
+log = logging.getLogger("engine.lion")
+
+# The reply layout the generator prompts ask for, as a guided-decoding constraint.
+CANDIDATE_REGEX = rf"### Instruction:\n[A-Z][a-z]+( [a-z]+){{3,24}}[.?]\n### Input:\n{NO_INPUT}"
+CANDIDATE_JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"instruction": {"type": "string", "maxLength": 1000}, "input": {"type": "string", "maxLength": 1000}},
+    "required": ["instruction", "input"],
+    "additionalProperties": False,
+}
+
+
+def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
+    import ray.data
+
+    _, cache_pool = pools(run, k)
+    judgments = read_rows(run, rel(k, "discrimination", "judgments.parquet"))
+    pool_rows = {row["id"]: row for row in cache_pool.to_pylist()}
+    novelty = NoveltyFilter([instruction_text(r["instruction"], r["input"]) for r in pool_rows.values()],
+                            threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
+                            shards=cfg.lion.rouge_l_shards)
+    rng = np.random.default_rng([cfg.lion.seed, k])
+    need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
+    structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
+    kept, rejects, replies_all, records, drawn = [], Counter(), [], [], Counter()
+    filter_record = StageRecord("generation/filter", extra={"pool_size": len(pool_rows)})
+
+    for round_ in range(cfg.lion.generation_rounds):
+        if not sum(need.values()):
+            break
+        seeds, counts = sample_seeds(judgments, pool_rows, need["hard"], need["easy"], rng)
+        drawn.update(counts)
+        # A missing kind's quota was moved to the other kind: track the quota that way too.
+        for kind, other in (("hard", "easy"), ("easy", "hard")):
+            moved = counts[f"{kind}_from_{other}"]
+            need[kind], need[other] = need[kind] - moved, need[other] + moved
+        requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
+        replies, record = generate(_reseeded(cfg.generator, round_), ray.data.from_items(requests),
+                                   lambda r: generator_messages(r, r["kind"]), stage=f"generation/generator_round{round_}",
+                                   role_name="generator", run_dir=run, structured_output=structured)
+        records.append(record)
+        by_id = {r["id"]: r for r in collect(replies)}
+        replies = [by_id[r["id"]] for r in requests]
+        replies_all += [{"id": r["id"], "seed_id": r["seed_id"], "kind": r["kind"], "text": r.get("text"),
+                         "finish_reason": r.get("finish_reason")} for r in replies]
+        rows, round_rejects = candidate_rows([{**r, "id": r["seed_id"]} for r in requests], replies, k + 1,
+                                             max_chars=cfg.data.max_instruction_chars)
+        rejects.update(round_rejects)
+        # Identical text is caught by id too: ROUGE-L's default tokenizer sees no tokens in non-Latin text.
+        seen, fresh = pool_rows.keys() | {r["id"] for r in kept}, []
+        for row in rows:
+            if row["id"] in seen:
+                rejects["duplicate id"] += 1
+            else:
+                seen.add(row["id"])
+                fresh.append(row)
+        start = time.perf_counter()
+        decisions = novelty.filter([instruction_text(r["instruction"], r["input"]) for r in fresh])
+        filter_record.seconds += time.perf_counter() - start
+        filter_record.rows += len(fresh)
+        for row, novel in zip(fresh, decisions):
+            if not novel:
+                rejects["rouge-l too similar"] += 1
+            elif need[row["origin"]] <= 0:
+                rejects["over quota"] += 1
+            else:
+                need[row["origin"]] -= 1
+                kept.append(row)
+
+    if sum(need.values()):
+        log.warning("iteration %d: %d of %d new instructions after %d rounds (rejects: %s)", k, len(kept),
+                    cfg.lion.new_instructions_per_iteration, cfg.lion.generation_rounds, dict(rejects))
+    new = pool_table(kept)
+    run.write_table(rel(k, "generation", "replies.parquet"), pa.Table.from_pylist(replies_all) if replies_all else pa.table({}))
+    write_pool(run, rel(k, "generation", "new_instructions.parquet"), new)
+    # The next iteration's pools: train on the new instructions only; the cache keeps all.
+    write_pool(run, rel(k + 1, "train_pool.parquet"), new)
+    write_pool(run, rel(k + 1, "cache_pool.parquet"), pa.concat_tables([cache_pool, new]))
+
+    extra = {"lion/new_instructions": new.num_rows, "lion/candidates": len(replies_all),
+             "lion/cache_pool_size": cache_pool.num_rows + new.num_rows, "lion/train_pool_size": new.num_rows,
+             "lion/new_hard": sum(1 for r in kept if r["origin"] == "hard"),
+             "lion/new_easy": sum(1 for r in kept if r["origin"] == "easy"),
+             **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
+             **{f"generation_seeds/{kind}": n for kind, n in drawn.items() if n}}
+    assert len(replies_all) == len(kept) + sum(rejects.values()), (len(replies_all), len(kept), rejects)
+    write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
+    summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
+    return {}, usage(records), summary
+
+
+def _reseeded(role, round_: int):
+    """Each round samples with its own seed: a seed instruction drawn again in a later
+    round should give a new candidate, while a resumed run repeats (and re-uses from
+    the response cache) exactly the requests it made before."""
+    if role.sampling.seed is None:
+        return role
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"seed": role.sampling.seed + round_})})

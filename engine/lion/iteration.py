@@ -1,0 +1,95 @@
+"""What the three stages share: where an iteration's files go, how LLM responses are
+collected and stored, and which teacher answers are already paid for.
+
+Run directory layout (one folder per iteration):
+
+    state.json                      which stage of which iteration is complete
+    iter_<k>/train_pool.parquet     the instructions the teacher answers for imitation
+    iter_<k>/cache_pool.parquet     every instruction so far: discrimination judges these
+    iter_<k>/imitation/             teacher_responses.parquet, student/ (Hugging Face export)
+    iter_<k>/discrimination/        teacher_responses.parquet, student_responses.parquet, judgments.parquet
+    iter_<k>/generation/            replies.parquet, new_instructions.parquet
+    iter_<k>/<stage>/metrics.json   that stage's figures; iter_<k>/metrics.json merges them
+    llm_cache/                      the openai backend's response cache and usage ledger
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
+from engine.metrics import StageRecord
+
+
+def rel(k: int, *parts: str) -> str:
+    return "/".join([f"iter_{k}", *parts])
+
+
+def collect(ds) -> list[dict]:
+    """A (materialized) Ray Dataset's rows on the driver. Pools of 10^5 instructions are
+    tens of MB: the LLM work is what needs the cluster, not these joins."""
+    import ray
+
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
+
+
+def answered(response: dict) -> bool:
+    return not (response.get("finish_reason") or "").startswith("failed") and bool((response.get("text") or "").strip())
+
+
+def write_responses(run: RunDir, path: str, responses: list[dict]) -> None:
+    rows = [{name: r.get(name) for name in RESPONSE_SCHEMA.names} for r in responses]
+    run.write_table(path, pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA))
+
+
+def read_rows(run: RunDir, path: str) -> list[dict]:
+    return run.read_table(path).to_pylist() if run.exists(path) else []
+
+
+def known_teacher_answers(run: RunDir, upto: int) -> dict[str, dict]:
+    """Every successful teacher answer from iterations <= `upto`, by instruction id: a
+    paid answer is reused, never bought twice (whatever backend serves the teacher)."""
+    known = {}
+    for k in range(upto + 1):
+        for stage in ("imitation", "discrimination"):
+            for r in read_rows(run, rel(k, stage, "teacher_responses.parquet")):
+                if answered(r):
+                    known.setdefault(r["id"], r)
+    return known
+
+
+def pools(run: RunDir, k: int) -> tuple[pa.Table, pa.Table]:
+    return read_pool(run, rel(k, "train_pool.parquet")), read_pool(run, rel(k, "cache_pool.parquet"))
+
+
+def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageRecord], extra: dict) -> dict:
+    """The stage's figures to iter_k/<stage>/metrics.json, merged into iter_k/metrics.json."""
+    figures = {}
+    for record in records:
+        figures.update(record.as_dict())
+    figures.update(extra)
+    run.write_json(rel(k, stage, "metrics.json"), figures)
+    merged = {}
+    for name in ("imitation", "discrimination", "generation"):
+        merged.update(run.read_json(rel(k, name, "metrics.json"), {}))
+    run.write_json(rel(k, "metrics.json"), merged)
+    return figures
+
+
+def usage(records: list[StageRecord]) -> dict:
+    """A stage's contribution to the run's counters."""
+    return {
+        "rows": sum(r.rows for r in records),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "api_requests": sum(r.api_requests for r in records),
+        "cost_usd": sum(r.cost_usd for r in records),
+    }
+
+
+def constraint(setting: str, role, regex: str, schema: dict) -> dict | None:
+    """The structured-output request for a role: `auto` constrains only vLLM-served roles
+    (an API may not support regexes; transformers cannot constrain at all)."""
+    if setting == "auto":
+        setting = "regex" if role.backend == "vllm" else "none"
+    return {"regex": {"regex": regex}, "json": {"json": schema}}.get(setting)
