@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import ray
 
 from engine.config.models import TrainConfig
 from engine.step_by_step import accuracy, load_split, predict_labels
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.ray
 
 def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_models, tmp_path):
     rows = load_split("cqa", "train", REPO_DATA).rows[:24]  # includes the one unparseable completion
-    ds = ray_cluster.data.from_items([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
+    ds = ray.data.from_items([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
     cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=8, epochs=3, learning_rate=3e-3,
                       warmup_ratio=0.0, max_length=128, rationale_weight=0.5)
     multi = train_seq2seq_multitask(cfg, str(tiny_models.t5), ds, str(tmp_path / "multitask"), name="sbs-multi")
@@ -50,7 +51,7 @@ VLLM_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.vllm
 def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models, tmp_path):
-    rows = ray_cluster.data.from_items([{"instruction": f"Say the number {i}.", "input": "" if i % 2 else "digits",
+    rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "" if i % 2 else "digits",
                                          "response": f"The number is {i}."} for i in range(16)])
     cfg = TrainConfig(num_workers=2, batch_size=4, epochs=1, learning_rate=2e-3, warmup_ratio=0.0,
                       max_length=128, checkpoint_every_steps=1)
