@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+import ray
 
 from engine.config.models import Parallelism, RoleConfig, SamplingParams
 from engine.llm import generate
@@ -25,7 +26,7 @@ def _check(out, rec, role_name, n=len(ROWS)):
 
 def test_hf_causal_chat_and_logprobs(ray_cluster, tiny_models):
     role = RoleConfig(backend="hf", model=str(tiny_models.llama), sampling=SAMPLING, parallelism=Parallelism(batch_size=4))
-    out, rec = generate(role, ray_cluster.data.from_items(ROWS), instruction_messages, stage="t/hf", role_name="student",
+    out, rec = generate(role, ray.data.from_items(ROWS), instruction_messages, stage="t/hf", role_name="student",
                         logprobs=2)
     for r in _check(out, rec, "student"):
         steps = json.loads(r["logprobs"])
@@ -34,7 +35,7 @@ def test_hf_causal_chat_and_logprobs(ray_cluster, tiny_models):
 
 def test_hf_seq2seq_raw_prompts(ray_cluster, tiny_models):
     role = RoleConfig(backend="hf", model=str(tiny_models.t5), sampling=SAMPLING, parallelism=Parallelism(batch_size=4))
-    out, rec = generate(role, ray_cluster.data.from_items(ROWS), lambda r: alpaca_prompt(r["instruction"], r["input"]),
+    out, rec = generate(role, ray.data.from_items(ROWS), lambda r: alpaca_prompt(r["instruction"], r["input"]),
                         stage="t/hf_t5", role_name="student")
     _check(out, rec, "student")
     assert "logprobs" not in out.columns()
@@ -43,7 +44,7 @@ def test_hf_seq2seq_raw_prompts(ray_cluster, tiny_models):
 @pytest.mark.vllm
 def test_vllm_ray_data_with_regex_and_logprobs(ray_cluster, tiny_models):
     role = RoleConfig(backend="vllm", model=str(tiny_models.llama), sampling=SAMPLING, max_model_len=512)
-    out, rec = generate(role, ray_cluster.data.from_items(ROWS), instruction_messages, stage="t/vllm",
+    out, rec = generate(role, ray.data.from_items(ROWS), instruction_messages, stage="t/vllm",
                         role_name="referee", structured_output={"regex": "Score: [1-9]"}, logprobs=3)
     for r in _check(out, rec, "referee"):
         assert re.fullmatch("Score: [1-9]", r["text"]), r["text"]

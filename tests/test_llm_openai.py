@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import ray
 
 from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
 from engine.data.rundir import RunDir
@@ -24,7 +25,7 @@ def _role(base_url, model, **endpoint):
 def test_real_server_structured_output_logprobs_and_cache(ray_cluster, vllm_server, tmp_path):
     run_dir = RunDir(tmp_path / "run")
     role = _role(vllm_server.base_url, vllm_server.model)
-    ds = ray_cluster.data.from_items(ROWS)
+    ds = ray.data.from_items(ROWS)
     out, rec = generate(role, ds, instruction_messages, stage="t/api", role_name="referee", run_dir=run_dir,
                         structured_output={"regex": "[1-9]/10"}, logprobs=2)
     rows = out.take_all()
@@ -40,7 +41,7 @@ def test_real_server_structured_output_logprobs_and_cache(ray_cluster, vllm_serv
 
 def test_raw_prompts_use_completions(ray_cluster, vllm_server):
     role = _role(vllm_server.base_url, vllm_server.model)
-    out, rec = generate(role, ray_cluster.data.from_items(ROWS[:3]), lambda r: r["instruction"], stage="t/raw",
+    out, rec = generate(role, ray.data.from_items(ROWS[:3]), lambda r: r["instruction"], stage="t/raw",
                         role_name="teacher")
     assert rec.failed_rows == 0 and all(isinstance(r["text"], str) for r in out.take_all())
 
@@ -52,7 +53,7 @@ def test_faults_end_answered_or_marked(ray_cluster, tmp_path, monkeypatch):
     run_dir = RunDir(tmp_path / "run")
     with FaultServer(stall_s=5.0) as server:
         role = _role(server.base_url, "fake", timeout_s=1.0, max_retries=1)
-        out, rec = generate(role, ray_cluster.data.from_items(rows), instruction_messages, stage="t/faults",
+        out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/faults",
                             role_name="teacher", run_dir=run_dir)
         by_id = {r["id"]: r for r in out.take_all()}
         assert len(by_id) == rec.rows == len(rows)
@@ -65,7 +66,7 @@ def test_faults_end_answered_or_marked(ray_cluster, tmp_path, monkeypatch):
         assert f"Bearer {KEY}" in server.authorizations
         hits = server.total_hits
         # A re-run sends only the failed rows again: answered ones come from the cache.
-        _, rec2 = generate(role, ray_cluster.data.from_items(rows), instruction_messages, stage="t/faults",
+        _, rec2 = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/faults",
                            role_name="teacher", run_dir=run_dir)
         assert (rec2.api_cached, rec2.api_requests) == (len(rows) - 3, 3)
         assert server.hits["Question 0?"] == 1 and server.total_hits > hits
@@ -81,7 +82,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(ray_cluster, tmp_path):
         # A request costs at most ~$0.01 (prompt estimate + 8 tokens at $1/1k): a $0.1 budget buys ~10.
         role = _role(server.base_url, "fake", price_per_1k_prompt_tokens=1.0, price_per_1k_completion_tokens=1.0,
                      budget_usd=0.1, max_concurrent_requests=4)
-        out, rec = generate(role, ray_cluster.data.from_items(rows), instruction_messages, stage="t/budget",
+        out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/budget",
                             role_name="generator", run_dir=run_dir)
         got = out.take_all()
         answered = [r for r in got if r["text"] is not None]
@@ -92,6 +93,6 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(ray_cluster, tmp_path):
         assert ledger["cost_usd"] == pytest.approx(rec.cost_usd) and ledger["failed_rows"] == 40 - len(answered)
         # What was done is cached: a re-run with a larger budget only sends the rest.
         role2 = role.model_copy(update={"openai": role.openai.model_copy(update={"budget_usd": 10.0})})
-        _, rec2 = generate(role2, ray_cluster.data.from_items(rows), instruction_messages, stage="t/budget",
+        _, rec2 = generate(role2, ray.data.from_items(rows), instruction_messages, stage="t/budget",
                            role_name="generator", run_dir=run_dir)
         assert (rec2.api_cached, rec2.api_requests, rec2.failed_rows) == (len(answered), 40 - len(answered), 0)

