@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
+# Lion, 2 iterations, on a local Ray cluster with tiny models; re-running resumes (or
+# just reports a finished run): delete runs/demo to start over.
 demo: $(STAMP)
 	$(PY) -m engine.data inspect data/self-instruct/*.jsonl
-	$(PY) -m engine.tiny
+	$(PY) jobs/lion.py --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs --durations=15
