@@ -114,3 +114,109 @@ def test_structured_output_is_checked():
         check_structured_output({"grammar": "x"}, "openai")
     with pytest.raises(ValueError, match="hf backend"):
         check_structured_output({"regex": "a"}, "hf")
+
+
+def test_lease_blocks_are_spent_locally_and_returned():
+    from engine.llm.ratelimit import LEASE_S, MIN_BLOCK, LocalPermits
+
+    a = Admission(requests_per_minute=600, tokens_per_minute=60_000)  # 10 req/s, burst 100; 1000 tok/s
+    p = LocalPermits()
+    assert p.take(10, 0.0, now=0.0) is None  # nothing held yet
+    ask = p.ask(10, 0.0, now=0.0)
+    assert ask[:2] == (1, 10) and ask[3:5] == (MIN_BLOCK, MIN_BLOCK * 10)
+    p.apply(a.lease("j", *ask, None, 0.0), now=0.0)
+    assert [p.take(10, 0.0, now=0.0) for _ in range(MIN_BLOCK + 1)] == [0.0] * MIN_BLOCK + [None]
+    # Used up within LEASE_S: the next block doubles; a grant never exceeds LEASE_S of the rate.
+    assert p.ask(10, 0.0, now=0.1)[3] == 2 * MIN_BLOCK
+    p.taken = 1000
+    g = a.lease("j", *p.ask(10, 0.0, now=0.1), None, 0.1)
+    assert g.requests == 10 * LEASE_S and g.tokens == 1000 * LEASE_S and g.wait_s == 0.0
+    p.apply(g, now=0.1)
+    p.settle(10, 4, 0.0, 0.0)  # unused tokens stay local, to spend again
+    assert p.tokens == pytest.approx(MIN_BLOCK * 10 - MIN_BLOCK * 10 + g.tokens + 6)
+    level = a.requests.level
+    a.release("j", p.report(everything=True), now=0.1)
+    assert a.requests.level == pytest.approx(level + 10) and p.requests == p.tokens == 0
+    # Blocks past the burst wait (reservation style): the wait is for the whole block.
+    a2 = Admission(requests_per_minute=600, tokens_per_minute=10**9)
+    waits = [a2.lease("j", 1, 10, 0, 10, 100, 0, None, 0.0).wait_s for _ in range(12)]  # 10 at a time
+    assert waits[:10] == [0.0] * 10 and waits[10:] == [pytest.approx(1.0), pytest.approx(2.0)]
+
+
+def test_lease_budget_slices_never_exceed_the_budget():
+    from engine.llm.ratelimit import LocalPermits
+
+    a = Admission(requests_per_minute=10**6, tokens_per_minute=10**9)
+    holders = [LocalPermits(), LocalPermits()]
+    spent = sent = 0
+    for i in range(100):
+        p = holders[i % 2]
+        if p.refused:
+            continue
+        if p.take(10, 0.03, now=0.0) is None:
+            p.apply(a.lease("b", *p.ask(10, 0.03, now=0.0), 1.0, 0.0, p.report(everything=False)), now=0.0)
+            if p.take(10, 0.03, now=0.0) is None:
+                assert p.refused
+                continue
+        sent += 1
+        p.settle(10, 10, 0.03, 0.02)  # cost below the estimate: the slice keeps the rest
+        spent += 0.02
+    for p in holders:
+        a.release("b", p.report(everything=True), now=1.0)
+    assert all(p.refused for p in holders) and a.spent("b") == pytest.approx(spent) and spent <= 1.0
+    assert sent >= 40  # a $1 budget at <= $0.03 worst case: at least 33, more as real costs come in lower
+    assert a.budgets["b"].reserved_usd == pytest.approx(0.0, abs=1e-9)
+
+
+def test_lease_pause_reaches_every_holder():
+    from engine.llm.ratelimit import LocalPermits
+
+    a = Admission(requests_per_minute=6000, tokens_per_minute=10**9)
+    p, q = LocalPermits(), LocalPermits()
+    p.apply(a.lease("j", *p.ask(1, 0, now=0.0), None, 0.0), now=0.0)
+    q.apply(a.lease("j", *q.ask(1, 0, now=0.0), None, 0.0), now=0.0)
+    assert p.observe(ServerHints(remaining_requests=50), now=0.0) is False  # no hurry: sent with the next lease
+    assert p.requests <= 50 and len(p.hints) == 1
+    assert p.observe(ServerHints(retry_after_s=2.0), now=0.0) is True  # the actor tells the gate at once
+    assert p.take(1, 0, now=0.5) == pytest.approx(1.5)  # its own held permits wait
+    a.observe(ServerHints(retry_after_s=2.0), now=0.0)
+    q.requests = 0  # q pulls the pause with its next lease
+    q.apply(a.lease("j", *q.ask(1, 0, now=1.0), None, 1.0, q.report(everything=False)), now=1.0)
+    assert q.take(1, 0, now=1.0) == pytest.approx(1.0)
+
+
+def test_leased_gate_one_lease_serves_many_requests():
+    import asyncio
+
+    from engine.llm.ratelimit import LeasedGate
+
+    a = Admission(requests_per_minute=10**6, tokens_per_minute=10**9)
+    calls = []
+
+    class Remote:
+        async def lease(self, job, ask, budget, report):
+            calls.append("lease")
+            await asyncio.sleep(0.01)
+            return a.lease(job, *ask, budget, 0.0, report)
+
+        async def release(self, job, report):
+            calls.append("release")
+            a.release(job, report, 0.0)
+
+        async def observe(self, hints):
+            calls.append("observe")
+            a.observe(hints, 0.0)
+
+    gate = LeasedGate(Remote())
+
+    async def run():
+        waits = await asyncio.gather(*(gate.admit("j", 5, 0.01, 1.0) for _ in range(200)))
+        for _ in range(200):
+            await gate.settle("j", 5, 5, 0.01, 0.005)
+        await gate.observe(ServerHints(retry_after_s=0.0))
+        await gate.release()
+        return waits
+
+    waits = asyncio.run(run())
+    assert waits.count(REFUSED) == 100 and calls.count("lease") < 20 and calls[-2:] == ["observe", "release"]
+    assert a.spent("j") == pytest.approx(200 * 0.005) and a.budgets["j"].reserved_usd == pytest.approx(0.0, abs=1e-9)

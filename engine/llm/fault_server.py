@@ -96,3 +96,24 @@ class FaultServer:
             "usage": {"prompt_tokens": len(text.split()) + 1, "completion_tokens": self.completion_tokens,
                       "total_tokens": len(text.split()) + 1 + self.completion_tokens},
         }
+
+
+def serve_in_subprocess(latency_s: float = 0.0):
+    """-> (Popen, base_url): the server in its own process, so a benchmark's client and
+    its driver (Ray Data's executor) do not share a GIL with it. Stop with .terminate()."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine.llm.fault_server", str(latency_s)],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+if __name__ == "__main__":  # python -m engine.llm.fault_server LATENCY_S: prints its base URL, serves until killed
+    import signal
+    import sys
+
+    with FaultServer(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as _server:
+        print(_server.base_url, flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})

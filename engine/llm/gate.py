@@ -3,6 +3,10 @@
 All API actors of every stage that talk to the same endpoint (base_url + model)
 share its buckets, so requests/min and tokens/min hold cluster-wide, a
 `Retry-After` seen by one actor pauses all, and a job's budget is one number.
+
+Actors do not call the gate per request: each leases permits in blocks and
+spends them locally (engine.llm.ratelimit.LeasedGate), so a request costs no
+actor round trip; a lease costs one about every second per actor.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import time
 import ray
 
 from engine.config.models import OpenAIEndpoint
-from engine.llm.ratelimit import Admission
+from engine.llm.ratelimit import Admission, LeasedGate
 
 NAMESPACE = "engine-llm"
 
@@ -22,11 +26,11 @@ class GateActor:
     def __init__(self, requests_per_minute: float, tokens_per_minute: float):
         self.admission = Admission(requests_per_minute, tokens_per_minute)
 
-    def admit(self, job, tokens, cost_estimate, budget):
-        return self.admission.admit(job, tokens, cost_estimate, budget, time.monotonic())
+    def lease(self, job, ask, budget_usd, report):
+        return self.admission.lease(job, *ask, budget_usd, time.monotonic(), report)
 
-    def settle(self, job, tokens_estimate, tokens_used, cost_estimate, cost):
-        self.admission.settle(job, tokens_estimate, tokens_used, cost_estimate, cost, time.monotonic())
+    def release(self, job, report):
+        self.admission.release(job, report, time.monotonic())
 
     def observe(self, hints):
         self.admission.observe(hints, time.monotonic())
@@ -36,24 +40,24 @@ class GateActor:
 
 
 class RayGate:
-    """The async calls OpenAIGenerator makes, forwarded to the shared actor."""
+    """LeasedGate's remote: the async calls, forwarded to the shared actor."""
 
     def __init__(self, handle):
         self.handle = handle
 
-    async def admit(self, job, tokens, cost_estimate, budget):
-        return await self.handle.admit.remote(job, tokens, cost_estimate, budget)
+    async def lease(self, job, ask, budget_usd, report):
+        return await self.handle.lease.remote(job, ask, budget_usd, report)
 
-    async def settle(self, job, tokens_estimate, tokens_used, cost_estimate, cost):
-        await self.handle.settle.remote(job, tokens_estimate, tokens_used, cost_estimate, cost)
+    async def release(self, job, report):
+        await self.handle.release.remote(job, report)
 
     async def observe(self, hints):
         await self.handle.observe.remote(hints)
 
 
-def shared_gate(endpoint: OpenAIEndpoint, model: str) -> RayGate:
+def shared_gate(endpoint: OpenAIEndpoint, model: str) -> LeasedGate:
     """The endpoint's gate, created by the first caller; its limits are the first caller's."""
     name = "gate-" + hashlib.sha256(f"{endpoint.base_url}|{model}".encode()).hexdigest()[:16]
     handle = GateActor.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(
         endpoint.requests_per_minute, endpoint.tokens_per_minute)
-    return RayGate(handle)
+    return LeasedGate(RayGate(handle))

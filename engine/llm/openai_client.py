@@ -9,11 +9,14 @@ What is built on what:
   event hook tags every HTTP attempt with the row's request id, so retries are
   counted per row;
 - rate limits: the shared `gate` (one named Ray actor per endpoint, see
-  engine.llm.gate) admits each request against requests/min and tokens/min
-  buckets and learns from the server's `retry-after` / `x-ratelimit-*` headers,
-  so every actor of the cluster backs off together;
-- budget: the gate reserves each request's worst-case cost before it is sent,
-  so a job stops before `budget_usd`, not after; rows refused get "failed: budget";
+  engine.llm.gate) holds requests/min and tokens/min buckets and learns from the
+  server's `retry-after` / `x-ratelimit-*` headers, so every actor of the cluster
+  backs off together; each actor leases permits from it in blocks and admits
+  its requests locally (engine.llm.ratelimit.LeasedGate), returning what it did
+  not use at the end of every batch;
+- budget: each request's worst-case cost is reserved (from the actor's leased
+  slice of the job's budget) before it is sent, so a job stops before
+  `budget_usd`, not after; rows refused get "failed: budget";
 - cache: engine.llm.cache, keyed by (model, prompt, sampling, structured output,
   logprobs); only answered requests are stored.
 
@@ -88,6 +91,9 @@ class LocalGate:
 
     async def observe(self, hints):
         self.admission.observe(hints, time.monotonic())
+
+    async def release(self):
+        pass
 
 
 def request_kwargs(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
@@ -167,6 +173,7 @@ class OpenAIGenerator:
         try:
             responses = self._loop.run_until_complete(self._answer_all(prompts))
         finally:
+            self._loop.run_until_complete(self.gate.release())
             if self.cache is not None:
                 self.cache.flush()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
