@@ -1,11 +1,15 @@
 """Generation throughput: bare vLLM vs our Ray Data vllm and hf paths, and our
 openai path vs the server-limited maximum and a one-request-at-a-time client.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 64] [--max-tokens 32] [--out benchmarks/out/generation.json]
+    .venv/bin/python benchmarks/generation.py [--prompts 1024] [--max-tokens 64] [--only all|local|api]
+        [--out benchmarks/out/generation.json]
 
-Same prompts and model (the tiny LLaMA) for every local path. Ray Data's vLLM
-engine starts inside the stage, so its steady state is measured by difference:
-(tokens of a 2N run - tokens of an N run) / (time 2N - time N).
+Same prompts and model (a random 4-layer, 256-wide LLaMA built here) for every
+local path, greedy. Start-up and generation are reported apart: bare vLLM times
+`LLM(...)` and `llm.chat` separately; our vllm path's steady state is the vLLM
+operator's task wall time from Ray Data's stats (one batch of all prompts: the
+engine starts in the actor's constructor, outside that time). The openai path
+runs against engine.llm.fault_server in its own process (fixed latency a request).
 """
 from __future__ import annotations
 
@@ -23,21 +27,54 @@ def prompts(n: int) -> list[dict]:
     return [{"id": f"p{i}", "instruction": f"Write a short story about a robot number {i}.", "input": ""} for i in range(n)]
 
 
+MODEL_DESC = "random LLaMA, 4 layers, 256 wide, 4 heads (head_dim 64), MLP 1024, the tiny 2,048-token tokenizer"
+
+
+def bigger_llama() -> Path:
+    """A random LLaMA big enough that generating, not starting the engine, dominates."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from engine.tiny import DEFAULT_CACHE, build_tiny_models
+
+    out = DEFAULT_CACHE / "bench-llama-4x256"
+    if (out / "config.json").exists():
+        return out
+    tok = build_tiny_models().tokenizer
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tok)
+    torch.manual_seed(0)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                         tie_word_embeddings=False, **ids)
+    tmp = out.with_name(out.name + ".tmp")
+    LlamaForCausalLM(config).save_pretrained(tmp)
+    GenerationConfig(**ids).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
 def bare_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
     from vllm import LLM, SamplingParams
 
     from engine.llm.prompts import instruction_messages
 
     t0 = time.perf_counter()
-    llm = LLM(model=model, dtype="float32", max_model_len=512, enforce_eager=True)
+    llm = LLM(model=model, dtype="float32", max_model_len=512, enforce_eager=True, seed=0)
     start = time.perf_counter() - t0
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    # Same requests as our path: greedy, max_tokens, ignore_eos so both generate exactly max_tokens.
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     t1 = time.perf_counter()
     outs = llm.chat([instruction_messages(r) for r in rows], params, use_tqdm=False)
     gen = time.perf_counter() - t1
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     del llm
-    return {"start_s": start, "generate_s": gen, "tokens": tokens, "tokens_per_s": tokens / gen}
+    import gc
+    gc.collect()
+    return {"start_s": start, "generate_s": gen, "tokens": tokens, "tokens_per_s": tokens / gen,
+            "tokens_per_s_with_start": tokens / (start + gen), "load_avg_1m_after": os.getloadavg()[0]}
 
 
 def ours(role, rows: list[dict]) -> tuple[float, int]:
@@ -52,15 +89,41 @@ def ours(role, rows: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - t0, rec.completion_tokens
 
 
+def vllm_stage_wall_s(stats: str) -> float | None:
+    """The vLLM operator's summed task wall time from `Dataset.stats()` text (None if absent)."""
+    import re
+
+    for block in stats.split("Operator ")[1:]:
+        if "vLLMEngineStage" in block.splitlines()[0]:
+            m = re.search(r"Remote wall time:.*?([0-9.]+)(ms|s|us) total", block)
+            if m:
+                return float(m.group(1)) * {"s": 1.0, "ms": 1e-3, "us": 1e-6}[m.group(2)]
+    return None
+
+
 def ray_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
+    """End to end, and steady state from Ray Data's own per-operator stats: the vLLM
+    operator's task wall time. With one batch (batch_size = all prompts, as bare
+    llm.chat gets them all at once) that is one task: the batch's trip through the
+    engine, after the actor's constructor (where the engine starts) has returned."""
+    import ray
+
     from engine.config.models import Parallelism, RoleConfig, SamplingParams
+    from engine.llm import generate
+    from engine.llm.prompts import instruction_messages
 
     role = RoleConfig(backend="vllm", model=model, max_model_len=512, sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
                       parallelism=Parallelism(batch_size=len(rows)))
-    t_n, tok_n = ours(role, rows)
-    t_2n, tok_2n = ours(role, rows + [{**r, "id": r["id"] + "b"} for r in rows])
-    steady = (tok_2n - tok_n) / max(t_2n - t_n, 1e-9)
-    return {"total_s": t_n, "tokens": tok_n, "tokens_per_s_with_start": tok_n / t_n, "tokens_per_s_steady": steady}
+    t0 = time.perf_counter()
+    out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="bench", role_name="bench")
+    t = time.perf_counter() - t0
+    assert rec.failed_rows == 0, rec.summary()
+    stats = out.stats()
+    stage = vllm_stage_wall_s(stats)
+    tok = rec.completion_tokens
+    return {"total_s": t, "tokens": tok, "tokens_per_s_with_start": tok / t, "vllm_stage_task_wall_s": stage,
+            "tokens_per_s_steady": tok / stage if stage else None, "load_avg_1m_after": os.getloadavg()[0],
+            "ray_data_stats": stats}
 
 
 def hf(model: str, rows: list[dict], max_tokens: int) -> dict:
@@ -72,67 +135,117 @@ def hf(model: str, rows: list[dict], max_tokens: int) -> dict:
     return {"total_s": t, "tokens": tok, "tokens_per_s_with_start": tok / t}
 
 
-def api(n: int, latency_s: float, concurrency: int) -> dict:
+def api(seconds_at_max: float, latency_s: float, concurrency: int) -> dict:
+    """Our openai path (Ray Data, one actor, the shared gate) against a server in its own
+    process that answers every request after `latency_s`: enough requests for
+    `seconds_at_max` at the server-limited maximum, so the stage's fixed cost (Ray Data
+    plan, actor start, materialize) is measured too but does not dominate."""
     import openai
 
     from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-    from engine.llm.fault_server import FaultServer
+    from engine.llm.fault_server import serve_in_subprocess
 
-    with FaultServer(latency_s=latency_s) as server:
+    limit = concurrency / latency_s
+    n = int(seconds_at_max * limit)
+    proc, base_url = serve_in_subprocess(latency_s)
+    try:
         role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(max_tokens=8),
                           parallelism=Parallelism(batch_size=n),
-                          openai=OpenAIEndpoint(base_url=server.base_url, max_concurrent_requests=concurrency,
+                          openai=OpenAIEndpoint(base_url=base_url, max_concurrent_requests=concurrency,
                                                 requests_per_minute=10**7, tokens_per_minute=10**9))
-        ours(role, prompts(8))  # warm: actor pool, gate actor
+        ours(role, prompts(8))  # warm: gate actor, imports
+        t_small, _ = ours(role, prompts(8))  # the stage's fixed cost, about
+        c0 = time.process_time()
         t, _ = ours(role, prompts(n))
-        client = openai.OpenAI(api_key="EMPTY", base_url=server.base_url)
+        client = openai.OpenAI(api_key="EMPTY", base_url=base_url)
         k = 20
         t0 = time.perf_counter()
         for r in prompts(k):
             client.chat.completions.create(model="fake", messages=[{"role": "user", "content": r["instruction"]}], max_tokens=8)
         serial = k / (time.perf_counter() - t0)
-    limit = concurrency / latency_s
-    return {"requests": n, "latency_s": latency_s, "concurrency": concurrency, "requests_per_s": n / t,
-            "server_limited_max_per_s": limit, "ratio_to_max": n / t / limit, "one_at_a_time_per_s": serial}
+        bare = bare_client(base_url, n, concurrency)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"requests": n, "latency_s": latency_s, "concurrency": concurrency, "seconds": t,
+            "requests_per_s": n / t, "server_limited_max_per_s": limit, "ratio_to_max": n / t / limit,
+            "stage_fixed_cost_s": t_small, "driver_cpu_s": time.process_time() - c0, "one_at_a_time_per_s": serial,
+            "bare_client": bare, "ratio_to_bare_client": n / t / bare["requests_per_s"],
+            "load_avg_1m_after": os.getloadavg()[0]}
+
+
+def bare_client(base_url: str, n: int, concurrency: int) -> dict:
+    """The machine's own ceiling for this client: the same requests through a bare
+    AsyncOpenAI (no Ray, no gate, no cache), `concurrency` in flight, in this process."""
+    import asyncio
+
+    import openai
+
+    async def run() -> float:
+        client = openai.AsyncOpenAI(api_key="EMPTY", base_url=base_url)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(r):
+            async with sem:
+                await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": r["instruction"]}],
+                                                     max_tokens=8)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(r) for r in prompts(n)))
+        t = time.perf_counter() - t0
+        await client.close()
+        return t
+
+    c0 = time.process_time()
+    t = asyncio.run(run())
+    return {"requests_per_s": n / t, "cpu_ms_per_request": (time.process_time() - c0) / n * 1000}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--api-requests", type=int, default=1280)
+    parser.add_argument("--prompts", type=int, default=1024)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--api-seconds", type=float, default=10.0, help="work per API run, at the server-limited max")
+    parser.add_argument("--only", choices=["all", "local", "api"], default="all")
     parser.add_argument("--out", default="benchmarks/out/generation.json")
     args = parser.parse_args()
 
     import ray
 
-    from engine.tiny import build_tiny_models
-
-    model = str(build_tiny_models().llama)
-    rows = prompts(args.prompts)
-    results = {"model": "tiny LLaMA (2 layers, 128 wide, head_dim 64)", "prompts": args.prompts, "max_tokens": args.max_tokens}
-    results["bare_vllm"] = bare_vllm(model, rows, args.max_tokens)
-    ray.init(num_cpus=6, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    results["ray_vllm"] = ray_vllm(model, rows, args.max_tokens)
-    results["hf"] = hf(model, rows, args.max_tokens)
-    results["api"] = api(args.api_requests, 0.1, 64)
-    ray.shutdown()
-    bare = results["bare_vllm"]["tokens_per_s"]
-    table = [
-        ("bare vllm.LLM (steady)", bare, 1.0),
-        ("Ray Data vllm (steady)", results["ray_vllm"]["tokens_per_s_steady"], results["ray_vllm"]["tokens_per_s_steady"] / bare),
-        ("Ray Data vllm (with start)", results["ray_vllm"]["tokens_per_s_with_start"], results["ray_vllm"]["tokens_per_s_with_start"] / bare),
-        ("Ray Data hf (with start)", results["hf"]["tokens_per_s_with_start"], results["hf"]["tokens_per_s_with_start"] / bare),
-    ]
-    print(f"{'path':<30}{'tokens/s':>12}{'x bare':>10}")
-    for name, tps, ratio in table:
-        print(f"{name:<30}{tps:>12.0f}{ratio:>10.2f}")
-    a = results["api"]
-    print(f"openai path: {a['requests_per_s']:.0f} req/s = {a['ratio_to_max']:.2f}x the server-limited "
-          f"{a['server_limited_max_per_s']:.0f} req/s; one at a time: {a['one_at_a_time_per_s']:.1f} req/s")
     out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and args.only != "all" else {}
+    results["load_avg_1m_before"] = os.getloadavg()[0]
+    if args.only in ("all", "local"):
+        model = str(bigger_llama())
+        rows = prompts(args.prompts)
+        results.update({"model": MODEL_DESC, "prompts": args.prompts, "max_tokens": args.max_tokens})
+        results["bare_vllm"] = bare_vllm(model, rows, args.max_tokens)
+    ray.init(address="local", num_cpus=6, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "RAY_DATA_USE_DATASOURCE_V2": "0"}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if args.only in ("all", "local"):
+        results["ray_vllm"] = ray_vllm(model, rows, args.max_tokens)
+        results["hf"] = hf(model, rows[:128], args.max_tokens)
+    if args.only in ("all", "api"):
+        results["api"] = [api(args.api_seconds, 0.1, 64), api(args.api_seconds / 2.5, 0.1, 256)]
+    ray.shutdown()
+    if "bare_vllm" in results:
+        bare = results["bare_vllm"]["tokens_per_s"]
+        rv = results["ray_vllm"]
+        table = [
+            ("bare vllm.LLM (generate only)", bare),
+            ("bare vllm.LLM (with start)", results["bare_vllm"]["tokens_per_s_with_start"]),
+            ("Ray Data vllm (steady)", rv["tokens_per_s_steady"]),
+            ("Ray Data vllm (with start)", rv["tokens_per_s_with_start"]),
+            ("Ray Data hf (with start, 128 prompts)", results["hf"]["tokens_per_s_with_start"]),
+        ]
+        print(f"{'path':<40}{'tokens/s':>12}{'x bare':>10}")
+        for name, tps in table:
+            print(f"{name:<40}{tps:>12.0f}{tps / bare:>10.2f}")
+    for a in results.get("api", []):
+        print(f"openai path, {a['concurrency']} in flight: {a['requests_per_s']:.0f} req/s = {a['ratio_to_max']:.2f}x the "
+              f"server-limited {a['server_limited_max_per_s']:.0f} req/s ({a['requests']} requests, stage fixed cost "
+              f"{a['stage_fixed_cost_s']:.1f} s); bare AsyncOpenAI here: {a['bare_client']['requests_per_s']:.0f} req/s "
+              f"(ours {a['ratio_to_bare_client']:.2f}x); one at a time: {a['one_at_a_time_per_s']:.1f} req/s")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 
