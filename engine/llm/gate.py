@@ -56,8 +56,10 @@ class RayGate:
 
 
 def shared_gate(endpoint: OpenAIEndpoint, model: str) -> LeasedGate:
-    """The endpoint's gate, created by the first caller; its limits are the first caller's."""
+    """The endpoint's gate, created by the first caller; its limits are the first caller's.
+    Detached: it outlives the stage that made it (a non-detached gate died with its
+    creator's handle, between stages or under a stage that had just fetched it)."""
     name = "gate-" + hashlib.sha256(f"{endpoint.base_url}|{model}".encode()).hexdigest()[:16]
-    handle = GateActor.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(
+    handle = GateActor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
         endpoint.requests_per_minute, endpoint.tokens_per_minute)
     return LeasedGate(RayGate(handle))
