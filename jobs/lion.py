@@ -1,7 +1,8 @@
 """Lion adversarial distillation, end to end.
 
-    python jobs/lion.py --config configs/demo.yaml [--set lion.iterations=1 ...]
+    python jobs/lion.py --config configs/demo.yaml [--set lion.iterations=1 ...]   # a local Ray cluster
     ray job submit --working-dir . -- python jobs/lion.py --config configs/lion-7b.yaml
+    RAY_ADDRESS=HOST:6379 python jobs/lion.py ...                                 # an existing cluster
 
 Run again with the same run_dir to resume after the last completed stage.
 """
@@ -35,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")  # 15-20 s per parquet read otherwise (ENVIRONMENT.md)
-    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        ray.init(ignore_reinit_error=True)  # a cluster exists (ray job submit sets RAY_ADDRESS)
+    if os.environ.get("RAY_ADDRESS", "local") != "local":
+        ray.init()  # the cluster RAY_ADDRESS names (`ray job submit` sets it)
     else:
-        # A local cluster: logical CPUs above the physical ones, so a vLLM actor's CPU bundle
-        # and the Ray Data stages around it can be scheduled together on a small machine.
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+        # A fresh local cluster, never one some earlier `ray start` left on the machine.
+        # Logical CPUs above the physical ones, so a vLLM actor's CPU bundle and the
+        # Ray Data stages around it can be scheduled together on a small machine.
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
     state = run_lion(cfg)
     return 0 if state["done"] else 1
 
