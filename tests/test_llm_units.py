@@ -220,3 +220,45 @@ def test_leased_gate_one_lease_serves_many_requests():
     waits = asyncio.run(run())
     assert waits.count(REFUSED) == 100 and calls.count("lease") < 20 and calls[-2:] == ["observe", "release"]
     assert a.spent("j") == pytest.approx(200 * 0.005) and a.budgets["j"].reserved_usd == pytest.approx(0.0, abs=1e-9)
+
+
+def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatch):
+    """The bare generator (no Ray) on the aiohttp transport: failure reasons and retry
+    counts read as they did with httpx (the vendored transport calls a refused connection
+    a timeout), and the progress bar counts every request."""
+    import engine.llm.openai_client as oc
+    from engine.config.models import Parallelism, SamplingParams
+    from engine.llm.fault_server import FaultServer
+
+    assert "aiohttp" in type(oc._http_client({}, 8)._transport).__mro__[1].__module__
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(oc, "_progress_bar", Bar)
+    monkeypatch.setattr(oc, "PROGRESS_EVERY", 2)
+    faults = ["fault:429", "fault:500", "fault:stall", "fault:cutoff", "ok"]
+    with FaultServer(stall_s=2.0) as server:
+        def gen(base_url):
+            role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(temperature=0.0, max_tokens=8),
+                              parallelism=Parallelism(batch_size=8),
+                              openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1))
+            return oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
+        out = gen(server.base_url)({PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
+                                    "id": faults})
+    assert list(out["finish_reason"]) == ["stop", "stop", "failed: timeout", "failed: connection error (RemoteProtocolError)",
+                                          "stop"]
+    assert list(out["_api_retries"]) == [1, 1, 1, 1, 0]
+    refused = gen("http://127.0.0.1:9/v1")({PROMPT_COL: [encode_prompt("x")], "id": ["x"]})
+    assert list(refused["finish_reason"]) == ["failed: connection error (ConnectError)"]
+    assert list(refused["_api_retries"]) == [1]
+    assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True), (1, 1, True)]

@@ -8,6 +8,13 @@ What is built on what:
   own (configured with the endpoint's `max_retries` and `timeout_s`); an httpx
   event hook tags every HTTP attempt with the row's request id, so retries are
   counted per row;
+- transport: openai's aiohttp transport (`openai.DefaultAioHttpClient`, about
+  30% less client CPU a request than httpx's, and the client is CPU-bound at
+  hundreds of requests/s), with its error mapping corrected so that failure
+  reasons read as they do with httpx (see `_AiohttpTransport`); httpx when
+  aiohttp is missing. Event hooks live on the httpx client, so they still run;
+- progress: one bar per actor batch, updated every `PROGRESS_EVERY` requests
+  (Ray's tqdm_ray inside Ray, shown on the driver; plain tqdm otherwise);
 - rate limits: the shared `gate` (one named Ray actor per endpoint, see
   engine.llm.gate) holds requests/min and tokens/min buckets and learns from the
   server's `retry-after` / `x-ratelimit-*` headers, so every actor of the cluster
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from collections import Counter
@@ -47,6 +55,85 @@ from engine.llm.responses import (
 
 REQUEST_ID_HEADER = "x-engine-request-id"
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+PROGRESS_EVERY = 32
+
+
+def _remapped(exc: BaseException):
+    """The httpx exception httpx itself would raise for this aiohttp error, or None to keep
+    the transport's own. The vendored transport maps every `aiohttp.ClientConnectionError`
+    it has no closer entry for (refused connection, server disconnect) to
+    `httpx.ConnectTimeout`, which openai reports as a timeout; httpx reports those as
+    ConnectError / RemoteProtocolError / ReadError, and a body cut short as
+    RemoteProtocolError (aiohttp: ClientPayloadError, mapped to ReadError)."""
+    import aiohttp
+    import httpx2
+
+    cause = exc.__cause__
+    if not isinstance(cause, aiohttp.ClientError):
+        return None
+    if isinstance(exc, httpx2.ReadError) and isinstance(cause, aiohttp.ClientPayloadError):
+        return httpx2.RemoteProtocolError(str(cause))
+    if not isinstance(exc, httpx2.ConnectTimeout) or isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return None
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError(str(cause))
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx2.RemoteProtocolError(str(cause))
+    return httpx2.ReadError(str(cause))
+
+
+def _http_client(event_hooks: dict, max_connections: int):
+    """openai's aiohttp-backed client (its defaults, our hooks), errors mapped as httpx maps them."""
+    try:
+        import httpx2
+        from openai._constants import DEFAULT_CONNECTION_LIMITS
+        from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+    except ImportError:
+        return openai.DefaultAsyncHttpxClient(event_hooks=event_hooks)
+
+    class _Stream(httpx2.AsyncByteStream):
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __aiter__(self):
+            try:
+                async for chunk in self.inner:
+                    yield chunk
+            except httpx2.TransportError as exc:
+                better = _remapped(exc)
+                if better is None:
+                    raise
+                raise better from exc.__cause__
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    class _AiohttpTransport(AiohttpTransport):
+        async def handle_async_request(self, request):
+            try:
+                response = await super().handle_async_request(request)
+            except httpx2.TransportError as exc:
+                better = _remapped(exc)
+                if better is None:
+                    raise
+                raise better from exc.__cause__
+            return httpx2.Response(status_code=response.status_code, headers=response.headers,
+                                   stream=_Stream(response.stream), request=request, extensions=response.extensions)
+
+    limits = httpx2.Limits(max_connections=max(DEFAULT_CONNECTION_LIMITS.max_connections, max_connections),
+                           max_keepalive_connections=max(DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+                                                         max_connections))
+    return openai.DefaultAioHttpClient(event_hooks=event_hooks, transport=_AiohttpTransport(limits=limits))
+
+
+def _progress_bar(total: int, desc: str):
+    """tqdm_ray inside Ray (its bars are drawn on the driver), plain tqdm elsewhere; imported lazily."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        from ray.experimental.tqdm_ray import tqdm
+        return tqdm(total=total, desc=desc, unit="req")
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="req", mininterval=1.0)
 
 
 class Secret:
@@ -154,7 +241,9 @@ class OpenAIGenerator:
         self.budget_spent = False
         self._loop = asyncio.new_event_loop()
         self._in_flight = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
-        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._on_request], "response": [self._on_response]})
+        http = _http_client({"request": [self._on_request], "response": [self._on_response]},
+                            self.endpoint.max_concurrent_requests)
+        self._bar, self._done = None, 0
         self.client = openai.AsyncOpenAI(api_key=api_key.reveal(), base_url=self.endpoint.base_url, http_client=http,
                                          max_retries=self.endpoint.max_retries, timeout=self.endpoint.timeout_s)
 
@@ -170,9 +259,13 @@ class OpenAIGenerator:
 
     def __call__(self, batch: dict) -> dict:
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
+        self._bar, self._done = _progress_bar(len(prompts), f"{self.role_name} ({self.role.model})"), 0
         try:
             responses = self._loop.run_until_complete(self._answer_all(prompts))
         finally:
+            self._bar.update(self._done % PROGRESS_EVERY)
+            self._bar.close()
+            self._bar = None
             self._loop.run_until_complete(self.gate.release())
             if self.cache is not None:
                 self.cache.flush()
@@ -182,6 +275,13 @@ class OpenAIGenerator:
         return await asyncio.gather(*(self._answer(p) for p in prompts))
 
     async def _answer(self, prompt) -> dict:
+        row = await self._answer_one(prompt)
+        self._done += 1
+        if self._bar is not None and self._done % PROGRESS_EVERY == 0:
+            self._bar.update(PROGRESS_EVERY)
+        return row
+
+    async def _answer_one(self, prompt) -> dict:
         sampling = self.role.sampling.model_dump()
         key = cache_key(self.role.model, prompt, sampling, self.structured_output, self.logprobs)
         hit = self.cache.get(key) if self.cache is not None else None
