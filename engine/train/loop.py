@@ -66,18 +66,19 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
         }
         result = _trainer(cfg, loop_config, usable, output_dir, name).fit()
         m = result.return_value
-    rec.rows = m["samples"]
-    rec.prompt_tokens, rec.completion_tokens = m["prompt_tokens"], m["target_tokens"]
-    rec.gpus = cfg.num_workers * cfg.gpus_per_worker
-    loop_s = max(m["loop_seconds"], 1e-9)
-    tokens_per_s = (m["prompt_tokens"] + m["target_tokens"]) / loop_s
-    rec.extra.update({
-        "samples_per_s": m["samples"] / loop_s, "tokens_per_s": tokens_per_s, "steps": m["step"],
-        "resumed_from_step": m["resumed_from_step"], "train_loss_first": m["train_loss_first"],
-        "train_loss_last": m["train_loss_last"],
-    })
-    if m.get("peak_flops") and rec.gpus:
-        rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
+        # Inside the timer, so the stage's log line carries these figures.
+        rec.rows = m["samples"]
+        rec.prompt_tokens, rec.completion_tokens = m["prompt_tokens"], m["target_tokens"]
+        rec.gpus = cfg.num_workers * cfg.gpus_per_worker
+        loop_s = max(m["loop_seconds"], 1e-9)
+        tokens_per_s = (m["prompt_tokens"] + m["target_tokens"]) / loop_s
+        rec.extra.update({
+            "samples_per_s": m["samples"] / loop_s, "tokens_per_s": tokens_per_s, "steps": m["step"],
+            "resumed_from_step": m["resumed_from_step"], "train_loss_first": m["train_loss_first"],
+            "train_loss_last": m["train_loss_last"],
+        })
+        if m.get("peak_flops") and rec.gpus:
+            rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
     return TrainResult(model_dir=output_dir, record=rec)
 
 
