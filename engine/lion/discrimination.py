@@ -69,8 +69,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     summary = summarize(judgments)
     extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap",
                                                          "mean_teacher_score", "mean_student_score")}
-    extra["lion/judge_failed"] = summary["failed"]
-    extra.update({f"judge_failed/{reason}": n for reason, n in summary["failed_by_reason"].items()})
+    extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary

@@ -108,7 +108,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
              "lion/new_hard": sum(1 for r in kept if r["origin"] == "hard"),
              "lion/new_easy": sum(1 for r in kept if r["origin"] == "easy"),
              **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
-             **{f"generation_seeds/{kind}": n for kind, n in drawn.items() if n}}
+             **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n}}
     assert len(replies_all) == len(kept) + sum(rejects.values()), (len(replies_all), len(kept), rejects)
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
