@@ -8,9 +8,9 @@ import pyarrow as pa
 
 from engine.config import RunConfig
 from engine.data import RunDir, pool_to_dataset
-from engine.lion.imitation import pool_ids_not_in
 from engine.lion.iteration import (
-    collect, constraint, known_teacher_answers, pools, rel, usage, write_responses, write_stage_metrics,
+    collect, constraint, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses,
+    write_stage_metrics,
 )
 from engine.lion.referee import (
     JUDGMENT_SCHEMA, REVIEW_JSON_SCHEMA, REVIEW_REGEX, judgment_rows, merge_retried, referee_messages,

@@ -7,7 +7,8 @@ import logging
 from engine.config import RunConfig
 from engine.data import RunDir, pool_to_dataset
 from engine.lion.iteration import (
-    answered, collect, known_teacher_answers, pools, rel, usage, write_responses, write_stage_metrics,
+    answered, collect, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses,
+    write_stage_metrics,
 )
 from engine.llm import generate
 from engine.llm.prompts import instruction_messages
@@ -44,13 +45,6 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         log.warning("iteration %d: no answered instructions to imitate; the student stays %s", k, student_model)
     write_stage_metrics(run, k, "imitation", records, {"lion/imitation_failed_answers": len(responses) - len(sft)})
     return {"student_model": student_model}, usage(records), summary
-
-
-def pool_ids_not_in(pool, known: dict):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return pc.invert(pc.is_in(pool.column("id"), value_set=pa.array(list(known), pa.string())))
 
 
 def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, rows):

@@ -15,6 +15,7 @@ Run directory layout (one folder per iteration):
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.metrics import StageRecord
@@ -56,6 +57,11 @@ def known_teacher_answers(run: RunDir, upto: int) -> dict[str, dict]:
                 if answered(r):
                     known.setdefault(r["id"], r)
     return known
+
+
+def pool_ids_not_in(pool: pa.Table, known: dict) -> pa.ChunkedArray:
+    """A mask of the pool rows whose id is not among `known`'s keys."""
+    return pc.invert(pc.is_in(pool.column("id"), value_set=pa.array(list(known), pa.string())))
 
 
 def pools(run: RunDir, k: int) -> tuple[pa.Table, pa.Table]:
