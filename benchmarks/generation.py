@@ -9,7 +9,10 @@ local path, greedy. Start-up and generation are reported apart: bare vLLM times
 `LLM(...)` and `llm.chat` separately; our vllm path's steady state is the vLLM
 operator's task wall time from Ray Data's stats (one batch of all prompts: the
 engine starts in the actor's constructor, outside that time). The openai path
-runs against engine.llm.fault_server in its own process (fixed latency a request).
+runs against engine.llm.fault_server in its own process (fixed latency a request);
+its steady state is measured the same way: all requests are one batch, so the
+OpenAIGenerator operator runs one task, and its Ray Data wall time excludes the
+actor's start, the Ray Data plan and collecting the results.
 """
 from __future__ import annotations
 
@@ -77,24 +80,25 @@ def bare_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
             "tokens_per_s_with_start": tokens / (start + gen), "load_avg_1m_after": os.getloadavg()[0]}
 
 
-def ours(role, rows: list[dict]) -> tuple[float, int]:
+def ours(role, rows: list[dict], with_stats: bool = False):
     import ray
 
     from engine.llm import generate
     from engine.llm.prompts import instruction_messages
 
     t0 = time.perf_counter()
-    _, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="bench", role_name="bench")
+    out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="bench", role_name="bench")
+    t = time.perf_counter() - t0
     assert rec.failed_rows == 0, rec.summary()
-    return time.perf_counter() - t0, rec.completion_tokens
+    return (t, rec.completion_tokens, out.stats()) if with_stats else (t, rec.completion_tokens)
 
 
-def vllm_stage_wall_s(stats: str) -> float | None:
-    """The vLLM operator's summed task wall time from `Dataset.stats()` text (None if absent)."""
+def vllm_stage_wall_s(stats: str, operator: str = "vLLMEngineStage") -> float | None:
+    """An operator's summed task wall time from `Dataset.stats()` text (None if absent)."""
     import re
 
     for block in stats.split("Operator ")[1:]:
-        if "vLLMEngineStage" in block.splitlines()[0]:
+        if operator in block.splitlines()[0]:
             m = re.search(r"Remote wall time:.*?([0-9.]+)(ms|s|us) total", block)
             if m:
                 return float(m.group(1)) * {"s": 1.0, "ms": 1e-3, "us": 1e-6}[m.group(2)]
@@ -156,7 +160,10 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int) -> dict:
         ours(role, prompts(8))  # warm: gate actor, imports
         t_small, _ = ours(role, prompts(8))  # the stage's fixed cost, about
         c0 = time.process_time()
-        t, _ = ours(role, prompts(n))
+        t, _, stats = ours(role, prompts(n), with_stats=True)
+        # One batch of n rows -> one task of the OpenAIGenerator operator: its wall time is the
+        # requests' own run (the actor's constructor, the plan and collecting results are outside).
+        steady = vllm_stage_wall_s(stats, "OpenAIGenerator")
         client = openai.OpenAI(api_key="EMPTY", base_url=base_url)
         k = 20
         t0 = time.perf_counter()
@@ -164,25 +171,30 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int) -> dict:
             client.chat.completions.create(model="fake", messages=[{"role": "user", "content": r["instruction"]}], max_tokens=8)
         serial = k / (time.perf_counter() - t0)
         bare = bare_client(base_url, n, concurrency)
+        bare_aio = bare_client(base_url, n, concurrency, aiohttp=True)
     finally:
         proc.terminate()
         proc.wait(10)
     return {"requests": n, "latency_s": latency_s, "concurrency": concurrency, "seconds": t,
             "requests_per_s": n / t, "server_limited_max_per_s": limit, "ratio_to_max": n / t / limit,
-            "stage_fixed_cost_s": t_small, "driver_cpu_s": time.process_time() - c0, "one_at_a_time_per_s": serial,
-            "bare_client": bare, "ratio_to_bare_client": n / t / bare["requests_per_s"],
+            "stage_fixed_cost_s": t_small, "operator_task_wall_s": steady,
+            "requests_per_s_steady": n / steady if steady else None,
+            "ratio_to_max_steady": n / steady / limit if steady else None, "driver_cpu_s": time.process_time() - c0, "one_at_a_time_per_s": serial,
+            "bare_client": bare, "bare_client_aiohttp": bare_aio, "ratio_to_bare_client": n / t / bare["requests_per_s"],
             "load_avg_1m_after": os.getloadavg()[0]}
 
 
-def bare_client(base_url: str, n: int, concurrency: int) -> dict:
+def bare_client(base_url: str, n: int, concurrency: int, aiohttp: bool = False) -> dict:
     """The machine's own ceiling for this client: the same requests through a bare
-    AsyncOpenAI (no Ray, no gate, no cache), `concurrency` in flight, in this process."""
+    AsyncOpenAI (no Ray, no gate, no cache), `concurrency` in flight, in this process;
+    httpx transport (the default) or openai's aiohttp one (what our path uses)."""
     import asyncio
 
     import openai
 
     async def run() -> float:
-        client = openai.AsyncOpenAI(api_key="EMPTY", base_url=base_url)
+        http = openai.DefaultAioHttpClient() if aiohttp else None
+        client = openai.AsyncOpenAI(api_key="EMPTY", base_url=base_url, http_client=http)
         sem = asyncio.Semaphore(concurrency)
 
         async def one(r):
@@ -242,10 +254,13 @@ def main() -> None:
         for name, tps in table:
             print(f"{name:<40}{tps:>12.0f}{tps / bare:>10.2f}")
     for a in results.get("api", []):
+        steady = a.get("requests_per_s_steady") or float("nan")
         print(f"openai path, {a['concurrency']} in flight: {a['requests_per_s']:.0f} req/s = {a['ratio_to_max']:.2f}x the "
-              f"server-limited {a['server_limited_max_per_s']:.0f} req/s ({a['requests']} requests, stage fixed cost "
-              f"{a['stage_fixed_cost_s']:.1f} s); bare AsyncOpenAI here: {a['bare_client']['requests_per_s']:.0f} req/s "
-              f"(ours {a['ratio_to_bare_client']:.2f}x); one at a time: {a['one_at_a_time_per_s']:.1f} req/s")
+              f"server-limited {a['server_limited_max_per_s']:.0f} req/s end to end ({a['requests']} requests, "
+              f"{a['seconds']:.1f} s; stage fixed cost {a['stage_fixed_cost_s']:.1f} s); steady state {steady:.0f} req/s = "
+              f"{steady / a['server_limited_max_per_s']:.2f}x (operator task {a['operator_task_wall_s']}); bare AsyncOpenAI "
+              f"here: httpx {a['bare_client']['requests_per_s']:.0f}, aiohttp {a['bare_client_aiohttp']['requests_per_s']:.0f} "
+              f"req/s; one at a time: {a['one_at_a_time_per_s']:.1f} req/s")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 
