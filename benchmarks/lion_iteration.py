@@ -20,8 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def stage_rows(metrics: dict) -> list[dict]:
-    """One row per stage that has a timing, in the order the iteration ran them."""
-    stages = [key.split("/", 1)[1] for key in metrics if key.startswith("timing_s/")]
+    """One row per stage that has a timing, in loop order (metrics.json keys are sorted)."""
+    order = ("imitation", "discrimination", "generation")
+    stages = sorted((key.split("/", 1)[1] for key in metrics if key.startswith("timing_s/")),
+                    key=lambda stage: (order.index(stage.split("/")[0]) if stage.split("/")[0] in order else 3, stage))
     rows = []
     for stage in stages:
         seconds = metrics[f"timing_s/{stage}"]
