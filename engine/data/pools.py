@@ -37,11 +37,15 @@ def pool_to_dataset(table: pa.Table):
     return ray.data.from_arrow(conform(table))
 
 
-def dataset_to_pool(ds) -> pa.Table:
-    """A Ray Dataset of pool rows -> one table in the pool schema (rows in dataset order)."""
+def dataset_to_table(ds) -> pa.Table | None:
+    """A Ray Dataset's rows as one table on the driver (dataset order); None when empty."""
     import ray
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if not tables:
-        return POOL_SCHEMA.empty_table()
-    return conform(pa.concat_tables(tables, promote_options="permissive"), "dataset")
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def dataset_to_pool(ds) -> pa.Table:
+    """A Ray Dataset of pool rows -> one table in the pool schema (rows in dataset order)."""
+    table = dataset_to_table(ds)
+    return POOL_SCHEMA.empty_table() if table is None else conform(table, "dataset")

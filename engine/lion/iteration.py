@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
+from engine.data.pools import dataset_to_table
 from engine.metrics import StageRecord
 
 
@@ -28,10 +29,8 @@ def rel(k: int, *parts: str) -> str:
 def collect(ds) -> list[dict]:
     """A (materialized) Ray Dataset's rows on the driver. Pools of 10^5 instructions are
     tens of MB: the LLM work is what needs the cluster, not these joins."""
-    import ray
-
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
+    table = dataset_to_table(ds)
+    return [] if table is None else table.to_pylist()
 
 
 def answered(response: dict) -> bool:
