@@ -1,4 +1,5 @@
 """engine.llm's pure logic, without Ray or models: milliseconds."""
+import asyncio
 import json
 
 import pyarrow as pa
@@ -9,9 +10,9 @@ from engine.data.rundir import RunDir
 from engine.llm import check_structured_output
 from engine.llm.cache import ResponseCache, cache_key
 from engine.llm.ledger import cost_usd
-from engine.llm.openai_client import Secret, request_kwargs, resolve_api_key
+from engine.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
-from engine.llm.responses import PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses
+from engine.llm.responses import PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses, split_accounting
 from engine.metrics import StageRecord
 
 
@@ -74,9 +75,14 @@ def test_prompts_and_responses_reconcile():
     with pytest.raises(ValueError, match="id='x'"):
         encode_prompt([{"role": "user"}], "x")
     with pytest.raises(ValueError, match="`id`"):
-        attach_prompt(lambda r: "p")({"instruction": "no id"})
+        attach_prompt(lambda r: "p")(pa.Table.from_pylist([{"instruction": "no id"}]))
     with pytest.raises(ValueError, match="to_prompt failed on row id=1"):
-        attach_prompt(lambda r: r["missing"])({"id": 1})
+        attach_prompt(lambda r: r["missing"])(pa.Table.from_pylist([{"id": 1}]))
+    nested = pa.Table.from_pylist([{"id": 7, "meta": {"tags": ["a"]}, "score": None}],
+                                  schema=pa.schema([("id", pa.int64()), ("meta", pa.struct([("tags", pa.list_(pa.string()))])),
+                                                    ("score", pa.float32())]))
+    attached = attach_prompt(lambda r: f"tags {r['meta']['tags']}")(nested)
+    assert attached.drop_columns([PROMPT_COL]).equals(nested) and json.loads(attached[PROMPT_COL][0].as_py()) == "tags ['a']"
     batch = {"id": ["a", "b"], PROMPT_COL: ['"x"', '"y"']}
     responses = [{"text": "t", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 4, "logprobs": None,
                   "_api_requests": 1, "_api_retries": 2, "_api_cached": 0, "_api_cost_usd": 0.5},
@@ -84,8 +90,11 @@ def test_prompts_and_responses_reconcile():
                   "logprobs": None, "_api_requests": 0, "_api_retries": 0, "_api_cached": 0, "_api_cost_usd": 0.0}]
     out = merge_responses(batch, responses, "teacher", with_logprobs=False)
     assert PROMPT_COL not in out and out["role"] == ["teacher"] * 2 and "logprobs" not in out
+    stats, rows = split_accounting(pa.table({"id": out["id"], **{k: v for k, v in out.items() if k != "id"}}))
+    assert not any(c.startswith("_api") for c in rows.column_names) and "text" in rows.column_names
+    assert "text" not in stats.column_names and rows.num_rows == stats.num_rows == 2
     rec = StageRecord("s")
-    fill_record(rec, pa.table(out))
+    fill_record(rec, stats)
     assert (rec.rows, rec.failed_rows, rec.prompt_tokens, rec.api_requests, rec.api_retries, rec.cost_usd) == (
         2, 1, 3, 1, 2, 0.5)
 
@@ -101,10 +110,10 @@ def test_api_key_and_request_shape(monkeypatch):
     monkeypatch.setenv("LION_TEST_KEY", "sk-secret")
     key = resolve_api_key(remote)
     assert "sk-secret" not in repr(key) + str(key) + repr([key])
-    kw = request_kwargs(remote, [{"role": "user", "content": "q"}], {"json": {"type": "object"}}, 3)
+    kw = request_body(remote, [{"role": "user", "content": "q"}], {"json": {"type": "object"}}, 3)
     assert kw["top_logprobs"] == 3 and kw["response_format"]["json_schema"]["schema"] == {"type": "object"}
-    kw = request_kwargs(remote, "raw", {"regex": "[0-9]"}, 2)
-    assert kw["prompt"] == "raw" and kw["logprobs"] == 2 and kw["extra_body"] == {"structured_outputs": {"regex": "[0-9]"}}
+    kw = request_body(remote, "raw", {"regex": "[0-9]"}, 2)
+    assert kw["prompt"] == "raw" and kw["logprobs"] == 2 and kw["structured_outputs"] == {"regex": "[0-9]"}
     assert cost_usd(OpenAIEndpoint(price_per_1k_prompt_tokens=1, price_per_1k_completion_tokens=2), 500, 1000) == 2.5
 
 
@@ -253,12 +262,54 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
                               parallelism=Parallelism(batch_size=8),
                               openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1))
             return oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
-        out = gen(server.base_url)({PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
-                                    "id": faults})
+        out = asyncio.run(gen(server.base_url)({PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
+                                    "id": faults}))
     assert list(out["finish_reason"]) == ["stop", "stop", "failed: timeout", "failed: connection error (RemoteProtocolError)",
                                           "stop"]
     assert list(out["_api_retries"]) == [1, 1, 1, 1, 0]
-    refused = gen("http://127.0.0.1:9/v1")({PROMPT_COL: [encode_prompt("x")], "id": ["x"]})
+    refused = asyncio.run(gen("http://127.0.0.1:9/v1")({PROMPT_COL: [encode_prompt("x")], "id": ["x"]}))
     assert list(refused["finish_reason"]) == ["failed: connection error (ConnectError)"]
     assert list(refused["_api_retries"]) == [1]
     assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True), (1, 1, True)]
+
+
+def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
+    """Ray Data runs several batches at once on an API actor's event loop: together they
+    stay under max_concurrent_requests, and the actor shows one bar until it goes idle."""
+    import time
+
+    import engine.llm.openai_client as oc
+    from engine.llm.fault_server import FaultServer
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(oc, "_progress_bar", Bar)
+    latency = 0.2
+    with FaultServer(latency_s=latency) as server:
+        role = RoleConfig(backend="openai", model="fake", openai=OpenAIEndpoint(base_url=server.base_url,
+                                                                                max_concurrent_requests=2))
+        generator = oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
+
+        def batch(names):
+            return {PROMPT_COL: [encode_prompt([{"role": "user", "content": n}]) for n in names], "id": names}
+
+        async def overlapping():
+            return await asyncio.gather(generator(batch(["a", "b", "c"])), generator(batch(["d", "e"])))
+
+        t0 = time.perf_counter()
+        first, second = asyncio.run(overlapping())
+        elapsed = time.perf_counter() - t0
+    assert list(first["text"]) == ["echo: a", "echo: b", "echo: c"] and list(second["text"]) == ["echo: d", "echo: e"]
+    assert elapsed >= 3 * latency  # 5 requests, 2 at a time across both batches: 3 rounds at least
+    assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True)]

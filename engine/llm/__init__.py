@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Callable
 
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
-from engine.llm.responses import API_COLS, PROMPT_COL, attach_prompt, decode_prompt, fill_record
+from engine.llm.responses import (
+    PROMPT_COL, accounting_columns, attach_prompt, decode_prompt, fill_record, split_accounting,
+)
 from engine.metrics import StageRecord, stage_timer
 
 if TYPE_CHECKING:
     import ray
 
 STRUCTURED_KINDS = ("regex", "json", "choice")
-RESPONSE_STATS = ["prompt_tokens", "completion_tokens", "finish_reason"]
+OVERLAPPING_BATCHES = 4  # API batches one actor runs at once
 
 
 def check_structured_output(structured_output: dict | None, backend: str) -> None:
@@ -62,8 +64,10 @@ def generate(
     check_structured_output(structured_output, role.backend)
     with stage_timer(stage) as rec:
         keep = list(rows.columns())
-        prompted = rows.map(attach_prompt(to_prompt))
         p = role.parallelism
+        # A prompt costs microseconds, a Ray task milliseconds: prompts are built a
+        # generation batch at a time, which also makes each block one generation batch.
+        prompted = rows.map_batches(attach_prompt(to_prompt), batch_format="pyarrow", batch_size=batch_rows(role))
         if role.backend == "vllm":
             from engine.llm.vllm_backend import run_vllm
 
@@ -82,13 +86,7 @@ def generate(
         else:
             out = _openai(role, prompted, role_name=role_name, run_dir=run_dir,
                           structured_output=structured_output, logprobs=logprobs)
-        out = out.materialize()
-        stats = out.select_columns(RESPONSE_STATS + [c for c in API_COLS if c in out.columns()])
-        import pyarrow as pa
-
-        fill_record(rec, pa.concat_tables(ray.get(stats.to_arrow_refs())))
-        if role.backend == "openai":
-            out = out.drop_columns(list(API_COLS)).materialize()
+        out = _account(out.materialize(), rec, api=role.backend == "openai")
     expected = rows.count()
     if rec.rows != expected:
         raise RuntimeError(f"{stage}: {expected} rows in, {rec.rows} rows out; this is a bug in engine.llm")
@@ -111,11 +109,46 @@ def _openai(role: RoleConfig, prompted, *, role_name, run_dir, structured_output
         "run_dir_uri": None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root), "job": uuid.uuid4().hex,
         "structured_output": structured_output, "logprobs": logprobs,
     }
-    # A batch is one actor's unit of concurrency: make it big enough to keep
-    # max_concurrent_requests in flight.
-    batch_size = max(role.parallelism.batch_size, 2 * endpoint.max_concurrent_requests)
-    return prompted.map_batches(OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=role.parallelism.replicas), num_cpus=0.5)
+    # Several batches run at once on each actor's event loop (as Ray's own LLM processors
+    # overlap batches): the semaphore refills a slot as soon as any request ends, instead of
+    # the actor waiting at the end of every batch for its slowest request. Only that many
+    # are handed to an actor, so a starting replica is not left idle while the first one
+    # holds every batch.
+    compute = ray.data.ActorPoolStrategy(size=role.parallelism.replicas, max_tasks_in_flight_per_actor=OVERLAPPING_BATCHES,
+                                         max_concurrent_calls_per_actor=OVERLAPPING_BATCHES)
+    return prompted.map_batches(OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_rows(role),
+                                compute=compute, num_cpus=0.5)
+
+
+def _account(out: "ray.data.MaterializedDataset", rec: StageRecord, *, api: bool) -> "ray.data.MaterializedDataset":
+    """Sum the finished blocks into `rec` and, for an API role, drop the accounting columns:
+    one small Ray task per block (0.3-0.4 s for 100 blocks here, where a select and a drop
+    as two more Ray Data jobs took 2.7-3.2 s). An API role's dataset is then rebuilt from
+    the new blocks, so its `stats()` no longer shows the generation pipeline: the
+    StageRecord carries the stage's figures."""
+    import pyarrow as pa
+    import ray
+
+    blocks = out.to_arrow_refs()
+    if not blocks:
+        fill_record(rec, pa.table({}))
+        return out
+    # A whole CPU: tasks with fractional or zero CPUs make Ray start new worker processes
+    # (seconds) instead of reusing the ones Ray Data just used.
+    if api:
+        split = ray.remote(num_returns=2, num_cpus=1)(split_accounting)
+        stats, blocks = zip(*(split.remote(block) for block in blocks))
+    else:
+        stats = [ray.remote(num_cpus=1)(accounting_columns).remote(block) for block in blocks]
+    fill_record(rec, pa.concat_tables(ray.get(list(stats))))
+    return ray.data.from_arrow_refs(list(blocks)) if api else out
+
+
+def batch_rows(role: RoleConfig) -> int:
+    """Rows per generation batch; an API batch is big enough to fill max_concurrent_requests twice."""
+    if role.backend == "openai":
+        return max(role.parallelism.batch_size, 2 * role.openai.max_concurrent_requests)
+    return role.parallelism.batch_size
 
 
 def __getattr__(name: str):

@@ -1,11 +1,17 @@
 """The `openai` backend: any OpenAI-compatible endpoint, many requests in flight.
 
-`OpenAIGenerator(role, ...)(batch) -> batch` is a plain callable over a batch dict
-(no Ray import): Ray Data runs it in an actor pool, a benchmark can call it bare.
+`await OpenAIGenerator(role, ...)(batch) -> batch` is an async callable over a batch
+dict (no Ray import): Ray Data runs it in an actor pool, several batches at once
+on the actor's event loop; bare, `asyncio.run(generator(batch))` (one event loop
+per generator: its HTTP session belongs to the first loop it runs on).
 
 What is built on what:
 - retries, exponential backoff with jitter, `Retry-After`: the `openai` client's
-  own (configured with the endpoint's `max_retries` and `timeout_s`); an httpx
+  own (configured with the endpoint's `max_retries` and `timeout_s`). Requests go
+  through `client.post` with a plain JSON body and come back as a dict: the same
+  request path as `chat.completions.create` (retries, errors, headers), without
+  the typed-params transform and the pydantic response models, which walk every
+  message and field and were 40% of the client's CPU a request; an httpx
   event hook tags every HTTP attempt with the row's request id, so retries are
   counted per row;
 - transport: openai's aiohttp transport (`openai.DefaultAioHttpClient`, about
@@ -13,14 +19,14 @@ What is built on what:
   hundreds of requests/s), with its error mapping corrected so that failure
   reasons read as they do with httpx (see `_AiohttpTransport`); httpx when
   aiohttp is missing. Event hooks live on the httpx client, so they still run;
-- progress: one bar per actor batch, updated every `PROGRESS_EVERY` requests
+- progress: one bar per actor while it has batches open, updated every `PROGRESS_EVERY` requests
   (Ray's tqdm_ray inside Ray, shown on the driver; plain tqdm otherwise);
 - rate limits: the shared `gate` (one named Ray actor per endpoint, see
   engine.llm.gate) holds requests/min and tokens/min buckets and learns from the
   server's `retry-after` / `x-ratelimit-*` headers, so every actor of the cluster
   backs off together; each actor leases permits from it in blocks and admits
   its requests locally (engine.llm.ratelimit.LeasedGate), returning what it did
-  not use at the end of every batch;
+  not use whenever it goes idle (no batch open);
 - budget: each request's worst-case cost is reserved (from the actor's leased
   slice of the job's budget) before it is sent, so a job stops before
   `budget_usd`, not after; rows refused get "failed: budget";
@@ -183,41 +189,46 @@ class LocalGate:
         pass
 
 
-def request_kwargs(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
-    """The create() arguments for one prompt: chat for messages, completions for a raw string."""
+def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
+    """The JSON body for one prompt: chat for messages, completions for a raw string."""
     s = role.sampling
-    kw: dict = {"model": role.model, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    body: dict = {"model": role.model, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
     if s.seed is not None:
-        kw["seed"] = s.seed
+        body["seed"] = s.seed
     chat = isinstance(prompt, list)
-    kw["messages" if chat else "prompt"] = prompt
+    body["messages" if chat else "prompt"] = prompt
     if logprobs is not None:
-        kw.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
+        body.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
     if structured_output:
         if chat and "json" in structured_output:
-            kw["response_format"] = {"type": "json_schema",
-                                     "json_schema": {"name": "output", "schema": structured_output["json"]}}
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": structured_output["json"]}}
         else:  # vLLM's structured outputs (regex, choice, json on completions)
-            kw["extra_body"] = {"structured_outputs": structured_output}
-    return kw
+            body["structured_outputs"] = structured_output
+    return body
 
 
 def parse_completion(resp, chat: bool) -> dict:
-    choice = resp.choices[0]
-    usage = resp.usage
-    steps = None
-    if chat:
-        text = choice.message.content
-        if choice.logprobs is not None and choice.logprobs.content is not None:
-            steps = [{**{t.token: t.logprob for t in c.top_logprobs}, c.token: c.logprob} for c in choice.logprobs.content]
-    else:
-        text = choice.text
-        if choice.logprobs is not None and choice.logprobs.top_logprobs is not None:
-            steps = [dict(d or {}) for d in choice.logprobs.top_logprobs]
-    if text is None:
+    """A chat.completion / text_completion JSON object -> a response row; any other shape fails the row."""
+    try:
+        choice = resp["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        logprobs = choice.get("logprobs") or {}
+        if chat and logprobs.get("content") is not None:
+            steps = [{**{t["token"]: t["logprob"] for t in c.get("top_logprobs") or ()}, c["token"]: c["logprob"]}
+                     for c in logprobs["content"]]
+        elif not chat and logprobs.get("top_logprobs") is not None:
+            steps = [dict(d or {}) for d in logprobs["top_logprobs"]]
+        else:
+            steps = None
+        usage = resp.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        return failed_row(f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
+    if not isinstance(text, str):
         return failed_row("response without text")
-    return response_row(text, choice.finish_reason or "stop", getattr(usage, "prompt_tokens", 0) or 0,
-                        getattr(usage, "completion_tokens", 0) or 0, top_logprobs_json(steps))
+    return response_row(text, choice.get("finish_reason") or "stop", prompt_tokens, completion_tokens,
+                        top_logprobs_json(steps))
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -239,11 +250,10 @@ class OpenAIGenerator:
         self.cache = ResponseCache(RunDir(run_dir_uri)) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
-        self._loop = asyncio.new_event_loop()
         self._in_flight = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
         http = _http_client({"request": [self._on_request], "response": [self._on_response]},
                             self.endpoint.max_concurrent_requests)
-        self._bar, self._done = None, 0
+        self._bar, self._done, self._open_batches = None, 0, 0
         self.client = openai.AsyncOpenAI(api_key=api_key.reveal(), base_url=self.endpoint.base_url, http_client=http,
                                          max_retries=self.endpoint.max_retries, timeout=self.endpoint.timeout_s)
 
@@ -257,22 +267,33 @@ class OpenAIGenerator:
         if hints is not None:
             await self.gate.observe(hints)
 
-    def __call__(self, batch: dict) -> dict:
+    async def __call__(self, batch: dict) -> dict:
+        """One batch; Ray Data runs several at once on the actor's event loop (see
+        engine.llm.generate), so one slow request never leaves the others' slots idle."""
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
-        self._bar, self._done = _progress_bar(len(prompts), f"{self.role_name} ({self.role.model})"), 0
+        self._batch_opened(len(prompts))
         try:
-            responses = self._loop.run_until_complete(self._answer_all(prompts))
+            responses = await asyncio.gather(*(self._answer(p) for p in prompts))
         finally:
-            self._bar.update(self._done % PROGRESS_EVERY)
-            self._bar.close()
-            self._bar = None
-            self._loop.run_until_complete(self.gate.release())
-            if self.cache is not None:
-                self.cache.flush()
+            await self._batch_closed()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
 
-    async def _answer_all(self, prompts: list) -> list[dict]:
-        return await asyncio.gather(*(self._answer(p) for p in prompts))
+    def _batch_opened(self, rows: int) -> None:
+        self._open_batches += 1
+        if self._bar is None:
+            self._bar, self._done = _progress_bar(rows, f"{self.role_name} ({self.role.model})"), 0
+        else:
+            self._bar.total += rows
+
+    async def _batch_closed(self) -> None:
+        self._open_batches -= 1
+        if self.cache is not None:
+            self.cache.flush()
+        if self._open_batches == 0:  # idle: close the bar, hand unused permits back to the gate
+            bar, self._bar = self._bar, None
+            bar.update(self._done % PROGRESS_EVERY)
+            bar.close()
+            await self.gate.release()
 
     async def _answer(self, prompt) -> dict:
         row = await self._answer_one(prompt)
@@ -305,10 +326,11 @@ class OpenAIGenerator:
             await asyncio.sleep(wait)
         rid = uuid.uuid4().hex
         chat = isinstance(prompt, list)
-        kwargs = request_kwargs(self.role, prompt, self.structured_output, self.logprobs)
-        create = self.client.chat.completions.create if chat else self.client.completions.create
+        body = request_body(self.role, prompt, self.structured_output, self.logprobs)
         try:
-            row = parse_completion(await create(**kwargs, extra_headers={REQUEST_ID_HEADER: rid}), chat)
+            row = parse_completion(await self.client.post(
+                "/chat/completions" if chat else "/completions", body=body, cast_to=dict,
+                options={"headers": {REQUEST_ID_HEADER: rid}}), chat)
         except Exception as exc:  # every failure becomes a counted, reasoned row
             row = failed_row(failure_reason(exc))
         attempts = self.attempts.pop(rid, 1)

@@ -23,6 +23,7 @@ PROMPT_COL = "_llm_prompt"
 # Per-row API accounting, summed into the StageRecord and then dropped.
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
 RESPONSE_COLS = ("role", "text", "finish_reason", "prompt_tokens", "completion_tokens")
+RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason")
 
 
 def failed(reason: str) -> str:
@@ -51,16 +52,20 @@ def decode_prompt(encoded: str) -> str | list[dict]:
     return json.loads(encoded)
 
 
-def attach_prompt(to_prompt: Callable[[dict], Any]) -> Callable[[dict], dict]:
-    """Row mapper for Ray Data: adds PROMPT_COL; a row without `id` is refused clearly."""
-    def _attach(row: dict) -> dict:
+def attach_prompt(to_prompt: Callable[[dict], Any]) -> Callable[[pa.Table], pa.Table]:
+    """Batch mapper for Ray Data (pyarrow batches): adds PROMPT_COL and leaves every other
+    column as it was; a row without `id` is refused clearly."""
+    def _encoded(row: dict) -> str:
         if row.get("id") is None:
             raise ValueError(f"every row needs an `id` column (callers join responses on it); got columns {sorted(row)}")
         try:
             prompt = to_prompt(row)
         except Exception as exc:  # a caller's bug: say which row, keep the cause
             raise ValueError(f"to_prompt failed on row id={row['id']!r}: {exc!r}") from exc
-        return {**row, PROMPT_COL: encode_prompt(prompt, row["id"])}
+        return encode_prompt(prompt, row["id"])
+
+    def _attach(batch: pa.Table) -> pa.Table:
+        return batch.append_column(PROMPT_COL, pa.array([_encoded(r) for r in batch.to_pylist()], pa.string()))
     return _attach
 
 
@@ -100,6 +105,16 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
         if col in responses[0]:
             out[col] = [r[col] for r in responses]
     return out
+
+
+def accounting_columns(block: pa.Table) -> pa.Table:
+    """The columns of a finished block that a StageRecord sums."""
+    return block.select(list(RESPONSE_STATS) + [c for c in API_COLS if c in block.column_names])
+
+
+def split_accounting(block: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """A finished block -> (its accounting columns, the block without the API ones)."""
+    return accounting_columns(block), block.drop_columns([c for c in API_COLS if c in block.column_names])
 
 
 def fill_record(rec: StageRecord, table: pa.Table) -> None:
