@@ -9,10 +9,10 @@ local path, greedy. Start-up and generation are reported apart: bare vLLM times
 `LLM(...)` and `llm.chat` separately; our vllm path's steady state is the vLLM
 operator's task wall time from Ray Data's stats (one batch of all prompts: the
 engine starts in the actor's constructor, outside that time). The openai path
-runs against engine.llm.fault_server in its own process (fixed latency a request);
-its steady state is measured the same way: all requests are one batch, so the
-OpenAIGenerator operator runs one task, and its Ray Data wall time excludes the
-actor's start, the Ray Data plan and collecting the results.
+runs against engine.llm.fault_server in its own process (fixed latency a request),
+batched as a stage batches it; its steady state is counted by the server: requests
+answered over the span from the first one's arrival to the last answer, which
+excludes the actors' start, the Ray Data plan and collecting the results.
 """
 from __future__ import annotations
 
@@ -139,11 +139,13 @@ def hf(model: str, rows: list[dict], max_tokens: int) -> dict:
     return {"total_s": t, "tokens": tok, "tokens_per_s_with_start": tok / t}
 
 
-def api(seconds_at_max: float, latency_s: float, concurrency: int) -> dict:
-    """Our openai path (Ray Data, one actor, the shared gate) against a server in its own
+def api(seconds_at_max: float, latency_s: float, concurrency: int, replicas: int = 1) -> dict:
+    """Our openai path as a stage runs it (Ray Data, the default batch size, `replicas`
+    actors sharing `concurrency` in flight, the shared gate) against a server in its own
     process that answers every request after `latency_s`: enough requests for
-    `seconds_at_max` at the server-limited maximum, so the stage's fixed cost (Ray Data
-    plan, actor start, materialize) is measured too but does not dominate."""
+    `seconds_at_max` at the server-limited maximum. End to end includes the stage's fixed
+    cost (Ray Data plan, actors' start, collecting); steady state is the server's own
+    count over the span from the first request's arrival to the last answer."""
     import openai
 
     from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
@@ -154,34 +156,43 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int) -> dict:
     proc, base_url = serve_in_subprocess(latency_s)
     try:
         role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(max_tokens=8),
-                          parallelism=Parallelism(batch_size=n),
-                          openai=OpenAIEndpoint(base_url=base_url, max_concurrent_requests=concurrency,
+                          parallelism=Parallelism(replicas=replicas),
+                          openai=OpenAIEndpoint(base_url=base_url, max_concurrent_requests=concurrency // replicas,
                                                 requests_per_minute=10**7, tokens_per_minute=10**9))
         ours(role, prompts(8))  # warm: gate actor, imports
         t_small, _ = ours(role, prompts(8))  # the stage's fixed cost, about
-        c0 = time.process_time()
-        t, _, stats = ours(role, prompts(n), with_stats=True)
-        # One batch of n rows -> one task of the OpenAIGenerator operator: its wall time is the
-        # requests' own run (the actor's constructor, the plan and collecting results are outside).
-        steady = vllm_stage_wall_s(stats, "OpenAIGenerator")
+        server_window(base_url)
+        t, _ = ours(role, prompts(n))
+        window = server_window(base_url)
+        assert window["answered"] == n, window
         client = openai.OpenAI(api_key="EMPTY", base_url=base_url)
         k = 20
         t0 = time.perf_counter()
         for r in prompts(k):
             client.chat.completions.create(model="fake", messages=[{"role": "user", "content": r["instruction"]}], max_tokens=8)
         serial = k / (time.perf_counter() - t0)
-        bare = bare_client(base_url, n, concurrency)
-        bare_aio = bare_client(base_url, n, concurrency, aiohttp=True)
+        # A bare loop has no fixed cost: 10 s of work at the maximum measures its rate.
+        bare_n = min(n, int(10 * limit))
+        bare = bare_client(base_url, bare_n, concurrency)
+        bare_aio = bare_client(base_url, bare_n, concurrency, aiohttp=True)
     finally:
         proc.terminate()
         proc.wait(10)
-    return {"requests": n, "latency_s": latency_s, "concurrency": concurrency, "seconds": t,
+    steady = n / window["span_s"]
+    return {"requests": n, "latency_s": latency_s, "concurrency": concurrency, "replicas": replicas, "seconds": t,
             "requests_per_s": n / t, "server_limited_max_per_s": limit, "ratio_to_max": n / t / limit,
-            "stage_fixed_cost_s": t_small, "operator_task_wall_s": steady,
-            "requests_per_s_steady": n / steady if steady else None,
-            "ratio_to_max_steady": n / steady / limit if steady else None, "driver_cpu_s": time.process_time() - c0, "one_at_a_time_per_s": serial,
-            "bare_client": bare, "bare_client_aiohttp": bare_aio, "ratio_to_bare_client": n / t / bare["requests_per_s"],
-            "load_avg_1m_after": os.getloadavg()[0]}
+            "stage_fixed_cost_s": t_small, "server_span_s": window["span_s"], "requests_per_s_steady": steady,
+            "ratio_to_max_steady": steady / limit, "one_at_a_time_per_s": serial, "bare_client": bare,
+            "bare_client_aiohttp": bare_aio, "load_avg_1m_after": os.getloadavg()[0]}
+
+
+def server_window(base_url: str) -> dict:
+    """The fault server's count of answered requests and their span since the last call."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/_window") as r:
+        return json.load(r)
 
 
 def bare_client(base_url: str, n: int, concurrency: int, aiohttp: bool = False) -> dict:
@@ -238,7 +249,8 @@ def main() -> None:
         results["ray_vllm"] = ray_vllm(model, rows, args.max_tokens)
         results["hf"] = hf(model, rows[:128], args.max_tokens)
     if args.only in ("all", "api"):
-        results["api"] = [api(args.api_seconds, 0.1, 64), api(args.api_seconds / 2.5, 0.1, 256)]
+        results["api"] = [api(args.api_seconds, 0.1, 64), api(args.api_seconds, 0.1, 64, replicas=2),
+                          api(args.api_seconds / 2.5, 0.1, 256), api(args.api_seconds / 2.5, 0.1, 256, replicas=2)]
     ray.shutdown()
     if "bare_vllm" in results:
         bare = results["bare_vllm"]["tokens_per_s"]
@@ -255,10 +267,10 @@ def main() -> None:
             print(f"{name:<40}{tps:>12.0f}{tps / bare:>10.2f}")
     for a in results.get("api", []):
         steady = a.get("requests_per_s_steady") or float("nan")
-        print(f"openai path, {a['concurrency']} in flight: {a['requests_per_s']:.0f} req/s = {a['ratio_to_max']:.2f}x the "
+        print(f"openai path, {a['concurrency']} in flight over {a.get('replicas', 1)} actor(s): {a['requests_per_s']:.0f} req/s = {a['ratio_to_max']:.2f}x the "
               f"server-limited {a['server_limited_max_per_s']:.0f} req/s end to end ({a['requests']} requests, "
               f"{a['seconds']:.1f} s; stage fixed cost {a['stage_fixed_cost_s']:.1f} s); steady state {steady:.0f} req/s = "
-              f"{steady / a['server_limited_max_per_s']:.2f}x (operator task {a['operator_task_wall_s']}); bare AsyncOpenAI "
+              f"{steady / a['server_limited_max_per_s']:.2f}x (server span {a['server_span_s']:.1f} s); bare AsyncOpenAI "
               f"here: httpx {a['bare_client']['requests_per_s']:.0f}, aiohttp {a['bare_client_aiohttp']['requests_per_s']:.0f} "
               f"req/s; one at a time: {a['one_at_a_time_per_s']:.1f} req/s")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ latency, or, when the last user message names a fault, misbehaves:
   "fault:malformed" 200 with a body that is not JSON
   "fault:cutoff"    promises a body longer than it sends, then closes
 Runs in a background thread on loopback: `with FaultServer(latency_s=0.1) as s: s.base_url`.
-`hits` counts requests per message text (attempts included).
+`hits` counts requests per message text (attempts included). `GET /v1/_window` answers, and
+starts afresh, the chat requests answered since the last call and the span from the first
+one's arrival to the last one's answer: a client's throughput as the server saw it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class FaultServer:
         self.latency_s, self.completion_tokens, self.stall_s = latency_s, completion_tokens, stall_s
         self.hits: Counter[str] = Counter()
         self.authorizations: set[str] = set()
+        self._answered, self._first_arrival, self._last_answer = 0, None, 0.0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -56,6 +59,7 @@ class FaultServer:
         self._stop = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/_window", self._take_window)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -65,7 +69,20 @@ class FaultServer:
         await self._stop.wait()
         await runner.cleanup()
 
+    async def _take_window(self, request: web.Request) -> web.Response:
+        span = self._last_answer - self._first_arrival if self._answered else 0.0
+        window = {"answered": self._answered, "span_s": span}
+        self._answered, self._first_arrival = 0, None
+        return web.json_response(window)
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self._first_arrival is None:
+            self._first_arrival = time.perf_counter()
+        response = await self._answer(request)
+        self._answered, self._last_answer = self._answered + 1, time.perf_counter()
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.authorizations.add(request.headers.get("Authorization", ""))
         text = body["messages"][-1]["content"]
