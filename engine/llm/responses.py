@@ -107,14 +107,15 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
     return out
 
 
-def accounting_columns(block: pa.Table) -> pa.Table:
-    """The columns of a finished block that a StageRecord sums."""
-    return block.select(list(RESPONSE_STATS) + [c for c in API_COLS if c in block.column_names])
+def accounting_columns(*blocks: pa.Table) -> pa.Table:
+    """The columns of finished blocks that a StageRecord sums, as one table."""
+    return pa.concat_tables([b.select(list(RESPONSE_STATS) + [c for c in API_COLS if c in b.column_names]) for b in blocks],
+                            promote_options="default")
 
 
-def split_accounting(block: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """A finished block -> (its accounting columns, the block without the API ones)."""
-    return accounting_columns(block), block.drop_columns([c for c in API_COLS if c in block.column_names])
+def split_accounting(*blocks: pa.Table) -> tuple[pa.Table, ...]:
+    """Finished blocks -> (their accounting columns as one table, each block without the API ones)."""
+    return accounting_columns(*blocks), *(b.drop_columns([c for c in API_COLS if c in b.column_names]) for b in blocks)
 
 
 def fill_record(rec: StageRecord, table: pa.Table) -> None:
