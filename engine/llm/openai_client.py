@@ -11,7 +11,7 @@ What is built on what:
   through `client.post` with a plain JSON body and come back as a dict: the same
   request path as `chat.completions.create` (retries, errors, headers), without
   the typed-params transform and the pydantic response models, which walk every
-  message and field and were 40% of the client's CPU a request; an httpx
+  message and field and cost a third of the client's CPU a request; an httpx
   event hook tags every HTTP attempt with the row's request id, so retries are
   counted per row;
 - transport: openai's aiohttp transport (`openai.DefaultAioHttpClient`, about
