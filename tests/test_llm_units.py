@@ -35,6 +35,9 @@ def test_admission_headers_and_budget():
     assert a.admit("b", 1, 0.6, 1.0, now=20.0) >= 0 and a.admit("b", 1, 0.6, 1.0, now=20.0) == REFUSED
     a.settle("b", 1, 1, 0.6, 0.1, now=20.0)
     assert a.spent("b") == pytest.approx(0.1)
+    level = a.tokens.level
+    a.settle("b", 10, 510, 0.0, 0.0, now=20.0)  # 500 tokens past the estimate are taken from the bucket
+    assert a.tokens.level == pytest.approx(level - 500)
     assert a.admit("b", 1, 0.6, 1.0, now=20.0) >= 0  # the estimate was replaced by the real cost
 
 
@@ -143,9 +146,12 @@ def test_lease_blocks_are_spent_locally_and_returned():
     p.apply(g, now=0.1)
     p.settle(10, 4, 0.0, 0.0)  # unused tokens stay local, to spend again
     assert p.tokens == pytest.approx(MIN_BLOCK * 10 - MIN_BLOCK * 10 + g.tokens + 6)
-    level = a.requests.level
-    a.release("j", p.report(everything=True), now=0.1)
-    assert a.requests.level == pytest.approx(level + 10) and p.requests == p.tokens == 0
+    p.settle(10, 10 + g.tokens + 50, 0.0, 0.0)  # a reply far past its estimate: a debt the next lease pays
+    assert p.tokens == pytest.approx(-44) and p.ask(10, 0.0, now=0.1)[1] == pytest.approx(54)
+    level, token_level = a.requests.level, a.tokens.level
+    a.release("j", p.report(everything=True), now=0.1)  # the debt goes back with the unused requests
+    assert a.requests.level == pytest.approx(level + 10) and a.tokens.level == pytest.approx(token_level - 44)
+    assert p.requests == p.tokens == 0
     # Blocks past the burst wait (reservation style): the wait is for the whole block.
     a2 = Admission(requests_per_minute=600, tokens_per_minute=10**9)
     waits = [a2.lease("j", 1, 10, 0, 10, 100, 0, None, 0.0).wait_s for _ in range(12)]  # 10 at a time

@@ -177,9 +177,13 @@ class Admission:
 
     def settle(self, job: str, tokens_estimate: int, tokens_used: int, cost_estimate_usd: float,
                cost_usd: float, now: float) -> None:
-        """After a response: unused tokens back to the bucket, the estimate replaced by the cost."""
+        """After a response: unused tokens back to the bucket, tokens used beyond the estimate
+        (a prompt denser than ~3 characters a token, as in CJK text) taken from it, the
+        estimate replaced by the cost."""
         if tokens_used < tokens_estimate:
             self.tokens.give_back(tokens_estimate - tokens_used, now)
+        elif tokens_used > tokens_estimate:
+            self.tokens.reserve(tokens_used - tokens_estimate, now)
         self.budgets.setdefault(job, Budget(None)).settle(cost_estimate_usd, cost_usd)
 
     def observe(self, hints: ServerHints, now: float) -> None:
@@ -219,6 +223,8 @@ class Admission:
             self.requests.give_back(report.requests, now)
         if report.tokens > 0:
             self.tokens.give_back(report.tokens, now)
+        elif report.tokens < 0:  # a holder's debt: tokens its replies used beyond their estimates
+            self.tokens.reserve(-report.tokens, now)
         budget = self.budgets.setdefault(job, Budget(None))
         if budget.limit_usd is not None or report.usd_spent:
             returned = report.usd_returned if math.isfinite(report.usd_returned) else 0.0
@@ -281,9 +287,9 @@ class LocalPermits:
         self.usd += grant.usd
 
     def settle(self, tokens_estimate: float, tokens_used: float, usd_estimate: float, usd: float) -> None:
-        """After a response: unused tokens stay here to spend again, the cost is counted."""
-        if tokens_used < tokens_estimate:
-            self.tokens += tokens_estimate - tokens_used
+        """After a response: unused tokens stay here to spend again, tokens used beyond the
+        estimate are a debt the next lease pays (or the release returns), the cost is counted."""
+        self.tokens += tokens_estimate - tokens_used
         self.usd += usd_estimate - usd
         self.spent_unreported += usd
 
