@@ -13,7 +13,7 @@ allows). `LocalPermits` holds a block of permits leased from `Admission.lease`
 block is sized to about a second of the holder's own consumption (doubling
 while it runs out faster) and capped at the gate to a second of the endpoint's
 rate. Unused permits go back and actual spend is reported with the next lease
-or at `release` (end of a batch). A pause (Retry-After, or a server that says
+or at `release` (when the actor has no batch open). A pause (Retry-After, or a server that says
 nothing remains) is applied locally at once, sent to the gate at once, and
 reaches the other actors with their next lease. `LeasedGate` is the async
 wrapper an actor uses (one lease in flight at a time).
@@ -58,6 +58,7 @@ class TokenBucket:
         return max(0.0, -self.level / self.rate_per_s)
 
     def give_back(self, amount: float, now: float) -> None:
+        """Return `amount` permits; a negative amount takes them (a debt later callers wait behind)."""
         self._refill(now)
         self.level = min(self.capacity, self.level + amount)
 
@@ -180,10 +181,7 @@ class Admission:
         """After a response: unused tokens back to the bucket, tokens used beyond the estimate
         (a prompt denser than ~3 characters a token, as in CJK text) taken from it, the
         estimate replaced by the cost."""
-        if tokens_used < tokens_estimate:
-            self.tokens.give_back(tokens_estimate - tokens_used, now)
-        elif tokens_used > tokens_estimate:
-            self.tokens.reserve(tokens_used - tokens_estimate, now)
+        self.tokens.give_back(tokens_estimate - tokens_used, now)
         self.budgets.setdefault(job, Budget(None)).settle(cost_estimate_usd, cost_usd)
 
     def observe(self, hints: ServerHints, now: float) -> None:
@@ -221,10 +219,8 @@ class Admission:
             self.observe(hints, now)
         if report.requests > 0:
             self.requests.give_back(report.requests, now)
-        if report.tokens > 0:
-            self.tokens.give_back(report.tokens, now)
-        elif report.tokens < 0:  # a holder's debt: tokens its replies used beyond their estimates
-            self.tokens.reserve(-report.tokens, now)
+        # Negative: a holder's debt, tokens its replies used beyond their estimates.
+        self.tokens.give_back(report.tokens, now)
         budget = self.budgets.setdefault(job, Budget(None))
         if budget.limit_usd is not None or report.usd_spent:
             returned = report.usd_returned if math.isfinite(report.usd_returned) else 0.0
@@ -366,7 +362,7 @@ class LeasedGate:
             task.add_done_callback(self._background.discard)
 
     async def release(self):
-        """Unused permits back, spend reported: at the end of every batch."""
+        """Unused permits back, spend reported: when the actor has no batch open."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._job is not None:
