@@ -139,7 +139,8 @@ def _account(out: "ray.data.MaterializedDataset", rec: StageRecord, *, api: bool
         parts = [split.options(num_returns=len(chunk) + 1).remote(*chunk) for chunk in chunks]
         stats, blocks = [p[0] for p in parts], [ref for p in parts for ref in p[1:]]
     else:
-        stats = [ray.remote(num_cpus=1)(accounting_columns).remote(*chunk) for chunk in chunks]
+        account = ray.remote(num_cpus=1)(accounting_columns)
+        stats = [account.remote(*chunk) for chunk in chunks]
     fill_record(rec, pa.concat_tables(ray.get(stats), promote_options="default") if stats else pa.table({}))
     return ray.data.from_arrow_refs(blocks) if api and blocks else out
 

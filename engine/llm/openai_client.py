@@ -254,6 +254,7 @@ class OpenAIGenerator:
         http = _http_client({"request": [self._on_request], "response": [self._on_response]},
                             self.endpoint.max_concurrent_requests)
         self._bar, self._done, self._open_batches = None, 0, 0
+        self._sampling = role.sampling.model_dump()  # part of every cache key
         self.client = openai.AsyncOpenAI(api_key=api_key.reveal(), base_url=self.endpoint.base_url, http_client=http,
                                          max_retries=self.endpoint.max_retries, timeout=self.endpoint.timeout_s)
 
@@ -303,8 +304,7 @@ class OpenAIGenerator:
         return row
 
     async def _answer_one(self, prompt) -> dict:
-        sampling = self.role.sampling.model_dump()
-        key = cache_key(self.role.model, prompt, sampling, self.structured_output, self.logprobs)
+        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             return {**hit, **_api(cached=1)}
