@@ -110,21 +110,12 @@ def ray_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
     operator's task wall time. With one batch (batch_size = all prompts, as bare
     llm.chat gets them all at once) that is one task: the batch's trip through the
     engine, after the actor's constructor (where the engine starts) has returned."""
-    import ray
-
     from engine.config.models import Parallelism, RoleConfig, SamplingParams
-    from engine.llm import generate
-    from engine.llm.prompts import instruction_messages
 
     role = RoleConfig(backend="vllm", model=model, max_model_len=512, sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
                       parallelism=Parallelism(batch_size=len(rows)))
-    t0 = time.perf_counter()
-    out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="bench", role_name="bench")
-    t = time.perf_counter() - t0
-    assert rec.failed_rows == 0, rec.summary()
-    stats = out.stats()
+    t, tok, stats = ours(role, rows, with_stats=True)
     stage = vllm_stage_wall_s(stats)
-    tok = rec.completion_tokens
     return {"total_s": t, "tokens": tok, "tokens_per_s_with_start": tok / t, "vllm_stage_task_wall_s": stage,
             "tokens_per_s_steady": tok / stage if stage else None, "load_avg_1m_after": os.getloadavg()[0],
             "ray_data_stats": stats}
@@ -188,7 +179,6 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int, replicas: int
 
 def server_window(base_url: str) -> dict:
     """The fault server's count of answered requests and their span since the last call."""
-    import json
     import urllib.request
 
     with urllib.request.urlopen(f"{base_url}/_window") as r:
