@@ -154,7 +154,7 @@ TINY_SCHEME = "tiny://"
 def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
     """A run config with every `tiny://llama` or `tiny://t5` model replaced by its built
     folder, so a config (the demo's) can name tiny models that exist on no hub."""
-    roles = {name: getattr(cfg, name) for name in ("teacher", "student", "referee", "generator")}
+    roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     wanted = {name: role for name, role in roles.items() if role.model.startswith(TINY_SCHEME)}
     if not wanted:
         return cfg

@@ -153,7 +153,7 @@ def test_rayjob_runs_a_config_that_fits_its_gpus():
     cfg = load_job_config(spec["entrypoint"])
     gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
                for g in spec["rayClusterSpec"]["workerGroupSpecs"])
-    for name in ("teacher", "student", "referee", "generator"):
+    for name in cfg.ROLES:
         role = getattr(cfg, name)
         if role.backend == "vllm":
             assert role.parallelism.tensor_parallel_size * role.parallelism.replicas <= gpus, name

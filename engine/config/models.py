@@ -15,7 +15,7 @@ Example (the smallest valid file; everything else defaults)::
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -128,6 +128,8 @@ class DataConfig(Strict):
 
 
 class RunConfig(Strict):
+    ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
+
     run_dir: str = Field(min_length=1)  # local path or any pyarrow filesystem URI
     name: str = "lion"
     data: DataConfig

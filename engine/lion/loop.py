@@ -31,7 +31,7 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     """Local model paths and pool files as absolute paths: Ray workers do not share the
     job's working directory."""
     roles = {}
-    for name in ("teacher", "student", "referee", "generator"):
+    for name in cfg.ROLES:
         role = getattr(cfg, name)
         if os.path.exists(role.model):
             roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
