@@ -1,28 +1,10 @@
-"""Label-only prediction (the rationale task is for training only) and accuracy."""
+"""Label accuracy: CQA, NLI and a user's labels by text, SVAMP by the value of the equation."""
 from __future__ import annotations
 
 import ast
 import operator
 
-from engine.train.batches import LABEL_PREFIX
-
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64) -> list[str]:
-    """Greedy transformers generate with the label-task prefix."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    out: list[str] = []
-    for i in range(0, len(inputs), batch_size):
-        enc = tok([LABEL_PREFIX + x for x in inputs[i:i + batch_size]], return_tensors="pt", padding=True, truncation=True)
-        with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return out
 
 
 def equation_value(text: str) -> float | None:
