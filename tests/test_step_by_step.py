@@ -262,3 +262,25 @@ def test_stage_grid_and_resume_plan(tmp_path):
     state = {**fresh_state("step_by_step", "x"), "completed": ["rationales"]}
     from engine.runner import next_stage
     assert next_stage(plan_stages(state, names)) == "train/step_by_step/0.25"
+
+
+def test_report_from_any_state(tmp_path):
+    from engine.data import RunDir
+    from engine.step_by_step.report import write_report
+
+    run = RunDir(tmp_path)
+    assert "Not evaluated yet" in Path(write_report(run)).read_text()  # no state.json yet: said, not raised
+    state = {**fresh_state("step_by_step", "t"), "stages": ["rationales", "train/step_by_step/1", "evaluate"],
+             "completed": ["rationales", "train/step_by_step/1", "evaluate"], "done": True, "summary": {
+                 "rationales": {"teacher_test_accuracy": 0.6, "parse_failures": {"train": {"run_on": 2}, "test": {}},
+                                "rows": {"train": 8}, "source": "generate", "seconds": 3.0,
+                                "spend": {"prompt_tokens": 10, "cost_usd": 0.5}},
+                 "train": {"step_by_step/1": {"rows": 8, "epochs": 2, "rounds": [{"valid_accuracy": 0.25}], "best_round": 0,
+                                              "seconds": 9.0}},
+                 "evaluate": {"accuracy": {"step_by_step": {"0.5": 0.5, "1": 0.75}}, "test_rows": 4,
+                              "label_shares": {"a": 3}, "seconds": 1.0}}}
+    run.write_json("state.json", state)
+    report = Path(write_report(run)).read_text()
+    assert "| step_by_step | 0.5 | 0.75 |" in report and "| teacher (reference) | 0.6 | 0.6 |" in report
+    assert "| parse failure | test | train |" in report and "| run_on | 0 | 2 |" in report and "| train/step_by_step/1 | 9 |" in report and "| cost_usd | 0.5 |" in report
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0

@@ -194,6 +194,11 @@ def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: floa
             if stale != best:
                 shutil.rmtree(run.path(slug, f"round_{stale}"), ignore_errors=True)
         model = out_dir  # the next round continues from the last export, not the best
+    for r in range(len(rounds)):
+        if r != best:
+            shutil.rmtree(run.path(slug, f"round_{r}"), ignore_errors=True)
+    # Ray Train's checkpoints hold optimizer state (twice the model); only an unfinished stage needs them.
+    shutil.rmtree(run.path(slug, "ray_train"), ignore_errors=True)
     summary = {"method": method, "fraction": fraction, "rows": len(rows), "valid_rows": len(valid),
                "epochs": epochs, "rounds": rounds, "best_round": best, "model_dir": run.path(slug, f"round_{best}"),
                "seconds": time.perf_counter() - start}
