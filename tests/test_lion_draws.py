@@ -1,5 +1,6 @@
 """A repeat draw samples anew on every backend (engine.llm.generate's `draw`), while a
 prompt asked again without one, a teacher's answer, is the same request and reused.
+A teacher answer vLLM cut at its context cap is "length" (left out of training).
 No Ray: the backends' request builders and the openai generator run bare."""
 from __future__ import annotations
 
@@ -81,3 +82,14 @@ def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_pa
     assert list(again["_api_cached"]) == [1, 1]  # a resumed draw is not paid twice
     assert sent == sum(2 - sum(t["_api_cached"]) for t in teacher) + 4
     assert seeds[-4:] == [request_seed(3, d) for d in ("r0/a", "r0/b", "r1/a", "r1/b")]
+
+
+def test_an_answer_cut_at_the_context_cap_is_truncated():
+    from engine.llm.vllm_backend import to_response
+
+    row = {"id": "a", "generated_text": "cut", "num_input_tokens": 500, "num_generated_tokens": 12}
+    kw = {"keep": ["id"], "role_name": "teacher", "max_tokens": 48, "with_logprobs": False}
+    assert to_response(row, **kw)["finish_reason"] == "stop"
+    assert to_response(row, **kw, max_model_len=512)["finish_reason"] == "length"
+    assert to_response({**row, "num_generated_tokens": 48}, **kw, max_model_len=4096)["finish_reason"] == "length"
+    assert to_response({**row, "num_generated_tokens": 11}, **kw, max_model_len=512)["finish_reason"] == "stop"

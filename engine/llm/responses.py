@@ -77,10 +77,13 @@ def attach_prompt(to_prompt: Callable[[dict], Any], draw: str | None = None) -> 
     return _attach
 
 
-def finish_reason_from_counts(completion_tokens: int, max_tokens: int) -> str:
-    """vLLM stops for exactly two reasons here: the end token (or a stop string) or
-    max_tokens; Ray's processor reports counts, not the reason, so derive it."""
-    return "length" if completion_tokens >= max_tokens else "stop"
+def finish_reason_from_counts(completion_tokens: int, max_tokens: int, prompt_tokens: int = 0,
+                              max_model_len: int | None = None) -> str:
+    """vLLM stops for exactly two reasons here: the end token (or a stop string) or a
+    length cap, `max_tokens` or the context `max_model_len` (prompt + answer); Ray's
+    processor reports counts, not the reason, so derive it."""
+    capped = max_model_len is not None and prompt_tokens + completion_tokens >= max_model_len
+    return "length" if completion_tokens >= max_tokens or capped else "stop"
 
 
 def top_logprobs_json(steps: list[dict[str, float]] | None) -> str | None:

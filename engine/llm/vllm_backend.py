@@ -75,16 +75,17 @@ def logprob_steps(steps) -> list[dict[str, float]] | None:
     return [{v["decoded_token"]: v["logprob"] for v in step.values() if v is not None} for step in steps]
 
 
-def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool) -> dict:
+def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool,
+                max_model_len: int | None = None) -> dict:
     out = {k: row.get(k) for k in keep}
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
     if error:
         out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
     else:
-        done = int(row.get("num_generated_tokens") or 0)
-        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens),
-                   prompt_tokens=int(row.get("num_input_tokens") or 0), completion_tokens=done)
+        done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
+        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
+                   prompt_tokens=prompt, completion_tokens=done)
     if with_logprobs:
         steps = None if error else logprob_steps(row.get("logprobs"))
         out["logprobs"] = None if steps is None else json.dumps(steps, ensure_ascii=False)
@@ -102,8 +103,9 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         # Ray metrics would import ray.serve (ENVIRONMENT.md).
         "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
     }
+    engine = engine_kwargs(role, gpu, draw)
     config = vLLMEngineProcessorConfig(
-        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu, draw), batch_size=role.parallelism.batch_size,
+        model_source=role.model, engine_kwargs=engine, batch_size=role.parallelism.batch_size,
         concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
         should_continue_on_error=True, **extra,
     )
@@ -111,5 +113,5 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
     out = processor(prompted).map(partial(
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
-        with_logprobs=logprobs is not None))
+        with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
     return out, float(tp * replicas if gpu else 0)
