@@ -216,3 +216,13 @@ def _no_ray(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("a stage started Ray"))
+
+
+def test_the_last_new_instructions_are_imitated_by_a_final_stage(tmp_path):
+    from engine.lion.loop import lion_stages
+
+    run = RunDir(str(tmp_path))
+    names = [s.name for s in lion_stages(_config(tmp_path, iterations=2), run)]
+    assert names[-2:] == ["iter_1/generation", "iter_2/imitation"] and len(names) == 7
+    names = [s.name for s in lion_stages(_config(tmp_path, iterations=2, final_imitation=False), run)]
+    assert names[-1] == "iter_1/generation" and len(names) == 6

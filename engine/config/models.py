@@ -87,6 +87,9 @@ class LionConfig(Strict):
     # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
     rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
     rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
+    # Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K):
+    # the final student comes from this stage, iter_<iterations>/imitation.
+    final_imitation: bool = True
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
