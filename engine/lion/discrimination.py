@@ -1,10 +1,12 @@
 """Discrimination: teacher and student answer the cache pool; the referee scores each
 pair twice, the answers' order swapped, and the two are averaged. gap = teacher -
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
-(another seed), then excluded and counted: never turned into a number. A student that
+(a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
 the student gets the lowest score, 1 (engine.lion.referee.judgment_rows)."""
 from __future__ import annotations
+
+import logging
 
 import pyarrow as pa
 
@@ -19,6 +21,7 @@ from engine.lion.referee import (
 )
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 
+log = logging.getLogger("engine.lion")
 ORDERS = ("teacher_first", "student_first")
 LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
 
@@ -62,6 +65,9 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
 
     summary = summarize(judgments)
+    log.info("iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s", k,
+             summary["judged"], summary["hard"], summary["hard_fraction"], summary["mean_gap"], summary["failed"],
+             summary["failed_by_reason"] or "")
     extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap",
                                                          "mean_teacher_score", "mean_student_score")}
     extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet

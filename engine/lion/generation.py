@@ -93,6 +93,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
                 need[row["origin"]] -= 1
                 kept.append(row)
 
+    log.info("iteration %d generation: %d new instructions (%d asked for) from %d candidates; rejects %s", k,
+             len(kept), cfg.lion.new_instructions_per_iteration, len(replies_all), dict(rejects))
     if sum(need.values()):
         log.warning("iteration %d: %d of %d new instructions after %d rounds (rejects: %s)", k, len(kept),
                     cfg.lion.new_instructions_per_iteration, cfg.lion.generation_rounds, dict(rejects))

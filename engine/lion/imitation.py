@@ -42,6 +42,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         student_model = result.model_dir
     else:
         log.warning("iteration %d: no answered instructions to imitate; the student stays %s", k, student_model)
+    log.info("iteration %d imitation: %d instructions, %d answers trained on, %d truncated left out; student %s",
+             k, train_pool.num_rows, len(sft), truncated, student_model)
     write_stage_metrics(run, k, "imitation", records, {
         "lion/imitation_failed_answers": len(responses) - len(sft) - truncated,
         "lion/imitation_truncated_answers": truncated})
