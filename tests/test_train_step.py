@@ -115,13 +115,88 @@ def test_transformer_blocks_found_from_the_model(tiny_models):
     assert len(S.transformer_blocks(t5)) == t5.config.num_layers + t5.config.num_decoder_layers
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    lrs = [S.cosine_with_warmup(s, warmup=2, total=10) for s in range(10)]
-    assert lrs[0] < lrs[1] < lrs[2] == 1.0
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
-    assert S.cosine_with_warmup(10, 2, 10) == pytest.approx(0.0)
+def test_the_schedule_is_transformers_cosine_with_warmup():
+    from transformers import get_cosine_schedule_with_warmup
+
+    from engine.config.models import TrainConfig
+
+    cfg = TrainConfig(learning_rate=1.0, warmup_ratio=0.2)
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=10)
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0), 2, 10)
+    ours, theirs = [], []
+    for _ in range(10):
+        ours.append(scheduler.get_last_lr()[0])
+        theirs.append(reference.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        reference.optimizer.step()
+        reference.step()
+    assert ours == pytest.approx(theirs) and ours[0] == 0.0 and ours[2] == 1.0
     assert S.mfu(params=1e9, tokens_per_s=1e4, peak_flops=989e12) == pytest.approx(6e13 / 989e12)
-    assert math.isclose(S.cosine_with_warmup(0, 0, 4), 1.0)
+
+
+def _grads(model) -> torch.Tensor:
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _micro_batches(path: str, responses: list[str]) -> list[dict]:
+    tok = B.load_tokenizer(path)
+    out = B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses), response=responses),
+                            tokenizer_path=path, max_length=128)
+    return [B.collate_causal({k: v[i:i + 1] for k, v in out.items()}, pad_id=tok.pad_token_id) for i in range(len(responses))]
+
+
+def test_accumulated_loss_weighs_every_answer_token_alike_across_micro_batches_and_ranks(tiny_models):
+    """A 1-token and a 30-token answer in two micro-batches (or on two ranks) give the
+    gradient of one batch holding both: the mean over all 31+ answer tokens, not the
+    mean of two means, which weighs the short answer's token 30 times up."""
+    from engine.config.models import TrainConfig
+
+    path = str(tiny_models.llama)
+    cfg = TrainConfig(gradient_accumulation_steps=2)
+    model = S.load_model(path, "causal")
+    short, long = _micro_batches(path, ["yes", " ".join(["word"] * 30)])
+    both = B.collate_causal(_joined(path, ["yes", " ".join(["word"] * 30)]), pad_id=B.load_tokenizer(path).pad_token_id)
+    S.batch_loss(model, both, "causal", 1.0).backward()
+    expected = _grads(model)
+    tokens = S.target_tokens(short, "causal") + S.target_tokens(long, "causal")
+    assert tokens.item() == S.target_tokens(both, "causal").item()
+    cpu = torch.device("cpu")
+    # Two micro-batches on one rank.
+    loss = sum(S.backward(model, b, cfg, cpu, sync=True, tokens=tokens) for b in (short, long))
+    assert torch.allclose(_grads(model), expected, atol=1e-6)
+    assert loss == pytest.approx(S.batch_loss(model, both, "causal", 1.0).item(), rel=1e-5)
+    # One micro-batch on each of two ranks: FSDP averages the ranks' gradients.
+    per_rank = []
+    for b in (short, long):
+        S.backward(model, b, cfg, cpu, sync=True, tokens=tokens, world=2)
+        per_rank.append(_grads(model))
+    assert torch.allclose((per_rank[0] + per_rank[1]) / 2, expected, atol=1e-6)
+
+
+def _joined(path: str, responses: list[str]) -> dict:
+    return B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses),
+                                   response=responses), tokenizer_path=path, max_length=128)
+
+
+def test_seq2seq_tokens_are_counted_per_task():
+    labels = torch.tensor([[5, 6, B.IGNORE], [7, B.IGNORE, B.IGNORE], [1, 2, 3], [4, 4, B.IGNORE]])
+    batch = {"labels": labels, "task": torch.tensor([B.LABEL_TASK, B.LABEL_TASK, B.RATIONALE_TASK, B.RATIONALE_TASK])}
+    assert S.target_tokens(batch, "seq2seq").tolist() == [3.0, 5.0]
+    logits = torch.randn(4, 3, 11)
+    # Normalised by the counts of a larger accumulated batch: each task's sum over them.
+    scaled = S.multitask_loss(logits, labels, batch["task"], 0.5, torch.tensor([6.0, 10.0]))
+    assert torch.allclose(scaled, S.multitask_loss(logits, labels, batch["task"], 0.5) / 2, atol=1e-6)
+
+
+def test_accumulation_windows_end_with_a_short_one():
+    from engine.train.loop import accumulation_windows
+
+    assert [len(w) for w in accumulation_windows(range(7), 3)] == [3, 3, 1]
+    assert [len(w) for w in accumulation_windows(range(6), 3)] == [3, 3]
 
 
 def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):

@@ -149,37 +149,34 @@ def _train_worker(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
+    world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in range(state["epoch"], cfg.epochs):
-        skip, micro, losses = state["micro_in_epoch"], 0, []
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
-                                              local_shuffle_buffer_size=8 * cfg.batch_size,
-                                              local_shuffle_seed=cfg.seed + epoch):
-            micro += 1
-            if micro <= skip:  # consumed before the checkpoint we resumed from
+        micro = 0
+        batches = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
+                                           local_shuffle_buffer_size=8 * cfg.batch_size, local_shuffle_seed=cfg.seed + epoch)
+        for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+            micro += len(window)
+            if micro <= state["micro_in_epoch"]:  # consumed before the checkpoint we resumed from
                 continue
-            last = micro == micro_per_epoch
-            sync = last or micro % cfg.gradient_accumulation_steps == 0
-            losses.append(S.backward(model, batch, cfg, device, sync=sync))
-            counts += _batch_counts(batch, config["kind"], tasks)
-            if not sync:
-                continue
+            # One normaliser for the whole accumulated batch, on every rank: its answer tokens.
+            tokens = _all_ranks(sum(S.target_tokens(b, cfg.architecture) for b in window), device)
+            loss = 0.0
+            for i, batch in enumerate(window):
+                loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
+                counts += _batch_counts(batch, config["kind"], tasks)
             S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-            loss = sum(losses) / len(losses)
-            losses = []
+            loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
-            if state["step"] % cfg.checkpoint_every_steps == 0 and not last:
+            if state["step"] % cfg.checkpoint_every_steps == 0 and micro != micro_per_epoch:
                 _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
         if micro != micro_per_epoch:
             raise RuntimeError(f"epoch {epoch}: shard gave {micro} batches, the schedule expected {micro_per_epoch}")
         state.update(epoch=epoch + 1, micro_in_epoch=0)
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
     loop_seconds = time.perf_counter() - start
-    if dist.is_initialized():  # totals over ranks; NCCL reduces only device tensors
-        counts = counts.to(device)
-        dist.all_reduce(counts)
-        counts = counts.cpu()
+    counts = _all_ranks(counts, device)
     export_hf(model, config["model_path"], config["output_dir"],
               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
@@ -189,6 +186,28 @@ def _train_worker(config: dict) -> dict:
         "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
         "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
     }
+
+
+def accumulation_windows(batches, steps: int):
+    """Micro-batches in groups of `steps`, one optimizer step each; the epoch's last group
+    may be shorter."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == steps:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _all_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The sum over ranks (on CPU); NCCL reduces only device tensors."""
+    if not dist.is_initialized():
+        return values
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
 
 
 def _batch_counts(batch: dict, kind: str, tasks: int) -> torch.Tensor:
