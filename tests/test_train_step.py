@@ -222,3 +222,31 @@ def test_step_code_imports_without_ray():
 
     code = "import sys, engine.train.step, engine.train.batches; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models, tmp_path):
+    """A T5 taught one fixed label and one long rationale (step.py, no Ray): predict_labels
+    must return the label, never the rationale, and accuracy is exactly 1 and 0."""
+    from transformers import AutoTokenizer
+
+    from engine.config.models import TrainConfig
+    from engine.step_by_step import accuracy, predict_labels
+
+    path = str(tiny_models.t5)
+    torch.manual_seed(0)
+    cfg = TrainConfig(architecture="seq2seq", learning_rate=1e-2, warmup_ratio=0.0, rationale_weight=1.0)
+    model = S.setup_model(S.load_model(path, "seq2seq"), torch.device("cpu"))
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=60)
+    inputs = [f"Is {n} a number?" for n in range(8)]
+    rows = _rows(input=inputs, label=["yes"] * 8, rationale=["it is written with digits only so it is one"] * 8)
+    batch = B.collate_seq2seq(B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"),
+                              pad_id=B.load_tokenizer(path).pad_token_id)
+    for _ in range(60):
+        S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    model.save_pretrained(tmp_path / "t5")
+    AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path / "t5")
+    predictions = predict_labels(str(tmp_path / "t5"), inputs, max_new_tokens=16)
+    assert predictions == ["yes"] * 8
+    assert accuracy(predictions, ["yes"] * 8, "cqa") == 1.0 and accuracy(predictions, ["no"] * 8, "cqa") == 0.0
+    assert accuracy(predictions, ["yes", "no"] * 4, "cqa") == 0.5
