@@ -135,8 +135,8 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    model = S.setup_model(S.load_model(config["model_path"], cfg.architecture), device,
-                          activation_checkpointing=cfg.activation_checkpointing)
+    model = S.load_sharded(config["model_path"], cfg.architecture, device,
+                           activation_checkpointing=cfg.activation_checkpointing)
     optimizer, scheduler = S.build_optimizer(model, cfg, config["steps_per_epoch"] * cfg.epochs)
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None}
     checkpoint = ray.train.get_checkpoint()

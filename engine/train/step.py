@@ -29,6 +29,43 @@ def load_model(model_path: str, architecture: str) -> nn.Module:
     return cls.from_pretrained(model_path, dtype=torch.float32)
 
 
+def load_sharded(model_path: str, architecture: str, device: torch.device, *,
+                 activation_checkpointing: bool = False) -> nn.Module:
+    """The model, set up for training (setup_model), without every rank holding all of it.
+
+    With a process group, every rank builds the model on the meta device (no memory) and
+    shards it; rank 0 alone reads the weights and broadcasts each rank its shards
+    (set_model_state_dict with broadcast_from_rank0). Host memory is one full fp32 copy
+    on rank 0 plus a shard per rank, not a full copy per rank (8 x 28 GB for LLaMA-7B).
+    Without one, the model is loaded and set up as it is."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
+
+    if not dist.is_initialized():
+        return setup_model(load_model(model_path, architecture), device, activation_checkpointing=activation_checkpointing)
+    cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
+    with torch.device("meta"):
+        model = cls.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(model_path)  # the export writes it back
+    except OSError:
+        pass  # the model ships none: from_config's default stays
+    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
+    full = load_model(model_path, architecture) if dist.get_rank() == 0 else None
+    set_model_state_dict(model, full.state_dict() if full is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # Buffers outside the state dict (rotary frequencies) were only allocated: rank 0's are the truth.
+    persistent = set(model.state_dict())
+    reference = dict(full.named_buffers()) if full is not None else {}
+    for name, buffer in model.named_buffers():
+        if name not in persistent:
+            if full is not None:
+                buffer.copy_(reference[name])
+            dist.broadcast(buffer, src=0)
+    del full
+    return model
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated layers FSDP shards one by one: the classes the model itself
     declares unsplittable (LlamaDecoderLayer, T5Block...), else the children of
@@ -41,8 +78,11 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
             and len({type(c) for c in m}) == 1 for child in m]
 
 
-def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False) -> nn.Module:
-    """Shard (when distributed) and place the model; returns the same module, now training."""
+def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False,
+                materialize: bool = True) -> nn.Module:
+    """Shard (when distributed) and place the model; returns the same module, now training.
+    `materialize=False`: a model built on the meta device gets its (sharded) storage on
+    `device`, uninitialised; load_sharded fills it."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
@@ -57,7 +97,10 @@ def setup_model(model: nn.Module, device: torch.device, *, activation_checkpoint
         for block in blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-    model.to(device)  # after sharding: each rank moves only its own shards
+    if materialize:
+        model.to(device)  # after sharding: each rank moves only its own shards
+    else:
+        model.to_empty(device=device)
     model.train()
     return model
 
