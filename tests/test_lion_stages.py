@@ -205,9 +205,14 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or Result())
     outputs, _, summary = I.imitation(cfg, run, 0, "student")
     assert outputs == {"student_model": "new-student"}
-    assert len(trained) == 3 and all(r["response"] == "A whole answer." for r in trained)
-    assert summary["imitation_truncated"] == 1
-    assert run.read_json(rel(0, "imitation", "metrics.json"))["lion/imitation_truncated_answers"] == 1
+    assert len(trained) == 3 and all(r["response"] == "A whole answer." and r["complete"] for r in trained)
+    assert summary["imitation_truncated"] == 1 and summary["imitation_answered"] == 4
+    metrics = run.read_json(rel(0, "imitation", "metrics.json"))
+    assert metrics["lion/imitation_truncated_answers"] == 1 and metrics["lion/imitation_failed_answers"] == 0
+    # lion.train_on_truncated: the cut answer is trained on, marked incomplete (no eos).
+    trained.clear()
+    I.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
+    assert sorted(r["complete"] for r in trained) == [False, True, True, True]
 
 
 @pytest.fixture(autouse=True)

@@ -40,6 +40,10 @@ def test_causal_unusable_rows_have_no_target(tiny_models):
     assert tok.eos_token_id in out["labels"][2].tolist()
     clipped = B.tokenize_causal(_rows(instruction=["y"], input=[""], response=["word " * 100]), tokenizer_path=path, max_length=64)
     assert len(clipped["input_ids"][0]) == 64 and tok.eos_token_id not in clipped["labels"][0].tolist()
+    # An answer its model was cut off in (complete False) ends without eos, whatever room is left.
+    cut = B.tokenize_causal({**_rows(instruction=["y", "y"], input=["", ""], response=["a b", "a b"]),
+                             "complete": np.asarray([False, True])}, tokenizer_path=path, max_length=96)
+    assert tok.eos_token_id not in cut["labels"][0].tolist() and cut["labels"][1].tolist()[-1] == tok.eos_token_id
 
 
 def test_seq2seq_multitask_pairs_and_collate(tiny_models):

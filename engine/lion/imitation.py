@@ -2,8 +2,9 @@
 answers (loss on the answer tokens only) and exported for the next stages.
 
 A teacher answer cut short (`finish_reason` "length": `max_tokens`, or the engine's
-context cap) is left out of training and counted: trained with an end-of-sequence
-token it would teach the student to stop mid-answer."""
+context cap) is counted and, by default, left out of training: trained with an
+end-of-sequence token it would teach the student to stop mid-answer. With
+`lion.train_on_truncated` it is trained on without one."""
 from __future__ import annotations
 
 import logging
@@ -32,35 +33,40 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]
     write_responses(run, rel(k, "imitation", "teacher_responses.parquet"), responses)
 
-    sft, truncated = sft_rows(train_pool.to_pylist(), by_id)
-    summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": len(sft) + truncated,
+    sft, truncated = sft_rows(train_pool.to_pylist(), by_id, cfg.lion.train_on_truncated)
+    failed = sum(not answered(r) for r in responses)
+    summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": len(responses) - failed,
                "imitation_truncated": truncated}
-    if sft:
+    if len(sft) >= max(1, cfg.train.num_workers):  # every training worker needs a row
         result = _train(cfg, run, k, student_model, sft)
         result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
         records.append(result.record)
         student_model = result.model_dir
     else:
-        log.warning("iteration %d: no answered instructions to imitate; the student stays %s", k, student_model)
-    log.info("iteration %d imitation: %d instructions, %d answers trained on, %d truncated left out; student %s",
-             k, train_pool.num_rows, len(sft), truncated, student_model)
+        log.warning("iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
+                    k, len(sft), cfg.train.num_workers, student_model)
+    log.info("iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
+             k, train_pool.num_rows, len(sft), truncated, "trained without eos" if cfg.lion.train_on_truncated else "left out",
+             student_model)
     write_stage_metrics(run, k, "imitation", records, {
-        "lion/imitation_failed_answers": len(responses) - len(sft) - truncated,
+        "lion/imitation_failed_answers": failed,
         "lion/imitation_truncated_answers": truncated})
     return {"student_model": student_model}, usage(records), summary
 
 
-def sft_rows(pool_rows: list[dict], answers: dict[str, dict]) -> tuple[list[dict], int]:
-    """-> (training rows from the complete teacher answers, how many answers were truncated)."""
+def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated: bool = False) -> tuple[list[dict], int]:
+    """-> (training rows, how many answers were truncated). A truncated answer is left out,
+    or with `train_on_truncated` kept with `complete` False (trained without eos)."""
     sft, truncated = [], 0
     for row in pool_rows:
         response = answers[row["id"]]
         if not answered(response):
             continue
-        if response.get("finish_reason") == "length":
-            truncated += 1
-            continue
-        sft.append({"instruction": row["instruction"], "input": row["input"], "response": response["text"]})
+        complete = response.get("finish_reason") != "length"
+        truncated += not complete
+        if complete or train_on_truncated:
+            sft.append({"instruction": row["instruction"], "input": row["input"], "response": response["text"],
+                        "complete": complete})
     return sft, truncated
 
 

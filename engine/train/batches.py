@@ -40,17 +40,20 @@ def _texts(batch: dict, column: str) -> list[str]:
 
 def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int) -> dict:
     """Alpaca prompt -> response + eos. Labels are IGNORE on the prompt, so the loss
-    is on the response tokens (and eos) only; padding is masked at collate time."""
+    is on the response tokens (and eos) only; padding is masked at collate time.
+    A row whose optional `complete` column is False (an answer its model was cut off
+    in) gets no eos either."""
     tok = load_tokenizer(tokenizer_path)
     prompts = [alpaca_prompt(i, x) for i, x in zip(_texts(batch, "instruction"), _texts(batch, "input"))]
     responses = _texts(batch, "response")
+    complete = [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * len(responses)
     prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
     response_ids = tok(responses, add_special_tokens=False)["input_ids"]
     input_ids, labels, n_prompt, n_target = [], [], [], []
-    for p, r, text in zip(prompt_ids, response_ids, responses):
+    for p, r, text, whole in zip(prompt_ids, response_ids, responses, complete):
         room = max_length - len(p)
         # A truncated response must not end in eos: the student would learn to stop mid-answer.
-        target = (r + [tok.eos_token_id]) if len(r) < room else r[:room]
+        target = (r + [tok.eos_token_id]) if whole and len(r) < room else r[:room]
         if not text.strip() or room <= 0:
             target = []
         input_ids.append(np.asarray(p + target, dtype=np.int64))
