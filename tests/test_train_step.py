@@ -254,3 +254,21 @@ def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models
     assert predictions == ["yes"] * 8
     assert accuracy(predictions, ["yes"] * 8, "cqa") == 1.0 and accuracy(predictions, ["no"] * 8, "cqa") == 0.0
     assert accuracy(predictions, ["yes", "no"] * 4, "cqa") == 0.5
+
+
+def test_each_epoch_is_one_seeded_global_shuffle_dealt_to_the_ranks():
+    n, ranks = 23, 2
+    epoch0 = [B.epoch_order(n, ranks, r, seed=42, epoch=0) for r in range(ranks)]
+    assert all(len(o) == n // ranks for o in epoch0)
+    assert not set(epoch0[0]) & set(epoch0[1])  # no row on two ranks; one row (the remainder) left out
+    # Deterministic: a resumed epoch sees exactly the same order, so skipping k micro-batches skips those rows.
+    assert all((B.epoch_order(n, ranks, r, 42, 0) == epoch0[r]).all() for r in range(ranks))
+    # Global: a pool ordered hard-first is mixed, and the next epoch has another order.
+    assert not (np.sort(epoch0[0]) == epoch0[0]).all()
+    assert not (B.epoch_order(n, ranks, 0, 42, 1) == epoch0[0]).all()
+    assert sorted(B.epoch_order(n, 1, 0, 42, 3)) == list(range(n))
+    columns = {"input_ids": np.empty(n, dtype=object), "n_target_tokens": np.arange(n)}
+    columns["input_ids"][:] = [np.arange(i + 1) for i in range(n)]
+    batches = list(B.micro_batches(columns, epoch0[1], 4))
+    assert [len(b["n_target_tokens"]) for b in batches] == [4, 4, 3]
+    assert [len(x) - 1 for b in batches for x in b["input_ids"]] == list(epoch0[1])

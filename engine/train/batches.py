@@ -90,6 +90,24 @@ def tokenize_seq2seq(batch: dict, *, tokenizer_path: str, max_length: int, task:
     return out
 
 
+def epoch_order(n_rows: int, ranks: int, rank: int, seed: int, epoch: int) -> np.ndarray:
+    """This rank's row indices for an epoch, in the order it trains on them.
+
+    One global permutation per epoch, seeded by (seed, epoch), dealt round-robin to
+    the ranks; each rank gets n_rows // ranks rows (a different remainder is left out
+    each epoch). The same arguments give the same order, so a resumed epoch skips
+    exactly the micro-batches trained before the checkpoint."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    return perm[rank::ranks][: n_rows // ranks]
+
+
+def micro_batches(columns: dict[str, np.ndarray], order: np.ndarray, batch_size: int):
+    """Rows `order` of the columns (ragged ones as object arrays), batch_size at a time."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield {name: values[idx] for name, values in columns.items()}
+
+
 def _pad(seqs, value: int) -> torch.Tensor:
     seqs = [np.asarray(s, dtype=np.int64) for s in seqs]
     out = np.full((len(seqs), max(len(s) for s in seqs)), value, dtype=np.int64)
