@@ -20,16 +20,14 @@ from collections import Counter
 
 import pyarrow as pa
 
-from engine.config.models import Parallelism, RoleConfig, SamplingParams
 from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
 from engine.runner import StageResult
 from engine.step_by_step.data import nested_fractions, parse_rows, train_valid_split, with_released_replies
-from engine.step_by_step.evaluate import accuracy
+from engine.step_by_step.evaluate import accuracy, label_prompt, student_role
 from engine.step_by_step.prompts import default_prompt_file, load_prompt
 from engine.step_by_step.readers import read_examples, read_jsonl_task
 from engine.step_by_step.tasks import TASKS, Task, user_task
-from engine.train.batches import LABEL_PREFIX
 
 log = logging.getLogger("engine.step_by_step")
 
@@ -153,12 +151,10 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
     from engine.llm import generate
 
     s = cfg.student
-    role = RoleConfig(backend="hf", model=model_dir, max_model_len=cfg.train.max_length,
-                      sampling=SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens),
-                      parallelism=Parallelism(batch_size=s.batch_size, replicas=s.replicas))
+    role = student_role(model_dir, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, replicas=s.replicas,
+                        max_model_len=cfg.train.max_length)
     items = [{"id": r["id"], "input": r["input"]} for r in rows]
-    out, _ = generate(role, ray.data.from_items(items), lambda row: LABEL_PREFIX + row["input"],
-                      stage=stage, role_name="student")
+    out, _ = generate(role, ray.data.from_items(items), label_prompt, stage=stage, role_name="student")
     texts = {r["id"]: (r["text"] or "").strip() for r in out.select_columns(["id", "text"]).take_all()}
     return [texts[r["id"]] for r in rows]
 
