@@ -26,7 +26,7 @@ from engine.runner import StageResult
 from engine.step_by_step.data import nested_fractions, parse_rows, train_valid_split, with_released_replies
 from engine.step_by_step.evaluate import accuracy, label_prompt, student_role
 from engine.step_by_step.prompts import default_prompt_file, load_prompt
-from engine.step_by_step.readers import read_examples, read_jsonl_task
+from engine.step_by_step.readers import TaskDataError, read_examples, read_jsonl_task
 from engine.step_by_step.tasks import TASKS, Task, user_task
 
 log = logging.getLogger("engine.step_by_step")
@@ -61,6 +61,8 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
             if cfg.teacher.source == "released":
                 rows = with_released_replies(rows, d.data_dir, d.task, split)
         splits[split] = [{"choices": [], **r} for r in rows[:limit]]
+        if not splits[split]:
+            raise TaskDataError(f"{d.task}: the {split} split has no usable rows")
     return splits, report
 
 
@@ -97,8 +99,7 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         run.write_table(f"rationales/{name}.parquet", pa.Table.from_pylist(rows, schema=ROWS))
     test = parsed["test"]
     # Unparsed replies count as wrong: the teacher's line is what its answers are worth as labels.
-    teacher_accuracy = sum(r["teacher_label"] != "" and accuracy([r["teacher_label"]], [r["label"]], task.name) == 1.0
-                           for r in test) / max(len(test), 1)
+    teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name)
     summary = {"rows": {"train": len(train), "valid": len(valid), "test": len(test)},
                "parse_failures": {s: dict(c) for s, c in failures.items()},
                "teacher_test_accuracy": teacher_accuracy, "source": cfg.teacher.source, "spend": spend,
