@@ -152,20 +152,34 @@ TINY_SCHEME = "tiny://"
 
 
 def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
-    """A run config with every `tiny://llama` or `tiny://t5` model replaced by its built
-    folder, so a config (the demo's) can name tiny models that exist on no hub."""
-    roles = {name: getattr(cfg, name) for name in cfg.ROLES}
-    wanted = {name: role for name, role in roles.items() if role.model.startswith(TINY_SCHEME)}
-    if not wanted:
-        return cfg
-    models = vars(build_tiny_models(cache_dir))
-    update = {}
-    for name, role in wanted.items():
-        kind = role.model[len(TINY_SCHEME):]
-        if kind not in ("llama", "t5"):
-            raise ValueError(f"{name}.model: unknown tiny model {role.model!r}; expected tiny://llama or tiny://t5")
-        update[name] = role.model_copy(update={"model": str(models[kind])})
-    return cfg.model_copy(update=update)
+    """A config (any pydantic model) with every `tiny://llama` or `tiny://t5` string, wherever it
+    sits (a role's model, a list of candidates), replaced by the built folder, so a config (the
+    demos') can name tiny models that exist on no hub. Builds only when one is named."""
+    data = cfg.model_dump()
+    named: list[str] = []
+
+    def walk(node, where: str):
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, str) and node.startswith(TINY_SCHEME):
+            kind = node[len(TINY_SCHEME):]
+            if kind not in ("llama", "t5"):
+                raise ValueError(f"{where}: unknown tiny model {node!r}; expected tiny://llama or tiny://t5")
+            named.append(kind)
+            return str(getattr(models(), kind))
+        return node
+
+    built: list[TinyModels] = []
+
+    def models() -> TinyModels:
+        if not built:
+            built.append(build_tiny_models(cache_dir))
+        return built[0]
+
+    resolved = walk(data, "")
+    return type(cfg).model_validate(resolved) if named else cfg
 
 
 def main(argv: list[str] | None = None) -> None:

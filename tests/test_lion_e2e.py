@@ -13,10 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import load_config
-from engine.lion.loop import run_lion
-from engine.lion.state import STAGES
-from engine.tiny import resolve_tiny_models
+from engine.lion.loop import STAGES, load, run
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
@@ -43,8 +40,8 @@ def table(run: Path, rel: str) -> list[dict]:
 def check_run_dir(run: Path, iterations: int) -> None:
     """Everything a finished run must hold, with counts that reconcile."""
     state = json.loads((run / "state.json").read_text())
-    assert state["done"] and state["completed"] == {str(k): list(STAGES) for k in range(iterations)}
-    assert state["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
+    assert state["done"] and state["completed"] == [f"iter_{k}/{stage}" for k in range(iterations) for stage in STAGES]
+    assert state["outputs"]["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
     for k in range(iterations):
         it = run / f"iter_{k}"
         train, cache = table(run, f"iter_{k}/train_pool.parquet"), table(run, f"iter_{k}/cache_pool.parquet")
@@ -86,7 +83,7 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 def test_demo_config_end_to_end(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     run = tmp_path / "run"
-    state = run_lion(resolve_tiny_models(load_config(DEMO, overrides(run, vllm_server))))
+    state = run(load(DEMO, overrides(run, vllm_server)))
     assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
     check_run_dir(run, iterations=2)
     assert json.loads((run / "data_report.json").read_text())["rows_in"] == 427
@@ -110,11 +107,11 @@ def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 600) -
     proc.wait()
 
 
-def _completed(run: Path) -> dict:
+def _completed(run: Path) -> list[str]:
     try:
         return json.loads((run / "state.json").read_text())["completed"]
     except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+        return []
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -126,10 +123,10 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     # 1. Killed in the middle of imitation: the teacher has been paid, the student is training.
     job = _start_job(ray_cluster, run, vllm_server, log)
     _kill_when(job, lambda: list((run / "llm_cache" / "ledger").glob("imitation_teacher-*.json")), log)
-    assert _completed(run) == {}
+    assert _completed(run) == []
     # 2. Killed once discrimination is complete: generation has just begun.
     job = _start_job(ray_cluster, run, vllm_server, log)
-    _kill_when(job, lambda: "discrimination" in _completed(run).get("0", []), log)
+    _kill_when(job, lambda: "iter_0/discrimination" in _completed(run), log)
     done_before = {stage: _digest(run / "iter_0" / stage) for stage in ("imitation", "discrimination")}
     # 3. Runs to the end, from generation.
     job = _start_job(ray_cluster, run, vllm_server, log)

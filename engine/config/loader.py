@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.config.models import RunConfig
 
@@ -52,15 +52,16 @@ def _describe(error: dict) -> str:
     return f"{field}: {expected}{shown}"
 
 
-def validate(data: dict, source: str) -> RunConfig:
+def validate(data: dict, source: str, model: type[BaseModel] = RunConfig) -> BaseModel:
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         lines = [f"{source}: {_describe(err)}" for err in e.errors()]
         raise ConfigError("invalid run config:\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] = (), model: type[BaseModel] = RunConfig) -> BaseModel:
+    """A job's config (`model`: Lion's RunConfig unless a job names its own) from YAML + overrides."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -82,4 +83,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         apply_override(data, keys, value, text)
     if overrides:
         source += " (with --set " + " ".join(overrides) + ")"
-    return validate(data, source)
+    return validate(data, source, model)

@@ -1,6 +1,6 @@
-"""The Lion loop: iterations of imitation -> discrimination -> generation, resumable.
+"""The Lion loop: iterations of imitation -> discrimination -> generation, on the shared stage runner.
 
-    state = run_lion(load_config("configs/demo.yaml"))   # with Ray initialised
+    state = run(load("configs/demo.yaml", []))   # with Ray initialised
 
 Re-running on an existing run directory continues after the last completed stage:
 finished stages are not recomputed, and within an interrupted stage the openai
@@ -13,18 +13,20 @@ import os
 
 import numpy as np
 
-from engine.config import RunConfig
+from engine.config import RunConfig, load_config
 from engine.data import RunDir, load_pool, write_pool
 from engine.lion.discrimination import discrimination
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
 from engine.lion.iteration import rel
 from engine.lion.report import write_report
-from engine.lion.state import driver, fresh_state, next_step
+from engine.runner import Stage, StageResult, run_stages
+from engine.tiny import resolve_tiny_models
 
 log = logging.getLogger("engine.lion")
 
 STAGE_FUNCTIONS = {"imitation": imitation, "discrimination": discrimination, "generation": generation}
+STAGES = tuple(STAGE_FUNCTIONS)
 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -58,24 +60,30 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
 
 
-def run_lion(cfg: RunConfig) -> dict:
-    import ray
+def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
+    def fn(state: dict) -> StageResult:
+        outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
+        return StageResult(outputs, counters, summary)
+    return Stage(f"iter_{k}/{name}", fn)
 
+
+def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
+    """The loop in order: imitation, discrimination, generation for each iteration."""
+    return [_stage(cfg, run, k, name) for k in range(cfg.lion.iterations) for name in STAGES]
+
+
+def load(path: str, overrides: list[str]) -> RunConfig:
+    return resolve_tiny_models(load_config(path, overrides))
+
+
+def run(cfg: RunConfig) -> dict:
     cfg = absolute_paths(cfg)
-    run = RunDir(cfg.run_dir)
+    rundir = RunDir(cfg.run_dir)
     # The resolved config holds the *names* of key variables, never their values.
-    run.write_json("config.json", cfg.model_dump(mode="json"))
-    seed_pools(cfg, run)
-    actor = driver(run.uri, fresh_state(cfg.name, cfg.student.model, cfg.lion.iterations))
-    state = ray.get(actor.set_iterations.remote(cfg.lion.iterations))
-    if state["completed"]:
-        log.info("resuming %s at %s", run.uri, next_step(state))
-    while (step := next_step(state)) is not None:
-        k, stage = step
-        log.info("iteration %d/%d: %s", k + 1, state["iterations"], stage)
-        outputs, counters, summary = STAGE_FUNCTIONS[stage](cfg, run, k, state["student_model"])
-        state = ray.get(actor.complete.remote(k, stage, outputs, counters, summary))
-        write_report(run)
-    ray.kill(actor)
-    log.info("done: student %s; report %s", state["student_model"], run.path("report.md"))
+    rundir.write_json("config.json", cfg.model_dump(mode="json"))
+    seed_pools(cfg, rundir)
+    state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
+                       outputs={"student_model": cfg.student.model}, report=write_report)
+    write_report(rundir)
+    log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state

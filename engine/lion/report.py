@@ -8,7 +8,6 @@ point of a run. Everything goes through RunDir, so a run on s3:// reports in pla
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
+from engine.metrics.report import fmt, save_plots, state_section, table_md
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 JUDGMENTS = "discrimination/judgments.parquet"
@@ -51,12 +51,7 @@ def write_report(run_dir: RunDir) -> str:
     notes: list[str] = []
     state = _read_json(run_dir, "state.json", notes)
     iterations = [read_iteration(run_dir, k) for k in list_iterations(run_dir)]
-    plots = {}
-    for name, figure in render_plots(iterations).items():
-        buf = io.BytesIO()
-        figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        run_dir.write_bytes(f"plots/{name}", buf.getvalue())
-        plots[name] = f"plots/{name}"
+    plots = save_plots(run_dir, render_plots(iterations))
     run_dir.write_bytes("report.md", render_markdown(run_dir.uri, state, iterations, plots, notes).encode())
     return run_dir.path("report.md")
 
@@ -177,20 +172,6 @@ def all_stages(iterations: list[Iteration]) -> list[str]:
     return sorted({s for it in iterations for s in it.stages}, key=stage_rank)
 
 
-def fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
-        return f"{int(value):,}"
-    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
-def table_md(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 # --- plots -----------------------------------------------------------------------
 
 def render_plots(iterations: list[Iteration]) -> dict[str, Figure]:
@@ -272,13 +253,7 @@ def _score_histograms(judged: list[Iteration]) -> Figure:
 
 def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str]) -> str:
     out = [f"# Lion run report\n\nRun directory: `{uri}`\n"]
-    out.append("## State\n")
-    if isinstance(state, dict):
-        shown = [[k, v if isinstance(v, (int, float)) and not isinstance(v, bool) else f"`{json.dumps(v)}`"]
-                 for k, v in sorted(state.items())]
-        out.append(table_md(["key", "value"], shown))
-    else:
-        out.append("No readable `state.json`.")
+    out += state_section(state)
     if not iterations:
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")
     out += _section_loop(iterations, plots)
