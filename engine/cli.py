@@ -19,6 +19,7 @@ import sys
 # Job name -> the module that composes it (imported only when that job runs).
 JOBS = {
     "lion": "engine.lion.loop",
+    "evaluate": "engine.evaluate.job",
 }
 
 

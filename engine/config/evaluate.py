@@ -8,7 +8,7 @@ Example (the evaluation job; Vicuna-80 with the gpt-3.5-turbo answers as referen
     run_dir: runs/eval
     eval:
       questions: {files: [data/vicuna80/questions.jsonl], field_map: {instruction: text}}
-      reference: {name: gpt-3.5-turbo, answers: data/vicuna80/answers_gpt35.jsonl}
+      reference: {name: gpt-3.5-turbo, answers: data/vicuna80/answers_gpt-3.5-turbo.jsonl}
       judge: {backend: openai, model: gpt-4, openai: {api_key_env: OPENAI_API_KEY}}
       candidates:
         - {name: lion-7b, lion_run: runs/lion-7b}                # the run's latest student

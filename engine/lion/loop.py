@@ -15,10 +15,12 @@ import numpy as np
 
 from engine.config import RunConfig, load_config
 from engine.data import RunDir, load_pool, write_pool
+from engine.evaluate.evaluation import evaluate
+from engine.evaluate.job import absolute_paths as eval_absolute_paths
 from engine.lion.discrimination import discrimination
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
-from engine.lion.iteration import rel
+from engine.lion.iteration import rel, usage
 from engine.lion.report import write_report
 from engine.runner import Stage, StageResult, run_stages
 from engine.tiny import resolve_tiny_models
@@ -39,7 +41,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
             roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
     data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files]})
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
-    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir})
+    evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
+    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
 
 
 def seed_pools(cfg: RunConfig, run: RunDir) -> None:
@@ -67,9 +70,30 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     return Stage(f"iter_{k}/{name}", fn)
 
 
+def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
+    """The student as it is now (iteration -1: the base student) against the eval reference."""
+    def fn(state: dict) -> StageResult:
+        student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
+        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"))
+        overall = summary["overall"]
+        log.info("iteration %d: relative score %s (95%% CI %s-%s)", k, overall["relative_score"],
+                 overall["ci_low"], overall["ci_high"])
+        return StageResult(counters=usage(records), summary={
+            **{f"eval_{key}": overall[key] for key in ("relative_score", "ci_low", "ci_high", "win", "tie", "loss")},
+            "eval_judged": summary["judged"], "eval_judge_failed": summary["failed"]})
+    return Stage(f"iter_{k}/eval", fn)
+
+
 def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
-    """The loop in order: imitation, discrimination, generation for each iteration."""
-    return [_stage(cfg, run, k, name) for k in range(cfg.lion.iterations) for name in STAGES]
+    """The loop in order: imitation, discrimination, generation for each iteration; with `eval`,
+    the student is also evaluated before training and right after each imitation."""
+    stages = [_eval_stage(cfg, run, -1)] if cfg.eval else []
+    for k in range(cfg.lion.iterations):
+        for name in STAGES:
+            stages.append(_stage(cfg, run, k, name))
+            if name == "imitation" and cfg.eval:
+                stages.append(_eval_stage(cfg, run, k))
+    return stages
 
 
 def load(path: str, overrides: list[str]) -> RunConfig:

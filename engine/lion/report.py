@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
+from engine.evaluate.report import lion_eval_section
 from engine.metrics.report import fmt, save_plots, state_section, table_md
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -52,7 +53,9 @@ def write_report(run_dir: RunDir) -> str:
     state = _read_json(run_dir, "state.json", notes)
     iterations = [read_iteration(run_dir, k) for k in list_iterations(run_dir)]
     plots = save_plots(run_dir, render_plots(iterations))
-    run_dir.write_bytes("report.md", render_markdown(run_dir.uri, state, iterations, plots, notes).encode())
+    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes)
+    markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
+    run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
 
 
