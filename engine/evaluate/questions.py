@@ -27,13 +27,13 @@ def load_questions(cfg: QuestionsConfig, seed: int) -> tuple[list[dict], dict]:
     rows, report = load_rows(cfg.files, cfg.field_map, cfg.max_instruction_chars, keep=(cfg.key_field, cfg.category_field))
     questions, owner = [], {}
     for row in rows:
-        key = row.get(cfg.key_field)
+        key = row.get("fields", {}).get(cfg.key_field)
         key = row["id"] if key is None else str(key)
         if key in owner:
             raise EvalDataError(f"{cfg.files}: {cfg.key_field}={key} is used by two questions: "
                                 f"{owner[key]!r} and {row['instruction']!r}; keys must be unique")
         owner[key] = row["instruction"]
-        category = row.get(cfg.category_field)
+        category = row.get("fields", {}).get(cfg.category_field)
         questions.append({"id": row["id"], "key": key, "category": str(category) if category else DEFAULT_CATEGORY,
                           "instruction": row["instruction"], "input": row["input"]})
     summary = report.as_dict()
