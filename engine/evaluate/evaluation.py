@@ -17,19 +17,23 @@ evaluation runs again.
 """
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
 from engine.config import RoleConfig
 from engine.config.evaluate import EvalConfig
 from engine.data import RunDir
 from engine.evaluate.questions import load_questions, read_reference_answers
-from engine.evaluate.scores import aggregate
+from engine.evaluate.scores import aggregate, headline
 from engine.lion.iteration import collect, read_rows, write_responses
 from engine.lion.judge import judge_pairs
 from engine.lion.referee import judgment_schema
 from engine.llm import generate
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.metrics import StageRecord
+
+log = logging.getLogger("engine.evaluate")
 
 ROLES = ("reference", "candidate")  # Assistant 1 first in the reference-first order
 QUESTIONS = "eval/questions.parquet"
@@ -95,9 +99,10 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     figures = {}
     for record in records:
         figures.update(record.as_dict())
-    overall = summary["overall"]
-    figures.update({f"eval/{name}": overall[name] for name in ("relative_score", "ci_low", "ci_high", "win", "tie", "loss")})
-    figures.update({"eval/judged": summary["judged"], "eval/judge_failed": summary["failed"]})
+    figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
+    overall = summary["overall"]
+    log.info("%s: relative score %s (95%% CI %s-%s), %d judged, %d judge failures", out, overall["relative_score"],
+             overall["ci_low"], overall["ci_high"], summary["judged"], summary["failed"])
     return summary, records

@@ -17,11 +17,10 @@ from engine.config.evaluate import CandidateConfig, EvalConfig, EvalJobConfig
 from engine.data import RunDir
 from engine.evaluate.evaluation import evaluate, prepare
 from engine.evaluate.report import write_report
+from engine.evaluate.scores import headline
 from engine.lion.iteration import usage
 from engine.runner import Stage, StageResult, run_stages
 from engine.tiny import resolve_tiny_models
-
-log = logging.getLogger("engine.evaluate")
 
 
 class CandidateError(ValueError):
@@ -86,12 +85,7 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
     def candidate(c: CandidateConfig) -> Stage:
         def fn(state: dict) -> StageResult:
             summary, records = evaluate(cfg, run, candidate_role(c), c.prompt, f"eval/{c.name}")
-            overall = summary["overall"]
-            log.info("%s: relative score %s (95%% CI %s-%s) over %d judged, %d failed", c.name,
-                     overall["relative_score"], overall["ci_low"], overall["ci_high"], summary["judged"], summary["failed"])
-            return StageResult(counters=usage(records), summary={
-                **{k: overall[k] for k in ("relative_score", "ci_low", "ci_high", "win", "tie", "loss")},
-                "judged": summary["judged"], "judge_failed": summary["failed"]})
+            return StageResult(counters=usage(records), summary=headline(summary))
         return Stage(f"candidate/{c.name}", fn, group=c.name)
 
     return [Stage("questions", questions), *(candidate(c) for c in cfg.candidates)]
@@ -107,5 +101,5 @@ def run(cfg: EvalJobConfig) -> dict:
     rundir.write_json("config.json", cfg.model_dump(mode="json"))  # key *names* only, never values
     state = run_stages(rundir, job="evaluate", name=cfg.name, stages=eval_stages(cfg.eval, rundir), report=write_report)
     write_report(rundir)
-    log.info("done: report %s", rundir.path("eval", "report.md"))
+    logging.getLogger("engine.evaluate").info("done: report %s", rundir.path("eval", "report.md"))
     return state

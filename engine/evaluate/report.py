@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 
 from engine.data import RunDir
-from engine.metrics.report import fmt, save_plots, state_section, table_md
+from engine.metrics.report import save_plots, state_section, table_md
 
 EVAL_DIR = "eval"
 SCORE_HEADER = ["category", "questions", "candidate score", "reference score", "relative", "95% CI", "win", "tie", "loss"]

@@ -57,3 +57,10 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
         "failed": len(judgments) - len(judged),
         "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
     }
+
+
+def headline(summary: dict) -> dict:
+    """What a stage reports of an evaluation: the overall score, its interval, win/tie/loss, failures."""
+    overall = summary["overall"]
+    return {**{key: overall[key] for key in ("relative_score", "ci_low", "ci_high", *OUTCOMES)},
+            "judged": summary["judged"], "judge_failed": summary["failed"]}

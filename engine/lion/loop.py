@@ -17,6 +17,7 @@ from engine.config import RunConfig, load_config
 from engine.data import RunDir, load_pool, write_pool
 from engine.evaluate.evaluation import evaluate
 from engine.evaluate.job import absolute_paths as eval_absolute_paths
+from engine.evaluate.scores import headline
 from engine.lion.discrimination import discrimination
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
@@ -75,12 +76,7 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
         summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"))
-        overall = summary["overall"]
-        log.info("iteration %d: relative score %s (95%% CI %s-%s)", k, overall["relative_score"],
-                 overall["ci_low"], overall["ci_high"])
-        return StageResult(counters=usage(records), summary={
-            **{f"eval_{key}": overall[key] for key in ("relative_score", "ci_low", "ci_high", "win", "tie", "loss")},
-            "eval_judged": summary["judged"], "eval_judge_failed": summary["failed"]})
+        return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
     return Stage(f"iter_{k}/eval", fn)
 
 
