@@ -84,7 +84,10 @@ def test_judgments_map_the_swapped_order_back_to_reference_and_candidate():
     assert (j["reference_score_1"], j["candidate_score_1"], j["reference_score_2"], j["candidate_score_2"]) == (9, 5, 8, 6)
     assert (j["reference_score"], j["candidate_score"], j["status"]) == (8.5, 5.5, OK)
     assert set(JUDGMENT_SCHEMA.names) - set(j) == {"key", "category"}
-    [failed] = judgment_rows([{**pair, "candidate_text": " "}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES)
+    # A candidate that answers nothing has lost (scores 1); without a reference answer nothing is judged.
+    [lost] = judgment_rows([{**pair, "candidate_text": " "}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES)
+    assert (lost["status"], lost["reference_score"], lost["candidate_score"]) == (OK, 8.5, 1.0)
+    [failed] = judgment_rows([{**pair, "reference_text": ""}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES)
     assert failed["status"] == "failed: empty answer" and failed["candidate_score"] is None
 
 

@@ -26,10 +26,9 @@ from engine.config.evaluate import EvalConfig
 from engine.data import RunDir
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.evaluate.scores import aggregate, headline
-from engine.lion.iteration import collect, read_rows, write_responses
+from engine.lion.iteration import answer, read_rows, write_responses
 from engine.lion.judge import judge_pairs
 from engine.lion.referee import judgment_schema
-from engine.llm import generate
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.metrics import StageRecord
 
@@ -57,22 +56,17 @@ def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[
         texts = read_reference_answers(cfg.reference, questions)
         reference = [{"id": q["id"], "role": "reference", "text": t, "finish_reason": "stop"} for q, t in zip(questions, texts)]
     else:
-        reference, record = answer(cfg.reference.role, "chat", questions, run, "eval/reference", "reference")
+        reference, record = _answer(cfg.reference.role, "chat", questions, run, "eval/reference", "reference")
         records.append(record)
     run.write_table(QUESTIONS, pa.Table.from_pylist(questions))
     write_responses(run, REFERENCE, reference)
     return questions, read_rows(run, REFERENCE), records
 
 
-def answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str,
-           role_name: str) -> tuple[list[dict], StageRecord]:
-    """`role`'s answers to the questions, in question order."""
-    import ray.data
-
-    rows = ray.data.from_items([{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions])
-    out, record = generate(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
-    by_id = {r["id"]: r for r in collect(out)}
-    return [by_id[q["id"]] for q in questions], record
+def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str,
+            role_name: str) -> tuple[list[dict], StageRecord]:
+    rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
+    return answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
 
 
 def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str) -> tuple[dict, list[StageRecord]]:
@@ -81,7 +75,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     if run.exists(f"{out}/answers.parquet"):
         candidate = read_rows(run, f"{out}/answers.parquet")
     else:
-        candidate, record = answer(role, prompt, questions, run, "eval/candidate", "candidate")
+        candidate, record = _answer(role, prompt, questions, run, "eval/candidate", "candidate")
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
     pairs = [
@@ -90,7 +84,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
          "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
         for q, r, c in zip(questions, reference, candidate)
     ]
-    judgments, judge_records = judge_pairs(cfg.judge, pairs, run=run, stage="eval/judge", setting=cfg.judge_constraint,
+    judgments, judge_records = judge_pairs(cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
                                            retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES)
     records += judge_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]

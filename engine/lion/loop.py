@@ -81,14 +81,16 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
 
 
 def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
-    """The loop in order: imitation, discrimination, generation for each iteration; with `eval`,
-    the student is also evaluated before training and right after each imitation."""
+    """The loop in order: imitation, discrimination, generation for each iteration; then, with
+    `lion.final_imitation`, the imitation of the last iteration's new instructions, which
+    gives the final student. With `eval`, the student is evaluated before training and right
+    after each imitation."""
     stages = [_eval_stage(cfg, run, -1)] if cfg.eval else []
-    for k in range(cfg.lion.iterations):
-        for name in STAGES:
-            stages.append(_stage(cfg, run, k, name))
-            if name == "imitation" and cfg.eval:
-                stages.append(_eval_stage(cfg, run, k))
+    final = [(cfg.lion.iterations, "imitation")] if cfg.lion.final_imitation else []
+    for k, name in [(k, name) for k in range(cfg.lion.iterations) for name in STAGES] + final:
+        stages.append(_stage(cfg, run, k, name))
+        if name == "imitation" and cfg.eval:
+            stages.append(_eval_stage(cfg, run, k))
     return stages
 
 

@@ -8,6 +8,12 @@ A review that cannot be read is never turned into a number (the original code sc
 it -1, which leaked into averages): it gets a `failed: ...` status and null scores,
 the caller retries those ids (`unparseable_ids`, `merge_retried`), and `summarize`
 counts failures by reason and averages only the rows that were judged.
+
+A student that answers nothing (an empty or failed answer, against a teacher answer)
+has lost the comparison: the referee is shown the empty answer as it is and scores
+the teacher, and the student gets the lowest score, 1, in both orders. The pair is
+judged (hard when the teacher's score is at least 1 + tau), not excluded. The
+evaluation judges reference vs candidate with the same rules (`roles`).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ REVIEW_JSON_SCHEMA = {
 OK = "ok"
 UNPARSEABLE = "failed: unparseable review"
 EMPTY_ANSWER = "failed: empty answer"
+LOWEST_SCORE = 1.0
 
 def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
     """Judgment rows of `first` (the reference side: gap = first - second) vs `second`.
@@ -243,14 +250,18 @@ def _review_scores(review: dict, use_logprobs: bool) -> tuple[float, float] | st
     return scores
 
 
-def _answer_failure(pair: dict, roles: tuple[str, str]) -> str | None:
-    for role in roles:
-        reason = pair.get(f"{role}_finish_reason") or ""
-        if reason.startswith("failed"):
-            return f"failed: {role} answer {reason}"
-    if not all((pair.get(f"{role}_text") or "").strip() for role in roles):
+def _answer_failure(pair: dict, reference: str) -> str | None:
+    """Why a pair cannot be judged: only the reference side's (the teacher's) answer can make it so."""
+    reason = pair.get(f"{reference}_finish_reason") or ""
+    if reason.startswith("failed"):
+        return f"failed: {reference} answer {reason}"
+    if not (pair.get(f"{reference}_text") or "").strip():
         return EMPTY_ANSWER
     return None
+
+
+def answered(pair: dict, role: str = "student") -> bool:
+    return not (pair.get(f"{role}_finish_reason") or "").startswith("failed") and bool((pair.get(f"{role}_text") or "").strip())
 
 
 def judgment_rows(
@@ -267,9 +278,11 @@ def judgment_rows(
     `teacher_text`, `student_text` and optionally `teacher_finish_reason` /
     `student_finish_reason`. A review has `text`, `finish_reason` and optionally
     `logprobs` (and `id`, checked against the pair's). In `reviews_first` Assistant 1 is
-    a (the teacher), in `reviews_second` Assistant 1 is b (the student). Failed rows (an
-    answer failed or is empty, a review failed or is unparseable) keep their raw reviews
-    and get null scores and hard=None. Columns: `judgment_schema(*roles)`.
+    a (the teacher), in `reviews_second` Assistant 1 is b (the student). Failed rows
+    (a's answer failed or is empty, a review failed or is unparseable) keep their raw
+    reviews and get null scores and hard=None. An empty or failed answer of b scores
+    LOWEST_SCORE in both orders (a's scores still come from the reviews). Columns:
+    `judgment_schema(*roles)`; evaluation passes ("reference", "candidate").
     """
     if not len(pairs) == len(reviews_first) == len(reviews_second):
         raise ValueError(
@@ -285,7 +298,7 @@ def judgment_rows(
                 raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
         row = dict.fromkeys(names)
         row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
-        failure = _answer_failure(pair, roles)
+        failure = _answer_failure(pair, a)
         first = second = None
         if failure is None:
             first, second = _review_scores(af, use_logprobs), _review_scores(bf, use_logprobs)
@@ -294,6 +307,8 @@ def judgment_rows(
             rows.append({**row, "status": failure})
             continue
         (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
+        if not answered(pair, b):
+            b1 = b2 = LOWEST_SCORE
         mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
         rows.append({
             **row, f"{a}_score_1": a1, f"{b}_score_1": b1, f"{a}_score_2": a2, f"{b}_score_2": b2,
