@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from engine.config import ConfigError, load_config
-from engine.config.evaluate import EvalJobConfig, QuestionsConfig, ReferenceConfig
+from engine.config import RoleConfig
+from engine.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
 from engine.data import RunDir
 from engine.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
 from engine.evaluate.job import CandidateError, candidate_role
@@ -15,6 +16,7 @@ from engine.evaluate.questions import EvalDataError, load_questions, read_refere
 from engine.evaluate.report import lion_eval_section, write_report
 from engine.evaluate.scores import aggregate, bootstrap_interval
 from engine.lion.referee import OK, UNPARSEABLE, judgment_rows
+from engine.metrics import StageRecord
 
 REPO = Path(__file__).resolve().parent.parent
 VICUNA = REPO / "data" / "vicuna80"
@@ -162,10 +164,14 @@ def test_eval_report_has_a_table_per_category_a_plot_and_failures_by_reason(tmp_
     run = RunDir(tmp_path)
     run.write_json("config.json", {"eval": {"reference": {"name": "gpt-3.5-turbo"},
                                             "candidates": [{"name": "a"}, {"name": "b"}]}})
-    run.write_json("eval/a/summary.json", _summary(0.9))
+    too_long = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens; your prompt has {}"
+    summary = _summary(0.9)
+    summary["failed_by_reason"].update({too_long.format(1063): 1, too_long.format(1207): 2})
+    run.write_json("eval/a/summary.json", summary)
     report = Path(write_report(run)).read_text()
     assert "gpt-3.5-turbo" in report and "| math | 1 |" in report and "90.0%" in report
-    assert UNPARSEABLE in report and "## b\n\nNot evaluated yet." in report
+    assert f"| {UNPARSEABLE} | 1 |" in report and "| failed: VLLMValidationError | 3 |" in report
+    assert "## b\n\nNot evaluated yet." in report and "](plots/relative_score_by_category.png)" in report
     assert (tmp_path / "eval" / "plots" / "relative_score_by_category.png").stat().st_size > 0
 
 
@@ -177,3 +183,52 @@ def test_lion_report_section_plots_the_relative_score_per_iteration(tmp_path):
     section = "\n".join(lion_eval_section(run))
     assert "| base | 50.0%" in section and "| 0 | 70.0%" in section and "| 1 | 75.0%" in section
     assert (tmp_path / "plots" / "relative_score.png").stat().st_size > 0
+
+
+# --- one evaluation, its Ray edge scripted ----------------------------------------
+
+class ScriptedRoles:
+    """engine.lion.iteration.answer with replies by role: the candidate's, and a judge that scores
+    by content (9 for the reference's answer, 4 for the candidate's) and cannot read question 2 once."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
+                 logprobs=None, draw=None):
+        self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
+        out = []
+        for row in rows:
+            if role_name == "candidate":
+                text = f"Candidate answer to {row['instruction']}"
+            elif "colour" in row["instruction"] and draw is None:
+                text = "I cannot say."
+            else:
+                text = " ".join("4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])) + "\nok"
+            out.append({**row, "role": role_name, "text": text, "finish_reason": "stop"})
+        return out, StageRecord(stage, rows=len(rows))
+
+
+def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
+    from engine.evaluate import evaluation as E
+    from engine.lion import judge as J
+    from tests.test_evaluate_judge import short_questions
+
+    llm = ScriptedRoles()
+    monkeypatch.setattr(E, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)
+    questions, answers = short_questions(tmp_path)
+    cfg = EvalConfig.model_validate({"questions": {"files": [questions], "field_map": {"instruction": "text"}},
+                                     "reference": {"answers": answers}, "judge": {"backend": "vllm", "model": "j"},
+                                     "judge_retries": 1})
+    run = RunDir(tmp_path / "run")
+    role = RoleConfig(backend="hf", model="c")
+    summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge_retry1"]
+    assert llm.calls[2] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
+    assert summary["judged"] == 6 and summary["overall"]["relative_score"] == 24 / 54 and summary["overall"]["loss"] == 6
+    assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
+    # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
+    llm.calls.clear()
+    E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge_retry1"]

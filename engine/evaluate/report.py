@@ -24,19 +24,41 @@ def percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def interval(group: dict) -> str:
+    return "–" if group["ci_low"] is None else f"{percent(group['ci_low'])} – {percent(group['ci_high'])}"
+
+
 def score_rows(summary: dict) -> list[list]:
     groups = [*summary["by_category"].items(), ("**overall**", summary["overall"])]
     return [[name, g["questions"], g["candidate_score"], g["reference_score"], percent(g["relative_score"]),
-             f"{percent(g['ci_low'])} – {percent(g['ci_high'])}", g["win"], g["tie"], g["loss"]] for name, g in groups]
+             interval(g), g["win"], g["tie"], g["loss"]] for name, g in groups]
+
+
+def headline_row(name, summary: dict) -> list:
+    overall = summary["overall"]
+    return [name, percent(overall["relative_score"]), interval(overall), overall["win"], overall["tie"], overall["loss"],
+            summary["judged"], summary["failed"]]
+
+
+HEADLINE_HEADER = ["relative", "95% CI", "win", "tie", "loss", "judged", "judge failures"]
+
+
+def failure_kind(status: str) -> str:
+    """A failure's reason without its detail: "failed: VLLMValidationError: ... 1063 tokens" -> "failed: VLLMValidationError"."""
+    return ": ".join(status.split(": ", 2)[:2])
 
 
 def failure_lines(summary: dict) -> list[str]:
     """The judge's failures by reason: never scored, only counted."""
     if not summary["failed"]:
         return [f"Judged {summary['judged']} of {summary['questions']} questions; no judge failures."]
-    rows = [[reason, n] for reason, n in sorted(summary["failed_by_reason"].items(), key=lambda kv: -kv[1])]
+    kinds: dict[str, list] = {}
+    for status, n in summary["failed_by_reason"].items():
+        kind = kinds.setdefault(failure_kind(status), [0, status])
+        kind[0] += n
+    rows = [[kind, n, f"`{example[:160]}`"] for kind, (n, example) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
     return [f"Judged {summary['judged']} of {summary['questions']} questions; {summary['failed']} failed "
-            "(excluded from every score):\n", table_md(["reason", "questions"], rows)]
+            "(excluded from every score):\n", table_md(["reason", "questions", "example"], rows)]
 
 
 def spend_rows(metrics: dict) -> list[list]:
@@ -92,13 +114,9 @@ def write_report(run: RunDir) -> str:
         metrics = run.read_json(f"{EVAL_DIR}/{name}/metrics.json", {})
         sections += ["", table_md(["stage", *SPEND], spend_rows(metrics))]
     if summaries:
-        plots = save_plots(run, {"relative_score_by_category.png": category_bars(summaries)}, folder=f"{EVAL_DIR}/plots")
-        out += ["## Relative score by category\n", f"![relative score by category]({plots['relative_score_by_category.png'][len(EVAL_DIR) + 1:]})\n",
-                table_md(["candidate", "relative", "95% CI", "win", "tie", "loss", "judged", "judge failures"],
-                         [[n, percent(s["overall"]["relative_score"]),
-                           f"{percent(s['overall']['ci_low'])} – {percent(s['overall']['ci_high'])}",
-                           s["overall"]["win"], s["overall"]["tie"], s["overall"]["loss"], s["judged"], s["failed"]]
-                          for n, s in summaries.items()])]
+        save_plots(run, {"relative_score_by_category.png": category_bars(summaries)}, folder=f"{EVAL_DIR}/plots")
+        out += ["## Relative score by category\n", "![relative score by category](plots/relative_score_by_category.png)\n",
+                table_md(["candidate", *HEADLINE_HEADER], [headline_row(n, s) for n, s in summaries.items()])]
     out += sections + ["\n"] + state_section(state)
     run.write_bytes(f"{EVAL_DIR}/report.md", ("\n".join(out) + "\n").encode())
     return run.path(EVAL_DIR, "report.md")
@@ -140,9 +158,6 @@ def lion_eval_section(run: RunDir) -> list[str]:
     if not summaries:
         return out + ["No evaluation yet (configure `eval` to score the student before training and after every imitation)."]
     plots = save_plots(run, {"relative_score.png": relative_score_trend(summaries)})
-    rows = [["base" if k < 0 else k, percent(s["overall"]["relative_score"]),
-             f"{percent(s['overall']['ci_low'])} – {percent(s['overall']['ci_high'])}",
-             s["overall"]["win"], s["overall"]["tie"], s["overall"]["loss"], s["judged"], s["failed"]]
-            for k, s in summaries.items()]
+    rows = [headline_row("base" if k < 0 else k, s) for k, s in summaries.items()]
     return out + [f"![relative score per iteration]({plots['relative_score.png']})\n",
-                  table_md(["iteration", "relative", "95% CI", "win", "tie", "loss", "judged", "judge failures"], rows)]
+                  table_md(["iteration", *HEADLINE_HEADER], rows)]
