@@ -192,7 +192,8 @@ class LocalGate:
 def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
     """The JSON body for one prompt: chat for messages, completions for a raw string."""
     s = role.sampling
-    body: dict = {"model": role.model, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    body: dict = {**s.extra, "model": role.model, "temperature": s.temperature, "top_p": s.top_p,
+                  "max_tokens": s.max_tokens}
     if s.seed is not None:
         body["seed"] = s.seed
     chat = isinstance(prompt, list)

@@ -43,7 +43,7 @@ def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
     s = role.sampling
-    params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    params = {**s.extra, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
     if s.seed is not None and gpu:
         params["seed"] = s.seed
     if logprobs is not None:
