@@ -159,6 +159,21 @@ class DataConfig(Strict):
     sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
 
 
+class PlanConfig(Strict):
+    """What `--plan` assumes where the run directory has observed nothing yet (every figure
+    observed in an earlier stage of the same run replaces its prior)."""
+
+    chars_per_token: PositiveFloat = 4.0  # an API role's prompt tokens, where no local tokenizer counts them
+    # role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves)
+    tokenizers: dict[str, str] = Field(default_factory=dict)
+    completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
+    referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
+    generator_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)  # replies kept as new instructions
+    # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
+    tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
+    train_tokens_per_s_per_gpu: PositiveFloat | None = None
+
+
 class RunConfig(Strict):
     ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
 
@@ -171,6 +186,7 @@ class RunConfig(Strict):
     generator: RoleConfig
     lion: LionConfig = LionConfig()
     train: TrainConfig = TrainConfig()
+    plan: PlanConfig = PlanConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

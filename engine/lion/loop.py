@@ -42,10 +42,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir})
 
 
-def seed_pools(cfg: RunConfig, run: RunDir) -> None:
-    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
-    if run.exists(rel(0, "cache_pool.parquet")):
-        return
+def initial_pool(cfg: RunConfig):
+    """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
     pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars)
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
@@ -55,6 +53,14 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
     if not pool.num_rows:
         raise ValueError(f"no usable instructions in {cfg.data.pool_files}: {summary['rejects']}")
     log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
+    return pool, summary
+
+
+def seed_pools(cfg: RunConfig, run: RunDir) -> None:
+    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
+    if run.exists(rel(0, "cache_pool.parquet")):
+        return
+    pool, summary = initial_pool(cfg)
     run.write_json("data_report.json", summary)
     write_pool(run, rel(0, "train_pool.parquet"), pool)
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
