@@ -158,9 +158,9 @@ class Secret:
     __str__ = __repr__
 
 
-def resolve_api_key(role: RoleConfig) -> Secret:
+def resolve_api_key(role: RoleConfig, env=os.environ) -> Secret:
     endpoint = role.openai
-    value = os.environ.get(endpoint.api_key_env)
+    value = env.get(endpoint.api_key_env)
     if value:
         return Secret(value)
     host = urlparse(endpoint.base_url or "https://api.openai.com").hostname
