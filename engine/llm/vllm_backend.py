@@ -93,7 +93,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
     extra = {} if gpu else {
         # Without GPUs the engine schedules only on an explicit CPU bundle, and vLLM's
-        # Ray metrics would import ray.serve (ENVIRONMENT.md).
+        # Ray metrics would import ray.serve (docs/environment.md).
         "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
     }
     config = vLLMEngineProcessorConfig(
