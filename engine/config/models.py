@@ -168,7 +168,7 @@ class PlanConfig(Strict):
     tokenizers: dict[str, str] = Field(default_factory=dict)
     completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
     referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
-    generator_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)  # replies kept as new instructions
+    generator_acceptance_rate: float = Field(0.5, ge=0.0, le=1.0)  # replies kept as new instructions
     # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
     tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
     train_tokens_per_s_per_gpu: PositiveFloat | None = None
