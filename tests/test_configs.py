@@ -34,10 +34,11 @@ def test_lion_7b_is_the_papers_setup():
     lion = cfg.lion
     assert (lion.iterations, lion.new_instructions_per_iteration) == (3, 6000)
     assert (lion.tau, lion.rouge_l_threshold, lion.hard_fraction) == (1.0, 0.7, 0.5)
+    assert lion.rouge_l_field == "instruction"
     assert cfg.data.pool_files[0].endswith("alpaca_data.json")
     train = cfg.train
     assert (train.architecture, train.learning_rate, train.epochs) == ("causal", 2e-5, 3)
-    assert train.max_length in (1024, 2048)
+    assert train.max_length == 1024  # Lion's model_max_length
     assert train.num_workers * train.gpus_per_worker == 8
     assert train.num_workers * train.batch_size * train.gradient_accumulation_steps == 128
 
@@ -47,6 +48,7 @@ def test_lion_7b_vllm_serves_every_role_locally():
     for role in (cfg.teacher, cfg.referee, cfg.generator):
         assert role.backend == "vllm" and role.parallelism.tensor_parallel_size in (4, 8)
     assert cfg.lion == load_config(CONFIGS / "lion-7b.yaml").lion
+    assert cfg.train == load_config(CONFIGS / "lion-7b.yaml").train
 
 
 def test_overrides_apply_to_shipped_config():

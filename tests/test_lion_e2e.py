@@ -38,11 +38,16 @@ def table(run: Path, rel: str) -> list[dict]:
     return pq.read_table(run / rel).to_pylist()
 
 
-def check_run_dir(run: Path, iterations: int) -> None:
+def check_run_dir(run: Path, iterations: int, final_imitation: bool = True) -> None:
     """Everything a finished run must hold, with counts that reconcile."""
     state = json.loads((run / "state.json").read_text())
-    assert state["done"] and state["completed"] == [f"iter_{k}/{stage}" for k in range(iterations) for stage in STAGES]
-    assert state["outputs"]["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
+    last = iterations if final_imitation else iterations - 1  # the final imitation trains the last new instructions
+    assert state["done"] and state["completed"] == [f"iter_{k}/{stage}" for k in range(iterations) for stage in STAGES] + (
+        [f"iter_{iterations}/imitation"] if final_imitation else [])
+    assert state["outputs"]["student_model"] == str(run / f"iter_{last}" / "imitation" / "student")
+    if final_imitation:
+        trained = table(run, f"iter_{iterations}/imitation/teacher_responses.parquet")
+        assert sorted(r["id"] for r in trained) == sorted(r["id"] for r in table(run, f"iter_{iterations}/train_pool.parquet"))
     for k in range(iterations):
         it = run / f"iter_{k}"
         train, cache = table(run, f"iter_{k}/train_pool.parquet"), table(run, f"iter_{k}/cache_pool.parquet")
@@ -137,7 +142,8 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
         after = _digest(run / "iter_0" / stage)
         assert {name: after[name] for name in digests} == digests, f"{stage} outputs were recomputed"
     ledgers = [json.loads(p.read_text()) for p in (run / "llm_cache" / "ledger").glob("*.json")]
-    teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher"]
+    # iteration 0's imitation (16 seed instructions, twice), then the final imitation of the new ones
+    teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher" and x["rows"] == 16]
     assert len(teacher_stages) == 2 and teacher_stages[0]["api_requests"] + teacher_stages[1]["api_requests"] == 16
     assert min(x["api_requests"] for x in teacher_stages) == 0  # the resumed stage was served by the cache
     records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
@@ -150,7 +156,8 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
 def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
     run = tmp_path / "submitted"
     entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
-             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2))]
+             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
+             "--set=lion.final_imitation=false"]
     ray = str(Path(sys.executable).parent / "ray")
     submit = [ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(REPO), "--", *entry]
     for _ in range(6):
@@ -162,4 +169,4 @@ def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
         time.sleep(10)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
-    check_run_dir(run, iterations=1)
+    check_run_dir(run, iterations=1, final_imitation=False)

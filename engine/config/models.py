@@ -116,7 +116,15 @@ class LionConfig(Strict):
     # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
     # non-Latin text). "unicode": words of every script, CJK character by character.
     rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
+    # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
+    rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
     rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
+    # Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K):
+    # the final student comes from this stage, iter_<iterations>/imitation.
+    final_imitation: bool = True
+    # A teacher answer cut at max_tokens / max_model_len is left out of imitation (false),
+    # or trained on without an end-of-sequence token (true). Counted either way.
+    train_on_truncated: bool = False
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.

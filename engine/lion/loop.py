@@ -74,8 +74,13 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
 
 
 def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
-    """The loop in order: imitation, discrimination, generation for each iteration."""
-    return [_stage(cfg, run, k, name) for k in range(cfg.lion.iterations) for name in STAGES]
+    """The loop in order: imitation, discrimination, generation for each iteration; then, with
+    `lion.final_imitation`, the imitation of the last iteration's new instructions, which
+    gives the final student."""
+    stages = [_stage(cfg, run, k, name) for k in range(cfg.lion.iterations) for name in STAGES]
+    if cfg.lion.final_imitation:
+        stages.append(_stage(cfg, run, cfg.lion.iterations, "imitation"))
+    return stages
 
 
 def load(path: str, overrides: list[str]) -> RunConfig:

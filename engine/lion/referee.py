@@ -8,6 +8,11 @@ A review that cannot be read is never turned into a number (the original code sc
 it -1, which leaked into averages): it gets a `failed: ...` status and null scores,
 the caller retries those ids (`unparseable_ids`, `merge_retried`), and `summarize`
 counts failures by reason and averages only the rows that were judged.
+
+A student that answers nothing (an empty or failed answer, against a teacher answer)
+has lost the comparison: the referee is shown the empty answer as it is and scores
+the teacher, and the student gets the lowest score, 1, in both orders. The pair is
+judged (hard when the teacher's score is at least 1 + tau), not excluded.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ REVIEW_JSON_SCHEMA = {
 OK = "ok"
 UNPARSEABLE = "failed: unparseable review"
 EMPTY_ANSWER = "failed: empty answer"
+LOWEST_SCORE = 1.0
 
 JUDGMENT_SCHEMA = pa.schema(
     [
@@ -237,13 +243,17 @@ def _review_scores(review: dict, use_logprobs: bool) -> tuple[float, float] | st
 
 
 def _answer_failure(pair: dict) -> str | None:
-    for role in ("teacher", "student"):
-        reason = pair.get(f"{role}_finish_reason") or ""
-        if reason.startswith("failed"):
-            return f"failed: {role} answer {reason}"
-    if not (pair.get("teacher_text") or "").strip() or not (pair.get("student_text") or "").strip():
+    """Why a pair cannot be judged: only the teacher's answer can make it so."""
+    reason = pair.get("teacher_finish_reason") or ""
+    if reason.startswith("failed"):
+        return f"failed: teacher answer {reason}"
+    if not (pair.get("teacher_text") or "").strip():
         return EMPTY_ANSWER
     return None
+
+
+def student_answered(pair: dict) -> bool:
+    return not (pair.get("student_finish_reason") or "").startswith("failed") and bool((pair.get("student_text") or "").strip())
 
 
 def judgment_rows(
@@ -259,8 +269,10 @@ def judgment_rows(
     optionally `teacher_finish_reason` / `student_finish_reason`. A review has `text`,
     `finish_reason` and optionally `logprobs` (and `id`, checked against the pair's).
     Teacher-first: Assistant 1 is the teacher; student-first: Assistant 1 is the
-    student. Failed rows (an answer failed or is empty, a review failed or is
-    unparseable) keep their raw reviews and get null scores and hard=None.
+    student. Failed rows (the teacher's answer failed or is empty, a review failed or
+    is unparseable) keep their raw reviews and get null scores and hard=None. An empty
+    or failed student answer scores LOWEST_SCORE in both orders (the teacher's scores
+    still come from the reviews).
     """
     if not len(pairs) == len(reviews_teacher_first) == len(reviews_student_first):
         raise ValueError(
@@ -283,6 +295,8 @@ def judgment_rows(
             rows.append({**row, "status": failure})
             continue
         (t1, s1), (s2, t2) = first, second  # positions swap in the student-first order
+        if not student_answered(pair):
+            s1 = s2 = LOWEST_SCORE
         teacher, student = (t1 + t2) / 2, (s1 + s2) / 2
         rows.append({
             **row, "teacher_score_1": t1, "student_score_1": s1, "teacher_score_2": t2, "student_score_2": s2,

@@ -32,6 +32,8 @@ THROUGHPUT = ("timing_s", "rows", "rows_per_s", "prompt_tokens_per_s", "completi
               "tokens_per_s_per_gpu", "failed_rows")
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)
+# Rates that span decades (the ROUGE-L filter's thousands of rows/s, an LLM stage's tens).
+LOG_SCALE = ("rows_per_s",)
 # The loop's own order; stages it does not know follow, alphabetically.
 STAGE_ORDER = ("imitation/teacher", "imitation/train", "discrimination/teacher", "discrimination/student",
                "discrimination/referee", "generation/generator", "generation/filter")
@@ -51,7 +53,9 @@ def write_report(run_dir: RunDir) -> str:
     """Write report.md and plots/*.png into the run directory; return report.md's path."""
     notes: list[str] = []
     state = _read_json(run_dir, "state.json", notes)
-    iterations = [read_iteration(run_dir, k) for k in list_iterations(run_dir)]
+    completed = _completed(state)
+    iterations = [read_iteration(run_dir, k, completed) for k in list_iterations(run_dir)
+                  if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
     run_dir.write_bytes("report.md", render_markdown(run_dir.uri, state, iterations, plots, notes, spend).encode())
@@ -66,6 +70,14 @@ def list_iterations(run_dir: RunDir) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
+def _completed(state) -> set[str] | None:
+    """The runner's completed stages; None when state.json is not a runner's (then every
+    iteration folder is expected to hold everything)."""
+    if isinstance(state, dict) and isinstance(state.get("completed"), list):
+        return set(state["completed"])
+    return None
+
+
 def _read_json(run_dir: RunDir, rel: str, notes: list[str]):
     if not run_dir.exists(rel):
         notes.append(f"`{rel}` is missing")
@@ -77,7 +89,10 @@ def _read_json(run_dir: RunDir, rel: str, notes: list[str]):
         return None
 
 
-def read_iteration(run_dir: RunDir, k: int) -> Iteration:
+def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -> Iteration:
+    """An iteration's figures; with the runner's `completed` stages, only files those
+    stages wrote are expected (the next iteration's pools, or a final imitation with no
+    discrimination after it, are not a run cut short)."""
     it = Iteration(k)
     metrics = _read_json(run_dir, f"iter_{k}/metrics.json", it.notes)
     if metrics is not None and not isinstance(metrics, dict):
@@ -86,7 +101,8 @@ def read_iteration(run_dir: RunDir, k: int) -> Iteration:
         split_metrics(metrics, it)
     rel = f"iter_{k}/{JUDGMENTS}"
     if not run_dir.exists(rel):
-        it.notes.append(f"`{rel}` is missing (not judged yet?)")
+        if completed is None or f"iter_{k}/discrimination" in completed:
+            it.notes.append(f"`{rel}` is missing (not judged yet?)")
         return it
     try:
         table = run_dir.read_table(rel)
@@ -211,6 +227,8 @@ def _bars_per_stage(iterations, stages, metrics, labels) -> Figure:
         for i, it in enumerate(iterations):
             ax.bar(x + i * width, [_stage_value(it, s, metric) for s in stages], width, label=f"iteration {it.k}")
         ax.set_ylabel(label)
+        if metric in LOG_SCALE:
+            ax.set_yscale("log", nonpositive="mask")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small")
     axes[-1].set_xticks(x + width * (len(iterations) - 1) / 2, stages, rotation=30, ha="right")

@@ -46,6 +46,7 @@ def generate(
     run_dir: RunDir | None = None,
     structured_output: dict | None = None,
     logprobs: int | None = None,
+    draw: str | None = None,
 ) -> tuple["ray.data.Dataset", StageRecord]:
     """Run `role` over every row.
 
@@ -59,6 +60,15 @@ def generate(
     structured_output: {"regex": str} | {"json": json_schema_dict} | {"choice": [str, ...]}
     (vllm and openai backends). openai: the response cache and the usage ledger
     live under run_dir/llm_cache/ when run_dir is given.
+
+    draw: this call's identity in the run when its rows are samples that must be new,
+    e.g. "generation/iter_1/round_2". Each row is then the draw "<draw>/<row id>": it
+    enters the openai response cache key (a seed instruction drawn again is asked
+    again, not answered from the cache), and the request is seeded with
+    `engine.llm.cache.request_seed(role seed, that identity)` (vLLM on GPU and the API
+    per request; vLLM on CPU, which cannot seed one request, seeds its engine with
+    request_seed(role seed, draw); hf seeds each batch from its first row). Without
+    `draw` the same prompt is the same request: a teacher's answer is reused.
     """
     import ray
 
@@ -68,13 +78,13 @@ def generate(
         p = role.parallelism
         # A prompt costs microseconds, a Ray task milliseconds: prompts are built a
         # generation batch at a time, which also makes each block one generation batch.
-        prompted = rows.map_batches(attach_prompt(to_prompt), batch_format="pyarrow", batch_size=batch_rows(role))
+        prompted = rows.map_batches(attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch_rows(role))
         if role.backend == "vllm":
             from engine.llm.vllm_backend import run_vllm
 
             chat = isinstance(decode_prompt(prompted.take(1)[0][PROMPT_COL]), list) if keep else True
             out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
-                                     structured_output=structured_output, logprobs=logprobs)
+                                     structured_output=structured_output, logprobs=logprobs, draw=draw)
         elif role.backend == "hf":
             from engine.llm.hf import HFGenerator
 

@@ -54,11 +54,11 @@ import openai
 
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
-from engine.llm.cache import ResponseCache, cache_key
+from engine.llm.cache import ResponseCache, cache_key, request_seed
 from engine.llm.ledger import SpendLog, cost_usd
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints
 from engine.llm.responses import (
-    PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
+    DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
 )
 
 REQUEST_ID_HEADER = "x-engine-request-id"
@@ -191,13 +191,15 @@ class LocalGate:
         pass
 
 
-def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
-    """The JSON body for one prompt: chat for messages, completions for a raw string."""
+def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None,
+                 draw: str | None = None) -> dict:
+    """The JSON body for one prompt: chat for messages, completions for a raw string;
+    a drawn request (engine.llm.generate's `draw`) sends its own seed."""
     s = role.sampling
     body: dict = {**s.extra, "model": role.model, "temperature": s.temperature, "top_p": s.top_p,
                   "max_tokens": s.max_tokens}
     if s.seed is not None:
-        body["seed"] = s.seed
+        body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
     body["messages" if chat else "prompt"] = prompt
     if logprobs is not None:
@@ -276,9 +278,11 @@ class OpenAIGenerator:
         """One batch; Ray Data runs several at once on the actor's event loop (see
         engine.llm.generate), so one slow request never leaves the others' slots idle."""
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
+        draws = batch.get(DRAW_COL)
+        draws = [None] * len(prompts) if draws is None else list(draws)
         self._batch_opened(len(prompts))
         try:
-            responses = await asyncio.gather(*(self._answer(p) for p in prompts))
+            responses = await asyncio.gather(*(self._answer(p, d) for p, d in zip(prompts, draws)))
         finally:
             await self._batch_closed()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
@@ -302,24 +306,24 @@ class OpenAIGenerator:
             bar.close()
             await self.gate.release()
 
-    async def _answer(self, prompt) -> dict:
-        row = await self._answer_one(prompt)
+    async def _answer(self, prompt, draw: str | None) -> dict:
+        row = await self._answer_one(prompt, draw)
         self._done += 1
         if self._bar is not None and self._done % PROGRESS_EVERY == 0:
             self._bar.update(PROGRESS_EVERY)
         return row
 
-    async def _answer_one(self, prompt) -> dict:
-        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs)
+    async def _answer_one(self, prompt, draw: str | None) -> dict:
+        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
             return {**failed_row("budget"), **_api()}
         async with self._in_flight:
-            return await self._send(prompt, key)
+            return await self._send(prompt, key, draw)
 
-    async def _send(self, prompt, key: str) -> dict:
+    async def _send(self, prompt, key: str, draw: str | None) -> dict:
         max_tokens = self.role.sampling.max_tokens
         # Rough upper bound (~3 chars a token) so reservations err on the safe side.
         prompt_est = len(prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)) // 3 + 8
@@ -332,7 +336,7 @@ class OpenAIGenerator:
             await asyncio.sleep(wait)
         rid = uuid.uuid4().hex
         chat = isinstance(prompt, list)
-        body = request_body(self.role, prompt, self.structured_output, self.logprobs)
+        body = request_body(self.role, prompt, self.structured_output, self.logprobs, draw)
         try:
             row = parse_completion(await self.client.post(
                 "/chat/completions" if chat else "/completions", body=body, cast_to=dict,
