@@ -46,6 +46,7 @@ def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
     kept = 8 - 1  # 8 * (1 - 0.5**3)
     assert lines["iter_1/imitation", "imitation/teacher"].requests == kept
     assert lines["iter_1/discrimination", "discrimination/referee"].requests == 2 * (20 + kept)  # the cache pool grew
+    assert lines["iter_2/imitation", "imitation/teacher"].requests == kept  # the final imitation
     teacher = lines["iter_0/imitation", "imitation/teacher"]
     assert teacher.completion_tokens == 20 * 10 and teacher.basis == "max_tokens"
     assert teacher.usd == pytest.approx((teacher.prompt_tokens * 1.0 + teacher.completion_tokens * 2.0) / 1000)

@@ -43,16 +43,23 @@ def lion_plan(cfg: RunConfig, spent: dict[str, float] | None = None) -> Plan:
         lines = {"imitation": est.imitation(k, train_rows), "discrimination": est.discrimination(k, train_rows, cache_rows)}
         lines["generation"], kept = est.generation(k)
         for stage in STAGES:
-            name = f"iter_{k}/{stage}"
-            if name in completed:
-                plan.skipped.append(name)
-            else:
-                plan.lines += [ln for ln in lines[stage] if ln.requests >= 0.5 or ln.call.endswith("/train")]
+            _add(plan, completed, f"iter_{k}/{stage}", lines[stage])
         train_rows, cache_rows = kept, cache_rows + kept
+    if cfg.lion.final_imitation:  # the student imitates the last iteration's new instructions too
+        k = cfg.lion.iterations
+        _add(plan, completed, f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)))
 
     budgets = {name: getattr(cfg, name).openai.budget_usd for name in cfg.ROLES if getattr(cfg, name).openai}
     plan.warnings = budget_warnings(plan.lines, budgets, spent or {})
     return plan
+
+
+def _add(plan: Plan, completed: set, stage: str, lines: list[Line]) -> None:
+    """A stage's lines, unless the run directory has it complete; calls of no request are left out."""
+    if stage in completed:
+        plan.skipped.append(stage)
+    else:
+        plan.lines += [ln for ln in lines if ln.requests >= 0.5 or ln.call.endswith("/train")]
 
 
 def _seed_rows(cfg: RunConfig, run: RunDir | None) -> list[dict]:
