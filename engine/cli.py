@@ -26,6 +26,7 @@ import sys
 JOBS = {
     "lion": "engine.lion.loop",
     "evaluate": "engine.evaluate.job",
+    "step_by_step": "engine.step_by_step.job",
 }
 
 
