@@ -85,8 +85,15 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
     run.write_json("iter_0/metrics.json", {"rows/imitation/teacher": 20, "completion_tokens/imitation/teacher": 60,
                                            "failed_rows/imitation/teacher": 2, "lion/candidates": 10,
                                            "lion/new_instructions": 10})
+    from engine.llm.ledger import SpendLog
+
+    SpendLog(run, role="referee", stage="iter_0/discrimination", every_s=0).add(
+        retries=0, failed=False, prompt_tokens=0, completion_tokens=0, cost_usd=1.0)
+    cfg.referee.openai.budget_usd = 1.01  # the spend log has taken nearly all of it
     plan = lion_plan(cfg)
     lines = by_call(plan)
+    (warning,) = plan.warnings
+    assert warning.startswith("referee: budget_usd $1.01 runs out in stage iter_0/discrimination") and "$1.00 of it" in warning
     assert plan.skipped == ["iter_0/imitation"] and ("iter_0/imitation", "imitation/teacher") not in lines
     assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(2)  # 10% failed, asked again
     assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(8 * 3)  # 3 a reply, observed
