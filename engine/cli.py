@@ -25,6 +25,8 @@ import sys
 # Job name -> the module that composes it (imported only when that job runs).
 JOBS = {
     "lion": "engine.lion.loop",
+    "evaluate": "engine.evaluate.job",
+    "step_by_step": "engine.step_by_step.job",
 }
 
 

@@ -182,6 +182,10 @@ class PlanConfig(Strict):
     train_tokens_per_s_per_gpu: PositiveFloat | None = None
 
 
+# Here, not at the top: the eval section's models build on RoleConfig and Strict above.
+from engine.config.evaluate import EvalConfig  # noqa: E402
+
+
 class RunConfig(Strict):
     ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
 
@@ -194,10 +198,13 @@ class RunConfig(Strict):
     generator: RoleConfig
     lion: LionConfig = LionConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
     plan: PlanConfig = PlanConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:
         if self.student.backend == "openai":
             raise ValueError("student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai")
+        if self.eval is not None and self.eval.candidates:
+            raise ValueError("eval.candidates: in a Lion run the candidate is the student; evaluate other models with jobs/evaluate.py")
         return self

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
+from engine.evaluate.report import lion_eval_section
 from engine.llm.ledger import read_spend
 from engine.metrics.report import fmt, save_plots, state_section, table_md
 
@@ -58,7 +59,9 @@ def write_report(run_dir: RunDir) -> str:
                   if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
-    run_dir.write_bytes("report.md", render_markdown(run_dir.uri, state, iterations, plots, notes, spend).encode())
+    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend)
+    markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
+    run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
 
 
