@@ -174,3 +174,15 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     assert any(p.startswith("train: 8 workers x 1 GPUs need 8 GPUs; the cluster has 4") for p in problems)
     assert any(p.startswith("student.parallelism: tensor_parallel_size 4 x replicas 2 need 8 GPUs") for p in problems)
     assert any(p.startswith("train.num_workers: 8 workers") for p in problems)
+
+
+def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
+    from engine.step_by_step import job
+
+    cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"), [f"run_dir={tmp_path / 'run'}"])
+    plan = job.plan(cfg)
+    (teacher,) = [ln for ln in plan.lines if ln.call == "rationales/teacher"]
+    rows = [int(n) for n in plan.assumptions[0].replace(",", "").split() if n.isdigit()]
+    assert teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
+    trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
+    assert trained == {f"train/{m}/{f:g}" for m in cfg.methods for f in cfg.fractions}
