@@ -18,6 +18,7 @@ from engine.data import RunDir, pool_table, read_pool, write_pool
 from engine.lion import discrimination as D
 from engine.lion import generation as G
 from engine.lion import imitation as I
+from engine.lion import judge as J
 from engine.lion.iteration import rel
 from engine.lion.referee import JUDGMENT_SCHEMA
 from engine.llm.cache import request_seed
@@ -150,6 +151,7 @@ def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp
     cfg = _config(tmp_path, tau=1.0)
     llm = ScriptedLLM(_answers)
     monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
     run = _seed_generation(tmp_path, n_pool=3)
     _, _, summary = D.discrimination(cfg, run, 0, "student")
     judgments = {j["id"]: j for j in run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()}
@@ -180,6 +182,7 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
 
     llm = ScriptedLLM(unreadable_first)
     monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
     _, _, summary = D.discrimination(cfg, run, 0, "student")
     teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
     assert len(teacher) == 1 and len(teacher[0]["ids"]) == 1  # the paid answer was not asked again

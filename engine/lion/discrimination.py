@@ -13,17 +13,13 @@ import pyarrow as pa
 from engine.config import RunConfig
 from engine.data import RunDir
 from engine.lion.iteration import (
-    answer, constraint, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
+    answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
-from engine.lion.referee import (
-    JUDGMENT_SCHEMA, REVIEW_JSON_SCHEMA, REVIEW_REGEX, judgment_rows, merge_retried, referee_messages,
-    summarize, unparseable_ids,
-)
+from engine.lion.judge import judge_pairs
+from engine.lion.referee import JUDGMENT_SCHEMA, summarize
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 
 log = logging.getLogger("engine.lion")
-ORDERS = ("teacher_first", "student_first")
-LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
@@ -53,15 +49,11 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
          "student_text": s.get("text"), "student_finish_reason": s.get("finish_reason")}
         for row, t, s in zip(cache_pool.to_pylist(), teacher, student)
     ]
-    judgments = _judge(cfg, run, pairs, cfg.referee, records, stage="discrimination/referee", draw=None)
-    for attempt in range(1, cfg.lion.referee_retries + 1):
-        again = set(unparseable_ids(judgments))
-        if not again:
-            break
-        stage = f"discrimination/referee_retry{attempt}"
-        retried = _judge(cfg, run, [p for p in pairs if p["id"] in again], _resampled(cfg.referee), records,
-                         stage=stage, draw=f"iter_{k}/{stage}")
-        judgments = merge_retried(judgments, retried)
+    judgments, judge_records = judge_pairs(
+        cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
+        setting=cfg.lion.referee_constraint, retries=cfg.lion.referee_retries,
+        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau)
+    records.extend(judge_records)
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
 
     summary = summarize(judgments)
@@ -74,31 +66,3 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
-
-
-def _judge(cfg: RunConfig, run: RunDir, pairs: list[dict], referee, records: list, stage: str,
-           draw: str | None) -> list[dict]:
-    """Both orders in one dataset, so one pass of the referee serves them. A retry is a
-    `draw`: a new sample, not the cached unreadable review again."""
-    requests = [
-        {"id": f"{p['id']}|{order}", "pair_id": p["id"], "instruction": p["instruction"], "input": p["input"],
-         "first": (p["teacher_text"] if order == "teacher_first" else p["student_text"]) or "",
-         "second": (p["student_text"] if order == "teacher_first" else p["teacher_text"]) or ""}
-        for p in pairs for order in ORDERS
-    ]
-    reviews, record = answer(
-        referee, requests, lambda r: referee_messages(r, r["first"], r["second"]),
-        stage=stage, role_name="referee", run_dir=run,
-        structured_output=constraint(cfg.lion.referee_constraint, referee, REVIEW_REGEX, REVIEW_JSON_SCHEMA),
-        logprobs=LOGPROBS_TOP_K if cfg.lion.referee_logprobs else None, draw=draw,
-    )
-    records.append(record)
-    by_id = {r["id"]: r for r in reviews}
-    tf, sf = ([{**by_id[f"{p['id']}|{order}"], "id": p["id"]} for p in pairs] for order in ORDERS)
-    return judgment_rows(pairs, tf, sf, cfg.lion.tau, use_logprobs=cfg.lion.referee_logprobs)
-
-
-def _resampled(role):
-    """The referee for a retry: sampling on, so the retry (a new draw) can differ."""
-    sampling = role.sampling.model_copy(update={"temperature": max(role.sampling.temperature, 0.5)})
-    return role.model_copy(update={"sampling": sampling})
