@@ -55,7 +55,7 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
 
 def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):
     import engine.llm.openai_client as oc
-    from engine.llm.fault_server import FaultServer
+    from tests.fixtures.fault_server import FaultServer
 
     seeds, real_body = [], oc.request_body
     monkeypatch.setattr(oc, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a))

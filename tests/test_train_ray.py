@@ -12,15 +12,18 @@ import ray
 import torch
 
 from engine.config.models import TrainConfig
-from engine.step_by_step import load_split, predict_labels
-from engine.step_by_step.data import REPO_DATA
+from engine.step_by_step import predict_labels
+from engine.step_by_step.data import parse_rows, with_released_replies
+from engine.step_by_step.readers import REPO_DATA, read_examples
+from engine.step_by_step.tasks import TASKS
 from engine.train import train_causal_sft, train_seq2seq_multitask
 
 pytestmark = pytest.mark.ray
 
 
 def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_models, tmp_path):
-    rows = load_split("cqa", "train", REPO_DATA).rows[:24]  # includes the one unparseable completion
+    replies = with_released_replies(read_examples("cqa", "train"), REPO_DATA, "cqa", "train")
+    rows = parse_rows(replies, TASKS["cqa"])[0][:24]  # includes the one unparseable completion
     ds = ray.data.from_items([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
     cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=8, epochs=3, learning_rate=3e-3,
                       warmup_ratio=0.0, max_length=128, rationale_weight=0.5, gradient_accumulation_steps=2)

@@ -15,20 +15,49 @@ Example (the smallest valid file; everything else defaults)::
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Sampling settings beyond the four above that both vLLM's `SamplingParams` and its
+# OpenAI-compatible chat/completions requests accept (tests/test_config.py checks this
+# list against the installed vLLM). OpenAI's own API takes only stop, presence_penalty,
+# frequency_penalty and logit_bias of them. Left out on purpose: what the engine sets
+# itself (logprobs, structured outputs), `n` (one reply per row) and `logit_bias` (its
+# integer keys do not survive the Arrow rows Ray Data hands to the vLLM stage).
+SAMPLING_EXTRA_KEYS = frozenset({
+    "stop", "stop_token_ids", "top_k", "min_p", "min_tokens", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "bad_words", "allowed_token_ids", "ignore_eos",
+    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+})
+
+
 class SamplingParams(Strict):
+    """How a role samples. `extra` passes more settings, unchanged, to vLLM's SamplingParams
+    and into the OpenAI request body::
+
+        sampling: {temperature: 0.7, max_tokens: 256, extra: {stop: ["###"], top_k: 50, repetition_penalty: 1.1}}
+    """
+
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: PositiveInt = 512
     seed: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extra_keys(cls, extra: dict) -> dict:
+        unknown = sorted(set(extra) - SAMPLING_EXTRA_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {', '.join(map(repr, unknown))}; "
+                             f"sampling.extra takes {', '.join(sorted(SAMPLING_EXTRA_KEYS))}")
+        return extra
 
 
 class Parallelism(Strict):
@@ -72,6 +101,9 @@ class RoleConfig(Strict):
             self.openai = OpenAIEndpoint()
         if self.backend != "openai" and self.openai is not None:
             raise ValueError(f"'openai' settings given but backend is {self.backend!r}; set backend: openai or remove them")
+        if self.backend == "hf" and self.sampling.extra:
+            raise ValueError("sampling.extra goes to vLLM and OpenAI-compatible servers; the hf backend "
+                             f"does not take it (got {sorted(self.sampling.extra)}): serve the role with vllm or openai")
         return self
 
 
@@ -135,6 +167,21 @@ class DataConfig(Strict):
     sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
 
 
+class PlanConfig(Strict):
+    """What `--plan` assumes where the run directory has observed nothing yet (every figure
+    observed in an earlier stage of the same run replaces its prior)."""
+
+    chars_per_token: PositiveFloat = 4.0  # an API role's prompt tokens, where no local tokenizer counts them
+    # role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves)
+    tokenizers: dict[str, str] = Field(default_factory=dict)
+    completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
+    referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
+    generator_acceptance_rate: float = Field(0.5, ge=0.0, le=1.0)  # replies kept as new instructions
+    # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
+    tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
+    train_tokens_per_s_per_gpu: PositiveFloat | None = None
+
+
 # Here, not at the top: the eval section's models build on RoleConfig and Strict above.
 from engine.config.evaluate import EvalConfig  # noqa: E402
 
@@ -152,6 +199,7 @@ class RunConfig(Strict):
     lion: LionConfig = LionConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
+    plan: PlanConfig = PlanConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

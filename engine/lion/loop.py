@@ -46,10 +46,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
 
 
-def seed_pools(cfg: RunConfig, run: RunDir) -> None:
-    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
-    if run.exists(rel(0, "cache_pool.parquet")):
-        return
+def initial_pool(cfg: RunConfig):
+    """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
     pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars)
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
@@ -59,6 +57,14 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
     if not pool.num_rows:
         raise ValueError(f"no usable instructions in {cfg.data.pool_files}: {summary['rejects']}")
     log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
+    return pool, summary
+
+
+def seed_pools(cfg: RunConfig, run: RunDir) -> None:
+    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
+    if run.exists(rel(0, "cache_pool.parquet")):
+        return
+    pool, summary = initial_pool(cfg)
     run.write_json("data_report.json", summary)
     write_pool(run, rel(0, "train_pool.parquet"), pool)
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
@@ -96,6 +102,15 @@ def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
 
 def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_tiny_models(load_config(path, overrides))
+
+
+def plan(cfg: RunConfig):
+    """What the run will cost (engine.plan.lion), with the spend the run directory already holds."""
+    from engine.llm.ledger import spent_by_role
+    from engine.plan.lion import lion_plan
+
+    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
+    return lion_plan(cfg, spent_by_role(run) if run else {})
 
 
 def run(cfg: RunConfig) -> dict:

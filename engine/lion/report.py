@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
 from engine.evaluate.report import lion_eval_section
+from engine.llm.ledger import read_spend
 from engine.metrics.report import fmt, save_plots, state_section, table_md
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -57,7 +58,8 @@ def write_report(run_dir: RunDir) -> str:
     iterations = [read_iteration(run_dir, k, completed) for k in list_iterations(run_dir)
                   if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
     plots = save_plots(run_dir, render_plots(iterations))
-    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes)
+    spend = read_spend(run_dir)
+    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend)
     markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
     run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
@@ -272,14 +274,15 @@ def _score_histograms(judged: list[Iteration]) -> Figure:
 
 # --- markdown --------------------------------------------------------------------
 
-def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str]) -> str:
+def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str],
+                    spend: list[dict] = ()) -> str:
     out = [f"# Lion run report\n\nRun directory: `{uri}`\n"]
     out += state_section(state)
     if not iterations:
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")
     out += _section_loop(iterations, plots)
     out += _section_stages(iterations, plots)
-    out += _section_spend(iterations, plots)
+    out += _section_spend(iterations, plots, spend)
     out += _section_scores(iterations, plots)
     out += _section_rejects(iterations)
     missing = notes + [n for it in iterations for n in it.notes]
@@ -311,7 +314,17 @@ def _section_stages(iterations, plots) -> list[str]:
     return out
 
 
-def _section_spend(iterations, plots) -> list[str]:
+def _spent_line(spend: list[dict]) -> str:
+    """The spend log's total: every request sent, a stage killed midway and earlier jobs included."""
+    by_role: dict[str, float] = {}
+    for line in spend:
+        by_role[line["role"]] = by_role.get(line["role"], 0.0) + line["cost_usd"]
+    roles = ", ".join(f"{role} ${usd:.4f}" for role, usd in sorted(by_role.items()))
+    return (f"\nSpent by this run (the spend log: every API request sent, stages killed midway and resumed jobs "
+            f"included): **${sum(by_role.values()):.4f}** over {sum(ln['requests'] for ln in spend):,} requests ({roles}).")
+
+
+def _section_spend(iterations, plots, spend: list[dict] = ()) -> list[str]:
     out = ["\n## Tokens and cost per stage\n"]
     rows = [[it.k, stage] + [m.get(key) for key in SPEND] for it in iterations for stage, m in it.stages.items()
             if any(m.get(key) for key in SPEND)]
@@ -321,6 +334,8 @@ def _section_spend(iterations, plots) -> list[str]:
         out.append(f"\nTotal API cost: **${total:.4f}**; stages without API metrics cost nothing here.")
     else:
         out.append("No token or API metrics yet.")
+    if spend:
+        out.append(_spent_line(spend))
     return out + _plot(plots, "tokens_cost.png", "tokens and cost")
 
 

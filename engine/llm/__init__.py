@@ -95,7 +95,7 @@ def generate(
                 num_gpus=gpus, num_cpus=0 if gpus else 1)
             rec.gpus = gpus * p.replicas
         else:
-            out = _openai(role, prompted, role_name=role_name, run_dir=run_dir,
+            out = _openai(role, prompted, stage=stage, role_name=role_name, run_dir=run_dir,
                           structured_output=structured_output, logprobs=logprobs)
         out = _account(out.materialize(), rec, api=role.backend == "openai")
     expected = rows.count()
@@ -108,17 +108,23 @@ def generate(
     return out, rec
 
 
-def _openai(role: RoleConfig, prompted, *, role_name, run_dir, structured_output, logprobs):
+def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured_output, logprobs):
     import ray
 
-    from engine.llm.gate import shared_gate
+    from engine.llm.gate import run_job, shared_gate
+    from engine.llm.ledger import spent_by_role
     from engine.llm.openai_client import OpenAIGenerator, resolve_api_key
 
     endpoint = role.openai
+    uri = None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root)
+    # A run's budget holds across its stages, iterations and resumed jobs; without a run
+    # directory (benchmarks) each call is a job of its own.
+    job = uuid.uuid4().hex if uri is None else run_job(uri, role_name)
+    spent = 0.0 if run_dir is None else spent_by_role(run_dir).get(role_name, 0.0)
     kwargs = {
-        "role": role, "role_name": role_name, "api_key": resolve_api_key(role), "gate": shared_gate(endpoint, role.model),
-        "run_dir_uri": None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root), "job": uuid.uuid4().hex,
-        "structured_output": structured_output, "logprobs": logprobs,
+        "role": role, "role_name": role_name, "api_key": resolve_api_key(role),
+        "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent), "run_dir_uri": uri, "job": job,
+        "structured_output": structured_output, "logprobs": logprobs, "stage": stage,
     }
     # Several batches run at once on each actor's event loop (as Ray's own LLM processors
     # overlap batches): the semaphore refills a slot as soon as any request ends, instead of

@@ -28,8 +28,10 @@ What is built on what:
   its requests locally (engine.llm.ratelimit.LeasedGate), returning what it did
   not use whenever it goes idle (no batch open);
 - budget: each request's worst-case cost is reserved (from the actor's leased
-  slice of the job's budget) before it is sent, so a job stops before
-  `budget_usd`, not after; rows refused get "failed: budget";
+  slice of the role's budget) before it is sent, so a run stops before
+  `budget_usd`, not after; rows refused get "failed: budget". The budget is the
+  run's: one gate job per run directory and role, seeded with the spend log
+  (engine.llm.ledger), to which every completed request is written;
 - cache: engine.llm.cache, keyed by (model, prompt, sampling, structured output,
   logprobs); only answered requests are stored.
 
@@ -53,7 +55,7 @@ import openai
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
 from engine.llm.cache import ResponseCache, cache_key, request_seed
-from engine.llm.ledger import cost_usd
+from engine.llm.ledger import SpendLog, cost_usd
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints
 from engine.llm.responses import (
     DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
@@ -158,9 +160,9 @@ class Secret:
     __str__ = __repr__
 
 
-def resolve_api_key(role: RoleConfig) -> Secret:
+def resolve_api_key(role: RoleConfig, env=os.environ) -> Secret:
     endpoint = role.openai
-    value = os.environ.get(endpoint.api_key_env)
+    value = env.get(endpoint.api_key_env)
     if value:
         return Secret(value)
     host = urlparse(endpoint.base_url or "https://api.openai.com").hostname
@@ -194,7 +196,8 @@ def request_body(role: RoleConfig, prompt, structured_output: dict | None, logpr
     """The JSON body for one prompt: chat for messages, completions for a raw string;
     a drawn request (engine.llm.generate's `draw`) sends its own seed."""
     s = role.sampling
-    body: dict = {"model": role.model, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    body: dict = {**s.extra, "model": role.model, "temperature": s.temperature, "top_p": s.top_p,
+                  "max_tokens": s.max_tokens}
     if s.seed is not None:
         body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
@@ -245,11 +248,12 @@ def failure_reason(exc: BaseException) -> str:
 
 class OpenAIGenerator:
     def __init__(self, role: RoleConfig, *, role_name: str, api_key: Secret, gate=None, run_dir_uri: str | None = None,
-                 job: str = "", structured_output: dict | None = None, logprobs: int | None = None):
+                 job: str = "", structured_output: dict | None = None, logprobs: int | None = None, stage: str = ""):
         self.role, self.endpoint, self.role_name = role, role.openai, role_name
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
         self.cache = ResponseCache(RunDir(run_dir_uri)) if run_dir_uri else None
+        self.spend = SpendLog(RunDir(run_dir_uri), role=role_name, stage=stage) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
         self._in_flight = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
@@ -294,6 +298,8 @@ class OpenAIGenerator:
         self._open_batches -= 1
         if self.cache is not None:
             self.cache.flush()
+        if self.spend is not None:
+            self.spend.flush()
         if self._open_batches == 0:  # idle: close the bar, hand unused permits back to the gate
             bar, self._bar = self._bar, None
             bar.update(self._done % PROGRESS_EVERY)
@@ -340,6 +346,9 @@ class OpenAIGenerator:
         attempts = self.attempts.pop(rid, 1)
         cost = cost_usd(self.endpoint, row["prompt_tokens"], row["completion_tokens"])
         await self.gate.settle(self.job, tokens_est, row["prompt_tokens"] + row["completion_tokens"], cost_est, cost)
+        if self.spend is not None:
+            self.spend.add(retries=max(0, attempts - 1), failed=row["text"] is None, prompt_tokens=row["prompt_tokens"],
+                           completion_tokens=row["completion_tokens"], cost_usd=cost)
         if row["text"] is not None and self.cache is not None:
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}

@@ -45,7 +45,7 @@ def engine_kwargs(role: RoleConfig, gpu: bool, draw: str | None = None) -> dict:
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
     s = role.sampling
-    params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    params = {**s.extra, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
     if s.seed is not None and gpu:
         params["seed"] = s.seed
     if logprobs is not None:
@@ -100,7 +100,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
     extra = {} if gpu else {
         # Without GPUs the engine schedules only on an explicit CPU bundle, and vLLM's
-        # Ray metrics would import ray.serve (ENVIRONMENT.md).
+        # Ray metrics would import ray.serve (docs/environment.md).
         "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
     }
     engine = engine_kwargs(role, gpu, draw)
