@@ -106,11 +106,9 @@ def load(path: str, overrides: list[str]) -> RunConfig:
 
 def plan(cfg: RunConfig):
     """What the run will cost (engine.plan.lion), with the spend the run directory already holds."""
-    from engine.llm.ledger import spent_by_role
     from engine.plan.lion import lion_plan
 
-    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
-    return lion_plan(cfg, spent_by_role(run) if run else {})
+    return lion_plan(cfg)
 
 
 def run(cfg: RunConfig) -> dict:
