@@ -12,6 +12,7 @@ from engine.lion.iteration import (
 )
 from engine.llm import generate
 from engine.llm.prompts import instruction_messages
+from engine.llm.serving import training
 
 log = logging.getLogger("engine.lion")
 
@@ -51,5 +52,7 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, rows):
     from engine.train import train_causal_sft
 
     # Each iteration continues from the previous student, as in Lion's Algorithm 1.
-    return train_causal_sft(cfg.train, student_model, rows, run.path(rel(k, "imitation", "student")),
-                            name=f"{cfg.name}-iter{k}-imitation")
+    # Engines the student's training needs the GPUs of stop first (engine.llm.serving).
+    with training():
+        return train_causal_sft(cfg.train, student_model, rows, run.path(rel(k, "imitation", "student")),
+                                name=f"{cfg.name}-iter{k}-imitation")
