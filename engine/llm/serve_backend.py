@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from functools import partial
 
 import pyarrow as pa
@@ -120,14 +119,14 @@ def _dense_logprobs(choices, chat: bool):
     return [first, *choices[1:]]
 
 
-@contextmanager
-def _skip_failed_batches():
-    """A batch whose engine died raises in Ray Data: skip it (its rows are sent again)
-    instead of failing the stage."""
-    ctx = ray.data.DataContext.get_current()
+def _skipping_failed_batches(ds: "ray.data.Dataset") -> "ray.data.MaterializedDataset":
+    """Execute `ds`, skipping a batch whose engine died (it raises in Ray Data) instead of
+    failing the stage: its rows are sent again. A dataset carries the DataContext it was
+    made with, so the setting goes there, and back as it was."""
+    ctx = ds.context
     before, ctx.max_errored_blocks = ctx.max_errored_blocks, -1
     try:
-        yield
+        return ds.materialize()
     finally:
         ctx.max_errored_blocks = before
 
@@ -166,8 +165,7 @@ def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: b
     prompted = prompted.materialize()
     todo, parts, expected, missing = prompted, [], _ids(prompted, None), []
     for attempt in range(retries + 1):
-        with _skip_failed_batches():
-            out = processor(todo).map(to_response).materialize()
+        out = _skipping_failed_batches(processor(todo).map(to_response))
         retry = dict(_ids(out, RETRY))
         lost = [i for i in expected if retry.get(i, True)]
         if not lost or attempt == retries:

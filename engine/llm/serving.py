@@ -65,25 +65,25 @@ def engine_gpus(role: RoleConfig) -> int:
     return role.parallelism.tensor_parallel_size * role.parallelism.replicas
 
 
-def check_gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
-                   cluster_gpus: float, during_training: str) -> dict:
-    """Whether the job's engines and its training fit the cluster's GPUs; raises a ValueError
-    with the figures when not. `keep`: frozen engines stay up through training, so they
-    must fit beside it; `release`: they stop for training, so each phase fits alone."""
+def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
+             cluster_gpus: float, during_training: str) -> dict:
+    """The GPUs the job's engines and training hold at once, and `problem` (None, or why
+    they do not fit the cluster's GPUs now). `keep`: frozen engines stay up through
+    training, so they must fit beside it; `release`: they stop for training, so each phase
+    fits alone. A problem is a warning, not an error: an autoscaling cluster may grow."""
     vllm = {name: r for name, r in roles.items() if r.backend == "vllm"}
-    frozen = {engine_key(r, True): engine_gpus(r) for name, r in vllm.items() if name not in per_iteration}
+    frozen = sum({engine_key(r, True): engine_gpus(r) for name, r in vllm.items() if name not in per_iteration}.values())
     student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
-    serving = sum(frozen.values()) + student
-    training = train_gpus + (sum(frozen.values()) if during_training == "keep" else 0)
-    plan = {"frozen_engine_gpus": sum(frozen.values()), "student_engine_gpus": student, "train_gpus": train_gpus,
-            "cluster_gpus": cluster_gpus, "peak_gpus": max(serving, training)}
+    serving, training = frozen + student, train_gpus + (frozen if during_training == "keep" else 0)
+    plan = {"frozen_engine_gpus": frozen, "student_engine_gpus": student, "train_gpus": train_gpus,
+            "cluster_gpus": cluster_gpus, "peak_gpus": max(serving, training), "problem": None}
     if plan["peak_gpus"] > cluster_gpus:
         hint = ("set serving.during_training: release (engines stop while the student trains)"
                 if during_training == "keep" and serving <= cluster_gpus and train_gpus <= cluster_gpus
-                else "use fewer replicas or training workers")
-        raise ValueError(f"serving: the job needs {plan['peak_gpus']:g} GPUs at once ({sum(frozen.values())} for "
-                         f"{len(frozen)} frozen engine(s), {student} for the student's, {train_gpus:g} for training, "
-                         f"during_training={during_training}) but the cluster has {cluster_gpus:g}: {hint}")
+                else "use fewer replicas or training workers, more GPUs, or serving: per_stage")
+        plan["problem"] = (f"the job holds {plan['peak_gpus']:g} GPUs at once ({frozen} for the frozen engines, "
+                           f"{student} for the student's, {train_gpus:g} for training, during_training="
+                           f"{during_training}) but the cluster has {cluster_gpus:g}: {hint}")
     return plan
 
 
@@ -106,7 +106,8 @@ class JobEngines:
         self.serving, self.per_iteration, self.gpu = serving, per_iteration, gpu
         self.prefix = run_prefix(run_id)
         self.engines: dict[str, Engine] = {}  # engine key -> engine
-        self.starts: list[tuple[str, float | None]] = []  # (role, seconds) since the last take_metrics
+        # (role, seconds waited or None, model loads: one per replica) since the last take_metrics
+        self.starts: list[tuple[str, float | None, int]] = []
         self._reaper = None
 
     @property
@@ -139,7 +140,7 @@ class JobEngines:
 
     def count_per_stage_start(self, role: RoleConfig, role_name: str) -> None:
         """A per-stage vLLM call starts (and stops) `replicas` engines of its own."""
-        self.starts += [(role_name, None)] * role.parallelism.replicas
+        self.starts.append((role_name, None, role.parallelism.replicas))
 
     # --- lifetimes ----------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class JobEngines:
                 log.warning("engine %s failed to start (%s); starting it again", app, exc)
                 serve.delete(app)
         seconds = time.perf_counter() - begin
-        self.starts.append((role_name, seconds))
+        self.starts.append((role_name, seconds, role.parallelism.replicas))
         log.info("engine %s up in %.1f s", app, seconds)
         return Engine(app, role.model)
 
@@ -187,10 +188,12 @@ class JobEngines:
         yield
 
     def take_metrics(self) -> dict:
-        """`engine_starts` and `engine_start_s/<role>` since the last call."""
+        """Since the last call: `engine_starts` (model loads: an engine of N replicas is N) and
+        `engine_start_s/<role>` (seconds the job waited for the engines that role started;
+        per-stage engines start inside their stage and are not timed apart)."""
         starts, self.starts = self.starts, []
-        out = {"engine_starts": len(starts)}
-        for role, seconds in starts:
+        out = {"engine_starts": sum(loads for _, _, loads in starts)}
+        for role, seconds, _ in starts:
             if seconds is not None:
                 out[f"engine_start_s/{role}"] = round(out.get(f"engine_start_s/{role}", 0.0) + seconds, 3)
         return out
@@ -288,8 +291,8 @@ def job_engines(roles: dict[str, RoleConfig], serving: ServingConfig, *, run_id:
     uses_vllm = any(r.backend == "vllm" for r in roles.values())
     if engines.shared and uses_vllm:
         if engines.gpu:
-            log.info("serving plan: %s", check_gpu_plan(roles, per_iteration, train_gpus, cluster_gpus,
-                                                        serving.during_training))
+            plan = gpu_plan(roles, per_iteration, train_gpus, cluster_gpus, serving.during_training)
+            (log.warning if plan["problem"] else log.info)("serving: %s", plan["problem"] or plan)
         engines.open()
     previous = _exit_on_sigterm()
     _active = engines
