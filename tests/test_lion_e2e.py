@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.lion.loop import STAGES, load, run
+from engine.lion import loop
+from engine.lion.loop import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
@@ -83,7 +84,7 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 def test_demo_config_end_to_end(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     run = tmp_path / "run"
-    state = run(load(DEMO, overrides(run, vllm_server)))
+    state = loop.run(loop.load(DEMO, overrides(run, vllm_server)))
     assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
     check_run_dir(run, iterations=2)
     assert json.loads((run / "data_report.json").read_text())["rows_in"] == 427
