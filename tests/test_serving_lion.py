@@ -68,11 +68,13 @@ def test_lion_shared_engines_start_once_and_a_killed_job_leaves_nothing(ray_clus
     assert _nothing_left(prefix, timeout=30), f"left behind: {serve_apps(prefix)}"
 
     it0, it1 = (json.loads((run / f"iter_{k}" / "metrics.json").read_text()) for k in (0, 1))
-    # Teacher, referee and generator share one engine (same model and engine settings): the
-    # killed job started it for the teacher, the resumed job for the referee; the student's
-    # (another model) once per iteration; after the first iteration frozen roles start nothing.
-    assert it0["engine_starts"] == 3 and {k for k in it0 if k.startswith("engine_start_s/")} == {
-        "engine_start_s/teacher", "engine_start_s/referee", "engine_start_s/student"}
+    # Teacher, referee and generator share one engine (same model and engine settings): each
+    # job started it once, for the first frozen role it served (the killed job's teacher); the
+    # student's (another model) started once per iteration; after the first iteration frozen
+    # roles start nothing.
+    started = {k.split("/", 1)[1] for k in it0 if k.startswith("engine_start_s/")}
+    assert it0["engine_starts"] == 3 and "teacher" in started and "student" in started
+    assert started <= {"teacher", "referee", "generator", "student"}
     assert it1["engine_starts"] == 1 and [k for k in it1 if k.startswith("engine_start_s/")] == ["engine_start_s/student"]
     assert all(it0[k] > 0 for k in it0 if k.startswith("engine_start_s/"))
     for k, metrics in enumerate((it0, it1)):
