@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from engine.data import RunDir
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _job(ray_cluster, run: Path, log: Path) -> subprocess.Popen:
     sets = [f"run_dir={run}", "lion.iterations=2", "data.sample_size=12", "lion.new_instructions_per_iteration=4",
             "lion.generation_rounds=2", "train.num_workers=1", "serving=shared", "student.backend=vllm",
-            "student.sampling.max_tokens=16", "teacher.sampling.max_tokens=16"]
+            "student.sampling.max_tokens=16", "student.max_model_len=1024", "teacher.sampling.max_tokens=16"]
     cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),
            *(f"--set={s}" for s in sets)]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ray_cluster.env, cwd=REPO)
@@ -78,6 +79,11 @@ def test_lion_shared_engines_start_once_and_a_killed_job_leaves_nothing(ray_clus
     assert it1["engine_starts"] == 1 and [k for k in it1 if k.startswith("engine_start_s/")] == ["engine_start_s/student"]
     assert all(it0[k] > 0 for k in it0 if k.startswith("engine_start_s/"))
     for k, metrics in enumerate((it0, it1)):
-        assert metrics["rows/discrimination/student"] > 0 and metrics.get("failed_rows/discrimination/student", 0) == 0
-        assert metrics["lion/judged"] + metrics["lion/judge_failed"] == metrics["rows/discrimination/student"]
+        answers = pq.read_table(run / f"iter_{k}" / "discrimination" / "student_responses.parquet").to_pylist()
+        assert len(answers) == metrics["rows/discrimination/student"] > 0
+        # Answered, or failed for a reason of the request's own (a prompt over max_model_len), never lost.
+        lost = [a["finish_reason"] for a in answers if a["finish_reason"] not in ("stop", "length")
+                and (not a["finish_reason"].startswith("failed: ") or "lost the request" in a["finish_reason"])]
+        assert not lost, lost
+        assert metrics["lion/judged"] + metrics["lion/judge_failed"] == len(answers)
     assert "Engine starts per iteration" in (run / "report.md").read_text()
