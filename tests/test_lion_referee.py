@@ -164,7 +164,7 @@ def test_logprobs_refine_only_a_readable_review():
 
 
 def test_failures_are_null_counted_and_excluded():
-    pairs = [_pair(0), _pair(1), _pair(2), _pair(3, student=""), _pair(4, teacher_finish_reason="failed: timeout"),
+    pairs = [_pair(0), _pair(1), _pair(2), _pair(3, teacher=""), _pair(4, teacher_finish_reason="failed: timeout"),
              _pair(5)]
     tf = [_review("9 5"), _review("I cannot judge."), _review(None, "failed: rate limited"), _review("9 5"),
           _review("9 5"), _review("6 6")]
@@ -185,6 +185,19 @@ def test_failures_are_null_counted_and_excluded():
     }
     assert summary["judged"] + sum(summary["failed_by_reason"].values()) == summary["rows"]
     assert pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA).num_rows == 6
+
+
+@pytest.mark.parametrize("student", [
+    {"student": ""}, {"student": "  \n"}, {"student": None, "student_finish_reason": "failed: timeout"},
+])
+def test_a_student_that_answers_nothing_scores_lowest_and_is_hard(student):
+    # The referee was shown the empty answer and scored it 5: it still counts as the lowest.
+    [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0)
+    assert j["status"] == OK and (j["student_score_1"], j["student_score_2"]) == (1.0, 1.0)
+    assert (j["teacher_score"], j["student_score"], j["gap"], j["hard"]) == (7.0, 1.0, 6.0, True)
+    # Lost, but not hard when the teacher's own answer scores no better than 1 + tau.
+    [j] = judgment_rows([_pair(0, **student)], [_review("1 1")], [_review("1 1")], tau=1.0)
+    assert j["status"] == OK and j["gap"] == 0.0 and j["hard"] is False
 
 
 def test_retry_of_unparseable_reviews_merges_back():

@@ -9,7 +9,7 @@ import ray
 from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
 from engine.data.rundir import RunDir
 from engine.llm import generate
-from engine.llm.fault_server import FaultServer
+from tests.fixtures.fault_server import FaultServer
 from engine.llm.prompts import instruction_messages
 
 KEY_ENV, KEY = "LION_TEST_OPENAI_KEY", "sk-lion-test-7f3a9c-do-not-leak"

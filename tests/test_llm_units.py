@@ -264,7 +264,7 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
     a timeout), and the progress bar counts every request."""
     import engine.llm.openai_client as oc
     from engine.config.models import Parallelism, SamplingParams
-    from engine.llm.fault_server import FaultServer
+    from tests.fixtures.fault_server import FaultServer
 
     assert "aiohttp" in type(oc._http_client({}, 8)._transport).__mro__[1].__module__
     bars = recorded_progress_bars(monkeypatch)
@@ -293,7 +293,7 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
     import urllib.request
 
     import engine.llm.openai_client as oc
-    from engine.llm.fault_server import FaultServer
+    from tests.fixtures.fault_server import FaultServer
 
     bars = recorded_progress_bars(monkeypatch)
     latency = 0.2

@@ -135,3 +135,33 @@ def test_report_on_a_uri_and_on_an_empty_run(tmp_path, uri):
         assert "| 0 | 0.4167 | 1.25 |" in report
     else:
         assert "**No iterations yet**" in report and "No stage metrics yet." in report
+
+
+def test_rows_per_s_is_on_a_log_axis(tmp_path):
+    from engine.lion.report import read_iteration, render_plots
+
+    run = RunDir(tmp_path / "run")
+    write_run(run, iterations=1)
+    figure = render_plots([read_iteration(run, 0)])["stage_throughput.png"]
+    assert [ax.get_yscale() for ax in figure.axes] == ["linear", "log"]  # time (s), rows / s
+
+
+def test_a_finished_run_lists_no_phantom_iteration(tmp_path):
+    """The last generation writes the next iteration's pools; a final imitation trains on them
+    with no discrimination after it. Neither is a missing file."""
+    run = RunDir(tmp_path / "run")
+    write_run(run, iterations=2)
+    stages = [f"iter_{k}/{s}" for k in range(2) for s in ("imitation", "discrimination", "generation")]
+    state = {"version": 2, "job": "lion", "name": "r", "stages": stages, "completed": stages,
+             "outputs": {}, "counters": {}, "summary": {}, "done": True}
+    run.write_json("state.json", state)
+    run.write_bytes("iter_2/train_pool.parquet", b"next pools")
+    write_report(run)
+    report = run.read_bytes("report.md").decode()
+    assert "iter_2" not in report and "Nothing: every expected file was read." in report
+    run.write_json("state.json", {**state, "stages": [*stages, "iter_2/imitation"],
+                                  "completed": [*stages, "iter_2/imitation"]})
+    run.write_json("iter_2/metrics.json", Metrics([StageRecord("imitation/train", 10.0, rows=5)]).as_dict())
+    write_report(run)
+    report = run.read_bytes("report.md").decode()
+    assert "| 2 | imitation/train | 10 | 5 |" in report and "Nothing: every expected file was read." in report

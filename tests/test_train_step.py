@@ -40,6 +40,10 @@ def test_causal_unusable_rows_have_no_target(tiny_models):
     assert tok.eos_token_id in out["labels"][2].tolist()
     clipped = B.tokenize_causal(_rows(instruction=["y"], input=[""], response=["word " * 100]), tokenizer_path=path, max_length=64)
     assert len(clipped["input_ids"][0]) == 64 and tok.eos_token_id not in clipped["labels"][0].tolist()
+    # An answer its model was cut off in (complete False) ends without eos, whatever room is left.
+    cut = B.tokenize_causal({**_rows(instruction=["y", "y"], input=["", ""], response=["a b", "a b"]),
+                             "complete": np.asarray([False, True])}, tokenizer_path=path, max_length=96)
+    assert tok.eos_token_id not in cut["labels"][0].tolist() and cut["labels"][1].tolist()[-1] == tok.eos_token_id
 
 
 def test_seq2seq_multitask_pairs_and_collate(tiny_models):
@@ -115,13 +119,88 @@ def test_transformer_blocks_found_from_the_model(tiny_models):
     assert len(S.transformer_blocks(t5)) == t5.config.num_layers + t5.config.num_decoder_layers
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    lrs = [S.cosine_with_warmup(s, warmup=2, total=10) for s in range(10)]
-    assert lrs[0] < lrs[1] < lrs[2] == 1.0
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
-    assert S.cosine_with_warmup(10, 2, 10) == pytest.approx(0.0)
+def test_the_schedule_is_transformers_cosine_with_warmup():
+    from transformers import get_cosine_schedule_with_warmup
+
+    from engine.config.models import TrainConfig
+
+    cfg = TrainConfig(learning_rate=1.0, warmup_ratio=0.2)
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=10)
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0), 2, 10)
+    ours, theirs = [], []
+    for _ in range(10):
+        ours.append(scheduler.get_last_lr()[0])
+        theirs.append(reference.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        reference.optimizer.step()
+        reference.step()
+    assert ours == pytest.approx(theirs) and ours[0] == 0.0 and ours[2] == 1.0
     assert S.mfu(params=1e9, tokens_per_s=1e4, peak_flops=989e12) == pytest.approx(6e13 / 989e12)
-    assert math.isclose(S.cosine_with_warmup(0, 0, 4), 1.0)
+
+
+def _grads(model) -> torch.Tensor:
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _micro_batches(path: str, responses: list[str]) -> list[dict]:
+    tok = B.load_tokenizer(path)
+    out = B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses), response=responses),
+                            tokenizer_path=path, max_length=128)
+    return [B.collate_causal({k: v[i:i + 1] for k, v in out.items()}, pad_id=tok.pad_token_id) for i in range(len(responses))]
+
+
+def test_accumulated_loss_weighs_every_answer_token_alike_across_micro_batches_and_ranks(tiny_models):
+    """A 1-token and a 30-token answer in two micro-batches (or on two ranks) give the
+    gradient of one batch holding both: the mean over all 31+ answer tokens, not the
+    mean of two means, which weighs the short answer's token 30 times up."""
+    from engine.config.models import TrainConfig
+
+    path = str(tiny_models.llama)
+    cfg = TrainConfig(gradient_accumulation_steps=2)
+    model = S.load_model(path, "causal")
+    short, long = _micro_batches(path, ["yes", " ".join(["word"] * 30)])
+    both = B.collate_causal(_joined(path, ["yes", " ".join(["word"] * 30)]), pad_id=B.load_tokenizer(path).pad_token_id)
+    S.batch_loss(model, both, "causal", 1.0).backward()
+    expected = _grads(model)
+    tokens = S.target_tokens(short, "causal") + S.target_tokens(long, "causal")
+    assert tokens.item() == S.target_tokens(both, "causal").item()
+    cpu = torch.device("cpu")
+    # Two micro-batches on one rank.
+    loss = sum(S.backward(model, b, cfg, cpu, sync=True, tokens=tokens) for b in (short, long))
+    assert torch.allclose(_grads(model), expected, atol=1e-6)
+    assert loss == pytest.approx(S.batch_loss(model, both, "causal", 1.0).item(), rel=1e-5)
+    # One micro-batch on each of two ranks: FSDP averages the ranks' gradients.
+    per_rank = []
+    for b in (short, long):
+        S.backward(model, b, cfg, cpu, sync=True, tokens=tokens, world=2)
+        per_rank.append(_grads(model))
+    assert torch.allclose((per_rank[0] + per_rank[1]) / 2, expected, atol=1e-6)
+
+
+def _joined(path: str, responses: list[str]) -> dict:
+    return B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses),
+                                   response=responses), tokenizer_path=path, max_length=128)
+
+
+def test_seq2seq_tokens_are_counted_per_task():
+    labels = torch.tensor([[5, 6, B.IGNORE], [7, B.IGNORE, B.IGNORE], [1, 2, 3], [4, 4, B.IGNORE]])
+    batch = {"labels": labels, "task": torch.tensor([B.LABEL_TASK, B.LABEL_TASK, B.RATIONALE_TASK, B.RATIONALE_TASK])}
+    assert S.target_tokens(batch, "seq2seq").tolist() == [3.0, 5.0]
+    logits = torch.randn(4, 3, 11)
+    # Normalised by the counts of a larger accumulated batch: each task's sum over them.
+    scaled = S.multitask_loss(logits, labels, batch["task"], 0.5, torch.tensor([6.0, 10.0]))
+    assert torch.allclose(scaled, S.multitask_loss(logits, labels, batch["task"], 0.5) / 2, atol=1e-6)
+
+
+def test_accumulation_windows_end_with_a_short_one():
+    from engine.train.loop import accumulation_windows
+
+    assert [len(w) for w in accumulation_windows(range(7), 3)] == [3, 3, 1]
+    assert [len(w) for w in accumulation_windows(range(6), 3)] == [3, 3]
 
 
 def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):
@@ -147,3 +226,49 @@ def test_step_code_imports_without_ray():
 
     code = "import sys, engine.train.step, engine.train.batches; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models, tmp_path):
+    """A T5 taught one fixed label and one long rationale (step.py, no Ray): predict_labels
+    must return the label, never the rationale, and accuracy is exactly 1 and 0."""
+    from transformers import AutoTokenizer
+
+    from engine.config.models import TrainConfig
+    from engine.step_by_step import accuracy, predict_labels
+
+    path = str(tiny_models.t5)
+    torch.manual_seed(0)
+    cfg = TrainConfig(architecture="seq2seq", learning_rate=1e-2, warmup_ratio=0.0, rationale_weight=1.0)
+    model = S.setup_model(S.load_model(path, "seq2seq"), torch.device("cpu"))
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=60)
+    inputs = [f"Is {n} a number?" for n in range(8)]
+    rows = _rows(input=inputs, label=["yes"] * 8, rationale=["it is written with digits only so it is one"] * 8)
+    batch = B.collate_seq2seq(B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"),
+                              pad_id=B.load_tokenizer(path).pad_token_id)
+    for _ in range(60):
+        S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    model.save_pretrained(tmp_path / "t5")
+    AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path / "t5")
+    predictions = predict_labels(str(tmp_path / "t5"), inputs, max_new_tokens=16)
+    assert predictions == ["yes"] * 8
+    assert accuracy(predictions, ["yes"] * 8, "cqa") == 1.0 and accuracy(predictions, ["no"] * 8, "cqa") == 0.0
+    assert accuracy(predictions, ["yes", "no"] * 4, "cqa") == 0.5
+
+
+def test_each_epoch_is_one_seeded_global_shuffle_dealt_to_the_ranks():
+    n, ranks = 23, 2
+    epoch0 = [B.epoch_order(n, ranks, r, seed=42, epoch=0) for r in range(ranks)]
+    assert all(len(o) == n // ranks for o in epoch0)
+    assert not set(epoch0[0]) & set(epoch0[1])  # no row on two ranks; one row (the remainder) left out
+    # Deterministic: a resumed epoch sees exactly the same order, so skipping k micro-batches skips those rows.
+    assert all((B.epoch_order(n, ranks, r, 42, 0) == epoch0[r]).all() for r in range(ranks))
+    # Global: a pool ordered hard-first is mixed, and the next epoch has another order.
+    assert not (np.sort(epoch0[0]) == epoch0[0]).all()
+    assert not (B.epoch_order(n, ranks, 0, 42, 1) == epoch0[0]).all()
+    assert sorted(B.epoch_order(n, 1, 0, 42, 3)) == list(range(n))
+    columns = {"input_ids": np.empty(n, dtype=object), "n_target_tokens": np.arange(n)}
+    columns["input_ids"][:] = [np.arange(i + 1) for i in range(n)]
+    batches = list(B.micro_batches(columns, epoch0[1], 4))
+    assert [len(b["n_target_tokens"]) for b in batches] == [4, 4, 3]
+    assert [len(x) - 1 for b in batches for x in b["input_ids"]] == list(epoch0[1])

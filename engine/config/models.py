@@ -15,20 +15,49 @@ Example (the smallest valid file; everything else defaults)::
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Sampling settings beyond the four above that both vLLM's `SamplingParams` and its
+# OpenAI-compatible chat/completions requests accept (tests/test_config.py checks this
+# list against the installed vLLM). OpenAI's own API takes only stop, presence_penalty,
+# frequency_penalty and logit_bias of them. Left out on purpose: what the engine sets
+# itself (logprobs, structured outputs), `n` (one reply per row) and `logit_bias` (its
+# integer keys do not survive the Arrow rows Ray Data hands to the vLLM stage).
+SAMPLING_EXTRA_KEYS = frozenset({
+    "stop", "stop_token_ids", "top_k", "min_p", "min_tokens", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "bad_words", "allowed_token_ids", "ignore_eos",
+    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+})
+
+
 class SamplingParams(Strict):
+    """How a role samples. `extra` passes more settings, unchanged, to vLLM's SamplingParams
+    and into the OpenAI request body::
+
+        sampling: {temperature: 0.7, max_tokens: 256, extra: {stop: ["###"], top_k: 50, repetition_penalty: 1.1}}
+    """
+
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: PositiveInt = 512
     seed: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extra_keys(cls, extra: dict) -> dict:
+        unknown = sorted(set(extra) - SAMPLING_EXTRA_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {', '.join(map(repr, unknown))}; "
+                             f"sampling.extra takes {', '.join(sorted(SAMPLING_EXTRA_KEYS))}")
+        return extra
 
 
 class Parallelism(Strict):
@@ -72,6 +101,9 @@ class RoleConfig(Strict):
             self.openai = OpenAIEndpoint()
         if self.backend != "openai" and self.openai is not None:
             raise ValueError(f"'openai' settings given but backend is {self.backend!r}; set backend: openai or remove them")
+        if self.backend == "hf" and self.sampling.extra:
+            raise ValueError("sampling.extra goes to vLLM and OpenAI-compatible servers; the hf backend "
+                             f"does not take it (got {sorted(self.sampling.extra)}): serve the role with vllm or openai")
         return self
 
 
@@ -103,7 +135,15 @@ class LionConfig(Strict):
     # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
     # non-Latin text). "unicode": words of every script, CJK character by character.
     rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
+    # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
+    rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
     rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
+    # Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K):
+    # the final student comes from this stage, iter_<iterations>/imitation.
+    final_imitation: bool = True
+    # A teacher answer cut at max_tokens / max_model_len is left out of imitation (false),
+    # or trained on without an end-of-sequence token (true). Counted either way.
+    train_on_truncated: bool = False
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
@@ -146,6 +186,25 @@ class DataConfig(Strict):
     sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
 
 
+class PlanConfig(Strict):
+    """What `--plan` assumes where the run directory has observed nothing yet (every figure
+    observed in an earlier stage of the same run replaces its prior)."""
+
+    chars_per_token: PositiveFloat = 4.0  # an API role's prompt tokens, where no local tokenizer counts them
+    # role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves)
+    tokenizers: dict[str, str] = Field(default_factory=dict)
+    completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
+    referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
+    generator_acceptance_rate: float = Field(0.5, ge=0.0, le=1.0)  # replies kept as new instructions
+    # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
+    tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
+    train_tokens_per_s_per_gpu: PositiveFloat | None = None
+
+
+# Here, not at the top: the eval section's models build on RoleConfig and Strict above.
+from engine.config.evaluate import EvalConfig  # noqa: E402
+
+
 class RunConfig(Strict):
     ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
 
@@ -158,10 +217,14 @@ class RunConfig(Strict):
     generator: RoleConfig
     lion: LionConfig = LionConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
+    plan: PlanConfig = PlanConfig()
     serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:
         if self.student.backend == "openai":
             raise ValueError("student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai")
+        if self.eval is not None and self.eval.candidates:
+            raise ValueError("eval.candidates: in a Lion run the candidate is the student; evaluate other models with jobs/evaluate.py")
         return self

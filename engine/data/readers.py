@@ -88,7 +88,7 @@ def _has_invalid_utf8(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
-def read_jsonl(path: Path, field_map: dict[str, str]) -> Iterator[RawRecord]:
+def read_jsonl(path: Path, field_map: dict[str, str], keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
     instruction_key = field_map.get("instruction", "instruction")
     input_key = field_map.get("input", "input")
     for number, line in _lines(path):
@@ -110,7 +110,8 @@ def read_jsonl(path: Path, field_map: dict[str, str]) -> Iterator[RawRecord]:
                 got = instance.get("input", "") if isinstance(instance, dict) else instance
                 yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
         else:
-            yield RawRecord(where, {"instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
+            fields = {name: obj.get(name) for name in keep}
+            yield RawRecord(where, {**fields, "instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
 
 
 def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
@@ -160,7 +161,8 @@ def read_parquet(path: Path) -> Iterator[RawRecord]:
         yield RawRecord(f"{path}:row {k}", {"instruction": instruction, "input": got})
 
 
-def read_records(path: str | Path, field_map: dict[str, str] | None = None) -> Iterator[RawRecord]:
+def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+    """`keep`: more JSONL fields to carry into the rows (a question's id and category)."""
     path = Path(path)
     if not path.is_file():
         raise PoolFileError(f"{path}: no such file")
@@ -168,7 +170,7 @@ def read_records(path: str | Path, field_map: dict[str, str] | None = None) -> I
     if suffix == ".json":
         return read_alpaca_json(path)
     if suffix == ".jsonl":
-        return read_jsonl(path, field_map or {})
+        return read_jsonl(path, field_map or {}, keep)
     if suffix == ".parquet":
         return read_parquet(path)
     raise PoolFileError(f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl or .parquet")
@@ -192,16 +194,27 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
         return None, "empty_instruction"
     if len(instruction) > max_instruction_chars:
         return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
-    return {"id": instruction_id(instruction, got), "instruction": instruction, "input": got}, None
+    row = {"id": instruction_id(instruction, got), "instruction": instruction, "input": got}
+    kept = {name: value for name, value in record.fields.items() if name not in ("instruction", "input")}
+    return ({**row, "fields": kept} if kept else row), None
 
 
 def load_pool(
     files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096
 ) -> tuple[pa.Table, LoadReport]:
     """Read and validate instruction files into one seed pool (ids unique across files)."""
+    rows, report = load_rows(files, field_map, max_instruction_chars)
+    return pool_table(rows), report
+
+
+def load_rows(
+    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
+    keep: tuple[str, ...] = (),
+) -> tuple[list[dict], LoadReport]:
+    """Validated rows (`id`, `instruction`, `input`, and `fields`: the `keep` fields), ids unique across files."""
     report, rows, first_seen = LoadReport(), [], {}
     for path in files:
-        for record in read_records(path, field_map):
+        for record in read_records(path, field_map, keep):
             report.rows_in += 1
             row, error = check_record(record, max_instruction_chars)
             if error:
@@ -214,4 +227,4 @@ def load_pool(
                 rows.append(row)
     report.rows_kept = len(rows)
     assert report.reconciles, report.as_dict()
-    return pool_table(rows), report
+    return rows, report

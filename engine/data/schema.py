@@ -1,4 +1,4 @@
-"""The row contracts every stage reads and writes (DESIGN.md, "Data contracts")."""
+"""The row contracts every stage reads and writes (docs/design.md, "Data contracts")."""
 from __future__ import annotations
 
 import hashlib

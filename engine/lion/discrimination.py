@@ -1,31 +1,28 @@
 """Discrimination: teacher and student answer the cache pool; the referee scores each
 pair twice, the answers' order swapped, and the two are averaged. gap = teacher -
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
-(another seed), then excluded and counted: never turned into a number."""
+(a new draw), then excluded and counted: never turned into a number. A student that
+answers nothing (empty or failed) has lost: the referee is shown the empty answer and
+the student gets the lowest score, 1 (engine.lion.referee.judgment_rows)."""
 from __future__ import annotations
+
+import logging
 
 import pyarrow as pa
 
 from engine.config import RunConfig
-from engine.data import RunDir, pool_to_dataset
+from engine.data import RunDir
 from engine.lion.iteration import (
-    collect, constraint, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses,
-    write_stage_metrics,
+    answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
-from engine.lion.referee import (
-    JUDGMENT_SCHEMA, REVIEW_JSON_SCHEMA, REVIEW_REGEX, judgment_rows, merge_retried, referee_messages,
-    summarize, unparseable_ids,
-)
-from engine.llm import generate
+from engine.lion.judge import judge_pairs
+from engine.lion.referee import JUDGMENT_SCHEMA, summarize
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 
-ORDERS = ("teacher_first", "student_first")
-LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
+log = logging.getLogger("engine.lion")
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    import ray.data
-
     _, cache_pool = pools(run, k)
     ids = cache_pool.column("id").to_pylist()
     records = []
@@ -33,20 +30,17 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     known = known_teacher_answers(run, k)
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
-        answers, record = generate(cfg.teacher, pool_to_dataset(missing), instruction_messages,
-                                   stage="discrimination/teacher", role_name="teacher", run_dir=run)
+        answers, record = answer(cfg.teacher, missing, instruction_messages,
+                                 stage="discrimination/teacher", role_name="teacher", run_dir=run)
         records.append(record)
-        known.update({r["id"]: r for r in collect(answers)})
+        known.update({r["id"]: r for r in answers})
     teacher = [known[i] for i in ids]
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
-    answers, record = generate(student_role, pool_to_dataset(cache_pool),
-                               lambda row: alpaca_prompt(row["instruction"], row["input"]),
-                               stage="discrimination/student", role_name="student", run_dir=run)
+    student, record = answer(student_role, cache_pool, lambda row: alpaca_prompt(row["instruction"], row["input"]),
+                             stage="discrimination/student", role_name="student", run_dir=run)
     records.append(record)
-    by_id = {r["id"]: r for r in collect(answers)}
-    student = [by_id[i] for i in ids]
     write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
 
     pairs = [
@@ -55,50 +49,20 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
          "student_text": s.get("text"), "student_finish_reason": s.get("finish_reason")}
         for row, t, s in zip(cache_pool.to_pylist(), teacher, student)
     ]
-    judgments = _judge(cfg, run, pairs, cfg.referee, records, stage="discrimination/referee")
-    for attempt in range(1, cfg.lion.referee_retries + 1):
-        again = set(unparseable_ids(judgments))
-        if not again:
-            break
-        retry_role = _resampled(cfg.referee, attempt)
-        retried = _judge(cfg, run, [p for p in pairs if p["id"] in again], retry_role, records,
-                         stage=f"discrimination/referee_retry{attempt}")
-        judgments = merge_retried(judgments, retried)
+    judgments, judge_records = judge_pairs(
+        cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
+        setting=cfg.lion.referee_constraint, retries=cfg.lion.referee_retries,
+        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau)
+    records.extend(judge_records)
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
 
     summary = summarize(judgments)
+    log.info("iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s", k,
+             summary["judged"], summary["hard"], summary["hard_fraction"], summary["mean_gap"], summary["failed"],
+             summary["failed_by_reason"] or "")
     extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap",
                                                          "mean_teacher_score", "mean_student_score")}
     extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
-
-
-def _judge(cfg: RunConfig, run: RunDir, pairs: list[dict], referee, records: list, stage: str) -> list[dict]:
-    """Both orders in one dataset, so one pass of the referee serves them."""
-    import ray.data
-
-    requests = [
-        {"id": f"{p['id']}|{order}", "pair_id": p["id"], "instruction": p["instruction"], "input": p["input"],
-         "first": (p["teacher_text"] if order == "teacher_first" else p["student_text"]) or "",
-         "second": (p["student_text"] if order == "teacher_first" else p["teacher_text"]) or ""}
-        for p in pairs for order in ORDERS
-    ]
-    reviews, record = generate(
-        referee, ray.data.from_items(requests), lambda r: referee_messages(r, r["first"], r["second"]),
-        stage=stage, role_name="referee", run_dir=run,
-        structured_output=constraint(cfg.lion.referee_constraint, referee, REVIEW_REGEX, REVIEW_JSON_SCHEMA),
-        logprobs=LOGPROBS_TOP_K if cfg.lion.referee_logprobs else None,
-    )
-    records.append(record)
-    by_id = {r["id"]: r for r in collect(reviews)}
-    tf, sf = ([{**by_id[f"{p['id']}|{order}"], "id": p["id"]} for p in pairs] for order in ORDERS)
-    return judgment_rows(pairs, tf, sf, cfg.lion.tau, use_logprobs=cfg.lion.referee_logprobs)
-
-
-def _resampled(role, attempt: int):
-    """The referee for a retry: another seed, and sampling on, so the retry can differ."""
-    sampling = role.sampling
-    update = {"seed": (sampling.seed or 0) + attempt, "temperature": max(sampling.temperature, 0.5)}
-    return role.model_copy(update={"sampling": sampling.model_copy(update=update)})

@@ -1,8 +1,11 @@
 """Generation: the generator writes new instructions from sampled hard instructions
 (same domain and task type, similar difficulty) and easy ones (same domain, rarer).
 Candidates are cleaned, then kept only if novel (ROUGE-L F1 < threshold against the
-cache pool and every candidate kept before); the generator is asked again until the
-hard and easy quotas are met or `generation_rounds` runs out. The train pool of the
+cache pool and every candidate kept before; on the instruction alone, as Lion, or with
+its input: `lion.rouge_l_field`); the generator is asked again until the hard and easy
+quotas are met or `generation_rounds` runs out. Every request is a new draw (its
+iteration, round and row enter its seed and cache key), so a seed instruction drawn
+again gets a new candidate, not the old reply replayed. The train pool of the
 next iteration is the new instructions; its cache pool grows by them."""
 from __future__ import annotations
 
@@ -16,10 +19,9 @@ import pyarrow as pa
 from engine.config import RunConfig
 from engine.data import RunDir, pool_table, write_pool
 from engine.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
-from engine.lion.iteration import collect, constraint, pools, read_rows, rel, usage, write_stage_metrics
+from engine.lion.iteration import answer, constraint, pools, read_rows, rel, usage, write_stage_metrics
 from engine.lion.prompts import NO_INPUT
 from engine.lion.rouge import NoveltyFilter
-from engine.llm import generate
 from engine.llm.prompts import instruction_text
 from engine.metrics import StageRecord
 
@@ -37,12 +39,11 @@ CANDIDATE_JSON_SCHEMA = {
 
 
 def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    import ray.data
-
     _, cache_pool = pools(run, k)
     judgments = read_rows(run, rel(k, "discrimination", "judgments.parquet"))
     pool_rows = {row["id"]: row for row in cache_pool.to_pylist()}
-    novelty = NoveltyFilter([instruction_text(r["instruction"], r["input"]) for r in pool_rows.values()],
+    compared = rouge_text(cfg.lion.rouge_l_field)
+    novelty = NoveltyFilter([compared(r) for r in pool_rows.values()],
                             threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
                             shards=cfg.lion.rouge_l_shards)
     rng = np.random.default_rng([cfg.lion.seed, k])
@@ -61,12 +62,11 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             moved = counts[f"{kind}_from_{other}"]
             need[kind], need[other] = need[kind] - moved, need[other] + moved
         requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
-        replies, record = generate(_reseeded(cfg.generator, round_), ray.data.from_items(requests),
-                                   lambda r: generator_messages(r, r["kind"]), stage=f"generation/generator_round{round_}",
-                                   role_name="generator", run_dir=run, structured_output=structured)
+        stage = f"generation/generator_round{round_}"
+        replies, record = answer(cfg.generator, requests, lambda r: generator_messages(r, r["kind"]), stage=stage,
+                                 role_name="generator", run_dir=run, structured_output=structured,
+                                 draw=f"iter_{k}/{stage}")
         records.append(record)
-        by_id = {r["id"]: r for r in collect(replies)}
-        replies = [by_id[r["id"]] for r in requests]
         replies_all += [{"id": r["id"], "seed_id": r["seed_id"], "kind": r["kind"], "text": r.get("text"),
                          "finish_reason": r.get("finish_reason")} for r in replies]
         rows, round_rejects = candidate_rows([{**r, "id": r["seed_id"]} for r in requests], replies, k + 1,
@@ -81,7 +81,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
                 seen.add(row["id"])
                 fresh.append(row)
         start = time.perf_counter()
-        decisions = novelty.filter([instruction_text(r["instruction"], r["input"]) for r in fresh])
+        decisions = novelty.filter([compared(r) for r in fresh])
         filter_record.seconds += time.perf_counter() - start
         filter_record.rows += len(fresh)
         for row, novel in zip(fresh, decisions):
@@ -93,6 +93,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
                 need[row["origin"]] -= 1
                 kept.append(row)
 
+    log.info("iteration %d generation: %d new instructions (%d asked for) from %d candidates; rejects %s", k,
+             len(kept), cfg.lion.new_instructions_per_iteration, len(replies_all), dict(rejects))
     if sum(need.values()):
         log.warning("iteration %d: %d of %d new instructions after %d rounds (rejects: %s)", k, len(kept),
                     cfg.lion.new_instructions_per_iteration, cfg.lion.generation_rounds, dict(rejects))
@@ -115,10 +117,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     return {}, usage(records), summary
 
 
-def _reseeded(role, round_: int):
-    """Each round samples with its own seed: a seed instruction drawn again in a later
-    round should give a new candidate, while a resumed run repeats (and re-uses from
-    the response cache) exactly the requests it made before."""
-    if role.sampling.seed is None:
-        return role
-    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"seed": role.sampling.seed + round_})})
+def rouge_text(field: str):
+    """A row -> the text ROUGE-L compares, per `lion.rouge_l_field`."""
+    if field == "instruction":
+        return lambda row: row["instruction"]
+    return lambda row: instruction_text(row["instruction"], row["input"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
+from engine.data import RESPONSE_SCHEMA, RunDir, pool_to_dataset, read_pool
 from engine.data.pools import dataset_to_table
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
@@ -32,6 +32,21 @@ def collect(ds) -> list[dict]:
     tens of MB: the LLM work is what needs the cluster, not these joins."""
     table = dataset_to_table(ds)
     return [] if table is None else table.to_pylist()
+
+
+def answer(role, rows: pa.Table | list[dict], to_prompt, **kwargs) -> tuple[list[dict], StageRecord]:
+    """engine.llm.generate over rows held on the driver -> (one response per row, in
+    the rows' order; the StageRecord). The stage's only Ray edge: the Ray Dataset is
+    made here, so a millisecond test scripts this one function."""
+    import ray.data
+
+    from engine.llm import generate
+
+    ds = pool_to_dataset(rows) if isinstance(rows, pa.Table) else ray.data.from_items(rows)
+    out, record = generate(role, ds, to_prompt, **kwargs)
+    by_id = {r["id"]: r for r in collect(out)}
+    ids = rows.column("id").to_pylist() if isinstance(rows, pa.Table) else [r["id"] for r in rows]
+    return [by_id[i] for i in ids], record
 
 
 def answered(response: dict) -> bool:

@@ -15,10 +15,13 @@ import numpy as np
 
 from engine.config import RunConfig, load_config
 from engine.data import RunDir, load_pool, write_pool
+from engine.evaluate.evaluation import evaluate
+from engine.evaluate.job import absolute_paths as eval_absolute_paths
+from engine.evaluate.scores import headline
 from engine.lion.discrimination import discrimination
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
-from engine.lion.iteration import rel
+from engine.lion.iteration import rel, usage
 from engine.lion.report import write_report
 from engine.llm.serving import job_engines
 from engine.runner import Stage, StageResult, run_stages
@@ -40,13 +43,12 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
             roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
     data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files]})
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
-    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir})
+    evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
+    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
 
 
-def seed_pools(cfg: RunConfig, run: RunDir) -> None:
-    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
-    if run.exists(rel(0, "cache_pool.parquet")):
-        return
+def initial_pool(cfg: RunConfig):
+    """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
     pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars)
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
@@ -56,6 +58,14 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
     if not pool.num_rows:
         raise ValueError(f"no usable instructions in {cfg.data.pool_files}: {summary['rejects']}")
     log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
+    return pool, summary
+
+
+def seed_pools(cfg: RunConfig, run: RunDir) -> None:
+    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
+    if run.exists(rel(0, "cache_pool.parquet")):
+        return
+    pool, summary = initial_pool(cfg)
     run.write_json("data_report.json", summary)
     write_pool(run, rel(0, "train_pool.parquet"), pool)
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
@@ -68,13 +78,40 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     return Stage(f"iter_{k}/{name}", fn)
 
 
+def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
+    """The student as it is now (iteration -1: the base student) against the eval reference."""
+    def fn(state: dict) -> StageResult:
+        student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
+        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"))
+        return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
+    return Stage(f"iter_{k}/eval", fn)
+
+
 def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
-    """The loop in order: imitation, discrimination, generation for each iteration."""
-    return [_stage(cfg, run, k, name) for k in range(cfg.lion.iterations) for name in STAGES]
+    """The loop in order: imitation, discrimination, generation for each iteration; then, with
+    `lion.final_imitation`, the imitation of the last iteration's new instructions, which
+    gives the final student. With `eval`, the student is evaluated before training and right
+    after each imitation."""
+    stages = [_eval_stage(cfg, run, -1)] if cfg.eval else []
+    final = [(cfg.lion.iterations, "imitation")] if cfg.lion.final_imitation else []
+    for k, name in [(k, name) for k in range(cfg.lion.iterations) for name in STAGES] + final:
+        stages.append(_stage(cfg, run, k, name))
+        if name == "imitation" and cfg.eval:
+            stages.append(_eval_stage(cfg, run, k))
+    return stages
 
 
 def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_tiny_models(load_config(path, overrides))
+
+
+def plan(cfg: RunConfig):
+    """What the run will cost (engine.plan.lion), with the spend the run directory already holds."""
+    from engine.llm.ledger import spent_by_role
+    from engine.plan.lion import lion_plan
+
+    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
+    return lion_plan(cfg, spent_by_role(run) if run else {})
 
 
 def run(cfg: RunConfig) -> dict:
@@ -84,6 +121,8 @@ def run(cfg: RunConfig) -> dict:
     rundir.write_json("config.json", cfg.model_dump(mode="json"))
     seed_pools(cfg, rundir)
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
+    if cfg.eval is not None:
+        roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
     with job_engines(roles, cfg.serving, run_id=rundir.uri, train_gpus=cfg.train.num_workers * cfg.train.gpus_per_worker):
         state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
                            outputs={"student_model": cfg.student.model}, report=write_report)

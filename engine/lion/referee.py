@@ -8,6 +8,12 @@ A review that cannot be read is never turned into a number (the original code sc
 it -1, which leaked into averages): it gets a `failed: ...` status and null scores,
 the caller retries those ids (`unparseable_ids`, `merge_retried`), and `summarize`
 counts failures by reason and averages only the rows that were judged.
+
+A student that answers nothing (an empty or failed answer, against a teacher answer)
+has lost the comparison: the referee is shown the empty answer as it is and scores
+the teacher, and the student gets the lowest score, 1, in both orders. The pair is
+judged (hard when the teacher's score is at least 1 + tau), not excluded. The
+evaluation judges reference vs candidate with the same rules (`roles`).
 """
 from __future__ import annotations
 
@@ -38,23 +44,31 @@ REVIEW_JSON_SCHEMA = {
 OK = "ok"
 UNPARSEABLE = "failed: unparseable review"
 EMPTY_ANSWER = "failed: empty answer"
+LOWEST_SCORE = 1.0
 
-JUDGMENT_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("review_teacher_first", pa.string()),
-        pa.field("review_student_first", pa.string()),
-        pa.field("teacher_score_1", pa.float64()),  # teacher-first order
-        pa.field("student_score_1", pa.float64()),
-        pa.field("teacher_score_2", pa.float64()),  # student-first order
-        pa.field("student_score_2", pa.float64()),
-        pa.field("teacher_score", pa.float64()),  # mean of the two orders
-        pa.field("student_score", pa.float64()),
-        pa.field("gap", pa.float64()),
-        pa.field("hard", pa.bool_()),  # null when failed
-        pa.field("status", pa.string(), nullable=False),  # ok | failed: <reason>
-    ]
-)
+def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
+    """Judgment rows of `first` (the reference side: gap = first - second) vs `second`.
+    Lion judges teacher vs student; evaluation judges reference vs candidate."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field(f"review_{first}_first", pa.string()),
+            pa.field(f"review_{second}_first", pa.string()),
+            pa.field(f"{first}_score_1", pa.float64()),  # {first}-first order
+            pa.field(f"{second}_score_1", pa.float64()),
+            pa.field(f"{first}_score_2", pa.float64()),  # {second}-first order
+            pa.field(f"{second}_score_2", pa.float64()),
+            pa.field(f"{first}_score", pa.float64()),  # mean of the two orders
+            pa.field(f"{second}_score", pa.float64()),
+            pa.field("gap", pa.float64()),
+            pa.field("hard", pa.bool_()),  # gap >= tau; null when failed
+            pa.field("status", pa.string(), nullable=False),  # ok | failed: <reason>
+        ]
+    )
+
+
+ROLES = ("teacher", "student")
+JUDGMENT_SCHEMA = judgment_schema(*ROLES)
 
 
 def referee_messages(row: dict, first: str, second: str) -> list[dict]:
@@ -236,58 +250,70 @@ def _review_scores(review: dict, use_logprobs: bool) -> tuple[float, float] | st
     return scores
 
 
-def _answer_failure(pair: dict) -> str | None:
-    for role in ("teacher", "student"):
-        reason = pair.get(f"{role}_finish_reason") or ""
-        if reason.startswith("failed"):
-            return f"failed: {role} answer {reason}"
-    if not (pair.get("teacher_text") or "").strip() or not (pair.get("student_text") or "").strip():
+def _answer_failure(pair: dict, reference: str) -> str | None:
+    """Why a pair cannot be judged: only the reference side's (the teacher's) answer can make it so."""
+    reason = pair.get(f"{reference}_finish_reason") or ""
+    if reason.startswith("failed"):
+        return f"failed: {reference} answer {reason}"
+    if not (pair.get(f"{reference}_text") or "").strip():
         return EMPTY_ANSWER
     return None
 
 
+def answered(pair: dict, role: str = "student") -> bool:
+    return not (pair.get(f"{role}_finish_reason") or "").startswith("failed") and bool((pair.get(f"{role}_text") or "").strip())
+
+
 def judgment_rows(
     pairs: list[dict],
-    reviews_teacher_first: list[dict],
-    reviews_student_first: list[dict],
+    reviews_first: list[dict],
+    reviews_second: list[dict],
     tau: float,
     use_logprobs: bool = True,
+    roles: tuple[str, str] = ROLES,
 ) -> list[dict]:
     """One judgment row per pair; the three lists are aligned by position.
 
-    A pair has `id`, `instruction`, `input`, `teacher_text`, `student_text` and
-    optionally `teacher_finish_reason` / `student_finish_reason`. A review has `text`,
-    `finish_reason` and optionally `logprobs` (and `id`, checked against the pair's).
-    Teacher-first: Assistant 1 is the teacher; student-first: Assistant 1 is the
-    student. Failed rows (an answer failed or is empty, a review failed or is
-    unparseable) keep their raw reviews and get null scores and hard=None.
+    With roles (a, b) = ("teacher", "student"): a pair has `id`, `instruction`, `input`,
+    `teacher_text`, `student_text` and optionally `teacher_finish_reason` /
+    `student_finish_reason`. A review has `text`, `finish_reason` and optionally
+    `logprobs` (and `id`, checked against the pair's). In `reviews_first` Assistant 1 is
+    a (the teacher), in `reviews_second` Assistant 1 is b (the student). Failed rows
+    (a's answer failed or is empty, a review failed or is unparseable) keep their raw
+    reviews and get null scores and hard=None. An empty or failed answer of b scores
+    LOWEST_SCORE in both orders (a's scores still come from the reviews). Columns:
+    `judgment_schema(*roles)`; evaluation passes ("reference", "candidate").
     """
-    if not len(pairs) == len(reviews_teacher_first) == len(reviews_student_first):
+    if not len(pairs) == len(reviews_first) == len(reviews_second):
         raise ValueError(
             f"judgment_rows needs one review per pair and order: {len(pairs)} pairs, "
-            f"{len(reviews_teacher_first)} teacher-first and {len(reviews_student_first)} student-first reviews"
+            f"{len(reviews_first)} {roles[0]}-first and {len(reviews_second)} {roles[1]}-first reviews"
         )
+    a, b = roles
+    names = judgment_schema(*roles).names
     rows = []
-    for pair, tf, sf in zip(pairs, reviews_teacher_first, reviews_student_first):
-        for review in (tf, sf):
+    for pair, af, bf in zip(pairs, reviews_first, reviews_second):
+        for review in (af, bf):
             if review.get("id") not in (None, pair["id"]):
                 raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
-        row = {field: None for field in JUDGMENT_SCHEMA.names}
-        row.update(id=pair["id"], review_teacher_first=tf.get("text"), review_student_first=sf.get("text"))
-        failure = _answer_failure(pair)
+        row = dict.fromkeys(names)
+        row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
+        failure = _answer_failure(pair, a)
         first = second = None
         if failure is None:
-            first, second = _review_scores(tf, use_logprobs), _review_scores(sf, use_logprobs)
+            first, second = _review_scores(af, use_logprobs), _review_scores(bf, use_logprobs)
             failure = next((s for s in (first, second) if isinstance(s, str)), None)
         if failure is not None:
             rows.append({**row, "status": failure})
             continue
-        (t1, s1), (s2, t2) = first, second  # positions swap in the student-first order
-        teacher, student = (t1 + t2) / 2, (s1 + s2) / 2
+        (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
+        if not answered(pair, b):
+            b1 = b2 = LOWEST_SCORE
+        mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
         rows.append({
-            **row, "teacher_score_1": t1, "student_score_1": s1, "teacher_score_2": t2, "student_score_2": s2,
-            "teacher_score": teacher, "student_score": student, "gap": teacher - student,
-            "hard": teacher - student >= tau, "status": OK,
+            **row, f"{a}_score_1": a1, f"{b}_score_1": b1, f"{a}_score_2": a2, f"{b}_score_2": b2,
+            f"{a}_score": mean_a, f"{b}_score": mean_b, "gap": mean_a - mean_b,
+            "hard": mean_a - mean_b >= tau, "status": OK,
         })
     return rows
 

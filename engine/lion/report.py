@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
+from engine.evaluate.report import lion_eval_section
+from engine.llm.ledger import read_spend
 from engine.metrics.report import fmt, save_plots, state_section, table_md
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -31,6 +33,8 @@ THROUGHPUT = ("timing_s", "rows", "rows_per_s", "prompt_tokens_per_s", "completi
               "tokens_per_s_per_gpu", "failed_rows")
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)
+# Rates that span decades (the ROUGE-L filter's thousands of rows/s, an LLM stage's tens).
+LOG_SCALE = ("rows_per_s",)
 # The loop's own order; stages it does not know follow, alphabetically.
 STAGE_ORDER = ("imitation/teacher", "imitation/train", "discrimination/teacher", "discrimination/student",
                "discrimination/referee", "generation/generator", "generation/filter")
@@ -51,9 +55,14 @@ def write_report(run_dir: RunDir) -> str:
     """Write report.md and plots/*.png into the run directory; return report.md's path."""
     notes: list[str] = []
     state = _read_json(run_dir, "state.json", notes)
-    iterations = [read_iteration(run_dir, k) for k in list_iterations(run_dir)]
+    completed = _completed(state)
+    iterations = [read_iteration(run_dir, k, completed) for k in list_iterations(run_dir)
+                  if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
     plots = save_plots(run_dir, render_plots(iterations))
-    run_dir.write_bytes("report.md", render_markdown(run_dir.uri, state, iterations, plots, notes).encode())
+    spend = read_spend(run_dir)
+    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend)
+    markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
+    run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
 
 
@@ -63,6 +72,14 @@ def list_iterations(run_dir: RunDir) -> list[int]:
     infos = run_dir.fs.get_file_info(pafs.FileSelector(run_dir.root, allow_not_found=True))
     found = (ITER_DIR.match(i.base_name) for i in infos if i.type == pafs.FileType.Directory)
     return sorted(int(m.group(1)) for m in found if m)
+
+
+def _completed(state) -> set[str] | None:
+    """The runner's completed stages; None when state.json is not a runner's (then every
+    iteration folder is expected to hold everything)."""
+    if isinstance(state, dict) and isinstance(state.get("completed"), list):
+        return set(state["completed"])
+    return None
 
 
 def _read_json(run_dir: RunDir, rel: str, notes: list[str]):
@@ -76,7 +93,10 @@ def _read_json(run_dir: RunDir, rel: str, notes: list[str]):
         return None
 
 
-def read_iteration(run_dir: RunDir, k: int) -> Iteration:
+def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -> Iteration:
+    """An iteration's figures; with the runner's `completed` stages, only files those
+    stages wrote are expected (the next iteration's pools, or a final imitation with no
+    discrimination after it, are not a run cut short)."""
     it = Iteration(k)
     metrics = _read_json(run_dir, f"iter_{k}/metrics.json", it.notes)
     if metrics is not None and not isinstance(metrics, dict):
@@ -85,7 +105,8 @@ def read_iteration(run_dir: RunDir, k: int) -> Iteration:
         split_metrics(metrics, it)
     rel = f"iter_{k}/{JUDGMENTS}"
     if not run_dir.exists(rel):
-        it.notes.append(f"`{rel}` is missing (not judged yet?)")
+        if completed is None or f"iter_{k}/discrimination" in completed:
+            it.notes.append(f"`{rel}` is missing (not judged yet?)")
         return it
     try:
         table = run_dir.read_table(rel)
@@ -213,6 +234,8 @@ def _bars_per_stage(iterations, stages, metrics, labels) -> Figure:
         for i, it in enumerate(iterations):
             ax.bar(x + i * width, [_stage_value(it, s, metric) for s in stages], width, label=f"iteration {it.k}")
         ax.set_ylabel(label)
+        if metric in LOG_SCALE:
+            ax.set_yscale("log", nonpositive="mask")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small")
     axes[-1].set_xticks(x + width * (len(iterations) - 1) / 2, stages, rotation=30, ha="right")
@@ -255,7 +278,8 @@ def _score_histograms(judged: list[Iteration]) -> Figure:
 
 # --- markdown --------------------------------------------------------------------
 
-def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str]) -> str:
+def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str],
+                    spend: list[dict] = ()) -> str:
     out = [f"# Lion run report\n\nRun directory: `{uri}`\n"]
     out += state_section(state)
     if not iterations:
@@ -263,7 +287,7 @@ def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[st
     out += _section_loop(iterations, plots)
     out += _section_stages(iterations, plots)
     out += _section_engines(iterations)
-    out += _section_spend(iterations, plots)
+    out += _section_spend(iterations, plots, spend)
     out += _section_scores(iterations, plots)
     out += _section_rejects(iterations)
     missing = notes + [n for it in iterations for n in it.notes]
@@ -307,7 +331,17 @@ def _section_engines(iterations) -> list[str]:
             table_md(["iteration", "engine_starts", *(f"start s: {r}" for r in roles)], rows)]
 
 
-def _section_spend(iterations, plots) -> list[str]:
+def _spent_line(spend: list[dict]) -> str:
+    """The spend log's total: every request sent, a stage killed midway and earlier jobs included."""
+    by_role: dict[str, float] = {}
+    for line in spend:
+        by_role[line["role"]] = by_role.get(line["role"], 0.0) + line["cost_usd"]
+    roles = ", ".join(f"{role} ${usd:.4f}" for role, usd in sorted(by_role.items()))
+    return (f"\nSpent by this run (the spend log: every API request sent, stages killed midway and resumed jobs "
+            f"included): **${sum(by_role.values()):.4f}** over {sum(ln['requests'] for ln in spend):,} requests ({roles}).")
+
+
+def _section_spend(iterations, plots, spend: list[dict] = ()) -> list[str]:
     out = ["\n## Tokens and cost per stage\n"]
     rows = [[it.k, stage] + [m.get(key) for key in SPEND] for it in iterations for stage, m in it.stages.items()
             if any(m.get(key) for key in SPEND)]
@@ -317,6 +351,8 @@ def _section_spend(iterations, plots) -> list[str]:
         out.append(f"\nTotal API cost: **${total:.4f}**; stages without API metrics cost nothing here.")
     else:
         out.append("No token or API metrics yet.")
+    if spend:
+        out.append(_spent_line(spend))
     return out + _plot(plots, "tokens_cost.png", "tokens and cost")
 
 

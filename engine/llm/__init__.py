@@ -47,6 +47,7 @@ def generate(
     run_dir: RunDir | None = None,
     structured_output: dict | None = None,
     logprobs: int | None = None,
+    draw: str | None = None,
 ) -> tuple["ray.data.Dataset", StageRecord]:
     """Run `role` over every row.
 
@@ -60,6 +61,15 @@ def generate(
     structured_output: {"regex": str} | {"json": json_schema_dict} | {"choice": [str, ...]}
     (vllm and openai backends). openai: the response cache and the usage ledger
     live under run_dir/llm_cache/ when run_dir is given.
+
+    draw: this call's identity in the run when its rows are samples that must be new,
+    e.g. "generation/iter_1/round_2". Each row is then the draw "<draw>/<row id>": it
+    enters the openai response cache key (a seed instruction drawn again is asked
+    again, not answered from the cache), and the request is seeded with
+    `engine.llm.cache.request_seed(role seed, that identity)` (vLLM on GPU and the API
+    per request; vLLM on CPU, which cannot seed one request, seeds its engine with
+    request_seed(role seed, draw); hf seeds each batch from its first row). Without
+    `draw` the same prompt is the same request: a teacher's answer is reused.
     """
     import ray
 
@@ -69,7 +79,7 @@ def generate(
         p = role.parallelism
         # A prompt costs microseconds, a Ray task milliseconds: prompts are built a
         # generation batch at a time, which also makes each block one generation batch.
-        prompted = rows.map_batches(attach_prompt(to_prompt), batch_format="pyarrow", batch_size=batch_rows(role))
+        prompted = rows.map_batches(attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch_rows(role))
         if role.backend == "vllm":
             from engine.llm import serving
             from engine.llm.vllm_backend import run_vllm
@@ -82,7 +92,7 @@ def generate(
                                             structured_output=structured_output, logprobs=logprobs)
             else:
                 out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
-                                         structured_output=structured_output, logprobs=logprobs)
+                                         structured_output=structured_output, logprobs=logprobs, draw=draw)
                 if engines is not None:
                     engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":
@@ -95,7 +105,7 @@ def generate(
                 num_gpus=gpus, num_cpus=0 if gpus else 1)
             rec.gpus = gpus * p.replicas
         else:
-            out = _openai(role, prompted, role_name=role_name, run_dir=run_dir,
+            out = _openai(role, prompted, stage=stage, role_name=role_name, run_dir=run_dir,
                           structured_output=structured_output, logprobs=logprobs)
         out = _account(out.materialize(), rec, api=role.backend == "openai")
     expected = rows.count()
@@ -108,17 +118,23 @@ def generate(
     return out, rec
 
 
-def _openai(role: RoleConfig, prompted, *, role_name, run_dir, structured_output, logprobs):
+def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured_output, logprobs):
     import ray
 
-    from engine.llm.gate import shared_gate
+    from engine.llm.gate import run_job, shared_gate
+    from engine.llm.ledger import spent_by_role
     from engine.llm.openai_client import OpenAIGenerator, resolve_api_key
 
     endpoint = role.openai
+    uri = None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root)
+    # A run's budget holds across its stages, iterations and resumed jobs; without a run
+    # directory (benchmarks) each call is a job of its own.
+    job = uuid.uuid4().hex if uri is None else run_job(uri, role_name)
+    spent = 0.0 if run_dir is None else spent_by_role(run_dir).get(role_name, 0.0)
     kwargs = {
-        "role": role, "role_name": role_name, "api_key": resolve_api_key(role), "gate": shared_gate(endpoint, role.model),
-        "run_dir_uri": None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root), "job": uuid.uuid4().hex,
-        "structured_output": structured_output, "logprobs": logprobs,
+        "role": role, "role_name": role_name, "api_key": resolve_api_key(role),
+        "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent), "run_dir_uri": uri, "job": job,
+        "structured_output": structured_output, "logprobs": logprobs, "stage": stage,
     }
     # Several batches run at once on each actor's event loop (as Ray's own LLM processors
     # overlap batches): the semaphore refills a slot as soon as any request ends, instead of

@@ -23,9 +23,24 @@ log = logging.getLogger("engine.llm")
 CACHE_DIR = "llm_cache/responses"
 
 
-def cache_key(model: str, prompt, sampling: dict, structured_output: dict | None, logprobs: int | None) -> str:
-    blob = json.dumps([model, prompt, sampling, structured_output, logprobs], sort_keys=True, ensure_ascii=False)
+def cache_key(model: str, prompt, sampling: dict, structured_output: dict | None, logprobs: int | None,
+              draw: str | None = None) -> str:
+    """A request's key. `draw` (engine.llm.generate's per-row draw identity) makes a
+    sample asked for again a new request; without it the same prompt is the same
+    request, so an answer already paid for is reused (and keys of older caches hold)."""
+    parts = [model, prompt, sampling, structured_output, logprobs] + ([draw] if draw is not None else [])
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def request_seed(seed: int | None, draw: str | None) -> int | None:
+    """The seed of one drawn request, derived from the role's seed and the draw's identity
+    (stage, iteration, round, row): reproducible on a re-run, different for every draw.
+    None without a role seed (unseeded sampling stays unseeded) or without a draw."""
+    if seed is None or draw is None:
+        return seed
+    digest = hashlib.sha256(json.dumps([seed, draw]).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: every backend takes it
 
 
 class ResponseCache:

@@ -35,6 +35,9 @@ class GateActor:
     def observe(self, hints):
         self.admission.observe(hints, time.monotonic())
 
+    def begin(self, job, budget_usd, spent_usd):
+        self.admission.begin(job, budget_usd, spent_usd)
+
     def spent(self, job):
         return self.admission.spent(job)
 
@@ -55,11 +58,23 @@ class RayGate:
         await self.handle.observe.remote(hints)
 
 
-def shared_gate(endpoint: OpenAIEndpoint, model: str) -> LeasedGate:
+def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None, spent_usd: float = 0.0) -> LeasedGate:
     """The endpoint's gate, created by the first caller; its limits are the first caller's.
     Detached: it outlives the stage that made it (a non-detached gate died with its
-    creator's handle, between stages or under a stage that had just fetched it)."""
-    name = "gate-" + hashlib.sha256(f"{endpoint.base_url}|{model}".encode()).hexdigest()[:16]
-    handle = GateActor.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
+    creator's handle, between stages or under a stage that had just fetched it).
+    With `job`, the job's budget (`endpoint.budget_usd`) starts from `spent_usd` or what the
+    gate already counted for it, whichever is more."""
+    handle = GateActor.options(name=gate_name(endpoint, model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
         endpoint.requests_per_minute, endpoint.tokens_per_minute)
+    if job is not None:
+        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd))
     return LeasedGate(RayGate(handle))
+
+
+def gate_name(endpoint: OpenAIEndpoint, model: str) -> str:
+    return "gate-" + hashlib.sha256(f"{endpoint.base_url}|{model}".encode()).hexdigest()[:16]
+
+
+def run_job(run_dir_uri: str, role_name: str) -> str:
+    """The gate job of a role in a run: the same for every stage, iteration and resumed job."""
+    return "run-" + hashlib.sha256(f"{run_dir_uri}|{role_name}".encode()).hexdigest()[:16]

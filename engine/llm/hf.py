@@ -12,7 +12,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from engine.config.models import RoleConfig
-from engine.llm.responses import PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json
+from engine.llm.cache import request_seed
+from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -57,6 +58,10 @@ class HFGenerator:
 
     def __call__(self, batch: dict) -> dict:
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
+        draws = batch.get(DRAW_COL)
+        if draws is not None and len(draws) and self.role.sampling.seed is not None:
+            # transformers samples a batch from one generator: seed it from the batch's first draw.
+            torch.manual_seed(request_seed(self.role.sampling.seed, str(draws[0])))
         try:
             responses = self.generate([self.encode(p) for p in prompts])
         except Exception as exc:  # e.g. out of memory: the rows stay, marked

@@ -1,14 +1,30 @@
-"""Usage and cost of an API stage: what was spent, written next to the cache."""
+"""What an API role spent, in the run directory next to the cache.
+
+Two records: `llm_cache/ledger/<stage>-<time>.json`, a stage's totals written when it ends,
+and the spend log `llm_cache/spend/<writer>-<seq>.jsonl`, written by every API actor as its
+requests complete (at most `SpendLog.every_s` behind), so a stage killed midway still
+counts what it spent. The spend log is what a role's run-wide `budget_usd` is held to,
+across stages, iterations and resumed jobs, and what a report's total cost adds up.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
+import uuid
+from collections import defaultdict
+
+import pyarrow.fs as pafs
 
 from engine.config.models import OpenAIEndpoint
 from engine.data.rundir import RunDir
 from engine.metrics import StageRecord
 
 LEDGER_DIR = "llm_cache/ledger"
+SPEND_DIR = "llm_cache/spend"
+SPEND_FIELDS = ("requests", "retries", "failed", "prompt_tokens", "completion_tokens", "cost_usd")
+log = logging.getLogger("engine.llm")
 
 
 def cost_usd(endpoint: OpenAIEndpoint, prompt_tokens: int, completion_tokens: int) -> float:
@@ -28,3 +44,58 @@ def write_ledger(run_dir: RunDir, rec: StageRecord, *, role_name: str, model: st
         "budget_usd": endpoint.budget_usd, "seconds": round(rec.seconds, 3),
     })
     return rel
+
+
+class SpendLog:
+    """One API actor's completed requests, appended to the run's spend log in whole part files
+    (atomic writes, one writer per file, as the response cache does): one line per role and
+    stage for the requests completed since the last write."""
+
+    def __init__(self, run_dir: RunDir, *, role: str, stage: str, every_s: float = 1.0):
+        self.run_dir, self.role, self.stage, self.every_s = run_dir, role, stage, every_s
+        self.writer, self._seq, self._last = uuid.uuid4().hex[:12], 0, time.monotonic()
+        self._pending = dict.fromkeys(SPEND_FIELDS, 0)
+
+    def add(self, *, retries: int, failed: bool, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        p = self._pending
+        p["requests"] += 1
+        p["retries"] += retries
+        p["failed"] += int(failed)
+        p["prompt_tokens"] += prompt_tokens
+        p["completion_tokens"] += completion_tokens
+        p["cost_usd"] += cost_usd
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._pending["requests"]:
+            return
+        line = json.dumps({"role": self.role, "stage": self.stage, **self._pending})
+        self.run_dir.write_bytes(f"{SPEND_DIR}/{self.writer}-{self._seq:06d}.jsonl", (line + "\n").encode())
+        self._seq += 1
+        self._pending = dict.fromkeys(SPEND_FIELDS, 0)
+
+
+def read_spend(run_dir: RunDir) -> list[dict]:
+    """Every spend-log line of the run (a temp file of a writer killed mid-write is skipped)."""
+    lines = []
+    selector = pafs.FileSelector(run_dir.path(SPEND_DIR), allow_not_found=True)
+    for info in run_dir.fs.get_file_info(selector):
+        if not info.path.endswith(".jsonl"):
+            continue
+        with run_dir.fs.open_input_stream(info.path) as f:
+            for text in f.read().decode("utf-8").splitlines():
+                try:
+                    lines.append(json.loads(text))
+                except ValueError:
+                    log.warning("spend log: skipped an unreadable line in %s", info.path)
+    return lines
+
+
+def spent_by_role(run_dir: RunDir) -> dict[str, float]:
+    """Dollars each role has spent in the run so far, every stage and job included."""
+    spent: dict[str, float] = defaultdict(float)
+    for line in read_spend(run_dir):
+        spent[line["role"]] += line["cost_usd"]
+    return dict(spent)

@@ -28,8 +28,10 @@ What is built on what:
   its requests locally (engine.llm.ratelimit.LeasedGate), returning what it did
   not use whenever it goes idle (no batch open);
 - budget: each request's worst-case cost is reserved (from the actor's leased
-  slice of the job's budget) before it is sent, so a job stops before
-  `budget_usd`, not after; rows refused get "failed: budget";
+  slice of the role's budget) before it is sent, so a run stops before
+  `budget_usd`, not after; rows refused get "failed: budget". The budget is the
+  run's: one gate job per run directory and role, seeded with the spend log
+  (engine.llm.ledger), to which every completed request is written;
 - cache: engine.llm.cache, keyed by (model, prompt, sampling, structured output,
   logprobs); only answered requests are stored.
 
@@ -52,11 +54,11 @@ import openai
 
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
-from engine.llm.cache import ResponseCache, cache_key
-from engine.llm.ledger import cost_usd
+from engine.llm.cache import ResponseCache, cache_key, request_seed
+from engine.llm.ledger import SpendLog, cost_usd
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints
 from engine.llm.responses import (
-    PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
+    DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
 )
 
 REQUEST_ID_HEADER = "x-engine-request-id"
@@ -158,9 +160,9 @@ class Secret:
     __str__ = __repr__
 
 
-def resolve_api_key(role: RoleConfig) -> Secret:
+def resolve_api_key(role: RoleConfig, env=os.environ) -> Secret:
     endpoint = role.openai
-    value = os.environ.get(endpoint.api_key_env)
+    value = env.get(endpoint.api_key_env)
     if value:
         return Secret(value)
     host = urlparse(endpoint.base_url or "https://api.openai.com").hostname
@@ -189,12 +191,15 @@ class LocalGate:
         pass
 
 
-def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None) -> dict:
-    """The JSON body for one prompt: chat for messages, completions for a raw string."""
+def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None,
+                 draw: str | None = None) -> dict:
+    """The JSON body for one prompt: chat for messages, completions for a raw string;
+    a drawn request (engine.llm.generate's `draw`) sends its own seed."""
     s = role.sampling
-    body: dict = {"model": role.model, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    body: dict = {**s.extra, "model": role.model, "temperature": s.temperature, "top_p": s.top_p,
+                  "max_tokens": s.max_tokens}
     if s.seed is not None:
-        body["seed"] = s.seed
+        body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
     body["messages" if chat else "prompt"] = prompt
     if logprobs is not None:
@@ -243,11 +248,12 @@ def failure_reason(exc: BaseException) -> str:
 
 class OpenAIGenerator:
     def __init__(self, role: RoleConfig, *, role_name: str, api_key: Secret, gate=None, run_dir_uri: str | None = None,
-                 job: str = "", structured_output: dict | None = None, logprobs: int | None = None):
+                 job: str = "", structured_output: dict | None = None, logprobs: int | None = None, stage: str = ""):
         self.role, self.endpoint, self.role_name = role, role.openai, role_name
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
         self.cache = ResponseCache(RunDir(run_dir_uri)) if run_dir_uri else None
+        self.spend = SpendLog(RunDir(run_dir_uri), role=role_name, stage=stage) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
         self._in_flight = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
@@ -272,9 +278,11 @@ class OpenAIGenerator:
         """One batch; Ray Data runs several at once on the actor's event loop (see
         engine.llm.generate), so one slow request never leaves the others' slots idle."""
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
+        draws = batch.get(DRAW_COL)
+        draws = [None] * len(prompts) if draws is None else list(draws)
         self._batch_opened(len(prompts))
         try:
-            responses = await asyncio.gather(*(self._answer(p) for p in prompts))
+            responses = await asyncio.gather(*(self._answer(p, d) for p, d in zip(prompts, draws)))
         finally:
             await self._batch_closed()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
@@ -290,30 +298,32 @@ class OpenAIGenerator:
         self._open_batches -= 1
         if self.cache is not None:
             self.cache.flush()
+        if self.spend is not None:
+            self.spend.flush()
         if self._open_batches == 0:  # idle: close the bar, hand unused permits back to the gate
             bar, self._bar = self._bar, None
             bar.update(self._done % PROGRESS_EVERY)
             bar.close()
             await self.gate.release()
 
-    async def _answer(self, prompt) -> dict:
-        row = await self._answer_one(prompt)
+    async def _answer(self, prompt, draw: str | None) -> dict:
+        row = await self._answer_one(prompt, draw)
         self._done += 1
         if self._bar is not None and self._done % PROGRESS_EVERY == 0:
             self._bar.update(PROGRESS_EVERY)
         return row
 
-    async def _answer_one(self, prompt) -> dict:
-        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs)
+    async def _answer_one(self, prompt, draw: str | None) -> dict:
+        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
             return {**failed_row("budget"), **_api()}
         async with self._in_flight:
-            return await self._send(prompt, key)
+            return await self._send(prompt, key, draw)
 
-    async def _send(self, prompt, key: str) -> dict:
+    async def _send(self, prompt, key: str, draw: str | None) -> dict:
         max_tokens = self.role.sampling.max_tokens
         # Rough upper bound (~3 chars a token) so reservations err on the safe side.
         prompt_est = len(prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)) // 3 + 8
@@ -326,7 +336,7 @@ class OpenAIGenerator:
             await asyncio.sleep(wait)
         rid = uuid.uuid4().hex
         chat = isinstance(prompt, list)
-        body = request_body(self.role, prompt, self.structured_output, self.logprobs)
+        body = request_body(self.role, prompt, self.structured_output, self.logprobs, draw)
         try:
             row = parse_completion(await self.client.post(
                 "/chat/completions" if chat else "/completions", body=body, cast_to=dict,
@@ -336,6 +346,9 @@ class OpenAIGenerator:
         attempts = self.attempts.pop(rid, 1)
         cost = cost_usd(self.endpoint, row["prompt_tokens"], row["completion_tokens"])
         await self.gate.settle(self.job, tokens_est, row["prompt_tokens"] + row["completion_tokens"], cost_est, cost)
+        if self.spend is not None:
+            self.spend.add(retries=max(0, attempts - 1), failed=row["text"] is None, prompt_tokens=row["prompt_tokens"],
+                           completion_tokens=row["completion_tokens"], cost_usd=cost)
         if row["text"] is not None and self.cache is not None:
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}

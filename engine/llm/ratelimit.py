@@ -169,6 +169,13 @@ class Admission:
         self.blocked_until = 0.0
         self.budgets: dict[str, Budget] = {}
 
+    def begin(self, job: str, budget_usd: float | None, spent_usd: float) -> None:
+        """A stage of a run starts using the job's budget: spent is the larger of what this gate
+        counted and `spent_usd` (the run's spend log: earlier jobs, stages killed midway); no
+        request of an earlier stage is in flight any more."""
+        old = self.budgets.get(job)
+        self.budgets[job] = Budget(budget_usd, spent_usd=max(spent_usd, old.spent_usd if old else 0.0))
+
     def admit(self, job: str, tokens: int, cost_estimate_usd: float, budget_usd: float | None, now: float) -> float:
         """-> seconds the caller waits before sending, or REFUSED (budget spent)."""
         budget = self.budgets.setdefault(job, Budget(budget_usd))

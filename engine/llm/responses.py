@@ -20,6 +20,9 @@ import pyarrow.compute as pc
 from engine.metrics import StageRecord
 
 PROMPT_COL = "_llm_prompt"
+# A drawn request's identity, "<draw>/<row id>" (see engine.llm.generate's `draw`): the
+# backends key their cache on it and derive the request's seed from it.
+DRAW_COL = "_llm_draw"
 # Per-row API accounting, summed into the StageRecord and then dropped.
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
 RESPONSE_COLS = ("role", "text", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -52,9 +55,10 @@ def decode_prompt(encoded: str) -> str | list[dict]:
     return json.loads(encoded)
 
 
-def attach_prompt(to_prompt: Callable[[dict], Any]) -> Callable[[pa.Table], pa.Table]:
-    """Batch mapper for Ray Data (pyarrow batches): adds PROMPT_COL and leaves every other
-    column as it was; a row without `id` is refused clearly."""
+def attach_prompt(to_prompt: Callable[[dict], Any], draw: str | None = None) -> Callable[[pa.Table], pa.Table]:
+    """Batch mapper for Ray Data (pyarrow batches): adds PROMPT_COL (and DRAW_COL when
+    `draw` is given) and leaves every other column as it was; a row without `id` is
+    refused clearly."""
     def _encoded(row: dict) -> str:
         if row.get("id") is None:
             raise ValueError(f"every row needs an `id` column (callers join responses on it); got columns {sorted(row)}")
@@ -65,14 +69,21 @@ def attach_prompt(to_prompt: Callable[[dict], Any]) -> Callable[[pa.Table], pa.T
         return encode_prompt(prompt, row["id"])
 
     def _attach(batch: pa.Table) -> pa.Table:
-        return batch.append_column(PROMPT_COL, pa.array([_encoded(r) for r in batch.to_pylist()], pa.string()))
+        rows = batch.to_pylist()
+        batch = batch.append_column(PROMPT_COL, pa.array([_encoded(r) for r in rows], pa.string()))
+        if draw is None:
+            return batch
+        return batch.append_column(DRAW_COL, pa.array([f"{draw}/{r['id']}" for r in rows], pa.string()))
     return _attach
 
 
-def finish_reason_from_counts(completion_tokens: int, max_tokens: int) -> str:
-    """vLLM stops for exactly two reasons here: the end token (or a stop string) or
-    max_tokens; Ray's processor reports counts, not the reason, so derive it."""
-    return "length" if completion_tokens >= max_tokens else "stop"
+def finish_reason_from_counts(completion_tokens: int, max_tokens: int, prompt_tokens: int = 0,
+                              max_model_len: int | None = None) -> str:
+    """vLLM stops for exactly two reasons here: the end token (or a stop string) or a
+    length cap, `max_tokens` or the context `max_model_len` (prompt + answer); Ray's
+    processor reports counts, not the reason, so derive it."""
+    capped = max_model_len is not None and prompt_tokens + completion_tokens >= max_model_len
+    return "length" if completion_tokens >= max_tokens or capped else "stop"
 
 
 def top_logprobs_json(steps: list[dict[str, float]] | None) -> str | None:
@@ -95,7 +106,7 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
     n = len(batch[PROMPT_COL])
     if len(responses) != n:
         raise AssertionError(f"backend returned {len(responses)} responses for {n} rows")
-    out = {k: v for k, v in batch.items() if k != PROMPT_COL}
+    out = {k: v for k, v in batch.items() if k not in (PROMPT_COL, DRAW_COL)}
     out["role"] = [role_name] * n
     for col in ("text", "finish_reason", "prompt_tokens", "completion_tokens"):
         out[col] = [r[col] for r in responses]

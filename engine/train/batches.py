@@ -40,17 +40,20 @@ def _texts(batch: dict, column: str) -> list[str]:
 
 def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int) -> dict:
     """Alpaca prompt -> response + eos. Labels are IGNORE on the prompt, so the loss
-    is on the response tokens (and eos) only; padding is masked at collate time."""
+    is on the response tokens (and eos) only; padding is masked at collate time.
+    A row whose optional `complete` column is False (an answer its model was cut off
+    in) gets no eos either."""
     tok = load_tokenizer(tokenizer_path)
     prompts = [alpaca_prompt(i, x) for i, x in zip(_texts(batch, "instruction"), _texts(batch, "input"))]
     responses = _texts(batch, "response")
+    complete = [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * len(responses)
     prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
     response_ids = tok(responses, add_special_tokens=False)["input_ids"]
     input_ids, labels, n_prompt, n_target = [], [], [], []
-    for p, r, text in zip(prompt_ids, response_ids, responses):
+    for p, r, text, whole in zip(prompt_ids, response_ids, responses, complete):
         room = max_length - len(p)
         # A truncated response must not end in eos: the student would learn to stop mid-answer.
-        target = (r + [tok.eos_token_id]) if len(r) < room else r[:room]
+        target = (r + [tok.eos_token_id]) if whole and len(r) < room else r[:room]
         if not text.strip() or room <= 0:
             target = []
         input_ids.append(np.asarray(p + target, dtype=np.int64))
@@ -85,6 +88,24 @@ def tokenize_seq2seq(batch: dict, *, tokenizer_path: str, max_length: int, task:
     out["n_prompt_tokens"] = n_prompt
     out["n_target_tokens"] = np.where(usable, n_target, 0)
     return out
+
+
+def epoch_order(n_rows: int, ranks: int, rank: int, seed: int, epoch: int) -> np.ndarray:
+    """This rank's row indices for an epoch, in the order it trains on them.
+
+    One global permutation per epoch, seeded by (seed, epoch), dealt round-robin to
+    the ranks; each rank gets n_rows // ranks rows (a different remainder is left out
+    each epoch). The same arguments give the same order, so a resumed epoch skips
+    exactly the micro-batches trained before the checkpoint."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    return perm[rank::ranks][: n_rows // ranks]
+
+
+def micro_batches(columns: dict[str, np.ndarray], order: np.ndarray, batch_size: int):
+    """Rows `order` of the columns (ragged ones as object arrays), batch_size at a time."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield {name: values[idx] for name, values in columns.items()}
 
 
 def _pad(seqs, value: int) -> torch.Tensor:

@@ -2,7 +2,11 @@
 `TorchTrainer`, checkpoint through `ray.train.report`, export in Hugging Face format.
 
 The driver tokenises (`map_batches`), drops and counts rows that cannot teach
-anything, and works out the schedule length; the workers only load, step and save.
+anything, works out the schedule length and puts the token ids in the object store;
+the workers only load, step and save. Each epoch every rank trains on its share of
+one seeded global shuffle (batches.epoch_order), so a resumed epoch skips exactly
+the rows trained before its checkpoint.
+
 A re-run with the same `name` resumes from the last reported checkpoint (Ray Train
 V2 keeps it under `RunConfig(name, storage_path)`); so does a worker failure, up to
 `max_failures` times.
@@ -17,11 +21,11 @@ import tempfile
 import time
 from functools import partial
 
+import numpy as np
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -57,14 +61,17 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
             raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
-        # Ray Train splits the dataset into equal shards, dropping the remainder.
+        # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
             "train": cfg.model_dump(), "model_path": model_path, "output_dir": output_dir, "kind": kind,
             "pad_id": pad_id, "micro_per_epoch": micro_per_epoch,
             "steps_per_epoch": math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps),
+            # The token ids go to the workers once, through the object store (one copy per node):
+            # each rank then takes its rows of a seeded global shuffle, the same on a resume.
+            "rows": ray.put(_columns(usable)), "ranks": ranks,
         }
-        result = _trainer(cfg, loop_config, usable, output_dir, name).fit()
+        result = _trainer(cfg, loop_config, output_dir, name).fit()
         m = result.return_value
         # Inside the timer, so the stage's log line carries these figures.
         rec.rows = m["samples"]
@@ -88,7 +95,23 @@ def _pad_id(model_path: str) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def _trainer(cfg: TrainConfig, loop_config: dict, usable, output_dir: str, name: str) -> TorchTrainer:
+def _columns(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """A tokenised dataset as columns on the driver; ragged token ids as object arrays of arrays."""
+    columns: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for name, values in batch.items():
+            columns.setdefault(name, []).extend(list(values))  # rows of a 2-D block or of an object array
+    out = {}
+    for name, values in columns.items():
+        if values and isinstance(values[0], np.ndarray):
+            out[name] = np.empty(len(values), dtype=object)
+            out[name][:] = values
+        else:
+            out[name] = np.asarray(values)
+    return out
+
+
+def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str) -> TorchTrainer:
     gpu = cfg.gpus_per_worker > 0
     return TorchTrainer(
         _train_worker,
@@ -99,7 +122,6 @@ def _trainer(cfg: TrainConfig, loop_config: dict, usable, output_dir: str, name:
         run_config=RunConfig(name=name, storage_path=storage_path(output_dir),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": usable},
     )
 
 
@@ -108,17 +130,6 @@ def storage_path(output_dir: str) -> str:
     if "://" in output_dir:
         return posixpath.join(posixpath.dirname(output_dir.rstrip("/")), "ray_train")
     return posixpath.join(posixpath.dirname(posixpath.abspath(output_dir)), "ray_train")
-
-
-class Collate(NumpyBatchCollateFn):
-    """Ray Data's collate interface around the pure `batches.collate_*`."""
-
-    def __init__(self, kind: str, pad_id: int):
-        super().__init__()
-        self.fn = partial(B.collate_causal if kind == "causal" else B.collate_seq2seq, pad_id=pad_id)
-
-    def __call__(self, batch: dict) -> dict:
-        return self.fn(batch)
 
 
 def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) -> None:
@@ -135,8 +146,8 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    model = S.setup_model(S.load_model(config["model_path"], cfg.architecture), device,
-                          activation_checkpointing=cfg.activation_checkpointing)
+    model = S.load_sharded(config["model_path"], cfg.architecture, device,
+                           activation_checkpointing=cfg.activation_checkpointing)
     optimizer, scheduler = S.build_optimizer(model, cfg, config["steps_per_epoch"] * cfg.epochs)
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None}
     checkpoint = ray.train.get_checkpoint()
@@ -144,42 +155,41 @@ def _train_worker(config: dict) -> dict:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(folder, model, optimizer, scheduler)
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
-    collate = Collate(config["kind"], config["pad_id"])
+    collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
-    shard = ray.train.get_dataset_shard("train")
+    rows = ray.get(config["rows"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    n_rows = len(next(iter(rows.values())))
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
+    world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in range(state["epoch"], cfg.epochs):
-        skip, micro, losses = state["micro_in_epoch"], 0, []
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
-                                              local_shuffle_buffer_size=8 * cfg.batch_size,
-                                              local_shuffle_seed=cfg.seed + epoch):
-            micro += 1
-            if micro <= skip:  # consumed before the checkpoint we resumed from
+        micro = 0
+        order = B.epoch_order(n_rows, config["ranks"], rank, cfg.seed, epoch)
+        batches = (collate(b) for b in B.micro_batches(rows, order, cfg.batch_size))
+        for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+            micro += len(window)
+            if micro <= state["micro_in_epoch"]:  # consumed before the checkpoint we resumed from
                 continue
-            last = micro == micro_per_epoch
-            sync = last or micro % cfg.gradient_accumulation_steps == 0
-            losses.append(S.backward(model, batch, cfg, device, sync=sync))
-            counts += _batch_counts(batch, config["kind"], tasks)
-            if not sync:
-                continue
+            # One normaliser for the whole accumulated batch, on every rank: its answer tokens.
+            tokens = _all_ranks(sum(S.target_tokens(b, cfg.architecture) for b in window), device)
+            loss = 0.0
+            for i, batch in enumerate(window):
+                loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
+                counts += _batch_counts(batch, config["kind"], tasks)
             S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-            loss = sum(losses) / len(losses)
-            losses = []
+            loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
-            if state["step"] % cfg.checkpoint_every_steps == 0 and not last:
+            if state["step"] % cfg.checkpoint_every_steps == 0 and micro != micro_per_epoch:
                 _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
         if micro != micro_per_epoch:
-            raise RuntimeError(f"epoch {epoch}: shard gave {micro} batches, the schedule expected {micro_per_epoch}")
+            raise RuntimeError(f"epoch {epoch}: {micro} micro-batches, the schedule expected {micro_per_epoch}")
         state.update(epoch=epoch + 1, micro_in_epoch=0)
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
     loop_seconds = time.perf_counter() - start
-    if dist.is_initialized():  # totals over ranks; NCCL reduces only device tensors
-        counts = counts.to(device)
-        dist.all_reduce(counts)
-        counts = counts.cpu()
+    counts = _all_ranks(counts, device)
     export_hf(model, config["model_path"], config["output_dir"],
               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
@@ -189,6 +199,28 @@ def _train_worker(config: dict) -> dict:
         "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
         "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
     }
+
+
+def accumulation_windows(batches, steps: int):
+    """Micro-batches in groups of `steps`, one optimizer step each; the epoch's last group
+    may be shorter."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == steps:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _all_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The sum over ranks (on CPU); NCCL reduces only device tensors."""
+    if not dist.is_initialized():
+        return values
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
 
 
 def _batch_counts(batch: dict, kind: str, tasks: int) -> torch.Tensor:

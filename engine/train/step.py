@@ -29,6 +29,43 @@ def load_model(model_path: str, architecture: str) -> nn.Module:
     return cls.from_pretrained(model_path, dtype=torch.float32)
 
 
+def load_sharded(model_path: str, architecture: str, device: torch.device, *,
+                 activation_checkpointing: bool = False) -> nn.Module:
+    """The model, set up for training (setup_model), without every rank holding all of it.
+
+    With a process group, every rank builds the model on the meta device (no memory) and
+    shards it; rank 0 alone reads the weights and broadcasts each rank its shards
+    (set_model_state_dict with broadcast_from_rank0). Host memory is one full fp32 copy
+    on rank 0 plus a shard per rank, not a full copy per rank (8 x 28 GB for LLaMA-7B).
+    Without one, the model is loaded and set up as it is."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
+
+    if not dist.is_initialized():
+        return setup_model(load_model(model_path, architecture), device, activation_checkpointing=activation_checkpointing)
+    cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
+    with torch.device("meta"):
+        model = cls.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(model_path)  # the export writes it back
+    except OSError:
+        pass  # the model ships none: from_config's default stays
+    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
+    full = load_model(model_path, architecture) if dist.get_rank() == 0 else None
+    set_model_state_dict(model, full.state_dict() if full is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # Buffers outside the state dict (rotary frequencies) were only allocated: rank 0's are the truth.
+    persistent = set(model.state_dict())
+    reference = dict(full.named_buffers()) if full is not None else {}
+    for name, buffer in model.named_buffers():
+        if name not in persistent:
+            if full is not None:
+                buffer.copy_(reference[name])
+            dist.broadcast(buffer, src=0)
+    del full
+    return model
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated layers FSDP shards one by one: the classes the model itself
     declares unsplittable (LlamaDecoderLayer, T5Block...), else the children of
@@ -41,8 +78,11 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
             and len({type(c) for c in m}) == 1 for child in m]
 
 
-def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False) -> nn.Module:
-    """Shard (when distributed) and place the model; returns the same module, now training."""
+def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False,
+                materialize: bool = True) -> nn.Module:
+    """Shard (when distributed) and place the model; returns the same module, now training.
+    `materialize=False`: a model built on the meta device gets its (sharded) storage on
+    `device`, uninitialised; load_sharded fills it."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
@@ -57,7 +97,10 @@ def setup_model(model: nn.Module, device: torch.device, *, activation_checkpoint
         for block in blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-    model.to(device)  # after sharding: each rank moves only its own shards
+    if materialize:
+        model.to(device)  # after sharding: each rank moves only its own shards
+    else:
+        model.to_empty(device=device)
     model.train()
     return model
 
@@ -69,7 +112,10 @@ def autocast(device: torch.device):
 
 
 def build_optimizer(model: nn.Module, cfg, total_steps: int):
-    """AdamW (no decay on biases and norms) with linear warmup and cosine decay to zero."""
+    """AdamW (no decay on biases and norms) with transformers' linear warmup and cosine
+    decay to zero (get_cosine_schedule_with_warmup, as the HF Trainer's "cosine")."""
+    from transformers import get_cosine_schedule_with_warmup
+
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -77,58 +123,78 @@ def build_optimizer(model: nn.Module, cfg, total_steps: int):
         lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
     )
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, total_steps))
-    return optimizer, scheduler
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def target_tokens(batch: dict, architecture: str) -> torch.Tensor:
+    """The answer tokens a micro-batch adds to the loss, per task (float64): [answer] for
+    a causal model (labels shifted, as causal_lm_loss reads them), [label, rationale] for
+    a seq2seq one."""
+    labels = batch["labels"]
+    if architecture == "causal":
+        return (labels[:, 1:] != IGNORE).sum().reshape(1).double()
+    mask = labels != IGNORE
+    return torch.stack([mask[batch["task"] == t].sum() for t in (LABEL_TASK, RATIONALE_TASK)]).double()
 
 
-def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the tokens whose label is not IGNORE (in fp32)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (in fp32) summed over the tokens whose label is not IGNORE, divided by
+    `tokens`; by default their own count, the mean."""
+    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
+                            reduction="sum")
+    return total / (tokens if tokens is not None else (labels != IGNORE).sum())
 
 
-def causal_lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+def causal_lm_loss(model: nn.Module, batch: dict, tokens: torch.Tensor | None = None) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return masked_token_loss(logits[:, :-1], batch["labels"][:, 1:])  # token t predicts token t+1
+    # token t predicts token t+1
+    return masked_token_loss(logits[:, :-1], batch["labels"][:, 1:], None if tokens is None else tokens[0])
 
 
-def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, rationale_weight: float) -> torch.Tensor:
-    """Distilling step-by-step: label loss + lambda * rationale loss, each a mean over
-    its own task's target tokens (a batch of label rows only is the standard loss)."""
-    loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK])
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, rationale_weight: float,
+                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Distilling step-by-step: label loss + lambda * rationale loss, each over its own
+    task's target tokens (a batch of label rows only is the standard loss). `tokens`:
+    [label, rationale] token counts to divide by; by default this batch's, the means."""
+    label, rationale = (None, None) if tokens is None else tokens
+    loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK], label)
     if bool((task == RATIONALE_TASK).any()):
-        loss = loss + rationale_weight * masked_token_loss(logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK])
+        loss = loss + rationale_weight * masked_token_loss(logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK],
+                                                           rationale)
     return loss
 
 
-def seq2seq_loss(model: nn.Module, batch: dict, rationale_weight: float) -> torch.Tensor:
+def seq2seq_loss(model: nn.Module, batch: dict, rationale_weight: float, tokens: torch.Tensor | None = None) -> torch.Tensor:
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    decoder_input_ids=decoder_input_ids).logits
-    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight)
+    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens)
 
 
-def batch_loss(model: nn.Module, batch: dict, architecture: str, rationale_weight: float) -> torch.Tensor:
+def batch_loss(model: nn.Module, batch: dict, architecture: str, rationale_weight: float,
+               tokens: torch.Tensor | None = None) -> torch.Tensor:
     if architecture == "causal":
-        return causal_lm_loss(model, batch)
-    return seq2seq_loss(model, batch, rationale_weight)
+        return causal_lm_loss(model, batch, tokens)
+    return seq2seq_loss(model, batch, rationale_weight, tokens)
 
 
-def backward(model: nn.Module, batch: dict, cfg, device: torch.device, *, sync: bool) -> float:
-    """Forward + backward of one micro-batch, scaled for gradient accumulation.
-    `sync=False` skips FSDP's gradient reduce-scatter until the last micro-batch."""
+def backward(model: nn.Module, batch: dict, cfg, device: torch.device, *, sync: bool,
+             tokens: torch.Tensor | None = None, world: int = 1) -> float:
+    """Forward + backward of one micro-batch; returns its share of the step's loss.
+
+    `tokens`: the answer tokens (per task, target_tokens) of the whole accumulated batch
+    on all `world` ranks. The micro-batch's summed loss is divided by them, so every
+    answer token weighs the same however tokens fall into micro-batches and ranks (as
+    transformers does since 4.46); x world because FSDP averages gradients over ranks.
+    Default: this micro-batch alone, its mean. `sync=False` skips FSDP's gradient
+    reduce-scatter until the last micro-batch."""
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(sync)
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    tokens = target_tokens(batch, cfg.architecture) if tokens is None else tokens
     with autocast(device):
-        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight)
-    (loss / cfg.gradient_accumulation_steps).backward()
+        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device)) * world
+    loss.backward()
     return loss.detach().item()
 
 

@@ -1,0 +1,102 @@
+"""One evaluation of one candidate: it answers the questions, the judge reviews each
+(reference, candidate) pair in both orders (engine.lion.judge: the referee's prompt,
+parser, structured output and retries), and the scores are aggregated.
+
+Run directory (the evaluation job's, or a Lion run's):
+
+    eval/questions.parquet  eval/questions_report.json  eval/reference_answers.parquet
+    <out>/answers.parquet   the candidate's answers (reused when an evaluation resumes)
+    <out>/judgments.parquet both orders' reviews and raw scores, the averages, the status
+    <out>/summary.json      relative score overall and per category, win/tie/loss, failures
+    <out>/metrics.json      the stage figures (time, tokens, requests, cost) and eval/<score>
+
+`<out>` is `eval/<candidate>` in the evaluation job and `iter_<k>/eval` in Lion.
+Questions and reference answers are prepared once per run directory; judge requests
+sent before a kill are answered from the response cache (openai backend) when the
+evaluation runs again.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from engine.config import RoleConfig
+from engine.config.evaluate import EvalConfig
+from engine.data import RunDir
+from engine.evaluate.questions import load_questions, read_reference_answers
+from engine.evaluate.scores import aggregate, headline
+from engine.lion.iteration import answer, read_rows, write_responses
+from engine.lion.judge import judge_pairs
+from engine.lion.referee import judgment_schema
+from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.metrics import StageRecord
+
+log = logging.getLogger("engine.evaluate")
+
+ROLES = ("reference", "candidate")  # Assistant 1 first in the reference-first order
+QUESTIONS = "eval/questions.parquet"
+REFERENCE = "eval/reference_answers.parquet"
+JUDGMENT_SCHEMA = pa.schema(
+    [pa.field("key", pa.string(), nullable=False), pa.field("category", pa.string(), nullable=False)]
+    + [f for f in judgment_schema(*ROLES) if f.name != "hard"]  # hard/easy is Lion's, not a score
+)
+PROMPTS = {"alpaca": lambda row: alpaca_prompt(row["instruction"], row["input"]), "chat": instruction_messages}
+
+
+def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[StageRecord]]:
+    """-> (questions, reference answers in question order, records): read from the run
+    directory when an earlier evaluation prepared them, else loaded (and answered) now."""
+    if run.exists(REFERENCE):
+        return read_rows(run, QUESTIONS), read_rows(run, REFERENCE), []
+    questions, report = load_questions(cfg.questions, cfg.seed)
+    run.write_json("eval/questions_report.json", report)
+    records = []
+    if cfg.reference.answers is not None:
+        texts = read_reference_answers(cfg.reference, questions)
+        reference = [{"id": q["id"], "role": "reference", "text": t, "finish_reason": "stop"} for q, t in zip(questions, texts)]
+    else:
+        reference, record = _answer(cfg.reference.role, "chat", questions, run, "eval/reference", "reference")
+        records.append(record)
+    run.write_table(QUESTIONS, pa.Table.from_pylist(questions))
+    write_responses(run, REFERENCE, reference)
+    return questions, read_rows(run, REFERENCE), records
+
+
+def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str,
+            role_name: str) -> tuple[list[dict], StageRecord]:
+    rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
+    return answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
+
+
+def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str) -> tuple[dict, list[StageRecord]]:
+    """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records)."""
+    questions, reference, records = prepare(cfg, run)
+    if run.exists(f"{out}/answers.parquet"):
+        candidate = read_rows(run, f"{out}/answers.parquet")
+    else:
+        candidate, record = _answer(role, prompt, questions, run, "eval/candidate", "candidate")
+        records.append(record)
+        write_responses(run, f"{out}/answers.parquet", candidate)
+    pairs = [
+        {"id": q["id"], "instruction": q["instruction"], "input": q["input"],
+         "reference_text": r["text"], "reference_finish_reason": r["finish_reason"],
+         "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
+        for q, r, c in zip(questions, reference, candidate)
+    ]
+    judgments, judge_records = judge_pairs(cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
+                                           retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES)
+    records += judge_records
+    rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
+    run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))
+    summary = aggregate(rows, cfg.tie_margin, cfg.bootstrap_samples, cfg.seed)
+    figures = {}
+    for record in records:
+        figures.update(record.as_dict())
+    figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
+    run.write_json(f"{out}/metrics.json", figures)
+    run.write_json(f"{out}/summary.json", summary)
+    overall = summary["overall"]
+    log.info("%s: relative score %s (95%% CI %s-%s), %d judged, %d judge failures", out, overall["relative_score"],
+             overall["ci_low"], overall["ci_high"], summary["judged"], summary["failed"])
+    return summary, records

@@ -1,0 +1,166 @@
+"""The Lion plan: every stage of every iteration priced from the config and the pools.
+
+Row counts follow the loop (engine.lion): the teacher answers the train pool (the seed pool,
+then each iteration's new instructions); answers it failed are asked again in discrimination;
+the student answers the cache pool, which grows by the new instructions; the referee reviews
+every cache-pool pair twice and asks again for the share it could not read, once per retry;
+the generator is asked for the missing instructions each round, of which a share is kept.
+Shares and reply lengths are the run directory's own where it has measured them, else the
+priors in the config's `plan` section (stated in the plan).
+"""
+from __future__ import annotations
+
+import os
+from itertools import cycle
+
+from engine.config import RunConfig
+from engine.data import RunDir, read_pool
+from engine.lion.generator import KINDS, generator_messages
+from engine.lion.referee import referee_messages
+from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.plan import Line, Plan, budget_warnings, family, price
+from engine.plan.observed import Observed
+from engine.plan.tokens import counter_for, sample
+
+STAGES = ("imitation", "discrimination", "generation")
+
+
+def lion_plan(cfg: RunConfig, spent: dict[str, float] | None = None) -> Plan:
+    """-> the run's Plan; reads the pool files (or the run directory's pools), sends nothing.
+    `spent`: dollars each role has already spent in this run directory."""
+    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
+    state = run.read_json("state.json", {}) if run else {}
+    completed = set(state.get("completed", ()))
+    it = range(cfg.lion.iterations)
+    seen = Observed.read(run, [f"iter_{k}/metrics.json" for k in it])
+    est = _Estimates(cfg, seen, _seed_rows(cfg, run))
+    plan = Plan("lion", cfg.run_dir, [], assumptions=est.assumptions)
+
+    train_rows, cache_rows = est.seed_rows, est.seed_rows
+    for k in it:
+        train_rows = _pool_rows(run, k, "train_pool.parquet", train_rows)
+        cache_rows = _pool_rows(run, k, "cache_pool.parquet", cache_rows)
+        lines = {"imitation": est.imitation(k, train_rows), "discrimination": est.discrimination(k, train_rows, cache_rows)}
+        lines["generation"], kept = est.generation(k)
+        for stage in STAGES:
+            _add(plan, completed, f"iter_{k}/{stage}", lines[stage])
+        train_rows, cache_rows = kept, cache_rows + kept
+    if cfg.lion.final_imitation:  # the student imitates the last iteration's new instructions too
+        k = cfg.lion.iterations
+        _add(plan, completed, f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)))
+
+    budgets = {name: getattr(cfg, name).openai.budget_usd for name in cfg.ROLES if getattr(cfg, name).openai}
+    plan.warnings = budget_warnings(plan.lines, budgets, spent or {})
+    return plan
+
+
+def _add(plan: Plan, completed: set, stage: str, lines: list[Line]) -> None:
+    """A stage's lines, unless the run directory has it complete; calls of no request are left out."""
+    if stage in completed:
+        plan.skipped.append(stage)
+    else:
+        plan.lines += [ln for ln in lines if ln.requests >= 0.5 or ln.call.endswith("/train")]
+
+
+def _seed_rows(cfg: RunConfig, run: RunDir | None) -> list[dict]:
+    if run is not None and run.exists("iter_0/cache_pool.parquet"):
+        return read_pool(run, "iter_0/cache_pool.parquet").to_pylist()
+    from engine.lion.loop import initial_pool
+
+    return initial_pool(cfg)[0].to_pylist()
+
+
+def _pool_rows(run: RunDir | None, k: int, name: str, planned: float) -> float:
+    """A pool's size: the run directory's own where the stage before has written it."""
+    if run is not None and run.exists(f"iter_{k}/{name}"):
+        return read_pool(run, f"iter_{k}/{name}").num_rows
+    return planned
+
+
+class _Estimates:
+    """Per-request tokens and the loop's shares, from the pools, the tokenizers and what was seen."""
+
+    def __init__(self, cfg: RunConfig, seen: Observed, seed: list[dict]):
+        self.cfg, self.seen, self.seed_rows = cfg, seen, len(seed)
+        p, rows = cfg.plan, sample(seed)
+        counters = {name: counter_for(getattr(cfg, name), name, p) for name in cfg.ROLES}
+        self.assumptions = [f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
+                            f"{len(rows):,} of them, rendered as each role's prompt"]
+        self.assumptions += [f"{name}: tokens counted with {c.source}" for name, c in counters.items()]
+        self.reply = {name: self._reply(name, call) for name, call in (
+            ("teacher", "imitation/teacher"), ("student", "discrimination/student"),
+            ("referee", "discrimination/referee"), ("generator", "generation/generator"))}
+        self.prompt = {
+            "teacher": counters["teacher"].mean([instruction_messages(r) for r in rows]),
+            "student": counters["student"].mean([alpaca_prompt(r["instruction"], r["input"]) for r in rows]),
+            # The review shows both answers: the frame's tokens plus the two replies'.
+            "referee": counters["referee"].mean([referee_messages(r, "", "") for r in rows])
+            + self.reply["teacher"][0] + self.reply["student"][0],
+            "generator": counters["generator"].mean([generator_messages(r, kind) for r, kind in zip(rows, cycle(KINDS))]),
+        }
+        self.teacher_failed = self._share("failed_rows/imitation/teacher", "rows/imitation/teacher", 0.0,
+                                          "teacher answers failed (asked again in discrimination)")
+        self.referee_retry = self._share("rows/discrimination/referee_retry1", "rows/discrimination/referee",
+                                         p.referee_failure_rate, "reviews unreadable, asked again per retry")
+        self.accepted = self._share("lion/new_instructions", "lion/candidates", p.generator_acceptance_rate,
+                                    "generator replies kept as new instructions")
+
+    def _reply(self, role_name: str, call: str) -> tuple[float, str]:
+        role = getattr(self.cfg, role_name)
+        observed = self.seen.per_row("completion_tokens", call)
+        if observed is not None:
+            self.assumptions.append(f"{role_name}: {observed:.1f} completion tokens a reply, observed in {call}")
+            return observed, "observed replies"
+        frac = self.cfg.plan.completion_fraction
+        self.assumptions.append(f"{role_name}: {frac:g} x max_tokens ({role.sampling.max_tokens}) completion tokens a reply")
+        return role.sampling.max_tokens * frac, "max_tokens" if frac == 1 else f"{frac:g} x max_tokens"
+
+    def _share(self, numerator: str, denominator: str, prior: float, what: str) -> float:
+        observed = self.seen.ratio(numerator, denominator)
+        if observed is not None:
+            self.assumptions.append(f"{observed:.1%} of {what} (observed)")
+            return observed
+        self.assumptions.append(f"{prior:.1%} of {what} (plan prior)")
+        return prior
+
+    def call(self, k: int, stage: str, call: str, role_name: str, requests: float) -> Line:
+        reply, basis = self.reply[role_name]
+        line = Line(f"iter_{k}/{stage}", call, role_name, requests, requests * self.prompt[role_name], requests * reply,
+                    basis=basis)
+        return price(getattr(self.cfg, role_name), line, self._throughput(role_name, call))
+
+    def _throughput(self, role_name: str, call: str) -> float | None:
+        return self.seen.mean(f"tokens_per_s_per_gpu/{family(call)}") or self.cfg.plan.tokens_per_s_per_gpu.get(role_name)
+
+    def imitation(self, k: int, train_rows: float) -> list[Line]:
+        t = self.cfg.train
+        per_example = min(t.max_length, self.prompt["student"] + self.reply["teacher"][0])
+        answered = train_rows * (1 - self.teacher_failed)
+        train = Line(f"iter_{k}/imitation", "imitation/train", "student", 0, t.epochs * answered * per_example, 0,
+                     basis=f"{t.epochs} epochs of the answers")
+        gpus = t.num_workers * t.gpus_per_worker
+        observed = self.seen.mean("tokens_per_s/imitation/train")
+        per_gpu = observed / gpus if observed and gpus else self.cfg.plan.train_tokens_per_s_per_gpu
+        train.gpu_hours = 0.0 if not gpus else (train.prompt_tokens / per_gpu / 3600 if per_gpu else None)
+        return [self.call(k, "imitation", "imitation/teacher", "teacher", train_rows), train]
+
+    def discrimination(self, k: int, train_rows: float, cache_rows: float) -> list[Line]:
+        lines = [self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed),
+                 self.call(k, "discrimination", "discrimination/student", "student", cache_rows),
+                 self.call(k, "discrimination", "discrimination/referee", "referee", 2 * cache_rows)]
+        pairs = cache_rows
+        for attempt in range(1, self.cfg.lion.referee_retries + 1):
+            pairs *= self.referee_retry
+            lines.append(self.call(k, "discrimination", f"discrimination/referee_retry{attempt}", "referee", 2 * pairs))
+        return lines
+
+    def generation(self, k: int) -> tuple[list[Line], float]:
+        """-> (one line per round, new instructions kept)."""
+        target = need = float(self.cfg.lion.new_instructions_per_iteration)
+        lines = []
+        for round_ in range(self.cfg.lion.generation_rounds):
+            if need < 0.5:
+                break
+            lines.append(self.call(k, "generation", f"generation/generator_round{round_}", "generator", need))
+            need -= need * self.accepted
+        return lines, target - need

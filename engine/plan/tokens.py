@@ -1,0 +1,62 @@
+"""Prompt tokens as a role's server will count them: with the role's own tokenizer where the
+model is a local folder (chat messages through its chat template, as vLLM and the hf backend
+render them), otherwise at a stated number of characters per token."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+# OpenAI's accounting for chat messages: about 4 tokens of framing a message, 3 to prime the reply.
+TOKENS_PER_MESSAGE, TOKENS_PER_REPLY = 4, 3
+SAMPLE_ROWS = 512  # prompts counted per kind; their mean prices the rest
+
+
+def is_local_model(model: str) -> bool:
+    return os.path.isdir(model)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class TokenCounter:
+    """`count(prompt)` for chat messages or a raw string; `source` says how it counts."""
+
+    def __init__(self, tokenizer_path: str | None, chars_per_token: float):
+        self.path, self.chars_per_token = tokenizer_path, chars_per_token
+        self.source = f"tokenizer {tokenizer_path}" if tokenizer_path else f"{chars_per_token:g} characters a token"
+
+    def count(self, prompt) -> int:
+        if self.path is None:
+            if isinstance(prompt, str):
+                return round(len(prompt) / self.chars_per_token)
+            return TOKENS_PER_REPLY + sum(TOKENS_PER_MESSAGE + round(len(m["content"]) / self.chars_per_token)
+                                          for m in prompt)
+        tok = _tokenizer(self.path)
+        if isinstance(prompt, str):
+            return len(tok(prompt)["input_ids"])
+        if tok.chat_template:
+            text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+        return len(tok("\n\n".join(m["content"] for m in prompt))["input_ids"])
+
+    def mean(self, prompts: list) -> float:
+        return float(np.mean([self.count(p) for p in prompts])) if prompts else 0.0
+
+
+def counter_for(role, role_name: str, plan_cfg) -> TokenCounter:
+    """The role's tokenizer when it is a local folder (or `plan.tokenizers` names one for it)."""
+    path = plan_cfg.tokenizers.get(role_name) or (role.model if is_local_model(role.model) else None)
+    return TokenCounter(path, plan_cfg.chars_per_token)
+
+
+def sample(rows: list, rng_seed: int = 0, n: int = SAMPLE_ROWS) -> list:
+    if len(rows) <= n:
+        return rows
+    picks = np.random.default_rng(rng_seed).choice(len(rows), n, replace=False)
+    return [rows[i] for i in sorted(picks)]

@@ -1,0 +1,66 @@
+"""The four tasks of the paper and a user's own: how a teacher states its answer, and what
+counts as a label.
+
+A label space is a typed value: `Choices` (the row's own answer choices, CQA), `Fixed`
+(entailment/neutral/contradiction, or a user's labels) or `Number` (SVAMP: an equation or a
+number). `Task.answer_phrase` is the phrase the few-shot prompt puts before the answer, exactly
+as the released PaLM completions write it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")  # e-SNLI and ANLI label ids 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The row's `choices`; the teacher may answer "(c)", "(c) train station" or "train station"."""
+
+
+@dataclass(frozen=True)
+class Fixed:
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Number:
+    """An arithmetic expression or a number (SVAMP's gold labels are equations)."""
+
+
+LabelSpace = Choices | Fixed | Number
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    answer_phrase: str
+    space: LabelSpace
+    # What the prompt ends with after the input; the teacher writes the rationale next.
+    rationale_regex: str = r"[A-Za-z0-9 ,'\-]{4,80}\.( [A-Za-z0-9 ,'\-]{4,80}\.)?"
+
+    def constraint(self) -> str:
+        """A vLLM structured-output regex: a short rationale, then the answer phrase and a label
+        of the space (per-row choices are answered by letter)."""
+        if isinstance(self.space, Choices):
+            answer = r"\([a-e]\)"
+        elif isinstance(self.space, Number):
+            answer = r"-?[0-9]{1,4}(\.[0-9]{1,2})?"
+        else:
+            answer = "(" + "|".join(re.escape(label) for label in self.space.labels) + ")"
+        sep = "\n" if self.answer_phrase.endswith(":") else " "
+        return f" {self.rationale_regex}{sep}{re.escape(self.answer_phrase)} {answer}\\."
+
+
+TASKS = {
+    "cqa": Task("cqa", "So the answer is", Choices()),
+    "svamp": Task("svamp", "The answer is", Number()),
+    "esnli": Task("esnli", "Answer:", Fixed(NLI_LABELS)),
+    "anli1": Task("anli1", "So the answer is", Fixed(NLI_LABELS)),
+}
+
+
+def user_task(labels: list[str] | None, answer_phrase: str = "So the answer is") -> Task:
+    """A generic JSONL task: a fixed label set, or (labels None) each row's own choices."""
+    return Task("jsonl", answer_phrase, Fixed(tuple(labels)) if labels else Choices())

@@ -1,0 +1,95 @@
+"""A repeat draw samples anew on every backend (engine.llm.generate's `draw`), while a
+prompt asked again without one, a teacher's answer, is the same request and reused.
+A teacher answer vLLM cut at its context cap is "length" (left out of training).
+No Ray: the backends' request builders and the openai generator run bare."""
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow as pa
+
+from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
+from engine.llm.cache import cache_key, request_seed
+from engine.llm.responses import DRAW_COL, PROMPT_COL, attach_prompt, encode_prompt, merge_responses
+
+MESSAGES = [{"role": "user", "content": "Write a new instruction."}]
+
+
+def test_the_draw_enters_the_cache_key_and_the_seed():
+    plain = cache_key("m", MESSAGES, {"seed": 0}, None, None)
+    assert plain == cache_key("m", MESSAGES, {"seed": 0}, None, None, None)  # undrawn keys are unchanged
+    drawn = {cache_key("m", MESSAGES, {"seed": 0}, None, None, d) for d in ("iter_0/r0/a", "iter_0/r1/a", "iter_1/r0/a")}
+    assert len(drawn) == 3 and plain not in drawn
+    seeds = {request_seed(0, d) for d in ("iter_0/r0/a", "iter_0/r0/b", "iter_0/r1/a", "iter_1/r0/a")}
+    assert len(seeds) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert request_seed(0, "iter_0/r0/a") == request_seed(0, "iter_0/r0/a")  # a resumed run repeats it
+    assert request_seed(0, None) == 0 and request_seed(None, "iter_0/r0/a") is None
+
+
+def test_attach_prompt_names_each_draw_and_responses_drop_it():
+    batch = pa.table({"id": ["a", "b"], "x": [1, 2]})
+    assert DRAW_COL not in attach_prompt(lambda r: "p").__call__(batch).column_names
+    drawn = attach_prompt(lambda r: "p", "iter_1/generation/generator_round2")(batch)
+    assert drawn.column(DRAW_COL).to_pylist() == ["iter_1/generation/generator_round2/a",
+                                                  "iter_1/generation/generator_round2/b"]
+    out = merge_responses(drawn.to_pydict(), [{"text": "t", "finish_reason": "stop", "prompt_tokens": 1,
+                                               "completion_tokens": 1}] * 2, "generator", False)
+    assert DRAW_COL not in out and PROMPT_COL not in out
+
+
+def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
+    from engine.llm.vllm_backend import engine_kwargs, sampling_params, to_engine_request
+
+    role = RoleConfig(backend="vllm", model="m", sampling=SamplingParams(seed=7))
+    params = sampling_params(role, None, None, gpu=True)
+    row = {"id": "a", PROMPT_COL: encode_prompt(MESSAGES)}
+    assert to_engine_request(row, True, params)["sampling_params"]["seed"] == 7
+    seeds = {to_engine_request({**row, DRAW_COL: f"iter_0/r{r}/a"}, True, params)["sampling_params"]["seed"]
+             for r in range(3)}
+    assert seeds == {request_seed(7, f"iter_0/r{r}/a") for r in range(3)} and len(seeds) == 3
+    cpu = sampling_params(role, None, None, gpu=False)
+    assert "seed" not in to_engine_request({**row, DRAW_COL: "iter_0/r0/a"}, True, cpu)["sampling_params"]
+    assert engine_kwargs(role, gpu=False)["seed"] == 7
+    assert engine_kwargs(role, gpu=False, draw="iter_1/r0")["seed"] == request_seed(7, "iter_1/r0")
+
+
+def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):
+    import engine.llm.openai_client as oc
+    from tests.fixtures.fault_server import FaultServer
+
+    seeds, real_body = [], oc.request_body
+    monkeypatch.setattr(oc, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a))
+
+    def batch(draws=None):
+        cols = {PROMPT_COL: [encode_prompt(MESSAGES)] * 2, "id": ["a", "b"]}
+        return cols if draws is None else {**cols, DRAW_COL: draws}
+
+    with FaultServer() as server:
+        role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(seed=3, max_tokens=8),
+                          parallelism=Parallelism(batch_size=4), openai=OpenAIEndpoint(base_url=server.base_url))
+        generator = oc.OpenAIGenerator(role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path))
+
+        async def run():  # one event loop: the generator's HTTP session lives on it
+            teacher = [await generator(batch()) for _ in range(2)]
+            drawn = [await generator(batch([f"r{r}/a", f"r{r}/b"])) for r in range(2)]
+            return teacher, drawn, await generator(batch(["r0/a", "r0/b"]))
+
+        teacher, drawn, again = asyncio.run(run())
+        sent = server.total_hits
+    # Undrawn: the same prompt is one request; its repeat after it is the cached answer.
+    assert list(teacher[1]["_api_cached"]) == [1, 1]
+    assert all(list(d["_api_cached"]) == [0, 0] for d in drawn)  # four draws, four requests
+    assert list(again["_api_cached"]) == [1, 1]  # a resumed draw is not paid twice
+    assert sent == sum(2 - sum(t["_api_cached"]) for t in teacher) + 4
+    assert seeds[-4:] == [request_seed(3, d) for d in ("r0/a", "r0/b", "r1/a", "r1/b")]
+
+
+def test_an_answer_cut_at_the_context_cap_is_truncated():
+    from engine.llm.vllm_backend import to_response
+
+    row = {"id": "a", "generated_text": "cut", "num_input_tokens": 500, "num_generated_tokens": 12}
+    kw = {"keep": ["id"], "role_name": "teacher", "max_tokens": 48, "with_logprobs": False}
+    assert to_response(row, **kw)["finish_reason"] == "stop"
+    assert to_response(row, **kw, max_model_len=512)["finish_reason"] == "length"
+    assert to_response({**row, "num_generated_tokens": 48}, **kw, max_model_len=4096)["finish_reason"] == "length"
+    assert to_response({**row, "num_generated_tokens": 11}, **kw, max_model_len=512)["finish_reason"] == "stop"

@@ -1,0 +1,236 @@
+"""The three Lion stages' logic in milliseconds, without Ray: each stage's one Ray edge,
+`engine.lion.iteration.answer`, is replaced by a scripted LLM.
+
+The scripted LLM samples like a seeded engine: its reply is a function of (model,
+prompt, the request's seed). Asking the same prompt with the same seed again replays
+the same reply, which is exactly how a response cache or a fixed-seed vLLM behaves.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pytest
+
+from engine.config import RunConfig
+from engine.data import RunDir, pool_table, read_pool, write_pool
+from engine.lion import discrimination as D
+from engine.lion import generation as G
+from engine.lion import imitation as I
+from engine.lion import judge as J
+from engine.lion.iteration import rel
+from engine.lion.referee import JUDGMENT_SCHEMA
+from engine.llm.cache import request_seed
+from engine.llm.responses import response_row
+from engine.metrics import StageRecord
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def _config(tmp_path, **lion) -> RunConfig:
+    role = {"backend": "vllm", "model": "m", "sampling": {"seed": 0}}
+    return RunConfig(run_dir=str(tmp_path), data={"pool_files": ["x.jsonl"]}, teacher=role, student=role,
+                     referee=role, generator=role, lion={"generation_rounds": 3, **lion})
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _words(h: str) -> str:
+    """Six words no other digest shares: ROUGE-L sees nothing in common."""
+    return " ".join(WORDS[int(h[i], 16)] + h[i:i + 6] for i in range(0, 36, 6))
+
+
+class ScriptedLLM:
+    """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, StageRecord)."""
+
+    def __init__(self, reply):
+        self.reply, self.calls = reply, []
+
+    def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
+                 logprobs=None, draw=None):
+        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
+        self.calls.append({"stage": stage, "draw": draw, "ids": [r["id"] for r in rows]})
+        out = []
+        for row in rows:
+            seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
+            out.append({**row, "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
+        return out, StageRecord(stage, rows=len(rows))
+
+
+def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):
+    if garbage(row):
+        return response_row("??", "stop", 10, 1)
+    return response_row(f"### Instruction:\nDescribe {_words(_digest(prompt, seed))}.\n### Input:\n<noinput>", "stop", 10, 20)
+
+
+def _seed_generation(tmp_path, k=0, n_pool=4):
+    run = RunDir(str(tmp_path))
+    pool = pool_table([{"instruction": f"Task number {i} about {WORDS[i]}", "input": ""} for i in range(n_pool)])
+    write_pool(run, rel(k, "train_pool.parquet"), pool)
+    write_pool(run, rel(k, "cache_pool.parquet"), pool)
+    judgments = [{**{f: None for f in JUDGMENT_SCHEMA.names}, "id": i, "status": "ok", "hard": n % 2 == 0}
+                 for n, i in enumerate(pool.column("id").to_pylist())]
+    run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
+    return run
+
+
+def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
+    # 12 new instructions from 2 hard and 2 easy seeds: each seed is drawn three times.
+    cfg = _config(tmp_path, new_instructions_per_iteration=12)
+    llm = ScriptedLLM(_candidate)
+    monkeypatch.setattr(G, "answer", llm)
+    run = _seed_generation(tmp_path, k=0)
+    _, _, summary = G.generation(cfg, run, 0, "student")
+    assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
+    assert llm.calls[0]["draw"] == "iter_0/generation/generator_round0"
+    # The next iteration draws from the same seeds again: new draws, no duplicates of iteration 0.
+    _seed_generation(tmp_path / "again", k=0)
+    run.write_table(rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet")))
+    write_pool(run, rel(1, "cache_pool.parquet"), read_pool(run, rel(0, "cache_pool.parquet")))
+    _, _, summary = G.generation(cfg, run, 1, "student")
+    assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
+
+
+def test_a_resumed_generation_repeats_exactly_the_same_requests(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, new_instructions_per_iteration=6)
+    first, second = ScriptedLLM(_candidate), ScriptedLLM(_candidate)
+    monkeypatch.setattr(G, "answer", first)
+    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    monkeypatch.setattr(G, "answer", second)
+    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    assert first.calls == second.calls  # same draws, so a response cache answers them all
+
+
+def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatch):
+    # Round 0 answers every other request with garbage: round 1 makes up the quota.
+    cfg = _config(tmp_path, new_instructions_per_iteration=8, hard_easy_ratio=[3, 1])
+    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["id"].startswith("0-0-")
+                                            and int(row["id"].rsplit("-", 1)[1]) % 2 == 0))
+    monkeypatch.setattr(G, "answer", llm)
+    run = _seed_generation(tmp_path)
+    _, _, summary = G.generation(cfg, run, 0, "student")
+    assert [c["stage"] for c in llm.calls] == ["generation/generator_round0", "generation/generator_round1"]
+    assert [len(c["ids"]) for c in llm.calls] == [8, 4]
+    new = run.read_table(rel(0, "generation", "new_instructions.parquet")).to_pylist()
+    assert sorted(r["origin"] for r in new) == ["easy", "easy", "hard", "hard", "hard", "hard", "hard", "hard"]
+    assert summary["generation_rejects"] == {"too short": 4}
+    replies = run.read_table(rel(0, "generation", "replies.parquet"))
+    assert replies.num_rows == summary["candidates"] == len(new) + sum(summary["generation_rejects"].values())
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert metrics["generation_rejects/too short"] == 4 and metrics["lion/new_hard"] == 6
+
+
+def test_rouge_l_compares_the_instruction_alone_by_default(tmp_path, monkeypatch):
+    # Every reply repeats a pool instruction with a new input: novel only if the input counts.
+    def reply(role_name, row, prompt, seed):
+        context = _words(_digest(prompt, seed))
+        return response_row(f"### Instruction:\n{row['instruction']}\n### Input:\n{context}", "stop", 1, 1)
+
+    for field, kept in (("instruction", 0), ("instruction_input", 2)):
+        monkeypatch.setattr(G, "answer", ScriptedLLM(reply))
+        cfg = _config(tmp_path / field, new_instructions_per_iteration=2, rouge_l_field=field, generation_rounds=1)
+        _, _, summary = G.generation(cfg, _seed_generation(tmp_path / field), 0, "student")
+        assert summary["new_instructions"] == kept
+
+
+def _answers(role_name, row, prompt, seed):
+    if role_name == "teacher":
+        return response_row(f"Teacher answer to {row['id']}", "stop", 5, 5)
+    if role_name == "student":
+        empty = "number 0 " in row["instruction"]
+        return response_row("" if empty else f"student says {row['id']}", "stop", 5, 0 if empty else 3)
+    # The referee scores by content: 9 for the teacher's answer, 3 for the student's, 5 for nothing.
+    first, second = (8 if not a else 9 if a.startswith("Teacher") else 3 for a in (row["first"], row["second"]))
+    return response_row(f"{first} {second}\nfine", "stop", 5, 3)
+
+
+def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, tau=1.0)
+    llm = ScriptedLLM(_answers)
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
+    run = _seed_generation(tmp_path, n_pool=3)
+    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    judgments = {j["id"]: j for j in run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()}
+    pool = read_pool(run, rel(0, "cache_pool.parquet")).to_pylist()
+    assert sum("number 0 " in row["instruction"] for row in pool) == 1
+    for row in pool:
+        j = judgments[row["id"]]
+        empty = "number 0 " in row["instruction"]
+        assert (j["teacher_score_1"], j["teacher_score_2"]) == (9, 9)
+        assert (j["student_score_1"], j["student_score_2"]) == ((1, 1) if empty else (3, 3))
+        assert j["status"] == "ok" and j["hard"] is True
+    assert summary["judged"] == 3 and summary["hard"] == 3
+    referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]
+    assert referee[0]["draw"] is None and len(referee[0]["ids"]) == 6
+
+
+def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, referee_retries=1)
+    run = _seed_generation(tmp_path, n_pool=2)
+    paid = pa.Table.from_pylist([{"id": i, "role": "teacher", "text": "Teacher answer", "finish_reason": "stop"}
+                                 for i in read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()[:1]])
+    run.write_table(rel(0, "imitation", "teacher_responses.parquet"), paid)
+
+    def unreadable_first(role_name, row, prompt, seed):
+        if role_name == "referee" and seed == 0:
+            return response_row("I cannot say.", "stop", 5, 3)
+        return _answers(role_name, row, prompt, seed)
+
+    llm = ScriptedLLM(unreadable_first)
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
+    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
+    assert len(teacher) == 1 and len(teacher[0]["ids"]) == 1  # the paid answer was not asked again
+    retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
+    assert retry[0]["draw"] == "iter_0/discrimination/referee_retry1"
+    assert summary["judged"] == 2 and summary["failed"] == 0
+
+
+def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, monkeypatch):
+    cfg = _config(tmp_path)
+    run = _seed_generation(tmp_path, n_pool=4)
+
+    def teacher(role_name, row, prompt, seed):
+        cut = "number 1 " in row["instruction"]
+        return response_row("An answer cut" if cut else "A whole answer.", "length" if cut else "stop", 5, 5)
+
+    trained = []
+
+    class Result:
+        model_dir, record = "new-student", StageRecord("x")
+
+    monkeypatch.setattr(I, "answer", ScriptedLLM(teacher))
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or Result())
+    outputs, _, summary = I.imitation(cfg, run, 0, "student")
+    assert outputs == {"student_model": "new-student"}
+    assert len(trained) == 3 and all(r["response"] == "A whole answer." and r["complete"] for r in trained)
+    assert summary["imitation_truncated"] == 1 and summary["imitation_answered"] == 4
+    metrics = run.read_json(rel(0, "imitation", "metrics.json"))
+    assert metrics["lion/imitation_truncated_answers"] == 1 and metrics["lion/imitation_failed_answers"] == 0
+    # lion.train_on_truncated: the cut answer is trained on, marked incomplete (no eos).
+    trained.clear()
+    I.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
+    assert sorted(r["complete"] for r in trained) == [False, True, True, True]
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch):
+    """These tests must not start Ray: fail loudly if a stage reaches past its edge."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("a stage started Ray"))
+
+
+def test_the_last_new_instructions_are_imitated_by_a_final_stage(tmp_path):
+    from engine.lion.loop import lion_stages
+
+    run = RunDir(str(tmp_path))
+    names = [s.name for s in lion_stages(_config(tmp_path, iterations=2), run)]
+    assert names[-2:] == ["iter_1/generation", "iter_2/imitation"] and len(names) == 7
+    names = [s.name for s in lion_stages(_config(tmp_path, iterations=2, final_imitation=False), run)]
+    assert names[-1] == "iter_1/generation" and len(names) == 6

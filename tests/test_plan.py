@@ -1,0 +1,169 @@
+"""--plan: the run priced from its config and pools, with no cluster and no request; preflight."""
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.config.loader import validate
+from engine.plan import Line, budget_warnings, family, plan_table
+from engine.plan.lion import lion_plan
+from engine.plan.tokens import TokenCounter
+from engine.preflight import cluster_problems, preflight
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = str(REPO / "data/self-instruct/seed_tasks.jsonl")
+
+
+def config(tmp_path, llama, **lion):
+    api = {"backend": "openai", "model": "gpt", "openai": {
+        "base_url": "http://127.0.0.1:9/v1", "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0}}
+    return validate({
+        "run_dir": str(tmp_path / "run"), "data": {"pool_files": [SEED], "sample_size": 20},
+        "teacher": {**api, "sampling": {"max_tokens": 10}},
+        "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 8}},
+        "referee": {**api, "sampling": {"max_tokens": 6}},
+        "generator": {**api, "sampling": {"max_tokens": 12}},
+        "lion": {"iterations": 2, "new_instructions_per_iteration": 8, "generation_rounds": 3, "referee_retries": 1,
+                 **lion},
+        "plan": {"referee_failure_rate": 0.5, "generator_acceptance_rate": 0.5, "tokenizers": {"teacher": llama}},
+        "train": {"num_workers": 0},
+    }, "test")
+
+
+def by_call(plan):
+    return {(ln.stage, ln.call): ln for ln in plan.lines}
+
+
+def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
+    plan = lion_plan(config(tmp_path, str(tiny_models.llama)))
+    lines = by_call(plan)
+    assert lines["iter_0/imitation", "imitation/teacher"].requests == 20
+    assert lines["iter_0/discrimination", "discrimination/student"].requests == 20
+    assert lines["iter_0/discrimination", "discrimination/referee"].requests == 40  # twice per pair
+    assert lines["iter_0/discrimination", "discrimination/referee_retry1"].requests == 20  # half the pairs again
+    rounds = [lines["iter_0/generation", f"generation/generator_round{r}"].requests for r in range(3)]
+    assert rounds == [8, 4, 2]  # the missing instructions each round, half kept
+    kept = 8 - 1  # 8 * (1 - 0.5**3)
+    assert lines["iter_1/imitation", "imitation/teacher"].requests == kept
+    assert lines["iter_1/discrimination", "discrimination/referee"].requests == 2 * (20 + kept)  # the cache pool grew
+    assert lines["iter_2/imitation", "imitation/teacher"].requests == kept  # the final imitation
+    teacher = lines["iter_0/imitation", "imitation/teacher"]
+    assert teacher.completion_tokens == 20 * 10 and teacher.basis == "max_tokens"
+    assert teacher.usd == pytest.approx((teacher.prompt_tokens * 1.0 + teacher.completion_tokens * 2.0) / 1000)
+    assert lines["iter_0/discrimination", "discrimination/student"].usd == 0  # local role: GPU-hours, not dollars
+    assert lines["iter_0/discrimination", "discrimination/student"].gpu_hours is None  # no throughput known
+    assert plan.totals()["requests"] == sum(ln.requests for ln in plan.lines)
+    table = plan_table(plan)
+    assert "iter_1/generation" in table and "generation/generator_round2" in table and "total" in table
+
+
+def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, tiny_models):
+    from transformers import AutoTokenizer
+
+    from engine.lion.loop import initial_pool
+    from engine.llm.prompts import instruction_messages
+
+    cfg = config(tmp_path, str(tiny_models.llama), iterations=1)
+    cfg.data.sample_size = 1
+    plan = lion_plan(cfg)
+    tok = AutoTokenizer.from_pretrained(tiny_models.llama)
+    (seed,) = initial_pool(cfg)[0].to_pylist()
+    text = tok.apply_chat_template(instruction_messages(seed), tokenize=False, add_generation_prompt=True)
+    expected = len(tok(text, add_special_tokens=False)["input_ids"])
+    assert by_call(plan)["iter_0/imitation", "imitation/teacher"].prompt_tokens == expected
+    # The generator has no local tokenizer: 4 characters a token plus OpenAI's message framing.
+    assert TokenCounter(None, 4.0).count([{"role": "user", "content": "x" * 40}]) == 3 + 4 + 10
+    assert any("generator: tokens counted with 4 characters a token" == a for a in plan.assumptions)
+
+
+def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp_path, tiny_models):
+    from engine.data import RunDir
+
+    cfg = config(tmp_path, str(tiny_models.llama))
+    run = RunDir(cfg.run_dir)
+    run.write_json("state.json", {"completed": ["iter_0/imitation"]})
+    run.write_json("iter_0/metrics.json", {"rows/imitation/teacher": 20, "completion_tokens/imitation/teacher": 60,
+                                           "failed_rows/imitation/teacher": 2, "lion/candidates": 10,
+                                           "lion/new_instructions": 10})
+    plan = lion_plan(cfg)
+    lines = by_call(plan)
+    assert plan.skipped == ["iter_0/imitation"] and ("iter_0/imitation", "imitation/teacher") not in lines
+    assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(2)  # 10% failed, asked again
+    assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(8 * 3)  # 3 a reply, observed
+    assert [ln.call for ln in plan.lines if ln.stage == "iter_0/generation"] == ["generation/generator_round0"]  # all kept
+
+
+def test_budget_warning_names_the_stage():
+    lines = [Line("iter_0/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0),
+             Line("iter_0/discrimination", "discrimination/referee", "referee", 10, 0, 0, usd=1.0),
+             Line("iter_1/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0)]
+    (warning,) = budget_warnings(lines, {"teacher": 5.0, "referee": 5.0}, {"referee": 1.0})
+    assert warning.startswith("teacher: budget_usd $5 runs out in stage iter_1/imitation (imitation/teacher)")
+    assert budget_warnings(lines, {"teacher": 3.0}, {"teacher": 2.5})[0].count("iter_0/imitation") == 1
+    assert family("generation/generator_round12") == "generation/generator"
+    assert family("discrimination/referee_retry1") == "discrimination/referee"
+
+
+def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, capsys):
+    import ray
+    import yaml
+
+    from engine.cli import main
+
+    cfg = config(tmp_path, str(tiny_models.llama))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    was_up = ray.is_initialized()
+    assert main(["plan", "lion", "--config", str(path)]) == 0
+    assert ray.is_initialized() == was_up
+    saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert saved["totals"]["requests"] == pytest.approx(sum(ln["requests"] for ln in saved["lines"]))
+    assert "imitation/teacher" in saved["by_family"]
+    assert "iter_0/imitation" in capsys.readouterr().out
+
+
+def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from engine.cli import main
+
+    monkeypatch.delenv("PREFLIGHT_TEST_KEY", raising=False)
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "run_dir": str(blocker / "run"), "data": {"pool_files": [str(tmp_path / "missing.json")]},
+        "teacher": {"backend": "openai", "model": "gpt", "openai": {"api_key_env": "PREFLIGHT_TEST_KEY"}},
+        "student": {"backend": "vllm", "model": "/no/such/llama"},
+        "referee": {"backend": "hf", "model": "meta-llama/Llama-2-7b-hf"},
+        "generator": {"backend": "openai", "model": "m", "openai": {"base_url": "http://127.0.0.1:1/v1"}},
+    }))
+    assert main(["lion", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[0].startswith("error: ")
+    assert any("data.pool_files" in ln and "missing.json: file not found" in ln for ln in lines)
+    assert any("teacher.openai.api_key_env" in ln and "PREFLIGHT_TEST_KEY" in ln for ln in lines)
+    assert any("student.model: '/no/such/llama' does not exist" in ln for ln in lines)
+    assert any("referee.model" in ln and "hub name" in ln for ln in lines)
+    assert any(ln.strip().startswith("run_dir:") and "not writable" in ln for ln in lines)
+    assert not any("generator" in ln for ln in lines)  # a loopback server needs no key
+    assert main(["lion", "--config", str(path), "--plan"]) == 2  # --plan runs the same checks
+
+    cfg = validate({**yaml.safe_load(path.read_text()), "run_dir": str(tmp_path / "run"),
+                    "data": {"pool_files": [str(broken)]}}, "test")
+    problems = preflight(cfg, env={"PREFLIGHT_TEST_KEY": "k"})
+    assert len(problems) == 3 and "broken.json" in problems[0]
+
+
+def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
+    cfg = config(tmp_path, str(tiny_models.llama))
+    assert cluster_problems(cfg, {"CPU": 2}) == []
+    cfg.student.parallelism.tensor_parallel_size, cfg.student.parallelism.replicas = 4, 2
+    cfg.train.num_workers, cfg.train.gpus_per_worker = 8, 1
+    problems = cluster_problems(cfg, {"CPU": 4, "GPU": 4})
+    assert any(p.startswith("train: 8 workers x 1 GPUs need 8 GPUs; the cluster has 4") for p in problems)
+    assert any(p.startswith("student.parallelism: tensor_parallel_size 4 x replicas 2 need 8 GPUs") for p in problems)
+    assert any(p.startswith("train.num_workers: 8 workers") for p in problems)
