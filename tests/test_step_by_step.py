@@ -284,3 +284,12 @@ def test_report_from_any_state(tmp_path):
     assert "| step_by_step | 0.5 | 0.75 |" in report and "| teacher (reference) | 0.6 | 0.6 |" in report
     assert "| parse failure | test | train |" in report and "| run_on | 0 | 2 |" in report and "| train/step_by_step/1 | 9 |" in report and "| cost_usd | 0.5 |" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the full step-by-step sets (../shared/data/step-by-step) are absent")
+@pytest.mark.parametrize("task, split, n", [("cqa", "train", 9741), ("cqa", "test", 1221), ("svamp", "train", 800),
+                                            ("svamp", "test", 200), ("esnli", "test", 9824), ("anli1", "test", 1000)])
+def test_full_sets_align_and_mostly_parse(task, split, n):
+    rows = with_released_replies(read_examples(task, split, SHARED_DATA), SHARED_DATA, task, split)
+    parsed, failures = parse_rows(rows, TASKS[task])
+    assert len(parsed) == n and sum(failures.values()) < 0.05 * n
