@@ -1,9 +1,11 @@
-"""One Lion iteration of the demo: time, rows/s and tokens/s per stage, and each
-stage's share of the iteration. Runs `jobs/lion.py` on configs/demo.yaml (local Ray
-cluster, tiny models, vLLM on CPU) into a fresh run directory, then reads its
-iter_0/metrics.json.
+"""Lion iterations of the demo, engines per stage vs shared: time per stage and per
+iteration, engine starts, rows/s and tokens/s. Runs `jobs/lion.py` on
+configs/demo.yaml (local Ray cluster, tiny models, vLLM on CPU) twice into fresh run
+directories, once with `serving: per_stage` (every vLLM stage starts its own engine)
+and once with `serving: shared` (one Ray Serve LLM engine per distinct model for the
+job), then reads each iteration's iter_k/metrics.json.
 
-    python benchmarks/lion_iteration.py [--config configs/demo.yaml] [--set k=v ...] [--out FILE]
+    python benchmarks/lion_iteration.py [--iterations 2] [--modes per_stage shared] [--set k=v ...] [--out FILE]
 """
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+ORDER = ("imitation", "discrimination", "generation")
 
 
 def stage_rows(metrics: dict) -> list[dict]:
     """One row per stage that has a timing, in loop order (metrics.json keys are sorted)."""
-    order = ("imitation", "discrimination", "generation")
     stages = sorted((key.split("/", 1)[1] for key in metrics if key.startswith("timing_s/")),
-                    key=lambda stage: (order.index(stage.split("/")[0]) if stage.split("/")[0] in order else 3, stage))
+                    key=lambda stage: (ORDER.index(stage.split("/")[0]) if stage.split("/")[0] in ORDER else 3, stage))
     rows = []
     for stage in stages:
         seconds = metrics[f"timing_s/{stage}"]
@@ -37,37 +39,60 @@ def stage_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+def engine_figures(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k == "engine_starts" or k.startswith("engine_start_s/")}
+
+
+def run_job(mode: str, iterations: int, config: str, sets: list[str]) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"lion-bench-{mode}-")) / "run"
+    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", config, "--set", f"run_dir={run_dir}",
+           "--set", f"lion.iterations={iterations}", "--set", f"serving={mode}", *(f"--set={s}" for s in sets)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env.pop("RAY_ADDRESS", None)  # a fresh local cluster per mode: neither run inherits the other's workers
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    its = []
+    for k in range(iterations):
+        metrics = json.loads((run_dir / f"iter_{k}" / "metrics.json").read_text())
+        rows = stage_rows(metrics)
+        its.append({"iteration": k, "seconds": sum(r["seconds"] for r in rows), "stages": rows,
+                    "engines": engine_figures(metrics)})
+    return {"mode": mode, "wall_s": wall, "iterations": its, "run_dir": str(run_dir)}
+
+
+def print_tables(runs: dict[str, dict]) -> None:
+    for mode, run in runs.items():
+        print(f"\n`serving: {mode}`: {run['wall_s']:.1f} s wall for the job")
+        print(f"| {'iter':>4} | {'stage':34} | {'s':>7} | {'rows':>5} | {'rows/s':>7} | {'tok/s':>8} |")
+        print(f"|{'-' * 6}|{'-' * 36}|{'-' * 9}|{'-' * 7}|{'-' * 9}|{'-' * 10}|")
+        for it in run["iterations"]:
+            for r in it["stages"]:
+                print(f"| {it['iteration']:>4} | {r['stage']:34} | {r['seconds']:7.1f} | {r['rows']:5d} | "
+                      f"{r['rows_per_s']:7.2f} | {r['tokens_per_s']:8.0f} |")
+    if {"per_stage", "shared"} <= set(runs):
+        print("\n| iteration | per_stage s | shared s | shared / per_stage | engine starts per_stage | shared | shared engine start s |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for a, b in zip(runs["per_stage"]["iterations"], runs["shared"]["iterations"]):
+            starts = ", ".join(f"{k.split('/', 1)[1]} {v:.0f}" for k, v in b["engines"].items() if "/" in k) or "none"
+            print(f"| {a['iteration']} | {a['seconds']:.1f} | {b['seconds']:.1f} | {b['seconds'] / a['seconds']:.2f} | "
+                  f"{a['engines'].get('engine_starts', 0)} | {b['engines'].get('engine_starts', 0)} | {starts} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["per_stage", "shared"], choices=["per_stage", "shared"])
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "lion_iteration.json"))
     args = parser.parse_args(argv)
 
-    run_dir = Path(tempfile.mkdtemp(prefix="lion-bench-")) / "run"
-    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", args.config, "--set", f"run_dir={run_dir}",
-           "--set", "lion.iterations=1", *(f"--set={s}" for s in args.set)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, cwd=REPO)
-    wall = time.perf_counter() - start
-    metrics = json.loads((run_dir / "iter_0" / "metrics.json").read_text())
-    rows = stage_rows(metrics)
-    total = sum(r["seconds"] for r in rows)
-
-    print(f"\nOne Lion iteration ({args.config}): {wall:.1f} s wall for the job, {total:.1f} s in its stages\n")
-    print(f"| {'stage':34} | {'s':>7} | {'share':>6} | {'rows':>5} | {'rows/s':>7} | {'tok/s':>8} | {'compl tok/s':>11} |")
-    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 8}|{'-' * 7}|{'-' * 9}|{'-' * 10}|{'-' * 13}|")
-    for r in rows:
-        print(f"| {r['stage']:34} | {r['seconds']:7.1f} | {r['seconds'] / total:6.1%} | {r['rows']:5d} | "
-              f"{r['rows_per_s']:7.2f} | {r['tokens_per_s']:8.0f} | {r['completion_tokens_per_s']:11.0f} |")
-    summary = {k: metrics[k] for k in ("lion/hard_fraction", "lion/mean_gap", "lion/new_instructions", "lion/candidates")
-               if k in metrics}
-    print("\n" + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    runs = {mode: run_job(mode, args.iterations, args.config, args.set) for mode in args.modes}
+    print_tables(runs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"wall_s": wall, "stages": rows, "summary": summary,
-                                          "run_dir": str(run_dir)}, indent=2))
+    Path(args.out).write_text(json.dumps(runs, indent=2))
     return 0
 
 

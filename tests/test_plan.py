@@ -85,8 +85,15 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
     run.write_json("iter_0/metrics.json", {"rows/imitation/teacher": 20, "completion_tokens/imitation/teacher": 60,
                                            "failed_rows/imitation/teacher": 2, "lion/candidates": 10,
                                            "lion/new_instructions": 10})
+    from engine.llm.ledger import SpendLog
+
+    SpendLog(run, role="referee", stage="iter_0/discrimination", every_s=0).add(
+        retries=0, failed=False, prompt_tokens=0, completion_tokens=0, cost_usd=1.0)
+    cfg.referee.openai.budget_usd = 1.01  # the spend log has taken nearly all of it
     plan = lion_plan(cfg)
     lines = by_call(plan)
+    (warning,) = plan.warnings
+    assert warning.startswith("referee: budget_usd $1.01 runs out in stage iter_0/discrimination") and "$1.00 of it" in warning
     assert plan.skipped == ["iter_0/imitation"] and ("iter_0/imitation", "imitation/teacher") not in lines
     assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(2)  # 10% failed, asked again
     assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(8 * 3)  # 3 a reply, observed
@@ -167,3 +174,15 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     assert any(p.startswith("train: 8 workers x 1 GPUs need 8 GPUs; the cluster has 4") for p in problems)
     assert any(p.startswith("student.parallelism: tensor_parallel_size 4 x replicas 2 need 8 GPUs") for p in problems)
     assert any(p.startswith("train.num_workers: 8 workers") for p in problems)
+
+
+def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
+    from engine.step_by_step import job
+
+    cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"), [f"run_dir={tmp_path / 'run'}"])
+    plan = job.plan(cfg)
+    (teacher,) = [ln for ln in plan.lines if ln.call == "rationales/teacher"]
+    rows = [int(n) for n in plan.assumptions[0].replace(",", "").split() if n.isdigit()]
+    assert teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
+    trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
+    assert trained == {f"train/{m}/{f:g}" for m in cfg.methods for f in cfg.fractions}

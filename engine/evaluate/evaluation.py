@@ -84,8 +84,9 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
          "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
         for q, r, c in zip(questions, reference, candidate)
     ]
-    judgments, judge_records = judge_pairs(cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
-                                           retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES)
+    judgments, judge_records = judge_pairs(
+        cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
+        retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES)
     records += judge_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))

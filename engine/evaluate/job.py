@@ -56,7 +56,8 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
     run = RunDir(candidate.lion_run)
     config = run.read_json("config.json")
     if config is None:
-        raise CandidateError(f"candidate {candidate.name}: {run.path('config.json')} not found; is {candidate.lion_run} a Lion run directory?")
+        raise CandidateError(f"candidate {candidate.name}: {run.path('config.json')} not found; "
+                             f"is {candidate.lion_run} a Lion run directory?")
     k = candidate.iteration
     if k is None:
         done = [int(name[5:]) for name in _iteration_dirs(run) if run.exists(name, "imitation", "student", "config.json")]

@@ -15,6 +15,7 @@ from engine.lion.iteration import (
     answer, answered, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
 from engine.llm.prompts import instruction_messages
+from engine.llm.serving import training
 
 log = logging.getLogger("engine.lion")
 
@@ -76,5 +77,7 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: list[di
     from engine.train import train_causal_sft
 
     # Each iteration continues from the previous student, as in Lion's Algorithm 1.
-    return train_causal_sft(cfg.train, student_model, ray.data.from_items(sft), run.path(rel(k, "imitation", "student")),
-                            name=f"{cfg.name}-iter{k}-imitation")
+    # Engines the student's training needs the GPUs of stop first (engine.llm.serving).
+    with training():
+        return train_causal_sft(cfg.train, student_model, ray.data.from_items(sft),
+                                run.path(rel(k, "imitation", "student")), name=f"{cfg.name}-iter{k}-imitation")

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, pool_to_dataset, read_pool
 from engine.data.pools import dataset_to_table
+from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
 
@@ -88,10 +89,13 @@ def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageReco
     for record in records:
         figures.update(record.as_dict())
     figures.update(extra)
+    figures.update(take_engine_metrics())  # engine_starts, engine_start_s/<role> during this stage
     run.write_json(rel(k, stage, "metrics.json"), figures)
     merged = {}
     for name in ("imitation", "discrimination", "generation"):
-        merged.update(run.read_json(rel(k, name, "metrics.json"), {}))
+        for key, value in run.read_json(rel(k, name, "metrics.json"), {}).items():
+            # Engine starts add up over the iteration's stages; every other key is one stage's.
+            merged[key] = merged.get(key, 0) + value if key.startswith("engine_start") else value
     run.write_json(rel(k, "metrics.json"), merged)
     return figures
 

@@ -23,6 +23,7 @@ from engine.lion.generation import generation
 from engine.lion.imitation import imitation
 from engine.lion.iteration import rel, usage
 from engine.lion.report import write_report
+from engine.llm.serving import job_engines
 from engine.runner import Stage, StageResult, run_stages
 from engine.tiny import resolve_tiny_models
 
@@ -106,11 +107,9 @@ def load(path: str, overrides: list[str]) -> RunConfig:
 
 def plan(cfg: RunConfig):
     """What the run will cost (engine.plan.lion), with the spend the run directory already holds."""
-    from engine.llm.ledger import spent_by_role
     from engine.plan.lion import lion_plan
 
-    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
-    return lion_plan(cfg, spent_by_role(run) if run else {})
+    return lion_plan(cfg)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -119,8 +118,12 @@ def run(cfg: RunConfig) -> dict:
     # The resolved config holds the *names* of key variables, never their values.
     rundir.write_json("config.json", cfg.model_dump(mode="json"))
     seed_pools(cfg, rundir)
-    state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
-                       outputs={"student_model": cfg.student.model}, report=write_report)
+    roles = {name: getattr(cfg, name) for name in cfg.ROLES}
+    if cfg.eval is not None:
+        roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
+    with job_engines(roles, cfg.serving, run_id=rundir.uri, train_gpus=cfg.train.num_workers * cfg.train.gpus_per_worker):
+        state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
+                           outputs={"student_model": cfg.student.model}, report=write_report)
     write_report(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state

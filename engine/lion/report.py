@@ -46,6 +46,7 @@ class Iteration:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> metric -> value
     loop: dict[str, float] = field(default_factory=dict)                # lion/<key>
     rejects: dict[str, float] = field(default_factory=dict)             # generation_rejects/<reason>
+    engines: dict[str, float] = field(default_factory=dict)             # engine_starts, engine_start_s/<role>
     judgments: pa.Table | None = None
     notes: list[str] = field(default_factory=list)                      # what is missing, and why
 
@@ -135,6 +136,9 @@ def split_metrics(metrics: dict, it: Iteration) -> None:
     """Sort flat `<metric>/<stage>` keys into stages, loop summary and rejects."""
     skipped = []
     for key, value in metrics.items():
+        if key == "engine_starts" or key.startswith("engine_start_s/"):
+            it.engines[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or "/" not in key:
             skipped.append(key)
             continue
@@ -282,6 +286,7 @@ def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[st
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")
     out += _section_loop(iterations, plots)
     out += _section_stages(iterations, plots)
+    out += _section_engines(iterations)
     out += _section_spend(iterations, plots, spend)
     out += _section_scores(iterations, plots)
     out += _section_rejects(iterations)
@@ -312,6 +317,18 @@ def _section_stages(iterations, plots) -> list[str]:
     if extra:
         out += ["\nOther stage metrics:\n", table_md(["iteration", "stage", "metric", "value"], extra)]
     return out
+
+
+def _section_engines(iterations) -> list[str]:
+    """Engines started per iteration (engine.llm.serving): with shared serving, frozen roles
+    start in the first iteration only and the student once per iteration."""
+    roles = sorted({key.split("/", 1)[1] for it in iterations for key in it.engines if "/" in key})
+    rows = [[it.k, it.engines.get("engine_starts")] + [it.engines.get(f"engine_start_s/{r}") for r in roles]
+            for it in iterations if it.engines]
+    if not rows:
+        return []
+    return ["\n## Engine starts per iteration\n",
+            table_md(["iteration", "engine_starts", *(f"start s: {r}" for r in roles)], rows)]
 
 
 def _spent_line(spend: list[dict]) -> str:

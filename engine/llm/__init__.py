@@ -1,6 +1,7 @@
 """One interface for an LLM role over a Ray Dataset: `generate(role, rows, to_prompt, ...)`.
 
-Backends: `vllm` (Ray Data LLM's vLLM processor), `hf` (transformers generate in
+Backends: `vllm` (Ray Data LLM's vLLM processor, or inside an
+engine.llm.serving.job_engines block the job's long-lived Ray Serve LLM engine), `hf` (transformers generate in
 an actor pool; the only path for T5) and `openai` (any OpenAI-compatible
 endpoint, with a cluster-wide rate limiter, retries, a response cache and a
 budget). The batch callables `HFGenerator` and `OpenAIGenerator` import no Ray
@@ -80,11 +81,20 @@ def generate(
         # generation batch at a time, which also makes each block one generation batch.
         prompted = rows.map_batches(attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch_rows(role))
         if role.backend == "vllm":
+            from engine.llm import serving
             from engine.llm.vllm_backend import run_vllm
 
             chat = isinstance(decode_prompt(prompted.take(1)[0][PROMPT_COL]), list) if keep else True
-            out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
-                                     structured_output=structured_output, logprobs=logprobs, draw=draw)
+            engines = serving.active()
+            if engines is not None and engines.shared:
+                # The job's long-lived engine for this model (started on first use).
+                out, rec.gpus = engines.run(role, prompted, role_name=role_name, chat=chat,
+                                            structured_output=structured_output, logprobs=logprobs)
+            else:
+                out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
+                                         structured_output=structured_output, logprobs=logprobs, draw=draw)
+                if engines is not None:
+                    engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":
             from engine.llm.hf import HFGenerator
 

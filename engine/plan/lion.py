@@ -17,6 +17,7 @@ from engine.config import RunConfig
 from engine.data import RunDir, read_pool
 from engine.lion.generator import KINDS, generator_messages
 from engine.lion.referee import referee_messages
+from engine.llm.ledger import spent_by_role
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.plan import Line, Plan, budget_warnings, family, price
 from engine.plan.observed import Observed
@@ -25,9 +26,8 @@ from engine.plan.tokens import counter_for, sample
 STAGES = ("imitation", "discrimination", "generation")
 
 
-def lion_plan(cfg: RunConfig, spent: dict[str, float] | None = None) -> Plan:
-    """-> the run's Plan; reads the pool files (or the run directory's pools), sends nothing.
-    `spent`: dollars each role has already spent in this run directory."""
+def lion_plan(cfg: RunConfig) -> Plan:
+    """-> the run's Plan; reads the pool files (or the run directory's pools and spend log), sends nothing."""
     run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
     state = run.read_json("state.json", {}) if run else {}
     completed = set(state.get("completed", ()))
@@ -50,7 +50,7 @@ def lion_plan(cfg: RunConfig, spent: dict[str, float] | None = None) -> Plan:
         _add(plan, completed, f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)))
 
     budgets = {name: getattr(cfg, name).openai.budget_usd for name in cfg.ROLES if getattr(cfg, name).openai}
-    plan.warnings = budget_warnings(plan.lines, budgets, spent or {})
+    plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
     return plan
 
 

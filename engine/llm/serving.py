@@ -1,0 +1,333 @@
+"""Long-lived vLLM engines for a job: one Ray Serve LLM deployment per distinct model and
+engine settings, started on first use and kept until the job ends.
+
+    with job_engines({"teacher": cfg.teacher, "referee": cfg.referee, ...}, cfg.serving, run_id=run.uri):
+        generate(cfg.teacher, rows, to_prompt, stage="iter_0/imitation/teacher", role_name="teacher")
+        ...                                   # every `vllm` role of every stage goes to its engine
+
+Inside the block, `engine.llm.generate` sends a `vllm` role's rows through Ray Data to the
+role's engine (engine.llm.serve_backend); roles whose model and engine settings are equal
+(teacher, referee and generator of one 70B model) share one engine, whatever their
+sampling. Frozen roles start once per job. The roles named in `per_iteration` (the
+student) change model: a new model starts a new engine and retires the old one, and
+`training()` retires them before fine-tuning; with `during_training: release` it stops
+every engine, so training gets all GPUs, and they start again on next use (that cost is
+in `engine_start_s`). Outside a block, or with `mode: per_stage`, each call starts and
+stops its own engines as before.
+
+Nothing outlives the job: the block deletes its Serve applications on exit, on an
+exception and on SIGTERM; a detached reaper actor deletes them when the job's driver dies
+without cleaning up (SIGKILL, a lost head node process); and a job entering a block for
+the same run first deletes what a dead job of that run left. Applications are named
+`lion-<run hash>-<engine hash>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from engine.config.models import RoleConfig, ServingConfig
+
+log = logging.getLogger("engine.llm")
+
+NAMESPACE = "lion-distill"
+APP_PREFIX = "lion-"
+REAPER_POLL_S = 2.0
+
+_active: "JobEngines | None" = None
+
+
+def active() -> "JobEngines | None":
+    """The engines of the job block we are in, if any."""
+    return _active
+
+
+def run_prefix(run_id: str) -> str:
+    return APP_PREFIX + hashlib.sha256(run_id.encode()).hexdigest()[:8] + "-"
+
+
+def engine_key(role: RoleConfig, gpu: bool) -> str:
+    """Equal for roles that one engine can serve: same model, engine settings and replicas."""
+    from engine.llm.serve_backend import serve_engine_kwargs
+
+    spec = {"model": role.model, "engine": serve_engine_kwargs(role, gpu), "replicas": role.parallelism.replicas}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def engine_gpus(role: RoleConfig) -> int:
+    return role.parallelism.tensor_parallel_size * role.parallelism.replicas
+
+
+def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
+             cluster_gpus: float, during_training: str) -> dict:
+    """The GPUs the job's engines and training hold at once, and `problem` (None, or why
+    they do not fit the cluster's GPUs now). `keep`: frozen engines stay up through
+    training, so they must fit beside it; `release`: they stop for training, so each phase
+    fits alone. A problem is a warning, not an error: an autoscaling cluster may grow."""
+    vllm = {name: r for name, r in roles.items() if r.backend == "vllm"}
+    frozen = sum({engine_key(r, True): engine_gpus(r) for name, r in vllm.items() if name not in per_iteration}.values())
+    student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
+    serving, training = frozen + student, train_gpus + (frozen if during_training == "keep" else 0)
+    plan = {"frozen_engine_gpus": frozen, "student_engine_gpus": student, "train_gpus": train_gpus,
+            "cluster_gpus": cluster_gpus, "peak_gpus": max(serving, training), "problem": None}
+    if plan["peak_gpus"] > cluster_gpus:
+        hint = ("set serving.during_training: release (engines stop while the student trains)"
+                if during_training == "keep" and serving <= cluster_gpus and train_gpus <= cluster_gpus
+                else "use fewer replicas or training workers, more GPUs, or serving: per_stage")
+        plan["problem"] = (f"the job holds {plan['peak_gpus']:g} GPUs at once ({frozen} for the frozen engines, "
+                           f"{student} for the student's, {train_gpus:g} for training, during_training="
+                           f"{during_training}) but the cluster has {cluster_gpus:g}: {hint}")
+    return plan
+
+
+@dataclass
+class Engine:
+    app: str
+    model_id: str
+    roles: set[str] = field(default_factory=set)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        from engine.llm.serve_backend import probe, wait_until
+
+        wait_until(lambda: probe(self.app, self.model_id), timeout_s, f"engine {self.app}")
+
+
+class JobEngines:
+    """The engines of one job. Made by `job_engines`; stages reach it through `active()`."""
+
+    def __init__(self, run_id: str, serving: ServingConfig, per_iteration: tuple[str, ...], gpu: bool):
+        self.serving, self.per_iteration, self.gpu = serving, per_iteration, gpu
+        self.prefix = run_prefix(run_id)
+        self.engines: dict[str, Engine] = {}  # engine key -> engine
+        # (role, seconds waited or None, model loads: one per replica) since the last take_metrics
+        self.starts: list[tuple[str, float | None, int]] = []
+        self._reaper = None
+
+    @property
+    def shared(self) -> bool:
+        return self.serving.mode == "shared"
+
+    # --- generation --------------------------------------------------------------
+
+    def run(self, role: RoleConfig, prompted, *, role_name: str, chat: bool, structured_output, logprobs):
+        """-> (lazy dataset in the response contract, GPUs held). A drawn row (engine.llm.generate's
+        `draw`) seeds its request on GPUs; a CPU engine cannot seed one request and is not re-seeded
+        per draw (it is shared), so its draws differ by the engine's advancing generator."""
+        from engine.llm.serve_backend import run_serve
+
+        engine = self.engine_for(role, role_name)
+        out = run_serve(engine, role, prompted, chat=chat, role_name=role_name, structured_output=structured_output,
+                        logprobs=logprobs, gpu=self.gpu, retries=self.serving.retries,
+                        ready_timeout_s=self.serving.ready_timeout_s)
+        return out, float(engine_gpus(role) if self.gpu else 0)
+
+    def engine_for(self, role: RoleConfig, role_name: str) -> Engine:
+        key = engine_key(role, self.gpu)
+        for other_key, engine in list(self.engines.items()):
+            if other_key != key and role_name in engine.roles:  # this role moved on (a new student)
+                engine.roles.discard(role_name)
+                if not engine.roles:
+                    self._stop(other_key)
+        if key not in self.engines:
+            self.engines[key] = self._start(key, role, role_name)
+        self.engines[key].roles.add(role_name)
+        return self.engines[key]
+
+    def count_per_stage_start(self, role: RoleConfig, role_name: str) -> None:
+        """A per-stage vLLM call starts (and stops) `replicas` engines of its own."""
+        self.starts.append((role_name, None, role.parallelism.replicas))
+
+    # --- lifetimes ----------------------------------------------------------------
+
+    def _start(self, key: str, role: RoleConfig, role_name: str) -> Engine:
+        from ray import serve
+        from ray.serve.llm import build_llm_deployment
+
+        from engine.llm.serve_backend import DEPLOYMENT, llm_config
+
+        app = self.prefix + key
+        self._track(app, add=True)
+        log.info("starting engine %s for %s (%s)", app, role_name, role.model)
+        begin = time.perf_counter()
+        for attempt in (1, 2):  # one more try: an engine may die while it starts (an OOM kill)
+            try:
+                serve.run(build_llm_deployment(llm_config(role, gpu=self.gpu),
+                                               override_serve_options={"name": DEPLOYMENT}),
+                          name=app, route_prefix=None, blocking=False)
+                break
+            except RuntimeError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("engine %s failed to start (%s); starting it again", app, exc)
+                serve.delete(app)
+        seconds = time.perf_counter() - begin
+        self.starts.append((role_name, seconds, role.parallelism.replicas))
+        log.info("engine %s up in %.1f s", app, seconds)
+        return Engine(app, role.model)
+
+    def _stop(self, key: str) -> None:
+        from ray import serve
+
+        engine = self.engines.pop(key)
+        log.info("stopping engine %s", engine.app)
+        serve.delete(engine.app)
+        self._track(engine.app, add=False)
+
+    @contextmanager
+    def training(self):
+        """Around fine-tuning: the per-iteration engines stop (their model is about to be
+        replaced); with during_training=release every engine stops, to start again on next use."""
+        for key, engine in list(self.engines.items()):
+            if self.serving.during_training == "release" or engine.roles <= set(self.per_iteration):
+                self._stop(key)
+        yield
+
+    def take_metrics(self) -> dict:
+        """Since the last call: `engine_starts` (model loads: an engine of N replicas is N) and
+        `engine_start_s/<role>` (seconds the job waited for the engines that role started;
+        per-stage engines start inside their stage and are not timed apart)."""
+        starts, self.starts = self.starts, []
+        out = {"engine_starts": sum(loads for _, _, loads in starts)}
+        for role, seconds, _ in starts:
+            if seconds is not None:
+                out[f"engine_start_s/{role}"] = round(out.get(f"engine_start_s/{role}", 0.0) + seconds, 3)
+        return out
+
+    def open(self) -> None:
+        """Delete what a dead job of this run left, and watch this job's driver."""
+        import ray
+        from ray import serve
+
+        # Engines are reached through deployment handles: no HTTP proxy (a port, a process).
+        serve.start(proxy_location="Disabled")
+        try:
+            ray.kill(ray.get_actor(self.prefix + "reaper", namespace=NAMESPACE))
+        except ValueError:
+            pass  # no reaper left: the last job of this run ended cleanly
+        delete_apps(self.prefix)
+        anchor = ray.remote(num_cpus=0)(_Anchor).remote()
+        self._reaper = ray.remote(num_cpus=0)(_Reaper).options(
+            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached").remote(anchor, self.prefix)
+        self._reaper.watch.remote()
+
+    def close(self) -> None:
+        import ray
+
+        for key in list(self.engines):
+            try:
+                self._stop(key)
+            except Exception as exc:  # the reaper's sweep below still deletes it
+                log.warning("stopping engine %s: %s", self.engines.get(key), exc)
+        delete_apps(self.prefix)
+        if self._reaper is not None:
+            ray.kill(self._reaper)
+
+    def _track(self, app: str, add: bool) -> None:
+        if self._reaper is not None:
+            self._reaper.track.remote(app, add)
+
+
+def delete_apps(prefix: str) -> list[str]:
+    """Delete every Serve application whose name starts with `prefix`; -> their names."""
+    from ray import serve
+
+    try:
+        apps = [name for name in serve.status().applications if name.startswith(prefix)]
+    except Exception:  # Serve is not running: nothing to delete
+        return []
+    for name in apps:
+        log.info("deleting Serve application %s", name)
+        serve.delete(name)
+    return apps
+
+
+class _Anchor:
+    """Owned by the job's driver, so it dies with it: the reaper watches it."""
+
+    def ping(self) -> bool:
+        return True
+
+
+class _Reaper:
+    """A detached actor that deletes a job's Serve applications once the job's driver is
+    gone without deleting them itself."""
+
+    def __init__(self, anchor, prefix: str):
+        self.anchor, self.prefix, self.apps = anchor, prefix, set()
+
+    def track(self, app: str, add: bool) -> None:
+        (self.apps.add if add else self.apps.discard)(app)
+
+    async def watch(self) -> None:
+        import ray
+
+        while True:
+            try:
+                await self.anchor.ping.remote()
+            except ray.exceptions.RayActorError:
+                break
+            await asyncio.sleep(REAPER_POLL_S)
+        await asyncio.get_running_loop().run_in_executor(None, delete_apps, self.prefix)
+        ray.actor.exit_actor()
+
+
+@contextmanager
+def job_engines(roles: dict[str, RoleConfig], serving: ServingConfig, *, run_id: str,
+                per_iteration: tuple[str, ...] = ("student",), train_gpus: float = 0.0):
+    """The block a job runs its stages in (see the module docstring). `roles`: every role of
+    the job by name; `run_id`: the run directory, which names the job's applications."""
+    global _active
+    import ray
+
+    if _active is not None:
+        raise RuntimeError("job_engines blocks do not nest: one job, one set of engines")
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    engines = JobEngines(run_id, serving, per_iteration, gpu=cluster_gpus > 0)
+    uses_vllm = any(r.backend == "vllm" for r in roles.values())
+    if engines.shared and uses_vllm:
+        if engines.gpu:
+            plan = gpu_plan(roles, per_iteration, train_gpus, cluster_gpus, serving.during_training)
+            (log.warning if plan["problem"] else log.info)("serving: %s", plan["problem"] or plan)
+        engines.open()
+    previous = _exit_on_sigterm()
+    _active = engines
+    try:
+        yield engines
+    finally:
+        _active = None
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if engines.shared and uses_vllm:
+            engines.close()
+
+
+def _exit_on_sigterm():
+    """SIGTERM (`ray job stop`, Kubernetes) unwinds the block, so its engines are deleted."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+    return signal.signal(signal.SIGTERM, _exit)
+
+
+@contextmanager
+def training():
+    """Wrap fine-tuning in this: frees the GPUs engines need not hold while the student trains."""
+    if _active is None or not _active.shared:
+        yield
+        return
+    with _active.training():
+        yield
+
+
+def take_engine_metrics() -> dict:
+    """Engine starts since the last call (for a stage's metrics.json); {} outside a job block."""
+    return {} if _active is None else _active.take_metrics()

