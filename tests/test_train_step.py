@@ -272,3 +272,18 @@ def test_each_epoch_is_one_seeded_global_shuffle_dealt_to_the_ranks():
     batches = list(B.micro_batches(columns, epoch0[1], 4))
     assert [len(b["n_target_tokens"]) for b in batches] == [4, 4, 3]
     assert [len(x) - 1 for b in batches for x in b["input_ids"]] == list(epoch0[1])
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3])
+def test_a_short_run_has_a_step_that_learns(total_steps):
+    # Warmup starts at lr 0: a run whose every step were warmup (one step at 3% warmup, as an
+    # iteration imitating a handful of new instructions) would train nothing at all.
+    from engine.config.models import TrainConfig
+
+    optimizer, scheduler = S.build_optimizer(torch.nn.Linear(2, 2), TrainConfig(learning_rate=1.0, warmup_ratio=0.03), total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert max(rates) > 0.5

@@ -122,7 +122,9 @@ def build_optimizer(model: nn.Module, cfg, total_steps: int):
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
     )
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    # The schedule's first step is at lr 0: at least one step must come after the warmup, or a
+    # short run (a Lion iteration's few new instructions: one step) would not train at all.
+    warmup = min(math.ceil(cfg.warmup_ratio * total_steps), total_steps - 1)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
