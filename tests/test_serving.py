@@ -129,6 +129,7 @@ def kill_when_busy(app: str, stop: threading.Event, killed: list) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.serve
 @pytest.mark.vllm
 def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster, tiny_models, tmp_path):
     import ray

@@ -45,6 +45,7 @@ print(json.dumps({"problem": plan["problem"], "peak": plan["peak_gpus"], "frozen
 
 
 @pytest.mark.ray
+@pytest.mark.serve
 @pytest.mark.parametrize("gpus", [16, 8])
 def test_gpu_plan_matches_what_ray_places_on_declared_gpus(tiny_models, gpus):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_models.llama), str(gpus)], cwd=REPO,
