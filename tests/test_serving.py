@@ -130,6 +130,7 @@ def kill_when_busy(app: str, stop: threading.Event, killed: list) -> None:
 
 @pytest.mark.ray
 @pytest.mark.serve
+@pytest.mark.serve_e2e
 @pytest.mark.vllm
 def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster, tiny_models, tmp_path):
     import ray

@@ -48,6 +48,7 @@ def _nothing_left(prefix: str, timeout: float = 90) -> bool:
 
 @pytest.mark.ray
 @pytest.mark.serve
+@pytest.mark.serve_e2e
 @pytest.mark.vllm
 def test_lion_shared_engines_start_once_and_a_killed_job_leaves_nothing(ray_cluster, tiny_models, tmp_path):
     run, log = tmp_path / "run", tmp_path / "job.log"
