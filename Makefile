@@ -32,14 +32,11 @@ demo: $(STAMP)
 	$(PY) -m engine.data inspect data/self-instruct/*.jsonl
 	$(PY) jobs/lion.py --config configs/demo.yaml
 
-# The Ray Serve tests run in a session (and so a Ray cluster) of their own. The two Serve
-# end-to-end tests (marked serve_e2e) are left out: the engine-kill test failed twice right after
-# the rest of the suite, in a shared session and in a session of its own, and passed twice run
-# alone; until that is understood, run them by hand: `.venv/bin/python -m pytest -m serve_e2e`.
-# --tb=native: pytest's own traceback formatter crashed (INTERNALERROR, AST recursion) on that failure.
+# The Ray Serve tests run in a pytest session (and so a Ray cluster) of their own.
+# --tb=native: pytest's own traceback formatter crashed (INTERNALERROR, AST recursion) on a Ray failure.
 test: $(STAMP)
 	$(PY) -m pytest -q -rs --durations=15 --tb=native -m "not serve"
-	$(PY) -m pytest -q -rs --durations=5 --tb=native -m "serve and not serve_e2e"
+	$(PY) -m pytest -q -rs --durations=5 --tb=native -m serve
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

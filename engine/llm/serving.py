@@ -151,6 +151,7 @@ class JobEngines:
         from ray.serve.llm import build_llm_deployment
 
         from engine.llm.serve_backend import DEPLOYMENT, llm_config
+        from engine.llm.serve_server import JobLLMServer
 
         app = self.prefix + key
         self._track(app, add=True)
@@ -158,7 +159,7 @@ class JobEngines:
         begin = time.perf_counter()
         for attempt in (1, 2):  # one more try: an engine may die while it starts (an OOM kill)
             try:
-                serve.run(build_llm_deployment(llm_config(role, gpu=self.gpu),
+                serve.run(build_llm_deployment(llm_config(role, gpu=self.gpu), deployment_cls=JobLLMServer,
                                                override_serve_options={"name": DEPLOYMENT}),
                           name=app, route_prefix=None, blocking=False)
                 break
