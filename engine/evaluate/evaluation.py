@@ -30,6 +30,7 @@ from engine.lion.iteration import answer, read_rows, write_responses
 from engine.lion.judge import judge_pairs
 from engine.lion.referee import judgment_schema
 from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
 log = logging.getLogger("engine.evaluate")
@@ -95,6 +96,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     for record in records:
         figures.update(record.as_dict())
     figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
+    figures.update(take_engine_metrics())  # the candidate's or judge's engine may start here
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
     overall = summary["overall"]

@@ -91,13 +91,22 @@ def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageReco
     figures.update(extra)
     figures.update(take_engine_metrics())  # engine_starts, engine_start_s/<role> during this stage
     run.write_json(rel(k, stage, "metrics.json"), figures)
-    merged = {}
-    for name in ("imitation", "discrimination", "generation"):
-        for key, value in run.read_json(rel(k, name, "metrics.json"), {}).items():
-            # Engine starts add up over the iteration's stages; every other key is one stage's.
-            merged[key] = merged.get(key, 0) + value if key.startswith("engine_start") else value
-    run.write_json(rel(k, "metrics.json"), merged)
+    merge_iteration_metrics(run, k)
     return figures
+
+
+def merge_iteration_metrics(run: RunDir, k: int) -> None:
+    """iter_k/metrics.json: the iteration's stages' figures, engine starts summed over them.
+    An evaluation stage (engine.evaluate, which writes its own metrics.json) adds its
+    engine starts only: the student's engine may start there."""
+    merged = {}
+    for name in ("imitation", "discrimination", "generation", "eval"):
+        for key, value in run.read_json(rel(k, name, "metrics.json"), {}).items():
+            if key.startswith("engine_start"):
+                merged[key] = merged.get(key, 0) + value
+            elif name != "eval":
+                merged[key] = value
+    run.write_json(rel(k, "metrics.json"), merged)
 
 
 def usage(records: list[StageRecord]) -> dict:

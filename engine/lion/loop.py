@@ -21,7 +21,7 @@ from engine.evaluate.scores import headline
 from engine.lion.discrimination import discrimination
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
-from engine.lion.iteration import rel, usage
+from engine.lion.iteration import merge_iteration_metrics, rel, usage
 from engine.lion.report import write_report
 from engine.llm.serving import job_engines
 from engine.runner import Stage, StageResult, run_stages
@@ -83,6 +83,7 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
         summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"))
+        merge_iteration_metrics(run, k)
         return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
     return Stage(f"iter_{k}/eval", fn)
 
