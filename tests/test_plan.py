@@ -271,3 +271,36 @@ def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tm
     assert plan.skipped == ["rationales", first] and first not in {ln.stage for ln in plan.lines}
     assert all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 200 / 3600) for ln in plan.lines)
     assert "student: 200 training tokens/s a GPU (observed)" in plan.assumptions
+
+
+def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
+    from engine.config.evaluate import EvalJobConfig
+
+    section = eval_section(tmp_path, str(tiny_models.llama))
+    section["questions"]["files"] = [str(tmp_path / "missing.jsonl")]
+    section["candidates"] = [{"name": "lion", "lion_run": str(tmp_path / "no-run")},
+                             {"name": "local", "role": {"backend": "vllm", "model": str(tmp_path / "no-model")}}]
+    cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section})
+    problems = preflight(cfg, env={})
+    assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in problems)
+    assert any(p.startswith("eval.candidates[0]: candidate lion:") and "config.json not found" in p for p in problems)
+    assert any(p.startswith("eval.candidates[1].role.model:") and "does not exist" in p for p in problems)
+    (tmp_path / "answers.jsonl").write_text('{"question_id": 1, "text": "An apple."}\n')  # questions 2 and 3 unanswered
+    section["questions"]["files"] = [str(tmp_path / "questions.jsonl")]
+    section["candidates"] = section["candidates"][1:]
+    problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={})
+    assert any(p.startswith("eval: ") and "question_id" in p for p in problems), problems
+
+
+def test_job_lines_stay_plain_text_after_ray_serve_llm_takes_the_root_logger(capsys):
+    import logging
+
+    from engine.cli import _log_to_stderr
+
+    _log_to_stderr()
+    import ray.serve.llm  # noqa: F401  (its import puts a JSON handler on the root logger)
+
+    logging.getLogger("engine.test").info("stage done")
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if "stage done" in ln]
+    assert line.endswith("INFO engine.test: stage done")  # not a JSON object, as the root logger's lines now are
