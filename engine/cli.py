@@ -98,6 +98,7 @@ def init_ray(verbose: bool) -> None:
         # logs add about a thousand lines to a demo run.
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a deployment's options, 15 lines an engine
 
 
 def main(argv: list[str] | None = None) -> int:
