@@ -25,7 +25,7 @@ def _job(ray_cluster, run: Path, log: Path) -> subprocess.Popen:
     sets = [f"run_dir={run}", "lion.iterations=2", "data.sample_size=12", "lion.new_instructions_per_iteration=4",
             "lion.generation_rounds=2", "train.num_workers=1", "serving=shared", "student.backend=vllm",
             "student.sampling.max_tokens=16", "student.max_model_len=1024", "teacher.sampling.max_tokens=16",
-            "eval=null"]  # the demo's evaluation stages would start the student's engine under the name "candidate"
+            "eval=null"]  # no evaluation stages: the base student's (the same tiny model) would start the engine before the teacher
     cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),
            *(f"--set={s}" for s in sets)]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ray_cluster.env, cwd=REPO)
