@@ -89,6 +89,21 @@ def test_gpu_plan_keep_needs_room_for_everything_release_for_each_phase():
                                    during_training="release")["problem"]
 
 
+def test_an_iterations_engine_starts_add_up_over_its_stages_and_its_evaluation(tmp_path):
+    from engine.data import RunDir
+    from engine.lion.iteration import merge_iteration_metrics
+
+    run = RunDir(str(tmp_path))
+    run.write_json("iter_1/imitation/metrics.json", {"engine_starts": 0, "timing_s/imitation/teacher": 2.0})
+    # The evaluation after imitation starts the new student's engine; its scores stay its own.
+    run.write_json("iter_1/eval/metrics.json", {"engine_starts": 1, "engine_start_s/student": 30.0, "eval/win": 3})
+    run.write_json("iter_1/discrimination/metrics.json", {"engine_starts": 0, "rows/discrimination/student": 8})
+    merge_iteration_metrics(run, 1)
+    assert run.read_json("iter_1/metrics.json") == {
+        "engine_starts": 1, "engine_start_s/student": 30.0, "timing_s/imitation/teacher": 2.0,
+        "rows/discrimination/student": 8}
+
+
 # --- real engines ------------------------------------------------------------------
 
 def serve_apps(prefix: str) -> list[str]:
