@@ -63,6 +63,23 @@ def _plan(job, cfg) -> int:
     return 0
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (a test harness swaps it)."""
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
+def _log_to_stderr() -> None:
+    """The job's own lines (loggers under `engine`) on a handler of their own: Ray Serve LLM's
+    first import in a process replaces the root logger's handlers with a JSON one, which would
+    turn every line after the first engine start into a JSON object."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    engine = logging.getLogger("engine")
+    engine.handlers, engine.propagate = [handler], False
+    engine.setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def init_ray(verbose: bool) -> None:
     import ray
 
@@ -81,6 +98,7 @@ def init_ray(verbose: bool) -> None:
         # logs add about a thousand lines to a demo run.
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a deployment's options, 15 lines an engine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = importlib.import_module(JOBS[name])
     args = _parser(name, job.__doc__).parse_args(argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     try:
         cfg = job.load(args.config, args.set)
     except ConfigError as e:

@@ -4,7 +4,8 @@ once, one line each, so a run fails in seconds instead of at the stage that need
     problems = preflight(cfg)                 # [] when the run can start
     problems += cluster_problems(cfg, ray.cluster_resources())   # once joined
 
-Checks: input files exist and parse (with rows left to use); an API role's key variable is
+Checks: input files exist and parse (with rows left to use; an evaluation's questions with a
+reference answer each, and a student in each Lion run it evaluates); an API role's key variable is
 set; a local role's model folder exists (a name that is no folder is said to be a hub name,
 which only works where the hub is reachable); the run directory is writable.
 """
@@ -16,6 +17,7 @@ from typing import Iterator
 
 from pydantic import BaseModel
 
+from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig
 
 
@@ -27,12 +29,16 @@ def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
             yield prefix + name, value
         elif isinstance(value, BaseModel):
             yield from roles(value, f"{prefix}{name}.")
+        elif isinstance(value, list):  # the evaluation's candidates
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from roles(item, f"{prefix}{name}[{i}].")
 
 
-def _data_sections(cfg: BaseModel) -> Iterator[tuple[str, DataConfig]]:
+def _sections(cfg: BaseModel, kind: type) -> Iterator[tuple[str, BaseModel]]:
     for name in type(cfg).model_fields:
         value = getattr(cfg, name)
-        if isinstance(value, DataConfig):
+        if isinstance(value, kind):
             yield name, value
 
 
@@ -68,6 +74,28 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
     return []
 
 
+def eval_problems(name: str, cfg: EvalConfig) -> list[str]:
+    """Questions that load, a reference answer for each, and a student in every Lion run named."""
+    from engine.data import PoolFileError
+    from engine.evaluate.job import CandidateError, candidate_role
+    from engine.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+
+    problems = []
+    try:
+        questions = load_questions(cfg.questions, cfg.seed)[0]
+        if cfg.reference.answers is not None:
+            read_reference_answers(cfg.reference, questions)
+    except (PoolFileError, EvalDataError) as e:
+        problems.append(f"{name}: {e}")
+    for i, candidate in enumerate(cfg.candidates):
+        if candidate.lion_run is not None:
+            try:
+                candidate_role(candidate)
+            except CandidateError as e:
+                problems.append(f"{name}.candidates[{i}]: {e}")
+    return problems
+
+
 def run_dir_problems(run_dir: str) -> list[str]:
     if "://" in run_dir:
         return []  # a remote filesystem: its credentials are checked by its first write
@@ -85,8 +113,10 @@ def run_dir_problems(run_dir: str) -> list[str]:
 def preflight(cfg: BaseModel, env=os.environ) -> list[str]:
     """Every problem that would stop the run, one line each; [] when it can start."""
     problems = []
-    for name, data in _data_sections(cfg):
+    for name, data in _sections(cfg, DataConfig):
         problems += data_problems(name, data)
+    for name, evaluation in _sections(cfg, EvalConfig):
+        problems += eval_problems(name, evaluation)
     for name, role in roles(cfg):
         problems += role_problems(name, role, env)
     if getattr(cfg, "run_dir", None):

@@ -18,6 +18,7 @@ from engine.data import RunDir
 from engine.evaluate.evaluation import evaluate, prepare
 from engine.lion.iteration import write_responses
 from engine.lion.referee import OK
+from engine.llm.ledger import spent_by_role
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 REPO = Path(__file__).resolve().parent.parent
@@ -118,6 +119,8 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
     summary = json.loads((out / "tiny-llama" / "summary.json").read_text())
     assert state["summary"]["tiny-llama"]["relative_score"] == summary["overall"]["relative_score"] > 0
     assert state["counters"]["cost_usd"] > 0
+    # The judge's spend is the judge's, not the referee's: a budget is per role, and a Lion run has both.
+    assert set(spent_by_role(RunDir(run))) == {"judge"}
     report = (out / "report.md").read_text()
     assert "## tiny-llama" in report and (out / "plots" / "relative_score_by_category.png").is_file()
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]

@@ -186,3 +186,121 @@ def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
     assert teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
     trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
     assert trained == {f"train/{m}/{f:g}" for m in cfg.methods for f in cfg.fractions}
+
+
+def eval_section(tmp_path, llama, judge_price: float = 1.0) -> dict:
+    """Three questions with their reference answers, a priced API judge."""
+    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
+    rows = [(1, "Name a fruit.", "An apple."), (2, "Name a colour.", "Blue."), (3, "Name a tree.", "An oak tree.")]
+    questions.write_text("".join(json.dumps({"question_id": i, "text": q}) + "\n" for i, q, _ in rows))
+    answers.write_text("".join(json.dumps({"question_id": i, "text": a}) + "\n" for i, _, a in rows))
+    return {"questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
+            "reference": {"answers": str(answers)},
+            "judge": {"backend": "openai", "model": "gpt", "sampling": {"max_tokens": 5}, "openai": {
+                "base_url": "http://127.0.0.1:9/v1", "price_per_1k_prompt_tokens": judge_price,
+                "price_per_1k_completion_tokens": judge_price, "budget_usd": 0.05}},
+            "judge_retries": 2}
+
+
+def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path, tiny_models):
+    from engine.data import RunDir
+    from engine.lion.loop import lion_stages
+
+    cfg = config(tmp_path, str(tiny_models.llama))
+    cfg = cfg.model_copy(update={"eval": validate({**cfg.model_dump(mode="json"), "eval": eval_section(
+        tmp_path, str(tiny_models.llama))}, "test").eval})
+    plan = lion_plan(cfg)
+    stages = [s.name for s in lion_stages(cfg, RunDir(cfg.run_dir))]
+    assert list(dict.fromkeys(ln.stage for ln in plan.lines)) == stages  # iter_-1/eval first, one after each imitation
+    lines = by_call(plan)
+    for k in (-1, 0, 1, 2):
+        assert lines[f"iter_{k}/eval", "eval/candidate"].requests == 3  # the student answers every question
+        assert lines[f"iter_{k}/eval", "eval/judge"].requests == 6  # both orders of every pair
+        assert lines[f"iter_{k}/eval", "eval/candidate"].role == "student"
+    assert lines["iter_0/eval", "eval/judge_retry1"].requests == 3  # the referee's failure prior: half the pairs
+    assert lines["iter_0/eval", "eval/judge_retry2"].requests == 1.5
+    assert any("judge: budget_usd $0.05 runs out in stage iter_" in w for w in plan.warnings)
+
+
+def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_path, tiny_models):
+    from engine.config.evaluate import EvalJobConfig
+    from engine.evaluate import job
+
+    section = eval_section(tmp_path, str(tiny_models.llama))
+    section["reference"] = {"name": "gpt-3.5", "role": {**section["judge"], "sampling": {"max_tokens": 40}}}
+    section["candidates"] = [{"name": "a", "role": {"backend": "hf", "model": str(tiny_models.llama),
+                                                    "sampling": {"max_tokens": 7}}},
+                             {"name": "b", "role": {"backend": "vllm", "model": str(tiny_models.llama)}}]
+    cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section,
+                                        "plan": {"referee_failure_rate": 0.5}})
+    plan = job.plan(cfg)
+    lines = by_call(plan)
+    assert lines["questions", "eval/reference"].requests == 3 and lines["questions", "eval/reference"].usd > 0
+    for name in ("a", "b"):
+        assert lines[f"candidate/{name}", "eval/candidate"].requests == 3
+        assert lines[f"candidate/{name}", "eval/candidate"].role == name
+        assert lines[f"candidate/{name}", "eval/judge"].requests == 6
+        assert lines[f"candidate/{name}", "eval/judge_retry1"].requests == 3  # half the pairs asked again
+        assert lines[f"candidate/{name}", "eval/judge_retry2"].requests == 1.5
+    assert lines["candidate/a", "eval/candidate"].completion_tokens == 3 * 7
+    # The judge reads the question, the reference answer (40 tokens) and the candidate's reply (7 tokens).
+    assert lines["candidate/a", "eval/judge"].prompt_tokens - lines["candidate/b", "eval/judge"].prompt_tokens == \
+        6 * (7 - cfg.eval.candidates[1].role.sampling.max_tokens)
+
+    from engine.data import RunDir
+
+    RunDir(cfg.run_dir).write_json("state.json", {"completed": ["questions", "candidate/a"]})
+    plan = job.plan(cfg)
+    assert plan.skipped == ["questions", "candidate/a"] and {ln.stage for ln in plan.lines} == {"candidate/b"}
+
+
+def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tmp_path):
+    from engine.data import RunDir
+    from engine.step_by_step import job
+
+    cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
+                   [f"run_dir={tmp_path / 'run'}", "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
+    plan = job.plan(cfg)
+    train = [ln for ln in plan.lines if ln.call.startswith("train/")]
+    assert train and all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 100 / 3600) for ln in train)
+    first = train[0].stage
+    run = RunDir(cfg.run_dir)
+    run.write_json("state.json", {"completed": ["rationales", first]})
+    run.write_json(f"{first}/result.json", {"tokens_per_s": 400.0, "gpus": 2})  # measured: 200 a GPU
+    plan = job.plan(cfg)
+    assert plan.skipped == ["rationales", first] and first not in {ln.stage for ln in plan.lines}
+    assert all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 200 / 3600) for ln in plan.lines)
+    assert "student: 200 training tokens/s a GPU (observed)" in plan.assumptions
+
+
+def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
+    from engine.config.evaluate import EvalJobConfig
+
+    section = eval_section(tmp_path, str(tiny_models.llama))
+    section["questions"]["files"] = [str(tmp_path / "missing.jsonl")]
+    section["candidates"] = [{"name": "lion", "lion_run": str(tmp_path / "no-run")},
+                             {"name": "local", "role": {"backend": "vllm", "model": str(tmp_path / "no-model")}}]
+    cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section})
+    problems = preflight(cfg, env={})
+    assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in problems)
+    assert any(p.startswith("eval.candidates[0]: candidate lion:") and "config.json not found" in p for p in problems)
+    assert any(p.startswith("eval.candidates[1].role.model:") and "does not exist" in p for p in problems)
+    (tmp_path / "answers.jsonl").write_text('{"question_id": 1, "text": "An apple."}\n')  # questions 2 and 3 unanswered
+    section["questions"]["files"] = [str(tmp_path / "questions.jsonl")]
+    section["candidates"] = section["candidates"][1:]
+    problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={})
+    assert any(p.startswith("eval: ") and "question_id" in p for p in problems), problems
+
+
+def test_job_lines_stay_plain_text_after_ray_serve_llm_takes_the_root_logger(capsys):
+    import logging
+
+    from engine.cli import _log_to_stderr
+
+    _log_to_stderr()
+    import ray.serve.llm  # noqa: F401  (its import puts a JSON handler on the root logger)
+
+    logging.getLogger("engine.test").info("stage done")
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if "stage done" in ln]
+    assert line.endswith("INFO engine.test: stage done")  # not a JSON object, as the root logger's lines now are

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from engine.config.models import RoleConfig, Strict
+from engine.config.models import PlanConfig, RoleConfig, Strict
 
 
 class QuestionsConfig(Strict):
@@ -90,8 +90,10 @@ class EvalConfig(Strict):
     @model_validator(mode="after")
     def _unique_candidates(self) -> EvalConfig:
         names = [c.name for c in self.candidates]
-        if len(set(names)) != len(names) or self.reference.name in names:
-            raise ValueError(f"candidate names must be unique and differ from the reference's: {names}")
+        # A candidate's name is its role's name in the spend log, beside "judge" and "reference".
+        if len(set(names)) != len(names) or {self.reference.name, "judge", "reference"} & set(names):
+            raise ValueError(f"candidate names must be unique and differ from the reference's name, 'judge' and "
+                             f"'reference': {names}")
         return self
 
 
@@ -101,6 +103,7 @@ class EvalJobConfig(Strict):
     run_dir: str = Field(min_length=1)
     name: str = "eval"
     eval: EvalConfig
+    plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes before anything is observed
 
     @model_validator(mode="after")
     def _has_candidates(self) -> EvalJobConfig:

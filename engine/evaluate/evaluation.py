@@ -44,6 +44,10 @@ JUDGMENT_SCHEMA = pa.schema(
 PROMPTS = {"alpaca": lambda row: alpaca_prompt(row["instruction"], row["input"]), "chat": instruction_messages}
 
 
+def _percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
 def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[StageRecord]]:
     """-> (questions, reference answers in question order, records): read from the run
     directory when an earlier evaluation prepared them, else loaded (and answered) now."""
@@ -69,13 +73,16 @@ def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, s
     return answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
 
 
-def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str) -> tuple[dict, list[StageRecord]]:
-    """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records)."""
+def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str,
+             role_name: str = "candidate") -> tuple[dict, list[StageRecord]]:
+    """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records).
+    `role_name` is the candidate's name in the spend log (a budget is per role) and among the
+    job's engines (Lion's student); the judge's is "judge"."""
     questions, reference, records = prepare(cfg, run)
     if run.exists(f"{out}/answers.parquet"):
         candidate = read_rows(run, f"{out}/answers.parquet")
     else:
-        candidate, record = _answer(role, prompt, questions, run, "eval/candidate", "candidate")
+        candidate, record = _answer(role, prompt, questions, run, "eval/candidate", role_name)
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
     pairs = [
@@ -86,7 +93,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     ]
     judgments, judge_records = judge_pairs(
         cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
-        retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES)
+        retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES, role_name="judge")
     records += judge_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))
@@ -98,6 +105,6 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
     overall = summary["overall"]
-    log.info("%s: relative score %s (95%% CI %s-%s), %d judged, %d judge failures", out, overall["relative_score"],
-             overall["ci_low"], overall["ci_high"], summary["judged"], summary["failed"])
+    log.info("%s: relative score %s (95%% CI %s-%s), %d judged, %d judge failures", out,
+             *(_percent(overall[k]) for k in ("relative_score", "ci_low", "ci_high")), summary["judged"], summary["failed"])
     return summary, records

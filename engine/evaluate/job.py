@@ -85,7 +85,7 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
 
     def candidate(c: CandidateConfig) -> Stage:
         def fn(state: dict) -> StageResult:
-            summary, records = evaluate(cfg, run, candidate_role(c), c.prompt, f"eval/{c.name}")
+            summary, records = evaluate(cfg, run, candidate_role(c), c.prompt, f"eval/{c.name}", role_name=c.name)
             return StageResult(counters=usage(records), summary=headline(summary))
         return Stage(f"candidate/{c.name}", fn, group=c.name)
 
@@ -94,6 +94,13 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
 
 def load(path: str, overrides: list[str]) -> EvalJobConfig:
     return resolve_tiny_models(load_config(path, overrides, model=EvalJobConfig))
+
+
+def plan(cfg: EvalJobConfig):
+    """What the evaluation will cost (engine.plan.evaluate), with the spend the run directory already holds."""
+    from engine.plan.evaluate import evaluate_plan
+
+    return evaluate_plan(cfg)
 
 
 def run(cfg: EvalJobConfig) -> dict:

@@ -30,27 +30,30 @@ def judge_pairs(
     use_logprobs: bool,
     tau: float,
     roles: tuple[str, str] = ROLES,
+    role_name: str = "referee",
 ) -> tuple[list[dict], list[StageRecord]]:
     """-> (one judgment row per pair, in order; the StageRecords of the referee's passes).
 
+    `role_name` is what the spend log and a run-wide budget know the judging role by;
     `pairs` as `judgment_rows` reads them; `setting` the constraint setting (`auto`,
     `regex`, `json`, `none`); `draws` names this judging in the run ("iter_0"), so that
     retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`.
     """
     records: list[StageRecord] = []
-    judgments = _judge(referee, pairs, run, stage, None, setting, use_logprobs, tau, roles, records)
+    ask = dict(run=run, setting=setting, use_logprobs=use_logprobs, tau=tau, roles=roles, role_name=role_name,
+               records=records)
+    judgments = _judge(referee, pairs, stage, None, **ask)
     for attempt in range(1, retries + 1):
         again = set(unparseable_ids(judgments))
         if not again:
             break
         retry = f"{stage}_retry{attempt}"
-        retried = _judge(resampled(referee), [p for p in pairs if p["id"] in again], run, retry, f"{draws}/{retry}",
-                         setting, use_logprobs, tau, roles, records)
+        retried = _judge(resampled(referee), [p for p in pairs if p["id"] in again], retry, f"{draws}/{retry}", **ask)
         judgments = merge_retried(judgments, retried)
     return judgments, records
 
 
-def _judge(referee, pairs, run, stage, draw, setting, use_logprobs, tau, roles, records) -> list[dict]:
+def _judge(referee, pairs, stage, draw, *, run, setting, use_logprobs, tau, roles, role_name, records) -> list[dict]:
     orders = [f"{role}_first" for role in roles]
     requests = [
         {"id": f"{p['id']}|{order}", "instruction": p["instruction"], "input": p["input"],
@@ -59,7 +62,7 @@ def _judge(referee, pairs, run, stage, draw, setting, use_logprobs, tau, roles, 
     ]
     reviews, record = answer(
         referee, requests, lambda r: referee_messages(r, r["first"], r["second"]),
-        stage=stage, role_name="referee", run_dir=run,
+        stage=stage, role_name=role_name, run_dir=run,
         structured_output=constraint(setting, referee, REVIEW_REGEX, REVIEW_JSON_SCHEMA),
         logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw,
     )

@@ -41,6 +41,15 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # stages the run directory already has
 
+    def add(self, stage: str, lines: list[Line], completed: set) -> None:
+        """A stage's lines, unless the run directory has it complete; a call of under half a
+        request (a generator round with nearly nothing left to ask) is left out; a training
+        line (no request at all) is kept."""
+        if stage in completed:
+            self.skipped.append(stage)
+        else:
+            self.lines += [ln for ln in lines if ln.requests >= 0.5 or ln.requests == 0]
+
     def totals(self) -> dict:
         known = [ln.gpu_hours for ln in self.lines if ln.gpu_hours is not None]
         return {"requests": sum(ln.requests for ln in self.lines),

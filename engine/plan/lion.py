@@ -5,6 +5,7 @@ then each iteration's new instructions); answers it failed are asked again in di
 the student answers the cache pool, which grows by the new instructions; the referee reviews
 every cache-pool pair twice and asks again for the share it could not read, once per retry;
 the generator is asked for the missing instructions each round, of which a share is kept.
+With an `eval` section, each evaluation of the student is priced by engine.plan.evaluate.
 Shares and reply lengths are the run directory's own where it has measured them, else the
 priors in the config's `plan` section (stated in the plan).
 """
@@ -20,6 +21,7 @@ from engine.lion.referee import referee_messages
 from engine.llm.ledger import spent_by_role
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.plan import Line, Plan, budget_warnings, family, price
+from engine.plan.evaluate import EvalEstimates
 from engine.plan.observed import Observed
 from engine.plan.tokens import counter_for, sample
 
@@ -36,6 +38,11 @@ def lion_plan(cfg: RunConfig) -> Plan:
     est = _Estimates(cfg, seen, _seed_rows(cfg, run))
     plan = Plan("lion", cfg.run_dir, [], assumptions=est.assumptions)
 
+    evaluation = _eval_estimates(cfg, run)
+    if evaluation:
+        # Questions and reference answers are prepared once, in the first evaluation.
+        plan.add("iter_-1/eval", evaluation.reference("iter_-1/eval") + _eval(evaluation, cfg, -1), completed)
+
     train_rows, cache_rows = est.seed_rows, est.seed_rows
     for k in it:
         train_rows = _pool_rows(run, k, "train_pool.parquet", train_rows)
@@ -43,23 +50,37 @@ def lion_plan(cfg: RunConfig) -> Plan:
         lines = {"imitation": est.imitation(k, train_rows), "discrimination": est.discrimination(k, train_rows, cache_rows)}
         lines["generation"], kept = est.generation(k)
         for stage in STAGES:
-            _add(plan, completed, f"iter_{k}/{stage}", lines[stage])
+            plan.add(f"iter_{k}/{stage}", lines[stage], completed)
+            if stage == "imitation" and evaluation:
+                plan.add(f"iter_{k}/eval", _eval(evaluation, cfg, k), completed)
         train_rows, cache_rows = kept, cache_rows + kept
     if cfg.lion.final_imitation:  # the student imitates the last iteration's new instructions too
         k = cfg.lion.iterations
-        _add(plan, completed, f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)))
+        plan.add(f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)), completed)
+        if evaluation:
+            plan.add(f"iter_{k}/eval", _eval(evaluation, cfg, k), completed)
 
-    budgets = {name: getattr(cfg, name).openai.budget_usd for name in cfg.ROLES if getattr(cfg, name).openai}
+    if evaluation:
+        plan.assumptions += [a for a in evaluation.assumptions if a not in plan.assumptions]
+    roles = {name: getattr(cfg, name) for name in cfg.ROLES}
+    if cfg.eval:
+        roles["judge"] = cfg.eval.judge
+        roles["reference"] = cfg.eval.reference.role
+    budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
     plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
     return plan
 
 
-def _add(plan: Plan, completed: set, stage: str, lines: list[Line]) -> None:
-    """A stage's lines, unless the run directory has it complete; calls of no request are left out."""
-    if stage in completed:
-        plan.skipped.append(stage)
-    else:
-        plan.lines += [ln for ln in lines if ln.requests >= 0.5 or ln.call.endswith("/train")]
+def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
+    if cfg.eval is None:
+        return None
+    seen = Observed.read(run, [f"iter_{k}/eval/metrics.json" for k in range(-1, cfg.lion.iterations + 1)])
+    return EvalEstimates(cfg.eval, cfg.plan, seen)
+
+
+def _eval(evaluation: EvalEstimates, cfg: RunConfig, k: int) -> list[Line]:
+    """The student as it stands after iteration k's imitation (k = -1: the base student)."""
+    return evaluation.candidate(f"iter_{k}/eval", cfg.student, "student", "alpaca")
 
 
 def _seed_rows(cfg: RunConfig, run: RunDir | None) -> list[dict]:

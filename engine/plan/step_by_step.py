@@ -1,14 +1,18 @@
-"""The step-by-step plan: what the `rationales` stage pays, from the task's rows and the few-shot prompt.
+"""The step-by-step plan: what the `rationales` stage pays, from the task's rows and the few-shot
+prompt, and what the training grid trains on.
 
 A generating teacher answers every train and test row once (`rationales/teacher`); the released
-PaLM rationales cost nothing. The training stages send no request: they are listed with the
-tokens they train on (steps x batch, or epochs over the fraction) and no GPU-hours, which this
-job's config has no throughput for.
+PaLM rationales cost nothing. Each training stage sends no request: it is listed with the tokens
+it trains on (steps x batch, or epochs over the fraction, at most `max_length` an example, the
+rationale task's too) and GPU-hours from the run directory's measured training throughput, else
+`plan.train_tokens_per_s_per_gpu`.
 """
 from __future__ import annotations
 
-from engine.config.models import PlanConfig
+import os
+
 from engine.config.step_by_step import StepByStepConfig
+from engine.data import RunDir
 from engine.plan import Line, Plan, budget_warnings, price
 from engine.plan.tokens import counter_for, sample
 
@@ -17,30 +21,52 @@ def step_by_step_plan(cfg: StepByStepConfig) -> Plan:
     from engine.step_by_step.prompts import default_prompt_file, load_prompt
     from engine.step_by_step.stages import read_task
 
+    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
+    completed = set((run.read_json("state.json", {}) if run else {}).get("completed", ()))
     splits, _ = read_task(cfg)
     rows = splits["train"] + splits["test"]
     plan = Plan("step_by_step", cfg.run_dir, [], assumptions=[f"{len(splits['train']):,} train and "
                                                               f"{len(splits['test']):,} test rows"])
     if cfg.teacher.source == "generate":
-        role, priors = cfg.teacher.role, PlanConfig()
+        role, priors = cfg.teacher.role, cfg.plan
         counter = counter_for(role, "teacher", priors)
         prompt = load_prompt(cfg.teacher.prompt_file or default_prompt_file(cfg.data.task))
         per_prompt = counter.mean([prompt.render(r) for r in sample(rows)])
+        reply = role.sampling.max_tokens * priors.completion_fraction
         plan.assumptions += [f"teacher: tokens counted with {counter.source}",
-                             f"teacher: max_tokens ({role.sampling.max_tokens}) completion tokens a reply"]
+                             f"teacher: {priors.completion_fraction:g} x max_tokens ({role.sampling.max_tokens}) "
+                             "completion tokens a reply"]
         line = Line("rationales", "rationales/teacher", "teacher", len(rows), len(rows) * per_prompt,
-                    len(rows) * role.sampling.max_tokens, basis="max_tokens")
-        plan.lines.append(price(role, line, None))
+                    len(rows) * reply, basis="max_tokens")
+        plan.add("rationales", [price(role, line, priors.tokens_per_s_per_gpu.get("teacher"))], completed)
         if role.openai is not None:
             plan.warnings = budget_warnings(plan.lines, {"teacher": role.openai.budget_usd}, {})
     else:
         plan.assumptions.append("teacher: the released PaLM rationales, no request")
-    t = cfg.train
+    per_gpu = _train_tokens_per_s_per_gpu(cfg, run, plan.assumptions)
+    t, gpus = cfg.train, cfg.train.num_workers * cfg.train.gpus_per_worker
     for method in cfg.methods:
+        tasks = 2 if method == "step_by_step" else 1  # the rationale task doubles the examples
         for fraction in sorted(cfg.fractions):
             examples = cfg.steps * t.batch_size * t.gradient_accumulation_steps if cfg.steps else \
-                t.epochs * fraction * len(splits["train"])
-            plan.lines.append(Line(f"train/{method}/{fraction:g}", f"train/{method}", "student", 0,
-                                   examples * t.max_length, 0, gpu_hours=None,
-                                   basis=f"{examples:,.0f} examples x max_length {t.max_length} (upper bound)"))
+                t.epochs * fraction * len(splits["train"]) * tasks
+            tokens = examples * t.max_length
+            hours = 0.0 if not gpus else (tokens / per_gpu / 3600 if per_gpu else None)
+            stage = f"train/{method}/{fraction:g}"
+            plan.add(stage, [Line(stage, f"train/{method}", "student", 0, tokens, 0, gpu_hours=hours,
+                                  basis=f"{examples:,.0f} examples x max_length {t.max_length} (upper bound)")], completed)
     return plan
+
+
+def _train_tokens_per_s_per_gpu(cfg: StepByStepConfig, run: RunDir | None, assumptions: list[str]) -> float | None:
+    """Measured in this run directory's finished training stages, else the plan's prior."""
+    results = [run.read_json(f"train/{m}/{f:g}/result.json", {}) if run else {} for m in cfg.methods for f in cfg.fractions]
+    seen = [r["tokens_per_s"] / r["gpus"] for r in results if r.get("tokens_per_s") and r.get("gpus")]
+    observed = sum(seen) / len(seen) if seen else None
+    if observed:
+        assumptions.append(f"student: {observed:,.0f} training tokens/s a GPU (observed)")
+        return observed
+    prior = cfg.plan.train_tokens_per_s_per_gpu
+    assumptions.append(f"student: {prior:,.0f} training tokens/s a GPU (plan prior)" if prior else
+                       "student: no training throughput known (plan.train_tokens_per_s_per_gpu): GPU-hours '?'")
+    return prior

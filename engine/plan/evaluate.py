@@ -1,0 +1,112 @@
+"""The evaluation plan: what an `eval` section pays, in the evaluation job and inside a Lion run.
+
+Row counts follow engine.evaluate: a reference role (where no answers file is given) answers
+every question once per run directory; each evaluation has its candidate answer every question
+and the judge review every pair in both orders, asking again for the share it could not read,
+once per retry. The judge's prompt holds the question, the reference answer (counted from the
+answers file where there is one) and the candidate's reply.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from engine.config.evaluate import EvalConfig, EvalJobConfig
+from engine.config.models import PlanConfig, RoleConfig
+from engine.data import RunDir
+from engine.evaluate.evaluation import PROMPTS
+from engine.evaluate.questions import load_questions, read_reference_answers
+from engine.lion.referee import referee_messages
+from engine.llm.ledger import spent_by_role
+from engine.plan import Line, Plan, budget_warnings, family, price
+from engine.plan.observed import Observed
+from engine.plan.tokens import counter_for, sample
+
+
+class EvalEstimates:
+    """Per-request tokens of an evaluation's calls, from the questions, the reference answers,
+    the roles' tokenizers and what earlier evaluations in the run directory measured."""
+
+    def __init__(self, cfg: EvalConfig, priors: PlanConfig, seen: Observed):
+        self.cfg, self.priors, self.seen = cfg, priors, seen
+        self.questions = load_questions(cfg.questions, cfg.seed)[0]
+        self.rows = sample(self.questions)
+        judge = counter_for(cfg.judge, "judge", priors)
+        self.assumptions = [f"eval: {len(self.questions):,} questions; judge tokens counted with {judge.source}"]
+        if cfg.reference.answers is not None:
+            texts = read_reference_answers(cfg.reference, self.questions)
+            reference_reply = float(np.mean([judge.count(t) for t in sample(texts)]))
+            self.note(f"eval: reference answers from {cfg.reference.answers}, no request")
+        else:
+            reference_reply = self.reply(cfg.reference.role, "reference", "eval/reference")[0]
+        self.judge_frame = judge.mean([referee_messages(q, "", "") for q in self.rows]) + reference_reply
+        self.judge_retry = self._judge_retry()
+
+    def note(self, assumption: str) -> None:
+        if assumption not in self.assumptions:  # a role asked in every iteration is stated once
+            self.assumptions.append(assumption)
+
+    def _judge_retry(self) -> float:
+        observed = self.seen.ratio("rows/eval/judge_retry1", "rows/eval/judge")
+        share, how = (observed, "observed") if observed is not None else (self.priors.referee_failure_rate, "plan prior")
+        self.note(f"eval: {share:.1%} of judge reviews unreadable, asked again per retry ({how})")
+        return share
+
+    def reply(self, role: RoleConfig, role_name: str, call: str) -> tuple[float, str]:
+        observed = self.seen.per_row("completion_tokens", call)
+        if observed is not None:
+            self.note(f"{role_name}: {observed:.1f} completion tokens a reply, observed in {call}")
+            return observed, "observed replies"
+        frac = self.priors.completion_fraction
+        self.note(f"{role_name}: {frac:g} x max_tokens ({role.sampling.max_tokens}) completion tokens a reply")
+        return role.sampling.max_tokens * frac, "max_tokens" if frac == 1 else f"{frac:g} x max_tokens"
+
+    def _line(self, stage: str, call: str, role: RoleConfig, role_name: str, requests: float, prompt: float,
+              reply: tuple[float, str]) -> Line:
+        line = Line(stage, call, role_name, requests, requests * prompt, requests * reply[0], basis=reply[1])
+        throughput = self.seen.mean(f"tokens_per_s_per_gpu/{family(call)}") or self.priors.tokens_per_s_per_gpu.get(role_name)
+        return price(role, line, throughput)
+
+    def reference(self, stage: str) -> list[Line]:
+        """The reference role's answers (none where they come from a file)."""
+        role = self.cfg.reference.role
+        if role is None:
+            return []
+        prompt = counter_for(role, "reference", self.priors).mean([PROMPTS["chat"](q) for q in self.rows])
+        return [self._line(stage, "eval/reference", role, "reference", len(self.questions), prompt,
+                           self.reply(role, "reference", "eval/reference"))]
+
+    def candidate(self, stage: str, role: RoleConfig, role_name: str, prompt_format: str) -> list[Line]:
+        """One evaluation: the candidate answers, the judge reviews both orders, then its retries."""
+        n, judge = len(self.questions), self.cfg.judge
+        prompt = counter_for(role, role_name, self.priors).mean([PROMPTS[prompt_format](q) for q in self.rows])
+        answers = self.reply(role, role_name, "eval/candidate")
+        review = self.reply(judge, "judge", "eval/judge")
+        lines = [self._line(stage, "eval/candidate", role, role_name, n, prompt, answers),
+                 self._line(stage, "eval/judge", judge, "judge", 2 * n, self.judge_frame + answers[0], review)]
+        pairs = float(n)
+        for attempt in range(1, self.cfg.judge_retries + 1):
+            pairs *= self.judge_retry
+            lines.append(self._line(stage, f"eval/judge_retry{attempt}", judge, "judge", 2 * pairs,
+                                    self.judge_frame + answers[0], review))
+        return lines
+
+
+def evaluate_plan(cfg: EvalJobConfig) -> Plan:
+    """-> the evaluation job's Plan: the reference's answers, then each candidate's evaluation."""
+    from engine.evaluate.job import candidate_role
+
+    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
+    completed = set((run.read_json("state.json", {}) if run else {}).get("completed", ()))
+    seen = Observed.read(run, [f"eval/{c.name}/metrics.json" for c in cfg.eval.candidates])
+    est = EvalEstimates(cfg.eval, cfg.plan, seen)
+    plan = Plan("evaluate", cfg.run_dir, [], assumptions=est.assumptions)
+    plan.add("questions", est.reference("questions"), completed)
+    roles = {"judge": cfg.eval.judge, "reference": cfg.eval.reference.role}
+    for c in cfg.eval.candidates:
+        roles[c.name] = candidate_role(c)
+        plan.add(f"candidate/{c.name}", est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt), completed)
+    budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
+    plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
+    return plan
