@@ -1,6 +1,6 @@
-"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), and
-the one real 2-worker FSDP2 run: LLaMA SFT that resumes, exports, and loads in
-transformers and vLLM."""
+"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), validation
+inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: LLaMA SFT
+that resumes, exports, and loads in transformers and vLLM."""
 import json
 import math
 import os
