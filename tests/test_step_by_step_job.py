@@ -79,6 +79,7 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
 
     trained = json.loads((run / "train" / "step_by_step" / "1" / "result.json").read_text())
     assert trained["rows"] == sum(r["split"] == "train" and not r["parse_failure"] for r in rows)
+    assert trained["tokens_per_s"] > 0 and trained["gpus"] == 0  # what --plan prices training with (CPU: no GPU)
     validations = trained["validations"]
     assert [v["step"] for v in validations] == [trained["steps"] // 2, trained["steps"]] and trained["epochs"] == 2
     assert [v["epoch"] for v in validations] == [1.0, 2.0] and validations[0]["lr"] > validations[1]["lr"] == 0.0

@@ -183,7 +183,9 @@ def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: floa
                     "lr": v["lr"]} for v in result.validations]
     summary = {"method": method, "fraction": fraction, "rows": len(rows), "valid_rows": len(valid), "epochs": epochs,
                "steps": result.record.extra["steps"], "validations": validations, "best_step": result.best_step,
-               "model_dir": result.model_dir, "samples": result.record.rows, "seconds": time.perf_counter() - start}
+               "model_dir": result.model_dir, "samples": result.record.rows, "seconds": time.perf_counter() - start,
+               # what `--plan` prices the next run's training GPU-hours with
+               "tokens_per_s": result.record.extra.get("tokens_per_s"), "gpus": result.record.gpus}
     run.write_json(f"{slug}/result.json", summary)
     log.info("[%s] %d rows, %d epochs, valid accuracy %s, kept step %d", slug, len(rows), epochs,
              {v["step"]: round(v["valid_accuracy"], 4) for v in validations}, result.best_step)
