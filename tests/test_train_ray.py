@@ -1,11 +1,13 @@
-"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), and
-the one real 2-worker FSDP2 run: LLaMA SFT that resumes, exports, and loads in
-transformers and vLLM."""
+"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), validation
+inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: LLaMA SFT
+that resumes, exports, and loads in transformers and vLLM."""
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import ray
@@ -16,7 +18,7 @@ from engine.step_by_step import predict_labels
 from engine.step_by_step.data import parse_rows, with_released_replies
 from engine.step_by_step.readers import REPO_DATA, read_examples
 from engine.step_by_step.tasks import TASKS
-from engine.train import train_causal_sft, train_seq2seq_multitask
+from engine.train import Validation, train_causal_sft, train_seq2seq_multitask
 
 pytestmark = pytest.mark.ray
 
@@ -43,6 +45,49 @@ def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_mo
     assert standard.record.failed_rows == 0 and standard.record.rows == 24
     with pytest.raises(ValueError, match="rationale"):
         train_seq2seq_multitask(cfg, str(tiny_models.t5), ds.drop_columns(["rationale"]), str(tmp_path / "x"), name="bad")
+
+
+class ScriptedScore:
+    """Validation scores in call order, and a digest of each candidate export it was asked to
+    score: which export the loop keeps is then known exactly (a real accuracy of a tiny random
+    T5 is 0 at every validation, so it cannot tell the best export from the last)."""
+
+    def __init__(self, scores: list[float], log_dir: str):
+        self.scores, self.log_dir = scores, log_dir
+
+    def __call__(self, model_dir: str) -> float:
+        k = len(os.listdir(self.log_dir))
+        with open(os.path.join(self.log_dir, str(k)), "w") as f:
+            f.write(digest(model_dir))
+        return self.scores[k]
+
+
+def digest(model_dir) -> str:
+    import hashlib
+
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_validation_inside_one_run_keeps_the_best_export(ray_cluster, tiny_models, tmp_path):
+    """One Ray Train run: the optimizer and the cosine schedule run on across validations
+    (AdamW's own step count is the global step at each), and the export kept is the one
+    that scored best, not the last."""
+    rows = ray.data.from_items([{"input": f"question {i}", "label": f"answer {i % 3}"} for i in range(16)])
+    cfg = TrainConfig(architecture="seq2seq", num_workers=1, batch_size=4, epochs=3, learning_rate=1e-3,
+                      warmup_ratio=0.0, max_length=32)
+    scripted = tmp_path / "scored"
+    scripted.mkdir()
+    validation = Validation(count=3, score=ScriptedScore([0.25, 0.75, 0.5], str(scripted)))
+    result = train_seq2seq_multitask(cfg, str(tiny_models.t5), rows, str(tmp_path / "best"), name="sbs-valid",
+                                     task="standard", validation=validation)
+    seen = result.validations
+    assert [v["step"] for v in seen] == [4, 8, 12] and result.record.extra["steps"] == 12  # 4 steps an epoch
+    assert [v["optimizer_steps"] for v in seen] == [4, 8, 12]  # AdamW's state was never reset
+    # one cosine schedule over all 12 steps (no warmup), not one per validation
+    assert [v["lr"] for v in seen] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in (4, 8, 12)])
+    assert [v["score"] for v in seen] == [0.25, 0.75, 0.5] and result.best_step == 8
+    assert digest(result.model_dir) == (scripted / "1").read_text() != (scripted / "2").read_text()
+    assert sorted(os.listdir(scripted)) == ["0", "1", "2"]
 
 
 VLLM_SCRIPT = textwrap.dedent("""

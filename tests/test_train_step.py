@@ -287,3 +287,15 @@ def test_a_short_run_has_a_step_that_learns(total_steps):
         optimizer.step()
         scheduler.step()
     assert max(rates) > 0.5
+
+
+def test_validation_steps_and_the_kept_one():
+    from engine.train.validation import Validation, best_step, improved, validation_steps
+
+    assert validation_steps(12, 3) == [4, 8, 12] and validation_steps(10, 3) == [4, 7, 10]
+    assert validation_steps(2, 5) == [1, 2] and validation_steps(7, 1) == [7]  # the last is always the run's end
+    history = [{"step": 4, "score": 0.5}, {"step": 8, "score": 0.75}, {"step": 12, "score": 0.75}]
+    assert improved(0.5, []) and not improved(0.75, history) and improved(0.8, history)
+    assert best_step(history) == 8 and best_step([]) is None  # a tie keeps the earlier export
+    with pytest.raises(ValueError, match="at least 1"):
+        Validation(count=0, score=len)

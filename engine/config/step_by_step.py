@@ -82,7 +82,8 @@ class StepByStepConfig(Strict):
     label_source: Literal["gold", "teacher"] = "gold"  # step_by_step's labels
     # The paper trains a fixed number of steps at every fraction; epochs follow from it.
     steps: PositiveInt | None = 10_000
-    # Validation accuracy is measured this many times during training; the best export is kept.
+    # Validation accuracy is measured this many times in each training run, evenly spaced over its
+    # steps (the last at its end); the best export is kept (engine.train.Validation).
     validations: PositiveInt = 1
     train: TrainConfig = TrainConfig(architecture="seq2seq", learning_rate=5e-5, batch_size=64, max_length=1024,
                                      warmup_ratio=0.0, rationale_weight=1.0, epochs=1)

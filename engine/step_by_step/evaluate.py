@@ -2,7 +2,8 @@
 user's labels by text, SVAMP by the value of the equation.
 
 The evaluate stage runs `student_role` with `label_prompt` through `engine.llm.generate` (Ray Data);
-`predict_labels` runs the same role and prompt bare, without Ray."""
+`predict_labels` runs the same role and prompt bare, without Ray: `label_accuracy` scores the
+validations inside a training run with it (engine.train.Validation)."""
 from __future__ import annotations
 
 import ast
@@ -26,15 +27,25 @@ def student_role(model_dir: str, *, max_new_tokens: int, batch_size: int = 32, r
                       parallelism=Parallelism(batch_size=batch_size, replicas=replicas))
 
 
-def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64) -> list[str]:
+def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64,
+                   max_model_len: int | None = None) -> list[str]:
     from engine.llm.hf import HFGenerator
 
-    generator = HFGenerator(student_role(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size), role_name="student")
+    role = student_role(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, max_model_len=max_model_len)
+    generator = HFGenerator(role, role_name="student")
     out: list[str] = []
     for i in range(0, len(inputs), batch_size):
         encoded = [generator.encode(label_prompt({"input": x})) for x in inputs[i:i + batch_size]]
         out += [(r["text"] or "").strip() for r in generator.generate(encoded)]
     return out
+
+
+def label_accuracy(model_dir: str, *, inputs: list[str], labels: list[str], task: str, batch_size: int = 32,
+                   max_new_tokens: int = 64, max_model_len: int | None = None) -> float:
+    """The accuracy of an export's label-only predictions (a Validation's score)."""
+    predictions = predict_labels(model_dir, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 max_model_len=max_model_len)
+    return accuracy(predictions, labels, task)
 
 
 def equation_value(text: str) -> float | None:

@@ -74,9 +74,10 @@ def render(state: dict, plots: dict[str, str]) -> str:
         out += ["Not run yet.\n"]
     out += ["## Training\n"]
     if train:
-        rows = [[key, v["rows"], v["epochs"], ", ".join(fmt(r["valid_accuracy"]) for r in v["rounds"]), v["best_round"]]
-                for key, v in train.items()]
-        out += [table_md(["method / fraction", "rows", "epochs", "valid accuracy per round", "kept round"], rows), ""]
+        rows = [[key, v["rows"], v["epochs"], ", ".join(f"{fmt(x['valid_accuracy'])} ({x['step']})" for x in v["validations"]),
+                 v["best_step"]] for key, v in train.items()]
+        out += [table_md(["method / fraction", "rows", "epochs", "valid accuracy (at step)", "kept step"], rows), "",
+                "One training run per row; its best export on validation accuracy is what `evaluate` scores.\n"]
     else:
         out += ["Not run yet.\n"]
     out += ["## Time per stage\n"]

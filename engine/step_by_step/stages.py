@@ -4,11 +4,12 @@
    chain-of-thought prompt (or the released PaLM completions are read); replies are parsed
    into (rationale, label), failures counted by reason; validation is held out of train.
 2. `train/<method>/<fraction>`: a T5 trained on the method's rows of a nested fraction of
-   train; validation accuracy decides which export is kept.
+   train, in one Ray Train run that measures validation accuracy `validations` times and keeps
+   the best export (as the paper's HF trainer with load_best_model_at_end).
 3. `evaluate`: label-only predictions on test, accuracy per method x fraction.
 
 Files under the run directory: `rationales/{train,test}.parquet` and `summary.json`,
-`train/<method>/<fraction>/{round_<r>/, result.json}`, `evaluate/<method>/<fraction>.json`.
+`train/<method>/<fraction>/{model/, result.json}`, `evaluate/<method>/<fraction>.json`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import math
 import shutil
 import time
 from collections import Counter
+from functools import partial
 
 import pyarrow as pa
 
@@ -24,7 +26,7 @@ from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
 from engine.runner import StageResult
 from engine.step_by_step.data import nested_fractions, parse_rows, train_valid_split, with_released_replies
-from engine.step_by_step.evaluate import accuracy, label_prompt, student_role
+from engine.step_by_step.evaluate import accuracy, label_accuracy, label_prompt, student_role
 from engine.step_by_step.prompts import default_prompt_file, load_prompt
 from engine.step_by_step.readers import TaskDataError, read_examples, read_jsonl_task
 from engine.step_by_step.tasks import TASKS, Task, user_task
@@ -138,12 +140,6 @@ def epochs_for(cfg: StepByStepConfig, n_rows: int) -> int:
     return max(1, math.ceil(cfg.steps * per_step / max(n_rows, 1)))
 
 
-def round_epochs(epochs: int, validations: int) -> list[int]:
-    """Epochs per training round, a validation after each: 5 epochs, 2 validations -> [3, 2]."""
-    rounds = min(epochs, validations)
-    return [epochs // rounds + (i < epochs % rounds) for i in range(rounds)]
-
-
 def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str) -> list[str]:
     """Label-only predictions (the `predict: ` task; rationales are for training only), greedy,
     through the hf backend over a Ray Dataset; in row order."""
@@ -161,7 +157,7 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
 
 
 def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: float) -> StageResult:
-    from engine.train import train_seq2seq_multitask
+    from engine.train import Validation, train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
     table = run.read_table("rationales/train.parquet").to_pylist()
@@ -174,36 +170,27 @@ def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: floa
                          "(the teacher's methods use only replies that parsed; see rationales/summary.json)")
     slug = f"train/{method}/{fraction:g}"
     epochs = epochs_for(cfg, len(rows))
-    model, best, rounds = cfg.student.model, None, []
-    for r, n_epochs in enumerate(round_epochs(epochs, cfg.validations)):
-        out_dir = run.path(slug, f"round_{r}")
-        result = train_seq2seq_multitask(
-            cfg.train.model_copy(update={"epochs": n_epochs}), model, _dataset(rows), out_dir,
-            name=f"{slug.replace('/', '-')}-r{r}", task="multitask" if method == "step_by_step" else "standard")
-        predictions = predict(cfg, out_dir, valid, stage=f"{slug}/valid_{r}")
-        val_acc = accuracy(predictions, [v["label"] for v in valid], task.name)
-        rounds.append({"round": r, "epochs": n_epochs, "valid_accuracy": val_acc,
-                       "train_loss_last": result.record.extra.get("train_loss_last"),
-                       "samples": result.record.rows, "seconds": result.record.seconds})
-        if best is None or val_acc > rounds[best]["valid_accuracy"]:
-            best = r
-        for stale in range(r):  # keep the best export and the last one (the next round starts there)
-            if stale != best:
-                shutil.rmtree(run.path(slug, f"round_{stale}"), ignore_errors=True)
-        model = out_dir  # the next round continues from the last export, not the best
-    for r in range(len(rounds)):
-        if r != best:
-            shutil.rmtree(run.path(slug, f"round_{r}"), ignore_errors=True)
+    s = cfg.student
+    validation = Validation(count=cfg.validations, score=partial(
+        label_accuracy, inputs=[v["input"] for v in valid], labels=[v["label"] for v in valid], task=task.name,
+        batch_size=s.batch_size, max_new_tokens=s.max_new_tokens, max_model_len=cfg.train.max_length))
+    result = train_seq2seq_multitask(cfg.train.model_copy(update={"epochs": epochs}), s.model, _dataset(rows),
+                                     run.path(slug, "model"), name=slug.replace("/", "-"),
+                                     task="multitask" if method == "step_by_step" else "standard", validation=validation)
     # Ray Train's checkpoints hold optimizer state (twice the model); only an unfinished stage needs them.
     shutil.rmtree(run.path(slug, "ray_train"), ignore_errors=True)
-    summary = {"method": method, "fraction": fraction, "rows": len(rows), "valid_rows": len(valid),
-               "epochs": epochs, "rounds": rounds, "best_round": best, "model_dir": run.path(slug, f"round_{best}"),
-               "seconds": time.perf_counter() - start}
+    validations = [{"step": v["step"], "epoch": v["epoch"], "valid_accuracy": v["score"], "train_loss": v["train_loss"],
+                    "lr": v["lr"]} for v in result.validations]
+    summary = {"method": method, "fraction": fraction, "rows": len(rows), "valid_rows": len(valid), "epochs": epochs,
+               "steps": result.record.extra["steps"], "validations": validations, "best_step": result.best_step,
+               "model_dir": result.model_dir, "samples": result.record.rows, "seconds": time.perf_counter() - start,
+               # what `--plan` prices the next run's training GPU-hours with
+               "tokens_per_s": result.record.extra.get("tokens_per_s"), "gpus": result.record.gpus}
     run.write_json(f"{slug}/result.json", summary)
-    log.info("[%s] %d rows, %d epochs, valid accuracy %s, kept round %d", slug, len(rows), epochs,
-             [round(x["valid_accuracy"], 4) for x in rounds], best)
-    return StageResult(outputs={f"model/{method}/{fraction:g}": summary["model_dir"]},
-                       counters={"train_samples": sum(x["samples"] for x in rounds)},
+    log.info("[%s] %d rows, %d epochs, valid accuracy %s, kept step %d", slug, len(rows), epochs,
+             {v["step"]: round(v["valid_accuracy"], 4) for v in validations}, result.best_step)
+    return StageResult(outputs={f"model/{method}/{fraction:g}": result.model_dir},
+                       counters={"train_samples": result.record.rows},
                        summary={f"{method}/{fraction:g}": summary})
 
 

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Literal
 
 from engine.config.models import TrainConfig
 from engine.train.result import TrainResult
+from engine.train.validation import Validation
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["TrainResult", "train_causal_sft", "train_seq2seq_multitask"]
+__all__ = ["TrainResult", "Validation", "train_causal_sft", "train_seq2seq_multitask"]
 
 
 def train_causal_sft(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *, name: str) -> TrainResult:
@@ -31,13 +32,16 @@ def train_causal_sft(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset"
 
 
 def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *,
-                            name: str, task: Literal["multitask", "standard"] = "multitask") -> TrainResult:
+                            name: str, task: Literal["multitask", "standard"] = "multitask",
+                            validation: Validation | None = None) -> TrainResult:
     """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).
     "multitask": loss = label loss + cfg.rationale_weight * rationale loss;
-    "standard": the label-only fine-tuning / distillation baseline."""
+    "standard": the label-only fine-tuning / distillation baseline.
+    `validation`: scored during the run; `output_dir` gets the best export, not the last."""
     from engine.train.loop import fit
 
     if task not in ("multitask", "standard"):
         raise ValueError(f"task must be 'multitask' or 'standard', not {task!r}")
-    return fit(cfg.model_copy(update={"architecture": "seq2seq"}), model_path, rows, output_dir, name=name, kind=task)
+    return fit(cfg.model_copy(update={"architecture": "seq2seq"}), model_path, rows, output_dir, name=name, kind=task,
+               validation=validation)
 

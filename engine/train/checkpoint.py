@@ -59,8 +59,9 @@ def export_hf(model, tokenizer_path: str, output_dir: str, *, dtype: torch.dtype
         return
     full = {k: v.to(dtype) for k, v in full.items()}
     with tempfile.TemporaryDirectory(prefix="hf-export-") as tmp:
-        model.config.use_cache = True
+        training_use_cache, model.config.use_cache = model.config.use_cache, True  # the export generates
         model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+        model.config.use_cache = training_use_cache  # training goes on after a validation's export
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)

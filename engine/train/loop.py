@@ -7,14 +7,17 @@ the workers only load, step and save. Each epoch every rank trains on its share 
 one seeded global shuffle (batches.epoch_order), so a resumed epoch skips exactly
 the rows trained before its checkpoint.
 
-A re-run with the same `name` resumes from the last reported checkpoint (Ray Train
-V2 keeps it under `RunConfig(name, storage_path)`); so does a worker failure, up to
-`max_failures` times.
+With a `Validation` the workers score the model at its steps inside the one run (an export
+scored on rank 0, validation.py) and `output_dir` keeps the best export; the optimizer and
+schedule run uninterrupted. A re-run with the same `name` resumes from the last reported
+checkpoint, validations so far included (Ray Train V2 keeps it under
+`RunConfig(name, storage_path)`); so does a worker failure, up to `max_failures` times.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
 import shutil
 import tempfile
@@ -34,15 +37,17 @@ from engine.config.models import TrainConfig
 from engine.metrics import stage_timer
 from engine.train import batches as B
 from engine.train import step as S
-from engine.train.checkpoint import export_hf, load_checkpoint, save_checkpoint
+from engine.train.checkpoint import export_hf, load_checkpoint, publish_dir, save_checkpoint
 from engine.train.result import TrainResult
+from engine.train.validation import Validation, best_step, improved, validation_steps
 
 log = logging.getLogger("engine.train")
 REQUIRED = {"causal": ("instruction", "input", "response"), "standard": ("input", "label"),
             "multitask": ("input", "label", "rationale")}
 
 
-def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str, kind: str) -> TrainResult:
+def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str, kind: str,
+        validation: Validation | None = None) -> TrainResult:
     """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
     ("multitask" | "standard")."""
     missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
@@ -69,7 +74,7 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             "steps_per_epoch": math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps),
             # The token ids go to the workers once, through the object store (one copy per node):
             # each rank then takes its rows of a seeded global shuffle, the same on a resume.
-            "rows": ray.put(_columns(usable)), "ranks": ranks,
+            "rows": ray.put(_columns(usable)), "ranks": ranks, "validation": validation,
         }
         result = _trainer(cfg, loop_config, output_dir, name).fit()
         m = result.return_value
@@ -84,9 +89,11 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             "resumed_from_step": m["resumed_from_step"], "train_loss_first": m["train_loss_first"],
             "train_loss_last": m["train_loss_last"],
         })
+        if validation is not None:
+            rec.extra["best_step"] = m["best_step"]
         if m.get("peak_flops") and rec.gpus:
             rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
-    return TrainResult(model_dir=output_dir, record=rec)
+    return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
 
 
 def _pad_id(model_path: str) -> int:
@@ -148,8 +155,12 @@ def _train_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
                            activation_checkpointing=cfg.activation_checkpointing)
-    optimizer, scheduler = S.build_optimizer(model, cfg, config["steps_per_epoch"] * cfg.epochs)
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None}
+    total_steps = config["steps_per_epoch"] * cfg.epochs
+    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
+    validation: Validation | None = config["validation"]
+    validate_at = set(validation_steps(total_steps, validation.count)) if validation else set()
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None,
+             "validations": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -182,6 +193,8 @@ def _train_worker(config: dict) -> dict:
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
+            if state["step"] in validate_at:  # before the checkpoint, so a resumed run knows the best so far
+                _validate(model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device)
             if state["step"] % cfg.checkpoint_every_steps == 0 and micro != micro_per_epoch:
                 _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
         if micro != micro_per_epoch:
@@ -190,15 +203,43 @@ def _train_worker(config: dict) -> dict:
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
     loop_seconds = time.perf_counter() - start
     counts = _all_ranks(counts, device)
-    export_hf(model, config["model_path"], config["output_dir"],
-              dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if validation is None:
+        export_hf(model, config["model_path"], config["output_dir"], dtype=_export_dtype(device))
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
     return {  # Ray Train hands rank 0's return value to the driver
         "step": state["step"], "resumed_from_step": resumed_from, "samples": samples,
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "loop_seconds": loop_seconds,
         "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
         "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
+        "validations": state["validations"], "best_step": best_step(state["validations"]),
     }
+
+
+def _export_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _validate(model, optimizer, scheduler, validation: Validation, config: dict, state: dict, epoch: float,
+              device: torch.device) -> None:
+    """Export the current weights (a collective), score them on rank 0, and publish the export
+    as `output_dir` when it beats every earlier validation; appends to state["validations"]."""
+    candidate = os.path.join(tempfile.gettempdir(), f"candidate-{os.getpid()}-{state['step']}")
+    export_hf(model, config["model_path"], candidate, dtype=_export_dtype(device))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    try:
+        score = validation.score(candidate) if rank == 0 else 0.0
+        score = float(_all_ranks(torch.tensor([score], dtype=torch.float64), device)[0])  # rank 0's, on every rank
+        if rank == 0 and improved(score, state["validations"]):
+            publish_dir(candidate, config["output_dir"])
+    finally:
+        shutil.rmtree(candidate, ignore_errors=True)
+    adam = next(iter(optimizer.state.values()), {})
+    state["validations"].append({
+        "step": state["step"], "epoch": round(epoch, 4), "score": score, "train_loss": state["train_loss_last"],
+        "lr": scheduler.get_last_lr()[0], "optimizer_steps": int(adam.get("step", 0)),
+    })
+    log.info("step %d: validation score %.4f (best %.4f)", state["step"], score,
+             max(v["score"] for v in state["validations"]))
 
 
 def accumulation_windows(batches, steps: int):
