@@ -63,6 +63,9 @@ def _plan(job, cfg) -> int:
     return 0
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 class _Stderr(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a line is logged (a test harness swaps it)."""
     stream = property(lambda self: sys.stderr, lambda self, value: None)
@@ -73,11 +76,11 @@ def _log_to_stderr() -> None:
     first import in a process replaces the root logger's handlers with a JSON one, which would
     turn every line after the first engine start into a JSON object."""
     handler = _Stderr()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     engine = logging.getLogger("engine")
     engine.handlers, engine.propagate = [handler], False
     engine.setLevel(logging.INFO)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
 
 
 def init_ray(verbose: bool) -> None:

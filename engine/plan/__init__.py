@@ -9,10 +9,12 @@ lines, states the assumptions and finds where a role's `budget_usd` would run ou
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
 from engine.config.models import RoleConfig
+from engine.data import RunDir
 
 
 @dataclass
@@ -70,6 +72,13 @@ class Plan:
         return {"job": self.job, "run_dir": self.run_dir, "lines": [{**asdict(ln), "family": ln.family} for ln in self.lines],
                 "by_family": self.by_family(), "totals": self.totals(), "assumptions": self.assumptions,
                 "warnings": self.warnings, "skipped": self.skipped}
+
+
+def earlier_run(run_dir: str) -> tuple[RunDir | None, set[str]]:
+    """-> (the run directory, if an earlier run left one, else None; the stages it completed).
+    A filesystem URI is taken to exist: its state.json says what was done."""
+    run = RunDir(run_dir) if "://" in run_dir or os.path.isdir(run_dir) else None
+    return run, set((run.read_json("state.json", {}) if run else {}).get("completed", ()))
 
 
 def family(call: str) -> str:

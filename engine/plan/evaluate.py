@@ -8,65 +8,44 @@ answers file where there is one) and the candidate's reply.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from engine.config.evaluate import EvalConfig, EvalJobConfig
 from engine.config.models import PlanConfig, RoleConfig
-from engine.data import RunDir
 from engine.evaluate.evaluation import PROMPTS
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.lion.referee import referee_messages
 from engine.llm.ledger import spent_by_role
-from engine.plan import Line, Plan, budget_warnings, family, price
-from engine.plan.observed import Observed
+from engine.plan import Line, Plan, budget_warnings, earlier_run, price
+from engine.plan.observed import Estimates, Observed
 from engine.plan.tokens import counter_for, sample
 
 
-class EvalEstimates:
+class EvalEstimates(Estimates):
     """Per-request tokens of an evaluation's calls, from the questions, the reference answers,
     the roles' tokenizers and what earlier evaluations in the run directory measured."""
 
     def __init__(self, cfg: EvalConfig, priors: PlanConfig, seen: Observed):
-        self.cfg, self.priors, self.seen = cfg, priors, seen
+        super().__init__(seen, priors)
+        self.cfg = cfg
         self.questions = load_questions(cfg.questions, cfg.seed)[0]
         self.rows = sample(self.questions)
         judge = counter_for(cfg.judge, "judge", priors)
-        self.assumptions = [f"eval: {len(self.questions):,} questions; judge tokens counted with {judge.source}"]
+        self.note(f"eval: {len(self.questions):,} questions; judge tokens counted with {judge.source}")
         if cfg.reference.answers is not None:
             texts = read_reference_answers(cfg.reference, self.questions)
             reference_reply = float(np.mean([judge.count(t) for t in sample(texts)]))
             self.note(f"eval: reference answers from {cfg.reference.answers}, no request")
         else:
-            reference_reply = self.reply(cfg.reference.role, "reference", "eval/reference")[0]
+            reference_reply = self.reply_tokens(cfg.reference.role, "reference", "eval/reference")[0]
         self.judge_frame = judge.mean([referee_messages(q, "", "") for q in self.rows]) + reference_reply
-        self.judge_retry = self._judge_retry()
-
-    def note(self, assumption: str) -> None:
-        if assumption not in self.assumptions:  # a role asked in every iteration is stated once
-            self.assumptions.append(assumption)
-
-    def _judge_retry(self) -> float:
-        observed = self.seen.ratio("rows/eval/judge_retry1", "rows/eval/judge")
-        share, how = (observed, "observed") if observed is not None else (self.priors.referee_failure_rate, "plan prior")
-        self.note(f"eval: {share:.1%} of judge reviews unreadable, asked again per retry ({how})")
-        return share
-
-    def reply(self, role: RoleConfig, role_name: str, call: str) -> tuple[float, str]:
-        observed = self.seen.per_row("completion_tokens", call)
-        if observed is not None:
-            self.note(f"{role_name}: {observed:.1f} completion tokens a reply, observed in {call}")
-            return observed, "observed replies"
-        frac = self.priors.completion_fraction
-        self.note(f"{role_name}: {frac:g} x max_tokens ({role.sampling.max_tokens}) completion tokens a reply")
-        return role.sampling.max_tokens * frac, "max_tokens" if frac == 1 else f"{frac:g} x max_tokens"
+        self.judge_retry = self.share("rows/eval/judge_retry1", "rows/eval/judge", priors.referee_failure_rate,
+                                      "judge reviews unreadable, asked again per retry")
 
     def _line(self, stage: str, call: str, role: RoleConfig, role_name: str, requests: float, prompt: float,
               reply: tuple[float, str]) -> Line:
         line = Line(stage, call, role_name, requests, requests * prompt, requests * reply[0], basis=reply[1])
-        throughput = self.seen.mean(f"tokens_per_s_per_gpu/{family(call)}") or self.priors.tokens_per_s_per_gpu.get(role_name)
-        return price(role, line, throughput)
+        return price(role, line, self.throughput(role_name, call))
 
     def reference(self, stage: str) -> list[Line]:
         """The reference role's answers (none where they come from a file)."""
@@ -75,14 +54,14 @@ class EvalEstimates:
             return []
         prompt = counter_for(role, "reference", self.priors).mean([PROMPTS["chat"](q) for q in self.rows])
         return [self._line(stage, "eval/reference", role, "reference", len(self.questions), prompt,
-                           self.reply(role, "reference", "eval/reference"))]
+                           self.reply_tokens(role, "reference", "eval/reference"))]
 
     def candidate(self, stage: str, role: RoleConfig, role_name: str, prompt_format: str) -> list[Line]:
         """One evaluation: the candidate answers, the judge reviews both orders, then its retries."""
         n, judge = len(self.questions), self.cfg.judge
         prompt = counter_for(role, role_name, self.priors).mean([PROMPTS[prompt_format](q) for q in self.rows])
-        answers = self.reply(role, role_name, "eval/candidate")
-        review = self.reply(judge, "judge", "eval/judge")
+        answers = self.reply_tokens(role, role_name, "eval/candidate")
+        review = self.reply_tokens(judge, "judge", "eval/judge")
         lines = [self._line(stage, "eval/candidate", role, role_name, n, prompt, answers),
                  self._line(stage, "eval/judge", judge, "judge", 2 * n, self.judge_frame + answers[0], review)]
         pairs = float(n)
@@ -97,8 +76,7 @@ def evaluate_plan(cfg: EvalJobConfig) -> Plan:
     """-> the evaluation job's Plan: the reference's answers, then each candidate's evaluation."""
     from engine.evaluate.job import candidate_role
 
-    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
-    completed = set((run.read_json("state.json", {}) if run else {}).get("completed", ()))
+    run, completed = earlier_run(cfg.run_dir)
     seen = Observed.read(run, [f"eval/{c.name}/metrics.json" for c in cfg.eval.candidates])
     est = EvalEstimates(cfg.eval, cfg.plan, seen)
     plan = Plan("evaluate", cfg.run_dir, [], assumptions=est.assumptions)

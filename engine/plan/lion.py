@@ -11,7 +11,6 @@ priors in the config's `plan` section (stated in the plan).
 """
 from __future__ import annotations
 
-import os
 from itertools import cycle
 
 from engine.config import RunConfig
@@ -20,9 +19,9 @@ from engine.lion.generator import KINDS, generator_messages
 from engine.lion.referee import referee_messages
 from engine.llm.ledger import spent_by_role
 from engine.llm.prompts import alpaca_prompt, instruction_messages
-from engine.plan import Line, Plan, budget_warnings, family, price
+from engine.plan import Line, Plan, budget_warnings, earlier_run, price
 from engine.plan.evaluate import EvalEstimates
-from engine.plan.observed import Observed
+from engine.plan.observed import Estimates, Observed
 from engine.plan.tokens import counter_for, sample
 
 STAGES = ("imitation", "discrimination", "generation")
@@ -30,9 +29,7 @@ STAGES = ("imitation", "discrimination", "generation")
 
 def lion_plan(cfg: RunConfig) -> Plan:
     """-> the run's Plan; reads the pool files (or the run directory's pools and spend log), sends nothing."""
-    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
-    state = run.read_json("state.json", {}) if run else {}
-    completed = set(state.get("completed", ()))
+    run, completed = earlier_run(cfg.run_dir)
     it = range(cfg.lion.iterations)
     seen = Observed.read(run, [f"iter_{k}/metrics.json" for k in it])
     est = _Estimates(cfg, seen, _seed_rows(cfg, run))
@@ -98,17 +95,17 @@ def _pool_rows(run: RunDir | None, k: int, name: str, planned: float) -> float:
     return planned
 
 
-class _Estimates:
+class _Estimates(Estimates):
     """Per-request tokens and the loop's shares, from the pools, the tokenizers and what was seen."""
 
     def __init__(self, cfg: RunConfig, seen: Observed, seed: list[dict]):
-        self.cfg, self.seen, self.seed_rows = cfg, seen, len(seed)
         p, rows = cfg.plan, sample(seed)
         counters = {name: counter_for(getattr(cfg, name), name, p) for name in cfg.ROLES}
-        self.assumptions = [f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
-                            f"{len(rows):,} of them, rendered as each role's prompt"]
-        self.assumptions += [f"{name}: tokens counted with {c.source}" for name, c in counters.items()]
-        self.reply = {name: self._reply(name, call) for name, call in (
+        super().__init__(seen, p, [f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
+                                   f"{len(rows):,} of them, rendered as each role's prompt"]
+                         + [f"{name}: tokens counted with {c.source}" for name, c in counters.items()])
+        self.cfg, self.seed_rows = cfg, len(seed)
+        self.reply = {name: self.reply_tokens(getattr(cfg, name), name, call) for name, call in (
             ("teacher", "imitation/teacher"), ("student", "discrimination/student"),
             ("referee", "discrimination/referee"), ("generator", "generation/generator"))}
         self.prompt = {
@@ -119,39 +116,18 @@ class _Estimates:
             + self.reply["teacher"][0] + self.reply["student"][0],
             "generator": counters["generator"].mean([generator_messages(r, kind) for r, kind in zip(rows, cycle(KINDS))]),
         }
-        self.teacher_failed = self._share("failed_rows/imitation/teacher", "rows/imitation/teacher", 0.0,
-                                          "teacher answers failed (asked again in discrimination)")
-        self.referee_retry = self._share("rows/discrimination/referee_retry1", "rows/discrimination/referee",
-                                         p.referee_failure_rate, "reviews unreadable, asked again per retry")
-        self.accepted = self._share("lion/new_instructions", "lion/candidates", p.generator_acceptance_rate,
-                                    "generator replies kept as new instructions")
-
-    def _reply(self, role_name: str, call: str) -> tuple[float, str]:
-        role = getattr(self.cfg, role_name)
-        observed = self.seen.per_row("completion_tokens", call)
-        if observed is not None:
-            self.assumptions.append(f"{role_name}: {observed:.1f} completion tokens a reply, observed in {call}")
-            return observed, "observed replies"
-        frac = self.cfg.plan.completion_fraction
-        self.assumptions.append(f"{role_name}: {frac:g} x max_tokens ({role.sampling.max_tokens}) completion tokens a reply")
-        return role.sampling.max_tokens * frac, "max_tokens" if frac == 1 else f"{frac:g} x max_tokens"
-
-    def _share(self, numerator: str, denominator: str, prior: float, what: str) -> float:
-        observed = self.seen.ratio(numerator, denominator)
-        if observed is not None:
-            self.assumptions.append(f"{observed:.1%} of {what} (observed)")
-            return observed
-        self.assumptions.append(f"{prior:.1%} of {what} (plan prior)")
-        return prior
+        self.teacher_failed = self.share("failed_rows/imitation/teacher", "rows/imitation/teacher", 0.0,
+                                         "teacher answers failed (asked again in discrimination)")
+        self.referee_retry = self.share("rows/discrimination/referee_retry1", "rows/discrimination/referee",
+                                        p.referee_failure_rate, "reviews unreadable, asked again per retry")
+        self.accepted = self.share("lion/new_instructions", "lion/candidates", p.generator_acceptance_rate,
+                                   "generator replies kept as new instructions")
 
     def call(self, k: int, stage: str, call: str, role_name: str, requests: float) -> Line:
         reply, basis = self.reply[role_name]
         line = Line(f"iter_{k}/{stage}", call, role_name, requests, requests * self.prompt[role_name], requests * reply,
                     basis=basis)
-        return price(getattr(self.cfg, role_name), line, self._throughput(role_name, call))
-
-    def _throughput(self, role_name: str, call: str) -> float | None:
-        return self.seen.mean(f"tokens_per_s_per_gpu/{family(call)}") or self.cfg.plan.tokens_per_s_per_gpu.get(role_name)
+        return price(getattr(self.cfg, role_name), line, self.throughput(role_name, call))
 
     def imitation(self, k: int, train_rows: float) -> list[Line]:
         t = self.cfg.train

@@ -38,3 +38,35 @@ class Observed:
     def mean(self, key: str) -> float | None:
         seen = self.values.get(key)
         return sum(seen) / len(seen) if seen else None
+
+
+class Estimates:
+    """What a job's plan assumes per call: the figure the run directory measured, else the
+    config's `plan` prior; each assumption is stated once in `assumptions`."""
+
+    def __init__(self, seen: Observed, priors, assumptions: list[str] | None = None):
+        self.seen, self.priors, self.assumptions = seen, priors, list(assumptions or ())
+
+    def note(self, assumption: str) -> None:
+        if assumption not in self.assumptions:  # a role asked in every iteration is stated once
+            self.assumptions.append(assumption)
+
+    def reply_tokens(self, role, role_name: str, call: str) -> tuple[float, str]:
+        """-> (completion tokens a reply of `call`, where that figure comes from)."""
+        observed = self.seen.per_row("completion_tokens", call)
+        if observed is not None:
+            self.note(f"{role_name}: {observed:.1f} completion tokens a reply, observed in {call}")
+            return observed, "observed replies"
+        frac = self.priors.completion_fraction
+        self.note(f"{role_name}: {frac:g} x max_tokens ({role.sampling.max_tokens}) completion tokens a reply")
+        return role.sampling.max_tokens * frac, "max_tokens" if frac == 1 else f"{frac:g} x max_tokens"
+
+    def share(self, numerator: str, denominator: str, prior: float, what: str) -> float:
+        observed = self.seen.ratio(numerator, denominator)
+        share, how = (observed, "observed") if observed is not None else (prior, "plan prior")
+        self.note(f"{share:.1%} of {what} ({how})")
+        return share
+
+    def throughput(self, role_name: str, call: str) -> float | None:
+        """Generated tokens/s a GPU for a local role: measured for the call's family, else the prior."""
+        return self.seen.mean(f"tokens_per_s_per_gpu/{family(call)}") or self.priors.tokens_per_s_per_gpu.get(role_name)

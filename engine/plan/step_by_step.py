@@ -9,11 +9,9 @@ rationale task's too) and GPU-hours from the run directory's measured training t
 """
 from __future__ import annotations
 
-import os
-
 from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
-from engine.plan import Line, Plan, budget_warnings, price
+from engine.plan import Line, Plan, budget_warnings, earlier_run, price
 from engine.plan.tokens import counter_for, sample
 
 
@@ -21,8 +19,7 @@ def step_by_step_plan(cfg: StepByStepConfig) -> Plan:
     from engine.step_by_step.prompts import default_prompt_file, load_prompt
     from engine.step_by_step.stages import read_task
 
-    run = RunDir(cfg.run_dir) if "://" in cfg.run_dir or os.path.isdir(cfg.run_dir) else None
-    completed = set((run.read_json("state.json", {}) if run else {}).get("completed", ()))
+    run, completed = earlier_run(cfg.run_dir)
     splits, _ = read_task(cfg)
     rows = splits["train"] + splits["test"]
     plan = Plan("step_by_step", cfg.run_dir, [], assumptions=[f"{len(splits['train']):,} train and "
