@@ -212,7 +212,7 @@ class ScriptedRoles:
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
     from engine.evaluate import evaluation as E
     from engine.lion import judge as J
-    from tests.test_evaluate_judge import short_questions
+    from tests.fixtures.questions import short_questions
 
     llm = ScriptedRoles()
     monkeypatch.setattr(E, "answer", llm)

