@@ -8,8 +8,9 @@
     lion-distill plan lion --config X          # the same
     lion-distill inspect FILE...               # what a pool made of these files would hold
 
-A job is a module in JOBS with `load(path, overrides) -> config`, `run(config) -> state` and,
-for `--plan`, `plan(config) -> engine.plan.Plan`. `main([job, *args])` loads the config (a bad
+A job is a module in JOBS with `load(path, overrides) -> config` and `run(config) -> state`;
+its `--plan` is the function PLANS names, `plan(config) -> engine.plan.Plan` (plans read the
+stages; stages never import plans). `main([job, *args])` loads the config (a bad
 one is one line on stderr and exit status 2), checks everything the run needs before any
 cluster (engine.preflight: every problem one line, exit status 2), joins or starts Ray, checks
 the cluster's GPUs and CPUs, runs the job and exits 0 when its state says done.
@@ -27,6 +28,12 @@ JOBS = {
     "lion": "engine.lion.loop",
     "evaluate": "engine.evaluate.job",
     "step_by_step": "engine.step_by_step.job",
+}
+# Job name -> (module, function) that prices it for `--plan`.
+PLANS = {
+    "lion": ("engine.plan.lion", "lion_plan"),
+    "evaluate": ("engine.plan.evaluate", "evaluate_plan"),
+    "step_by_step": ("engine.plan.step_by_step", "step_by_step_plan"),
 }
 
 
@@ -49,14 +56,17 @@ def _problems(what: str, problems: list[str]) -> int:
     return 2
 
 
-def _plan(job, cfg) -> int:
+def job_plan(name: str, cfg):
+    """The job's plan (engine.plan.<job>), with what the run directory already holds."""
+    module, function = PLANS[name]
+    return getattr(importlib.import_module(module), function)(cfg)
+
+
+def _plan(name: str, cfg) -> int:
     from engine.data import RunDir
     from engine.plan import plan_table
 
-    if not hasattr(job, "plan"):
-        print(f"error: --plan: {job.__name__} has no plan yet", file=sys.stderr)
-        return 2
-    plan = job.plan(cfg)
+    plan = job_plan(name, cfg)
     RunDir(cfg.run_dir).write_json("plan.json", plan.as_dict())
     print(plan_table(plan))
     print(f"written: {cfg.run_dir.rstrip('/')}/plan.json")
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return _problems(f"{args.config}: the run cannot start", problems)
     if args.plan:
-        return _plan(job, cfg)
+        return _plan(name, cfg)
     init_ray(args.verbose)
     import ray
 

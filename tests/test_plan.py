@@ -178,10 +178,11 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
 
 
 def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
+    from engine.plan.step_by_step import step_by_step_plan
     from engine.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"), [f"run_dir={tmp_path / 'run'}"])
-    plan = job.plan(cfg)
+    plan = step_by_step_plan(cfg)
     (teacher,) = [ln for ln in plan.lines if ln.call == "rationales/teacher"]
     rows = [int(n) for n in plan.assumptions[0].replace(",", "").split() if n.isdigit()]
     assert teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
@@ -222,7 +223,7 @@ def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path,
 
 def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_path, tiny_models):
     from engine.config.evaluate import EvalJobConfig
-    from engine.evaluate import job
+    from engine.plan.evaluate import evaluate_plan
 
     section = eval_section(tmp_path, str(tiny_models.llama))
     section["reference"] = {"name": "gpt-3.5", "role": {**section["judge"], "sampling": {"max_tokens": 40}}}
@@ -231,7 +232,7 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
                              {"name": "b", "role": {"backend": "vllm", "model": str(tiny_models.llama)}}]
     cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section,
                                         "plan": {"referee_failure_rate": 0.5}})
-    plan = job.plan(cfg)
+    plan = evaluate_plan(cfg)
     lines = by_call(plan)
     assert lines["questions", "eval/reference"].requests == 3 and lines["questions", "eval/reference"].usd > 0
     for name in ("a", "b"):
@@ -248,24 +249,25 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
     from engine.data import RunDir
 
     RunDir(cfg.run_dir).write_json("state.json", {"completed": ["questions", "candidate/a"]})
-    plan = job.plan(cfg)
+    plan = evaluate_plan(cfg)
     assert plan.skipped == ["questions", "candidate/a"] and {ln.stage for ln in plan.lines} == {"candidate/b"}
 
 
 def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tmp_path):
     from engine.data import RunDir
+    from engine.plan.step_by_step import step_by_step_plan
     from engine.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
                    [f"run_dir={tmp_path / 'run'}", "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
-    plan = job.plan(cfg)
+    plan = step_by_step_plan(cfg)
     train = [ln for ln in plan.lines if ln.call.startswith("train/")]
     assert train and all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 100 / 3600) for ln in train)
     first = train[0].stage
     run = RunDir(cfg.run_dir)
     run.write_json("state.json", {"completed": ["rationales", first]})
     run.write_json(f"{first}/result.json", {"tokens_per_s": 400.0, "gpus": 2})  # measured: 200 a GPU
-    plan = job.plan(cfg)
+    plan = step_by_step_plan(cfg)
     assert plan.skipped == ["rationales", first] and first not in {ln.stage for ln in plan.lines}
     assert all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 200 / 3600) for ln in plan.lines)
     assert "student: 200 training tokens/s a GPU (observed)" in plan.assumptions

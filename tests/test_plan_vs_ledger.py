@@ -63,9 +63,10 @@ def ledger_by_family(run_dir: Path) -> dict[str, dict]:
 
 def test_plan_matches_the_ledger_within_a_quarter(ray_cluster, vllm_server, tiny_models, tmp_path):
     from engine.lion import loop
+    from engine.plan.lion import lion_plan
 
     cfg = demo_config(tmp_path, vllm_server, str(tiny_models.llama))
-    plan = loop.plan(cfg).as_dict()  # before the run: nothing observed yet
+    plan = lion_plan(cfg).as_dict()  # before the run: nothing observed yet
     state = loop.run(cfg)
     assert state["done"]
     actual = ledger_by_family(Path(cfg.run_dir))

@@ -6,10 +6,10 @@ from engine.config.models import (
     OpenAIEndpoint,
     Parallelism,
     RoleConfig,
-    RunConfig,
     SamplingParams,
     TrainConfig,
 )
+from engine.config.run import RunConfig
 
 __all__ = [
     "ConfigError", "load_config", "parse_override", "DataConfig", "LionConfig", "OpenAIEndpoint",

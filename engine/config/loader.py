@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from engine.config.models import RunConfig
+from engine.config.run import RunConfig
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,5 @@
-"""Pydantic models for a whole run. Every default is the paper's setting.
+"""Pydantic models for the sections of a run (the whole Lion run: engine.config.run). Every
+default is the paper's setting.
 
 A run config is YAML; `engine.config.load_config` reads it and applies `--set a.b=c`
 overrides. Unknown keys are rejected everywhere (`extra="forbid"`), so a typo in a
@@ -15,7 +16,7 @@ Example (the smallest valid file; everything else defaults)::
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -199,32 +200,3 @@ class PlanConfig(Strict):
     # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
     tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
     train_tokens_per_s_per_gpu: PositiveFloat | None = None
-
-
-# Here, not at the top: the eval section's models build on RoleConfig and Strict above.
-from engine.config.evaluate import EvalConfig  # noqa: E402
-
-
-class RunConfig(Strict):
-    ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
-
-    run_dir: str = Field(min_length=1)  # local path or any pyarrow filesystem URI
-    name: str = "lion"
-    data: DataConfig
-    teacher: RoleConfig
-    student: RoleConfig
-    referee: RoleConfig
-    generator: RoleConfig
-    lion: LionConfig = LionConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
-    plan: PlanConfig = PlanConfig()
-    serving: ServingConfig = ServingConfig()
-
-    @model_validator(mode="after")
-    def _student_is_local(self) -> RunConfig:
-        if self.student.backend == "openai":
-            raise ValueError("student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai")
-        if self.eval is not None and self.eval.candidates:
-            raise ValueError("eval.candidates: in a Lion run the candidate is the student; evaluate other models with jobs/evaluate.py")
-        return self

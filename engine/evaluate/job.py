@@ -96,13 +96,6 @@ def load(path: str, overrides: list[str]) -> EvalJobConfig:
     return resolve_tiny_models(load_config(path, overrides, model=EvalJobConfig))
 
 
-def plan(cfg: EvalJobConfig):
-    """What the evaluation will cost (engine.plan.evaluate), with the spend the run directory already holds."""
-    from engine.plan.evaluate import evaluate_plan
-
-    return evaluate_plan(cfg)
-
-
 def run(cfg: EvalJobConfig) -> dict:
     cfg = cfg.model_copy(update={"eval": absolute_paths(cfg.eval), "run_dir": _abs(cfg.run_dir)})
     rundir = RunDir(cfg.run_dir)

@@ -106,13 +106,6 @@ def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_tiny_models(load_config(path, overrides))
 
 
-def plan(cfg: RunConfig):
-    """What the run will cost (engine.plan.lion), with the spend the run directory already holds."""
-    from engine.plan.lion import lion_plan
-
-    return lion_plan(cfg)
-
-
 def run(cfg: RunConfig) -> dict:
     cfg = absolute_paths(cfg)
     rundir = RunDir(cfg.run_dir)

@@ -52,13 +52,6 @@ def load(path: str, overrides: list[str]) -> StepByStepConfig:
     return resolve_tiny_models(load_config(path, overrides, model=StepByStepConfig))
 
 
-def plan(cfg: StepByStepConfig):
-    """What the run will cost (engine.plan.step_by_step)."""
-    from engine.plan.step_by_step import step_by_step_plan
-
-    return step_by_step_plan(cfg)
-
-
 def run(cfg: StepByStepConfig) -> dict:
     cfg = absolute_paths(cfg)
     rundir = RunDir(cfg.run_dir)
