@@ -73,6 +73,37 @@ def test_alpaca_json_rejects_carry_lines_and_broken_lists_stop_with_location(tmp
         load_pool([path])
 
 
+def test_alpaca_json_lines_are_counted_in_one_pass_across_a_long_indented_file(tmp_path):
+    """The reader counts newlines since the previous record, not from the top (quadratic on
+    52K rows): every reject's line is still the line its element starts on, invalid bytes included."""
+    rows = [{"instruction": f"Task {i}\nwith a newline inside", "input": "", "output": "o"} for i in range(300)]
+    rows[5] = {"instruction": "", "output": "x"}
+    rows[250] = {"instruction": 7}
+    text = json.dumps(rows, indent=4).encode()
+    bad = text.index(b"Task 280") + 2  # an invalid byte inside element 280
+    path = tmp_path / "long.json"
+    path.write_bytes(text[:bad] + b"\xff" + text[bad + 1:])
+    starts = [n for n, line in enumerate(text.decode().splitlines(), start=1) if line == "    {"]
+    pool, report = load_pool([path])
+    assert (report.rows_in, report.rows_kept) == (300, 297) and report.reconciles
+    assert report.examples == {"empty_instruction": [f"{path}:{starts[5]}"],
+                               "non_string_field": [f"{path}:{starts[250]} (instruction is int)"],
+                               "invalid_utf8": [f"{path}:{starts[280]}"]}
+
+
+def test_a_pool_is_parsed_once_per_job_while_its_files_are_unchanged(tmp_path, monkeypatch):
+    from engine.data import readers
+
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"instruction": "One."})])
+    parses, real = [], readers.load_rows
+    monkeypatch.setattr(readers, "load_rows", lambda *a, **k: parses.append(a) or real(*a, **k))
+    first = load_pool([path])  # preflight
+    assert load_pool([path]) is first and len(parses) == 1  # seeding reuses the parse
+    assert load_pool([path], max_instruction_chars=10) is not first and len(parses) == 2
+    write_lines(path, [json.dumps({"instruction": "One."}), json.dumps({"instruction": "Two."})])
+    assert load_pool([path])[1].rows_kept == 2 and len(parses) == 3  # a changed file is read again
+
+
 def test_generic_jsonl_field_map_parquet_and_unknown_formats(tmp_path):
     jsonl = write_lines(tmp_path / "qa.jsonl", [json.dumps({"question": "Why is the sky blue?", "context": "physics"})])
     pool, _ = load_pool([jsonl], field_map={"instruction": "question", "input": "context"})
