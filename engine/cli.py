@@ -12,8 +12,9 @@ A job is a module in JOBS with `load(path, overrides) -> config` and `run(config
 its `--plan` is the function PLANS names, `plan(config) -> engine.plan.Plan` (plans read the
 stages; stages never import plans). `main([job, *args])` loads the config (a bad
 one is one line on stderr and exit status 2), checks everything the run needs before any
-cluster (engine.preflight: every problem one line, exit status 2), joins or starts Ray, checks
-the cluster's GPUs and CPUs, runs the job and exits 0 when its state says done.
+cluster (engine.preflight: every problem one line, exit status 2; `--plan` needs only the inputs
+and lists the rest as notes), joins or starts Ray, checks the cluster's GPUs and CPUs, runs the
+job and exits 0 when its state says done.
 """
 from __future__ import annotations
 
@@ -62,14 +63,25 @@ def job_plan(name: str, cfg):
     return getattr(importlib.import_module(module), function)(cfg)
 
 
-def _plan(name: str, cfg) -> int:
+def _plan(name: str, cfg, checks) -> int:
+    """The plan's table, then what stands between it and a run (a key not handed out yet, a model
+    folder not mounted here): notes, not errors. The plan is written to the run directory where
+    that directory can be written from here."""
     from engine.data import RunDir
     from engine.plan import plan_table
 
     plan = job_plan(name, cfg)
-    RunDir(cfg.run_dir).write_json("plan.json", plan.as_dict())
     print(plan_table(plan))
-    print(f"written: {cfg.run_dir.rstrip('/')}/plan.json")
+    if checks.notes:
+        print("\nNotes:", *(f"  - {note}" for note in checks.notes), sep="\n")
+    if checks.run:
+        print("\nBefore the run can start:", *(f"  - {problem}" for problem in checks.run), sep="\n")
+    try:
+        RunDir(cfg.run_dir).write_json("plan.json", plan.as_dict())
+    except OSError as e:
+        print(f"plan.json not written: {cfg.run_dir} cannot be written from here ({e.strerror or e})")
+    else:
+        print(f"written: {cfg.run_dir.rstrip('/')}/plan.json")
     return 0
 
 
@@ -141,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    problems = preflight(cfg)
-    if problems:
-        return _problems(f"{args.config}: the run cannot start", problems)
+    checks = preflight(cfg)
     if args.plan:
-        return _plan(name, cfg)
+        if checks.inputs:
+            return _problems(f"{args.config}: the plan cannot be made", checks.inputs)
+        return _plan(name, cfg, checks)
+    if checks.problems:
+        return _problems(f"{args.config}: the run cannot start", checks.problems)
+    for note in checks.notes:
+        logging.getLogger("engine").info("note: %s", note)
     init_ray(args.verbose)
     import ray
 

@@ -1,24 +1,44 @@
 """Everything a run will need, checked before it starts or joins a cluster: every problem at
 once, one line each, so a run fails in seconds instead of at the stage that needs the thing.
 
-    problems = preflight(cfg)                 # [] when the run can start
-    problems += cluster_problems(cfg, ray.cluster_resources())   # once joined
+    checks = preflight(cfg)
+    checks.inputs      # what the plan and the run both need: [] when the inputs parse
+    checks.problems    # inputs + what only a run needs: [] when the run can start
+    checks.notes       # worth a line, stops nothing (a hub name, downloaded on each node)
+    problems = cluster_problems(cfg, ray.cluster_resources())   # once joined
 
-Checks: input files exist and parse (with rows left to use; an evaluation's questions with a
-reference answer each, and a student in each Lion run it evaluates); an API role's key variable is
-set; a local role's model folder exists (a name that is no folder is said to be a hub name,
-which only works where the hub is reachable); the run directory is writable.
+Inputs: pool files exist and parse (with rows left to use), an evaluation's questions with a
+reference answer each, a step-by-step task's files and its teacher's prompt (with its `{input}`
+slot). Only a run needs: an API role's key variable set; a local role's model folder, or a hub
+name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
+student in each Lion run an evaluation names; a writable run directory. `--plan` prices a run
+whose run-only problems are not solved yet (no key handed out yet): it prints them as notes.
 """
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig
+from engine.config.step_by_step import StepByStepConfig
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@dataclass
+class Checks:
+    inputs: list[str] = field(default_factory=list)  # stop the plan and the run: inputs that do not load
+    run: list[str] = field(default_factory=list)  # stop only a run: keys, models, the run directory
+    notes: list[str] = field(default_factory=list)  # stop nothing
+
+    @property
+    def problems(self) -> list[str]:
+        return self.inputs + self.run
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
@@ -42,21 +62,32 @@ def _sections(cfg: BaseModel, kind: type) -> Iterator[tuple[str, BaseModel]]:
             yield name, value
 
 
-def role_problems(name: str, role: RoleConfig, env=os.environ) -> list[str]:
+def _offline(env) -> str | None:
+    """The variable that keeps transformers and vLLM off the hub, if one is set (as they read it)."""
+    return next((v for v in OFFLINE_VARIABLES if env.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")), None)
+
+
+def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> bool:
+    """An API role's key; a local role's model: a folder that exists, or a hub name (-> True
+    when it is a hub name each node may download)."""
     if role.backend == "openai":
         from engine.llm.openai_client import resolve_api_key
 
         try:
             resolve_api_key(role, env)
         except ValueError as e:
-            return [f"{name}.{e}"]
-        return []
+            checks.run.append(f"{name}.{e}")
+        return False
     if os.path.isdir(role.model):
-        return []
+        return False
     if role.model.startswith((".", "/", "~")) or os.sep in role.model.strip("/").split("/", 1)[-1]:
-        return [f"{name}.model: {role.model!r} does not exist (a local model folder was expected)"]
-    return [f"{name}.model: {role.model!r} is no local folder, so it is a model hub name: the run needs the hub "
-            "(and HF_HUB_OFFLINE unset) on every node, or a local path"]
+        checks.run.append(f"{name}.model: {role.model!r} does not exist (a local model folder was expected)")
+    elif _offline(env):
+        checks.run.append(f"{name}.model: {role.model!r} is a model hub name, but {_offline(env)} is set, so no node "
+                          f"may download it: unset {_offline(env)} or give a local folder every node sees")
+    else:
+        return True
+    return False
 
 
 def data_problems(name: str, data: DataConfig) -> list[str]:
@@ -74,25 +105,43 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
     return []
 
 
-def eval_problems(name: str, cfg: EvalConfig) -> list[str]:
-    """Questions that load, a reference answer for each, and a student in every Lion run named."""
+def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
+    """Questions that load and a reference answer for each (inputs), and a student in every Lion
+    run named (the run's: the plan prices a run that has not trained it yet)."""
     from engine.data import PoolFileError
     from engine.evaluate.job import CandidateError, candidate_role
     from engine.evaluate.questions import EvalDataError, load_questions, read_reference_answers
 
-    problems = []
     try:
         questions = load_questions(cfg.questions, cfg.seed)[0]
         if cfg.reference.answers is not None:
             read_reference_answers(cfg.reference, questions)
     except (PoolFileError, EvalDataError) as e:
-        problems.append(f"{name}: {e}")
+        checks.inputs.append(f"{name}: {e}")
     for i, candidate in enumerate(cfg.candidates):
         if candidate.lion_run is not None:
             try:
                 candidate_role(candidate)
             except CandidateError as e:
-                problems.append(f"{name}.candidates[{i}]: {e}")
+                checks.run.append(f"{name}.candidates[{i}]: {e}")
+
+
+def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
+    """The task's files (train and test rows, released rationales) and a generating teacher's prompt."""
+    from engine.step_by_step.prompts import PromptError, default_prompt_file, load_prompt
+    from engine.step_by_step.readers import TaskDataError
+    from engine.step_by_step.stages import read_task
+
+    problems = []
+    try:
+        read_task(cfg)
+    except TaskDataError as e:
+        problems.append(f"data: {e}")
+    if cfg.teacher.source == "generate":
+        try:
+            load_prompt(cfg.teacher.prompt_file or default_prompt_file(cfg.data.task))
+        except PromptError as e:
+            problems.append(f"teacher.prompt_file: {e}")
     return problems
 
 
@@ -110,18 +159,24 @@ def run_dir_problems(run_dir: str) -> list[str]:
     return []
 
 
-def preflight(cfg: BaseModel, env=os.environ) -> list[str]:
-    """Every problem that would stop the run, one line each; [] when it can start."""
-    problems = []
+def preflight(cfg: BaseModel, env=os.environ) -> Checks:
+    """Every problem that would stop the plan or the run, one line each, and the notes."""
+    checks = Checks()
     for name, data in _sections(cfg, DataConfig):
-        problems += data_problems(name, data)
+        checks.inputs += data_problems(name, data)
+    if isinstance(cfg, StepByStepConfig):
+        checks.inputs += step_by_step_problems(cfg)
     for name, evaluation in _sections(cfg, EvalConfig):
-        problems += eval_problems(name, evaluation)
+        eval_checks(name, evaluation, checks)
+    hub: dict[str, list[str]] = {}  # a hub model -> the roles that load it
     for name, role in roles(cfg):
-        problems += role_problems(name, role, env)
+        if role_checks(name, role, checks, env):
+            hub.setdefault(role.model, []).append(name)
+    checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
+                     "into its Hugging Face cache" for model, names in hub.items()]
     if getattr(cfg, "run_dir", None):
-        problems += run_dir_problems(cfg.run_dir)
-    return problems
+        checks.run += run_dir_problems(cfg.run_dir)
+    return checks
 
 
 def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:

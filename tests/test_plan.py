@@ -136,6 +136,7 @@ def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
     from engine.cli import main
 
     monkeypatch.delenv("PREFLIGHT_TEST_KEY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     broken = tmp_path / "broken.json"
     broken.write_text("[{")
     blocker = tmp_path / "a_file"
@@ -155,15 +156,70 @@ def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
     assert any("data.pool_files" in ln and "missing.json: file not found" in ln for ln in lines)
     assert any("teacher.openai.api_key_env" in ln and "PREFLIGHT_TEST_KEY" in ln for ln in lines)
     assert any("student.model: '/no/such/llama' does not exist" in ln for ln in lines)
-    assert any("referee.model" in ln and "hub name" in ln for ln in lines)
+    assert any("referee.model" in ln and "hub name" in ln and "HF_HUB_OFFLINE is set" in ln for ln in lines)
     assert any(ln.strip().startswith("run_dir:") and "not writable" in ln for ln in lines)
     assert not any("generator" in ln for ln in lines)  # a loopback server needs no key
-    assert main(["lion", "--config", str(path), "--plan"]) == 2  # --plan runs the same checks
+    assert main(["lion", "--config", str(path), "--plan"]) == 2  # a plan needs its pool
+    err = capsys.readouterr().err
+    assert "missing.json: file not found" in err and "PREFLIGHT_TEST_KEY" not in err  # only what the plan needs
 
     cfg = validate({**yaml.safe_load(path.read_text()), "run_dir": str(tmp_path / "run"),
                     "data": {"pool_files": [str(broken)]}}, "test")
-    problems = preflight(cfg, env={"PREFLIGHT_TEST_KEY": "k"})
-    assert len(problems) == 3 and "broken.json" in problems[0]
+    checks = preflight(cfg, env={"PREFLIGHT_TEST_KEY": "k"})
+    assert len(checks.inputs) == 1 and "broken.json" in checks.inputs[0]
+    assert [p.split(":")[0] for p in checks.run] == ["student.model"]
+    # Online, a hub name is a model: one note, no problem.
+    assert checks.notes == ["referee: 'meta-llama/Llama-2-7b-hf' is a model hub name: each node that loads "
+                            "it downloads it into its Hugging Face cache"]
+    assert "referee.model" in preflight(cfg, env={"TRANSFORMERS_OFFLINE": "1"}).run[-1]
+
+
+def test_plan_needs_no_key_and_notes_what_the_run_still_needs(tmp_path, tiny_models, capsys, monkeypatch):
+    import yaml
+
+    from engine.cli import main
+
+    monkeypatch.delenv("PLAN_TEST_KEY", raising=False)
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a hub name is then a model (the plan downloads nothing)
+        monkeypatch.delenv(offline, raising=False)
+    cfg = config(tmp_path, str(tiny_models.llama)).model_dump(mode="json")
+    cfg["teacher"]["openai"] = {"api_key_env": "PLAN_TEST_KEY", "price_per_1k_prompt_tokens": 1.0}  # api.openai.com
+    cfg["referee"] = {"backend": "vllm", "model": "org/some-model"}  # a hub name
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["lion", "--config", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    notes = out[out.index("Notes:"):]
+    assert "referee: 'org/some-model' is a model hub name" in notes
+    assert "Before the run can start:" in notes and "PLAN_TEST_KEY" in notes
+    assert "referee: tokens counted with 4 characters a token (org/some-model is not in this machine's hub cache)" in out
+    assert (tmp_path / "run" / "plan.json").exists()
+    assert main(["lion", "--config", str(path)]) == 2  # the run itself still refuses without the key
+    assert "PLAN_TEST_KEY" in capsys.readouterr().err
+
+
+def test_plan_counts_with_a_hub_tokenizer_from_the_local_cache(tmp_path, tiny_models, monkeypatch):
+    """A hub name whose tokenizer is in the Hugging Face cache is counted with it; nothing is downloaded."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from engine.config.models import PlanConfig, RoleConfig
+    from engine.plan.tokens import counter_for
+
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        if (tiny_models.llama / name).exists():
+            shutil.copy(tiny_models.llama / name, snapshot / name)
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached = counter_for(RoleConfig(backend="vllm", model="org/tiny"), "teacher", PlanConfig())
+    assert cached.source == "tokenizer org/tiny (this machine's hub cache)"
+    local = counter_for(RoleConfig(backend="vllm", model=str(tiny_models.llama)), "teacher", PlanConfig())
+    text = "Name three primary colours, and say why they are called so."
+    assert cached.count(text) == local.count(text) != round(len(text) / 4)
 
 
 def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
@@ -281,14 +337,14 @@ def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
     section["candidates"] = [{"name": "lion", "lion_run": str(tmp_path / "no-run")},
                              {"name": "local", "role": {"backend": "vllm", "model": str(tmp_path / "no-model")}}]
     cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section})
-    problems = preflight(cfg, env={})
-    assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in problems)
-    assert any(p.startswith("eval.candidates[0]: candidate lion:") and "config.json not found" in p for p in problems)
-    assert any(p.startswith("eval.candidates[1].role.model:") and "does not exist" in p for p in problems)
+    checks = preflight(cfg, env={})
+    assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in checks.inputs)
+    assert any(p.startswith("eval.candidates[0]: candidate lion:") and "config.json not found" in p for p in checks.run)
+    assert any(p.startswith("eval.candidates[1].role.model:") and "does not exist" in p for p in checks.run)
     section["questions"]["files"] = [short_questions(tmp_path, 3)[0]]
     (tmp_path / "answers.jsonl").write_text('{"question_id": 1, "text": "An apple."}\n')  # questions 2 and 3 unanswered
     section["candidates"] = section["candidates"][1:]
-    problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={})
+    problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={}).inputs
     assert any(p.startswith("eval: ") and "question_id" in p for p in problems), problems
 
 
@@ -304,3 +360,22 @@ def test_job_lines_stay_plain_text_after_ray_serve_llm_takes_the_root_logger(cap
     err = capsys.readouterr().err
     (line,) = [ln for ln in err.splitlines() if "stage done" in ln]
     assert line.endswith("INFO engine.test: stage done")  # not a JSON object, as the root logger's lines now are
+
+
+def test_a_teachers_prompt_without_its_slot_is_one_preflight_line(tmp_path, capsys):
+    """Plan and run both stop on it in seconds, with no traceback; a user's prompt needs no `#` header."""
+    from engine.cli import main
+
+    config = str(REPO / "configs/step-by-step-demo.yaml")
+    bad, mine = tmp_path / "bad.txt", tmp_path / "mine.txt"
+    bad.write_text("Q: what goes here?\nA:")
+    mine.write_text("Q: {input}\nA:")
+    for extra in ([], ["--plan"]):
+        code = main(["step-by-step", "--config", config, "--set", f"run_dir={tmp_path / 'run'}",
+                     "--set", f"teacher.prompt_file={bad}", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert err.splitlines()[1:] == [f"  teacher.prompt_file: {bad}: a prompt needs exactly one {{input}} where the "
+                                        "row's input goes (found 0)"]
+    assert main(["step-by-step", "--config", config, "--set", f"run_dir={tmp_path / 'run'}",
+                 "--set", f"teacher.prompt_file={mine}", "--plan"]) == 0

@@ -13,6 +13,7 @@ import numpy as np
 from engine.config.evaluate import EvalConfig, EvalJobConfig
 from engine.config.models import PlanConfig, RoleConfig
 from engine.evaluate.evaluation import PROMPTS
+from engine.evaluate.job import CandidateError, candidate_role
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.lion.referee import referee_messages
 from engine.llm.ledger import spent_by_role
@@ -74,8 +75,6 @@ class EvalEstimates(Estimates):
 
 def evaluate_plan(cfg: EvalJobConfig) -> Plan:
     """-> the evaluation job's Plan: the reference's answers, then each candidate's evaluation."""
-    from engine.evaluate.job import candidate_role
-
     run, completed = earlier_run(cfg.run_dir)
     seen = Observed.read(run, [f"eval/{c.name}/metrics.json" for c in cfg.eval.candidates])
     est = EvalEstimates(cfg.eval, cfg.plan, seen)
@@ -83,8 +82,18 @@ def evaluate_plan(cfg: EvalJobConfig) -> Plan:
     plan.add("questions", est.reference("questions"), completed)
     roles = {"judge": cfg.eval.judge, "reference": cfg.eval.reference.role}
     for c in cfg.eval.candidates:
-        roles[c.name] = candidate_role(c)
+        roles[c.name] = _candidate_role(c, plan.assumptions)
         plan.add(f"candidate/{c.name}", est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt), completed)
     budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
     plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
     return plan
+
+
+def _candidate_role(candidate, assumptions: list[str]) -> RoleConfig:
+    """The candidate's role; a Lion run that has no student yet (the plan may come first) is
+    priced as a local model with the default sampling settings, and the plan says so."""
+    try:
+        return candidate_role(candidate)
+    except CandidateError as e:
+        assumptions.append(f"{candidate.name}: priced as a local model with default sampling ({e})")
+        return RoleConfig(backend="vllm", model=candidate.lion_run)

@@ -1,6 +1,7 @@
 """Few-shot chain-of-thought prompts as text files (engine/step_by_step/prompts/<task>.txt, or a
-user's own): `#` lines at the top say where the exemplars come from, the rest is the prompt
-with `{input}` where the row's input goes. The teacher continues it as a raw completion.
+user's own): the prompt with `{input}` where the row's input goes, which the teacher continues
+as a raw completion. Leading `#` lines are a comment, not prompt: the prompts shipped here say
+in them where their exemplars come from (a user's own file needs none).
 
     prompt = load_prompt(default_prompt_file("cqa"))
     prompt.render(row)   # the exemplars, then "Q: <row input>\nA:"
@@ -14,10 +15,14 @@ PROMPTS = Path(__file__).resolve().parent / "prompts"
 SLOT = "{input}"
 
 
+class PromptError(ValueError):
+    """A prompt file that is missing or has no single `{input}` slot; the message names the file."""
+
+
 @dataclass(frozen=True)
 class FewShotPrompt:
     path: str
-    provenance: str  # the file's leading comment
+    provenance: str  # the file's leading comment ("" when it has none)
     template: str
 
     def render(self, row: dict) -> str:
@@ -31,7 +36,7 @@ def default_prompt_file(task: str) -> Path:
 def load_prompt(path: str | Path) -> FewShotPrompt:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: prompt file not found")
+        raise PromptError(f"{path}: prompt file not found")
     lines = path.read_text(encoding="utf-8").splitlines()
     header = 0
     while header < len(lines) and lines[header].startswith("#"):
@@ -39,8 +44,6 @@ def load_prompt(path: str | Path) -> FewShotPrompt:
     provenance = "\n".join(line.lstrip("# ") for line in lines[:header])
     template = "\n".join(lines[header:]).strip("\n")
     if template.count(SLOT) != 1:
-        raise ValueError(f"{path}: a prompt needs exactly one {SLOT} where the row's input goes "
-                         f"(found {template.count(SLOT)})")
-    if not provenance:
-        raise ValueError(f"{path}: start the file with `#` lines saying where its exemplars come from")
+        raise PromptError(f"{path}: a prompt needs exactly one {SLOT} where the row's input goes "
+                          f"(found {template.count(SLOT)})")
     return FewShotPrompt(str(path), provenance, template)
