@@ -218,6 +218,64 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     assert sorted(r["complete"] for r in trained) == [False, True, True, True]
 
 
+class _Trained:
+    model_dir, record = "new-student", StageRecord("x")
+
+
+def test_an_imitation_with_nothing_to_train_on_stops_naming_the_two_settings(tmp_path, monkeypatch):
+    run = _seed_generation(tmp_path, n_pool=4)
+    cut = ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Cut sho", "length", 5, 40))
+    monkeypatch.setattr(I, "answer", cut)
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
+    cfg = _config(tmp_path)
+    cfg.teacher.sampling.max_tokens = 40
+    with pytest.raises(I.NothingToImitate) as stopped:
+        I.imitation(cfg, run, 0, "student")
+    line = str(stopped.value)
+    assert "\n" not in line and line.startswith("iteration 0 imitation: only 0 of 4 teacher answers are trainable")
+    assert "lion.min_imitation_fraction (0.5)" in line and "4 answers were cut at the teacher's max_tokens (40)" in line
+    assert "teacher.sampling.max_tokens" in line and "lion.train_on_truncated: true" in line
+    # Either setting lets the same answers train; the teacher is not asked again for them.
+    trained = []
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or _Trained())
+    allowed = _config(tmp_path, train_on_truncated=True)
+    allowed.teacher.sampling.max_tokens = 40
+    _, _, summary = I.imitation(allowed, run, 0, "student")
+    assert len(trained) == 4 and len(cut.calls) == 1
+    assert (summary["imitation_rows"], summary["imitation_trained"]) == (4, 4)
+    metrics = run.read_json(rel(0, "imitation", "metrics.json"))
+    assert (metrics["lion/imitation_asked"], metrics["lion/imitation_trained"]) == (4, 4)
+
+
+def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teacher(tmp_path, monkeypatch):
+    """Training killed midway: the resumed stage reads the iteration's teacher_responses.parquet
+    and trains on exactly the same rows; with the teacher's settings changed, only the answers
+    it cut are asked again."""
+    run = _seed_generation(tmp_path, n_pool=4)
+    teacher = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(
+        f"Answer {seed} to {row['id']}.", "length" if "number 1 " in row["instruction"] else "stop", 5, 5))
+    monkeypatch.setattr(I, "answer", teacher)
+    first, again = [], []
+
+    def killed(cfg, run, k, student, sft):
+        first.extend(sft)
+        raise RuntimeError("training worker killed")
+
+    monkeypatch.setattr(I, "_train", killed)
+    cfg = _config(tmp_path, train_on_truncated=True)
+    with pytest.raises(RuntimeError, match="killed"):
+        I.imitation(cfg, run, 0, "student")
+    assert len(teacher.calls) == 1 and len(first) == 4
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft) or _Trained())
+    outputs, _, _ = I.imitation(cfg, run, 0, "student")
+    assert len(teacher.calls) == 1  # not asked again
+    assert again == first and outputs == {"student_model": "new-student"}
+    # A larger max_tokens: the one cut answer is asked again; the complete ones are kept.
+    cfg.teacher.sampling.max_tokens = 1024
+    I.imitation(cfg, run, 0, "student")
+    assert len(teacher.calls) == 2 and len(teacher.calls[1]["ids"]) == 1
+
+
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch):
     """These tests must not start Ray: fail loudly if a stage reaches past its edge."""

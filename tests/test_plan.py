@@ -93,12 +93,28 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
     cfg.referee.openai.budget_usd = 1.01  # the spend log has taken nearly all of it
     plan = lion_plan(cfg)
     lines = by_call(plan)
-    (warning,) = plan.warnings
+    (warning,) = [w for w in plan.warnings if "budget_usd" in w]
     assert warning.startswith("referee: budget_usd $1.01 runs out in stage iter_0/discrimination") and "$1.00 of it" in warning
     assert plan.skipped == ["iter_0/imitation"] and ("iter_0/imitation", "imitation/teacher") not in lines
     assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(2)  # 10% failed, asked again
     assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(8 * 3)  # 3 a reply, observed
     assert [ln.call for ln in plan.lines if ln.stage == "iter_0/generation"] == ["generation/generator_round0"]  # all kept
+
+
+def test_plan_warns_when_the_teachers_max_tokens_cuts_its_answers(tmp_path, tiny_models):
+    from engine.data import RunDir
+
+    cfg = config(tmp_path, str(tiny_models.llama))  # teacher max_tokens 10
+    (warning,) = [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
+    assert warning.startswith("teacher: sampling.max_tokens 10 cuts answers: a whole answer takes about 300 tokens "
+                              "(plan.answer_tokens); cut answers are left out of imitation (lion.train_on_truncated)")
+    assert "lion.min_imitation_fraction (0.5)" in warning
+    cfg.teacher.sampling.max_tokens = 400
+    assert not [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
+    # What the run saw wins over the prior: most answers cut at 400.
+    RunDir(cfg.run_dir).write_json("iter_0/metrics.json", {"lion/imitation_asked": 20, "lion/imitation_truncated_answers": 15})
+    (warning,) = [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
+    assert "75% of the teacher's answers so far were cut at it" in warning
 
 
 def test_budget_warning_names_the_stage():

@@ -29,6 +29,8 @@ def iteration_metrics(k: int) -> dict:
         "lion/hard_fraction": [0.4167, 0.3125][k], "lion/mean_gap": [1.25, 0.75][k], "lion/judged": 4,
         "lion/judge_failed": 2, "lion/new_instructions": 120, "lion/cache_pool_size": 600 + 120 * k,
         "lion/train_pool_size": 120, "generation_rejects/rouge_l": 25 + k, "generation_rejects/unparseable": 5,
+        "lion/imitation_asked": 1200, "lion/imitation_trained": 1080 - 500 * k, "lion/imitation_truncated_answers": 100,
+        "lion/imitation_failed_answers": 20,
     })
     return metrics
 
@@ -78,6 +80,10 @@ def test_full_report(tmp_path):
     assert "| 0 | unparseable review after 3 tries | 1 |" in report and "| 1 | API error 500 | 1 |" in report
     assert "| 1 | rouge_l | 26 |" in report and "| 0 | unparseable | 5 |" in report
     assert "Nothing: every expected file was read." in report
+    # Answers trained on out of those asked, per imitation; the run directory's size on disk.
+    assert "| 0 | 1,200 | 1,080 | 100 | 20 | 90% |" in report and "| 1 | 1,200 | 580 | 100 | 20 | 48% |" in report
+    size = sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != "report.md")
+    assert f"Run directory: `{run.uri}` ({size / 1000:.1f} kB on disk" in report
 
 
 def test_partial_run_says_what_is_missing(tmp_path):

@@ -145,6 +145,9 @@ class LionConfig(Strict):
     # A teacher answer cut at max_tokens / max_model_len is left out of imitation (false),
     # or trained on without an end-of-sequence token (true). Counted either way.
     train_on_truncated: bool = False
+    # An imitation with fewer trainable answers than this share of its instructions stops with
+    # the cause (every answer cut at max_tokens, say) instead of training on (nearly) nothing.
+    min_imitation_fraction: float = Field(0.5, ge=0.0, le=1.0)
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
@@ -195,6 +198,9 @@ class PlanConfig(Strict):
     # role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves)
     tokenizers: dict[str, str] = Field(default_factory=dict)
     completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
+    # A whole teacher answer's length: a teacher max_tokens below it cuts answers, which imitation leaves
+    # out. 300: gpt-3.5-turbo's Vicuna-80 answers in data/vicuna80 average 1,206 characters.
+    answer_tokens: PositiveInt = 300
     referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
     generator_acceptance_rate: float = Field(0.5, ge=0.0, le=1.0)  # replies kept as new instructions
     # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours

@@ -4,7 +4,13 @@ answers (loss on the answer tokens only) and exported for the next stages.
 A teacher answer cut short (`finish_reason` "length": `max_tokens`, or the engine's
 context cap) is counted and, by default, left out of training: trained with an
 end-of-sequence token it would teach the student to stop mid-answer. With
-`lion.train_on_truncated` it is trained on without one."""
+`lion.train_on_truncated` it is trained on without one. When fewer than
+`lion.min_imitation_fraction` of the instructions leave an answer to train on, the stage
+stops with the cause instead of training on (nearly) nothing.
+
+The teacher's answers are written before training starts: a resumed imitation (training
+killed midway) trains on those same answers and asks the teacher nothing again, unless the
+teacher's settings changed since, when only its complete answers are kept."""
 from __future__ import annotations
 
 import logging
@@ -12,18 +18,25 @@ import logging
 from engine.config import RunConfig
 from engine.data import RunDir
 from engine.lion.iteration import (
-    answer, answered, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
+    answer, answered, known_teacher_answers, pool_ids_not_in, pools, read_rows, rel, usage, write_responses,
+    write_stage_metrics,
 )
 from engine.llm.prompts import instruction_messages
 from engine.llm.serving import training
 
 log = logging.getLogger("engine.lion")
 
+RESPONSES, TEACHER = "teacher_responses.parquet", "teacher.json"
+
+
+class NothingToImitate(ValueError):
+    """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
+
 
 def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
     train_pool, _ = pools(run, k)
-    known = known_teacher_answers(run, k - 1) if k else {}
+    known = {**(known_teacher_answers(run, k - 1) if k else {}), **saved_answers(cfg, run, k)}
     todo = train_pool.filter(pool_ids_not_in(train_pool, known)) if known else train_pool
     records, fresh = [], []
     if todo.num_rows:
@@ -32,12 +45,14 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         records.append(record)
     by_id = {**{r["id"]: r for r in fresh}, **{i: known[i] for i in train_pool.column("id").to_pylist() if i in known}}
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]
-    write_responses(run, rel(k, "imitation", "teacher_responses.parquet"), responses)
+    write_responses(run, rel(k, "imitation", RESPONSES), responses)
+    run.write_json(rel(k, "imitation", TEACHER), _teacher_settings(cfg))
 
     sft, truncated = sft_rows(train_pool.to_pylist(), by_id, cfg.lion.train_on_truncated)
     failed = sum(not answered(r) for r in responses)
+    check_trainable(cfg, k, train_pool.num_rows, len(sft), truncated, failed)
     summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": len(responses) - failed,
-               "imitation_truncated": truncated}
+               "imitation_truncated": truncated, "imitation_trained": len(sft)}
     if len(sft) >= max(1, cfg.train.num_workers):  # every training worker needs a row
         result = _train(cfg, run, k, student_model, sft)
         result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
@@ -50,9 +65,39 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
              k, train_pool.num_rows, len(sft), truncated, "trained without eos" if cfg.lion.train_on_truncated else "left out",
              student_model)
     write_stage_metrics(run, k, "imitation", records, {
+        "lion/imitation_asked": train_pool.num_rows,
         "lion/imitation_failed_answers": failed,
-        "lion/imitation_truncated_answers": truncated})
+        "lion/imitation_truncated_answers": truncated,
+        "lion/imitation_trained": len(sft)})
     return {"student_model": student_model}, usage(records), summary
+
+
+def _teacher_settings(cfg: RunConfig) -> dict:
+    """What the teacher's answers depend on: a change makes its saved truncated answers stale."""
+    t = cfg.teacher
+    return {"model": t.model, "max_model_len": t.max_model_len, "sampling": t.sampling.model_dump(mode="json")}
+
+
+def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> dict[str, dict]:
+    """This imitation's teacher answers from an earlier attempt (training killed midway), by id:
+    all of them under the same teacher settings, only the complete ones under changed settings
+    (a larger max_tokens must be able to complete the answers it cut)."""
+    same = run.read_json(rel(k, "imitation", TEACHER)) == _teacher_settings(cfg)
+    return {r["id"]: r for r in read_rows(run, rel(k, "imitation", RESPONSES))
+            if answered(r) and (same or r.get("finish_reason") != "length")}
+
+
+def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated: int, failed: int) -> None:
+    """Stop the stage when fewer than `lion.min_imitation_fraction` of the answers are trainable."""
+    least = cfg.lion.min_imitation_fraction
+    if asked and trained < least * asked:
+        cause = (f"{truncated} answers were cut at the teacher's max_tokens ({cfg.teacher.sampling.max_tokens}) or its "
+                 f"context and left out (lion.train_on_truncated: {str(cfg.lion.train_on_truncated).lower()})"
+                 if truncated else f"{failed} answers failed or were empty")
+        raise NothingToImitate(
+            f"iteration {k} imitation: only {trained} of {asked} teacher answers are trainable, fewer than "
+            f"lion.min_imitation_fraction ({least:g}): {cause}; raise teacher.sampling.max_tokens or set "
+            "lion.train_on_truncated: true")
 
 
 def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated: bool = False) -> tuple[list[dict], int]:

@@ -60,7 +60,7 @@ def write_report(run_dir: RunDir) -> str:
                   if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
-    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend)
+    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend, size_bytes=run_dir.size_bytes())
     markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
     run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
@@ -279,12 +279,14 @@ def _score_histograms(judged: list[Iteration]) -> Figure:
 # --- markdown --------------------------------------------------------------------
 
 def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str],
-                    spend: list[dict] = ()) -> str:
-    out = [f"# Lion run report\n\nRun directory: `{uri}`\n"]
+                    spend: list[dict] = (), size_bytes: int | None = None) -> str:
+    size = "" if size_bytes is None else f" ({_bytes(size_bytes)} on disk, checkpoints and exports included)"
+    out = [f"# Lion run report\n\nRun directory: `{uri}`{size}\n"]
     out += state_section(state)
     if not iterations:
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")
     out += _section_loop(iterations, plots)
+    out += _section_imitation(iterations)
     out += _section_stages(iterations, plots)
     out += _section_engines(iterations)
     out += _section_spend(iterations, plots, spend)
@@ -296,6 +298,14 @@ def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[st
     return "\n".join(out) + "\n"
 
 
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}" if unit != "bytes" else f"{n:.0f} bytes"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
 def _plot(plots: dict[str, str], name: str, title: str) -> list[str]:
     return [f"\n![{title}]({plots[name]})"] if name in plots else [f"\n_No data for the {title} plot._"]
 
@@ -305,6 +315,19 @@ def _section_loop(iterations, plots) -> list[str]:
     rows = [[it.k] + [it.loop.get(key) for key in LOOP_KEYS] for it in iterations if it.loop]
     out.append(table_md(["iteration", *LOOP_KEYS], rows) if rows else "No `lion/*` summary metrics yet.")
     return out + _plot(plots, "hard_fraction_gap.png", "hard fraction and mean gap")
+
+
+def _section_imitation(iterations) -> list[str]:
+    """Teacher answers trained on out of those asked: answers cut at max_tokens are left out
+    unless lion.train_on_truncated, failed ones always."""
+    rows = [[it.k, it.loop["imitation_asked"], it.loop.get("imitation_trained"),
+             it.loop.get("imitation_truncated_answers"), it.loop.get("imitation_failed_answers"),
+             f"{it.loop.get('imitation_trained', 0) / it.loop['imitation_asked']:.0%}" if it.loop["imitation_asked"] else "-"]
+            for it in iterations if "imitation_asked" in it.loop]
+    if not rows:
+        return []
+    return ["\n## Imitation: answers trained on\n",
+            table_md(["iteration", "asked", "trained", "truncated", "failed", "trained / asked"], rows)]
 
 
 def _section_stages(iterations, plots) -> list[str]:

@@ -64,8 +64,24 @@ def lion_plan(cfg: RunConfig) -> Plan:
         roles["judge"] = cfg.eval.judge
         roles["reference"] = cfg.eval.reference.role
     budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
-    plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
+    plan.warnings = _cut_answers(cfg, seen) + budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
     return plan
+
+
+def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
+    """A warning when the teacher's max_tokens is below the answer length the plan assumes (or the
+    run has seen most answers cut): imitation leaves cut answers out, and stops when too few are left."""
+    max_tokens, cut = cfg.teacher.sampling.max_tokens, seen.ratio("lion/imitation_truncated_answers", "lion/imitation_asked")
+    if cut is not None and cut > 1 - cfg.lion.min_imitation_fraction:
+        why = f"{cut:.0%} of the teacher's answers so far were cut at it"
+    elif cut is None and max_tokens < cfg.plan.answer_tokens:
+        why = f"a whole answer takes about {cfg.plan.answer_tokens} tokens (plan.answer_tokens)"
+    else:
+        return []
+    fate = "trained on without an end" if cfg.lion.train_on_truncated else "left out of imitation"
+    return [f"teacher: sampling.max_tokens {max_tokens} cuts answers: {why}; cut answers are {fate} "
+            f"(lion.train_on_truncated), and an imitation with fewer than lion.min_imitation_fraction "
+            f"({cfg.lion.min_imitation_fraction:g}) of its answers trainable stops"]
 
 
 def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
