@@ -89,6 +89,9 @@ def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, eval
         assert metrics["cost_usd/imitation/teacher"] > 0 or metrics["api_cached/imitation/teacher"] > 0
     report = (run / "report.md").read_text()
     assert "hard fraction" in report.lower() and list((run / "plots").glob("*.png"))
+    # Each exported student's Ray Train checkpoints are gone (train.keep_checkpoints: false); the report says the size.
+    assert not list(run.glob("iter_*/imitation/ray_train")) and "on disk, checkpoints and exports included" in report
+    assert "## Imitation: answers trained on" in report
     assert not evaluated or ("| base |" in report and (run / "plots" / "relative_score.png").is_file())
 
 
@@ -152,10 +155,11 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
         after = _digest(run / "iter_0" / stage)
         assert {name: after[name] for name in digests} == digests, f"{stage} outputs were recomputed"
     ledgers = [json.loads(p.read_text()) for p in (run / "llm_cache" / "ledger").glob("*.json")]
-    # iteration 0's imitation (16 seed instructions, twice), then the final imitation of the new ones
+    # iteration 0's imitation (16 seed instructions), then the final imitation of the new ones. Resumed, it
+    # asks the teacher nothing when the answers were saved before the kill, else the cache serves them.
     teacher_stages = [x for x in ledgers if x["stage"] == "imitation/teacher" and x["rows"] == 16]
-    assert len(teacher_stages) == 2 and teacher_stages[0]["api_requests"] + teacher_stages[1]["api_requests"] == 16
-    assert min(x["api_requests"] for x in teacher_stages) == 0  # the resumed stage was served by the cache
+    assert len(teacher_stages) in (1, 2) and sum(x["api_requests"] for x in teacher_stages) == 16
+    assert min(x["api_requests"] for x in teacher_stages) == 0 or len(teacher_stages) == 1
     records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
                for line in part.read_text().splitlines()]
     keys = [r["key"] for r in records]

@@ -276,6 +276,31 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
     assert len(teacher.calls) == 2 and len(teacher.calls[1]["ids"]) == 1
 
 
+def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_path, monkeypatch):
+    from engine.train.loop import storage_path
+
+    run = _seed_generation(tmp_path, n_pool=4)
+    monkeypatch.setattr(I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5)))
+    student = run.path(rel(0, "imitation", "student"))
+    checkpoint = tmp_path / storage_path(student) / "lion-iter0-imitation" / "checkpoint_000001"
+
+    class Exported:
+        model_dir, record = student, StageRecord("x")
+
+    def train(cfg, run, k, student_model, sft):  # as Ray Train leaves it: checkpoints beside the export
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / "__0_0.distcp").write_bytes(b"weights and optimizer state")
+        return Exported()
+
+    monkeypatch.setattr(I, "_train", train)
+    I.imitation(_config(tmp_path), run, 0, "student")
+    assert not (tmp_path / storage_path(student)).exists()  # train.keep_checkpoints: false (the default)
+    cfg = _config(tmp_path)
+    cfg.train.keep_checkpoints = True
+    I.imitation(cfg, run, 0, "student")
+    assert (checkpoint / "__0_0.distcp").exists()
+
+
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch):
     """These tests must not start Ray: fail loudly if a stage reaches past its edge."""

@@ -35,8 +35,9 @@ def demo_config(tmp_path, server, llama: str):
         "generator": {**api, "sampling": {"temperature": 1.0, "max_tokens": 24}},
         # The referee is held to its format (reviews parse); a random generator never writes a
         # usable instruction in 24 tokens, so every round asks for all of them again.
+        # A random teacher cuts most answers at 32 tokens: imitation may train on few (the plan still prices it).
         "lion": {"iterations": 1, "new_instructions_per_iteration": 8, "generation_rounds": 2,
-                 "referee_constraint": "regex", "generator_constraint": "none"},
+                 "referee_constraint": "regex", "generator_constraint": "none", "min_imitation_fraction": 0.0},
         "plan": {"referee_failure_rate": 0.0, "generator_acceptance_rate": 0.0,
                  "tokenizers": {name: llama for name in ("teacher", "referee", "generator", "judge")}},
         # The student is evaluated before training and after each imitation (eval/*): four short

@@ -178,6 +178,9 @@ class TrainConfig(Strict):
     activation_checkpointing: bool = False
     rationale_weight: float = Field(1.0, ge=0.0)  # step-by-step's lambda
     checkpoint_every_steps: PositiveInt = 500
+    # false: once a training's student is exported, its Ray Train checkpoints (weights and optimizer
+    # state, two kept) are deleted; true keeps them.
+    keep_checkpoints: bool = False
     max_failures: int = Field(2, ge=0)
     seed: int = 42
 

@@ -71,8 +71,3 @@ class RunDir:
         """The bytes of every file under the run directory (checkpoints and exports included)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
         return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
-
-    def delete(self, rel: str) -> None:
-        """Remove a folder of the run directory and everything in it; nothing if it is not there."""
-        if self.exists(rel):
-            self.fs.delete_dir(self.path(rel))

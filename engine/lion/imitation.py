@@ -23,6 +23,7 @@ from engine.lion.iteration import (
 )
 from engine.llm.prompts import instruction_messages
 from engine.llm.serving import training
+from engine.train import delete_checkpoints
 
 log = logging.getLogger("engine.lion")
 
@@ -55,6 +56,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
                "imitation_truncated": truncated, "imitation_trained": len(sft)}
     if len(sft) >= max(1, cfg.train.num_workers):  # every training worker needs a row
         result = _train(cfg, run, k, student_model, sft)
+        if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
+            delete_checkpoints(result.model_dir)
         result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
         records.append(result.record)
         student_model = result.model_dir

@@ -81,3 +81,13 @@ def publish_dir(local: str, target: str) -> None:
     fs, path = pafs.FileSystem.from_uri(target)
     fs.delete_dir_contents(path, missing_dir_ok=True)
     pafs.copy_files(local, path, destination_filesystem=fs)
+
+
+def delete_dir(target: str) -> None:
+    """Remove a folder (local path or pyarrow URI) and everything in it; nothing if it is absent."""
+    if "://" not in target:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    fs, path = pafs.FileSystem.from_uri(target)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
