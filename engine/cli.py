@@ -13,8 +13,9 @@ its `--plan` is the function PLANS names, `plan(config) -> engine.plan.Plan` (pl
 stages; stages never import plans). `main([job, *args])` loads the config (a bad
 one is one line on stderr and exit status 2), checks everything the run needs before any
 cluster (engine.preflight: every problem one line, exit status 2; `--plan` needs only the inputs
-and lists the rest as notes), joins or starts Ray, checks the cluster's GPUs and CPUs, runs the
-job and exits 0 when its state says done.
+and lists the rest as notes), joins or starts Ray, checks the cluster's GPUs and CPUs, takes the
+run directory's lock (engine.joblock: one job per run directory), runs the job and exits 0 when
+its state says done.
 """
 from __future__ import annotations
 
@@ -168,8 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     problems = cluster_problems(cfg, ray.cluster_resources())
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
+    from engine.data import RunDir
+    from engine.joblock import RunDirBusy, job_lock
+
     try:
-        state = job.run(cfg)
+        with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
+            state = job.run(cfg)
+    except RunDirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except StageError as e:
         logging.getLogger("engine").exception("%s", e)
         print(f"error: {e} (the run directory is resumable: run the same command again)", file=sys.stderr)
