@@ -164,12 +164,14 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     checks = Checks()
     for name, data in _sections(cfg, DataConfig):
         checks.inputs += data_problems(name, data)
+    models = list(roles(cfg))
     if isinstance(cfg, StepByStepConfig):
         checks.inputs += step_by_step_problems(cfg)
+        models.append(("student", RoleConfig(backend="hf", model=cfg.student.model)))  # a T5, loaded by transformers
     for name, evaluation in _sections(cfg, EvalConfig):
         eval_checks(name, evaluation, checks)
     hub: dict[str, list[str]] = {}  # a hub model -> the roles that load it
-    for name, role in roles(cfg):
+    for name, role in models:
         if role_checks(name, role, checks, env):
             hub.setdefault(role.model, []).append(name)
     checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
