@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections import Counter
 from functools import partial
@@ -157,7 +156,7 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
 
 
 def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: float) -> StageResult:
-    from engine.train import Validation, train_seq2seq_multitask
+    from engine.train import Validation, delete_checkpoints, train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
     table = run.read_table("rationales/train.parquet").to_pylist()
@@ -177,8 +176,8 @@ def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: floa
     result = train_seq2seq_multitask(cfg.train.model_copy(update={"epochs": epochs}), s.model, _dataset(rows),
                                      run.path(slug, "model"), name=slug.replace("/", "-"),
                                      task="multitask" if method == "step_by_step" else "standard", validation=validation)
-    # Ray Train's checkpoints hold optimizer state (twice the model); only an unfinished stage needs them.
-    shutil.rmtree(run.path(slug, "ray_train"), ignore_errors=True)
+    if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
+        delete_checkpoints(result.model_dir)
     validations = [{"step": v["step"], "epoch": v["epoch"], "valid_accuracy": v["score"], "train_loss": v["train_loss"],
                     "lr": v["lr"]} for v in result.validations]
     summary = {"method": method, "fraction": fraction, "rows": len(rows), "valid_rows": len(valid), "epochs": epochs,
