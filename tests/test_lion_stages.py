@@ -267,9 +267,11 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
         I.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1 and len(first) == 4
     monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft) or _Trained())
-    outputs, _, _ = I.imitation(cfg, run, 0, "student")
+    outputs, counters, _ = I.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1  # not asked again
     assert again == first and outputs == {"student_model": "new-student"}
+    # The teacher's figures are those of the call that bought the answers, reported once, by the stage that completes.
+    assert run.read_json(rel(0, "imitation", "metrics.json"))["rows/imitation/teacher"] == 4 and counters["rows"] == 4
     # A larger max_tokens: the one cut answer is asked again; the complete ones are kept.
     cfg.teacher.sampling.max_tokens = 1024
     I.imitation(cfg, run, 0, "student")

@@ -14,6 +14,7 @@ teacher's settings changed since, when only its complete answers are kept."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from engine.config import RunConfig
 from engine.data import RunDir
@@ -23,6 +24,7 @@ from engine.lion.iteration import (
 )
 from engine.llm.prompts import instruction_messages
 from engine.llm.serving import training
+from engine.metrics import StageRecord
 from engine.train import delete_checkpoints
 
 log = logging.getLogger("engine.lion")
@@ -37,9 +39,10 @@ class NothingToImitate(ValueError):
 def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
     train_pool, _ = pools(run, k)
-    known = {**(known_teacher_answers(run, k - 1) if k else {}), **saved_answers(cfg, run, k)}
+    saved, records = saved_answers(cfg, run, k)
+    known = {**(known_teacher_answers(run, k - 1) if k else {}), **saved}
     todo = train_pool.filter(pool_ids_not_in(train_pool, known)) if known else train_pool
-    records, fresh = [], []
+    fresh = []
     if todo.num_rows:
         fresh, record = answer(cfg.teacher, todo, instruction_messages, stage="imitation/teacher",
                                role_name="teacher", run_dir=run)
@@ -47,7 +50,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     by_id = {**{r["id"]: r for r in fresh}, **{i: known[i] for i in train_pool.column("id").to_pylist() if i in known}}
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]
     write_responses(run, rel(k, "imitation", RESPONSES), responses)
-    run.write_json(rel(k, "imitation", TEACHER), _teacher_settings(cfg))
+    # With the figures of the call that bought them: a resumed stage reports them as its own.
+    run.write_json(rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]})
 
     sft, truncated = sft_rows(train_pool.to_pylist(), by_id, cfg.lion.train_on_truncated)
     failed = sum(not answered(r) for r in responses)
@@ -81,13 +85,16 @@ def _teacher_settings(cfg: RunConfig) -> dict:
     return {"model": t.model, "max_model_len": t.max_model_len, "sampling": t.sampling.model_dump(mode="json")}
 
 
-def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> dict[str, dict]:
-    """This imitation's teacher answers from an earlier attempt (training killed midway), by id:
-    all of them under the same teacher settings, only the complete ones under changed settings
-    (a larger max_tokens must be able to complete the answers it cut)."""
-    same = run.read_json(rel(k, "imitation", TEACHER)) == _teacher_settings(cfg)
-    return {r["id"]: r for r in read_rows(run, rel(k, "imitation", RESPONSES))
-            if answered(r) and (same or r.get("finish_reason") != "length")}
+def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[dict[str, dict], list[StageRecord]]:
+    """This imitation's teacher answers from an earlier attempt (training killed midway), by id,
+    and the records of the calls that made them. Under the same teacher settings all of them, as
+    they were; under changed settings only the complete answers, and no record (a larger
+    max_tokens must be able to complete the answers it cut)."""
+    saved = run.read_json(rel(k, "imitation", TEACHER)) or {}
+    rows = read_rows(run, rel(k, "imitation", RESPONSES))
+    if saved.get("settings") == _teacher_settings(cfg):
+        return {r["id"]: r for r in rows}, [StageRecord(**record) for record in saved["records"]]
+    return {r["id"]: r for r in rows if answered(r) and r.get("finish_reason") != "length"}, []
 
 
 def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated: int, failed: int) -> None:
