@@ -98,7 +98,8 @@ def test_a_pool_is_parsed_once_per_job_while_its_files_are_unchanged(tmp_path, m
     parses, real = [], readers.load_rows
     monkeypatch.setattr(readers, "load_rows", lambda *a, **k: parses.append(a) or real(*a, **k))
     first = load_pool([path])  # preflight
-    assert load_pool([path]) is first and len(parses) == 1  # seeding reuses the parse
+    monkeypatch.chdir(tmp_path)
+    assert load_pool(["p.jsonl"]) is first and len(parses) == 1  # seeding reuses the parse (its paths made absolute)
     assert load_pool([path], max_instruction_chars=10) is not first and len(parses) == 2
     write_lines(path, [json.dumps({"instruction": "One."}), json.dumps({"instruction": "Two."})])
     assert load_pool([path])[1].rows_kept == 2 and len(parses) == 3  # a changed file is read again

@@ -220,7 +220,9 @@ def load_pool(
     """Read and validate instruction files into one seed pool (ids unique across files). The last
     pool read is kept while its files are unchanged: a job's preflight parses the pool and its
     seeding stage reuses that parse instead of reading the files again."""
-    key = (tuple((str(p), *_stamp(p)) for p in files), tuple(sorted((field_map or {}).items())), max_instruction_chars)
+    # Resolved paths: the job makes them absolute between preflight and seeding.
+    key = (tuple((str(Path(p).resolve()), *_stamp(p)) for p in files), tuple(sorted((field_map or {}).items())),
+           max_instruction_chars)
     if _LAST_POOL.get("key") != key:
         rows, report = load_rows(files, field_map, max_instruction_chars)
         _LAST_POOL.update(key=key, value=(pool_table(rows), report))
