@@ -204,7 +204,9 @@ class ScriptedRoles:
             elif "colour" in row["instruction"] and draw is None:
                 text = "I cannot say."
             else:
-                text = " ".join("4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])) + "\nok"
+                scores = ["4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])]
+                # In the layout of the question's rubric: FastChat's math prompt asks for a tuple.
+                text = f"ok\n({', '.join(scores)})" if row["rubric"] == "math" else " ".join(scores) + "\nok"
             out.append({**row, "role": role_name, "text": text, "finish_reason": "stop"})
         return out, StageRecord(stage, rows=len(rows))
 
@@ -224,11 +226,14 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     run = RunDir(tmp_path / "run")
     role = RoleConfig(backend="hf", model="c")
     summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
-    assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge_retry1"]
-    assert llm.calls[2] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
+    # The vLLM judge is constrained to each rubric's layout: the math question is a pass of its own.
+    assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge", "eval/judge_retry1"]
+    assert [c["rows"] for c in llm.calls[1:3]] == [10, 2]
+    assert llm.calls[3] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
+    assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["rows/eval/judge"] == 12  # one record of both
     assert summary["judged"] == 6 and summary["overall"]["relative_score"] == 24 / 54 and summary["overall"]["loss"] == 6
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
     # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
     llm.calls.clear()
     E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
-    assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge_retry1"]
+    assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge", "eval/judge_retry1"]

@@ -6,9 +6,10 @@ import pyarrow as pa
 import pytest
 
 from engine.lion.referee import (
-    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, REVIEW_REGEX, UNPARSEABLE, judgment_rows, logprob_scores, merge_retried,
-    parse_review, summarize, unparseable_ids,
+    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, merge_retried, summarize, unparseable_ids,
 )
+from engine.lion.reviews import logprob_scores, parse_scores_first as parse_review
+from engine.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
 READABLE = [

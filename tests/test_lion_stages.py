@@ -144,7 +144,9 @@ def _answers(role_name, row, prompt, seed):
         return response_row("" if empty else f"student says {row['id']}", "stop", 5, 0 if empty else 3)
     # The referee scores by content: 9 for the teacher's answer, 3 for the student's, 5 for nothing.
     first, second = (8 if not a else 9 if a.startswith("Teacher") else 3 for a in (row["first"], row["second"]))
-    return response_row(f"{first} {second}\nfine", "stop", 5, 3)
+    # In Lion's layout (lion.referee_prompt: lion): the explanation, then the two score lines.
+    return response_row(f"Evaluation evidence: fine\nScore of the Assistant 1: {first}\nScore of the Assistant 2: {second}",
+                        "stop", 5, 3)
 
 
 def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):

@@ -148,6 +148,9 @@ class LionConfig(Strict):
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
     referee_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    # The referee's rubric: Lion's own (explanation first, scores on the last two lines),
+    # or FastChat's Vicuna prompt (scores on the first line) that the evaluation uses.
+    referee_prompt: Literal["lion", "vicuna"] = "lion"
     generator_constraint: Literal["auto", "regex", "json", "none"] = "auto"
     referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs

@@ -27,7 +27,7 @@ from engine.data import RunDir
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.evaluate.scores import aggregate, headline
 from engine.lion.iteration import answer, read_rows, write_responses
-from engine.lion.judge import judge_pairs
+from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.referee import judgment_schema
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.llm.serving import take_engine_metrics
@@ -79,6 +79,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records).
     `role_name` is the candidate's name in the spend log (a budget is per role) and among the
     job's engines (Lion's student); the judge's is "judge"."""
+    check_constraint(cfg.judge, cfg.judge_constraint, cfg.judge_prompt)
     questions, reference, records = prepare(cfg, run)
     if run.exists(f"{out}/answers.parquet"):
         candidate = read_rows(run, f"{out}/answers.parquet")
@@ -87,14 +88,14 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
     pairs = [
-        {"id": q["id"], "instruction": q["instruction"], "input": q["input"],
+        {"id": q["id"], "instruction": q["instruction"], "input": q["input"], "category": q["category"],
          "reference_text": r["text"], "reference_finish_reason": r["finish_reason"],
          "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
         for q, r, c in zip(questions, reference, candidate)
     ]
     judgments, judge_records = judge_pairs(
         cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
-        retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES, role_name="judge")
+        prompt=cfg.judge_prompt, retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES, role_name="judge")
     records += judge_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))

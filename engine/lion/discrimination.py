@@ -15,7 +15,7 @@ from engine.data import RunDir
 from engine.lion.iteration import (
     answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
-from engine.lion.judge import judge_pairs
+from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 
@@ -23,6 +23,7 @@ log = logging.getLogger("engine.lion")
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
+    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
     _, cache_pool = pools(run, k)
     ids = cache_pool.column("id").to_pylist()
     records = []
@@ -51,7 +52,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     ]
     judgments, judge_records = judge_pairs(
         cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint, retries=cfg.lion.referee_retries,
+        setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
         use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau)
     records.extend(judge_records)
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
