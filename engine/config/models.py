@@ -153,6 +153,7 @@ class LionConfig(Strict):
     referee_prompt: Literal["lion", "vicuna"] = "lion"
     generator_constraint: Literal["auto", "regex", "json", "none"] = "auto"
     referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
+    student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
     seed: int = 42
 

@@ -3,7 +3,8 @@ pair twice, the answers' order swapped, and the two are averaged. gap = teacher 
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
 (a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
-the student gets the lowest score, 1 (engine.lion.referee.judgment_rows)."""
+the student gets the lowest score, 1 (engine.lion.referee.judgment_rows). A failed student
+request is not an answer: it is asked again, then its pair is excluded and counted."""
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
-    student, record = answer(student_role, cache_pool, lambda row: alpaca_prompt(row["instruction"], row["input"]),
-                             stage="discrimination/student", role_name="student", run_dir=run)
-    records.append(record)
+    student = _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records)
     write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
 
     pairs = [
@@ -67,3 +66,25 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
+
+
+def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> list[dict]:
+    """The student's answers to the cache pool; a failed request (an engine error, a context
+    overflow: the infrastructure's, not the student's) is asked again as a new draw, up to
+    `retries` times, then left failed: its pair is excluded and counted, never hard."""
+    def prompt(row):
+        return alpaca_prompt(row["instruction"], row["input"])
+
+    student, record = answer(role, cache_pool, prompt, stage="discrimination/student", role_name="student", run_dir=run)
+    records.append(record)
+    for attempt in range(1, retries + 1):
+        again = {s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed")}
+        if not again:
+            break
+        stage = f"discrimination/student_retry{attempt}"
+        retried, record = answer(role, [row for row in cache_pool.to_pylist() if row["id"] in again], prompt,
+                                 stage=stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}")
+        records.append(record)
+        better = {r["id"]: r for r in retried if not (r.get("finish_reason") or "").startswith("failed")}
+        student = [better.get(s["id"], s) for s in student]
+    return student

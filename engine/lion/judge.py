@@ -17,7 +17,9 @@ from functools import partial
 from engine.config import RoleConfig
 from engine.data import RunDir
 from engine.lion.iteration import answer, constraint
-from engine.lion.referee import ROLES, judgment_rows, merge_retried, referee_messages, unparseable_ids
+from engine.lion.referee import (
+    ROLES, context_overflow, judgment_rows, merge_retried, referee_messages, unjudgeable, unparseable_ids,
+)
 from engine.lion.rubrics import RUBRICS, Rubric, rubric_for
 from engine.metrics import StageRecord
 
@@ -38,6 +40,7 @@ def judge_pairs(
     tau: float,
     roles: tuple[str, str] = ROLES,
     role_name: str = "referee",
+    failed_answer_loses: bool = False,
 ) -> tuple[list[dict], list[StageRecord]]:
     """-> (one judgment row per pair, in order; the StageRecords of the referee's passes).
 
@@ -49,7 +52,7 @@ def judge_pairs(
     """
     records: list[StageRecord] = []
     ask = dict(run=run, setting=setting, prompt=prompt, use_logprobs=use_logprobs, tau=tau, roles=roles,
-               role_name=role_name, records=records)
+               role_name=role_name, records=records, failed_answer_loses=failed_answer_loses)
     judgments = _judge(referee, pairs, stage, None, **ask)
     for attempt in range(1, retries + 1):
         again = set(unparseable_ids(judgments))
@@ -58,6 +61,14 @@ def judge_pairs(
         retry = f"{stage}_retry{attempt}"
         retried = _judge(resampled(referee), [p for p in pairs if p["id"] in again], retry, f"{draws}/{retry}", **ask)
         judgments = merge_retried(judgments, retried)
+    a, b = (f"{role}_text" for role in roles)
+    overflowed = [p for p, j in zip(pairs, judgments)
+                  if context_overflow(j["status"]) and len(p[b] or "") > len(p[a] or "")]
+    if overflowed:
+        stage_cut = f"{stage}_truncated"
+        cut = _judge(referee, [{**p, b: p[b][:len(p[a] or "")]} for p in overflowed], stage_cut,
+                     f"{draws}/{stage_cut}", **ask)
+        judgments = merge_retried(judgments, [{**j, "truncated": True} for j in cut])
     return judgments, records
 
 
@@ -70,13 +81,15 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
 
 
 def _judge(referee, pairs, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
-           records) -> list[dict]:
+           records, failed_answer_loses) -> list[dict]:
     orders = [f"{role}_first" for role in roles]
     rubrics = [rubric_for(prompt, p.get("category")) for p in pairs]
+    # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
     requests = [
         {"id": f"{p['id']}|{order}", "instruction": p["instruction"], "input": p["input"], "rubric": rubric.name,
          "first": p[f"{first}_text"] or "", "second": p[f"{second}_text"] or ""}
-        for p, rubric in zip(pairs, rubrics) for order, (first, second) in zip(orders, (roles, roles[::-1]))
+        for p, rubric in zip(pairs, rubrics) if not unjudgeable(p, roles, failed_answer_loses)
+        for order, (first, second) in zip(orders, (roles, roles[::-1]))
     ]
     reviews, record = [], StageRecord(stage)
     for structured, group in _by_constraint(requests, {r.name: r for r in rubrics}, setting, referee):
@@ -89,8 +102,9 @@ def _judge(referee, pairs, stage, draw, *, run, setting, prompt, use_logprobs, t
         record = _summed(record, part)
     records.append(record)
     by_id = {r["id"]: r for r in reviews}
-    first, second = ([{**by_id[f"{p['id']}|{order}"], "id": p["id"]} for p in pairs] for order in orders)
-    return judgment_rows(pairs, first, second, tau, use_logprobs=use_logprobs, roles=roles, rubrics=rubrics)
+    first, second = ([{**by_id.get(f"{p['id']}|{order}", {}), "id": p["id"]} for p in pairs] for order in orders)
+    return judgment_rows(pairs, first, second, tau, use_logprobs=use_logprobs, roles=roles, rubrics=rubrics,
+                         failed_answer_loses=failed_answer_loses)
 
 
 def _by_constraint(requests: list[dict], rubrics: dict[str, Rubric], setting: str,

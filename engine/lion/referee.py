@@ -17,6 +17,7 @@ evaluation judges reference vs candidate with the same rules (`roles`).
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -48,6 +49,7 @@ def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schem
             pa.field("gap", pa.float64()),
             pa.field("hard", pa.bool_()),  # gap >= tau; null when failed
             pa.field("status", pa.string(), nullable=False),  # ok | failed: <reason>
+            pa.field("truncated", pa.bool_()),  # {second}'s answer was cut to fit the referee's context
         ]
     )
 
@@ -88,8 +90,32 @@ def _answer_failure(pair: dict, reference: str) -> str | None:
     return None
 
 
+def unjudgeable(pair: dict, roles: tuple[str, str], failed_answer_loses: bool) -> str | None:
+    """Why no review can judge a pair (its failed status), before the referee is asked."""
+    a, b = roles
+    failure = _answer_failure(pair, a)
+    if failure is None and failed(pair, b) and not failed_answer_loses:
+        failure = f"failed: {b} answer {pair[f'{b}_finish_reason']}"
+    return failure
+
+
+def failed(pair: dict, role: str) -> bool:
+    return (pair.get(f"{role}_finish_reason") or "").startswith("failed")
+
+
 def answered(pair: dict, role: str = "student") -> bool:
-    return not (pair.get(f"{role}_finish_reason") or "").startswith("failed") and bool((pair.get(f"{role}_text") or "").strip())
+    return not failed(pair, role) and bool((pair.get(f"{role}_text") or "").strip())
+
+
+# What an engine or API says when a prompt does not fit the model's context (vLLM's
+# VLLMValidationError and "maximum context length", OpenAI's context_length_exceeded).
+_OVERFLOW = re.compile(r"context.length|maximum context|max_model_len|maximum model length|longer than the maximum",
+                       re.IGNORECASE)
+
+
+def context_overflow(status: str) -> bool:
+    """A review failed because the prompt (the question and both answers) overflowed the referee's context."""
+    return status.startswith("failed") and bool(_OVERFLOW.search(status))
 
 
 def judgment_rows(
@@ -100,6 +126,7 @@ def judgment_rows(
     use_logprobs: bool = True,
     roles: tuple[str, str] = ROLES,
     rubrics: Rubric | Sequence[Rubric] = RUBRICS["general"],
+    failed_answer_loses: bool = False,
 ) -> list[dict]:
     """One judgment row per pair; the three lists are aligned by position.
 
@@ -109,8 +136,12 @@ def judgment_rows(
     `logprobs` (and `id`, checked against the pair's). In `reviews_first` Assistant 1 is
     a (the teacher), in `reviews_second` Assistant 1 is b (the student). Failed rows
     (a's answer failed or is empty, a review failed or is unparseable) keep their raw
-    reviews and get null scores and hard=None. An empty or failed answer of b scores
-    LOWEST_SCORE in both orders (a's scores still come from the reviews). Columns:
+    reviews and get null scores and hard=None. An empty answer of b has lost: it scores
+    LOWEST_SCORE in both orders (a's scores still come from the reviews), and where a
+    review of it cannot be read the pair is still hard (a's scores and the gap null).
+    A failed request of b (an engine error, a context overflow: the infrastructure's,
+    not b's answer) is excluded and counted, unless `failed_answer_loses` (the
+    evaluation: a candidate that cannot answer has lost). Columns:
     `judgment_schema(*roles)`; evaluation passes ("reference", "candidate").
     `rubrics`: the rubric each pair was asked under (one for all, or one per pair),
     whose parser reads its reviews.
@@ -131,16 +162,22 @@ def judgment_rows(
                 raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
         row = dict.fromkeys(names)
         row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
-        failure = _answer_failure(pair, a)
+        row["truncated"] = False
+        failure = unjudgeable(pair, roles, failed_answer_loses)
+        lost = not answered(pair, b)
         first = second = None
         if failure is None:
             first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
             failure = next((s for s in (first, second) if isinstance(s, str)), None)
+        if failure == UNPARSEABLE and lost and not failed_answer_loses:
+            rows.append({**row, f"{b}_score_1": LOWEST_SCORE, f"{b}_score_2": LOWEST_SCORE, f"{b}_score": LOWEST_SCORE,
+                         "hard": True, "status": OK})
+            continue
         if failure is not None:
             rows.append({**row, "status": failure})
             continue
         (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
-        if not answered(pair, b):
+        if lost:
             b1 = b2 = LOWEST_SCORE
         mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
         rows.append({
@@ -168,13 +205,15 @@ def summarize(judgments: list[dict]) -> dict:
     hard = sum(1 for j in ok if j["hard"])
 
     def mean(key: str) -> float | None:
-        return sum(j[key] for j in ok) / len(ok) if ok else None
+        values = [j[key] for j in ok if j[key] is not None]  # an unread review of an empty answer has no gap
+        return sum(values) / len(values) if values else None
 
     return {
         "rows": len(judgments),
         "judged": len(ok),
         "failed": len(judgments) - len(ok),
         "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
+        "truncated": sum(1 for j in ok if j.get("truncated")),
         "hard": hard,
         "easy": len(ok) - hard,
         "hard_fraction": hard / len(ok) if ok else None,
