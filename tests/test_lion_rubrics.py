@@ -161,3 +161,19 @@ def test_math_parser_never_makes_up_a_number(review):
 def test_coding_review_is_read_from_its_first_line_as_fastchat():
     review = "8 6\nAssistant 1's code handles the empty list."
     assert RUBRICS["coding"].parse(review) == tuple(FASTCHAT["parse_score"](review))
+
+
+# ---------------------------------------------------------------- the generator's constraint
+
+def test_real_generators_are_unconstrained_and_only_the_tiny_demo_sets_the_regex():
+    from engine.config import RoleConfig
+    from engine.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
+    from engine.lion.iteration import constraint
+
+    assert LionConfig().generator_constraint == "none"
+    vllm_generator = RoleConfig(backend="vllm", model="m")
+    assert constraint(LionConfig().generator_constraint, vllm_generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA) is None
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        lion = (yaml.safe_load(config.read_text()) or {}).get("lion") or {}
+        expected = "regex" if config.name == "demo.yaml" else None
+        assert lion.get("generator_constraint") == expected, config.name

@@ -126,6 +126,21 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
     assert metrics["generation_rejects/too short"] == 4 and metrics["lion/new_hard"] == 6
 
 
+def test_an_unmet_quota_moves_to_the_other_kind_after_a_round(tmp_path, monkeypatch):
+    # Every easy seed gets garbage: after round 0 the unmet easy quota moves to hard, and the
+    # iteration still reaches its 4 new instructions (it ended with 2 and a warning before).
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
+    monkeypatch.setattr(G, "answer", llm)
+    run = _seed_generation(tmp_path)
+    _, _, summary = G.generation(cfg, run, 0, "student")
+    assert summary["new_instructions"] == 4
+    assert [len(c["ids"]) for c in llm.calls] == [4, 2]  # round 1 asks hard seeds for the moved two
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert metrics["lion/quota_moved_easy_to_hard"] == 2 and metrics["lion/new_hard"] == 4
+    assert summary["generation_rejects"] == {"too short": 2}
+
+
 def test_rouge_l_compares_the_instruction_alone_by_default(tmp_path, monkeypatch):
     # Every reply repeats a pool instruction with a new input: novel only if the input counts.
     def reply(role_name, row, prompt, seed):
