@@ -29,7 +29,7 @@ def test_referee_question_without_input_has_no_dangling_blank():
 
 @pytest.mark.parametrize("kind", ["hard", "easy"])
 def test_generator_prompt_carries_seed_instruction_input_and_format(kind):
-    _, user = generator_messages(ROW, kind)
+    _, user = generator_messages(ROW, kind, "structured")
     text = user["content"]
     assert GENERATOR_GOALS[kind] in text
     assert "### Instruction:\nSummarize the text in one sentence.\n### Input:\nBees pollinate most crops." in text

@@ -63,7 +63,8 @@ class ScriptedLLM:
 def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):
     if garbage(row):
         return response_row("??", "stop", 10, 1)
-    return response_row(f"### Instruction:\nDescribe {_words(_digest(prompt, seed))}.\n### Input:\n<noinput>", "stop", 10, 20)
+    # 12 completion tokens: under Lion's cap of 4 x the seed's 5 words.
+    return response_row(f"### Instruction:\nDescribe {_words(_digest(prompt, seed))}.\n### Input:\n<noinput>", "stop", 10, 12)
 
 
 def _seed_generation(tmp_path, k=0, n_pool=4):

@@ -17,8 +17,9 @@ from engine.lion.iteration import (
     answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
 from engine.lion.judge import check_constraint, judge_pairs
+from engine.lion.prompts import teacher_messages
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
-from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.llm.prompts import alpaca_prompt
 
 log = logging.getLogger("engine.lion")
 
@@ -32,7 +33,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     known = known_teacher_answers(run, k)
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
-        answers, record = answer(cfg.teacher, missing, instruction_messages,
+        answers, record = answer(cfg.teacher, missing, teacher_messages,
                                  stage="discrimination/teacher", role_name="teacher", run_dir=run)
         records.append(record)
         known.update({r["id"]: r for r in answers})

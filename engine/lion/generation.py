@@ -46,7 +46,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     compared = rouge_text(cfg.lion.rouge_l_field)
     novelty = NoveltyFilter([compared(r) for r in pool_rows.values()],
                             threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
-                            shards=cfg.lion.rouge_l_shards)
+                            shards=cfg.lion.rouge_l_shards, strict=cfg.lion.rouge_l_reject == "above")
     rng = np.random.default_rng([cfg.lion.seed, k])
     need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
@@ -64,14 +64,16 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             need[kind], need[other] = need[kind] - moved, need[other] + moved
         requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
         stage = f"generation/generator_round{round_}"
-        replies, record = answer(cfg.generator, requests, lambda r: generator_messages(r, r["kind"]), stage=stage,
-                                 role_name="generator", run_dir=run, structured_output=structured,
+        ask = cfg.lion.generator_prompt
+        replies, record = answer(cfg.generator, requests, lambda r: generator_messages(r, r["kind"], ask),
+                                 stage=stage, role_name="generator", run_dir=run, structured_output=structured,
                                  draw=f"iter_{k}/{stage}")
         records.append(record)
         replies_all += [{"id": r["id"], "seed_id": r["seed_id"], "kind": r["kind"], "text": r.get("text"),
                          "finish_reason": r.get("finish_reason")} for r in replies]
         rows, round_rejects = candidate_rows([{**r, "id": r["seed_id"]} for r in requests], replies, k + 1,
-                                             max_chars=cfg.data.max_instruction_chars)
+                                             max_chars=cfg.data.max_instruction_chars,
+                                             tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word)
         rejects.update(round_rejects)
         # Identical text is caught by id too: ROUGE-L's default tokenizer sees no tokens in non-Latin text.
         seen, fresh = pool_rows.keys() | {r["id"] for r in kept}, []

@@ -15,11 +15,18 @@ them with):
 
 The question shown carries the row's `input`, which the original code dropped.
 
-Generator: Lion's two "Prompt Creator" tasks, hard (same domain and task type, similar
-length and difficulty) and easy (same domain, rarer: the long tail). Both show the seed
-instruction with its input and ask for exactly one new instruction in the same
-"### Instruction: / ### Input:" layout, with <noinput> for none, so one parser reads
-replies of both kinds and an input is never lost on the way back either.
+Generator (`lion.generator_prompt`): Lion's two "Instruction Creator" prompts
+(`src/prompt_hard.txt`, `src/prompt_easy.txt`, as `encode_prompt` sends them, under the
+system message of Lion's `utils.openai_completion`): hard (same domain and task type,
+similar length and difficulty) and easy (same domain, rarer: the long tail); the reply is
+the new instruction alone. The seed's input, which Lion drops, follows its instruction
+after a blank line. "structured": the project's own pair of prompts, which show the seed
+with its input and ask for "### Instruction: / ### Input:" (<noinput> for none), so a new
+instruction can come with an input.
+
+Teacher: Lion's `src/chatgpt_inference.py` system message and `generate_prompt`; a row
+with an input is asked in the layout of Lion's `src/train.py` `prompt_input` (Lion's
+inference drops the input).
 """
 from __future__ import annotations
 
@@ -95,6 +102,64 @@ FASTCHAT_RULES = {
         "and determine which assistant performed better."
     ),
 }
+
+TEACHER_SYSTEM = "You are a helpful assistant that generates a response to a given task instruction."
+
+LION_GENERATOR_SYSTEM = "You are a helpful assistant."
+# prompt_hard.txt / prompt_easy.txt as Python's open().read() gives them (the files have CRLF
+# line ends; text mode reads them as "\n").
+LION_GENERATOR_PROMPTS = {
+    "hard": (
+        "I want you to act as an Instruction Creator.\n"
+        "Your goal is to draw inspiration from the #Given Instruction# to create a brand new instruction.\n"
+        "This new instruction should belong to the same domain and the same task type as the #Given Instruction#.\n"
+        "The LENGTH and difficulty level of the #Created Instruction# should be similar to that of the "
+        "#Given Instruction#.\n"
+        "The #Created Instruction# must be reasonable and must be understood and responded to by humans.\n"
+        "'#Given Instruction#', '#Created Instruction#', 'given instruction' and 'created instruction' are not "
+        "allowed to appear in #Created Instruction#.\n"
+        "\n"
+        "#Given Instruction#:\n"
+    ),
+    "easy": (
+        "I want you to act as an Instruction Creator.\n"
+        "Your goal is to draw inspiration from the #Given Instruction# to create a brand new instruction.\n"
+        "This new instruction should belong to the same domain as the #Given Instruction# but be even more rare.\n"
+        "The LENGTH and difficulty level of the #Created Instruction# should be similar to that of the "
+        "#Given Instruction#.\n"
+        "The #Created Instruction# must be reasonable and must be understood and responded to by humans.\n"
+        "'#Given Instruction#', '#Created Instruction#', 'given instruction' and 'created instruction' are not "
+        "allowed to appear in #Created Instruction#.\n"
+        "\n"
+        "#Given Instruction#:\n"
+    ),
+}
+
+
+def lion_generator_user(kind: str, instruction: str, input: str) -> str:
+    """Lion's `encode_prompt` for one seed: the prompt file, a newline, the seed, "#Created Instruction#:"."""
+    if kind not in LION_GENERATOR_PROMPTS:
+        raise ValueError(f"generator kind must be one of {sorted(LION_GENERATOR_PROMPTS)}, not {kind!r}")
+    seed = f"{instruction}\n\n{input}" if input else instruction
+    return LION_GENERATOR_PROMPTS[kind] + "\n" + f"{seed}\n" + "\n#Created Instruction#:"
+
+
+def teacher_messages(row: dict) -> list[dict]:
+    """The teacher's request for an instruction row, as Lion's src/chatgpt_inference.py asks it."""
+    return [{"role": "system", "content": TEACHER_SYSTEM},
+            {"role": "user", "content": teacher_user(row["instruction"], row.get("input") or "")}]
+
+
+def teacher_user(instruction: str, input: str) -> str:
+    """Lion's teacher prompt (`generate_prompt`), or `prompt_input` of its train.py for a row with an input."""
+    if input:
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    return f"""### Instruction:
+{instruction}
+
+### Response:
+"""
+
 
 NO_INPUT = "<noinput>"
 
