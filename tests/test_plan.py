@@ -109,7 +109,7 @@ def test_budget_warning_names_the_stage():
     assert warning.startswith("teacher: budget_usd $5 runs out in stage iter_1/imitation (imitation/teacher)")
     assert budget_warnings(lines, {"teacher": 3.0}, {"teacher": 2.5})[0].count("iter_0/imitation") == 1
     assert family("generation/generator_round12") == "generation/generator"
-    assert family("discrimination/referee_retry1") == "discrimination/referee"
+    assert family("discrimination/referee_retry1") == "discrimination/referee" == family("discrimination/referee_truncated")
 
 
 def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, capsys):
