@@ -31,12 +31,16 @@ def demo_config(tmp_path, server, llama: str):
         "teacher": {**api, "sampling": {"temperature": 0.8, "max_tokens": 32,
                                         "extra": {"top_k": 50, "repetition_penalty": 1.05, "min_tokens": 1}}},
         "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 16, "seed": 0}},
-        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 112}},  # Lion's review: room to explain
+        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 48}},
         "generator": {**api, "sampling": {"temperature": 1.0, "max_tokens": 24}},
         # The referee is held to its format (reviews parse); a random generator never writes a
         # usable instruction in 24 tokens, so every round asks for all of them again.
         "lion": {"iterations": 1, "new_instructions_per_iteration": 8, "generation_rounds": 2,
-                 "referee_constraint": "regex", "generator_constraint": "none"},
+                 "referee_constraint": "regex", "generator_constraint": "none",
+                 # FastChat's score-first review: under its regex a random referee writes until
+                 # max_tokens, as the plan's prior assumes (Lion's explanation-first review is
+                 # bounded below max_tokens, so it would end at about half of it).
+                 "referee_prompt": "vicuna"},
         "plan": {"referee_failure_rate": 0.0, "generator_acceptance_rate": 0.0,
                  "tokenizers": {name: llama for name in ("teacher", "referee", "generator", "judge")}},
         # The student is evaluated before training and after each imitation (eval/*): four short
