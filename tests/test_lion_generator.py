@@ -174,7 +174,7 @@ def test_candidate_rows_build_pool_rows_and_reconcile_counts():
     rows, rejects = candidate_rows(seeds, replies, iteration=2)
     assert len(rows) + sum(rejects.values()) == len(replies)
     assert len(rows) == len(GOOD_REPLIES)
-    assert rejects == Counter({"non-printable": 4, "unparseable": 1, "starts with punctuation": 1,
+    assert rejects == Counter({"non-printable": 4, "unparseable": 1, "too short": 1,
                                "generator failed": 1, "truncated": 1})
     first = rows[0]
     assert first == {"id": instruction_id("Describe the water cycle in three sentences.", ""),

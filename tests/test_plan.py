@@ -62,14 +62,14 @@ def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, 
     from transformers import AutoTokenizer
 
     from engine.lion.loop import initial_pool
-    from engine.llm.prompts import instruction_messages
+    from engine.lion.prompts import teacher_messages
 
     cfg = config(tmp_path, str(tiny_models.llama), iterations=1)
     cfg.data.sample_size = 1
     plan = lion_plan(cfg)
     tok = AutoTokenizer.from_pretrained(tiny_models.llama)
     (seed,) = initial_pool(cfg)[0].to_pylist()
-    text = tok.apply_chat_template(instruction_messages(seed), tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(teacher_messages(seed), tokenize=False, add_generation_prompt=True)
     expected = len(tok(text, add_special_tokens=False)["input_ids"])
     assert by_call(plan)["iter_0/imitation", "imitation/teacher"].prompt_tokens == expected
     # The generator has no local tokenizer: 4 characters a token plus OpenAI's message framing.
@@ -125,7 +125,7 @@ def test_budget_warning_names_the_stage():
     assert warning.startswith("teacher: budget_usd $5 runs out in stage iter_1/imitation (imitation/teacher)")
     assert budget_warnings(lines, {"teacher": 3.0}, {"teacher": 2.5})[0].count("iter_0/imitation") == 1
     assert family("generation/generator_round12") == "generation/generator"
-    assert family("discrimination/referee_retry1") == "discrimination/referee"
+    assert family("discrimination/referee_retry1") == "discrimination/referee" == family("discrimination/referee_truncated")
 
 
 def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, capsys):

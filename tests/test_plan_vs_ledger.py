@@ -37,13 +37,17 @@ def demo_config(tmp_path, server, llama: str):
         # usable instruction in 24 tokens, so every round asks for all of them again.
         # A random teacher cuts most answers at 32 tokens: imitation may train on few (the plan still prices it).
         "lion": {"iterations": 1, "new_instructions_per_iteration": 8, "generation_rounds": 2,
-                 "referee_constraint": "regex", "generator_constraint": "none", "min_imitation_fraction": 0.0},
+                 "referee_constraint": "regex", "generator_constraint": "none",
+                 # FastChat's score-first review: under its regex a random referee writes until
+                 # max_tokens, as the plan's prior assumes (Lion's explanation-first review is
+                 # bounded below max_tokens, so it would end at about half of it).
+                 "referee_prompt": "vicuna", "min_imitation_fraction": 0.0},
         "plan": {"referee_failure_rate": 0.0, "generator_acceptance_rate": 0.0,
                  "tokenizers": {name: llama for name in ("teacher", "referee", "generator", "judge")}},
         # The student is evaluated before training and after each imitation (eval/*): four short
         # questions, the judge held to its format.
         "eval": {"questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
-                 "reference": {"answers": str(answers)}, "judge": {**api, "sampling": {"max_tokens": 24}},
+                 "reference": {"answers": str(answers)}, "judge": {**api, "sampling": {"max_tokens": 32}},
                  "judge_constraint": "regex"},
         "train": {"num_workers": 0, "epochs": 1, "max_length": 128, "batch_size": 8},
     }, "test")

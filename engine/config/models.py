@@ -133,6 +133,9 @@ class LionConfig(Strict):
     hard_easy_ratio: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
     tau: float = 1.0  # an instruction is hard when teacher_score - student_score >= tau
     rouge_l_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    # "above": F1 > threshold rejects, as Lion's code (`max(rouge_scores) > 0.7`);
+    # "at_or_above": F1 >= threshold rejects, as the paper's text ("below 0.7" is novel).
+    rouge_l_reject: Literal["above", "at_or_above"] = "above"
     # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
     # non-Latin text). "unicode": words of every script, CJK character by character.
     rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
@@ -149,11 +152,25 @@ class LionConfig(Strict):
     # the cause (every answer cut at max_tokens, say) instead of training on (nearly) nothing.
     min_imitation_fraction: float = Field(0.5, ge=0.0, le=1.0)
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
+    # The generator's prompt: Lion's (prompt_hard.txt / prompt_easy.txt, the reply is the bare new
+    # instruction) or "structured" (the seed's input shown, the reply "### Instruction: / ### Input:",
+    # so a new instruction can come with an input).
+    generator_prompt: Literal["lion", "structured"] = "lion"
+    # Lion caps the generator's reply at 4 x the seed instruction's words (tokens) and drops
+    # replies cut there: a reply of that many completion tokens or more is rejected ("truncated").
+    # null: no cap beyond the generator's max_tokens.
+    generator_tokens_per_seed_word: PositiveInt | None = 4
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
+    # The generator is free by default: CANDIDATE_REGEX's one-line shape fits a random model
+    # (the tiny demo sets it), not the instructions a real model should write.
     referee_constraint: Literal["auto", "regex", "json", "none"] = "auto"
-    generator_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    # The referee's rubric: Lion's own (explanation first, scores on the last two lines),
+    # or FastChat's Vicuna prompt (scores on the first line) that the evaluation uses.
+    referee_prompt: Literal["lion", "vicuna"] = "lion"
+    generator_constraint: Literal["auto", "regex", "json", "none"] = "none"
     referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
+    student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
     seed: int = 42
 

@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 
 from engine.data import instruction_id
-from engine.lion.prompts import GENERATOR_SYSTEM, NO_INPUT, generator_user
+from engine.lion.prompts import GENERATOR_SYSTEM, LION_GENERATOR_SYSTEM, NO_INPUT, generator_user, lion_generator_user
 
 KINDS = ("hard", "easy")
 
@@ -69,10 +69,12 @@ def sample_seeds(
     return seeds, counts
 
 
-def generator_messages(seed_row: dict, kind: str) -> list[dict]:
+def generator_messages(seed_row: dict, kind: str, prompt: str = "lion") -> list[dict]:
+    """The generator's request for one seed, in Lion's words (`lion`) or the project's (`structured`)."""
+    system, user = (LION_GENERATOR_SYSTEM, lion_generator_user) if prompt == "lion" else (GENERATOR_SYSTEM, generator_user)
     return [
-        {"role": "system", "content": GENERATOR_SYSTEM},
-        {"role": "user", "content": generator_user(kind, seed_row["instruction"], seed_row.get("input") or "")},
+        {"role": "system", "content": system},
+        {"role": "user", "content": user(kind, seed_row["instruction"], seed_row.get("input") or "")},
     ]
 
 
@@ -84,7 +86,7 @@ _HEADING = (
     r"[ \t]*(?:\*\*|__)?[ \t]*(?::|(?=\n|$))[ \t]*(?:\*\*|__)?[ \t]*"
 )
 _INSTRUCTION = re.compile(
-    _HEADING.format(name=r"(?:instruction|prompt|#created prompt#)"), re.IGNORECASE | re.MULTILINE
+    _HEADING.format(name=r"(?:instruction#?|prompt|#created prompt#)"), re.IGNORECASE | re.MULTILINE
 )
 _INPUT = re.compile(_HEADING.format(name="input"), re.IGNORECASE | re.MULTILINE)
 # Where a reply goes on past the instruction: its answer, or a second instruction.
@@ -157,8 +159,9 @@ def parse_candidate(text: str | None) -> tuple[str, str] | None:
 # ---------------------------------------------------------------- keeping a candidate
 
 # The self-instruct / Lion heuristics: replies that talk about the task instead of being one.
+# "instruction" anywhere, as Lion's `'instruction' in instruction.lower()`.
 _META = re.compile(
-    r"\binstructions?\b|#\s*(?:given|created)\s+prompt\s*#|\b(?:given|created|new|above)\s+(?:prompt|task)\b"
+    r"instruction|#\s*(?:given|created)\s+prompt\s*#|\b(?:given|created|new|above)\s+(?:prompt|task)\b"
     r"|^(?:write|create|generate)\s+(?:a|an|one)\s+(?:new\s+)?(?:instruction|prompt|task)"
     r"|^(?:here\s+is|here's|here\s+are|sure|certainly|of\s+course|okay|ok\b|as\s+an\s+ai)",
     re.IGNORECASE,
@@ -172,8 +175,12 @@ REJECT_REASONS = (
 )
 
 
-def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars: int, min_words: int = 3) -> str | None:
+def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars: int, min_words: int = 4) -> str | None:
     """Why a parsed candidate is rejected (one of REJECT_REASONS), or None to keep it.
+
+    Lion's `post_process_gpt3_response`: cut at max_tokens, 3 words or fewer (`min_words`
+    4), starting with punctuation, "instruction" anywhere. Lion also drops an instruction
+    whose first character is not ASCII; here non-Latin pools keep theirs.
 
     `max_chars` bounds the instruction alone, as the pool readers do; inputs may be long.
     """
@@ -196,9 +203,13 @@ def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars:
 
 
 def candidate_rows(
-    seeds: list[dict], replies: list[dict], iteration: int, max_chars: int = 4096, min_words: int = 3
+    seeds: list[dict], replies: list[dict], iteration: int, max_chars: int = 4096, min_words: int = 4,
+    tokens_per_seed_word: int | None = None,
 ) -> tuple[list[dict], Counter]:
     """New pool rows from the generator's replies (aligned with `seeds`), and rejects by reason.
+
+    `tokens_per_seed_word`: Lion's max_tokens of 4 x the seed instruction's words; a reply
+    of that many completion tokens or more is one Lion would have cut, and is "truncated".
 
     A row: id = instruction_id(instruction, input), origin = the seed's kind, parent_id =
     the seed's id, iteration. Replies in = len(rows) + sum(rejects.values()); duplicates
@@ -212,6 +223,8 @@ def candidate_rows(
         if finish.startswith("failed"):
             rejects["generator failed"] += 1
             continue
+        if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= tokens_per_seed_word * len(seed["instruction"].split()):
+            finish = "length"
         parsed = parse_candidate(reply.get("text"))
         if parsed is None:
             reason = "truncated" if finish == "length" else "unparseable"

@@ -22,7 +22,7 @@ from engine.lion.iteration import (
     answer, answered, known_teacher_answers, pool_ids_not_in, pools, read_rows, rel, usage, write_responses,
     write_stage_metrics,
 )
-from engine.llm.prompts import instruction_messages
+from engine.lion.prompts import teacher_messages
 from engine.llm.serving import training
 from engine.metrics import StageRecord
 from engine.train import delete_checkpoints
@@ -44,7 +44,7 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     todo = train_pool.filter(pool_ids_not_in(train_pool, known)) if known else train_pool
     fresh = []
     if todo.num_rows:
-        fresh, record = answer(cfg.teacher, todo, instruction_messages, stage="imitation/teacher",
+        fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
                                role_name="teacher", run_dir=run)
         records.append(record)
     by_id = {**{r["id"]: r for r in fresh}, **{i: known[i] for i in train_pool.column("id").to_pylist() if i in known}}

@@ -153,8 +153,8 @@ class _Index:
     threshold get an exact LCS, computed pairwise in compiled code.
     """
 
-    def __init__(self, threshold: float, tokenize: Callable[[str], list[str]]):
-        self.threshold = threshold
+    def __init__(self, threshold: float, tokenize: Callable[[str], list[str]], strict: bool = False):
+        self.threshold, self.strict = threshold, strict
         self._t = threshold - _SLACK
         self._tokenize = tokenize
         self._token_ids: dict[str, int] = {}
@@ -260,7 +260,7 @@ class _Index:
         return q[keep], item[keep]
 
     def matches(self, seqs: list[str | list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """All (query, item) pairs whose ROUGE-L F1 reaches the threshold (threshold > 0)."""
+        """All (query, item) pairs whose ROUGE-L F1 reaches the threshold (exceeds it when `strict`; threshold > 0)."""
         out_q, out_item = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
         for q, item in self._survivors(seqs):
             a, b = [seqs[k] for k in q.tolist()], [self.seqs[k] for k in item.tolist()]
@@ -268,15 +268,16 @@ class _Index:
                 a, b = [_codes(x) for x in a], [_codes(x) for x in b]
             lcs = process.cpdist(a, b, scorer=LCSseq.similarity, dtype=np.int64)
             # Survivors share a token, so lcs >= 1 and _f1's zero case cannot arise.
-            hit = _f1(lcs, self._lens[item], np.array([len(x) for x in a])) >= self.threshold
+            f1 = _f1(lcs, self._lens[item], np.array([len(x) for x in a]))
+            hit = f1 > self.threshold if self.strict else f1 >= self.threshold
             out_q.append(q[hit])
             out_item.append(item[hit])
         return np.concatenate(out_q), np.concatenate(out_item)
 
     def hits(self, seqs: list[str | list[int]]) -> np.ndarray:
-        """Per query: whether some indexed item has ROUGE-L F1 >= threshold with it."""
+        """Per query: whether some indexed item has ROUGE-L F1 >= threshold (> when `strict`) with it."""
         out = np.zeros(len(seqs), dtype=bool)
-        if self.threshold <= 0:
+        if self.threshold <= 0 and not self.strict:
             out[:] = len(self.seqs) > 0  # every F1, 0 included, reaches it
         else:
             out[self.matches(seqs)[0]] = True
@@ -288,16 +289,17 @@ class NoveltyFilter:
 
     `filter(candidates)` returns, in order, True for each candidate whose ROUGE-L F1
     against every pool instruction and every earlier kept candidate is below
-    `threshold` (F1 >= threshold rejects); kept candidates join the pool, also for
-    later calls. `shards=N` holds the initial pool in N Ray actors (ray.init first).
+    `threshold` (F1 >= threshold rejects), or at most `threshold` with `strict` (F1 >
+    threshold rejects: Lion's `if max(rouge_scores) > 0.7`); kept candidates join the
+    pool, also for later calls. `shards=N` holds the initial pool in N Ray actors (ray.init first).
     """
 
     def __init__(self, pool: Sequence[str], threshold: float = 0.7, tokenizer: Tokenizer = "rouge",
-                 shards: int | None = None, shard_cpus: float = 1.0):
-        self.threshold = threshold
+                 shards: int | None = None, shard_cpus: float = 1.0, strict: bool = False):
+        self.threshold, self.strict = threshold, strict
         self.kept: list[str] = []
         self._tokenizer = tokenizer
-        self._index = _Index(threshold, _tokenizer(tokenizer))  # pool + kept, or kept only with shards
+        self._index = _Index(threshold, _tokenizer(tokenizer), strict)  # pool + kept, or kept only with shards
         self._initial = len(pool)
         self._actors: list = []
         if shards and pool:
@@ -305,7 +307,7 @@ class NoveltyFilter:
 
             actor = ray.remote(num_cpus=shard_cpus)(_ShardActor)
             size = -(-len(pool) // shards)
-            self._actors = [actor.remote(list(pool[i:i + size]), threshold, tokenizer)
+            self._actors = [actor.remote(list(pool[i:i + size]), threshold, tokenizer, strict)
                             for i in range(0, len(pool), size)]
             ray.get([a.ready.remote() for a in self._actors])  # surface build errors here
         else:
@@ -330,10 +332,10 @@ class NoveltyFilter:
         # Candidates among themselves: a throwaway index of the batch, each pair found once
         # from the later side, then Lion's order resolved in one pass.
         rivals: dict[int, list[int]] = {}
-        if self.threshold <= 0:
+        if self.threshold <= 0 and not self.strict:
             rivals = {k: list(range(k)) for k in range(len(candidates))}
         else:
-            batch = _Index(self.threshold, _tokenizer(self._tokenizer))
+            batch = _Index(self.threshold, _tokenizer(self._tokenizer), self.strict)
             batch.build(candidates)
             for q, j in zip(*(a.tolist() for a in batch.matches(batch.seqs))):
                 if j < q:
@@ -358,8 +360,8 @@ class NoveltyFilter:
 class _ShardActor:
     """One shard of the pool, indexed once, answering batches of candidates."""
 
-    def __init__(self, texts: list[str], threshold: float, tokenizer: Tokenizer):
-        self._index = _Index(threshold, _tokenizer(tokenizer))
+    def __init__(self, texts: list[str], threshold: float, tokenizer: Tokenizer, strict: bool = False):
+        self._index = _Index(threshold, _tokenizer(tokenizer), strict)
         self._index.build(texts)
 
     def ready(self) -> int:

@@ -82,8 +82,9 @@ def earlier_run(run_dir: str) -> tuple[RunDir | None, set[str]]:
 
 
 def family(call: str) -> str:
-    """A call's family across rounds and retries: generation/generator_round2 -> generation/generator."""
-    return re.sub(r"_(round|retry)\d+$", "", call)
+    """A call's family across rounds and retries: generation/generator_round2 -> generation/generator,
+    eval/judge_truncated (a review asked again with the answer cut to fit) -> eval/judge."""
+    return re.sub(r"_(?:(?:round|retry)\d+|truncated)$", "", call)
 
 
 def price(role: RoleConfig, line: Line, tokens_per_s_per_gpu: float | None) -> Line:
