@@ -6,7 +6,8 @@ once, one line each, so a run fails in seconds instead of at the stage that need
 
 Checks: input files exist and parse (with rows left to use; an evaluation's questions with a
 reference answer each, and a student in each Lion run it evaluates); an API role's key variable is
-set; a local role's model folder exists (a name that is no folder is said to be a hub name,
+set; a paper task's splits are all there at their published sizes (unless data.allow_partial); a
+local role's model folder exists (a name that is no folder is said to be a hub name,
 which only works where the hub is reachable); the run directory is writable.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig
+from engine.config.step_by_step import TaskData
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
@@ -117,6 +119,11 @@ def preflight(cfg: BaseModel, env=os.environ) -> list[str]:
         problems += data_problems(name, data)
     for name, evaluation in _sections(cfg, EvalConfig):
         problems += eval_problems(name, evaluation)
+    for name, task_data in _sections(cfg, TaskData):
+        from engine.step_by_step.readers import size_problems
+
+        problems += size_problems(task_data.task, task_data.data_dir, {"train": task_data.train_limit,
+                                  "test": task_data.test_limit}, task_data.allow_partial)
     for name, role in roles(cfg):
         problems += role_problems(name, role, env)
     if getattr(cfg, "run_dir", None):
