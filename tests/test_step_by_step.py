@@ -1,6 +1,7 @@
 """engine.step_by_step without Ray: readers, prompts, reply parsing and its accounting, splits,
 fractions, the config and its stage grid, accuracy. Milliseconds."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from engine.step_by_step.readers import REPO_DATA, TaskDataError, read_examples,
 from engine.step_by_step.stages import method_rows
 from engine.step_by_step.tasks import TASKS, user_task
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "step-by-step"  # the full sets, where present
+# the full sets, where present ($SHARED_DATA for a checkout elsewhere)
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "step-by-step"
 CHOICES = ["ignore", "enforce", "authoritarian", "yell at", "avoid"]
 CQA, SVAMP, ESNLI, ANLI = (TASKS[t] for t in ("cqa", "svamp", "esnli", "anli1"))
 

@@ -44,7 +44,7 @@ class Task:
         answer phrase and a label of the space: a letter and optionally the choice's text, an
         equation or a number, one of the fixed labels."""
         if isinstance(self.space, Choices):
-            answer = r"\([a-e]\)( [^\n.]{1,80})?"
+            answer = r"\([a-e]\)( [^\n]{1,80})?"
         elif isinstance(self.space, Number):
             answer = r"[-0-9.+*/() ]{0,60}[0-9][-0-9.+*/() ]{0,60}"
         else:
