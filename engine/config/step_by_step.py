@@ -65,8 +65,8 @@ class TaskData(Strict):
 
 
 class TeacherConfig(Strict):
-    # released: the PaLM completions shipped with the data (the paper's own rationales);
-    # generate: `role` answers the few-shot chain-of-thought prompt.
+    # released: the PaLM completions shipped with the data (the paper's own rationales), or for a
+    # jsonl task each row's `completion`; generate: `role` answers the few-shot chain-of-thought prompt.
     source: Literal["released", "generate"] = "released"
     role: RoleConfig | None = None
     prompt_file: str | None = None  # default: engine/step_by_step/prompts/<task>.txt
@@ -151,8 +151,6 @@ class StepByStepConfig(Strict):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
         if len(set(self.fractions)) != len(self.fractions) or len(set(self.methods)) != len(self.methods):
             raise ValueError("methods and fractions must not repeat")
-        if self.teacher.source == "released" and self.data.task == "jsonl":
-            raise ValueError("teacher.source released: PaLM completions exist only for cqa, svamp, esnli, anli1")
         if self.train.architecture != "seq2seq":
             raise ValueError("train.architecture: step-by-step trains a seq2seq (T5) student")
         return self

@@ -8,7 +8,8 @@ Layout (google-research/distilling-step-by-step `datasets/`, as in data/step-by-
 - esnli, anli1: `premise`, `hypothesis`, `label` (0 entailment, 1 neutral, 2 contradiction).
 The input is written as the few-shot prompts show it, so the student sees what the teacher saw.
 
-A user's own task is JSONL (`input`, `label`, optional `choices`): bad rows are rejected with
+A user's own task is JSONL (`input`, `label`, optional `choices`, and `completion`: a teacher's
+reply written elsewhere, which `teacher.source: released` reads): bad rows are rejected with
 their `file:line` and counted by reason, as instruction pools are (engine.data.readers).
 """
 from __future__ import annotations
@@ -132,6 +133,8 @@ def read_jsonl_task(path: str | Path, task: Task, split: str) -> tuple[list[dict
         row = {"id": f"jsonl-{split}-{number}", "input": e["input"].strip(), "label": e["label"].strip()}
         if "choices" in e:
             row["choices"] = list(e["choices"])
+        if "completion" in e:
+            row["text"] = e["completion"]
         rows.append(row)
         report.rows_kept += 1
     return rows, report
@@ -143,6 +146,8 @@ def _problem(e, task: Task) -> str | None:
     for key in ("input", "label"):
         if not isinstance(e.get(key), str) or not e[key].strip():
             return f"missing_field: {key!r} must be a non-empty string"
+    if "completion" in e and not isinstance(e["completion"], str):
+        return "bad_completion: 'completion' (a teacher's reply) must be a string"
     if "choices" in e and not (isinstance(e["choices"], list) and e["choices"]
                                and all(isinstance(c, str) and c for c in e["choices"])):
         return "bad_choices: 'choices' must be a list of non-empty strings"

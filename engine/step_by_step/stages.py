@@ -68,8 +68,12 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
     for split in names:
         limit = {"train": d.train_limit, "test": d.test_limit}.get(split)
         if d.task == "jsonl":
-            rows, loaded = read_jsonl_task(d.train_file if split == "train" else d.test_file, task_of(cfg), split)
+            path = d.train_file if split == "train" else d.test_file
+            rows, loaded = read_jsonl_task(path, task_of(cfg), split)
             report[split] = loaded.as_dict()
+            if cfg.teacher.source == "released" and not all("text" in r for r in rows):
+                raise TaskDataError(f"{path}: teacher.source released reads each row's `completion` (a teacher's "
+                                    f"reply); {sum('text' not in r for r in rows)} rows have none")
         else:
             rows = read_examples(d.task, split, d.folder())
             if cfg.teacher.source == "released":
