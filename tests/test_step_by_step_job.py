@@ -123,5 +123,7 @@ def test_ray_job_submit_runs_the_step_by_step_job(ray_cluster, tmp_path):
     assert len(scored["predictions"]) == len(test_rows) == TEST
     assert scored["accuracy"] == sum(p.casefold() == r["label"].casefold()
                                      for p, r in zip(scored["predictions"], test_rows)) / TEST
-    assert state["summary"]["evaluate"]["accuracy"] == {"standard_finetune": {"1": scored["accuracy"]}}
+    (cell,) = state["summary"]["evaluate"]["cells"]
+    assert (cell["key"], cell["series"], cell["fraction"], cell["accuracy"]) == ("standard_finetune/1", "standard_finetune",
+                                                                                 1.0, scored["accuracy"])
     assert "| standard_finetune |" in (run / "report.md").read_text()

@@ -76,6 +76,19 @@ def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
     assert any("esnli_train.json: the esnli train split is missing; supply the e-SNLI train split" in p for p in esnli)
 
 
+def test_the_command_stops_before_the_cluster_with_one_line_a_split(tmp_path, capsys):
+    import ray
+
+    from engine.cli import main
+
+    code = main(["step-by-step", "--config", str(PAPER[1]), "--set", f"run_dir={tmp_path / 'run'}",
+                 "--set", f"data.data_dir={REPO_DATA}"])
+    err = capsys.readouterr().err
+    assert code == 2 and not ray.is_initialized()
+    assert "svamp_train.json: 40 train rows, but svamp's published train split has 800" in err
+    assert "svamp_test.json: 10 test rows, but svamp's published test split has 200" in err
+
+
 @needs_full_sets
 def test_the_full_sets_pass_and_a_limit_is_a_slice():
     assert size_problems("cqa", str(SHARED), {}, False) == []
