@@ -115,7 +115,9 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     for split, rows in splits.items():
         parsed[split], failures[split] = parse_rows(rows, task)
         if cfg.teacher.source == "released":
-            problem = alignment_problem(parsed[split], task, f"{cfg.data.folder()}/{cfg.data.task} {split}")
+            d = cfg.data
+            where = (d.train_file if split == "train" else d.test_file) if d.task == "jsonl" else f"{d.folder()}/{d.task} {split}"
+            problem = alignment_problem(parsed[split], task, where)
             if problem:
                 raise TaskDataError(problem)
     dev = parsed.get("valid", [])
