@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--label-sources", nargs="+", default=["gold", "teacher"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps at every fraction (the paper: 10000)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps at every fraction (the paper: 10000)")
     p.add_argument("--validations", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
