@@ -20,8 +20,8 @@ from engine.step_by_step.evaluate import accuracy
 from engine.step_by_step.grid import cells
 from engine.step_by_step.parse import NEXT_EXAMPLE
 from engine.step_by_step.readers import PUBLISHED_ROWS, REPO_DATA, TaskDataError, read_examples, size_problems
-from engine.step_by_step.stages import (GenerationFailed, cell_rows, checked_predictions, method_rows, rationales,
-                                        structured_output, task_of, validation_for)
+from engine.step_by_step.evaluate import GenerationFailed, checked_predictions
+from engine.step_by_step.stages import cell_rows, method_rows, rationales, structured_output, task_of, validation_for
 from engine.step_by_step.tasks import TASKS
 from tests.fixtures import step_by_step_reference as REF
 

@@ -30,7 +30,7 @@ from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
 from engine.runner import StageResult
 from engine.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
-from engine.step_by_step.evaluate import accuracy, label_accuracy, label_prompt, student_role
+from engine.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
 from engine.step_by_step.grid import Cell, cells
 from engine.step_by_step.prompts import default_prompt_file, load_prompt
 from engine.step_by_step.readers import DEV_SPLIT, TaskDataError, read_examples, read_jsonl_task
@@ -41,10 +41,6 @@ log = logging.getLogger("engine.step_by_step")
 ROWS = pa.schema([("id", pa.string()), ("split", pa.string()), ("input", pa.string()), ("label", pa.string()),
                   ("choices", pa.list_(pa.string())), ("text", pa.string()), ("rationale", pa.string()),
                   ("teacher_label", pa.string()), ("parse_failure", pa.string())])
-
-
-class GenerationFailed(RuntimeError):
-    """Student generations that failed: a failure is not a wrong answer, so nothing is scored."""
 
 
 def task_of(cfg: StepByStepConfig) -> Task:
@@ -237,15 +233,6 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
     out, _ = generate(role, ray.data.from_items(items), label_prompt, stage=stage, role_name="student")
     texts = {r["id"]: r["text"] for r in out.select_columns(["id", "text"]).take_all()}
     return checked_predictions([texts.get(r["id"]) for r in rows], stage)
-
-
-def checked_predictions(texts: list[str | None], where: str) -> list[str]:
-    """Stripped predictions; a generation that failed (no text) raises GenerationFailed."""
-    failed = [i for i, t in enumerate(texts) if t is None]
-    if failed:
-        raise GenerationFailed(f"{where}: {len(failed)} of {len(texts)} student generations failed (rows {failed[:5]}"
-                               f"{'...' if len(failed) > 5 else ''}); nothing was scored")
-    return [t.strip() for t in texts]
 
 
 # --- evaluate ------------------------------------------------------------------------
