@@ -9,7 +9,8 @@ once, one line each, so a run fails in seconds instead of at the stage that need
 
 Inputs: pool files exist and parse (with rows left to use), an evaluation's questions with a
 reference answer each, a step-by-step task's files and its teacher's prompt (with its `{input}`
-slot). Only a run needs: an API role's key variable set; a local role's model folder, or a hub
+slot), a paper task's splits at their published sizes (unless data.allow_partial).
+Only a run needs: an API role's key variable set; a local role's model folder, or a hub
 name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
 student in each Lion run an evaluation names; a writable run directory. `--plan` prices a run
 whose run-only problems are not solved yet (no key handed out yet): it prints them as notes.
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig
-from engine.config.step_by_step import StepByStepConfig
+from engine.config.step_by_step import StepByStepConfig, TaskData
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -176,6 +177,11 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
             hub.setdefault(role.model, []).append(name)
     checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
                      "into its Hugging Face cache" for model, names in hub.items()]
+    for name, task_data in _sections(cfg, TaskData):
+        from engine.step_by_step.readers import size_problems
+
+        checks.inputs += size_problems(task_data.task, task_data.data_dir, {"train": task_data.train_limit,
+                                       "test": task_data.test_limit}, task_data.allow_partial)
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
     return checks

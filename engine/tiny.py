@@ -34,7 +34,10 @@ LLAMA_CONFIG = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
     num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
 )
-T5_CONFIG = dict(d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=2)
+# Shaped like T5 v1.1 (distilling step-by-step's student): gated-GELU feed-forward and
+# `tie_word_embeddings: false` (which transformers 5 reads as: no scaling of the decoder output).
+T5_CONFIG = dict(d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=2,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """engine.step_by_step without Ray: readers, prompts, reply parsing and its accounting, splits,
 fractions, the config and its stage grid, accuracy. Milliseconds."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -8,16 +9,17 @@ import pytest
 from engine.config import ConfigError, load_config
 from engine.config.step_by_step import StepByStepConfig
 from engine.runner import plan_stages, fresh_state
-from engine.step_by_step.data import nested_fractions, parse_rows, released_completions, train_valid_split, with_released_replies
+from engine.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
 from engine.step_by_step.evaluate import accuracy, equation_value
 from engine.step_by_step.job import step_by_step_stages
 from engine.step_by_step.parse import ParseFailure, Parsed, parse_reply, words_to_number
 from engine.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
 from engine.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
-from engine.step_by_step.stages import epochs_for, method_rows
+from engine.step_by_step.stages import method_rows
 from engine.step_by_step.tasks import TASKS, user_task
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "step-by-step"  # the full sets, where present
+# the full sets, where present ($SHARED_DATA for a checkout elsewhere)
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "step-by-step"
 CHOICES = ["ignore", "enforce", "authoritarian", "yell at", "avoid"]
 CQA, SVAMP, ESNLI, ANLI = (TASKS[t] for t in ("cqa", "svamp", "esnli", "anli1"))
 
@@ -80,7 +82,8 @@ def test_parse_accounting_rows_in_equal_rows_out():
     assert len(parsed) == len(rows) and [r["id"] for r in parsed] == [r["id"] for r in rows]
     assert failures == {"no_reply": 1, "no_answer_phrase": 1, "label_outside_space": 1}
     assert [r["teacher_label"] for r in parsed] == ["enforce", "", "", "", "avoid"]
-    assert all((r["parse_failure"] == "") == bool(r["rationale"]) for r in parsed)  # nothing guessed
+    # no label is guessed; the text before the answer stays as a rationale (for step_by_step with gold labels)
+    assert [r["rationale"] for r in parsed] == ["Rules.", "", "no phrase here", "Hm.", "Ok."]
 
 
 # --- the released PaLM path and the readers ----------------------------------------------
@@ -174,26 +177,30 @@ def test_constraint_regex_accepts_what_the_parser_accepts():
 
 # --- splits, fractions, the method's rows --------------------------------------------------
 
-def test_validation_comes_from_train_only():
-    rows = read_examples("svamp", "train")
-    train, valid = train_valid_split(rows, 0.25, seed=1)
-    assert len(valid) == 10 and len(train) == 30
+def test_validation_comes_from_the_fraction_never_test():
+    rows = [{"id": str(i)} for i in range(200)]
+    train, valid = fraction_split(rows, 0.5, 0.1, seed=1)
+    assert len(valid) == 10 and len(train) == 90  # 10% of the fraction, as the reference's 10% of its subsample
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in valid)
-    assert train_valid_split(rows, 0.25, seed=1) == (train, valid)
+    assert fraction_split(rows, 0.5, 0.1, seed=1) == (train, valid)
     with pytest.raises(ValueError, match="valid_fraction"):
-        train_valid_split(rows, 0.0)
+        fraction_split(rows, 0.5, 0.0)
+    dev = [{"id": f"d{i}"} for i in range(40)]
+    train, valid = fraction_split(rows, 0.25, 0.1, seed=1, dev=dev)  # an official dev split: sized by the fraction
+    assert len(train) == 50 and len(valid) == 10 and {r["id"][0] for r in valid} == {"d"}
 
 
-def test_fractions_are_seeded_and_nested():
-    rows = [{"id": str(i)} for i in range(100)]
-    subsets = nested_fractions(rows, [0.25, 0.5, 1.0], seed=3)
-    ids = {f: {r["id"] for r in s} for f, s in subsets.items()}
-    assert [len(ids[f]) for f in (0.25, 0.5, 1.0)] == [25, 50, 100]
-    assert ids[0.25] < ids[0.5] < ids[1.0]
-    assert nested_fractions(rows, [0.5], seed=3)[0.5] == subsets[0.5]  # the same subset whatever else is asked
-    assert {r["id"] for r in nested_fractions(rows, [0.25], seed=4)[0.25]} != ids[0.25]
+def test_fractions_and_their_validation_are_seeded_and_nested():
+    rows = [{"id": str(i)} for i in range(1000)]
+    splits = {f: fraction_split(rows, f, 0.1, seed=3) for f in (0.125, 0.25, 0.5, 1.0)}
+    ids = {f: ({r["id"] for r in t}, {r["id"] for r in v}) for f, (t, v) in splits.items()}
+    assert [len(t) + len(v) for t, v in ids.values()] == [125, 250, 500, 1000]
+    assert [len(v) for _, v in ids.values()] == [12, 25, 50, 100]
+    for small, large in ((0.125, 0.25), (0.25, 0.5), (0.5, 1.0)):
+        assert ids[small][0] < ids[large][0] and ids[small][1] <= ids[large][1]
+    assert {r["id"] for r in fraction_split(rows, 0.25, 0.1, seed=4)[0]} != ids[0.25][0]
     with pytest.raises(ValueError):
-        nested_fractions(rows, [0.0])
+        fraction_split(rows, 0.0, 0.1)
 
 
 def test_method_rows():
@@ -204,12 +211,6 @@ def test_method_rows():
     assert method_rows(rows, "standard_distill", "gold") == [{"id": "1", "input": "q1", "label": "b"}]
     assert method_rows(rows, "step_by_step", "gold") == [{"id": "1", "input": "q1", "label": "a", "rationale": "r1"}]
     assert method_rows(rows, "step_by_step", "teacher")[0]["label"] == "b"
-
-
-def test_epochs_follow_the_step_budget():
-    cfg = StepByStepConfig(run_dir="r", data={"task": "svamp"}, steps=100, train={"architecture": "seq2seq", "batch_size": 8})
-    assert epochs_for(cfg, 800) == 1 and epochs_for(cfg, 80) == 10 and epochs_for(cfg, 7) == 115
-    assert epochs_for(cfg.model_copy(update={"steps": None}), 80) == cfg.train.epochs
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def test_a_model_that_always_predicts_one_label_scores_that_labels_share(task):
 def test_configs_in_repo_load():
     for path in sorted(Path("configs").glob("step-by-step-*.yaml")):
         cfg = load_config(path, model=StepByStepConfig)
-        assert cfg.train.architecture == "seq2seq", path
+        assert cfg.train.architecture == "seq2seq" and cfg.train.lr_schedule == "linear", path
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -257,7 +258,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 def test_stage_grid_and_resume_plan(tmp_path):
     cfg = StepByStepConfig(run_dir=str(tmp_path), data={"task": "cqa"}, methods=["step_by_step", "standard_finetune"],
-                           fractions=[1.0, 0.25])
+                           fractions=[1.0, 0.25])  # no grid: the plain method/fraction keys
     names = [s.name for s in step_by_step_stages(cfg, None)]
     assert names == ["rationales", "train/step_by_step/0.25", "train/step_by_step/1", "train/standard_finetune/0.25",
                      "train/standard_finetune/1", "evaluate"]
@@ -277,15 +278,20 @@ def test_report_from_any_state(tmp_path):
                  "rationales": {"teacher_test_accuracy": 0.6, "parse_failures": {"train": {"run_on": 2}, "test": {}},
                                 "rows": {"train": 8}, "source": "generate", "seconds": 3.0,
                                 "spend": {"prompt_tokens": 10, "cost_usd": 0.5}},
-                 "train": {"step_by_step/1": {"rows": 8, "epochs": 2, "seconds": 9.0, "best_step": 2, "validations": [
+                 "train": {"step_by_step/1": {"rows": 8, "steps": 4, "seconds": 9.0, "best_step": 2, "validations": [
                      {"step": 2, "valid_accuracy": 0.5}, {"step": 4, "valid_accuracy": 0.25}]}},
-                 "evaluate": {"accuracy": {"step_by_step": {"0.5": 0.5, "1": 0.75}}, "test_rows": 4,
-                              "label_shares": {"a": 3}, "seconds": 1.0}}}
+                 "evaluate": {"cells": [
+                     {"key": "step_by_step/0.5", "series": "step_by_step", "fraction": 0.5, "seed": 0, "student": "t5",
+                      "accuracy": 0.5},
+                     {"key": "step_by_step/1/seed0", "series": "step_by_step", "fraction": 1.0, "seed": 0, "student": "t5",
+                      "accuracy": 0.75},
+                     {"key": "step_by_step/1/seed1", "series": "step_by_step", "fraction": 1.0, "seed": 1, "student": "t5",
+                      "accuracy": 0.25}], "test_rows": 4, "label_shares": {"a": 3}, "seconds": 1.0}}}
     run.write_json("state.json", state)
     report = Path(write_report(run)).read_text()
-    assert "| step_by_step | 0.5 | 0.75 |" in report and "| teacher (reference) | 0.6 | 0.6 |" in report
+    assert "| step_by_step | 0.5 | 0.5 ± 0.3536 (n=2) |" in report and "| teacher (reference) | 0.6 | 0.6 |" in report
     assert "| parse failure | test | train |" in report and "| run_on | 0 | 2 |" in report and "| train/step_by_step/1 | 9 |" in report
-    assert "| step_by_step/1 | 8 | 2 | 0.5 (2), 0.25 (4) | 2 |" in report and "| cost_usd | 0.5 |" in report
+    assert "| step_by_step/1 | 8 | 4 | 0.5 (2), 0.25 (4) | 2 |" in report and "| cost_usd | 0.5 |" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
 
 

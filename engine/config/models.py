@@ -185,7 +185,12 @@ class TrainConfig(Strict):
     learning_rate: PositiveFloat = 2e-5
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    # cosine: warmup then cosine decay to 0; linear: warmup then linear decay to 0 (the HF
+    # Trainer's default, what distilling step-by-step's reference code trains with)
+    lr_schedule: Literal["cosine", "linear"] = "cosine"
     epochs: PositiveInt = 3
+    # An exact optimizer-step budget (stops mid-epoch, as the HF Trainer's max_steps); None: `epochs`.
+    max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 8  # per worker, per step before accumulation
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: PositiveFloat = 1.0

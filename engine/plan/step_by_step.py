@@ -1,11 +1,12 @@
 """The step-by-step plan: what the `rationales` stage pays, from the task's rows and the few-shot
 prompt, and what the training grid trains on.
 
-A generating teacher answers every train and test row once (`rationales/teacher`); the released
-PaLM rationales cost nothing. Each training stage sends no request: it is listed with the tokens
-it trains on (steps x batch, or epochs over the fraction, at most `max_length` an example, the
+A generating teacher answers every train, dev and test row once (`rationales/teacher`); the
+released PaLM rationales cost nothing. Each training stage (one per cell of the grid: method x
+fraction x label source x seed x student) sends no request: it is listed with the tokens it
+trains on (steps x batch, or epochs over the fraction, at most `max_length` an example, the
 rationale task's too) and GPU-hours from the run directory's measured training throughput, else
-`plan.train_tokens_per_s_per_gpu`.
+`plan.train_tokens_per_s_per_gpu`. Validation and test predictions are not priced.
 """
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from engine.plan.tokens import counter_for, sample
 
 
 def step_by_step_plan(cfg: StepByStepConfig) -> Plan:
+    from engine.step_by_step.grid import cells
     from engine.step_by_step.prompts import default_prompt_file, load_prompt
     from engine.step_by_step.stages import read_task
 
     run, completed = earlier_run(cfg.run_dir)
     splits, _ = read_task(cfg)
-    rows = splits["train"] + splits["test"]
-    plan = Plan("step_by_step", cfg.run_dir, [], assumptions=[f"{len(splits['train']):,} train and "
-                                                              f"{len(splits['test']):,} test rows"])
+    rows = [r for split in splits.values() for r in split]
+    grid = cells(cfg)
+    plan = Plan("step_by_step", cfg.run_dir, [], assumptions=[
+        ", ".join(f"{len(v):,} {k}" for k, v in splits.items()) + " rows",
+        f"{len(grid)} training runs (methods x fractions x label sources x seeds x students)"])
     if cfg.teacher.source == "generate":
         role, priors = cfg.teacher.role, cfg.plan
         counter = counter_for(role, "teacher", priors)
@@ -40,24 +44,25 @@ def step_by_step_plan(cfg: StepByStepConfig) -> Plan:
             plan.warnings = budget_warnings(plan.lines, {"teacher": role.openai.budget_usd}, {})
     else:
         plan.assumptions.append("teacher: the released PaLM rationales, no request")
-    per_gpu = _train_tokens_per_s_per_gpu(cfg, run, plan.assumptions)
+    per_gpu = _train_tokens_per_s_per_gpu(cfg, run, [c.key for c in grid], plan.assumptions)
     t, gpus = cfg.train, cfg.train.num_workers * cfg.train.gpus_per_worker
-    for method in cfg.methods:
-        tasks = 2 if method == "step_by_step" else 1  # the rationale task doubles the examples
-        for fraction in sorted(cfg.fractions):
-            examples = cfg.steps * t.batch_size * t.gradient_accumulation_steps if cfg.steps else \
-                t.epochs * fraction * len(splits["train"]) * tasks
-            tokens = examples * t.max_length
-            hours = 0.0 if not gpus else (tokens / per_gpu / 3600 if per_gpu else None)
-            stage = f"train/{method}/{fraction:g}"
-            plan.add(stage, [Line(stage, f"train/{method}", "student", 0, tokens, 0, gpu_hours=hours,
-                                  basis=f"{examples:,.0f} examples x max_length {t.max_length} (upper bound)")], completed)
+    for cell in grid:
+        tasks = 2 if cell.method == "step_by_step" else 1  # the rationale task doubles the sequences
+        examples = cfg.steps * t.batch_size * t.gradient_accumulation_steps * max(1, t.num_workers) if cfg.steps \
+            else t.epochs * cell.fraction * len(splits["train"])
+        tokens = examples * tasks * t.max_length
+        hours = 0.0 if not gpus else (tokens / per_gpu / 3600 if per_gpu else None)
+        stage = f"train/{cell.key}"
+        plan.add(stage, [Line(stage, f"train/{cell.method}", "student", 0, tokens, 0, gpu_hours=hours,
+                              basis=f"{examples:,.0f} examples x {tasks} task(s) x max_length {t.max_length} "
+                                    "(upper bound)")], completed)
     return plan
 
 
-def _train_tokens_per_s_per_gpu(cfg: StepByStepConfig, run: RunDir | None, assumptions: list[str]) -> float | None:
+def _train_tokens_per_s_per_gpu(cfg: StepByStepConfig, run: RunDir | None, keys: list[str],
+                                assumptions: list[str]) -> float | None:
     """Measured in this run directory's finished training stages, else the plan's prior."""
-    results = [run.read_json(f"train/{m}/{f:g}/result.json", {}) if run else {} for m in cfg.methods for f in cfg.fractions]
+    results = [run.read_json(f"train/{key}/result.json", {}) if run else {} for key in keys]
     seen = [r["tokens_per_s"] / r["gpus"] for r in results if r.get("tokens_per_s") and r.get("gpus")]
     observed = sum(seen) / len(seen) if seen else None
     if observed:

@@ -15,6 +15,10 @@ from engine.train.batches import LABEL_PREFIX
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
+class GenerationFailed(RuntimeError):
+    """Student generations that failed: a failure is not a wrong answer, so nothing is scored."""
+
+
 def label_prompt(row: dict) -> str:
     return LABEL_PREFIX + row["input"]
 
@@ -33,11 +37,20 @@ def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, m
 
     role = student_role(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, max_model_len=max_model_len)
     generator = HFGenerator(role, role_name="student")
-    out: list[str] = []
+    out: list[str | None] = []
     for i in range(0, len(inputs), batch_size):
         encoded = [generator.encode(label_prompt({"input": x})) for x in inputs[i:i + batch_size]]
-        out += [(r["text"] or "").strip() for r in generator.generate(encoded)]
-    return out
+        out += [r["text"] for r in generator.generate(encoded)]
+    return checked_predictions(out, f"{model_dir}: label predictions")
+
+
+def checked_predictions(texts: list[str | None], where: str) -> list[str]:
+    """Stripped predictions; a generation that failed (no text) raises GenerationFailed."""
+    failed = [i for i, t in enumerate(texts) if t is None]
+    if failed:
+        raise GenerationFailed(f"{where}: {len(failed)} of {len(texts)} student generations failed (rows {failed[:5]}"
+                               f"{'...' if len(failed) > 5 else ''}); nothing was scored")
+    return [t.strip() for t in texts]
 
 
 def label_accuracy(model_dir: str, *, inputs: list[str], labels: list[str], task: str, batch_size: int = 32,

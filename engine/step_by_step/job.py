@@ -4,7 +4,8 @@ students trained three ways across fractions of the training data, test accuracy
     python jobs/step_by_step.py --config configs/step-by-step-demo.yaml [--set fractions=[0.5,1.0] ...]
     ray job submit --working-dir . -- python jobs/step_by_step.py --config configs/step-by-step-cqa.yaml
 
-Stages: `rationales`, `train/<method>/<fraction>` for each method and fraction, `evaluate`. Run
+Stages: `rationales`, `train/<cell>` for each cell of the grid (method x fraction, and label
+source x seed x student where `grid` spans them), `evaluate`. Run
 again with the same run_dir to resume after the last completed stage; a generating teacher on an
 API pays nothing twice (its replies are cached under run_dir/llm_cache).
 """
@@ -18,6 +19,7 @@ from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
 from engine.runner import Stage, run_stages
 from engine.step_by_step import stages as S
+from engine.step_by_step.grid import Cell, cells
 from engine.step_by_step.report import write_report
 from engine.tiny import resolve_tiny_models
 
@@ -25,12 +27,11 @@ log = logging.getLogger("engine.step_by_step")
 
 
 def step_by_step_stages(cfg: StepByStepConfig, run: RunDir) -> list[Stage]:
-    """rationales, then every method at every fraction (smallest first), then evaluate."""
-    def train(method: str, fraction: float) -> Stage:
-        return Stage(f"train/{method}/{fraction:g}", lambda state: S.train_method(cfg, run, method, fraction))
+    """rationales, then every cell of the grid (engine.step_by_step.grid), then evaluate."""
+    def train(cell: Cell) -> Stage:
+        return Stage(f"train/{cell.key}", lambda state: S.train_cell(cfg, run, cell))
 
-    grid = [train(m, f) for m in cfg.methods for f in sorted(cfg.fractions)]
-    return [Stage("rationales", lambda state: S.rationales(cfg, run)), *grid,
+    return [Stage("rationales", lambda state: S.rationales(cfg, run)), *(train(c) for c in cells(cfg)),
             Stage("evaluate", lambda state: S.evaluate(cfg, run, state["outputs"]))]
 
 
@@ -44,8 +45,10 @@ def absolute_paths(cfg: StepByStepConfig) -> StepByStepConfig:
     if teacher.role is not None:
         teacher = teacher.model_copy(update={"role": teacher.role.model_copy(update={"model": absolute(teacher.role.model)})})
     student = cfg.student.model_copy(update={"model": absolute(cfg.student.model)})
+    grid = cfg.grid.model_copy(update={"students": [absolute(s) for s in cfg.grid.students]}) if cfg.grid.students \
+        else cfg.grid
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
-    return cfg.model_copy(update={"data": data, "teacher": teacher, "student": student, "run_dir": run_dir})
+    return cfg.model_copy(update={"data": data, "teacher": teacher, "student": student, "grid": grid, "run_dir": run_dir})
 
 
 def load(path: str, overrides: list[str]) -> StepByStepConfig:

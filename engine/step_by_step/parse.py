@@ -5,7 +5,8 @@
 
 Nothing is guessed: a reply that runs into an invented next example before answering, has no
 answer phrase, no rationale, or a label outside the task's space is a `ParseFailure`, counted
-by reason and left out of the teacher-labelled training data.
+by reason and left out of the teacher-labelled training data (its rationale, `rationale_of`,
+still trains step_by_step with gold labels, as in the reference).
 """
 from __future__ import annotations
 
@@ -53,6 +54,16 @@ def parse_reply(text: str | None, task: Task, choices: list[str] | None = None) 
         return ParseFailure.NO_RATIONALE
     label = normalise_label(answer.strip().split("\n", 1)[0].strip(), task, choices)
     return Parsed(rationale, label) if label is not None else ParseFailure.LABEL_OUTSIDE_SPACE
+
+
+def rationale_of(text: str | None, task: Task) -> str:
+    """The chain of thought of a reply whose label did not parse: the text before the answer
+    phrase (or before the invented next example), "" when there is none. The reference keeps
+    such rows for training with gold labels; so does step_by_step with `label_source: gold`."""
+    if text is None:
+        return ""
+    head = NEXT_EXAMPLE.split(text, maxsplit=1)[0]
+    return head.partition(task.answer_phrase)[0].strip()
 
 
 def normalise_label(answer: str, task: Task, choices: list[str] | None = None) -> str | None:

@@ -37,20 +37,20 @@ class Task:
     name: str
     answer_phrase: str
     space: LabelSpace
-    # What the prompt ends with after the input; the teacher writes the rationale next.
-    rationale_regex: str = r"[A-Za-z0-9 ,'\-]{4,80}\.( [A-Za-z0-9 ,'\-]{4,80}\.)?"
 
-    def constraint(self) -> str:
-        """A vLLM structured-output regex: a short rationale, then the answer phrase and a label
-        of the space (per-row choices are answered by letter)."""
+    def constraint(self, max_rationale_chars: int = 600) -> str:
+        """A vLLM structured-output regex on the answer tail only: a free chain of thought (any
+        characters but a newline, arithmetic included, up to `max_rationale_chars`), then the
+        answer phrase and a label of the space: a letter and optionally the choice's text, an
+        equation or a number, one of the fixed labels."""
         if isinstance(self.space, Choices):
-            answer = r"\([a-e]\)"
+            answer = r"\([a-e]\)( [^\n]{1,80})?"
         elif isinstance(self.space, Number):
-            answer = r"-?[0-9]{1,4}(\.[0-9]{1,2})?"
+            answer = r"[-0-9.+*/() ]{0,60}[0-9][-0-9.+*/() ]{0,60}"
         else:
             answer = "(" + "|".join(re.escape(label) for label in self.space.labels) + ")"
         sep = "\n" if self.answer_phrase.endswith(":") else " "
-        return f" {self.rationale_regex}{sep}{re.escape(self.answer_phrase)} {answer}\\."
+        return f" ?[^\n]{{1,{max_rationale_chars}}}{sep}{re.escape(self.answer_phrase)} {answer}\\.?"
 
 
 TASKS = {

@@ -39,7 +39,7 @@ from engine.train import batches as B
 from engine.train import step as S
 from engine.train.checkpoint import export_hf, load_checkpoint, publish_dir, save_checkpoint
 from engine.train.result import TrainResult
-from engine.train.validation import Validation, best_step, improved, validation_steps
+from engine.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("engine.train")
 REQUIRED = {"causal": ("instruction", "input", "response"), "standard": ("input", "label"),
@@ -155,7 +155,7 @@ def _train_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
                            activation_checkpointing=cfg.activation_checkpointing)
-    total_steps = config["steps_per_epoch"] * cfg.epochs
+    total_steps, epochs = schedule_length(config["steps_per_epoch"], cfg.epochs, cfg.max_steps)
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]
     validate_at = set(validation_steps(total_steps, validation.count)) if validation else set()
@@ -174,11 +174,13 @@ def _train_worker(config: dict) -> dict:
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
     world = dist.get_world_size() if dist.is_initialized() else 1
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state["epoch"], epochs):
         micro = 0
         order = B.epoch_order(n_rows, config["ranks"], rank, cfg.seed, epoch)
         batches = (collate(b) for b in B.micro_batches(rows, order, cfg.batch_size))
         for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+            if state["step"] >= total_steps:  # max_steps reached mid-epoch
+                break
             micro += len(window)
             if micro <= state["micro_in_epoch"]:  # consumed before the checkpoint we resumed from
                 continue
@@ -197,7 +199,7 @@ def _train_worker(config: dict) -> dict:
                 _validate(model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device)
             if state["step"] % cfg.checkpoint_every_steps == 0 and micro != micro_per_epoch:
                 _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
-        if micro != micro_per_epoch:
+        if micro != micro_per_epoch and state["step"] < total_steps:
             raise RuntimeError(f"epoch {epoch}: {micro} micro-batches, the schedule expected {micro_per_epoch}")
         state.update(epoch=epoch + 1, micro_in_epoch=0)
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
@@ -211,7 +213,8 @@ def _train_worker(config: dict) -> dict:
         "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "loop_seconds": loop_seconds,
         "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
         "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
-        "validations": state["validations"], "best_step": best_step(state["validations"]),
+        "validations": state["validations"],
+        "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
 
 
@@ -229,7 +232,7 @@ def _validate(model, optimizer, scheduler, validation: Validation, config: dict,
     try:
         score = validation.score(candidate) if rank == 0 else 0.0
         score = float(_all_ranks(torch.tensor([score], dtype=torch.float64), device)[0])  # rank 0's, on every rank
-        if rank == 0 and improved(score, state["validations"]):
+        if rank == 0 and validation.kept(score, state["validations"]):
             publish_dir(candidate, config["output_dir"])
     finally:
         shutil.rmtree(candidate, ignore_errors=True)
@@ -240,6 +243,14 @@ def _validate(model, optimizer, scheduler, validation: Validation, config: dict,
     })
     log.info("step %d: validation score %.4f (best %.4f)", state["step"], score,
              max(v["score"] for v in state["validations"]))
+
+
+def schedule_length(steps_per_epoch: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(optimizer steps, epochs begun): `epochs` whole epochs, or exactly `max_steps` steps, the
+    last epoch cut where the budget ends (the HF Trainer's max_steps)."""
+    if max_steps is None:
+        return steps_per_epoch * epochs, epochs
+    return max_steps, math.ceil(max_steps / steps_per_epoch)
 
 
 def accumulation_windows(batches, steps: int):

@@ -112,9 +112,10 @@ def autocast(device: torch.device):
 
 
 def build_optimizer(model: nn.Module, cfg, total_steps: int):
-    """AdamW (no decay on biases and norms) with transformers' linear warmup and cosine
-    decay to zero (get_cosine_schedule_with_warmup, as the HF Trainer's "cosine")."""
-    from transformers import get_cosine_schedule_with_warmup
+    """AdamW (no decay on biases and norms) with transformers' linear warmup and then cosine
+    (get_cosine_schedule_with_warmup, the HF Trainer's "cosine") or linear decay to zero
+    (get_linear_schedule_with_warmup, its default "linear"), by `cfg.lr_schedule`."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -125,7 +126,8 @@ def build_optimizer(model: nn.Module, cfg, total_steps: int):
     # The schedule's first step is at lr 0: at least one step must come after the warmup, or a
     # short run (a Lion iteration's few new instructions: one step) would not train at all.
     warmup = min(math.ceil(cfg.warmup_ratio * total_steps), total_steps - 1)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    schedule = get_linear_schedule_with_warmup if cfg.lr_schedule == "linear" else get_cosine_schedule_with_warmup
+    return optimizer, schedule(optimizer, warmup, total_steps)
 
 
 def target_tokens(batch: dict, architecture: str) -> torch.Tensor:
