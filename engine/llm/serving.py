@@ -16,8 +16,9 @@ in `engine_start_s`). Outside a block, or with `mode: per_stage`, each call star
 stops its own engines as before.
 
 Nothing outlives the job: the block deletes its Serve applications on exit, on an
-exception and on SIGTERM; a detached reaper actor deletes them when the job's driver dies
-without cleaning up (SIGKILL, a lost head node process); and a job entering a block for
+exception and on SIGTERM; a detached reaper actor on the driver's node deletes them once
+the GCS records the job as ended without having cleaned up (SIGKILL, a lost driver
+process): the job's status decides, never a failed call; and a job entering a block for
 the same run first deletes what a dead job of that run left. Applications are named
 `lion-<run hash>-<engine hash>`.
 """
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from engine.config.models import RoleConfig, ServingConfig
+from engine.driver_node import job_finished, on_driver_node, this_job
 
 log = logging.getLogger("engine.llm")
 
@@ -213,9 +215,9 @@ class JobEngines:
         except ValueError:
             pass  # no reaper left: the last job of this run ended cleanly
         delete_apps(self.prefix)
-        anchor = ray.remote(num_cpus=0)(_Anchor).remote()
         self._reaper = ray.remote(num_cpus=0)(_Reaper).options(
-            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached").remote(anchor, self.prefix)
+            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached", **on_driver_node()
+        ).remote(this_job(), self.prefix)
         self._reaper.watch.remote()
 
     def close(self) -> None:
@@ -249,19 +251,13 @@ def delete_apps(prefix: str) -> list[str]:
     return apps
 
 
-class _Anchor:
-    """Owned by the job's driver, so it dies with it: the reaper watches it."""
-
-    def ping(self) -> bool:
-        return True
-
-
 class _Reaper:
-    """A detached actor that deletes a job's Serve applications once the job's driver is
-    gone without deleting them itself."""
+    """A detached actor on the driver's node that deletes a job's Serve applications once the
+    GCS records the job as ended (engine.driver_node) without it having deleted them itself.
+    A job table it cannot read now is no verdict: it asks again."""
 
-    def __init__(self, anchor, prefix: str):
-        self.anchor, self.prefix, self.apps = anchor, prefix, set()
+    def __init__(self, job_id: str, prefix: str):
+        self.job_id, self.prefix, self.apps = job_id, prefix, set()
 
     def track(self, app: str, add: bool) -> None:
         (self.apps.add if add else self.apps.discard)(app)
@@ -269,13 +265,10 @@ class _Reaper:
     async def watch(self) -> None:
         import ray
 
-        while True:
-            try:
-                await self.anchor.ping.remote()
-            except ray.exceptions.RayActorError:
-                break
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, job_finished, self.job_id) is not True:
             await asyncio.sleep(REAPER_POLL_S)
-        await asyncio.get_running_loop().run_in_executor(None, delete_apps, self.prefix)
+        await loop.run_in_executor(None, delete_apps, self.prefix)
         ray.actor.exit_actor()
 
 
