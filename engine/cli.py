@@ -106,6 +106,7 @@ def init_ray(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from engine.config import ConfigError
+    from engine.llm.fit import PlanDoesNotFit
     from engine.runner import StageError
 
     from engine.preflight import cluster_problems, preflight
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return _problems("the cluster lacks what the run asks for", problems)
     try:
         state = job.run(cfg)
+    except PlanDoesNotFit as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except StageError as e:
         logging.getLogger("engine").exception("%s", e)
         print(f"error: {e} (the run directory is resumable: run the same command again)", file=sys.stderr)
