@@ -140,7 +140,8 @@ def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_clus
     proc = gpu_cluster.run(DEADLINES, str(tiny_models.llama), str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["engine"].startswith("teacher (lion-") and "STRICT_PACK" in got["engine"], got
+    assert got["engine"].startswith("teacher (lion-") and "for its engine's resources" in got["engine"], got
+    assert "STRICT_PACK" in got["engine"], got
     assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
     assert got["engine_s"] < 60 and got["apps_left"] == [], got
     assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got

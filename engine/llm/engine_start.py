@@ -84,7 +84,7 @@ def deployment_state(app: str) -> tuple[str | None, str]:
     if status is None:
         return None, ""
     messages = [status.message, *(d.message for d in status.deployments.values())]
-    return str(status.status), "\n".join(m for m in messages if m)
+    return status.status.value, "\n".join(m for m in messages if m)
 
 
 def wait_running(app: str, timeout_s: float, on_timeout) -> EngineFailure | None:
@@ -103,5 +103,14 @@ def wait_running(app: str, timeout_s: float, on_timeout) -> EngineFailure | None
             if failure.permanent:
                 return failure
         if time.monotonic() > deadline:
-            on_timeout("to be scheduled" in message)
+            on_timeout(waiting_for_resources(app) or "to be scheduled" in message)
         time.sleep(POLL_S)
+
+
+def waiting_for_resources(app: str) -> bool:
+    """Is a replica of `app` still waiting for its placement group (Serve names each replica's
+    group after the replica: SERVE_REPLICA::<app>#<deployment>#<id>)?"""
+    from ray.util import placement_group_table
+
+    return any(f"::{app}#" in (group.get("name") or "") and group.get("state") == "PENDING"
+               for group in placement_group_table().values())
