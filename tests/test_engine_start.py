@@ -57,7 +57,9 @@ def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, 
 
     good = RoleConfig(backend="vllm", model=str(tiny_models.llama), max_model_len=512)
     bad = {"engine argument": (good.model_copy(update={"engine_kwargs": {"no_such_engine_argument": 1}}),
-                               "no_such_engine_argument"),
+                               "no_such_engine_argument"),  # refused by Serve LLM before anything starts
+           "argument value": (good.model_copy(update={"engine_kwargs": {"kv_cache_dtype": "no-such-dtype"}}),
+                              "no-such-dtype"),  # refused by vLLM in the replica
            "model folder": (good.model_copy(update={"model": str(tmp_path / "no-such-model")}), "no-such-model")}
     engines = JobEngines(str(tmp_path / "run"), ServingConfig(ready_timeout_s=600), ("student",), gpu=False)
     engines.open()

@@ -129,18 +129,21 @@ class JobEngines:
         from ray import serve
         from ray.serve.llm import build_llm_deployment
 
-        from engine.llm.engine_start import EngineStartFailed, wait_running
+        from engine.llm.engine_start import EngineFailure, EngineStartFailed, wait_running
         from engine.llm.serve_backend import DEPLOYMENT, llm_config
         from engine.llm.serve_server import JobLLMServer
 
         app = self.prefix + key
-        config = llm_config(role, gpu=self.gpu)
+        try:  # Serve LLM checks engine argument names here, before anything starts
+            config = llm_config(role, gpu=self.gpu)
+            deployment = build_llm_deployment(config, deployment_cls=JobLLMServer,
+                                              override_serve_options={"name": DEPLOYMENT})
+        except (ValueError, TypeError) as exc:
+            raise EngineStartFailed(role_name, role.model, EngineFailure(f"{type(exc).__name__}: {exc}", True)) from exc
         self._track(app, add=True)
         log.info("starting engine %s for %s (%s)", app, role_name, role.model)
         begin = time.perf_counter()
         for attempt in (1, 2):
-            deployment = build_llm_deployment(config, deployment_cls=JobLLMServer,
-                                              override_serve_options={"name": DEPLOYMENT})
             serve.run_many([serve.RunTarget(deployment, name=app, route_prefix=None)],
                            wait_for_applications_running=False)
             try:
