@@ -61,6 +61,7 @@ OVER_ASKING = ["--set=serving=shared", "--set=teacher.parallelism.tensor_paralle
 
 
 @pytest.mark.ray
+@pytest.mark.serve  # in the Serve session, which starts the fake-GPU cluster anyway
 def test_an_over_asking_plan_ends_in_one_line_within_60_s(gpu_cluster, tiny_models, tmp_path):
     # Frozen engines: the teacher's 1 x TP 2, the referee's 2 x TP 1, the generator's 1 x TP 1 (the
     # student is hf: no engine), kept beside 2 training workers of a GPU each: 7 GPUs at once, on a
