@@ -14,7 +14,6 @@ import pytest
 
 from engine.config.models import RoleConfig, ServingConfig
 from engine.llm.engine_start import exception_line, failure_from, permanent
-from tests.fixtures.gpu_cluster import gpu_cluster  # noqa: F401
 from tests.test_placement import HOLD_ONE_GPU_PER_NODE
 
 REPO = Path(__file__).resolve().parent.parent

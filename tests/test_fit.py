@@ -10,7 +10,7 @@ import pytest
 
 from engine.config.models import Parallelism, RoleConfig
 from engine.llm.fit import ClusterGpus, fit_problem, gpu_plan
-from tests.fixtures.gpu_cluster import GPUS_PER_NODE, gpu_cluster  # noqa: F401
+from tests.fixtures.gpu_cluster import GPUS_PER_NODE
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ import pytest
 from engine.config.models import Parallelism, RoleConfig
 from engine.driver_node import job_status
 from engine.llm.vllm_backend import engine_placement
-from tests.fixtures.gpu_cluster import gpu_cluster  # noqa: F401
 
 HOLD_ONE_GPU_PER_NODE = r'''
 import ray
