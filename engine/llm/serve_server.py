@@ -26,7 +26,7 @@ class JobLLMServer(LLMServer):
         try:
             await super().start()
         except Exception as exc:
-            own = exception_line(f"{type(exc).__name__}: {exc}") or type(exc).__name__
+            own = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:600]  # a pydantic error spans lines
             cause = (exception_line(_logged_since(marks)) if "root cause" in str(exc) else None) or own
             raise EngineRootCause(cause) from exc
 

@@ -148,7 +148,7 @@ class JobEngines:
                            wait_for_applications_running=False)
             try:
                 failure = wait_running(app, self.serving.ready_timeout_s,
-                                       lambda scheduling: self._waited(app, role, role_name, config, scheduling))
+                                       lambda scheduling: self._waited(app, role, role_name, scheduling))
             except BaseException:
                 serve.delete(app)  # nothing half-started is left holding GPUs
                 raise
@@ -163,9 +163,11 @@ class JobEngines:
         log.info("engine %s up in %.1f s", app, seconds)
         return Engine(app, role.model)
 
-    def _waited(self, app: str, role: RoleConfig, role_name: str, config, scheduling: bool):
+    def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
-        placement = config.placement_group_config
+        from engine.llm.vllm_backend import engine_placement
+
+        placement = engine_placement(role, self.gpu, cpus_per_rank=0)
         asked = (f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}"
                  f"{', ' + placement['strategy'] + ' (one node)' if placement.get('strategy') == 'STRICT_PACK' else ''}")
         what = "its engine's resources" if scheduling else "its engine to start"
