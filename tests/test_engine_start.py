@@ -43,6 +43,7 @@ def test_the_root_cause_is_the_engines_own_exception_and_says_whether_a_retry_he
     assert exception_line(ENGINE_CORE_LOG).startswith("ValueError: Available memory on node 0 (1.00/21.21 GiB)")
     assert permanent("TypeError: AsyncEngineArgs.__init__() got an unexpected keyword argument 'nope'")
     assert permanent("OSError: /models/x does not appear to have a file named config.json")
+    assert permanent("RuntimeError: Failed to create vLLM engine config: 1 validation error for CacheConfig")
     assert not permanent("RuntimeError: Engine core initialization failed. See root cause above.")
     assert not permanent("ActorDiedError: The actor died unexpectedly before finishing this task.")
     assert failure_from("Failed to update the deployments ['llm'].").cause == "Failed to update the deployments ['llm']."

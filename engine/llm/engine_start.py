@@ -28,7 +28,8 @@ _PERMANENT_TYPES = {"TypeError", "ValueError", "KeyError", "AttributeError", "No
                     "ModuleNotFoundError", "FileNotFoundError", "OSError", "ValidationError", "HFValidationError",
                     "RepositoryNotFoundError", "GatedRepoError", "LocalEntryNotFoundError", "OutOfMemoryError"}
 _PERMANENT_TEXT = re.compile(r"out of memory|available memory|not enough memory|no such file|does not exist|"
-                             r"not a valid model|unexpected keyword argument|unrecognized arguments", re.I)
+                             r"not a valid model|unexpected keyword argument|unrecognized arguments|"
+                             r"validation error|engine config", re.I)
 
 
 class EngineRootCause(RuntimeError):

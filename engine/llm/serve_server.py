@@ -26,7 +26,8 @@ class JobLLMServer(LLMServer):
         try:
             await super().start()
         except Exception as exc:
-            own = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:600]  # a pydantic error spans lines
+            root = _innermost(exc)  # Serve LLM wraps vLLM's own ("Failed to create vLLM engine config: ...")
+            own = f"{type(root).__name__}: {' '.join(str(root).split())}"[:600]  # a pydantic error spans lines
             cause = (exception_line(_logged_since(marks)) if "root cause" in str(exc) else None) or own
             raise EngineRootCause(cause) from exc
 
@@ -43,6 +44,12 @@ def _own_fields(body: dict) -> dict:
     """Without the stage's bookkeeping: its `request_id` counts from 0 in every actor, and two
     stages' actors may share an engine; Serve stamps a unique one instead."""
     return {k: v for k, v in body.items() if k not in ("request_id", "idx_in_batch")}
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _log_marks() -> dict[str, int]:
