@@ -129,6 +129,7 @@ def init_ray(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from engine.config import ConfigError
+    from engine.llm.fit import PlanDoesNotFit
     from engine.runner import StageError
 
     from engine.preflight import cluster_problems, preflight
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
             state = job.run(cfg)
-    except RunDirBusy as e:
+    except (RunDirBusy, PlanDoesNotFit) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageError as e:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.data import RunDir
+from engine.driver_node import on_driver_node
 
 log = logging.getLogger("engine")
 
@@ -113,12 +114,12 @@ class Driver:
 
 
 def driver(run: RunDir, initial: dict):
-    """Get or start the run's driver actor: one per run directory per cluster."""
+    """Get or start the run's driver actor: one per run directory per cluster, on the driver's node."""
     import ray
 
     name = "driver-" + hashlib.sha256(run.uri.encode()).hexdigest()[:12]
     actor = ray.remote(num_cpus=0)(Driver).options(
-        name=name, namespace="lion-distill", lifetime="detached", get_if_exists=True
+        name=name, namespace="lion-distill", lifetime="detached", get_if_exists=True, **on_driver_node()
     ).remote(run.uri, initial)
     ray.get(actor.reload.remote())
     return actor

@@ -1,5 +1,5 @@
 """Long-lived engines (engine.llm.serving): which roles share an engine, the request and
-reply mapping, the GPU plan (milliseconds, no Ray); then one job block on the shared Ray
+reply mapping (milliseconds, no Ray); then one job block on the shared Ray
 cluster with real Ray Serve LLM engines of the tiny LLaMA: sharing, structured output,
 logprobs, finish reasons, an engine killed mid-stage, and nothing left after a failure."""
 import json
@@ -13,7 +13,7 @@ import pytest
 from engine.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
 from engine.llm.responses import PROMPT_COL, encode_prompt
 from engine.llm.serve_backend import IN, RETRY, serve_request, serve_response
-from engine.llm.serving import gpu_plan, engine_key
+from engine.llm.serving import engine_key
 
 ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": ""} for i in range(12)]
 
@@ -73,20 +73,6 @@ def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
     refused = serve_response({**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t",
                              with_logprobs=False)
     assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
-
-
-def test_gpu_plan_keep_needs_room_for_everything_release_for_each_phase():
-    big = role(model="/70b", parallelism=Parallelism(tensor_parallel_size=4, replicas=2))
-    roles = {"teacher": big, "referee": big, "generator": big,
-             "student": role(model="/7b", parallelism=Parallelism(replicas=8))}
-    plan = gpu_plan(roles, ("student",), train_gpus=8, cluster_gpus=24, during_training="keep")
-    assert plan["frozen_engine_gpus"] == 8 and plan["peak_gpus"] == 16 and plan["problem"] is None  # one 70B engine
-    # Training on 16 GPUs beside the frozen engine's 8 needs 24; stopping the engines for it needs 16.
-    assert "during_training: release" in gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=16,
-                                                  during_training="keep")["problem"]
-    assert gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=16, during_training="release")["problem"] is None
-    assert "per_stage" in gpu_plan(roles, ("student",), train_gpus=16, cluster_gpus=12,
-                                   during_training="release")["problem"]
 
 
 def test_an_iterations_engine_starts_add_up_over_its_stages_and_its_evaluation(tmp_path):

@@ -1,7 +1,7 @@
 """GPU placement of shared engines without GPUs: a Ray instance that declares 16 GPUs
 (`num_gpus=16`) reserves what Ray Serve LLM would ask for each engine of
 configs/lion-7b-vllm.yaml (placement groups from LLMServer.get_deployment_options, one per
-replica) and the training workers, and gpu_plan's verdict matches what Ray can place."""
+replica) and the training workers, and fit_problem's verdict matches what Ray can place."""
 import json
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.util.placement_group import placement_group, remove_placement_group
 from engine.config import load_config
 from engine.llm.serve_backend import llm_config
-from engine.llm.serving import gpu_plan
+from engine.llm.fit import cluster_gpus, fit_problem, gpu_plan
 
 ray.init(num_cpus=16, num_gpus=int(sys.argv[2]), include_dashboard=False)  # a CPU per replica actor
 cfg = load_config("configs/lion-7b-vllm.yaml", ["serving=shared"])
@@ -33,13 +33,15 @@ def reserve(role):
     return groups, all(g.wait(10) for g in groups)
 
 train = [{"GPU": cfg.train.gpus_per_worker}] * cfg.train.num_workers
-plan = gpu_plan(roles, ("student",), len(train) * cfg.train.gpus_per_worker, ray.cluster_resources()["GPU"], "keep")
+plan = gpu_plan(roles, ("student",), len(train) * cfg.train.gpus_per_worker, "keep")
+problem = fit_problem(roles, ("student",), train_workers=len(train), gpus_per_worker=cfg.train.gpus_per_worker,
+                      cluster=cluster_gpus(), during_training="keep")
 frozen, frozen_ok = reserve(roles["teacher"])
 student, student_ok = reserve(roles["student"])
 for g in student:  # the student's engine stops before training (its model is about to change)
     remove_placement_group(g)
 training_ok = placement_group(train).wait(10)
-print(json.dumps({"problem": plan["problem"], "peak": plan["peak_gpus"], "frozen": frozen_ok,
+print(json.dumps({"problem": problem, "peak": plan["peak_gpus"], "frozen": frozen_ok,
                   "student": student_ok, "training": training_ok}))
 '''
 
@@ -47,7 +49,7 @@ print(json.dumps({"problem": plan["problem"], "peak": plan["peak_gpus"], "frozen
 @pytest.mark.ray
 @pytest.mark.serve
 @pytest.mark.parametrize("gpus", [16, 8])
-def test_gpu_plan_matches_what_ray_places_on_declared_gpus(tiny_models, gpus):
+def test_the_fit_check_matches_what_ray_places_on_declared_gpus(tiny_models, gpus):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_models.llama), str(gpus)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -119,7 +119,10 @@ class ServingConfig(Strict):
     # for both); release: every engine stops before training and starts again after.
     during_training: Literal["keep", "release"] = "keep"
     retries: int = Field(3, ge=0)  # re-sends of the requests an engine lost (it died) before they fail
-    ready_timeout_s: PositiveFloat = 900.0  # how long an engine may take to (re)start
+    # How long an engine may take to start (its first start included: GPUs to free up, the
+    # model to download and load) or to restart; past it the stage ends with a line naming the
+    # role and what it waited for, and the run stays resumable.
+    ready_timeout_s: PositiveFloat = 900.0
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +207,10 @@ class TrainConfig(Strict):
     # state, two kept) are deleted; true keeps them.
     keep_checkpoints: bool = False
     max_failures: int = Field(2, ge=0)
+    # How long the training workers may wait for their resources (GPUs busy, the autoscaler
+    # adding nodes); past it the stage ends naming what they waited for (Ray Train alone
+    # would wait on, retrying forever).
+    start_timeout_s: PositiveFloat = 600.0
     seed: int = 42
 
 

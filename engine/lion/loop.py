@@ -115,7 +115,8 @@ def run(cfg: RunConfig) -> dict:
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     if cfg.eval is not None:
         roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
-    with job_engines(roles, cfg.serving, run_id=rundir.uri, train_gpus=cfg.train.num_workers * cfg.train.gpus_per_worker):
+    with job_engines(roles, cfg.serving, run_id=rundir.uri, train_workers=cfg.train.num_workers,
+                     gpus_per_worker=cfg.train.gpus_per_worker):
         state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
                            outputs={"student_model": cfg.student.model}, report=write_report)
     write_report(rundir)

@@ -16,6 +16,7 @@ import time
 import ray
 
 from engine.config.models import OpenAIEndpoint
+from engine.driver_node import on_driver_node
 from engine.llm.ratelimit import Admission, LeasedGate
 
 NAMESPACE = "engine-llm"
@@ -61,10 +62,12 @@ class RayGate:
 def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None, spent_usd: float = 0.0) -> LeasedGate:
     """The endpoint's gate, created by the first caller; its limits are the first caller's.
     Detached: it outlives the stage that made it (a non-detached gate died with its
-    creator's handle, between stages or under a stage that had just fetched it).
+    creator's handle, between stages or under a stage that had just fetched it); on the
+    caller's node, the driver's (engine.driver_node), never on a worker that may go away.
     With `job`, the job's budget (`endpoint.budget_usd`) starts from `spent_usd` or what the
     gate already counted for it, whichever is more."""
-    handle = GateActor.options(name=gate_name(endpoint, model), namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(
+    handle = GateActor.options(name=gate_name(endpoint, model), namespace=NAMESPACE, get_if_exists=True,
+                               lifetime="detached", **on_driver_node()).remote(
         endpoint.requests_per_minute, endpoint.tokens_per_minute)
     if job is not None:
         ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd))

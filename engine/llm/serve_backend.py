@@ -23,7 +23,7 @@ from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 from engine.config.models import RoleConfig
 from engine.llm.openai_client import parse_completion, request_body
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
-from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs
+from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs, engine_placement
 
 log = logging.getLogger("engine.llm")
 
@@ -53,21 +53,21 @@ def serve_engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
 
 
 def llm_config(role: RoleConfig, *, gpu: bool):
-    """The Ray Serve LLM config of one engine: `replicas` copies of the model, each over
-    `tensor_parallel_size` GPUs (one CPU bundle without GPUs)."""
+    """The Ray Serve LLM config of one engine: `replicas` copies of the model, each in its
+    engine_placement (`tensor_parallel_size` GPUs on one node; one CPU bundle without GPUs)."""
     from ray.serve.llm import LLMConfig, ModelLoadingConfig
 
     replicas = role.parallelism.replicas
     deployment = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}}
     extra = {}
     if not gpu:
-        # The engine schedules only on an explicit CPU bundle; the replica actor shares it
-        # (its own CPU would be added to the bundle), and vLLM's Ray metrics are off as
-        # for the per-stage engines.
+        # The replica actor shares the engine's CPU bundle (its own CPU would be added to it),
+        # and vLLM's Ray metrics are off as for the per-stage engines.
         deployment["ray_actor_options"] = {"num_cpus": 0}
-        extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False}
+        extra = {"log_engine_metrics": False}
     return LLMConfig(model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
-                     deployment_config=deployment, engine_kwargs=serve_engine_kwargs(role, gpu), **extra)
+                     deployment_config=deployment, engine_kwargs=serve_engine_kwargs(role, gpu),
+                     placement_group_config=engine_placement(role, gpu, cpus_per_rank=0), **extra)
 
 
 def serve_request(row: dict, *, chat: bool, role: RoleConfig, model_id: str, structured_output: dict | None,

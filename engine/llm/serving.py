@@ -16,8 +16,9 @@ in `engine_start_s`). Outside a block, or with `mode: per_stage`, each call star
 stops its own engines as before.
 
 Nothing outlives the job: the block deletes its Serve applications on exit, on an
-exception and on SIGTERM; a detached reaper actor deletes them when the job's driver dies
-without cleaning up (SIGKILL, a lost head node process); and a job entering a block for
+exception and on SIGTERM; a detached reaper actor on the driver's node deletes them once
+the GCS records the job as ended without having cleaned up (SIGKILL, a lost driver
+process): the job's status decides, never a failed call; and a job entering a block for
 the same run first deletes what a dead job of that run left. Applications are named
 `lion-<run hash>-<engine hash>`.
 """
@@ -34,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from engine.config.models import RoleConfig, ServingConfig
+from engine.driver_node import job_finished, on_driver_node, this_job
+from engine.llm.fit import PlanDoesNotFit, WaitedTooLong, cluster_gpus, engine_gpus, fit_problem
 
 log = logging.getLogger("engine.llm")
 
@@ -59,32 +62,6 @@ def engine_key(role: RoleConfig, gpu: bool) -> str:
 
     spec = {"model": role.model, "engine": serve_engine_kwargs(role, gpu), "replicas": role.parallelism.replicas}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def engine_gpus(role: RoleConfig) -> int:
-    return role.parallelism.tensor_parallel_size * role.parallelism.replicas
-
-
-def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
-             cluster_gpus: float, during_training: str) -> dict:
-    """The GPUs the job's engines and training hold at once, and `problem` (None, or why
-    they do not fit the cluster's GPUs now). `keep`: frozen engines stay up through
-    training, so they must fit beside it; `release`: they stop for training, so each phase
-    fits alone. A problem is a warning, not an error: an autoscaling cluster may grow."""
-    vllm = {name: r for name, r in roles.items() if r.backend == "vllm"}
-    frozen = sum({engine_key(r, True): engine_gpus(r) for name, r in vllm.items() if name not in per_iteration}.values())
-    student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
-    serving, training = frozen + student, train_gpus + (frozen if during_training == "keep" else 0)
-    plan = {"frozen_engine_gpus": frozen, "student_engine_gpus": student, "train_gpus": train_gpus,
-            "cluster_gpus": cluster_gpus, "peak_gpus": max(serving, training), "problem": None}
-    if plan["peak_gpus"] > cluster_gpus:
-        hint = ("set serving.during_training: release (engines stop while the student trains)"
-                if during_training == "keep" and serving <= cluster_gpus and train_gpus <= cluster_gpus
-                else "use fewer replicas or training workers, more GPUs, or serving: per_stage")
-        plan["problem"] = (f"the job holds {plan['peak_gpus']:g} GPUs at once ({frozen} for the frozen engines, "
-                           f"{student} for the student's, {train_gpus:g} for training, during_training="
-                           f"{during_training}) but the cluster has {cluster_gpus:g}: {hint}")
-    return plan
 
 
 @dataclass
@@ -147,31 +124,55 @@ class JobEngines:
     # --- lifetimes ----------------------------------------------------------------
 
     def _start(self, key: str, role: RoleConfig, role_name: str) -> Engine:
+        """Deploy the role's engine and wait, up to serving.ready_timeout_s, until it runs.
+        A failure a retry may fix (the engine died while it loaded) gets one more try."""
         from ray import serve
         from ray.serve.llm import build_llm_deployment
 
+        from engine.llm.engine_start import EngineFailure, EngineStartFailed, wait_running
         from engine.llm.serve_backend import DEPLOYMENT, llm_config
         from engine.llm.serve_server import JobLLMServer
 
         app = self.prefix + key
+        try:  # Serve LLM checks engine argument names here, before anything starts
+            config = llm_config(role, gpu=self.gpu)
+            deployment = build_llm_deployment(config, deployment_cls=JobLLMServer,
+                                              override_serve_options={"name": DEPLOYMENT})
+        except (ValueError, TypeError) as exc:
+            raise EngineStartFailed(role_name, role.model, EngineFailure(f"{type(exc).__name__}: {exc}", True)) from exc
         self._track(app, add=True)
         log.info("starting engine %s for %s (%s)", app, role_name, role.model)
         begin = time.perf_counter()
-        for attempt in (1, 2):  # one more try: an engine may die while it starts (an OOM kill)
+        for attempt in (1, 2):
+            serve.run_many([serve.RunTarget(deployment, name=app, route_prefix=None)],
+                           wait_for_applications_running=False)
             try:
-                serve.run(build_llm_deployment(llm_config(role, gpu=self.gpu), deployment_cls=JobLLMServer,
-                                               override_serve_options={"name": DEPLOYMENT}),
-                          name=app, route_prefix=None, blocking=False)
+                failure = wait_running(app, self.serving.ready_timeout_s,
+                                       lambda scheduling: self._waited(app, role, role_name, scheduling))
+            except BaseException:
+                serve.delete(app)  # nothing half-started is left holding GPUs
+                raise
+            if failure is None:
                 break
-            except RuntimeError as exc:
-                if attempt == 2:
-                    raise
-                log.warning("engine %s failed to start (%s); starting it again", app, exc)
-                serve.delete(app)
+            serve.delete(app)
+            if failure.permanent or attempt == 2:
+                raise EngineStartFailed(role_name, role.model, failure)
+            log.warning("engine %s failed to start (%s); starting it again", app, failure.cause)
         seconds = time.perf_counter() - begin
         self.starts.append((role_name, seconds, role.parallelism.replicas))
         log.info("engine %s up in %.1f s", app, seconds)
         return Engine(app, role.model)
+
+    def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
+        """The deadline passed: which role waited, for what, and what the cluster has."""
+        from engine.llm.vllm_backend import engine_placement
+
+        placement = engine_placement(role, self.gpu, cpus_per_rank=0)
+        asked = (f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}"
+                 f"{', ' + placement['strategy'] + ' (one node)' if placement.get('strategy') == 'STRICT_PACK' else ''}")
+        what = "its engine's resources" if scheduling else "its engine to start"
+        raise WaitedTooLong(f"{role_name} ({app})", asked, self.serving.ready_timeout_s, cluster_gpus().describe(),
+                            what=what)
 
     def _stop(self, key: str) -> None:
         from ray import serve
@@ -213,9 +214,9 @@ class JobEngines:
         except ValueError:
             pass  # no reaper left: the last job of this run ended cleanly
         delete_apps(self.prefix)
-        anchor = ray.remote(num_cpus=0)(_Anchor).remote()
         self._reaper = ray.remote(num_cpus=0)(_Reaper).options(
-            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached").remote(anchor, self.prefix)
+            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached", **on_driver_node()
+        ).remote(this_job(), self.prefix)
         self._reaper.watch.remote()
 
     def close(self) -> None:
@@ -249,19 +250,13 @@ def delete_apps(prefix: str) -> list[str]:
     return apps
 
 
-class _Anchor:
-    """Owned by the job's driver, so it dies with it: the reaper watches it."""
-
-    def ping(self) -> bool:
-        return True
-
-
 class _Reaper:
-    """A detached actor that deletes a job's Serve applications once the job's driver is
-    gone without deleting them itself."""
+    """A detached actor on the driver's node that deletes a job's Serve applications once the
+    GCS records the job as ended (engine.driver_node) without it having deleted them itself.
+    A job table it cannot read now is no verdict: it asks again."""
 
-    def __init__(self, anchor, prefix: str):
-        self.anchor, self.prefix, self.apps = anchor, prefix, set()
+    def __init__(self, job_id: str, prefix: str):
+        self.job_id, self.prefix, self.apps = job_id, prefix, set()
 
     def track(self, app: str, add: bool) -> None:
         (self.apps.add if add else self.apps.discard)(app)
@@ -269,33 +264,34 @@ class _Reaper:
     async def watch(self) -> None:
         import ray
 
-        while True:
-            try:
-                await self.anchor.ping.remote()
-            except ray.exceptions.RayActorError:
-                break
-            await asyncio.sleep(REAPER_POLL_S)
+        await self.job_ended()
         await asyncio.get_running_loop().run_in_executor(None, delete_apps, self.prefix)
         ray.actor.exit_actor()
+
+    async def job_ended(self) -> None:
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, job_finished, self.job_id) is not True:
+            await asyncio.sleep(REAPER_POLL_S)
 
 
 @contextmanager
 def job_engines(roles: dict[str, RoleConfig], serving: ServingConfig, *, run_id: str,
-                per_iteration: tuple[str, ...] = ("student",), train_gpus: float = 0.0):
+                per_iteration: tuple[str, ...] = ("student",), train_workers: int = 0, gpus_per_worker: float = 0.0):
     """The block a job runs its stages in (see the module docstring). `roles`: every role of
-    the job by name; `run_id`: the run directory, which names the job's applications."""
+    the job by name; `run_id`: the run directory, which names the job's applications. Raises
+    PlanDoesNotFit, before any engine starts, when the engines and training (`train_workers`
+    x `gpus_per_worker`) cannot hold their GPUs at once (engine.llm.fit)."""
     global _active
-    import ray
-
     if _active is not None:
         raise RuntimeError("job_engines blocks do not nest: one job, one set of engines")
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    engines = JobEngines(run_id, serving, per_iteration, gpu=cluster_gpus > 0)
+    cluster = cluster_gpus()
+    engines = JobEngines(run_id, serving, per_iteration, gpu=cluster.total > 0)
+    problem = fit_problem(roles, per_iteration, train_workers=train_workers, gpus_per_worker=gpus_per_worker,
+                          cluster=cluster, during_training=serving.during_training, mode=serving.mode)
+    if problem:
+        raise PlanDoesNotFit(problem)
     uses_vllm = any(r.backend == "vllm" for r in roles.values())
     if engines.shared and uses_vllm:
-        if engines.gpu:
-            plan = gpu_plan(roles, per_iteration, train_gpus, cluster_gpus, serving.during_training)
-            (log.warning if plan["problem"] else log.info)("serving: %s", plan["problem"] or plan)
         engines.open()
     previous = _exit_on_sigterm()
     _active = engines

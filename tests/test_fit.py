@@ -1,0 +1,79 @@
+"""Does the plan fit the cluster's GPUs (engine.llm.fit), in milliseconds without Ray; and, on
+a cluster of fake-GPU raylets, a Lion job whose plan cannot fit ends with one line, before any
+engine starts."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config.models import Parallelism, RoleConfig
+from engine.llm.fit import ClusterGpus, fit_problem, gpu_plan
+from tests.fixtures.gpu_cluster import GPUS_PER_NODE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def role(model, tp=1, replicas=1, backend="vllm") -> RoleConfig:
+    return RoleConfig(backend=backend, model=model, parallelism=Parallelism(tensor_parallel_size=tp, replicas=replicas))
+
+
+BIG = role("/70b", tp=4, replicas=2)
+ROLES = {"teacher": BIG, "referee": BIG, "generator": BIG, "student": role("/7b", replicas=8)}
+
+
+def fits(cluster_gpus, train_workers, during_training, per_node=8, mode="shared", autoscaler=None, roles=ROLES):
+    return fit_problem(roles, ("student",), train_workers=train_workers, gpus_per_worker=1.0,
+                       cluster=ClusterGpus(cluster_gpus, cluster_gpus, per_node, autoscaler),
+                       during_training=during_training, mode=mode)
+
+
+def test_keep_needs_room_for_everything_release_for_each_phase():
+    plan = gpu_plan(ROLES, ("student",), train_gpus=8, during_training="keep")
+    assert plan["frozen_engine_gpus"] == 8 and plan["peak_gpus"] == 16  # one 70B engine for three roles
+    assert fits(24, 8, "keep") is None
+    # Training on 16 GPUs beside the frozen engine's 8 needs 24; stopping the engines for it needs 16.
+    line = fits(16, 16, "keep")
+    assert "during_training: release" in line and "\n" not in line
+    assert "teacher+referee+generator 2 x TP 4 = 8" in line and "student 8 x TP 1 = 8" in line
+    assert "training 16 workers x 1 GPU = 16" in line and "the cluster has 16 GPUs" in line
+    assert fits(16, 16, "release") is None
+    assert "fewer replicas" in fits(12, 16, "release")
+
+
+def test_per_stage_engines_hold_one_engine_at_a_time_and_the_autoscaler_counts():
+    assert fits(8, 8, "keep", mode="per_stage") is None  # the 70B's 8 or training's 8, never both
+    assert fits(8, 9, "keep", mode="per_stage") is not None
+    assert fits(8, 16, "release", autoscaler=32) is None  # the cluster may grow to 32
+    assert "up to 32 with the autoscaler" in fits(8, 40, "release", autoscaler=32)
+
+
+def test_a_tensor_parallel_engine_needs_its_gpus_on_one_node():
+    line = fits(16, 0, "release", per_node=2)
+    assert "teacher: TP 4 needs 4 GPUs on one node" in line and "at most 2 on one node" in line
+    assert fits(0, 0, "keep", per_node=0) is None  # no GPUs at all: every engine runs on CPU
+
+
+OVER_ASKING = ["--set=serving=shared", "--set=teacher.parallelism.tensor_parallel_size=2",
+               "--set=referee.parallelism.replicas=2", "--set=train.num_workers=2", "--set=train.gpus_per_worker=1",
+               "--set=eval=null"]
+
+
+@pytest.mark.ray
+@pytest.mark.serve  # in the Serve session, which starts the fake-GPU cluster anyway
+def test_an_over_asking_plan_ends_in_one_line_within_60_s(gpu_cluster, tiny_models, tmp_path):
+    # Frozen engines: the teacher's 1 x TP 2, the referee's 2 x TP 1, the generator's 1 x TP 1 (the
+    # student is hf: no engine), kept beside 2 training workers of a GPU each: 7 GPUs at once, on a
+    # cluster of 2 nodes x 2. Each alone fits, so only the sum can refuse it.
+    begin = time.monotonic()
+    proc = subprocess.run([sys.executable, "jobs/lion.py", "--config", "configs/demo.yaml",
+                           f"--set=run_dir={tmp_path / 'run'}", *OVER_ASKING], cwd=REPO, env=gpu_cluster.env,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - begin
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert seconds < 60 and len(errors) == 1, proc.stderr[-3000:]
+    assert f"the cluster has {2 * GPUS_PER_NODE} GPUs" in errors[0] and "training 2 workers x 1 GPU = 2" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "iter_0" / "imitation").exists()  # nothing started
