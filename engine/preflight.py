@@ -7,12 +7,12 @@ once, one line each, so a run fails in seconds instead of at the stage that need
 Checks: input files exist and parse (with rows left to use; an evaluation's questions with a
 reference answer each, and a student in each Lion run it evaluates); an API role's key variable is
 set; a local role's model folder exists (a name that is no folder is said to be a hub name,
-which only works where the hub is reachable); the run directory is writable.
+which only works where the hub is reachable); the run directory is writable (a local path or an
+object store URI) and, once joined, the same folder on every node (engine.data.rundir_checks).
 """
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Iterator
 
 from pydantic import BaseModel
@@ -97,17 +97,9 @@ def eval_problems(name: str, cfg: EvalConfig) -> list[str]:
 
 
 def run_dir_problems(run_dir: str) -> list[str]:
-    if "://" in run_dir:
-        return []  # a remote filesystem: its credentials are checked by its first write
-    probe = os.path.join(run_dir, f".preflight-{uuid.uuid4().hex[:8]}")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        return [f"run_dir: {run_dir} is not writable ({e.strerror or e})"]
-    return []
+    from engine.data.rundir_checks import writable_problems
+
+    return writable_problems(run_dir)  # a local path or an object store URI alike
 
 
 def preflight(cfg: BaseModel, env=os.environ) -> list[str]:
@@ -128,7 +120,10 @@ def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
     """What the joined cluster lacks: GPUs for training workers and, where the cluster has GPUs
     (local roles run on CPU otherwise), for the largest local role (tensor parallel x replicas;
     stages run one at a time)."""
+    from engine.data.rundir_checks import unshared_problems
+
     gpus, cpus, problems = resources.get("GPU", 0), resources.get("CPU", 0), []
+    problems += unshared_problems(cfg.run_dir) if getattr(cfg, "run_dir", None) else []  # every node sees it
     train = getattr(cfg, "train", None)
     if train is not None and train.gpus_per_worker:
         need = train.num_workers * train.gpus_per_worker

@@ -3,12 +3,23 @@ and `completions_dict`, which take an OpenAI request body and give back the repl
 plain dict. The OpenAI request and reply classes are vLLM's: a stage's Ray Data actor that
 sends or receives them imports vLLM (8.7 s measured on this machine's two cores, every
 stage, as the actor is new each time); with plain dicts only the replica, which has vLLM
-loaded anyway, does (benchmarks/serve_throughput.py)."""
+loaded anyway, does (benchmarks/serve_throughput.py).
+
+A model in an object store (a student exported into an `s3://` run directory) is loaded from
+the replica's node's copy (engine.data.remote), not by Ray's own bucket download, which knows
+only some schemes and none of a pyarrow URI's options."""
+import asyncio
+
 from ray.serve.llm import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from engine.data.remote import is_uri, local_model
+
 
 class JobLLMServer(LLMServer):
+    async def __init__(self, llm_config, **kwargs):
+        await super().__init__(await asyncio.to_thread(with_local_model, llm_config), **kwargs)
+
     async def chat_dict(self, body: dict):
         async for reply in await self.chat(ChatCompletionRequest(**_own_fields(body))):
             yield reply.model_dump()
@@ -16,6 +27,15 @@ class JobLLMServer(LLMServer):
     async def completions_dict(self, body: dict):
         async for reply in await self.completions(CompletionRequest(**_own_fields(body))):
             yield reply.model_dump()
+
+
+def with_local_model(llm_config):
+    """The config with its model source on this node's disk (the served model id unchanged)."""
+    loading = llm_config.model_loading_config
+    if not isinstance(loading.model_source, str) or not is_uri(loading.model_source):
+        return llm_config
+    local = loading.model_copy(update={"model_source": local_model(loading.model_source)})
+    return llm_config.model_copy(update={"model_loading_config": local})
 
 
 def _own_fields(body: dict) -> dict:

@@ -175,7 +175,7 @@ def train_method(cfg: StepByStepConfig, run: RunDir, method: str, fraction: floa
         label_accuracy, inputs=[v["input"] for v in valid], labels=[v["label"] for v in valid], task=task.name,
         batch_size=s.batch_size, max_new_tokens=s.max_new_tokens, max_model_len=cfg.train.max_length))
     result = train_seq2seq_multitask(cfg.train.model_copy(update={"epochs": epochs}), s.model, _dataset(rows),
-                                     run.path(slug, "model"), name=slug.replace("/", "-"),
+                                     run.uri_of(slug, "model"), name=slug.replace("/", "-"),
                                      task="multitask" if method == "step_by_step" else "standard", validation=validation)
     # Ray Train's checkpoints hold optimizer state (twice the model); only an unfinished stage needs them.
     shutil.rmtree(run.path(slug, "ray_train"), ignore_errors=True)

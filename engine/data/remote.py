@@ -1,0 +1,64 @@
+"""Models in an object store (any pyarrow filesystem URI: s3://, gs://, hdfs://...): each node
+that loads one downloads it once into a local cache and loads it from there.
+
+    model = local_model("s3://bucket/runs/x/iter_0/imitation/student")   # -> ~/.cache/lion-distill/models/<key>
+    AutoModelForCausalLM.from_pretrained(model)
+
+A local folder or a hub id comes back as it is. Every loader of a model calls this where it
+runs (an engine replica, a generation actor, a training worker, the tokenising tasks), so a
+student exported into an `s3://` run directory is loaded on whichever node needs it; nothing
+assumes the driver's disk is shared.
+
+The cache key is the URI and the listing of its files (names, sizes, modification times): a
+re-exported student (a resumed imitation) is downloaded again, an unchanged one never twice.
+Loaders on one node take a file lock, so the first downloads and the others wait and reuse
+it; a download goes to a temporary folder renamed into place, so a killed one leaves nothing
+that looks complete. `LION_MODEL_CACHE` moves the cache (default ~/.cache/lion-distill/models;
+a run's students stay there until removed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+CACHE_ENV = "LION_MODEL_CACHE"
+
+
+def is_uri(path: str) -> bool:
+    """A location on a pyarrow filesystem other than this node's disk."""
+    return "://" in path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lion-distill" / "models")
+
+
+def local_model(model: str) -> str:
+    """A model folder on this node: `model` itself unless it is a URI, else its local copy
+    (downloaded now if this node has none of this version)."""
+    if not is_uri(model):
+        return model
+    import pyarrow.fs as pafs
+    from filelock import FileLock
+
+    fs, path = pafs.FileSystem.from_uri(model)
+    files = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    if not any(f.type == pafs.FileType.File for f in files):
+        raise FileNotFoundError(f"{model}: no model files there")
+    listing = sorted((f.path, f.size, f.mtime_ns) for f in files if f.type == pafs.FileType.File)
+    key = hashlib.sha256(json.dumps([model, listing]).encode()).hexdigest()[:16]
+    target = cache_root() / key
+    if target.is_dir():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not target.is_dir():  # another loader on this node may have fetched it while we waited
+            staging = Path(f"{target}.tmp-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            pafs.copy_files(path, str(staging), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            os.replace(staging, target)
+    return str(target)
