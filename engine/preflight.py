@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig
+from engine.data.remote import is_uri, model_problems
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
@@ -53,6 +54,8 @@ def role_problems(name: str, role: RoleConfig, env=os.environ) -> list[str]:
         return []
     if os.path.isdir(role.model):
         return []
+    if is_uri(role.model):  # in an object store: each node that loads it downloads it (engine.data.remote)
+        return model_problems(f"{name}.model", role.model)
     if role.model.startswith((".", "/", "~")) or os.sep in role.model.strip("/").split("/", 1)[-1]:
         return [f"{name}.model: {role.model!r} does not exist (a local model folder was expected)"]
     return [f"{name}.model: {role.model!r} is no local folder, so it is a model hub name: the run needs the hub "

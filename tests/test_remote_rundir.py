@@ -103,3 +103,18 @@ def test_serve_replica_loads_a_model_in_s3_from_its_nodes_copy(s3_bucket, tiny_m
     assert local.model_id == uri and local.model_source.startswith(str(tmp_path / "cache"))
     local_config = LLMConfig(model_loading_config=ModelLoadingConfig(model_id="m", model_source=str(tiny_models.llama)))
     assert with_local_model(local_config) is local_config
+
+
+def test_preflight_accepts_a_model_in_s3_only_where_one_is(s3_bucket, tiny_models):
+    from engine.config.models import RoleConfig
+    from engine.preflight import role_problems
+
+    uri = f"{s3_bucket}/run/iter_0/imitation/student"
+    _upload(tiny_models.llama, uri)
+    assert role_problems("student", RoleConfig(backend="hf", model=uri)) == []
+    empty = f"{s3_bucket}/run/iter_1/imitation/student"
+    assert role_problems("student", RoleConfig(backend="hf", model=empty)) == [
+        f"student.model: {empty} has no config.json (a Hugging Face model folder was expected)"]
+    unreachable = f"{s3_bucket}/m?endpoint_override=127.0.0.1:9&scheme=http"  # nothing listens on port 9
+    (problem,) = role_problems("student", RoleConfig(backend="hf", model=unreachable))
+    assert problem.startswith(f"student.model: {unreachable} cannot be read (")

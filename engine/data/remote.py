@@ -36,6 +36,19 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lion-distill" / "models")
 
 
+def model_problems(field: str, model: str) -> list[str]:
+    """A model at a URI, checked from where the driver stands: a Hugging Face folder (its
+    config.json) is there, and the endpoint and credentials reach it."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(model)
+        found = fs.get_file_info(f"{path.rstrip('/')}/config.json").type == pafs.FileType.File
+    except (OSError, ValueError) as e:
+        return [f"{field}: {model} cannot be read ({str(e).strip().splitlines()[0]})"]
+    return [] if found else [f"{field}: {model} has no config.json (a Hugging Face model folder was expected)"]
+
+
 def local_model(model: str) -> str:
     """A model folder on this node: `model` itself unless it is a URI, else its local copy
     (downloaded now if this node has none of this version)."""
