@@ -2,6 +2,7 @@
 loopback (tests/fixtures/s3_server.py); no Ray. The Lion iteration on an s3:// run directory is
 in test_remote_lion.py."""
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,7 +36,7 @@ def _upload(folder, uri: str) -> None:
 
 def test_a_model_in_s3_is_downloaded_once_per_node_and_again_when_it_changes(s3_bucket, tiny_models, tmp_path,
                                                                               monkeypatch):
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     uri = f"{s3_bucket}/run/iter_0/imitation/student"
@@ -59,6 +60,10 @@ def test_a_model_in_s3_is_downloaded_once_per_node_and_again_when_it_changes(s3_
     again = local_model(uri)
     assert again != paths[0] and len(downloads) == 2 and (pafs.LocalFileSystem().get_file_info(
         f"{again}/generation_config.json").size == len(b'{"do_sample": true}'))
+    tokenizer = local_model(uri, tokenizer_only=True)  # for a process that only tokenises: no weights
+    assert tokenizer != again and (Path(again) / "model.safetensors").is_file()
+    assert {p.name for p in Path(tokenizer).iterdir()} == {p.name for p in Path(again).iterdir()} - {"model.safetensors"}
+    assert AutoTokenizer.from_pretrained(tokenizer).vocab_size > 0
     assert local_model(str(tiny_models.llama)) == str(tiny_models.llama) and local_model("org/name") == "org/name"
     with pytest.raises(FileNotFoundError, match="no model files"):
         local_model(f"{s3_bucket}/nothing/here")

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 CACHE_ENV = "LION_MODEL_CACHE"
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
 def is_uri(path: str) -> bool:
@@ -49,20 +50,22 @@ def model_problems(field: str, model: str) -> list[str]:
     return [] if found else [f"{field}: {model} has no config.json (a Hugging Face model folder was expected)"]
 
 
-def local_model(model: str) -> str:
+def local_model(model: str, *, tokenizer_only: bool = False) -> str:
     """A model folder on this node: `model` itself unless it is a URI, else its local copy
-    (downloaded now if this node has none of this version)."""
+    (downloaded now if this node has none of this version). `tokenizer_only`: all but the
+    weight files, for a process that only tokenises (no 14 GB of LLaMA-7B on a CPU node)."""
     if not is_uri(model):
         return model
     import pyarrow.fs as pafs
     from filelock import FileLock
 
     fs, path = pafs.FileSystem.from_uri(model)
-    files = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    if not any(f.type == pafs.FileType.File for f in files):
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = [f for f in infos if f.type == pafs.FileType.File and not (tokenizer_only and f.path.endswith(WEIGHTS))]
+    if not files:
         raise FileNotFoundError(f"{model}: no model files there")
-    listing = sorted((f.path, f.size, f.mtime_ns) for f in files if f.type == pafs.FileType.File)
-    key = hashlib.sha256(json.dumps([model, listing]).encode()).hexdigest()[:16]
+    listing = sorted((f.path, f.size, f.mtime_ns) for f in files)
+    key = hashlib.sha256(json.dumps([model, tokenizer_only, listing]).encode()).hexdigest()[:16]
     target = cache_root() / key
     if target.is_dir():
         return str(target)
@@ -72,6 +75,13 @@ def local_model(model: str) -> str:
             staging = Path(f"{target}.tmp-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            pafs.copy_files(path, str(staging), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            local = pafs.LocalFileSystem()
+            if tokenizer_only:
+                for f in files:
+                    dest = staging / f.path[len(path.rstrip("/")) + 1:]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    pafs.copy_files(f.path, str(dest), source_filesystem=fs, destination_filesystem=local)
+            else:  # the whole folder in one call: pyarrow fetches the weight shards in parallel
+                pafs.copy_files(path, str(staging), source_filesystem=fs, destination_filesystem=local)
             os.replace(staging, target)
     return str(target)

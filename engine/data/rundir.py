@@ -36,7 +36,7 @@ class RunDir:
         """A path inside the run directory as another process opens it: an absolute local path,
         or the full URI, scheme and query (an endpoint, a region) kept. What goes into a
         config, a state file or an actor, so a loader on any node finds the same thing."""
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if self.is_local:
             return self.path(*parts)
         base, sep, query = self.uri.partition("?")
         return "/".join([base.rstrip("/"), *parts]) + sep + query

@@ -41,6 +41,15 @@ def _sees(path: str, token: str) -> bool:
         return False
 
 
+def _answer(ref) -> bool:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError:  # the node's worker died on the way: it saw nothing
+        return False
+
+
 def unshared_problems(run_dir: str, timeout_s: float = SHARED_TIMEOUT_S) -> list[str]:
     """One line per alive node of the joined cluster that cannot read a marker the driver
     wrote into the (local) run directory; [] for a URI, or without Ray."""
@@ -64,7 +73,7 @@ def unshared_problems(run_dir: str, timeout_s: float = SHARED_TIMEOUT_S) -> list
             where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]})"
             if ref not in done:
                 problems.append(f"run_dir: {where} did not answer within {timeout_s:g} s whether it sees {run_dir}")
-            elif not ray.get(ref):
+            elif not _answer(ref):
                 problems.append(f"run_dir: {run_dir} is not shared: {where} cannot see the marker the driver wrote "
                                 "there; mount it on every node (a shared filesystem) or use an object store URI "
                                 "(s3://...)")
