@@ -58,7 +58,7 @@ def test_a_run_directory_one_node_cannot_see_stops_the_job(two_nodes, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=two_nodes.cluster.env, cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     problems = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("run_dir:")]
-    assert problems == [f"run_dir: {run} is not shared: node 127.0.0.1 ({two_nodes.worker_node_id[:12]}) cannot see "
+    assert problems == [f"run_dir: {run} is not shared: node {two_nodes.worker_ip} ({two_nodes.worker_node_id[:12]}) cannot see "
                         "the marker the driver wrote there; mount it on every node (a shared filesystem) or use an "
                         "object store URI (s3://...)"], proc.stderr[-3000:]
     assert not (run / "state.json").exists() and [p.name for p in run.iterdir()] == []  # the marker is gone again
