@@ -12,13 +12,13 @@ reference answer each, a step-by-step task's files and its teacher's prompt (wit
 slot), a paper task's splits at their published sizes (unless data.allow_partial).
 Only a run needs: an API role's key variable set; a local role's model folder, or a hub
 name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
-student in each Lion run an evaluation names; a writable run directory. `--plan` prices a run
+student in each Lion run an evaluation names; a writable run directory (a local path or an object
+store URI) and, once joined, the same folder on every node (engine.data.rundir_checks). `--plan` prices a run
 whose run-only problems are not solved yet (no key handed out yet): it prints them as notes.
 """
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -40,6 +40,7 @@ class Checks:
     @property
     def problems(self) -> list[str]:
         return self.inputs + self.run
+from engine.data.remote import is_uri, model_problems
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
@@ -80,6 +81,9 @@ def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> 
             checks.run.append(f"{name}.{e}")
         return False
     if os.path.isdir(role.model):
+        return False
+    if is_uri(role.model):  # in an object store: each node that loads it downloads it (engine.data.remote)
+        checks.run += model_problems(f"{name}.model", role.model)
         return False
     if role.model.startswith((".", "/", "~")) or os.sep in role.model.strip("/").split("/", 1)[-1]:
         checks.run.append(f"{name}.model: {role.model!r} does not exist (a local model folder was expected)")
@@ -147,17 +151,9 @@ def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
 
 
 def run_dir_problems(run_dir: str) -> list[str]:
-    if "://" in run_dir:
-        return []  # a remote filesystem: its credentials are checked by its first write
-    probe = os.path.join(run_dir, f".preflight-{uuid.uuid4().hex[:8]}")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        return [f"run_dir: {run_dir} is not writable ({e.strerror or e})"]
-    return []
+    from engine.data.rundir_checks import writable_problems
+
+    return writable_problems(run_dir)  # a local path or an object store URI alike
 
 
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
@@ -191,7 +187,10 @@ def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
     """What the joined cluster lacks: GPUs for training workers and, where the cluster has GPUs
     (local roles run on CPU otherwise), for the largest local role (tensor parallel x replicas;
     stages run one at a time)."""
+    from engine.data.rundir_checks import unshared_problems
+
     gpus, cpus, problems = resources.get("GPU", 0), resources.get("CPU", 0), []
+    problems += unshared_problems(cfg.run_dir) if getattr(cfg, "run_dir", None) else []  # every node sees it
     train = getattr(cfg, "train", None)
     if train is not None and train.gpus_per_worker:
         need = train.num_workers * train.gpus_per_worker

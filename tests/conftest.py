@@ -1,7 +1,9 @@
 # Session-wide fixtures live in tests/fixtures/, one module each; import them here.
 from tests.fixtures.gpu_cluster import gpu_cluster  # noqa: F401
 from tests.fixtures.ray_cluster import ray_cluster  # noqa: F401
+from tests.fixtures.s3_server import s3_bucket, s3_server  # noqa: F401  (sets the S3 endpoint before any cluster starts)
 from tests.fixtures.tiny_models import tiny_models  # noqa: F401
+from tests.fixtures.two_nodes import two_nodes  # noqa: F401
 from tests.fixtures.vllm_server import vllm_server  # noqa: F401
 
 
@@ -11,7 +13,7 @@ def pytest_collection_modifyitems(items):
     import pytest
 
     for item in items:
-        if "ray_cluster" in item.fixturenames:
+        if {"ray_cluster", "two_nodes"} & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
         if "vllm_server" in item.fixturenames:
             item.add_marker(pytest.mark.vllm)

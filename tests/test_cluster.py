@@ -131,6 +131,105 @@ def test_launcher_config_rejects_mistakes(mutate, path, says):
     assert error is not None and error.startswith(f"{path}:") and says in error, error
 
 
+SHARED = "/mnt/shared"
+
+
+def bind_mounts(run_options: list[str]) -> dict[str, str]:
+    """`-v HOST:CONTAINER` docker options -> {container path: host path}."""
+    pairs = [o.split(maxsplit=1)[1].split(":")[:2] for o in run_options if o.startswith(("-v ", "--volume "))]
+    return {container: host for host, container in pairs}
+
+
+def docker_env(run_options: list[str]) -> dict[str, str]:
+    pairs = [o.split(maxsplit=1)[1].split("=", 1) for o in run_options if o.startswith(("--env ", "-e "))]
+    return dict(pairs)
+
+
+def on_shared_storage(path: str, mounts: dict[str, str]) -> bool:
+    """`path` (in a container) is on the filesystem every host mounts at SHARED."""
+    return any((path == c or path.startswith(c.rstrip("/") + "/")) and (h == SHARED or h.startswith(SHARED + "/"))
+               for c, h in mounts.items())
+
+
+def launcher_storage_problems(cfg: dict) -> list[str]:
+    """What keeps the launcher's job from running: every host mounts the shared filesystem,
+    every container sees it, and the job's run directory, student and hub cache are on it;
+    a model is downloaded once onto it, not onto one node's disk."""
+    problems = []
+    if not any(re.search(rf"\bmount\b.* {SHARED}$", c) for c in cfg.get("initialization_commands", [])):
+        problems.append(f"initialization_commands: no host mounts the shared filesystem at {SHARED}")
+    options = cfg["docker"].get("run_options", [])
+    mounts = bind_mounts(options)
+    if mounts.get(SHARED) != SHARED:
+        problems.append(f"docker.run_options: the containers do not see {SHARED}")
+    for name, node in cfg["available_node_types"].items():
+        if "docker" in node:
+            problems.append(f"available_node_types.{name}.docker: overrides the shared mounts")
+    job = load_job_config(cfg["metadata"]["job_entrypoint"])
+    for field, path in (("run_dir", job.run_dir), ("student.model", job.student.model),
+                        ("HF_HOME", docker_env(options).get("HF_HOME", "~/.cache/huggingface"))):
+        if not on_shared_storage(path, mounts):
+            problems.append(f"{field}: {path} is not on the shared filesystem in the containers")
+    downloads = [(key, c) for key, v in cfg.items() if key.endswith("setup_commands") for c in v if "download" in c]
+    downloads += [(f"{name}.worker_setup_commands", c) for name, node in cfg["available_node_types"].items()
+                  for c in node.get("worker_setup_commands", ()) if "download" in c]
+    for key, command in downloads:
+        target = re.search(r"--local-dir (\S+)", command)
+        if key != "head_setup_commands" or not target or not on_shared_storage(target[1], mounts):
+            problems.append(f"{key}: {command!r} must download once, from the head, onto the shared filesystem")
+    return problems
+
+
+def launcher_auth_problems(cfg: dict) -> list[str]:
+    env = docker_env(cfg["docker"].get("run_options", []))
+    problems = []
+    if env.get("RAY_AUTH_MODE") != "token":
+        problems.append("docker.run_options: RAY_AUTH_MODE=token is not set in the containers")
+    if env.get("RAY_AUTH_TOKEN_PATH") not in cfg.get("file_mounts", {}):
+        problems.append("file_mounts: the token file RAY_AUTH_TOKEN_PATH names is not copied to the nodes")
+    head = " ".join(cfg["head_start_ray_commands"])
+    if "--dashboard-host=0.0.0.0" in head:
+        problems.append("head_start_ray_commands: the dashboard listens on every interface")
+    return problems
+
+
+def test_launcher_mounts_shared_storage_for_the_run_directory_and_models():
+    assert launcher_storage_problems(load_yaml(LAUNCHER)) == []
+
+
+def test_launcher_requires_token_authentication():
+    cfg = load_yaml(LAUNCHER)
+    assert launcher_auth_problems(cfg) == []
+    assert not any("RAY_AUTH_MODE=disabled" in c for key, v in cfg.items() if key.endswith("commands") for c in v)
+
+
+def _drop_option(prefix: str):
+    return lambda c: c["docker"].update(run_options=[o for o in c["docker"]["run_options"] if not o.startswith(prefix)])
+
+
+@pytest.mark.parametrize("mutate, check, says", [
+    (_drop_option("-v /mnt/shared:"), launcher_storage_problems, "docker.run_options: the containers do not see"),
+    (_drop_option("-v /mnt/shared/runs:"), launcher_storage_problems, "run_dir: /runs/lion-7b is not on the shared"),
+    (lambda c: c.update(initialization_commands=[]), launcher_storage_problems, "initialization_commands: no host"),
+    (lambda c: c["available_node_types"]["gpu_worker"].update(worker_setup_commands=[
+        "hf download huggyllama/llama-7b --local-dir /models/llama-7b"]), launcher_storage_problems,
+     "gpu_worker.worker_setup_commands: 'hf download"),
+    (_drop_option("--env RAY_AUTH_MODE="), launcher_auth_problems, "RAY_AUTH_MODE=token is not set"),
+    (lambda c: c.update(file_mounts={}), launcher_auth_problems, "file_mounts: the token file"),
+], ids=["no-container-mount", "run-dir-not-shared", "no-host-mount", "worker-download", "no-token", "no-token-file"])
+def test_launcher_checks_catch_what_breaks_a_run(mutate, check, says):
+    cfg = load_yaml(LAUNCHER)
+    mutate(cfg)
+    problems = check(cfg)
+    assert any(says in p for p in problems), problems
+
+
+def test_readme_shows_how_to_submit_with_the_token():
+    text = (ROOT / "cluster" / "README.md").read_text()
+    assert "ray get-auth-token --generate" in text and "RAY_AUTH_MODE=token ray job submit" in text
+    assert "export RAY_AUTH_TOKEN=$(kubectl get secret" in text and "fs-YOUR-EFS-ID" in text and "mount -t lustre" in text
+
+
 # --- the KubeRay RayJob --------------------------------------------------------
 
 def test_rayjob_validates_with_strict_crd_schema():
@@ -162,6 +261,15 @@ def test_rayjob_rejects_mistakes(mutate, path, says):
     assert len(errors) == 1 and errors[0].startswith(f"{path}:") and says in errors[0], errors
 
 
+def test_rayjob_requires_token_authentication():
+    cluster = load_yaml(RAYJOB)["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert int(cluster["rayVersion"].split(".")[1]) >= 52  # token auth needs Ray 2.52+
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
+    assert not any(e["name"].startswith("RAY_AUTH") for c in containers for e in c["env"])  # the operator's to set
+
+
 def test_rayjob_runs_a_config_that_fits_its_gpus():
     spec = load_yaml(RAYJOB)["spec"]
     cfg = load_job_config(spec["entrypoint"])
@@ -182,11 +290,13 @@ def test_rayjob_runtime_env_and_keys():
     containers = [spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]]
     containers += [g["template"]["spec"]["containers"][0] for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
     assert {c["image"] for c in containers} == {dockerfile()["tag"]}
-    # The pool files are read from the volume every pod mounts, not from the code.
+    # The pool files, the run directory, the student and the hub cache are on the volume every
+    # pod mounts (the head's preflight and tokenising load the student too), not in the code.
     cfg = load_job_config(spec["entrypoint"])
     for container in containers:
         mounts = [m["mountPath"] for m in container["volumeMounts"]]
-        assert all(any(f.startswith(m + "/") for m in mounts) for f in cfg.data.pool_files), (container["name"], mounts)
+        shared = [*cfg.data.pool_files, cfg.run_dir, cfg.student.model, runtime_env["env_vars"]["HF_HOME"]]
+        assert all(any(f.startswith(m + "/") for m in mounts) for f in shared), (container["name"], mounts)
     for container in containers:
         env = {e["name"]: e for e in container["env"]}
         for name in ("HF_TOKEN", "OPENAI_API_KEY"):

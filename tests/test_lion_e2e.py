@@ -169,14 +169,3 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     keys = [r["key"] for r in records]
     assert len(keys) == len(set(keys))  # no request was answered (and paid) twice
     assert sum(x["api_requests"] for x in ledgers) == len(keys) + sum(x["failed_rows"] for x in ledgers)
-
-
-def test_ray_job_submit_runs_the_demo(ray_cluster, vllm_server, tmp_path):
-    run = tmp_path / "submitted"
-    entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
-             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
-             "--set=lion.final_imitation=false"]
-    proc = ray_cluster.submit(entry)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "succeeded" in proc.stdout.lower()
-    check_run_dir(run, iterations=1, final_imitation=False)

@@ -28,11 +28,25 @@ class RunDir:
         self.fs.create_dir(self.root, recursive=True)
 
     def path(self, *parts: str) -> str:
-        """A path inside the run directory, as the run's filesystem names it."""
+        """A path inside the run directory, as the run's filesystem names it (no scheme: for
+        `self.fs` only)."""
         return "/".join([self.root.rstrip("/"), *parts])
 
+    def uri_of(self, *parts: str) -> str:
+        """A path inside the run directory as another process opens it: an absolute local path,
+        or the full URI, scheme and query (an endpoint, a region) kept. What goes into a
+        config, a state file or an actor, so a loader on any node finds the same thing."""
+        if self.is_local:
+            return self.path(*parts)
+        base, sep, query = self.uri.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def local_path(self, *parts: str) -> Path:
-        if not isinstance(self.fs, pafs.LocalFileSystem):
+        if not self.is_local:
             raise ValueError(f"{self.uri} is not on the local filesystem")
         return Path(self.path(*parts))
 

@@ -65,7 +65,7 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
             raise CandidateError(f"candidate {candidate.name}: no student checkpoint in {candidate.lion_run} yet "
                                  "(iter_<k>/imitation/student/)")
         k = max(done)
-    student = run.path(f"iter_{k}", "imitation", "student")
+    student = run.uri_of(f"iter_{k}", "imitation", "student")
     if not run.exists(f"iter_{k}", "imitation", "student", "config.json"):
         raise CandidateError(f"candidate {candidate.name}: {student} has no student checkpoint")
     return RoleConfig.model_validate({**config["student"], "model": student})

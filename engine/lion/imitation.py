@@ -135,4 +135,4 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: list[di
     # Engines the student's training needs the GPUs of stop first (engine.llm.serving).
     with training():
         return train_causal_sft(cfg.train, student_model, ray.data.from_items(sft),
-                                run.path(rel(k, "imitation", "student")), name=f"{cfg.name}-iter{k}-imitation")
+                                run.uri_of(rel(k, "imitation", "student")), name=f"{cfg.name}-iter{k}-imitation")

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from engine.config.models import RoleConfig
+from engine.data.remote import local_model
 from engine.llm.cache import request_seed
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json
 
@@ -28,13 +29,14 @@ class HFGenerator:
     def __init__(self, role: RoleConfig, *, role_name: str, logprobs: int | None = None):
         self.role, self.role_name, self.logprobs = role, role_name, logprobs
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        config = AutoConfig.from_pretrained(role.model)
+        model = local_model(role.model)  # a student in an s3:// run directory: this node's copy
+        config = AutoConfig.from_pretrained(model)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        self.tokenizer = AutoTokenizer.from_pretrained(role.model, padding_side="right" if self.seq2seq else "left")
+        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="right" if self.seq2seq else "left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        self.model = cls.from_pretrained(role.model, dtype=resolve_dtype(role.dtype, self.device.type == "cuda"))
+        self.model = cls.from_pretrained(model, dtype=resolve_dtype(role.dtype, self.device.type == "cuda"))
         self.model.to(self.device).eval()
         limit = role.max_model_len or getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         # A causal prompt shares the context with its answer; an encoder has its own.

@@ -9,18 +9,27 @@ An engine that does not start raises `EngineRootCause` with its own exception's 
 (engine.llm.engine_start): vLLM's engine core runs in a process of its own, whose exception
 the replica sees only as `Engine core initialization failed. See root cause above`; the root
 cause is in that process's log, which is this replica's stdout/stderr (the child inherits
-them), so the replica reads what was written there while the engine started."""
+them), so the replica reads what was written there while the engine started.
+
+A model in an object store (a student exported into an `s3://` run directory) is loaded from
+the replica's node's copy (engine.data.remote), not by Ray's own bucket download, which knows
+only some schemes and none of a pyarrow URI's options."""
+import asyncio
 import os
 
 from ray.serve.llm import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from engine.data.remote import is_uri, local_model
 from engine.llm.engine_start import EngineRootCause, exception_line
 
 LOG_TAIL_BYTES = 256 << 10
 
 
 class JobLLMServer(LLMServer):
+    async def __init__(self, llm_config, **kwargs):
+        await super().__init__(await asyncio.to_thread(with_local_model, llm_config), **kwargs)
+
     async def start(self):
         marks = _log_marks()
         try:
@@ -38,6 +47,15 @@ class JobLLMServer(LLMServer):
     async def completions_dict(self, body: dict):
         async for reply in await self.completions(CompletionRequest(**_own_fields(body))):
             yield reply.model_dump()
+
+
+def with_local_model(llm_config):
+    """The config with its model source on this node's disk (the served model id unchanged)."""
+    loading = llm_config.model_loading_config
+    if not isinstance(loading.model_source, str) or not is_uri(loading.model_source):
+        return llm_config
+    local = loading.model_copy(update={"model_source": local_model(loading.model_source)})
+    return llm_config.model_copy(update={"model_loading_config": local})
 
 
 def _own_fields(body: dict) -> dict:

@@ -189,7 +189,7 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
                          "(the teacher's labels exist only for replies that parsed; see rationales/summary.json)")
     slug = f"train/{cell.key}"
     train = cfg.train.model_copy(update={"max_steps": cfg.steps, "seed": cfg.train.seed + cell.seed})
-    result = train_seq2seq_multitask(train, cell.student, _dataset(rows), run.path(slug, "model"),
+    result = train_seq2seq_multitask(train, cell.student, _dataset(rows), run.uri_of(slug, "model"),
                                      name=slug.replace("/", "-"),
                                      task="multitask" if cell.method == "step_by_step" else "standard",
                                      validation=validation_for(cfg, run, valid, task))

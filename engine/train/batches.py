@@ -28,10 +28,14 @@ LABEL_TASK, RATIONALE_TASK = 0, 1
 
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str):
-    """One tokenizer per process: Ray Data reuses its worker processes across batches."""
+    """One tokenizer per process: Ray Data reuses its worker processes across batches. A
+    model in an object store is read from this node's copy of its tokenizer files
+    (engine.data.remote)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    from engine.data.remote import local_model
+
+    return AutoTokenizer.from_pretrained(local_model(path, tokenizer_only=True))
 
 
 def _texts(batch: dict, column: str) -> list[str]:

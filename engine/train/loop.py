@@ -25,6 +25,7 @@ import time
 from functools import partial
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
@@ -34,6 +35,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.config.models import TrainConfig
+from engine.data.remote import is_uri, local_model
 from engine.metrics import stage_timer
 from engine.train import batches as B
 from engine.train import step as S
@@ -127,7 +129,7 @@ def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str) ->
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None),
-        run_config=RunConfig(name=name, storage_path=storage_path(output_dir),
+        run_config=RunConfig(name=name, **_storage(output_dir),
                              # A start that times out (fit_within_deadline) ends the run at once.
                              failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -165,10 +167,20 @@ def fit_within_deadline(trainer: TorchTrainer, cfg: TrainConfig):
 
 
 def storage_path(output_dir: str) -> str:
-    """Ray Train's checkpoints live beside the export, inside the run directory."""
-    if "://" in output_dir:
-        return posixpath.join(posixpath.dirname(output_dir.rstrip("/")), "ray_train")
-    return posixpath.join(posixpath.dirname(posixpath.abspath(output_dir)), "ray_train")
+    """Ray Train's checkpoints live beside the export, inside the run directory (a local path,
+    or a URI with its query kept)."""
+    base, sep, query = output_dir.partition("?") if is_uri(output_dir) else (posixpath.abspath(output_dir), "", "")
+    return posixpath.join(posixpath.dirname(base.rstrip("/")), "ray_train") + sep + query
+
+
+def _storage(output_dir: str) -> dict:
+    """RunConfig's storage: in an object store through the URI's own pyarrow filesystem (its
+    endpoint and options reach Ray Train; credentials come from each node's environment)."""
+    location = storage_path(output_dir)
+    if not is_uri(location):
+        return {"storage_path": location}
+    fs, path = pafs.FileSystem.from_uri(location)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) -> None:
@@ -182,6 +194,7 @@ def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) 
 
 
 def _train_worker(config: dict) -> dict:
+    config = {**config, "model_path": local_model(config["model_path"])}  # in an object store: this node's copy
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
