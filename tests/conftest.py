@@ -1,5 +1,6 @@
 # Session-wide fixtures live in tests/fixtures/, one module each; import them here.
 from tests.fixtures.ray_cluster import ray_cluster  # noqa: F401
+from tests.fixtures.smol_models import smol_models  # noqa: F401
 from tests.fixtures.tiny_models import tiny_models  # noqa: F401
 from tests.fixtures.vllm_server import vllm_server  # noqa: F401
 
@@ -14,3 +15,5 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.ray)
         if "vllm_server" in item.fixturenames:
             item.add_marker(pytest.mark.vllm)
+        if "smol_models" in item.fixturenames:
+            item.add_marker(pytest.mark.smol)
