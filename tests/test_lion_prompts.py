@@ -3,24 +3,27 @@ import pytest
 from engine.lion.generator import generator_messages
 from engine.lion.prompts import GENERATOR_GOALS, NO_INPUT, REFEREE_SYSTEM, generator_user
 from engine.lion.referee import referee_messages
+from engine.lion.rubrics import RUBRICS
 
 ROW = {"id": "a", "instruction": "Summarize the text in one sentence.", "input": "Bees pollinate most crops."}
 
 
-def test_referee_sees_the_input_and_both_answers_in_order():
-    system, user = referee_messages(ROW, "TEACHER ANSWER", "STUDENT ANSWER")
+@pytest.mark.parametrize("rubric", ["general", "lion"])
+def test_referee_sees_the_input_and_both_answers_in_order(rubric):
+    system, user = referee_messages(ROW, "TEACHER ANSWER", "STUDENT ANSWER", RUBRICS[rubric])
     assert system == {"role": "system", "content": REFEREE_SYSTEM}
     text = user["content"]
-    assert "[Question]\nSummarize the text in one sentence.\n\nBees pollinate most crops." in text
+    heading = "[Instruction]" if rubric == "lion" else "[Question]"
+    assert f"{heading}\nSummarize the text in one sentence.\n\nBees pollinate most crops." in text
     assert text.index("[The Start of Assistant 1's Answer]\nTEACHER ANSWER") < text.index(
         "[The Start of Assistant 2's Answer]\nSTUDENT ANSWER"
     )
     assert "helpfulness, relevance, accuracy, level of details" in text
-    assert "scale of 1 to 10" in text and "single line containing only two values" in text
+    assert "scale of 1 to 10" in text
 
 
 def test_referee_question_without_input_has_no_dangling_blank():
-    _, user = referee_messages({"instruction": "Name a fruit.", "input": ""}, "x", "y")
+    _, user = referee_messages({"instruction": "Name a fruit.", "input": ""}, "x", "y", RUBRICS["general"])
     assert "[Question]\nName a fruit.\n\n[The Start" in user["content"]
 
 

@@ -6,9 +6,10 @@ import pyarrow as pa
 import pytest
 
 from engine.lion.referee import (
-    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, REVIEW_REGEX, UNPARSEABLE, judgment_rows, logprob_scores, merge_retried,
-    parse_review, summarize, unparseable_ids,
+    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, merge_retried, summarize, unparseable_ids,
 )
+from engine.lion.reviews import logprob_scores, parse_scores_first as parse_review
+from engine.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
 READABLE = [
@@ -181,15 +182,13 @@ def test_failures_are_null_counted_and_excluded():
         "failed_by_reason": {UNPARSEABLE: 2, "failed: rate limited": 1, EMPTY_ANSWER: 1,
                              "failed: teacher answer failed: timeout": 1},
         "hard": 1, "easy": 0, "hard_fraction": 1.0, "mean_gap": 4.0, "mean_teacher_score": 9.0,
-        "mean_student_score": 5.0,
+        "mean_student_score": 5.0, "truncated": 0,
     }
     assert summary["judged"] + sum(summary["failed_by_reason"].values()) == summary["rows"]
     assert pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA).num_rows == 6
 
 
-@pytest.mark.parametrize("student", [
-    {"student": ""}, {"student": "  \n"}, {"student": None, "student_finish_reason": "failed: timeout"},
-])
+@pytest.mark.parametrize("student", [{"student": ""}, {"student": "  \n"}])
 def test_a_student_that_answers_nothing_scores_lowest_and_is_hard(student):
     # The referee was shown the empty answer and scored it 5: it still counts as the lowest.
     [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0)
@@ -198,6 +197,21 @@ def test_a_student_that_answers_nothing_scores_lowest_and_is_hard(student):
     # Lost, but not hard when the teacher's own answer scores no better than 1 + tau.
     [j] = judgment_rows([_pair(0, **student)], [_review("1 1")], [_review("1 1")], tau=1.0)
     assert j["status"] == OK and j["gap"] == 0.0 and j["hard"] is False
+    # A review of the empty answer that cannot be read: the pair is still hard, with no teacher score or gap.
+    [j] = judgment_rows([_pair(0, **student)], [_review("no scores")], [_review("5 7")], tau=1.0)
+    assert (j["status"], j["hard"], j["student_score"], j["teacher_score"], j["gap"]) == (OK, True, 1.0, None, None)
+    assert summarize([j])["mean_gap"] is None and summarize([j])["hard"] == 1
+
+
+def test_a_failed_student_request_is_excluded_and_counted_not_hard():
+    # An engine error or a context overflow is the infrastructure's, not the student's answer.
+    student = {"student": None, "student_finish_reason": "failed: VLLMValidationError: maximum context length"}
+    [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0)
+    assert j["status"] == "failed: student answer failed: VLLMValidationError: maximum context length"
+    assert j["hard"] is None and summarize([j])["judged"] == 0
+    # The evaluation's candidate that cannot answer has lost.
+    [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0, failed_answer_loses=True)
+    assert j["status"] == OK and j["student_score"] == 1.0
 
 
 def test_retry_of_unparseable_reviews_merges_back():

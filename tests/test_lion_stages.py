@@ -86,12 +86,15 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     _, _, summary = G.generation(cfg, run, 0, "student")
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     assert llm.calls[0]["draw"] == "iter_0/generation/generator_round0"
-    # The next iteration draws from the same seeds again: new draws, no duplicates of iteration 0.
-    _seed_generation(tmp_path / "again", k=0)
+    # The next iteration draws from the same seeds again (iteration 0's judgments), against the cache
+    # pool iteration 0 grew (its 12 new instructions in it): new draws, no duplicates of iteration 0.
+    first = set(run.read_table(rel(0, "generation", "new_instructions.parquet")).column("id").to_pylist())
+    assert first <= set(read_pool(run, rel(1, "cache_pool.parquet")).column("id").to_pylist())
     run.write_table(rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet")))
-    write_pool(run, rel(1, "cache_pool.parquet"), read_pool(run, rel(0, "cache_pool.parquet")))
     _, _, summary = G.generation(cfg, run, 1, "student")
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
+    second = set(run.read_table(rel(1, "generation", "new_instructions.parquet")).column("id").to_pylist())
+    assert len(second) == 12 and not first & second
 
 
 def test_a_resumed_generation_repeats_exactly_the_same_requests(tmp_path, monkeypatch):
@@ -123,6 +126,21 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
     assert metrics["generation_rejects/too short"] == 4 and metrics["lion/new_hard"] == 6
 
 
+def test_an_unmet_quota_moves_to_the_other_kind_after_a_round(tmp_path, monkeypatch):
+    # Every easy seed gets garbage: after round 0 the unmet easy quota moves to hard, and the
+    # iteration still reaches its 4 new instructions (it ended with 2 and a warning before).
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
+    monkeypatch.setattr(G, "answer", llm)
+    run = _seed_generation(tmp_path)
+    _, _, summary = G.generation(cfg, run, 0, "student")
+    assert summary["new_instructions"] == 4
+    assert [len(c["ids"]) for c in llm.calls] == [4, 2]  # round 1 asks hard seeds for the moved two
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert metrics["lion/quota_moved_easy_to_hard"] == 2 and metrics["lion/new_hard"] == 4
+    assert summary["generation_rejects"] == {"too short": 2}
+
+
 def test_rouge_l_compares_the_instruction_alone_by_default(tmp_path, monkeypatch):
     # Every reply repeats a pool instruction with a new input: novel only if the input counts.
     def reply(role_name, row, prompt, seed):
@@ -144,7 +162,9 @@ def _answers(role_name, row, prompt, seed):
         return response_row("" if empty else f"student says {row['id']}", "stop", 5, 0 if empty else 3)
     # The referee scores by content: 9 for the teacher's answer, 3 for the student's, 5 for nothing.
     first, second = (8 if not a else 9 if a.startswith("Teacher") else 3 for a in (row["first"], row["second"]))
-    return response_row(f"{first} {second}\nfine", "stop", 5, 3)
+    # In Lion's layout (lion.referee_prompt: lion): the explanation, then the two score lines.
+    return response_row(f"Evaluation evidence: fine\nScore of the Assistant 1: {first}\nScore of the Assistant 2: {second}",
+                        "stop", 5, 3)
 
 
 def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):
@@ -189,6 +209,33 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
     retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
     assert retry[0]["draw"] == "iter_0/discrimination/referee_retry1"
     assert summary["judged"] == 2 and summary["failed"] == 0
+
+
+def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, student_retries=2)
+    run = _seed_generation(tmp_path, n_pool=3)
+
+    def flaky_student(role_name, row, prompt, seed):
+        if role_name == "student" and "number 1 " in row["instruction"] and seed == 0:  # the first draw only
+            return response_row(None, "failed: EngineDeadError")
+        if role_name == "student" and "number 2 " in row["instruction"]:  # every draw
+            return response_row(None, "failed: VLLMValidationError: maximum context length is 1024")
+        return _answers(role_name, row, prompt, seed)
+
+    llm = ScriptedLLM(flaky_student)
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)
+    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    student = [c for c in llm.calls if c["stage"].startswith("discrimination/student")]
+    assert [(c["stage"], len(c["ids"])) for c in student] == [
+        ("discrimination/student", 3), ("discrimination/student_retry1", 2), ("discrimination/student_retry2", 1)]
+    assert student[1]["draw"] == "iter_0/discrimination/student_retry1"
+    judgments = run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()
+    assert sorted(j["status"] for j in judgments) == [
+        "failed: student answer failed: VLLMValidationError: maximum context length is 1024", "ok", "ok"]
+    assert summary["judged"] == 2 and summary["failed"] == 1 and summary["hard"] == 2
+    referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]
+    assert len(referee[0]["ids"]) == 4  # the failed pair is not sent to the referee
 
 
 def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, monkeypatch):

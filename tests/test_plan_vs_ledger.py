@@ -31,7 +31,7 @@ def demo_config(tmp_path, server, llama: str):
         "teacher": {**api, "sampling": {"temperature": 0.8, "max_tokens": 32,
                                         "extra": {"top_k": 50, "repetition_penalty": 1.05, "min_tokens": 1}}},
         "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 16, "seed": 0}},
-        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 48}},
+        "referee": {**api, "sampling": {"temperature": 0.2, "max_tokens": 112}},  # Lion's review: room to explain
         "generator": {**api, "sampling": {"temperature": 1.0, "max_tokens": 24}},
         # The referee is held to its format (reviews parse); a random generator never writes a
         # usable instruction in 24 tokens, so every round asks for all of them again.
@@ -42,7 +42,7 @@ def demo_config(tmp_path, server, llama: str):
         # The student is evaluated before training and after each imitation (eval/*): four short
         # questions, the judge held to its format.
         "eval": {"questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
-                 "reference": {"answers": str(answers)}, "judge": {**api, "sampling": {"max_tokens": 24}},
+                 "reference": {"answers": str(answers)}, "judge": {**api, "sampling": {"max_tokens": 32}},
                  "judge_constraint": "regex"},
         "train": {"num_workers": 0, "epochs": 1, "max_length": 128, "batch_size": 8},
     }, "test")

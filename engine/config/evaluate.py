@@ -81,7 +81,13 @@ class EvalConfig(Strict):
     # As the referee's: a guided-decoding regex where vLLM serves the judge; re-asks of an
     # unparseable review (another seed) before it is excluded; logprob-weighted scores.
     judge_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    # FastChat's three prompts routed by category as its reviewer.jsonl (coding, math, else
+    # general); `vicuna`: the general prompt for every question; `lion`: Lion's referee's.
+    judge_prompt: Literal["fastchat", "vicuna", "lion"] = "fastchat"
     judge_retries: int = Field(2, ge=0)
+    # Below this share of questions judged the evaluation fails instead of reporting a score:
+    # failures come disproportionately from bad candidates, and a score over the rest flatters them.
+    min_judged_fraction: float = Field(0.95, ge=0.0, le=1.0)
     judge_logprobs: bool = False
     tie_margin: float = Field(0.0, ge=0.0)  # |candidate - reference| <= margin (mean of both orders) is a tie
     bootstrap_samples: PositiveInt = 2_000

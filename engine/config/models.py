@@ -147,9 +147,15 @@ class LionConfig(Strict):
     generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
+    # The generator is free by default: CANDIDATE_REGEX's one-line shape fits a random model
+    # (the tiny demo sets it), not the instructions a real model should write.
     referee_constraint: Literal["auto", "regex", "json", "none"] = "auto"
-    generator_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    # The referee's rubric: Lion's own (explanation first, scores on the last two lines),
+    # or FastChat's Vicuna prompt (scores on the first line) that the evaluation uses.
+    referee_prompt: Literal["lion", "vicuna"] = "lion"
+    generator_constraint: Literal["auto", "regex", "json", "none"] = "none"
     referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
+    student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
     seed: int = 42
 

@@ -26,9 +26,9 @@ from engine.config.evaluate import EvalConfig
 from engine.data import RunDir
 from engine.evaluate.nll import nll_gap
 from engine.evaluate.questions import load_questions, read_reference_answers
-from engine.evaluate.scores import aggregate, headline
+from engine.evaluate.scores import aggregate, check_judged, headline
 from engine.lion.iteration import answer, read_rows, write_responses
-from engine.lion.judge import judge_pairs
+from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.referee import judgment_schema
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.llm.serving import take_engine_metrics
@@ -81,6 +81,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     `role_name` is the candidate's name in the spend log (a budget is per role) and among the
     job's engines (Lion's student); the judge's is "judge". With a `teacher` (Lion's), the
     summary's "nll" is the judge-free gap (engine.evaluate.nll)."""
+    check_constraint(cfg.judge, cfg.judge_constraint, cfg.judge_prompt)
     questions, reference, records = prepare(cfg, run)
     if run.exists(f"{out}/answers.parquet"):
         candidate = read_rows(run, f"{out}/answers.parquet")
@@ -89,14 +90,15 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
     pairs = [
-        {"id": q["id"], "instruction": q["instruction"], "input": q["input"],
+        {"id": q["id"], "instruction": q["instruction"], "input": q["input"], "category": q["category"],
          "reference_text": r["text"], "reference_finish_reason": r["finish_reason"],
          "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
         for q, r, c in zip(questions, reference, candidate)
     ]
     judgments, judge_records = judge_pairs(
         cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
-        retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES, role_name="judge")
+        prompt=cfg.judge_prompt, retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES,
+        role_name="judge", failed_answer_loses=True)
     records += judge_records
     nll = None
     if teacher is not None:
@@ -107,6 +109,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     summary = aggregate(rows, cfg.tie_margin, cfg.bootstrap_samples, cfg.seed)
     if nll is not None:
         summary["nll"] = nll
+    check_judged(summary, cfg.min_judged_fraction, out)
     figures = {}
     for record in records:
         figures.update(record.as_dict())
@@ -116,6 +119,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
     overall = summary["overall"]
-    log.info("%s: relative score %s (95%% CI %s-%s), %d judged, %d judge failures", out,
-             *(_percent(overall[k]) for k in ("relative_score", "ci_low", "ci_high")), summary["judged"], summary["failed"])
+    log.info("%s: relative score %s (95%% CI %s-%s), %d of %d judged (%d answers truncated to fit), %d judge failures",
+             out, *(_percent(overall[k]) for k in ("relative_score", "ci_low", "ci_high")), summary["judged"],
+             summary["questions"], summary["truncated"], summary["failed"])
     return summary, records

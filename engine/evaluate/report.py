@@ -50,15 +50,17 @@ def failure_kind(status: str) -> str:
 
 def failure_lines(summary: dict) -> list[str]:
     """The judge's failures by reason: never scored, only counted."""
+    cut = summary.get("truncated") or 0
+    truncated = f" {cut} candidate answers were cut to fit the judge's context, then judged." if cut else ""
     if not summary["failed"]:
-        return [f"Judged {summary['judged']} of {summary['questions']} questions; no judge failures."]
+        return [f"Judged {summary['judged']} of {summary['questions']} questions; no judge failures.{truncated}"]
     kinds: dict[str, list] = {}
     for status, n in summary["failed_by_reason"].items():
         kind = kinds.setdefault(failure_kind(status), [0, status])
         kind[0] += n
     rows = [[kind, n, f"`{example[:160]}`"] for kind, (n, example) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
     return [f"Judged {summary['judged']} of {summary['questions']} questions; {summary['failed']} failed "
-            "(excluded from every score):\n", table_md(["reason", "questions", "example"], rows)]
+            f"(excluded from every score).{truncated}\n", table_md(["reason", "questions", "example"], rows)]
 
 
 def spend_rows(metrics: dict) -> list[list]:

@@ -3,7 +3,10 @@
 counts and a bootstrap 95% interval (80 questions are few).
 
 Pure functions over judgment rows (`candidate_score`, `reference_score`: each the mean
-of the two orders; `status`, `category`); only rows judged `ok` are scored.
+of the two orders; `status`, `category`); only rows judged `ok` are scored. A candidate
+that failed to answer, or answered nothing, was judged and lost (its score is 1); an answer
+too long for the judge's context was cut to fit and judged (`truncated`); every other
+failure is counted by reason, and too many of them fail the evaluation (`check_judged`).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
     categories = sorted({j["category"] for j in judgments})
     return {
         "overall": score_group(judged, tie_margin, samples, seed),
+        "judged_fraction": len(judged) / len(judgments) if judgments else None,
+        "truncated": sum(1 for j in judged if j.get("truncated")),
         "by_category": {c: score_group([j for j in judged if j["category"] == c], tie_margin, samples, seed)
                         for c in categories},
         "questions": len(judgments),
@@ -59,8 +64,22 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
     }
 
 
+class TooFewJudged(RuntimeError):
+    """An evaluation judged too few of its questions to report a score."""
+
+
+def check_judged(summary: dict, min_fraction: float, where: str) -> None:
+    """Raise TooFewJudged, in one line naming the failures, below `min_fraction` judged."""
+    if summary["questions"] and summary["judged"] < min_fraction * summary["questions"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(summary["failed_by_reason"].items(), key=lambda x: -x[1]))
+        raise TooFewJudged(f"{where}: the judge scored {summary['judged']} of {summary['questions']} questions "
+                           f"({summary['judged_fraction']:.0%}), below eval.min_judged_fraction {min_fraction}: "
+                           f"no score reported; failures: {reasons}")
+
+
 def headline(summary: dict) -> dict:
     """What a stage reports of an evaluation: the overall score, its interval, win/tie/loss, failures."""
     overall = summary["overall"]
     return {**{key: overall[key] for key in ("relative_score", "ci_low", "ci_high", *OUTCOMES)},
-            "judged": summary["judged"], "judge_failed": summary["failed"]}
+            "judged": summary["judged"], "questions": summary["questions"], "judge_failed": summary["failed"],
+            "truncated": summary["truncated"]}

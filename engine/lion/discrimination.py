@@ -3,7 +3,8 @@ pair twice, the answers' order swapped, and the two are averaged. gap = teacher 
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
 (a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
-the student gets the lowest score, 1 (engine.lion.referee.judgment_rows)."""
+the student gets the lowest score, 1 (engine.lion.referee.judgment_rows). A failed student
+request is not an answer: it is asked again, then its pair is excluded and counted."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ from engine.data import RunDir
 from engine.lion.iteration import (
     answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
-from engine.lion.judge import judge_pairs
+from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 
@@ -23,6 +24,7 @@ log = logging.getLogger("engine.lion")
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
+    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
     _, cache_pool = pools(run, k)
     ids = cache_pool.column("id").to_pylist()
     records = []
@@ -38,9 +40,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
-    student, record = answer(student_role, cache_pool, lambda row: alpaca_prompt(row["instruction"], row["input"]),
-                             stage="discrimination/student", role_name="student", run_dir=run)
-    records.append(record)
+    student = _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records)
     write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
 
     pairs = [
@@ -51,7 +51,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     ]
     judgments, judge_records = judge_pairs(
         cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint, retries=cfg.lion.referee_retries,
+        setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
         use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau)
     records.extend(judge_records)
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
@@ -66,3 +66,25 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
+
+
+def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> list[dict]:
+    """The student's answers to the cache pool; a failed request (an engine error, a context
+    overflow: the infrastructure's, not the student's) is asked again as a new draw, up to
+    `retries` times, then left failed: its pair is excluded and counted, never hard."""
+    def prompt(row):
+        return alpaca_prompt(row["instruction"], row["input"])
+
+    student, record = answer(role, cache_pool, prompt, stage="discrimination/student", role_name="student", run_dir=run)
+    records.append(record)
+    for attempt in range(1, retries + 1):
+        again = {s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed")}
+        if not again:
+            break
+        stage = f"discrimination/student_retry{attempt}"
+        retried, record = answer(role, [row for row in cache_pool.to_pylist() if row["id"] in again], prompt,
+                                 stage=stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}")
+        records.append(record)
+        better = {r["id"]: r for r in retried if not (r.get("finish_reason") or "").startswith("failed")}
+        student = [better.get(s["id"], s) for s in student]
+    return student

@@ -3,7 +3,8 @@
 Candidates are cleaned, then kept only if novel (ROUGE-L F1 < threshold against the
 cache pool and every candidate kept before; on the instruction alone, as Lion, or with
 its input: `lion.rouge_l_field`); the generator is asked again until the hard and easy
-quotas are met or `generation_rounds` runs out. Every request is a new draw (its
+quotas are met or `generation_rounds` runs out. A kind's quota still unmet after a round
+moves to the other kind once that one's is met, so an iteration reaches N where it can. Every request is a new draw (its
 iteration, round and row enter its seed and cache key), so a seed instruction drawn
 again gets a new candidate, not the old reply replayed. The train pool of the
 next iteration is the new instructions; its cache pool grows by them."""
@@ -49,7 +50,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     rng = np.random.default_rng([cfg.lion.seed, k])
     need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
-    kept, rejects, replies_all, records, drawn = [], Counter(), [], [], Counter()
+    kept, rejects, replies_all, records, drawn, quota_moves = [], Counter(), [], [], Counter(), Counter()
     filter_record = StageRecord("generation/filter", extra={"pool_size": len(pool_rows)})
 
     for round_ in range(cfg.lion.generation_rounds):
@@ -84,14 +85,27 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
         decisions = novelty.filter([compared(r) for r in fresh])
         filter_record.seconds += time.perf_counter() - start
         filter_record.rows += len(fresh)
+        spare = []
         for row, novel in zip(fresh, decisions):
             if not novel:
                 rejects["rouge-l too similar"] += 1
             elif need[row["origin"]] <= 0:
-                rejects["over quota"] += 1
+                spare.append(row)
             else:
                 need[row["origin"]] -= 1
                 kept.append(row)
+        # A quota still unmet after the round moves to the other kind once that kind's is met:
+        # its spare candidates fill it now, the next round asks that kind for the rest.
+        for kind, other in (("hard", "easy"), ("easy", "hard")):
+            if need[kind] > 0 and need[other] <= 0:
+                quota_moves[f"{kind}_to_{other}"] += need[kind]
+                need[other], need[kind] = need[other] + need[kind], 0
+        for row in spare:
+            if need[row["origin"]] > 0:
+                need[row["origin"]] -= 1
+                kept.append(row)
+            else:
+                rejects["over quota"] += 1
 
     log.info("iteration %d generation: %d new instructions (%d asked for) from %d candidates; rejects %s", k,
              len(kept), cfg.lion.new_instructions_per_iteration, len(replies_all), dict(rejects))
@@ -110,7 +124,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
              "lion/new_hard": sum(1 for r in kept if r["origin"] == "hard"),
              "lion/new_easy": sum(1 for r in kept if r["origin"] == "easy"),
              **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
-             **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n}}
+             **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n},
+             **{f"lion/quota_moved_{move}": n for move, n in quota_moves.items() if n}}
     assert len(replies_all) == len(kept) + sum(rejects.values()), (len(replies_all), len(kept), rejects)
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}

@@ -120,9 +120,12 @@ def usage(records: list[StageRecord]) -> dict:
     }
 
 
-def constraint(setting: str, role, regex: str, schema: dict) -> dict | None:
+def constraint(setting: str, role, regex, schema: dict) -> dict | None:
     """The structured-output request for a role: `auto` constrains only vLLM-served roles
-    (an API may not support regexes; transformers cannot constrain at all)."""
+    (an API may not support regexes; transformers cannot constrain at all). `regex` may
+    be a function that builds it, called only where a regex is asked for."""
     if setting == "auto":
         setting = "regex" if role.backend == "vllm" else "none"
-    return {"regex": {"regex": regex}, "json": {"json": schema}}.get(setting)
+    if setting == "regex":
+        return {"regex": regex() if callable(regex) else regex}
+    return {"json": schema} if setting == "json" else None

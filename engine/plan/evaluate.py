@@ -15,6 +15,7 @@ from engine.config.models import PlanConfig, RoleConfig
 from engine.evaluate.evaluation import PROMPTS
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.lion.referee import referee_messages
+from engine.lion.rubrics import rubric_for
 from engine.llm.ledger import spent_by_role
 from engine.plan import Line, Plan, budget_warnings, earlier_run, price
 from engine.plan.observed import Estimates, Observed
@@ -38,7 +39,8 @@ class EvalEstimates(Estimates):
             self.note(f"eval: reference answers from {cfg.reference.answers}, no request")
         else:
             reference_reply = self.reply_tokens(cfg.reference.role, "reference", "eval/reference")[0]
-        self.judge_frame = judge.mean([referee_messages(q, "", "") for q in self.rows]) + reference_reply
+        frames = [referee_messages(q, "", "", rubric_for(cfg.judge_prompt, q["category"])) for q in self.rows]
+        self.judge_frame = judge.mean(frames) + reference_reply
         self.judge_retry = self.share("rows/eval/judge_retry1", "rows/eval/judge", priors.referee_failure_rate,
                                       "judge reviews unreadable, asked again per retry")
 

@@ -17,6 +17,7 @@ from engine.config import RunConfig
 from engine.data import RunDir, read_pool
 from engine.lion.generator import KINDS, generator_messages
 from engine.lion.referee import referee_messages
+from engine.lion.rubrics import rubric_for
 from engine.llm.ledger import spent_by_role
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.plan import Line, Plan, budget_warnings, earlier_run, price
@@ -99,7 +100,7 @@ class _Estimates(Estimates):
     """Per-request tokens and the loop's shares, from the pools, the tokenizers and what was seen."""
 
     def __init__(self, cfg: RunConfig, seen: Observed, seed: list[dict]):
-        p, rows = cfg.plan, sample(seed)
+        p, rows, rubric = cfg.plan, sample(seed), rubric_for(cfg.lion.referee_prompt)
         counters = {name: counter_for(getattr(cfg, name), name, p) for name in cfg.ROLES}
         super().__init__(seen, p, [f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
                                    f"{len(rows):,} of them, rendered as each role's prompt"]
@@ -112,7 +113,7 @@ class _Estimates(Estimates):
             "teacher": counters["teacher"].mean([instruction_messages(r) for r in rows]),
             "student": counters["student"].mean([alpaca_prompt(r["instruction"], r["input"]) for r in rows]),
             # The review shows both answers: the frame's tokens plus the two replies'.
-            "referee": counters["referee"].mean([referee_messages(r, "", "") for r in rows])
+            "referee": counters["referee"].mean([referee_messages(r, "", "", rubric) for r in rows])
             + self.reply["teacher"][0] + self.reply["student"][0],
             "generator": counters["generator"].mean([generator_messages(r, kind) for r, kind in zip(rows, cycle(KINDS))]),
         }
