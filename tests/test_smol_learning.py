@@ -20,7 +20,7 @@ from engine.train import batches as B
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
-TRAIN = 32  # of the 64 answers; the last 16 are held out
+TRAIN = 24  # of the 64 answers; the last 16 are held out
 HELD_OUT = 16
 CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "", "shift" or "shuffle": a deliberate break, run by hand
 
@@ -49,10 +49,13 @@ def test_smol_folders_load_as_ordinary_checkpoints(smol_models):
     assert prompt.endswith("<|im_start|>assistant\n") and tok.eos_token == "<|im_end|>"
 
 
+TOKENIZE_CAUSAL = B.tokenize_causal
+
+
 def shifted_labels(batch: dict, **kwargs) -> dict:
     """LION_TEST_CORRUPT=shift: every answer token's label moved one position later (the
     model learns to predict the token it already sees), the bug an off-by-one mask makes."""
-    out = B.tokenize_causal(batch, **kwargs)
+    out = TOKENIZE_CAUSAL(batch, **kwargs)
     out["labels"] = [np.concatenate([[B.IGNORE], labels[:-1]]) for labels in out["labels"]]
     return out
 
@@ -71,12 +74,13 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
     student = str(smol_models.student)
     before = mean_nll(student, held, "alpaca")
     floor = mean_nll(str(smol_models.instruct), held, "chat")["nll"]
-    cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=1e-4, max_length=384, warmup_ratio=0.0)
+    cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=2e-4, max_length=320, warmup_ratio=0.0)
     result = train_causal_sft(cfg, student, ray.data.from_items(train), str(tmp_path / "student"), name="smol-imitation")
     after = mean_nll(result.model_dir, held, "alpaca")
     print(f"held-out NLL: before {before['nll']:.3f}, after {after['nll']:.3f}, teacher {floor:.3f} "
           f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'})")
     assert before["answers"] == after["answers"] == HELD_OUT
-    # Measured (benchmarks/RESULTS.md): 0.0 -> 0.0 of the gap to the teacher closed; broken learning closes far less.
+    # Measured (benchmarks/RESULTS.md): 11.23 -> 7.72 against the teacher's 0.51, 33% of the gap closed;
+    # with the labels shifted by one or the answers shuffled, far less.
     closed = (before["nll"] - after["nll"]) / (before["nll"] - floor)
-    assert closed >= 0.0, f"imitation closed {closed:.0%} of the NLL gap to the teacher"
+    assert closed >= 0.25, f"imitation closed {closed:.0%} of the NLL gap to the teacher"
