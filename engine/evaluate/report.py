@@ -175,5 +175,7 @@ def lion_eval_section(run: RunDir) -> list[str]:
     if any("nll" in s for s in summaries.values()):
         out.append("\nStudent NLL: the student's mean negative log-likelihood per token of the teacher's answers to "
                    "these questions (asked as it is trained); teacher NLL, the teacher's own on the same answers, is "
-                   "the floor. No judge takes part: lower is closer to the teacher.")
+                   "the floor. No judge takes part: lower is closer to the teacher. The relative score is only as good "
+                   "as its judge: a small one is near chance (benchmarks/RESULTS.md: SmolLM2-135M-Instruct's "
+                   "preference for a real answer over \"I don't know.\").")
     return out
