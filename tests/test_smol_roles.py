@@ -25,7 +25,7 @@ MODEL = "smol"
 MAX_TOKENS = 160  # the demo's referee and judge
 DEGENERATE = "I don't know."
 
-pytestmark = pytest.mark.smol
+pytestmark = [pytest.mark.smol, pytest.mark.vllm]
 
 
 @pytest.fixture(scope="module")
