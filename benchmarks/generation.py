@@ -33,6 +33,13 @@ def prompts(n: int) -> list[dict]:
 
 
 MODEL_DESC = "random LLaMA, 4 layers, 256 wide, 4 heads (head_dim 64), MLP 1024, the tiny 2,048-token tokenizer"
+SMOL_DESC = "SmolLM2-135M-Instruct (engine.smol), float32"
+
+
+def build_instruct() -> Path:
+    from engine.smol import build_instruct as build
+
+    return build()
 
 
 def bigger_llama() -> Path:
@@ -224,6 +231,8 @@ def main() -> None:
     parser.add_argument("--api-seconds", type=float, default=10.0, help="work per API run, at the server-limited max")
     parser.add_argument("--only", choices=["all", "local", "api"], default="all")
     parser.add_argument("--out", default="benchmarks/out/generation.json")
+    parser.add_argument("--model", choices=["random", "smol"], default="random",
+                        help="smol: the real SmolLM2-135M-Instruct (engine.smol); its answers end at eos")
     args = parser.parse_args()
 
     import ray
@@ -232,9 +241,10 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() and args.only != "all" else {}
     results["load_avg_1m_before"] = os.getloadavg()[0]
     if args.only in ("all", "local"):
-        model = str(bigger_llama())
+        model = str(bigger_llama() if args.model == "random" else build_instruct())
         rows = prompts(args.prompts)
-        results.update({"model": MODEL_DESC, "prompts": args.prompts, "max_tokens": args.max_tokens})
+        results.update({"model": MODEL_DESC if args.model == "random" else SMOL_DESC, "prompts": args.prompts,
+                        "max_tokens": args.max_tokens})
         results["bare_vllm"] = bare_vllm(model, rows, args.max_tokens)
     ray.init(address="local", num_cpus=6, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False,
              runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "RAY_DATA_USE_DATASOURCE_V2": "0"}})

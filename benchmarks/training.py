@@ -64,10 +64,19 @@ def ray_mode(args) -> dict:
     from engine.train import train_causal_sft
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    model_path = str(build_tiny_models().llama)
-    rows = synthetic_rows(args.rows)
+    if args.model == "smol":  # the real layer-dropped student on SmolLM2's real answers
+        from engine.smol import STUDENT_LAYERS, build_student
+
+        model_path = str(build_student(STUDENT_LAYERS))
+        answers = Path(__file__).resolve().parent.parent / "data" / "smol" / "teacher_answers.jsonl"
+        rows = [json.loads(line) for line in answers.read_text().splitlines()][:args.rows]
+        model_desc = f"SmolLM2-135M-Instruct, {STUDENT_LAYERS} of 30 layers kept (engine.smol)"
+    else:
+        model_path = str(build_tiny_models().llama)
+        rows = synthetic_rows(args.rows)
+        model_desc = "tiny LLaMA (2 layers, 128 wide)"
     cfg = TrainConfig(num_workers=2, batch_size=args.batch_size, epochs=args.epochs, learning_rate=1e-3,
-                      max_length=128, checkpoint_every_steps=10_000)
+                      max_length=128 if args.model == "tiny" else 384, checkpoint_every_steps=10_000)
     plain = plain_loop(model_path, rows, cfg)
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -77,7 +86,7 @@ def ray_mode(args) -> dict:
     fsdp = {"samples_per_s": rec.extra["samples_per_s"], "tokens_per_s": rec.extra["tokens_per_s"],
             "loop_s": rec.rows / rec.extra["samples_per_s"], "end_to_end_s": rec.seconds,
             "samples_per_s_end_to_end": rec.rows / rec.seconds}
-    return {"model": "tiny LLaMA (2 layers, 128 wide)", "rows": args.rows, "epochs": args.epochs,
+    return {"model": model_desc, "rows": len(rows), "epochs": args.epochs,
             "batch_size_per_worker": args.batch_size, "plain_torch_1_process": plain, "ray_train_fsdp2_2_workers": fsdp,
             "loop_ratio_ray_over_plain": fsdp["samples_per_s"] / plain["samples_per_s"],
             "end_to_end_ratio_ray_over_plain": fsdp["samples_per_s_end_to_end"] / plain["samples_per_s"]}
@@ -143,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["ray", "mfu"], default="ray")
     ap.add_argument("--out", default="benchmarks/out/training.json")
-    ap.add_argument("--rows", type=int, default=256, help="ray mode: synthetic instructions")
+    ap.add_argument("--rows", type=int, default=256, help="ray mode: synthetic instructions (smol: teacher answers, at most 64)")
+    ap.add_argument("--model", choices=["tiny", "smol"], default="tiny", help="ray mode: the model trained")
     ap.add_argument("--epochs", type=int, default=2, help="ray mode")
     ap.add_argument("--batch-size", type=int, default=8, help="per worker / rank")
     ap.add_argument("--device", default="cuda", help="mfu mode")

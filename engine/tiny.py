@@ -47,11 +47,11 @@ class TinyModels:
     t5: Path
 
 
-def _key(*parts) -> str:
+def folder_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _build_once(target: Path, build) -> Path:
+def build_once(target: Path, build) -> Path:
     """Build into a temporary folder and rename it into place: concurrent test
     processes may race, and a half-written model folder must never be seen."""
     if target.is_dir():
@@ -100,7 +100,7 @@ def build_tokenizer(out: Path):
 def _tokenizer(cache: Path):
     from transformers import AutoTokenizer
 
-    path = _build_once(cache / f"tokenizer-{_key(TOKENIZER_CONFIG)}", build_tokenizer)
+    path = build_once(cache / f"tokenizer-{folder_key(TOKENIZER_CONFIG)}", build_tokenizer)
     return path, AutoTokenizer.from_pretrained(path)
 
 
@@ -119,7 +119,7 @@ def build_llama(cache: Path, tokenizer) -> Path:
                          pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    return _build_once(cache / f"llama-{_key(LLAMA_CONFIG, TOKENIZER_CONFIG)}", build)
+    return build_once(cache / f"llama-{folder_key(LLAMA_CONFIG, TOKENIZER_CONFIG)}", build)
 
 
 def build_t5(cache: Path, tokenizer) -> Path:
@@ -141,7 +141,7 @@ def build_t5(cache: Path, tokenizer) -> Path:
         T5ForConditionalGeneration(config).save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    return _build_once(cache / f"t5-{_key(T5_CONFIG, TOKENIZER_CONFIG, 'eos')}", build)
+    return build_once(cache / f"t5-{folder_key(T5_CONFIG, TOKENIZER_CONFIG, 'eos')}", build)
 
 
 def build_tiny_models(cache_dir: str | Path = DEFAULT_CACHE) -> TinyModels:
@@ -152,12 +152,14 @@ def build_tiny_models(cache_dir: str | Path = DEFAULT_CACHE) -> TinyModels:
 
 
 TINY_SCHEME = "tiny://"
+SMOL_SCHEME = "smol://"
 
 
 def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
     """A config (any pydantic model) with every `tiny://llama` or `tiny://t5` string, wherever it
     sits (a role's model, a list of candidates), replaced by the built folder, so a config (the
-    demos') can name tiny models that exist on no hub. Builds only when one is named."""
+    demos') can name tiny models that exist on no hub. Builds only when one is named. The real
+    small model's names (`smol://instruct`, `smol://student?layers=N`: engine.smol) resolve here too."""
     data = cfg.model_dump()
     named: list[str] = []
 
@@ -172,6 +174,11 @@ def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
                 raise ValueError(f"{where}: unknown tiny model {node!r}; expected tiny://llama or tiny://t5")
             named.append(kind)
             return str(getattr(models(), kind))
+        if isinstance(node, str) and node.startswith(SMOL_SCHEME):
+            from engine.smol import resolve_smol
+
+            named.append(node)
+            return str(resolve_smol(node, where))
         return node
 
     built: list[TinyModels] = []

@@ -24,6 +24,7 @@ import pyarrow as pa
 from engine.config import RoleConfig
 from engine.config.evaluate import EvalConfig
 from engine.data import RunDir
+from engine.evaluate.nll import nll_gap
 from engine.evaluate.questions import load_questions, read_reference_answers
 from engine.evaluate.scores import aggregate, check_judged, headline
 from engine.lion.iteration import answer, read_rows, write_responses
@@ -75,10 +76,11 @@ def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, s
 
 
 def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str,
-             role_name: str = "candidate") -> tuple[dict, list[StageRecord]]:
+             role_name: str = "candidate", teacher: RoleConfig | None = None) -> tuple[dict, list[StageRecord]]:
     """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records).
     `role_name` is the candidate's name in the spend log (a budget is per role) and among the
-    job's engines (Lion's student); the judge's is "judge"."""
+    job's engines (Lion's student); the judge's is "judge". With a `teacher` (Lion's), the
+    summary's "nll" is the judge-free gap (engine.evaluate.nll)."""
     check_constraint(cfg.judge, cfg.judge_constraint, cfg.judge_prompt)
     questions, reference, records = prepare(cfg, run)
     if run.exists(f"{out}/answers.parquet"):
@@ -98,14 +100,21 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
         prompt=cfg.judge_prompt, retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES,
         role_name="judge", failed_answer_loses=True)
     records += judge_records
+    nll = None
+    if teacher is not None:
+        nll, teacher_records = nll_gap(teacher, role.model, questions, run, out)
+        records += teacher_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))
     summary = aggregate(rows, cfg.tie_margin, cfg.bootstrap_samples, cfg.seed)
+    if nll is not None:
+        summary["nll"] = nll
     check_judged(summary, cfg.min_judged_fraction, out)
     figures = {}
     for record in records:
         figures.update(record.as_dict())
     figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
+    figures.update({f"eval/{name}": value for name, value in (nll or {}).items()})
     figures.update(take_engine_metrics())  # the candidate's or judge's engine may start here
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)

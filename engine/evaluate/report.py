@@ -152,6 +152,15 @@ def relative_score_trend(summaries: dict[int, dict]) -> Figure:
     return fig
 
 
+NLL_HEADER = ["student NLL", "teacher NLL"]
+
+
+def nll_cells(summary: dict) -> list[str]:
+    """The judge-free gap (engine.evaluate.nll) of an evaluation, n/a where it was not measured."""
+    nll = summary.get("nll") or {}
+    return [f"{nll[k]:.3f}" if nll.get(k) is not None else "n/a" for k in ("student_nll", "teacher_nll")]
+
+
 def lion_eval_section(run: RunDir) -> list[str]:
     """The Lion report's section: the student's relative score before training and after each
     imitation stage (the outcome of the min-max game), with its plot in plots/."""
@@ -160,6 +169,13 @@ def lion_eval_section(run: RunDir) -> list[str]:
     if not summaries:
         return out + ["No evaluation yet (configure `eval` to score the student before training and after every imitation)."]
     plots = save_plots(run, {"relative_score.png": relative_score_trend(summaries)})
-    rows = [headline_row("base" if k < 0 else k, s) for k, s in summaries.items()]
-    return out + [f"![relative score per iteration]({plots['relative_score.png']})\n",
-                  table_md(["iteration", *HEADLINE_HEADER], rows)]
+    rows = [headline_row("base" if k < 0 else k, s) + nll_cells(s) for k, s in summaries.items()]
+    out += [f"![relative score per iteration]({plots['relative_score.png']})\n",
+            table_md(["iteration", *HEADLINE_HEADER, *NLL_HEADER], rows)]
+    if any("nll" in s for s in summaries.values()):
+        out.append("\nStudent NLL: the student's mean negative log-likelihood per token of the teacher's answers to "
+                   "these questions (asked as it is trained); teacher NLL, the teacher's own on the same answers, is "
+                   "the floor. No judge takes part: lower is closer to the teacher. The relative score is only as good "
+                   "as its judge: a small one is near chance (benchmarks/RESULTS.md: SmolLM2-135M-Instruct's "
+                   "preference for a real answer over \"I don't know.\").")
+    return out

@@ -82,7 +82,8 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     """The student as it is now (iteration -1: the base student) against the eval reference."""
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
-        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student")
+        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student",
+                                    teacher=cfg.teacher)
         merge_iteration_metrics(run, k)
         return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
     return Stage(f"iter_{k}/eval", fn)

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
 from engine.evaluate.report import lion_eval_section
+from engine.lion.report_examples import examples_section
 from engine.llm.ledger import read_spend
 from engine.metrics.report import fmt, save_plots, state_section, table_md
 
@@ -61,6 +62,7 @@ def write_report(run_dir: RunDir) -> str:
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
     markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend, size_bytes=run_dir.size_bytes())
+    markdown += "\n".join(examples_section(run_dir, [it.k for it in iterations])) + "\n"
     markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # engine.evaluate's: the relative score per iteration
     run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from engine.llm.prompts import alpaca_prompt
+from engine.llm.prompts import alpaca_prompt, instruction_messages
 
 IGNORE = -100  # labels with this value add nothing to the loss (torch's ignore_index)
 # Distilling step-by-step's task prefixes, exactly as its code writes them
@@ -42,19 +42,31 @@ def _texts(batch: dict, column: str) -> list[str]:
     return ["" if v is None else str(v) for v in batch[column]]
 
 
-def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int) -> dict:
-    """Alpaca prompt -> response + eos. Labels are IGNORE on the prompt, so the loss
-    is on the response tokens (and eos) only; padding is masked at collate time.
-    A row whose optional `complete` column is False (an answer its model was cut off
-    in) gets no eos either."""
+def prompt_ids(tok, instructions: list[str], inputs: list[str], template: str = "alpaca") -> list[list[int]]:
+    """Token ids of the prompts: "alpaca" as students are trained and asked; "chat" through
+    the model's chat template (its special tokens written by the template, none added), as
+    a chat model (the teacher) is asked."""
+    if template == "alpaca":
+        return tok([alpaca_prompt(i, x) for i, x in zip(instructions, inputs)], add_special_tokens=True)["input_ids"]
+    if template == "chat":
+        texts = [tok.apply_chat_template(instruction_messages({"instruction": i, "input": x}), tokenize=False,
+                                         add_generation_prompt=True) for i, x in zip(instructions, inputs)]
+        return tok(texts, add_special_tokens=False)["input_ids"]
+    raise ValueError(f"template must be 'alpaca' or 'chat', not {template!r}")
+
+
+def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int, template: str = "alpaca") -> dict:
+    """Prompt (Alpaca by default, see prompt_ids) -> response + eos. Labels are IGNORE on
+    the prompt, so the loss is on the response tokens (and eos) only; padding is masked at
+    collate time. A row whose optional `complete` column is False (an answer its model was
+    cut off in) gets no eos either."""
     tok = load_tokenizer(tokenizer_path)
-    prompts = [alpaca_prompt(i, x) for i, x in zip(_texts(batch, "instruction"), _texts(batch, "input"))]
     responses = _texts(batch, "response")
     complete = [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * len(responses)
-    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    prompts = prompt_ids(tok, _texts(batch, "instruction"), _texts(batch, "input"), template)
     response_ids = tok(responses, add_special_tokens=False)["input_ids"]
     input_ids, labels, n_prompt, n_target = [], [], [], []
-    for p, r, text, whole in zip(prompt_ids, response_ids, responses, complete):
+    for p, r, text, whole in zip(prompts, response_ids, responses, complete):
         room = max_length - len(p)
         # A truncated response must not end in eos: the student would learn to stop mid-answer.
         target = (r + [tok.eos_token_id]) if whole and len(r) < room else r[:room]
