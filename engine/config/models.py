@@ -159,6 +159,20 @@ class LionConfig(Strict):
         return hard / (hard + easy)
 
 
+class LoraConfig(Strict):
+    """A LoRA student (engine.train.lora, PEFT): the base stays frozen, only the adapter trains;
+    the export is the merged model. Defaults are PEFT's own LoraConfig defaults. `target_modules`:
+    module names (["q_proj", "v_proj"]), "all-linear", or None for PEFT's per-architecture choice."""
+
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 8.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    save_adapter: bool = False  # also the adapter alone, <export>/lora_adapter (vLLM's enable_lora)
+    # QLoRA: the frozen base quantised to 4 bits (bitsandbytes NF4), which needs CUDA GPUs.
+    load_in_4bit: bool = False
+
+
 class TrainConfig(Strict):
     architecture: Literal["causal", "seq2seq"] = "causal"
     learning_rate: PositiveFloat = 2e-5
@@ -176,6 +190,14 @@ class TrainConfig(Strict):
     checkpoint_every_steps: PositiveInt = 500
     max_failures: int = Field(2, ge=0)
     seed: int = 42
+    lora: LoraConfig | None = None  # None: full fine-tuning (the papers' way)
+
+    @model_validator(mode="after")
+    def _qlora_needs_gpus(self) -> TrainConfig:
+        if self.lora is not None and self.lora.load_in_4bit and not self.gpus_per_worker:
+            raise ValueError("lora.load_in_4bit: QLoRA quantises the base with bitsandbytes, which needs CUDA GPUs; "
+                             "train.gpus_per_worker is 0 (CPU): set it, or drop load_in_4bit")
+        return self
 
 
 class DataConfig(Strict):

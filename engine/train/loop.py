@@ -36,8 +36,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from engine.config.models import TrainConfig
 from engine.metrics import stage_timer
 from engine.train import batches as B
+from engine.train import lora
 from engine.train import step as S
-from engine.train.checkpoint import export_hf, load_checkpoint, publish_dir, save_checkpoint
+from engine.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
 from engine.train.result import TrainResult
 from engine.train.validation import Validation, best_step, improved, validation_steps
 
@@ -143,7 +144,7 @@ def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) 
     """Every rank writes its shard to a local folder; Ray uploads them into one checkpoint."""
     folder = tempfile.mkdtemp(prefix="ckpt-")
     try:
-        save_checkpoint(folder, model, optimizer, scheduler, state)
+        save_checkpoint(folder, model, optimizer, scheduler, state, lora.checkpoint_options(model))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -153,8 +154,10 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
+    lora.refuse_on_cpu(cfg.lora, device)
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
-                           activation_checkpointing=cfg.activation_checkpointing)
+                           activation_checkpointing=cfg.activation_checkpointing,
+                           adapt=lora.adapter(cfg.lora, cfg.architecture))
     total_steps = config["steps_per_epoch"] * cfg.epochs
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]
@@ -164,7 +167,7 @@ def _train_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder, model, optimizer, scheduler)
+            state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
@@ -204,7 +207,7 @@ def _train_worker(config: dict) -> dict:
     loop_seconds = time.perf_counter() - start
     counts = _all_ranks(counts, device)
     if validation is None:
-        export_hf(model, config["model_path"], config["output_dir"], dtype=_export_dtype(device))
+        _export(model, cfg, config["model_path"], config["output_dir"], device)
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
     return {  # Ray Train hands rank 0's return value to the driver
         "step": state["step"], "resumed_from_step": resumed_from, "samples": samples,
@@ -215,8 +218,9 @@ def _train_worker(config: dict) -> dict:
     }
 
 
-def _export_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:
+    lora.export(model, model_path, output_dir, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                save_adapter=cfg.lora is not None and cfg.lora.save_adapter)
 
 
 def _validate(model, optimizer, scheduler, validation: Validation, config: dict, state: dict, epoch: float,
@@ -224,7 +228,7 @@ def _validate(model, optimizer, scheduler, validation: Validation, config: dict,
     """Export the current weights (a collective), score them on rank 0, and publish the export
     as `output_dir` when it beats every earlier validation; appends to state["validations"]."""
     candidate = os.path.join(tempfile.gettempdir(), f"candidate-{os.getpid()}-{state['step']}")
-    export_hf(model, config["model_path"], candidate, dtype=_export_dtype(device))
+    _export(model, TrainConfig(**config["train"]), config["model_path"], candidate, device)
     rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         score = validation.score(candidate) if rank == 0 else 0.0
