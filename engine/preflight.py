@@ -7,7 +7,8 @@ once, one line each, so a run fails in seconds instead of at the stage that need
 Checks: input files exist and parse (with rows left to use; an evaluation's questions with a
 reference answer each, and a student in each Lion run it evaluates); an API role's key variable is
 set; a local role's model folder exists (a name that is no folder is said to be a hub name,
-which only works where the hub is reachable); the run directory is writable.
+which only works where the hub is reachable); the run directory is writable; the experiment
+tracker can start (installed, credentials, its folder writable or its server answering).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Iterator
 from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
-from engine.config.models import DataConfig, RoleConfig
+from engine.config.models import DataConfig, RoleConfig, TrackingConfig
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
@@ -121,6 +122,10 @@ def preflight(cfg: BaseModel, env=os.environ) -> list[str]:
         problems += role_problems(name, role, env)
     if getattr(cfg, "run_dir", None):
         problems += run_dir_problems(cfg.run_dir)
+    for name, settings in _sections(cfg, TrackingConfig):
+        from engine.metrics.tracking import problems as tracking_problems
+
+        problems += tracking_problems(name, settings, cfg.run_dir, env)
     return problems
 
 

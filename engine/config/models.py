@@ -223,6 +223,18 @@ class PlanConfig(Strict):
     train_tokens_per_s_per_gpu: PositiveFloat | None = None
 
 
+class TrackingConfig(Strict):
+    """Experiment tracking (engine.metrics.tracking). `uri`: MLflow's tracking URI (a server, or a
+    folder: a file store), W&B's folder, TensorBoard's log folder; default: a folder in the run
+    directory (mlruns/, wandb/, tensorboard/). Credentials come from the libraries' own variables
+    (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN...), never from the config."""
+
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = "none"
+    project: str = Field("lion-distill", min_length=1)  # MLflow experiment, W&B project
+    run_name: str | None = None  # default: the job's name
+    uri: str | None = None
+
+
 # Here, not at the top: the eval section's models build on RoleConfig and Strict above.
 from engine.config.evaluate import EvalConfig  # noqa: E402
 
@@ -242,6 +254,7 @@ class RunConfig(Strict):
     eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
     plan: PlanConfig = PlanConfig()
     serving: ServingConfig = ServingConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

@@ -34,7 +34,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.config.models import TrainConfig
-from engine.metrics import stage_timer
+from engine.metrics import stage_timer, tracking
 from engine.train import batches as B
 from engine.train import lora
 from engine.train import step as S
@@ -76,6 +76,7 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             # The token ids go to the workers once, through the object store (one copy per node):
             # each rank then takes its rows of a seeded global shuffle, the same on a resume.
             "rows": ray.put(_columns(usable)), "ranks": ranks, "validation": validation,
+            "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
         }
         result = _trainer(cfg, loop_config, output_dir, name).fit()
         m = result.return_value
@@ -173,6 +174,7 @@ def _train_worker(config: dict) -> dict:
     tasks = 2 if config["kind"] == "multitask" else 1
     rows = ray.get(config["rows"])
     rank = dist.get_rank() if dist.is_initialized() else 0
+    curve = tracking.TrainingCurve(config.get("tracking"), rank)
     n_rows = len(next(iter(rows.values())))
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
@@ -191,8 +193,10 @@ def _train_worker(config: dict) -> dict:
             for i, batch in enumerate(window):
                 loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
                 counts += _batch_counts(batch, config["kind"], tasks)
-            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            grad_norm = S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
+            curve.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm}, state["step"] + 1)
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
@@ -205,6 +209,7 @@ def _train_worker(config: dict) -> dict:
         state.update(epoch=epoch + 1, micro_in_epoch=0)
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
     loop_seconds = time.perf_counter() - start
+    curve.close()
     counts = _all_ranks(counts, device)
     if validation is None:
         _export(model, cfg, config["model_path"], config["output_dir"], device)

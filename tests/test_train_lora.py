@@ -1,0 +1,102 @@
+"""LoRA students (engine.train.lora): the config's refusals in milliseconds, and one real 2-worker
+FSDP2 run of the tiny LLaMA with a LoRA adapter that resumes from its adapter checkpoint, exports
+merged (and the adapter alone), and generates through vLLM."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from engine.config.models import LoraConfig, TrainConfig
+from engine.train.lora import ADAPTER_DIR, peft_config, refuse_on_cpu
+
+
+
+def test_lora_settings_reach_peft_and_qlora_is_refused_without_gpus():
+    settings = LoraConfig(r=4, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    peft = peft_config(settings, "causal")
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout, sorted(peft.target_modules)) == (4, 16, 0.1, ["q_proj", "v_proj"])
+    assert peft.task_type == "CAUSAL_LM" and peft_config(settings, "seq2seq").task_type == "SEQ_2_SEQ_LM"
+    with pytest.raises(ValidationError, match="load_in_4bit: QLoRA .* train.gpus_per_worker is 0"):
+        TrainConfig(lora={"load_in_4bit": True})
+    qlora = TrainConfig(lora={"load_in_4bit": True}, gpus_per_worker=1)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        refuse_on_cpu(qlora.lora, torch.device("cpu"))
+    with pytest.raises(ValidationError, match="target_modules"):
+        TrainConfig(lora={"target_modules": "all"})
+
+
+def _checkpoint_keys(run_dir: Path) -> list[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folders = sorted(run_dir.glob("ray_train/lora-sft/checkpoint_*"))
+    assert folders, list(run_dir.rglob("*"))[:20]
+    return list(FileSystemReader(str(folders[-1])).read_metadata().state_dict_metadata)
+
+
+@pytest.mark.vllm
+def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, tiny_models, tmp_path):
+    import ray
+
+    from engine.train import train_causal_sft
+    from engine.train import batches as B
+    from engine.train import step as S
+    from tests.test_train_ray import VLLM_SCRIPT as script_text
+
+    rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "",
+                                 "response": f"The number is {i}."} for i in range(16)])
+    lora = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "save_adapter": True}
+    cfg = TrainConfig(num_workers=2, batch_size=4, epochs=1, learning_rate=1e-2, warmup_ratio=0.0, max_length=128,
+                      checkpoint_every_steps=1, lora=lora)
+    out = str(tmp_path / "student")
+    first = train_causal_sft(cfg, str(tiny_models.llama), rows, out, name="lora-sft")
+    assert first.record.extra["steps"] == 2
+    # The checkpoint holds the adapter and its optimizer state, not the frozen base.
+    keys = _checkpoint_keys(tmp_path)
+    model_keys = [k for k in keys if k.startswith("model.")]
+    assert model_keys and all("lora_" in k for k in model_keys), model_keys
+    assert all("lora_" in k for k in keys if k.startswith("optim.state."))
+
+    second = train_causal_sft(cfg.model_copy(update={"epochs": 4}), str(tiny_models.llama), rows, out, name="lora-sft")
+    extra = second.record.extra
+    assert extra["resumed_from_step"] == 2 and extra["steps"] == 8 and second.record.rows == 3 * 16
+    assert extra["train_loss_first"] == first.record.extra["train_loss_first"]
+    assert extra["train_loss_last"] < extra["train_loss_first"] - 0.5
+
+    # Only what the adapter touches changed: the merged q/v projections, nothing else.
+    base = load_file(str(tiny_models.llama / "model.safetensors"))
+    merged = load_file(os.path.join(second.model_dir, "model.safetensors"))
+    assert set(merged) == set(base)
+    changed = sorted(k for k in base if not torch.equal(base[k], merged[k]))
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+    assert len(changed) == 2 * 2  # two layers, q and v
+
+    # The adapter alone, on the base model, is the merged model (transformers + PEFT).
+    from peft import PeftModel
+
+    adapter_dir = os.path.join(second.model_dir, ADAPTER_DIR)
+    assert json.loads(Path(adapter_dir, "adapter_config.json").read_text())["r"] == 8
+    tokens = B.tokenize_causal({"instruction": ["Say the number 3."], "input": [""], "response": ["The number is 3."]},
+                               tokenizer_path=second.model_dir, max_length=128)
+    batch = B.collate_causal(tokens, pad_id=0)
+    with torch.no_grad():
+        with_adapter = PeftModel.from_pretrained(S.load_model(str(tiny_models.llama), "causal"), adapter_dir).eval()
+        merged_model = S.load_model(second.model_dir, "causal").eval()
+        logits = [m(input_ids=batch["input_ids"]).logits for m in (with_adapter, merged_model)]
+        base_loss, trained_loss = (S.causal_lm_loss(m, batch).item()
+                                   for m in (S.load_model(str(tiny_models.llama), "causal").eval(), merged_model))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
+    assert trained_loss < base_loss - 0.5
+
+    script = tmp_path / "vllm_load.py"
+    script.write_text(script_text)
+    proc = subprocess.run([sys.executable, str(script), second.model_dir], capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0
