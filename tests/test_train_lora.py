@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from engine.config.models import LoraConfig, TrainConfig
-from engine.train.lora import ADAPTER_DIR, peft_config, refuse_on_cpu
+from engine.train.lora import ADAPTER_DIR, peft_config, refuse_qlora
 
 
 
@@ -26,7 +26,7 @@ def test_lora_settings_reach_peft_and_qlora_is_refused_without_gpus():
         TrainConfig(lora={"load_in_4bit": True})
     qlora = TrainConfig(lora={"load_in_4bit": True}, gpus_per_worker=1)
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        refuse_on_cpu(qlora.lora, torch.device("cpu"))
+        refuse_qlora(qlora.lora, torch.device("cpu"))
     with pytest.raises(ValidationError, match="target_modules"):
         TrainConfig(lora={"target_modules": "all"})
 
