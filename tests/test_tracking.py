@@ -10,6 +10,7 @@ import pytest
 from engine.config.models import TrackingConfig
 from engine.data import RunDir
 from engine.metrics import tracking
+from engine.metrics.curve import TrainingCurve
 from engine.preflight import preflight
 from tests.fixtures.server_process import free_port
 
@@ -26,7 +27,7 @@ def _job(run: RunDir, backend: str, **extra):
     tracking.log_stage(tracker, run, "iter_-1/eval", 0, {"eval_relative_score": 0.61})
     with tracking.active(tracker):
         tracking.store("plots/hard_fraction.png", _png())
-        curve = tracking.TrainingCurve(tracking.worker_target("iter_0/imitation/train"), rank=0)
+        curve = TrainingCurve(tracking.worker_target("iter_0/imitation/train"), rank=0)
     for step, loss in enumerate([2.0, 1.5, 1.0], start=1):
         curve.log({"train/loss": loss}, step)
     curve.close()

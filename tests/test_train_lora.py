@@ -100,3 +100,28 @@ def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, ti
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0
+
+
+def constant_score(model_dir: str) -> float:
+    return 0.5
+
+
+def test_t5_lora_student_in_the_driver_with_validation(ray_cluster, tiny_models, tmp_path):
+    """Step-by-step's seq2seq student with LoRA (PEFT's T5 default: q and v), the loop in the driver,
+    the validation's export merged too."""
+    import ray
+
+    from engine.train import Validation, train_seq2seq_multitask
+
+    rows = ray.data.from_items([{"input": f"question {i}", "label": f"answer {i % 3}"} for i in range(16)])
+    cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=4, epochs=3, learning_rate=1e-2,
+                      warmup_ratio=0.0, max_length=32, lora={"r": 4})
+    result = train_seq2seq_multitask(cfg, str(tiny_models.t5), rows, str(tmp_path / "t5"), name="t5-lora",
+                                     task="standard", validation=Validation(count=2, score=constant_score))
+    assert [v["step"] for v in result.validations] == [6, 12] and result.best_step == 6
+    assert result.record.extra["train_loss_last"] < result.record.extra["train_loss_first"]
+    base = load_file(str(tiny_models.t5 / "model.safetensors"))
+    merged = load_file(os.path.join(result.model_dir, "model.safetensors"))
+    changed = sorted(k for k in base if k in merged and not torch.equal(base[k], merged[k]))
+    assert changed and all(k.endswith(("q.weight", "v.weight")) for k in changed), changed
+    assert not os.path.exists(os.path.join(result.model_dir, ADAPTER_DIR))  # save_adapter is off

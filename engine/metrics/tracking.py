@@ -11,10 +11,9 @@ and whatever else the iteration's stages report); after each report, the report 
 artifacts. Steps: a Lion iteration's figures are logged at step k + 1 (the student has been trained
 k + 1 times; the base student's evaluation is step 0), any other job's at the stage's position.
 
-Training curves come from Ray Train's rank 0 (`training_curve`, called inside the train loop):
-loss, learning rate and gradient norm at every optimizer step, in a run of their own per training
-stage, tied to the job's run: an MLflow child run (Ray Train's `setup_mlflow`), a W&B run in the
-job's group (`setup_wandb`), a TensorBoard folder under the job's.
+Training curves come from Ray Train's rank 0 (engine.metrics.curve, inside the train loop), to
+where `worker_target` says: loss, learning rate and gradient norm at every optimizer step, in a run
+of their own per training stage, tied to the job's run.
 
 A resumed job continues the same run (its id is kept in the run directory, `tracking.json`). A
 tracker that fails while the job runs is reported once and switched off: figures are never worth
@@ -35,14 +34,13 @@ from numbers import Real
 
 from engine.config.models import TrackingConfig
 from engine.data import RunDir
+from engine.metrics.curve import FILE_STORE_OPT_IN
 
 log = logging.getLogger("engine")
 
 STATE_FILE = "tracking.json"
 LIBRARIES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "torch.utils.tensorboard"}
 DEFAULT_FOLDERS = {"mlflow": "mlruns", "wandb": ".", "tensorboard": "tensorboard"}
-# MLflow 3 refuses a file store unless asked: it is what a run directory can hold without a server.
-FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
 
 
 def location(cfg: TrackingConfig, run_dir: str) -> str:
@@ -326,59 +324,6 @@ def active(tracker: Tracker | None):
 
 def worker_target(stage: str) -> dict | None:
     return _active.worker(stage) if _active is not None and not _active.broken else None
-
-
-class TrainingCurve:
-    """Rank 0's per-step figures of one training stage; a no-op elsewhere or without tracking."""
-
-    def __init__(self, target: dict | None, rank: int):
-        self.sink, self.kind = None, None
-        if not target or rank != 0:
-            return
-        try:
-            self.kind = target["backend"]
-            self.sink = _curve_sink(target)
-        except Exception as e:  # noqa: BLE001 - see Tracker._guard
-            log.warning("tracking: the training curve could not start (%s: %s)", type(e).__name__, e)
-
-    def log(self, figures: dict[str, float], step: int) -> None:
-        if self.sink is None:
-            return
-        try:
-            if self.kind == "mlflow":
-                self.sink.log_metrics(figures, step=step)
-            elif self.kind == "wandb":
-                self.sink.log(figures, step=step)
-            else:
-                for key, value in figures.items():
-                    self.sink.add_scalar(key, value, step)
-        except Exception as e:  # noqa: BLE001
-            log.warning("tracking: training curve off (%s: %s)", type(e).__name__, e)
-            self.sink = None
-
-    def close(self) -> None:
-        if self.sink is None:
-            return
-        {"mlflow": lambda: self.sink.end_run(), "wandb": lambda: self.sink.finish(),
-         "tensorboard": lambda: self.sink.close()}[self.kind]()
-
-
-def _curve_sink(target: dict):
-    if target["backend"] == "mlflow":
-        from ray.air.integrations.mlflow import setup_mlflow
-
-        os.environ.setdefault(FILE_STORE_OPT_IN, "true")
-        return setup_mlflow(tracking_uri=target["uri"], experiment_name=target["project"], run_name=target["name"],
-                            tags={"mlflow.parentRunId": target["parent"]}, create_experiment_if_not_exists=True,
-                            rank_zero_only=False)  # TrainingCurve already picked rank 0
-    if target["backend"] == "wandb":
-        from ray.air.integrations.wandb import setup_wandb
-
-        return setup_wandb(project=target["project"], name=target["name"], group=target["parent"], id=target["id"],
-                           resume="allow", dir=target["uri"], job_type="train", rank_zero_only=False)
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=target["uri"])
 
 
 def log_config(tracker: Tracker, config: dict) -> None:

@@ -35,6 +35,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.config.models import TrainConfig
 from engine.metrics import stage_timer, tracking
+from engine.metrics.curve import TrainingCurve
 from engine.train import batches as B
 from engine.train import lora
 from engine.train import step as S
@@ -174,7 +175,7 @@ def _train_worker(config: dict) -> dict:
     tasks = 2 if config["kind"] == "multitask" else 1
     rows = ray.get(config["rows"])
     rank = dist.get_rank() if dist.is_initialized() else 0
-    curve = tracking.TrainingCurve(config.get("tracking"), rank)
+    curve = TrainingCurve(config.get("tracking"), rank)
     n_rows = len(next(iter(rows.values())))
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
