@@ -65,7 +65,8 @@ def _curve_sink(target: dict):
         from ray.air.integrations.wandb import setup_wandb
 
         return setup_wandb(project=target["project"], name=target["name"], group=target["parent"], id=target["id"],
-                           resume="allow", dir=target["uri"], job_type="train", rank_zero_only=False)
+                           resume="allow", dir=target["uri"], job_type="train", mode=target["mode"],
+                           rank_zero_only=False)
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=target["uri"])

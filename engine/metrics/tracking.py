@@ -119,7 +119,7 @@ def stage_step(stage: str, index: int) -> int:
 
 
 class Tracker:
-    """One job's tracking run. Subclasses implement _log, _artifact, _close and worker()."""
+    """One job's tracking run. Subclasses implement _params, _log, _artifact, _close and worker()."""
 
     backend = "none"
 
@@ -244,7 +244,10 @@ class WandbTracker(Tracker):
 
     def worker(self, stage):
         return {"backend": "wandb", "uri": self.where, "project": self.cfg.project, "name": f"{self.run_name}/{stage}",
-                "parent": self.run_name, "id": f"{self.run_id}-{re.sub(r'[^A-Za-z0-9_-]', '-', stage)}"}
+                "parent": self.run_name, "id": f"{self.run_id}-{re.sub(r'[^A-Za-z0-9_-]', '-', stage)}",
+                # The workers' environment is the cluster's: offline mode goes with the target
+                # (a key never does: WANDB_API_KEY must be in the workers' environment).
+                "mode": os.environ.get("WANDB_MODE")}
 
 
 class TensorboardTracker(Tracker):
