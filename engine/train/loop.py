@@ -156,7 +156,6 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    lora.refuse_qlora(cfg.lora, device)
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
                            activation_checkpointing=cfg.activation_checkpointing,
                            adapt=lora.adapter(cfg.lora, cfg.architecture))

@@ -56,19 +56,6 @@ def checkpoint_options(model: nn.Module) -> StateDictOptions | None:
     return StateDictOptions(ignore_frozen_params=True, strict=False) if is_lora(model) else None
 
 
-def refuse_qlora(lora: LoraConfig | None, device: torch.device) -> None:
-    """The config refuses QLoRA without GPUs, and a worker that finds none refuses it too. On GPUs it
-    is refused as well, for now: bitsandbytes' packed 4-bit weights do not go through FSDP2's
-    fully_shard, and a 4-bit base replicated on every rank needs its own gradient sync; neither is
-    built yet, and a LoRA run without the quantisation asked for would be a silent substitute."""
-    if lora is None or not lora.load_in_4bit:
-        return
-    if device.type != "cuda":
-        raise ValueError(f"train.lora.load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes); this worker has {device.type}")
-    raise NotImplementedError("train.lora.load_in_4bit: QLoRA training is not built yet (4-bit bitsandbytes "
-                              "weights under FSDP2); train the LoRA student without load_in_4bit")
-
-
 def export(model: nn.Module, tokenizer_path: str, output_dir: str, *, dtype: torch.dtype = torch.float32,
            save_adapter: bool = False) -> None:
     """The student's Hugging Face export (a collective: every rank calls it). A LoRA student is
