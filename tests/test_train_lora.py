@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,22 @@ from safetensors.torch import load_file
 from engine.config.models import LoraConfig, TrainConfig
 from engine.train.lora import ADAPTER_DIR, peft_config
 
+
+
+VLLM_LORA_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+    if __name__ == "__main__":
+        merged_dir, base_dir, adapter_dir = sys.argv[1:4]
+        prompt, greedy = ["### Instruction:\\nSay the number 3.\\n\\n### Response:\\n"], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        tokens = lambda out: list(out[0].outputs[0].token_ids)
+        merged = tokens(LLM(model=merged_dir, dtype="float32", max_model_len=256, enforce_eager=True).generate(prompt, greedy))
+        llm = LLM(model=base_dir, dtype="float32", max_model_len=256, enforce_eager=True, enable_lora=True, max_lora_rank=8)
+        adapter = tokens(llm.generate(prompt, greedy, lora_request=LoRARequest("student", 1, adapter_dir)))
+        base = tokens(llm.generate(prompt, greedy))
+        print("RESULT", json.dumps({"merged": merged, "adapter": adapter, "base": base}), flush=True)
+""")
 
 
 def test_lora_settings_reach_peft_and_qlora_is_refused_without_gpus():
@@ -45,7 +62,6 @@ def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, ti
     from engine.train import train_causal_sft
     from engine.train import batches as B
     from engine.train import step as S
-    from tests.test_train_ray import VLLM_SCRIPT as script_text
 
     rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "",
                                  "response": f"The number is {i}."} for i in range(16)])
@@ -92,13 +108,14 @@ def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, ti
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
     assert trained_loss < base_loss - 0.5
 
-    script = tmp_path / "vllm_load.py"
-    script.write_text(script_text)
-    proc = subprocess.run([sys.executable, str(script), second.model_dir], capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    # vLLM serves the merged export, and the base model with the adapter (enable_lora): the same greedy tokens.
+    script = tmp_path / "vllm_lora.py"
+    script.write_text(VLLM_LORA_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), second.model_dir, str(tiny_models.llama), adapter_dir],
+                          capture_output=True, text=True, timeout=500, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT ")).removeprefix("RESULT "))
+    assert len(result["merged"]) == 8 and result["adapter"] == result["merged"] != result["base"]
 
 
 def constant_score(model_dir: str) -> float:
