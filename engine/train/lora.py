@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from copy import deepcopy
 
 import torch
 from torch import nn
@@ -70,6 +71,7 @@ def export(model: nn.Module, tokenizer_path: str, output_dir: str, *, dtype: tor
     unsharded = unsharded_copy(model, full)
     with tempfile.TemporaryDirectory(prefix="lora-export-") as tmp:
         if save_adapter:
+            unsharded.peft_config["default"].base_model_name_or_path = tokenizer_path  # the base it adapts
             unsharded.save_pretrained(os.path.join(tmp, ADAPTER_DIR), safe_serialization=True)
         merged = unsharded.merge_and_unload()
         merged.config.use_cache = True  # the export generates
@@ -90,8 +92,9 @@ def unsharded_copy(model: nn.Module, full: dict[str, torch.Tensor]) -> nn.Module
 
     base = model.get_base_model()
     cls = AutoModelForSeq2SeqLM if base.config.is_encoder_decoder else AutoModelForCausalLM
-    with torch.device("meta"):
-        copy = get_peft_model(cls.from_config(base.config, dtype=torch.float32), model.peft_config["default"])
+    with torch.device("meta"):  # its own config: the export's settings must not reach the training model
+        copy = get_peft_model(cls.from_config(deepcopy(base.config), dtype=torch.float32),
+                              deepcopy(model.peft_config["default"]))
     copy.load_state_dict(full, assign=True, strict=True)
     persistent = set(full)
     for name, buffer in model.named_buffers():
