@@ -47,6 +47,55 @@ def test_lora_settings_reach_peft_and_qlora_is_refused_without_gpus():
         TrainConfig(lora={"target_modules": "all"})
 
 
+def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_path):
+    """The same code the Ray Train workers run, in this process (no process group): the optimizer
+    holds the adapter only, the loss falls, a checkpoint holds the adapter and restores it, and the
+    merged export changes only the adapted weights."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from engine.train import batches as B
+    from engine.train import lora
+    from engine.train import step as S
+    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = str(tiny_models.llama)
+    cfg = TrainConfig(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj"], "save_adapter": True},
+                      learning_rate=5e-2, warmup_ratio=0.0)
+    model = S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))
+    optimizer, scheduler = S.build_optimizer(model, cfg, 10)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
+    assert len(trainable) == 2 * 2  # lora_A and lora_B of two layers' q_proj
+    tokens = B.tokenize_causal({"instruction": [f"Say {i}." for i in range(4)], "input": [""] * 4,
+                                "response": [f"The number is {i}." for i in range(4)]}, tokenizer_path=path, max_length=64)
+    batch = B.collate_causal(tokens, pad_id=0)
+    losses = []
+    for _ in range(10):
+        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    assert losses[-1] < losses[0] - 0.5, losses
+
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, model, optimizer, scheduler, {"step": 10}, lora.checkpoint_options(model))
+    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    assert sorted(k for k in keys if k.startswith("model.")) == sorted(
+        "model." + k for k, p in model.named_parameters() if p.requires_grad)
+    trained = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    fresh = S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))
+    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, cfg, 10)
+    assert load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.items())
+    assert fresh_scheduler.last_epoch == scheduler.last_epoch
+
+    lora.export(model, path, str(tmp_path / "export"), save_adapter=True)
+    base, merged = (load_file(str(p / "model.safetensors")) for p in (tiny_models.llama, tmp_path / "export"))
+    assert sorted(k for k in base if not torch.equal(base[k], merged[k])) == [
+        f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)]
+    adapter = load_file(str(tmp_path / "export" / ADAPTER_DIR / "adapter_model.safetensors"))
+    assert len(adapter) == 4 and all("lora_" in k for k in adapter)
+    assert not model.config.use_cache  # the export's settings stayed out of the training model
+
+
 def _checkpoint_keys(run_dir: Path) -> list[str]:
     from torch.distributed.checkpoint import FileSystemReader
 
