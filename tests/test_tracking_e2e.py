@@ -51,7 +51,7 @@ def test_lion_run_tracked_in_an_mlflow_file_store(ray_cluster, vllm_server, tmp_
     assert [c.info.run_name for c in children] == ["demo/lion-demo-iter0-imitation"]
     assert sorted(_steps(client.get_metric_history(children[0].info.run_id, "train/loss"))) == list(range(1, steps + 1))
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
-    assert {"config.json", "report.md", "plots/hard_fraction.png", "plots/relative_score.png"} <= artifacts
+    assert {"config.json", "report.md", "plots/hard_fraction_gap.png", "plots/relative_score.png"} <= artifacts
     assert files_containing(run, KEY) == []
 
 
@@ -65,7 +65,7 @@ def test_lion_run_tracked_in_tensorboard_event_files(ray_cluster, vllm_server, t
     scalars = {key: _steps(events.Scalars(key)) for key in ("summary/hard_fraction", "summary/eval_relative_score")}
     assert scalars["summary/hard_fraction"] == {1: pytest.approx(state["summary"]["iter_0"]["hard_fraction"])}
     assert set(scalars["summary/eval_relative_score"]) == {0, 1}
-    assert {"plots/hard_fraction.png", "plots/relative_score.png"} <= set(events.Tags()["images"])
+    assert {"plots/hard_fraction_gap.png", "plots/relative_score.png"} <= set(events.Tags()["images"])
     curve = EventAccumulator(str(run / "tensorboard" / "demo" / "train" / "lion-demo-iter0-imitation")).Reload()
     steps = int(json.loads((run / "iter_0" / "imitation" / "metrics.json").read_text())["steps/imitation/train"])
     assert sorted(_steps(curve.Scalars("train/loss"))) == list(range(1, steps + 1))
