@@ -13,7 +13,8 @@ slot), a paper task's splits at their published sizes (unless data.allow_partial
 Only a run needs: an API role's key variable set; a local role's model folder, or a hub
 name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
 student in each Lion run an evaluation names; a writable run directory (a local path or an object
-store URI) and, once joined, the same folder on every node (engine.data.rundir_checks). `--plan` prices a run
+store URI) and, once joined, the same folder on every node (engine.data.rundir_checks); the experiment tracker can start
+(installed, credentials, its folder writable or its server answering). `--plan` prices a run
 whose run-only problems are not solved yet (no key handed out yet): it prints them as notes.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Iterator
 from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
-from engine.config.models import DataConfig, RoleConfig
+from engine.config.models import DataConfig, RoleConfig, TrackingConfig
 from engine.config.step_by_step import StepByStepConfig, TaskData
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -180,6 +181,10 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
                                        "test": task_data.test_limit}, task_data.allow_partial)
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
+    for name, settings in _sections(cfg, TrackingConfig):
+        from engine.metrics.tracking import problems as tracking_problems
+
+        checks.run += tracking_problems(name, settings, cfg.run_dir, env)
     return checks
 
 

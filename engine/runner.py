@@ -15,8 +15,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engine.config.models import TrackingConfig
 from engine.data import RunDir
 from engine.driver_node import on_driver_node
+from engine.metrics import tracking
 
 log = logging.getLogger("engine")
 
@@ -126,33 +128,48 @@ def driver(run: RunDir, initial: dict):
 
 
 def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs: dict | None = None,
-               report: Callable[[RunDir], object] | None = None) -> dict:
+               report: Callable[[RunDir], object] | None = None, tracking_cfg: TrackingConfig | None = None,
+               config: dict | None = None) -> dict:
     """Run the stages not yet complete, in order; call report(run) after each; return the final state.
 
     `outputs` seeds state["outputs"] on a fresh run (e.g. the base student's path); on a resumed run
     the recorded outputs win. A stage that raises leaves the run resumable at that stage: its error
-    goes up to the caller, named."""
+    goes up to the caller, named. `tracking_cfg`: each stage's figures, the resolved `config` and the
+    reports go to the experiment tracker too (engine.metrics.tracking)."""
     import ray
 
+    tracker = tracking.open_tracker(tracking_cfg, run, name)
+    if tracker is not None and config is not None:
+        tracking.log_config(tracker, config)
     actor = driver(run, fresh_state(job, name, outputs))
+    failed = True
     try:
         state = ray.get(actor.plan.remote([s.name for s in stages]))
         if state["completed"]:
             log.info("%s: resuming %s at %s", job, run.uri, next_stage(state))
-        for stage in stages:
+        for index, stage in enumerate(stages):
             if stage.name in state["completed"]:
                 continue
             log.info("%s: stage %s", job, stage.name)
             try:
-                result = stage.fn(state)
+                with tracking.active(tracker):  # the stage's training runs log their curves into it
+                    result = stage.fn(state)
             except Exception as exc:
                 raise StageError(stage.name, exc) from exc
             state = ray.get(actor.complete.remote(stage.name, stage.bucket, result))
+            if tracker is not None:
+                tracking.log_stage(tracker, run, stage.name, index, result.summary)
             if report is not None:
-                report(run)
+                with tracking.active(tracker):  # its plots go to the tracker as they are saved
+                    path = report(run)
+                if tracker is not None:
+                    tracking.log_report(tracker, run, path)
+        failed = False
         return state
     finally:
         ray.kill(actor)
+        if tracker is not None:
+            tracker.close(failed)
 
 
 class StageError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from engine.config.models import PlanConfig, RoleConfig, Strict
+from engine.config.models import PlanConfig, RoleConfig, Strict, TrackingConfig
 
 
 class QuestionsConfig(Strict):
@@ -110,6 +110,7 @@ class EvalJobConfig(Strict):
     name: str = "eval"
     eval: EvalConfig
     plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes before anything is observed
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _has_candidates(self) -> EvalJobConfig:

@@ -183,6 +183,20 @@ class LionConfig(Strict):
         return hard / (hard + easy)
 
 
+class LoraConfig(Strict):
+    """A LoRA student (engine.train.lora, PEFT): the base stays frozen, only the adapter trains;
+    the export is the merged model. Defaults are PEFT's own LoraConfig defaults. `target_modules`:
+    module names (["q_proj", "v_proj"]), "all-linear", or None for PEFT's per-architecture choice."""
+
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 8.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    save_adapter: bool = False  # also the adapter alone, <export>/lora_adapter (vLLM's enable_lora)
+    # QLoRA: the frozen base quantised to 4 bits (bitsandbytes), which needs CUDA GPUs; refused for now (_qlora).
+    load_in_4bit: bool = False
+
+
 class TrainConfig(Strict):
     architecture: Literal["causal", "seq2seq"] = "causal"
     learning_rate: PositiveFloat = 2e-5
@@ -212,6 +226,20 @@ class TrainConfig(Strict):
     # would wait on, retrying forever).
     start_timeout_s: PositiveFloat = 600.0
     seed: int = 42
+    lora: LoraConfig | None = None  # None: full fine-tuning (the papers' way)
+
+    @model_validator(mode="after")
+    def _qlora(self) -> TrainConfig:
+        if self.lora is None or not self.lora.load_in_4bit:
+            return self
+        if not self.gpus_per_worker:
+            raise ValueError("lora.load_in_4bit: QLoRA quantises the base with bitsandbytes, which needs CUDA GPUs; "
+                             "train.gpus_per_worker is 0 (CPU): set it, or drop load_in_4bit")
+        # bitsandbytes' packed 4-bit weights do not go through FSDP2's fully_shard, and a 4-bit base
+        # replicated on every rank needs a gradient sync of its own: refused before anything is paid
+        # for, rather than trained silently without the quantisation asked for.
+        raise ValueError("lora.load_in_4bit: QLoRA training is not built yet (4-bit bitsandbytes weights under "
+                         "FSDP2); train the LoRA student without load_in_4bit")
 
 
 class DataConfig(Strict):
@@ -238,3 +266,17 @@ class PlanConfig(Strict):
     # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
     tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
     train_tokens_per_s_per_gpu: PositiveFloat | None = None
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking (engine.metrics.tracking). `uri`: MLflow's tracking URI (a server, or a
+    folder: a file store), W&B's folder, TensorBoard's log folder; default: a folder in the run
+    directory (mlruns/, wandb/, tensorboard/). Credentials come from the libraries' own variables
+    (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN...), never from the config."""
+
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = "none"
+    project: str = Field("lion-distill", min_length=1)  # MLflow experiment, W&B project
+    run_name: str | None = None  # default: the job's name
+    uri: str | None = None
+
+

@@ -15,6 +15,7 @@ from engine.config.models import (
     RoleConfig,
     ServingConfig,
     Strict,
+    TrackingConfig,
     TrainConfig,
 )
 
@@ -34,6 +35,7 @@ class RunConfig(Strict):
     eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
     plan: PlanConfig = PlanConfig()
     serving: ServingConfig = ServingConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from engine.config.models import PlanConfig, RoleConfig, Strict, TrainConfig
+from engine.config.models import PlanConfig, RoleConfig, Strict, TrackingConfig, TrainConfig
 
 Method = Literal["standard_finetune", "standard_distill", "step_by_step"]
 METHODS: tuple[str, ...] = ("standard_finetune", "standard_distill", "step_by_step")
@@ -134,6 +134,7 @@ class StepByStepConfig(Strict):
     train: TrainConfig = TrainConfig(architecture="seq2seq", learning_rate=5e-5, batch_size=64, max_length=1024,
                                      warmup_ratio=0.0, lr_schedule="linear", rationale_weight=1.0, epochs=1)
     plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes (throughputs for GPU-hours)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod

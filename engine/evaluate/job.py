@@ -99,8 +99,10 @@ def load(path: str, overrides: list[str]) -> EvalJobConfig:
 def run(cfg: EvalJobConfig) -> dict:
     cfg = cfg.model_copy(update={"eval": absolute_paths(cfg.eval), "run_dir": _abs(cfg.run_dir)})
     rundir = RunDir(cfg.run_dir)
-    rundir.write_json("config.json", cfg.model_dump(mode="json"))  # key *names* only, never values
-    state = run_stages(rundir, job="evaluate", name=cfg.name, stages=eval_stages(cfg.eval, rundir), report=write_report)
+    config = cfg.model_dump(mode="json")  # key *names* only, never values
+    rundir.write_json("config.json", config)
+    state = run_stages(rundir, job="evaluate", name=cfg.name, stages=eval_stages(cfg.eval, rundir), report=write_report,
+                       tracking_cfg=cfg.tracking, config=config)
     write_report(rundir)
     logging.getLogger("engine.evaluate").info("done: report %s", rundir.path("eval", "report.md"))
     return state

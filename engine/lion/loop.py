@@ -111,7 +111,8 @@ def run(cfg: RunConfig) -> dict:
     cfg = absolute_paths(cfg)
     rundir = RunDir(cfg.run_dir)
     # The resolved config holds the *names* of key variables, never their values.
-    rundir.write_json("config.json", cfg.model_dump(mode="json"))
+    config = cfg.model_dump(mode="json")
+    rundir.write_json("config.json", config)
     seed_pools(cfg, rundir)
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     if cfg.eval is not None:
@@ -119,7 +120,8 @@ def run(cfg: RunConfig) -> dict:
     with job_engines(roles, cfg.serving, run_id=rundir.uri, train_workers=cfg.train.num_workers,
                      gpus_per_worker=cfg.train.gpus_per_worker):
         state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
-                           outputs={"student_model": cfg.student.model}, report=write_report)
+                           outputs={"student_model": cfg.student.model}, report=write_report,
+                           tracking_cfg=cfg.tracking, config=config)
     write_report(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
+from engine.metrics import tracking
 
 
 def fmt(value) -> str:
@@ -32,6 +33,7 @@ def save_plots(run_dir: RunDir, figures: dict[str, Figure], folder: str = "plots
         buf = io.BytesIO()
         figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         run_dir.write_bytes(f"{folder}/{name}", buf.getvalue())
+        tracking.store(f"{folder}/{name}", buf.getvalue())  # the job's tracker, if it has one
         saved[name] = f"{folder}/{name}"
     return saved
 

@@ -58,9 +58,10 @@ def load(path: str, overrides: list[str]) -> StepByStepConfig:
 def run(cfg: StepByStepConfig) -> dict:
     cfg = absolute_paths(cfg)
     rundir = RunDir(cfg.run_dir)
-    rundir.write_json("config.json", cfg.model_dump(mode="json"))  # key variable *names* only
+    config = cfg.model_dump(mode="json")  # key variable *names* only
+    rundir.write_json("config.json", config)
     state = run_stages(rundir, job="step_by_step", name=cfg.name, stages=step_by_step_stages(cfg, rundir),
-                       report=write_report)
+                       report=write_report, tracking_cfg=cfg.tracking, config=config)
     write_report(rundir)
     log.info("done: report %s", rundir.path("report.md"))
     return state

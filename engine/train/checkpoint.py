@@ -29,19 +29,21 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def save_checkpoint(folder: str | Path, model, optimizer, scheduler, state: dict) -> None:
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+def save_checkpoint(folder: str | Path, model, optimizer, scheduler, state: dict,
+                    options: StateDictOptions | None = None) -> None:
+    """`options`: which state (a LoRA student's leave the frozen base out, engine.train.lora)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
     if rank() == 0:
         Path(folder, TRAINER_STATE).write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
 
 
-def load_checkpoint(folder: str | Path, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer and scheduler in place; returns the trainer state."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+def load_checkpoint(folder: str | Path, model, optimizer, scheduler, options: StateDictOptions | None = None) -> dict:
+    """Restore model, optimizer and scheduler in place (the state `options` saved); returns the trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     sd = {"model": model_sd, "optim": optim_sd}
     dcp.load(sd, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"], options=options)
     state = json.loads(Path(folder, TRAINER_STATE).read_text())
     scheduler.load_state_dict(state.pop("scheduler"))
     return state

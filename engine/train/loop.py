@@ -36,10 +36,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.config.models import TrainConfig
 from engine.data.remote import is_uri, local_model
-from engine.metrics import stage_timer
+from engine.metrics import stage_timer, tracking
+from engine.metrics.curve import TrainingCurve
 from engine.train import batches as B
+from engine.train import lora
 from engine.train import step as S
-from engine.train.checkpoint import export_hf, load_checkpoint, publish_dir, save_checkpoint
+from engine.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
 from engine.train.result import TrainResult
 from engine.train.validation import Validation, best_step, validation_steps
 
@@ -78,6 +80,7 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             # The token ids go to the workers once, through the object store (one copy per node):
             # each rank then takes its rows of a seeded global shuffle, the same on a resume.
             "rows": ray.put(_columns(usable)), "ranks": ranks, "validation": validation,
+            "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
         }
         result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name), cfg)
         m = result.return_value
@@ -187,7 +190,7 @@ def _report_checkpoint(model, optimizer, scheduler, state: dict, metrics: dict) 
     """Every rank writes its shard to a local folder; Ray uploads them into one checkpoint."""
     folder = tempfile.mkdtemp(prefix="ckpt-")
     try:
-        save_checkpoint(folder, model, optimizer, scheduler, state)
+        save_checkpoint(folder, model, optimizer, scheduler, state, lora.checkpoint_options(model))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -199,7 +202,8 @@ def _train_worker(config: dict) -> dict:
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
-                           activation_checkpointing=cfg.activation_checkpointing)
+                           activation_checkpointing=cfg.activation_checkpointing,
+                           adapt=lora.adapter(cfg.lora, cfg.architecture))
     total_steps, epochs = schedule_length(config["steps_per_epoch"], cfg.epochs, cfg.max_steps)
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]
@@ -209,12 +213,13 @@ def _train_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder, model, optimizer, scheduler)
+            state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
     rows = ray.get(config["rows"])
     rank = dist.get_rank() if dist.is_initialized() else 0
+    curve = TrainingCurve(config.get("tracking"), rank)
     n_rows = len(next(iter(rows.values())))
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
@@ -235,8 +240,10 @@ def _train_worker(config: dict) -> dict:
             for i, batch in enumerate(window):
                 loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
                 counts += _batch_counts(batch, config["kind"], tasks)
-            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            grad_norm = S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
+            curve.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm}, state["step"] + 1)
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
@@ -249,9 +256,10 @@ def _train_worker(config: dict) -> dict:
         state.update(epoch=epoch + 1, micro_in_epoch=0)
         _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
     loop_seconds = time.perf_counter() - start
+    curve.close()
     counts = _all_ranks(counts, device)
     if validation is None:
-        export_hf(model, config["model_path"], config["output_dir"], dtype=_export_dtype(device))
+        _export(model, cfg, config["model_path"], config["output_dir"], device)
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
     return {  # Ray Train hands rank 0's return value to the driver
         "step": state["step"], "resumed_from_step": resumed_from, "samples": samples,
@@ -263,8 +271,9 @@ def _train_worker(config: dict) -> dict:
     }
 
 
-def _export_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:
+    lora.export(model, model_path, output_dir, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                save_adapter=cfg.lora is not None and cfg.lora.save_adapter)
 
 
 def _validate(model, optimizer, scheduler, validation: Validation, config: dict, state: dict, epoch: float,
@@ -272,7 +281,7 @@ def _validate(model, optimizer, scheduler, validation: Validation, config: dict,
     """Export the current weights (a collective), score them on rank 0, and publish the export
     as `output_dir` when it beats every earlier validation; appends to state["validations"]."""
     candidate = os.path.join(tempfile.gettempdir(), f"candidate-{os.getpid()}-{state['step']}")
-    export_hf(model, config["model_path"], candidate, dtype=_export_dtype(device))
+    _export(model, TrainConfig(**config["train"]), config["model_path"], candidate, device)
     rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         score = validation.score(candidate) if rank == 0 else 0.0

@@ -30,19 +30,22 @@ def load_model(model_path: str, architecture: str) -> nn.Module:
 
 
 def load_sharded(model_path: str, architecture: str, device: torch.device, *,
-                 activation_checkpointing: bool = False) -> nn.Module:
+                 activation_checkpointing: bool = False, adapt=None) -> nn.Module:
     """The model, set up for training (setup_model), without every rank holding all of it.
 
     With a process group, every rank builds the model on the meta device (no memory) and
     shards it; rank 0 alone reads the weights and broadcasts each rank its shards
     (set_model_state_dict with broadcast_from_rank0). Host memory is one full fp32 copy
     on rank 0 plus a shard per rank, not a full copy per rank (8 x 28 GB for LLaMA-7B).
-    Without one, the model is loaded and set up as it is."""
+    Without one, the model is loaded and set up as it is. `adapt`: applied to the model before
+    it is set up, on every rank alike (a LoRA adapter, engine.train.lora)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
+    adapt = adapt or (lambda model: model)
     if not dist.is_initialized():
-        return setup_model(load_model(model_path, architecture), device, activation_checkpointing=activation_checkpointing)
+        return setup_model(adapt(load_model(model_path, architecture)), device,
+                           activation_checkpointing=activation_checkpointing)
     cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
     with torch.device("meta"):
         model = cls.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
@@ -50,8 +53,9 @@ def load_sharded(model_path: str, architecture: str, device: torch.device, *,
         model.generation_config = GenerationConfig.from_pretrained(model_path)  # the export writes it back
     except OSError:
         pass  # the model ships none: from_config's default stays
+    model = adapt(model)
     setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
-    full = load_model(model_path, architecture) if dist.get_rank() == 0 else None
+    full = adapt(load_model(model_path, architecture)) if dist.get_rank() == 0 else None
     set_model_state_dict(model, full.state_dict() if full is not None else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     # Buffers outside the state dict (rotary frequencies) were only allocated: rank 0's are the truth.
