@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig, TrackingConfig
-from engine.config.step_by_step import StepByStepConfig, TaskData
+from engine.config.step_by_step import StepByStepConfig
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -135,12 +135,13 @@ def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
 def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
     """The task's files (train and test rows, released rationales) and a generating teacher's prompt."""
     from engine.step_by_step.prompts import PromptError, default_prompt_file, load_prompt
-    from engine.step_by_step.readers import TaskDataError
+    from engine.step_by_step.readers import TaskDataError, size_problems
     from engine.step_by_step.stages import read_task
 
-    problems = []
+    d = cfg.data  # every split there at its published size (unless data.allow_partial); then whether they parse
+    problems = size_problems(d.task, d.data_dir, {"train": d.train_limit, "test": d.test_limit}, d.allow_partial)
     try:
-        read_task(cfg)
+        problems or read_task(cfg)
     except TaskDataError as e:
         problems.append(f"data: {e}")
     if cfg.teacher.source == "generate":
@@ -174,11 +175,6 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
             hub.setdefault(role.model, []).append(name)
     checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
                      "into its Hugging Face cache" for model, names in hub.items()]
-    for name, task_data in _sections(cfg, TaskData):
-        from engine.step_by_step.readers import size_problems
-
-        checks.inputs += size_problems(task_data.task, task_data.data_dir, {"train": task_data.train_limit,
-                                       "test": task_data.test_limit}, task_data.allow_partial)
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
     for name, settings in _sections(cfg, TrackingConfig):

@@ -92,13 +92,15 @@ def test_every_shipped_config_plans_without_keys_or_a_cluster(path, tmp_path, mo
         pool.write_text(json.dumps([{"instruction": f"Give {i} tips for staying healthy.", "input": "", "output": "."}
                                     for i in range(40)]))
         overrides += ["--set", f"data.pool_files=[{pool}]"]
+    if job == "step-by-step" and path.name != "step-by-step-demo.yaml":  # a paper config: the user's full sets
+        overrides += ["--set", f"data.data_dir={CONFIGS.parent / 'data' / 'step-by-step'}", "--set", "data.allow_partial=true"]
     was_up = ray.is_initialized()
     code = main([job, "--config", str(path), "--plan", *overrides])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err and ray.is_initialized() == was_up
     if job == "step-by-step" and path.name in NO_INPUTS_HERE:
         assert code == 2 and err.splitlines()[0].startswith("error: ") and "train" in err
-        assert all(line.startswith(("error: ", "  data: ")) for line in err.splitlines()), err
+        assert all(line.startswith(("error: ", "  data: ", "  data.data_dir: ")) for line in err.splitlines()), err
         return
     assert code == 0, err
     assert (tmp_path / "run" / "plan.json").exists()

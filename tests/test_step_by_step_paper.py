@@ -65,13 +65,13 @@ def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
     assert line.startswith("data.data_dir: cqa needs the folder with the full sets")
     from engine.preflight import preflight
 
-    problems = [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}"), env={}) if p.startswith("data")]
+    problems = [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}"), env={}).problems if p.startswith("data")]
     assert problems == [f"data: {REPO_DATA}/cqa/cqa_train.json: 40 train rows, but cqa's published train split has "
                         "9,741; set data.allow_partial: true to run on a part",
                         f"data: {REPO_DATA}/cqa/cqa_test.json: 10 test rows, but cqa's published test split has "
                         "1,221; set data.allow_partial: true to run on a part"]
     assert not [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}", "data.allow_partial=true"),
-                                     env={}) if p.startswith("data")]
+                                     env={}).problems if p.startswith("data")]
     esnli = size_problems("esnli", str(REPO_DATA), {}, False)
     assert any("esnli_train.json: the esnli train split is missing; supply the e-SNLI train split" in p for p in esnli)
 
@@ -225,12 +225,13 @@ def test_the_grid_spans_methods_fractions_label_sources_seeds_and_students(tmp_p
 
 
 def test_plan_prices_every_cell_of_the_grid(tmp_path):
+    from engine.plan.step_by_step import step_by_step_plan
     from engine.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
                    [f"run_dir={tmp_path / 'run'}", "grid.label_sources=[gold,teacher]", "grid.seeds=[0,1]",
                     "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
-    plan = job.plan(cfg)
+    plan = step_by_step_plan(cfg)
     trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
     assert trained == {f"train/{c.key}" for c in cells(cfg)} and len(trained) == 4 * 2 * 2
     assert all(ln.gpu_hours > 0 for ln in plan.lines if ln.call.startswith("train/"))

@@ -132,7 +132,7 @@ def test_a_backend_that_cannot_start_is_one_preflight_line(tmp_path, monkeypatch
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {{pool_files: [{tmp_path / 'none.jsonl'}]}}\n"
                    + "".join(f"{r}: {{backend: vllm, model: {tmp_path}}}\n" for r in ("teacher", "student", "referee", "generator"))
                    + "tracking: {backend: wandb}\n")
-    assert "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)" in preflight(load_config(cfg, []))
+    assert "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)" in preflight(load_config(cfg, [])).problems
 
 
 def test_a_tracker_failing_mid_run_is_switched_off_not_fatal(tmp_path, caplog):
