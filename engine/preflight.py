@@ -97,9 +97,9 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
     if problems:
         return problems
     try:
-        _, report = load_pool(data.pool_files, data.field_map, data.max_instruction_chars)
+        _, report = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
     except PoolFileError as e:
-        return [f"{name}.pool_files: {e}"]
+        return [f"{name}{'' if data.datasets else '.pool_files'}: {e}"]  # the error names the file or source
     if not report.rows_kept:
         return [f"{name}.pool_files: no usable instructions ({dict(report.rejects)})"]
     return []

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow as pa
 
 ORIGINS = ("seed", "hard", "easy")
+HISTORY_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 
 POOL_SCHEMA = pa.schema(
     [
@@ -15,8 +17,13 @@ POOL_SCHEMA = pa.schema(
         pa.field("origin", pa.string(), nullable=False),  # seed | hard | easy
         pa.field("parent_id", pa.string()),  # the instruction a generated one came from
         pa.field("iteration", pa.int32(), nullable=False),
+        # A conversation (engine.data.conversations): its system prompt and the turns before
+        # `instruction`, its last user turn. Null for a plain instruction.
+        pa.field("system", pa.string()),
+        pa.field("history", HISTORY_TYPE),
     ]
 )
+OPTIONAL_POOL_COLUMNS = ("system", "history")  # pools written before conversations existed lack them
 
 RESPONSE_SCHEMA = pa.schema(
     [
@@ -30,10 +37,22 @@ RESPONSE_SCHEMA = pa.schema(
 )
 
 
-def instruction_id(instruction: str, input: str = "") -> str:
-    """Stable across runs, readers and machines: the same text always gets the same id."""
-    digest = hashlib.sha256(f"{instruction}\x1f{input}".encode("utf-8", "surrogatepass"))
+def instruction_id(instruction: str, input: str = "", context: str = "") -> str:
+    """Stable across runs, readers and machines: the same text always gets the same id.
+    `context`: a conversation's system prompt and earlier turns (`context_key`),
+    empty for a plain instruction, whose id it leaves as it was."""
+    text = f"{instruction}\x1f{input}" + (f"\x1f{context}" if context else "")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:16]
+
+
+def context_key(system: str | None, history: list[dict] | None) -> str:
+    """What a conversation adds to its last turn's id: empty for a plain instruction, so a
+    single-turn conversation without a system prompt has the plain instruction's id."""
+    if not system and not history:
+        return ""
+    return json.dumps({"system": system or "", "history": [[t["role"], t["content"]] for t in history or []]},
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def pool_table(rows: list[dict]) -> pa.Table:
@@ -41,12 +60,15 @@ def pool_table(rows: list[dict]) -> pa.Table:
     missing `id` / `origin` / `iteration` take their seed defaults."""
     full = [
         {
-            "id": r.get("id") or instruction_id(r["instruction"], r.get("input", "")),
+            "id": r.get("id") or instruction_id(r["instruction"], r.get("input", ""),
+                                              context_key(r.get("system"), r.get("history"))),
             "instruction": r["instruction"],
             "input": r.get("input", ""),
             "origin": r.get("origin", "seed"),
             "parent_id": r.get("parent_id"),
             "iteration": r.get("iteration", 0),
+            "system": r.get("system"),
+            "history": r.get("history") or None,
         }
         for r in rows
     ]

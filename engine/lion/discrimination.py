@@ -3,7 +3,8 @@ pair twice, the answers' order swapped, and the two are averaged. gap = teacher 
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
 (a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
-the student gets the lowest score, 1 (engine.lion.referee.judgment_rows)."""
+the student gets the lowest score, 1 (engine.lion.referee.judgment_rows). A conversation
+is judged on its last user turn (engine.lion.conversations)."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ from engine.lion.iteration import (
 )
 from engine.lion.judge import judge_pairs
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
-from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.lion.conversations import answer_student
+from engine.llm.prompts import instruction_messages
 
 log = logging.getLogger("engine.lion")
 
@@ -38,9 +40,9 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
-    student, record = answer(student_role, cache_pool, lambda row: alpaca_prompt(row["instruction"], row["input"]),
-                             stage="discrimination/student", role_name="student", run_dir=run)
-    records.append(record)
+    student, student_records = answer_student(answer, student_role, cache_pool, "discrimination/student",
+                                              role_name="student", run_dir=run)
+    records.extend(student_records)
     write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
 
     pairs = [

@@ -2,10 +2,13 @@
 
 Students are trained on Alpaca-format prompts (instruction, and input when present)
 and must be asked in exactly that format at generation time, so both sides call
-`alpaca_prompt`. Teacher, referee and generator get chat messages, rendered with
+`alpaca_prompt`; a conversation (a system prompt or earlier turns) goes through the
+student's chat template instead (`student_prompt`). Teacher, referee and generator get chat messages, rendered with
 the model's own chat template (or sent as-is to an API).
 """
 from __future__ import annotations
+
+from engine.data.conversations import is_conversation
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -30,4 +33,14 @@ def instruction_text(instruction: str, input: str = "") -> str:
 
 
 def instruction_messages(row: dict) -> list[dict]:
-    return [{"role": "user", "content": instruction_text(row["instruction"], row.get("input") or "")}]
+    """A pool row as chat messages: its system prompt and earlier turns when it is a
+    conversation (engine.data.conversations), then the instruction (with its input)."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    history = [{"role": t["role"], "content": t["content"]} for t in row.get("history") or []]
+    return system + history + [{"role": "user", "content": instruction_text(row["instruction"], row.get("input") or "")}]
+
+
+def student_prompt(row: dict) -> list[dict] | str:
+    """What the student is asked, as it was trained (engine.train.batches): the Alpaca prompt
+    for an instruction, its own chat template for a conversation."""
+    return instruction_messages(row) if is_conversation(row) else alpaca_prompt(row["instruction"], row["input"])
