@@ -19,6 +19,7 @@ from engine.evaluate.evaluation import evaluate
 from engine.evaluate.job import absolute_paths as eval_absolute_paths
 from engine.evaluate.scores import headline
 from engine.lion.discrimination import discrimination
+from engine.lion.export import export_run
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
 from engine.lion.iteration import merge_iteration_metrics, rel, usage
@@ -103,6 +104,16 @@ def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
     return stages
 
 
+def export_datasets(run: RunDir) -> None:
+    """What the run made, as Hugging Face datasets in run_dir/datasets (engine.lion.export).
+    A remote run directory is exported with `lion-distill export RUN_DIR --to DIR`."""
+    if "://" in run.uri:
+        log.info("datasets not exported: %s is remote; run `lion-distill export %s --to DIR`", run.uri, run.uri)
+        return
+    counts = export_run(run.uri, str(run.local_path("datasets")))
+    log.info("datasets: %s (iterations %s; `datasets.load_from_disk` reads each)", run.local_path("datasets"), list(counts))
+
+
 def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_tiny_models(load_config(path, overrides))
 
@@ -120,5 +131,6 @@ def run(cfg: RunConfig) -> dict:
         state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
                            outputs={"student_model": cfg.student.model}, report=write_report)
     write_report(rundir)
+    export_datasets(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state
