@@ -18,7 +18,7 @@ from engine.data import RunDir, read_pool
 from engine.lion.generator import KINDS, generator_messages
 from engine.lion.referee import referee_messages
 from engine.llm.ledger import spent_by_role
-from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.llm.prompts import instruction_messages, student_prompt
 from engine.plan import Line, Plan, budget_warnings, earlier_run, price
 from engine.plan.evaluate import EvalEstimates
 from engine.plan.observed import Estimates, Observed
@@ -126,7 +126,7 @@ class _Estimates(Estimates):
             ("referee", "discrimination/referee"), ("generator", "generation/generator"))}
         self.prompt = {
             "teacher": counters["teacher"].mean([instruction_messages(r) for r in rows]),
-            "student": counters["student"].mean([alpaca_prompt(r["instruction"], r["input"]) for r in rows]),
+            "student": counters["student"].mean([student_prompt(r) for r in rows]),  # a conversation: its chat template
             # The review shows both answers: the frame's tokens plus the two replies'.
             "referee": counters["referee"].mean([referee_messages(r, "", "") for r in rows])
             + self.reply["teacher"][0] + self.reply["student"][0],
