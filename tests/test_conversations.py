@@ -62,7 +62,7 @@ def test_sharegpt_and_openai_conversations_read_alike_from_json_jsonl_and_parque
     multi, single_system, single = pools["sharegpt.json"]
     # The last user turn is the instruction; the file's answer to it is dropped (the teacher's replaces it).
     assert multi["instruction"] == "And a third?" and multi["system"] == "You are terse."
-    assert [t["content"] for t in multi["history"]] == ["Name a primary colour.", "Red.", "Another one?", "Blue."]
+    assert [t["content"] for t in json.loads(multi["history"])] == ["Name a primary colour.", "Red.", "Another one?", "Blue."]
     # Single-turn: an instruction, its system prompt kept; without one, exactly the plain instruction.
     assert (single_system["instruction"], single_system["system"], single_system["history"]) == ("Say hello.", "Answer in French.", None)
     assert single["id"] == instruction_id("Say hello.") != single_system["id"] and single["system"] is None

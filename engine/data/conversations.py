@@ -15,7 +15,7 @@ the id its prefix would have as a pool row of its own.
 """
 from __future__ import annotations
 
-from engine.data.schema import context_key, instruction_id
+from engine.data.schema import context_key, history_turns, instruction_id
 
 KEYS = {"messages": ("role", "content"), "conversations": ("from", "value")}
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
@@ -72,7 +72,7 @@ def user_turns(row: dict) -> list[dict]:
     """The teacher's requests for a conversation row, first user turn first: each a pool-like
     row ending at one user turn, with the id that prefix has as a pool row; the last one is
     the row itself."""
-    history = row.get("history") or []
+    history = history_turns(row.get("history"))
     turns = []
     for n in range(0, len(history), 2):
         before = history[:n]

@@ -7,7 +7,6 @@ import json
 import pyarrow as pa
 
 ORIGINS = ("seed", "hard", "easy")
-HISTORY_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 
 POOL_SCHEMA = pa.schema(
     [
@@ -18,9 +17,11 @@ POOL_SCHEMA = pa.schema(
         pa.field("parent_id", pa.string()),  # the instruction a generated one came from
         pa.field("iteration", pa.int32(), nullable=False),
         # A conversation (engine.data.conversations): its system prompt and the turns before
-        # `instruction`, its last user turn. Null for a plain instruction.
+        # `instruction`, its last user turn, as a JSON list of {role, content} (a string column
+        # travels through every Ray Data and LLM stage as the other columns do). Null for a
+        # plain instruction.
         pa.field("system", pa.string()),
-        pa.field("history", HISTORY_TYPE),
+        pa.field("history", pa.string()),
     ]
 )
 OPTIONAL_POOL_COLUMNS = ("system", "history")  # pools written before conversations existed lack them
@@ -46,12 +47,26 @@ def instruction_id(instruction: str, input: str = "", context: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
-def context_key(system: str | None, history: list[dict] | None) -> str:
+def history_turns(history: str | list | None) -> list[dict]:
+    """A row's `history` (the column's JSON, or the list itself) as a list of {role, content}."""
+    if not history:
+        return []
+    return json.loads(history) if isinstance(history, str) else list(history)
+
+
+def history_json(history: str | list | None) -> str | None:
+    """The `history` column's value: JSON of the turns, null when there are none."""
+    turns = history_turns(history)
+    return json.dumps([{"role": t["role"], "content": t["content"]} for t in turns], ensure_ascii=False) if turns else None
+
+
+def context_key(system: str | None, history: str | list | None) -> str:
     """What a conversation adds to its last turn's id: empty for a plain instruction, so a
     single-turn conversation without a system prompt has the plain instruction's id."""
-    if not system and not history:
+    turns = history_turns(history)
+    if not system and not turns:
         return ""
-    return json.dumps({"system": system or "", "history": [[t["role"], t["content"]] for t in history or []]},
+    return json.dumps({"system": system or "", "history": [[t["role"], t["content"]] for t in turns]},
                       ensure_ascii=False, separators=(",", ":"))
 
 
@@ -68,7 +83,7 @@ def pool_table(rows: list[dict]) -> pa.Table:
             "parent_id": r.get("parent_id"),
             "iteration": r.get("iteration", 0),
             "system": r.get("system"),
-            "history": r.get("history") or None,
+            "history": history_json(r.get("history")),
         }
         for r in rows
     ]

@@ -38,7 +38,7 @@ def earlier_turns(pool: pa.Table, known: dict) -> pa.Table:
 
 def _conversations(pool: pa.Table) -> pa.ChunkedArray:
     """A mask of the pool's conversation rows (a system prompt or earlier turns)."""
-    has_history = pc.fill_null(pc.greater(pc.list_value_length(pool.column("history")), 0), False)
+    has_history = pc.fill_null(pc.greater(pc.utf8_length(pool.column("history")), 0), False)
     return pc.or_(has_history, pc.fill_null(pc.greater(pc.utf8_length(pool.column("system")), 0), False))
 
 

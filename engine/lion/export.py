@@ -27,8 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from engine.data import RunDir
+from engine.data import POOL_SCHEMA, RunDir
 from engine.data.conversations import user_turns
+from engine.data.schema import history_turns
 from engine.lion.iteration import read_rows, rel
 from engine.llm.prompts import instruction_messages
 
@@ -101,11 +102,13 @@ def generation_split(run: RunDir, k: int) -> pa.Table | None:
 
 
 def _table(rows: list[dict], types: dict) -> pa.Table:
-    """Rows -> a table whose column types do not depend on which values happen to be null."""
-    from engine.data import POOL_SCHEMA
-
+    """Rows -> a table whose column types do not depend on which values happen to be null; a
+    conversation's earlier turns as a list of {role, content}, as `messages` are."""
+    types = {**types, "history": MESSAGES}
+    rows = [{**row, "history": history_turns(row.get("history")) or None} for row in rows]
     names = list(dict.fromkeys(name for row in rows for name in row)) if rows else list(POOL_SCHEMA.names)
-    fields = [POOL_SCHEMA.field(n) if n in POOL_SCHEMA.names else pa.field(n, types.get(n, pa.string())) for n in names]
+    fields = [pa.field(n, types[n]) if n in types else POOL_SCHEMA.field(n) if n in POOL_SCHEMA.names
+              else pa.field(n, pa.string()) for n in names]
     return pa.Table.from_pylist(rows, schema=pa.schema([f.with_nullable(True) for f in fields]))
 
 

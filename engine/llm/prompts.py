@@ -9,6 +9,7 @@ the model's own chat template (or sent as-is to an API).
 from __future__ import annotations
 
 from engine.data.conversations import is_conversation
+from engine.data.schema import history_turns
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -36,7 +37,7 @@ def instruction_messages(row: dict) -> list[dict]:
     """A pool row as chat messages: its system prompt and earlier turns when it is a
     conversation (engine.data.conversations), then the instruction (with its input)."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    history = [{"role": t["role"], "content": t["content"]} for t in row.get("history") or []]
+    history = [{"role": t["role"], "content": t["content"]} for t in history_turns(row.get("history"))]
     return system + history + [{"role": "user", "content": instruction_text(row["instruction"], row.get("input") or "")}]
 
 
