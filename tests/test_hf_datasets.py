@@ -4,6 +4,7 @@ one DatasetDict per iteration with its card, read back with `datasets.load_from_
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import pyarrow as pa
@@ -122,3 +123,10 @@ def test_a_run_exports_as_datasets_folders_with_a_card(tmp_path, capsys):
     assert '"api_key_env": "MY_KEY"' in card and '"too similar": 2' in card and '"empty_instruction": 1' in card
     assert secret not in card and "<redacted>" in card
     assert cli(["export", str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (as `make test` sets it)")
+def test_a_hub_id_offline_is_one_line_naming_it():
+    with pytest.raises(PoolFileError) as failed:
+        load_pool([], sources=[{"path": "my-org/instructions-not-here", "split": "train"}])
+    assert str(failed.value).startswith("my-org/instructions-not-here: load_dataset failed: ") and "\n" not in str(failed.value)

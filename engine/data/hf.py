@@ -15,8 +15,8 @@ from engine.data.readers import PoolFileError, RawRecord, read_table_rows
 
 
 def _arrow(ds) -> pa.Table:
-    """A `datasets.Dataset`'s rows as one Arrow table (its indices mapping applied)."""
-    return (ds.flatten_indices() if ds._indices is not None else ds).data.table
+    """A `datasets.Dataset`'s rows as one Arrow table (slices of its memory-mapped files)."""
+    return ds.with_format("arrow")[:]
 
 
 def _one_split(found, source: str, split: str = "train"):
