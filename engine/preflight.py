@@ -105,6 +105,25 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
     return []
 
 
+def chat_template_problems(cfg: BaseModel) -> list[str]:
+    """A pool with conversations trains and asks a local student through its chat template."""
+    from engine.data import PoolFileError, load_pool
+    from engine.train.chat import has_chat_template
+
+    data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
+    if not isinstance(data, DataConfig) or student is None or not os.path.isdir(student.model):
+        return []
+    try:
+        pool, _ = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
+    except PoolFileError:
+        return []  # data_problems says why
+    chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
+    if chats and not has_chat_template(student.model):
+        return [f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
+                "and asked through it (give the tokenizer a chat_template)"]
+    return []
+
+
 def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
     """Questions that load and a reference answer for each (inputs), and a student in every Lion
     run named (the run's: the plan prices a run that has not trained it yet)."""
@@ -164,6 +183,7 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     checks = Checks()
     for name, data in _sections(cfg, DataConfig):
         checks.inputs += data_problems(name, data)
+    checks.inputs += chat_template_problems(cfg)
     if isinstance(cfg, StepByStepConfig):
         checks.inputs += step_by_step_problems(cfg)
     for name, evaluation in _sections(cfg, EvalConfig):

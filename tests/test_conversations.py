@@ -166,3 +166,25 @@ def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_
     assert json.loads(responses[0]["text"]) == alpaca_prompt("Say hi.")
     assert json.loads(responses[1]["text"]) == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "And a third?"}]
     assert len(records) == 2
+
+
+def test_a_pool_with_conversations_needs_a_student_with_a_chat_template(tmp_path, tiny_models):
+    from engine.config import RunConfig
+    from engine.preflight import chat_template_problems
+
+    (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT[:2]))
+    bare = tmp_path / "bare-student"
+    bare.mkdir()
+    (bare / "tokenizer_config.json").write_text("{}")
+    role = {"backend": "vllm", "model": "m"}
+
+    def config(student: str, files: list[str]) -> RunConfig:
+        return RunConfig(run_dir=str(tmp_path / "run"), data={"pool_files": files}, teacher=role,
+                         student={"backend": "hf", "model": student}, referee=role, generator=role)
+
+    problems = chat_template_problems(config(str(bare), [str(tmp_path / "chats.jsonl")]))
+    assert problems == [f"student.model: {bare} has no chat template; the pool's 2 conversations are trained and asked "
+                        "through it (give the tokenizer a chat_template)"]
+    assert chat_template_problems(config(str(tiny_models.llama), [str(tmp_path / "chats.jsonl")])) == []
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"instruction": "Say hi."}))
+    assert chat_template_problems(config(str(bare), [str(tmp_path / "plain.jsonl")])) == []

@@ -10,6 +10,9 @@ generation time) is refused with its tokenizer named.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 IGNORE = -100
@@ -46,3 +49,15 @@ def tokenize_chat(tok, messages: list[dict], max_length: int) -> tuple[np.ndarra
     labels = [t if any(start < e and end > s for s, e in spans) else IGNORE
               for t, (start, end) in zip(ids, encoded["offset_mapping"])]
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+def has_chat_template(model_dir: str) -> bool:
+    """Whether a local model folder's tokenizer carries a chat template (read from its files,
+    without loading it)."""
+    if any(os.path.isfile(os.path.join(model_dir, name)) for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        with open(os.path.join(model_dir, "tokenizer_config.json"), encoding="utf-8") as f:
+            return bool(json.load(f).get("chat_template"))
+    except (OSError, ValueError):
+        return False
