@@ -188,3 +188,42 @@ def test_a_pool_with_conversations_needs_a_student_with_a_chat_template(tmp_path
     assert chat_template_problems(config(str(tiny_models.llama), [str(tmp_path / "chats.jsonl")])) == []
     (tmp_path / "plain.jsonl").write_text(json.dumps({"instruction": "Say hi."}))
     assert chat_template_problems(config(str(bare), [str(tmp_path / "plain.jsonl")])) == []
+
+
+def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_last_turn(tmp_path, monkeypatch):
+    """Imitation, discrimination and generation on a conversation pool with scripted LLMs, then
+    the export: the Ray-free twin of tests/test_lion_conversations_e2e.py."""
+    import datasets
+
+    from engine.data import RunDir
+    from engine.lion import discrimination as D
+    from engine.lion import generation as G
+    from engine.lion import judge as J
+    from engine.lion.export import export_run
+    from tests.test_lion_stages import _answers, _candidate
+
+    cfg = _config(tmp_path, new_instructions_per_iteration=2)
+    run = RunDir(str(tmp_path / "run"))
+    (tmp_path / "chats.json").write_text(json.dumps(SHAREGPT[:3]))
+    pool, _ = load_pool([tmp_path / "chats.json"])
+    write_pool(run, rel(0, "train_pool.parquet"), pool)
+    write_pool(run, rel(0, "cache_pool.parquet"), pool)
+    llm = ScriptedLLM(lambda role_name, row, prompt, seed: _candidate(role_name, row, prompt, seed)
+                      if role_name == "generator" else _answers(role_name, row, prompt, seed))
+    for module in (I, D, J, G):
+        monkeypatch.setattr(module, "answer", llm)
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: _Trained())
+    I.imitation(cfg, run, 0, "student")
+    _, _, judged = D.discrimination(cfg, run, 0, "student")
+    assert judged["judged"] == 3 and judged["hard"] == 3
+    referee = next(c for c in llm.calls if c["stage"] == "discrimination/referee")
+    assert len(referee["ids"]) == 6
+    _, _, generated = G.generation(cfg, run, 0, "student")
+    new = run.read_table(rel(0, "generation", "new_instructions.parquet")).to_pylist()
+    assert generated["new_instructions"] == 2 and all(r["system"] is None and r["history"] is None for r in new)
+    assert {r["parent_id"] for r in new} <= set(pool.column("id").to_pylist())
+    counts = export_run(run.uri, str(tmp_path / "out"))
+    assert counts[0] == {"imitation": 3, "discrimination": 3, "generation": 2, "hard": 3}
+    exported = datasets.load_from_disk(str(tmp_path / "out" / "iter_0"))
+    multi = next(r for r in exported["discrimination"] if r["instruction"] == "And a third?")
+    assert [t["role"] for t in multi["history"]] == ["user", "assistant"] * 2 and multi["hard"]
