@@ -67,7 +67,6 @@ def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bo
             "complete": complete[-1], "messages": json.dumps(messages, ensure_ascii=False)}, truncated
 
 
-
 def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[list[dict], list]:
     """The student's answers to a pool through `ask` (engine.lion.iteration.answer), in the
     pool's order: instructions in the Alpaca format and conversations through its chat
@@ -76,7 +75,7 @@ def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[lis
     chat = _conversations(pool)
     parts = [(part, name) for part, name in ((pool.filter(pc.invert(chat)), stage), (pool.filter(chat), f"{stage}_chat"))
              if part.num_rows]
-    if len(parts) == 1:
+    if len(parts) == 1:  # one kind: the stage keeps its usual name
         parts = [(parts[0][0], stage)]
     by_id, records = {}, []
     for part, name in parts:

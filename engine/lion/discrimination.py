@@ -13,12 +13,12 @@ import pyarrow as pa
 
 from engine.config import RunConfig
 from engine.data import RunDir
+from engine.lion.conversations import answer_student
 from engine.lion.iteration import (
     answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
 from engine.lion.judge import judge_pairs
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
-from engine.lion.conversations import answer_student
 from engine.llm.prompts import instruction_messages
 
 log = logging.getLogger("engine.lion")

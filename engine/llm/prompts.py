@@ -3,8 +3,8 @@
 Students are trained on Alpaca-format prompts (instruction, and input when present)
 and must be asked in exactly that format at generation time, so both sides call
 `alpaca_prompt`; a conversation (a system prompt or earlier turns) goes through the
-student's chat template instead (`student_prompt`). Teacher, referee and generator get chat messages, rendered with
-the model's own chat template (or sent as-is to an API).
+student's chat template instead (`student_prompt`). Teacher, referee and generator get
+chat messages, rendered with the model's own chat template (or sent as-is to an API).
 """
 from __future__ import annotations
 
