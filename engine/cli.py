@@ -7,6 +7,7 @@
     lion-distill lion --config X --plan        # what the run will cost; no cluster, no request
     lion-distill plan lion --config X          # the same
     lion-distill inspect FILE...               # what a pool made of these files would hold
+    lion-distill export RUN_DIR --to DIR       # a Lion run's data as Hugging Face datasets (--push-to-hub NAME)
 
 A job is a module in JOBS with `load(path, overrides) -> config` and `run(config) -> state`;
 its `--plan` is the function PLANS names, `plan(config) -> engine.plan.Plan` (plans read the
@@ -127,6 +128,25 @@ def init_ray(verbose: bool) -> None:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a deployment's options, 15 lines an engine
 
 
+def export(argv: list[str]) -> int:
+    """`lion-distill export RUN_DIR --to DIR`: engine.lion.export."""
+    from engine.lion.export import export_run
+
+    parser = argparse.ArgumentParser(prog="lion-distill export", description="a Lion run's data as Hugging Face datasets")
+    parser.add_argument("run_dir", help="a Lion run directory (local path or pyarrow filesystem URI)")
+    parser.add_argument("--to", required=True, help="the folder to write: iter_<k>/ (save_to_disk) and README.md (the card)")
+    parser.add_argument("--push-to-hub", metavar="NAME", help="also push to this hub dataset repository (HF_TOKEN or `hf auth login`)")
+    args = parser.parse_args(argv)
+    if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
+        print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
+        return 2
+    counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    for k, splits in counts.items():
+        print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
+    print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.config import ConfigError
     from engine.llm.fit import PlanDoesNotFit
@@ -138,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["inspect"]:
         from engine.data.__main__ import main as data_main
         return data_main(argv)
+    if argv[:1] == ["export"]:
+        return export(argv[1:])
     if argv[:1] == ["plan"]:
         argv = [*argv[1:], "--plan"]
     name = argv[0].replace("-", "_") if argv else ""
@@ -145,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = "|".join(j.replace("_", "-") for j in JOBS)
         print(f"usage: lion-distill {{{jobs}}} --config FILE [--set KEY=VALUE ...] [--plan]\n"
               f"       lion-distill plan {{{jobs}}} --config FILE ...\n"
-              "       lion-distill inspect FILE... [--field instruction=FIELD]", file=sys.stderr)
+              "       lion-distill inspect FILE... [--field instruction=FIELD]\n"
+              "       lion-distill export RUN_DIR --to DIR [--push-to-hub NAME]", file=sys.stderr)
         return 2
     job = importlib.import_module(JOBS[name])
     args = _parser(name, job.__doc__).parse_args(argv[1:])

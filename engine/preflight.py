@@ -103,11 +103,30 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
     if problems:
         return problems
     try:
-        _, report = load_pool(data.pool_files, data.field_map, data.max_instruction_chars)
+        _, report = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
     except PoolFileError as e:
-        return [f"{name}.pool_files: {e}"]
+        return [f"{name}{'' if data.datasets else '.pool_files'}: {e}"]  # the error names the file or source
     if not report.rows_kept:
         return [f"{name}.pool_files: no usable instructions ({dict(report.rejects)})"]
+    return []
+
+
+def chat_template_problems(cfg: BaseModel) -> list[str]:
+    """A pool with conversations trains and asks a local student through its chat template."""
+    from engine.data import PoolFileError, load_pool
+    from engine.train.chat import has_chat_template
+
+    data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
+    if not isinstance(data, DataConfig) or student is None or not os.path.isdir(student.model):
+        return []
+    try:
+        pool, _ = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
+    except PoolFileError:
+        return []  # data_problems says why
+    chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
+    if chats and not has_chat_template(student.model):
+        return [f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
+                "and asked through it (give the tokenizer a chat_template)"]
     return []
 
 
@@ -163,6 +182,7 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     checks = Checks()
     for name, data in _sections(cfg, DataConfig):
         checks.inputs += data_problems(name, data)
+    checks.inputs += chat_template_problems(cfg)
     models = list(roles(cfg))
     if isinstance(cfg, StepByStepConfig):
         checks.inputs += step_by_step_problems(cfg)

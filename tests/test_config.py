@@ -48,7 +48,7 @@ def test_overrides_keep_yaml_types_and_create_sections(tmp_path):
         ("lion.rouge_l_threshold=1.5", "lion.rouge_l_threshold: Input should be less than or equal to 1"),
         ("student.backend=openai", "the student is fine-tuned"),
         ("generator.openai.base_url=http://x", "generator: Value error, 'openai' settings given but backend is 'hf'"),
-        ("data.pool_files=[]", "data.pool_files: List should have at least 1 item"),
+        ("data.pool_files=[]", "data: Value error, give the seed pool: pool_files"),
     ],
 )
 def test_errors_name_file_field_and_expectation(tmp_path, override, expected):

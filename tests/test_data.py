@@ -43,9 +43,10 @@ def test_every_reject_reason_is_counted_with_its_line(tmp_path):
         "",  # blank line: layout, not a record
         json.dumps({"instruction": "Translate to French.", "input": ["a list"]}),  # 11 non_string_field
         json.dumps({"instruction": "Summarise the text.", "input": None}),  # 12 kept, null input is empty
+        json.dumps({"messages": [{"role": "bot", "content": "x"}]}),  # 13 bad_conversation
     ])
     pool, report = load_pool([path], max_instruction_chars=40)
-    assert report.reconciles and report.rows_in == 11 and report.rows_kept == 2
+    assert report.reconciles and report.rows_in == 12 and report.rows_kept == 2
     assert set(report.rejects) == set(REJECT_REASONS)
     assert report.rejects["non_string_field"] == 2
     where = {reason: locs[0] for reason, locs in report.examples.items()}
@@ -118,7 +119,7 @@ def test_generic_jsonl_field_map_parquet_and_unknown_formats(tmp_path):
     with pytest.raises(PoolFileError, match="no such file"):
         load_pool([tmp_path / "missing.jsonl"])
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "bad.parquet")
-    with pytest.raises(PoolFileError, match="no 'instruction' column"):
+    with pytest.raises(PoolFileError, match="no 'instruction', 'messages' or 'conversations' column"):
         load_pool([tmp_path / "bad.parquet"])
 
 

@@ -242,12 +242,32 @@ class TrainConfig(Strict):
                          "FSDP2); train the LoRA student without load_in_4bit")
 
 
+class DatasetSource(Strict):
+    """A Hugging Face `datasets.load_dataset` source for the seed pool (engine.data.hf)."""
+
+    path: str  # a builder (json, parquet, csv, arrow) for local files, or a hub id (needs the hub)
+    data_files: list[str] = Field(default_factory=list)  # the builder's files (globs allowed)
+    split: str = "train"
+    name: str | None = None  # a hub dataset's configuration
+
+
 class DataConfig(Strict):
-    pool_files: list[str] = Field(min_length=1)
+    # Instruction or conversation files (.json, .jsonl, .parquet) and `datasets` folders (save_to_disk).
+    pool_files: list[str] = Field(default_factory=list)
+    datasets: list[DatasetSource] = Field(default_factory=list)  # load_dataset sources, read after pool_files
     # For generic JSONL: which of a row's fields hold the instruction and its input.
     field_map: dict[Literal["instruction", "input"], str] = Field(default_factory=dict)
     max_instruction_chars: PositiveInt = 4_096
     sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
+
+    @model_validator(mode="after")
+    def _some_pool(self):
+        if not self.pool_files and not self.datasets:
+            raise ValueError("give the seed pool: pool_files (files or `datasets` folders) and/or datasets (load_dataset sources)")
+        return self
+
+    def sources(self) -> list[dict]:
+        return [s.model_dump() for s in self.datasets]
 
 
 class PlanConfig(Strict):

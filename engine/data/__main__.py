@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 from engine.data.readers import PoolFileError, load_pool
+from engine.data.schema import history_turns
 
 
 def _field_map(pairs: list[str]) -> dict[str, str]:
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"files: {len(args.files)}  rows in: {report.rows_in}  kept: {report.rows_kept}  rejected: {report.rows_rejected}")
     with_input = sum(1 for x in pool.column("input").to_pylist() if x)
     print(f"kept rows with a non-empty input: {with_input}")
+    turns = [len(history_turns(h)) // 2 + 1 for h, system in zip(pool.column("history").to_pylist(), pool.column("system").to_pylist())
+             if h or system]
+    if turns:
+        print(f"kept conversations: {len(turns)} ({sum(t > 1 for t in turns)} multi-turn, {sum(turns)} user turns; "
+              "the last user turn is the instruction)")
     for reason, count in report.rejects.most_common():
         print(f"  {reason}: {count}")
         for where in report.examples[reason]:
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- [{row['id']}] " + textwrap.shorten(row["instruction"], 100))
         if row["input"]:
             print("    input: " + textwrap.shorten(row["input"], 96))
+        if row["system"] or row["history"]:
+            print(f"    system: {textwrap.shorten(row['system'] or '-', 80)}; earlier turns: {len(history_turns(row['history']))}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from engine.data.rundir import RunDir
-from engine.data.schema import POOL_SCHEMA
+from engine.data.schema import OPTIONAL_POOL_COLUMNS, POOL_SCHEMA
 
 
 class PoolSchemaError(ValueError):
@@ -12,7 +12,11 @@ class PoolSchemaError(ValueError):
 
 
 def conform(table: pa.Table, source: str = "pool") -> pa.Table:
-    """Columns in contract order and types; a missing or mistyped column is an error naming it."""
+    """Columns in contract order and types; a missing or mistyped column is an error naming it
+    (the conversation columns are optional: null when absent)."""
+    for name in OPTIONAL_POOL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(POOL_SCHEMA.field(name), pa.nulls(table.num_rows, POOL_SCHEMA.field(name).type))
     missing = [f.name for f in POOL_SCHEMA if f.name not in table.column_names]
     if missing:
         raise PoolSchemaError(f"{source}: missing pool column(s) {missing}; have {table.column_names}")

@@ -7,7 +7,13 @@ Formats, chosen by extension:
 - `.json`: Alpaca (a JSON list of `{instruction, input, output}`),
 - `.jsonl`: self-instruct (`instances[{input, output}]`: one row per instance) or any
   JSONL whose fields `field_map` names (default `instruction` / `input`),
-- `.parquet`: columns `instruction` and optionally `input`.
+- `.parquet`: columns `instruction` and optionally `input`,
+- a folder: a Hugging Face `datasets` folder (`save_to_disk`), read by engine.data.hf,
+  as are `load_dataset` sources (`data.datasets`).
+
+In any of them a record with a `messages` (OpenAI: `role`/`content`) or `conversations`
+(ShareGPT: `from`/`value`) field and no instruction field is a conversation
+(engine.data.conversations): its last user turn is the instruction.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.data.schema import instruction_id, pool_table
+from engine.data.conversations import BadConversation, conversation_key, parse
+from engine.data.schema import context_key, instruction_id, pool_table
 
 REJECT_REASONS = (
     "malformed_json",
@@ -32,6 +39,7 @@ REJECT_REASONS = (
     "instruction_too_long",
     "invalid_utf8",
     "duplicate_id",
+    "bad_conversation",
 )
 EXAMPLES_PER_REASON = 5
 
@@ -127,8 +135,18 @@ def read_jsonl(path: Path, field_map: dict[str, str], keep: tuple[str, ...] = ()
                 got = instance.get("input", "") if isinstance(instance, dict) else instance
                 yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
         else:
-            fields = {name: obj.get(name) for name in keep}
-            yield RawRecord(where, {**fields, "instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
+            yield record_of(obj, where, instruction_key, input_key, keep)
+
+
+def record_of(obj: dict, where: str, instruction_key: str = "instruction", input_key: str = "input",
+              keep: tuple[str, ...] = ()) -> RawRecord:
+    """One object's fields: a conversation (its `messages` or `conversations`, when it has
+    no instruction field) or an instruction and its input."""
+    fields = {name: obj.get(name) for name in keep}
+    key = conversation_key(obj) if obj.get(instruction_key) is None else None
+    if key:
+        return RawRecord(where, {**fields, "conversation": (key, obj[key])})
+    return RawRecord(where, {**fields, "instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
 
 
 def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
@@ -152,7 +170,7 @@ def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
         elif not isinstance(obj, dict):
             yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
         else:
-            yield RawRecord(where, {"instruction": obj.get("instruction"), "input": obj.get("input", "")})
+            yield record_of(obj, where)
         pos = _skip_space(text, end)
         if text.startswith(",", pos):
             pos = _skip_space(text, pos + 1)
@@ -168,17 +186,32 @@ def _skip_space(text: str, pos: int) -> int:
 
 
 def read_parquet(path: Path) -> Iterator[RawRecord]:
-    table = pq.read_table(path)
-    if "instruction" not in table.column_names:
-        raise PoolFileError(f"{path}: parquet file has no 'instruction' column (columns: {table.column_names})")
-    inputs = table.column("input").to_pylist() if "input" in table.column_names else [""] * table.num_rows
-    for k, (instruction, got) in enumerate(zip(table.column("instruction").to_pylist(), inputs)):
-        yield RawRecord(f"{path}:row {k}", {"instruction": instruction, "input": got})
+    return read_table_rows(pq.read_table(path), str(path), "parquet file")
+
+
+def read_table_rows(table: pa.Table, source: str, kind: str, field_map: dict[str, str] | None = None,
+                    keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+    """A table's rows (parquet, a `datasets` Arrow table) as records located `source:row N`."""
+    instruction_key = (field_map or {}).get("instruction", "instruction")
+    input_key = (field_map or {}).get("input", "input")
+    if instruction_key not in table.column_names and not conversation_key(dict.fromkeys(table.column_names)):
+        raise PoolFileError(f"{source}: {kind} has no {instruction_key!r}, 'messages' or 'conversations' column "
+                            f"(columns: {table.column_names})")
+    columns = [c for c in (instruction_key, input_key, "messages", "conversations", *keep) if c in table.column_names]
+    offset = 0
+    for batch in table.select(columns).to_batches(max_chunksize=4096):
+        for k, obj in enumerate(batch.to_pylist(), start=offset):
+            yield record_of(obj, f"{source}:row {k}", instruction_key, input_key, keep)
+        offset += batch.num_rows
 
 
 def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
     """`keep`: more JSONL fields to carry into the rows (a question's id and category)."""
     path = Path(path)
+    if path.is_dir():
+        from engine.data.hf import read_saved_dataset
+
+        return read_saved_dataset(path, field_map, keep)
     if not path.is_file():
         raise PoolFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -188,13 +221,23 @@ def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep
         return read_jsonl(path, field_map or {}, keep)
     if suffix == ".parquet":
         return read_parquet(path)
-    raise PoolFileError(f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl or .parquet")
+    raise PoolFileError(f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl, .parquet "
+                        "or a Hugging Face `datasets` folder (data.datasets reads csv and other load_dataset sources)")
 
 
 def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | None, str | None]:
     """-> (row, None) when kept, (None, reason) when rejected."""
     if record.error:
         return None, record.error
+    conversation = {}
+    if "conversation" in record.fields:
+        try:
+            instruction, system, history = parse(record.fields["conversation"][1], record.fields["conversation"][0])
+        except BadConversation as e:
+            return None, f"bad_conversation: {e}"
+        conversation = {"system": system, "history": history}
+        record = RawRecord(record.where, {**record.fields, "instruction": instruction, "input": ""})
+        del record.fields["conversation"]
     instruction, got = record.fields["instruction"], record.fields["input"]
     got = "" if got is None else got
     if instruction is None:
@@ -209,22 +252,26 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
         return None, "empty_instruction"
     if len(instruction) > max_instruction_chars:
         return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
-    row = {"id": instruction_id(instruction, got), "instruction": instruction, "input": got}
+    context = context_key(**conversation) if conversation else ""
+    row = {"id": instruction_id(instruction, got, context), "instruction": instruction, "input": got,
+           **({k: v for k, v in conversation.items() if v} if context else {})}
     kept = {name: value for name, value in record.fields.items() if name not in ("instruction", "input")}
     return ({**row, "fields": kept} if kept else row), None
 
 
 def load_pool(
-    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096
+    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
+    sources: list[dict] = (),
 ) -> tuple[pa.Table, LoadReport]:
-    """Read and validate instruction files into one seed pool (ids unique across files). The last
-    pool read is kept while its files are unchanged: a job's preflight parses the pool and its
-    seeding stage reuses that parse instead of reading the files again."""
+    """Read and validate instruction files (and `load_dataset` sources: engine.data.hf) into one
+    seed pool (ids unique across files). The last pool read is kept while its files are unchanged:
+    a job's preflight parses the pool and its seeding stage reuses that parse instead of reading
+    the files again."""
     # Resolved paths: the job makes them absolute between preflight and seeding.
     key = (tuple((str(Path(p).resolve()), *_stamp(p)) for p in files), tuple(sorted((field_map or {}).items())),
-           max_instruction_chars)
+           max_instruction_chars, repr(sources))
     if _LAST_POOL.get("key") != key:
-        rows, report = load_rows(files, field_map, max_instruction_chars)
+        rows, report = load_rows(files, field_map, max_instruction_chars, sources=sources)
         _LAST_POOL.update(key=key, value=(pool_table(rows), report))
     return _LAST_POOL["value"]
 
@@ -235,20 +282,25 @@ _LAST_POOL: dict = {}
 def _stamp(path: str | Path) -> tuple:
     """What identifies a file's contents cheaply: size and modification time (none if missing)."""
     try:
-        st = Path(path).stat()
+        path = Path(path)
+        stats = [p.stat() for p in sorted(path.rglob("*"))] if path.is_dir() else [path.stat()]  # a datasets folder
     except OSError:
         return (None,)
-    return st.st_size, st.st_mtime_ns
+    return tuple((st.st_size, st.st_mtime_ns) for st in stats)
 
 
 def load_rows(
     files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
-    keep: tuple[str, ...] = (),
+    keep: tuple[str, ...] = (), sources: list[dict] = (),
 ) -> tuple[list[dict], LoadReport]:
     """Validated rows (`id`, `instruction`, `input`, and `fields`: the `keep` fields), ids unique across files."""
+    from engine.data.hf import read_dataset_source
+
     report, rows, first_seen = LoadReport(), [], {}
-    for path in files:
-        for record in read_records(path, field_map, keep):
+    readers = [lambda p=path: read_records(p, field_map, keep) for path in files]
+    readers += [lambda s=source: read_dataset_source(s, field_map, keep) for source in sources]
+    for read in readers:
+        for record in read():
             report.rows_in += 1
             row, error = check_record(record, max_instruction_chars)
             if error:

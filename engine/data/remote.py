@@ -28,9 +28,9 @@ CACHE_ENV = "LION_MODEL_CACHE"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
-def is_uri(path: str) -> bool:
-    """A location on a pyarrow filesystem other than this node's disk."""
-    return "://" in path
+def is_uri(path) -> bool:
+    """A location on a pyarrow filesystem other than this node's disk (a str or a Path)."""
+    return "://" in str(path)
 
 
 def cache_root() -> Path:

@@ -4,22 +4,24 @@ student; an instruction is hard when gap >= tau. An unparseable review is asked 
 (a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
 the student gets the lowest score, 1 (engine.lion.referee.judgment_rows). A failed student
-request is not an answer: it is asked again, then its pair is excluded and counted."""
+request is not an answer: it is asked again, then its pair is excluded and counted. A conversation
+is judged on its last user turn (engine.lion.conversations)."""
 from __future__ import annotations
 
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RunDir
+from engine.lion.conversations import answer_student
 from engine.lion.iteration import (
     answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
 )
 from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.prompts import teacher_messages
 from engine.lion.referee import JUDGMENT_SCHEMA, summarize
-from engine.llm.prompts import alpaca_prompt
 
 log = logging.getLogger("engine.lion")
 
@@ -70,22 +72,20 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
 
 
 def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> list[dict]:
-    """The student's answers to the cache pool; a failed request (an engine error, a context
-    overflow: the infrastructure's, not the student's) is asked again as a new draw, up to
-    `retries` times, then left failed: its pair is excluded and counted, never hard."""
-    def prompt(row):
-        return alpaca_prompt(row["instruction"], row["input"])
-
-    student, record = answer(role, cache_pool, prompt, stage="discrimination/student", role_name="student", run_dir=run)
-    records.append(record)
+    """The student's answers to the cache pool, asked as it was trained (engine.lion.conversations);
+    a failed request (an engine error, a context overflow: the infrastructure's, not the student's)
+    is asked again as a new draw, up to `retries` times, then left failed: its pair is excluded and
+    counted, never hard."""
+    student, first = answer_student(answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run)
+    records.extend(first)
     for attempt in range(1, retries + 1):
-        again = {s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed")}
+        again = sorted(s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed"))
         if not again:
             break
         stage = f"discrimination/student_retry{attempt}"
-        retried, record = answer(role, [row for row in cache_pool.to_pylist() if row["id"] in again], prompt,
-                                 stage=stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}")
-        records.append(record)
+        retried, more = answer_student(answer, role, cache_pool.filter(pc.is_in(cache_pool.column("id"), pa.array(again))),
+                                       stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}")
+        records.extend(more)
         better = {r["id"]: r for r in retried if not (r.get("finish_reason") or "").startswith("failed")}
         student = [better.get(s["id"], s) for s in student]
     return student

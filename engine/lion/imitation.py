@@ -16,8 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
+import pyarrow as pa
+
 from engine.config import RunConfig
 from engine.data import RunDir
+from engine.data.conversations import is_conversation
+from engine.lion.conversations import conversation_sft, earlier_turns
 from engine.lion.iteration import (
     answer, answered, known_teacher_answers, pool_ids_not_in, pools, read_rows, rel, usage, write_responses,
     write_stage_metrics,
@@ -30,6 +34,7 @@ from engine.train import delete_checkpoints
 log = logging.getLogger("engine.lion")
 
 RESPONSES, TEACHER = "teacher_responses.parquet", "teacher.json"
+TURNS = "teacher_turns.parquet"  # the teacher's answers to conversations' earlier user turns
 
 
 class NothingToImitate(ValueError):
@@ -42,14 +47,19 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     saved, records = saved_answers(cfg, run, k)
     known = {**(known_teacher_answers(run, k - 1) if k else {}), **saved}
     todo = train_pool.filter(pool_ids_not_in(train_pool, known)) if known else train_pool
+    # A conversation's earlier user turns are asked too (engine.lion.conversations).
+    todo = pa.concat_tables([todo, earlier_turns(train_pool, known)])
     fresh = []
     if todo.num_rows:
         fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
                                role_name="teacher", run_dir=run)
         records.append(record)
-    by_id = {**{r["id"]: r for r in fresh}, **{i: known[i] for i in train_pool.column("id").to_pylist() if i in known}}
+    by_id = {**known, **{r["id"]: r for r in fresh}}
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]
     write_responses(run, rel(k, "imitation", RESPONSES), responses)
+    turns = earlier_turns(train_pool, {})
+    if turns.num_rows:
+        write_responses(run, rel(k, "imitation", TURNS), [by_id[i] for i in turns.column("id").to_pylist()])
     # With the figures of the call that bought them: a resumed stage reports them as its own.
     run.write_json(rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]})
 
@@ -91,7 +101,7 @@ def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[dict[str, dict],
     they were; under changed settings only the complete answers, and no record (a larger
     max_tokens must be able to complete the answers it cut)."""
     saved = run.read_json(rel(k, "imitation", TEACHER)) or {}
-    rows = read_rows(run, rel(k, "imitation", RESPONSES))
+    rows = [r for name in (RESPONSES, TURNS) for r in read_rows(run, rel(k, "imitation", name))]
     if saved.get("settings") == _teacher_settings(cfg):
         return {r["id"]: r for r in rows}, [StageRecord(**record) for record in saved["records"]]
     return {r["id"]: r for r in rows if answered(r) and r.get("finish_reason") != "length"}, []
@@ -115,6 +125,11 @@ def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated
     or with `train_on_truncated` kept with `complete` False (trained without eos)."""
     sft, truncated = [], 0
     for row in pool_rows:
+        if is_conversation(row):
+            chat, cut = conversation_sft(row, answers, train_on_truncated)
+            truncated += cut
+            sft += [chat] if chat else []
+            continue
         response = answers[row["id"]]
         if not answered(response):
             continue
@@ -122,7 +137,7 @@ def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated
         truncated += not complete
         if complete or train_on_truncated:
             sft.append({"instruction": row["instruction"], "input": row["input"], "response": response["text"],
-                        "complete": complete})
+                        "complete": complete, "messages": None})
     return sft, truncated
 
 

@@ -19,6 +19,7 @@ from engine.evaluate.evaluation import evaluate
 from engine.evaluate.job import absolute_paths as eval_absolute_paths
 from engine.evaluate.scores import headline
 from engine.lion.discrimination import discrimination
+from engine.lion.export import export_run
 from engine.lion.generation import generation
 from engine.lion.imitation import imitation
 from engine.lion.iteration import merge_iteration_metrics, rel, usage
@@ -41,7 +42,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
         role = getattr(cfg, name)
         if os.path.exists(role.model):
             roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
-    data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files]})
+    sources = [s.model_copy(update={"data_files": [os.path.abspath(f) for f in s.data_files]}) for s in cfg.data.datasets]
+    data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files], "datasets": sources})
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
     evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
     return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
@@ -49,14 +51,14 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def initial_pool(cfg: RunConfig):
     """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
-    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars)
+    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources())
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
         picks = np.sort(np.random.default_rng(cfg.lion.seed).choice(pool.num_rows, cfg.data.sample_size, replace=False))
         pool = pool.take(picks)
         summary["sampled"] = pool.num_rows
     if not pool.num_rows:
-        raise ValueError(f"no usable instructions in {cfg.data.pool_files}: {summary['rejects']}")
+        raise ValueError(f"no usable instructions in {cfg.data.pool_files + cfg.data.sources()}: {summary['rejects']}")
     log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
     return pool, summary
 
@@ -103,6 +105,16 @@ def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
     return stages
 
 
+def export_datasets(run: RunDir) -> None:
+    """What the run made, as Hugging Face datasets in run_dir/datasets (engine.lion.export).
+    A remote run directory is exported with `lion-distill export RUN_DIR --to DIR`."""
+    if "://" in run.uri:
+        log.info("datasets not exported: %s is remote; run `lion-distill export %s --to DIR`", run.uri, run.uri)
+        return
+    counts = export_run(run.uri, str(run.local_path("datasets")))
+    log.info("datasets: %s (iterations %s; `datasets.load_from_disk` reads each)", run.local_path("datasets"), list(counts))
+
+
 def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_tiny_models(load_config(path, overrides))
 
@@ -123,5 +135,6 @@ def run(cfg: RunConfig) -> dict:
                            outputs={"student_model": cfg.student.model}, report=write_report,
                            tracking_cfg=cfg.tracking, config=config)
     write_report(rundir)
+    export_datasets(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state

@@ -30,6 +30,9 @@ inference drops the input).
 """
 from __future__ import annotations
 
+from engine.data.conversations import is_conversation
+from engine.llm.prompts import instruction_messages
+
 # Lion's and FastChat's system message alike.
 REFEREE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 
@@ -145,7 +148,10 @@ def lion_generator_user(kind: str, instruction: str, input: str) -> str:
 
 
 def teacher_messages(row: dict) -> list[dict]:
-    """The teacher's request for an instruction row, as Lion's src/chatgpt_inference.py asks it."""
+    """The teacher's request for an instruction row, as Lion's src/chatgpt_inference.py asks it; a
+    conversation's turn is asked as the conversation has it, its own system prompt and earlier turns."""
+    if is_conversation(row):
+        return instruction_messages(row)
     return [{"role": "system", "content": TEACHER_SYSTEM},
             {"role": "user", "content": teacher_user(row["instruction"], row.get("input") or "")}]
 

@@ -20,7 +20,7 @@ from engine.lion.referee import referee_messages
 from engine.lion.rubrics import rubric_for
 from engine.llm.ledger import spent_by_role
 from engine.lion.prompts import teacher_messages
-from engine.llm.prompts import alpaca_prompt
+from engine.llm.prompts import student_prompt
 from engine.plan import Line, Plan, budget_warnings, earlier_run, price
 from engine.plan.evaluate import EvalEstimates
 from engine.plan.observed import Estimates, Observed
@@ -128,7 +128,7 @@ class _Estimates(Estimates):
             ("referee", "discrimination/referee"), ("generator", "generation/generator"))}
         self.prompt = {
             "teacher": counters["teacher"].mean([teacher_messages(r) for r in rows]),
-            "student": counters["student"].mean([alpaca_prompt(r["instruction"], r["input"]) for r in rows]),
+            "student": counters["student"].mean([student_prompt(r) for r in rows]),  # a conversation: its chat template
             # The review shows both answers: the frame's tokens plus the two replies'.
             "referee": counters["referee"].mean([referee_messages(r, "", "", rubric) for r in rows])
             + self.reply["teacher"][0] + self.reply["student"][0],

@@ -10,14 +10,16 @@ rows instead of training on an all-masked sequence.
 """
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from engine.llm.prompts import alpaca_prompt, instruction_messages
+from engine.train.chat import IGNORE, tokenize_chat
 
-IGNORE = -100  # labels with this value add nothing to the loss (torch's ignore_index)
+# IGNORE (-100, engine.train.chat): labels with this value add nothing to the loss (torch's ignore_index)
 # Distilling step-by-step's task prefixes, exactly as its code writes them
 # (google-research/distilling-step-by-step run.py; the paper's figure says "[label]"
 # and "[rationale]"): a model trained by either code answers the other's prompts.
@@ -58,15 +60,25 @@ def prompt_ids(tok, instructions: list[str], inputs: list[str], template: str = 
 def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int, template: str = "alpaca") -> dict:
     """Prompt (Alpaca by default, see prompt_ids) -> response + eos. Labels are IGNORE on
     the prompt, so the loss is on the response tokens (and eos) only; padding is masked at
-    collate time. A row whose optional `complete` column is False (an answer its model was
-    cut off in) gets no eos either."""
+    collate time. A row with a `messages` column (a conversation as JSON) is rendered through
+    the chat template instead, the loss on its assistant turns. A row whose optional `complete`
+    column is False (an answer its model was cut off in) gets no eos either."""
     tok = load_tokenizer(tokenizer_path)
     responses = _texts(batch, "response")
     complete = [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * len(responses)
     prompts = prompt_ids(tok, _texts(batch, "instruction"), _texts(batch, "input"), template)
     response_ids = tok(responses, add_special_tokens=False)["input_ids"]
+    chats = batch["messages"] if "messages" in batch else [None] * len(responses)
     input_ids, labels, n_prompt, n_target = [], [], [], []
-    for p, r, text, whole in zip(prompts, response_ids, responses, complete):
+    for p, r, text, whole, chat in zip(prompts, response_ids, responses, complete, chats):
+        if chat:  # a conversation: every assistant turn through the chat template (engine.train.chat)
+            ids, marks = tokenize_chat(tok, json.loads(chat), max_length)
+            input_ids.append(ids)
+            labels.append(marks)
+            learnt = np.flatnonzero(marks != IGNORE)
+            n_prompt.append(int(learnt[0]) if len(learnt) else len(ids))
+            n_target.append(len(learnt))
+            continue
         room = max_length - len(p)
         # A truncated response must not end in eos: the student would learn to stop mid-answer.
         target = (r + [tok.eos_token_id]) if whole and len(r) < room else r[:room]
