@@ -2,9 +2,9 @@
 Instruct's, data/smol/teacher_answers.jsonl) through the project's training path (Ray Data
 tokenisation, the train loop, the export) must bring the layer-dropped student much closer to
 the teacher on answers it was not trained on, measured as the evaluation measures it
-(engine.evaluate.nll). A loss mask shifted by one token, a wrong template or answers paired
-with the wrong instructions make this fail: run it once with LION_TEST_CORRUPT=shift or
-=shuffle to see it (benchmarks/RESULTS.md records both).
+(engine.evaluate.nll). LION_TEST_CORRUPT=shift (labels shifted by one token) or =shuffle
+(answers paired with the wrong instructions) breaks the training on purpose: what that does
+to the figures is recorded in benchmarks/RESULTS.md.
 """
 import json
 import os
@@ -77,8 +77,11 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
     cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=2e-4, max_length=320, warmup_ratio=0.0)
     result = train_causal_sft(cfg, student, ray.data.from_items(train), str(tmp_path / "student"), name="smol-imitation")
     after = mean_nll(result.model_dir, held, "alpaca")
+    # The same answers after other instructions: what the student takes from the instruction.
+    rotated = [{**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(held, held[1:] + held[:1])]
+    mismatched = mean_nll(result.model_dir, rotated, "alpaca")["nll"]
     print(f"held-out NLL: before {before['nll']:.3f}, after {after['nll']:.3f}, teacher {floor:.3f} "
-          f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'})")
+          f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'}); after other instructions {mismatched:.3f}")
     assert before["answers"] == after["answers"] == HELD_OUT
     # Measured (benchmarks/RESULTS.md): 11.23 -> 7.72 against the teacher's 0.51, 33% of the gap closed;
     # with the labels shifted by one or the answers shuffled, far less.

