@@ -74,7 +74,7 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
     student = str(smol_models.student)
     before = mean_nll(student, held, "alpaca")
     floor = mean_nll(str(smol_models.instruct), held, "chat")["nll"]
-    cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=2e-4, max_length=320, warmup_ratio=0.0)
+    cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=1e-3, max_length=320, warmup_ratio=0.0)
     result = train_causal_sft(cfg, student, ray.data.from_items(train), str(tmp_path / "student"), name="smol-imitation")
     after = mean_nll(result.model_dir, held, "alpaca")
     # The same answers after other instructions: what the student takes from the instruction.
@@ -83,7 +83,9 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
     print(f"held-out NLL: before {before['nll']:.3f}, after {after['nll']:.3f}, teacher {floor:.3f} "
           f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'}); after other instructions {mismatched:.3f}")
     assert before["answers"] == after["answers"] == HELD_OUT
-    # Measured (benchmarks/RESULTS.md): 11.23 -> 7.72 against the teacher's 0.51, 33% of the gap closed;
-    # with the labels shifted by one or the answers shuffled, far less.
+    # Measured (benchmarks/RESULTS.md): 11.23 -> 7.05 against the teacher's 0.51, 39% of the gap closed;
+    # with the labels shifted by one token, 8.49 (26%): it fails. Answers shuffled across instructions still
+    # pass (7.24, 37%): this student takes too little from the instruction to tell. At lr 2e-4 correct and
+    # shifted were 33% and 30%: too close to tell apart.
     closed = (before["nll"] - after["nll"]) / (before["nll"] - floor)
-    assert closed >= 0.25, f"imitation closed {closed:.0%} of the NLL gap to the teacher"
+    assert closed >= 0.33, f"imitation closed {closed:.0%} of the NLL gap to the teacher"
