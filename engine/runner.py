@@ -138,12 +138,12 @@ def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs
     reports go to the experiment tracker too (engine.metrics.tracking)."""
     import ray
 
-    tracker = tracking.open_tracker(tracking_cfg, run, name)
-    if tracker is not None and config is not None:
-        tracking.log_config(tracker, config)
     actor = driver(run, fresh_state(job, name, outputs))
-    failed = True
+    tracker, failed = None, True
     try:
+        tracker = tracking.open_tracker(tracking_cfg, run, name)
+        if tracker is not None and config is not None:
+            tracking.log_config(tracker, config)
         state = ray.get(actor.plan.remote([s.name for s in stages]))
         if state["completed"]:
             log.info("%s: resuming %s at %s", job, run.uri, next_stage(state))

@@ -99,7 +99,7 @@ def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_pat
 def _checkpoint_keys(run_dir: Path) -> list[str]:
     from torch.distributed.checkpoint import FileSystemReader
 
-    folders = sorted(run_dir.glob("ray_train/lora-sft/checkpoint_*"))
+    folders = sorted(p for p in run_dir.glob("ray_train/lora-sft/checkpoint_*") if p.is_dir())
     assert folders, list(run_dir.rglob("*"))[:20]
     return list(FileSystemReader(str(folders[-1])).read_metadata().state_dict_metadata)
 
