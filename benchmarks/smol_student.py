@@ -84,6 +84,8 @@ def imitate(model_path: str, rows: list[dict], epochs: int, lr: float, batch_siz
 def layers(args) -> dict:
     import tempfile
 
+    from transformers import AutoTokenizer
+
     from engine.evaluate.nll import mean_nll
     from engine.smol import build_instruct, build_student
 
@@ -96,7 +98,6 @@ def layers(args) -> dict:
         model, timing = imitate(path, train, args.epochs, args.lr)
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
-            from transformers import AutoTokenizer
             AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
             after = mean_nll(tmp, held, "alpaca")["nll"]
         out[f"layers_{n}"] = {"before": before, "after": after, "drop": 1 - after / before, **timing}
