@@ -137,7 +137,7 @@ def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated
         truncated += not complete
         if complete or train_on_truncated:
             sft.append({"instruction": row["instruction"], "input": row["input"], "response": response["text"],
-                        "complete": complete, "messages": None})
+                        "complete": complete, "messages": ""})
     return sft, truncated
 
 

@@ -71,7 +71,9 @@ def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int, templa
     chats = batch["messages"] if "messages" in batch else [None] * len(responses)
     input_ids, labels, n_prompt, n_target = [], [], [], []
     for p, r, text, whole, chat in zip(prompts, response_ids, responses, complete, chats):
-        if chat:  # a conversation: every assistant turn through the chat template (engine.train.chat)
+        # A conversation: every assistant turn through the chat template (engine.train.chat). A block
+        # without one holds the column as nulls, which numpy batches turn into NaN: only text counts.
+        if isinstance(chat, str) and chat:
             ids, marks = tokenize_chat(tok, json.loads(chat), max_length)
             input_ids.append(ids)
             labels.append(marks)
