@@ -112,7 +112,12 @@ def test_serve_replica_loads_a_model_in_s3_from_its_nodes_copy(s3_bucket, tiny_m
 
 def test_preflight_accepts_a_model_in_s3_only_where_one_is(s3_bucket, tiny_models):
     from engine.config.models import RoleConfig
-    from engine.preflight import role_problems
+    from engine.preflight import Checks, role_checks
+
+    def role_problems(name, role):
+        checks = Checks()
+        role_checks(name, role, checks)
+        return checks.problems
 
     uri = f"{s3_bucket}/run/iter_0/imitation/student"
     _upload(tiny_models.llama, uri)
