@@ -59,6 +59,12 @@ class EvalEstimates(Estimates):
         return [self._line(stage, "eval/reference", role, "reference", len(self.questions), prompt,
                            self.reply_tokens(role, "reference", "eval/reference"))]
 
+    def teacher(self, stage: str, role: RoleConfig) -> list[Line]:
+        """A Lion run's teacher answers the questions once (engine.evaluate.nll: the judge-free gap)."""
+        prompt = counter_for(role, "teacher", self.priors).mean([PROMPTS["chat"](q) for q in self.rows])
+        return [self._line(stage, "eval/teacher", role, "teacher", len(self.questions), prompt,
+                           self.reply_tokens(role, "teacher", "eval/teacher"))]
+
     def candidate(self, stage: str, role: RoleConfig, role_name: str, prompt_format: str) -> list[Line]:
         """One evaluation: the candidate answers, the judge reviews both orders, then its retries."""
         n, judge = len(self.questions), self.cfg.judge

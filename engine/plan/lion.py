@@ -39,8 +39,9 @@ def lion_plan(cfg: RunConfig) -> Plan:
 
     evaluation = _eval_estimates(cfg, run)
     if evaluation:
-        # Questions and reference answers are prepared once, in the first evaluation.
-        plan.add("iter_-1/eval", evaluation.reference("iter_-1/eval") + _eval(evaluation, cfg, -1), completed)
+        # Questions, reference answers and the teacher's answers (the NLL gap's) come once, in the first evaluation.
+        plan.add("iter_-1/eval", evaluation.reference("iter_-1/eval") + evaluation.teacher("iter_-1/eval", cfg.teacher)
+                 + _eval(evaluation, cfg, -1), completed)
 
     train_rows, cache_rows = est.seed_rows, est.seed_rows
     for k in it:
