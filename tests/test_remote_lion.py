@@ -26,7 +26,9 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     monkeypatch.setenv(KEY_ENV, KEY)
     uri = f"{s3_bucket}/runs/lion"
     cached_before = _cached()
-    state = loop.run(loop.load(DEMO, overrides(uri, vllm_server, iterations=1, sample=8, new=2)))
+    # Checkpoints kept (train.keep_checkpoints) to see them in the bucket; deleted there at the end.
+    state = loop.run(loop.load(DEMO, overrides(uri, vllm_server, iterations=1, sample=8, new=2)
+                               + ["train.keep_checkpoints=true"]))
     run = RunDir(uri)
     assert state["done"] and run.read_json("state.json")["done"]
     # The final imitation trained the iteration-0 student, loaded from the bucket.
@@ -39,6 +41,10 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     for name in ("student_responses", "teacher_responses", "judgments"):
         assert files[f"iter_0/discrimination/{name}.parquet"]
     assert files["iter_0/generation/new_instructions.parquet"] and files["report.md"]
+    from engine.train import delete_checkpoints
+
+    delete_checkpoints(f"{uri}/iter_0/imitation/student")  # what an imitation does after export by default
+    assert not any(f.startswith("iter_0/imitation/ray_train/") for f in _files(run))
     assert json.loads(run.read_bytes("config.json"))["run_dir"] == uri
     # The discrimination's student actor and the final imitation's training worker loaded the
     # iteration-0 student on this one node, the final imitation's tokenisers its tokenizer:
@@ -46,6 +52,6 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     new = _cached() - cached_before
     assert sorted(bool(list(p.glob("*.safetensors"))) for p in new) == [False, True], new
     secrets = (S3_ENV["AWS_SECRET_ACCESS_KEY"], KEY)
-    for rel in files:
+    for rel in _files(run):  # what the bucket holds now
         data = run.read_bytes(rel)
         assert not any(s.encode() in data for s in secrets), rel

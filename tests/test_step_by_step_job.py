@@ -4,6 +4,7 @@ the job is killed after `rationales`, and the re-run resumes at `train` without 
 teacher request again, trains a multi-task T5 for exactly `steps` steps (stopping mid-epoch) and
 scores it on the labelled test slice."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,11 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
     assert len(rows) == TRAIN and len(test_rows) == TEST
     summary = json.loads((run / "rationales" / "summary.json").read_text())
     failed = sum(summary["parse_failures"]["train"].values())
-    assert failed == sum(bool(r["parse_failure"]) for r in rows) and failed <= TRAIN // 4
+    assert failed == sum(bool(r["parse_failure"]) for r in rows)
+    # The regex holds every reply to its answer tail; a random teacher's only failure is the free text
+    # the tail allows after the letter (the choice's words), which the parser reads as no choice.
+    assert set(summary["parse_failures"]["train"]) <= {"label_outside_space"}
+    assert all(re.search(r"So the answer is \([a-e]\)", r["text"]) for r in rows)
     for r in rows:
         if not r["parse_failure"]:
             assert r["rationale"] and r["teacher_label"] in r["choices"] and "So the answer is" in r["text"]

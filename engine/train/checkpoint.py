@@ -91,5 +91,16 @@ def delete_dir(target: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
         return
     fs, path = pafs.FileSystem.from_uri(target)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+    # Object by object: an object store can list a key that is gone when pyarrow's recursive
+    # delete_dir reaches it (Ray Train's storage-validation marker is written and removed by
+    # other processes), and delete_dir then fails on the whole folder.
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                pass
+    try:
         fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
