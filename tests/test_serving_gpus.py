@@ -20,7 +20,9 @@ from engine.config import load_config
 from engine.llm.serve_backend import llm_config
 from engine.llm.fit import cluster_gpus, fit_problem, gpu_plan
 
-ray.init(num_cpus=16, num_gpus=int(sys.argv[2]), include_dashboard=False)  # a CPU per replica actor
+# A fresh instance of its own ("local"): the session may run other clusters (the fake-GPU one), which
+# a bare ray.init() would join.
+ray.init(address="local", num_cpus=16, num_gpus=int(sys.argv[2]), include_dashboard=False)  # a CPU per replica actor
 cfg = load_config("configs/lion-7b-vllm.yaml", ["serving=shared"])
 # The hub's 70B is not reachable here: a local model with the same parallelism.
 roles = {name: getattr(cfg, name).model_copy(update={"model": sys.argv[1]}) for name in cfg.ROLES}
