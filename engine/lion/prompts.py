@@ -31,7 +31,7 @@ inference drops the input).
 from __future__ import annotations
 
 from engine.data.conversations import is_conversation
-from engine.llm.prompts import instruction_messages
+from engine.llm.prompts import alpaca_prompt, instruction_messages
 
 # Lion's and FastChat's system message alike.
 REFEREE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -153,18 +153,9 @@ def teacher_messages(row: dict) -> list[dict]:
     if is_conversation(row):
         return instruction_messages(row)
     return [{"role": "system", "content": TEACHER_SYSTEM},
-            {"role": "user", "content": teacher_user(row["instruction"], row.get("input") or "")}]
-
-
-def teacher_user(instruction: str, input: str) -> str:
-    """Lion's teacher prompt (`generate_prompt`), or `prompt_input` of its train.py for a row with an input."""
-    if input:
-        return f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    return f"""### Instruction:
-{instruction}
-
-### Response:
-"""
+            # Lion's teacher prompt (`generate_prompt`) is its student template without an input; a row with
+            # an input is asked in that template's `prompt_input` layout (Lion drops the input).
+            {"role": "user", "content": alpaca_prompt(row["instruction"], row.get("input") or "")}]
 
 
 NO_INPUT = "<noinput>"
