@@ -2,28 +2,20 @@
 meta device and filled from rank 0 is exactly the one from_pretrained loads."""
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, world: int, port: int, path: str, architecture: str, out: str) -> None:
+def _rank(rank: int, world: int, rendezvous: str, path: str, architecture: str, out: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from engine.train import step as S
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: a free port picked beforehand can be taken by the time rank 0 binds it
+    # on a machine busy with Ray workers (EADDRINUSE seen in the suite).
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         model = S.load_sharded(path, architecture, torch.device("cpu"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -40,7 +32,7 @@ def test_meta_init_and_broadcast_give_the_pretrained_weights(tiny_models, tmp_pa
 
     path = str(tiny_models.llama if architecture == "causal" else tiny_models.t5)
     out = str(tmp_path / "rank0.pt")
-    mp.start_processes(_rank, args=(2, _free_port(), path, architecture, out), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, args=(2, str(tmp_path / "rendezvous"), path, architecture, out), nprocs=2, start_method="spawn")
     got = torch.load(out)
     reference = S.load_model(path, architecture)
     expected = reference.state_dict()
