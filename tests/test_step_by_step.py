@@ -15,7 +15,7 @@ from engine.step_by_step.job import step_by_step_stages
 from engine.step_by_step.parse import ParseFailure, Parsed, parse_reply, words_to_number
 from engine.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
 from engine.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
-from engine.step_by_step.stages import method_rows
+from engine.step_by_step.stages import method_rows, teacher_failed
 from engine.step_by_step.tasks import TASKS, user_task
 
 # the full sets, where present ($SHARED_DATA for a checkout elsewhere)
@@ -173,6 +173,28 @@ def test_constraint_regex_accepts_what_the_parser_accepts():
         assert re.fullmatch(task.constraint(), reply), name
         assert isinstance(parse_reply(reply, task, CHOICES), Parsed), name
     assert re.fullmatch(user_task(["yes", "no"]).constraint(), " Water is wet. So the answer is yes.")
+
+
+def test_a_teacher_that_answered_nothing_stops_the_stage():
+    failed = [{"id": str(i), "text": None, "finish_reason": "failed: BadRequestError: 400 grammar"} for i in range(3)]
+    line = teacher_failed(failed)
+    assert line.startswith("rationales/teacher: all 3 requests failed; the first: failed: BadRequestError: 400 grammar")
+    assert teacher_failed([*failed, {"id": "3", "text": " So the answer is (a).", "finish_reason": "stop"}]) is None
+    assert teacher_failed([]) is None
+
+
+def test_constraint_regexes_compile_in_vllms_structured_output_backend():
+    """xgrammar (vLLM's default backend) refuses what Python's `re` accepts: a raw newline in a
+    character class failed every constrained teacher request on a real vLLM server."""
+    xgrammar = pytest.importorskip("xgrammar")
+    from engine.lion.rubrics import RUBRICS
+
+    regexes = {name: task.constraint(600) for name, task in TASKS.items()}
+    regexes["user"] = user_task(["yes", "no"]).constraint()
+    regexes.update({f"rubric/{name}": rubric.regex(512) for name, rubric in RUBRICS.items()})
+    for name, regex in regexes.items():
+        assert "\n" not in regex, name  # a newline is spelled as the escape, never a raw newline
+        xgrammar.Grammar.from_regex(regex)  # raises on a pattern the server would refuse
 
 
 # --- splits, fractions, the method's rows --------------------------------------------------

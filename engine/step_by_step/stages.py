@@ -88,8 +88,26 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
     prompt = load_prompt(cfg.teacher.prompt_file or default_prompt_file(cfg.data.task))
     out, rec = generate(cfg.teacher.role, ray.data.from_items(rows), prompt.render, stage="rationales/teacher",
                         role_name="teacher", run_dir=run, structured_output=structured_output(cfg, task))
-    replies = {r["id"]: r["text"] for r in out.select_columns(["id", "text"]).take_all()}
+    answered = out.select_columns(["id", "text", "finish_reason"]).take_all()
+    problem = teacher_failed(answered)
+    if problem:
+        raise TeacherFailed(problem)
+    replies = {r["id"]: r["text"] for r in answered}
     return [{**row, "text": replies[row["id"]]} for row in rows], rec
+
+
+class TeacherFailed(RuntimeError):
+    """No request to the teacher got a reply: there is nothing to distil (one line)."""
+
+
+def teacher_failed(answered: list[dict]) -> str | None:
+    """One line when every request failed (after the backend's retries), naming the first
+    failure; a stage that went on would train on no rationale at all. Some failures are
+    counted as `no_reply` parse failures instead."""
+    if not answered or any(r["text"] is not None for r in answered):
+        return None
+    return (f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
+            "Nothing was written: fix the cause and run again (the stage starts over)")
 
 
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:

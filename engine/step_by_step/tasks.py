@@ -48,9 +48,17 @@ class Task:
         elif isinstance(self.space, Number):
             answer = r"[-0-9.+*/() ]{0,60}[0-9][-0-9.+*/() ]{0,60}"
         else:
-            answer = "(" + "|".join(re.escape(label) for label in self.space.labels) + ")"
-        sep = "\n" if self.answer_phrase.endswith(":") else " "
-        return f" ?[^\n]{{1,{max_rationale_chars}}}{sep}{re.escape(self.answer_phrase)} {answer}\\.?"
+            answer = "(" + "|".join(literal(label) for label in self.space.labels) + ")"
+        # The newline as the escape `\n`: xgrammar (vLLM's structured-output backend) refuses a
+        # raw newline in a character class, which Python's `re` accepts.
+        sep = r"\n" if self.answer_phrase.endswith(":") else " "
+        return rf" ?[^\n]{{1,{max_rationale_chars}}}{sep}{literal(self.answer_phrase)} {answer}\.?"
+
+
+def literal(text: str) -> str:
+    """`text` matched as written: its regex metacharacters escaped, and nothing else (`re.escape`
+    escapes spaces too, which xgrammar warns of as unknown escapes)."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
 
 
 TASKS = {
