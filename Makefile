@@ -42,8 +42,8 @@ demo-tiny: $(STAMP)
 # The Ray Serve tests run in a pytest session (and so a Ray cluster) of their own.
 # --tb=native: pytest's own traceback formatter crashed (INTERNALERROR, AST recursion) on a Ray failure.
 test: $(STAMP)
-	$(PY) -m pytest -q -rs --durations=15 --tb=native -m "not serve"
-	$(PY) -m pytest -q -rs --durations=5 --tb=native -m serve
+	$(PY) -m pytest -q -rfEs --durations=15 --tb=native -m "not serve"
+	$(PY) -m pytest -q -rfEs --durations=5 --tb=native -m serve
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
