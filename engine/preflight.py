@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
 from engine.config.models import DataConfig, RoleConfig, TrackingConfig
+from engine.config.run import RunConfig
 from engine.config.step_by_step import StepByStepConfig
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -177,6 +178,23 @@ def run_dir_problems(run_dir: str) -> list[str]:
     return writable_problems(run_dir)  # a local path or an object store URI alike
 
 
+def student_space_checks(cfg: RunConfig, checks: Checks) -> None:
+    """A Lion student named by hub id: the run directory's disk holds every imitation's export
+    and the training checkpoints alive at once (engine.data.student_size)."""
+    from engine.data.student_size import hub_parameters, space_problem
+
+    params = hub_parameters(cfg.student.model)
+    if params is None:
+        checks.notes.append(f"student.model: {cfg.student.model!r} could not be sized (not in this machine's Hugging "
+                            "Face cache, and the hub did not answer): run_dir's free space is not checked")
+        return
+    imitations = cfg.lion.iterations + cfg.lion.final_imitation
+    alive = 0 if cfg.train.lora else 2 * (imitations if cfg.train.keep_checkpoints else 1)  # Ray Train keeps two
+    problem = space_problem("student", params, cfg.run_dir, exports=imitations, checkpoints=alive)
+    if problem:
+        checks.run.append(problem)
+
+
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     """Every problem that would stop the plan or the run, one line each, and the notes."""
     checks = Checks()
@@ -197,6 +215,8 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
                      "into its Hugging Face cache" for model, names in hub.items()]
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
+    if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
+        student_space_checks(cfg, checks)
     for name, settings in _sections(cfg, TrackingConfig):
         from engine.metrics.tracking import problems as tracking_problems
 

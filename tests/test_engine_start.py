@@ -124,6 +124,16 @@ except WaitedTooLong as e:
     out["engine"], out["engine_s"] = str(e), time.monotonic() - begin
 out["apps_left"] = [a for a in serve.status().applications if a.startswith(engines.prefix)]
 engines.close()
+# The same engine started by the stage itself (Ray Data's vLLM processor), in a per-stage job.
+from engine.llm import generate
+from engine.llm.serving import job_engines
+with job_engines({"teacher": role}, ServingConfig(mode="per_stage", ready_timeout_s=10), run_id="deadline"):
+    begin = time.monotonic()
+    try:
+        generate(role, ray.data.from_items([{"id": "a", "instruction": "Say hi."}]),
+                 lambda row: [{"role": "user", "content": row["instruction"]}], stage="deadline", role_name="teacher")
+    except WaitedTooLong as e:
+        out["stage"], out["stage_s"] = str(e), time.monotonic() - begin
 # Two workers of two GPUs: the cluster has four, but two are held.
 cfg = TrainConfig(num_workers=2, gpus_per_worker=2, start_timeout_s=10)
 begin = time.monotonic()
@@ -143,5 +153,7 @@ def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_clus
     assert "STRICT_PACK" in got["engine"], got
     assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
     assert got["engine_s"] < 60 and got["apps_left"] == [], got
+    assert got["stage"].startswith("teacher: waited 1") and "for its engines' resources" in got["stage"], got
+    assert "STRICT_PACK" in got["stage"] and "at most 2 on one node" in got["stage"] and got["stage_s"] < 60, got
     assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got
     assert "'GPU': 2" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got

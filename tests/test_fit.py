@@ -55,6 +55,16 @@ def test_a_tensor_parallel_engine_needs_its_gpus_on_one_node():
     assert fits(0, 0, "keep", per_node=0) is None  # no GPUs at all: every engine runs on CPU
 
 
+def test_an_hf_role_holds_a_gpu_per_replica_beside_the_shared_engines():
+    roles = {**ROLES, "judge": role("/judge", replicas=4, backend="hf")}
+    plan = gpu_plan(roles, ("student",), train_gpus=8, during_training="release")
+    assert plan["serving_gpus"] == 8 + 8 + 4 and "judge 4 x hf = 4" in plan["engines"]
+    assert fits(16, 8, "release") is None and fits(16, 8, "release", roles=roles) is not None
+    assert fits(20, 8, "release", roles=roles) is None
+    per_stage = {"student": role("/7b"), "judge": role("/judge", replicas=4, backend="hf")}
+    assert gpu_plan(per_stage, ("student",), train_gpus=0, during_training="keep", mode="per_stage")["peak_gpus"] == 4
+
+
 OVER_ASKING = ["--set=serving=shared", "--set=teacher.parallelism.tensor_parallel_size=2",
                "--set=referee.parallelism.replicas=2", "--set=train.num_workers=2", "--set=train.gpus_per_worker=1",
                "--set=eval=null"]

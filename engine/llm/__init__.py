@@ -91,8 +91,12 @@ def generate(
                 out, rec.gpus = engines.run(role, prompted, role_name=role_name, chat=chat,
                                             structured_output=structured_output, logprobs=logprobs)
             else:
+                from engine.config.models import ServingConfig
+
+                start_timeout_s = (engines.serving if engines is not None else ServingConfig()).ready_timeout_s
                 out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
-                                         structured_output=structured_output, logprobs=logprobs, draw=draw)
+                                         structured_output=structured_output, logprobs=logprobs, draw=draw,
+                                         start_timeout_s=start_timeout_s)
                 if engines is not None:
                     engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":

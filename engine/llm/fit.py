@@ -88,8 +88,10 @@ def _engine(names: list[str], role: RoleConfig) -> str:
 def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
              during_training: str, mode: str = "shared") -> dict:
     """The GPUs the job's engines and training hold at once (`peak_gpus`), and each engine
-    (`engines`: "roles replicas x TP = GPUs")."""
+    (`engines`: "roles replicas x TP = GPUs"). An `hf` role holds a GPU per replica while its
+    stage runs (engine.llm.generate), beside the shared engines that are up then."""
     vllm = {name: r for name, r in roles.items() if r.backend == "vllm"}
+    hf = {name: r.parallelism.replicas for name, r in roles.items() if r.backend == "hf"}
     groups: dict[str, list[str]] = {}
     for name, r in vllm.items():
         if name not in per_iteration:
@@ -98,12 +100,14 @@ def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train
     student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
     if mode == "shared":
         frozen = sum(engine_gpus(r) for r in frozen_roles.values())
-        serving, training = frozen + student, train_gpus + (frozen if during_training == "keep" else 0)
+        serving, training = frozen + student + max(hf.values(), default=0), \
+            train_gpus + (frozen if during_training == "keep" else 0)
     else:  # a stage starts and stops its own engines: one at a time
-        frozen = max((engine_gpus(r) for r in vllm.values()), default=0)
+        frozen = max([*(engine_gpus(r) for r in vllm.values()), *hf.values()], default=0)
         serving, training = frozen, train_gpus
     engines = [_engine(names, frozen_roles[key]) for key, names in groups.items()]
     engines += [_engine([name], r) for name, r in vllm.items() if name in per_iteration]
+    engines += [f"{name} {replicas} x hf = {replicas}" for name, replicas in hf.items()]
     return {"frozen_engine_gpus": frozen, "student_engine_gpus": student, "train_gpus": train_gpus,
             "peak_gpus": max(serving, training), "serving_gpus": serving, "training_gpus": training,
             "engines": engines}

@@ -165,14 +165,11 @@ class JobEngines:
 
     def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
-        from engine.llm.vllm_backend import engine_placement
+        from engine.llm.vllm_backend import engine_ask
 
-        placement = engine_placement(role, self.gpu, cpus_per_rank=0)
-        asked = (f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}"
-                 f"{', ' + placement['strategy'] + ' (one node)' if placement.get('strategy') == 'STRICT_PACK' else ''}")
         what = "its engine's resources" if scheduling else "its engine to start"
-        raise WaitedTooLong(f"{role_name} ({app})", asked, self.serving.ready_timeout_s, cluster_gpus().describe(),
-                            what=what)
+        raise WaitedTooLong(f"{role_name} ({app})", engine_ask(role, self.gpu), self.serving.ready_timeout_s,
+                            cluster_gpus().describe(), what=what)
 
     def _stop(self, key: str) -> None:
         from ray import serve

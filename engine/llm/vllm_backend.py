@@ -11,6 +11,7 @@ as the JSON top-k maps of engine.llm.responses.
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 
 import ray
@@ -64,6 +65,13 @@ def engine_placement(role: RoleConfig, gpu: bool, cpus_per_rank: int = 1) -> dic
     ranks = role.parallelism.tensor_parallel_size * role.engine_kwargs.get("pipeline_parallel_size", 1)
     bundle = {"GPU": 1, **({"CPU": cpus_per_rank} if cpus_per_rank else {})}
     return {"bundles": [dict(bundle) for _ in range(ranks)], "strategy": "STRICT_PACK"}
+
+
+def engine_ask(role: RoleConfig, gpu: bool) -> str:
+    """What a role's engines ask Ray for, as a deadline's line says it."""
+    placement = engine_placement(role, gpu, cpus_per_rank=0)
+    one_node = ", STRICT_PACK (one node)" if placement.get("strategy") == "STRICT_PACK" else ""
+    return f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}{one_node}"
 
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
@@ -127,9 +135,13 @@ def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | Non
 
 
 def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
-             structured_output: dict | None, logprobs: int | None,
-             draw: str | None = None) -> tuple["ray.data.Dataset", float]:
-    """-> (lazy dataset in the response contract, GPUs held)."""
+             structured_output: dict | None, logprobs: int | None, start_timeout_s: float,
+             draw: str | None = None) -> tuple["ray.data.MaterializedDataset", float]:
+    """-> (the stage's answers in the response contract, GPUs held). The engines get
+    `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
+    actors that long); past it the stage ends with engine.llm.fit.WaitedTooLong."""
+    from engine.llm.fit import WaitedTooLong, cluster_gpus
+
     gpu = cluster_has_gpus()
     tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
     config = processor_config(role, gpu, chat=chat, draw=draw)
@@ -139,4 +151,21 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     out = processor(prompted).map(partial(
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
         with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
-    return out, float(tp * replicas if gpu else 0)
+    out.context.wait_for_min_actors_s = start_timeout_s
+    begin = time.monotonic()
+    try:
+        done = out.materialize()
+    except ray.exceptions.GetTimeoutError as e:
+        if "starting actors" not in str(e):
+            raise
+        what = "its engines' resources" if _pending_groups() else "its engines to start"
+        raise WaitedTooLong(role_name, engine_ask(role, gpu), time.monotonic() - begin, cluster_gpus().describe(),
+                            what=what) from None
+    return done, float(tp * replicas if gpu else 0)
+
+
+def _pending_groups() -> bool:
+    """Does a placement group wait for resources (then the engines were never placed)?"""
+    from ray.util import placement_group_table
+
+    return any(group.get("state") == "PENDING" for group in placement_group_table().values())
