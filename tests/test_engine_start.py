@@ -153,7 +153,7 @@ def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_clus
     assert "STRICT_PACK" in got["engine"], got
     assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
     assert got["engine_s"] < 60 and got["apps_left"] == [], got
-    assert got["stage"].startswith("teacher: waited 1") and "for its engines' resources" in got["stage"], got
+    assert got["stage"].startswith("teacher: waited 10 s") and "for its engines' resources" in got["stage"], got
     assert "STRICT_PACK" in got["stage"] and "at most 2 on one node" in got["stage"] and got["stage_s"] < 60, got
     assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got
     assert "'GPU': 2" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got

@@ -11,7 +11,6 @@ as the JSON top-k maps of engine.llm.responses.
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 
 import ray
@@ -152,14 +151,13 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
         with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
     out.context.wait_for_min_actors_s = start_timeout_s
-    begin = time.monotonic()
     try:
         done = out.materialize()
     except ray.exceptions.GetTimeoutError as e:
         if "starting actors" not in str(e):
             raise
         what = "its engines' resources" if _pending_groups() else "its engines to start"
-        raise WaitedTooLong(role_name, engine_ask(role, gpu), time.monotonic() - begin, cluster_gpus().describe(),
+        raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
                             what=what) from None
     return done, float(tp * replicas if gpu else 0)
 
