@@ -47,7 +47,7 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
-def test_parameters_come_from_the_cached_safetensors_headers(hub_cache, tmp_path):
+def test_parameters_come_from_the_cached_safetensors_headers(hub_cache):
     def shards(snapshot):
         save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(snapshot / "model-00001-of-00002.safetensors"))
         save_file({"c": torch.zeros(2, 2, 2)}, str(snapshot / "model-00002-of-00002.safetensors"))

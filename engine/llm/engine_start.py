@@ -108,10 +108,11 @@ def wait_running(app: str, timeout_s: float, on_timeout) -> EngineFailure | None
         time.sleep(POLL_S)
 
 
-def waiting_for_resources(app: str) -> bool:
-    """Is a replica of `app` still waiting for its placement group (Serve names each replica's
-    group after the replica: SERVE_REPLICA::<app>#<deployment>#<id>)?"""
+def waiting_for_resources(app: str | None = None) -> bool:
+    """Is a placement group still waiting for its resources: one of Serve `app`'s replicas (Serve
+    names each replica's group after the replica: SERVE_REPLICA::<app>#<deployment>#<id>), or,
+    with `app` None, any (the groups Ray Data's vLLM stage makes for its engines have no name)?"""
     from ray.util import placement_group_table
 
-    return any(f"::{app}#" in (group.get("name") or "") and group.get("state") == "PENDING"
+    return any((app is None or f"::{app}#" in (group.get("name") or "")) and group.get("state") == "PENDING"
                for group in placement_group_table().values())

@@ -139,6 +139,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     """-> (the stage's answers in the response contract, GPUs held). The engines get
     `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
     actors that long); past it the stage ends with engine.llm.fit.WaitedTooLong."""
+    from engine.llm.engine_start import waiting_for_resources
     from engine.llm.fit import WaitedTooLong, cluster_gpus
 
     gpu = cluster_has_gpus()
@@ -156,14 +157,8 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     except ray.exceptions.GetTimeoutError as e:
         if "starting actors" not in str(e):
             raise
-        what = "its engines' resources" if _pending_groups() else "its engines to start"
+        what = "its engines' resources" if waiting_for_resources() else "its engines to start"
         raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
                             what=what) from None
     return done, float(tp * replicas if gpu else 0)
 
-
-def _pending_groups() -> bool:
-    """Does a placement group wait for resources (then the engines were never placed)?"""
-    from ray.util import placement_group_table
-
-    return any(group.get("state") == "PENDING" for group in placement_group_table().values())
