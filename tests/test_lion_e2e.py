@@ -1,6 +1,7 @@
 """The Lion loop end to end on the shared local Ray cluster, with tiny models: the demo
 config with teacher, referee and generator served by the session's real vLLM
-OpenAI-compatible server (one engine for all), and the student in transformers."""
+OpenAI-compatible server (one engine for all), and the student in transformers; the demo
+run is tracked in an MLflow file store as well (the TensorBoard backend: test_tracking_e2e.py)."""
 import hashlib
 import json
 import os
@@ -108,14 +109,52 @@ def files_containing(root: Path, needle: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
-def test_demo_config_end_to_end(ray_cluster, vllm_server, tmp_path, monkeypatch):
+def test_demo_config_end_to_end_tracked_in_mlflow(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     run = tmp_path / "run"
-    state = loop.run(loop.load(DEMO, overrides(run, vllm_server, evaluate=True)))
+    sets = overrides(run, vllm_server, evaluate=True) + ["tracking.backend=mlflow", "tracking.run_name=demo",
+                                                         "tracking.project=lion-e2e"]
+    state = loop.run(loop.load(DEMO, sets))
     assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
     check_run_dir(run, iterations=2, evaluated=True)  # the student scored before training and after each imitation
     assert json.loads((run / "data_report.json").read_text())["rows_in"] == 427
     assert files_containing(tmp_path, KEY) == []  # the key is read from the environment, never written
+    check_mlflow(run, state, iterations=2)
+
+
+def check_mlflow(run: Path, state: dict, iterations: int) -> None:
+    """The MLflow file store the run wrote, read back with MLflow's client: each iteration's summary
+    at its step (iteration k at k + 1; the base student's evaluation at 0), each stage's figures,
+    Ray Train rank 0's loss at every optimizer step of every imitation (a child run each), the
+    config (key variable names, never a key) and the report with its plots."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(str(run / "mlruns"))
+    run_id = json.loads((run / "tracking.json").read_text())["run_id"]
+    job = client.get_run(run_id)
+    assert job.info.run_name == "demo" and job.info.status == "FINISHED"
+
+    def history(key: str) -> dict[int, float]:
+        return {p.step: p.value for p in client.get_metric_history(run_id, key)}
+
+    summary, searched = state["summary"], range(iterations)
+    for key in ("hard_fraction", "mean_gap", "new_instructions"):
+        assert history(f"summary/{key}") == {k + 1: pytest.approx(summary[f"iter_{k}"][key]) for k in searched}
+    imitations = range(iterations + 1)  # the final imitation's student is evaluated too
+    assert history("summary/eval_relative_score") == {
+        k + 1: pytest.approx(summary[f"iter_{k}"]["eval_relative_score"]) for k in (-1, *imitations)}
+    assert set(history("lion/hard_fraction")) == {k + 1 for k in searched}
+    assert set(history("timing_s/imitation/train")) == {k + 1 for k in imitations}
+    assert json.loads(job.data.params["teacher.openai.api_key_env"]) == KEY_ENV
+    children = {c.info.run_name: c.info.run_id for c in
+                client.search_runs([job.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")}
+    assert sorted(children) == [f"demo/lion-demo-iter{k}-imitation" for k in imitations]
+    for k in imitations:
+        steps = int(json.loads((run / f"iter_{k}" / "imitation" / "metrics.json").read_text())["steps/imitation/train"])
+        loss = client.get_metric_history(children[f"demo/lion-demo-iter{k}-imitation"], "train/loss")
+        assert sorted(p.step for p in loss) == list(range(1, steps + 1))
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"config.json", "report.md", "plots/hard_fraction_gap.png", "plots/relative_score.png"} <= artifacts
 
 
 def _start_job(ray_cluster, run: Path, server, log: Path) -> subprocess.Popen:
