@@ -1,10 +1,12 @@
 """One Lion iteration of the demo config on a pool that users bring: a ShareGPT file of
 multi-turn conversations and a Hugging Face `datasets` folder of instructions, on the
 session's Ray cluster and vLLM server. The run exports itself as `datasets` folders,
-read back with `datasets.load_from_disk`."""
+read back with `datasets.load_from_disk`, and is tracked in TensorBoard event files, read back with
+TensorBoard's reader (the MLflow backend: test_lion_e2e.py)."""
 import json
 
 import datasets
+import pytest
 
 from engine.lion import loop
 from tests.test_lion_e2e import DEMO, KEY, KEY_ENV, check_run_dir, files_containing, overrides, table
@@ -26,13 +28,16 @@ INSTRUCTIONS = [{"instruction": f"Give {n} tips for learning to cook.", "input":
 
 def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_datasets(ray_cluster, vllm_server,
                                                                                          tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monkeypatch.setenv(KEY_ENV, KEY)
     (tmp_path / "chats.json").write_text(json.dumps(CONVERSATIONS, indent=1))
     datasets.Dataset.from_list(INSTRUCTIONS).save_to_disk(str(tmp_path / "instructions"))
     run = tmp_path / "run"
     sets = overrides(run, vllm_server, iterations=1, sample=100, new=4)
     state = loop.run(loop.load(DEMO, sets + [f"data.pool_files=[{tmp_path / 'chats.json'},{tmp_path / 'instructions'}]",
-                                             "lion.final_imitation=false"]))
+                                             "lion.final_imitation=false", "tracking.backend=tensorboard",
+                                             "tracking.run_name=demo", "tracking.project=lion-e2e"]))
     assert state["done"]
     check_run_dir(run, iterations=1, final_imitation=False)
     report = json.loads((run / "data_report.json").read_text())
@@ -56,3 +61,12 @@ def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_d
     assert all(r["seed_instruction"] for r in exported["generation"])
     assert "| teacher | openai |" in (run / "datasets" / "README.md").read_text()
     assert files_containing(tmp_path, KEY) == []  # the key is read from the environment, never written
+
+    # Tracked: the iteration's summary at step 1, Ray Train rank 0's loss at every optimizer step, the plots.
+    events = EventAccumulator(str(run / "tensorboard" / "demo"), size_guidance={"images": 0}).Reload()
+    steps = lambda scalars: {p.step: p.value for p in scalars}  # noqa: E731
+    assert steps(events.Scalars("summary/hard_fraction")) == {1: pytest.approx(state["summary"]["iter_0"]["hard_fraction"])}
+    assert steps(events.Scalars("summary/new_instructions")) == {1: state["summary"]["iter_0"]["new_instructions"]}
+    assert {"plots/hard_fraction_gap.png", "plots/stage_throughput.png"} <= set(events.Tags()["images"])
+    curve = EventAccumulator(str(run / "tensorboard" / "demo" / "train" / "lion-demo-iter0-imitation")).Reload()
+    assert sorted(steps(curve.Scalars("train/loss"))) == list(range(1, int(metrics["steps/imitation/train"]) + 1))

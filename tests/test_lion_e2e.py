@@ -1,7 +1,7 @@
 """The Lion loop end to end on the shared local Ray cluster, with tiny models: the demo
 config with teacher, referee and generator served by the session's real vLLM
 OpenAI-compatible server (one engine for all), and the student in transformers; the demo
-run is tracked in an MLflow file store as well (the TensorBoard backend: test_tracking_e2e.py)."""
+run is tracked in an MLflow file store as well (the TensorBoard backend: test_lion_conversations_e2e.py)."""
 import hashlib
 import json
 import os
