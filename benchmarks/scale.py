@@ -1,0 +1,215 @@
+"""One Lion iteration's data path at scale: N instructions through seeding, imitation,
+discrimination and generation on a local Ray cluster, every LLM role replaced by a scripted one
+that answers at once. The engines are measured elsewhere (benchmarks/generation.py,
+serve_throughput.py); this measures what the stages do around them: reading the pool, moving rows
+between the driver and Ray Data, joining answers, building the referee's requests, tokenising the
+training rows, the ROUGE-L filter, the report and the datasets export. Per stage: seconds and
+rows/s, and the driver's peak RSS above its idle RSS (after Ray and the engine are imported).
+
+    python benchmarks/scale.py [--rows 100000 1000000] [--out FILE]
+
+Each size runs in a fresh process (its own local Ray cluster), so one size's memory is not the
+next one's. The scripted roles: the teacher and the student answer with a line naming the
+instruction; the referee scores half the pairs hard (9 vs 5) and half even (7 vs 7), in a review
+every rubric's parser reads; the generator writes a new instruction no earlier one resembles.
+Training is the real Ray Train loop on the tiny LLaMA, one optimizer step (`train.max_steps=1`):
+its input (every training row) goes the whole way, its compute is not the point.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+STAGES = ("seed", "imitation", "discrimination", "generation", "report")
+NEW_INSTRUCTIONS = 6_000  # Lion's default, as in the paper: the generator's rounds and the ROUGE-L filter at full size
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class PeakRSS:
+    """The driver's resident memory, sampled every 20 ms: the peak since the last `reset`."""
+
+    def __init__(self):
+        self.peak, self._stop = rss_mb(), threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb())
+
+    def reset(self) -> float:
+        peak, self.peak = max(self.peak, rss_mb()), rss_mb()
+        return peak
+
+
+def words(*parts) -> str:
+    h = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return " ".join(WORDS[int(h[i], 16)] + h[i:i + 6] for i in range(0, 36, 6))
+
+
+def write_pool(path: Path, rows: int) -> None:
+    with path.open("w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"instruction": f"Task {i}: describe {words('pool', i)}.", "input": "", "output": ""}) + "\n")
+
+
+def prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int]:
+    """(the scripted text, its completion tokens) for one request."""
+    if role_name in ("teacher", "student"):
+        return f"{role_name.upper()}-{row['id']} answers: {words(role_name, row['id'])}.", 12
+    if role_name == "referee":
+        text = prompt_text(prompt)
+        hard = int(hashlib.sha256(str(row["id"]).encode()).hexdigest(), 16) % 2 == 0
+        teacher, student = (9, 5) if hard else (7, 7)
+        first, second = (teacher, student) if text.find("TEACHER-") < text.find("STUDENT-") else (student, teacher)
+        # Scores first (FastChat's rubrics) and last (Lion's): every rubric's parser reads it.
+        return (f"{first} {second}\nBoth answers were read.\nScore of the Assistant 1: {first}\n"
+                f"Score of the Assistant 2: {second}"), 24
+    return f"### Instruction:\nDescribe {words('new', row['id'], draw)}.\n### Input:\n<noinput>", 12
+
+
+def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
+                      logprobs=None, draw=None):
+    """engine.llm.generate's contract (rows in == rows out, the response columns, a
+    StageRecord), answered at once in Ray Data tasks instead of by an engine."""
+    import pyarrow as pa
+    import ray
+
+    from engine.llm.responses import fill_record
+    from engine.metrics import stage_timer
+
+    def answer(batch: pa.Table) -> pa.Table:
+        texts, tokens = zip(*(reply(role_name, row, to_prompt(row), draw) for row in batch.to_pylist())) \
+            if batch.num_rows else ((), ())
+        n = batch.num_rows
+        columns = {"role": pa.array([role_name] * n, pa.string()), "text": pa.array(texts, pa.string()),
+                   "finish_reason": pa.array(["stop"] * n, pa.string()), "prompt_tokens": pa.array([64] * n, pa.int64()),
+                   "completion_tokens": pa.array(tokens, pa.int64())}
+        if logprobs:
+            columns["logprobs"] = pa.nulls(n, pa.string())
+        for name, column in columns.items():
+            batch = batch.append_column(name, column)
+        return batch
+
+    with stage_timer(stage) as rec:
+        out = rows.map_batches(answer, batch_format="pyarrow", batch_size=4096).materialize()
+        stats = out.select_columns(["prompt_tokens", "completion_tokens", "finish_reason"]).to_arrow_refs()
+        fill_record(rec, pa.concat_tables(ray.get(stats)) if stats else pa.table({}))
+    return out, rec
+
+
+def one_size(rows: int, work: Path) -> dict:
+    """One iteration at `rows` instructions, in this process -> its figures."""
+    import engine.llm
+    from engine.cli import init_ray
+    from engine.lion import loop
+
+    pool = work / "pool.jsonl"
+    write_pool(pool, rows)
+    init_ray(verbose=False)
+    engine.llm.generate = scripted_generate  # engine.lion.iteration.answer imports it at each call
+    memory = PeakRSS()
+    idle = rss_mb()
+    seconds, peaks = {}, {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            memory.reset()
+            begin = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begin
+                peaks[name] = max(peaks.get(name, 0.0), memory.reset())
+        return wrapper
+
+    for name in ("imitation", "discrimination", "generation"):
+        loop.STAGE_FUNCTIONS[name] = timed(name, loop.STAGE_FUNCTIONS[name])
+    loop.seed_pools = timed("seed", loop.seed_pools)
+    loop.write_report = timed("report", loop.write_report)
+    loop.export_datasets = timed("report", loop.export_datasets)
+    sets = [f"run_dir={work / 'run'}", f"data.pool_files=[{pool}]", "data.sample_size=null", "lion.iterations=1",
+            "lion.final_imitation=false", "eval=null",
+            f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}", "train.max_steps=1", "train.num_workers=1",
+            "serving=per_stage", "lion.referee_logprobs=false"]
+    begin = time.perf_counter()
+    state = loop.run(loop.load(str(REPO / "configs" / "demo.yaml"), sets))
+    total = time.perf_counter() - begin
+    metrics = json.loads((work / "run" / "iter_0" / "metrics.json").read_text())
+    counted = {"seed": rows, "imitation": metrics["rows/imitation/teacher"],
+               "discrimination": metrics["rows/discrimination/referee"],
+               "generation": metrics["lion/candidates"], "report": rows}
+    return {"rows": rows, "seconds": total, "idle_rss_mb": idle, "done": state["done"],
+            "new_instructions": metrics["lion/new_instructions"], "hard": metrics["lion/hard"],
+            "stages": [{"stage": s, "seconds": seconds.get(s, 0.0), "rows": counted[s],
+                        "rows_per_s": counted[s] / seconds[s] if seconds.get(s) else 0.0,
+                        "peak_rss_mb": peaks.get(s, 0.0), "above_idle_mb": peaks.get(s, 0.0) - idle} for s in STAGES]}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| rows | stage | seconds | rows/s | driver peak RSS (MB) | above idle (MB) |", "|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        for s in r["stages"]:
+            lines.append(f"| {r['rows']:,} | {s['stage']} | {s['seconds']:.1f} | {s['rows_per_s']:,.0f} | "
+                         f"{s['peak_rss_mb']:,.0f} | {s['above_idle_mb']:,.0f} |")
+        lines.append(f"| {r['rows']:,} | **total** | {r['seconds']:.1f} | | idle {r['idle_rss_mb']:,.0f} | "
+                     f"{max(s['above_idle_mb'] for s in r['stages']):,.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale.json"))
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, JSON on the last line
+    args = parser.parse_args()
+    if args.one:
+        with tempfile.TemporaryDirectory(prefix="lion-scale-") as work:
+            print(json.dumps(one_size(args.one, Path(work))), flush=True)
+        return 0
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    results = []
+    for rows in args.rows:
+        proc = subprocess.run([sys.executable, __file__, "--one", str(rows)], env=env, cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{rows:,} rows: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            results.append({"rows": rows, "failed": proc.returncode})
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(table([results[-1]]), flush=True)
+    done = [r for r in results if "failed" not in r]
+    print("\n" + table(done))
+    if len(done) == 2:
+        small, big = sorted(done, key=lambda r: r["rows"])
+        print(f"\ntime x{big['seconds'] / small['seconds']:.1f} for rows x{big['rows'] / small['rows']:.0f}; "
+              f"driver peak above idle at {big['rows']:,}: {max(s['above_idle_mb'] for s in big['stages']):,.0f} MB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0 if len(done) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
