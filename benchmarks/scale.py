@@ -80,7 +80,8 @@ def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int
         return f"{role_name.upper()}-{row['id']} answers: {words(role_name, row['id'])}.", 12
     if role_name == "referee":
         text = prompt_text(prompt)
-        hard = int(hashlib.sha256(str(row["id"]).encode()).hexdigest(), 16) % 2 == 0
+        pair = str(row["id"]).split("|")[0]  # a request is "<pair id>|<order>": both orders score alike
+        hard = int(hashlib.sha256(pair.encode()).hexdigest(), 16) % 2 == 0
         teacher, student = (9, 5) if hard else (7, 7)
         first, second = (teacher, student) if text.find("TEACHER-") < text.find("STUDENT-") else (student, teacher)
         # Scores first (FastChat's rubrics) and last (Lion's): every rubric's parser reads it.
