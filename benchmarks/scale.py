@@ -47,15 +47,17 @@ class PeakRSS:
     """The driver's resident memory, sampled every 20 ms: the peak since the last `reset`."""
 
     def __init__(self):
-        self.peak, self._stop = rss_mb(), threading.Event()
+        self.peak = rss_mb()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
-        while not self._stop.wait(0.02):
+        while True:
             self.peak = max(self.peak, rss_mb())
+            time.sleep(0.02)
 
     def reset(self) -> float:
-        peak, self.peak = max(self.peak, rss_mb()), rss_mb()
+        now = rss_mb()
+        peak, self.peak = max(self.peak, now), now
         return peak
 
 
@@ -93,16 +95,16 @@ def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int
 def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
                       logprobs=None, draw=None):
     """engine.llm.generate's contract (rows in == rows out, the response columns, a
-    StageRecord), answered at once in Ray Data tasks instead of by an engine."""
+    StageRecord summed by generate's own accounting), answered at once in Ray Data tasks
+    instead of by an engine."""
     import pyarrow as pa
-    import ray
 
-    from engine.llm.responses import fill_record
+    from engine.llm import _account
     from engine.metrics import stage_timer
 
     def answer(batch: pa.Table) -> pa.Table:
-        texts, tokens = zip(*(reply(role_name, row, to_prompt(row), draw) for row in batch.to_pylist())) \
-            if batch.num_rows else ((), ())
+        replies = [reply(role_name, row, to_prompt(row), draw) for row in batch.to_pylist()]
+        texts, tokens = [text for text, _ in replies], [n for _, n in replies]
         n = batch.num_rows
         columns = {"role": pa.array([role_name] * n, pa.string()), "text": pa.array(texts, pa.string()),
                    "finish_reason": pa.array(["stop"] * n, pa.string()), "prompt_tokens": pa.array([64] * n, pa.int64()),
@@ -114,9 +116,7 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
         return batch
 
     with stage_timer(stage) as rec:
-        out = rows.map_batches(answer, batch_format="pyarrow", batch_size=4096).materialize()
-        stats = out.select_columns(["prompt_tokens", "completion_tokens", "finish_reason"]).to_arrow_refs()
-        fill_record(rec, pa.concat_tables(ray.get(stats)) if stats else pa.table({}))
+        out = _account(rows.map_batches(answer, batch_format="pyarrow", batch_size=4096).materialize(), rec, api=False)
     return out, rec
 
 
@@ -153,7 +153,7 @@ def one_size(rows: int, work: Path) -> dict:
     sets = [f"run_dir={work / 'run'}", f"data.pool_files=[{pool}]", "data.sample_size=null", "lion.iterations=1",
             "lion.final_imitation=false", "eval=null",
             f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}", "train.max_steps=1", "train.num_workers=1",
-            "serving=per_stage", "lion.referee_logprobs=false"]
+            "serving=per_stage"]
     begin = time.perf_counter()
     state = loop.run(loop.load(str(REPO / "configs" / "demo.yaml"), sets))
     total = time.perf_counter() - begin
