@@ -14,8 +14,9 @@ Only a run needs: an API role's key variable set; a local role's model folder, o
 name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
 student in each Lion run an evaluation names; a writable run directory (a local path or an object
 store URI) and, once joined, the same folder on every node (engine.data.rundir_checks); the experiment tracker can start
-(installed, credentials, its folder writable or its server answering). `--plan` prices a run
-whose run-only problems are not solved yet (no key handed out yet): it prints them as notes.
+(installed, credentials, its folder writable or its server answering); a LoRA student's libraries
+installed (PEFT, and bitsandbytes for QLoRA). `--plan` prices a run whose run-only problems are not
+solved yet (no key handed out yet): it prints them as notes.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Iterator
 from pydantic import BaseModel
 
 from engine.config.evaluate import EvalConfig
-from engine.config.models import DataConfig, RoleConfig, TrackingConfig
+from engine.config.models import DataConfig, RoleConfig, TrackingConfig, TrainConfig
 from engine.config.run import RunConfig
 from engine.config.step_by_step import StepByStepConfig
 
@@ -195,6 +196,17 @@ def student_space_checks(cfg: RunConfig, checks: Checks) -> None:
         checks.run.append(problem)
 
 
+def lora_problems(name: str, train: TrainConfig) -> list[str]:
+    """A LoRA student's libraries, the `lora` extra: PEFT, and bitsandbytes for a 4-bit base (QLoRA)."""
+    import importlib.util
+
+    if train.lora is None:
+        return []
+    needs = {"peft": f"{name}.lora"} | ({"bitsandbytes": f"{name}.lora.load_in_4bit"} if train.lora.load_in_4bit else {})
+    return [f"{where}: {package} is not installed (pip install 'lion-distill[lora]')"
+            for package, where in needs.items() if importlib.util.find_spec(package) is None]
+
+
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     """Every problem that would stop the plan or the run, one line each, and the notes."""
     checks = Checks()
@@ -221,6 +233,8 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
         from engine.metrics.tracking import problems as tracking_problems
 
         checks.run += tracking_problems(name, settings, cfg.run_dir, env)
+    for name, train in _sections(cfg, TrainConfig):
+        checks.run += lora_problems(name, train)
     return checks
 
 

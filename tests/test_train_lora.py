@@ -1,6 +1,8 @@
-"""LoRA students (engine.train.lora): the config's refusals in milliseconds, and one real 2-worker
-FSDP2 run of the tiny LLaMA with a LoRA adapter that resumes from its adapter checkpoint, exports
-merged (and the adapter alone), and generates through vLLM."""
+"""LoRA students (engine.train.lora): the settings and the missing-library line in milliseconds, and one
+real 2-worker FSDP2 run of the tiny LLaMA with a LoRA adapter that resumes from its adapter checkpoint,
+exports merged (and the adapter alone), and generates through vLLM. QLoRA students (a 4-bit base,
+bitsandbytes' CPU backend) in this process and on two gloo ranks (torch.multiprocessing, no Ray)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,10 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from engine.config.models import LoraConfig, TrainConfig
+from engine.preflight import lora_problems, preflight
 from engine.train.lora import ADAPTER_DIR, peft_config
 
 
@@ -34,17 +39,26 @@ VLLM_LORA_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_lora_settings_reach_peft_and_qlora_is_refused_without_gpus():
+def test_lora_settings_reach_peft_and_a_missing_library_is_one_preflight_line(tmp_path, monkeypatch):
+    from engine.config import load_config
+
     settings = LoraConfig(r=4, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"])
     peft = peft_config(settings, "causal")
     assert (peft.r, peft.lora_alpha, peft.lora_dropout, sorted(peft.target_modules)) == (4, 16, 0.1, ["q_proj", "v_proj"])
     assert peft.task_type == "CAUSAL_LM" and peft_config(settings, "seq2seq").task_type == "SEQ_2_SEQ_LM"
-    with pytest.raises(ValidationError, match="load_in_4bit: QLoRA .* train.gpus_per_worker is 0"):
-        TrainConfig(lora={"load_in_4bit": True})
-    with pytest.raises(ValidationError, match="QLoRA training is not built yet"):
-        TrainConfig(lora={"load_in_4bit": True}, gpus_per_worker=1)
     with pytest.raises(ValidationError, match="target_modules"):
         TrainConfig(lora={"target_modules": "all"})
+    qlora = TrainConfig(lora={"load_in_4bit": True})  # on CPU too (gpus_per_worker 0): bitsandbytes' CPU backend
+    assert lora_problems("train", qlora) == []
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    line = "train.lora.load_in_4bit: bitsandbytes is not installed (pip install 'lion-distill[lora]')"
+    assert lora_problems("train", qlora) == [line] and lora_problems("train", TrainConfig(lora={})) == []
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {{pool_files: [{tmp_path / 'none.jsonl'}]}}\n"
+                   + "".join(f"{r}: {{backend: vllm, model: {tmp_path}}}\n" for r in ("teacher", "student", "referee", "generator"))
+                   + "train: {lora: {load_in_4bit: true}}\n")
+    assert line in preflight(load_config(cfg, [])).problems
 
 
 def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_path):
@@ -190,3 +204,163 @@ def test_t5_lora_student_in_the_driver_with_validation(ray_cluster, tiny_models,
     changed = sorted(k for k in base if k in merged and not torch.equal(base[k], merged[k]))
     assert changed and all(k.endswith(("q.weight", "v.weight")) for k in changed), changed
     assert not os.path.exists(os.path.join(result.model_dir, ADAPTER_DIR))  # save_adapter is off
+
+
+QLORA = TrainConfig(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "load_in_4bit": True,
+                          "save_adapter": True}, learning_rate=5e-2, warmup_ratio=0.0)
+
+
+def _qlora_student(path: str):
+    from engine.train import lora
+    from engine.train import step as S
+
+    cpu = torch.device("cpu")
+    return S.load_sharded(path, "causal", cpu, adapt=lora.adapter(QLORA.lora, "causal"),
+                          quantization=lora.quantization(QLORA.lora, cpu))
+
+
+def _numbers_batch(path: str, numbers) -> dict:
+    from engine.train import batches as B
+
+    tokens = B.tokenize_causal({"instruction": [f"Say {i}." for i in numbers], "input": [""] * len(numbers),
+                                "response": [f"The number is {i}." for i in numbers]}, tokenizer_path=path, max_length=64)
+    return B.collate_causal(tokens, pad_id=0)
+
+
+def _adapter(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters, whole (a sharded one gathered: a collective under a process group)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_merged(export: Path, base_dir: Path, adapter: dict[str, torch.Tensor], scaling: float) -> None:
+    """The export loads with transformers, at full precision and unquantised: each adapted projection
+    is the base's weight + B @ A * scaling (LoRA's delta), every other weight is the base's."""
+    from transformers import AutoModelForCausalLM
+
+    assert "quantization_config" not in json.loads((export / "config.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).state_dict()
+    base = load_file(str(base_dir / "model.safetensors"))
+    delta = {name.removeprefix("base_model.model.").split(".lora_A.")[0] + ".weight":
+             adapter[name.replace("lora_A", "lora_B")] @ a * scaling for name, a in adapter.items() if ".lora_A." in name}
+    assert set(merged) == set(base) and sorted(delta) == [f"model.layers.{i}.self_attn.{m}_proj.weight"
+                                                          for i in range(2) for m in "qv"]
+    for name, weight in base.items():
+        if name in delta:
+            assert delta[name].abs().max() > 1e-3, name  # the adapter trained
+            torch.testing.assert_close(merged[name], weight + delta[name], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(merged[name], weight), name
+
+
+def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(tiny_models, tmp_path):
+    """QLoRA on bitsandbytes' CPU backend, the workers' code in this process: the base's linear
+    layers are 4-bit NF4, AdamW holds the adapter only, the loss falls, a checkpoint holds the
+    adapter alone and restores it, and the export is the adapter merged into the full-precision base."""
+    from bitsandbytes.nn import Linear4bit, Params4bit
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from engine.train import lora
+    from engine.train import step as S
+    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path, cpu = str(tiny_models.llama), torch.device("cpu")
+    model = _qlora_student(path)
+    layers = model.get_base_model().model.layers
+    linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]  # Linear4bit is one, and PEFT's too
+    assert sum(isinstance(m, Linear4bit) for m in linears) == 2 * 7  # q k v o gate up down, two layers
+    assert all(isinstance(layer.self_attn.q_proj.base_layer.weight, Params4bit) for layer in layers)
+    assert layers[0].self_attn.q_proj.base_layer.weight.quant_state.quant_type == "nf4"
+    base_params = sum(t.numel() for t in load_file(str(tiny_models.llama / "model.safetensors")).values())
+    assert S.parameter_count(model) == base_params + 2 * 2 * 4 * (128 + 128)  # unpacked, plus the adapter
+
+    optimizer, scheduler = S.build_optimizer(model, QLORA, 10)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
+    assert len(trainable) == 2 * 2 * 2  # lora_A and lora_B of q and v, two layers
+    batch = _numbers_batch(path, range(4))
+    losses = []
+    for _ in range(10):
+        losses.append(S.backward(model, batch, QLORA, cpu, sync=True))
+        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+    assert losses[-1] < losses[0] - 0.5, losses
+
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, model, optimizer, scheduler, {"step": 10}, lora.checkpoint_options(model))
+    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    assert sorted(k for k in keys if k.startswith("model.")) == sorted(
+        "model." + k for k, p in model.named_parameters() if p.requires_grad)  # no 4-bit weight, no absmax
+    assert all("lora_" in k for k in keys if k.startswith("optim.state."))
+    trained = _adapter(model)
+    fresh = _qlora_student(path)
+    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 10)
+    assert load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
+    assert all(torch.equal(_adapter(fresh)[k], v) for k, v in trained.items())
+
+    lora.export(model, path, str(tmp_path / "export"), save_adapter=True)
+    _assert_merged(tmp_path / "export", tiny_models.llama, trained, scaling=8 / 4)
+    assert len(load_file(str(tmp_path / "export" / ADAPTER_DIR / "adapter_model.safetensors"))) == 8
+
+
+def _qlora_rank(rank: int, world: int, rendezvous: str, path: str, out: str) -> None:
+    from bitsandbytes.nn import Params4bit
+    from torch.distributed.tensor import DTensor
+
+    from engine.train import lora
+    from engine.train import step as S
+    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(QLORA.seed)  # as every Ray Train worker does: one adapter initialisation on all ranks
+        model = _qlora_student(path)
+        quantised = S.quantised_parameters(model)
+        layout = {"4-bit, whole": all(type(p) is Params4bit for p in quantised) and len(quantised) == 2 * 7,
+                  "the rest sharded": all(isinstance(p, DTensor) for p in model.parameters() if p not in quantised)}
+        optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
+        batch = _numbers_batch(path, range(4 * rank, 4 * rank + 4))  # each rank its own rows
+        tokens = S.target_tokens(batch, "causal")
+        dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
+        grads = []
+        for _ in range(2):
+            S.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
+            grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
+            S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+        adapter = _adapter(model)
+        save_checkpoint(f"{out}/checkpoint", model, optimizer, scheduler, {"step": 2}, lora.checkpoint_options(model))
+        torch.manual_seed(rank + 1)  # a fresh adapter, other than the trained one
+        fresh = _qlora_student(path)
+        fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 2)
+        load_checkpoint(f"{out}/checkpoint", fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))
+        restored = all(torch.equal(v, adapter[k]) for k, v in _adapter(fresh).items())
+        lora.export(model, path, f"{out}/export")
+        torch.save({"layout": layout, "grads": grads, "adapter": adapter, "restored": restored}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny_models, tmp_path):
+    """Two gloo ranks (FSDP2) on different rows: the 4-bit weights stay plain Params4bit on each rank
+    (ignored by FSDP2), the rest is sharded, the adapter's gradients are those of both ranks' rows
+    together (a single process on all eight rows gives the same), the ranks hold one adapter, the
+    checkpoint restores it, and the merged export is written."""
+    from engine.train import step as S
+
+    path = str(tiny_models.llama)
+    mp.start_processes(_qlora_rank, args=(2, str(tmp_path / "rendezvous"), path, str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert all(all(r["layout"].values()) and r["restored"] for r in ranks), [(r["layout"], r["restored"]) for r in ranks]
+    assert all(torch.equal(ranks[0]["adapter"][k], ranks[1]["adapter"][k]) for k in ranks[0]["adapter"])
+
+    torch.manual_seed(QLORA.seed)
+    model = _qlora_student(path)
+    optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
+    batch = _numbers_batch(path, range(8))
+    for step in range(2):
+        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(ranks[0]["grads"][step][name], p.grad, rtol=1e-4, atol=1e-6)
+        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+    _assert_merged(tmp_path / "export", tiny_models.llama, ranks[0]["adapter"], scaling=8 / 4)

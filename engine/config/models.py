@@ -193,7 +193,7 @@ class LoraConfig(Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] | None = None
     save_adapter: bool = False  # also the adapter alone, <export>/lora_adapter (vLLM's enable_lora)
-    # QLoRA: the frozen base quantised to 4 bits (bitsandbytes), which needs CUDA GPUs; refused for now (_qlora).
+    # QLoRA: the frozen base quantised to 4-bit NF4 (bitsandbytes: CUDA, and its CPU backend too).
     load_in_4bit: bool = False
 
 
@@ -227,19 +227,6 @@ class TrainConfig(Strict):
     start_timeout_s: PositiveFloat = 600.0
     seed: int = 42
     lora: LoraConfig | None = None  # None: full fine-tuning (the papers' way)
-
-    @model_validator(mode="after")
-    def _qlora(self) -> TrainConfig:
-        if self.lora is None or not self.lora.load_in_4bit:
-            return self
-        if not self.gpus_per_worker:
-            raise ValueError("lora.load_in_4bit: QLoRA quantises the base with bitsandbytes, which needs CUDA GPUs; "
-                             "train.gpus_per_worker is 0 (CPU): set it, or drop load_in_4bit")
-        # bitsandbytes' packed 4-bit weights do not go through FSDP2's fully_shard, and a 4-bit base
-        # replicated on every rank needs a gradient sync of its own: refused before anything is paid
-        # for, rather than trained silently without the quantisation asked for.
-        raise ValueError("lora.load_in_4bit: QLoRA training is not built yet (4-bit bitsandbytes weights under "
-                         "FSDP2); train the LoRA student without load_in_4bit")
 
 
 class DatasetSource(Strict):

@@ -32,7 +32,7 @@ def rank() -> int:
 def save_checkpoint(folder: str | Path, model, optimizer, scheduler, state: dict,
                     options: StateDictOptions | None = None) -> None:
     """`options`: which state (a LoRA student's leave the frozen base out, engine.train.lora)."""
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    model_sd, optim_sd = _state(model, optimizer, options)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
     if rank() == 0:
         Path(folder, TRAINER_STATE).write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
@@ -40,13 +40,28 @@ def save_checkpoint(folder: str | Path, model, optimizer, scheduler, state: dict
 
 def load_checkpoint(folder: str | Path, model, optimizer, scheduler, options: StateDictOptions | None = None) -> dict:
     """Restore model, optimizer and scheduler in place (the state `options` saved); returns the trainer state."""
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    model_sd, optim_sd = _state(model, optimizer, options)
     sd = {"model": model_sd, "optim": optim_sd}
     dcp.load(sd, checkpoint_id=str(folder))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"], options=options)
     state = json.loads(Path(folder, TRAINER_STATE).read_text())
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
+
+
+def trainable_only(model, state_dict: dict) -> dict:
+    """The entries of the trainable parameters. `ignore_frozen_params` drops the frozen parameters
+    but keeps what a state dict holds beside them: buffers, and the quantisation state bitsandbytes
+    writes next to each 4-bit weight (absmax, quant_map...), frozen like the weight itself."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state_dict.items() if k in trainable}
+
+
+def _state(model, optimizer, options: StateDictOptions | None) -> tuple[dict, dict]:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    if options is not None and options.ignore_frozen_params:
+        model_sd = trainable_only(model, model_sd)
+    return model_sd, optim_sd
 
 
 def export_hf(model, tokenizer_path: str, output_dir: str, *, dtype: torch.dtype = torch.float32) -> None:

@@ -203,7 +203,8 @@ def _train_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     model = S.load_sharded(config["model_path"], cfg.architecture, device,
                            activation_checkpointing=cfg.activation_checkpointing,
-                           adapt=lora.adapter(cfg.lora, cfg.architecture))
+                           adapt=lora.adapter(cfg.lora, cfg.architecture),
+                           quantization=lora.quantization(cfg.lora, device))
     total_steps, epochs = schedule_length(config["steps_per_epoch"], cfg.epochs, cfg.max_steps)
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]

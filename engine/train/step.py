@@ -3,8 +3,9 @@
 Nothing here imports Ray, so GPU benchmarks and a `torchrun` job use exactly the
 code that runs inside Ray Train. When torch.distributed is initialised, every
 transformer block and then the root is wrapped with FSDP2 `fully_shard`
-(parameters, gradients and optimizer state sharded across ranks); with bf16
-mixed precision on GPU. Without a process group the model trains as is.
+(parameters, gradients and optimizer state sharded across ranks; a QLoRA student's
+4-bit weights stay whole on each rank, load_sharded); with bf16 mixed precision on GPU.
+Without a process group the model trains as is.
 """
 from __future__ import annotations
 
@@ -21,16 +22,22 @@ from engine.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
 
-def load_model(model_path: str, architecture: str) -> nn.Module:
+def load_model(model_path: str, architecture: str, quantization=None, device: torch.device | None = None) -> nn.Module:
+    """`quantization`: a transformers BitsAndBytesConfig (a QLoRA student's 4-bit base, engine.train.lora)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
     # fp32 master weights; on GPU the MixedPrecisionPolicy computes in bf16.
-    return cls.from_pretrained(model_path, dtype=torch.float32)
+    if quantization is None:
+        return cls.from_pretrained(model_path, dtype=torch.float32)
+    # bitsandbytes quantises each weight as it is placed on its device, so the model loads straight
+    # onto it; what stays unquantised (embeddings, norms, the head) is fp32 as above.
+    return cls.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization,
+                               device_map={"": device or torch.device("cpu")})
 
 
 def load_sharded(model_path: str, architecture: str, device: torch.device, *,
-                 activation_checkpointing: bool = False, adapt=None) -> nn.Module:
+                 activation_checkpointing: bool = False, adapt=None, quantization=None) -> nn.Module:
     """The model, set up for training (setup_model), without every rank holding all of it.
 
     With a process group, every rank builds the model on the meta device (no memory) and
@@ -38,14 +45,25 @@ def load_sharded(model_path: str, architecture: str, device: torch.device, *,
     (set_model_state_dict with broadcast_from_rank0). Host memory is one full fp32 copy
     on rank 0 plus a shard per rank, not a full copy per rank (8 x 28 GB for LLaMA-7B).
     Without one, the model is loaded and set up as it is. `adapt`: applied to the model before
-    it is set up, on every rank alike (a LoRA adapter, engine.train.lora)."""
+    it is set up, on every rank alike (a LoRA adapter, engine.train.lora).
+
+    With `quantization` (QLoRA) every rank loads the base itself, its linear layers quantised to
+    4 bits as they load, and FSDP2 leaves those 4-bit weights out (`ignored_params`): they stay
+    whole on every rank, while the adapter and the unquantised rest are sharded as above (each rank
+    initialises the adapter itself, alike under engine.train.loop's seed, and keeps its own shard).
+    At 4 bits the base is small (a 7B's linear layers in about 3.5 GB, QLoRA's point): a copy per
+    rank costs little memory and spares all-gathering every layer's frozen base in each forward and
+    again in backward. Sharded, the packed bytes would travel as a plain DTensor, which runs only
+    because bitsandbytes rebuilds each Params4bit from the quantisation state its module keeps, in
+    every forward."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
     adapt = adapt or (lambda model: model)
-    if not dist.is_initialized():
-        return setup_model(adapt(load_model(model_path, architecture)), device,
-                           activation_checkpointing=activation_checkpointing)
+    if quantization is not None or not dist.is_initialized():
+        model = adapt(load_model(model_path, architecture, quantization, device))
+        return setup_model(model, device, activation_checkpointing=activation_checkpointing,
+                           ignored_params=quantised_parameters(model) if quantization is not None else None)
     cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
     with torch.device("meta"):
         model = cls.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
@@ -70,6 +88,14 @@ def load_sharded(model_path: str, architecture: str, device: torch.device, *,
     return model
 
 
+def quantised_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """bitsandbytes' 4-bit weights (Params4bit: two 4-bit values packed in each uint8, decoded by
+    the quant_state they carry)."""
+    from bitsandbytes.nn import Params4bit
+
+    return {p for p in model.parameters() if isinstance(p, Params4bit)}
+
+
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated layers FSDP shards one by one: the classes the model itself
     declares unsplittable (LlamaDecoderLayer, T5Block...), else the children of
@@ -83,10 +109,11 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False,
-                materialize: bool = True) -> nn.Module:
+                materialize: bool = True, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
     """Shard (when distributed) and place the model; returns the same module, now training.
     `materialize=False`: a model built on the meta device gets its (sharded) storage on
-    `device`, uninitialised; load_sharded fills it."""
+    `device`, uninitialised; load_sharded fills it. `ignored_params`: left out of FSDP2 (not
+    sharded, their gradients not reduced), already on `device`."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
@@ -99,8 +126,8 @@ def setup_model(model: nn.Module, device: torch.device, *, activation_checkpoint
         if not blocks:
             raise ValueError(f"{type(model).__name__}: found no transformer blocks to shard")
         for block in blocks:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+            fully_shard(block, mp_policy=mp, ignored_params=ignored_params)
+        fully_shard(model, mp_policy=mp, ignored_params=ignored_params)
     if materialize:
         model.to(device)  # after sharding: each rank moves only its own shards
     else:
@@ -216,7 +243,9 @@ def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float)
 
 
 def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """The model's weights; a 4-bit one (bitsandbytes) counts its unpacked shape, not its bytes."""
+    return sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+               for p in model.parameters())
 
 
 def mfu(params: int, tokens_per_s: float, peak_flops: float) -> float:
