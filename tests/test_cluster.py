@@ -306,10 +306,11 @@ def test_rayjob_runtime_env_and_keys():
 
 # --- the image -----------------------------------------------------------------
 
-def test_dockerfile_builds_on_rays_llm_image_with_the_gpu_extra():
+def test_dockerfile_builds_on_rays_llm_image_with_every_extra_a_node_runs():
     d = dockerfile()
     assert d["base"].startswith("rayproject/ray-llm:2.60.0-") and d["from"] == ["${RAY_LLM_IMAGE}"]
-    assert "pip install --no-cache-dir '.[gpu]'" in d["text"] and d["workdir"] == [str(IMAGE_ROOT)]
+    # The GPU extra, and what a train.lora student and a tracking backend import on the nodes.
+    assert "pip install --no-cache-dir '.[gpu,lora,tracking]'" in d["text"] and d["workdir"] == [str(IMAGE_ROOT)]
     version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
     assert d["tag"].endswith(f"/lion-distill:{version}")
     # What it copies exists; what it must not carry is ignored.
