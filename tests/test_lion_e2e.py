@@ -158,8 +158,11 @@ def check_mlflow(run: Path, state: dict, iterations: int) -> None:
 
 
 def _start_job(ray_cluster, run: Path, server, log: Path) -> subprocess.Popen:
+    # The student trains in the job's process (Ray Train's local mode, the same loop): what is checked
+    # is what a resumed job repeats. The first kill comes as the teacher's answers are saved, before
+    # Ray Train's workers would be up; the demo run above trains in them.
     cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(DEMO),
-           *(f"--set={s}" for s in overrides(run, server, iterations=1))]
+           *(f"--set={s}" for s in overrides(run, server, iterations=1)), "--set=train.num_workers=0"]
     env = {**ray_cluster.env, KEY_ENV: KEY}
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
