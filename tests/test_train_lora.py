@@ -65,41 +65,16 @@ def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_pat
     """The same code the Ray Train workers run, in this process (no process group): the optimizer
     holds the adapter only, the loss falls, a checkpoint holds the adapter and restores it, and the
     merged export changes only the adapted weights."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    from engine.train import batches as B
     from engine.train import lora
     from engine.train import step as S
-    from engine.train.checkpoint import load_checkpoint, save_checkpoint
 
     path = str(tiny_models.llama)
     cfg = TrainConfig(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj"], "save_adapter": True},
                       learning_rate=5e-2, warmup_ratio=0.0)
-    model = S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))
-    optimizer, scheduler = S.build_optimizer(model, cfg, 10)
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
-    assert len(trainable) == 2 * 2  # lora_A and lora_B of two layers' q_proj
-    tokens = B.tokenize_causal({"instruction": [f"Say {i}." for i in range(4)], "input": [""] * 4,
-                                "response": [f"The number is {i}." for i in range(4)]}, tokenizer_path=path, max_length=64)
-    batch = B.collate_causal(tokens, pad_id=0)
-    losses = []
-    for _ in range(10):
-        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
-        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-    assert losses[-1] < losses[0] - 0.5, losses
-
-    folder = tmp_path / "checkpoint"
-    save_checkpoint(folder, model, optimizer, scheduler, {"step": 10}, lora.checkpoint_options(model))
-    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
-    assert sorted(k for k in keys if k.startswith("model.")) == sorted(
-        "model." + k for k, p in model.named_parameters() if p.requires_grad)
-    trained = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
-    fresh = S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))
-    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, cfg, 10)
-    assert load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.items())
-    assert fresh_scheduler.last_epoch == scheduler.last_epoch
+    student = lambda: S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))  # noqa: E731
+    model = student()
+    _adapter_trains_and_its_checkpoint_restores(model, student, cfg, _numbers_batch(path, range(4)), tmp_path,
+                                                trainable=2 * 2)  # lora_A and lora_B of two layers' q_proj
 
     lora.export(model, path, str(tmp_path / "export"), save_adapter=True)
     base, merged = (load_file(str(p / "model.safetensors")) for p in (tiny_models.llama, tmp_path / "export"))
@@ -233,6 +208,42 @@ def _adapter(model) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _adapter_trains_and_its_checkpoint_restores(model, student, cfg: TrainConfig, batch: dict, tmp_path: Path, *,
+                                                trainable: int) -> dict[str, torch.Tensor]:
+    """What every adapter must do in one process: AdamW holds its `trainable` parameters only, ten
+    steps lower the loss, a checkpoint holds the adapter and its optimizer state alone (no frozen
+    weight, no 4-bit quantisation state), and restores them into a `student()` built afresh. Returns
+    the trained adapter."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from engine.train import lora
+    from engine.train import step as S
+    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+
+    optimizer, scheduler = S.build_optimizer(model, cfg, 10)
+    params = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params and len(params) == trainable
+    losses = []
+    for _ in range(10):
+        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
+        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    assert losses[-1] < losses[0] - 0.5, losses
+
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, model, optimizer, scheduler, {"step": 10}, lora.checkpoint_options(model))
+    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    assert sorted(k for k in keys if k.startswith("model.")) == sorted(
+        "model." + k for k, p in model.named_parameters() if p.requires_grad)
+    assert all("lora_" in k for k in keys if k.startswith("optim.state."))
+    trained = _adapter(model)
+    fresh = student()
+    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, cfg, 10)
+    assert load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
+    assert all(torch.equal(_adapter(fresh)[k], v) for k, v in trained.items())
+    assert fresh_scheduler.last_epoch == scheduler.last_epoch
+    return trained
+
+
 def _assert_merged(export: Path, base_dir: Path, adapter: dict[str, torch.Tensor], scaling: float) -> None:
     """The export loads with transformers, at full precision and unquantised: each adapted projection
     is the base's weight + B @ A * scaling (LoRA's delta), every other weight is the base's."""
@@ -258,13 +269,11 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     layers are 4-bit NF4, AdamW holds the adapter only, the loss falls, a checkpoint holds the
     adapter alone and restores it, and the export is the adapter merged into the full-precision base."""
     from bitsandbytes.nn import Linear4bit, Params4bit
-    from torch.distributed.checkpoint import FileSystemReader
 
     from engine.train import lora
     from engine.train import step as S
-    from engine.train.checkpoint import load_checkpoint, save_checkpoint
 
-    path, cpu = str(tiny_models.llama), torch.device("cpu")
+    path = str(tiny_models.llama)
     model = _qlora_student(path)
     layers = model.get_base_model().model.layers
     linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]  # Linear4bit is one, and PEFT's too
@@ -274,28 +283,9 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     base_params = sum(t.numel() for t in load_file(str(tiny_models.llama / "model.safetensors")).values())
     assert S.parameter_count(model) == base_params + 2 * 2 * 4 * (128 + 128)  # unpacked, plus the adapter
 
-    optimizer, scheduler = S.build_optimizer(model, QLORA, 10)
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
-    assert len(trainable) == 2 * 2 * 2  # lora_A and lora_B of q and v, two layers
-    batch = _numbers_batch(path, range(4))
-    losses = []
-    for _ in range(10):
-        losses.append(S.backward(model, batch, QLORA, cpu, sync=True))
-        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
-    assert losses[-1] < losses[0] - 0.5, losses
-
-    folder = tmp_path / "checkpoint"
-    save_checkpoint(folder, model, optimizer, scheduler, {"step": 10}, lora.checkpoint_options(model))
-    keys = list(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
-    assert sorted(k for k in keys if k.startswith("model.")) == sorted(
-        "model." + k for k, p in model.named_parameters() if p.requires_grad)  # no 4-bit weight, no absmax
-    assert all("lora_" in k for k in keys if k.startswith("optim.state."))
-    trained = _adapter(model)
-    fresh = _qlora_student(path)
-    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 10)
-    assert load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
-    assert all(torch.equal(_adapter(fresh)[k], v) for k, v in trained.items())
+    trained = _adapter_trains_and_its_checkpoint_restores(model, lambda: _qlora_student(path), QLORA,
+                                                          _numbers_batch(path, range(4)), tmp_path,
+                                                          trainable=2 * 2 * 2)  # lora_A and lora_B of q and v, two layers
 
     lora.export(model, path, str(tmp_path / "export"), save_adapter=True)
     _assert_merged(tmp_path / "export", tiny_models.llama, trained, scaling=8 / 4)
