@@ -276,12 +276,19 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
                               parallelism=Parallelism(batch_size=8),
                               openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1))
             return oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
-        out = asyncio.run(gen(server.base_url)({PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
-                                    "id": faults}))
+
+        async def ask(base_url, batch):
+            generator = gen(base_url)
+            try:
+                return await generator(batch)
+            finally:  # an open aiohttp session logs "Unclosed connector" into a later test when collected
+                await generator.client.close()
+        out = asyncio.run(ask(server.base_url, {PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
+                                                "id": faults}))
     assert list(out["finish_reason"]) == ["stop", "stop", "failed: timeout", "failed: connection error (RemoteProtocolError)",
                                           "stop"]
     assert list(out["_api_retries"]) == [1, 1, 1, 1, 0]
-    refused = asyncio.run(gen("http://127.0.0.1:9/v1")({PROMPT_COL: [encode_prompt("x")], "id": ["x"]}))
+    refused = asyncio.run(ask("http://127.0.0.1:9/v1", {PROMPT_COL: [encode_prompt("x")], "id": ["x"]}))
     assert list(refused["finish_reason"]) == ["failed: connection error (ConnectError)"]
     assert list(refused["_api_retries"]) == [1]
     assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True), (1, 1, True)]
@@ -306,7 +313,9 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
             return {PROMPT_COL: [encode_prompt([{"role": "user", "content": n}]) for n in names], "id": names}
 
         async def overlapping():
-            return await asyncio.gather(generator(batch(["a", "b", "c"])), generator(batch(["d", "e"])))
+            answers = await asyncio.gather(generator(batch(["a", "b", "c"])), generator(batch(["d", "e"])))
+            await generator.client.close()
+            return answers
 
         first, second = asyncio.run(overlapping())
         with urllib.request.urlopen(f"{server.base_url}/_window") as r:
