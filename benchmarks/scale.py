@@ -93,13 +93,14 @@ def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int
 
 
 def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                      logprobs=None, draw=None):
+                      logprobs=None, draw=None, parts=None):
     """engine.llm.generate's contract (rows in == rows out, the response columns, a
     StageRecord summed by generate's own accounting), answered at once in Ray Data tasks
     instead of by an engine."""
     import pyarrow as pa
 
     from engine.llm import _account
+    from engine.llm.parts import write_parts
     from engine.metrics import stage_timer
 
     def answer(batch: pa.Table) -> pa.Table:
@@ -116,7 +117,8 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
         return batch
 
     with stage_timer(stage) as rec:
-        out = _account(rows.map_batches(answer, batch_format="pyarrow", batch_size=4096).materialize(), rec, api=False)
+        answered = write_parts(rows.map_batches(answer, batch_format="pyarrow", batch_size=4096), parts)
+        out = _account(answered.materialize(), rec, api=False)
     return out, rec
 
 

@@ -196,7 +196,7 @@ class ScriptedRoles:
         self.calls = []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None):
+                 logprobs=None, draw=None, parts=None):
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         out = []
         for row in rows:

@@ -50,7 +50,7 @@ class ScriptedLLM:
         self.reply, self.calls = reply, []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None):
+                 logprobs=None, draw=None, parts=None):
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
         self.calls.append({"stage": stage, "draw": draw, "ids": [r["id"] for r in rows]})
         out = []

@@ -36,7 +36,8 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
         answers, record = answer(cfg.teacher, missing, teacher_messages,
-                                 stage="discrimination/teacher", role_name="teacher", run_dir=run)
+                                 stage="discrimination/teacher", role_name="teacher", run_dir=run,
+                                 parts=rel(k, "discrimination", "parts"))
         records.append(record)
         known.update({r["id"]: r for r in answers})
     teacher = [known[i] for i in ids]
@@ -55,7 +56,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     judgments, judge_records = judge_pairs(
         cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
         setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau)
+        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau, parts=rel(k, "discrimination", "parts"))
     records.extend(judge_records)
     run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
 
@@ -76,7 +77,9 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     a failed request (an engine error, a context overflow: the infrastructure's, not the student's)
     is asked again as a new draw, up to `retries` times, then left failed: its pair is excluded and
     counted, never hard."""
-    student, first = answer_student(answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run)
+    parts = rel(k, "discrimination", "parts")
+    student, first = answer_student(answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run,
+                                    parts=parts)
     records.extend(first)
     for attempt in range(1, retries + 1):
         again = sorted(s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed"))
@@ -84,7 +87,8 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
             break
         stage = f"discrimination/student_retry{attempt}"
         retried, more = answer_student(answer, role, cache_pool.filter(pc.is_in(cache_pool.column("id"), pa.array(again))),
-                                       stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}")
+                                       stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}",
+                                       parts=parts)
         records.extend(more)
         better = {r["id"]: r for r in retried if not (r.get("finish_reason") or "").startswith("failed")}
         student = [better.get(s["id"], s) for s in student]

@@ -52,7 +52,7 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     fresh = []
     if todo.num_rows:
         fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
-                               role_name="teacher", run_dir=run)
+                               role_name="teacher", run_dir=run, parts=rel(k, "imitation", "parts"))
         records.append(record)
     by_id = {**known, **{r["id"]: r for r in fresh}}
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]

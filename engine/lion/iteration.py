@@ -14,6 +14,10 @@ Run directory layout (one folder per iteration):
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,19 +38,49 @@ def collect(ds) -> list[dict]:
     return [] if table is None else table.to_pylist()
 
 
-def answer(role, rows: pa.Table | list[dict], to_prompt, **kwargs) -> tuple[list[dict], StageRecord]:
+def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = None,
+           **kwargs) -> tuple[list[dict], StageRecord]:
     """engine.llm.generate over rows held on the driver -> (one response per row, in
     the rows' order; the StageRecord). The stage's only Ray edge: the Ray Dataset is
-    made here, so a millisecond test scripts this one function."""
+    made here, so a millisecond test scripts this one function.
+
+    `parts`: a folder of the run directory where the call's blocks are written as they
+    finish (engine.llm.parts), under the call's stage and request settings; a call killed
+    midway asks only the rows not written there. Its record counts the rows asked now,
+    and `rows_from_parts` those an earlier attempt answered."""
     import ray.data
 
     from engine.llm import generate
+    from engine.llm.parts import Parts, read_parts, written_ids
 
-    ds = pool_to_dataset(rows) if isinstance(rows, pa.Table) else ray.data.from_items(rows)
-    out, record = generate(role, ds, to_prompt, **kwargs)
-    by_id = {r["id"]: r for r in collect(out)}
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    run, folder = kwargs.get("run_dir"), None
+    by_id = {}
+    if parts is not None and run is not None:
+        folder = parts_folder(parts, role, kwargs)
+        done = written_ids(run, folder)
+        if len(done):
+            by_id = {r["id"]: r for r in collect(read_parts(run, folder))}
+            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
+    if table.num_rows or not by_id:
+        ds = pool_to_dataset(table) if isinstance(rows, pa.Table) else ray.data.from_arrow(table)
+        out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
+        by_id.update((r["id"], r) for r in collect(out))
+    else:
+        record = StageRecord(kwargs["stage"])
+    record.extra["rows_from_parts"] = len(by_id) - record.rows
     ids = rows.column("id").to_pylist() if isinstance(rows, pa.Table) else [r["id"] for r in rows]
     return [by_id[i] for i in ids], record
+
+
+def parts_folder(base: str, role, kwargs: dict) -> str:
+    """A call's folder of parts: its stage, then what its answers depend on besides the rows
+    (model and sampling, structured output, logprobs, draw), so parts of a call asked
+    differently (a changed max_tokens, another constraint) are never taken for its answers."""
+    settings = {"model": role.model, "sampling": role.sampling.model_dump(mode="json"),
+                "max_model_len": role.max_model_len, **{k: kwargs.get(k) for k in ("structured_output", "logprobs", "draw")}}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{base}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', kwargs['stage'])}-{digest}"
 
 
 def answered(response: dict) -> bool:

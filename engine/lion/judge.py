@@ -41,6 +41,7 @@ def judge_pairs(
     roles: tuple[str, str] = ROLES,
     role_name: str = "referee",
     failed_answer_loses: bool = False,
+    parts: str | None = None,
 ) -> tuple[list[dict], list[StageRecord]]:
     """-> (one judgment row per pair, in order; the StageRecords of the referee's passes).
 
@@ -48,11 +49,12 @@ def judge_pairs(
     `pairs` as `judgment_rows` reads them (and `category` where `prompt` routes by it);
     `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
     the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
-    in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`.
+    in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
+    `parts` where each pass keeps its finished blocks (engine.lion.iteration.answer).
     """
     records: list[StageRecord] = []
     ask = dict(run=run, setting=setting, prompt=prompt, use_logprobs=use_logprobs, tau=tau, roles=roles,
-               role_name=role_name, records=records, failed_answer_loses=failed_answer_loses)
+               role_name=role_name, records=records, failed_answer_loses=failed_answer_loses, parts=parts)
     judgments = _judge(referee, pairs, stage, None, **ask)
     for attempt in range(1, retries + 1):
         again = set(unparseable_ids(judgments))
@@ -81,7 +83,7 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
 
 
 def _judge(referee, pairs, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
-           records, failed_answer_loses) -> list[dict]:
+           records, failed_answer_loses, parts) -> list[dict]:
     orders = [f"{role}_first" for role in roles]
     rubrics = [rubric_for(prompt, p.get("category")) for p in pairs]
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
@@ -96,7 +98,7 @@ def _judge(referee, pairs, stage, draw, *, run, setting, prompt, use_logprobs, t
         answers, part = answer(
             referee, group, lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
-            logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw,
+            logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts,
         )
         reviews += answers
         record = _summed(record, part)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
+from engine.llm.parts import Parts, write_parts
 from engine.llm.responses import (
     PROMPT_COL, accounting_columns, attach_prompt, decode_prompt, fill_record, split_accounting,
 )
@@ -48,6 +49,7 @@ def generate(
     structured_output: dict | None = None,
     logprobs: int | None = None,
     draw: str | None = None,
+    parts: Parts | None = None,
 ) -> tuple["ray.data.Dataset", StageRecord]:
     """Run `role` over every row.
 
@@ -70,6 +72,9 @@ def generate(
     per request; vLLM on CPU, which cannot seed one request, seeds its engine with
     request_seed(role seed, draw); hf seeds each batch from its first row). Without
     `draw` the same prompt is the same request: a teacher's answer is reused.
+
+    parts: where each finished block is written as it finishes (engine.llm.parts), so a
+    call killed midway keeps what it answered; the caller asks only the rest again.
     """
     import ray
 
@@ -77,9 +82,12 @@ def generate(
     with stage_timer(stage) as rec:
         keep = list(rows.columns())
         p = role.parallelism
-        # A prompt costs microseconds, a Ray task milliseconds: prompts are built a
-        # generation batch at a time, which also makes each block one generation batch.
-        prompted = rows.map_batches(attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch_rows(role))
+        # One block per generation batch: blocks spread over the replicas (a pool read as one
+        # block would go to one), and each is written as it finishes (`parts`). A prompt costs
+        # microseconds, a Ray task milliseconds: prompts are built a block at a time.
+        batch = batch_rows(role)
+        prompted = rows.repartition(target_num_rows_per_block=batch).map_batches(
+            attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch)
         if role.backend == "vllm":
             from engine.llm import serving
             from engine.llm.vllm_backend import run_vllm
@@ -89,14 +97,14 @@ def generate(
             if engines is not None and engines.shared:
                 # The job's long-lived engine for this model (started on first use).
                 out, rec.gpus = engines.run(role, prompted, role_name=role_name, chat=chat,
-                                            structured_output=structured_output, logprobs=logprobs)
+                                            structured_output=structured_output, logprobs=logprobs, parts=parts)
             else:
                 from engine.config.models import ServingConfig
 
                 start_timeout_s = (engines.serving if engines is not None else ServingConfig()).ready_timeout_s
                 out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
                                          structured_output=structured_output, logprobs=logprobs, draw=draw,
-                                         start_timeout_s=start_timeout_s)
+                                         start_timeout_s=start_timeout_s, parts=parts)
                 if engines is not None:
                     engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":
@@ -111,6 +119,8 @@ def generate(
         else:
             out = _openai(role, prompted, stage=stage, role_name=role_name, run_dir=run_dir,
                           structured_output=structured_output, logprobs=logprobs)
+        if parts is not None and role.backend != "vllm":  # the vllm backends write theirs as they materialize
+            out = write_parts(out, parts)
         out = _account(out.materialize(), rec, api=role.backend == "openai")
     expected = rows.count()
     if rec.rows != expected:

@@ -22,6 +22,7 @@ from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
 from engine.config.models import RoleConfig
 from engine.llm.openai_client import parse_completion, request_body
+from engine.llm.parts import write_parts
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
 from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs, engine_placement
 
@@ -154,7 +155,7 @@ def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: s
 
 def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, role_name: str,
               structured_output: dict | None, logprobs: int | None, gpu: bool, retries: int,
-              ready_timeout_s: float) -> "ray.data.Dataset":
+              ready_timeout_s: float, parts=None) -> "ray.data.Dataset":
     """Every prompted row through the engine (an engine.llm.serving.Engine) -> a dataset in
     the response contract, each row answered or failed with its reason."""
     config = ServeDeploymentProcessorConfig(
@@ -167,25 +168,26 @@ def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: b
     to_response = partial(serve_response, chat=chat, role_name=role_name, with_logprobs=logprobs is not None)
 
     prompted = prompted.materialize()
-    todo, parts, expected, missing = prompted, [], _ids(prompted, None), []
+    todo, results, expected, missing = prompted, [], _ids(prompted, None), []
     for attempt in range(retries + 1):
-        out = _skipping_failed_batches(processor(todo).map(to_response))
+        # Each block's final rows are kept as it finishes (engine.llm.parts); lost ones are not final.
+        out = _skipping_failed_batches(write_parts(processor(todo).map(to_response), parts))
         retry = dict(_ids(out, RETRY))
         lost = [i for i in expected if retry.get(i, True)]
         if not lost or attempt == retries:
-            parts.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
+            results.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
             missing = [i for i in expected if i not in retry]
             break
-        parts.append(out.map_batches(_answered, batch_format="pyarrow"))
+        results.append(out.map_batches(_answered, batch_format="pyarrow"))
         log.warning("%s: the engine lost %d of %d requests (attempt %d of %d); sending them again once it answers",
                     role_name, len(lost), len(expected), attempt + 1, retries + 1)
         engine.wait_ready(ready_timeout_s)
         todo, expected = prompted.map_batches(_with_ids(lost), batch_format="pyarrow"), lost
     if missing:
-        parts.append(prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(partial(
+        results.append(prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(partial(
             _unanswered_row, role_name=role_name, with_logprobs=logprobs is not None,
             reason=f"engine lost the request {retries + 1} times")))
-    done = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    done = results[0].union(*results[1:]) if len(results) > 1 else results[0]
     return done.drop_columns([RETRY])
 
 

@@ -93,7 +93,7 @@ class JobEngines:
 
     # --- generation --------------------------------------------------------------
 
-    def run(self, role: RoleConfig, prompted, *, role_name: str, chat: bool, structured_output, logprobs):
+    def run(self, role: RoleConfig, prompted, *, role_name: str, chat: bool, structured_output, logprobs, parts=None):
         """-> (lazy dataset in the response contract, GPUs held). A drawn row (engine.llm.generate's
         `draw`) seeds its request on GPUs; a CPU engine cannot seed one request and is not re-seeded
         per draw (it is shared), so its draws differ by the engine's advancing generator."""
@@ -102,7 +102,7 @@ class JobEngines:
         engine = self.engine_for(role, role_name)
         out = run_serve(engine, role, prompted, chat=chat, role_name=role_name, structured_output=structured_output,
                         logprobs=logprobs, gpu=self.gpu, retries=self.serving.retries,
-                        ready_timeout_s=self.serving.ready_timeout_s)
+                        ready_timeout_s=self.serving.ready_timeout_s, parts=parts)
         return out, float(engine_gpus(role) if self.gpu else 0)
 
     def engine_for(self, role: RoleConfig, role_name: str) -> Engine:

@@ -18,6 +18,7 @@ from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
 from engine.config.models import RoleConfig
 from engine.llm.cache import request_seed
+from engine.llm.parts import write_parts
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
 CPU_MAX_MODEL_LEN = 512
@@ -135,7 +136,7 @@ def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | Non
 
 def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
              structured_output: dict | None, logprobs: int | None, start_timeout_s: float,
-             draw: str | None = None) -> tuple["ray.data.MaterializedDataset", float]:
+             draw: str | None = None, parts=None) -> tuple["ray.data.MaterializedDataset", float]:
     """-> (the stage's answers in the response contract, GPUs held). The engines get
     `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
     actors that long); past it the stage ends with engine.llm.fit.WaitedTooLong."""
@@ -151,6 +152,7 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
     out = processor(prompted).map(partial(
         to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
         with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
+    out = write_parts(out, parts)  # each block kept as it finishes (engine.llm.parts)
     out.context.wait_for_min_actors_s = start_timeout_s
     try:
         done = out.materialize()

@@ -1,0 +1,89 @@
+"""A call's answers written block by block (engine.llm.parts): a call killed midway resumes with
+the blocks already written and asks only the rest."""
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.config.models import RoleConfig, SamplingParams
+from engine.data import RunDir
+from engine.lion.iteration import parts_folder
+from engine.llm.parts import NOT_FINAL, Parts, part_files, written_ids
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_block_is_written_whole_with_its_final_rows_and_no_internal_columns(tmp_path):
+    run = RunDir(tmp_path)
+    block = pa.table({"id": ["a", "b", "c"], "text": ["x", None, "z"], "_api_cost_usd": [0.1, 0.2, 0.3],
+                      NOT_FINAL: [False, False, True]})
+    assert Parts(run.uri_of("calls/x"))(block) is block  # the block goes on unchanged
+    (part,) = part_files(run, "calls/x")
+    written = pq.read_table(part)
+    assert written.column_names == ["id", "text"] and written.column("id").to_pylist() == ["a", "b"]
+    # A temp file of a writer killed mid-write is not a part.
+    (tmp_path / "calls" / "x" / "part-dead.parquet.tmp-1").write_bytes(b"half")
+    Parts(run.uri_of("calls/x"))(pa.table({"id": ["d"], "text": ["w"]}))
+    assert sorted(written_ids(run, "calls/x").to_pylist()) == ["a", "b", "d"]
+    assert written_ids(run, "calls/none").to_pylist() == [] and part_files(run, "calls/none") == []
+
+
+def test_a_call_asked_differently_keeps_its_parts_apart():
+    role = RoleConfig(backend="hf", model="m", sampling=SamplingParams(max_tokens=8))
+    longer = role.model_copy(update={"sampling": SamplingParams(max_tokens=16)})
+    base = parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher"})
+    assert base.startswith("iter_0/imitation/parts/imitation_teacher-")
+    assert base == parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher"})
+    assert base != parts_folder("iter_0/imitation/parts", longer, {"stage": "imitation/teacher"})
+    assert base != parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher", "draw": "iter_0/x"})
+    assert base != parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher",
+                                                                 "structured_output": {"regex": "a"}})
+
+
+CALL = """
+import json, sys
+import ray
+from engine.config.models import Parallelism, RoleConfig, SamplingParams
+from engine.data import RunDir
+from engine.lion.iteration import answer
+from engine.llm.prompts import instruction_messages
+
+ray.init(log_to_driver=False)
+role = RoleConfig(backend="hf", model=sys.argv[2], sampling=SamplingParams(temperature=0.0, max_tokens=16),
+                  parallelism=Parallelism(batch_size=2, replicas=1))
+rows = [{"id": f"r{i:02d}", "instruction": f"Name {i} colours.", "input": ""} for i in range(int(sys.argv[3]))]
+out, rec = answer(role, rows, instruction_messages, stage="discrimination/student", role_name="student",
+                  run_dir=RunDir(sys.argv[1]), parts="iter_0/discrimination/parts")
+print(json.dumps({"ids": [r["id"] for r in out], "asked": rec.rows, "from_parts": rec.extra["rows_from_parts"],
+                  "answered": sum(r["text"] is not None for r in out)}))
+"""
+
+
+def test_a_call_killed_midway_resumes_from_the_blocks_it_wrote(ray_cluster, tiny_models, tmp_path):
+    run, n = tmp_path / "run", 16
+    cmd = [sys.executable, "-c", CALL, str(run), str(tiny_models.llama), str(n)]
+    env = {**ray_cluster.env, "PYTHONPATH": str(REPO)}
+    folder = run / "iter_0" / "discrimination" / "parts"
+    first = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("*/*.parquet"))) < 2:  # two blocks answered and written: kill it
+        assert first.poll() is None, "the call ended before the kill point"
+        assert time.monotonic() < deadline, "no block was written"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = written_ids(RunDir(run), str(next(folder.iterdir()).relative_to(run))).to_pylist()
+    assert 2 <= len(before) < n and len(set(before)) == len(before)
+
+    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = __import__("json").loads(again.stdout.strip().splitlines()[-1])
+    # Only the rows not written were asked; every row has its answer, once.
+    assert result["ids"] == [f"r{i:02d}" for i in range(n)] and result["answered"] == n
+    assert result["from_parts"] >= len(before) and result["asked"] == n - result["from_parts"]
+    after = written_ids(RunDir(run), str(next(folder.iterdir()).relative_to(run))).to_pylist()
+    assert sorted(after) == sorted(set(after)) == result["ids"]
