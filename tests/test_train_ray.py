@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 import torch
@@ -89,6 +91,67 @@ def test_validation_inside_one_run_keeps_the_best_export(ray_cluster, tiny_model
     assert [v["score"] for v in seen] == [0.25, 0.75, 0.5] and result.best_step == 8
     assert digest(result.model_dir) == (scripted / "1").read_text() != (scripted / "2").read_text()
     assert sorted(os.listdir(scripted)) == ["0", "1", "2"]
+
+
+def test_the_row_index_numbers_the_materialized_rows_block_by_block(ray_cluster):
+    from engine.train import batches as B
+    from engine.train.loop import _indexed, _with_row_index
+
+    items = [{"x": i, "ids": np.arange(i % 3 + 1) + i} for i in range(20)]
+    ds = ray.data.from_items(items, override_num_blocks=5).limit(17).materialize()
+    indexed = _indexed(ds)
+    assert indexed.num_blocks() == ds.num_blocks() > 1
+    rows, before = indexed.take_all(), ds.take_all()  # the test may collect; the trainer does not
+    assert [r[B.ROW] for r in rows] == list(range(17))
+    assert [(r["x"], list(r["ids"])) for r in rows] == [(r["x"], list(r["ids"])) for r in before]
+    # A bundle may hold a slice of a block (RefBundle.slices): only the slice's rows are numbered.
+    sliced = ray.get(_with_row_index.remote(ray.put(pa.table({"x": [0, 1, 2, 3]})), 1, 3, 10))
+    assert sliced.column("x").to_pylist() == [1, 2] and sliced.column(B.ROW).to_pylist() == [10, 11]
+
+
+def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray_cluster, tiny_models, tmp_path,
+                                                                          monkeypatch):
+    """Two Ray Train workers each train on their rows of epoch_order's shuffle: 15 usable rows of
+    distinct lengths, 7 a rank, so the token counts name the one row left out. On the driver the
+    rows are never read and the engine puts nothing in the object store."""
+    from engine.train import batches as B
+
+    items = [{"instruction": "Say " + "the number " * (i + 1), "input": "", "response": "It is " + "one " * (2 * i) + "."}
+             for i in range(16)]
+    items[3]["response"] = ""  # unusable: dropped before the index is taken
+    usable = [r for r in items if r["response"]]
+    monkeypatch.setattr(ray.data.DataContext.get_current().execution_options, "preserve_order", True)  # index = position
+    rows = ray.data.from_items(items, override_num_blocks=4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver read the training rows")
+
+    for method in ("iter_batches", "iter_rows", "iter_torch_batches", "take", "take_all", "take_batch", "to_pandas",
+                   "iterator", "streaming_split"):
+        monkeypatch.setattr(ray.data.Dataset, method, refuse)
+    put = ray.put
+
+    def engine_must_not_put(value, *args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        assert not caller.startswith("engine."), f"{caller} put {type(value).__name__} in the object store"
+        return put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", engine_must_not_put)
+    cfg = TrainConfig(num_workers=2, batch_size=3, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=128)
+    result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
+    monkeypatch.undo()
+
+    tokens = B.tokenize_causal({k: [r[k] for r in usable] for k in ("instruction", "input", "response")},
+                               tokenizer_path=str(tiny_models.llama), max_length=128)
+    prompt, target = tokens["n_prompt_tokens"], tokens["n_target_tokens"]
+    assert len(set(prompt)) == len(set(target)) == 15
+    left_out = B.epoch_order(15, 1, 0, cfg.seed, 0)[14]  # dealt round-robin, 7 + 7: the permutation's last
+    assert sorted(np.concatenate([B.epoch_order(15, 2, r, cfg.seed, 0) for r in (0, 1)])) == sorted(
+        set(range(15)) - {left_out}) and left_out != 14
+    rec = result.record
+    assert rec.failed_rows == 1 and rec.rows == 14 and rec.extra["steps"] == 3  # ceil(7 / 3) micro-batches
+    assert (rec.prompt_tokens, rec.completion_tokens) == (prompt.sum() - prompt[left_out],
+                                                          target.sum() - target[left_out])
 
 
 VLLM_SCRIPT = textwrap.dedent("""

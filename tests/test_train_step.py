@@ -274,6 +274,38 @@ def test_each_epoch_is_one_seeded_global_shuffle_dealt_to_the_ranks():
     assert [len(x) - 1 for b in batches for x in b["input_ids"]] == list(epoch0[1])
 
 
+def test_a_rank_keeps_its_share_of_the_streamed_rows_in_epoch_order():
+    """What a Ray Train rank does with the dataset streamed past it (loop._train_worker): the
+    global row index numbers the blocks' rows from their counts, and of every batch the rank
+    keeps only the rows epoch_order deals it, in that order, whatever order the blocks arrive in."""
+    n, ranks, counts = 23, 3, [5, 0, 7, 4, 7]
+    offsets = B.block_offsets(counts)
+    assert list(offsets) == [0, 5, 5, 12, 16]
+    tokens = [np.arange(3 if 12 <= i < 16 else i % 5 + 1) + 100 * i for i in range(n)]  # ragged; equal in block 12..15
+    blocks = []
+    for offset, count in zip(offsets, counts):
+        index = np.arange(offset, offset + count)
+        ids = np.empty(count, dtype=object)
+        ids[:] = [tokens[i] for i in index]
+        if count == 4:  # Ray hands equal-length rows of a batch as one 2-D array
+            ids = np.stack([tokens[i] for i in index])
+        blocks.append({B.ROW: index, "input_ids": ids, "n_target_tokens": index * 10})
+    shares = []
+    for rank in range(ranks):
+        order = B.epoch_order(n, ranks, rank, seed=7, epoch=2)
+        rows = B.rows_of(reversed(blocks), order)  # the blocks in another order than the index
+        assert set(rows) == {"input_ids", "n_target_tokens"} and rows["input_ids"].dtype == object
+        assert list(rows["n_target_tokens"]) == list(order * 10)
+        assert all(np.array_equal(x, tokens[i]) for x, i in zip(rows["input_ids"], order))
+        assert all(x.base is None for x in rows["input_ids"])  # copies: no row keeps its whole block alive
+        shares.append(set(order))
+    assert len(set.union(*shares)) == ranks * (n // ranks)
+    with pytest.raises(ValueError, match="1 of the 3 rows"):  # the last block, rows 16..22, never came
+        B.rows_of(blocks[:-1], [0, 22, 5])
+    with pytest.raises(ValueError, match="twice"):
+        B.rows_of(blocks + blocks[:1], np.arange(3))
+
+
 @pytest.mark.parametrize("total_steps", [1, 2, 3])
 def test_a_short_run_has_a_step_that_learns(total_steps):
     # Warmup starts at lr 0: a run whose every step were warmup (one step at 3% warmup, as an

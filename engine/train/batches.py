@@ -26,6 +26,7 @@ from engine.train.chat import IGNORE, tokenize_chat
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
 LABEL_TASK, RATIONALE_TASK = 0, 1
+ROW = "row_index"  # a training row's place in the global row index (0..n-1) that epoch_order deals out
 
 
 @lru_cache(maxsize=4)
@@ -129,6 +130,48 @@ def epoch_order(n_rows: int, ranks: int, rank: int, seed: int, epoch: int) -> np
     exactly the micro-batches trained before the checkpoint."""
     perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
     return perm[rank::ranks][: n_rows // ranks]
+
+
+def block_offsets(counts) -> np.ndarray:
+    """Where each block's rows start in the global row index (ROW): a block of `counts[i]` rows
+    holds rows offsets[i] .. offsets[i] + counts[i] - 1."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.cumsum(counts) - counts
+
+
+def rows_of(batches, order: np.ndarray) -> dict[str, np.ndarray]:
+    """Of the whole dataset streamed past as batches (each with its global row index column ROW),
+    the rows `order` names, in `order`'s order: the one share a rank keeps, never a full copy.
+    Token ids come back as object arrays of rows, each copied out of its batch (a row of a
+    streamed block may be a view that would keep the whole block alive)."""
+    order = np.asarray(order, dtype=np.int64)
+    by_index = np.argsort(order, kind="stable")
+    wanted = order[by_index]
+    seen = np.zeros(len(order), dtype=bool)
+    out: dict[str, np.ndarray] = {}
+    for batch in batches:
+        ids = np.asarray(batch[ROW], dtype=np.int64)
+        at = np.minimum(np.searchsorted(wanted, ids), max(len(wanted) - 1, 0))
+        hit = wanted[at] == ids if len(wanted) else np.zeros(len(ids), dtype=bool)
+        slots = by_index[at[hit]]
+        if seen[slots].any() or len(np.unique(slots)) < len(slots):
+            raise ValueError("a row index appears twice in the dataset")
+        seen[slots] = True
+        for name, values in batch.items():
+            if name == ROW:
+                continue
+            kept = values[hit]
+            if name not in out:  # ragged (object) or one batch's equal-length rows (2-D): rows of arrays
+                ragged = values.dtype == object or values.ndim > 1
+                out[name] = np.empty(len(order), dtype=object if ragged else values.dtype)
+            if out[name].dtype == object:
+                for slot, value in zip(slots, kept):
+                    out[name][slot] = np.array(value)
+            else:
+                out[name][slots] = kept
+    if not seen.all():
+        raise ValueError(f"{int((~seen).sum())} of the {len(order)} rows asked for are not in the dataset")
+    return out
 
 
 def micro_batches(columns: dict[str, np.ndarray], order: np.ndarray, batch_size: int):

@@ -2,10 +2,12 @@
 `TorchTrainer`, checkpoint through `ray.train.report`, export in Hugging Face format.
 
 The driver tokenises (`map_batches`), drops and counts rows that cannot teach
-anything, works out the schedule length and puts the token ids in the object store;
-the workers only load, step and save. Each epoch every rank trains on its share of
-one seeded global shuffle (batches.epoch_order), so a resumed epoch skips exactly
-the rows trained before its checkpoint.
+anything, numbers the rows 0..n-1 (a ROW column added block by block from the blocks'
+row counts) and works out the schedule length; the token ids never reach it. They go to
+Ray Train as its "train" dataset, not split: each epoch every rank streams it and keeps
+only its share of one seeded global shuffle of that index (batches.epoch_order, rows_of),
+so a resumed epoch skips exactly the rows trained before its checkpoint. The workers
+only load, step and save.
 
 With a `Validation` the workers score the model at its steps inside the one run (an export
 scored on rank 0, validation.py) and `output_dir` keeps the best export; the optimizer and
@@ -25,13 +27,14 @@ import time
 from functools import partial
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
 from ray.data.expressions import col
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.config.models import TrainConfig
@@ -62,8 +65,9 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         tokenized = rows.map_batches(tokenize, fn_kwargs={"tokenizer_path": model_path, "max_length": cfg.max_length}).materialize()
-        usable = tokenized.filter(expr=col("n_target_tokens") > 0).materialize()
+        usable = _indexed(tokenized.filter(expr=col("n_target_tokens") > 0).materialize())
         n_in, n_usable = tokenized.count(), usable.count()
+        del tokenized  # its blocks leave the object store; `usable` holds what the workers read
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
             log.warning("%s: %d of %d rows dropped (empty target, or prompt longer than max_length=%d)",
@@ -77,12 +81,10 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
             "train": cfg.model_dump(), "model_path": model_path, "output_dir": output_dir, "kind": kind,
             "pad_id": pad_id, "micro_per_epoch": micro_per_epoch,
             "steps_per_epoch": math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps),
-            # The token ids go to the workers once, through the object store (one copy per node):
-            # each rank then takes its rows of a seeded global shuffle, the same on a resume.
-            "rows": ray.put(_columns(usable)), "ranks": ranks, "validation": validation,
+            "n_rows": n_usable, "ranks": ranks, "validation": validation,
             "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
         }
-        result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name), cfg)
+        result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
         m = result.return_value
         # Inside the timer, so the stage's log line carries these figures.
         rec.rows = m["samples"]
@@ -108,27 +110,34 @@ def _pad_id(model_path: str) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def _columns(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
-    """A tokenised dataset as columns on the driver; ragged token ids as object arrays of arrays."""
-    columns: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        for name, values in batch.items():
-            columns.setdefault(name, []).extend(list(values))  # rows of a 2-D block or of an object array
-    out = {}
-    for name, values in columns.items():
-        if values and isinstance(values[0], np.ndarray):
-            out[name] = np.empty(len(values), dtype=object)
-            out[name][:] = values
-        else:
-            out[name] = np.asarray(values)
-    return out
+def _indexed(ds: ray.data.MaterializedDataset) -> ray.data.MaterializedDataset:
+    """The materialized rows with their global row index B.ROW, 0..n-1 in block order, added by
+    one task per block: only the blocks' row counts reach the driver, never their rows."""
+    parts = [(entry, piece) for bundle in ds.iter_internal_ref_bundles()
+             for entry, piece in zip(bundle.blocks, bundle.slices)]
+    spans = [(0, entry.metadata.num_rows) if piece is None else (piece.start_offset, piece.end_offset)
+             for entry, piece in parts]
+    offsets = B.block_offsets([end - start for start, end in spans])
+    return ray.data.from_arrow_refs([_with_row_index.remote(entry.ref, start, end, int(offset))
+                                     for (entry, _), (start, end), offset in zip(parts, spans, offsets)])
 
 
-def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str) -> TorchTrainer:
+@ray.remote
+def _with_row_index(block, start: int, end: int, offset: int):
+    from ray.data.block import BlockAccessor
+
+    table = BlockAccessor.for_block(block).to_arrow().slice(start, end - start)
+    return table.append_column(B.ROW, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
+
+
+def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str,
+             rows: ray.data.Dataset) -> TorchTrainer:
     gpu = cfg.gpus_per_worker > 0
     return TorchTrainer(
         _train_worker,
         train_loop_config=loop_config,
+        # Every rank streams all the rows and keeps its share (_train_worker): not split.
+        datasets={"train": rows}, dataset_config=DataConfig(datasets_to_split=[]),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None),
@@ -218,17 +227,17 @@ def _train_worker(config: dict) -> dict:
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
-    rows = ray.get(config["rows"])
+    shard = ray.train.get_dataset_shard("train")  # the whole dataset (in local mode, the Dataset itself)
     rank = dist.get_rank() if dist.is_initialized() else 0
     curve = TrainingCurve(config.get("tracking"), rank)
-    n_rows = len(next(iter(rows.values())))
     counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
     start = time.perf_counter()
     world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in range(state["epoch"], epochs):
         micro = 0
-        order = B.epoch_order(n_rows, config["ranks"], rank, cfg.seed, epoch)
-        batches = (collate(b) for b in B.micro_batches(rows, order, cfg.batch_size))
+        order = B.epoch_order(config["n_rows"], config["ranks"], rank, cfg.seed, epoch)
+        rows = B.rows_of(shard.iter_batches(batch_format="numpy", batch_size=None), order)  # in `order`'s order
+        batches = (collate(b) for b in B.micro_batches(rows, np.arange(len(order)), cfg.batch_size))
         for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
             if state["step"] >= total_steps:  # max_steps reached mid-epoch
                 break
