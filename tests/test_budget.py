@@ -23,6 +23,40 @@ def test_spend_log_records_as_requests_complete(tmp_path):
     assert spent_by_role(run) == {"teacher": 0.25, "referee": 0.5}
 
 
+def test_the_spend_log_is_summed_incrementally(tmp_path, monkeypatch):
+    import engine.llm.ledger as ledger
+
+    run = RunDir(tmp_path / "run")
+    opened = []
+    real_read = ledger._read_part
+    monkeypatch.setattr(ledger, "_read_part", lambda rd, path: opened.append(path.rsplit("/", 1)[1]) or real_read(rd, path))
+    a = SpendLog(run, role="teacher", stage="s1", every_s=0.0)
+    b = SpendLog(run, role="referee", stage="s2", every_s=0.0)
+    for _ in range(3):
+        a.add(retries=0, failed=False, prompt_tokens=1, completion_tokens=1, cost_usd=0.125)
+    b.add(retries=2, failed=True, prompt_tokens=0, completion_tokens=0, cost_usd=0.0)
+    assert spent_by_role(run) == {"teacher": 0.375, "referee": 0.0} and len(opened) == 4
+    opened.clear()
+    assert spent_by_role(run) == {"teacher": 0.375, "referee": 0.0} and opened == []  # nothing new: no part read
+    a.add(retries=1, failed=False, prompt_tokens=2, completion_tokens=2, cost_usd=0.25)
+    (line,) = [ln for ln in read_spend(run) if ln["role"] == "teacher"]
+    assert opened == [f"{a.writer}-000003.jsonl"]  # only the new part
+    assert (line["stage"], line["requests"], line["retries"], line["prompt_tokens"], line["cost_usd"]) == ("s1", 4, 1, 5, 0.625)
+    # A part after a gap in its writer's seqs (seen before the one before it) is counted, not folded yet.
+    gap = run.local_path("llm_cache/spend") / f"{b.writer}-000002.jsonl"
+    gap.write_text('{"role": "referee", "stage": "s2", "requests": 1, "retries": 0, "failed": 0, '
+                   '"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.5}\n')
+    assert spent_by_role(run)["referee"] == 0.5 and spent_by_role(run)["referee"] == 0.5
+    b.add(retries=0, failed=False, prompt_tokens=1, completion_tokens=1, cost_usd=0.25)  # seq 1 fills the gap
+    assert spent_by_role(run) == {"teacher": 0.625, "referee": 0.75}
+    assert run.read_json(ledger.SUMMARY)["folded"] == {a.writer: 4, b.writer: 3}
+    opened.clear()
+    assert spent_by_role(run) == {"teacher": 0.625, "referee": 0.75} and opened == []
+    # A lost summary is rebuilt from every part.
+    run.local_path(ledger.SUMMARY).unlink()
+    assert spent_by_role(run) == {"teacher": 0.625, "referee": 0.75} and len(opened) == 7
+
+
 def test_a_gate_job_keeps_its_spend_across_stages_and_starts_from_the_log_after_a_restart():
     gate = Admission(6000, 1e9)
     gate.begin("run-1", budget_usd=1.0, spent_usd=0.0)

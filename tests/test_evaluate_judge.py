@@ -81,7 +81,7 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
             "sampling: {max_tokens: 16, seed: 0}}, prompt: alpaca}]"]
     job = _job(ray_cluster, sets, log)
     deadline = time.monotonic() + 600
-    while not list((run / "llm_cache" / "responses").glob("*.jsonl")):
+    while not list((run / "llm_cache" / "responses").glob("*/*.parquet")):
         assert job.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "the judge never answered"
         time.sleep(0.1)
@@ -89,7 +89,7 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
     job.wait()
     state = json.loads((run / "state.json").read_text())
     assert state["completed"] == ["questions"]
-    answered_before = sum(len(p.read_text().splitlines()) for p in (run / "llm_cache" / "responses").glob("*.jsonl"))
+    answered_before = sum(pq.read_metadata(p).num_rows for p in (run / "llm_cache" / "responses").glob("*/*.parquet"))
     assert 0 < answered_before < 12
 
     job = _job(ray_cluster, sets, log)
@@ -101,8 +101,8 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
     assert sorted(p["rows"] for p in passes) == [2, 10]
     cached, sent = sum(p["api_cached"] for p in passes), sum(p["api_requests"] for p in passes)
     assert cached >= answered_before and sent == 12 - cached
-    keys = [json.loads(line)["key"] for p in (run / "llm_cache" / "responses").glob("*.jsonl")
-            for line in p.read_text().splitlines()]
+    keys = [key for p in (run / "llm_cache" / "responses").glob("*/*.parquet")
+            for key in pq.read_table(p, columns=["key"])["key"].to_pylist()]
     assert len(keys) == len(set(keys)) == 12  # every review asked for once (no failures with short texts)
 
     out = run / "eval"

@@ -10,7 +10,10 @@ import pyarrow as pa
 
 from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
 from engine.llm.cache import cache_key, request_seed
-from engine.llm.responses import DRAW_COL, PROMPT_COL, attach_prompt, encode_prompt, merge_responses
+from engine.data.rundir import RunDir
+from engine.llm.responses import (
+    CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, attach_prompt, encode_prompt, merge_responses,
+)
 
 MESSAGES = [{"role": "user", "content": "Write a new instruction."}]
 
@@ -55,34 +58,40 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
 
 def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):
     import engine.llm.openai_client as oc
+    from engine.llm.cache import attach_cache_key, joinable, read_cache
     from tests.fixtures.fault_server import FaultServer
 
     seeds, real_body = [], oc.request_body
     monkeypatch.setattr(oc, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a))
 
-    def batch(draws=None):
+    def batch(role, draws=None):
+        """A batch as engine.llm.generate hands it to the actor: keyed, and joined to the stage's cache."""
         cols = {PROMPT_COL: [encode_prompt(MESSAGES)] * 2, "id": ["a", "b"]}
-        return cols if draws is None else {**cols, DRAW_COL: draws}
+        table = attach_cache_key(role.model, role.sampling.model_dump(), None, None)(
+            pa.table(cols if draws is None else {**cols, DRAW_COL: draws}))
+        cached = dict(zip(*joinable(read_cache(RunDir(tmp_path), "s")).to_pydict().values()))
+        return {**table.to_pydict(), CACHED_COL: [cached.get(k) for k in table[CACHE_KEY_COL].to_pylist()]}
 
     with FaultServer() as server:
         role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(seed=3, max_tokens=8),
                           parallelism=Parallelism(batch_size=4), openai=OpenAIEndpoint(base_url=server.base_url))
-        generator = oc.OpenAIGenerator(role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path))
+        generator = oc.OpenAIGenerator(role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path),
+                                       stage="s")
 
         async def run():  # one event loop: the generator's HTTP session lives on it
-            teacher = [await generator(batch()) for _ in range(2)]
-            drawn = [await generator(batch([f"r{r}/a", f"r{r}/b"])) for r in range(2)]
-            again = await generator(batch(["r0/a", "r0/b"]))
+            teacher = [await generator(batch(role)) for _ in range(2)]
+            drawn = [await generator(batch(role, [f"r{r}/a", f"r{r}/b"])) for r in range(2)]
+            again = await generator(batch(role, ["r0/a", "r0/b"]))
             await generator.client.close()  # an open aiohttp session logs "Unclosed connector" when collected
             return teacher, drawn, again
 
         teacher, drawn, again = asyncio.run(run())
         sent = server.total_hits
     # Undrawn: the same prompt is one request; its repeat after it is the cached answer.
-    assert list(teacher[1]["_api_cached"]) == [1, 1]
+    assert list(teacher[0]["_api_cached"]) == [0, 0] and list(teacher[1]["_api_cached"]) == [1, 1]
     assert all(list(d["_api_cached"]) == [0, 0] for d in drawn)  # four draws, four requests
     assert list(again["_api_cached"]) == [1, 1]  # a resumed draw is not paid twice
-    assert sent == sum(2 - sum(t["_api_cached"]) for t in teacher) + 4
+    assert sent == 2 + 4
     assert seeds[-4:] == [request_seed(3, d) for d in ("r0/a", "r0/b", "r1/a", "r1/b")]
 
 

@@ -210,8 +210,7 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     # imitation trains on the answers it saved before the kill and asks the teacher nothing again.
     (teacher_stage,) = [x for x in ledgers if x["stage"] == "imitation/teacher" and x["rows"] == 16]
     assert teacher_stage["api_requests"] == 16
-    records = [json.loads(line) for part in (run / "llm_cache" / "responses").glob("*.jsonl")
-               for line in part.read_text().splitlines()]
-    keys = [r["key"] for r in records]
+    keys = [key for part in (run / "llm_cache" / "responses").glob("*/*.parquet")
+            for key in pq.read_table(part, columns=["key"])["key"].to_pylist()]
     assert len(keys) == len(set(keys))  # no request was answered (and paid) twice
     assert sum(x["api_requests"] for x in ledgers) == len(keys) + sum(x["failed_rows"] for x in ledgers)

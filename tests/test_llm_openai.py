@@ -3,6 +3,7 @@ cache, budget and the API key against the fault-injecting server."""
 import json
 import re
 
+import pyarrow.parquet as pq
 import pytest
 import ray
 
@@ -96,3 +97,41 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(ray_cluster, tmp_path):
         _, rec2 = generate(role2, ray.data.from_items(rows), instruction_messages, stage="t/budget",
                            role_name="generator", run_dir=run_dir)
         assert (rec2.api_cached, rec2.api_requests, rec2.failed_rows) == (len(answered), 40 - len(answered), 0)
+
+
+def test_the_cache_is_the_stages_own_and_joined_before_the_actors(ray_cluster, tmp_path, monkeypatch):
+    import shutil
+
+    import engine.llm
+
+    # r0's question three times: one request key, answered by (and cached from) up to three requests.
+    rows = ROWS + [{"id": f"dup{i}", "instruction": ROWS[0]["instruction"], "input": ""} for i in range(2)]
+    run_dir = RunDir(tmp_path / "run")
+    folder = tmp_path / "run/llm_cache/responses/t_cache"
+    with FaultServer() as server:
+        role = _role(server.base_url, "fake")
+        out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/cache", role_name="teacher",
+                            run_dir=run_dir)
+        first = sorted((r["id"], r["text"]) for r in out.take_all())
+        assert rec.rows == len(first) == len(rows) and rec.api_requests == len(rows) and rec.api_cached == 0
+        parts = sorted(folder.glob("*.parquet"))
+        assert parts and sum(pq.read_metadata(p).num_rows for p in parts) == len(rows)  # r0's answer is there 3 times
+        shutil.copy(parts[0], folder / "another-actor-000000.parquet")  # and more copies, in another writer's part
+        (folder / "killed-000000.parquet.tmp-1").write_bytes(b"half a part")  # a writer killed mid-write
+        # Another stage's cache is never read: its folder could hold anything.
+        (tmp_path / "run/llm_cache/responses/t_elsewhere").mkdir()
+        (tmp_path / "run/llm_cache/responses/t_elsewhere/x-000000.parquet").write_bytes(b"not parquet")
+        hits = server.total_hits
+        for one_task_bytes in (engine.llm.CACHE_DEDUPE_ONE_TASK_BYTES, 0):  # the cache deduplicated in one task, by a shuffle
+            monkeypatch.setattr(engine.llm, "CACHE_DEDUPE_ONE_TASK_BYTES", one_task_bytes)
+            again, rec2 = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/cache",
+                                   role_name="teacher", run_dir=run_dir)
+            assert (rec2.rows, rec2.api_requests, rec2.api_cached, rec2.failed_rows) == (len(rows), 0, len(rows), 0)
+            assert sorted((r["id"], r["text"]) for r in again.take_all()) == first
+            assert set(again.columns()) == set(out.columns())  # no cache column left behind
+        assert server.total_hits == hits  # nothing sent
+        # The cache is per stage: the same requests in another stage are sent (the old run-wide cache answered them).
+        _, rec3 = generate(role, ray.data.from_items(rows[:4]), instruction_messages, stage="t/cache2",
+                           role_name="teacher", run_dir=run_dir)
+        assert (rec3.api_requests, rec3.api_cached) == (4, 0) and server.total_hits == hits + 4
+    assert len(list(folder.glob("*.parquet"))) == len(parts) + 1  # an all-cached stage writes nothing

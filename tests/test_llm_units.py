@@ -8,11 +8,17 @@ import pytest
 from engine.config.models import OpenAIEndpoint, RoleConfig
 from engine.data.rundir import RunDir
 from engine.llm import check_structured_output
-from engine.llm.cache import ResponseCache, cache_key
+from engine.llm.cache import (
+    CACHE_SCHEMA, CacheWriter, attach_cache_key, cache_key, cache_parts, cached_response, first_per_key, joinable,
+    read_cache, stage_slug,
+)
 from engine.llm.ledger import cost_usd
 from engine.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
-from engine.llm.responses import PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses, split_accounting
+from engine.llm.responses import (
+    CACHE_KEY_COL, CACHED_COL, PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses, response_row,
+    split_accounting,
+)
 from engine.metrics import StageRecord
 
 
@@ -61,16 +67,41 @@ def test_cache_key_covers_every_input():
     assert len({base, *others}) == 6
 
 
-def test_cache_persists_across_writers(tmp_path):
+def test_cache_is_per_stage_parquet_parts_one_row_per_key(tmp_path):
     rd = RunDir(tmp_path)
-    a, b = ResponseCache(rd, flush_every=2), ResponseCache(rd, flush_every=100)
+    a, b = CacheWriter(rd, "iter_0/teacher", flush_every=2), CacheWriter(rd, "iter_0/teacher", flush_every=100)
     for i in range(3):
-        a.put(f"k{i}", {"text": str(i)})
-    b.put("kb", {"text": "b"})
-    a.flush(), b.flush()
-    (tmp_path / "llm_cache/responses/killed.jsonl.tmp-1").write_text("half")  # a writer killed mid-write
-    c = ResponseCache(rd)
-    assert len(c) == 4 and c.get("k2") == {"text": "2"} and c.unreadable_lines == 0
+        a.put(f"k{i}", response_row(str(i), "stop", 3, 4))
+    b.put("kb", response_row("b", "length", 1, 2, logprobs='[{"b": -0.1}]'))
+    b.put("k1", response_row("1 again", "stop", 3, 4))  # another actor answered the same request
+    other = CacheWriter(rd, "other/stage")
+    other.put("k0", response_row("elsewhere", "stop"))
+    a.flush(), b.flush(), other.flush()
+    folder = tmp_path / "llm_cache/responses/iter_0_teacher"
+    assert sorted(p.suffix for p in folder.iterdir()) == [".parquet"] * 3  # a's two parts, b's one
+    (folder / "killed.parquet.tmp-1").write_text("half")  # a writer killed mid-write
+    assert [p.base_name for p in cache_parts(rd, "iter_0/teacher")] == sorted(p.name for p in folder.glob("*.parquet"))
+    table = read_cache(rd, "iter_0/teacher")
+    assert table.schema == CACHE_SCHEMA and sorted(table["key"].to_pylist()) == ["k0", "k1", "k2", "kb"]
+    assert {r["key"]: r["text"] for r in table.to_pylist()}["k0"] == "0"  # the other stage's folder is not this one
+    assert not cache_parts(rd, "never/run") and read_cache(rd, "never/run").num_rows == 0
+    joined = joinable(pa.concat_tables([table, table]))  # duplicate keys: one row each
+    assert joined.column_names == [CACHE_KEY_COL, CACHED_COL] and joined.num_rows == 4
+    by_key = dict(zip(joined[CACHE_KEY_COL].to_pylist(), map(cached_response, joined[CACHED_COL].to_pylist())))
+    assert by_key["kb"] == response_row("b", "length", 1, 2, logprobs='[{"b": -0.1}]') and cached_response(None) is None
+    assert stage_slug("generation/generator_round0") == "generation_generator_round0" and stage_slug("..") == "_"
+
+
+def test_first_per_key_and_the_key_column():
+    t = pa.table({"key": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
+    assert first_per_key(t).to_pylist() == [{"key": "a", "v": 1}, {"key": "b", "v": 2}, {"key": "c", "v": 4}]
+    assert first_per_key(t.slice(0, 2)).equals(t.slice(0, 2))
+    batch = attach_prompt(lambda r: r["q"], draw="iter_0")(pa.Table.from_pylist([{"id": 1, "q": "hi"}, {"id": 2, "q": "hi"}]))
+    keyed = attach_cache_key("m", {"temperature": 0.0}, None, None)(batch)
+    assert keyed[CACHE_KEY_COL].to_pylist() == [cache_key("m", "hi", {"temperature": 0.0}, None, None, f"iter_0/{i}")
+                                                for i in (1, 2)]
+    undrawn = attach_cache_key("m", {"temperature": 0.0}, None, 2)(attach_prompt(lambda r: r["q"])(batch.select(["id", "q"])))
+    assert set(undrawn[CACHE_KEY_COL].to_pylist()) == {cache_key("m", "hi", {"temperature": 0.0}, None, 2)}
 
 
 def test_prompts_and_responses_reconcile():

@@ -150,6 +150,9 @@ def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured
         "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent), "run_dir_uri": uri, "job": job,
         "structured_output": structured_output, "logprobs": logprobs, "stage": stage,
     }
+    if run_dir is not None:
+        prompted = _join_cache(prompted, role, stage=stage, run_dir=run_dir, structured_output=structured_output,
+                               logprobs=logprobs)
     # Several batches run at once on each actor's event loop (as Ray's own LLM processors
     # overlap batches): the semaphore refills a slot as soon as any request ends, instead of
     # the actor waiting at the end of every batch for its slowest request. Only that many
@@ -159,6 +162,36 @@ def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured
                                          max_concurrent_calls_per_actor=OVERLAPPING_BATCHES)
     return prompted.map_batches(OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_rows(role),
                                 compute=compute, num_cpus=0.5)
+
+
+CACHE_DEDUPE_ONE_TASK_BYTES = 256 << 20  # a stage's cache parts deduplicated by one task up to this size
+
+
+def _join_cache(prompted, role: RoleConfig, *, stage, run_dir: RunDir, structured_output, logprobs):
+    """Each row's request key (CACHE_KEY_COL), and, when the stage's cache (engine.llm.cache)
+    has parts, its cached answer (CACHED_COL) by a left join on that key: the API actors
+    then only send the rest, and none of them loads the cache. No parts (a stage's first
+    run): no join, nothing read. The cache side is cut to one row per key first, in one
+    task up to CACHE_DEDUPE_ONE_TASK_BYTES of parts (a group-by shuffle costs seconds more
+    on a small stage), by a hash group-by above, so a row is never multiplied."""
+    import ray
+
+    from engine.llm.cache import attach_cache_key, cache_parts, first_per_key, joinable
+    from engine.llm.responses import CACHE_KEY_COL
+
+    keyed = prompted.map_batches(attach_cache_key(role.model, role.sampling.model_dump(), structured_output, logprobs),
+                                 batch_format="pyarrow", batch_size=None)
+    parts = cache_parts(run_dir, stage)
+    if not parts:
+        return keyed
+    cached = ray.data.read_parquet([p.path for p in parts], filesystem=run_dir.fs)
+    if sum(p.size or 0 for p in parts) <= CACHE_DEDUPE_ONE_TASK_BYTES:
+        cached = cached.repartition(1, shuffle=False).map_batches(joinable, batch_format="pyarrow", batch_size=None)
+    else:
+        cached = (cached.groupby("key").map_groups(first_per_key, batch_format="pyarrow")
+                  .map_batches(joinable, batch_format="pyarrow", batch_size=None))
+    return keyed.join(cached, join_type="left_outer", num_partitions=max(2, 2 * role.parallelism.replicas),
+                      on=(CACHE_KEY_COL,))
 
 
 def _account(out: "ray.data.MaterializedDataset", rec: StageRecord, *, api: bool) -> "ray.data.MaterializedDataset":

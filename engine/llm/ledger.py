@@ -1,10 +1,17 @@
 """What an API role spent, in the run directory next to the cache.
 
-Two records: `llm_cache/ledger/<stage>-<time>.json`, a stage's totals written when it ends,
-and the spend log `llm_cache/spend/<writer>-<seq>.jsonl`, written by every API actor as its
+Three records: `llm_cache/ledger/<stage>-<time>.json`, a stage's totals written when it ends;
+the spend log `llm_cache/spend/<writer>-<seq>.jsonl`, written by every API actor as its
 requests complete (at most `SpendLog.every_s` behind), so a stage killed midway still
-counts what it spent. The spend log is what a role's run-wide `budget_usd` is held to,
-across stages, iterations and resumed jobs, and what a report's total cost adds up.
+counts what it spent; and `llm_cache/spend_summary.json`, the spend log summed so far. The
+spend log is what a role's run-wide `budget_usd` is held to, across stages, iterations and
+resumed jobs, and what a report's total cost adds up.
+
+Summed incrementally: the summary holds the totals per role and stage and, per writer, how
+many of its parts (seq 0..n-1) are folded in; a reader lists the spend folder (no file
+opened), reads the summary and only the parts not yet in it, and writes the summary back
+(atomically: totals and the parts they count always go together, so a reader killed midway,
+or two at once, never count a part twice or lose one).
 """
 from __future__ import annotations
 
@@ -77,20 +84,65 @@ class SpendLog:
         self._pending = dict.fromkeys(SPEND_FIELDS, 0)
 
 
-def read_spend(run_dir: RunDir) -> list[dict]:
-    """Every spend-log line of the run (a temp file of a writer killed mid-write is skipped)."""
+SUMMARY = "llm_cache/spend_summary.json"
+_PART = re.compile(r"(?P<writer>[0-9A-Za-z]+)-(?P<seq>[0-9]+)\.jsonl")
+
+
+def _fold(totals: dict, line: dict) -> None:
+    row = totals.setdefault((line["role"], line["stage"]), dict.fromkeys(SPEND_FIELDS, 0))
+    for name in SPEND_FIELDS:
+        row[name] += line.get(name, 0)
+
+
+def _read_part(run_dir: RunDir, path: str) -> list[dict]:
     lines = []
+    with run_dir.fs.open_input_stream(path) as f:
+        for text in f.read().decode("utf-8").splitlines():
+            try:
+                lines.append(json.loads(text))
+            except ValueError:
+                log.warning("spend log: skipped an unreadable line in %s", path)
+    return lines
+
+
+def read_spend(run_dir: RunDir) -> list[dict]:
+    """The run's spend so far, one line per role and stage ({"role", "stage", *SPEND_FIELDS}),
+    every part of the spend log counted once (a temp file of a writer killed mid-write is
+    skipped). Reads only the parts written since the last call, and folds them into the
+    summary (best effort: a run directory it cannot write to is still read right)."""
+    summary = run_dir.read_json(SUMMARY, default=None) or {"folded": {}, "totals": []}
+    folded: dict[str, int] = dict(summary["folded"])
+    totals: dict = {}
+    for line in summary["totals"]:
+        _fold(totals, line)
+    new: dict[str, dict[int, str]] = {}
+    pending: dict = {}  # counted by this call, not folded into the summary
     selector = pafs.FileSelector(run_dir.path(SPEND_DIR), allow_not_found=True)
     for info in run_dir.fs.get_file_info(selector):
-        if not info.path.endswith(".jsonl"):
+        m = _PART.fullmatch(info.base_name)
+        if m is None:
+            if info.path.endswith(".jsonl"):  # not a SpendLog part: counted every time, never folded
+                for line in _read_part(run_dir, info.path):
+                    _fold(pending, line)
             continue
-        with run_dir.fs.open_input_stream(info.path) as f:
-            for text in f.read().decode("utf-8").splitlines():
-                try:
-                    lines.append(json.loads(text))
-                except ValueError:
-                    log.warning("spend log: skipped an unreadable line in %s", info.path)
-    return lines
+        if int(m["seq"]) >= folded.get(m["writer"], 0):
+            new.setdefault(m["writer"], {})[int(m["seq"])] = info.path
+    for writer, parts in new.items():
+        for seq in sorted(parts):
+            contiguous = seq == folded.get(writer, 0)  # after a gap: counted now, folded once it is filled
+            for line in _read_part(run_dir, parts[seq]):
+                _fold(totals if contiguous else pending, line)
+            if contiguous:
+                folded[writer] = seq + 1
+    if new and folded != summary["folded"]:
+        lines = [{"role": role, "stage": stage, **row} for (role, stage), row in sorted(totals.items())]
+        try:
+            run_dir.write_json(SUMMARY, {"folded": folded, "totals": lines})
+        except OSError as exc:
+            log.warning("spend log: could not write %s (%s); it is read again next time", SUMMARY, exc)
+    for key, row in pending.items():
+        _fold(totals, {"role": key[0], "stage": key[1], **row})
+    return [{"role": role, "stage": stage, **row} for (role, stage), row in sorted(totals.items())]
 
 
 def spent_by_role(run_dir: RunDir) -> dict[str, float]:

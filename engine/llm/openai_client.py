@@ -32,8 +32,11 @@ What is built on what:
   `budget_usd`, not after; rows refused get "failed: budget". The budget is the
   run's: one gate job per run directory and role, seeded with the spend log
   (engine.llm.ledger), to which every completed request is written;
-- cache: engine.llm.cache, keyed by (model, prompt, sampling, structured output,
-  logprobs); only answered requests are stored.
+- cache: engine.llm.cache, one per stage, keyed by (model, prompt, sampling, structured
+  output, logprobs, draw). engine.llm.generate joins each row to the stage's cache in
+  Ray Data before this actor (CACHED_COL): a row that arrives with its cached answer is
+  not sent (counted `_api_cached`). The actor loads no cache; it writes the answers it
+  gets (only answered requests) as parquet parts of its own.
 
 The API key: read from the variable `openai.api_key_env` names, wrapped in
 `Secret` (its repr is masked) and handed only to the client. A loopback
@@ -54,11 +57,11 @@ import openai
 
 from engine.config.models import RoleConfig
 from engine.data.rundir import RunDir
-from engine.llm.cache import ResponseCache, cache_key, request_seed
+from engine.llm.cache import CacheWriter, cache_key, cached_response, request_seed
 from engine.llm.ledger import SpendLog, cost_usd
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints
 from engine.llm.responses import (
-    DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
+    CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
 )
 
 REQUEST_ID_HEADER = "x-engine-request-id"
@@ -252,7 +255,7 @@ class OpenAIGenerator:
         self.role, self.endpoint, self.role_name = role, role.openai, role_name
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
-        self.cache = ResponseCache(RunDir(run_dir_uri)) if run_dir_uri else None
+        self.cache = CacheWriter(RunDir(run_dir_uri), stage) if run_dir_uri else None
         self.spend = SpendLog(RunDir(run_dir_uri), role=role_name, stage=stage) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
@@ -278,11 +281,11 @@ class OpenAIGenerator:
         """One batch; Ray Data runs several at once on the actor's event loop (see
         engine.llm.generate), so one slow request never leaves the others' slots idle."""
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
-        draws = batch.get(DRAW_COL)
-        draws = [None] * len(prompts) if draws is None else list(draws)
-        self._batch_opened(len(prompts))
+        n = len(prompts)
+        draws, keys, cached = (list(batch[c]) if c in batch else [None] * n for c in (DRAW_COL, CACHE_KEY_COL, CACHED_COL))
+        self._batch_opened(n)
         try:
-            responses = await asyncio.gather(*(self._answer(p, d) for p, d in zip(prompts, draws)))
+            responses = await asyncio.gather(*(self._answer(*row) for row in zip(prompts, draws, keys, cached)))
         finally:
             await self._batch_closed()
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
@@ -306,16 +309,15 @@ class OpenAIGenerator:
             bar.close()
             await self.gate.release()
 
-    async def _answer(self, prompt, draw: str | None) -> dict:
-        row = await self._answer_one(prompt, draw)
+    async def _answer(self, prompt, draw: str | None, key: str | None, cached: str | None) -> dict:
+        row = await self._answer_one(prompt, draw, key, cached)
         self._done += 1
         if self._bar is not None and self._done % PROGRESS_EVERY == 0:
             self._bar.update(PROGRESS_EVERY)
         return row
 
-    async def _answer_one(self, prompt, draw: str | None) -> dict:
-        key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
-        hit = self.cache.get(key) if self.cache is not None else None
+    async def _answer_one(self, prompt, draw: str | None, key: str | None, cached: str | None) -> dict:
+        hit = cached_response(cached)  # joined to the row by engine.llm.generate
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
@@ -323,7 +325,7 @@ class OpenAIGenerator:
         async with self._in_flight:
             return await self._send(prompt, key, draw)
 
-    async def _send(self, prompt, key: str, draw: str | None) -> dict:
+    async def _send(self, prompt, key: str | None, draw: str | None) -> dict:
         max_tokens = self.role.sampling.max_tokens
         # Rough upper bound (~3 chars a token) so reservations err on the safe side.
         prompt_est = len(prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)) // 3 + 8
@@ -350,6 +352,8 @@ class OpenAIGenerator:
             self.spend.add(retries=max(0, attempts - 1), failed=row["text"] is None, prompt_tokens=row["prompt_tokens"],
                            completion_tokens=row["completion_tokens"], cost_usd=cost)
         if row["text"] is not None and self.cache is not None:
+            if key is None:  # run bare, without generate's key column
+                key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}
 

@@ -23,6 +23,11 @@ PROMPT_COL = "_llm_prompt"
 # A drawn request's identity, "<draw>/<row id>" (see engine.llm.generate's `draw`): the
 # backends key their cache on it and derive the request's seed from it.
 DRAW_COL = "_llm_draw"
+# The openai backend's response cache (engine.llm.cache): a row's request key, and the cached
+# response joined to it (JSON; null when the request is not in the stage's cache).
+CACHE_KEY_COL = "_llm_key"
+CACHED_COL = "_llm_cached"
+INTERNAL_COLS = (PROMPT_COL, DRAW_COL, CACHE_KEY_COL, CACHED_COL)
 # Per-row API accounting, summed into the StageRecord and then dropped.
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
 RESPONSE_COLS = ("role", "text", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -106,7 +111,7 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
     n = len(batch[PROMPT_COL])
     if len(responses) != n:
         raise AssertionError(f"backend returned {len(responses)} responses for {n} rows")
-    out = {k: v for k, v in batch.items() if k not in (PROMPT_COL, DRAW_COL)}
+    out = {k: v for k, v in batch.items() if k not in INTERNAL_COLS}
     out["role"] = [role_name] * n
     for col in ("text", "finish_reason", "prompt_tokens", "completion_tokens"):
         out[col] = [r[col] for r in responses]
