@@ -12,7 +12,7 @@ import pytest
 
 from engine.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
 from engine.llm.responses import PROMPT_COL, encode_prompt
-from engine.llm.serve_backend import IN, RETRY, serve_request, serve_response
+from engine.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
 from engine.llm.serving import engine_key
 
 ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": ""} for i in range(12)]
@@ -73,6 +73,36 @@ def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
     refused = serve_response({**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t",
                              with_logprobs=False)
     assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
+
+
+def test_an_attempts_lost_and_missing_requests():
+    import pyarrow as pa
+
+    # a answered; b lost (a 5xx reply); c's batch raised (no reply); d lost once, then answered by a duplicate.
+    replies = pa.table({"id": ["a", "b", "d", "d"], RETRY: [False, True, True, False]})
+    lost, missing = lost_and_missing(pa.array(["a", "b", "c", "d"]), replies)
+    assert lost.to_pylist() == ["b", "c"] and missing.to_pylist() == ["c"]
+
+
+@pytest.mark.ray
+def test_resent_requests_are_chosen_in_the_object_store(ray_cluster):
+    """run_serve's bookkeeping between attempts: the ids go from the blocks to a task and back to
+    the blocks' filters; the driver gets two counts."""
+    import pyarrow as pa
+    import ray
+
+    from engine.llm.serve_backend import _id_column, _sort_out, _with_ids
+
+    prompted = ray.data.from_items(ROWS).repartition(3).materialize()
+    expected = _id_column.remote(*prompted.select_columns(["id"]).to_arrow_refs())
+    flags = {"r1": True, "r2": False, "r5": True}  # r1, r5 lost; the other rows' batch raised, but r2's
+    out = ray.data.from_arrow(pa.table({"id": list(flags), RETRY: list(flags.values())})).repartition(2).materialize()
+    lost, missing, counts = _sort_out.remote(expected, *out.to_arrow_refs())
+    assert ray.get(counts) == (11, 9)
+    again = prompted.map_batches(_with_ids(lost), batch_format="pyarrow").take_all()
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in ROWS if r["id"] != "r2")
+    gone = prompted.map_batches(_with_ids(missing), batch_format="pyarrow").take_all()
+    assert sorted(r["id"] for r in gone) == sorted(r["id"] for r in ROWS if r["id"] not in flags)
 
 
 def test_an_iterations_engine_starts_add_up_over_its_stages_and_its_evaluation(tmp_path):

@@ -138,9 +138,11 @@ def _skipping_failed_batches(ds: "ray.data.Dataset") -> "ray.data.MaterializedDa
         ctx.max_errored_blocks = before
 
 
-def _with_ids(ids: list):
+def _with_ids(ids: "ray.ObjectRef"):
+    """A batch filter to the rows whose id is in the Arrow array `ids` refers to: each task
+    reads it from the object store; no list of ids is built on the driver or per batch."""
     def keep(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch["id"], value_set=pa.array(ids)))
+        return batch.filter(pc.is_in(batch["id"], value_set=ray.get(ids)))
     return keep
 
 
@@ -168,22 +170,23 @@ def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: b
     to_response = partial(serve_response, chat=chat, role_name=role_name, with_logprobs=logprobs is not None)
 
     prompted = prompted.materialize()
-    todo, results, expected, missing = prompted, [], _ids(prompted, None), []
+    # The ids stay in the object store: the driver holds counts, never a pool's ids.
+    todo, results, expected = prompted, [], _id_column.remote(*prompted.select_columns(["id"]).to_arrow_refs())
+    n_expected = prompted.count()
     for attempt in range(retries + 1):
         # Each block's final rows are kept as it finishes (engine.llm.parts); lost ones are not final.
         out = _skipping_failed_batches(write_parts(processor(todo).map(to_response), parts))
-        retry = dict(_ids(out, RETRY))
-        lost = [i for i in expected if retry.get(i, True)]
-        if not lost or attempt == retries:
+        lost, missing, counts = _sort_out.remote(expected, *out.select_columns(["id", RETRY]).to_arrow_refs())
+        n_lost, n_missing = ray.get(counts)
+        if not n_lost or attempt == retries:
             results.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
-            missing = [i for i in expected if i not in retry]
             break
         results.append(out.map_batches(_answered, batch_format="pyarrow"))
         log.warning("%s: the engine lost %d of %d requests (attempt %d of %d); sending them again once it answers",
-                    role_name, len(lost), len(expected), attempt + 1, retries + 1)
+                    role_name, n_lost, n_expected, attempt + 1, retries + 1)
         engine.wait_ready(ready_timeout_s)
-        todo, expected = prompted.map_batches(_with_ids(lost), batch_format="pyarrow"), lost
-    if missing:
+        todo, expected, n_expected = prompted.map_batches(_with_ids(lost), batch_format="pyarrow"), lost, n_lost
+    if n_missing:
         results.append(prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(partial(
             _unanswered_row, role_name=role_name, with_logprobs=logprobs is not None,
             reason=f"engine lost the request {retries + 1} times")))
@@ -195,15 +198,34 @@ def _answered(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.invert(batch[RETRY]))
 
 
-def _ids(ds: "ray.data.Dataset", flag: str | None) -> list:
-    """The `id` column (with `flag`, (id, flag) pairs) of a materialized dataset, on the driver."""
-    cols = ["id"] if flag is None else ["id", flag]
-    tables = [t for t in ray.get(ds.select_columns(cols).to_arrow_refs()) if t.num_rows]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables, promote_options="permissive")
-    ids = table["id"].to_pylist()
-    return ids if flag is None else list(zip(ids, table[flag].to_pylist()))
+def lost_and_missing(expected: pa.Array, replies: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Of the `expected` ids, those to send again (no final reply: only replies flagged RETRY,
+    or none) and those with no reply at all (their batch raised and was skipped)."""
+    final = replies.filter(pc.invert(replies[RETRY]))["id"]
+    lost = expected.filter(pc.invert(pc.is_in(expected, value_set=final)))
+    missing = expected.filter(pc.invert(pc.is_in(expected, value_set=replies["id"])))
+    return lost, missing
+
+
+def _concat(blocks) -> pa.Table | None:
+    tables = [t for t in blocks if t.num_rows]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+@ray.remote
+def _id_column(*blocks: pa.Table) -> pa.Array:
+    table = _concat(blocks)
+    return pa.array([], pa.string()) if table is None else table["id"].combine_chunks()
+
+
+@ray.remote(num_returns=3)
+def _sort_out(expected: pa.Array, *blocks: pa.Table) -> tuple[pa.Array, pa.Array, tuple[int, int]]:
+    """lost_and_missing in a task: the ids go from the object store to the object store."""
+    replies = _concat(blocks)
+    if replies is None:
+        replies = pa.table({"id": pa.array([], pa.string()), RETRY: pa.array([], pa.bool_())})
+    lost, missing = lost_and_missing(expected, replies)
+    return lost, missing, (len(lost), len(missing))
 
 
 def probe(app: str, model_id: str) -> bool:
