@@ -1,9 +1,10 @@
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from engine.data import instruction_id
+from engine.data import instruction_id, pool_table
 from engine.lion.generator import (
     REJECT_REASONS, candidate_rows, clean_candidate, parse_candidate, quotas, sample_seeds,
 )
@@ -25,12 +26,13 @@ def test_quotas_reject_nonsense():
 def _judged(hard_ids, easy_ids, failed_ids=()):
     ok = [{"id": i, "status": "ok", "hard": True} for i in hard_ids]
     ok += [{"id": i, "status": "ok", "hard": False} for i in easy_ids]
-    return ok + [{"id": i, "status": "failed: unparseable review", "hard": None} for i in failed_ids]
+    rows = ok + [{"id": i, "status": "failed: unparseable review", "hard": None} for i in failed_ids]
+    return pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("hard", pa.bool_())]))
 
 
 def _pool(ids):
-    return {i: {"id": i, "instruction": f"instruction {i}", "input": "", "origin": "seed", "parent_id": None,
-                "iteration": 0} for i in ids}
+    return pool_table([{"instruction": f"instruction {i}", "input": "", "origin": "seed", "iteration": 0, "id": i}
+                       for i in ids])
 
 
 def test_sample_seeds_draws_each_kind_without_replacement_when_it_can():
@@ -72,7 +74,7 @@ def test_sample_seeds_reports_what_it_cannot_do():
     with pytest.raises(ValueError, match="every judgment failed"):
         sample_seeds(_judged([], [], ["f1"]), _pool(["f1"]), 1, 1, np.random.default_rng(0))
     with pytest.raises(KeyError, match="not in the pool"):
-        sample_seeds(_judged(["h1"], []), {}, 1, 0, np.random.default_rng(0))
+        sample_seeds(_judged(["h1"], []), _pool([]), 1, 0, np.random.default_rng(0))
 
 
 # Replies shaped like gpt-3.5-turbo's and llama-2-chat's to the generator prompt.

@@ -78,8 +78,8 @@ class RunDir:
         pq.write_table(table, sink)
         self.write_bytes(rel, sink.getvalue().to_pybytes())
 
-    def read_table(self, rel: str, schema: pa.Schema | None = None) -> pa.Table:
-        return pq.read_table(self.path(rel), filesystem=self.fs, schema=schema)
+    def read_table(self, rel: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs, schema=schema, columns=columns)
 
     def size_bytes(self) -> int:
         """The bytes of every file under the run directory (checkpoints and exports included)."""

@@ -16,11 +16,12 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RunDir, pool_table, write_pool
 from engine.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
-from engine.lion.iteration import answer, constraint, pools, read_rows, rel, usage, write_stage_metrics
+from engine.lion.iteration import answer, constraint, pools, rel, usage, write_stage_metrics
 from engine.lion.prompts import NO_INPUT
 from engine.lion.rouge import NoveltyFilter
 from engine.llm.prompts import instruction_text
@@ -41,22 +42,23 @@ CANDIDATE_JSON_SCHEMA = {
 
 def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     _, cache_pool = pools(run, k)
-    judgments = read_rows(run, rel(k, "discrimination", "judgments.parquet"))
-    pool_rows = {row["id"]: row for row in cache_pool.to_pylist()}
+    judgments = run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", "status", "hard"])
+    pool_ids = cache_pool.column("id").combine_chunks()
     compared = rouge_text(cfg.lion.rouge_l_field)
-    novelty = NoveltyFilter([compared(r) for r in pool_rows.values()],
+    # The pool's texts are the ROUGE-L index's input (engine.lion.rouge); its rows stay in Arrow.
+    novelty = NoveltyFilter(rouge_texts(cache_pool, cfg.lion.rouge_l_field),
                             threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
                             shards=cfg.lion.rouge_l_shards, strict=cfg.lion.rouge_l_reject == "above")
     rng = np.random.default_rng([cfg.lion.seed, k])
     need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
     kept, rejects, replies_all, records, drawn, quota_moves = [], Counter(), [], [], Counter(), Counter()
-    filter_record = StageRecord("generation/filter", extra={"pool_size": len(pool_rows)})
+    filter_record = StageRecord("generation/filter", extra={"pool_size": cache_pool.num_rows})
 
     for round_ in range(cfg.lion.generation_rounds):
         if not sum(need.values()):
             break
-        seeds, counts = sample_seeds(judgments, pool_rows, need["hard"], need["easy"], rng)
+        seeds, counts = sample_seeds(judgments, cache_pool, need["hard"], need["easy"], rng)
         drawn.update(counts)
         # A missing kind's quota was moved to the other kind: track the quota that way too.
         for kind, other in (("hard", "easy"), ("easy", "hard")):
@@ -76,9 +78,10 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
                                              tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word)
         rejects.update(round_rejects)
         # Identical text is caught by id too: ROUGE-L's default tokenizer sees no tokens in non-Latin text.
-        seen, fresh = pool_rows.keys() | {r["id"] for r in kept}, []
-        for row in rows:
-            if row["id"] in seen:
+        in_pool = pc.is_in(pa.array([r["id"] for r in rows], pa.string()), value_set=pool_ids).to_pylist()
+        seen, fresh = {r["id"] for r in kept}, []
+        for row, known in zip(rows, in_pool):
+            if known or row["id"] in seen:
                 rejects["duplicate id"] += 1
             else:
                 seen.add(row["id"])
@@ -132,6 +135,13 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
     return {}, usage(records), summary
+
+
+def rouge_texts(pool: pa.Table, field: str) -> list[str]:
+    """A pool's texts that ROUGE-L compares, per `lion.rouge_l_field`, column by column."""
+    if field == "instruction":
+        return pool.column("instruction").to_pylist()
+    return [instruction_text(i, x) for i, x in zip(pool.column("instruction").to_pylist(), pool.column("input").to_pylist())]
 
 
 def rouge_text(field: str):

@@ -13,6 +13,8 @@ import re
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.data import instruction_id
 from engine.lion.prompts import GENERATOR_SYSTEM, LION_GENERATOR_SYSTEM, NO_INPUT, generator_user, lion_generator_user
@@ -30,29 +32,31 @@ def quotas(n: int, hard_easy_ratio: tuple[float, float]) -> tuple[int, int]:
 
 
 def sample_seeds(
-    judgments: list[dict], pool_rows: dict[str, dict], n_hard: int, n_easy: int, rng: np.random.Generator
+    judgments: pa.Table, pool: pa.Table, n_hard: int, n_easy: int, rng: np.random.Generator
 ) -> tuple[list[dict], dict]:
     """Seed rows (pool row + `kind`) for the generator, and how they were drawn.
 
+    `judgments` needs the columns id, status and hard; only the ids are read, and only the
+    sampled seeds' pool rows become Python rows: a pool of millions stays in Arrow.
     Only judged rows (status ok) seed: failed judgments are neither hard nor easy.
     Without replacement while a kind has enough instructions, with replacement beyond.
     When one kind has none at all, its quota is filled from the other kind (the
     generator still gets N prompts, each with the template of the seed's real kind),
     and the counts say so: {"hard": .., "easy": .., "hard_from_easy": .., "easy_from_hard": ..}.
     """
-    by_kind = {kind: [] for kind in KINDS}
-    for j in judgments:
-        if j["status"] == "ok":
-            by_kind["hard" if j["hard"] else "easy"].append(j["id"])
-    missing = sorted({i for ids in by_kind.values() for i in ids} - pool_rows.keys())
-    if missing:
-        raise KeyError(f"{len(missing)} judged ids are not in the pool, e.g. {missing[:3]}")
+    ok = judgments.filter(pc.equal(judgments["status"], "ok"))
+    hard = pc.fill_null(ok["hard"], False)
+    by_kind = {"hard": ok["id"].filter(hard), "easy": ok["id"].filter(pc.invert(hard))}
+    pool_ids = pool["id"].combine_chunks()
+    missing = ok["id"].filter(pc.is_null(pc.index_in(ok["id"], value_set=pool_ids)))
+    if len(missing):
+        raise KeyError(f"{len(missing)} judged ids are not in the pool, e.g. {sorted(missing.to_pylist())[:3]}")
     wanted = {"hard": n_hard, "easy": n_easy}
     counts = {"hard": 0, "easy": 0, "hard_from_easy": 0, "easy_from_hard": 0}
-    if not by_kind["hard"] and not by_kind["easy"] and n_hard + n_easy > 0:
+    if not len(ok) and n_hard + n_easy > 0:
         raise ValueError("no judged instructions to seed the generator (every judgment failed)")
     for kind, other in (("hard", "easy"), ("easy", "hard")):
-        if not by_kind[kind] and wanted[kind]:
+        if not len(by_kind[kind]) and wanted[kind]:
             counts[f"{kind}_from_{other}"] = wanted[kind]
             wanted[other] += wanted[kind]
             wanted[kind] = 0
@@ -64,7 +68,8 @@ def sample_seeds(
         picks = rng.permutation(len(ids))[:n]
         if n > len(ids):
             picks = np.concatenate([picks, rng.integers(0, len(ids), n - len(ids))])
-        seeds += [{**pool_rows[ids[k]], "kind": kind} for k in picks]
+        rows = pool.take(pc.index_in(ids.take(pa.array(picks, pa.int64())), value_set=pool_ids))
+        seeds += [{**row, "kind": kind} for row in rows.to_pylist()]
         counts[kind] = n
     return seeds, counts
 
