@@ -24,13 +24,15 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from engine.data import POOL_SCHEMA, RunDir
 from engine.data.conversations import user_turns
 from engine.data.schema import history_turns
-from engine.lion.iteration import read_rows, rel
+from engine.lion.iteration import rel
 from engine.llm.prompts import instruction_messages
 
 ROLES = ("teacher", "referee", "generator", "student")
@@ -45,21 +47,65 @@ def iterations(run: RunDir) -> list[int]:
     return sorted(k for k in found if run.exists(rel(k, "train_pool.parquet")))
 
 
-def _by_id(run: RunDir, path: str) -> dict[str, dict]:
-    return {r["id"]: r for r in read_rows(run, path)}
-
-
 def imitation_split(run: RunDir, k: int) -> pa.Table | None:
     if not run.exists(rel(k, "imitation", "teacher_responses.parquet")):
         return None
-    answers = {**_by_id(run, rel(k, "imitation", "teacher_turns.parquet")),
-               **_by_id(run, rel(k, "imitation", "teacher_responses.parquet"))}
-    rows = []
-    for row in run.read_table(rel(k, "train_pool.parquet")).to_pylist():
-        answer = answers.get(row["id"], {})
-        rows.append({**row, "teacher_answer": answer.get("text"), "teacher_finish_reason": answer.get("finish_reason"),
-                     "messages": _conversation(row, answers)})
-    return _table(rows, {"messages": MESSAGES})
+    # A conversation's earlier turns' answers, then the pool's own (which win on a shared id).
+    answers = _last_per_id(pa.concat_tables([_answers(run, rel(k, "imitation", name))
+                                             for name in ("teacher_turns.parquet", "teacher_responses.parquet")]))
+    table = _lookup(run.read_table(rel(k, "train_pool.parquet")), answers, "id",
+                    {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"})
+    return _pool_columns(table.append_column(pa.field("messages", MESSAGES), _messages(table, answers)))
+
+
+def _answers(run: RunDir, path: str) -> pa.Table:
+    columns = ["id", "text", "finish_reason"]
+    if run.exists(path):
+        return run.read_table(path, columns=columns)
+    return pa.table({name: pa.array([], pa.string()) for name in columns})
+
+
+def _last_per_id(table: pa.Table) -> pa.Table:
+    """One row per id, the last (an id is one instruction: its answer is written once)."""
+    rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
+    return table.take(rows.group_by("id", use_threads=False).aggregate([("__row", "max")])["__row_max"])
+
+
+def _lookup(table: pa.Table, other: pa.Table, on: str, names: dict[str, str]) -> pa.Table:
+    """`table` with `other`'s columns `names` (renamed to their values) where `table`'s `on`
+    equals `other`'s id, null where none does; `table`'s rows and order kept."""
+    other = _last_per_id(other.select(["id", *names])).rename_columns([on, *names.values()])
+    rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
+    return rows.join(other, on, join_type="left outer").sort_by("__row").drop_columns(["__row"])
+
+
+def _is_conversation(table: pa.Table) -> np.ndarray:
+    """Which rows are conversations (a system prompt or earlier turns), as numpy booleans."""
+    return np.asarray(pc.or_(pc.fill_null(pc.greater(pc.utf8_length(table["system"]), 0), False),
+                             pc.fill_null(pc.greater(pc.utf8_length(table["history"]), 0), False)))
+
+
+def _messages(table: pa.Table, answers: pa.Table) -> pa.Array:
+    """The conversation the student was shown, per row: each user turn followed by the teacher's
+    answer to it (null while an answer is missing). A plain instruction's two messages are
+    built column-wise; a conversation's in Python, from the answers to its turns only."""
+    n, chat = table.num_rows, _is_conversation(table)
+    instruction, given = table["instruction"].combine_chunks(), pc.fill_null(table["input"], "").combine_chunks()
+    user = pc.if_else(pc.equal(given, ""), instruction, pc.binary_join_element_wise(instruction, given, "\n\n"))
+    answer = table["teacher_answer"].combine_chunks()
+    contents = pa.concat_arrays([user, answer]).take(pa.array(np.column_stack([np.arange(n), n + np.arange(n)]).ravel()))
+    turns = pa.StructArray.from_arrays([pa.array(["user", "assistant"] * n), contents], names=["role", "content"])
+    missing = pc.or_(pc.fill_null(pc.equal(answer, ""), True), pa.array(chat))
+    plain = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), turns, mask=missing).cast(MESSAGES)
+    if not chat.any():
+        return plain
+    rows = table.filter(pa.array(chat)).to_pylist()
+    needed = {turn["id"] for row in rows for turn in user_turns(row)}
+    by_id = {r["id"]: r for r in answers.filter(pc.is_in(answers["id"], value_set=pa.array(list(needed), pa.string()))).to_pylist()}
+    conversations = pa.array([_conversation(row, by_id) for row in rows], MESSAGES)
+    at = np.arange(n)
+    at[chat] = n + np.arange(len(rows))
+    return pa.concat_arrays([plain, conversations]).take(pa.array(at))
 
 
 def _conversation(row: dict, answers: dict[str, dict]) -> list[dict] | None:
@@ -75,41 +121,44 @@ def _conversation(row: dict, answers: dict[str, dict]) -> list[dict] | None:
     return messages
 
 
+JUDGED = {"teacher_score": "teacher_score", "student_score": "student_score", "gap": "gap", "hard": "hard",
+          "status": "status"}
+
+
 def discrimination_split(run: RunDir, k: int) -> pa.Table | None:
     if not run.exists(rel(k, "discrimination", "judgments.parquet")):
         return None
-    teacher = _by_id(run, rel(k, "discrimination", "teacher_responses.parquet"))
-    student = _by_id(run, rel(k, "discrimination", "student_responses.parquet"))
-    judged = _by_id(run, rel(k, "discrimination", "judgments.parquet"))
-    rows = []
-    for row in run.read_table(rel(k, "cache_pool.parquet")).to_pylist():
-        j = judged.get(row["id"], {})
-        rows.append({**row, "teacher_answer": teacher.get(row["id"], {}).get("text"),
-                     "student_answer": student.get(row["id"], {}).get("text"),
-                     **{name: j.get(name) for name in ("teacher_score", "student_score", "gap", "hard", "status")}})
-    return _table(rows, {"teacher_score": pa.float64(), "student_score": pa.float64(), "gap": pa.float64(),
-                         "hard": pa.bool_()})
+    table = run.read_table(rel(k, "cache_pool.parquet"))
+    for role in ("teacher", "student"):
+        table = _lookup(table, _answers(run, rel(k, "discrimination", f"{role}_responses.parquet")), "id",
+                        {"text": f"{role}_answer"})
+    table = _lookup(table, run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED]), "id", JUDGED)
+    return _pool_columns(table)
 
 
 def generation_split(run: RunDir, k: int) -> pa.Table | None:
     if not run.exists(rel(k, "generation", "new_instructions.parquet")):
         return None
-    seeds = {r["id"]: r for r in run.read_table(rel(k, "cache_pool.parquet")).to_pylist()}
-    rows = [{**row, "seed_instruction": seeds.get(row["parent_id"], {}).get("instruction"),
-             "seed_input": seeds.get(row["parent_id"], {}).get("input")}
-            for row in run.read_table(rel(k, "generation", "new_instructions.parquet")).to_pylist()]
-    return _table(rows, {})
+    seeds = run.read_table(rel(k, "cache_pool.parquet"), columns=["id", "instruction", "input"])
+    table = _lookup(run.read_table(rel(k, "generation", "new_instructions.parquet")), seeds, "parent_id",
+                    {"instruction": "seed_instruction", "input": "seed_input"})
+    return _pool_columns(table)
 
 
-def _table(rows: list[dict], types: dict) -> pa.Table:
-    """Rows -> a table whose column types do not depend on which values happen to be null; a
-    conversation's earlier turns as a list of {role, content}, as `messages` are."""
-    types = {**types, "history": MESSAGES}
-    rows = [{**row, "history": history_turns(row.get("history")) or None} for row in rows]
-    names = list(dict.fromkeys(name for row in rows for name in row)) if rows else list(POOL_SCHEMA.names)
-    fields = [pa.field(n, types[n]) if n in types else POOL_SCHEMA.field(n) if n in POOL_SCHEMA.names
-              else pa.field(n, pa.string()) for n in names]
-    return pa.Table.from_pylist(rows, schema=pa.schema([f.with_nullable(True) for f in fields]))
+def _pool_columns(table: pa.Table) -> pa.Table:
+    """Every column nullable, its type not depending on which values happen to be null; a
+    conversation's earlier turns as a list of {role, content}, as `messages` are (parsed
+    for the rows that have them only)."""
+    history = table["history"].combine_chunks()
+    has = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(history), 0), False))
+    turns = pa.array([history_turns(h) for h in history.filter(pa.array(has)).to_pylist()], MESSAGES)
+    at = np.full(len(history), len(turns))  # past the parsed turns: the null appended below
+    at[has] = np.arange(len(turns))
+    table = table.set_column(table.schema.get_field_index("history"), pa.field("history", MESSAGES),
+                             pa.concat_arrays([turns, pa.nulls(1, MESSAGES)]).take(pa.array(at)))
+    fields = [pa.field(f.name, POOL_SCHEMA.field(f.name).type if f.name in POOL_SCHEMA.names and f.name != "history"
+                       else f.type) for f in table.schema]
+    return table.cast(pa.schema([f.with_nullable(True) for f in fields]))
 
 
 SPLITS = {"imitation": imitation_split, "discrimination": discrimination_split, "generation": generation_split}
@@ -174,7 +223,7 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
         folders[k] = folder
         counts[k] = {name: t.num_rows for name, t in tables.items()}
         if "discrimination" in tables:
-            counts[k]["hard"] = sum(bool(h) for h in tables["discrimination"].column("hard").to_pylist())
+            counts[k]["hard"] = pc.sum(pc.fill_null(tables["discrimination"]["hard"], False)).as_py() or 0
     (out / "README.md").write_text(card(run, counts), encoding="utf-8")
     if push_to_hub:
         from huggingface_hub import HfApi

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from engine.data import RunDir
@@ -111,7 +112,9 @@ def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -
             it.notes.append(f"`{rel}` is missing (not judged yet?)")
         return it
     try:
-        table = run_dir.read_table(rel)
+        # The figures' columns only: the referee's reviews are most of the file's bytes.
+        names = pq.read_schema(run_dir.path(rel), filesystem=run_dir.fs).names
+        table = run_dir.read_table(rel, columns=[c for c in JUDGMENT_COLUMNS if c in names])
     except (pa.ArrowException, OSError) as e:
         it.notes.append(f"`{rel}` is unreadable ({e})")
         return it
@@ -161,10 +164,8 @@ def split_metrics(metrics: dict, it: Iteration) -> None:
 
 def judgment_summary(table: pa.Table) -> dict[str, float]:
     """Counts and means over the judged rows; failed rows are counted, never scored."""
-    status = table.column("status").to_pylist()
-    failed = [s for s in status if s != "ok"]
     ok = table.filter(pc.equal(table.column("status"), "ok"))
-    out = {"rows": table.num_rows, "ok": ok.num_rows, "failed": len(failed)}
+    out = {"rows": table.num_rows, "ok": ok.num_rows, "failed": table.num_rows - ok.num_rows}
     if ok.num_rows:
         out.update({
             "teacher_mean": pc.mean(ok.column("teacher_score")).as_py(),
@@ -178,10 +179,10 @@ def judgment_summary(table: pa.Table) -> dict[str, float]:
 def failure_reasons(table: pa.Table) -> Counter:
     """Failed statuses grouped by their reason (the text after `failed:`)."""
     reasons = Counter()
-    for s in table.column("status").to_pylist():
-        if s != "ok":
-            reason = (s or "failed: (no status)").split(":", 1)[-1].strip() or "(no reason)"
-            reasons[reason[:80]] += 1
+    failed = table.column("status").filter(pc.fill_null(pc.not_equal(table.column("status"), "ok"), True))
+    for entry in pc.value_counts(failed).to_pylist():  # one entry per distinct status, not per row
+        reason = (entry["values"] or "failed: (no status)").split(":", 1)[-1].strip() or "(no reason)"
+        reasons[reason[:80]] += entry["counts"]
     return reasons
 
 

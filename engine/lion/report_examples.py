@@ -3,8 +3,11 @@ the hard or easy instruction it was drawn from, so a reader sees the loop's text
 its counts."""
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from engine.data import RunDir
-from engine.lion.iteration import read_rows, rel
+from engine.lion.iteration import rel
 from engine.metrics.report import table_md
 
 PER_KIND = 3  # examples of each kind per iteration
@@ -21,14 +24,18 @@ def examples_section(run: RunDir, iterations: list[int]) -> list[str]:
     out = ["\n## Generated instructions (examples)\n"]
     rows = []
     for k in iterations:
-        new = read_rows(run, rel(k, "generation", "new_instructions.parquet"))
-        if not new:
+        path = rel(k, "generation", "new_instructions.parquet")
+        if not run.exists(path):
             continue
-        seeds = {r["id"]: r for r in read_rows(run, rel(k, "cache_pool.parquet"))}
-        for kind in ("hard", "easy"):
-            for r in [r for r in new if r["origin"] == kind][:PER_KIND]:
-                seed = seeds.get(r["parent_id"], {})
-                rows.append([k, kind, _cell(seed.get("instruction", "?")), _cell(r["instruction"]), _cell(r["input"])])
+        new = run.read_table(path, columns=["origin", "parent_id", "instruction", "input"])
+        shown = [r for kind in ("hard", "easy") for r in new.filter(pc.equal(new["origin"], kind)).slice(0, PER_KIND).to_pylist()]
+        # Only the shown instructions' seeds are read out of the cache pool.
+        pool = run.read_table(rel(k, "cache_pool.parquet"), columns=["id", "instruction"])
+        wanted = pa.array([r["parent_id"] for r in shown], pa.string())
+        seeds = {r["id"]: r for r in pool.filter(pc.is_in(pool["id"], value_set=wanted)).to_pylist()}
+        for r in shown:
+            seed = seeds.get(r["parent_id"], {})
+            rows.append([k, r["origin"], _cell(seed.get("instruction", "?")), _cell(r["instruction"]), _cell(r["input"])])
     if not rows:
         return out + ["No new instructions yet."]
     return out + [table_md(["iteration", "kind", "seed instruction", "new instruction", "new input"], rows)]
