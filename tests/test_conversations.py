@@ -161,6 +161,7 @@ def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_
     scripted = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(json.dumps(prompt), "stop", 1, 1))
     responses, records = answer_student(scripted, RoleConfig(backend="vllm", model="m"), pool, "discrimination/student",
                                         role_name="student")
+    responses = responses.to_pylist()
     assert [r["id"] for r in responses] == pool.column("id").to_pylist()
     assert [c["stage"] for c in scripted.calls] == ["discrimination/student", "discrimination/student_chat"]
     assert json.loads(responses[0]["text"]) == alpaca_prompt("Say hi.")

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from engine.config import ConfigError, load_config
@@ -197,7 +198,11 @@ class ScriptedRoles:
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
                  logprobs=None, draw=None, parts=None):
+        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
+        return pa.Table.from_pylist(self.replies(rows, role_name, draw)), StageRecord(stage, rows=len(rows))
+
+    def replies(self, rows, role_name, draw):
         out = []
         for row in rows:
             if role_name == "candidate":
@@ -209,7 +214,7 @@ class ScriptedRoles:
                 # In the layout of the question's rubric: FastChat's math prompt asks for a tuple.
                 text = f"ok\n({', '.join(scores)})" if row["rubric"] == "math" else " ".join(scores) + "\nok"
             out.append({**row, "role": role_name, "text": text, "finish_reason": "stop"})
-        return out, StageRecord(stage, rows=len(rows))
+        return out
 
 
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
@@ -244,8 +249,8 @@ class OverflowingJudge(ScriptedRoles):
     """The judge's context overflows when a pair's answers exceed 60 characters together; the
     candidate answers the "tree" question with a runaway answer and fails on "metal"."""
 
-    def __call__(self, role, rows, to_prompt, *, stage, role_name, **kw):
-        out, record = super().__call__(role, rows, to_prompt, stage=stage, role_name=role_name, **kw)
+    def replies(self, rows, role_name, draw):
+        out = super().replies(rows, role_name, draw)
         for row in out:
             if role_name == "candidate" and "tree" in row["instruction"]:
                 row["text"] = "Candidate answer " + "and on " * 200
@@ -253,7 +258,7 @@ class OverflowingJudge(ScriptedRoles):
                 row.update(text=None, finish_reason="failed: EngineDeadError")
             elif role_name == "judge" and len(row["first"] + row["second"]) > 60:
                 row.update(text=None, finish_reason="failed: VLLMValidationError: maximum context length is 1024")
-        return out, record
+        return out
 
 
 def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
@@ -289,12 +294,12 @@ def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
     from engine.evaluate.scores import TooFewJudged
 
     class FailingJudge(ScriptedRoles):
-        def __call__(self, role, rows, to_prompt, *, stage, role_name, **kw):
-            out, record = super().__call__(role, rows, to_prompt, stage=stage, role_name=role_name, **kw)
+        def replies(self, rows, role_name, draw):
+            out = super().replies(rows, role_name, draw)
             for row in out:
                 if role_name == "judge" and "fruit" in row["instruction"]:
                     row.update(text=None, finish_reason="failed: budget")
-            return out, record
+            return out
 
     with pytest.raises(TooFewJudged) as error:
         _evaluate(tmp_path, monkeypatch, FailingJudge(), judge_retries=1)

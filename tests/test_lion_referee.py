@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from engine.lion.referee import (
-    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, merge_retried, summarize, unparseable_ids,
+    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, judgment_table, merge_retried, summarize,
+    unparseable_ids,
 )
 from engine.lion.reviews import logprob_scores, parse_scores_first as parse_review
 from engine.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
@@ -176,7 +177,7 @@ def test_failures_are_null_counted_and_excluded():
     ]
     for j in judgments[1:]:
         assert j["hard"] is None and j["gap"] is None and j["teacher_score"] is None
-    summary = summarize(judgments)
+    summary = summarize(judgment_table(judgments))
     assert summary == {
         "rows": 6, "judged": 1, "failed": 5,
         "failed_by_reason": {UNPARSEABLE: 2, "failed: rate limited": 1, EMPTY_ANSWER: 1,
@@ -200,7 +201,7 @@ def test_a_student_that_answers_nothing_scores_lowest_and_is_hard(student):
     # A review of the empty answer that cannot be read: the pair is still hard, with no teacher score or gap.
     [j] = judgment_rows([_pair(0, **student)], [_review("no scores")], [_review("5 7")], tau=1.0)
     assert (j["status"], j["hard"], j["student_score"], j["teacher_score"], j["gap"]) == (OK, True, 1.0, None, None)
-    assert summarize([j])["mean_gap"] is None and summarize([j])["hard"] == 1
+    assert summarize(judgment_table([j]))["mean_gap"] is None and summarize(judgment_table([j]))["hard"] == 1
 
 
 def test_a_failed_student_request_is_excluded_and_counted_not_hard():
@@ -208,7 +209,7 @@ def test_a_failed_student_request_is_excluded_and_counted_not_hard():
     student = {"student": None, "student_finish_reason": "failed: VLLMValidationError: maximum context length"}
     [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0)
     assert j["status"] == "failed: student answer failed: VLLMValidationError: maximum context length"
-    assert j["hard"] is None and summarize([j])["judged"] == 0
+    assert j["hard"] is None and summarize(judgment_table([j]))["judged"] == 0
     # The evaluation's candidate that cannot answer has lost.
     [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0, failed_answer_loses=True)
     assert j["status"] == OK and j["student_score"] == 1.0
@@ -216,16 +217,17 @@ def test_a_failed_student_request_is_excluded_and_counted_not_hard():
 
 def test_retry_of_unparseable_reviews_merges_back():
     pairs = [_pair(0), _pair(1), _pair(2)]
-    judgments = judgment_rows(pairs, [_review("8 8"), _review("??"), _review("hmm")], [_review("8 8")] * 3, tau=1.0)
-    assert unparseable_ids(judgments) == ["p1", "p2"]
-    again = judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0)
+    judgments = judgment_table(judgment_rows(pairs, [_review("8 8"), _review("??"), _review("hmm")], [_review("8 8")] * 3,
+                                             tau=1.0))
+    assert unparseable_ids(judgments).to_pylist() == ["p1", "p2"]
+    again = judgment_table(judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0))
     merged = merge_retried(judgments, again)
-    assert [j["status"] for j in merged] == [OK, OK, UNPARSEABLE]
-    assert merged[1]["gap"] == 5.0 and unparseable_ids(merged) == ["p2"]
+    assert merged.column("status").to_pylist() == [OK, OK, UNPARSEABLE]
+    assert merged.to_pylist()[1]["gap"] == 5.0 and unparseable_ids(merged).to_pylist() == ["p2"]
 
 
 def test_summary_of_nothing_judged_has_no_means():
-    summary = summarize(judgment_rows([_pair(0)], [_review("x")], [_review("y")], tau=1.0))
+    summary = summarize(judgment_table(judgment_rows([_pair(0)], [_review("x")], [_review("y")], tau=1.0)))
     assert summary["judged"] == 0 and summary["hard_fraction"] is None and summary["mean_gap"] is None
 
 

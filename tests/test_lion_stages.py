@@ -44,7 +44,7 @@ def _words(h: str) -> str:
 
 
 class ScriptedLLM:
-    """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, StageRecord)."""
+    """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, a table; StageRecord)."""
 
     def __init__(self, reply):
         self.reply, self.calls = reply, []
@@ -57,7 +57,7 @@ class ScriptedLLM:
         for row in rows:
             seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
             out.append({**row, "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
-        return out, StageRecord(stage, rows=len(rows))
+        return (pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})), StageRecord(stage, rows=len(rows))
 
 
 def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):

@@ -58,6 +58,7 @@ role = RoleConfig(backend="hf", model=sys.argv[2], sampling=SamplingParams(tempe
 rows = [{"id": f"r{i:02d}", "instruction": f"Name {i} colours.", "input": ""} for i in range(int(sys.argv[3]))]
 out, rec = answer(role, rows, instruction_messages, stage="discrimination/student", role_name="student",
                   run_dir=RunDir(sys.argv[1]), parts="iter_0/discrimination/parts")
+out = out.to_pylist()
 print(json.dumps({"ids": [r["id"] for r in out], "asked": rec.rows, "from_parts": rec.extra["rows_from_parts"],
                   "answered": sum(r["text"] is not None for r in out)}))
 """

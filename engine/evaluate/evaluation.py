@@ -35,6 +35,9 @@ from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
 log = logging.getLogger("engine.evaluate")
+PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in (
+    "id", "instruction", "input", "category", "reference_text", "reference_finish_reason", "candidate_text",
+    "candidate_finish_reason")])
 
 ROLES = ("reference", "candidate")  # Assistant 1 first in the reference-first order
 QUESTIONS = "eval/questions.parquet"
@@ -72,7 +75,8 @@ def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[
 def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str,
             role_name: str) -> tuple[list[dict], StageRecord]:
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
-    return answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
+    answers, record = answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
+    return answers.to_pylist(), record
 
 
 def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str,
@@ -89,16 +93,17 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
         candidate, record = _answer(role, prompt, questions, run, "eval/candidate", role_name)
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
-    pairs = [
+    pairs = pa.Table.from_pylist([
         {"id": q["id"], "instruction": q["instruction"], "input": q["input"], "category": q["category"],
          "reference_text": r["text"], "reference_finish_reason": r["finish_reason"],
          "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
         for q, r, c in zip(questions, reference, candidate)
-    ]
+    ], schema=PAIR_SCHEMA)
     judgments, judge_records = judge_pairs(
         cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
         prompt=cfg.judge_prompt, retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES,
         role_name="judge", failed_answer_loses=True)
+    judgments = judgments.to_pylist()  # the questions: tens to thousands
     records += judge_records
     nll = None
     if teacher is not None:

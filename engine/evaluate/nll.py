@@ -82,6 +82,7 @@ def teacher_answers(teacher: RoleConfig, questions: list[dict], run: RunDir) -> 
         return read_rows(run, TEACHER_ANSWERS), []
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
     answers, record = answer(teacher, rows, instruction_messages, stage="eval/teacher", role_name="teacher", run_dir=run)
+    answers = answers.to_pylist()
     write_responses(run, TEACHER_ANSWERS, answers)
     return answers, [record]
 

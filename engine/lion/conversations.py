@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from engine.data import pool_table
 from engine.data.conversations import user_turns
+from engine.data.tables import in_order
 from engine.lion.iteration import answered
 from engine.llm.prompts import student_prompt
 
@@ -67,7 +68,7 @@ def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bo
             "complete": complete[-1], "messages": json.dumps(messages, ensure_ascii=False)}, truncated
 
 
-def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[list[dict], list]:
+def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[pa.Table, list]:
     """The student's answers to a pool through `ask` (engine.lion.iteration.answer), in the
     pool's order: instructions in the Alpaca format and conversations through its chat
     template, as it was trained; one request kind per call (a vLLM stage takes one).
@@ -77,10 +78,11 @@ def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[lis
              if part.num_rows]
     if len(parts) == 1:  # one kind: the stage keeps its usual name
         parts = [(parts[0][0], stage)]
-    by_id, records = {}, []
+    responses, records = [], []
     for part, name in parts:
-        responses, record = ask(role, part, student_prompt, stage=name, **kwargs)
-        by_id.update((r["id"], r) for r in responses)
+        answers, record = ask(role, part, student_prompt, stage=name, **kwargs)
+        responses.append(answers)
         records.append(record)
-    return [by_id[i] for i in pool.column("id").to_pylist()], records
-
+    if not responses:
+        return pa.table({"id": pool.column("id")}), records
+    return in_order(pa.concat_tables(responses, promote_options="permissive"), pool.column("id")), records

@@ -15,13 +15,15 @@ import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RunDir
+from engine.data.tables import in_order, replaced_by_id
 from engine.lion.conversations import answer_student
 from engine.lion.iteration import (
-    answer, known_teacher_answers, pool_ids_not_in, pools, rel, usage, write_responses, write_stage_metrics,
+    answer, known_teacher_answers, pool_ids_not_in, pools, rel, response_table, usage, write_responses,
+    write_stage_metrics,
 )
 from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.prompts import teacher_messages
-from engine.lion.referee import JUDGMENT_SCHEMA, summarize
+from engine.lion.referee import summarize
 
 log = logging.getLogger("engine.lion")
 
@@ -29,9 +31,9 @@ log = logging.getLogger("engine.lion")
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
     _, cache_pool = pools(run, k)
-    ids = cache_pool.column("id").to_pylist()
     records = []
 
+    # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
     known = known_teacher_answers(run, k)
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
@@ -39,26 +41,24 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
                                  stage="discrimination/teacher", role_name="teacher", run_dir=run,
                                  parts=rel(k, "discrimination", "parts"))
         records.append(record)
-        known.update({r["id"]: r for r in answers})
-    teacher = [known[i] for i in ids]
+        known = pa.concat_tables([known, response_table(answers)])
+    teacher = in_order(known, cache_pool.column("id"))
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
     student = _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records)
     write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
 
-    pairs = [
-        {"id": row["id"], "instruction": row["instruction"], "input": row["input"],
-         "teacher_text": t.get("text"), "teacher_finish_reason": t.get("finish_reason"),
-         "student_text": s.get("text"), "student_finish_reason": s.get("finish_reason")}
-        for row, t, s in zip(cache_pool.to_pylist(), teacher, student)
-    ]
+    pairs = cache_pool.select(["id", "instruction", "input"])
+    for role, answers in (("teacher", teacher), ("student", student)):
+        pairs = pairs.append_column(f"{role}_text", answers.column("text")).append_column(
+            f"{role}_finish_reason", answers.column("finish_reason"))
     judgments, judge_records = judge_pairs(
         cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
         setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
         use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau, parts=rel(k, "discrimination", "parts"))
     records.extend(judge_records)
-    run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
+    run.write_table(rel(k, "discrimination", "judgments.parquet"), judgments)
 
     summary = summarize(judgments)
     log.info("iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s", k,
@@ -72,7 +72,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     return {}, usage(records), iteration_summary
 
 
-def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> list[dict]:
+def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> pa.Table:
     """The student's answers to the cache pool, asked as it was trained (engine.lion.conversations);
     a failed request (an engine error, a context overflow: the infrastructure's, not the student's)
     is asked again as a new draw, up to `retries` times, then left failed: its pair is excluded and
@@ -80,16 +80,19 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     parts = rel(k, "discrimination", "parts")
     student, first = answer_student(answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run,
                                     parts=parts)
+    student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
-        again = sorted(s["id"] for s in student if (s.get("finish_reason") or "").startswith("failed"))
-        if not again:
+        failed = pc.fill_null(pc.starts_with(student.column("finish_reason"), "failed"), False)
+        again = student.column("id").filter(failed)
+        if not len(again):
             break
         stage = f"discrimination/student_retry{attempt}"
-        retried, more = answer_student(answer, role, cache_pool.filter(pc.is_in(cache_pool.column("id"), pa.array(again))),
+        retried, more = answer_student(answer, role, cache_pool.filter(pc.is_in(cache_pool.column("id"), again.combine_chunks())),
                                        stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}",
                                        parts=parts)
         records.extend(more)
-        better = {r["id"]: r for r in retried if not (r.get("finish_reason") or "").startswith("failed")}
-        student = [better.get(s["id"], s) for s in student]
+        retried = response_table(retried)
+        better = retried.filter(pc.invert(pc.fill_null(pc.starts_with(retried.column("finish_reason"), "failed"), False)))
+        student = replaced_by_id(student, better)
     return student

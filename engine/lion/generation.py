@@ -70,6 +70,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
         replies, record = answer(cfg.generator, requests, lambda r: generator_messages(r, r["kind"], ask),
                                  stage=stage, role_name="generator", run_dir=run, structured_output=structured,
                                  draw=f"iter_{k}/{stage}", parts=rel(k, "generation", "parts"))
+        replies = replies.to_pylist()  # a round's candidates: thousands, not the pool
         records.append(record)
         replies_all += [{"id": r["id"], "seed_id": r["seed_id"], "kind": r["kind"], "text": r.get("text"),
                          "finish_reason": r.get("finish_reason")} for r in replies]

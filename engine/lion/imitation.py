@@ -17,13 +17,14 @@ import logging
 from dataclasses import asdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RunDir
 from engine.data.conversations import is_conversation
 from engine.lion.conversations import conversation_sft, earlier_turns
 from engine.lion.iteration import (
-    answer, answered, known_teacher_answers, pool_ids_not_in, pools, read_rows, rel, usage, write_responses,
+    answer, answered, known_teacher_answers, pools, read_rows, rel, usage, write_responses,
     write_stage_metrics,
 )
 from engine.lion.prompts import teacher_messages
@@ -45,14 +46,17 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
     train_pool, _ = pools(run, k)
     saved, records = saved_answers(cfg, run, k)
-    known = {**(known_teacher_answers(run, k - 1) if k else {}), **saved}
-    todo = train_pool.filter(pool_ids_not_in(train_pool, known)) if known else train_pool
+    earlier = known_teacher_answers(run, k - 1).to_pylist() if k else []
+    known = {**{r["id"]: r for r in earlier}, **saved}
+    known_ids = pa.array(list(known), pa.string())
+    todo = train_pool.filter(pc.invert(pc.is_in(train_pool.column("id"), value_set=known_ids))) if known else train_pool
     # A conversation's earlier user turns are asked too (engine.lion.conversations).
     todo = pa.concat_tables([todo, earlier_turns(train_pool, known)])
     fresh = []
     if todo.num_rows:
         fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
                                role_name="teacher", run_dir=run, parts=rel(k, "imitation", "parts"))
+        fresh = fresh.to_pylist()
         records.append(record)
     by_id = {**known, **{r["id"]: r for r in fresh}}
     responses = [by_id[i] for i in train_pool.column("id").to_pylist()]

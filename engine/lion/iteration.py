@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, pool_to_dataset, read_pool
 from engine.data.pools import dataset_to_table
+from engine.data.tables import first_per_id, in_order
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
@@ -31,18 +32,11 @@ def rel(k: int, *parts: str) -> str:
     return "/".join([f"iter_{k}", *parts])
 
 
-def collect(ds) -> list[dict]:
-    """A (materialized) Ray Dataset's rows on the driver. Pools of 10^5 instructions are
-    tens of MB: the LLM work is what needs the cluster, not these joins."""
-    table = dataset_to_table(ds)
-    return [] if table is None else table.to_pylist()
-
-
 def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = None,
-           **kwargs) -> tuple[list[dict], StageRecord]:
-    """engine.llm.generate over rows held on the driver -> (one response per row, in
-    the rows' order; the StageRecord). The stage's only Ray edge: the Ray Dataset is
-    made here, so a millisecond test scripts this one function.
+           **kwargs) -> tuple[pa.Table, StageRecord]:
+    """engine.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
+    table: the rows' columns and the response's; the StageRecord). The stage's only Ray
+    edge: the Ray Dataset is made here, so a millisecond test scripts this one function.
 
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
@@ -54,23 +48,26 @@ def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = 
     from engine.llm.parts import Parts, read_parts, written_ids
 
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
-    run, folder = kwargs.get("run_dir"), None
-    by_id = {}
+    ids = table.column("id")
+    run, folder, responses = kwargs.get("run_dir"), None, []
     if parts is not None and run is not None:
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
         if len(done):
-            by_id = {r["id"]: r for r in collect(read_parts(run, folder))}
+            responses.append(dataset_to_table(read_parts(run, folder)))
             table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
-    if table.num_rows or not by_id:
+    responses = [t for t in responses if t is not None]
+    before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
+    if table.num_rows or not before:
         ds = pool_to_dataset(table) if isinstance(rows, pa.Table) else ray.data.from_arrow(table)
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
-        by_id.update((r["id"], r) for r in collect(out))
+        responses += [t for t in [dataset_to_table(out)] if t is not None]
     else:
         record = StageRecord(kwargs["stage"])
-    record.extra["rows_from_parts"] = len(by_id) - record.rows
-    ids = rows.column("id").to_pylist() if isinstance(rows, pa.Table) else [r["id"] for r in rows]
-    return [by_id[i] for i in ids], record
+    record.extra["rows_from_parts"] = before
+    if not responses:
+        return pa.table({"id": ids}), record
+    return in_order(pa.concat_tables(responses, promote_options="permissive"), ids), record
 
 
 def parts_folder(base: str, role, kwargs: dict) -> str:
@@ -87,30 +84,45 @@ def answered(response: dict) -> bool:
     return not (response.get("finish_reason") or "").startswith("failed") and bool((response.get("text") or "").strip())
 
 
-def write_responses(run: RunDir, path: str, responses: list[dict]) -> None:
-    rows = [{name: r.get(name) for name in RESPONSE_SCHEMA.names} for r in responses]
-    run.write_table(path, pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA))
+def write_responses(run: RunDir, path: str, responses: pa.Table | list[dict]) -> None:
+    run.write_table(path, response_table(responses))
+
+
+def response_table(responses: pa.Table | list[dict]) -> pa.Table:
+    """Responses in RESPONSE_SCHEMA's columns (a row's own columns left out)."""
+    if not isinstance(responses, pa.Table):
+        rows = [{name: r.get(name) for name in RESPONSE_SCHEMA.names} for r in responses]
+        return pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA)
+    n = responses.num_rows
+    return pa.table({f.name: (responses.column(f.name).cast(f.type) if f.name in responses.column_names
+                              else pa.nulls(n, f.type)) for f in RESPONSE_SCHEMA}, schema=RESPONSE_SCHEMA)
 
 
 def read_rows(run: RunDir, path: str) -> list[dict]:
     return run.read_table(path).to_pylist() if run.exists(path) else []
 
 
-def known_teacher_answers(run: RunDir, upto: int) -> dict[str, dict]:
-    """Every successful teacher answer from iterations <= `upto`, by instruction id: a
-    paid answer is reused, never bought twice (whatever backend serves the teacher)."""
-    known = {}
-    for k in range(upto + 1):
-        for stage in ("imitation", "discrimination"):
-            for r in read_rows(run, rel(k, stage, "teacher_responses.parquet")):
-                if answered(r):
-                    known.setdefault(r["id"], r)
-    return known
+def answered_mask(responses: pa.Table) -> pa.ChunkedArray:
+    """`answered` over a table of responses: not failed, and a text that is not blank."""
+    failed = pc.fill_null(pc.starts_with(responses.column("finish_reason"), "failed"), False)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(responses.column("text")), ""), True)
+    return pc.invert(pc.or_(failed, blank))
 
 
-def pool_ids_not_in(pool: pa.Table, known: dict) -> pa.ChunkedArray:
-    """A mask of the pool rows whose id is not among `known`'s keys."""
-    return pc.invert(pc.is_in(pool.column("id"), value_set=pa.array(list(known), pa.string())))
+def known_teacher_answers(run: RunDir, upto: int) -> pa.Table:
+    """Every successful teacher answer from iterations <= `upto`, one per instruction id (the
+    first written), in RESPONSE_SCHEMA: a paid answer is reused, never bought twice
+    (whatever backend serves the teacher)."""
+    tables = [run.read_table(path, schema=RESPONSE_SCHEMA) for k in range(upto + 1)
+              for stage in ("imitation", "discrimination")
+              if run.exists(path := rel(k, stage, "teacher_responses.parquet"))]
+    known = pa.concat_tables([RESPONSE_SCHEMA.empty_table(), *tables])
+    return first_per_id(known.filter(answered_mask(known)))
+
+
+def pool_ids_not_in(pool: pa.Table, known: pa.Table) -> pa.ChunkedArray:
+    """A mask of the pool rows whose id has no row in `known`."""
+    return pc.invert(pc.is_in(pool.column("id"), value_set=known.column("id").combine_chunks()))
 
 
 def pools(run: RunDir, k: int) -> tuple[pa.Table, pa.Table]:

@@ -14,13 +14,18 @@ import json
 from dataclasses import fields, replace
 from functools import partial
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from engine.config import RoleConfig
 from engine.data import RunDir
 from engine.lion.iteration import answer, constraint
 from engine.lion.referee import (
-    ROLES, context_overflow, judgment_rows, merge_retried, referee_messages, unjudgeable, unparseable_ids,
+    ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
+    unparseable_ids,
 )
-from engine.lion.rubrics import RUBRICS, Rubric, rubric_for
+from engine.lion.rubrics import RUBRICS, rubric_for
 from engine.metrics import StageRecord
 
 LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
@@ -28,7 +33,7 @@ LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses 
 
 def judge_pairs(
     referee: RoleConfig,
-    pairs: list[dict],
+    pairs: pa.Table,
     *,
     run: RunDir,
     stage: str,
@@ -42,11 +47,12 @@ def judge_pairs(
     role_name: str = "referee",
     failed_answer_loses: bool = False,
     parts: str | None = None,
-) -> tuple[list[dict], list[StageRecord]]:
-    """-> (one judgment row per pair, in order; the StageRecords of the referee's passes).
+) -> tuple[pa.Table, list[StageRecord]]:
+    """-> (one judgment row per pair, in order, in `judgment_schema(*roles)`; the StageRecords
+    of the referee's passes).
 
     `role_name` is what the spend log and a run-wide budget know the judging role by;
-    `pairs` as `judgment_rows` reads them (and `category` where `prompt` routes by it);
+    `pairs` has the columns `judgment_rows` reads (and `category` where `prompt` routes by it);
     `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
     the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
     in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
@@ -57,21 +63,31 @@ def judge_pairs(
                role_name=role_name, records=records, failed_answer_loses=failed_answer_loses, parts=parts)
     judgments = _judge(referee, pairs, stage, None, **ask)
     for attempt in range(1, retries + 1):
-        again = set(unparseable_ids(judgments))
-        if not again:
+        again = unparseable_ids(judgments)
+        if not len(again):
             break
         retry = f"{stage}_retry{attempt}"
-        retried = _judge(resampled(referee), [p for p in pairs if p["id"] in again], retry, f"{draws}/{retry}", **ask)
+        retried = _judge(resampled(referee), pairs.filter(pc.is_in(pairs.column("id"), value_set=again)), retry,
+                         f"{draws}/{retry}", **ask)
         judgments = merge_retried(judgments, retried)
     a, b = (f"{role}_text" for role in roles)
-    overflowed = [p for p, j in zip(pairs, judgments)
-                  if context_overflow(j["status"]) and len(p[b] or "") > len(p[a] or "")]
-    if overflowed:
+    overflowed = pairs.filter(_overflowed(judgments, pairs, a, b))
+    if overflowed.num_rows:
         stage_cut = f"{stage}_truncated"
-        cut = _judge(referee, [{**p, b: p[b][:len(p[a] or "")]} for p in overflowed], stage_cut,
-                     f"{draws}/{stage_cut}", **ask)
-        judgments = merge_retried(judgments, [{**j, "truncated": True} for j in cut])
+        cut = pa.Table.from_pylist([{**p, b: p[b][:len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema)
+        cut = _judge(referee, cut, stage_cut, f"{draws}/{stage_cut}", **ask)
+        cut = cut.set_column(cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows))
+        judgments = merge_retried(judgments, cut)
     return judgments, records
+
+
+def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.ChunkedArray:
+    """A mask of the pairs whose review overflowed the referee's context while b's answer is the
+    longer: cut to a's length, they fit (few rows; the test runs once per distinct status)."""
+    status = judgments.column("status")
+    overflow = pa.array([s for s in pc.unique(status).to_pylist() if context_overflow(s)], pa.string())
+    longer = pc.greater(pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), "")))
+    return pc.and_(pc.is_in(status, value_set=overflow), longer)
 
 
 def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
@@ -82,43 +98,83 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
         constraint(setting, referee, partial(RUBRICS[name].regex, referee.sampling.max_tokens), RUBRICS[name].schema)
 
 
-def _judge(referee, pairs, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
-           records, failed_answer_loses, parts) -> list[dict]:
+def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
+           records, failed_answer_loses, parts) -> pa.Table:
     orders = [f"{role}_first" for role in roles]
-    rubrics = [rubric_for(prompt, p.get("category")) for p in pairs]
+    rubrics = _rubric_names(pairs, prompt)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
-    requests = [
-        {"id": f"{p['id']}|{order}", "instruction": p["instruction"], "input": p["input"], "rubric": rubric.name,
-         "first": p[f"{first}_text"] or "", "second": p[f"{second}_text"] or ""}
-        for p, rubric in zip(pairs, rubrics) if not unjudgeable(p, roles, failed_answer_loses)
-        for order, (first, second) in zip(orders, (roles, roles[::-1]))
-    ]
+    sent = pairs.append_column("rubric", rubrics).filter(pc.invert(_unjudgeable(pairs, roles, failed_answer_loses)))
+    by_order = [pa.table({"id": pc.binary_join_element_wise(sent.column("id"), pa.repeat(pa.scalar(order), sent.num_rows), "|"),
+                          "instruction": sent.column("instruction"), "input": sent.column("input"),
+                          "rubric": sent.column("rubric"),
+                          "first": pc.fill_null(sent.column(f"{first}_text"), ""),
+                          "second": pc.fill_null(sent.column(f"{second}_text"), "")})
+                for order, (first, second) in zip(orders, (roles, roles[::-1]))]
+    m = sent.num_rows  # both orders of a pair side by side, as the pairs come
+    requests = pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64()))
     reviews, record = [], StageRecord(stage)
-    for structured, group in _by_constraint(requests, {r.name: r for r in rubrics}, setting, referee):
+    for structured, names in _by_constraint(pc.unique(requests.column("rubric")).to_pylist(), setting, referee):
+        group = requests.filter(pc.is_in(requests.column("rubric"), value_set=pa.array(names, pa.string())))
         answers, part = answer(
             referee, group, lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
             logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts,
         )
-        reviews += answers
+        reviews.append(answers.select([c for c in REVIEW_COLUMNS if c in answers.column_names]))
         record = _summed(record, part)
     records.append(record)
-    by_id = {r["id"]: r for r in reviews}
-    first, second = ([{**by_id.get(f"{p['id']}|{order}", {}), "id": p["id"]} for p in pairs] for order in orders)
-    return judgment_rows(pairs, first, second, tau, use_logprobs=use_logprobs, roles=roles, rubrics=rubrics,
-                         failed_answer_loses=failed_answer_loses)
+    reviews = pa.concat_tables(reviews, promote_options="permissive") if reviews else pa.table(
+        {"id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "finish_reason": pa.array([], pa.string())})
+    first, second = (_reviews_of(pairs, reviews, order) for order in orders)
+    tables = []
+    for start in range(0, pairs.num_rows, CHUNK_ROWS):  # Python rows for a chunk at a time, never all pairs
+        chunk = [t.slice(start, CHUNK_ROWS).to_pylist() for t in (pairs, first, second)]
+        chunk_rubrics = [RUBRICS[name] for name in rubrics.slice(start, CHUNK_ROWS).to_pylist()]
+        tables.append(judgment_table(judgment_rows(*chunk, tau, use_logprobs=use_logprobs, roles=roles, rubrics=chunk_rubrics,
+                                                   failed_answer_loses=failed_answer_loses), roles))
+    return pa.concat_tables(tables) if tables else judgment_schema(*roles).empty_table()
 
 
-def _by_constraint(requests: list[dict], rubrics: dict[str, Rubric], setting: str,
-                   referee: RoleConfig) -> list[tuple[dict | None, list[dict]]]:
-    """Requests grouped by the structured output their rubric asks of this referee: one
+CHUNK_ROWS = 8192  # pairs scored at once on the driver
+REVIEW_COLUMNS = ("id", "text", "finish_reason", "logprobs")  # what judgment_rows reads of a review
+
+
+def _rubric_names(pairs: pa.Table, prompt: str) -> pa.Array:
+    """The rubric each pair is asked under, by name (rubric_for, once per distinct category)."""
+    if "category" not in pairs.column_names:
+        return pa.repeat(pa.scalar(rubric_for(prompt, None).name), pairs.num_rows)
+    category = pairs.column("category").combine_chunks()
+    distinct = pc.unique(category)
+    names = pa.array([rubric_for(prompt, c).name for c in distinct.to_pylist()], pa.string())
+    return names.take(pc.index_in(category, value_set=distinct))
+
+
+def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: bool) -> pa.ChunkedArray:
+    """referee.unjudgeable over the columns: a's answer failed or is blank, or b's request
+    failed (unless a failed answer loses)."""
+    a, b = roles
+    failed = lambda role: pc.starts_with(pc.fill_null(pairs.column(f"{role}_finish_reason"), ""), "failed")  # noqa: E731
+    blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(pairs.column(f"{a}_text"), "")), "")
+    out = pc.or_(failed(a), blank)
+    return out if failed_answer_loses else pc.or_(out, failed(b))
+
+
+def _reviews_of(pairs: pa.Table, reviews: pa.Table, order: str) -> pa.Table:
+    """The reviews of one order, aligned with the pairs (null where a pair was not sent), each
+    under its pair's id."""
+    ids = pc.binary_join_element_wise(pairs.column("id"), pa.repeat(pa.scalar(order), pairs.num_rows), "|")
+    aligned = reviews.take(pc.index_in(ids, value_set=reviews.column("id").combine_chunks()))
+    return aligned.set_column(aligned.schema.get_field_index("id"), "id", pairs.column("id"))
+
+
+def _by_constraint(names: list[str], setting: str, referee: RoleConfig) -> list[tuple[dict | None, list[str]]]:
+    """Rubric names grouped by the structured output their rubric asks of this referee: one
     group (one pass) unless the referee is constrained and the rubrics' layouts differ."""
-    asks = {name: constraint(setting, referee, partial(rubric.regex, referee.sampling.max_tokens), rubric.schema)
-            for name, rubric in rubrics.items()}
-    groups: dict[str, tuple[dict | None, list[dict]]] = {}
-    for request in requests:
-        structured = asks[request["rubric"]]
-        groups.setdefault(json.dumps(structured, sort_keys=True), (structured, []))[1].append(request)
+    groups: dict[str, tuple[dict | None, list[str]]] = {}
+    for name in names:
+        rubric = RUBRICS[name]
+        structured = constraint(setting, referee, partial(rubric.regex, referee.sampling.max_tokens), rubric.schema)
+        groups.setdefault(json.dumps(structured, sort_keys=True), (structured, []))[1].append(name)
     return list(groups.values())
 
 

@@ -18,11 +18,12 @@ evaluation judges reference vs candidate with the same rules (`roles`).
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from engine.data.tables import replaced_by_id
 from engine.lion.reviews import logprob_scores
 from engine.lion.rubrics import RUBRICS, Rubric
 from engine.llm.prompts import instruction_text
@@ -188,35 +189,40 @@ def judgment_rows(
     return rows
 
 
-def unparseable_ids(judgments: list[dict]) -> list[str]:
+def judgment_table(rows: list[dict], roles: tuple[str, str] = ROLES) -> pa.Table:
+    """judgment_rows' rows as a table in `judgment_schema(*roles)`."""
+    return pa.Table.from_pylist(rows, schema=judgment_schema(*roles))
+
+
+def unparseable_ids(judgments: pa.Table) -> pa.Array:
     """Ids worth asking the referee again (with another seed): a review could not be read."""
-    return [j["id"] for j in judgments if j["status"] == UNPARSEABLE]
+    return judgments.column("id").filter(pc.equal(judgments.column("status"), UNPARSEABLE)).combine_chunks()
 
 
-def merge_retried(judgments: list[dict], retried: list[dict]) -> list[dict]:
+def merge_retried(judgments: pa.Table, retried: pa.Table) -> pa.Table:
     """`judgments` with each row replaced by its retry when the retry succeeded; order kept."""
-    better = {j["id"]: j for j in retried if j["status"] == OK}
-    return [better.get(j["id"], j) for j in judgments]
+    return replaced_by_id(judgments, retried.filter(pc.equal(retried.column("status"), OK)))
 
 
-def summarize(judgments: list[dict]) -> dict:
+def summarize(judgments: pa.Table) -> dict:
     """The discrimination stage's numbers; averages over judged rows only."""
-    ok = [j for j in judgments if j["status"] == OK]
-    hard = sum(1 for j in ok if j["hard"])
+    status = judgments.column("status")
+    ok = judgments.filter(pc.equal(status, OK))
+    hard = pc.sum(pc.fill_null(ok.column("hard"), False).cast(pa.int64())).as_py() or 0
+    failed = status.filter(pc.not_equal(status, OK))
 
     def mean(key: str) -> float | None:
-        values = [j[key] for j in ok if j[key] is not None]  # an unread review of an empty answer has no gap
-        return sum(values) / len(values) if values else None
+        return pc.mean(ok.column(key)).as_py()  # nulls skipped: an unread review of an empty answer has no gap
 
     return {
-        "rows": len(judgments),
-        "judged": len(ok),
-        "failed": len(judgments) - len(ok),
-        "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
-        "truncated": sum(1 for j in ok if j.get("truncated")),
+        "rows": judgments.num_rows,
+        "judged": ok.num_rows,
+        "failed": judgments.num_rows - ok.num_rows,
+        "failed_by_reason": {e["values"]: e["counts"] for e in pc.value_counts(failed).to_pylist()},
+        "truncated": pc.sum(pc.fill_null(ok.column("truncated"), False).cast(pa.int64())).as_py() or 0,
         "hard": hard,
-        "easy": len(ok) - hard,
-        "hard_fraction": hard / len(ok) if ok else None,
+        "easy": ok.num_rows - hard,
+        "hard_fraction": hard / ok.num_rows if ok.num_rows else None,
         "mean_gap": mean("gap"),
         "mean_teacher_score": mean("teacher_score"),
         "mean_student_score": mean("student_score"),

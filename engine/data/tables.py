@@ -1,0 +1,34 @@
+"""Arrow tables keyed by `id`: the stages' joins on the driver, column by column, so a pool of
+millions stays its columns instead of becoming millions of Python rows."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def in_order(table: pa.Table, ids) -> pa.Table:
+    """`table` (one or more rows per id) as one row per id of `ids`, in that order (an id's
+    first row where it has several); a KeyError names the ids with none."""
+    at = pc.index_in(ids, value_set=table.column("id").combine_chunks())
+    if at.null_count:
+        lost = pc.filter(ids, pc.is_null(at))
+        raise KeyError(f"{len(lost)} rows have no response, e.g. {lost.slice(0, 3).to_pylist()}")
+    return table.take(at)
+
+
+def first_per_id(table: pa.Table) -> pa.Table:
+    """Each id's first row, in the table's order."""
+    rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
+    first = rows.group_by("id", use_threads=False).aggregate([("__row", "min")])["__row_min"]
+    return table.take(np.sort(first.to_numpy()))
+
+
+def replaced_by_id(table: pa.Table, better: pa.Table) -> pa.Table:
+    """`table` with each row that `better` has a row for (by id) replaced by it; order kept."""
+    if not better.num_rows:
+        return table
+    better = better.select(table.column_names).cast(table.schema)
+    at = pc.index_in(table.column("id").combine_chunks(), value_set=better.column("id").combine_chunks()).cast(pa.int64())
+    rows = pc.if_else(pc.is_valid(at), pc.add(at, table.num_rows), pa.array(np.arange(table.num_rows), pa.int64()))
+    return pa.concat_tables([table, better]).take(rows)

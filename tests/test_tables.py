@@ -1,0 +1,40 @@
+"""engine.data.tables and the column-wise twins of per-row rules (milliseconds, no Ray)."""
+import itertools
+
+import pyarrow as pa
+import pytest
+
+from engine.data.tables import first_per_id, in_order, replaced_by_id
+from engine.lion.iteration import answered, answered_mask
+from engine.lion.judge import _unjudgeable
+from engine.lion.referee import ROLES, unjudgeable
+
+
+def test_in_order_aligns_rows_to_ids_and_names_what_is_missing():
+    table = pa.table({"id": ["b", "a", "b", "c"], "x": [1, 2, 3, 4]})
+    assert in_order(table, pa.array(["c", "b", "a"])).column("x").to_pylist() == [4, 1, 2]  # an id's first row
+    with pytest.raises(KeyError, match=r"1 rows have no response, e.g. \['z'\]"):
+        in_order(table, pa.array(["a", "z"]))
+
+
+def test_first_per_id_and_replaced_by_id_keep_the_tables_order():
+    table = pa.table({"id": ["b", "a", "b", "c"], "x": [1, 2, 3, 4]})
+    assert first_per_id(table).to_pylist() == [{"id": "b", "x": 1}, {"id": "a", "x": 2}, {"id": "c", "x": 4}]
+    base = pa.table({"id": ["a", "b", "c"], "x": [1, 2, 3]})
+    better = pa.table({"x": [30, 10], "id": ["c", "a"]})  # its own column order, its own row order
+    assert replaced_by_id(base, better).to_pylist() == [{"id": "a", "x": 10}, {"id": "b", "x": 2}, {"id": "c", "x": 30}]
+    assert replaced_by_id(base, better.slice(0, 0)) is base
+
+
+TEXTS = [None, "", "  \n", "An answer."]
+REASONS = [None, "stop", "length", "failed: EngineDeadError"]
+
+
+def test_the_column_rules_agree_with_the_row_rules_on_every_case():
+    responses = [{"text": t, "finish_reason": r} for t, r in itertools.product(TEXTS, REASONS)]
+    assert answered_mask(pa.Table.from_pylist(responses)).to_pylist() == [answered(r) for r in responses]
+    pairs = [{"id": str(n), "teacher_text": a, "teacher_finish_reason": ar, "student_text": b, "student_finish_reason": br}
+             for n, (a, ar, b, br) in enumerate(itertools.product(TEXTS, REASONS, TEXTS, REASONS))]
+    table = pa.Table.from_pylist(pairs)
+    for loses in (False, True):
+        assert _unjudgeable(table, ROLES, loses).to_pylist() == [unjudgeable(p, ROLES, loses) is not None for p in pairs]
