@@ -133,7 +133,7 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
 
     scripted, trained = ScriptedLLM(teacher), []
     monkeypatch.setattr(I, "answer", scripted)
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or _Trained())
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
     _, _, summary = I.imitation(cfg, run, 0, "student")
     # 3 pool rows + the two earlier user turns of the 3-turn conversation, in one request batch.
     assert len(scripted.calls) == 1 and len(asked) == 5 and summary["imitation_trained"] == 3

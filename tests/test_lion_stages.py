@@ -253,7 +253,7 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
         model_dir, record = "new-student", StageRecord("x")
 
     monkeypatch.setattr(I, "answer", ScriptedLLM(teacher))
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or Result())
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or Result())
     outputs, _, summary = I.imitation(cfg, run, 0, "student")
     assert outputs == {"student_model": "new-student"}
     assert len(trained) == 3 and all(r["response"] == "A whole answer." and r["complete"] for r in trained)
@@ -285,7 +285,7 @@ def test_an_imitation_with_nothing_to_train_on_stops_naming_the_two_settings(tmp
     assert "teacher.sampling.max_tokens" in line and "lion.train_on_truncated: true" in line
     # Either setting lets the same answers train; the teacher is not asked again for them.
     trained = []
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft) or _Trained())
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
     allowed = _config(tmp_path, train_on_truncated=True)
     allowed.teacher.sampling.max_tokens = 40
     _, _, summary = I.imitation(allowed, run, 0, "student")
@@ -306,7 +306,7 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
     first, again = [], []
 
     def killed(cfg, run, k, student, sft):
-        first.extend(sft)
+        first.extend(sft.to_pylist())
         raise RuntimeError("training worker killed")
 
     monkeypatch.setattr(I, "_train", killed)
@@ -314,7 +314,7 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
     with pytest.raises(RuntimeError, match="killed"):
         I.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1 and len(first) == 4
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft) or _Trained())
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft.to_pylist()) or _Trained())
     outputs, counters, _ = I.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1  # not asked again
     assert again == first and outputs == {"student_model": "new-student"}

@@ -26,15 +26,18 @@ from engine.lion.iteration import answered
 from engine.llm.prompts import student_prompt
 
 
-def earlier_turns(pool: pa.Table, known: dict) -> pa.Table:
+def earlier_turns(pool: pa.Table, known: pa.Table | None = None) -> pa.Table:
     """The user turns before the last of the pool's conversations, as pool rows (each with
-    its prefix's id), that no known answer covers and the pool does not hold, each once."""
-    rows, in_pool = {}, set(pool.column("id").to_pylist())
+    its prefix's id), that no row of `known` (answers, by id) covers and the pool does not
+    hold, each once. Only the conversations become Python rows."""
+    rows = {}
     for row in pool.filter(_conversations(pool)).to_pylist():
         for turn in user_turns(row)[:-1]:
-            if turn["id"] not in known and turn["id"] not in in_pool:
-                rows.setdefault(turn["id"], turn)
-    return pool_table(list(rows.values()))
+            rows.setdefault(turn["id"], turn)
+    turns = pool_table(list(rows.values()))
+    covered = [pool.column("id"), *([] if known is None else [known.column("id")])]
+    ids = pa.chunked_array([c for column in covered for c in column.chunks], pa.string()).combine_chunks()
+    return turns.filter(pc.invert(pc.is_in(turns.column("id"), value_set=ids)))
 
 
 def _conversations(pool: pa.Table) -> pa.ChunkedArray:

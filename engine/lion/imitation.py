@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import RunConfig
-from engine.data import RunDir
-from engine.data.conversations import is_conversation
+from engine.data import RESPONSE_SCHEMA, RunDir
+from engine.data.conversations import is_conversation, user_turns
+from engine.data.tables import first_per_id, in_order
 from engine.lion.conversations import conversation_sft, earlier_turns
 from engine.lion.iteration import (
-    answer, answered, known_teacher_answers, pools, read_rows, rel, usage, write_responses,
-    write_stage_metrics,
+    answer, answered, answered_mask, known_teacher_answers, pool_ids_not_in, pools, rel, response_table, usage,
+    write_responses, write_stage_metrics,
 )
 from engine.lion.prompts import teacher_messages
 from engine.llm.serving import training
@@ -46,33 +47,31 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
     train_pool, _ = pools(run, k)
     saved, records = saved_answers(cfg, run, k)
-    earlier = known_teacher_answers(run, k - 1).to_pylist() if k else []
-    known = {**{r["id"]: r for r in earlier}, **saved}
-    known_ids = pa.array(list(known), pa.string())
-    todo = train_pool.filter(pc.invert(pc.is_in(train_pool.column("id"), value_set=known_ids))) if known else train_pool
+    # This attempt's saved answers first: they win over an earlier iteration's.
+    known = first_per_id(pa.concat_tables([saved, known_teacher_answers(run, k - 1) if k else RESPONSE_SCHEMA.empty_table()]))
+    todo = train_pool.filter(pool_ids_not_in(train_pool, known))
     # A conversation's earlier user turns are asked too (engine.lion.conversations).
     todo = pa.concat_tables([todo, earlier_turns(train_pool, known)])
-    fresh = []
+    answers = known
     if todo.num_rows:
         fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
                                role_name="teacher", run_dir=run, parts=rel(k, "imitation", "parts"))
-        fresh = fresh.to_pylist()
         records.append(record)
-    by_id = {**known, **{r["id"]: r for r in fresh}}
-    responses = [by_id[i] for i in train_pool.column("id").to_pylist()]
+        answers = pa.concat_tables([response_table(fresh), known])
+    responses = in_order(answers, train_pool.column("id"))
     write_responses(run, rel(k, "imitation", RESPONSES), responses)
-    turns = earlier_turns(train_pool, {})
+    turns = earlier_turns(train_pool)
     if turns.num_rows:
-        write_responses(run, rel(k, "imitation", TURNS), [by_id[i] for i in turns.column("id").to_pylist()])
+        write_responses(run, rel(k, "imitation", TURNS), in_order(answers, turns.column("id")))
     # With the figures of the call that bought them: a resumed stage reports them as its own.
     run.write_json(rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]})
 
-    sft, truncated = sft_rows(train_pool.to_pylist(), by_id, cfg.lion.train_on_truncated)
-    failed = sum(not answered(r) for r in responses)
-    check_trainable(cfg, k, train_pool.num_rows, len(sft), truncated, failed)
-    summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": len(responses) - failed,
-               "imitation_truncated": truncated, "imitation_trained": len(sft)}
-    if len(sft) >= max(1, cfg.train.num_workers):  # every training worker needs a row
+    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
+    failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
+    check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
+    summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": responses.num_rows - failed,
+               "imitation_truncated": truncated, "imitation_trained": sft.num_rows}
+    if sft.num_rows >= max(1, cfg.train.num_workers):  # every training worker needs a row
         result = _train(cfg, run, k, student_model, sft)
         if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
             delete_checkpoints(result.model_dir)
@@ -81,15 +80,15 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         student_model = result.model_dir
     else:
         log.warning("iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
-                    k, len(sft), cfg.train.num_workers, student_model)
+                    k, sft.num_rows, cfg.train.num_workers, student_model)
     log.info("iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
-             k, train_pool.num_rows, len(sft), truncated, "trained without eos" if cfg.lion.train_on_truncated else "left out",
+             k, train_pool.num_rows, sft.num_rows, truncated, "trained without eos" if cfg.lion.train_on_truncated else "left out",
              student_model)
     write_stage_metrics(run, k, "imitation", records, {
         "lion/imitation_asked": train_pool.num_rows,
         "lion/imitation_failed_answers": failed,
         "lion/imitation_truncated_answers": truncated,
-        "lion/imitation_trained": len(sft)})
+        "lion/imitation_trained": sft.num_rows})
     return {"student_model": student_model}, usage(records), summary
 
 
@@ -99,16 +98,19 @@ def _teacher_settings(cfg: RunConfig) -> dict:
     return {"model": t.model, "max_model_len": t.max_model_len, "sampling": t.sampling.model_dump(mode="json")}
 
 
-def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[dict[str, dict], list[StageRecord]]:
-    """This imitation's teacher answers from an earlier attempt (training killed midway), by id,
-    and the records of the calls that made them. Under the same teacher settings all of them, as
-    they were; under changed settings only the complete answers, and no record (a larger
-    max_tokens must be able to complete the answers it cut)."""
+def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[pa.Table, list[StageRecord]]:
+    """This imitation's teacher answers from an earlier attempt (training killed midway) and the
+    records of the calls that made them. Under the same teacher settings all of them, as they
+    were; under changed settings only the complete answers, and no record (a larger max_tokens
+    must be able to complete the answers it cut)."""
     saved = run.read_json(rel(k, "imitation", TEACHER)) or {}
-    rows = [r for name in (RESPONSES, TURNS) for r in read_rows(run, rel(k, "imitation", name))]
+    rows = pa.concat_tables([RESPONSE_SCHEMA.empty_table()] + [
+        run.read_table(path, schema=RESPONSE_SCHEMA) for name in (RESPONSES, TURNS)
+        if run.exists(path := rel(k, "imitation", name))])
     if saved.get("settings") == _teacher_settings(cfg):
-        return {r["id"]: r for r in rows}, [StageRecord(**record) for record in saved["records"]]
-    return {r["id"]: r for r in rows if answered(r) and r.get("finish_reason") != "length"}, []
+        return rows, [StageRecord(**record) for record in saved["records"]]
+    complete = pc.invert(pc.fill_null(pc.equal(rows.column("finish_reason"), "length"), False))
+    return rows.filter(pc.and_(answered_mask(rows), complete)), []
 
 
 def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated: int, failed: int) -> None:
@@ -145,13 +147,39 @@ def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated
     return sft, truncated
 
 
-def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: list[dict]):
+SFT_CHUNK_ROWS = 8192  # pool rows made into training rows at once: Python rows for a chunk, never the pool
+SFT_SCHEMA = pa.schema([("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()),
+                        ("complete", pa.bool_()), ("messages", pa.string())])
+
+
+def sft_table(train_pool: pa.Table, responses: pa.Table, answers: pa.Table,
+              train_on_truncated: bool = False) -> tuple[pa.Table, int]:
+    """sft_rows over the pool a chunk at a time -> (the training rows as a table, how many answers
+    were truncated). `responses` are aligned with the pool; `answers` also hold a conversation's
+    earlier turns' answers, which only its chunk reads."""
+    tables, truncated = [], 0
+    for start in range(0, train_pool.num_rows, SFT_CHUNK_ROWS):
+        rows = train_pool.slice(start, SFT_CHUNK_ROWS).to_pylist()
+        by_id = {r["id"]: r for r in responses.slice(start, SFT_CHUNK_ROWS).to_pylist()}
+        turns = [t["id"] for row in rows if is_conversation(row) for t in user_turns(row)[:-1]]
+        if turns:
+            found = answers.filter(pc.is_in(answers.column("id"), value_set=pa.array(turns, pa.string())))
+            by_id = {**{r["id"]: r for r in first_per_id(found).to_pylist()}, **by_id}
+        sft, cut = sft_rows(rows, by_id, train_on_truncated)
+        tables.append(pa.Table.from_pylist(sft, schema=SFT_SCHEMA))
+        truncated += cut
+    return pa.concat_tables([SFT_SCHEMA.empty_table(), *tables]), truncated
+
+
+def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table):
     import ray.data
 
     from engine.train import train_causal_sft
 
     # Each iteration continues from the previous student, as in Lion's Algorithm 1.
     # Engines the student's training needs the GPUs of stop first (engine.llm.serving).
+    # One block per chunk of rows, so the training input's tokenisation spreads over the cluster.
+    blocks = [sft.slice(start, SFT_CHUNK_ROWS) for start in range(0, sft.num_rows, SFT_CHUNK_ROWS)]
     with training():
-        return train_causal_sft(cfg.train, student_model, ray.data.from_items(sft),
+        return train_causal_sft(cfg.train, student_model, ray.data.from_arrow(blocks),
                                 run.uri_of(rel(k, "imitation", "student")), name=f"{cfg.name}-iter{k}-imitation")
