@@ -19,22 +19,23 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.data import pool_table
+from engine.data import POOL_SCHEMA, pool_table
 from engine.data.conversations import user_turns
-from engine.data.tables import in_order
+from engine.data.tables import first_per_id, in_order
 from engine.lion.iteration import answered
 from engine.llm.prompts import student_prompt
+
+CHUNK_ROWS = 8192  # conversations turned into Python rows at once
 
 
 def earlier_turns(pool: pa.Table, known: pa.Table | None = None) -> pa.Table:
     """The user turns before the last of the pool's conversations, as pool rows (each with
     its prefix's id), that no row of `known` (answers, by id) covers and the pool does not
-    hold, each once. Only the conversations become Python rows."""
-    rows = {}
-    for row in pool.filter(_conversations(pool)).to_pylist():
-        for turn in user_turns(row)[:-1]:
-            rows.setdefault(turn["id"], turn)
-    turns = pool_table(list(rows.values()))
+    hold, each once (the conversations become Python rows a chunk at a time)."""
+    chats = pool.filter(_conversations(pool))
+    turns = first_per_id(pa.concat_tables([POOL_SCHEMA.empty_table()] + [  # a chunk of conversations at a time
+        pool_table([turn for row in chats.slice(start, CHUNK_ROWS).to_pylist() for turn in user_turns(row)[:-1]])
+        for start in range(0, chats.num_rows, CHUNK_ROWS)]))
     covered = [pool.column("id"), *([] if known is None else [known.column("id")])]
     ids = pa.chunked_array([c for column in covered for c in column.chunks], pa.string()).combine_chunks()
     return turns.filter(pc.invert(pc.is_in(turns.column("id"), value_set=ids)))
