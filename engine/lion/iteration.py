@@ -21,7 +21,7 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.data import RESPONSE_SCHEMA, RunDir, pool_to_dataset, read_pool
+from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.data.pools import dataset_to_table
 from engine.data.tables import first_per_id, in_order
 from engine.llm.serving import take_engine_metrics
@@ -59,7 +59,7 @@ def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = 
     responses = [t for t in responses if t is not None]
     before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
     if table.num_rows or not before:
-        ds = pool_to_dataset(table) if isinstance(rows, pa.Table) else ray.data.from_arrow(table)
+        ds = ray.data.from_arrow(table)  # a pool, or any rows with an id (the referee's requests)
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
         responses += [t for t in [dataset_to_table(out)] if t is not None]
     else:
