@@ -125,6 +125,15 @@ def test_a_run_exports_as_datasets_folders_with_a_card(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")]) == 2
 
 
+def test_a_run_without_conversations_exports_its_imitation(tmp_path):
+    run = _run_dir(tmp_path, "sk-x")
+    (tmp_path / "run" / "iter_0" / "imitation" / "teacher_turns.parquet").unlink()  # a pool of plain instructions
+    export_run(run.uri, str(tmp_path / "out"))
+    imitation = datasets.load_from_disk(str(tmp_path / "out" / "iter_0"))["imitation"].to_list()
+    assert imitation[0]["messages"] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    assert imitation[1]["teacher_answer"] == "Green." and imitation[1]["messages"] is None  # its first turn's answer is gone
+
+
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (as `make test` sets it)")
 def test_a_hub_id_offline_is_one_line_naming_it():
     with pytest.raises(PoolFileError) as failed:

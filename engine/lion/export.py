@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from engine.data import POOL_SCHEMA, RunDir
+from engine.data import POOL_SCHEMA, RESPONSE_SCHEMA, RunDir
 from engine.data.conversations import user_turns
 from engine.data.schema import history_turns
+from engine.data.tables import first_per_id
 from engine.lion.iteration import rel
 from engine.llm.prompts import instruction_messages
 
@@ -50,31 +51,24 @@ def iterations(run: RunDir) -> list[int]:
 def imitation_split(run: RunDir, k: int) -> pa.Table | None:
     if not run.exists(rel(k, "imitation", "teacher_responses.parquet")):
         return None
-    # A conversation's earlier turns' answers, then the pool's own (which win on a shared id).
-    answers = _last_per_id(pa.concat_tables([_answers(run, rel(k, "imitation", name))
-                                             for name in ("teacher_turns.parquet", "teacher_responses.parquet")]))
+    # The pool's own answers first (they win on a shared id), then a conversation's earlier turns'.
+    answers = first_per_id(pa.concat_tables([_answers(run, rel(k, "imitation", name))
+                                             for name in ("teacher_responses.parquet", "teacher_turns.parquet")]))
     table = _lookup(run.read_table(rel(k, "train_pool.parquet")), answers, "id",
                     {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"})
     return _pool_columns(table.append_column(pa.field("messages", MESSAGES), _messages(table, answers)))
 
 
 def _answers(run: RunDir, path: str) -> pa.Table:
-    columns = ["id", "text", "finish_reason"]
-    if run.exists(path):
-        return run.read_table(path, columns=columns)
-    return pa.table({name: pa.array([], pa.string()) for name in columns})
-
-
-def _last_per_id(table: pa.Table) -> pa.Table:
-    """One row per id, the last (an id is one instruction: its answer is written once)."""
-    rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
-    return table.take(rows.group_by("id", use_threads=False).aggregate([("__row", "max")])["__row_max"])
+    """A responses file's id, text and finish_reason (none where the file is absent)."""
+    table = run.read_table(path, schema=RESPONSE_SCHEMA) if run.exists(path) else RESPONSE_SCHEMA.empty_table()
+    return table.select(["id", "text", "finish_reason"])
 
 
 def _lookup(table: pa.Table, other: pa.Table, on: str, names: dict[str, str]) -> pa.Table:
     """`table` with `other`'s columns `names` (renamed to their values) where `table`'s `on`
     equals `other`'s id, null where none does; `table`'s rows and order kept."""
-    other = _last_per_id(other.select(["id", *names])).rename_columns([on, *names.values()])
+    other = first_per_id(other.select(["id", *names])).rename_columns([on, *names.values()])
     rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
     return rows.join(other, on, join_type="left outer").sort_by("__row").drop_columns(["__row"])
 
