@@ -103,7 +103,8 @@ with job_engines({"teacher": role}, ServingConfig(mode="per_stage", ready_timeou
 cfg = TrainConfig(num_workers=2, gpus_per_worker=2, start_timeout_s=10)
 begin = time.monotonic()
 try:
-    fit_within_deadline(_trainer(cfg, {}, sys.argv[2] + "/student", "deadline"), cfg)
+    fit_within_deadline(_trainer(cfg, {}, sys.argv[2] + "/student", "deadline",
+                                 ray.data.from_items([{"input_ids": [1], "labels": [1]}])), cfg)
 except WaitedTooLong as e:
     out["train"], out["train_s"] = str(e), time.monotonic() - begin
 print(json.dumps(out))
