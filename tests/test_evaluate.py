@@ -213,7 +213,7 @@ class ScriptedRoles:
                 scores = ["4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])]
                 # In the layout of the question's rubric: FastChat's math prompt asks for a tuple.
                 text = f"ok\n({', '.join(scores)})" if row["rubric"] == "math" else " ".join(scores) + "\nok"
-            out.append({**row, "role": role_name, "text": text, "finish_reason": "stop"})
+            out.append({"id": row["id"], "role": role_name, "text": text, "finish_reason": "stop"})
         return out
 
 
@@ -251,13 +251,13 @@ class OverflowingJudge(ScriptedRoles):
 
     def replies(self, rows, role_name, draw):
         out = super().replies(rows, role_name, draw)
-        for row in out:
+        for row, reply in zip(rows, out):
             if role_name == "candidate" and "tree" in row["instruction"]:
-                row["text"] = "Candidate answer " + "and on " * 200
+                reply["text"] = "Candidate answer " + "and on " * 200
             elif role_name == "candidate" and "metal" in row["instruction"]:
-                row.update(text=None, finish_reason="failed: EngineDeadError")
+                reply.update(text=None, finish_reason="failed: EngineDeadError")
             elif role_name == "judge" and len(row["first"] + row["second"]) > 60:
-                row.update(text=None, finish_reason="failed: VLLMValidationError: maximum context length is 1024")
+                reply.update(text=None, finish_reason="failed: VLLMValidationError: maximum context length is 1024")
         return out
 
 
@@ -296,9 +296,9 @@ def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
     class FailingJudge(ScriptedRoles):
         def replies(self, rows, role_name, draw):
             out = super().replies(rows, role_name, draw)
-            for row in out:
+            for row, reply in zip(rows, out):
                 if role_name == "judge" and "fruit" in row["instruction"]:
-                    row.update(text=None, finish_reason="failed: budget")
+                    reply.update(text=None, finish_reason="failed: budget")
             return out
 
     with pytest.raises(TooFewJudged) as error:

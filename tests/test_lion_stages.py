@@ -44,7 +44,8 @@ def _words(h: str) -> str:
 
 
 class ScriptedLLM:
-    """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, a table; StageRecord)."""
+    """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, a table of the id and the
+    response columns, as engine.lion.iteration.answer returns; StageRecord)."""
 
     def __init__(self, reply):
         self.reply, self.calls = reply, []
@@ -56,7 +57,7 @@ class ScriptedLLM:
         out = []
         for row in rows:
             seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
-            out.append({**row, "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
+            out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
         return (pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})), StageRecord(stage, rows=len(rows))
 
 

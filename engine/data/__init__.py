@@ -1,11 +1,11 @@
-"""Instruction pools: schema and stable ids, readers with counted rejects, parquet and Ray Datasets."""
-from engine.data.pools import PoolSchemaError, conform, dataset_to_pool, pool_to_dataset, read_pool, write_pool
+"""Instruction pools: schema and stable ids, readers with counted rejects, parquet."""
+from engine.data.pools import PoolSchemaError, conform, read_pool, write_pool
 from engine.data.readers import REJECT_REASONS, LoadReport, PoolFileError, load_pool
 from engine.data.rundir import RunDir
 from engine.data.schema import POOL_SCHEMA, RESPONSE_SCHEMA, instruction_id, pool_table
 
 __all__ = [
     "POOL_SCHEMA", "RESPONSE_SCHEMA", "REJECT_REASONS", "LoadReport", "PoolFileError", "PoolSchemaError",
-    "RunDir", "conform", "dataset_to_pool", "instruction_id", "load_pool", "pool_table", "pool_to_dataset",
+    "RunDir", "conform", "instruction_id", "load_pool", "pool_table",
     "read_pool", "write_pool",
 ]

@@ -1,4 +1,4 @@
-"""Instruction pools as parquet with an explicit schema, and as Ray Datasets."""
+"""Instruction pools as parquet with an explicit schema; a Ray Dataset's rows as one table."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -34,22 +34,9 @@ def read_pool(run_dir: RunDir, rel: str) -> pa.Table:
     return conform(run_dir.read_table(rel), run_dir.path(rel))
 
 
-def pool_to_dataset(table: pa.Table):
-    """A pool table -> a Ray Dataset, so stages shard it across the cluster."""
-    import ray.data
-
-    return ray.data.from_arrow(conform(table))
-
-
 def dataset_to_table(ds) -> pa.Table | None:
     """A Ray Dataset's rows as one table on the driver (dataset order); None when empty."""
     import ray
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
-
-
-def dataset_to_pool(ds) -> pa.Table:
-    """A Ray Dataset of pool rows -> one table in the pool schema (rows in dataset order)."""
-    table = dataset_to_table(ds)
-    return POOL_SCHEMA.empty_table() if table is None else conform(table, "dataset")

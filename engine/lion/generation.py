@@ -72,8 +72,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
                                  draw=f"iter_{k}/{stage}", parts=rel(k, "generation", "parts"))
         replies = replies.to_pylist()  # a round's candidates: thousands, not the pool
         records.append(record)
-        replies_all += [{"id": r["id"], "seed_id": r["seed_id"], "kind": r["kind"], "text": r.get("text"),
-                         "finish_reason": r.get("finish_reason")} for r in replies]
+        replies_all += [{"id": q["id"], "seed_id": q["seed_id"], "kind": q["kind"], "text": r.get("text"),
+                         "finish_reason": r.get("finish_reason")} for q, r in zip(requests, replies)]
         rows, round_rejects = candidate_rows([{**r, "id": r["seed_id"]} for r in requests], replies, k + 1,
                                              max_chars=cfg.data.max_instruction_chars,
                                              tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word)

@@ -35,7 +35,8 @@ def rel(k: int, *parts: str) -> str:
 def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = None,
            **kwargs) -> tuple[pa.Table, StageRecord]:
     """engine.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
-    table: the rows' columns and the response's; the StageRecord). The stage's only Ray
+    table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
+    has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
     edge: the Ray Dataset is made here, so a millisecond test scripts this one function.
 
     `parts`: a folder of the run directory where the call's blocks are written as they
@@ -54,20 +55,29 @@ def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = 
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
         if len(done):
-            responses.append(dataset_to_table(read_parts(run, folder)))
+            responses.append(_answer_columns(read_parts(run, folder)))
             table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
     responses = [t for t in responses if t is not None]
     before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
     if table.num_rows or not before:
         ds = ray.data.from_arrow(table)  # a pool, or any rows with an id (the referee's requests)
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
-        responses += [t for t in [dataset_to_table(out)] if t is not None]
+        responses += [t for t in [_answer_columns(out)] if t is not None]
     else:
         record = StageRecord(kwargs["stage"])
     record.extra["rows_from_parts"] = before
     if not responses:
         return pa.table({"id": ids}), record
     return in_order(pa.concat_tables(responses, promote_options="permissive"), ids), record
+
+
+ANSWER_COLUMNS = (*RESPONSE_SCHEMA.names, "logprobs")
+
+
+def _answer_columns(ds) -> pa.Table | None:
+    """A Dataset of answered rows -> its ANSWER_COLUMNS on the driver (None when empty)."""
+    names = [c for c in ANSWER_COLUMNS if c in (ds.columns() or [])]
+    return dataset_to_table(ds.select_columns(names) if names else ds)
 
 
 def parts_folder(base: str, role, kwargs: dict) -> str:
