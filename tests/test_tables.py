@@ -38,3 +38,17 @@ def test_the_column_rules_agree_with_the_row_rules_on_every_case():
     table = pa.Table.from_pylist(pairs)
     for loses in (False, True):
         assert _unjudgeable(table, ROLES, loses).to_pylist() == [unjudgeable(p, ROLES, loses) is not None for p in pairs]
+
+
+def test_the_referees_requests_put_both_orders_of_a_pair_side_by_side_across_chunks(monkeypatch):
+    from engine.lion import judge
+
+    monkeypatch.setattr(judge, "CHUNK_ROWS", 2)  # 5 pairs: chunks of 2, 2 and 1
+    sent = pa.table({"id": [f"p{n}" for n in range(5)], "instruction": [f"q{n}" for n in range(5)], "input": [""] * 5,
+                     "rubric": ["general"] * 5, "teacher_text": [f"t{n}" for n in range(5)],
+                     "student_text": [None, "s1", "s2", "s3", "s4"]})
+    requests = judge._requests(sent, ROLES, ["teacher_first", "student_first"])
+    assert requests.column("id").to_pylist() == [f"p{n}|{o}" for n in range(5) for o in ("teacher_first", "student_first")]
+    assert requests.column("first").to_pylist()[:4] == ["t0", "", "t1", "s1"]  # a missing answer is shown empty
+    assert requests.column("second").to_pylist()[:4] == ["", "t0", "s1", "t1"]
+    assert requests.column("instruction").to_pylist()[-2:] == ["q4", "q4"]

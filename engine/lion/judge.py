@@ -103,20 +103,16 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
     orders = [f"{role}_first" for role in roles]
     rubrics = _rubric_names(pairs, prompt)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
-    sent = pairs.append_column("rubric", rubrics).filter(pc.invert(_unjudgeable(pairs, roles, failed_answer_loses)))
-    by_order = [pa.table({"id": pc.binary_join_element_wise(sent.column("id"), pa.repeat(pa.scalar(order), sent.num_rows), "|"),
-                          "instruction": sent.column("instruction"), "input": sent.column("input"),
-                          "rubric": sent.column("rubric"),
-                          "first": pc.fill_null(sent.column(f"{first}_text"), ""),
-                          "second": pc.fill_null(sent.column(f"{second}_text"), "")})
-                for order, (first, second) in zip(orders, (roles, roles[::-1]))]
-    m = sent.num_rows  # both orders of a pair side by side, as the pairs come
-    requests = pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64()))
+    sent, unjudgeable = pairs.append_column("rubric", rubrics), _unjudgeable(pairs, roles, failed_answer_loses)
+    if pc.any(unjudgeable).as_py():  # a filter copies every column: only where some pair is left out
+        sent = sent.filter(pc.invert(unjudgeable))
     reviews, record = [], StageRecord(stage)
-    for structured, names in _by_constraint(pc.unique(requests.column("rubric")).to_pylist(), setting, referee):
-        group = requests.filter(pc.is_in(requests.column("rubric"), value_set=pa.array(names, pa.string())))
+    groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), setting, referee)
+    for structured, names in groups:
+        # One group (the usual case) is every pair sent: no copy of them.
+        group = sent if len(groups) == 1 else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
         answers, part = answer(
-            referee, group, lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
+            referee, _requests(group, roles, orders), lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
             logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts,
         )
@@ -135,8 +131,26 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
     return pa.concat_tables(tables) if tables else judgment_schema(*roles).empty_table()
 
 
-CHUNK_ROWS = 8192  # pairs scored at once on the driver
+CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
 REVIEW_COLUMNS = ("id", "text", "finish_reason", "logprobs")  # what judgment_rows reads of a review
+
+
+def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> pa.Table:
+    """The referee's requests: both orders of every pair, side by side as the pairs come (the
+    two share the question, a prefix an engine's cache can reuse), made a chunk of pairs at a
+    time, so that no second copy of all the requests is made to interleave them."""
+    chunks = []
+    for start in range(0, sent.num_rows, CHUNK_ROWS):
+        part = sent.slice(start, CHUNK_ROWS)
+        by_order = [pa.table({"id": pc.binary_join_element_wise(part.column("id"), pa.repeat(pa.scalar(order), part.num_rows), "|"),
+                              "instruction": part.column("instruction"), "input": part.column("input"),
+                              "rubric": part.column("rubric"),
+                              "first": pc.fill_null(part.column(f"{first}_text"), ""),
+                              "second": pc.fill_null(part.column(f"{second}_text"), "")})
+                    for order, (first, second) in zip(orders, (roles, roles[::-1]))]
+        m = part.num_rows
+        chunks.append(pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64())))
+    return pa.concat_tables(chunks)
 
 
 def _rubric_names(pairs: pa.Table, prompt: str) -> pa.Array:
