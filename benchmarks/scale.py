@@ -6,7 +6,9 @@ between the driver and Ray Data, joining answers, building the referee's request
 training rows, the ROUGE-L filter, the report and the datasets export. Per stage: seconds and
 rows/s, and the driver's peak RSS above its idle RSS (after Ray and the engine are imported) and above
 its RSS when the stage starts (what the stage itself adds: a stage that reuses memory an earlier one freed
-but did not give back to the system shows less here than it holds).
+but did not give back to the system shows less here than it holds), and how much of the peak is the
+driver's own heap (RssAnon) rather than object-store pages it wrote or read (`ray.put`, `ray.get`),
+which RSS counts too but which are the object store's memory, not the driver's.
 
     python benchmarks/scale.py [--rows 100000 1000000] [--out FILE]
 
@@ -32,40 +34,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+# A vocabulary of 6,400 two-syllable words, as a real pool draws on tens of thousands: words made of
+# hex digests (one new word per row) grew ROUGE-L's index by 4 GB at 1M rows, which no real pool does.
+SYLLABLES = [c + v for c in "bcdfghjklmnprstv" for v in "aeiou"]
+WORDS = [a + b for a in SYLLABLES for b in SYLLABLES]
 STAGES = ("seed", "imitation", "discrimination", "generation", "report")
 NEW_INSTRUCTIONS = 6_000  # Lion's default, as in the paper: the generator's rounds and the ROUGE-L filter at full size
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """The driver's resident memory (VmRSS), or its own heap alone (RssAnon: not the object
+    store's shared pages it has mapped, which VmRSS counts too), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 class PeakRSS:
-    """The driver's resident memory, sampled every 20 ms: the peak since the last `reset`."""
+    """The driver's resident memory and its own heap, sampled every 20 ms: the peaks since the
+    last `reset`."""
 
     def __init__(self):
-        self.peak = rss_mb()
+        self.peak, self.anon = rss_mb(), rss_mb("RssAnon")
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while True:
-            self.peak = max(self.peak, rss_mb())
+            self.peak, self.anon = max(self.peak, rss_mb()), max(self.anon, rss_mb("RssAnon"))
             time.sleep(0.02)
 
-    def reset(self) -> float:
-        now = rss_mb()
-        peak, self.peak = max(self.peak, now), now
-        return peak
+    def reset(self) -> tuple[float, float]:
+        now, anon = rss_mb(), rss_mb("RssAnon")
+        peaks = max(self.peak, now), max(self.anon, anon)
+        self.peak, self.anon = now, anon
+        return peaks
 
 
 def words(*parts) -> str:
-    h = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-    return " ".join(WORDS[int(h[i], 16)] + h[i:i + 6] for i in range(0, 36, 6))
+    """Six words drawn by a digest of `parts`: the same parts, the same words."""
+    h = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return " ".join(WORDS[int.from_bytes(h[i:i + 4], "big") % len(WORDS)] for i in range(0, 24, 4))
 
 
 def write_pool(path: Path, rows: int) -> None:
@@ -135,8 +145,8 @@ def one_size(rows: int, work: Path) -> dict:
     init_ray(verbose=False)
     engine.llm.generate = scripted_generate  # engine.lion.iteration.answer imports it at each call
     memory = PeakRSS()
-    idle = rss_mb()
-    seconds, peaks, growth = {}, {}, {}
+    idle, idle_anon = rss_mb(), rss_mb("RssAnon")
+    seconds, peaks, growth, anon = {}, {}, {}, {}
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -146,8 +156,9 @@ def one_size(rows: int, work: Path) -> dict:
                 return fn(*args, **kwargs)
             finally:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begin
-                peak = memory.reset()
+                peak, own = memory.reset()
                 peaks[name] = max(peaks.get(name, 0.0), peak)
+                anon[name] = max(anon.get(name, 0.0), own - idle_anon)
                 growth[name] = max(growth.get(name, 0.0), peak - start)
         return wrapper
 
@@ -172,18 +183,20 @@ def one_size(rows: int, work: Path) -> dict:
             "stages": [{"stage": s, "seconds": seconds.get(s, 0.0), "rows": counted[s],
                         "rows_per_s": counted[s] / seconds[s] if seconds.get(s) else 0.0,
                         "peak_rss_mb": peaks.get(s, 0.0), "above_idle_mb": peaks.get(s, 0.0) - idle,
+                        "heap_above_idle_mb": anon.get(s, 0.0),
                         "above_start_mb": growth.get(s, 0.0)} for s in STAGES]}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| rows | stage | seconds | rows/s | driver peak RSS (MB) | above idle (MB) | above the stage's start (MB) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | stage | seconds | rows/s | driver peak RSS (MB) | above idle (MB) | above the stage's start (MB) "
+             "| own heap above idle (MB) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for s in r["stages"]:
             lines.append(f"| {r['rows']:,} | {s['stage']} | {s['seconds']:.1f} | {s['rows_per_s']:,.0f} | "
-                         f"{s['peak_rss_mb']:,.0f} | {s['above_idle_mb']:,.0f} | {s['above_start_mb']:,.0f} |")
+                         f"{s['peak_rss_mb']:,.0f} | {s['above_idle_mb']:,.0f} | {s['above_start_mb']:,.0f} | {s['heap_above_idle_mb']:,.0f} |")
         lines.append(f"| {r['rows']:,} | **total** | {r['seconds']:.1f} | | idle {r['idle_rss_mb']:,.0f} | "
-                     f"{max(s['above_idle_mb'] for s in r['stages']):,.0f} | |")
+                     f"{max(s['above_idle_mb'] for s in r['stages']):,.0f} | | "
+                     f"{max(s['heap_above_idle_mb'] for s in r['stages']):,.0f} |")
     return "\n".join(lines)
 
 
