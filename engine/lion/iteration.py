@@ -55,14 +55,14 @@ def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = 
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
         if len(done):
-            responses.append(_answer_columns(read_parts(run, folder)))
+            responses.append(_answer_columns(dataset_to_table(read_parts(run, folder))))
             table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
     responses = [t for t in responses if t is not None]
     before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
     if table.num_rows or not before:
         ds = ray.data.from_arrow(table)  # a pool, or any rows with an id (the referee's requests)
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
-        responses += [t for t in [_answer_columns(out)] if t is not None]
+        responses += [t for t in [_answer_columns(dataset_to_table(out))] if t is not None]
     else:
         record = StageRecord(kwargs["stage"])
     record.extra["rows_from_parts"] = before
@@ -74,10 +74,11 @@ def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = 
 ANSWER_COLUMNS = (*RESPONSE_SCHEMA.names, "logprobs")
 
 
-def _answer_columns(ds) -> pa.Table | None:
-    """A Dataset of answered rows -> its ANSWER_COLUMNS on the driver (None when empty)."""
-    names = [c for c in ANSWER_COLUMNS if c in (ds.columns() or [])]
-    return dataset_to_table(ds.select_columns(names) if names else ds)
+def _answer_columns(table: pa.Table | None) -> pa.Table | None:
+    """ANSWER_COLUMNS of the answered rows fetched from the object store. Selected here, not
+    in one more Ray Data job (a second or more each, engine.llm._account): the fetched blocks
+    are mapped, not copied, so the columns left out never reach the driver's memory."""
+    return None if table is None else table.select([c for c in ANSWER_COLUMNS if c in table.column_names])
 
 
 def parts_folder(base: str, role, kwargs: dict) -> str:
