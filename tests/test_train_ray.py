@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,23 @@ def test_the_row_index_numbers_the_materialized_rows_block_by_block(ray_cluster)
     # A bundle may hold a slice of a block (RefBundle.slices): only the slice's rows are numbered.
     sliced = ray.get(_with_row_index.remote(ray.put(pa.table({"x": [0, 1, 2, 3]})), 1, 3, 10))
     assert sliced.column("x").to_pylist() == [1, 2] and sliced.column(B.ROW).to_pylist() == [10, 11]
+
+
+def _slow_first_block(batch: dict, pause_s: float) -> dict:
+    """A tokeniser stand-in: the block holding row 0 finishes last; row 5 has no target."""
+    if 0 in batch["x"]:
+        time.sleep(pause_s)
+    return {**batch, "n_target_tokens": np.where(batch["x"] == 5, 0, 1)}
+
+
+def test_the_usable_rows_are_numbered_in_the_rows_order_whichever_block_finishes_first(ray_cluster):
+    from engine.train import batches as B
+    from engine.train.loop import _usable_rows
+
+    rows = ray.data.from_items([{"x": i} for i in range(12)], override_num_blocks=6)
+    usable, n_in = _usable_rows(rows, _slow_first_block, {"pause_s": 2.0})
+    got = sorted((r[B.ROW], r["x"]) for r in usable.take_all())
+    assert n_in == 12 and got == list(enumerate([x for x in range(12) if x != 5]))
 
 
 def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray_cluster, tiny_models, tmp_path,

@@ -64,10 +64,8 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
     tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
-        tokenized = rows.map_batches(tokenize, fn_kwargs={"tokenizer_path": model_path, "max_length": cfg.max_length}).materialize()
-        usable = _indexed(tokenized.filter(expr=col("n_target_tokens") > 0).materialize())
-        n_in, n_usable = tokenized.count(), usable.count()
-        del tokenized  # its blocks leave the object store; `usable` holds what the workers read
+        usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
+        n_usable = usable.count()
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
             log.warning("%s: %d of %d rows dropped (empty target, or prompt longer than max_length=%d)",
@@ -108,6 +106,18 @@ def _pad_id(model_path: str) -> int:
     tok = B.load_tokenizer(model_path)
     # LLaMA tokenizers have no pad token; padded positions are masked either way.
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def _usable_rows(rows: ray.data.Dataset, tokenize, fn_kwargs: dict) -> tuple[ray.data.MaterializedDataset, int]:
+    """-> (the rows `tokenize` leaves a target in, tokenised, with their global row index B.ROW
+    in the rows' own order; how many rows came in). The order is kept (Ray Data otherwise hands
+    blocks on as they finish), so the same rows get the same indices in every attempt: the
+    seeded shuffle, and the rows a resumed run skips as already trained, depend on them. Set on
+    the rows' context, which a Dataset seals at its creation and shares with those made from it."""
+    rows.context.execution_options.preserve_order = True
+    tokenized = rows.map_batches(tokenize, fn_kwargs=fn_kwargs).materialize()
+    usable = _indexed(tokenized.filter(expr=col("n_target_tokens") > 0).materialize())
+    return usable, tokenized.count()  # `tokenized` leaves the object store; `usable` holds what the workers read
 
 
 def _indexed(ds: ray.data.MaterializedDataset) -> ray.data.MaterializedDataset:
