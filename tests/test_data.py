@@ -57,6 +57,16 @@ def test_every_reject_reason_is_counted_with_its_line(tmp_path):
     assert pool.column("instruction").to_pylist() == ["Name three primary colours.", "Summarise the text."]
 
 
+def test_a_jsonl_line_is_split_at_newlines_only(tmp_path):
+    # json.dumps(..., ensure_ascii=False) writes U+2028 / U+2029 raw inside strings: valid JSON, one record.
+    text = "First line\u2028second line\u2029third\x0cfourth"
+    path = tmp_path / "raw.jsonl"
+    path.write_text(json.dumps({"instruction": text}, ensure_ascii=False) + "\r\n" +
+                    json.dumps({"instruction": "Next."}) + "\n", encoding="utf-8")
+    pool, report = load_pool([path])
+    assert (report.rows_in, report.rows_kept) == (2, 2) and pool.column("instruction").to_pylist() == [text, "Next."]
+
+
 def test_alpaca_json_rejects_carry_lines_and_broken_lists_stop_with_location(tmp_path):
     path = tmp_path / "alpaca.json"
     path.write_text('[\n  {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1."},\n'
@@ -96,14 +106,16 @@ def test_a_pool_is_parsed_once_per_job_while_its_files_are_unchanged(tmp_path, m
     from engine.data import readers
 
     path = write_lines(tmp_path / "p.jsonl", [json.dumps({"instruction": "One."})])
-    parses, real = [], readers.load_rows
-    monkeypatch.setattr(readers, "load_rows", lambda *a, **k: parses.append(a) or real(*a, **k))
+    parses, real = [], readers._read_pool
+    monkeypatch.setattr(readers, "_read_pool", lambda *a, **k: parses.append(a) or real(*a, **k))
     first = load_pool([path])  # preflight
     monkeypatch.chdir(tmp_path)
     assert load_pool(["p.jsonl"]) is first and len(parses) == 1  # seeding reuses the parse (its paths made absolute)
     assert load_pool([path], max_instruction_chars=10) is not first and len(parses) == 2
     write_lines(path, [json.dumps({"instruction": "One."}), json.dumps({"instruction": "Two."})])
     assert load_pool([path])[1].rows_kept == 2 and len(parses) == 3  # a changed file is read again
+    assert load_pool([path], reuse=False)[1].rows_kept == 2 and len(parses) == 3  # the seeding stage takes it
+    assert load_pool([path])[1].rows_kept == 2 and len(parses) == 4  # and lets it go
 
 
 def test_generic_jsonl_field_map_parquet_and_unknown_formats(tmp_path):

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.data.conversations import BadConversation, conversation_key, parse
@@ -116,26 +118,33 @@ class _LineCounter:
 def read_jsonl(path: Path, field_map: dict[str, str], keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
     instruction_key = field_map.get("instruction", "instruction")
     input_key = field_map.get("input", "input")
-    for number, line in enumerate(_decode(path).splitlines(), start=1):
-        where = f"{path}:{number}"
-        if not line.strip():
-            continue  # blank lines are layout, not records
-        if _has_invalid_utf8(line):
-            yield RawRecord(where, error="invalid_utf8")
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield RawRecord(where, error=f"malformed_json: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
-        elif not field_map and isinstance(obj.get("instances"), list) and obj["instances"]:
-            for k, instance in enumerate(obj["instances"]):
-                got = instance.get("input", "") if isinstance(instance, dict) else instance
-                yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
-        else:
-            yield record_of(obj, where, instruction_key, input_key, keep)
+    with path.open("rb") as lines:  # a line at a time: a file of millions is never one string
+        for number, line in enumerate(lines, start=1):
+            yield from _jsonl_records(line.decode("utf-8", errors="surrogateescape"), f"{path}:{number}",
+                                      field_map, instruction_key, input_key, keep)
+
+
+def _jsonl_records(line: str, where: str, field_map: dict[str, str], instruction_key: str, input_key: str,
+                   keep: tuple[str, ...]) -> Iterator[RawRecord]:
+    """One JSONL line's records: none for a blank line, one per instance of a self-instruct line."""
+    if not line.strip():
+        return  # blank lines are layout, not records
+    if _has_invalid_utf8(line):
+        yield RawRecord(where, error="invalid_utf8")
+        return
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        yield RawRecord(where, error=f"malformed_json: {e.msg} at column {e.colno}")
+        return
+    if not isinstance(obj, dict):
+        yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
+    elif not field_map and isinstance(obj.get("instances"), list) and obj["instances"]:
+        for k, instance in enumerate(obj["instances"]):
+            got = instance.get("input", "") if isinstance(instance, dict) else instance
+            yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
+    else:
+        yield record_of(obj, where, instruction_key, input_key, keep)
 
 
 def record_of(obj: dict, where: str, instruction_key: str = "instruction", input_key: str = "input",
@@ -261,22 +270,46 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
 
 def load_pool(
     files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
-    sources: list[dict] = (),
+    sources: list[dict] = (), reuse: bool = True,
 ) -> tuple[pa.Table, LoadReport]:
     """Read and validate instruction files (and `load_dataset` sources: engine.data.hf) into one
-    seed pool (ids unique across files). The last pool read is kept while its files are unchanged:
-    a job's preflight parses the pool and its seeding stage reuses that parse instead of reading
-    the files again."""
+    seed pool (ids unique across files), a chunk of rows at a time: a pool of millions is its
+    Arrow columns, never millions of Python rows. The last pool read is kept while its files are
+    unchanged: a job's preflight parses the pool and its seeding stage reuses that parse instead
+    of reading the files again; the seeding stage (`reuse=False`) lets it go, so the job's
+    driver does not hold the pool for its later stages."""
     # Resolved paths: the job makes them absolute between preflight and seeding.
     key = (tuple((str(Path(p).resolve()), *_stamp(p)) for p in files), tuple(sorted((field_map or {}).items())),
            max_instruction_chars, repr(sources))
     if _LAST_POOL.get("key") != key:
-        rows, report = load_rows(files, field_map, max_instruction_chars, sources=sources)
-        _LAST_POOL.update(key=key, value=(pool_table(rows), report))
-    return _LAST_POOL["value"]
+        _LAST_POOL.clear()  # the pool read before is not held while this one is read
+        _LAST_POOL.update(key=key, value=_read_pool(files, field_map, max_instruction_chars, sources))
+    value = _LAST_POOL["value"]
+    if not reuse:
+        _LAST_POOL.clear()
+    return value
 
 
 _LAST_POOL: dict = {}
+CHUNK_ROWS = 8192  # records held as Python rows at once while a pool is read
+
+
+def _read_pool(files, field_map, max_instruction_chars, sources) -> tuple[pa.Table, LoadReport]:
+    report, tables, chunk, wheres = LoadReport(), [], [], []
+    for row, where in checked_rows(files, field_map, max_instruction_chars, sources=sources, report=report):
+        chunk.append(row)
+        wheres.append(where)
+        if len(chunk) == CHUNK_ROWS:
+            tables.append(pool_table(chunk).append_column("where", pa.array(wheres, pa.string())))
+            chunk, wheres = [], []
+    tables.append(pool_table(chunk).append_column("where", pa.array(wheres, pa.string())))
+    table = pa.concat_tables(tables)
+    unique = unique_ids(table.column("id"), table.column("where"), report)
+    table = table.drop_columns(["where"])
+    table = table if pc.all(unique).as_py() is not False else table.filter(unique)  # no copy without duplicates
+    report.rows_kept = table.num_rows
+    assert report.reconciles, report.as_dict()
+    return table, report
 
 
 def _stamp(path: str | Path) -> tuple:
@@ -294,9 +327,24 @@ def load_rows(
     keep: tuple[str, ...] = (), sources: list[dict] = (),
 ) -> tuple[list[dict], LoadReport]:
     """Validated rows (`id`, `instruction`, `input`, and `fields`: the `keep` fields), ids unique across files."""
+    report = LoadReport()
+    checked = list(checked_rows(files, field_map, max_instruction_chars, keep, sources, report))
+    unique = unique_ids(pa.array([row["id"] for row, _ in checked], pa.string()),
+                        pa.array([where for _, where in checked], pa.string()), report)
+    rows = [row for (row, _), kept in zip(checked, unique.to_pylist()) if kept]
+    report.rows_kept = len(rows)
+    assert report.reconciles, report.as_dict()
+    return rows, report
+
+
+def checked_rows(
+    files: list[str | Path], field_map: dict[str, str] | None, max_instruction_chars: int,
+    keep: tuple[str, ...] = (), sources: list[dict] = (), report: LoadReport | None = None,
+) -> Iterator[tuple[dict, str]]:
+    """(row, where) for each record of the files and sources that passes check_record; each one
+    that does not is counted in `report` under its reason, with its location."""
     from engine.data.hf import read_dataset_source
 
-    report, rows, first_seen = LoadReport(), [], {}
     readers = [lambda p=path: read_records(p, field_map, keep) for path in files]
     readers += [lambda s=source: read_dataset_source(s, field_map, keep) for source in sources]
     for read in readers:
@@ -306,11 +354,16 @@ def load_rows(
             if error:
                 reason, _, detail = error.partition(": ")
                 report.reject(reason, f"{record.where} ({detail})" if detail else record.where)
-            elif row["id"] in first_seen:
-                report.reject("duplicate_id", f"{record.where} (same instruction and input as {first_seen[row['id']]})")
             else:
-                first_seen[row["id"]] = record.where
-                rows.append(row)
-    report.rows_kept = len(rows)
-    assert report.reconciles, report.as_dict()
-    return rows, report
+                yield row, record.where
+
+
+def unique_ids(ids: pa.Array | pa.ChunkedArray, wheres: pa.Array | pa.ChunkedArray, report: LoadReport) -> pa.Array:
+    """A mask of each id's first row; every later row with its id is a duplicate_id reject that
+    names the first one's location."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    first = pc.index_in(ids, value_set=ids)  # the position of each id's first row
+    unique = pc.equal(first, pa.array(np.arange(len(ids)), first.type))
+    for at in np.flatnonzero(~unique.to_numpy(zero_copy_only=False)):
+        report.reject("duplicate_id", f"{wheres[at].as_py()} (same instruction and input as {wheres[first[at].as_py()].as_py()})")
+    return unique

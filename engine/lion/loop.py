@@ -51,7 +51,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def initial_pool(cfg: RunConfig):
     """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
-    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources())
+    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources(),
+                             reuse=False)
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
         picks = np.sort(np.random.default_rng(cfg.lion.seed).choice(pool.num_rows, cfg.data.sample_size, replace=False))
