@@ -134,7 +134,7 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
     return out, rec
 
 
-def one_size(rows: int, work: Path) -> dict:
+def one_size(rows: int, work: Path, rouge_l_shards: int | None = None) -> dict:
     """One iteration at `rows` instructions, in this process -> its figures."""
     import engine.llm
     from engine.cli import init_ray
@@ -170,7 +170,7 @@ def one_size(rows: int, work: Path) -> dict:
     sets = [f"run_dir={work / 'run'}", f"data.pool_files=[{pool}]", "data.sample_size=null", "lion.iterations=1",
             "lion.final_imitation=false", "eval=null",
             f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}", "train.max_steps=1", "train.num_workers=1",
-            "serving=per_stage"]
+            "serving=per_stage", f"lion.rouge_l_shards={rouge_l_shards or 'null'}"]
     begin = time.perf_counter()
     state = loop.run(loop.load(str(REPO / "configs" / "demo.yaml"), sets))
     total = time.perf_counter() - begin
@@ -178,7 +178,7 @@ def one_size(rows: int, work: Path) -> dict:
     counted = {"seed": rows, "imitation": metrics["rows/imitation/teacher"],
                "discrimination": metrics["rows/discrimination/referee"],
                "generation": metrics["lion/candidates"], "report": rows}
-    return {"rows": rows, "seconds": total, "idle_rss_mb": idle, "done": state["done"],
+    return {"rows": rows, "rouge_l_shards": rouge_l_shards, "seconds": total, "idle_rss_mb": idle, "done": state["done"],
             "new_instructions": metrics["lion/new_instructions"], "hard": metrics["lion/hard"],
             "stages": [{"stage": s, "seconds": seconds.get(s, 0.0), "rows": counted[s],
                         "rows_per_s": counted[s] / seconds[s] if seconds.get(s) else 0.0,
@@ -203,18 +203,21 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--rouge-l-shards", type=int, help="hold ROUGE-L's index of the cache pool in this many "
+                        "Ray actors (lion.rouge_l_shards) instead of on the driver")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, JSON on the last line
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory(prefix="lion-scale-") as work:
-            print(json.dumps(one_size(args.one, Path(work))), flush=True)
+            print(json.dumps(one_size(args.one, Path(work), args.rouge_l_shards)), flush=True)
         return 0
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     results = []
     for rows in args.rows:
-        proc = subprocess.run([sys.executable, __file__, "--one", str(rows)], env=env, cwd=REPO,
+        shards = ["--rouge-l-shards", str(args.rouge_l_shards)] if args.rouge_l_shards else []
+        proc = subprocess.run([sys.executable, __file__, "--one", str(rows), *shards], env=env, cwd=REPO,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{rows:,} rows: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)

@@ -197,8 +197,10 @@ class ScriptedRoles:
         self.calls = []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None):
-        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
+                 logprobs=None, draw=None, parts=None, in_rows_order=True):
+        # A table, a list of rows, or tables made one at a time (the referee's requests).
+        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
+            row for table in rows for row in table.to_pylist()]
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         return pa.Table.from_pylist(self.replies(rows, role_name, draw)), StageRecord(stage, rows=len(rows))
 

@@ -47,7 +47,9 @@ def test_the_referees_requests_put_both_orders_of_a_pair_side_by_side_across_chu
     sent = pa.table({"id": [f"p{n}" for n in range(5)], "instruction": [f"q{n}" for n in range(5)], "input": [""] * 5,
                      "rubric": ["general"] * 5, "teacher_text": [f"t{n}" for n in range(5)],
                      "student_text": [None, "s1", "s2", "s3", "s4"]})
-    requests = judge._requests(sent, ROLES, ["teacher_first", "student_first"])
+    chunks = list(judge._requests(sent, ROLES, ["teacher_first", "student_first"]))
+    assert [c.num_rows for c in chunks] == [4, 4, 2]  # made, and handed to answer, a chunk of pairs at a time
+    requests = pa.concat_tables(chunks)
     assert requests.column("id").to_pylist() == [f"p{n}|{o}" for n in range(5) for o in ("teacher_first", "student_first")]
     assert requests.column("first").to_pylist()[:4] == ["t0", "", "t1", "s1"]  # a missing answer is shown empty
     assert requests.column("second").to_pylist()[:4] == ["", "t0", "s1", "t1"]

@@ -12,13 +12,20 @@ def in_order(table: pa.Table, ids) -> pa.Table:
     first row where it has several); a KeyError names the ids with none."""
     at = pc.index_in(ids, value_set=table.column("id").combine_chunks())
     if at.null_count:
-        lost = pc.filter(ids, pc.is_null(at))
-        raise KeyError(f"{len(lost)} rows have no response, e.g. {lost.slice(0, 3).to_pylist()}")
+        raise no_response(ids, pc.is_null(at))
     return table.take(at)
 
 
+def no_response(ids, lost) -> KeyError:
+    """The error for the rows (`lost`: a mask over `ids`) that have no response: how many, and a few ids."""
+    lost = pc.filter(ids, lost)
+    return KeyError(f"{len(lost)} rows have no response, e.g. {lost.slice(0, 3).to_pylist()}")
+
+
 def first_per_id(table: pa.Table) -> pa.Table:
-    """Each id's first row, in the table's order."""
+    """Each id's first row, in the table's order (the table itself, uncopied, where no id repeats)."""
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return table
     rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
     first = rows.group_by("id", use_threads=False).aggregate([("__row", "min")])["__row_min"]
     return table.take(np.sort(first.to_numpy()))

@@ -18,7 +18,7 @@ from engine.data import RunDir
 from engine.data.tables import in_order, replaced_by_id
 from engine.lion.conversations import answer_student
 from engine.lion.iteration import (
-    answer, known_teacher_answers, pool_ids_not_in, pools, rel, response_table, usage, write_responses,
+    answer, known_teacher_answers, pool, pool_ids_not_in, rel, response_table, usage, write_responses,
     write_stage_metrics,
 )
 from engine.lion.judge import check_constraint, judge_pairs
@@ -30,7 +30,7 @@ log = logging.getLogger("engine.lion")
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
-    _, cache_pool = pools(run, k)
+    cache_pool = pool(run, k, "cache")
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.

@@ -68,9 +68,11 @@ def _answers(run: RunDir, path: str) -> pa.Table:
 def _lookup(table: pa.Table, other: pa.Table, on: str, names: dict[str, str]) -> pa.Table:
     """`table` with `other`'s columns `names` (renamed to their values) where `table`'s `on`
     equals `other`'s id, null where none does; `table`'s rows and order kept."""
-    other = first_per_id(other.select(["id", *names])).rename_columns([on, *names.values()])
-    rows = table.append_column("__row", pa.array(np.arange(table.num_rows), pa.int64()))
-    return rows.join(other, on, join_type="left outer").sort_by("__row").drop_columns(["__row"])
+    other = first_per_id(other.select(["id", *names]))
+    found = other.take(pc.index_in(table[on], value_set=other["id"].combine_chunks()))  # a null index: a null row
+    for name, renamed in names.items():
+        table = table.append_column(pa.field(renamed, other.schema.field(name).type), found[name])
+    return table
 
 
 def _is_conversation(table: pa.Table) -> np.ndarray:
@@ -158,10 +160,6 @@ def _pool_columns(table: pa.Table) -> pa.Table:
 SPLITS = {"imitation": imitation_split, "discrimination": discrimination_split, "generation": generation_split}
 
 
-def iteration_tables(run: RunDir, k: int) -> dict[str, pa.Table]:
-    return {name: table for name, split in SPLITS.items() if (table := split(run, k)) is not None}
-
-
 def redacted(obj):
     """A config with any field named like a secret (not a `*_env` variable name) redacted."""
     if isinstance(obj, dict):
@@ -207,17 +205,22 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
 
     datasets.disable_progress_bars()
     run, out = RunDir(run_dir), Path(to)
-    counts, folders = {}, {}
+    counts = {}
     for k in iterations(run):
-        tables = iteration_tables(run, k)
-        if not tables:
-            continue
-        folder = datasets.DatasetDict({name: datasets.Dataset(table) for name, table in tables.items()})
-        folder.save_to_disk(str(out / f"iter_{k}"))
-        folders[k] = folder
-        counts[k] = {name: t.num_rows for name, t in tables.items()}
-        if "discrimination" in tables:
-            counts[k]["hard"] = pc.sum(pc.fill_null(tables["discrimination"]["hard"], False)).as_py() or 0
+        splits, hard = {}, {}
+        # A split at a time, each written before the next is made: one pool-sized table in memory.
+        for name, split in SPLITS.items():
+            table = split(run, k)
+            if table is None:
+                continue
+            datasets.Dataset(table).save_to_disk(str(out / f"iter_{k}" / name))
+            splits[name] = table.num_rows
+            if name == "discrimination":
+                hard["hard"] = pc.sum(pc.fill_null(table["hard"], False)).as_py() or 0
+            del table
+        if splits:  # the list of splits DatasetDict.save_to_disk writes: load_from_disk reads the folder as one
+            (out / f"iter_{k}" / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(splits)}))
+            counts[k] = {**splits, **hard}
     (out / "README.md").write_text(card(run, counts), encoding="utf-8")
     if push_to_hub:
         from huggingface_hub import HfApi
@@ -227,6 +230,6 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
         api.create_repo(push_to_hub, repo_type="dataset", exist_ok=True)
         api.upload_file(path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=push_to_hub,
                         repo_type="dataset")
-        for k, folder in folders.items():
-            folder.push_to_hub(push_to_hub, config_name=f"iter_{k}")
+        for k in counts:  # memory-mapped from the folders just written
+            datasets.load_from_disk(str(out / f"iter_{k}")).push_to_hub(push_to_hub, config_name=f"iter_{k}")
     return counts

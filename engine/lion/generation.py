@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from engine.config import RunConfig
 from engine.data import RunDir, pool_table, write_pool
 from engine.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
-from engine.lion.iteration import answer, constraint, pools, rel, usage, write_stage_metrics
+from engine.lion.iteration import answer, constraint, pool, rel, usage, write_stage_metrics
 from engine.lion.prompts import NO_INPUT
 from engine.lion.rouge import NoveltyFilter
 from engine.llm.prompts import instruction_text
@@ -41,7 +41,7 @@ CANDIDATE_JSON_SCHEMA = {
 
 
 def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    _, cache_pool = pools(run, k)
+    cache_pool = pool(run, k, "cache")
     judgments = run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", "status", "hard"])
     pool_ids = cache_pool.column("id").combine_chunks()
     compared = rouge_text(cfg.lion.rouge_l_field)

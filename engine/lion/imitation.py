@@ -25,7 +25,7 @@ from engine.data.conversations import is_conversation, user_turns
 from engine.data.tables import first_per_id, in_order
 from engine.lion.conversations import conversation_sft, earlier_turns
 from engine.lion.iteration import (
-    answer, answered, answered_mask, known_teacher_answers, pool_ids_not_in, pools, rel, response_table, usage,
+    answer, answered, answered_mask, known_teacher_answers, pool, pool_ids_not_in, rel, response_table, usage,
     write_responses, write_stage_metrics,
 )
 from engine.lion.prompts import teacher_messages
@@ -45,7 +45,7 @@ class NothingToImitate(ValueError):
 
 def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
-    train_pool, _ = pools(run, k)
+    train_pool = pool(run, k, "train")
     saved, records = saved_answers(cfg, run, k)
     # This attempt's saved answers first: they win over an earlier iteration's.
     known = first_per_id(pa.concat_tables([saved, known_teacher_answers(run, k - 1) if k else RESPONSE_SCHEMA.empty_table()]))

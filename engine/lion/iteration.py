@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.data.pools import dataset_to_table
-from engine.data.tables import first_per_id, in_order
+from engine.data.tables import first_per_id, in_order, no_response
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
@@ -32,43 +33,62 @@ def rel(k: int, *parts: str) -> str:
     return "/".join([f"iter_{k}", *parts])
 
 
-def answer(role, rows: pa.Table | list[dict], to_prompt, *, parts: str | None = None,
-           **kwargs) -> tuple[pa.Table, StageRecord]:
+def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts: str | None = None,
+           in_rows_order: bool = True, **kwargs) -> tuple[pa.Table, StageRecord]:
     """engine.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
     table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
     has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
     edge: the Ray Dataset is made here, so a millisecond test scripts this one function.
 
+    `rows` may be an iterable of tables, made one at a time: each goes to the object store
+    before the next is made, so requests derived from a pool (the referee's two per pair) are
+    never all on the driver at once. `in_rows_order=False`: the responses in any order (each
+    under its row's id), for a caller that looks them up by id anyway; no reordered copy.
+
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
     midway asks only the rows not written there. Its record counts the rows asked now,
     and `rows_from_parts` those an earlier attempt answered."""
+    import ray
     import ray.data
 
     from engine.llm import generate
     from engine.llm.parts import Parts, read_parts, written_ids
 
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
-    ids = table.column("id")
-    run, folder, responses = kwargs.get("run_dir"), None, []
+    chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
+    run, folder, responses, done = kwargs.get("run_dir"), None, [], pa.array([], pa.string())
     if parts is not None and run is not None:
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
         if len(done):
             responses.append(_answer_columns(dataset_to_table(read_parts(run, folder))))
-            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
     responses = [t for t in responses if t is not None]
     before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
-    if table.num_rows or not before:
-        ds = ray.data.from_arrow(table)  # a pool, or any rows with an id (the referee's requests)
+    ids, refs, empty = [], [], pa.table({"id": pa.array([], pa.string())})
+    for chunk in chunks:
+        ids += chunk.column("id").chunks
+        if len(done):
+            chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("id"), value_set=done)))
+        if chunk.num_rows:  # a pool, or any rows with an id (the referee's requests)
+            refs.append(ray.put(chunk))
+        empty = chunk.slice(0, 0)
+    if refs or not before:
+        ds = ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(empty)
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
         responses += [t for t in [_answer_columns(dataset_to_table(out))] if t is not None]
     else:
         record = StageRecord(kwargs["stage"])
     record.extra["rows_from_parts"] = before
+    ids = pa.chunked_array(ids, pa.string())
     if not responses:
         return pa.table({"id": ids}), record
-    return in_order(pa.concat_tables(responses, promote_options="permissive"), ids), record
+    responses = pa.concat_tables(responses, promote_options="permissive")
+    if in_rows_order:
+        return in_order(responses, ids), record
+    lost = pc.invert(pc.is_in(ids, value_set=responses.column("id").combine_chunks()))
+    if pc.any(lost).as_py():
+        raise no_response(ids, lost)
+    return responses, record
 
 
 ANSWER_COLUMNS = (*RESPONSE_SCHEMA.names, "logprobs")
@@ -128,7 +148,8 @@ def known_teacher_answers(run: RunDir, upto: int) -> pa.Table:
               for stage in ("imitation", "discrimination")
               if run.exists(path := rel(k, stage, "teacher_responses.parquet"))]
     known = pa.concat_tables([RESPONSE_SCHEMA.empty_table(), *tables])
-    return first_per_id(known.filter(answered_mask(known)))
+    usable = answered_mask(known)
+    return first_per_id(known if pc.all(usable).as_py() is not False else known.filter(usable))  # no copy where all are
 
 
 def pool_ids_not_in(pool: pa.Table, known: pa.Table) -> pa.ChunkedArray:
@@ -136,8 +157,9 @@ def pool_ids_not_in(pool: pa.Table, known: pa.Table) -> pa.ChunkedArray:
     return pc.invert(pc.is_in(pool.column("id"), value_set=known.column("id").combine_chunks()))
 
 
-def pools(run: RunDir, k: int) -> tuple[pa.Table, pa.Table]:
-    return read_pool(run, rel(k, "train_pool.parquet")), read_pool(run, rel(k, "cache_pool.parquet"))
+def pool(run: RunDir, k: int, name: str) -> pa.Table:
+    """Iteration k's `train` or `cache` pool: a stage reads the one it uses only."""
+    return read_pool(run, rel(k, f"{name}_pool.parquet"))
 
 
 def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageRecord], extra: dict) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields, replace
 from functools import partial
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -114,7 +115,7 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
         answers, part = answer(
             referee, _requests(group, roles, orders), lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
-            logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts,
+            logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts, in_rows_order=False,
         )
         reviews.append(answers.select([c for c in REVIEW_COLUMNS if c in answers.column_names]))
         record = _summed(record, part)
@@ -135,11 +136,11 @@ CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
 REVIEW_COLUMNS = ("id", "text", "finish_reason", "logprobs")  # what judgment_rows reads of a review
 
 
-def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> pa.Table:
+def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> Iterator[pa.Table]:
     """The referee's requests: both orders of every pair, side by side as the pairs come (the
     two share the question, a prefix an engine's cache can reuse), made a chunk of pairs at a
-    time, so that no second copy of all the requests is made to interleave them."""
-    chunks = []
+    time as `answer` takes them (each to the object store before the next is made): the 2 x N
+    requests, each carrying both answers, are never all on the driver."""
     for start in range(0, sent.num_rows, CHUNK_ROWS):
         part = sent.slice(start, CHUNK_ROWS)
         by_order = [pa.table({"id": pc.binary_join_element_wise(part.column("id"), pa.repeat(pa.scalar(order), part.num_rows), "|"),
@@ -149,8 +150,7 @@ def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> pa.T
                               "second": pc.fill_null(part.column(f"{second}_text"), "")})
                     for order, (first, second) in zip(orders, (roles, roles[::-1]))]
         m = part.num_rows
-        chunks.append(pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64())))
-    return pa.concat_tables(chunks)
+        yield pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64()))
 
 
 def _rubric_names(pairs: pa.Table, prompt: str) -> pa.Array:
