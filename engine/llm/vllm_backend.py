@@ -11,6 +11,7 @@ as the JSON top-k maps of engine.llm.responses.
 from __future__ import annotations
 
 import json
+import threading
 from functools import partial
 
 import ray
@@ -154,13 +155,21 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
     out = write_parts(out, parts)  # each block kept as it finishes (engine.llm.parts)
     out.context.wait_for_min_actors_s = start_timeout_s
+    # Whether the engines' placement group still waits for resources is read just before the
+    # deadline: by the time materialize raises, Ray Data may have removed the group already.
+    pending = []
+    probe = threading.Timer(max(start_timeout_s - 1.0, 0.0), lambda: pending.append(waiting_for_resources()))
+    probe.daemon = True
+    probe.start()
     try:
         done = out.materialize()
     except ray.exceptions.GetTimeoutError as e:
         if "starting actors" not in str(e):
             raise
-        what = "its engines' resources" if waiting_for_resources() else "its engines to start"
+        what = "its engines' resources" if any(pending) or waiting_for_resources() else "its engines to start"
         raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
                             what=what) from None
+    finally:
+        probe.cancel()
     return done, float(tp * replicas if gpu else 0)
 
