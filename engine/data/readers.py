@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from engine.data.conversations import BadConversation, conversation_key, parse
 from engine.data.schema import context_key, instruction_id, pool_table
+from engine.data.tables import kept
 
 REJECT_REASONS = (
     "malformed_json",
@@ -306,7 +307,7 @@ def _read_pool(files, field_map, max_instruction_chars, sources) -> tuple[pa.Tab
     table = pa.concat_tables(tables)
     unique = unique_ids(table.column("id"), table.column("where"), report)
     table = table.drop_columns(["where"])
-    table = table if pc.all(unique).as_py() is not False else table.filter(unique)  # no copy without duplicates
+    table = kept(table, unique)
     report.rows_kept = table.num_rows
     assert report.reconciles, report.as_dict()
     return table, report

@@ -22,6 +22,12 @@ def no_response(ids, lost) -> KeyError:
     return KeyError(f"{len(lost)} rows have no response, e.g. {lost.slice(0, 3).to_pylist()}")
 
 
+def kept(table: pa.Table, mask) -> pa.Table:
+    """`table`'s rows where `mask` holds; the table itself, uncopied, where it holds for every row
+    (a filter copies every column)."""
+    return table if pc.all(mask).as_py() is not False else table.filter(mask)
+
+
 def first_per_id(table: pa.Table) -> pa.Table:
     """Each id's first row, in the table's order (the table itself, uncopied, where no id repeats)."""
     if pc.count_distinct(table.column("id")).as_py() == table.num_rows:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.data.pools import dataset_to_table
-from engine.data.tables import first_per_id, in_order, no_response
+from engine.data.tables import first_per_id, in_order, kept, no_response
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
 
@@ -148,8 +148,7 @@ def known_teacher_answers(run: RunDir, upto: int) -> pa.Table:
               for stage in ("imitation", "discrimination")
               if run.exists(path := rel(k, stage, "teacher_responses.parquet"))]
     known = pa.concat_tables([RESPONSE_SCHEMA.empty_table(), *tables])
-    usable = answered_mask(known)
-    return first_per_id(known if pc.all(usable).as_py() is not False else known.filter(usable))  # no copy where all are
+    return first_per_id(kept(known, answered_mask(known)))
 
 
 def pool_ids_not_in(pool: pa.Table, known: pa.Table) -> pa.ChunkedArray:

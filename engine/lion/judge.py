@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from engine.config import RoleConfig
 from engine.data import RunDir
+from engine.data.tables import kept
 from engine.lion.iteration import answer, constraint
 from engine.lion.referee import (
     ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
@@ -104,9 +105,7 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
     orders = [f"{role}_first" for role in roles]
     rubrics = _rubric_names(pairs, prompt)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
-    sent, unjudgeable = pairs.append_column("rubric", rubrics), _unjudgeable(pairs, roles, failed_answer_loses)
-    if pc.any(unjudgeable).as_py():  # a filter copies every column: only where some pair is left out
-        sent = sent.filter(pc.invert(unjudgeable))
+    sent = kept(pairs.append_column("rubric", rubrics), pc.invert(_unjudgeable(pairs, roles, failed_answer_loses)))
     reviews, record = [], StageRecord(stage)
     groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), setting, referee)
     for structured, names in groups:
