@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from engine.config.models import RoleConfig, SamplingParams
 from engine.data import RunDir
 from engine.lion.iteration import parts_folder
-from engine.llm.parts import NOT_FINAL, Parts, part_files, written_ids
+from engine.llm.parts import NOT_FINAL, Parts, Requests, part_files, read_answers, written_ids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,6 +30,32 @@ def test_a_block_is_written_whole_with_its_final_rows_and_no_internal_columns(tm
     Parts(run.uri_of("calls/x"))(pa.table({"id": ["d"], "text": ["w"]}))
     assert sorted(written_ids(run, "calls/x").to_pylist()) == ["a", "b", "d"]
     assert written_ids(run, "calls/none").to_pylist() == [] and part_files(run, "calls/none") == []
+
+
+def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
+    run = RunDir(tmp_path)
+    assert read_answers(run, "calls/x", ["id", "text"]) is None
+    Parts(run.uri_of("calls/x"))(pa.table({"id": ["a"], "instruction": ["q"], "text": ["x"]}))
+    Parts(run.uri_of("calls/x"))(pa.table({"id": ["b"], "instruction": ["q"], "text": ["y"], "logprobs": ["[]"]}))
+    answers = read_answers(run, "calls/x", ["id", "text", "logprobs"])
+    # Only the columns asked for, those a part lacks null; the rows' own columns are not read.
+    assert answers.column_names == ["id", "text", "logprobs"]
+    assert sorted(answers.to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "text": "x", "logprobs": None}, {"id": "b", "text": "y", "logprobs": "[]"}]
+
+
+def test_a_calls_requests_are_files_beside_its_parts_that_a_new_attempt_replaces(tmp_path):
+    run = RunDir(tmp_path)
+    killed = Requests(run, "calls/x/requests")
+    killed.add(pa.table({"id": ["a", "b"]}))
+    killed.add(pa.table({"id": ["c"]}))
+    assert [pq.read_table(f).column("id").to_pylist() for f in killed.files] == [["a", "b"], ["c"]]
+    assert part_files(run, "calls/x") == []  # requests are not answers
+    again = Requests(run, "calls/x/requests")  # the next attempt starts from no files
+    assert not (tmp_path / "calls" / "x" / "requests").exists()
+    again.add(pa.table({"id": ["c"]}))
+    again.remove()
+    assert not (tmp_path / "calls" / "x" / "requests").exists()
 
 
 def test_a_call_asked_differently_keeps_its_parts_apart():
@@ -88,3 +114,4 @@ def test_a_call_killed_midway_resumes_from_the_blocks_it_wrote(ray_cluster, tiny
     assert result["from_parts"] >= len(before) and result["asked"] == n - result["from_parts"]
     after = written_ids(RunDir(run), str(next(folder.iterdir()).relative_to(run))).to_pylist()
     assert sorted(after) == sorted(set(after)) == result["ids"]
+    assert not (next(folder.iterdir()) / "requests").exists()  # the rows the workers read are gone

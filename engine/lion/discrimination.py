@@ -34,15 +34,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
-    known = known_teacher_answers(run, k)
-    missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
-    if missing.num_rows:
-        answers, record = answer(cfg.teacher, missing, teacher_messages,
-                                 stage="discrimination/teacher", role_name="teacher", run_dir=run,
-                                 parts=rel(k, "discrimination", "parts"))
-        records.append(record)
-        known = pa.concat_tables([known, response_table(answers)])
-    teacher = in_order(known, cache_pool.column("id"))
+    teacher = _teacher_answers(cfg.teacher, cache_pool, run, k, records)
     write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
 
     student_role = cfg.student.model_copy(update={"model": student_model})
@@ -70,6 +62,20 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
+
+
+def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list) -> pa.Table:
+    """The teacher's answer to each cache-pool instruction, in its order: those paid for in earlier
+    stages reused, the rest asked now. A function of its own so that the answers known before,
+    one more pool-sized table, are let go as soon as these are made."""
+    known = known_teacher_answers(run, k)
+    missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
+    if missing.num_rows:
+        answers, record = answer(role, missing, teacher_messages, stage="discrimination/teacher", role_name="teacher",
+                                 run_dir=run, parts=rel(k, "discrimination", "parts"))
+        records.append(record)
+        known = pa.concat_tables([known, response_table(answers)])
+    return in_order(known, cache_pool.column("id"))
 
 
 def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: int, records: list) -> pa.Table:

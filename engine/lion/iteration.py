@@ -40,49 +40,61 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
     edge: the Ray Dataset is made here, so a millisecond test scripts this one function.
 
-    `rows` may be an iterable of tables, made one at a time: each goes to the object store
-    before the next is made, so requests derived from a pool (the referee's two per pair) are
-    never all on the driver at once. `in_rows_order=False`: the responses in any order (each
+    `rows` may be an iterable of tables, made one at a time: each goes to the workers before the
+    next is made, so requests derived from a pool (the referee's two per pair) are never all on
+    the driver at once. `in_rows_order=False`: the responses in any order (each
     under its row's id), for a caller that looks them up by id anyway; no reordered copy.
 
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
     midway asks only the rows not written there. Its record counts the rows asked now,
-    and `rows_from_parts` those an earlier attempt answered."""
+    and `rows_from_parts` those an earlier attempt answered. With parts, the rows reach the
+    workers as files (engine.llm.parts.Requests) and the answers are read from the parts:
+    the object-store pages a driver writes or reads count in its resident memory until it
+    exits (1.2 GB at 1M instructions, benchmarks/RESULTS.md); without, through the object store."""
     import ray
     import ray.data
 
     from engine.llm import generate
-    from engine.llm.parts import Parts, read_parts, written_ids
+    from engine.llm.parts import Parts, Requests, read_answers, written_ids
 
     chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
-    run, folder, responses, done = kwargs.get("run_dir"), None, [], pa.array([], pa.string())
+    run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
     if parts is not None and run is not None:
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
-        if len(done):
-            responses.append(_answer_columns(dataset_to_table(read_parts(run, folder))))
-    responses = [t for t in responses if t is not None]
-    before = pc.count_distinct(responses[0].column("id")).as_py() if responses else 0
+    before = pc.count_distinct(done).as_py()
+    # With a folder of parts, the rows go to the workers as files and the answers come back from
+    # the parts they wrote: the driver neither writes nor reads a pool's worth of object store.
+    requests = Requests(run, f"{folder}/requests") if folder else None
     ids, refs, empty = [], [], pa.table({"id": pa.array([], pa.string())})
     for chunk in chunks:
         ids += chunk.column("id").chunks
         if len(done):
             chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("id"), value_set=done)))
         if chunk.num_rows:  # a pool, or any rows with an id (the referee's requests)
-            refs.append(ray.put(chunk))
+            if requests:
+                requests.add(chunk)
+            else:
+                refs.append(ray.put(chunk))
         empty = chunk.slice(0, 0)
-    if refs or not before:
-        ds = ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(empty)
+    responses = None
+    if refs or (requests and requests.files) or not before:
+        ds = (requests.dataset() if requests and requests.files else ray.data.from_arrow_refs(refs) if refs
+              else ray.data.from_arrow(empty))
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
-        responses += [t for t in [_answer_columns(dataset_to_table(out))] if t is not None]
+        if requests:
+            requests.remove()
+        else:
+            responses = _answer_columns(dataset_to_table(out))
     else:
         record = StageRecord(kwargs["stage"])
+    if folder:
+        responses = read_answers(run, folder, ANSWER_COLUMNS)
     record.extra["rows_from_parts"] = before
     ids = pa.chunked_array(ids, pa.string())
-    if not responses:
+    if responses is None:
         return pa.table({"id": ids}), record
-    responses = pa.concat_tables(responses, promote_options="permissive")
     if in_rows_order:
         return in_order(responses, ids), record
     lost = pc.invert(pc.is_in(ids, value_set=responses.column("id").combine_chunks()))

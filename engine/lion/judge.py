@@ -121,10 +121,12 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
     records.append(record)
     reviews = pa.concat_tables(reviews, promote_options="permissive") if reviews else pa.table(
         {"id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "finish_reason": pa.array([], pa.string())})
-    first, second = (_reviews_of(pairs, reviews, order) for order in orders)
+    # Where each pair's review of each order is among the reviews: row numbers, not aligned copies.
+    at = [_review_rows(pairs, reviews, order) for order in orders]
     tables = []
     for start in range(0, pairs.num_rows, CHUNK_ROWS):  # Python rows for a chunk at a time, never all pairs
-        chunk = [t.slice(start, CHUNK_ROWS).to_pylist() for t in (pairs, first, second)]
+        part = pairs.slice(start, CHUNK_ROWS)
+        chunk = [part.to_pylist(), *(_reviews_of(part, reviews, rows.slice(start, CHUNK_ROWS)).to_pylist() for rows in at)]
         chunk_rubrics = [RUBRICS[name] for name in rubrics.slice(start, CHUNK_ROWS).to_pylist()]
         tables.append(judgment_table(judgment_rows(*chunk, tau, use_logprobs=use_logprobs, roles=roles, rubrics=chunk_rubrics,
                                                    failed_answer_loses=failed_answer_loses), roles))
@@ -172,11 +174,15 @@ def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: b
     return out if failed_answer_loses else pc.or_(out, failed(b))
 
 
-def _reviews_of(pairs: pa.Table, reviews: pa.Table, order: str) -> pa.Table:
-    """The reviews of one order, aligned with the pairs (null where a pair was not sent), each
-    under its pair's id."""
+def _review_rows(pairs: pa.Table, reviews: pa.Table, order: str) -> pa.Array:
+    """The row of each pair's review of one order among `reviews` (null where a pair was not sent)."""
     ids = pc.binary_join_element_wise(pairs.column("id"), pa.repeat(pa.scalar(order), pairs.num_rows), "|")
-    aligned = reviews.take(pc.index_in(ids, value_set=reviews.column("id").combine_chunks()))
+    return pc.index_in(ids, value_set=reviews.column("id").combine_chunks()).combine_chunks()
+
+
+def _reviews_of(pairs: pa.Table, reviews: pa.Table, rows: pa.Array) -> pa.Table:
+    """The reviews at `rows`, aligned with the pairs (null where a pair was not sent), each under its pair's id."""
+    aligned = reviews.take(rows)
     return aligned.set_column(aligned.schema.get_field_index("id"), "id", pairs.column("id"))
 
 

@@ -66,9 +66,38 @@ def written_ids(run: RunDir, rel: str) -> pa.Array:
     return pa.chunked_array([c for column in ids for c in column.chunks], pa.string()).combine_chunks()
 
 
-def read_parts(run: RunDir, rel: str):
-    """A folder of parts as a Ray Dataset (None when nothing is written yet)."""
-    import ray.data
+def read_answers(run: RunDir, rel: str, columns) -> pa.Table | None:
+    """A folder's parts read on the driver straight from storage, only `columns` (those a part
+    has); None when nothing is written yet. Not through Ray Data and the object store: the
+    object-store pages a driver reads stay in its resident memory for as long as it lives."""
+    tables = []
+    for path in part_files(run, rel):
+        with run.fs.open_input_file(path) as source:
+            part = pq.ParquetFile(source)
+            tables.append(part.read(columns=[c for c in columns if c in part.schema_arrow.names]))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
-    files = part_files(run, rel)
-    return ray.data.read_parquet(files, filesystem=run.fs) if files else None
+
+class Requests:
+    """The rows a call asks, as its workers read them: written as parquet files to a folder
+    beside its parts (a run directory every node reads), one per table added, not put in the
+    object store by the driver (whose resident memory keeps every page it wrote there).
+    Removed when the call is done; a killed call's are replaced by the next attempt's."""
+
+    def __init__(self, run: RunDir, rel: str):
+        self.run, self.rel, self.files = run, rel, []
+        self.remove()
+
+    def add(self, table: pa.Table) -> None:
+        name = f"{self.rel}/requests-{len(self.files):05d}{PART_SUFFIX}"
+        self.run.write_table(name, table)
+        self.files.append(self.run.path(name))
+
+    def dataset(self):
+        import ray.data
+
+        return ray.data.read_parquet(self.files, filesystem=self.run.fs)
+
+    def remove(self) -> None:
+        if self.run.exists(self.rel):
+            self.run.fs.delete_dir(self.run.path(self.rel))
