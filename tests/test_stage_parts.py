@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 from engine.config.models import RoleConfig, SamplingParams
 from engine.data import RunDir
 from engine.lion.iteration import parts_folder
-from engine.llm.parts import NOT_FINAL, Parts, Requests, part_files, read_answers, written_ids
+from engine.data.pools import RowFiles
+from engine.llm.parts import NOT_FINAL, Parts, part_files, read_answers, written_ids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,14 +45,14 @@ def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
         {"id": "a", "text": "x", "logprobs": None}, {"id": "b", "text": "y", "logprobs": "[]"}]
 
 
-def test_a_calls_requests_are_files_beside_its_parts_that_a_new_attempt_replaces(tmp_path):
+def test_rows_for_the_workers_are_files_that_a_new_attempt_replaces(tmp_path):
     run = RunDir(tmp_path)
-    killed = Requests(run, "calls/x/requests")
+    killed = RowFiles(run, "calls/x/requests")
     killed.add(pa.table({"id": ["a", "b"]}))
     killed.add(pa.table({"id": ["c"]}))
     assert [pq.read_table(f).column("id").to_pylist() for f in killed.files] == [["a", "b"], ["c"]]
     assert part_files(run, "calls/x") == []  # requests are not answers
-    again = Requests(run, "calls/x/requests")  # the next attempt starts from no files
+    again = RowFiles(run, "calls/x/requests")  # the next attempt starts from no files
     assert not (tmp_path / "calls" / "x" / "requests").exists()
     again.add(pa.table({"id": ["c"]}))
     again.remove()

@@ -15,6 +15,9 @@ def test_in_order_aligns_rows_to_ids_and_names_what_is_missing():
     assert in_order(table, pa.array(["c", "b", "a"])).column("x").to_pylist() == [4, 1, 2]  # an id's first row
     with pytest.raises(KeyError, match=r"1 rows have no response, e.g. \['z'\]"):
         in_order(table, pa.array(["a", "z"]))
+    aligned = pa.Table.from_batches([pa.record_batch({"id": ["a"], "x": [1]}), pa.record_batch({"id": ["b"], "x": [2]})])
+    assert in_order(aligned, pa.array(["a", "b"])) is aligned  # already in order: not copied
+    assert in_order(aligned, pa.chunked_array([["b"], ["a"]])).column("x").to_pylist() == [2, 1]
 
 
 def test_first_per_id_and_replaced_by_id_keep_the_tables_order():

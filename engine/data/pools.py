@@ -1,4 +1,5 @@
-"""Instruction pools as parquet with an explicit schema; a Ray Dataset's rows as one table."""
+"""Instruction pools as parquet with an explicit schema; rows between the driver and Ray Data:
+as files the workers read (RowFiles), a Ray Dataset's rows as one table (dataset_to_table)."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -40,3 +41,30 @@ def dataset_to_table(ds) -> pa.Table | None:
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+class RowFiles:
+    """Rows for the workers to read (a call's requests, a training run's rows), written as parquet
+    files to a folder of the run directory (which every node reads), one per table added: not
+    put in the object store by the driver, whose resident memory keeps every object-store page
+    it wrote for as long as it lives. `remove` when done; a new one at the same folder starts
+    empty (a killed attempt's files are replaced)."""
+
+    def __init__(self, run: RunDir, rel: str):
+        self.run, self.rel, self.files = run, rel, []
+        self.remove()
+
+    def add(self, table: pa.Table) -> None:
+        name = f"{self.rel}/rows-{len(self.files):05d}.parquet"
+        self.run.write_table(name, table)
+        self.files.append(self.run.path(name))
+
+    def dataset(self):
+        """The rows as a Ray Dataset, a block per file in the order added."""
+        import ray.data
+
+        return ray.data.read_parquet(self.files, filesystem=self.run.fs)
+
+    def remove(self) -> None:
+        if self.run.exists(self.rel):
+            self.run.fs.delete_dir(self.run.path(self.rel))

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RESPONSE_SCHEMA, RunDir
+from engine.data.pools import RowFiles
 from engine.data.conversations import is_conversation, user_turns
 from engine.data.tables import first_per_id, in_order
 from engine.lion.conversations import conversation_sft, earlier_turns
@@ -172,14 +173,16 @@ def sft_table(train_pool: pa.Table, responses: pa.Table, answers: pa.Table,
 
 
 def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table):
-    import ray.data
-
     from engine.train import train_causal_sft
 
     # Each iteration continues from the previous student, as in Lion's Algorithm 1.
     # Engines the student's training needs the GPUs of stop first (engine.llm.serving).
-    # One block per chunk of rows, so the training input's tokenisation spreads over the cluster.
-    blocks = [sft.slice(start, SFT_CHUNK_ROWS) for start in range(0, sft.num_rows, SFT_CHUNK_ROWS)]
+    # A file per chunk of rows, so the training input's tokenisation spreads over the cluster.
+    rows = RowFiles(run, rel(k, "imitation", "train_rows"))
+    for start in range(0, sft.num_rows, SFT_CHUNK_ROWS):
+        rows.add(sft.slice(start, SFT_CHUNK_ROWS))
     with training():
-        return train_causal_sft(cfg.train, student_model, ray.data.from_arrow(blocks),
-                                run.uri_of(rel(k, "imitation", "student")), name=f"{cfg.name}-iter{k}-imitation")
+        result = train_causal_sft(cfg.train, student_model, rows.dataset(), run.uri_of(rel(k, "imitation", "student")),
+                                  name=f"{cfg.name}-iter{k}-imitation")
+    rows.remove()
+    return result

@@ -6,7 +6,10 @@ Run directory layout (one folder per iteration):
     state.json                      which stage of which iteration is complete
     iter_<k>/train_pool.parquet     the instructions the teacher answers for imitation
     iter_<k>/cache_pool.parquet     every instruction so far: discrimination judges these
-    iter_<k>/imitation/             teacher_responses.parquet, student/ (Hugging Face export)
+    iter_<k>/imitation/             teacher_responses.parquet, student/ (Hugging Face export),
+                                    train_rows/ (the training input, while the student trains)
+    iter_<k>/<stage>/parts/         each LLM call's answers, block by block (engine.llm.parts),
+                                    and its requests/ while it runs
     iter_<k>/discrimination/        teacher_responses.parquet, student_responses.parquet, judgments.parquet
     iter_<k>/generation/            replies.parquet, new_instructions.parquet
     iter_<k>/<stage>/metrics.json   that stage's figures; iter_<k>/metrics.json merges them
@@ -23,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
-from engine.data.pools import dataset_to_table
+from engine.data.pools import RowFiles, dataset_to_table
 from engine.data.tables import first_per_id, in_order, kept, no_response
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import StageRecord
@@ -49,14 +52,14 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
     midway asks only the rows not written there. Its record counts the rows asked now,
     and `rows_from_parts` those an earlier attempt answered. With parts, the rows reach the
-    workers as files (engine.llm.parts.Requests) and the answers are read from the parts:
+    workers as files (engine.data.pools.RowFiles) and the answers are read from the parts:
     the object-store pages a driver writes or reads count in its resident memory until it
     exits (1.2 GB at 1M instructions, benchmarks/RESULTS.md); without, through the object store."""
     import ray
     import ray.data
 
     from engine.llm import generate
-    from engine.llm.parts import Parts, Requests, read_answers, written_ids
+    from engine.llm.parts import Parts, read_answers, written_ids
 
     chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
     run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
@@ -66,7 +69,7 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     before = pc.count_distinct(done).as_py()
     # With a folder of parts, the rows go to the workers as files and the answers come back from
     # the parts they wrote: the driver neither writes nor reads a pool's worth of object store.
-    requests = Requests(run, f"{folder}/requests") if folder else None
+    requests = RowFiles(run, f"{folder}/requests") if folder else None
     ids, refs, empty = [], [], pa.table({"id": pa.array([], pa.string())})
     for chunk in chunks:
         ids += chunk.column("id").chunks

@@ -76,28 +76,3 @@ def read_answers(run: RunDir, rel: str, columns) -> pa.Table | None:
             part = pq.ParquetFile(source)
             tables.append(part.read(columns=[c for c in columns if c in part.schema_arrow.names]))
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
-
-
-class Requests:
-    """The rows a call asks, as its workers read them: written as parquet files to a folder
-    beside its parts (a run directory every node reads), one per table added, not put in the
-    object store by the driver (whose resident memory keeps every page it wrote there).
-    Removed when the call is done; a killed call's are replaced by the next attempt's."""
-
-    def __init__(self, run: RunDir, rel: str):
-        self.run, self.rel, self.files = run, rel, []
-        self.remove()
-
-    def add(self, table: pa.Table) -> None:
-        name = f"{self.rel}/requests-{len(self.files):05d}{PART_SUFFIX}"
-        self.run.write_table(name, table)
-        self.files.append(self.run.path(name))
-
-    def dataset(self):
-        import ray.data
-
-        return ray.data.read_parquet(self.files, filesystem=self.run.fs)
-
-    def remove(self) -> None:
-        if self.run.exists(self.rel):
-            self.run.fs.delete_dir(self.run.path(self.rel))
