@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 
 from engine.config import RunConfig
 from engine.data import RESPONSE_SCHEMA, RunDir
-from engine.data.pools import RowFiles
 from engine.data.conversations import is_conversation, user_turns
+from engine.data.pools import RowFiles
 from engine.data.tables import first_per_id, in_order
 from engine.lion.conversations import conversation_sft, earlier_turns
 from engine.lion.iteration import (
