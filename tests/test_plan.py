@@ -84,7 +84,9 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
     run = RunDir(cfg.run_dir)
     run.write_json("state.json", {"completed": ["iter_0/imitation"]})
     run.write_json("iter_0/metrics.json", {"rows/imitation/teacher": 20, "completion_tokens/imitation/teacher": 60,
-                                           "failed_rows/imitation/teacher": 2, "lion/candidates": 10,
+                                           "failed_rows/imitation/teacher": 1, "lion/imitation_asked": 20,
+                                           # one failed, one blank: both asked again in discrimination
+                                           "lion/imitation_failed_answers": 2, "lion/candidates": 10,
                                            "lion/new_instructions": 10})
     from engine.llm.ledger import SpendLog
 

@@ -136,8 +136,9 @@ class _Estimates(Estimates):
             "generator": counters["generator"].mean([generator_messages(r, kind, cfg.lion.generator_prompt)
                                                     for r, kind in zip(rows, cycle(KINDS))]),
         }
-        self.teacher_failed = self.share("failed_rows/imitation/teacher", "rows/imitation/teacher", 0.0,
-                                         "teacher answers failed (asked again in discrimination)")
+        # Failed or blank: discrimination asks both again (engine.lion.iteration.known_teacher_answers).
+        self.teacher_failed = self.share("lion/imitation_failed_answers", "lion/imitation_asked", 0.0,
+                                         "teacher answers failed or blank (asked again in discrimination)")
         self.referee_retry = self.share("rows/discrimination/referee_retry1", "rows/discrimination/referee",
                                         p.referee_failure_rate, "reviews unreadable, asked again per retry")
         self.accepted = self.share("lion/new_instructions", "lion/candidates", p.generator_acceptance_rate,
