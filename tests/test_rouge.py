@@ -180,3 +180,20 @@ def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshol
     finally:
         module._CODE_POINTS = old
     assert got == brute_force(pool, cands, threshold)
+
+
+@FAST
+@given(st.lists(any_texts, max_size=12), st.lists(any_texts, max_size=12), thresholds, st.integers(0, 12))
+def test_an_index_built_in_chunks_and_queried_in_small_batches_decides_alike(pool, cands, threshold, split):
+    """The pool's index is built a chunk of texts at a time and queries gather postings a batch
+    at a time (a million-text pool's sizes): three texts and four entries here."""
+    from engine.lion import rouge as module
+
+    old = module._CHUNK, module._FLUSH
+    module._CHUNK, module._FLUSH = 3, 4
+    try:
+        f = NoveltyFilter(pool, threshold=threshold)
+        got = f.filter(cands[:split]) + f.filter(cands[split:])
+    finally:
+        module._CHUNK, module._FLUSH = old
+    assert got == brute_force(pool, cands, threshold)

@@ -39,7 +39,6 @@ candidates locally. One process (the default) is fastest on one machine.
 from __future__ import annotations
 
 import functools
-import math
 import re
 import sys
 import unicodedata
@@ -136,13 +135,37 @@ def _codes(seq: str | list[int]) -> list[int]:
     return seq if isinstance(seq, list) else list(map(ord, seq))
 
 
-def _min_overlap(n: int, t: float) -> int:
-    """A lower bound on the LCS any partner of an n-token text needs to reach F1 t.
+_CHUNK = 1 << 16  # sequences a step of an index's build takes at once
+_FLUSH = 1 << 20  # postings entries a query batch gathers before its pairs are bounded
+
+
+def _min_overlap(n, t: float):
+    """A lower bound on the LCS any partner of an n-token text needs to reach F1 t (n an int
+    or an array of them).
 
     From 2L >= t(m+n) and m >= L: L >= t*n/(2-t). `t` already carries the slack; the
     extra 1e-6 keeps the ceiling from rounding up past an exact integer.
     """
-    return max(1, math.ceil(t * n / (2 - t) - 1e-6))
+    return np.maximum(1, np.ceil(t * np.asarray(n) / (2 - t) - 1e-6)).astype(np.int64)
+
+
+def _elements(seqs: list[str | list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (lengths, owner, key): every element of every sequence, owner-major. An element is a
+    token with its occurrence number in its sequence, key = code << 24 | occurrence, so that
+    multiset intersection is set intersection."""
+    lens = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    if lens.size and lens.max() >= 1 << 24:
+        raise ValueError(f"a text of {lens.max():,} tokens: ROUGE-L's index counts at most 16,777,215")
+    if all(isinstance(s, str) for s in seqs):
+        codes = np.frombuffer("".join(seqs).encode("utf-32-le"), np.uint32).astype(np.int64)
+    else:
+        codes = np.fromiter((c for s in seqs for c in _codes(s)), np.int64, int(lens.sum()))
+    # Sorted by (owner, code), each run of one token in one sequence counts 1, 2, 3, ...
+    owned = np.repeat(np.arange(len(seqs), dtype=np.int64), lens) << 32 | codes
+    owned.sort()
+    at = np.arange(len(owned))
+    run_start = np.maximum.accumulate(np.where(np.r_[True, owned[1:] != owned[:-1]], at, 0))
+    return lens, owned >> 32, (owned & 0xFFFFFFFF) << 24 | (at - run_start + 1)
 
 
 class _Index:
@@ -151,6 +174,10 @@ class _Index:
     Queries run in batches, fully vectorised: per query and indexed item the prefix
     matches give an upper bound on the overlap, and only pairs whose bound can reach the
     threshold get an exact LCS, computed pairwise in compiled code.
+
+    The index is flat numpy arrays, no Python object per element: a million instructions
+    with a million distinct tokens (numbered tasks) would otherwise hold a million dict
+    entries, tuples and arrays, about 1 GB.
     """
 
     def __init__(self, threshold: float, tokenize: Callable[[str], list[str]], strict: bool = False):
@@ -158,12 +185,16 @@ class _Index:
         self._t = threshold - _SLACK
         self._tokenize = tokenize
         self._token_ids: dict[str, int] = {}
-        # Global element order, fixed at first sight of an element: (document frequency
-        # at build time) * 2**32 + serial, rarest first. Elements first seen later rank
-        # as df 0; any fixed total order keeps the prefix filter exact.
-        self._rank: dict[tuple[int, int], int] = {}
-        # element -> item << 32 | the element's position in the item's ordered elements
-        self._postings: dict[tuple[int, int], np.ndarray] = {}
+        # An element's id is its place in the global order, rarest first: the built pool's
+        # elements by document frequency (ids 0, 1, ...; `_keys` sorted, `_key_ids` theirs);
+        # elements first seen later rank before them, fixed at first sight (ids -1, -2, ...).
+        # Any fixed total order keeps the prefix filter exact.
+        self._keys, self._key_ids = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self._late_ids: dict[int, int] = {}
+        # Postings of element e: item << 32 | the element's position in the item's prefix;
+        # the built pool's in _entries[_offsets[e]:_offsets[e + 1]], items added later's here.
+        self._offsets, self._entries = np.zeros(1, np.int64), np.zeros(0, np.int64)
+        self._late_postings: dict[int, list[int]] = {}
         self.seqs: list[str | list[int]] = []
         self._lens = np.zeros(0, dtype=np.int64)
 
@@ -179,73 +210,106 @@ class _Index:
     def _wide(self) -> bool:
         return len(self._token_ids) > _CODE_POINTS
 
-    @staticmethod
-    def _elements(seq: str | list[int]) -> list[tuple[int, int]]:
-        seen: dict[int, int] = {}
-        out = []
-        for tok in _codes(seq):
-            k = seen[tok] = seen.get(tok, 0) + 1
-            out.append((tok, k))
-        return out
+    def _ids(self, keys: np.ndarray) -> np.ndarray:
+        """Each element's id; one never seen before gets the next late id."""
+        at = np.searchsorted(self._keys, keys)
+        found = at < len(self._keys)
+        found[found] = self._keys[at[found]] == keys[found]
+        ids = np.zeros(len(keys), np.int64)
+        ids[found] = self._key_ids[at[found]]
+        late = self._late_ids
+        for k in np.flatnonzero(~found).tolist():
+            ids[k] = late.setdefault(int(keys[k]), -1 - len(late))
+        return ids
 
-    def _prefix(self, seq: str | list[int]) -> list[tuple[int, int]]:
-        rank = self._rank
-        elems = self._elements(seq)
-        for e in elems:
-            if e not in rank:
-                rank[e] = len(rank)
-        elems.sort(key=rank.__getitem__)
-        return elems[: len(elems) - _min_overlap(len(elems), self._t) + 1]
+    def _prefixes(self, lens: np.ndarray, owner: np.ndarray, ids: np.ndarray):
+        """-> (owner, position, id) of each sequence's prefix: its elements rarest first, as
+        many as a partner reaching the threshold must share one of."""
+        low = min(int(ids.min()), 0) if len(ids) else 0
+        span = (int(ids.max()) if len(ids) else 0) - low + 1
+        ranked = owner * span + (ids - low)
+        ranked.sort()
+        owner, ids = ranked // span, ranked % span + low
+        position = np.arange(len(owner)) - np.searchsorted(owner, owner)
+        keep = position < lens[owner] - _min_overlap(lens[owner], self._t) + 1
+        return owner[keep], position[keep], ids[keep]
 
     def build(self, texts: Sequence[str]) -> None:
-        """Index a whole pool at once, ranking elements by their document frequency."""
+        """Index a whole pool at once into an empty index, ranking elements by their document frequency."""
         seqs = [self.encode(t) for t in texts]
-        df: dict[tuple[int, int], int] = {}
-        for seq in seqs:
-            for e in self._elements(seq):
-                df[e] = df.get(e, 0) + 1
-        serial = len(self._rank)
-        for i, e in enumerate(sorted(df, key=df.__getitem__)):
-            self._rank.setdefault(e, (df[e] << 32) + serial + i)
-        self.add(seqs)
+        self.seqs, self._lens = seqs, np.fromiter(map(len, seqs), np.int64, len(seqs))
+        if self.threshold > 1:  # no pair can reach it: index nothing
+            return
+        # A chunk of the pool at a time: its elements are tens of millions, and every step's
+        # temporaries as many again.
+        chunks = range(0, len(seqs), _CHUNK)
+        keys = np.concatenate([np.zeros(0, np.int64), *(_elements(seqs[a:a + _CHUNK])[2] for a in chunks)])
+        self._keys, df = np.unique(keys, return_counts=True)
+        self._key_ids = np.empty(len(self._keys), np.int64)
+        self._key_ids[np.lexsort((self._keys, df))] = np.arange(len(self._keys))
+        del df
+        entries, ids, done = [], [], 0
+        for a in chunks:
+            lens = self._lens[a:a + _CHUNK]
+            owner = np.repeat(np.arange(a, a + len(lens)), lens)
+            chunk = keys[done:done + len(owner)]
+            done += len(owner)
+            owner, position, chunk_ids = self._prefixes(self._lens, owner, self._key_ids[np.searchsorted(self._keys, chunk)])
+            entries.append(owner << 32 | position)
+            ids.append(chunk_ids)
+        del keys
+        ids = np.concatenate([np.zeros(0, np.int64), *ids])
+        self._entries = np.concatenate([np.zeros(0, np.int64), *entries])[np.argsort(ids, kind="stable")]
+        self._offsets = np.r_[0, np.cumsum(np.bincount(ids, minlength=len(self._keys)))]
 
     def add(self, seqs: list[str | list[int]]) -> None:
-        fresh: dict[tuple[int, int], list[int]] = {}
-        for seq in seqs:
-            item = len(self.seqs)
-            self.seqs.append(seq)
-            if seq and self.threshold <= 1:  # above 1.0 no pair can match: index nothing
-                for j, e in enumerate(self._prefix(seq)):
-                    fresh.setdefault(e, []).append(item << 32 | j)
-        self._lens = np.concatenate([self._lens, np.array([len(q) for q in seqs], dtype=np.int64)])
-        for e, lst in fresh.items():
-            old = self._postings.get(e)
-            self._postings[e] = np.array(lst, dtype=np.int64) if old is None else np.r_[old, lst]
+        lens, owner, keys = _elements(seqs)
+        base = len(self.seqs)
+        self.seqs += seqs
+        self._lens = np.concatenate([self._lens, lens])
+        if self.threshold > 1 or not len(keys):
+            return
+        owner, position, ids = self._prefixes(lens, owner, self._ids(keys))
+        for e, entry in zip(ids.tolist(), ((owner + base) << 32 | position).tolist()):
+            self._late_postings.setdefault(e, []).append(entry)
 
     def _survivors(self, seqs: list[str | list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query, item) pairs the prefix and positional bounds cannot rule out, in batches.
 
-        A batch is flushed at about 2M postings entries, to bound memory whatever the pool.
+        A batch is flushed at about _FLUSH postings entries, to bound memory whatever the pool.
         """
-        qlens = np.array([len(s) for s in seqs], dtype=np.int64)
-        arrays, query, where, size = [], [], [], 0
-        for q, seq in enumerate(seqs):
-            for i, e in enumerate(self._prefix(seq) if seq else ()):
-                if (found := self._postings.get(e)) is not None:
-                    arrays.append(found)
-                    query.append(q)
-                    where.append(i)
-                    size += len(found)
-            if arrays and (size >= 1 << 21 or q == len(seqs) - 1):
-                yield self._bound(arrays, query, where, qlens)
-                arrays, query, where, size = [], [], [], 0
+        qlens, owner, keys = _elements(seqs)
+        if self.threshold > 1 or not len(keys):
+            return
+        query, where, ids = self._prefixes(qlens, owner, self._ids(keys))
+        built = ids >= 0
+        starts = np.where(built, self._offsets[np.where(built, ids, 0)], 0)
+        counts = np.where(built, self._offsets[np.where(built, ids + 1, 0)] - starts, 0)
+        # Cut between queries, once the postings since the last cut pass _FLUSH.
+        ends = np.flatnonzero(np.r_[query[1:] != query[:-1], True]) + 1
+        cuts, flushed = [0], 0
+        for end, seen in zip(ends.tolist(), np.cumsum(counts)[ends - 1].tolist()):
+            if seen - flushed >= _FLUSH or end == len(query):
+                cuts.append(end)
+                flushed = seen
+        for a, b in zip(cuts, cuts[1:]):
+            yield self._bound(query[a:b], where[a:b], ids[a:b], starts[a:b], counts[a:b], qlens)
 
-    def _bound(self, arrays, query, where, qlens) -> tuple[np.ndarray, np.ndarray]:
-        sizes = [len(a) for a in arrays]
-        packed = np.concatenate(arrays)
-        q, i = np.repeat(np.array(query), sizes), np.repeat(np.array(where), sizes)
-        # A stable sort by (query, item) keeps each pair's matches in rank order.
-        order = np.argsort(q * len(self.seqs) + (packed >> 32), kind="stable")
+    def _bound(self, query, where, ids, starts, counts, qlens) -> tuple[np.ndarray, np.ndarray]:
+        total = int(counts.sum())
+        packed = self._entries[np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)]
+        q, i = np.repeat(query, counts), np.repeat(where, counts)
+        if self._late_postings:
+            late = [(k, self._late_postings[e]) for k, e in enumerate(ids.tolist()) if e in self._late_postings]
+            if late:
+                sizes = [len(lst) for _, lst in late]
+                at = np.repeat([k for k, _ in late], sizes)
+                packed = np.r_[packed, np.concatenate([lst for _, lst in late]).astype(np.int64)]
+                q, i = np.r_[q, query[at]], np.r_[i, where[at]]
+        if not len(packed):
+            return packed, packed
+        # Sorted by (query, item), each pair's matches in rank order.
+        order = np.lexsort((i, q * len(self.seqs) + (packed >> 32)))
         q, i, item, j = q[order], i[order], packed[order] >> 32, packed[order] & 0xFFFFFFFF
         first = np.flatnonzero(np.r_[True, (q[1:] != q[:-1]) | (item[1:] != item[:-1])])
         last = np.r_[first[1:], len(q)] - 1
