@@ -134,6 +134,24 @@ def test_a_run_without_conversations_exports_its_imitation(tmp_path):
     assert imitation[1]["teacher_answer"] == "Green." and imitation[1]["messages"] is None  # its first turn's answer is gone
 
 
+def test_a_split_written_a_slice_at_a_time_is_the_split_written_whole(tmp_path, monkeypatch):
+    from engine.lion import export
+
+    run = _run_dir(tmp_path, "sk-x")
+    whole = export_run(run.uri, str(tmp_path / "whole"))
+    monkeypatch.setattr(export, "ROWS", 1)  # every row a slice of its own
+    assert export_run(run.uri, str(tmp_path / "sliced")) == whole
+    for split in ("imitation", "discrimination", "generation"):
+        one, sliced = (datasets.load_from_disk(str(tmp_path / out / "iter_0"))[split] for out in ("whole", "sliced"))
+        assert sliced.features == one.features and sliced.to_list() == one.to_list() and len(one) == whole[0][split]
+    # A generation that kept nothing: its split is empty, and loads (datasets' own save_to_disk
+    # writes no data file for an empty table, and load_from_disk then fails on the folder).
+    write_pool(run, rel(0, "generation", "new_instructions.parquet"), pool_table([]))
+    assert export_run(run.uri, str(tmp_path / "none"))[0]["generation"] == 0
+    generation = datasets.load_from_disk(str(tmp_path / "none" / "iter_0"))["generation"]
+    assert len(generation) == 0 and generation.features == sliced.features
+
+
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (as `make test` sets it)")
 def test_a_hub_id_offline_is_one_line_naming_it():
     with pytest.raises(PoolFileError) as failed:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from engine.llm.prompts import instruction_messages
 
 ROLES = ("teacher", "referee", "generator", "student")
 SECRET = re.compile(r"(api_?key|token|secret|password)(?!_env)", re.IGNORECASE)
+ROWS = 1 << 16  # rows of a split made and written at a time
 MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 
 
@@ -48,15 +51,16 @@ def iterations(run: RunDir) -> list[int]:
     return sorted(k for k in found if run.exists(rel(k, "train_pool.parquet")))
 
 
-def imitation_split(run: RunDir, k: int) -> pa.Table | None:
-    if not run.exists(rel(k, "imitation", "teacher_responses.parquet")):
-        return None
+def imitation_split(run: RunDir, k: int) -> Iterator[pa.Table]:
     # The pool's own answers first (they win on a shared id), then a conversation's earlier turns'.
     answers = first_per_id(pa.concat_tables([_answers(run, rel(k, "imitation", name))
                                              for name in ("teacher_responses.parquet", "teacher_turns.parquet")]))
-    table = _lookup(run.read_table(rel(k, "train_pool.parquet")), answers, "id",
-                    {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"})
-    return _pool_columns(table.append_column(pa.field("messages", MESSAGES), _messages(table, answers)))
+    pool = run.read_table(rel(k, "train_pool.parquet"))
+    at = _positions(pool["id"], answers)
+    for start, rows in _slices(pool):
+        table = _with(rows, answers, at.slice(start, rows.num_rows),
+                      {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"})
+        yield _pool_columns(table.append_column(pa.field("messages", MESSAGES), _messages(table, answers)))
 
 
 def _answers(run: RunDir, path: str) -> pa.Table:
@@ -65,11 +69,22 @@ def _answers(run: RunDir, path: str) -> pa.Table:
     return table.select(["id", "text", "finish_reason"])
 
 
-def _lookup(table: pa.Table, other: pa.Table, on: str, names: dict[str, str]) -> pa.Table:
-    """`table` with `other`'s columns `names` (renamed to their values) where `table`'s `on`
-    equals `other`'s id, null where none does; `table`'s rows and order kept."""
-    other = first_per_id(other.select(["id", *names]))
-    found = other.take(pc.index_in(table[on], value_set=other["id"].combine_chunks()))  # a null index: a null row
+def _slices(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(start, rows): a pool ROWS rows at a time (one empty slice for an empty pool). A split is
+    made and written a slice at a time, so a million-row split is never whole in memory."""
+    return ((start, table.slice(start, ROWS)) for start in range(0, max(table.num_rows, 1), ROWS))
+
+
+def _positions(keys: pa.ChunkedArray, other: pa.Table) -> pa.Array:
+    """Where each key is `other`'s id (ids unique), null where none is: one hash of `other`'s
+    ids for a whole pool, taken a slice at a time."""
+    return pc.index_in(keys, value_set=other["id"].combine_chunks())
+
+
+def _with(table: pa.Table, other: pa.Table, at: pa.Array, names: dict[str, str]) -> pa.Table:
+    """`table` with `other`'s columns `names`, renamed to their values, from `other`'s rows `at`
+    (null at a null position); `table`'s rows and order kept."""
+    found = other.select(list(names)).take(at)
     for name, renamed in names.items():
         table = table.append_column(pa.field(renamed, other.schema.field(name).type), found[name])
     return table
@@ -121,24 +136,25 @@ JUDGED = {"teacher_score": "teacher_score", "student_score": "student_score", "g
           "status": "status"}
 
 
-def discrimination_split(run: RunDir, k: int) -> pa.Table | None:
-    if not run.exists(rel(k, "discrimination", "judgments.parquet")):
-        return None
-    table = run.read_table(rel(k, "cache_pool.parquet"))
-    for role in ("teacher", "student"):
-        table = _lookup(table, _answers(run, rel(k, "discrimination", f"{role}_responses.parquet")), "id",
-                        {"text": f"{role}_answer"})
-    table = _lookup(table, run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED]), "id", JUDGED)
-    return _pool_columns(table)
+def discrimination_split(run: RunDir, k: int) -> Iterator[pa.Table]:
+    pool = run.read_table(rel(k, "cache_pool.parquet"))
+    sources = [(first_per_id(_answers(run, rel(k, "discrimination", f"{role}_responses.parquet"))), {"text": f"{role}_answer"})
+               for role in ("teacher", "student")]
+    sources.append((first_per_id(run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED])), JUDGED))
+    at = [_positions(pool["id"], other) for other, _ in sources]
+    for start, table in _slices(pool):
+        for (other, names), where in zip(sources, at):
+            table = _with(table, other, where.slice(start, table.num_rows), names)
+        yield _pool_columns(table)
 
 
-def generation_split(run: RunDir, k: int) -> pa.Table | None:
-    if not run.exists(rel(k, "generation", "new_instructions.parquet")):
-        return None
-    seeds = run.read_table(rel(k, "cache_pool.parquet"), columns=["id", "instruction", "input"])
-    table = _lookup(run.read_table(rel(k, "generation", "new_instructions.parquet")), seeds, "parent_id",
-                    {"instruction": "seed_instruction", "input": "seed_input"})
-    return _pool_columns(table)
+def generation_split(run: RunDir, k: int) -> Iterator[pa.Table]:
+    new = run.read_table(rel(k, "generation", "new_instructions.parquet"))
+    seeds = first_per_id(run.read_table(rel(k, "cache_pool.parquet"), columns=["id", "instruction", "input"]))
+    at = _positions(new["parent_id"], seeds)
+    for start, table in _slices(new):
+        yield _pool_columns(_with(table, seeds, at.slice(start, table.num_rows),
+                                  {"instruction": "seed_instruction", "input": "seed_input"}))
 
 
 def _pool_columns(table: pa.Table) -> pa.Table:
@@ -157,7 +173,10 @@ def _pool_columns(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema([f.with_nullable(True) for f in fields]))
 
 
-SPLITS = {"imitation": imitation_split, "discrimination": discrimination_split, "generation": generation_split}
+# A split per stage that ran: its rows, made when the stage's last file is written.
+SPLITS = {"imitation": (("imitation", "teacher_responses.parquet"), imitation_split),
+          "discrimination": (("discrimination", "judgments.parquet"), discrimination_split),
+          "generation": (("generation", "new_instructions.parquet"), generation_split)}
 
 
 def redacted(obj):
@@ -198,6 +217,36 @@ def card(run: RunDir, counts: dict[int, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def _save(slices: Iterator[pa.Table], folder: Path) -> tuple[int, int]:
+    """A split's slices as one `datasets.load_from_disk` folder, written a slice at a time.
+    -> (rows, rows whose `hard` is true).
+
+    `Dataset.save_to_disk` needs the whole table: it writes the folder's state.json and
+    dataset_info.json here from the first row, and its one data file is then rewritten by
+    the writer it uses itself (datasets.arrow_writer.ArrowWriter) from every slice.
+    """
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    first = next(slices)
+    # One data file, an empty split's too (datasets' default writes none for it, and then
+    # load_from_disk fails on the folder).
+    datasets.Dataset(first.slice(0, 1)).save_to_disk(str(folder), num_shards=1)
+    (data_file,) = json.loads((folder / datasets.config.DATASET_STATE_JSON_FILENAME).read_text())["_data_files"]
+    writer = ArrowWriter(features=datasets.Features.from_arrow_schema(first.schema), path=str(folder / data_file["filename"]))
+    rows = hard = 0
+    try:
+        for table in chain([first], slices):
+            writer.write_table(table.cast(first.schema))
+            rows += table.num_rows
+            if "hard" in table.column_names:
+                hard += pc.sum(pc.fill_null(table["hard"], False)).as_py() or 0
+        writer.finalize()
+    finally:
+        writer.close()
+    return rows, hard
+
+
 def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[int, dict[str, int]]:
     """Write each iteration's DatasetDict to `to`/iter_<k> and the card to `to`/README.md;
     with `push_to_hub`, push them to that hub dataset repository. -> row counts per iteration."""
@@ -208,16 +257,11 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
     counts = {}
     for k in iterations(run):
         splits, hard = {}, {}
-        # A split at a time, each written before the next is made: one pool-sized table in memory.
-        for name, split in SPLITS.items():
-            table = split(run, k)
-            if table is None:
-                continue
-            datasets.Dataset(table).save_to_disk(str(out / f"iter_{k}" / name))
-            splits[name] = table.num_rows
-            if name == "discrimination":
-                hard["hard"] = pc.sum(pc.fill_null(table["hard"], False)).as_py() or 0
-            del table
+        for name, (made, split) in SPLITS.items():
+            if run.exists(rel(k, *made)):
+                splits[name], hard_rows = _save(split(run, k), out / f"iter_{k}" / name)
+                if name == "discrimination":
+                    hard["hard"] = hard_rows
         if splits:  # the list of splits DatasetDict.save_to_disk writes: load_from_disk reads the folder as one
             (out / f"iter_{k}" / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(splits)}))
             counts[k] = {**splits, **hard}
