@@ -121,7 +121,9 @@ class ServingConfig(Strict):
     retries: int = Field(3, ge=0)  # re-sends of the requests an engine lost (it died) before they fail
     # How long an engine may take to start (its first start included: GPUs to free up, the
     # model to download and load) or to restart; past it the stage ends with a line naming the
-    # role and what it waited for, and the run stays resumable.
+    # role and what it waited for, and the run stays resumable. A per-stage engine's stage
+    # (Ray Data's vLLM processor) gives it to each of its actor pools in turn: the chat-template
+    # and tokenizer workers (seconds each), then the engines.
     ready_timeout_s: PositiveFloat = 900.0
 
     @model_validator(mode="before")

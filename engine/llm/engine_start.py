@@ -16,6 +16,7 @@ once; other causes (a process killed while it loaded) leave Serve to try again.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -116,3 +117,55 @@ def waiting_for_resources(app: str | None = None) -> bool:
 
     return any((app is None or f"::{app}#" in (group.get("name") or "")) and group.get("state") == "PENDING"
                for group in placement_group_table().values())
+
+
+def gpus_pending() -> bool:
+    """Does anything wait for GPUs now: a placement group, or an actor or task Ray has not
+    placed (Ray Data's vLLM stage asks for its engines' GPUs as an actor's num_gpus where
+    tensor parallelism is 1, as a placement group where it is more)? Read from Ray's own
+    view of the demand (the GCS autoscaler state every cluster keeps); the placement-group
+    table where that is unavailable."""
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demand = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    except Exception:
+        return waiting_for_resources()
+    asks = [*demand.placement_group_demand, *demand.ray_task_actor_demand]
+    return any(ask.bundle.get("GPU", 0) > 0 for pending in asks for ask in pending.bundles_by_count)
+
+
+class ResourceWatch:
+    """Polls `pending` (gpus_pending) while a stage starts its engines, so that a deadline's
+    message can say whether they were still waiting for resources: Ray Data removes its engines'
+    placement group and actors as the stage fails, and its deadline starts when each actor pool
+    starts, not when the stage is called, so one look at a fixed time can miss the demand. It
+    polls for `for_s` seconds (the start's deadline and a margin), not the stage's hours."""
+
+    def __init__(self, for_s: float, every_s: float = POLL_S, pending=None):
+        self.every_s, self.seen = every_s, []  # (monotonic time, something waited for GPUs)
+        self.pending = pending or gpus_pending
+        self.until = time.monotonic() + for_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self.until:
+            self.seen.append((time.monotonic(), self.pending()))
+            del self.seen[:-64]
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "ResourceWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def waited(self, window_s: float = 3.0) -> bool:
+        """Did something wait for GPUs now or in the last `window_s` seconds?"""
+        recent = time.monotonic() - window_s
+        return any(pending for at, pending in list(self.seen) if at >= recent) or self.pending()

@@ -11,7 +11,6 @@ as the JSON top-k maps of engine.llm.responses.
 from __future__ import annotations
 
 import json
-import threading
 from functools import partial
 
 import ray
@@ -140,8 +139,9 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
              draw: str | None = None, parts=None) -> tuple["ray.data.MaterializedDataset", float]:
     """-> (the stage's answers in the response contract, GPUs held). The engines get
     `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
-    actors that long); past it the stage ends with engine.llm.fit.WaitedTooLong."""
-    from engine.llm.engine_start import waiting_for_resources
+    actors that long, each of the stage's actor pools in turn: the chat-template and tokenizer
+    workers, then the engines); past it the stage ends with engine.llm.fit.WaitedTooLong."""
+    from engine.llm.engine_start import ResourceWatch
     from engine.llm.fit import WaitedTooLong, cluster_gpus
 
     gpu = cluster_has_gpus()
@@ -155,21 +155,14 @@ def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep
         with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
     out = write_parts(out, parts)  # each block kept as it finishes (engine.llm.parts)
     out.context.wait_for_min_actors_s = start_timeout_s
-    # Whether the engines' placement group still waits for resources is read just before the
-    # deadline: by the time materialize raises, Ray Data may have removed the group already.
-    pending = []
-    probe = threading.Timer(max(start_timeout_s - 1.0, 0.0), lambda: pending.append(waiting_for_resources()))
-    probe.daemon = True
-    probe.start()
-    try:
-        done = out.materialize()
-    except ray.exceptions.GetTimeoutError as e:
-        if "starting actors" not in str(e):
-            raise
-        what = "its engines' resources" if any(pending) or waiting_for_resources() else "its engines to start"
-        raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
-                            what=what) from None
-    finally:
-        probe.cancel()
+    with ResourceWatch(for_s=3 * start_timeout_s + 120) as watch:  # three pools' deadlines
+        try:
+            done = out.materialize()
+        except ray.exceptions.GetTimeoutError as e:
+            if "starting actors" not in str(e):
+                raise
+            what = "its engines' resources" if watch.waited() else "its engines to start"
+            raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
+                                what=what) from None
     return done, float(tp * replicas if gpu else 0)
 
