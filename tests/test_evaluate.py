@@ -197,12 +197,15 @@ class ScriptedRoles:
         self.calls = []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True):
+                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
             row for table in rows for row in table.to_pylist()]
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
-        return pa.Table.from_pylist(self.replies(rows, role_name, draw)), StageRecord(stage, rows=len(rows))
+        table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
+        if columns is not None:  # as answer reads them: the id and the columns asked for
+            table = table.select([c for c in table.column_names if c == "id" or c in columns])
+        return table, StageRecord(stage, rows=len(rows))
 
     def replies(self, rows, role_name, draw):
         out = []

@@ -51,7 +51,7 @@ class ScriptedLLM:
         self.reply, self.calls = reply, []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True):
+                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
             row for table in rows for row in table.to_pylist()]
@@ -60,7 +60,10 @@ class ScriptedLLM:
         for row in rows:
             seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
             out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
-        return (pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})), StageRecord(stage, rows=len(rows))
+        table = pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})
+        if columns is not None:  # as answer reads them: the id and the columns asked for
+            table = table.select([c for c in table.column_names if c == "id" or c in columns])
+        return table, StageRecord(stage, rows=len(rows))
 
 
 def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):
@@ -213,6 +216,16 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
     retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
     assert retry[0]["draw"] == "iter_0/discrimination/referee_retry1"
     assert summary["judged"] == 2 and summary["failed"] == 0
+    # judgments.parquet, written a chunk at a time on the first pass, holds the retried rows whole, in the pool's order.
+    written = run.read_table(rel(0, "discrimination", "judgments.parquet"))
+    assert written.column("id").to_pylist() == read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()
+    assert written.column("status").to_pylist() == ["ok", "ok"]
+    # The empty student answer lost on its unread reviews (no retry); the other row's reviews are the retry's.
+    rows = written.to_pylist()
+    assert [r["review_teacher_first"] for r in rows if r["teacher_score_1"] is None] == ["I cannot say."]
+    redrawn = [r for r in rows if r["teacher_score_1"] is not None]
+    assert len(redrawn) == 1 and redrawn[0]["review_student_first"].startswith("Evaluation evidence"), rows
+    assert sorted(p.name for p in (tmp_path / "iter_0" / "discrimination").glob("judgments*")) == ["judgments.parquet"]
 
 
 def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_path, monkeypatch):

@@ -29,6 +29,23 @@ def test_rundir_in_s3_keeps_its_scheme_for_other_processes(s3_bucket, tmp_path):
     assert local.uri_of("iter_0", "student") == str(tmp_path / "run" / "iter_0" / "student") and local.is_local
 
 
+def test_a_table_written_a_chunk_at_a_time_appears_whole_or_not_at_all(s3_bucket):
+    run = RunDir(f"{s3_bucket}/runs/chunks")
+    chunk = pa.table({"id": ["a", "b"]})
+    with run.table_writer("iter_0/judgments.parquet.first_pass", chunk.schema) as writer:
+        for _ in range(3):
+            writer.write_table(chunk)
+        assert not run.exists("iter_0/judgments.parquet.first_pass")  # not before it is whole
+    run.move("iter_0/judgments.parquet.first_pass", "iter_0/judgments.parquet")
+    assert run.read_table("iter_0/judgments.parquet").column("id").to_pylist() == ["a", "b"] * 3
+    with pytest.raises(RuntimeError):
+        with run.table_writer("iter_0/broken.parquet", chunk.schema) as writer:
+            writer.write_table(chunk)
+            raise RuntimeError("killed midway")
+    listed = run.fs.get_file_info(pafs.FileSelector(run.path("iter_0")))
+    assert sorted(i.base_name for i in listed) == ["judgments.parquet"]  # no half file, no temp file
+
+
 def _upload(folder, uri: str) -> None:
     fs, path = pafs.FileSystem.from_uri(uri)
     pafs.copy_files(str(folder), path, destination_filesystem=fs)

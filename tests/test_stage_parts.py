@@ -83,10 +83,11 @@ ray.init(log_to_driver=False)
 role = RoleConfig(backend="hf", model=sys.argv[2], sampling=SamplingParams(temperature=0.0, max_tokens=16),
                   parallelism=Parallelism(batch_size=2, replicas=1))
 rows = [{"id": f"r{i:02d}", "instruction": f"Name {i} colours.", "input": ""} for i in range(int(sys.argv[3]))]
+columns = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
 out, rec = answer(role, rows, instruction_messages, stage="discrimination/student", role_name="student",
-                  run_dir=RunDir(sys.argv[1]), parts="iter_0/discrimination/parts")
-out = out.to_pylist()
-print(json.dumps({"ids": [r["id"] for r in out], "asked": rec.rows, "from_parts": rec.extra["rows_from_parts"],
+                  run_dir=RunDir(sys.argv[1]), parts="iter_0/discrimination/parts", columns=columns)
+names, out = out.column_names, out.to_pylist()
+print(json.dumps({"ids": [r["id"] for r in out], "asked": rec.rows, "from_parts": rec.extra["rows_from_parts"], "columns": names,
                   "answered": sum(r["text"] is not None for r in out)}))
 """
 
@@ -107,11 +108,13 @@ def test_a_call_killed_midway_resumes_from_the_blocks_it_wrote(ray_cluster, tiny
     before = written_ids(RunDir(run), str(next(folder.iterdir()).relative_to(run))).to_pylist()
     assert 2 <= len(before) < n and len(set(before)) == len(before)
 
-    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # The resumed call reads only the columns it is asked for (the referee's reviews: no token counts).
+    again = subprocess.run([*cmd, "text,finish_reason"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     result = __import__("json").loads(again.stdout.strip().splitlines()[-1])
     # Only the rows not written were asked; every row has its answer, once.
     assert result["ids"] == [f"r{i:02d}" for i in range(n)] and result["answered"] == n
+    assert result["columns"] == ["id", "text", "finish_reason"], result["columns"]
     assert result["from_parts"] >= len(before) and result["asked"] == n - result["from_parts"]
     after = written_ids(RunDir(run), str(next(folder.iterdir()).relative_to(run))).to_pylist()
     assert sorted(after) == sorted(set(after)) == result["ids"]

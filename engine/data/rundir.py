@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,12 +55,32 @@ class RunDir:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        with self._atomic(rel) as out:
+            out.write(data)
+
+    @contextmanager
+    def _atomic(self, rel: str):
+        """An output stream to a temporary file, renamed over `rel` once the block ends without an error."""
         target = self.path(rel)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                yield out
+        except BaseException:
+            self.fs.delete_file(tmp)
+            raise
         self.fs.move(tmp, target)
+
+    @contextmanager
+    def table_writer(self, rel: str, schema: pa.Schema):
+        """A parquet writer of `schema` (`.write_table(chunk)`): a table written a chunk at a
+        time, which appears at `rel` whole, and only when the block ends without an error."""
+        with self._atomic(rel) as out, pq.ParquetWriter(out, schema) as writer:
+            yield writer
+
+    def move(self, rel: str, to: str) -> None:
+        self.fs.move(self.path(rel), self.path(to))
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:

@@ -48,9 +48,9 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     judgments, judge_records = judge_pairs(
         cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
         setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau, parts=rel(k, "discrimination", "parts"))
+        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau, parts=rel(k, "discrimination", "parts"),
+        write_to=rel(k, "discrimination", "judgments.parquet"))  # written a chunk at a time; kept without the reviews
     records.extend(judge_records)
-    run.write_table(rel(k, "discrimination", "judgments.parquet"), judgments)
 
     summary = summarize(judgments)
     log.info("iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s", k,

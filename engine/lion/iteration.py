@@ -37,7 +37,7 @@ def rel(k: int, *parts: str) -> str:
 
 
 def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts: str | None = None,
-           in_rows_order: bool = True, **kwargs) -> tuple[pa.Table, StageRecord]:
+           in_rows_order: bool = True, columns: tuple[str, ...] | None = None, **kwargs) -> tuple[pa.Table, StageRecord]:
     """engine.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
     table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
     has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
@@ -63,6 +63,7 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
 
     chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
     run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
+    columns = ANSWER_COLUMNS if columns is None else ("id", *(c for c in columns if c != "id"))
     if parts is not None and run is not None:
         folder = parts_folder(parts, role, kwargs)
         done = written_ids(run, folder)
@@ -89,11 +90,11 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
         if requests:
             requests.remove()
         else:
-            responses = _answer_columns(dataset_to_table(out))
+            responses = _answer_columns(dataset_to_table(out), columns)
     else:
         record = StageRecord(kwargs["stage"])
     if folder:
-        responses = read_answers(run, folder, ANSWER_COLUMNS)
+        responses = read_answers(run, folder, columns)
     record.extra["rows_from_parts"] = before
     ids = pa.chunked_array(ids, pa.string())
     if responses is None:
@@ -109,11 +110,11 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
 ANSWER_COLUMNS = (*RESPONSE_SCHEMA.names, "logprobs")
 
 
-def _answer_columns(table: pa.Table | None) -> pa.Table | None:
-    """ANSWER_COLUMNS of the answered rows fetched from the object store. Selected here, not
+def _answer_columns(table: pa.Table | None, columns) -> pa.Table | None:
+    """`columns` of the answered rows fetched from the object store. Selected here, not
     in one more Ray Data job (a second or more each, engine.llm._account): the fetched blocks
     are mapped, not copied, so the columns left out never reach the driver's memory."""
-    return None if table is None else table.select([c for c in ANSWER_COLUMNS if c in table.column_names])
+    return None if table is None else table.select([c for c in columns if c in table.column_names])
 
 
 def parts_folder(base: str, role, kwargs: dict) -> str:

@@ -18,13 +18,14 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine.config import RoleConfig
 from engine.data import RunDir
-from engine.data.tables import kept
+from engine.data.tables import kept, replaced_by_id
 from engine.lion.iteration import answer, constraint
 from engine.lion.referee import (
-    ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
+    OK, ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
     unparseable_ids,
 )
 from engine.lion.rubrics import RUBRICS, rubric_for
@@ -49,9 +50,14 @@ def judge_pairs(
     role_name: str = "referee",
     failed_answer_loses: bool = False,
     parts: str | None = None,
+    write_to: str | None = None,
 ) -> tuple[pa.Table, list[StageRecord]]:
     """-> (one judgment row per pair, in order, in `judgment_schema(*roles)`; the StageRecords
     of the referee's passes).
+
+    `write_to`: a path in `run` where the judgments are written, a chunk of pairs at a time as
+    they are made; the table returned then leaves out the two reviews' texts (`slim`), a pool's
+    worth of text the caller need not hold.
 
     `role_name` is what the spend log and a run-wide budget know the judging role by;
     `pairs` has the columns `judgment_rows` reads (and `category` where `prompt` routes by it);
@@ -63,7 +69,13 @@ def judge_pairs(
     records: list[StageRecord] = []
     ask = dict(run=run, setting=setting, prompt=prompt, use_logprobs=use_logprobs, tau=tau, roles=roles,
                role_name=role_name, records=records, failed_answer_loses=failed_answer_loses, parts=parts)
-    judgments = _judge(referee, pairs, stage, None, **ask)
+    first_pass = write_to and f"{write_to}.first_pass"
+    if first_pass:
+        with run.table_writer(first_pass, judgment_schema(*roles)) as writer:
+            judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
+    else:
+        judgments = _judge(referee, pairs, stage, None, **ask)
+    better = judgment_schema(*roles).empty_table()  # the rows later passes judged: few, whole
     for attempt in range(1, retries + 1):
         again = unparseable_ids(judgments)
         if not len(again):
@@ -71,7 +83,7 @@ def judge_pairs(
         retry = f"{stage}_retry{attempt}"
         retried = _judge(resampled(referee), pairs.filter(pc.is_in(pairs.column("id"), value_set=again)), retry,
                          f"{draws}/{retry}", **ask)
-        judgments = merge_retried(judgments, retried)
+        judgments, better = merge_retried(judgments, retried), _judged_again(better, retried)
     a, b = (f"{role}_text" for role in roles)
     overflowed = pairs.filter(_overflowed(judgments, pairs, a, b))
     if overflowed.num_rows:
@@ -79,8 +91,34 @@ def judge_pairs(
         cut = pa.Table.from_pylist([{**p, b: p[b][:len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema)
         cut = _judge(referee, cut, stage_cut, f"{draws}/{stage_cut}", **ask)
         cut = cut.set_column(cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows))
-        judgments = merge_retried(judgments, cut)
+        judgments, better = merge_retried(judgments, cut), _judged_again(better, cut)
+    if first_pass:
+        _write_merged(run, first_pass, better, write_to)
     return judgments, records
+
+
+def _judged_again(better: pa.Table, again: pa.Table) -> pa.Table:
+    """`better` with the rows judged `again` (those judged, status ok) in place of its own."""
+    ok = again.filter(pc.equal(again.column("status"), OK))
+    return pa.concat_tables([better.filter(pc.invert(pc.is_in(better.column("id"), value_set=ok.column("id").combine_chunks()))), ok])
+
+
+def slim(judgments: pa.Table) -> pa.Table:
+    """The judgments without the two reviews' texts."""
+    return judgments.drop_columns([n for n in judgments.column_names if n.startswith("review_")])
+
+
+def _write_merged(run: RunDir, first_pass: str, better: pa.Table, to: str) -> None:
+    """The first pass's judgments, each row a later pass judged replaced, from the file a batch
+    at a time to `to`; the first pass's file moved there where no row was replaced."""
+    if not better.num_rows:
+        run.move(first_pass, to)
+        return
+    source = pq.ParquetFile(run.path(first_pass), filesystem=run.fs)
+    with run.table_writer(to, source.schema_arrow) as writer:
+        for batch in source.iter_batches(batch_size=CHUNK_ROWS):
+            writer.write_table(replaced_by_id(pa.Table.from_batches([batch]), better))
+    run.fs.delete_file(run.path(first_pass))
 
 
 def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.ChunkedArray:
@@ -101,7 +139,9 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
 
 
 def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
-           records, failed_answer_loses, parts) -> pa.Table:
+           records, failed_answer_loses, parts, written=None) -> pa.Table:
+    """The judgments of `pairs` in one pass of the referee; with `written` (a parquet writer) each
+    chunk is written there whole and kept `slim`."""
     orders = [f"{role}_first" for role in roles]
     rubrics = _rubric_names(pairs, prompt)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
@@ -115,8 +155,9 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
             referee, _requests(group, roles, orders), lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
             logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts, in_rows_order=False,
+            columns=REVIEW_COLUMNS,  # 2 x N reviews: not their token counts and role, which the record has
         )
-        reviews.append(answers.select([c for c in REVIEW_COLUMNS if c in answers.column_names]))
+        reviews.append(answers)
         record = _summed(record, part)
     records.append(record)
     reviews = pa.concat_tables(reviews, promote_options="permissive") if reviews else pa.table(
@@ -128,9 +169,14 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
         part = pairs.slice(start, CHUNK_ROWS)
         chunk = [part.to_pylist(), *(_reviews_of(part, reviews, rows.slice(start, CHUNK_ROWS)).to_pylist() for rows in at)]
         chunk_rubrics = [RUBRICS[name] for name in rubrics.slice(start, CHUNK_ROWS).to_pylist()]
-        tables.append(judgment_table(judgment_rows(*chunk, tau, use_logprobs=use_logprobs, roles=roles, rubrics=chunk_rubrics,
-                                                   failed_answer_loses=failed_answer_loses), roles))
-    return pa.concat_tables(tables) if tables else judgment_schema(*roles).empty_table()
+        table = judgment_table(judgment_rows(*chunk, tau, use_logprobs=use_logprobs, roles=roles, rubrics=chunk_rubrics,
+                                             failed_answer_loses=failed_answer_loses), roles)
+        if written is not None:
+            written.write_table(table)
+            table = slim(table)
+        tables.append(table)
+    empty = judgment_schema(*roles).empty_table()
+    return pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
 
 
 CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
