@@ -18,6 +18,7 @@ from engine.evaluate.report import failure_lines, lion_eval_section, write_repor
 from engine.evaluate.scores import aggregate, bootstrap_interval
 from engine.lion.referee import OK, UNPARSEABLE, judgment_rows
 from engine.metrics import StageRecord
+from tests.test_lion_stages import asked_columns
 
 REPO = Path(__file__).resolve().parent.parent
 VICUNA = REPO / "data" / "vicuna80"
@@ -203,9 +204,7 @@ class ScriptedRoles:
             row for table in rows for row in table.to_pylist()]
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
-        if columns is not None:  # as answer reads them: the id and the columns asked for
-            table = table.select([c for c in table.column_names if c == "id" or c in columns])
-        return table, StageRecord(stage, rows=len(rows))
+        return asked_columns(table, columns), StageRecord(stage, rows=len(rows))
 
     def replies(self, rows, role_name, draw):
         out = []

@@ -61,9 +61,12 @@ class ScriptedLLM:
             seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
             out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
         table = pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})
-        if columns is not None:  # as answer reads them: the id and the columns asked for
-            table = table.select([c for c in table.column_names if c == "id" or c in columns])
-        return table, StageRecord(stage, rows=len(rows))
+        return asked_columns(table, columns), StageRecord(stage, rows=len(rows))
+
+
+def asked_columns(table: pa.Table, columns) -> pa.Table:
+    """A scripted answer's columns as answer reads them: all, or the id and the `columns` asked for."""
+    return table if columns is None else table.select([c for c in table.column_names if c == "id" or c in columns])
 
 
 def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):

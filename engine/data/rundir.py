@@ -64,8 +64,9 @@ class RunDir:
         target = self.path(rel)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        out = self.fs.open_output_stream(tmp)  # a stream that cannot open raises as it is: there is no file to remove
         try:
-            with self.fs.open_output_stream(tmp) as out:
+            with out:
                 yield out
         except BaseException:
             self.fs.delete_file(tmp)

@@ -11,6 +11,7 @@ can differ, and not the cached unreadable review again), then left failed:
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import fields, replace
 from functools import partial
 from typing import Iterator
@@ -70,11 +71,8 @@ def judge_pairs(
     ask = dict(run=run, setting=setting, prompt=prompt, use_logprobs=use_logprobs, tau=tau, roles=roles,
                role_name=role_name, records=records, failed_answer_loses=failed_answer_loses, parts=parts)
     first_pass = write_to and f"{write_to}.first_pass"
-    if first_pass:
-        with run.table_writer(first_pass, judgment_schema(*roles)) as writer:
-            judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
-    else:
-        judgments = _judge(referee, pairs, stage, None, **ask)
+    with run.table_writer(first_pass, judgment_schema(*roles)) if first_pass else nullcontext() as writer:
+        judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
     better = judgment_schema(*roles).empty_table()  # the rows later passes judged: few, whole
     for attempt in range(1, retries + 1):
         again = unparseable_ids(judgments)
