@@ -134,7 +134,7 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
     return out, rec
 
 
-def one_size(rows: int, work: Path, rouge_l_shards: int | None = None) -> dict:
+def one_size(rows: int, work: Path, rouge_l_shards: str = "auto") -> dict:
     """One iteration at `rows` instructions, in this process -> its figures."""
     import engine.llm
     from engine.cli import init_ray
@@ -170,7 +170,7 @@ def one_size(rows: int, work: Path, rouge_l_shards: int | None = None) -> dict:
     sets = [f"run_dir={work / 'run'}", f"data.pool_files=[{pool}]", "data.sample_size=null", "lion.iterations=1",
             "lion.final_imitation=false", "eval=null",
             f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}", "train.max_steps=1", "train.num_workers=1",
-            "serving=per_stage", f"lion.rouge_l_shards={rouge_l_shards or 'null'}"]
+            "serving=per_stage", f"lion.rouge_l_shards={rouge_l_shards}"]
     begin = time.perf_counter()
     state = loop.run(loop.load(str(REPO / "configs" / "demo.yaml"), sets))
     total = time.perf_counter() - begin
@@ -203,8 +203,9 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--rouge-l-shards", type=int, help="hold ROUGE-L's index of the cache pool in this many "
-                        "Ray actors (lion.rouge_l_shards) instead of on the driver")
+    parser.add_argument("--rouge-l-shards", default="auto", help="lion.rouge_l_shards: where ROUGE-L's index of the "
+                        "cache pool is held (auto, the default: in an actor per 1M instructions from 250K; null: the "
+                        "driver; N: N Ray actors)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, JSON on the last line
     args = parser.parse_args()
@@ -216,7 +217,7 @@ def main() -> int:
     env.pop("RAY_ADDRESS", None)
     results = []
     for rows in args.rows:
-        shards = ["--rouge-l-shards", str(args.rouge_l_shards)] if args.rouge_l_shards else []
+        shards = ["--rouge-l-shards", args.rouge_l_shards]
         proc = subprocess.run([sys.executable, __file__, "--one", str(rows), *shards], env=env, cwd=REPO,
                               capture_output=True, text=True)
         if proc.returncode != 0:

@@ -18,7 +18,7 @@ from engine.evaluate.report import failure_lines, lion_eval_section, write_repor
 from engine.evaluate.scores import aggregate, bootstrap_interval
 from engine.lion.referee import OK, UNPARSEABLE, judgment_rows
 from engine.metrics import StageRecord
-from tests.test_lion_stages import asked_columns
+from tests.test_lion_stages import as_answered
 
 REPO = Path(__file__).resolve().parent.parent
 VICUNA = REPO / "data" / "vicuna80"
@@ -198,13 +198,13 @@ class ScriptedRoles:
         self.calls = []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None):
+                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None, stream=False):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
             row for table in rows for row in table.to_pylist()]
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
-        return asked_columns(table, columns), StageRecord(stage, rows=len(rows))
+        return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
 
     def replies(self, rows, role_name, draw):
         out = []

@@ -70,6 +70,14 @@ def test_sample_seeds_is_reproducible():
     assert draw() == draw()
 
 
+def test_sample_seeds_draws_the_same_seeds_whatever_the_judgments_order():
+    # Discrimination writes judgments as the referee's reviews come back, not in the pool's order.
+    judgments, pool = _judged(["h1", "h2", "h3"], ["e1", "e2", "e3"], ["f1"]), _pool(["e3", "h1", "f1", "e1", "h2", "h3", "e2"])
+    shuffled = judgments.take(pa.array([4, 0, 6, 2, 5, 1, 3]))
+    draw = lambda j: [s["id"] for s in sample_seeds(j, pool, 2, 2, np.random.default_rng(7))[0]]  # noqa: E731
+    assert draw(shuffled) == draw(judgments)
+
+
 def test_sample_seeds_reports_what_it_cannot_do():
     with pytest.raises(ValueError, match="every judgment failed"):
         sample_seeds(_judged([], [], ["f1"]), _pool(["f1"]), 1, 1, np.random.default_rng(0))
@@ -188,3 +196,14 @@ def test_candidate_rows_build_pool_rows_and_reconcile_counts():
 def test_candidate_rows_needs_one_reply_per_seed():
     with pytest.raises(ValueError, match="one reply per seed"):
         candidate_rows([{"id": "s", "kind": "hard"}], [], iteration=1)
+
+
+def test_rouge_l_index_is_held_in_actors_by_default_only_for_a_large_pool():
+    from engine.config.models import LionConfig
+    from engine.lion.generation import rouge_l_shards
+
+    assert LionConfig().rouge_l_shards == "auto"
+    assert rouge_l_shards("auto", 70_000) is None and rouge_l_shards("auto", 249_999) is None  # the paper's: the driver
+    assert rouge_l_shards("auto", 250_000) == 1 and rouge_l_shards("auto", 1_000_000) == 1
+    assert rouge_l_shards("auto", 1_000_001) == 2 and rouge_l_shards("auto", 10_000_000) == 10
+    assert rouge_l_shards(None, 10_000_000) is None and rouge_l_shards(3, 10) == 3  # a setting is kept as it is

@@ -236,3 +236,22 @@ def test_misaligned_inputs_are_reported():
         judgment_rows([_pair(0)], [], [], tau=1.0)
     with pytest.raises(ValueError, match="aligned"):
         judgment_rows([_pair(0)], [_review("8 7", id="other")], [_review("7 8")], tau=1.0)
+
+
+def test_a_pairs_two_reviews_are_matched_across_the_tables_they_come_in():
+    from engine.lion.judge import matched_orders
+
+    def reviews(*ids):
+        return pa.table({"id": [f"{i}" for i in ids], "text": [f"review {i}" for i in ids]})
+
+    orders = ["teacher_first", "student_first"]
+    # p1's two reviews in one table; p2's split over two; p|3 (a "|" in its id) in reverse order;
+    # p4's other order never comes (a stray of an earlier call): left out.
+    come = [reviews("p1|teacher_first", "p2|student_first", "p1|student_first", "p4|student_first"),
+            reviews("p|3|student_first"), reviews("p2|teacher_first", "p|3|teacher_first")]
+    got = list(matched_orders(iter(come), orders))
+    first = pa.concat_tables([f for f, _ in got]).to_pylist()
+    second = pa.concat_tables([s for _, s in got]).to_pylist()
+    assert [r["id"] for r in first] == [r["id"] for r in second] == ["p1", "p2", "p|3"]
+    assert [r["text"] for r in first] == ["review p1|teacher_first", "review p2|teacher_first", "review p|3|teacher_first"]
+    assert [r["text"] for r in second] == ["review p1|student_first", "review p2|student_first", "review p|3|student_first"]

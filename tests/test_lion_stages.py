@@ -51,7 +51,7 @@ class ScriptedLLM:
         self.reply, self.calls = reply, []
 
     def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None):
+                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None, stream=False):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
         rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
             row for table in rows for row in table.to_pylist()]
@@ -61,12 +61,18 @@ class ScriptedLLM:
             seed = request_seed(role.sampling.seed, None if draw is None else f"{draw}/{row['id']}")
             out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
         table = pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})
-        return asked_columns(table, columns), StageRecord(stage, rows=len(rows))
+        return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
 
 
-def asked_columns(table: pa.Table, columns) -> pa.Table:
-    """A scripted answer's columns as answer reads them: all, or the id and the `columns` asked for."""
-    return table if columns is None else table.select([c for c in table.column_names if c == "id" or c in columns])
+def as_answered(table: pa.Table, columns, stream: bool):
+    """A scripted answer's table as answer returns it: all its columns, or the id and the `columns`
+    asked for; `stream`: tables in another order than the rows', a few rows at a time, as the parts
+    of a real call come back (the two reviews of a pair in different tables)."""
+    table = table if columns is None else table.select([c for c in table.column_names if c == "id" or c in columns])
+    if not stream:
+        return table
+    table = table.take(pa.array(range(table.num_rows - 1, -1, -1), pa.int64()))
+    return iter([table.slice(start, 3) for start in range(0, table.num_rows, 3)])
 
 
 def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):
@@ -219,9 +225,9 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
     retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
     assert retry[0]["draw"] == "iter_0/discrimination/referee_retry1"
     assert summary["judged"] == 2 and summary["failed"] == 0
-    # judgments.parquet, written a chunk at a time on the first pass, holds the retried rows whole, in the pool's order.
+    # judgments.parquet, written a chunk at a time on the first pass, holds the retried rows whole, one per pool row.
     written = run.read_table(rel(0, "discrimination", "judgments.parquet"))
-    assert written.column("id").to_pylist() == read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()
+    assert sorted(written.column("id").to_pylist()) == sorted(read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist())
     assert written.column("status").to_pylist() == ["ok", "ok"]
     # The empty student answer lost on its unread reviews (no retry); the other row's reviews are the retry's.
     rows = written.to_pylist()

@@ -13,7 +13,7 @@ from engine.config.models import RoleConfig, SamplingParams
 from engine.data import RunDir
 from engine.lion.iteration import parts_folder
 from engine.data.pools import RowFiles
-from engine.llm.parts import NOT_FINAL, Parts, part_files, read_answers, written_ids
+from engine.llm.parts import NOT_FINAL, Parts, iter_answers, part_files, read_answers, written_ids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +43,12 @@ def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
     assert answers.column_names == ["id", "text", "logprobs"]
     assert sorted(answers.to_pylist(), key=lambda r: r["id"]) == [
         {"id": "a", "text": "x", "logprobs": None}, {"id": "b", "text": "y", "logprobs": "[]"}]
+    # Streamed: the same rows, a few parts at a time (at least `rows` rows a table, the last fewer).
+    Parts(run.uri_of("calls/x"))(pa.table({"id": ["c", "d"], "text": ["z", "w"]}))
+    tables = list(iter_answers(run, "calls/x", ["id", "text"], rows=2))
+    assert len(tables) == 2 and tables[0].num_rows >= 2 and all(t.column_names == ["id", "text"] for t in tables)
+    assert sorted(r["id"] for t in tables for r in t.to_pylist()) == ["a", "b", "c", "d"]
+    assert list(iter_answers(run, "calls/none", ["id"])) == []
 
 
 def test_rows_for_the_workers_are_files_that_a_new_attempt_replaces(tmp_path):

@@ -146,7 +146,10 @@ class LionConfig(Strict):
     rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
     # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
     rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
-    rouge_l_shards: PositiveInt | None = None  # hold the cache pool in this many Ray actors
+    # Where ROUGE-L's index of the cache pool is held: null, the driver (fastest on one machine); N,
+    # in N Ray actors of 1 CPU; "auto", the driver below 250K instructions, else an actor per 1M
+    # (engine.lion.generation.rouge_l_shards: the index is about 1.1 GB at 1M, on the head node otherwise).
+    rouge_l_shards: PositiveInt | Literal["auto"] | None = "auto"
     # Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K):
     # the final student comes from this stage, iter_<iterations>/imitation.
     final_imitation: bool = True

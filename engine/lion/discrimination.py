@@ -34,12 +34,11 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
-    teacher = _teacher_answers(cfg.teacher, cache_pool, run, k, records)
-    write_responses(run, rel(k, "discrimination", "teacher_responses.parquet"), teacher)
-
+    teacher = _written(run, rel(k, "discrimination", "teacher_responses.parquet"),
+                       _teacher_answers(cfg.teacher, cache_pool, run, k, records))
     student_role = cfg.student.model_copy(update={"model": student_model})
-    student = _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records)
-    write_responses(run, rel(k, "discrimination", "student_responses.parquet"), student)
+    student = _written(run, rel(k, "discrimination", "student_responses.parquet"),
+                       _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records))
 
     pairs = cache_pool.select(["id", "instruction", "input"])
     for role, answers in (("teacher", teacher), ("student", student)):
@@ -62,6 +61,13 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
+
+
+def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
+    """`answers` written to `path` -> the columns the pairs need (their role and token counts,
+    which the file has, let go while the referee judges)."""
+    write_responses(run, path, answers)
+    return answers.select(["text", "finish_reason"])
 
 
 def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list) -> pa.Table:

@@ -48,7 +48,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     # The pool's texts are the ROUGE-L index's input (engine.lion.rouge); its rows stay in Arrow.
     novelty = NoveltyFilter(rouge_texts(cache_pool, cfg.lion.rouge_l_field),
                             threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
-                            shards=cfg.lion.rouge_l_shards, strict=cfg.lion.rouge_l_reject == "above")
+                            shards=rouge_l_shards(cfg.lion.rouge_l_shards, cache_pool.num_rows),
+                            strict=cfg.lion.rouge_l_reject == "above")
     rng = np.random.default_rng([cfg.lion.seed, k])
     need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
@@ -136,6 +137,19 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
     return {}, usage(records), summary
+
+
+ROUGE_L_DRIVER_ROWS = 250_000  # "auto": a cache pool this large or larger is indexed in Ray actors, not on the driver
+ROUGE_L_SHARD_ROWS = 1_000_000  # "auto": instructions per actor (its index: about 1.1 GB, benchmarks/RESULTS.md)
+
+
+def rouge_l_shards(setting: int | str | None, pool_rows: int) -> int | None:
+    """The Ray actors that hold ROUGE-L's index of a cache pool of `pool_rows` instructions: None
+    (the driver) or how many (`lion.rouge_l_shards`; "auto" decides by the pool's size, so that
+    a pool of millions does not hold the head node's memory for the whole stage)."""
+    if setting != "auto":
+        return setting
+    return None if pool_rows < ROUGE_L_DRIVER_ROWS else -(-pool_rows // ROUGE_L_SHARD_ROWS)
 
 
 def rouge_texts(pool: pa.Table, field: str) -> list[str]:

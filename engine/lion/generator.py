@@ -36,8 +36,9 @@ def sample_seeds(
 ) -> tuple[list[dict], dict]:
     """Seed rows (pool row + `kind`) for the generator, and how they were drawn.
 
-    `judgments` needs the columns id, status and hard; only the ids are read, and only the
-    sampled seeds' pool rows become Python rows: a pool of millions stays in Arrow.
+    `judgments` needs the columns id, status and hard, in any order (drawn from in the pool's);
+    only the ids are read, and only the sampled seeds' pool rows become Python rows: a pool of
+    millions stays in Arrow.
     Only judged rows (status ok) seed: failed judgments are neither hard nor easy.
     Without replacement while a kind has enough instructions, with replacement beyond.
     When one kind has none at all, its quota is filled from the other kind (the
@@ -45,12 +46,14 @@ def sample_seeds(
     and the counts say so: {"hard": .., "easy": .., "hard_from_easy": .., "easy_from_hard": ..}.
     """
     ok = judgments.filter(pc.equal(judgments["status"], "ok"))
-    hard = pc.fill_null(ok["hard"], False)
-    by_kind = {"hard": ok["id"].filter(hard), "easy": ok["id"].filter(pc.invert(hard))}
     pool_ids = pool["id"].combine_chunks()
-    missing = ok["id"].filter(pc.is_null(pc.index_in(ok["id"], value_set=pool_ids)))
+    at = pc.index_in(ok["id"], value_set=pool_ids)
+    missing = ok["id"].filter(pc.is_null(at))
     if len(missing):
         raise KeyError(f"{len(missing)} judged ids are not in the pool, e.g. {sorted(missing.to_pylist())[:3]}")
+    ok = ok.take(pc.sort_indices(at))  # the pool's order: judgments are written as their reviews come back
+    hard = pc.fill_null(ok["hard"], False)
+    by_kind = {"hard": ok["id"].filter(hard), "easy": ok["id"].filter(pc.invert(hard))}
     wanted = {"hard": n_hard, "easy": n_easy}
     counts = {"hard": 0, "easy": 0, "hard_from_easy": 0, "easy_from_hard": 0}
     if not len(ok) and n_hard + n_easy > 0:

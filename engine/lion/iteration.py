@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +37,8 @@ def rel(k: int, *parts: str) -> str:
 
 
 def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts: str | None = None,
-           in_rows_order: bool = True, columns: tuple[str, ...] | None = None, **kwargs) -> tuple[pa.Table, StageRecord]:
+           in_rows_order: bool = True, columns: tuple[str, ...] | None = None, stream: bool = False,
+           **kwargs) -> tuple[pa.Table | Iterator[pa.Table], StageRecord]:
     """engine.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
     table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
     has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
@@ -47,6 +48,9 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     next is made, so requests derived from a pool (the referee's two per pair) are never all on
     the driver at once. `in_rows_order=False`: the responses in any order (each
     under its row's id), for a caller that looks them up by id anyway; no reordered copy.
+    `stream=True` (and in any order): an iterator of tables of responses, read from the parts a
+    few at a time (engine.llm.parts.iter_answers), for a caller that goes through them once and
+    keeps what it makes of them: 2 x N reviews are never all on the driver.
 
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
@@ -59,7 +63,7 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     import ray.data
 
     from engine.llm import generate
-    from engine.llm.parts import Parts, read_answers, written_ids
+    from engine.llm.parts import Parts, iter_answers, read_answers, written_ids
 
     chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
     run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
@@ -93,17 +97,22 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
             responses = _answer_columns(dataset_to_table(out), columns)
     else:
         record = StageRecord(kwargs["stage"])
+    streamed = stream and folder is not None
     if folder:
-        responses = read_answers(run, folder, columns)
+        responses = read_answers(run, folder, ("id",) if streamed else columns)
     record.extra["rows_from_parts"] = before
     ids = pa.chunked_array(ids, pa.string())
-    if responses is None:
+    if responses is None and not stream:
         return pa.table({"id": ids}), record
-    if in_rows_order:
+    if responses is None:
+        responses = pa.table({"id": pa.array([], pa.string())})
+    if in_rows_order and not stream:
         return in_order(responses, ids), record
     lost = pc.invert(pc.is_in(ids, value_set=responses.column("id").combine_chunks()))
     if pc.any(lost).as_py():
         raise no_response(ids, lost)
+    if stream:
+        return iter_answers(run, folder, columns) if streamed else iter([responses] if responses.num_rows else []), record
     return responses, record
 
 

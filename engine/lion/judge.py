@@ -10,11 +10,12 @@ can differ, and not the cached unreadable review again), then left failed:
 """
 from __future__ import annotations
 
+import itertools
 import json
 from contextlib import nullcontext
 from dataclasses import fields, replace
 from functools import partial
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from engine.config import RoleConfig
 from engine.data import RunDir
-from engine.data.tables import kept, replaced_by_id
+from engine.data.tables import in_order, kept, replaced_by_id
 from engine.lion.iteration import answer, constraint
 from engine.lion.referee import (
     OK, ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
@@ -53,12 +54,13 @@ def judge_pairs(
     parts: str | None = None,
     write_to: str | None = None,
 ) -> tuple[pa.Table, list[StageRecord]]:
-    """-> (one judgment row per pair, in order, in `judgment_schema(*roles)`; the StageRecords
-    of the referee's passes).
+    """-> (one judgment row per pair, in `judgment_schema(*roles)`, in the pairs' order; the
+    StageRecords of the referee's passes).
 
     `write_to`: a path in `run` where the judgments are written, a chunk of pairs at a time as
-    they are made; the table returned then leaves out the two reviews' texts (`slim`), a pool's
-    worth of text the caller need not hold.
+    their reviews come back (not in the pairs' order: ordering them would mean holding them);
+    the table returned is then in that order too and leaves out the two reviews' texts (`slim`),
+    a pool's worth of text the caller need not hold.
 
     `role_name` is what the spend log and a run-wide budget know the judging role by;
     `pairs` has the columns `judgment_rows` reads (and `category` where `prompt` routes by it);
@@ -92,7 +94,8 @@ def judge_pairs(
         judgments, better = merge_retried(judgments, cut), _judged_again(better, cut)
     if first_pass:
         _write_merged(run, first_pass, better, write_to)
-    return judgments, records
+        return judgments, records
+    return in_order(judgments, pairs.column("id")), records
 
 
 def _judged_again(better: pa.Table, again: pa.Table) -> pa.Table:
@@ -124,8 +127,9 @@ def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.Chun
     longer: cut to a's length, they fit (few rows; the test runs once per distinct status)."""
     status = judgments.column("status")
     overflow = pa.array([s for s in pc.unique(status).to_pylist() if context_overflow(s)], pa.string())
+    ids = judgments.column("id").filter(pc.is_in(status, value_set=overflow)).combine_chunks()
     longer = pc.greater(pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), "")))
-    return pc.and_(pc.is_in(status, value_set=overflow), longer)
+    return pc.and_(pc.is_in(pairs.column("id"), value_set=ids), longer)
 
 
 def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
@@ -138,43 +142,79 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
 
 def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
            records, failed_answer_loses, parts, written=None) -> pa.Table:
-    """The judgments of `pairs` in one pass of the referee; with `written` (a parquet writer) each
-    chunk is written there whole and kept `slim`."""
+    """The judgments of `pairs` in one pass of the referee: those no review can judge, then the
+    others as both their reviews come back (not in the pairs' order). The reviews are read from
+    the parts a few at a time and scored as they are matched: 2 x N reviews are never all on the
+    driver. With `written` (a parquet writer) each chunk is written there whole and kept `slim`."""
     orders = [f"{role}_first" for role in roles]
     rubrics = _rubric_names(pairs, prompt)
+    unsent = _unjudgeable(pairs, roles, failed_answer_loses)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
-    sent = kept(pairs.append_column("rubric", rubrics), pc.invert(_unjudgeable(pairs, roles, failed_answer_loses)))
-    reviews, record = [], StageRecord(stage)
+    sent = kept(pairs.append_column("rubric", rubrics), pc.invert(unsent))
+    streams, record = [], StageRecord(stage)
     groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), setting, referee)
     for structured, names in groups:
         # One group (the usual case) is every pair sent: no copy of them.
         group = sent if len(groups) == 1 else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
-        answers, part = answer(
+        reviews, part = answer(
             referee, _requests(group, roles, orders), lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
             logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts, in_rows_order=False,
-            columns=REVIEW_COLUMNS,  # 2 x N reviews: not their token counts and role, which the record has
+            columns=REVIEW_COLUMNS, stream=True,  # 2 x N reviews: not their token counts and role, which the record has
         )
-        reviews.append(answers)
+        streams.append(reviews)
         record = _summed(record, part)
     records.append(record)
-    reviews = pa.concat_tables(reviews, promote_options="permissive") if reviews else pa.table(
-        {"id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "finish_reason": pa.array([], pa.string())})
-    # Where each pair's review of each order is among the reviews: row numbers, not aligned copies.
-    at = [_review_rows(pairs, reviews, order) for order in orders]
     tables = []
-    for start in range(0, pairs.num_rows, CHUNK_ROWS):  # Python rows for a chunk at a time, never all pairs
-        part = pairs.slice(start, CHUNK_ROWS)
-        chunk = [part.to_pylist(), *(_reviews_of(part, reviews, rows.slice(start, CHUNK_ROWS)).to_pylist() for rows in at)]
-        chunk_rubrics = [RUBRICS[name] for name in rubrics.slice(start, CHUNK_ROWS).to_pylist()]
-        table = judgment_table(judgment_rows(*chunk, tau, use_logprobs=use_logprobs, roles=roles, rubrics=chunk_rubrics,
-                                             failed_answer_loses=failed_answer_loses), roles)
-        if written is not None:
-            written.write_table(table)
-            table = slim(table)
-        tables.append(table)
+
+    def judged(at: pa.Array, first: pa.Table | None = None, second: pa.Table | None = None) -> None:
+        """The judgments of the pairs at rows `at`, from their reviews of each order (aligned with
+        `at`; none where no review was asked), a chunk of Python rows at a time."""
+        for start in range(0, len(at), CHUNK_ROWS):
+            rows = at.slice(start, CHUNK_ROWS)
+            reviews = [[{}] * len(rows) if r is None else r.slice(start, CHUNK_ROWS).to_pylist() for r in (first, second)]
+            chunk_rubrics = [RUBRICS[name] for name in rubrics.take(rows).to_pylist()]
+            table = judgment_table(judgment_rows(pairs.take(rows).to_pylist(), *reviews, tau, use_logprobs=use_logprobs,
+                                                 roles=roles, rubrics=chunk_rubrics,
+                                                 failed_answer_loses=failed_answer_loses), roles)
+            if written is not None:
+                written.write_table(table)
+                table = slim(table)
+            tables.append(table)
+
+    judged(pc.indices_nonzero(unsent))
+    pair_ids = pairs.column("id").combine_chunks()
+    for first, second in matched_orders(itertools.chain.from_iterable(streams), orders):
+        at = pc.index_in(first.column("id"), value_set=pair_ids)
+        mine = pc.is_valid(at)  # the parts hold this call's reviews only, unless a stray was left there
+        judged(at.filter(mine), first.filter(mine), second.filter(mine))
     empty = judgment_schema(*roles).empty_table()
     return pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
+
+
+def matched_orders(reviews: Iterable[pa.Table], orders: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Each pair's two reviews (request ids `<pair id>|<order>`), as tables of the first and the
+    second order aligned by row, each review under its pair's id, as soon as both have come in
+    `reviews`. A review whose other order has not come yet waits for it: few, since the two
+    orders are asked side by side. A review whose other never comes is left out."""
+    waiting = None
+    for table in reviews:
+        if waiting is not None:
+            table = pa.concat_tables([waiting, table], promote_options="permissive")
+        pair = pc.replace_substring_regex(table.column("id"), pattern=r"\|[^|]*$", replacement="")
+        is_first, is_second = (pc.ends_with(table.column("id"), f"|{order}") for order in orders)
+        first_pair, second_pair = pair.filter(is_first).combine_chunks(), pair.filter(is_second).combine_chunks()
+        at = pc.index_in(first_pair, value_set=second_pair)
+        both = pc.is_valid(at)
+        ids = first_pair.filter(both)
+        yield (_with_id(table.filter(is_first).filter(both), ids),
+               _with_id(table.filter(is_second).take(at.filter(both)), ids))
+        waiting = pa.concat_tables([table.filter(is_first).filter(pc.invert(both)),
+                                    table.filter(is_second).filter(pc.invert(pc.is_in(second_pair, value_set=first_pair)))])
+
+
+def _with_id(reviews: pa.Table, ids: pa.Array) -> pa.Table:
+    return reviews.set_column(reviews.schema.get_field_index("id"), "id", ids)
 
 
 CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
@@ -216,18 +256,6 @@ def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: b
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(pairs.column(f"{a}_text"), "")), "")
     out = pc.or_(failed(a), blank)
     return out if failed_answer_loses else pc.or_(out, failed(b))
-
-
-def _review_rows(pairs: pa.Table, reviews: pa.Table, order: str) -> pa.Array:
-    """The row of each pair's review of one order among `reviews` (null where a pair was not sent)."""
-    ids = pc.binary_join_element_wise(pairs.column("id"), pa.repeat(pa.scalar(order), pairs.num_rows), "|")
-    return pc.index_in(ids, value_set=reviews.column("id").combine_chunks()).combine_chunks()
-
-
-def _reviews_of(pairs: pa.Table, reviews: pa.Table, rows: pa.Array) -> pa.Table:
-    """The reviews at `rows`, aligned with the pairs (null where a pair was not sent), each under its pair's id."""
-    aligned = reviews.take(rows)
-    return aligned.set_column(aligned.schema.get_field_index("id"), "id", pairs.column("id"))
 
 
 def _by_constraint(names: list[str], setting: str, referee: RoleConfig) -> list[tuple[dict | None, list[str]]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,9 +71,21 @@ def read_answers(run: RunDir, rel: str, columns) -> pa.Table | None:
     """A folder's parts read on the driver straight from storage, only `columns` (those a part
     has); None when nothing is written yet. Not through Ray Data and the object store: the
     object-store pages a driver reads stay in its resident memory for as long as it lives."""
-    tables = []
+    tables = list(iter_answers(run, rel, columns, rows=0))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def iter_answers(run: RunDir, rel: str, columns, rows: int = 65536) -> Iterator[pa.Table]:
+    """A folder's parts as read_answers reads them, a table of at least `rows` rows at a time (the
+    last one fewer), for a caller that goes through the answers once: never all on the driver."""
+    tables, held = [], 0
     for path in part_files(run, rel):
         with run.fs.open_input_file(path) as source:
             part = pq.ParquetFile(source)
             tables.append(part.read(columns=[c for c in columns if c in part.schema_arrow.names]))
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+        held += tables[-1].num_rows
+        if held >= rows:
+            yield pa.concat_tables(tables, promote_options="permissive")
+            tables, held = [], 0
+    if tables:
+        yield pa.concat_tables(tables, promote_options="permissive")
