@@ -158,7 +158,6 @@ def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs
                     result = stage.fn(state)
             except Exception as exc:
                 raise StageError(stage.name, exc) from exc
-            give_back_memory()
             state = ray.get(actor.complete.remote(stage.name, stage.bucket, result))
             if tracker is not None:
                 tracking.log_stage(tracker, run, stage.name, index, result.summary)
@@ -167,6 +166,7 @@ def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs
                     path = report(run)
                 if tracker is not None:
                     tracking.log_report(tracker, run, path)
+            give_back_memory()  # what the stage and its report freed: the next stage starts without it
         failed = False
         return state
     finally:

@@ -11,6 +11,7 @@ import hashlib
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from engine.config import RunConfig
@@ -202,6 +203,26 @@ def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp
     assert summary["judged"] == 3 and summary["hard"] == 3
     referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]
     assert referee[0]["draw"] is None and len(referee[0]["ids"]) == 6
+
+
+def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path, monkeypatch):
+    # A streamed call leaves the check that every request was answered to its caller: here, the judge.
+    cfg = _config(tmp_path)
+    llm = ScriptedLLM(_answers)
+
+    def one_review_lost(role, rows, to_prompt, **kw):
+        answers, record = llm(role, rows, to_prompt, **kw)
+        if kw.get("stream"):
+            answers = iter([table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first")))
+                            if n == 0 else table for n, table in enumerate(answers)])
+        return answers, record
+
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", one_review_lost)
+    run = _seed_generation(tmp_path, n_pool=3)
+    with pytest.raises(KeyError, match="2 rows have no response"):  # the first table held 2 student-first reviews
+        D.discrimination(cfg, run, 0, "student")
+    assert not run.exists(rel(0, "discrimination", "judgments.parquet.first_pass"))  # nothing half-written left
 
 
 def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tmp_path, monkeypatch):

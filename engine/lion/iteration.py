@@ -50,7 +50,8 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     under its row's id), for a caller that looks them up by id anyway; no reordered copy.
     `stream=True` (and in any order): an iterator of tables of responses, read from the parts a
     few at a time (engine.llm.parts.iter_answers), for a caller that goes through them once and
-    keeps what it makes of them: 2 x N reviews are never all on the driver.
+    keeps what it makes of them: 2 x N reviews, and their ids, are never all on the driver. The
+    caller checks that every row it asked has its answer (the referee's judge does, pair by pair).
 
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (engine.llm.parts), under the call's stage and request settings; a call killed
@@ -77,7 +78,8 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     requests = RowFiles(run, f"{folder}/requests") if folder else None
     ids, refs, empty = [], [], pa.table({"id": pa.array([], pa.string())})
     for chunk in chunks:
-        ids += chunk.column("id").chunks
+        if not stream:
+            ids += chunk.column("id").chunks
         if len(done):
             chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("id"), value_set=done)))
         if chunk.num_rows:  # a pool, or any rows with an id (the referee's requests)
@@ -97,22 +99,19 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
             responses = _answer_columns(dataset_to_table(out), columns)
     else:
         record = StageRecord(kwargs["stage"])
-    streamed = stream and folder is not None
-    if folder:
-        responses = read_answers(run, folder, ("id",) if streamed else columns)
     record.extra["rows_from_parts"] = before
+    if stream:
+        return iter_answers(run, folder, columns) if folder else iter([] if responses is None else [responses]), record
+    if folder:
+        responses = read_answers(run, folder, columns)
     ids = pa.chunked_array(ids, pa.string())
-    if responses is None and not stream:
-        return pa.table({"id": ids}), record
     if responses is None:
-        responses = pa.table({"id": pa.array([], pa.string())})
-    if in_rows_order and not stream:
+        return pa.table({"id": ids}), record
+    if in_rows_order:
         return in_order(responses, ids), record
     lost = pc.invert(pc.is_in(ids, value_set=responses.column("id").combine_chunks()))
     if pc.any(lost).as_py():
         raise no_response(ids, lost)
-    if stream:
-        return iter_answers(run, folder, columns) if streamed else iter([responses] if responses.num_rows else []), record
     return responses, record
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from engine.config import RoleConfig
 from engine.data import RunDir
-from engine.data.tables import in_order, kept, replaced_by_id
+from engine.data.tables import in_order, kept, no_response, replaced_by_id
 from engine.lion.iteration import answer, constraint
 from engine.lion.referee import (
     OK, ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
@@ -189,7 +189,12 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
         mine = pc.is_valid(at)  # the parts hold this call's reviews only, unless a stray was left there
         judged(at.filter(mine), first.filter(mine), second.filter(mine))
     empty = judgment_schema(*roles).empty_table()
-    return pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
+    judgments = pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
+    if judgments.num_rows < pairs.num_rows:  # a pair sent whose two reviews did not both come back
+        lost = pc.invert(pc.is_in(sent.column("id"), value_set=judgments.column("id").combine_chunks()))
+        if pc.any(lost).as_py():
+            raise no_response(sent.column("id"), lost)
+    return judgments
 
 
 def matched_orders(reviews: Iterable[pa.Table], orders: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:

@@ -25,7 +25,7 @@ from engine.lion.imitation import imitation
 from engine.lion.iteration import merge_iteration_metrics, rel, usage
 from engine.lion.report import write_report
 from engine.llm.serving import job_engines
-from engine.runner import Stage, StageResult, run_stages
+from engine.runner import Stage, StageResult, give_back_memory, run_stages
 from engine.tiny import resolve_tiny_models
 
 log = logging.getLogger("engine.lion")
@@ -127,6 +127,7 @@ def run(cfg: RunConfig) -> dict:
     config = cfg.model_dump(mode="json")
     rundir.write_json("config.json", config)
     seed_pools(cfg, rundir)
+    give_back_memory()  # the seed file's rows, read before the first stage
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     if cfg.eval is not None:
         roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
@@ -136,6 +137,7 @@ def run(cfg: RunConfig) -> dict:
                            outputs={"student_model": cfg.student.model}, report=write_report,
                            tracking_cfg=cfg.tracking, config=config)
     write_report(rundir)
+    give_back_memory()
     export_datasets(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state
