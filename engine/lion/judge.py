@@ -208,14 +208,14 @@ def matched_orders(reviews: Iterable[pa.Table], orders: list[str]) -> Iterator[t
             table = pa.concat_tables([waiting, table], promote_options="permissive")
         pair = pc.replace_substring_regex(table.column("id"), pattern=r"\|[^|]*$", replacement="")
         is_first, is_second = (pc.ends_with(table.column("id"), f"|{order}") for order in orders)
+        first, second = table.filter(is_first), table.filter(is_second)
         first_pair, second_pair = pair.filter(is_first).combine_chunks(), pair.filter(is_second).combine_chunks()
         at = pc.index_in(first_pair, value_set=second_pair)
         both = pc.is_valid(at)
         ids = first_pair.filter(both)
-        yield (_with_id(table.filter(is_first).filter(both), ids),
-               _with_id(table.filter(is_second).take(at.filter(both)), ids))
-        waiting = pa.concat_tables([table.filter(is_first).filter(pc.invert(both)),
-                                    table.filter(is_second).filter(pc.invert(pc.is_in(second_pair, value_set=first_pair)))])
+        yield _with_id(first.filter(both), ids), _with_id(second.take(at.filter(both)), ids)
+        waiting = pa.concat_tables([first.filter(pc.invert(both)),
+                                    second.filter(pc.invert(pc.is_in(second_pair, value_set=first_pair)))])
 
 
 def _with_id(reviews: pa.Table, ids: pa.Array) -> pa.Table:
