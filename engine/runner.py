@@ -10,8 +10,6 @@ the same run directory skips the completed stages, so a killed job resumes after
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Callable
 from engine.config.models import TrackingConfig
 from engine.data import RunDir
 from engine.driver_node import on_driver_node
+from engine.memory import give_back_memory
 from engine.metrics import tracking
 
 log = logging.getLogger("engine")
@@ -173,28 +172,6 @@ def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs
         ray.kill(actor)
         if tracker is not None:
             tracker.close(failed)
-
-
-def give_back_memory() -> None:
-    """The memory a finished stage freed, returned to the system. The allocators keep it otherwise
-    (glibc's for Python's objects, mimalloc for Arrow's buffers), so each stage's pool-sized
-    tables would stay in the driver's resident memory under the next stage's."""
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc's: what its heap holds freed, back to the system
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 class StageError(RuntimeError):

@@ -152,6 +152,22 @@ def test_a_split_written_a_slice_at_a_time_is_the_split_written_whole(tmp_path, 
     assert len(generation) == 0 and generation.features == sliced.features
 
 
+def test_answers_in_any_order_export_as_answers_in_the_pools_order(tmp_path):
+    from engine.lion.export import _exact_slices
+
+    run = _run_dir(tmp_path, "sk-x")
+    in_order = export_run(run.uri, str(tmp_path / "in_order"))  # the files in the pool's order: read alongside it
+    path = rel(0, "discrimination", "student_responses.parquet")
+    run.write_table(path, run.read_table(path).take([1, 0]))  # another order: looked up by id
+    assert export_run(run.uri, str(tmp_path / "reversed")) == in_order
+    one, other = (datasets.load_from_disk(str(tmp_path / out / "iter_0"))["discrimination"] for out in ("in_order", "reversed"))
+    assert other.to_list() == one.to_list() and [r["student_answer"] for r in one] == ["b", ""]
+    # A file's batches end at its row groups: the slices are the pool's all the same.
+    batches = [pa.array(range(n)) for n in (3, 1, 4)]
+    assert [len(a) for a in _exact_slices(iter(batches), 3)] == [3, 3, 2]
+    assert pa.concat_arrays(list(_exact_slices(iter(batches), 3))).to_pylist() == [0, 1, 2, 0, 0, 1, 2, 3]
+
+
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (as `make test` sets it)")
 def test_a_hub_id_offline_is_one_line_naming_it():
     with pytest.raises(PoolFileError) as failed:

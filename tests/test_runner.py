@@ -1,13 +1,9 @@
 """The stage runner's state, without Ray: planning, order, counters, resume from disk."""
-import gc
-import os
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from engine.data import RunDir
-from engine.runner import Driver, StageResult, fresh_state, give_back_memory, next_stage, plan_stages, record_stage
+from engine.runner import Driver, StageResult, fresh_state, next_stage, plan_stages, record_stage
 
 
 def test_stages_complete_in_order_with_counters_outputs_and_summaries():
@@ -60,20 +56,3 @@ def test_a_state_file_from_an_older_engine_is_named(tmp_path):
         Driver(run.uri, fresh_state("lion", "r"))
 
 
-def _own_heap_mb() -> int:
-    with open("/proc/self/status") as status:
-        return int(next(line for line in status if line.startswith("RssAnon:")).split()[1]) // 1024
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the process's RssAnon from /proc")
-def test_the_memory_a_finished_stage_freed_goes_back_to_the_system():
-    # What a stage on a pool of millions leaves freed: Arrow tables built a chunk at a time, Python rows.
-    tables = [pa.table({"id": pa.array([f"{i:016x}" for i in range(k, k + 8192)]), "n": pa.array(np.arange(8192))})
-              for k in range(0, 2_000_000, 8192)]
-    rows = [{"id": i, "text": str(i)} for i in range(500_000)]
-    pool = pa.concat_tables(tables).combine_chunks()
-    del tables, rows, pool
-    gc.collect()
-    freed = _own_heap_mb()
-    give_back_memory()
-    assert _own_heap_mb() < freed - 80  # measured: 155 MB freed but kept, 31 MB after

@@ -96,9 +96,9 @@ class RunDir:
         return json.loads(self.read_bytes(rel))
 
     def write_table(self, rel: str, table: pa.Table) -> None:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        self.write_bytes(rel, sink.getvalue().to_pybytes())
+        # Straight to the (temporary) file: a pool's parquet is not first built in memory and copied.
+        with self._atomic(rel) as out:
+            pq.write_table(table, out)
 
     def read_table(self, rel: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(rel), filesystem=self.fs, schema=schema, columns=columns)

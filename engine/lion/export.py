@@ -30,12 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from engine.data import POOL_SCHEMA, RESPONSE_SCHEMA, RunDir
 from engine.data.conversations import user_turns
 from engine.data.schema import history_turns
 from engine.data.tables import first_per_id
 from engine.lion.iteration import rel
+from engine.memory import give_back_memory
 from engine.llm.prompts import instruction_messages
 
 ROLES = ("teacher", "referee", "generator", "student")
@@ -138,14 +140,42 @@ JUDGED = {"teacher_score": "teacher_score", "student_score": "student_score", "g
 
 def discrimination_split(run: RunDir, k: int) -> Iterator[pa.Table]:
     pool = run.read_table(rel(k, "cache_pool.parquet"))
-    sources = [(first_per_id(_answers(run, rel(k, "discrimination", f"{role}_responses.parquet"))), {"text": f"{role}_answer"})
-               for role in ("teacher", "student")]
-    sources.append((first_per_id(run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED])), JUDGED))
-    at = [_positions(pool["id"], other) for other, _ in sources]
+    judged = first_per_id(run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED]))
+    at = _positions(pool["id"], judged)
+    answers = {role: _texts_in_pool_order(run, rel(k, "discrimination", f"{role}_responses.parquet"), pool["id"])
+               for role in ("teacher", "student")}
     for start, table in _slices(pool):
-        for (other, names), where in zip(sources, at):
-            table = _with(table, other, where.slice(start, table.num_rows), names)
-        yield _pool_columns(table)
+        for role, texts in answers.items():
+            table = table.append_column(f"{role}_answer", next(texts))
+        yield _pool_columns(_with(table, judged, at.slice(start, table.num_rows), JUDGED))
+
+
+def _texts_in_pool_order(run: RunDir, path: str, ids: pa.ChunkedArray) -> Iterator[pa.Array]:
+    """A responses file's texts for the pool `ids`, a slice (`_slices`) at a time. Discrimination
+    writes its answers in the pool's order: then the file is read a slice at a time alongside the
+    pool, never whole; a file in another order (or absent) is looked up by id."""
+    aligned = run.exists(path) and pc.all(pc.equal(run.read_table(path, columns=["id"])["id"], ids)).as_py() is not False
+    if aligned and len(ids):
+        source = pq.ParquetFile(run.path(path), filesystem=run.fs)
+        yield from _exact_slices((batch.column("text") for batch in source.iter_batches(batch_size=ROWS, columns=["text"])), ROWS)
+        return
+    answers = first_per_id(_answers(run, path))
+    at = _positions(ids, answers)
+    for start in range(0, max(len(ids), 1), ROWS):
+        yield answers["text"].take(at.slice(start, ROWS)).combine_chunks()
+
+
+def _exact_slices(arrays: Iterator[pa.Array], rows: int) -> Iterator[pa.Array]:
+    """Arrays of any lengths (a file's batches end at its row groups) as arrays of `rows` each, the last fewer."""
+    held = []
+    for array in arrays:
+        held.append(array)
+        while sum(len(a) for a in held) >= rows:
+            joined = pa.concat_arrays(held)
+            yield joined.slice(0, rows)
+            held = [joined.slice(rows)]
+    if sum(len(a) for a in held):
+        yield pa.concat_arrays(held)
 
 
 def generation_split(run: RunDir, k: int) -> Iterator[pa.Table]:
@@ -260,6 +290,7 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
         for name, (made, split) in SPLITS.items():
             if run.exists(rel(k, *made)):
                 splits[name], hard_rows = _save(split(run, k), out / f"iter_{k}" / name)
+                give_back_memory()  # the split's pool-sized tables: the next split does not start on top of them
                 if name == "discrimination":
                     hard["hard"] = hard_rows
         if splits:  # the list of splits DatasetDict.save_to_disk writes: load_from_disk reads the folder as one

@@ -25,7 +25,8 @@ from engine.lion.imitation import imitation
 from engine.lion.iteration import merge_iteration_metrics, rel, usage
 from engine.lion.report import write_report
 from engine.llm.serving import job_engines
-from engine.runner import Stage, StageResult, give_back_memory, run_stages
+from engine.memory import give_back_memory
+from engine.runner import Stage, StageResult, run_stages
 from engine.tiny import resolve_tiny_models
 
 log = logging.getLogger("engine.lion")
