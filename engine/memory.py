@@ -5,8 +5,8 @@ time, and what a stage frees should leave the process, not stay resident under t
     give_back_memory()   # after a stage, or a step that freed pool-sized tables
 
 Arrow's buffers come from jemalloc on the driver where pyarrow is built with it (its Linux and
-macOS wheels are): Arrow configures its jemalloc to return freed pages to the system promptly (within
-a second), while mimalloc, pyarrow's default, keeps them until asked. A stage's
+macOS wheels are): Arrow configures its jemalloc to return freed pages to the
+system promptly, while mimalloc, pyarrow's default, keeps them until asked. A stage's
 transient copies (an answer table put in the pool's order, a file's pages while it is read) then
 do not add up to its peak: 0.19 GB less at the peak of one Lion iteration over 1M instructions,
 in the same time (benchmarks/RESULTS.md). ARROW_DEFAULT_MEMORY_POOL, where set, is left to decide.

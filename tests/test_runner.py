@@ -54,5 +54,3 @@ def test_a_state_file_from_an_older_engine_is_named(tmp_path):
     run.write_json("state.json", {"completed": {"0": ["imitation"]}})
     with pytest.raises(RuntimeError, match="older version of this engine"):
         Driver(run.uri, fresh_state("lion", "r"))
-
-
