@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from engine.config.models import LoraConfig, TrainConfig
 from engine.preflight import lora_problems, preflight
 from engine.train.lora import ADAPTER_DIR, peft_config
+from tests.fixtures.gloo_ranks import run_ranks
 
 
 
@@ -296,7 +296,7 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     assert len(load_file(str(tmp_path / "export" / ADAPTER_DIR / "adapter_model.safetensors"))) == 8
 
 
-def _qlora_rank(rank: int, world: int, rendezvous: str, path: str, out: str) -> None:
+def _qlora_rank(rank: int, world: int, path: str, out: str) -> None:
     from bitsandbytes.nn import Params4bit
     from torch.distributed.tensor import DTensor
 
@@ -304,33 +304,29 @@ def _qlora_rank(rank: int, world: int, rendezvous: str, path: str, out: str) -> 
     from engine.train import step as S
     from engine.train.checkpoint import load_checkpoint, save_checkpoint
 
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(QLORA.seed)  # as every Ray Train worker does: one adapter initialisation on all ranks
-        model = _qlora_student(path)
-        quantised = S.quantised_parameters(model)
-        layout = {"4-bit, whole": all(type(p) is Params4bit for p in quantised) and len(quantised) == 2 * 7,
-                  "the rest sharded": all(isinstance(p, DTensor) for p in model.parameters() if p not in quantised)}
-        optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
-        batch = _numbers_batch(path, range(4 * rank, 4 * rank + 4))  # each rank its own rows
-        tokens = S.target_tokens(batch, "causal")
-        dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
-        grads = []
-        for _ in range(2):
-            S.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
-            grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
-            S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
-        adapter = _adapter(model)
-        save_checkpoint(f"{out}/checkpoint", model, optimizer, scheduler, {"step": 2}, lora.checkpoint_options(model))
-        torch.manual_seed(rank + 1)  # a fresh adapter, other than the trained one
-        fresh = _qlora_student(path)
-        fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 2)
-        load_checkpoint(f"{out}/checkpoint", fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))
-        restored = all(torch.equal(v, adapter[k]) for k, v in _adapter(fresh).items())
-        lora.export(model, path, f"{out}/export")
-        torch.save({"layout": layout, "grads": grads, "adapter": adapter, "restored": restored}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(QLORA.seed)  # as every Ray Train worker does: one adapter initialisation on all ranks
+    model = _qlora_student(path)
+    quantised = S.quantised_parameters(model)
+    layout = {"4-bit, whole": all(type(p) is Params4bit for p in quantised) and len(quantised) == 2 * 7,
+              "the rest sharded": all(isinstance(p, DTensor) for p in model.parameters() if p not in quantised)}
+    optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
+    batch = _numbers_batch(path, range(4 * rank, 4 * rank + 4))  # each rank its own rows
+    tokens = S.target_tokens(batch, "causal")
+    dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
+    grads = []
+    for _ in range(2):
+        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
+        grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
+        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+    adapter = _adapter(model)
+    save_checkpoint(f"{out}/checkpoint", model, optimizer, scheduler, {"step": 2}, lora.checkpoint_options(model))
+    torch.manual_seed(rank + 1)  # a fresh adapter, other than the trained one
+    fresh = _qlora_student(path)
+    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 2)
+    load_checkpoint(f"{out}/checkpoint", fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))
+    restored = all(torch.equal(v, adapter[k]) for k, v in _adapter(fresh).items())
+    lora.export(model, path, f"{out}/export")
+    torch.save({"layout": layout, "grads": grads, "adapter": adapter, "restored": restored}, f"{out}/rank{rank}.pt")
 
 
 def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny_models, tmp_path):
@@ -341,8 +337,7 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
     from engine.train import step as S
 
     path = str(tiny_models.llama)
-    mp.start_processes(_qlora_rank, args=(2, str(tmp_path / "rendezvous"), path, str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    run_ranks(_qlora_rank, 2, str(tmp_path / "rendezvous"), path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(all(r["layout"].values()) and r["restored"] for r in ranks), [(r["layout"], r["restored"]) for r in ranks]
     assert all(torch.equal(ranks[0]["adapter"][k], ranks[1]["adapter"][k]) for k in ranks[0]["adapter"])

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.fixtures.gloo_ranks import run_ranks
 
 
-def _rank(rank: int, world: int, rendezvous: str, path: str, architecture: str, out: str) -> None:
+def _rank(rank: int, world: int, path: str, architecture: str, out: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from engine.train import step as S
 
-    # A file rendezvous: a free port picked beforehand can be taken by the time rank 0 binds it
-    # on a machine busy with Ray workers (EADDRINUSE seen in the suite).
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    try:
-        model = S.load_sharded(path, architecture, torch.device("cpu"))
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        if rank == 0:
-            torch.save({"state": full, "buffers": buffers}, out)
-    finally:
-        dist.destroy_process_group()
+    model = S.load_sharded(path, architecture, torch.device("cpu"))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    if rank == 0:
+        torch.save({"state": full, "buffers": buffers}, out)
 
 
 @pytest.mark.parametrize("architecture", ["causal", "seq2seq"])
@@ -32,7 +26,7 @@ def test_meta_init_and_broadcast_give_the_pretrained_weights(tiny_models, tmp_pa
 
     path = str(tiny_models.llama if architecture == "causal" else tiny_models.t5)
     out = str(tmp_path / "rank0.pt")
-    mp.start_processes(_rank, args=(2, str(tmp_path / "rendezvous"), path, architecture, out), nprocs=2, start_method="spawn")
+    run_ranks(_rank, 2, str(tmp_path / "rendezvous"), path, architecture, out)
     got = torch.load(out)
     reference = S.load_model(path, architecture)
     expected = reference.state_dict()
