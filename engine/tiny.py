@@ -151,45 +151,7 @@ def build_tiny_models(cache_dir: str | Path = DEFAULT_CACHE) -> TinyModels:
     return TinyModels(tokenizer_path, build_llama(cache, tokenizer), build_t5(cache, tokenizer))
 
 
-TINY_SCHEME = "tiny://"
-SMOL_SCHEME = "smol://"
-
-
-def resolve_tiny_models(cfg, cache_dir: str | Path = DEFAULT_CACHE):
-    """A config (any pydantic model) with every `tiny://llama` or `tiny://t5` string, wherever it
-    sits (a role's model, a list of candidates), replaced by the built folder, so a config (the
-    demos') can name tiny models that exist on no hub. Builds only when one is named. The real
-    small model's names (`smol://instruct`, `smol://student?layers=N`: engine.smol) resolve here too."""
-    data = cfg.model_dump()
-    named: list[str] = []
-
-    def walk(node, where: str):
-        if isinstance(node, dict):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
-        if isinstance(node, str) and node.startswith(TINY_SCHEME):
-            kind = node[len(TINY_SCHEME):]
-            if kind not in ("llama", "t5"):
-                raise ValueError(f"{where}: unknown tiny model {node!r}; expected tiny://llama or tiny://t5")
-            named.append(kind)
-            return str(getattr(models(), kind))
-        if isinstance(node, str) and node.startswith(SMOL_SCHEME):
-            from engine.smol import resolve_smol
-
-            named.append(node)
-            return str(resolve_smol(node, where))
-        return node
-
-    built: list[TinyModels] = []
-
-    def models() -> TinyModels:
-        if not built:
-            built.append(build_tiny_models(cache_dir))
-        return built[0]
-
-    resolved = walk(data, "")
-    return type(cfg).model_validate(resolved) if named else cfg
+TINY_SCHEME = "tiny://"  # tiny://llama, tiny://t5: engine.local_models resolves them in configs
 
 
 def main(argv: list[str] | None = None) -> None:

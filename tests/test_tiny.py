@@ -4,9 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from engine.local_models import resolve_local_models
 from engine.tiny import build_tiny_models
 
 
@@ -14,6 +17,24 @@ def test_build_is_cached_by_configuration(tiny_models, tmp_path):
     assert build_tiny_models() == tiny_models  # same configuration, same folders, no rebuild
     assert tiny_models.llama.name.startswith("llama-") and (tiny_models.llama / "config.json").is_file()
     assert json.loads((tiny_models.llama / "config.json").read_text())["head_dim"] == 64  # vLLM's CPU attention needs it
+
+
+class _Named(BaseModel):
+    model: str
+    candidates: list[dict] = []
+
+
+def test_local_names_resolve_wherever_they_sit_and_a_bad_one_names_its_field(tiny_models):
+    cfg = _Named(model="tiny://llama", candidates=[{"model": "tiny://t5"}, {"model": "org/hub-model"}])
+    resolved = resolve_local_models(cfg)
+    assert resolved == _Named(model=str(tiny_models.llama),
+                              candidates=[{"model": str(tiny_models.t5)}, {"model": "org/hub-model"}])
+    hub = _Named(model="org/hub-model")
+    assert resolve_local_models(hub) is hub  # nothing named: the config as it was
+    with pytest.raises(ValueError, match=r"candidates\[0\]\.model: unknown tiny model 'tiny://gpt'"):
+        resolve_local_models(_Named(model="x", candidates=[{"model": "tiny://gpt"}]))
+    with pytest.raises(ValueError, match=r"^model: unknown model 'smol://large'"):
+        resolve_local_models(_Named(model="smol://large"))
 
 
 def test_tiny_llama_chats_and_generates(tiny_models):

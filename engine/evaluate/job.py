@@ -19,8 +19,8 @@ from engine.evaluate.evaluation import evaluate, prepare
 from engine.evaluate.report import write_report
 from engine.evaluate.scores import headline
 from engine.lion.iteration import usage
+from engine.local_models import resolve_local_models
 from engine.runner import Stage, StageResult, run_stages
-from engine.tiny import resolve_tiny_models
 
 
 class CandidateError(ValueError):
@@ -93,7 +93,7 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
 
 
 def load(path: str, overrides: list[str]) -> EvalJobConfig:
-    return resolve_tiny_models(load_config(path, overrides, model=EvalJobConfig))
+    return resolve_local_models(load_config(path, overrides, model=EvalJobConfig))
 
 
 def run(cfg: EvalJobConfig) -> dict:

@@ -25,9 +25,9 @@ from engine.lion.imitation import imitation
 from engine.lion.iteration import merge_iteration_metrics, rel, usage
 from engine.lion.report import write_report
 from engine.llm.serving import job_engines
+from engine.local_models import resolve_local_models
 from engine.memory import give_back_memory
 from engine.runner import Stage, StageResult, run_stages
-from engine.tiny import resolve_tiny_models
 
 log = logging.getLogger("engine.lion")
 
@@ -118,7 +118,7 @@ def export_datasets(run: RunDir) -> None:
 
 
 def load(path: str, overrides: list[str]) -> RunConfig:
-    return resolve_tiny_models(load_config(path, overrides))
+    return resolve_local_models(load_config(path, overrides))
 
 
 def run(cfg: RunConfig) -> dict:

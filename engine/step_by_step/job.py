@@ -17,11 +17,11 @@ import os
 from engine.config import load_config
 from engine.config.step_by_step import StepByStepConfig
 from engine.data import RunDir
+from engine.local_models import resolve_local_models
 from engine.runner import Stage, run_stages
 from engine.step_by_step import stages as S
 from engine.step_by_step.grid import Cell, cells
 from engine.step_by_step.report import write_report
-from engine.tiny import resolve_tiny_models
 
 log = logging.getLogger("engine.step_by_step")
 
@@ -52,7 +52,7 @@ def absolute_paths(cfg: StepByStepConfig) -> StepByStepConfig:
 
 
 def load(path: str, overrides: list[str]) -> StepByStepConfig:
-    return resolve_tiny_models(load_config(path, overrides, model=StepByStepConfig))
+    return resolve_local_models(load_config(path, overrides, model=StepByStepConfig))
 
 
 def run(cfg: StepByStepConfig) -> dict:
