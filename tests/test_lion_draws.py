@@ -41,7 +41,8 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
 
 
 def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
-    from engine.llm.vllm_backend import engine_kwargs, sampling_params, to_engine_request
+    from engine.llm.engine_args import engine_kwargs
+    from engine.llm.vllm_backend import sampling_params, to_engine_request
 
     role = RoleConfig(backend="vllm", model="m", sampling=SamplingParams(seed=7))
     params = sampling_params(role, None, None, gpu=True)

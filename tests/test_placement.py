@@ -10,7 +10,7 @@ import pytest
 
 from engine.config.models import Parallelism, RoleConfig
 from engine.driver_node import job_status
-from engine.llm.vllm_backend import engine_placement
+from engine.llm.engine_args import engine_placement
 
 HOLD_ONE_GPU_PER_NODE = r'''
 import ray

@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from engine.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
+from engine.llm.engine_args import engine_key
 from engine.llm.responses import PROMPT_COL, encode_prompt
 from engine.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
-from engine.llm.serving import engine_key
 
 ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": ""} for i in range(12)]
 

@@ -8,7 +8,7 @@ The job holds at once: with shared engines, every frozen engine (teacher, refere
 judge: one per distinct model and engine settings) plus the student's; during training, the
 training workers plus, with `during_training: keep`, the frozen engines (`release`: each phase
 alone). Per-stage engines hold one role's engine at a time. A tensor-parallel engine also needs
-its GPUs on one node (engine.llm.vllm_backend.engine_placement). The cluster's GPUs are what it
+its GPUs on one node (engine.llm.engine_args.engine_placement). The cluster's GPUs are what it
 has now, or what its autoscaler may grow to where Ray reports a maximum.
 
 A wait that passes its deadline (an engine's start, Ray Train's workers) ends the stage with a
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.config.models import RoleConfig
+from engine.llm.engine_args import engine_key
 
 
 class PlanDoesNotFit(RuntimeError):
@@ -69,13 +70,6 @@ def cluster_gpus() -> ClusterGpus:
                        per_node, autoscaler)
 
 
-def engine_key(role: RoleConfig) -> str:
-    """Roles that one engine serves (engine.llm.serving.engine_key, on GPUs)."""
-    from engine.llm.serving import engine_key as key
-
-    return key(role, True)
-
-
 def engine_gpus(role: RoleConfig) -> int:
     return role.parallelism.tensor_parallel_size * role.parallelism.replicas
 
@@ -95,7 +89,7 @@ def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train
     groups: dict[str, list[str]] = {}
     for name, r in vllm.items():
         if name not in per_iteration:
-            groups.setdefault(engine_key(r), []).append(name)
+            groups.setdefault(engine_key(r, True), []).append(name)
     frozen_roles = {key: vllm[names[0]] for key, names in groups.items()}
     student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
     if mode == "shared":

@@ -21,10 +21,10 @@ import ray
 from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
 from engine.config.models import RoleConfig
+from engine.llm.engine_args import engine_placement, serve_engine_kwargs
 from engine.llm.openai_client import parse_completion, request_body
 from engine.llm.parts import write_parts
 from engine.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
-from engine.llm.vllm_backend import CPU_MAX_MODEL_LEN, engine_kwargs, engine_placement
 
 log = logging.getLogger("engine.llm")
 
@@ -39,18 +39,6 @@ PROBE_EVERY_S = 5.0
 # Ray's own vLLM processor (batch_size x max_concurrent_batches=8 in flight per engine).
 # A Serve batch is that many requests; the engine's scheduler batches them as it can.
 CONCURRENT_BATCHES = 8
-
-
-def serve_engine_kwargs(role: RoleConfig, gpu: bool) -> dict:
-    """vLLM engine arguments of a long-lived engine. The engine-level seed that per-stage
-    CPU engines take from the role's sampling is left out (unless engine_kwargs sets it):
-    roles that differ only in sampling share an engine, and sampling is per request."""
-    kw = engine_kwargs(role, gpu)
-    if "seed" not in role.engine_kwargs:
-        kw.pop("seed", None)
-    if not gpu:
-        kw.setdefault("max_model_len", CPU_MAX_MODEL_LEN)
-    return kw
 
 
 def llm_config(role: RoleConfig, *, gpu: bool):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import signal
 import threading
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 
 from engine.config.models import RoleConfig, ServingConfig
 from engine.driver_node import job_finished, on_driver_node, this_job
+from engine.llm.engine_args import engine_ask, engine_key
 from engine.llm.fit import PlanDoesNotFit, WaitedTooLong, cluster_gpus, engine_gpus, fit_problem
 
 log = logging.getLogger("engine.llm")
@@ -54,14 +54,6 @@ def active() -> "JobEngines | None":
 
 def run_prefix(run_id: str) -> str:
     return APP_PREFIX + hashlib.sha256(run_id.encode()).hexdigest()[:8] + "-"
-
-
-def engine_key(role: RoleConfig, gpu: bool) -> str:
-    """Equal for roles that one engine can serve: same model, engine settings and replicas."""
-    from engine.llm.serve_backend import serve_engine_kwargs
-
-    spec = {"model": role.model, "engine": serve_engine_kwargs(role, gpu), "replicas": role.parallelism.replicas}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -165,8 +157,6 @@ class JobEngines:
 
     def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
-        from engine.llm.vllm_backend import engine_ask
-
         what = "its engine's resources" if scheduling else "its engine to start"
         raise WaitedTooLong(f"{role_name} ({app})", engine_ask(role, self.gpu), self.serving.ready_timeout_s,
                             cluster_gpus().describe(), what=what)
