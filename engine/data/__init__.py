@@ -1,6 +1,7 @@
 """Instruction pools: schema and stable ids, readers with counted rejects, parquet."""
 from engine.data.pools import PoolSchemaError, conform, read_pool, write_pool
-from engine.data.readers import REJECT_REASONS, LoadReport, PoolFileError, load_pool
+from engine.data.readers import REJECT_REASONS, LoadReport, load_pool
+from engine.data.records import PoolFileError
 from engine.data.rundir import RunDir
 from engine.data.schema import POOL_SCHEMA, RESPONSE_SCHEMA, instruction_id, pool_table
 

@@ -5,7 +5,8 @@ import argparse
 import sys
 import textwrap
 
-from engine.data.readers import PoolFileError, load_pool
+from engine.data.readers import load_pool
+from engine.data.records import PoolFileError
 from engine.data.schema import history_turns
 
 

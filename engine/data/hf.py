@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from engine.data.readers import PoolFileError, RawRecord, read_table_rows
+from engine.data.records import PoolFileError, RawRecord, read_table_rows
 
 
 def _arrow(ds) -> pa.Table:

@@ -1,24 +1,14 @@
-"""Instruction readers with counted, located rejects.
+"""Instruction pools read with counted, located rejects.
 
 Every record a file holds ends in exactly one place: kept in the pool, or counted
 under a reject reason with its `file:line`. `LoadReport.reconciles` checks it.
 
-Formats, chosen by extension:
-- `.json`: Alpaca (a JSON list of `{instruction, input, output}`),
-- `.jsonl`: self-instruct (`instances[{input, output}]`: one row per instance) or any
-  JSONL whose fields `field_map` names (default `instruction` / `input`),
-- `.parquet`: columns `instruction` and optionally `input`,
-- a folder: a Hugging Face `datasets` folder (`save_to_disk`), read by engine.data.hf,
-  as are `load_dataset` sources (`data.datasets`).
-
-In any of them a record with a `messages` (OpenAI: `role`/`content`) or `conversations`
-(ShareGPT: `from`/`value`) field and no instruction field is a conversation
-(engine.data.conversations): its last user turn is the instruction.
+Files are read by extension (engine.data.records): `.json` (Alpaca), `.jsonl`, `.parquet`;
+a folder is a Hugging Face `datasets` folder (`save_to_disk`), read by engine.data.hf, as
+are `load_dataset` sources (`data.datasets`).
 """
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +17,12 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from engine.data.conversations import BadConversation, conversation_key, parse
+from engine.data.conversations import BadConversation, parse
+from engine.data.hf import read_dataset_source, read_saved_dataset
+from engine.data.records import (
+    PoolFileError, RawRecord, has_invalid_utf8, read_alpaca_json, read_jsonl, read_parquet,
+)
 from engine.data.schema import context_key, instruction_id, pool_table
 from engine.data.tables import kept
 
@@ -45,10 +38,6 @@ REJECT_REASONS = (
     "bad_conversation",
 )
 EXAMPLES_PER_REASON = 5
-
-
-class PoolFileError(ValueError):
-    """A file that cannot be read at all (missing, unknown format, broken JSON list)."""
 
 
 @dataclass
@@ -82,145 +71,10 @@ class LoadReport:
         }
 
 
-@dataclass
-class RawRecord:
-    where: str  # file:line (or file:row N for parquet)
-    fields: dict | None = None
-    error: str | None = None  # a reject reason, with a detail after ": "
-
-
-def _decode(path: Path) -> str:
-    # surrogateescape keeps reading past invalid bytes so only their own record is rejected.
-    return path.read_bytes().decode("utf-8", errors="surrogateescape")
-
-
-# An invalid byte decodes to a lone surrogate U+DC80..U+DCFF (surrogateescape).
-_INVALID_UTF8 = re.compile("[\udc80-\udcff]")
-
-
-def _has_invalid_utf8(text: str) -> bool:
-    return _INVALID_UTF8.search(text) is not None
-
-
-class _LineCounter:
-    """Line numbers of increasing offsets in one pass over the text: each call counts only the
-    newlines since the previous one (counting from the top per record is quadratic: 89 s for
-    52K Alpaca rows)."""
-
-    def __init__(self, text: str):
-        self.text, self.pos, self.line = text, 0, 1
-
-    def __call__(self, pos: int) -> int:
-        self.line += self.text.count("\n", self.pos, pos)
-        self.pos = pos
-        return self.line
-
-
-def read_jsonl(path: Path, field_map: dict[str, str], keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
-    instruction_key = field_map.get("instruction", "instruction")
-    input_key = field_map.get("input", "input")
-    with path.open("rb") as lines:  # a line at a time: a file of millions is never one string
-        for number, line in enumerate(lines, start=1):
-            yield from _jsonl_records(line.decode("utf-8", errors="surrogateescape"), f"{path}:{number}",
-                                      field_map, instruction_key, input_key, keep)
-
-
-def _jsonl_records(line: str, where: str, field_map: dict[str, str], instruction_key: str, input_key: str,
-                   keep: tuple[str, ...]) -> Iterator[RawRecord]:
-    """One JSONL line's records: none for a blank line, one per instance of a self-instruct line."""
-    if not line.strip():
-        return  # blank lines are layout, not records
-    if _has_invalid_utf8(line):
-        yield RawRecord(where, error="invalid_utf8")
-        return
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        yield RawRecord(where, error=f"malformed_json: {e.msg} at column {e.colno}")
-        return
-    if not isinstance(obj, dict):
-        yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
-    elif not field_map and isinstance(obj.get("instances"), list) and obj["instances"]:
-        for k, instance in enumerate(obj["instances"]):
-            got = instance.get("input", "") if isinstance(instance, dict) else instance
-            yield RawRecord(f"{where} instance {k}", {"instruction": obj.get("instruction"), "input": got})
-    else:
-        yield record_of(obj, where, instruction_key, input_key, keep)
-
-
-def record_of(obj: dict, where: str, instruction_key: str = "instruction", input_key: str = "input",
-              keep: tuple[str, ...] = ()) -> RawRecord:
-    """One object's fields: a conversation (its `messages` or `conversations`, when it has
-    no instruction field) or an instruction and its input."""
-    fields = {name: obj.get(name) for name in keep}
-    key = conversation_key(obj) if obj.get(instruction_key) is None else None
-    if key:
-        return RawRecord(where, {**fields, "conversation": (key, obj[key])})
-    return RawRecord(where, {**fields, "instruction": obj.get(instruction_key), "input": obj.get(input_key, "")})
-
-
-def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
-    """A JSON list read element by element, so each reject gets its line."""
-    text = _decode(path)
-    invalid = _has_invalid_utf8(text)  # checked per element only where the file has such bytes
-    decoder, line_of = json.JSONDecoder(), _LineCounter(text)
-    pos = _skip_space(text, 0)
-    if not text.startswith("[", pos):
-        raise PoolFileError(f"{path}:{line_of(pos)}: expected a JSON list of objects (Alpaca format)")
-    pos = _skip_space(text, pos + 1)
-    while not text.startswith("]", pos):
-        where = f"{path}:{line_of(pos)}"
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            # Past a broken element the list's structure is unknown: stop with its location.
-            raise PoolFileError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); fix the file and re-run") from None
-        if invalid and _has_invalid_utf8(text[pos:end]):
-            yield RawRecord(where, error="invalid_utf8")
-        elif not isinstance(obj, dict):
-            yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
-        else:
-            yield record_of(obj, where)
-        pos = _skip_space(text, end)
-        if text.startswith(",", pos):
-            pos = _skip_space(text, pos + 1)
-        elif not text.startswith("]", pos):
-            raise PoolFileError(f"{path}:{line_of(pos)}: expected ',' or ']' in the JSON list")
-
-
-_SPACE = re.compile(r"[ \t\r\n]*")
-
-
-def _skip_space(text: str, pos: int) -> int:
-    return _SPACE.match(text, pos).end()
-
-
-def read_parquet(path: Path) -> Iterator[RawRecord]:
-    return read_table_rows(pq.read_table(path), str(path), "parquet file")
-
-
-def read_table_rows(table: pa.Table, source: str, kind: str, field_map: dict[str, str] | None = None,
-                    keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
-    """A table's rows (parquet, a `datasets` Arrow table) as records located `source:row N`."""
-    instruction_key = (field_map or {}).get("instruction", "instruction")
-    input_key = (field_map or {}).get("input", "input")
-    if instruction_key not in table.column_names and not conversation_key(dict.fromkeys(table.column_names)):
-        raise PoolFileError(f"{source}: {kind} has no {instruction_key!r}, 'messages' or 'conversations' column "
-                            f"(columns: {table.column_names})")
-    columns = [c for c in (instruction_key, input_key, "messages", "conversations", *keep) if c in table.column_names]
-    offset = 0
-    for batch in table.select(columns).to_batches(max_chunksize=4096):
-        for k, obj in enumerate(batch.to_pylist(), start=offset):
-            yield record_of(obj, f"{source}:row {k}", instruction_key, input_key, keep)
-        offset += batch.num_rows
-
-
 def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
     """`keep`: more JSONL fields to carry into the rows (a question's id and category)."""
     path = Path(path)
     if path.is_dir():
-        from engine.data.hf import read_saved_dataset
-
         return read_saved_dataset(path, field_map, keep)
     if not path.is_file():
         raise PoolFileError(f"{path}: no such file")
@@ -255,7 +109,7 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
     for name, value in (("instruction", instruction), ("input", got)):
         if not isinstance(value, str):
             return None, f"non_string_field: {name} is {type(value).__name__}"
-        if _has_invalid_utf8(value):
+        if has_invalid_utf8(value):
             return None, "invalid_utf8"
     instruction, got = instruction.strip(), got.strip()
     if not instruction:
@@ -344,8 +198,6 @@ def checked_rows(
 ) -> Iterator[tuple[dict, str]]:
     """(row, where) for each record of the files and sources that passes check_record; each one
     that does not is counted in `report` under its reason, with its location."""
-    from engine.data.hf import read_dataset_source
-
     readers = [lambda p=path: read_records(p, field_map, keep) for path in files]
     readers += [lambda s=source: read_dataset_source(s, field_map, keep) for source in sources]
     for read in readers:
