@@ -1,0 +1,75 @@
+"""Imports run one way, down (docs/design.md, "Layers"): no module of `engine` imports one that imports it
+back, directly or through others, counting the imports made inside functions, and only the
+composition roots read `engine.plan`. Read from the source with `ast`: nothing is imported."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The command line prices a run before it starts one (`--plan`): the only reader of the plan.
+PLAN_READERS = {"engine.cli"}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def import_graph(root: Path = REPO / "engine") -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports, anywhere in its body."""
+    modules = {module_name(p): p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("engine"):
+                # `from engine.data import readers` imports a module; `from engine.data import RunDir`, the package.
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("engine")}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_through_three_modules():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_of_the_engine_imports_itself_back():
+    assert cycles(import_graph()) == []
+
+
+def test_only_the_composition_roots_read_the_plan():
+    graph = import_graph()
+    readers = {m for m, targets in graph.items() if not m.startswith("engine.plan")
+               and any(t == "engine.plan" or t.startswith("engine.plan.") for t in targets)}
+    assert readers <= PLAN_READERS, sorted(readers - PLAN_READERS)
