@@ -6,8 +6,6 @@ import json
 
 import pyarrow as pa
 
-ORIGINS = ("seed", "hard", "easy")
-
 POOL_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),

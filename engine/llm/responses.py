@@ -30,16 +30,11 @@ CACHED_COL = "_llm_cached"
 INTERNAL_COLS = (PROMPT_COL, DRAW_COL, CACHE_KEY_COL, CACHED_COL)
 # Per-row API accounting, summed into the StageRecord and then dropped.
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
-RESPONSE_COLS = ("role", "text", "finish_reason", "prompt_tokens", "completion_tokens")
 RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason")
 
 
 def failed(reason: str) -> str:
     return f"failed: {reason}"
-
-
-def is_failed(finish_reason: str | None) -> bool:
-    return finish_reason is None or finish_reason.startswith("failed")
 
 
 def encode_prompt(prompt: Any, row_id: Any = None) -> str:
