@@ -32,7 +32,7 @@ from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.referee import judgment_schema
 from engine.llm.prompts import alpaca_prompt, instruction_messages
 from engine.llm.serving import take_engine_metrics
-from engine.metrics import StageRecord
+from engine.metrics import Metrics, StageRecord
 
 log = logging.getLogger("engine.evaluate")
 PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in (
@@ -115,9 +115,7 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     if nll is not None:
         summary["nll"] = nll
     check_judged(summary, cfg.min_judged_fraction, out)
-    figures = {}
-    for record in records:
-        figures.update(record.as_dict())
+    figures = Metrics(records).as_dict()
     figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
     figures.update({f"eval/{name}": value for name, value in (nll or {}).items()})
     figures.update(take_engine_metrics())  # the candidate's or judge's engine may start here

@@ -29,7 +29,7 @@ from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.data.pools import RowFiles, dataset_to_table
 from engine.data.tables import first_per_id, in_order, kept, no_response
 from engine.llm.serving import take_engine_metrics
-from engine.metrics import StageRecord
+from engine.metrics import Metrics, StageRecord
 
 
 def rel(k: int, *parts: str) -> str:
@@ -187,9 +187,7 @@ def pool(run: RunDir, k: int, name: str) -> pa.Table:
 
 def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageRecord], extra: dict) -> dict:
     """The stage's figures to iter_k/<stage>/metrics.json, merged into iter_k/metrics.json."""
-    figures = {}
-    for record in records:
-        figures.update(record.as_dict())
+    figures = Metrics(records).as_dict()
     figures.update(extra)
     figures.update(take_engine_metrics())  # engine_starts, engine_start_s/<role> during this stage
     run.write_json(rel(k, stage, "metrics.json"), figures)

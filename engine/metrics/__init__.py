@@ -3,8 +3,7 @@
     with stage_timer("teacher_answers") as rec:
         ...                                   # do the work
         rec.rows, rec.completion_tokens = n, tokens
-    metrics.add(rec)                          # -> timing_s/teacher_answers, rows_per_s/..., ...
-    run_dir.write_json("iter_0/metrics.json", metrics.as_dict())
+    run_dir.write_json("iter_0/metrics.json", Metrics([rec]).as_dict())  # timing_s/teacher_answers, ...
 """
 from __future__ import annotations
 
@@ -82,10 +81,6 @@ class Metrics:
 
     def __init__(self, records: list[StageRecord] | None = None):
         self.records = list(records or [])
-
-    def add(self, record: StageRecord) -> StageRecord:
-        self.records.append(record)
-        return record
 
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -2,7 +2,7 @@
 
     result = train_causal_sft(cfg.train, "/models/llama-7b", rows, "runs/x/iter_0/student", name="iter_0_student")
     result.model_dir        # Hugging Face export for the vllm / hf backends
-    metrics.add(result.record)
+    result.record           # its StageRecord (engine.metrics): timing, rows, samples and tokens per second
 
 The function chooses the architecture (cfg.architecture is overridden to match).
 `engine.train.step` (plain torch) and `engine.train.batches` import without Ray;
