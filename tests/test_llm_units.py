@@ -16,8 +16,8 @@ from engine.llm.ledger import cost_usd
 from engine.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
 from engine.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
 from engine.llm.responses import (
-    CACHE_KEY_COL, CACHED_COL, PROMPT_COL, attach_prompt, encode_prompt, fill_record, merge_responses, response_row,
-    split_accounting,
+    CACHE_KEY_COL, CACHED_COL, PROMPT_COL, attach_prompt, encode_prompt, failed, failed_mask, fill_record, is_failed,
+    merge_responses, response_row, split_accounting,
 )
 from engine.metrics import StageRecord
 
@@ -355,3 +355,13 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
     # 5 requests, 2 at a time across both batches: 3 rounds at least, as the server saw them
     assert window["answered"] == 5 and window["span_s"] >= 3 * latency
     assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True)]
+
+
+def test_a_failed_request_is_told_apart_from_a_missing_response_alike_on_rows_and_columns():
+    reasons = [failed("engine error 500: boom"), "stop", "length", None, ""]
+    assert [is_failed(r) for r in reasons] == [True, False, False, False, False]
+    assert failed_mask(pa.array(reasons, pa.string())).to_pylist() == [is_failed(r) for r in reasons]
+    rec = StageRecord("s")
+    fill_record(rec, pa.table({"prompt_tokens": [1] * 5, "completion_tokens": [1] * 5,
+                               "finish_reason": pa.array(reasons, pa.string())}))
+    assert rec.failed_rows == 2  # a stage's row without a reason was lost: counted with the failed

@@ -24,6 +24,7 @@ from engine.lion.iteration import (
 from engine.lion.judge import check_constraint, judge_pairs
 from engine.lion.prompts import teacher_messages
 from engine.lion.referee import summarize
+from engine.llm.responses import failed_mask
 
 log = logging.getLogger("engine.lion")
 
@@ -95,7 +96,7 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
-        failed = pc.fill_null(pc.starts_with(student.column("finish_reason"), "failed"), False)
+        failed = failed_mask(student.column("finish_reason"))
         again = student.column("id").filter(failed)
         if not len(again):
             break
@@ -105,6 +106,6 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
                                        parts=parts)
         records.extend(more)
         retried = response_table(retried)
-        better = retried.filter(pc.invert(pc.fill_null(pc.starts_with(retried.column("finish_reason"), "failed"), False)))
+        better = retried.filter(pc.invert(failed_mask(retried.column("finish_reason"))))
         student = replaced_by_id(student, better)
     return student

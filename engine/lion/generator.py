@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from engine.data import instruction_id
 from engine.lion.prompts import GENERATOR_SYSTEM, LION_GENERATOR_SYSTEM, NO_INPUT, generator_user, lion_generator_user
+from engine.llm.responses import is_failed
 
 KINDS = ("hard", "easy")
 
@@ -228,7 +229,7 @@ def candidate_rows(
     rows, rejects = [], Counter()
     for seed, reply in zip(seeds, replies):
         finish = reply.get("finish_reason") or ""
-        if finish.startswith("failed"):
+        if is_failed(finish):
             rejects["generator failed"] += 1
             continue
         if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= tokens_per_seed_word * len(seed["instruction"].split()):

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from engine.data import RESPONSE_SCHEMA, RunDir, read_pool
 from engine.data.pools import RowFiles, dataset_to_table
 from engine.data.tables import first_per_id, in_order, kept, no_response
+from engine.llm.responses import failed_mask, is_failed
 from engine.llm.serving import take_engine_metrics
 from engine.metrics import Metrics, StageRecord
 
@@ -136,7 +137,7 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
 
 
 def answered(response: dict) -> bool:
-    return not (response.get("finish_reason") or "").startswith("failed") and bool((response.get("text") or "").strip())
+    return not is_failed(response.get("finish_reason")) and bool((response.get("text") or "").strip())
 
 
 def write_responses(run: RunDir, path: str, responses: pa.Table | list[dict]) -> None:
@@ -159,7 +160,7 @@ def read_rows(run: RunDir, path: str) -> list[dict]:
 
 def answered_mask(responses: pa.Table) -> pa.ChunkedArray:
     """`answered` over a table of responses: not failed, and a text that is not blank."""
-    failed = pc.fill_null(pc.starts_with(responses.column("finish_reason"), "failed"), False)
+    failed = failed_mask(responses.column("finish_reason"))
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(responses.column("text")), ""), True)
     return pc.invert(pc.or_(failed, blank))
 

@@ -31,6 +31,7 @@ from engine.lion.referee import (
     unparseable_ids,
 )
 from engine.lion.rubrics import RUBRICS, rubric_for
+from engine.llm.responses import failed_mask
 from engine.metrics import StageRecord
 
 LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
@@ -257,10 +258,10 @@ def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: b
     """referee.unjudgeable over the columns: a's answer failed or is blank, or b's request
     failed (unless a failed answer loses)."""
     a, b = roles
-    failed = lambda role: pc.starts_with(pc.fill_null(pairs.column(f"{role}_finish_reason"), ""), "failed")  # noqa: E731
+    answer_failed = lambda role: failed_mask(pairs.column(f"{role}_finish_reason"))  # noqa: E731
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(pairs.column(f"{a}_text"), "")), "")
-    out = pc.or_(failed(a), blank)
-    return out if failed_answer_loses else pc.or_(out, failed(b))
+    out = pc.or_(answer_failed(a), blank)
+    return out if failed_answer_loses else pc.or_(out, answer_failed(b))
 
 
 def _by_constraint(names: list[str], setting: str, referee: RoleConfig) -> list[tuple[dict | None, list[str]]]:

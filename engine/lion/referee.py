@@ -27,10 +27,11 @@ from engine.data.tables import replaced_by_id
 from engine.lion.reviews import logprob_scores
 from engine.lion.rubrics import RUBRICS, Rubric
 from engine.llm.prompts import instruction_text
+from engine.llm.responses import failed, is_failed
 
 OK = "ok"
-UNPARSEABLE = "failed: unparseable review"
-EMPTY_ANSWER = "failed: empty answer"
+UNPARSEABLE = failed("unparseable review")
+EMPTY_ANSWER = failed("empty answer")
 LOWEST_SCORE = 1.0
 
 def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
@@ -70,7 +71,7 @@ def referee_messages(row: dict, first: str, second: str, rubric: Rubric = RUBRIC
 def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[float, float] | str:
     """(Assistant 1, Assistant 2) scores of one review, or the failed status."""
     reason = review.get("finish_reason") or ""
-    if reason.startswith("failed"):
+    if is_failed(reason):
         return reason
     scores = rubric.parse(review.get("text"))
     if scores is None:
@@ -84,8 +85,8 @@ def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[fl
 def _answer_failure(pair: dict, reference: str) -> str | None:
     """Why a pair cannot be judged: only the reference side's (the teacher's) answer can make it so."""
     reason = pair.get(f"{reference}_finish_reason") or ""
-    if reason.startswith("failed"):
-        return f"failed: {reference} answer {reason}"
+    if is_failed(reason):
+        return failed(f"{reference} answer {reason}")
     if not (pair.get(f"{reference}_text") or "").strip():
         return EMPTY_ANSWER
     return None
@@ -95,17 +96,13 @@ def unjudgeable(pair: dict, roles: tuple[str, str], failed_answer_loses: bool) -
     """Why no review can judge a pair (its failed status), before the referee is asked."""
     a, b = roles
     failure = _answer_failure(pair, a)
-    if failure is None and failed(pair, b) and not failed_answer_loses:
-        failure = f"failed: {b} answer {pair[f'{b}_finish_reason']}"
+    if failure is None and is_failed(pair.get(f"{b}_finish_reason")) and not failed_answer_loses:
+        failure = failed(f"{b} answer {pair[f'{b}_finish_reason']}")
     return failure
 
 
-def failed(pair: dict, role: str) -> bool:
-    return (pair.get(f"{role}_finish_reason") or "").startswith("failed")
-
-
 def answered(pair: dict, role: str = "student") -> bool:
-    return not failed(pair, role) and bool((pair.get(f"{role}_text") or "").strip())
+    return not is_failed(pair.get(f"{role}_finish_reason")) and bool((pair.get(f"{role}_text") or "").strip())
 
 
 # What an engine or API says when a prompt does not fit the model's context (vLLM's
@@ -116,7 +113,7 @@ _OVERFLOW = re.compile(r"context.length|maximum context|max_model_len|maximum mo
 
 def context_overflow(status: str) -> bool:
     """A review failed because the prompt (the question and both answers) overflowed the referee's context."""
-    return status.startswith("failed") and bool(_OVERFLOW.search(status))
+    return is_failed(status) and bool(_OVERFLOW.search(status))
 
 
 def judgment_rows(
@@ -209,7 +206,7 @@ def summarize(judgments: pa.Table) -> dict:
     status = judgments.column("status")
     ok = judgments.filter(pc.equal(status, OK))
     hard = pc.sum(pc.fill_null(ok.column("hard"), False).cast(pa.int64())).as_py() or 0
-    failed = status.filter(pc.not_equal(status, OK))
+    failures = status.filter(pc.not_equal(status, OK))
 
     def mean(key: str) -> float | None:
         return pc.mean(ok.column(key)).as_py()  # nulls skipped: an unread review of an empty answer has no gap
@@ -218,7 +215,7 @@ def summarize(judgments: pa.Table) -> dict:
         "rows": judgments.num_rows,
         "judged": ok.num_rows,
         "failed": judgments.num_rows - ok.num_rows,
-        "failed_by_reason": {e["values"]: e["counts"] for e in pc.value_counts(failed).to_pylist()},
+        "failed_by_reason": {e["values"]: e["counts"] for e in pc.value_counts(failures).to_pylist()},
         "truncated": pc.sum(pc.fill_null(ok.column("truncated"), False).cast(pa.int64())).as_py() or 0,
         "hard": hard,
         "easy": ok.num_rows - hard,

@@ -33,8 +33,21 @@ API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
 RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason")
 
 
+FAILED = "failed"  # a failed request's finish_reason, then ": <reason>"
+
+
 def failed(reason: str) -> str:
-    return f"failed: {reason}"
+    return f"{FAILED}: {reason}"
+
+
+def is_failed(finish_reason: str | None) -> bool:
+    """The request failed. None (no response, as in a pair whose answer is missing) is not a failure."""
+    return (finish_reason or "").startswith(FAILED)
+
+
+def failed_mask(finish_reasons: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """is_failed over a column: null is not a failure."""
+    return pc.fill_null(pc.starts_with(finish_reasons, FAILED), False)
 
 
 def encode_prompt(prompt: Any, row_id: Any = None) -> str:
@@ -137,7 +150,7 @@ def fill_record(rec: StageRecord, table: pa.Table) -> None:
     rec.prompt_tokens = int(pc.sum(table["prompt_tokens"]).as_py() or 0)
     rec.completion_tokens = int(pc.sum(table["completion_tokens"]).as_py() or 0)
     reasons = table["finish_reason"]
-    rec.failed_rows = int(pc.sum(pc.or_kleene(pc.is_null(reasons), pc.starts_with(reasons, "failed"))).as_py() or 0)
+    rec.failed_rows = int(pc.sum(pc.or_(pc.is_null(reasons), failed_mask(reasons))).as_py() or 0)  # a stage's row has a reason
     if "_api_requests" in table.column_names:
         rec.api_requests = int(pc.sum(table["_api_requests"]).as_py() or 0)
         rec.api_retries = int(pc.sum(table["_api_retries"]).as_py() or 0)
