@@ -167,14 +167,15 @@ def _texts_in_pool_order(run: RunDir, path: str, ids: pa.ChunkedArray) -> Iterat
 
 def _exact_slices(arrays: Iterator[pa.Array], rows: int) -> Iterator[pa.Array]:
     """Arrays of any lengths (a file's batches end at its row groups) as arrays of `rows` each, the last fewer."""
-    held = []
+    held, count = [], 0
     for array in arrays:
         held.append(array)
-        while sum(len(a) for a in held) >= rows:
+        count += len(array)
+        while count >= rows:
             joined = pa.concat_arrays(held)
             yield joined.slice(0, rows)
-            held = [joined.slice(rows)]
-    if sum(len(a) for a in held):
+            held, count = [joined.slice(rows)], count - rows
+    if count:
         yield pa.concat_arrays(held)
 
 
