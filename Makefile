@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # No model hub in tests or the demo: tiny models are built locally, and the real small model
-# (SmolLM2-135M-Instruct) comes from a PyPI package (engine/smol.py).
+# (SmolLM2-135M-Instruct) comes from a PyPI package (lion_distill/smol.py).
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 # generator and judge; a layer-dropped copy as the student); re-running resumes (or just
 # reports a finished run): delete runs/demo-smol to start over.
 demo: $(STAMP)
-	$(PY) -m engine.data inspect data/self-instruct/*.jsonl
+	$(PY) -m lion_distill.data inspect data/self-instruct/*.jsonl
 	$(PY) jobs/lion.py --config configs/demo-smol.yaml
 
 # The same loop with tiny random models: plumbing only (runs/demo).

@@ -33,11 +33,11 @@ def prompts(n: int) -> list[dict]:
 
 
 MODEL_DESC = "random LLaMA, 4 layers, 256 wide, 4 heads (head_dim 64), MLP 1024, the tiny 2,048-token tokenizer"
-SMOL_DESC = "SmolLM2-135M-Instruct (engine.smol), float32"
+SMOL_DESC = "SmolLM2-135M-Instruct (lion_distill.smol), float32"
 
 
 def build_instruct() -> Path:
-    from engine.smol import build_instruct as build
+    from lion_distill.smol import build_instruct as build
 
     return build()
 
@@ -47,7 +47,7 @@ def bigger_llama() -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from engine.tiny import DEFAULT_CACHE, build_tiny_models
+    from lion_distill.tiny import DEFAULT_CACHE, build_tiny_models
 
     out = DEFAULT_CACHE / "bench-llama-4x256"
     if (out / "config.json").exists():
@@ -71,7 +71,7 @@ def bigger_llama() -> Path:
 def bare_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
     from vllm import LLM, SamplingParams
 
-    from engine.llm.prompts import instruction_messages
+    from lion_distill.llm.prompts import instruction_messages
 
     t0 = time.perf_counter()
     llm = LLM(model=model, dtype="float32", max_model_len=512, enforce_eager=True, seed=0)
@@ -92,8 +92,8 @@ def bare_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
 def ours(role, rows: list[dict], with_stats: bool = False):
     import ray
 
-    from engine.llm import generate
-    from engine.llm.prompts import instruction_messages
+    from lion_distill.llm import generate
+    from lion_distill.llm.prompts import instruction_messages
 
     t0 = time.perf_counter()
     out, rec = generate(role, ray.data.from_items(rows), instruction_messages, stage="bench", role_name="bench")
@@ -119,7 +119,7 @@ def ray_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
     operator's task wall time. With one batch (batch_size = all prompts, as bare
     llm.chat gets them all at once) that is one task: the batch's trip through the
     engine, after the actor's constructor (where the engine starts) has returned."""
-    from engine.config.models import Parallelism, RoleConfig, SamplingParams
+    from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
 
     role = RoleConfig(backend="vllm", model=model, max_model_len=512, sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
                       parallelism=Parallelism(batch_size=len(rows)))
@@ -131,7 +131,7 @@ def ray_vllm(model: str, rows: list[dict], max_tokens: int) -> dict:
 
 
 def hf(model: str, rows: list[dict], max_tokens: int) -> dict:
-    from engine.config.models import Parallelism, RoleConfig, SamplingParams
+    from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
 
     role = RoleConfig(backend="hf", model=model, sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens),
                       parallelism=Parallelism(batch_size=len(rows)))
@@ -148,7 +148,7 @@ def api(seconds_at_max: float, latency_s: float, concurrency: int, replicas: int
     count over the span from the first request's arrival to the last answer."""
     import openai
 
-    from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
+    from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
     limit = concurrency / latency_s
     n = int(seconds_at_max * limit)
     # The server in its own process, so the client and the driver (Ray Data's executor) do
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["all", "local", "api"], default="all")
     parser.add_argument("--out", default="benchmarks/out/generation.json")
     parser.add_argument("--model", choices=["random", "smol"], default="random",
-                        help="smol: the real SmolLM2-135M-Instruct (engine.smol); its answers end at eos")
+                        help="smol: the real SmolLM2-135M-Instruct (lion_distill.smol); its answers end at eos")
     args = parser.parse_args()
 
     import ray

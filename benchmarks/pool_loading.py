@@ -3,7 +3,7 @@
 The 52K-row `alpaca_data.json` is not in the repository, so a synthetic one is generated with
 its layout (a JSON list indented by 4, as the released file; about 40% of rows with an `input`;
 instruction, input and output lengths near Alpaca's means). Each size is loaded with our reader
-(`engine.data.load_pool`: every record checked, rejects located by `file:line`) and with a
+(`lion_distill.data.load_pool`: every record checked, rejects located by `file:line`) and with a
 baseline that does only `json.load` plus building the same rows (no checks, no locations), and
 the same rows are loaded from JSONL. Linear time shows as a constant time per row across sizes.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data import instruction_id, load_pool, pool_table  # noqa: E402
+from lion_distill.data import instruction_id, load_pool, pool_table  # noqa: E402
 
 WORDS = ("the a of to and in is for that with on as be by this are from or an it at which can your "
          "write explain describe list give generate create summarize classify identify compare find "

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.lion.rouge import NoveltyFilter, rouge_l_f1, rouge_tokens  # noqa: E402
+from lion_distill.lion.rouge import NoveltyFilter, rouge_l_f1, rouge_tokens  # noqa: E402
 
 
 def _jsonl(path: Path) -> list[dict]:

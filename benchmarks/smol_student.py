@@ -1,4 +1,4 @@
-"""The real small model (engine.smol): its teacher answers, and the student's size.
+"""The real small model (lion_distill.smol): its teacher answers, and the student's size.
 
     python benchmarks/smol_student.py answers   # SmolLM2-135M-Instruct answers 64 seed instructions (vLLM, greedy)
                                                 # -> data/smol/teacher_answers.jsonl (the learning test's data)
@@ -26,7 +26,7 @@ TRAIN, HELD_OUT = 48, 16
 def instructions(n: int) -> list[dict]:
     import numpy as np
 
-    from engine.data import load_pool
+    from lion_distill.data import load_pool
 
     pool, _ = load_pool([str(REPO / "data" / "self-instruct" / "seed_tasks.jsonl")])
     picks = np.sort(np.random.default_rng(0).choice(pool.num_rows, n, replace=False))
@@ -36,8 +36,8 @@ def instructions(n: int) -> list[dict]:
 def answers(args) -> dict:
     from vllm import LLM, SamplingParams
 
-    from engine.llm.prompts import instruction_messages
-    from engine.smol import build_instruct
+    from lion_distill.llm.prompts import instruction_messages
+    from lion_distill.smol import build_instruct
 
     rows = instructions(TRAIN + HELD_OUT)
     llm = LLM(model=str(build_instruct()), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
@@ -61,9 +61,9 @@ def imitate(model_path: str, rows: list[dict], epochs: int, lr: float, batch_siz
     """The student fine-tuned on `rows` in one process with the project's step code -> the model."""
     import torch
 
-    from engine.config.models import TrainConfig
-    from engine.train import batches as B
-    from engine.train import step as S
+    from lion_distill.config.models import TrainConfig
+    from lion_distill.train import batches as B
+    from lion_distill.train import step as S
 
     cfg = TrainConfig(learning_rate=lr, epochs=epochs, batch_size=batch_size, max_length=max_length)
     cols = {k: [r[k] for r in rows] for k in ("instruction", "input", "response", "complete")}
@@ -86,8 +86,8 @@ def layers(args) -> dict:
 
     from transformers import AutoTokenizer
 
-    from engine.evaluate.nll import mean_nll
-    from engine.smol import build_instruct, build_student
+    from lion_distill.evaluate.nll import mean_nll
+    from lion_distill.smol import build_instruct, build_student
 
     data = read_answers()
     train, held = data[:TRAIN], data[TRAIN:]

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.config.step_by_step import METHODS, StepByStepConfig
-from engine.metrics.report import table_md
+from lion_distill.config.step_by_step import METHODS, StepByStepConfig
+from lion_distill.metrics.report import table_md
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {"fruit": "apple banana cherry grape lemon mango peach pear plum melon kiwi lime".split(),
@@ -102,10 +102,10 @@ def main() -> None:
 
     import ray
 
-    from engine.cli import init_ray
-    from engine.local_models import resolve_local_models
-    from engine.step_by_step import job
-    from engine.step_by_step.report import accuracy_table, curves
+    from lion_distill.cli import init_ray
+    from lion_distill.local_models import resolve_local_models
+    from lion_distill.step_by_step import job
+    from lion_distill.step_by_step.report import accuracy_table, curves
 
     init_ray(verbose=False)
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="sbs-bench-")

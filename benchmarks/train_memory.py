@@ -1,6 +1,6 @@
 """Host memory of a training worker while the student is set up: every rank loading
 the full model before sharding (the old path) vs meta-device init on every rank and
-rank 0 broadcasting the weights (`engine.train.step.load_sharded`).
+rank 0 broadcasting the weights (`lion_distill.train.step.load_sharded`).
 
     python benchmarks/train_memory.py                      # 2 gloo ranks, a 126M-parameter LLaMA (480 MB in fp32)
     python benchmarks/train_memory.py --ranks 2 --layers 12 --out benchmarks/out/train_memory.json
@@ -54,7 +54,7 @@ def _rank(rank: int, world: int, port: int, path: str, mode: str, out: str) -> N
     import torch.distributed.fsdp  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
-    from engine.train import step as S
+    from lion_distill.train import step as S
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

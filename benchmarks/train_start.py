@@ -1,4 +1,4 @@
-"""What a Ray Train start costs a short training: `engine.train.loop.fit` of the tiny LLaMA on 12
+"""What a Ray Train start costs a short training: `lion_distill.train.loop.fit` of the tiny LLaMA on 12
 rows (two optimizer steps and the export) with one Ray Train worker against Ray Train's local mode
 (`train.num_workers: 0`, the same loop in the calling process). The difference is Ray Train's own
 start and end (its controller, the worker group, the process group), paid once per imitation; the
@@ -30,9 +30,9 @@ def main() -> None:
 
     import ray
 
-    from engine.config.models import TrainConfig
-    from engine.tiny import build_tiny_models
-    from engine.train.loop import fit
+    from lion_distill.config.models import TrainConfig
+    from lion_distill.tiny import build_tiny_models
+    from lion_distill.train.loop import fit
 
     model = str(build_tiny_models().llama)
     ray.init(include_dashboard=False, log_to_driver=False)

@@ -7,7 +7,7 @@
 
 `ray` mode trains the tiny LLaMA on the same synthetic instruction set both ways and
 reports samples/s and tokens/s (training loop only, and end to end for Ray) and the
-overhead ratio. `mfu` mode runs `engine.train.step` bare (FSDP2 over a one-rank
+overhead ratio. `mfu` mode runs `lion_distill.train.step` bare (FSDP2 over a one-rank
 process group, or every rank under torchrun) on random tokens: MFU = 6 * params *
 tokens/s / peak FLOPs. Writes JSON to --out.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from engine.config.models import TrainConfig
-from engine.train import batches as B
-from engine.train import step as S
+from lion_distill.config.models import TrainConfig
+from lion_distill.train import batches as B
+from lion_distill.train import step as S
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -60,17 +60,17 @@ def ray_mode(args) -> dict:
 
     import ray
 
-    from engine.tiny import build_tiny_models
-    from engine.train import train_causal_sft
+    from lion_distill.tiny import build_tiny_models
+    from lion_distill.train import train_causal_sft
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.model == "smol":  # the real layer-dropped student on SmolLM2's real answers
-        from engine.smol import STUDENT_LAYERS, build_student
+        from lion_distill.smol import STUDENT_LAYERS, build_student
 
         model_path = str(build_student(STUDENT_LAYERS))
         answers = Path(__file__).resolve().parent.parent / "data" / "smol" / "teacher_answers.jsonl"
         rows = [json.loads(line) for line in answers.read_text().splitlines()][:args.rows]
-        model_desc = f"SmolLM2-135M-Instruct, {STUDENT_LAYERS} of 30 layers kept (engine.smol)"
+        model_desc = f"SmolLM2-135M-Instruct, {STUDENT_LAYERS} of 30 layers kept (lion_distill.smol)"
     else:
         model_path = str(build_tiny_models().llama)
         rows = synthetic_rows(args.rows)

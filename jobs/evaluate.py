@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from engine.cli import main  # noqa: E402
+from lion_distill.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 # `lion-distill lion ...` needs no file; this one serves `ray job submit` and a checkout. Run
-# from a checkout, the checkout's own engine wins over any installed copy (an editable install
+# from a checkout, the checkout's own lion_distill wins over any installed copy (an editable install
 # of another worktree included); an installed package alone needs no path at all.
-if (Path(__file__).resolve().parent.parent / "engine" / "cli.py").is_file():
+if (Path(__file__).resolve().parent.parent / "lion_distill" / "cli.py").is_file():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.cli import main  # noqa: E402
+from lion_distill.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["lion", *sys.argv[1:]]))

@@ -2,9 +2,9 @@
 spend log that every API actor writes as its requests complete."""
 import pytest
 
-from engine.data.rundir import RunDir
-from engine.llm.ledger import SpendLog, read_spend, spent_by_role
-from engine.llm.ratelimit import Admission
+from lion_distill.data.rundir import RunDir
+from lion_distill.llm.ledger import SpendLog, read_spend, spent_by_role
+from lion_distill.llm.ratelimit import Admission
 
 
 def test_spend_log_records_as_requests_complete(tmp_path):
@@ -24,7 +24,7 @@ def test_spend_log_records_as_requests_complete(tmp_path):
 
 
 def test_the_spend_log_is_summed_incrementally(tmp_path, monkeypatch):
-    import engine.llm.ledger as ledger
+    import lion_distill.llm.ledger as ledger
 
     run = RunDir(tmp_path / "run")
     opened = []
@@ -62,7 +62,7 @@ def test_a_gate_job_keeps_its_spend_across_stages_and_starts_from_the_log_after_
     gate.begin("run-1", budget_usd=1.0, spent_usd=0.0)
     grant = gate.lease("run-1", 1, 10, 0.4, 1, 10, 0.4, 1.0, now=0.0)
     assert not grant.refused
-    from engine.llm.ratelimit import Report
+    from lion_distill.llm.ratelimit import Report
     gate.release("run-1", Report(usd_spent=0.4), now=0.1)
     gate.begin("run-1", budget_usd=1.0, spent_usd=0.3)  # the next stage: the gate counted more than the log
     assert gate.spent("run-1") == pytest.approx(0.4)
@@ -76,11 +76,11 @@ def test_a_gate_job_keeps_its_spend_across_stages_and_starts_from_the_log_after_
 def test_several_stages_and_a_resumed_job_stay_within_one_budget(ray_cluster, tmp_path):
     import ray
 
-    from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-    from engine.lion.report import write_report
-    from engine.llm import generate
-    from engine.llm.gate import NAMESPACE, gate_name
-    from engine.llm.prompts import instruction_messages
+    from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
+    from lion_distill.lion.report import write_report
+    from lion_distill.llm import generate
+    from lion_distill.llm.gate import NAMESPACE, gate_name
+    from lion_distill.llm.prompts import instruction_messages
     from tests.fixtures.fault_server import FaultServer
 
     def rows(tag):

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from engine.config import load_config
+from lion_distill.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "cluster" / "lion-aws.yaml"

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from engine.config import ConfigError, load_config, parse_override
+from lion_distill.config import ConfigError, load_config, parse_override
 
 MINIMAL = """
 run_dir: runs/x

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import RunConfig, load_config
-from engine.config.evaluate import EvalJobConfig
+from lion_distill.config import RunConfig, load_config
+from lion_distill.config.evaluate import EvalJobConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Lion's run configs; step-by-step-*.yaml have their own model (tests/test_step_by_step.py).
@@ -81,7 +81,7 @@ def test_every_shipped_config_plans_without_keys_or_a_cluster(path, tmp_path, mo
 
     import ray
 
-    from engine.cli import main
+    from lion_distill.cli import main
 
     for name in ("OPENAI_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)

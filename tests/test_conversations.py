@@ -9,15 +9,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.data import instruction_id, load_pool, pool_table, write_pool
-from engine.data.conversations import user_turns
-from engine.lion import imitation as I
-from engine.lion.conversations import answer_student
-from engine.lion.iteration import rel
-from engine.llm.prompts import alpaca_prompt, instruction_messages
-from engine.llm.responses import response_row
-from engine.train.batches import tokenize_causal
-from engine.train.chat import IGNORE, tokenize_chat
+from lion_distill.data import instruction_id, load_pool, pool_table, write_pool
+from lion_distill.data.conversations import user_turns
+from lion_distill.lion import imitation as I
+from lion_distill.lion.conversations import answer_student
+from lion_distill.lion.iteration import rel
+from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
+from lion_distill.llm.responses import response_row
+from lion_distill.train.batches import tokenize_causal
+from lion_distill.train.chat import IGNORE, tokenize_chat
 from tests.test_lion_stages import ScriptedLLM, _config, _Trained
 
 SHAREGPT = [
@@ -117,7 +117,7 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
 
 def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teachers_answers(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
-    from engine.data import RunDir
+    from lion_distill.data import RunDir
 
     run = RunDir(str(tmp_path))
     path = tmp_path / "sharegpt.json"
@@ -156,7 +156,7 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
 def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_batch():
     pool = pool_table([{"instruction": "Say hi."}, {"instruction": "And a third?", "system": "Be terse."},
                        {"instruction": "Sum it.", "input": "1 2"}])
-    from engine.config import RoleConfig
+    from lion_distill.config import RoleConfig
 
     scripted = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(json.dumps(prompt), "stop", 1, 1))
     responses, records = answer_student(scripted, RoleConfig(backend="vllm", model="m"), pool, "discrimination/student",
@@ -170,8 +170,8 @@ def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_
 
 
 def test_a_pool_with_conversations_needs_a_student_with_a_chat_template(tmp_path, tiny_models):
-    from engine.config import RunConfig
-    from engine.preflight import chat_template_problems
+    from lion_distill.config import RunConfig
+    from lion_distill.preflight import chat_template_problems
 
     (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT[:2]))
     bare = tmp_path / "bare-student"
@@ -196,11 +196,11 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     the export: the Ray-free twin of tests/test_lion_conversations_e2e.py."""
     import datasets
 
-    from engine.data import RunDir
-    from engine.lion import discrimination as D
-    from engine.lion import generation as G
-    from engine.lion import judge as J
-    from engine.lion.export import export_run
+    from lion_distill.data import RunDir
+    from lion_distill.lion import discrimination as D
+    from lion_distill.lion import generation as G
+    from lion_distill.lion import judge as J
+    from lion_distill.lion.export import export_run
     from tests.test_lion_stages import _answers, _candidate
 
     # Seeds of two or three words: Lion's cap of 4 tokens a seed word would cut the scripted candidates.

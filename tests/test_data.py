@@ -5,11 +5,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import (
+from lion_distill.data import (
     POOL_SCHEMA, REJECT_REASONS, PoolFileError, PoolSchemaError, RunDir, instruction_id,
     load_pool, pool_table, read_pool, write_pool,
 )
-from engine.data.__main__ import main as inspect_main
+from lion_distill.data.__main__ import main as inspect_main
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_FILES = sorted((REPO / "data" / "self-instruct").glob("*.jsonl"))
@@ -103,7 +103,7 @@ def test_alpaca_json_lines_are_counted_in_one_pass_across_a_long_indented_file(t
 
 
 def test_a_pool_is_parsed_once_per_job_while_its_files_are_unchanged(tmp_path, monkeypatch):
-    from engine.data import readers
+    from lion_distill.data import readers
 
     path = write_lines(tmp_path / "p.jsonl", [json.dumps({"instruction": "One."})])
     parses, real = [], readers._read_pool
@@ -187,7 +187,7 @@ def test_pool_table_defaults():
 def test_a_datasets_rows_come_back_as_one_table_in_its_order(ray_cluster):
     import ray.data
 
-    from engine.data.pools import dataset_to_table
+    from lion_distill.data.pools import dataset_to_table
 
     pool, _ = load_pool(SEED_FILES)
     ds = ray.data.from_arrow(pool).repartition(4)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from engine.config.models import RoleConfig, ServingConfig
-from engine.llm.engine_start import ResourceWatch, exception_line, failure_from, permanent
+from lion_distill.config.models import RoleConfig, ServingConfig
+from lion_distill.llm.engine_start import ResourceWatch, exception_line, failure_from, permanent
 from tests.test_placement import HOLD_ONE_GPU_PER_NODE
 
 # What Serve reports for a replica whose vLLM engine core died (abridged from a real run).
@@ -21,7 +21,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
 The above exception was the direct cause of the following exception:
 
 ray::ServeReplica:lion-1-2:llm.initialize_and_get_metadata() (pid=8, ip=127.0.0.1)
-engine.llm.engine_start.EngineRootCause: ValueError: Available memory on node 0 (17.08/21.21 GiB) on startup is \
+lion_distill.llm.engine_start.EngineRootCause: ValueError: Available memory on node 0 (17.08/21.21 GiB) on startup is \
 less than desired CPU memory utilization (0.92, 19.52 GiB)."""
 ENGINE_CORE_LOG = """(EngineCore_DP0 pid=9) ERROR 12-02 06:00:00 [core.py:1] EngineCore failed to start.
 (EngineCore_DP0 pid=9) Traceback (most recent call last):
@@ -58,8 +58,8 @@ def test_a_deadline_says_resources_when_the_group_was_pending_just_before_it_was
 @pytest.mark.serve
 @pytest.mark.vllm
 def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, tmp_path):
-    from engine.llm.engine_start import EngineStartFailed
-    from engine.llm.serving import JobEngines, delete_apps
+    from lion_distill.llm.engine_start import EngineStartFailed
+    from lion_distill.llm.serving import JobEngines, delete_apps
 
     good = RoleConfig(backend="vllm", model=str(tiny_models.llama), max_model_len=512)
     bad = {"engine argument": (good.model_copy(update={"engine_kwargs": {"no_such_engine_argument": 1}}),
@@ -86,10 +86,10 @@ def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, 
 DEADLINES = HOLD_ONE_GPU_PER_NODE + r'''
 import json, sys, time
 from ray import serve
-from engine.config.models import Parallelism, RoleConfig, ServingConfig, TrainConfig
-from engine.llm.fit import WaitedTooLong
-from engine.llm.serving import JobEngines
-from engine.train.loop import _trainer, fit_within_deadline
+from lion_distill.config.models import Parallelism, RoleConfig, ServingConfig, TrainConfig
+from lion_distill.llm.fit import WaitedTooLong
+from lion_distill.llm.serving import JobEngines
+from lion_distill.train.loop import _trainer, fit_within_deadline
 
 out = {}
 engines = JobEngines(sys.argv[2], ServingConfig(ready_timeout_s=10), ("student",), gpu=True)
@@ -105,8 +105,8 @@ engines.close()
 # The same engine started by the stage itself (Ray Data's vLLM processor), in a per-stage job. The
 # stage's chat-template and tokenizer workers get the deadline too, each: 10 s did not always
 # start them on a busy machine, and the stage then ended before its engine asked for GPUs.
-from engine.llm import generate
-from engine.llm.serving import job_engines
+from lion_distill.llm import generate
+from lion_distill.llm.serving import job_engines
 with job_engines({"teacher": role}, ServingConfig(mode="per_stage", ready_timeout_s=45), run_id="deadline"):
     begin = time.monotonic()
     try:

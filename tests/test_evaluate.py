@@ -7,17 +7,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.config import ConfigError, load_config
-from engine.config import RoleConfig
-from engine.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
-from engine.data import RunDir
-from engine.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
-from engine.evaluate.job import CandidateError, candidate_role
-from engine.evaluate.questions import EvalDataError, load_questions, read_reference_answers
-from engine.evaluate.report import failure_lines, lion_eval_section, write_report
-from engine.evaluate.scores import aggregate, bootstrap_interval
-from engine.lion.referee import OK, UNPARSEABLE, judgment_rows
-from engine.metrics import StageRecord
+from lion_distill.config import ConfigError, load_config
+from lion_distill.config import RoleConfig
+from lion_distill.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
+from lion_distill.data import RunDir
+from lion_distill.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
+from lion_distill.evaluate.job import CandidateError, candidate_role
+from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+from lion_distill.evaluate.report import failure_lines, lion_eval_section, write_report
+from lion_distill.evaluate.scores import aggregate, bootstrap_interval
+from lion_distill.lion.referee import OK, UNPARSEABLE, judgment_rows
+from lion_distill.metrics import StageRecord
 from tests.test_lion_stages import as_answered
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_eval_configs_load_and_bad_ones_name_the_field(tmp_path):
 
 
 def test_a_lion_candidate_is_the_runs_latest_student_served_as_the_run_serves_it(tmp_path):
-    from engine.config.evaluate import CandidateConfig
+    from lion_distill.config.evaluate import CandidateConfig
 
     run = RunDir(tmp_path / "lion")
     candidate = CandidateConfig(name="s", lion_run=run.uri)
@@ -191,7 +191,7 @@ def test_lion_report_section_plots_the_relative_score_per_iteration(tmp_path):
 # --- one evaluation, its Ray edge scripted ----------------------------------------
 
 class ScriptedRoles:
-    """engine.lion.iteration.answer with replies by role: the candidate's, and a judge that scores
+    """lion_distill.lion.iteration.answer with replies by role: the candidate's, and a judge that scores
     by content (9 for the reference's answer, 4 for the candidate's) and cannot read question 2 once."""
 
     def __init__(self):
@@ -222,8 +222,8 @@ class ScriptedRoles:
 
 
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
-    from engine.evaluate import evaluation as E
-    from engine.lion import judge as J
+    from lion_distill.evaluate import evaluation as E
+    from lion_distill.lion import judge as J
     from tests.fixtures.questions import short_questions
 
     llm = ScriptedRoles()
@@ -266,8 +266,8 @@ class OverflowingJudge(ScriptedRoles):
 
 
 def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
-    from engine.evaluate import evaluation as E
-    from engine.lion import judge as J
+    from lion_distill.evaluate import evaluation as E
+    from lion_distill.lion import judge as J
     from tests.fixtures.questions import short_questions
 
     monkeypatch.setattr(E, "answer", llm)
@@ -295,7 +295,7 @@ def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monke
 
 
 def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
-    from engine.evaluate.scores import TooFewJudged
+    from lion_distill.evaluate.scores import TooFewJudged
 
     class FailingJudge(ScriptedRoles):
         def replies(self, rows, role_name, draw):

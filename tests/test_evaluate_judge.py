@@ -12,13 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import RoleConfig
-from engine.config.evaluate import EvalConfig
-from engine.data import RunDir
-from engine.evaluate.evaluation import evaluate, prepare
-from engine.lion.iteration import write_responses
-from engine.lion.referee import OK
-from engine.llm.ledger import spent_by_role
+from lion_distill.config import RoleConfig
+from lion_distill.config.evaluate import EvalConfig
+from lion_distill.data import RunDir
+from lion_distill.evaluate.evaluation import evaluate, prepare
+from lion_distill.lion.iteration import write_responses
+from lion_distill.lion.referee import OK
+from lion_distill.llm.ledger import spent_by_role
 from tests.fixtures.questions import short_questions
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]

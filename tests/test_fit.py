@@ -1,4 +1,4 @@
-"""Does the plan fit the cluster's GPUs (engine.llm.fit), in milliseconds without Ray; and, on
+"""Does the plan fit the cluster's GPUs (lion_distill.llm.fit), in milliseconds without Ray; and, on
 a cluster of fake-GPU raylets, a Lion job whose plan cannot fit ends with one line, before any
 engine starts."""
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.models import Parallelism, RoleConfig
-from engine.llm.fit import ClusterGpus, fit_problem, gpu_plan
+from lion_distill.config.models import Parallelism, RoleConfig
+from lion_distill.llm.fit import ClusterGpus, fit_problem, gpu_plan
 from tests.fixtures.gpu_cluster import GPUS_PER_NODE
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,13 +10,13 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from engine.cli import main as cli
-from engine.config import ConfigError, load_config
-from engine.data import RESPONSE_SCHEMA, PoolFileError, RunDir, load_pool, pool_table, write_pool
-from engine.lion.export import export_run
-from engine.lion.iteration import rel, write_responses
-from engine.lion.referee import JUDGMENT_SCHEMA
-from engine.llm.responses import response_row
+from lion_distill.cli import main as cli
+from lion_distill.config import ConfigError, load_config
+from lion_distill.data import RESPONSE_SCHEMA, PoolFileError, RunDir, load_pool, pool_table, write_pool
+from lion_distill.lion.export import export_run
+from lion_distill.lion.iteration import rel, write_responses
+from lion_distill.lion.referee import JUDGMENT_SCHEMA
+from lion_distill.llm.responses import response_row
 
 ROWS = [
     {"instruction": "Name three primary colours.", "input": ""},
@@ -135,7 +135,7 @@ def test_a_run_without_conversations_exports_its_imitation(tmp_path):
 
 
 def test_a_split_written_a_slice_at_a_time_is_the_split_written_whole(tmp_path, monkeypatch):
-    from engine.lion import export
+    from lion_distill.lion import export
 
     run = _run_dir(tmp_path, "sk-x")
     whole = export_run(run.uri, str(tmp_path / "whole"))
@@ -153,7 +153,7 @@ def test_a_split_written_a_slice_at_a_time_is_the_split_written_whole(tmp_path, 
 
 
 def test_answers_in_any_order_export_as_answers_in_the_pools_order(tmp_path):
-    from engine.lion.export import _exact_slices
+    from lion_distill.lion.export import _exact_slices
 
     run = _run_dir(tmp_path, "sk-x")
     in_order = export_run(run.uri, str(tmp_path / "in_order"))  # the files in the pool's order: read alongside it

@@ -1,12 +1,12 @@
-"""Imports run one way, down (docs/design.md, "Layers"): no module of `engine` imports one that imports it
+"""Imports run one way, down (docs/design.md, "Layers"): no module of `lion_distill` imports one that imports it
 back, directly or through others, counting the imports made inside functions, and only the
-composition roots read `engine.plan`. Read from the source with `ast`: nothing is imported."""
+composition roots read `lion_distill.plan`. Read from the source with `ast`: nothing is imported."""
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The command line prices a run before it starts one (`--plan`): the only reader of the plan.
-PLAN_READERS = {"engine.cli"}
+PLAN_READERS = {"lion_distill.cli"}
 
 
 def module_name(path: Path) -> str:
@@ -14,19 +14,19 @@ def module_name(path: Path) -> str:
     return name.removesuffix(".__init__")
 
 
-def import_graph(root: Path = REPO / "engine") -> dict[str, set[str]]:
+def import_graph(root: Path = REPO / "lion_distill") -> dict[str, set[str]]:
     """Each module of the package -> the package's modules it imports, anywhere in its body."""
     modules = {module_name(p): p for p in root.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("engine"):
-                # `from engine.data import readers` imports a module; `from engine.data import RunDir`, the package.
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("lion_distill"):
+                # `from lion_distill.data import readers` imports a module; `from lion_distill.data import RunDir`, the package.
                 targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
                             for a in node.names}
             elif isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names if a.name.startswith("engine")}
+                targets |= {a.name for a in node.names if a.name.startswith("lion_distill")}
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
@@ -70,6 +70,6 @@ def test_no_module_of_the_engine_imports_itself_back():
 
 def test_only_the_composition_roots_read_the_plan():
     graph = import_graph()
-    readers = {m for m, targets in graph.items() if not m.startswith("engine.plan")
-               and any(t == "engine.plan" or t.startswith("engine.plan.") for t in targets)}
+    readers = {m for m, targets in graph.items() if not m.startswith("lion_distill.plan")
+               and any(t == "lion_distill.plan" or t.startswith("lion_distill.plan.") for t in targets)}
     assert readers <= PLAN_READERS, sorted(readers - PLAN_READERS)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import RunDir
-from engine.joblock import LOCK, RunDirBusy, acquire, release, still_running
+from lion_distill.data import RunDir
+from lion_distill.joblock import LOCK, RunDirBusy, acquire, release, still_running
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_a_resubmitted_job_refuses_while_the_first_runs(ray_cluster, tmp_path):
     cluster. The second: `jobs/lion.py` on the same run directory, stopped before any engine."""
     import ray
 
-    from engine.joblock import job_lock
+    from lion_distill.joblock import job_lock
 
     run = tmp_path / "run"
     with job_lock(RunDir(run)) as me:

@@ -8,7 +8,7 @@ import json
 import datasets
 import pytest
 
-from engine.lion import loop
+from lion_distill.lion import loop
 from tests.test_lion_e2e import DEMO, KEY, KEY_ENV, check_run_dir, files_containing, overrides, table
 
 CONVERSATIONS = [

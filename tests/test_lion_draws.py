@@ -1,4 +1,4 @@
-"""A repeat draw samples anew on every backend (engine.llm.generate's `draw`), while a
+"""A repeat draw samples anew on every backend (lion_distill.llm.generate's `draw`), while a
 prompt asked again without one, a teacher's answer, is the same request and reused.
 A teacher answer vLLM cut at its context cap is "length" (left out of training).
 No Ray: the backends' request builders and the openai generator run bare."""
@@ -8,10 +8,10 @@ import asyncio
 
 import pyarrow as pa
 
-from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-from engine.llm.cache import cache_key, request_seed
-from engine.data.rundir import RunDir
-from engine.llm.responses import (
+from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
+from lion_distill.llm.cache import cache_key, request_seed
+from lion_distill.data.rundir import RunDir
+from lion_distill.llm.responses import (
     CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, attach_prompt, encode_prompt, merge_responses,
 )
 
@@ -41,8 +41,8 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
 
 
 def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
-    from engine.llm.engine_args import engine_kwargs
-    from engine.llm.vllm_backend import sampling_params, to_engine_request
+    from lion_distill.llm.engine_args import engine_kwargs
+    from lion_distill.llm.vllm_backend import sampling_params, to_engine_request
 
     role = RoleConfig(backend="vllm", model="m", sampling=SamplingParams(seed=7))
     params = sampling_params(role, None, None, gpu=True)
@@ -58,15 +58,15 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
 
 
 def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):
-    import engine.llm.openai_client as oc
-    from engine.llm.cache import attach_cache_key, joinable, read_cache
+    import lion_distill.llm.openai_client as oc
+    from lion_distill.llm.cache import attach_cache_key, joinable, read_cache
     from tests.fixtures.fault_server import FaultServer
 
     seeds, real_body = [], oc.request_body
     monkeypatch.setattr(oc, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a))
 
     def batch(role, draws=None):
-        """A batch as engine.llm.generate hands it to the actor: keyed, and joined to the stage's cache."""
+        """A batch as lion_distill.llm.generate hands it to the actor: keyed, and joined to the stage's cache."""
         cols = {PROMPT_COL: [encode_prompt(MESSAGES)] * 2, "id": ["a", "b"]}
         table = attach_cache_key(role.model, role.sampling.model_dump(), None, None)(
             pa.table(cols if draws is None else {**cols, DRAW_COL: draws}))
@@ -97,7 +97,7 @@ def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_pa
 
 
 def test_an_answer_cut_at_the_context_cap_is_truncated():
-    from engine.llm.vllm_backend import to_response
+    from lion_distill.llm.vllm_backend import to_response
 
     row = {"id": "a", "generated_text": "cut", "num_input_tokens": 500, "num_generated_tokens": 12}
     kw = {"keep": ["id"], "role_name": "teacher", "max_tokens": 48, "with_logprobs": False}

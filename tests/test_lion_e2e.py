@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.lion import loop
-from engine.lion.loop import STAGES
+from lion_distill.lion import loop
+from lion_distill.lion.loop import STAGES
 
 EVAL_STAGES = (STAGES[0], "eval", *STAGES[1:])  # the demo evaluates the student after each imitation
 

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.data import instruction_id, pool_table
-from engine.lion.generator import (
+from lion_distill.data import instruction_id, pool_table
+from lion_distill.lion.generator import (
     REJECT_REASONS, candidate_rows, clean_candidate, parse_candidate, quotas, sample_seeds,
 )
 
@@ -199,8 +199,8 @@ def test_candidate_rows_needs_one_reply_per_seed():
 
 
 def test_rouge_l_index_is_held_in_actors_by_default_only_for_a_large_pool():
-    from engine.config.models import LionConfig
-    from engine.lion.generation import rouge_l_shards
+    from lion_distill.config.models import LionConfig
+    from lion_distill.lion.generation import rouge_l_shards
 
     assert LionConfig().rouge_l_shards == "auto"
     assert rouge_l_shards("auto", 70_000) is None and rouge_l_shards("auto", 249_999) is None  # the paper's: the driver

@@ -1,9 +1,9 @@
 import pytest
 
-from engine.lion.generator import generator_messages
-from engine.lion.prompts import GENERATOR_GOALS, NO_INPUT, REFEREE_SYSTEM, generator_user
-from engine.lion.referee import referee_messages
-from engine.lion.rubrics import RUBRICS
+from lion_distill.lion.generator import generator_messages
+from lion_distill.lion.prompts import GENERATOR_GOALS, NO_INPUT, REFEREE_SYSTEM, generator_user
+from lion_distill.lion.referee import referee_messages
+from lion_distill.lion.rubrics import RUBRICS
 
 ROW = {"id": "a", "instruction": "Summarize the text in one sentence.", "input": "Bees pollinate most crops."}
 

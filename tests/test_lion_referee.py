@@ -5,12 +5,12 @@ import re
 import pyarrow as pa
 import pytest
 
-from engine.lion.referee import (
+from lion_distill.lion.referee import (
     EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, judgment_table, merge_retried, summarize,
     unparseable_ids,
 )
-from engine.lion.reviews import logprob_scores, parse_scores_first as parse_review
-from engine.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
+from lion_distill.lion.reviews import logprob_scores, parse_scores_first as parse_review
+from lion_distill.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
 READABLE = [
@@ -76,7 +76,7 @@ def test_review_regex_outputs_always_parse():
 
 
 def _steps(*maps):
-    """engine.llm's logprobs column: per token, {candidate text: logprob}, probabilities given here."""
+    """lion_distill.llm's logprobs column: per token, {candidate text: logprob}, probabilities given here."""
     return [{token: math.log(p) for token, p in m.items()} for m in maps]
 
 
@@ -239,7 +239,7 @@ def test_misaligned_inputs_are_reported():
 
 
 def test_a_pairs_two_reviews_are_matched_across_the_tables_they_come_in():
-    from engine.lion.judge import matched_orders
+    from lion_distill.lion.judge import matched_orders
 
     def reviews(*ids):
         return pa.table({"id": [f"{i}" for i in ids], "text": [f"review {i}" for i in ids]})

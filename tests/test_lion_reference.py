@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from engine.config.models import LionConfig
-from engine.lion.generator import candidate_rows, clean_candidate, generator_messages, parse_candidate
-from engine.lion.prompts import teacher_messages
-from engine.lion.rouge import NoveltyFilter
-from engine.llm.prompts import alpaca_prompt
+from lion_distill.config.models import LionConfig
+from lion_distill.lion.generator import candidate_rows, clean_candidate, generator_messages, parse_candidate
+from lion_distill.lion.prompts import teacher_messages
+from lion_distill.lion.rouge import NoveltyFilter
+from lion_distill.llm.prompts import alpaca_prompt
 
 LION = Path(__file__).parent / "reference" / "lion"
 

@@ -1,7 +1,7 @@
 """The Lion report shows what the generator wrote: new instructions beside their seeds."""
-from engine.data import RunDir, write_pool
-from engine.data.schema import pool_table
-from engine.lion.report_examples import examples_section
+from lion_distill.data import RunDir, write_pool
+from lion_distill.data.schema import pool_table
+from lion_distill.lion.report_examples import examples_section
 
 
 def test_examples_show_new_instructions_beside_their_seeds(tmp_path):

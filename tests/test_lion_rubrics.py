@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config.models import LionConfig
-from engine.lion.referee import OK, UNPARSEABLE, judgment_rows, referee_messages
-from engine.lion.reviews import logprob_scores, parse_score_tuple, parse_scores_last
-from engine.lion.rubrics import RUBRICS, rubric_for
+from lion_distill.config.models import LionConfig
+from lion_distill.lion.referee import OK, UNPARSEABLE, judgment_rows, referee_messages
+from lion_distill.lion.reviews import logprob_scores, parse_score_tuple, parse_scores_last
+from lion_distill.lion.rubrics import RUBRICS, rubric_for
 
 REFERENCE = Path(__file__).parent / "reference"
 REPO = Path(__file__).parents[1]
@@ -166,9 +166,9 @@ def test_coding_review_is_read_from_its_first_line_as_fastchat():
 # ---------------------------------------------------------------- the generator's constraint
 
 def test_real_generators_are_unconstrained_and_only_the_tiny_demo_sets_the_regex():
-    from engine.config import RoleConfig
-    from engine.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
-    from engine.lion.iteration import constraint
+    from lion_distill.config import RoleConfig
+    from lion_distill.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
+    from lion_distill.lion.iteration import constraint
 
     assert LionConfig().generator_constraint == "none"
     vllm_generator = RoleConfig(backend="vllm", model="m")

@@ -1,5 +1,5 @@
 """The three Lion stages' logic in milliseconds, without Ray: each stage's one Ray edge,
-`engine.lion.iteration.answer`, is replaced by a scripted LLM.
+`lion_distill.lion.iteration.answer`, is replaced by a scripted LLM.
 
 The scripted LLM samples like a seeded engine: its reply is a function of (model,
 prompt, the request's seed). Asking the same prompt with the same seed again replays
@@ -14,17 +14,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from engine.config import RunConfig
-from engine.data import RunDir, pool_table, read_pool, write_pool
-from engine.lion import discrimination as D
-from engine.lion import generation as G
-from engine.lion import imitation as I
-from engine.lion import judge as J
-from engine.lion.iteration import rel
-from engine.lion.referee import JUDGMENT_SCHEMA
-from engine.llm.cache import request_seed
-from engine.llm.responses import response_row
-from engine.metrics import StageRecord
+from lion_distill.config import RunConfig
+from lion_distill.data import RunDir, pool_table, read_pool, write_pool
+from lion_distill.lion import discrimination as D
+from lion_distill.lion import generation as G
+from lion_distill.lion import imitation as I
+from lion_distill.lion import judge as J
+from lion_distill.lion.iteration import rel
+from lion_distill.lion.referee import JUDGMENT_SCHEMA
+from lion_distill.llm.cache import request_seed
+from lion_distill.llm.responses import response_row
+from lion_distill.metrics import StageRecord
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 
@@ -46,7 +46,7 @@ def _words(h: str) -> str:
 
 class ScriptedLLM:
     """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, a table of the id and the
-    response columns, as engine.lion.iteration.answer returns; StageRecord)."""
+    response columns, as lion_distill.lion.iteration.answer returns; StageRecord)."""
 
     def __init__(self, reply):
         self.reply, self.calls = reply, []
@@ -373,7 +373,7 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
 
 
 def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_path, monkeypatch):
-    from engine.train.loop import storage_path
+    from lion_distill.train.loop import storage_path
 
     run = _seed_generation(tmp_path, n_pool=4)
     monkeypatch.setattr(I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5)))
@@ -406,7 +406,7 @@ def _no_ray(monkeypatch):
 
 
 def test_the_last_new_instructions_are_imitated_by_a_final_stage(tmp_path):
-    from engine.lion.loop import lion_stages
+    from lion_distill.lion.loop import lion_stages
 
     run = RunDir(str(tmp_path))
     names = [s.name for s in lion_stages(_config(tmp_path, iterations=2), run)]

@@ -5,9 +5,9 @@ import re
 import pytest
 import ray
 
-from engine.config.models import Parallelism, RoleConfig, SamplingParams
-from engine.llm import generate
-from engine.llm.prompts import alpaca_prompt, instruction_messages
+from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
+from lion_distill.llm import generate
+from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
 
 ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": "" if i % 2 else "bright ones"} for i in range(6)]
 SAMPLING = SamplingParams(temperature=0.0, max_tokens=8)

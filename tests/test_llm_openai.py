@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from engine.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-from engine.data.rundir import RunDir
-from engine.llm import generate
+from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
+from lion_distill.data.rundir import RunDir
+from lion_distill.llm import generate
 from tests.fixtures.fault_server import FaultServer
-from engine.llm.prompts import instruction_messages
+from lion_distill.llm.prompts import instruction_messages
 
 KEY_ENV, KEY = "LION_TEST_OPENAI_KEY", "sk-lion-test-7f3a9c-do-not-leak"
 ROWS = [{"id": f"r{i}", "instruction": f"Question {i}?", "input": ""} for i in range(8)]
@@ -102,7 +102,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(ray_cluster, tmp_path):
 def test_the_cache_is_the_stages_own_and_joined_before_the_actors(ray_cluster, tmp_path, monkeypatch):
     import shutil
 
-    import engine.llm
+    import lion_distill.llm
 
     # r0's question three times: one request key, answered by (and cached from) up to three requests.
     rows = ROWS + [{"id": f"dup{i}", "instruction": ROWS[0]["instruction"], "input": ""} for i in range(2)]
@@ -122,8 +122,8 @@ def test_the_cache_is_the_stages_own_and_joined_before_the_actors(ray_cluster, t
         (tmp_path / "run/llm_cache/responses/t_elsewhere").mkdir()
         (tmp_path / "run/llm_cache/responses/t_elsewhere/x-000000.parquet").write_bytes(b"not parquet")
         hits = server.total_hits
-        for one_task_bytes in (engine.llm.CACHE_DEDUPE_ONE_TASK_BYTES, 0):  # the cache deduplicated in one task, by a shuffle
-            monkeypatch.setattr(engine.llm, "CACHE_DEDUPE_ONE_TASK_BYTES", one_task_bytes)
+        for one_task_bytes in (lion_distill.llm.CACHE_DEDUPE_ONE_TASK_BYTES, 0):  # the cache deduplicated in one task, by a shuffle
+            monkeypatch.setattr(lion_distill.llm, "CACHE_DEDUPE_ONE_TASK_BYTES", one_task_bytes)
             again, rec2 = generate(role, ray.data.from_items(rows), instruction_messages, stage="t/cache",
                                    role_name="teacher", run_dir=run_dir)
             assert (rec2.rows, rec2.api_requests, rec2.api_cached, rec2.failed_rows) == (len(rows), 0, len(rows), 0)

@@ -1,25 +1,25 @@
-"""engine.llm's pure logic, without Ray or models: milliseconds."""
+"""lion_distill.llm's pure logic, without Ray or models: milliseconds."""
 import asyncio
 import json
 
 import pyarrow as pa
 import pytest
 
-from engine.config.models import OpenAIEndpoint, RoleConfig
-from engine.data.rundir import RunDir
-from engine.llm import check_structured_output
-from engine.llm.cache import (
+from lion_distill.config.models import OpenAIEndpoint, RoleConfig
+from lion_distill.data.rundir import RunDir
+from lion_distill.llm import check_structured_output
+from lion_distill.llm.cache import (
     CACHE_SCHEMA, CacheWriter, attach_cache_key, cache_key, cache_parts, cached_response, first_per_key, joinable,
     read_cache, stage_slug,
 )
-from engine.llm.ledger import cost_usd
-from engine.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
-from engine.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
-from engine.llm.responses import (
+from lion_distill.llm.ledger import cost_usd
+from lion_distill.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
+from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
+from lion_distill.llm.responses import (
     CACHE_KEY_COL, CACHED_COL, PROMPT_COL, attach_prompt, encode_prompt, failed, failed_mask, fill_record, is_failed,
     merge_responses, response_row, split_accounting,
 )
-from engine.metrics import StageRecord
+from lion_distill.metrics import StageRecord
 
 
 def test_token_bucket_reserves_and_refills():
@@ -160,7 +160,7 @@ def test_structured_output_is_checked():
 
 
 def test_lease_blocks_are_spent_locally_and_returned():
-    from engine.llm.ratelimit import LEASE_S, MIN_BLOCK, LocalPermits
+    from lion_distill.llm.ratelimit import LEASE_S, MIN_BLOCK, LocalPermits
 
     a = Admission(requests_per_minute=600, tokens_per_minute=60_000)  # 10 req/s, burst 100; 1000 tok/s
     p = LocalPermits()
@@ -190,7 +190,7 @@ def test_lease_blocks_are_spent_locally_and_returned():
 
 
 def test_lease_budget_slices_never_exceed_the_budget():
-    from engine.llm.ratelimit import LocalPermits
+    from lion_distill.llm.ratelimit import LocalPermits
 
     a = Admission(requests_per_minute=10**6, tokens_per_minute=10**9)
     holders = [LocalPermits(), LocalPermits()]
@@ -215,7 +215,7 @@ def test_lease_budget_slices_never_exceed_the_budget():
 
 
 def test_lease_pause_reaches_every_holder():
-    from engine.llm.ratelimit import LocalPermits
+    from lion_distill.llm.ratelimit import LocalPermits
 
     a = Admission(requests_per_minute=6000, tokens_per_minute=10**9)
     p, q = LocalPermits(), LocalPermits()
@@ -234,7 +234,7 @@ def test_lease_pause_reaches_every_holder():
 def test_leased_gate_one_lease_serves_many_requests():
     import asyncio
 
-    from engine.llm.ratelimit import LeasedGate
+    from lion_distill.llm.ratelimit import LeasedGate
 
     a = Admission(requests_per_minute=10**6, tokens_per_minute=10**9)
     calls = []
@@ -270,7 +270,7 @@ def test_leased_gate_one_lease_serves_many_requests():
 
 def recorded_progress_bars(monkeypatch) -> list:
     """Replaces the openai backend's progress bar with one that records (total, n, closed)."""
-    import engine.llm.openai_client as oc
+    import lion_distill.llm.openai_client as oc
 
     bars = []
 
@@ -293,8 +293,8 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
     """The bare generator (no Ray) on the aiohttp transport: failure reasons and retry
     counts read as they did with httpx (the vendored transport calls a refused connection
     a timeout), and the progress bar counts every request."""
-    import engine.llm.openai_client as oc
-    from engine.config.models import Parallelism, SamplingParams
+    import lion_distill.llm.openai_client as oc
+    from lion_distill.config.models import Parallelism, SamplingParams
     from tests.fixtures.fault_server import FaultServer
 
     assert "aiohttp" in type(oc._http_client({}, 8)._transport).__mro__[1].__module__
@@ -330,7 +330,7 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
     stay under max_concurrent_requests, and the actor shows one bar until it goes idle."""
     import urllib.request
 
-    import engine.llm.openai_client as oc
+    import lion_distill.llm.openai_client as oc
     from tests.fixtures.fault_server import FaultServer
 
     bars = recorded_progress_bars(monkeypatch)

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.memory import driver_allocator, give_back_memory
+from lion_distill.memory import driver_allocator, give_back_memory
 
 
 def _own_heap_mb() -> int:

@@ -1,4 +1,4 @@
-"""The judge-free gap (engine.evaluate.nll) without Ray: the NLL is the model's own loss on
+"""The judge-free gap (lion_distill.evaluate.nll) without Ray: the NLL is the model's own loss on
 the answer tokens, however answers are batched and padded; the teacher is asked in its chat
 template; the Lion report shows both figures beside the relative score."""
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine.data import RunDir
-from engine.evaluate.nll import answer_rows, mean_nll
-from engine.evaluate.report import lion_eval_section
-from engine.evaluate.scores import aggregate
-from engine.train.batches import load_tokenizer, prompt_ids
+from lion_distill.data import RunDir
+from lion_distill.evaluate.nll import answer_rows, mean_nll
+from lion_distill.evaluate.report import lion_eval_section
+from lion_distill.evaluate.scores import aggregate
+from lion_distill.train.batches import load_tokenizer, prompt_ids
 
 ROWS = [
     {"instruction": "Name a colour.", "input": "", "response": "Blue, the colour of a clear sky.", "complete": True},

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from engine.config.models import Parallelism, RoleConfig
-from engine.driver_node import job_status
-from engine.llm.engine_args import engine_placement
+from lion_distill.config.models import Parallelism, RoleConfig
+from lion_distill.driver_node import job_status
+from lion_distill.llm.engine_args import engine_placement
 
 HOLD_ONE_GPU_PER_NODE = r'''
 import ray
@@ -33,9 +33,9 @@ import json, sys
 from ray.data.llm import build_processor
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-from engine.config.models import Parallelism, RoleConfig
-from engine.llm.serve_backend import llm_config
-from engine.llm.vllm_backend import processor_config
+from lion_distill.config.models import Parallelism, RoleConfig
+from lion_distill.llm.serve_backend import llm_config
+from lion_distill.llm.vllm_backend import processor_config
 
 role = RoleConfig(backend="vllm", model=sys.argv[1], parallelism=Parallelism(tensor_parallel_size=2))
 opts = LLMServer.get_deployment_options(llm_config(role, gpu=True))
@@ -85,11 +85,11 @@ def test_a_tp2_engine_waits_for_one_node_with_two_gpus_never_straddles(gpu_clust
 PINNED = HOLD_ONE_GPU_PER_NODE + r'''
 import json, sys
 from ray._private.state import actors
-from engine.config.models import OpenAIEndpoint, ServingConfig
-from engine.data import RunDir
-from engine.llm.gate import NAMESPACE, gate_name, shared_gate
-from engine.llm.serving import JobEngines
-from engine.runner import driver, fresh_state
+from lion_distill.config.models import OpenAIEndpoint, ServingConfig
+from lion_distill.data import RunDir
+from lion_distill.llm.gate import NAMESPACE, gate_name, shared_gate
+from lion_distill.llm.serving import JobEngines
+from lion_distill.runner import driver, fresh_state
 
 class Probe:
     def ready(self):
@@ -126,7 +126,7 @@ def test_long_lived_actors_sit_on_the_drivers_node_even_when_it_is_busy(gpu_clus
 
 
 def test_a_job_is_dead_only_when_the_job_table_says_so(monkeypatch):
-    from engine.llm import serving
+    from lion_distill.llm import serving
 
     rows = [{"JobID": "01000000", "IsDead": True}, {"JobID": "02000000", "IsDead": False}]
     assert job_status(rows, "01000000") is True and job_status(rows, "02000000") is False
@@ -144,13 +144,13 @@ REAPED = r'''
 import json, signal, subprocess, sys, time
 import ray
 from ray import serve
-from engine.llm.serving import REAPER_POLL_S, run_prefix
+from lion_distill.llm.serving import REAPER_POLL_S, run_prefix
 
 JOB = """
 import sys, time, ray
 from ray import serve
-from engine.config.models import ServingConfig
-from engine.llm.serving import JobEngines
+from lion_distill.config.models import ServingConfig
+from lion_distill.llm.serving import JobEngines
 ray.init(log_to_driver=False)
 engines = JobEngines(sys.argv[1], ServingConfig(), ("student",), gpu=False)
 engines.open()

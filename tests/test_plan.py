@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.loader import validate
-from engine.plan import Line, budget_warnings, family, plan_table
-from engine.plan.lion import lion_plan
-from engine.plan.tokens import TokenCounter
-from engine.preflight import cluster_problems, preflight
+from lion_distill.config.loader import validate
+from lion_distill.plan import Line, budget_warnings, family, plan_table
+from lion_distill.plan.lion import lion_plan
+from lion_distill.plan.tokens import TokenCounter
+from lion_distill.preflight import cluster_problems, preflight
 from tests.fixtures.questions import short_questions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +61,8 @@ def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
 def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, tiny_models):
     from transformers import AutoTokenizer
 
-    from engine.lion.loop import initial_pool
-    from engine.lion.prompts import teacher_messages
+    from lion_distill.lion.loop import initial_pool
+    from lion_distill.lion.prompts import teacher_messages
 
     cfg = config(tmp_path, str(tiny_models.llama), iterations=1)
     cfg.data.sample_size = 1
@@ -78,7 +78,7 @@ def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, 
 
 
 def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp_path, tiny_models):
-    from engine.data import RunDir
+    from lion_distill.data import RunDir
 
     cfg = config(tmp_path, str(tiny_models.llama))
     run = RunDir(cfg.run_dir)
@@ -88,7 +88,7 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
                                            # one failed, one blank: both asked again in discrimination
                                            "lion/imitation_failed_answers": 2, "lion/candidates": 10,
                                            "lion/new_instructions": 10})
-    from engine.llm.ledger import SpendLog
+    from lion_distill.llm.ledger import SpendLog
 
     SpendLog(run, role="referee", stage="iter_0/discrimination", every_s=0).add(
         retries=0, failed=False, prompt_tokens=0, completion_tokens=0, cost_usd=1.0)
@@ -104,7 +104,7 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
 
 
 def test_plan_warns_when_the_teachers_max_tokens_cuts_its_answers(tmp_path, tiny_models):
-    from engine.data import RunDir
+    from lion_distill.data import RunDir
 
     cfg = config(tmp_path, str(tiny_models.llama))  # teacher max_tokens 10
     (warning,) = [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
@@ -134,7 +134,7 @@ def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, cap
     import ray
     import yaml
 
-    from engine.cli import main
+    from lion_distill.cli import main
 
     cfg = config(tmp_path, str(tiny_models.llama))
     path = tmp_path / "run.yaml"
@@ -151,7 +151,7 @@ def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, cap
 def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
     import yaml
 
-    from engine.cli import main
+    from lion_distill.cli import main
 
     monkeypatch.delenv("PREFLIGHT_TEST_KEY", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -195,7 +195,7 @@ def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
 def test_plan_needs_no_key_and_notes_what_the_run_still_needs(tmp_path, tiny_models, capsys, monkeypatch):
     import yaml
 
-    from engine.cli import main
+    from lion_distill.cli import main
 
     monkeypatch.delenv("PLAN_TEST_KEY", raising=False)
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a hub name is then a model (the plan downloads nothing)
@@ -222,8 +222,8 @@ def test_plan_counts_with_a_hub_tokenizer_from_the_local_cache(tmp_path, tiny_mo
 
     import huggingface_hub.constants
 
-    from engine.config.models import PlanConfig, RoleConfig
-    from engine.plan.tokens import counter_for
+    from lion_distill.config.models import PlanConfig, RoleConfig
+    from lion_distill.plan.tokens import counter_for
 
     snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -252,8 +252,8 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
 
 
 def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
-    from engine.plan.step_by_step import step_by_step_plan
-    from engine.step_by_step import job
+    from lion_distill.plan.step_by_step import step_by_step_plan
+    from lion_distill.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"), [f"run_dir={tmp_path / 'run'}"])
     plan = step_by_step_plan(cfg)
@@ -276,8 +276,8 @@ def eval_section(tmp_path, llama, judge_price: float = 1.0) -> dict:
 
 
 def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path, tiny_models):
-    from engine.data import RunDir
-    from engine.lion.loop import lion_stages
+    from lion_distill.data import RunDir
+    from lion_distill.lion.loop import lion_stages
 
     cfg = config(tmp_path, str(tiny_models.llama))
     cfg = cfg.model_copy(update={"eval": validate({**cfg.model_dump(mode="json"), "eval": eval_section(
@@ -296,8 +296,8 @@ def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path,
 
 
 def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_path, tiny_models):
-    from engine.config.evaluate import EvalJobConfig
-    from engine.plan.evaluate import evaluate_plan
+    from lion_distill.config.evaluate import EvalJobConfig
+    from lion_distill.plan.evaluate import evaluate_plan
 
     section = eval_section(tmp_path, str(tiny_models.llama))
     section["reference"] = {"name": "gpt-3.5", "role": {**section["judge"], "sampling": {"max_tokens": 40}}}
@@ -320,7 +320,7 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
     assert lines["candidate/a", "eval/judge"].prompt_tokens - lines["candidate/b", "eval/judge"].prompt_tokens == \
         6 * (7 - cfg.eval.candidates[1].role.sampling.max_tokens)
 
-    from engine.data import RunDir
+    from lion_distill.data import RunDir
 
     RunDir(cfg.run_dir).write_json("state.json", {"completed": ["questions", "candidate/a"]})
     plan = evaluate_plan(cfg)
@@ -328,9 +328,9 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
 
 
 def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tmp_path):
-    from engine.data import RunDir
-    from engine.plan.step_by_step import step_by_step_plan
-    from engine.step_by_step import job
+    from lion_distill.data import RunDir
+    from lion_distill.plan.step_by_step import step_by_step_plan
+    from lion_distill.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
                    [f"run_dir={tmp_path / 'run'}", "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
@@ -348,7 +348,7 @@ def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tm
 
 
 def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
-    from engine.config.evaluate import EvalJobConfig
+    from lion_distill.config.evaluate import EvalJobConfig
 
     section = eval_section(tmp_path, str(tiny_models.llama))
     section["questions"]["files"] = [str(tmp_path / "missing.jsonl")]
@@ -369,20 +369,20 @@ def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
 def test_job_lines_stay_plain_text_after_ray_serve_llm_takes_the_root_logger(capsys):
     import logging
 
-    from engine.cli import _log_to_stderr
+    from lion_distill.cli import _log_to_stderr
 
     _log_to_stderr()
     import ray.serve.llm  # noqa: F401  (its import puts a JSON handler on the root logger)
 
-    logging.getLogger("engine.test").info("stage done")
+    logging.getLogger("lion_distill.test").info("stage done")
     err = capsys.readouterr().err
     (line,) = [ln for ln in err.splitlines() if "stage done" in ln]
-    assert line.endswith("INFO engine.test: stage done")  # not a JSON object, as the root logger's lines now are
+    assert line.endswith("INFO lion_distill.test: stage done")  # not a JSON object, as the root logger's lines now are
 
 
 def test_a_teachers_prompt_without_its_slot_is_one_preflight_line(tmp_path, capsys):
     """Plan and run both stop on it in seconds, with no traceback; a user's prompt needs no `#` header."""
-    from engine.cli import main
+    from lion_distill.cli import main
 
     config = str(REPO / "configs/step-by-step-demo.yaml")
     bad, mine = tmp_path / "bad.txt", tmp_path / "mine.txt"

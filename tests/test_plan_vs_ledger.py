@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.loader import validate
-from engine.plan import family
+from lion_distill.config.loader import validate
+from lion_distill.plan import family
 from tests.fixtures.questions import short_questions
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -67,8 +67,8 @@ def ledger_by_family(run_dir: Path) -> dict[str, dict]:
 
 
 def test_plan_matches_the_ledger_within_a_quarter(ray_cluster, vllm_server, tiny_models, tmp_path):
-    from engine.lion import loop
-    from engine.plan.lion import lion_plan
+    from lion_distill.lion import loop
+    from lion_distill.plan.lion import lion_plan
 
     cfg = demo_config(tmp_path, vllm_server, str(tiny_models.llama))
     plan = lion_plan(cfg).as_dict()  # before the run: nothing observed yet

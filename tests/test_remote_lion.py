@@ -6,9 +6,9 @@ import json
 
 import pyarrow.fs as pafs
 
-from engine.data import RunDir
-from engine.data.remote import cache_root
-from engine.lion import loop
+from lion_distill.data import RunDir
+from lion_distill.data.remote import cache_root
+from lion_distill.lion import loop
 from tests.fixtures.s3_server import S3_ENV
 from tests.test_lion_e2e import DEMO, KEY, KEY_ENV, overrides
 
@@ -41,7 +41,7 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     for name in ("student_responses", "teacher_responses", "judgments"):
         assert files[f"iter_0/discrimination/{name}.parquet"]
     assert files["iter_0/generation/new_instructions.parquet"] and files["report.md"]
-    from engine.train import delete_checkpoints
+    from lion_distill.train import delete_checkpoints
 
     delete_checkpoints(f"{uri}/iter_0/imitation/student")  # what an imitation does after export by default
     assert not any(f.startswith("iter_0/imitation/ray_train/") for f in _files(run))

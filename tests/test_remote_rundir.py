@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from engine.data import RunDir
-from engine.data import remote
-from engine.data.remote import local_model
-from engine.data.rundir_checks import unshared_problems, writable_problems
-from engine.preflight import run_dir_problems
+from lion_distill.data import RunDir
+from lion_distill.data import remote
+from lion_distill.data.remote import local_model
+from lion_distill.data.rundir_checks import unshared_problems, writable_problems
+from lion_distill.preflight import run_dir_problems
 
 
 def test_rundir_in_s3_keeps_its_scheme_for_other_processes(s3_bucket, tmp_path):
@@ -102,7 +102,7 @@ def test_share_check_needs_a_cluster_and_a_local_path(s3_bucket, tmp_path):
 
 
 def test_train_storage_goes_through_the_uris_filesystem(tmp_path):
-    from engine.train.loop import _storage, storage_path
+    from lion_distill.train.loop import _storage, storage_path
 
     out = "s3://bucket/runs/x/iter_0/imitation/student?endpoint_override=127.0.0.1:9&scheme=http"
     assert storage_path(out) == "s3://bucket/runs/x/iter_0/imitation/ray_train?endpoint_override=127.0.0.1:9&scheme=http"
@@ -115,7 +115,7 @@ def test_train_storage_goes_through_the_uris_filesystem(tmp_path):
 def test_serve_replica_loads_a_model_in_s3_from_its_nodes_copy(s3_bucket, tiny_models, tmp_path, monkeypatch):
     from ray.serve.llm import LLMConfig, ModelLoadingConfig
 
-    from engine.llm.serve_server import with_local_model
+    from lion_distill.llm.serve_server import with_local_model
 
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     uri = f"{s3_bucket}/run/iter_0/imitation/student"
@@ -128,8 +128,8 @@ def test_serve_replica_loads_a_model_in_s3_from_its_nodes_copy(s3_bucket, tiny_m
 
 
 def test_preflight_accepts_a_model_in_s3_only_where_one_is(s3_bucket, tiny_models):
-    from engine.config.models import RoleConfig
-    from engine.preflight import Checks, role_checks
+    from lion_distill.config.models import RoleConfig
+    from lion_distill.preflight import Checks, role_checks
 
     def role_problems(name, role):
         checks = Checks()

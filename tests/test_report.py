@@ -4,9 +4,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from engine.data import RunDir
-from engine.lion.report import write_report
-from engine.metrics import Metrics, StageRecord
+from lion_distill.data import RunDir
+from lion_distill.lion.report import write_report
+from lion_distill.metrics import Metrics, StageRecord
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("stage_throughput.png", "tokens_cost.png", "hard_fraction_gap.png", "score_distributions.png")
@@ -144,7 +144,7 @@ def test_report_on_a_uri_and_on_an_empty_run(tmp_path, uri):
 
 
 def test_rows_per_s_is_on_a_log_axis(tmp_path):
-    from engine.lion.report import read_iteration, render_plots
+    from lion_distill.lion.report import read_iteration, render_plots
 
     run = RunDir(tmp_path / "run")
     write_run(run, iterations=1)

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer, tokenizers
 
-from engine.lion.rouge import NoveltyFilter, rouge_l_f1, rouge_tokens, unicode_tokens
+from lion_distill.lion.rouge import NoveltyFilter, rouge_l_f1, rouge_tokens, unicode_tokens
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -171,7 +171,7 @@ def test_ray_shards_give_identical_decisions(ray_cluster):
 @FAST
 @given(st.lists(word_texts, max_size=10), st.lists(word_texts, max_size=10), thresholds)
 def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshold):
-    from engine.lion import rouge as module
+    from lion_distill.lion import rouge as module
 
     old = module._CODE_POINTS
     module._CODE_POINTS = 3  # a 4th distinct token switches the index to lists of ids
@@ -187,7 +187,7 @@ def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshol
 def test_an_index_built_in_chunks_and_queried_in_small_batches_decides_alike(pool, cands, threshold, split):
     """The pool's index is built a chunk of texts at a time and queries gather postings a batch
     at a time (a million-text pool's sizes): three texts and four entries here."""
-    from engine.lion import rouge as module
+    from lion_distill.lion import rouge as module
 
     old = module._CHUNK, module._FLUSH
     module._CHUNK, module._FLUSH = 3, 4

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.data import RunDir
-from engine.runner import Driver, StageResult, fresh_state, next_stage, plan_stages, record_stage
+from lion_distill.data import RunDir
+from lion_distill.runner import Driver, StageResult, fresh_state, next_stage, plan_stages, record_stage
 
 
 def test_stages_complete_in_order_with_counters_outputs_and_summaries():

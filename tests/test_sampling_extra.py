@@ -1,9 +1,9 @@
 """sampling.extra: validated once in the config, passed unchanged to vLLM and to the OpenAI request."""
 import pytest
 
-from engine.config import ConfigError, load_config
-from engine.config.models import SAMPLING_EXTRA_KEYS, RoleConfig
-from engine.llm.openai_client import request_body
+from lion_distill.config import ConfigError, load_config
+from lion_distill.config.models import SAMPLING_EXTRA_KEYS, RoleConfig
+from lion_distill.llm.openai_client import request_body
 
 CONFIG = """
 run_dir: runs/x
@@ -17,7 +17,7 @@ generator: {backend: openai, model: gpt}
 
 def test_extra_reaches_the_openai_body_and_vllm_params(tmp_path):
     pytest.importorskip("ray.data.llm")
-    from engine.llm.vllm_backend import sampling_params
+    from lion_distill.llm.vllm_backend import sampling_params
 
     path = tmp_path / "run.yaml"
     path.write_text(CONFIG)

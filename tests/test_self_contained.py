@@ -4,7 +4,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "Makefile", REPO / "README.md", REPO / "pyproject.toml", *REPO.glob("docs/*.md"),
-           *(p for d in ("engine", "jobs", "tests", "benchmarks", "cluster", "configs") for p in (REPO / d).rglob("*")
+           *(p for d in ("lion_distill", "jobs", "tests", "benchmarks", "cluster", "configs") for p in (REPO / d).rglob("*")
              if p.suffix in {".py", ".md", ".yaml", ".yml", ""} and p.is_file() and "__pycache__" not in p.parts)]
 
 
@@ -20,5 +20,5 @@ def test_cited_docs_exist():
 
 
 def test_the_package_does_not_ship_test_support():
-    assert not (REPO / "engine/llm/fault_server.py").exists()
-    assert not any("aiohttp import web" in p.read_text() for p in (REPO / "engine").rglob("*.py"))
+    assert not (REPO / "lion_distill/llm/fault_server.py").exists()
+    assert not any("aiohttp import web" in p.read_text() for p in (REPO / "lion_distill").rglob("*.py"))

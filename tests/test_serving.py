@@ -1,4 +1,4 @@
-"""Long-lived engines (engine.llm.serving): which roles share an engine, the request and
+"""Long-lived engines (lion_distill.llm.serving): which roles share an engine, the request and
 reply mapping (milliseconds, no Ray); then one job block on the shared Ray
 cluster with real Ray Serve LLM engines of the tiny LLaMA: sharing, structured output,
 logprobs, finish reasons, an engine killed mid-stage, and nothing left after a failure."""
@@ -10,10 +10,10 @@ import time
 import psutil
 import pytest
 
-from engine.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
-from engine.llm.engine_args import engine_key
-from engine.llm.responses import PROMPT_COL, encode_prompt
-from engine.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
+from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
+from lion_distill.llm.engine_args import engine_key
+from lion_distill.llm.responses import PROMPT_COL, encode_prompt
+from lion_distill.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
 
 ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": ""} for i in range(12)]
 
@@ -91,7 +91,7 @@ def test_resent_requests_are_chosen_in_the_object_store(ray_cluster):
     import pyarrow as pa
     import ray
 
-    from engine.llm.serve_backend import _id_column, _sort_out, _with_ids
+    from lion_distill.llm.serve_backend import _id_column, _sort_out, _with_ids
 
     prompted = ray.data.from_items(ROWS).repartition(3).materialize()
     expected = _id_column.remote(*prompted.select_columns(["id"]).to_arrow_refs())
@@ -106,8 +106,8 @@ def test_resent_requests_are_chosen_in_the_object_store(ray_cluster):
 
 
 def test_an_iterations_engine_starts_add_up_over_its_stages_and_its_evaluation(tmp_path):
-    from engine.data import RunDir
-    from engine.lion.iteration import merge_iteration_metrics
+    from lion_distill.data import RunDir
+    from lion_distill.lion.iteration import merge_iteration_metrics
 
     run = RunDir(str(tmp_path))
     run.write_json("iter_1/imitation/metrics.json", {"engine_starts": 0, "timing_s/imitation/teacher": 2.0})
@@ -169,9 +169,9 @@ def kill_when_busy(core: psutil.Process, stop: threading.Event, killed: list, cp
 def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster, tiny_models, tmp_path):
     import ray
 
-    from engine.llm import generate
-    from engine.llm.prompts import alpaca_prompt, instruction_messages
-    from engine.llm.serving import job_engines, run_prefix
+    from lion_distill.llm import generate
+    from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
+    from lion_distill.llm.serving import job_engines, run_prefix
 
     model = str(tiny_models.llama)
     teacher = RoleConfig(backend="vllm", model=model, max_model_len=1024,

@@ -16,9 +16,9 @@ import json, sys
 import ray
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.util.placement_group import placement_group, remove_placement_group
-from engine.config import load_config
-from engine.llm.serve_backend import llm_config
-from engine.llm.fit import cluster_gpus, fit_problem, gpu_plan
+from lion_distill.config import load_config
+from lion_distill.llm.serve_backend import llm_config
+from lion_distill.llm.fit import cluster_gpus, fit_problem, gpu_plan
 
 # A fresh instance of its own ("local"): the session may run other clusters (the fake-GPU one), which
 # a bare ray.init() would join.

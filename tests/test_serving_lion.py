@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import RunDir
-from engine.llm.serving import run_prefix
+from lion_distill.data import RunDir
+from lion_distill.llm.serving import run_prefix
 from tests.test_serving import engine_cores, serve_apps
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 Instruct's, data/smol/teacher_answers.jsonl) through the project's training path (Ray Data
 tokenisation, the train loop, the export) must bring the layer-dropped student much closer to
 the teacher on answers it was not trained on, measured as the evaluation measures it
-(engine.evaluate.nll). LION_TEST_CORRUPT=shift (labels shifted by one token) or =shuffle
+(lion_distill.evaluate.nll). LION_TEST_CORRUPT=shift (labels shifted by one token) or =shuffle
 (answers paired with the wrong instructions) breaks the training on purpose: what that does
 to the figures is recorded in benchmarks/RESULTS.md.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config.models import TrainConfig
-from engine.evaluate.nll import mean_nll
-from engine.smol import kept_layers, resolve_smol
-from engine.train import batches as B
+from lion_distill.config.models import TrainConfig
+from lion_distill.evaluate.nll import mean_nll
+from lion_distill.smol import kept_layers, resolve_smol
+from lion_distill.train import batches as B
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
@@ -63,14 +63,14 @@ def shifted_labels(batch: dict, **kwargs) -> dict:
 def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_models, tmp_path, monkeypatch):
     import ray.data
 
-    from engine.train import train_causal_sft
+    from lion_distill.train import train_causal_sft
 
     rows = [json.loads(line) for line in ANSWERS.read_text().splitlines()]
     train, held = rows[:TRAIN], rows[-HELD_OUT:]
     if CORRUPT == "shuffle":  # each answer paired with another instruction
         train = [{**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(train, train[1:] + train[:1])]
     if CORRUPT == "shift":
-        monkeypatch.setattr("engine.train.loop.B.tokenize_causal", shifted_labels)
+        monkeypatch.setattr("lion_distill.train.loop.B.tokenize_causal", shifted_labels)
     student = str(smol_models.student)
     before = mean_nll(student, held, "alpaca")
     floor = mean_nll(str(smol_models.instruct), held, "chat")["nll"]

@@ -1,5 +1,5 @@
 """The referee's, the judge's and the generator's parsers on real text: SmolLM2-135M-Instruct
-(engine.smol) served by vLLM's OpenAI-compatible server on loopback, asked with the
+(lion_distill.smol) served by vLLM's OpenAI-compatible server on loopback, asked with the
 project's own prompts and read with its own parsers. Each figure printed here is recorded
 in benchmarks/RESULTS.md; a threshold sits below the figure measured.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data import load_pool
-from engine.lion.generator import REJECT_REASONS, candidate_rows, clean_candidate, generator_messages
-from engine.lion.referee import referee_messages
-from engine.lion.rouge import NoveltyFilter
-from engine.lion.rubrics import RUBRICS
+from lion_distill.data import load_pool
+from lion_distill.lion.generator import REJECT_REASONS, candidate_rows, clean_candidate, generator_messages
+from lion_distill.lion.referee import referee_messages
+from lion_distill.lion.rouge import NoveltyFilter
+from lion_distill.lion.rubrics import RUBRICS
 from tests.fixtures.server_process import free_port, server_process
 
 REPO = Path(__file__).resolve().parents[1]

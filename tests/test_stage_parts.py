@@ -1,4 +1,4 @@
-"""A call's answers written block by block (engine.llm.parts): a call killed midway resumes with
+"""A call's answers written block by block (lion_distill.llm.parts): a call killed midway resumes with
 the blocks already written and asks only the rest."""
 import signal
 import subprocess
@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.config.models import RoleConfig, SamplingParams
-from engine.data import RunDir
-from engine.lion.iteration import parts_folder
-from engine.data.pools import RowFiles
-from engine.llm.parts import NOT_FINAL, Parts, iter_answers, part_files, read_answers, written_ids
+from lion_distill.config.models import RoleConfig, SamplingParams
+from lion_distill.data import RunDir
+from lion_distill.lion.iteration import parts_folder
+from lion_distill.data.pools import RowFiles
+from lion_distill.llm.parts import NOT_FINAL, Parts, iter_answers, part_files, read_answers, written_ids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,10 +80,10 @@ def test_a_call_asked_differently_keeps_its_parts_apart():
 CALL = """
 import json, sys
 import ray
-from engine.config.models import Parallelism, RoleConfig, SamplingParams
-from engine.data import RunDir
-from engine.lion.iteration import answer
-from engine.llm.prompts import instruction_messages
+from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
+from lion_distill.data import RunDir
+from lion_distill.lion.iteration import answer
+from lion_distill.llm.prompts import instruction_messages
 
 ray.init(log_to_driver=False)
 role = RoleConfig(backend="hf", model=sys.argv[2], sampling=SamplingParams(temperature=0.0, max_tokens=16),

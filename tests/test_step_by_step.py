@@ -1,4 +1,4 @@
-"""engine.step_by_step without Ray: readers, prompts, reply parsing and its accounting, splits,
+"""lion_distill.step_by_step without Ray: readers, prompts, reply parsing and its accounting, splits,
 fractions, the config and its stage grid, accuracy. Milliseconds."""
 import json
 import os
@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, load_config
-from engine.config.step_by_step import StepByStepConfig
-from engine.runner import plan_stages, fresh_state
-from engine.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
-from engine.step_by_step.evaluate import accuracy, equation_value
-from engine.step_by_step.job import step_by_step_stages
-from engine.step_by_step.parse import ParseFailure, Parsed, parse_reply, words_to_number
-from engine.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
-from engine.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
-from engine.step_by_step.stages import method_rows, teacher_failed
-from engine.step_by_step.tasks import TASKS, user_task
+from lion_distill.config import ConfigError, load_config
+from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.runner import plan_stages, fresh_state
+from lion_distill.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
+from lion_distill.step_by_step.evaluate import accuracy, equation_value
+from lion_distill.step_by_step.job import step_by_step_stages
+from lion_distill.step_by_step.parse import ParseFailure, Parsed, parse_reply, words_to_number
+from lion_distill.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
+from lion_distill.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.stages import method_rows, teacher_failed
+from lion_distill.step_by_step.tasks import TASKS, user_task
 
 # the full sets, where present ($SHARED_DATA for a checkout elsewhere)
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "step-by-step"
@@ -187,7 +187,7 @@ def test_constraint_regexes_compile_in_vllms_structured_output_backend():
     """xgrammar (vLLM's default backend) refuses what Python's `re` accepts: a raw newline in a
     character class failed every constrained teacher request on a real vLLM server."""
     xgrammar = pytest.importorskip("xgrammar")
-    from engine.lion.rubrics import RUBRICS
+    from lion_distill.lion.rubrics import RUBRICS
 
     regexes = {name: task.constraint(600) for name, task in TASKS.items()}
     regexes["user"] = user_task(["yes", "no"]).constraint()
@@ -285,13 +285,13 @@ def test_stage_grid_and_resume_plan(tmp_path):
     assert names == ["rationales", "train/step_by_step/0.25", "train/step_by_step/1", "train/standard_finetune/0.25",
                      "train/standard_finetune/1", "evaluate"]
     state = {**fresh_state("step_by_step", "x"), "completed": ["rationales"]}
-    from engine.runner import next_stage
+    from lion_distill.runner import next_stage
     assert next_stage(plan_stages(state, names)) == "train/step_by_step/0.25"
 
 
 def test_report_from_any_state(tmp_path):
-    from engine.data import RunDir
-    from engine.step_by_step.report import write_report
+    from lion_distill.data import RunDir
+    from lion_distill.step_by_step.report import write_report
 
     run = RunDir(tmp_path)
     assert "Not evaluated yet" in Path(write_report(run)).read_text()  # no state.json yet: said, not raised

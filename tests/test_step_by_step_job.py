@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine.step_by_step import accuracy, job, predict_labels
-from engine.step_by_step.data import fraction_split
-from engine.step_by_step.stages import method_rows
+from lion_distill.step_by_step import accuracy, job, predict_labels
+from lion_distill.step_by_step.data import fraction_split
+from lion_distill.step_by_step.stages import method_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "step-by-step-demo.yaml"
@@ -74,11 +74,11 @@ def test_teacher_rationales_kill_resume_train_evaluate(ray_cluster, vllm_server,
     assert {r["split"] for r in rows} == {"train"}  # CQA has no dev split: validation comes from each fraction
 
     monkeypatch.setenv(KEY_ENV, KEY)
-    import engine.train
+    import lion_distill.train
 
     runs = []  # Ray Train runs: one per method x fraction, its validations inside it
-    train = engine.train.train_seq2seq_multitask
-    monkeypatch.setattr(engine.train, "train_seq2seq_multitask", lambda *a, **k: runs.append(k["name"]) or train(*a, **k))
+    train = lion_distill.train.train_seq2seq_multitask
+    monkeypatch.setattr(lion_distill.train, "train_seq2seq_multitask", lambda *a, **k: runs.append(k["name"]) or train(*a, **k))
     state = job.run(job.load(str(DEMO), overrides(run, vllm_server)))
     assert runs == ["train-step_by_step-1"]
     assert state["done"] and state["completed"] == ["rationales", "train/step_by_step/1", "evaluate"]

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import load_config
-from engine.config.step_by_step import StepByStepConfig
-from engine.data import RunDir
-from engine.step_by_step.data import parse_rows, with_released_replies
-from engine.step_by_step.evaluate import accuracy
-from engine.step_by_step.grid import cells
-from engine.step_by_step.parse import NEXT_EXAMPLE
-from engine.step_by_step.readers import PUBLISHED_ROWS, REPO_DATA, TaskDataError, read_examples, size_problems
-from engine.step_by_step.evaluate import GenerationFailed, checked_predictions
-from engine.step_by_step.stages import cell_rows, method_rows, rationales, structured_output, task_of, validation_for
-from engine.step_by_step.tasks import TASKS
+from lion_distill.config import load_config
+from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.data import RunDir
+from lion_distill.step_by_step.data import parse_rows, with_released_replies
+from lion_distill.step_by_step.evaluate import accuracy
+from lion_distill.step_by_step.grid import cells
+from lion_distill.step_by_step.parse import NEXT_EXAMPLE
+from lion_distill.step_by_step.readers import PUBLISHED_ROWS, REPO_DATA, TaskDataError, read_examples, size_problems
+from lion_distill.step_by_step.evaluate import GenerationFailed, checked_predictions
+from lion_distill.step_by_step.stages import cell_rows, method_rows, rationales, structured_output, task_of, validation_for
+from lion_distill.step_by_step.tasks import TASKS
 from tests.fixtures import step_by_step_reference as REF
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_the_student_is_t5_v1_1_as_in_the_reference():
 def test_the_tiny_t5_is_shaped_like_v1_1():
     from transformers import T5Config
 
-    from engine.tiny import T5_CONFIG
+    from lion_distill.tiny import T5_CONFIG
 
     config = T5Config(**T5_CONFIG)
     # transformers 5 reads v1.1's `tie_word_embeddings: false` as "no scaling of the decoder output"
@@ -63,7 +63,7 @@ def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
     assert cfg.data.data_dir is None
     (line,) = size_problems("cqa", None, {}, False)
     assert line.startswith("data.data_dir: cqa needs the folder with the full sets")
-    from engine.preflight import preflight
+    from lion_distill.preflight import preflight
 
     problems = [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}"), env={}).problems if p.startswith("data")]
     assert problems == [f"data: {REPO_DATA}/cqa/cqa_train.json: 40 train rows, but cqa's published train split has "
@@ -79,7 +79,7 @@ def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
 def test_the_command_stops_before_the_cluster_with_one_line_a_split(tmp_path, capsys):
     import ray
 
-    from engine.cli import main
+    from lion_distill.cli import main
 
     was_up = ray.is_initialized()  # the session's cluster, where an earlier test joined it
     code = main(["step-by-step", "--config", str(PAPER[1]), "--set", f"run_dir={tmp_path / 'run'}",
@@ -104,8 +104,8 @@ def test_steps_are_exact_with_the_hf_trainers_default_schedule(tmp_path):
     import torch
     from transformers import TrainingArguments
 
-    from engine.train.loop import schedule_length
-    from engine.train.step import build_optimizer
+    from lion_distill.train.loop import schedule_length
+    from lion_distill.train.step import build_optimizer
 
     defaults = TrainingArguments(output_dir=str(tmp_path))  # the reference sets neither schedule nor warmup
     assert defaults.lr_scheduler_type == "linear" and defaults.warmup_steps == 0
@@ -169,7 +169,7 @@ def test_the_reference_protocol_scores_test_every_eval_steps_and_keeps_the_last(
     validation = validation_for(cfg, run, [], task_of(cfg))
     assert (validation.count, validation.keep) == (4, "last")
     assert len(validation.score.keywords["inputs"]) == 20  # the test rows
-    from engine.train.validation import best_step, validation_steps
+    from lion_distill.train.validation import best_step, validation_steps
 
     assert validation_steps(1000, validation.count) == [250, 500, 750, 1000]
     assert best_step([{"step": 250, "score": 0.9}, {"step": 500, "score": 0.1}], "last") == 500
@@ -178,7 +178,7 @@ def test_the_reference_protocol_scores_test_every_eval_steps_and_keeps_the_last(
 
 
 def test_docs_no_longer_claim_the_reference_keeps_its_best_checkpoint():
-    for path in (REPO / "engine/step_by_step/stages.py", REPO / "README.md"):
+    for path in (REPO / "lion_distill/step_by_step/stages.py", REPO / "README.md"):
         text = path.read_text()
         assert not re.search(r"as the paper's HF trainer with `?load_best_model_at_end", text), path
 
@@ -226,8 +226,8 @@ def test_the_grid_spans_methods_fractions_label_sources_seeds_and_students(tmp_p
 
 
 def test_plan_prices_every_cell_of_the_grid(tmp_path):
-    from engine.plan.step_by_step import step_by_step_plan
-    from engine.step_by_step import job
+    from lion_distill.plan.step_by_step import step_by_step_plan
+    from lion_distill.step_by_step import job
 
     cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
                    [f"run_dir={tmp_path / 'run'}", "grid.label_sources=[gold,teacher]", "grid.seeds=[0,1]",

@@ -1,6 +1,6 @@
 """A Lion student named by hub id is sized from this machine's Hugging Face cache (safetensors
 headers only), and preflight refuses a run directory whose disk cannot hold its exports and
-checkpoints (engine.data.student_size), in milliseconds without Ray."""
+checkpoints (lion_distill.data.student_size), in milliseconds without Ray."""
 import json
 import struct
 from pathlib import Path
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.config import load_config
-from engine.data.student_size import cached_parameters, safetensors_parameters, space_problem
-from engine.preflight import preflight
+from lion_distill.config import load_config
+from lion_distill.data.student_size import cached_parameters, safetensors_parameters, space_problem
+from lion_distill.preflight import preflight
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMMIT = "0" * 40

@@ -9,8 +9,8 @@ import torch
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from engine.local_models import resolve_local_models
-from engine.tiny import build_tiny_models
+from lion_distill.local_models import resolve_local_models
+from lion_distill.tiny import build_tiny_models
 
 
 def test_build_is_cached_by_configuration(tiny_models, tmp_path):

@@ -1,4 +1,4 @@
-"""Experiment tracking without Ray (engine.metrics.tracking): each backend's real client writes, its
+"""Experiment tracking without Ray (lion_distill.metrics.tracking): each backend's real client writes, its
 own reader reads back; a resumed job continues its run; the per-step training curve (the path Ray
 Train's rank 0 takes) lands beside it; a backend that cannot start is one preflight line; one that
 fails mid-run is switched off, not fatal."""
@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from engine.config.models import TrackingConfig
-from engine.data import RunDir
-from engine.metrics import tracking
-from engine.metrics.curve import TrainingCurve
-from engine.preflight import preflight
+from lion_distill.config.models import TrackingConfig
+from lion_distill.data import RunDir
+from lion_distill.metrics import tracking
+from lion_distill.metrics.curve import TrainingCurve
+from lion_distill.preflight import preflight
 from tests.fixtures.server_process import free_port
 
 CONFIG = {"teacher": {"model": "gpt-3.5-turbo", "openai": {"api_key_env": "LION_KEY"}}, "lion": {"tau": 1.0}}
@@ -109,7 +109,7 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
 
 
 def test_a_backend_that_cannot_start_is_one_preflight_line(tmp_path, monkeypatch):
-    from engine.config import load_config
+    from lion_distill.config import load_config
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -1,4 +1,4 @@
-"""LoRA students (engine.train.lora): the settings and the missing-library line in milliseconds, and one
+"""LoRA students (lion_distill.train.lora): the settings and the missing-library line in milliseconds, and one
 real 2-worker FSDP2 run of the tiny LLaMA with a LoRA adapter that resumes from its adapter checkpoint,
 exports merged (and the adapter alone), and generates through vLLM. QLoRA students (a 4-bit base,
 bitsandbytes' CPU backend) in this process and on two gloo ranks (torch.multiprocessing, no Ray)."""
@@ -16,9 +16,9 @@ import torch.distributed as dist
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from engine.config.models import LoraConfig, TrainConfig
-from engine.preflight import lora_problems, preflight
-from engine.train.lora import ADAPTER_DIR, peft_config
+from lion_distill.config.models import LoraConfig, TrainConfig
+from lion_distill.preflight import lora_problems, preflight
+from lion_distill.train.lora import ADAPTER_DIR, peft_config
 from tests.fixtures.gloo_ranks import run_ranks
 
 
@@ -40,7 +40,7 @@ VLLM_LORA_SCRIPT = textwrap.dedent("""
 
 
 def test_lora_settings_reach_peft_and_a_missing_library_is_one_preflight_line(tmp_path, monkeypatch):
-    from engine.config import load_config
+    from lion_distill.config import load_config
 
     settings = LoraConfig(r=4, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"])
     peft = peft_config(settings, "causal")
@@ -65,8 +65,8 @@ def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_pat
     """The same code the Ray Train workers run, in this process (no process group): the optimizer
     holds the adapter only, the loss falls, a checkpoint holds the adapter and restores it, and the
     merged export changes only the adapted weights."""
-    from engine.train import lora
-    from engine.train import step as S
+    from lion_distill.train import lora
+    from lion_distill.train import step as S
 
     path = str(tiny_models.llama)
     cfg = TrainConfig(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj"], "save_adapter": True},
@@ -98,9 +98,9 @@ def _checkpoint_keys(run_dir: Path) -> list[str]:
 def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, tiny_models, tmp_path):
     import ray
 
-    from engine.train import train_causal_sft
-    from engine.train import batches as B
-    from engine.train import step as S
+    from lion_distill.train import train_causal_sft
+    from lion_distill.train import batches as B
+    from lion_distill.train import step as S
 
     rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "",
                                  "response": f"The number is {i}."} for i in range(16)])
@@ -166,7 +166,7 @@ def test_t5_lora_student_in_the_driver_with_validation(ray_cluster, tiny_models,
     the validation's export merged too."""
     import ray
 
-    from engine.train import Validation, train_seq2seq_multitask
+    from lion_distill.train import Validation, train_seq2seq_multitask
 
     rows = ray.data.from_items([{"input": f"question {i}", "label": f"answer {i % 3}"} for i in range(16)])
     cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=4, epochs=3, learning_rate=1e-2,
@@ -187,8 +187,8 @@ QLORA = TrainConfig(lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_pr
 
 
 def _qlora_student(path: str):
-    from engine.train import lora
-    from engine.train import step as S
+    from lion_distill.train import lora
+    from lion_distill.train import step as S
 
     cpu = torch.device("cpu")
     return S.load_sharded(path, "causal", cpu, adapt=lora.adapter(QLORA.lora, "causal"),
@@ -196,7 +196,7 @@ def _qlora_student(path: str):
 
 
 def _numbers_batch(path: str, numbers) -> dict:
-    from engine.train import batches as B
+    from lion_distill.train import batches as B
 
     tokens = B.tokenize_causal({"instruction": [f"Say {i}." for i in numbers], "input": [""] * len(numbers),
                                 "response": [f"The number is {i}." for i in numbers]}, tokenizer_path=path, max_length=64)
@@ -217,9 +217,9 @@ def _adapter_trains_and_its_checkpoint_restores(model, student, cfg: TrainConfig
     the trained adapter."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    from engine.train import lora
-    from engine.train import step as S
-    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+    from lion_distill.train import lora
+    from lion_distill.train import step as S
+    from lion_distill.train.checkpoint import load_checkpoint, save_checkpoint
 
     optimizer, scheduler = S.build_optimizer(model, cfg, 10)
     params = {id(p) for p in model.parameters() if p.requires_grad}
@@ -271,8 +271,8 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     adapter alone and restores it, and the export is the adapter merged into the full-precision base."""
     from bitsandbytes.nn import Linear4bit, Params4bit
 
-    from engine.train import lora
-    from engine.train import step as S
+    from lion_distill.train import lora
+    from lion_distill.train import step as S
 
     path = str(tiny_models.llama)
     # As a Ray Train worker does: at lr 5e-2 some initialisations overshoot, and the global RNG's
@@ -300,9 +300,9 @@ def _qlora_rank(rank: int, world: int, path: str, out: str) -> None:
     from bitsandbytes.nn import Params4bit
     from torch.distributed.tensor import DTensor
 
-    from engine.train import lora
-    from engine.train import step as S
-    from engine.train.checkpoint import load_checkpoint, save_checkpoint
+    from lion_distill.train import lora
+    from lion_distill.train import step as S
+    from lion_distill.train.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(QLORA.seed)  # as every Ray Train worker does: one adapter initialisation on all ranks
     model = _qlora_student(path)
@@ -334,7 +334,7 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
     (ignored by FSDP2), the rest is sharded, the adapter's gradients are those of both ranks' rows
     together (a single process on all eight rows gives the same), the ranks hold one adapter, the
     checkpoint restores it, and the merged export is written."""
-    from engine.train import step as S
+    from lion_distill.train import step as S
 
     path = str(tiny_models.llama)
     run_ranks(_qlora_rank, 2, str(tmp_path / "rendezvous"), path, str(tmp_path))

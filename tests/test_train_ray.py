@@ -1,4 +1,4 @@
-"""engine.train under Ray Train: T5 multi-task in the driver (num_workers=0), validation
+"""lion_distill.train under Ray Train: T5 multi-task in the driver (num_workers=0), validation
 inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: LLaMA SFT
 that resumes, exports, and loads in transformers and vLLM."""
 import json
@@ -16,12 +16,12 @@ import pytest
 import ray
 import torch
 
-from engine.config.models import TrainConfig
-from engine.step_by_step import predict_labels
-from engine.step_by_step.data import parse_rows, with_released_replies
-from engine.step_by_step.readers import REPO_DATA, read_examples
-from engine.step_by_step.tasks import TASKS
-from engine.train import Validation, train_causal_sft, train_seq2seq_multitask
+from lion_distill.config.models import TrainConfig
+from lion_distill.step_by_step import predict_labels
+from lion_distill.step_by_step.data import parse_rows, with_released_replies
+from lion_distill.step_by_step.readers import REPO_DATA, read_examples
+from lion_distill.step_by_step.tasks import TASKS
+from lion_distill.train import Validation, train_causal_sft, train_seq2seq_multitask
 
 pytestmark = pytest.mark.ray
 
@@ -95,8 +95,8 @@ def test_validation_inside_one_run_keeps_the_best_export(ray_cluster, tiny_model
 
 
 def test_the_row_index_numbers_the_materialized_rows_block_by_block(ray_cluster):
-    from engine.train import batches as B
-    from engine.train.loop import _indexed, _with_row_index
+    from lion_distill.train import batches as B
+    from lion_distill.train.loop import _indexed, _with_row_index
 
     items = [{"x": i, "ids": np.arange(i % 3 + 1) + i} for i in range(20)]
     ds = ray.data.from_items(items, override_num_blocks=5).limit(17).materialize()
@@ -118,8 +118,8 @@ def _slow_first_block(batch: dict, pause_s: float) -> dict:
 
 
 def test_the_usable_rows_are_numbered_in_the_rows_order_whichever_block_finishes_first(ray_cluster):
-    from engine.train import batches as B
-    from engine.train.loop import _usable_rows
+    from lion_distill.train import batches as B
+    from lion_distill.train.loop import _usable_rows
 
     rows = ray.data.from_items([{"x": i} for i in range(12)], override_num_blocks=6)
     usable, n_in = _usable_rows(rows, _slow_first_block, {"pause_s": 2.0})
@@ -132,7 +132,7 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray
     """Two Ray Train workers each train on their rows of epoch_order's shuffle: 15 usable rows of
     distinct lengths, 7 a rank, so the token counts name the one row left out. On the driver the
     rows are never read and the engine puts nothing in the object store."""
-    from engine.train import batches as B
+    from lion_distill.train import batches as B
 
     items = [{"instruction": "Say " + "the number " * (i + 1), "input": "", "response": "It is " + "one " * (2 * i) + "."}
              for i in range(16)]
@@ -151,7 +151,7 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray
 
     def engine_must_not_put(value, *args, **kwargs):
         caller = sys._getframe(1).f_globals.get("__name__", "")
-        assert not caller.startswith("engine."), f"{caller} put {type(value).__name__} in the object store"
+        assert not caller.startswith("lion_distill."), f"{caller} put {type(value).__name__} in the object store"
         return put(value, *args, **kwargs)
 
     monkeypatch.setattr(ray, "put", engine_must_not_put)
@@ -201,8 +201,8 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
     assert extra["samples_per_s"] > 0 and extra["tokens_per_s"] > 0
 
     # The export carries the training: on the training rows it has a far lower loss than the base model.
-    from engine.train import batches as B
-    from engine.train import step as S
+    from lion_distill.train import batches as B
+    from lion_distill.train import step as S
 
     tokens = B.tokenize_causal({"instruction": [f"Say the number {i}." for i in range(4)], "input": [""] * 4,
                                 "response": [f"The number is {i}." for i in range(4)]},

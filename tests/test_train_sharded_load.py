@@ -11,7 +11,7 @@ from tests.fixtures.gloo_ranks import run_ranks
 def _rank(rank: int, world: int, path: str, architecture: str, out: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from engine.train import step as S
+    from lion_distill.train import step as S
 
     model = S.load_sharded(path, architecture, torch.device("cpu"))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -22,7 +22,7 @@ def _rank(rank: int, world: int, path: str, architecture: str, out: str) -> None
 
 @pytest.mark.parametrize("architecture", ["causal", "seq2seq"])
 def test_meta_init_and_broadcast_give_the_pretrained_weights(tiny_models, tmp_path, architecture):
-    from engine.train import step as S
+    from lion_distill.train import step as S
 
     path = str(tiny_models.llama if architecture == "causal" else tiny_models.t5)
     out = str(tmp_path / "rank0.pt")

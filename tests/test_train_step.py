@@ -1,13 +1,13 @@
-"""engine.train's pure parts: token masks, collation, losses, schedule, FSDP units (no Ray)."""
+"""lion_distill.train's pure parts: token masks, collation, losses, schedule, FSDP units (no Ray)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from engine.llm.prompts import alpaca_prompt
-from engine.train import batches as B
-from engine.train import step as S
+from lion_distill.llm.prompts import alpaca_prompt
+from lion_distill.train import batches as B
+from lion_distill.train import step as S
 
 
 def _rows(**cols):
@@ -122,7 +122,7 @@ def test_transformer_blocks_found_from_the_model(tiny_models):
 def test_the_schedule_is_transformers_cosine_with_warmup():
     from transformers import get_cosine_schedule_with_warmup
 
-    from engine.config.models import TrainConfig
+    from lion_distill.config.models import TrainConfig
 
     cfg = TrainConfig(learning_rate=1.0, warmup_ratio=0.2)
     model = torch.nn.Linear(2, 2)
@@ -157,7 +157,7 @@ def test_accumulated_loss_weighs_every_answer_token_alike_across_micro_batches_a
     """A 1-token and a 30-token answer in two micro-batches (or on two ranks) give the
     gradient of one batch holding both: the mean over all 31+ answer tokens, not the
     mean of two means, which weighs the short answer's token 30 times up."""
-    from engine.config.models import TrainConfig
+    from lion_distill.config.models import TrainConfig
 
     path = str(tiny_models.llama)
     cfg = TrainConfig(gradient_accumulation_steps=2)
@@ -197,14 +197,14 @@ def test_seq2seq_tokens_are_counted_per_task():
 
 
 def test_accumulation_windows_end_with_a_short_one():
-    from engine.train.loop import accumulation_windows
+    from lion_distill.train.loop import accumulation_windows
 
     assert [len(w) for w in accumulation_windows(range(7), 3)] == [3, 3, 1]
     assert [len(w) for w in accumulation_windows(range(6), 3)] == [3, 3]
 
 
 def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):
-    from engine.config.models import TrainConfig
+    from lion_distill.config.models import TrainConfig
 
     path = str(tiny_models.llama)
     cfg = TrainConfig(learning_rate=1e-3, warmup_ratio=0.0, batch_size=4)
@@ -224,7 +224,7 @@ def test_step_code_imports_without_ray():
     import subprocess
     import sys
 
-    code = "import sys, engine.train.step, engine.train.batches; sys.exit('ray' in sys.modules)"
+    code = "import sys, lion_distill.train.step, lion_distill.train.batches; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -233,8 +233,8 @@ def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models
     must return the label, never the rationale, and accuracy is exactly 1 and 0."""
     from transformers import AutoTokenizer
 
-    from engine.config.models import TrainConfig
-    from engine.step_by_step import accuracy, predict_labels
+    from lion_distill.config.models import TrainConfig
+    from lion_distill.step_by_step import accuracy, predict_labels
 
     path = str(tiny_models.t5)
     torch.manual_seed(0)
@@ -310,7 +310,7 @@ def test_a_rank_keeps_its_share_of_the_streamed_rows_in_epoch_order():
 def test_a_short_run_has_a_step_that_learns(total_steps):
     # Warmup starts at lr 0: a run whose every step were warmup (one step at 3% warmup, as an
     # iteration imitating a handful of new instructions) would train nothing at all.
-    from engine.config.models import TrainConfig
+    from lion_distill.config.models import TrainConfig
 
     optimizer, scheduler = S.build_optimizer(torch.nn.Linear(2, 2), TrainConfig(learning_rate=1.0, warmup_ratio=0.03), total_steps)
     rates = []
@@ -322,7 +322,7 @@ def test_a_short_run_has_a_step_that_learns(total_steps):
 
 
 def test_validation_steps_and_the_kept_one():
-    from engine.train.validation import Validation, best_step, improved, validation_steps
+    from lion_distill.train.validation import Validation, best_step, improved, validation_steps
 
     assert validation_steps(12, 3) == [4, 8, 12] and validation_steps(10, 3) == [4, 7, 10]
     assert validation_steps(2, 5) == [1, 2] and validation_steps(7, 1) == [7]  # the last is always the run's end

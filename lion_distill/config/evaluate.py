@@ -1,0 +1,119 @@
+"""The `eval` section: an LLM-judged relative score against a reference (Lion's Vicuna-80
+protocol). The same model configures the evaluation job (`EvalJobConfig`) and, as an
+optional `eval` field of a Lion `RunConfig`, an evaluation of the student before
+training and after every imitation stage (there the candidate is the student).
+
+Example (the evaluation job; Vicuna-80 with the gpt-3.5-turbo answers as reference)::
+
+    run_dir: runs/eval
+    eval:
+      questions: {files: [data/vicuna80/questions.jsonl], field_map: {instruction: text}}
+      reference: {name: gpt-3.5-turbo, answers: data/vicuna80/answers_gpt-3.5-turbo.jsonl}
+      judge: {backend: openai, model: gpt-4, openai: {api_key_env: OPENAI_API_KEY}}
+      candidates:
+        - {name: lion-7b, lion_run: runs/lion-7b}                # the run's latest student
+        - {name: vicuna, role: {backend: vllm, model: /models/vicuna-7b}, prompt: chat}
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from lion_distill.config.models import PlanConfig, RoleConfig, Strict, TrackingConfig
+
+
+class QuestionsConfig(Strict):
+    """Question files, read and rejected as instruction pools are (lion_distill.data)."""
+
+    files: list[str] = Field(min_length=1)
+    field_map: dict[Literal["instruction", "input"], str] = Field(default_factory=dict)  # Vicuna: {instruction: text}
+    key_field: str = "question_id"  # what reference answers are keyed by; a row without it is keyed by its id
+    category_field: str = "category"  # a row without it is in category "all"
+    max_instruction_chars: PositiveInt = 4_096
+    sample_size: PositiveInt | None = None  # a seeded sample of the questions (trial runs)
+
+
+class ReferenceConfig(Strict):
+    """The answers the candidates are scored against: a file, or a role that answers."""
+
+    name: str = "reference"
+    answers: str | None = None  # JSONL: one answer per question, keyed by the questions' key_field
+    key_field: str = "question_id"
+    text_field: str = "text"
+    role: RoleConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReferenceConfig:
+        if (self.answers is None) == (self.role is None):
+            raise ValueError("give exactly one of 'answers' (a file of reference answers) and 'role' (a model that answers)")
+        return self
+
+
+class CandidateConfig(Strict):
+    """A model under evaluation: a role (any backend, any local Hugging Face folder), or
+    the student of a Lion run directory, served as that run's config serves its student."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # also its folder name
+    role: RoleConfig | None = None
+    lion_run: str | None = None
+    iteration: int | None = Field(None, ge=0)  # with lion_run: that iteration's student; default the latest
+    # How a question is asked: "alpaca" as Lion students are trained, "chat" as chat models are.
+    # Default: alpaca for a Lion student, chat for a role.
+    prompt: Literal["alpaca", "chat"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CandidateConfig:
+        if (self.role is None) == (self.lion_run is None):
+            raise ValueError("give exactly one of 'role' (a model and how to serve it) and 'lion_run' (a Lion run directory)")
+        if self.iteration is not None and self.lion_run is None:
+            raise ValueError("'iteration' picks a student of 'lion_run'; it needs lion_run")
+        if self.prompt is None:
+            self.prompt = "alpaca" if self.lion_run else "chat"
+        return self
+
+
+class EvalConfig(Strict):
+    questions: QuestionsConfig
+    reference: ReferenceConfig
+    judge: RoleConfig
+    candidates: list[CandidateConfig] = Field(default_factory=list)  # the evaluation job's; in Lion, the student
+    # As the referee's: a guided-decoding regex where vLLM serves the judge; re-asks of an
+    # unparseable review (another seed) before it is excluded; logprob-weighted scores.
+    judge_constraint: Literal["auto", "regex", "json", "none"] = "auto"
+    # FastChat's three prompts routed by category as its reviewer.jsonl (coding, math, else
+    # general); `vicuna`: the general prompt for every question; `lion`: Lion's referee's.
+    judge_prompt: Literal["fastchat", "vicuna", "lion"] = "fastchat"
+    judge_retries: int = Field(2, ge=0)
+    # Below this share of questions judged the evaluation fails instead of reporting a score:
+    # failures come disproportionately from bad candidates, and a score over the rest flatters them.
+    min_judged_fraction: float = Field(0.95, ge=0.0, le=1.0)
+    judge_logprobs: bool = False
+    tie_margin: float = Field(0.0, ge=0.0)  # |candidate - reference| <= margin (mean of both orders) is a tie
+    bootstrap_samples: PositiveInt = 2_000
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _unique_candidates(self) -> EvalConfig:
+        names = [c.name for c in self.candidates]
+        # A candidate's name is its role's name in the spend log, beside "judge" and "reference".
+        if len(set(names)) != len(names) or {self.reference.name, "judge", "reference"} & set(names):
+            raise ValueError(f"candidate names must be unique and differ from the reference's name, 'judge' and "
+                             f"'reference': {names}")
+        return self
+
+
+class EvalJobConfig(Strict):
+    """The evaluation job: `python jobs/evaluate.py --config configs/eval-demo.yaml`."""
+
+    run_dir: str = Field(min_length=1)
+    name: str = "eval"
+    eval: EvalConfig
+    plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes before anything is observed
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _has_candidates(self) -> EvalJobConfig:
+        if not self.eval.candidates:
+            raise ValueError("eval.candidates: name at least one model to evaluate")
+        return self

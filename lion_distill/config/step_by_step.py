@@ -1,0 +1,157 @@
+"""The distilling step-by-step job's config (jobs/step_by_step.py). Defaults are the reference
+code's (google-research/distilling-step-by-step `run.py`: T5 v1.1, lr 5e-5, batch 64, 10K steps,
+the HF Trainer's linear schedule without warmup), except where the README says why not.
+
+Example (the released PaLM rationales on your copy of the full CQA set; everything else defaults)::
+
+    run_dir: runs/sbs-cqa
+    data: {task: cqa, data_dir: /data/step-by-step}
+    teacher: {source: released}
+    student: {model: google/t5-v1_1-base}
+
+A generating teacher is any LLM role (`teacher.role`: vllm, hf or openai); `teacher.constraint`
+adds a vLLM structured-output regex on the reply's answer tail. `grid` spreads one run over
+label sources, seeds and student sizes: one command runs a paper figure.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from lion_distill.config.models import PlanConfig, RoleConfig, Strict, TrackingConfig, TrainConfig
+
+Method = Literal["standard_finetune", "standard_distill", "step_by_step"]
+METHODS: tuple[str, ...] = ("standard_finetune", "standard_distill", "step_by_step")
+# The reference's student (run.py `--from_pretrained`); T5 v1.1 saw no supervised task (MNLI,
+# RTE...) in pre-training, unlike the original T5, which would flatter the NLI baselines.
+REFERENCE_STUDENT = "google/t5-v1_1-base"
+
+
+class TaskData(Strict):
+    task: Literal["cqa", "svamp", "esnli", "anli1", "jsonl"]
+    # The original layout ({task}/{task}_{split}.json, {task}/llm/{split}_CoT_*.json): your copy
+    # of the full sets. No default: the repository's data/step-by-step is a 40-row demo slice.
+    data_dir: str | None = None
+    # A split smaller than the dataset's published size (a slice, train_limit) is refused unless
+    # this is set: a paper config must not silently train on a slice.
+    allow_partial: bool = False
+    # jsonl: the user's own task (rows `input`, `label`, optional `choices`).
+    train_file: str | None = None
+    test_file: str | None = None
+    labels: list[str] | None = None  # jsonl: the label space; None: each row's `choices`
+    answer_phrase: str = "So the answer is"  # jsonl: what the prompt puts before the answer
+    train_limit: PositiveInt | None = None  # the first N rows of a split (a trial run)
+    test_limit: PositiveInt | None = None
+    # Held out of each training fraction (so it shrinks with the fraction, as the reference's
+    # 10% of the subsample), never of test; e-SNLI and ANLI use their official dev split instead,
+    # sized by the same fraction.
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _jsonl_files(self) -> TaskData:
+        if self.task == "jsonl" and not (self.train_file and self.test_file):
+            raise ValueError("task jsonl needs train_file and test_file (JSON lines: input, label, optional choices)")
+        if self.task != "jsonl" and (self.train_file or self.test_file or self.labels):
+            raise ValueError(f"train_file, test_file and labels are for task jsonl; {self.task} reads data_dir")
+        return self
+
+    def folder(self) -> str:
+        if self.data_dir is None:
+            raise ValueError(f"data.data_dir: {self.task} needs the folder with the full sets (layout of "
+                             "data/step-by-step); the repository's slice is for demos (with data.allow_partial: true)")
+        return self.data_dir
+
+
+class TeacherConfig(Strict):
+    # released: the PaLM completions shipped with the data (the paper's own rationales), or for a
+    # jsonl task each row's `completion`; generate: `role` answers the few-shot chain-of-thought prompt.
+    source: Literal["released", "generate"] = "released"
+    role: RoleConfig | None = None
+    prompt_file: str | None = None  # default: lion_distill/step_by_step/prompts/<task>.txt
+    # auto: a regex on the answer tail (free chain of thought, then the answer phrase and a label)
+    # where the role is served by vllm, none for an API teacher; regex: also for an openai
+    # endpoint that is a vLLM server; none: unconstrained.
+    constraint: Literal["auto", "regex", "none"] = "auto"
+    max_rationale_chars: PositiveInt = 600  # the constraint's bound on the free chain of thought
+
+    @model_validator(mode="after")
+    def _role_for_generate(self) -> TeacherConfig:
+        if self.source == "generate" and self.role is None:
+            raise ValueError("source generate needs a role (backend, model, sampling)")
+        if self.source == "released" and self.role is not None:
+            raise ValueError("source released reads the PaLM completions; remove role or set source: generate")
+        return self
+
+
+class StudentConfig(Strict):
+    model: str = Field(REFERENCE_STUDENT, min_length=1)  # a T5 checkpoint folder or hub name; tiny://t5 for tests
+    max_new_tokens: PositiveInt = 64  # label-only predictions
+    batch_size: PositiveInt = 64
+    replicas: PositiveInt = 1
+
+
+class GridConfig(Strict):
+    """One run over a paper figure: every method x fraction x label source x seed x student.
+    None: the run's own `label_source`, `data.seed`, `student.model`."""
+    # step_by_step once per label source (the paper's Figures 4-5: gold next to standard
+    # finetuning, teacher next to standard distillation); the other methods fix their labels.
+    label_sources: list[Literal["gold", "teacher"]] | None = Field(None, min_length=1)
+    # Each seed draws its own training fraction and initialises training (the reference's --run).
+    seeds: list[int] | None = Field(None, min_length=1)
+    students: list[str] | None = Field(None, min_length=1)  # T5 sizes: the model-size figures
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GridConfig:
+        for name in ("label_sources", "seeds", "students"):
+            values = getattr(self, name)
+            if values is not None and len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat")
+        return self
+
+
+class StepByStepConfig(Strict):
+    run_dir: str = Field(min_length=1)
+    name: str = "step-by-step"
+    data: TaskData
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0], min_length=1)
+    label_source: Literal["gold", "teacher"] = "gold"  # step_by_step's labels
+    # Exactly this many optimizer steps at every fraction (the reference's max_steps), stopping
+    # mid-epoch; None: train.epochs whole epochs.
+    steps: PositiveInt | None = 10_000
+    # best: validation accuracy `validations` times, evenly spaced over the run (the last at its
+    # end), the best export kept and scored on test once. reference: the reference code's
+    # protocol, test accuracy every `eval_steps` and the last export kept (selection by eye on
+    # test is what it leaves to the reader).
+    validation: Literal["best", "reference"] = "best"
+    validations: PositiveInt = 1
+    eval_steps: PositiveInt = 250
+    grid: GridConfig = Field(default_factory=GridConfig)
+    train: TrainConfig = TrainConfig(architecture="seq2seq", learning_rate=5e-5, batch_size=64, max_length=1024,
+                                     warmup_ratio=0.0, lr_schedule="linear", rationale_weight=1.0, epochs=1)
+    plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes (throughputs for GPU-hours)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_schedule(cls, data):
+        """A `train` section that names no schedule gets the reference's (linear, no warmup), not
+        TrainConfig's general default."""
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            data = {**data, "train": {"architecture": "seq2seq", "warmup_ratio": 0.0, "lr_schedule": "linear",
+                                      **data["train"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StepByStepConfig:
+        if any(not 0.0 < f <= 1.0 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if len(set(self.fractions)) != len(self.fractions) or len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods and fractions must not repeat")
+        if self.train.architecture != "seq2seq":
+            raise ValueError("train.architecture: step-by-step trains a seq2seq (T5) student")
+        return self

@@ -1,0 +1,144 @@
+"""The Lion loop: iterations of imitation -> discrimination -> generation, on the shared stage runner.
+
+    state = run(load("configs/demo.yaml", []))   # with Ray initialised
+
+Re-running on an existing run directory continues after the last completed stage:
+finished stages are not recomputed, and within an interrupted stage the openai
+backend's response cache means no paid request is sent twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from lion_distill.config import RunConfig, load_config
+from lion_distill.data import RunDir, load_pool, write_pool
+from lion_distill.evaluate.evaluation import evaluate
+from lion_distill.evaluate.job import absolute_paths as eval_absolute_paths
+from lion_distill.evaluate.scores import headline
+from lion_distill.lion.discrimination import discrimination
+from lion_distill.lion.export import export_run
+from lion_distill.lion.generation import generation
+from lion_distill.lion.imitation import imitation
+from lion_distill.lion.iteration import merge_iteration_metrics, rel, usage
+from lion_distill.lion.report import write_report
+from lion_distill.llm.serving import job_engines
+from lion_distill.local_models import resolve_local_models
+from lion_distill.memory import give_back_memory
+from lion_distill.runner import Stage, StageResult, run_stages
+
+log = logging.getLogger("lion_distill.lion")
+
+STAGE_FUNCTIONS = {"imitation": imitation, "discrimination": discrimination, "generation": generation}
+STAGES = tuple(STAGE_FUNCTIONS)
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Local model paths and pool files as absolute paths: Ray workers do not share the
+    job's working directory."""
+    roles = {}
+    for name in cfg.ROLES:
+        role = getattr(cfg, name)
+        if os.path.exists(role.model):
+            roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
+    sources = [s.model_copy(update={"data_files": [os.path.abspath(f) for f in s.data_files]}) for s in cfg.data.datasets]
+    data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files], "datasets": sources})
+    run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
+    evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
+    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
+
+
+def initial_pool(cfg: RunConfig):
+    """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
+    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources(),
+                             reuse=False)
+    summary = report.as_dict()
+    if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
+        picks = np.sort(np.random.default_rng(cfg.lion.seed).choice(pool.num_rows, cfg.data.sample_size, replace=False))
+        pool = pool.take(picks)
+        summary["sampled"] = pool.num_rows
+    if not pool.num_rows:
+        raise ValueError(f"no usable instructions in {cfg.data.pool_files + cfg.data.sources()}: {summary['rejects']}")
+    log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
+    return pool, summary
+
+
+def seed_pools(cfg: RunConfig, run: RunDir) -> None:
+    """Iteration 0 starts with train pool = cache pool = the seed instructions."""
+    if run.exists(rel(0, "cache_pool.parquet")):
+        return
+    pool, summary = initial_pool(cfg)
+    run.write_json("data_report.json", summary)
+    write_pool(run, rel(0, "train_pool.parquet"), pool)
+    write_pool(run, rel(0, "cache_pool.parquet"), pool)
+
+
+def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
+    def fn(state: dict) -> StageResult:
+        outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
+        return StageResult(outputs, counters, summary)
+    return Stage(f"iter_{k}/{name}", fn)
+
+
+def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
+    """The student as it is now (iteration -1: the base student) against the eval reference."""
+    def fn(state: dict) -> StageResult:
+        student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
+        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student",
+                                    teacher=cfg.teacher)
+        merge_iteration_metrics(run, k)
+        return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
+    return Stage(f"iter_{k}/eval", fn)
+
+
+def lion_stages(cfg: RunConfig, run: RunDir) -> list[Stage]:
+    """The loop in order: imitation, discrimination, generation for each iteration; then, with
+    `lion.final_imitation`, the imitation of the last iteration's new instructions, which
+    gives the final student. With `eval`, the student is evaluated before training and right
+    after each imitation."""
+    stages = [_eval_stage(cfg, run, -1)] if cfg.eval else []
+    final = [(cfg.lion.iterations, "imitation")] if cfg.lion.final_imitation else []
+    for k, name in [(k, name) for k in range(cfg.lion.iterations) for name in STAGES] + final:
+        stages.append(_stage(cfg, run, k, name))
+        if name == "imitation" and cfg.eval:
+            stages.append(_eval_stage(cfg, run, k))
+    return stages
+
+
+def export_datasets(run: RunDir) -> None:
+    """What the run made, as Hugging Face datasets in run_dir/datasets (lion_distill.lion.export).
+    A remote run directory is exported with `lion-distill export RUN_DIR --to DIR`."""
+    if "://" in run.uri:
+        log.info("datasets not exported: %s is remote; run `lion-distill export %s --to DIR`", run.uri, run.uri)
+        return
+    counts = export_run(run.uri, str(run.local_path("datasets")))
+    log.info("datasets: %s (iterations %s; `datasets.load_from_disk` reads each)", run.local_path("datasets"), list(counts))
+
+
+def load(path: str, overrides: list[str]) -> RunConfig:
+    return resolve_local_models(load_config(path, overrides))
+
+
+def run(cfg: RunConfig) -> dict:
+    cfg = absolute_paths(cfg)
+    rundir = RunDir(cfg.run_dir)
+    # The resolved config holds the *names* of key variables, never their values.
+    config = cfg.model_dump(mode="json")
+    rundir.write_json("config.json", config)
+    seed_pools(cfg, rundir)
+    give_back_memory()  # the seed file's rows, read before the first stage
+    roles = {name: getattr(cfg, name) for name in cfg.ROLES}
+    if cfg.eval is not None:
+        roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
+    with job_engines(roles, cfg.serving, run_id=rundir.uri, train_workers=cfg.train.num_workers,
+                     gpus_per_worker=cfg.train.gpus_per_worker):
+        state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
+                           outputs={"student_model": cfg.student.model}, report=write_report,
+                           tracking_cfg=cfg.tracking, config=config)
+    write_report(rundir)
+    give_back_memory()
+    export_datasets(rundir)
+    log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
+    return state

@@ -1,0 +1,264 @@
+"""Everything a run will need, checked before it starts or joins a cluster: every problem at
+once, one line each, so a run fails in seconds instead of at the stage that needs the thing.
+
+    checks = preflight(cfg)
+    checks.inputs      # what the plan and the run both need: [] when the inputs parse
+    checks.problems    # inputs + what only a run needs: [] when the run can start
+    checks.notes       # worth a line, stops nothing (a hub name, downloaded on each node)
+    problems = cluster_problems(cfg, ray.cluster_resources())   # once joined
+
+Inputs: pool files exist and parse (with rows left to use), an evaluation's questions with a
+reference answer each, a step-by-step task's files and its teacher's prompt (with its `{input}`
+slot), a paper task's splits at their published sizes (unless data.allow_partial).
+Only a run needs: an API role's key variable set; a local role's model folder, or a hub
+name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OFFLINE set); a
+student in each Lion run an evaluation names; a writable run directory (a local path or an object
+store URI) and, once joined, the same folder on every node (lion_distill.data.rundir_checks); the experiment tracker can start
+(installed, credentials, its folder writable or its server answering); a LoRA student's libraries
+installed (PEFT, and bitsandbytes for QLoRA). `--plan` prices a run whose run-only problems are not
+solved yet (no key handed out yet): it prints them as notes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pydantic import BaseModel
+
+from lion_distill.config.evaluate import EvalConfig
+from lion_distill.config.models import DataConfig, RoleConfig, TrackingConfig, TrainConfig
+from lion_distill.config.run import RunConfig
+from lion_distill.config.step_by_step import StepByStepConfig
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@dataclass
+class Checks:
+    inputs: list[str] = field(default_factory=list)  # stop the plan and the run: inputs that do not load
+    run: list[str] = field(default_factory=list)  # stop only a run: keys, models, the run directory
+    notes: list[str] = field(default_factory=list)  # stop nothing
+
+    @property
+    def problems(self) -> list[str]:
+        return self.inputs + self.run
+from lion_distill.data.remote import is_uri, model_problems
+
+
+def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:
+    """Every RoleConfig in a config, however nested, by its dotted field name."""
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if isinstance(value, RoleConfig):
+            yield prefix + name, value
+        elif isinstance(value, BaseModel):
+            yield from roles(value, f"{prefix}{name}.")
+        elif isinstance(value, list):  # the evaluation's candidates
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from roles(item, f"{prefix}{name}[{i}].")
+
+
+def _sections(cfg: BaseModel, kind: type) -> Iterator[tuple[str, BaseModel]]:
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if isinstance(value, kind):
+            yield name, value
+
+
+def _offline(env) -> str | None:
+    """The variable that keeps transformers and vLLM off the hub, if one is set (as they read it)."""
+    return next((v for v in OFFLINE_VARIABLES if env.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")), None)
+
+
+def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> bool:
+    """An API role's key; a local role's model: a folder that exists, or a hub name (-> True
+    when it is a hub name each node may download)."""
+    if role.backend == "openai":
+        from lion_distill.llm.openai_client import resolve_api_key
+
+        try:
+            resolve_api_key(role, env)
+        except ValueError as e:
+            checks.run.append(f"{name}.{e}")
+        return False
+    if os.path.isdir(role.model):
+        return False
+    if is_uri(role.model):  # in an object store: each node that loads it downloads it (lion_distill.data.remote)
+        checks.run += model_problems(f"{name}.model", role.model)
+        return False
+    if role.model.startswith((".", "/", "~")) or os.sep in role.model.strip("/").split("/", 1)[-1]:
+        checks.run.append(f"{name}.model: {role.model!r} does not exist (a local model folder was expected)")
+    elif _offline(env):
+        checks.run.append(f"{name}.model: {role.model!r} is a model hub name, but {_offline(env)} is set, so no node "
+                          f"may download it: unset {_offline(env)} or give a local folder every node sees")
+    else:
+        return True
+    return False
+
+
+def data_problems(name: str, data: DataConfig) -> list[str]:
+    from lion_distill.data import PoolFileError, load_pool
+
+    problems = [f"{name}.pool_files: {path}: file not found" for path in data.pool_files if not os.path.exists(path)]
+    if problems:
+        return problems
+    try:
+        _, report = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
+    except PoolFileError as e:
+        return [f"{name}{'' if data.datasets else '.pool_files'}: {e}"]  # the error names the file or source
+    if not report.rows_kept:
+        return [f"{name}.pool_files: no usable instructions ({dict(report.rejects)})"]
+    return []
+
+
+def chat_template_problems(cfg: BaseModel) -> list[str]:
+    """A pool with conversations trains and asks a local student through its chat template."""
+    from lion_distill.data import PoolFileError, load_pool
+    from lion_distill.train.chat import has_chat_template
+
+    data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
+    if not isinstance(data, DataConfig) or student is None or not os.path.isdir(student.model):
+        return []
+    try:
+        pool, _ = load_pool(data.pool_files, data.field_map, data.max_instruction_chars, data.sources())
+    except PoolFileError:
+        return []  # data_problems says why
+    chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
+    if chats and not has_chat_template(student.model):
+        return [f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
+                "and asked through it (give the tokenizer a chat_template)"]
+    return []
+
+
+def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
+    """Questions that load and a reference answer for each (inputs), and a student in every Lion
+    run named (the run's: the plan prices a run that has not trained it yet)."""
+    from lion_distill.data import PoolFileError
+    from lion_distill.evaluate.job import CandidateError, candidate_role
+    from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+
+    try:
+        questions = load_questions(cfg.questions, cfg.seed)[0]
+        if cfg.reference.answers is not None:
+            read_reference_answers(cfg.reference, questions)
+    except (PoolFileError, EvalDataError) as e:
+        checks.inputs.append(f"{name}: {e}")
+    for i, candidate in enumerate(cfg.candidates):
+        if candidate.lion_run is not None:
+            try:
+                candidate_role(candidate)
+            except CandidateError as e:
+                checks.run.append(f"{name}.candidates[{i}]: {e}")
+
+
+def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
+    """The task's files (train and test rows, released rationales) and a generating teacher's prompt."""
+    from lion_distill.step_by_step.prompts import PromptError, default_prompt_file, load_prompt
+    from lion_distill.step_by_step.readers import TaskDataError, size_problems
+    from lion_distill.step_by_step.stages import read_task
+
+    d = cfg.data  # every split there at its published size (unless data.allow_partial); then whether they parse
+    problems = size_problems(d.task, d.data_dir, {"train": d.train_limit, "test": d.test_limit}, d.allow_partial)
+    try:
+        problems or read_task(cfg)
+    except TaskDataError as e:
+        problems.append(f"data: {e}")
+    if cfg.teacher.source == "generate":
+        try:
+            load_prompt(cfg.teacher.prompt_file or default_prompt_file(cfg.data.task))
+        except PromptError as e:
+            problems.append(f"teacher.prompt_file: {e}")
+    return problems
+
+
+def run_dir_problems(run_dir: str) -> list[str]:
+    from lion_distill.data.rundir_checks import writable_problems
+
+    return writable_problems(run_dir)  # a local path or an object store URI alike
+
+
+def student_space_checks(cfg: RunConfig, checks: Checks) -> None:
+    """A Lion student named by hub id: the run directory's disk holds every imitation's export
+    and the training checkpoints alive at once (lion_distill.data.student_size)."""
+    from lion_distill.data.student_size import hub_parameters, space_problem
+
+    params = hub_parameters(cfg.student.model)
+    if params is None:
+        checks.notes.append(f"student.model: {cfg.student.model!r} could not be sized (not in this machine's Hugging "
+                            "Face cache, and the hub did not answer): run_dir's free space is not checked")
+        return
+    imitations = cfg.lion.iterations + cfg.lion.final_imitation
+    alive = 0 if cfg.train.lora else 2 * (imitations if cfg.train.keep_checkpoints else 1)  # Ray Train keeps two
+    problem = space_problem("student", params, cfg.run_dir, exports=imitations, checkpoints=alive)
+    if problem:
+        checks.run.append(problem)
+
+
+def lora_problems(name: str, train: TrainConfig) -> list[str]:
+    """A LoRA student's libraries, the `lora` extra: PEFT, and bitsandbytes for a 4-bit base (QLoRA)."""
+    import importlib.util
+
+    if train.lora is None:
+        return []
+    needs = {"peft": f"{name}.lora"} | ({"bitsandbytes": f"{name}.lora.load_in_4bit"} if train.lora.load_in_4bit else {})
+    return [f"{where}: {package} is not installed (pip install 'lion-distill[lora]')"
+            for package, where in needs.items() if importlib.util.find_spec(package) is None]
+
+
+def preflight(cfg: BaseModel, env=os.environ) -> Checks:
+    """Every problem that would stop the plan or the run, one line each, and the notes."""
+    checks = Checks()
+    for name, data in _sections(cfg, DataConfig):
+        checks.inputs += data_problems(name, data)
+    checks.inputs += chat_template_problems(cfg)
+    models = list(roles(cfg))
+    if isinstance(cfg, StepByStepConfig):
+        checks.inputs += step_by_step_problems(cfg)
+        models.append(("student", RoleConfig(backend="hf", model=cfg.student.model)))  # a T5, loaded by transformers
+    for name, evaluation in _sections(cfg, EvalConfig):
+        eval_checks(name, evaluation, checks)
+    hub: dict[str, list[str]] = {}  # a hub model -> the roles that load it
+    for name, role in models:
+        if role_checks(name, role, checks, env):
+            hub.setdefault(role.model, []).append(name)
+    checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
+                     "into its Hugging Face cache" for model, names in hub.items()]
+    if getattr(cfg, "run_dir", None):
+        checks.run += run_dir_problems(cfg.run_dir)
+    if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
+        student_space_checks(cfg, checks)
+    for name, settings in _sections(cfg, TrackingConfig):
+        from lion_distill.metrics.tracking import problems as tracking_problems
+
+        checks.run += tracking_problems(name, settings, cfg.run_dir, env)
+    for name, train in _sections(cfg, TrainConfig):
+        checks.run += lora_problems(name, train)
+    return checks
+
+
+def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
+    """What the joined cluster lacks: GPUs for training workers and, where the cluster has GPUs
+    (local roles run on CPU otherwise), for the largest local role (tensor parallel x replicas;
+    stages run one at a time)."""
+    from lion_distill.data.rundir_checks import unshared_problems
+
+    gpus, cpus, problems = resources.get("GPU", 0), resources.get("CPU", 0), []
+    problems += unshared_problems(cfg.run_dir) if getattr(cfg, "run_dir", None) else []  # every node sees it
+    train = getattr(cfg, "train", None)
+    if train is not None and train.gpus_per_worker:
+        need = train.num_workers * train.gpus_per_worker
+        if need > gpus:
+            problems.append(f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; "
+                            f"the cluster has {gpus:g}")
+    if train is not None and train.num_workers > cpus:
+        problems.append(f"train.num_workers: {train.num_workers} workers need a CPU each; the cluster has {cpus:g}")
+    if gpus:
+        for name, role in roles(cfg):
+            p = role.parallelism
+            need = p.tensor_parallel_size * p.replicas if role.backend != "openai" else 0
+            if need > gpus:
+                problems.append(f"{name}.parallelism: tensor_parallel_size {p.tensor_parallel_size} x replicas "
+                                f"{p.replicas} need {need} GPUs; the cluster has {gpus:g}")
+    return problems
