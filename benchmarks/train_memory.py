@@ -19,7 +19,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 

@@ -153,9 +153,8 @@ def export(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from lion_distill.config import ConfigError
     from lion_distill.llm.fit import PlanDoesNotFit
-    from lion_distill.runner import StageError
-
     from lion_distill.preflight import cluster_problems, preflight
+    from lion_distill.runner import StageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:

@@ -16,8 +16,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from lion_distill.data import RunDir
 

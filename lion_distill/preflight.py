@@ -21,8 +21,8 @@ solved yet (no key handed out yet): it prints them as notes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from pydantic import BaseModel
 
@@ -30,6 +30,7 @@ from lion_distill.config.evaluate import EvalConfig
 from lion_distill.config.models import DataConfig, RoleConfig, TrackingConfig, TrainConfig
 from lion_distill.config.run import RunConfig
 from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.data.remote import is_uri, model_problems
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -43,7 +44,6 @@ class Checks:
     @property
     def problems(self) -> list[str]:
         return self.inputs + self.run
-from lion_distill.data.remote import is_uri, model_problems
 
 
 def roles(cfg: BaseModel, prefix: str = "") -> Iterator[tuple[str, RoleConfig]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lion_distill.config.models import TrackingConfig
 from lion_distill.data import RunDir

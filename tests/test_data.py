@@ -6,8 +6,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from lion_distill.data import (
-    POOL_SCHEMA, REJECT_REASONS, PoolFileError, PoolSchemaError, RunDir, instruction_id,
-    load_pool, pool_table, read_pool, write_pool,
+    POOL_SCHEMA,
+    REJECT_REASONS,
+    PoolFileError,
+    PoolSchemaError,
+    RunDir,
+    instruction_id,
+    load_pool,
+    pool_table,
+    read_pool,
+    write_pool,
 )
 from lion_distill.data.__main__ import main as inspect_main
 

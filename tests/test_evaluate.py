@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lion_distill.config import ConfigError, load_config
-from lion_distill.config import RoleConfig
+from lion_distill.config import ConfigError, RoleConfig, load_config
 from lion_distill.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
 from lion_distill.data import RunDir
 from lion_distill.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES

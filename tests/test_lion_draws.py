@@ -9,10 +9,16 @@ import asyncio
 import pyarrow as pa
 
 from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
-from lion_distill.llm.cache import cache_key, request_seed
 from lion_distill.data.rundir import RunDir
+from lion_distill.llm.cache import cache_key, request_seed
 from lion_distill.llm.responses import (
-    CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, attach_prompt, encode_prompt, merge_responses,
+    CACHE_KEY_COL,
+    CACHED_COL,
+    DRAW_COL,
+    PROMPT_COL,
+    attach_prompt,
+    encode_prompt,
+    merge_responses,
 )
 
 MESSAGES = [{"role": "user", "content": "Write a new instruction."}]

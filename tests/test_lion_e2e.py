@@ -4,7 +4,6 @@ OpenAI-compatible server (one engine for all), and the student in transformers; 
 run is tracked in an MLflow file store as well (the TensorBoard backend: test_lion_conversations_e2e.py)."""
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys

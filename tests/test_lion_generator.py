@@ -6,7 +6,12 @@ import pytest
 
 from lion_distill.data import instruction_id, pool_table
 from lion_distill.lion.generator import (
-    REJECT_REASONS, candidate_rows, clean_candidate, parse_candidate, quotas, sample_seeds,
+    REJECT_REASONS,
+    candidate_rows,
+    clean_candidate,
+    parse_candidate,
+    quotas,
+    sample_seeds,
 )
 
 

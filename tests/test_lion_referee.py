@@ -6,10 +6,18 @@ import pyarrow as pa
 import pytest
 
 from lion_distill.lion.referee import (
-    EMPTY_ANSWER, JUDGMENT_SCHEMA, OK, UNPARSEABLE, judgment_rows, judgment_table, merge_retried, summarize,
+    EMPTY_ANSWER,
+    JUDGMENT_SCHEMA,
+    OK,
+    UNPARSEABLE,
+    judgment_rows,
+    judgment_table,
+    merge_retried,
+    summarize,
     unparseable_ids,
 )
-from lion_distill.lion.reviews import logprob_scores, parse_scores_first as parse_review
+from lion_distill.lion.reviews import logprob_scores
+from lion_distill.lion.reviews import parse_scores_first as parse_review
 from lion_distill.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.

@@ -13,7 +13,8 @@ ROWS = [{"id": f"r{i}", "instruction": f"Name {i} colours.", "input": "" if i % 
 SAMPLING = SamplingParams(temperature=0.0, max_tokens=8)
 
 
-def _check(out, rec, role_name, n=len(ROWS)):
+def _check(out, rec, role_name, n=None):
+    n = len(ROWS) if n is None else n
     rows = out.take_all()
     assert len(rows) == rec.rows == n and {r["id"] for r in rows} == {r["id"] for r in ROWS}
     for r in rows:

@@ -10,8 +10,8 @@ import ray
 from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
 from lion_distill.data.rundir import RunDir
 from lion_distill.llm import generate
-from tests.fixtures.fault_server import FaultServer
 from lion_distill.llm.prompts import instruction_messages
+from tests.fixtures.fault_server import FaultServer
 
 KEY_ENV, KEY = "LION_TEST_OPENAI_KEY", "sk-lion-test-7f3a9c-do-not-leak"
 ROWS = [{"id": f"r{i}", "instruction": f"Question {i}?", "input": ""} for i in range(8)]

@@ -9,15 +9,33 @@ from lion_distill.config.models import OpenAIEndpoint, RoleConfig
 from lion_distill.data.rundir import RunDir
 from lion_distill.llm import check_structured_output
 from lion_distill.llm.cache import (
-    CACHE_SCHEMA, CacheWriter, attach_cache_key, cache_key, cache_parts, cached_response, first_per_key, joinable,
-    read_cache, stage_slug,
+    CACHE_SCHEMA,
+    CacheWriter,
+    attach_cache_key,
+    cache_key,
+    cache_parts,
+    cached_response,
+    first_per_key,
+    joinable,
+    read_cache,
+    stage_slug,
 )
 from lion_distill.llm.ledger import cost_usd
-from lion_distill.llm.openai_client import Secret, parse_completion, request_body, resolve_api_key
+from lion_distill.llm.openai_client import Secret, request_body, resolve_api_key
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints, TokenBucket, parse_duration_s
 from lion_distill.llm.responses import (
-    CACHE_KEY_COL, CACHED_COL, PROMPT_COL, attach_prompt, encode_prompt, failed, failed_mask, fill_record, is_failed,
-    merge_responses, response_row, split_accounting,
+    CACHE_KEY_COL,
+    CACHED_COL,
+    PROMPT_COL,
+    attach_prompt,
+    encode_prompt,
+    failed,
+    failed_mask,
+    fill_record,
+    is_failed,
+    merge_responses,
+    response_row,
+    split_accounting,
 )
 from lion_distill.metrics import StageRecord
 

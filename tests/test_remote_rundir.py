@@ -8,10 +8,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from lion_distill.data import RunDir
-from lion_distill.data import remote
+from lion_distill.data import RunDir, remote
 from lion_distill.data.remote import local_model
-from lion_distill.data.rundir_checks import unshared_problems, writable_problems
+from lion_distill.data.rundir_checks import unshared_problems
 from lion_distill.preflight import run_dir_problems
 
 

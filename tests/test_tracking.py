@@ -3,7 +3,6 @@ own reader reads back; a resumed job continues its run; the per-step training cu
 Train's rank 0 takes) lands beside it; a backend that cannot start is one preflight line; one that
 fails mid-run is switched off, not fatal."""
 import json
-import os
 
 import pytest
 

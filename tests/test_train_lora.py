@@ -21,8 +21,6 @@ from lion_distill.preflight import lora_problems, preflight
 from lion_distill.train.lora import ADAPTER_DIR, peft_config
 from tests.fixtures.gloo_ranks import run_ranks
 
-
-
 VLLM_LORA_SCRIPT = textwrap.dedent("""
     import json, sys
     from vllm import LLM, SamplingParams
@@ -98,9 +96,9 @@ def _checkpoint_keys(run_dir: Path) -> list[str]:
 def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, tiny_models, tmp_path):
     import ray
 
-    from lion_distill.train import train_causal_sft
     from lion_distill.train import batches as B
     from lion_distill.train import step as S
+    from lion_distill.train import train_causal_sft
 
     rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "",
                                  "response": f"The number is {i}."} for i in range(16)])

@@ -1,5 +1,4 @@
 """lion_distill.train's pure parts: token masks, collation, losses, schedule, FSDP units (no Ray)."""
-import math
 
 import numpy as np
 import pytest

@@ -6,8 +6,8 @@ keeps its `source:row N` and goes through the same checks and reject counts as a
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 

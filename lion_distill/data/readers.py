@@ -10,9 +10,9 @@ are `load_dataset` sources (`data.datasets`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,12 @@ import pyarrow.compute as pc
 from lion_distill.data.conversations import BadConversation, parse
 from lion_distill.data.hf import read_dataset_source, read_saved_dataset
 from lion_distill.data.records import (
-    PoolFileError, RawRecord, has_invalid_utf8, read_alpaca_json, read_jsonl, read_parquet,
+    PoolFileError,
+    RawRecord,
+    has_invalid_utf8,
+    read_alpaca_json,
+    read_jsonl,
+    read_parquet,
 )
 from lion_distill.data.schema import context_key, instruction_id, pool_table
 from lion_distill.data.tables import kept

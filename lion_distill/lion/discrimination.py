@@ -18,7 +18,14 @@ from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
 from lion_distill.lion.conversations import answer_student
 from lion_distill.lion.iteration import (
-    answer, known_teacher_answers, pool, pool_ids_not_in, rel, response_table, usage, write_responses,
+    answer,
+    known_teacher_answers,
+    pool,
+    pool_ids_not_in,
+    rel,
+    response_table,
+    usage,
+    write_responses,
     write_stage_metrics,
 )
 from lion_distill.lion.judge import check_constraint, judge_pairs

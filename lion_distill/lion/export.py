@@ -37,8 +37,8 @@ from lion_distill.data.conversations import user_turns
 from lion_distill.data.schema import history_turns
 from lion_distill.data.tables import first_per_id
 from lion_distill.lion.iteration import rel
-from lion_distill.memory import give_back_memory
 from lion_distill.llm.prompts import instruction_messages
+from lion_distill.memory import give_back_memory
 
 ROLES = ("teacher", "referee", "generator", "student")
 SECRET = re.compile(r"(api_?key|token|secret|password)(?!_env)", re.IGNORECASE)

@@ -55,6 +55,10 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
     kept, rejects, replies_all, records, drawn, quota_moves = [], Counter(), [], [], Counter(), Counter()
     filter_record = StageRecord("generation/filter", extra={"pool_size": cache_pool.num_rows})
+    prompt_kind = cfg.lion.generator_prompt
+
+    def to_prompt(r: dict) -> list[dict]:
+        return generator_messages(r, r["kind"], prompt_kind)
 
     for round_ in range(cfg.lion.generation_rounds):
         if not sum(need.values()):
@@ -67,8 +71,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             need[kind], need[other] = need[kind] - moved, need[other] + moved
         requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
         stage = f"generation/generator_round{round_}"
-        ask = cfg.lion.generator_prompt
-        replies, record = answer(cfg.generator, requests, lambda r: generator_messages(r, r["kind"], ask),
+        replies, record = answer(cfg.generator, requests, to_prompt,
                                  stage=stage, role_name="generator", run_dir=run, structured_output=structured,
                                  draw=f"iter_{k}/{stage}", parts=rel(k, "generation", "parts"))
         replies = replies.to_pylist()  # a round's candidates: thousands, not the pool

@@ -17,7 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.data import instruction_id
-from lion_distill.lion.prompts import GENERATOR_SYSTEM, LION_GENERATOR_SYSTEM, NO_INPUT, generator_user, lion_generator_user
+from lion_distill.lion.prompts import (
+    GENERATOR_SYSTEM,
+    LION_GENERATOR_SYSTEM,
+    NO_INPUT,
+    generator_user,
+    lion_generator_user,
+)
 from lion_distill.llm.responses import is_failed
 
 KINDS = ("hard", "easy")

@@ -26,8 +26,17 @@ from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
 from lion_distill.lion.iteration import (
-    answer, answered, answered_mask, known_teacher_answers, pool, pool_ids_not_in, rel, response_table, usage,
-    write_responses, write_stage_metrics,
+    answer,
+    answered,
+    answered_mask,
+    known_teacher_answers,
+    pool,
+    pool_ids_not_in,
+    rel,
+    response_table,
+    usage,
+    write_responses,
+    write_stage_metrics,
 )
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.serving import training

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import fields, replace
 from functools import partial
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,14 @@ from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, kept, no_response, replaced_by_id
 from lion_distill.lion.iteration import answer, constraint
 from lion_distill.lion.referee import (
-    OK, ROLES, context_overflow, judgment_rows, judgment_schema, judgment_table, merge_retried, referee_messages,
+    OK,
+    ROLES,
+    context_overflow,
+    judgment_rows,
+    judgment_schema,
+    judgment_table,
+    merge_retried,
+    referee_messages,
     unparseable_ids,
 )
 from lion_distill.lion.rubrics import RUBRICS, rubric_for

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from itertools import accumulate
+
 # ---------------------------------------------------------------- reading a review's text
 
 _NUMBER = r"(\d+(?:\.\d+)?)"

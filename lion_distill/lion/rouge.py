@@ -45,7 +45,6 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 

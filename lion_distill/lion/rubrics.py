@@ -16,10 +16,16 @@ least one character): a review cut mid-explanation would hold no scores at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from lion_distill.lion.prompts import FASTCHAT_RULES, FASTCHAT_TEMPLATE, LION_REFEREE_RULES, LION_REFEREE_TEMPLATE, REFEREE_SYSTEM
+from lion_distill.lion.prompts import (
+    FASTCHAT_RULES,
+    FASTCHAT_TEMPLATE,
+    LION_REFEREE_RULES,
+    LION_REFEREE_TEMPLATE,
+    REFEREE_SYSTEM,
+)
 from lion_distill.lion.reviews import SCORES_FIRST_AT, parse_score_tuple, parse_scores_first, parse_scores_last
 
 _SCORE = "(10|[1-9])"

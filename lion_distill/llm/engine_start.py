@@ -157,7 +157,7 @@ class ResourceWatch:
             del self.seen[:-64]
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "ResourceWatch":
+    def __enter__(self) -> ResourceWatch:
         self._thread.start()
         return self
 

@@ -14,7 +14,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.remote import local_model
 from lion_distill.llm.cache import request_seed
-from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json
+from lion_distill.llm.responses import (
+    DRAW_COL,
+    PROMPT_COL,
+    decode_prompt,
+    failed_row,
+    merge_responses,
+    response_row,
+    top_logprobs_json,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

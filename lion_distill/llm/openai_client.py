@@ -61,7 +61,15 @@ from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, requ
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
 from lion_distill.llm.responses import (
-    CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, decode_prompt, failed_row, merge_responses, response_row, top_logprobs_json,
+    CACHE_KEY_COL,
+    CACHED_COL,
+    DRAW_COL,
+    PROMPT_COL,
+    decode_prompt,
+    failed_row,
+    merge_responses,
+    response_row,
+    top_logprobs_json,
 )
 
 REQUEST_ID_HEADER = "x-engine-request-id"

@@ -12,7 +12,8 @@ that position (the sampled token included). `None` when not asked for or failed.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

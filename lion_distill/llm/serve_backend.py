@@ -114,7 +114,7 @@ def _dense_logprobs(choices, chat: bool):
     return [first, *choices[1:]]
 
 
-def _skipping_failed_batches(ds: "ray.data.Dataset") -> "ray.data.MaterializedDataset":
+def _skipping_failed_batches(ds: ray.data.Dataset) -> ray.data.MaterializedDataset:
     """Execute `ds`, skipping a batch whose engine died (it raises in Ray Data) instead of
     failing the stage: its rows are sent again. A dataset carries the DataContext it was
     made with, so the setting goes there, and back as it was."""
@@ -126,7 +126,7 @@ def _skipping_failed_batches(ds: "ray.data.Dataset") -> "ray.data.MaterializedDa
         ctx.max_errored_blocks = before
 
 
-def _with_ids(ids: "ray.ObjectRef"):
+def _with_ids(ids: ray.ObjectRef):
     """A batch filter to the rows whose id is in the Arrow array `ids` refers to: each task
     reads it from the object store; no list of ids is built on the driver or per batch."""
     def keep(batch: pa.Table) -> pa.Table:
@@ -143,9 +143,9 @@ def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: s
     return out
 
 
-def run_serve(engine, role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, role_name: str,
+def run_serve(engine, role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, role_name: str,
               structured_output: dict | None, logprobs: int | None, gpu: bool, retries: int,
-              ready_timeout_s: float, parts=None) -> "ray.data.Dataset":
+              ready_timeout_s: float, parts=None) -> ray.data.Dataset:
     """Every prompted row through the engine (an lion_distill.llm.serving.Engine) -> a dataset in
     the response contract, each row answered or failed with its reason."""
     config = ServeDeploymentProcessorConfig(

@@ -44,10 +44,10 @@ NAMESPACE = "lion-distill"
 APP_PREFIX = "lion-"
 REAPER_POLL_S = 2.0
 
-_active: "JobEngines | None" = None
+_active: JobEngines | None = None
 
 
-def active() -> "JobEngines | None":
+def active() -> JobEngines | None:
     """The engines of the job block we are in, if any."""
     return _active
 

@@ -22,6 +22,7 @@ from lion_distill.llm.engine_args import engine_ask, engine_kwargs, engine_place
 from lion_distill.llm.parts import write_parts
 from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
+
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -86,9 +87,9 @@ def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | Non
     )
 
 
-def run_vllm(role: RoleConfig, prompted: "ray.data.Dataset", *, chat: bool, keep: list[str], role_name: str,
+def run_vllm(role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, keep: list[str], role_name: str,
              structured_output: dict | None, logprobs: int | None, start_timeout_s: float,
-             draw: str | None = None, parts=None) -> tuple["ray.data.MaterializedDataset", float]:
+             draw: str | None = None, parts=None) -> tuple[ray.data.MaterializedDataset, float]:
     """-> (the stage's answers in the response contract, GPUs held). The engines get
     `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
     actors that long, each of the stage's actor pools in turn: the chat-template and tokenizer

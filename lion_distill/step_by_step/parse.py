@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from lion_distill.step_by_step.evaluate import equation_value
 from lion_distill.step_by_step.tasks import Choices, Fixed, Number, Task
@@ -28,7 +28,7 @@ TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty s
 SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 
 
-class ParseFailure(str, Enum):
+class ParseFailure(StrEnum):
     NO_REPLY = "no_reply"                        # the generation itself failed
     RUN_ON = "run_on"                            # started the next example before answering
     NO_ANSWER_PHRASE = "no_answer_phrase"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
 
 
-def train_causal_sft(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *, name: str) -> TrainResult:
+def train_causal_sft(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str) -> TrainResult:
     """Instruction tuning (Lion's imitation stage): rows `instruction`, `input`,
     `response`; Alpaca prompt, loss on the response tokens and eos only."""
     from lion_distill.train.loop import fit
@@ -31,7 +31,7 @@ def train_causal_sft(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset"
     return fit(cfg.model_copy(update={"architecture": "causal"}), model_path, rows, output_dir, name=name, kind="causal")
 
 
-def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: "ray.data.Dataset", output_dir: str, *,
+def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *,
                             name: str, task: Literal["multitask", "standard"] = "multitask",
                             validation: Validation | None = None) -> TrainResult:
     """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).

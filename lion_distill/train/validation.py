@@ -12,8 +12,8 @@ Face export of the current weights, so a score is whatever the job measures on a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
