@@ -9,6 +9,7 @@ the same rows are loaded from JSONL. Linear time shows as a constant time per ro
 
     python benchmarks/pool_loading.py [--rows 13000 52000 1000000] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 from lion_distill.data import instruction_id, load_pool, pool_table  # noqa: E402
 
-WORDS = ("the a of to and in is for that with on as be by this are from or an it at which can your "
-         "write explain describe list give generate create summarize classify identify compare find "
-         "story poem email sentence paragraph data number city history science music food health").split()
+WORDS = (
+    "the a of to and in is for that with on as be by this are from or an it at which can your "
+    "write explain describe list give generate create summarize classify identify compare find "
+    "story poem email sentence paragraph data number city history science music food health"
+).split()
 
 
 def _text(rng: random.Random, chars: int) -> str:
@@ -43,8 +46,14 @@ def _text(rng: random.Random, chars: int) -> str:
 def alpaca_rows(n: int, seed: int = 0) -> list[dict]:
     """Alpaca-like rows: instruction ~60 chars, input on 40% of rows ~70 chars, output ~270 chars."""
     rng = random.Random(seed)
-    return [{"instruction": f"{_text(rng, 55)} ({i})", "input": _text(rng, 70) if rng.random() < 0.4 else "",
-             "output": _text(rng, 270)} for i in range(n)]
+    return [
+        {
+            "instruction": f"{_text(rng, 55)} ({i})",
+            "input": _text(rng, 70) if rng.random() < 0.4 else "",
+            "output": _text(rng, 270),
+        }
+        for i in range(n)
+    ]
 
 
 def baseline(path: Path):
@@ -78,16 +87,26 @@ def main() -> int:
             assert report.rows_kept == n and report.reconciles, report.as_dict()
             del pool
             ours, base, lines = timed(load_pool, [alpaca]), timed(baseline, alpaca), timed(load_pool, [jsonl])
-            result = {"rows": n, "mb": round(alpaca.stat().st_size / 1e6, 1), "ours_s": round(ours, 2),
-                      "baseline_s": round(base, 2), "jsonl_s": round(lines, 2),
-                      "us_per_row": round(ours / n * 1e6, 1)}
+            result = {
+                "rows": n,
+                "mb": round(alpaca.stat().st_size / 1e6, 1),
+                "ours_s": round(ours, 2),
+                "baseline_s": round(base, 2),
+                "jsonl_s": round(lines, 2),
+                "us_per_row": round(ours / n * 1e6, 1),
+            }
             results.append(result)
-            print(f"{n:>9,} rows {result['mb']:>6} MB  ours {ours:6.2f} s ({result['us_per_row']} us/row)  "
-                  f"json.load baseline {base:6.2f} s  same rows as JSONL {lines:6.2f} s", flush=True)
+            print(
+                f"{n:>9,} rows {result['mb']:>6} MB  ours {ours:6.2f} s ({result['us_per_row']} us/row)  "
+                f"json.load baseline {base:6.2f} s  same rows as JSONL {lines:6.2f} s",
+                flush=True,
+            )
             alpaca.unlink()
             jsonl.unlink()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak_mb:.0f} MB; {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(
+        f"peak RSS {peak_mb:.0f} MB; {platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"results": results, "peak_rss_mb": round(peak_mb)}, indent=2))
     return 0

@@ -17,6 +17,7 @@ What the parity figures verify:
 
     python benchmarks/rouge_filter.py [--data-dir DIR] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,25 @@ def load_texts(data: Path) -> list[str]:
     groups = [
         [r["instruction"] for p in sorted((data / "self-instruct").glob("*.jsonl")) for r in _jsonl(p)],
         [r["question"] for s in ("train", "test") for r in _jsonl(sbs / "cqa" / f"cqa_{s}.json")],
-        [r[k] for p in sorted((sbs / "esnli").glob("esnli_*.json")) for r in _jsonl(p) for k in ("premise", "hypothesis")],
-        [r[k] for p in sorted((sbs / "anli1").glob("anli1_*.json")) for r in _jsonl(p) for k in ("premise", "hypothesis")],
+        [
+            r[k]
+            for p in sorted((sbs / "esnli").glob("esnli_*.json"))
+            for r in _jsonl(p)
+            for k in ("premise", "hypothesis")
+        ],
+        [
+            r[k]
+            for p in sorted((sbs / "anli1").glob("anli1_*.json"))
+            for r in _jsonl(p)
+            for k in ("premise", "hypothesis")
+        ],
         [r["input"] for s in ("train", "test") for r in _jsonl(sbs / "svamp" / f"svamp_{s}.json")],
-        [r[f"explanation_{i}"] for p in sorted((sbs / "esnli").glob("esnli_*.json")) for r in _jsonl(p) for i in (1, 2, 3)],
+        [
+            r[f"explanation_{i}"]
+            for p in sorted((sbs / "esnli").glob("esnli_*.json"))
+            for r in _jsonl(p)
+            for i in (1, 2, 3)
+        ],
         [r["abstractive_explanation"] for s in ("train", "test") for r in _jsonl(sbs / "cqa" / f"cqa_{s}.json")],
     ]
     seen, out = set(), []
@@ -89,7 +105,7 @@ def make_workload(texts: list[str], n_pool: int, n_cand: int, seed: int) -> tupl
     n_fresh = n_cand - n_near - n_dup
     if len(texts) < n_pool + n_fresh:
         sys.exit(f"need {n_pool + n_fresh} unique texts, the data has {len(texts)}")
-    pool, fresh = texts[:n_pool], texts[n_pool:n_pool + n_fresh]
+    pool, fresh = texts[:n_pool], texts[n_pool : n_pool + n_fresh]
     words = [w for t in rng.sample(pool, 2000) for w in t.split()]
     cands = fresh + [mutate(rng.choice(pool), rng, words) for _ in range(n_near)]
     rng.shuffle(cands)
@@ -129,9 +145,9 @@ def all_pairs_reference(pool: list[str], cands: list[str], threshold: float, nea
     hit_pool = np.zeros(len(C), dtype=bool)
     near_pairs = []
     for lo in range(0, len(C), 250):
-        lcs = process.cdist(C[lo:lo + 250], P, scorer=LCSseq.similarity, dtype=np.int32, workers=-1)
-        f = _f1_matrix(lcs.astype(np.float64), m_pool[None, :], n_cand[lo:lo + 250, None])
-        hit_pool[lo:lo + 250] = (f >= threshold).any(axis=1)
+        lcs = process.cdist(C[lo : lo + 250], P, scorer=LCSseq.similarity, dtype=np.int32, workers=-1)
+        f = _f1_matrix(lcs.astype(np.float64), m_pool[None, :], n_cand[lo : lo + 250, None])
+        hit_pool[lo : lo + 250] = (f >= threshold).any(axis=1)
         for i, j in zip(*np.nonzero(f >= near)):
             near_pairs.append((cands[lo + i], pool[j], float(f[i, j])))
     lcs = process.cdist(C, C, scorer=LCSseq.similarity, dtype=np.int32, workers=-1)
@@ -152,7 +168,9 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=6_000)
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--timing-pairs", type=int, default=20_000, help="random pairs timed with rouge-score")
-    ap.add_argument("--near", type=float, default=0.5, help="all-pairs F1 from which pairs are re-scored by rouge-score")
+    ap.add_argument(
+        "--near", type=float, default=0.5, help="all-pairs F1 from which pairs are re-scored by rouge-score"
+    )
     ap.add_argument("--brute", type=int, default=30, help="candidates checked by pure rouge-score over the full pool")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -207,19 +225,33 @@ def main() -> None:
     brute_s = time.perf_counter() - t0
 
     result = {
-        "pool": len(pool), "candidates": len(cands), "threshold": args.threshold, "kept": kept,
-        "filter_build_s": round(build_s, 3), "filter_s": round(filter_s, 3), "filter_total_s": round(build_s + filter_s, 3),
-        "filter_build_cpu_s": round(build_cpu, 3), "filter_cpu_s": round(filter_cpu, 3),
-        "rouge_score_pairs_per_s": round(rate, 1), "rouge_score_pairs_per_cpu_s": round(rate_cpu, 1),
-        "brute_force_pairs": n_pairs, "rouge_score_estimated_s": round(rouge_s, 1),
+        "pool": len(pool),
+        "candidates": len(cands),
+        "threshold": args.threshold,
+        "kept": kept,
+        "filter_build_s": round(build_s, 3),
+        "filter_s": round(filter_s, 3),
+        "filter_total_s": round(build_s + filter_s, 3),
+        "filter_build_cpu_s": round(build_cpu, 3),
+        "filter_cpu_s": round(filter_cpu, 3),
+        "rouge_score_pairs_per_s": round(rate, 1),
+        "rouge_score_pairs_per_cpu_s": round(rate_cpu, 1),
+        "brute_force_pairs": n_pairs,
+        "rouge_score_estimated_s": round(rouge_s, 1),
         "rouge_score_estimated_cpu_s": round(rouge_cpu, 1),
         "speedup": round(rouge_s / (build_s + filter_s), 1),
         "speedup_cpu": round(rouge_cpu / (build_cpu + filter_cpu), 1),
         "load_average_1min": os.getloadavg()[0],
-        "all_pairs_identical": same_all, "all_pairs_checked": len(cands), "all_pairs_s": round(ref_s, 1),
-        "near_pairs": len(near_pairs), "near_pairs_identical_f1": near_same,
-        "random_pairs": len(pairs), "random_pairs_identical_f1": random_same,
-        "brute_identical": brute_same, "brute_checked": len(sample), "brute_s": round(brute_s, 1),
+        "all_pairs_identical": same_all,
+        "all_pairs_checked": len(cands),
+        "all_pairs_s": round(ref_s, 1),
+        "near_pairs": len(near_pairs),
+        "near_pairs_identical_f1": near_same,
+        "random_pairs": len(pairs),
+        "random_pairs_identical_f1": random_same,
+        "brute_identical": brute_same,
+        "brute_checked": len(sample),
+        "brute_s": round(brute_s, 1),
     }
     rows = [
         ("pool x candidates", f"{len(pool):,} x {len(cands):,} (kept {kept:,})"),
@@ -227,8 +259,10 @@ def main() -> None:
         ("filter: decisions", f"{filter_s:.2f} s wall, {filter_cpu:.2f} s CPU"),
         ("rouge-score rate", f"{rate:,.0f} pairs/s wall, {rate_cpu:,.0f} pairs/CPU-s (one core)"),
         ("rouge-score estimate", f"{rouge_s / 3600:.1f} h wall, {rouge_cpu / 3600:.1f} h CPU for {n_pairs:,} pairs"),
-        ("speed-up (build + filter)", f"{rouge_s / (build_s + filter_s):,.0f}x wall, "
-                                      f"{rouge_cpu / (build_cpu + filter_cpu):,.0f}x CPU"),
+        (
+            "speed-up (build + filter)",
+            f"{rouge_s / (build_s + filter_s):,.0f}x wall, {rouge_cpu / (build_cpu + filter_cpu):,.0f}x CPU",
+        ),
         ("identical vs all-pairs exact LCS", f"{same_all}/{len(cands)} candidates ({ref_s:.0f} s)"),
         (f"all-pairs F1 == rouge-score, F1 >= {args.near}", f"{near_same}/{len(near_pairs)} pairs, bit for bit"),
         ("rouge_l_f1 == rouge-score, random", f"{random_same}/{len(pairs)} pairs, bit for bit"),

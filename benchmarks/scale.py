@@ -19,6 +19,7 @@ every rubric's parser reads; the generator writes a new instruction no earlier o
 Training is the real Ray Train loop on the tiny LLaMA, one optimizer step (`train.max_steps=1`):
 its input (every training row) goes the whole way, its compute is not the point.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,13 +76,15 @@ class PeakRSS:
 def words(*parts) -> str:
     """Six words drawn by a digest of `parts`: the same parts, the same words."""
     h = hashlib.sha256(json.dumps(parts).encode()).digest()
-    return " ".join(WORDS[int.from_bytes(h[i:i + 4], "big") % len(WORDS)] for i in range(0, 24, 4))
+    return " ".join(WORDS[int.from_bytes(h[i : i + 4], "big") % len(WORDS)] for i in range(0, 24, 4))
 
 
 def write_pool(path: Path, rows: int) -> None:
     with path.open("w") as f:
         for i in range(rows):
-            f.write(json.dumps({"instruction": f"Task {i}: describe {words('pool', i)}.", "input": "", "output": ""}) + "\n")
+            f.write(
+                json.dumps({"instruction": f"Task {i}: describe {words('pool', i)}.", "input": "", "output": ""}) + "\n"
+            )
 
 
 def prompt_text(prompt) -> str:
@@ -99,13 +102,26 @@ def reply(role_name: str, row: dict, prompt, draw: str | None) -> tuple[str, int
         teacher, student = (9, 5) if hard else (7, 7)
         first, second = (teacher, student) if text.find("TEACHER-") < text.find("STUDENT-") else (student, teacher)
         # Scores first (FastChat's rubrics) and last (Lion's): every rubric's parser reads it.
-        return (f"{first} {second}\nBoth answers were read.\nScore of the Assistant 1: {first}\n"
-                f"Score of the Assistant 2: {second}"), 24
+        return (
+            f"{first} {second}\nBoth answers were read.\nScore of the Assistant 1: {first}\n"
+            f"Score of the Assistant 2: {second}"
+        ), 24
     return f"### Instruction:\nDescribe {words('new', row['id'], draw)}.\n### Input:\n<noinput>", 12
 
 
-def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                      logprobs=None, draw=None, parts=None):
+def scripted_generate(
+    role,
+    rows,
+    to_prompt,
+    *,
+    stage,
+    role_name,
+    run_dir=None,
+    structured_output=None,
+    logprobs=None,
+    draw=None,
+    parts=None,
+):
     """lion_distill.llm.generate's contract (rows in == rows out, the response columns, a
     StageRecord summed by generate's own accounting), answered at once in Ray Data tasks
     instead of by an engine."""
@@ -119,9 +135,13 @@ def scripted_generate(role, rows, to_prompt, *, stage, role_name, run_dir=None, 
         replies = [reply(role_name, row, to_prompt(row), draw) for row in batch.to_pylist()]
         texts, tokens = [text for text, _ in replies], [n for _, n in replies]
         n = batch.num_rows
-        columns = {"role": pa.array([role_name] * n, pa.string()), "text": pa.array(texts, pa.string()),
-                   "finish_reason": pa.array(["stop"] * n, pa.string()), "prompt_tokens": pa.array([64] * n, pa.int64()),
-                   "completion_tokens": pa.array(tokens, pa.int64())}
+        columns = {
+            "role": pa.array([role_name] * n, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "finish_reason": pa.array(["stop"] * n, pa.string()),
+            "prompt_tokens": pa.array([64] * n, pa.int64()),
+            "completion_tokens": pa.array(tokens, pa.int64()),
+        }
         if logprobs:
             columns["logprobs"] = pa.nulls(n, pa.string())
         for name, column in columns.items():
@@ -160,6 +180,7 @@ def one_size(rows: int, work: Path, rouge_l_shards: str = "auto") -> dict:
                 peaks[name] = max(peaks.get(name, 0.0), peak)
                 anon[name] = max(anon.get(name, 0.0), own - idle_anon)
                 growth[name] = max(growth.get(name, 0.0), peak - start)
+
         return wrapper
 
     for name in ("imitation", "discrimination", "generation"):
@@ -167,45 +188,84 @@ def one_size(rows: int, work: Path, rouge_l_shards: str = "auto") -> dict:
     loop.seed_pools = timed("seed", loop.seed_pools)
     loop.write_report = timed("report", loop.write_report)
     loop.export_datasets = timed("report", loop.export_datasets)
-    sets = [f"run_dir={work / 'run'}", f"data.pool_files=[{pool}]", "data.sample_size=null", "lion.iterations=1",
-            "lion.final_imitation=false", "eval=null",
-            f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}", "train.max_steps=1", "train.num_workers=1",
-            "serving=per_stage", f"lion.rouge_l_shards={rouge_l_shards}"]
+    sets = [
+        f"run_dir={work / 'run'}",
+        f"data.pool_files=[{pool}]",
+        "data.sample_size=null",
+        "lion.iterations=1",
+        "lion.final_imitation=false",
+        "eval=null",
+        f"lion.new_instructions_per_iteration={NEW_INSTRUCTIONS}",
+        "train.max_steps=1",
+        "train.num_workers=1",
+        "serving=per_stage",
+        f"lion.rouge_l_shards={rouge_l_shards}",
+    ]
     begin = time.perf_counter()
     state = loop.run(loop.load(str(REPO / "configs" / "demo.yaml"), sets))
     total = time.perf_counter() - begin
     metrics = json.loads((work / "run" / "iter_0" / "metrics.json").read_text())
-    counted = {"seed": rows, "imitation": metrics["rows/imitation/teacher"],
-               "discrimination": metrics["rows/discrimination/referee"],
-               "generation": metrics["lion/candidates"], "report": rows}
-    return {"rows": rows, "rouge_l_shards": rouge_l_shards, "seconds": total, "idle_rss_mb": idle, "done": state["done"],
-            "new_instructions": metrics["lion/new_instructions"], "hard": metrics["lion/hard"],
-            "stages": [{"stage": s, "seconds": seconds.get(s, 0.0), "rows": counted[s],
-                        "rows_per_s": counted[s] / seconds[s] if seconds.get(s) else 0.0,
-                        "peak_rss_mb": peaks.get(s, 0.0), "above_idle_mb": peaks.get(s, 0.0) - idle,
-                        "heap_above_idle_mb": anon.get(s, 0.0),
-                        "above_start_mb": growth.get(s, 0.0)} for s in STAGES]}
+    counted = {
+        "seed": rows,
+        "imitation": metrics["rows/imitation/teacher"],
+        "discrimination": metrics["rows/discrimination/referee"],
+        "generation": metrics["lion/candidates"],
+        "report": rows,
+    }
+    return {
+        "rows": rows,
+        "rouge_l_shards": rouge_l_shards,
+        "seconds": total,
+        "idle_rss_mb": idle,
+        "done": state["done"],
+        "new_instructions": metrics["lion/new_instructions"],
+        "hard": metrics["lion/hard"],
+        "stages": [
+            {
+                "stage": s,
+                "seconds": seconds.get(s, 0.0),
+                "rows": counted[s],
+                "rows_per_s": counted[s] / seconds[s] if seconds.get(s) else 0.0,
+                "peak_rss_mb": peaks.get(s, 0.0),
+                "above_idle_mb": peaks.get(s, 0.0) - idle,
+                "heap_above_idle_mb": anon.get(s, 0.0),
+                "above_start_mb": growth.get(s, 0.0),
+            }
+            for s in STAGES
+        ],
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| rows | stage | seconds | rows/s | driver peak RSS (MB) | above idle (MB) | above the stage's start (MB) "
-             "| own heap above idle (MB) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| rows | stage | seconds | rows/s | driver peak RSS (MB) | above idle (MB) | above the stage's start (MB) "
+        "| own heap above idle (MB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         for s in r["stages"]:
-            lines.append(f"| {r['rows']:,} | {s['stage']} | {s['seconds']:.1f} | {s['rows_per_s']:,.0f} | "
-                         f"{s['peak_rss_mb']:,.0f} | {s['above_idle_mb']:,.0f} | {s['above_start_mb']:,.0f} | {s['heap_above_idle_mb']:,.0f} |")
-        lines.append(f"| {r['rows']:,} | **total** | {r['seconds']:.1f} | | idle {r['idle_rss_mb']:,.0f} | "
-                     f"{max(s['above_idle_mb'] for s in r['stages']):,.0f} | | "
-                     f"{max(s['heap_above_idle_mb'] for s in r['stages']):,.0f} |")
+            lines.append(
+                f"| {r['rows']:,} | {s['stage']} | {s['seconds']:.1f} | {s['rows_per_s']:,.0f} | "
+                f"{s['peak_rss_mb']:,.0f} | {s['above_idle_mb']:,.0f} | {s['above_start_mb']:,.0f} | {s['heap_above_idle_mb']:,.0f} |"
+            )
+        lines.append(
+            f"| {r['rows']:,} | **total** | {r['seconds']:.1f} | | idle {r['idle_rss_mb']:,.0f} | "
+            f"{max(s['above_idle_mb'] for s in r['stages']):,.0f} | | "
+            f"{max(s['heap_above_idle_mb'] for s in r['stages']):,.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--rouge-l-shards", default="auto", help="lion.rouge_l_shards: where ROUGE-L's index of the "
-                        "cache pool is held (auto, the default: in an actor per 1M instructions from 250K; null: the "
-                        "driver; N: N Ray actors)")
+    parser.add_argument(
+        "--rouge-l-shards",
+        default="auto",
+        help="lion.rouge_l_shards: where ROUGE-L's index of the "
+        "cache pool is held (auto, the default: in an actor per 1M instructions from 250K; null: the "
+        "driver; N: N Ray actors)",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, JSON on the last line
     args = parser.parse_args()
@@ -218,8 +278,9 @@ def main() -> int:
     results = []
     for rows in args.rows:
         shards = ["--rouge-l-shards", args.rouge_l_shards]
-        proc = subprocess.run([sys.executable, __file__, "--one", str(rows), *shards], env=env, cwd=REPO,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", str(rows), *shards], env=env, cwd=REPO, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             print(f"{rows:,} rows: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
             results.append({"rows": rows, "failed": proc.returncode})
@@ -230,8 +291,10 @@ def main() -> int:
     print("\n" + table(done))
     if len(done) == 2:
         small, big = sorted(done, key=lambda r: r["rows"])
-        print(f"\ntime x{big['seconds'] / small['seconds']:.1f} for rows x{big['rows'] / small['rows']:.0f}; "
-              f"driver peak above idle at {big['rows']:,}: {max(s['above_idle_mb'] for s in big['stages']):,.0f} MB")
+        print(
+            f"\ntime x{big['seconds'] / small['seconds']:.1f} for rows x{big['rows'] / small['rows']:.0f}; "
+            f"driver peak above idle at {big['rows']:,}: {max(s['above_idle_mb'] for s in big['stages']):,.0f} MB"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     return 0 if len(done) == len(results) else 1

@@ -7,6 +7,7 @@ the engine core's CPU while our path runs (what tests/test_serving.py's killer w
 
     python benchmarks/serve_throughput.py [--rows 256] [--max-tokens 32] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-                   "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+for key, value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(key, value)
 
 
@@ -59,8 +65,13 @@ async def straight(app: str, model: str, n: int, max_tokens: int) -> tuple[float
     handle = serve.get_deployment_handle(DEPLOYMENT, app).options(stream=True)
 
     async def one(row):
-        req = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": row["instruction"]}],
-                                    max_tokens=max_tokens, temperature=0.2, stream=False)
+        req = ChatCompletionRequest(
+            model=model,
+            messages=[{"role": "user", "content": row["instruction"]}],
+            max_tokens=max_tokens,
+            temperature=0.2,
+            stream=False,
+        )
         async for reply in handle.chat.remote(req):
             return reply.usage.completion_tokens
 
@@ -87,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=6, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     model = str(build_tiny_models().llama)
-    role = RoleConfig(backend="vllm", model=model, max_model_len=1024,
-                      sampling=SamplingParams(temperature=0.2, max_tokens=args.max_tokens))
+    role = RoleConfig(
+        backend="vllm",
+        model=model,
+        max_model_len=1024,
+        sampling=SamplingParams(temperature=0.2, max_tokens=args.max_tokens),
+    )
     results = {"rows": args.rows, "max_tokens": args.max_tokens}
     with job_engines({"referee": role}, ServingConfig(), run_id=tempfile.mkdtemp(prefix="serve-bench-")) as engines:
         start = time.perf_counter()
@@ -107,14 +122,19 @@ def main(argv: list[str] | None = None) -> int:
                 watcher = threading.Thread(target=sample_core_cpu, args=(engine.app, stop, samples), daemon=True)
                 watcher.start()
                 start = time.perf_counter()
-                out, rec = generate(role, ray.data.from_items(rows_of(args.rows)), instruction_messages,
-                                    stage=name, role_name="referee")
+                out, rec = generate(
+                    role, ray.data.from_items(rows_of(args.rows)), instruction_messages, stage=name, role_name="referee"
+                )
                 seconds, tokens = time.perf_counter() - start, rec.completion_tokens
                 stop.set()
                 watcher.join()
                 results[f"{name}_engine_core_cpu"] = samples
-            results[name] = {"seconds": round(seconds, 2), "completion_tokens": tokens,
-                             "rows_per_s": round(args.rows / seconds, 1), "tokens_per_s": round(tokens / seconds, 0)}
+            results[name] = {
+                "seconds": round(seconds, 2),
+                "completion_tokens": tokens,
+                "rows_per_s": round(args.rows / seconds, 1),
+                "tokens_per_s": round(tokens / seconds, 0),
+            }
             print(name, results[name], flush=True)
     print(json.dumps({k: v for k, v in results.items() if not k.endswith("_cpu")}, indent=1))
     for key in results:

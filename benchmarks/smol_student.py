@@ -8,6 +8,7 @@
 
 The first 48 answers train, the last 16 are held out. Writes JSON to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,18 @@ def answers(args) -> dict:
     ANSWERS.parent.mkdir(parents=True, exist_ok=True)
     with ANSWERS.open("w") as f:
         for r, o in zip(rows, outs):
-            f.write(json.dumps({**r, "response": o.outputs[0].text, "complete": o.outputs[0].finish_reason == "stop"}) + "\n")
+            f.write(
+                json.dumps({**r, "response": o.outputs[0].text, "complete": o.outputs[0].finish_reason == "stop"})
+                + "\n"
+            )
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"answers": len(rows), "completion_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "complete": sum(o.outputs[0].finish_reason == "stop" for o in outs)}
+    return {
+        "answers": len(rows),
+        "completion_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "complete": sum(o.outputs[0].finish_reason == "stop" for o in outs),
+    }
 
 
 def read_answers() -> list[dict]:
@@ -74,11 +83,14 @@ def imitate(model_path: str, rows: list[dict], epochs: int, lr: float, batch_siz
     n_tokens, start = 0, time.perf_counter()
     for _ in range(epochs):
         for i in range(0, len(rows), batch_size):
-            batch = B.collate_causal({k: v[i:i + batch_size] for k, v in tokens.items()}, pad_id=pad)
+            batch = B.collate_causal({k: v[i : i + batch_size] for k, v in tokens.items()}, pad_id=pad)
             S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
             S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             n_tokens += int(batch["attention_mask"].sum())
-    return model, {"train_s": time.perf_counter() - start, "train_tokens_per_s": n_tokens / (time.perf_counter() - start)}
+    return model, {
+        "train_s": time.perf_counter() - start,
+        "train_tokens_per_s": n_tokens / (time.perf_counter() - start),
+    }
 
 
 def layers(args) -> dict:

@@ -14,6 +14,7 @@ The rows and the teacher's replies are written as a jsonl task with `completion`
 `teacher.source: released`). The paper tasks read the released PaLM rationales from --data-dir.
 Runs the job on a local Ray cluster, prints the table and writes it with per-stage times to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,22 @@ from lion_distill.config.step_by_step import METHODS, StepByStepConfig
 from lion_distill.metrics.report import table_md
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = {"fruit": "apple banana cherry grape lemon mango peach pear plum melon kiwi lime".split(),
-         "animal": "horse tiger zebra camel otter mouse eagle shark whale sheep goat wolf".split(),
-         "colour": "red blue green yellow purple orange pink brown black white grey violet".split(),
-         "tool": "hammer wrench saw drill chisel spanner pliers shovel rake axe file ladder".split()}
-QUESTIONS = ["Which kind of thing is {a} {w}?", "What is {a} {w}?", "Tell me what {a} {w} is.",
-             "Is {a} {w} a fruit, an animal, a colour or a tool?", "My friend mentioned {a} {w}. What kind of thing is it?",
-             "Classify the word: {w}.", "In one word, what is {a} {w}?", "Someone showed me {a} {w}. What is it?"]
+KINDS = {
+    "fruit": "apple banana cherry grape lemon mango peach pear plum melon kiwi lime".split(),
+    "animal": "horse tiger zebra camel otter mouse eagle shark whale sheep goat wolf".split(),
+    "colour": "red blue green yellow purple orange pink brown black white grey violet".split(),
+    "tool": "hammer wrench saw drill chisel spanner pliers shovel rake axe file ladder".split(),
+}
+QUESTIONS = [
+    "Which kind of thing is {a} {w}?",
+    "What is {a} {w}?",
+    "Tell me what {a} {w} is.",
+    "Is {a} {w} a fruit, an animal, a colour or a tool?",
+    "My friend mentioned {a} {w}. What kind of thing is it?",
+    "Classify the word: {w}.",
+    "In one word, what is {a} {w}?",
+    "Someone showed me {a} {w}. What is it?",
+]
 
 
 def synthetic_task(folder: Path, train_rows: int, test_rows: int, teacher_error: float = 0.15, seed: int = 0) -> dict:
@@ -47,32 +57,58 @@ def synthetic_task(folder: Path, train_rows: int, test_rows: int, teacher_error:
         said = rng.choice([k for k in KINDS if k != kind]) if rng.random() < teacher_error else kind
         article = "an" if word[0] in "aeiou" else "a"
         question = rng.choice(QUESTIONS).format(a=article, w=word)
-        return {"input": question, "label": kind,
-                "completion": f" {article.capitalize()} {word} is a {said}. So the answer is {said}."}
+        return {
+            "input": question,
+            "label": kind,
+            "completion": f" {article.capitalize()} {word} is a {said}. So the answer is {said}.",
+        }
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", train_rows), ("test", test_rows)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(row()) + "\n" for _ in range(n)))
-    return {"task": "jsonl", "train_file": str(folder / "train.jsonl"), "test_file": str(folder / "test.jsonl"),
-            "labels": list(KINDS)}
+    return {
+        "task": "jsonl",
+        "train_file": str(folder / "train.jsonl"),
+        "test_file": str(folder / "test.jsonl"),
+        "labels": list(KINDS),
+    }
 
 
 def config(args, run_dir: str) -> StepByStepConfig:
     if args.task == "synthetic":
         data = synthetic_task(Path(run_dir) / "task", args.train_rows, args.test_rows)
     else:
-        data = {"task": args.task, "data_dir": str(args.data_dir), "train_limit": args.train_limit,
-                "test_limit": args.test_limit, "allow_partial": args.allow_partial}
-    return StepByStepConfig.model_validate({
-        "run_dir": run_dir, "name": f"benchmark-{args.task}", "data": data, "teacher": {"source": "released"},
-        "student": {"model": args.students[0], "max_new_tokens": args.max_new_tokens, "batch_size": 64},
-        "methods": args.methods, "fractions": args.fractions,
-        "grid": {"label_sources": args.label_sources, "seeds": args.seeds, "students": args.students},
-        "steps": args.steps, "validations": args.validations,
-        "train": {"learning_rate": args.lr, "batch_size": args.batch_size, "epochs": 1, "max_length": args.max_length,
-                  "rationale_weight": 1.0, "num_workers": 1, "gpus_per_worker": args.gpus_per_worker,
-                  "checkpoint_every_steps": 1000},
-    })
+        data = {
+            "task": args.task,
+            "data_dir": str(args.data_dir),
+            "train_limit": args.train_limit,
+            "test_limit": args.test_limit,
+            "allow_partial": args.allow_partial,
+        }
+    return StepByStepConfig.model_validate(
+        {
+            "run_dir": run_dir,
+            "name": f"benchmark-{args.task}",
+            "data": data,
+            "teacher": {"source": "released"},
+            "student": {"model": args.students[0], "max_new_tokens": args.max_new_tokens, "batch_size": 64},
+            "methods": args.methods,
+            "fractions": args.fractions,
+            "grid": {"label_sources": args.label_sources, "seeds": args.seeds, "students": args.students},
+            "steps": args.steps,
+            "validations": args.validations,
+            "train": {
+                "learning_rate": args.lr,
+                "batch_size": args.batch_size,
+                "epochs": 1,
+                "max_length": args.max_length,
+                "rationale_weight": 1.0,
+                "num_workers": 1,
+                "gpus_per_worker": args.gpus_per_worker,
+                "checkpoint_every_steps": 1000,
+            },
+        }
+    )
 
 
 def main() -> None:
@@ -116,17 +152,30 @@ def main() -> None:
     summary = state["summary"]
     cells, teacher = summary["evaluate"]["cells"], summary["rationales"]["teacher_test_accuracy"]
     print(accuracy_table(curves(cells), teacher))
-    stage_s = {"rationales": summary["rationales"]["seconds"], "evaluate": summary["evaluate"]["seconds"],
-               **{f"train/{k}": v["seconds"] for k, v in summary["train"].items()}}
+    stage_s = {
+        "rationales": summary["rationales"]["seconds"],
+        "evaluate": summary["evaluate"]["seconds"],
+        **{f"train/{k}": v["seconds"] for k, v in summary["train"].items()},
+    }
     print(f"{len(summary['train'])} training runs, {seconds:.0f} s in all")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "rows": summary["rationales"]["rows"], "parse_failures": summary["rationales"]["parse_failures"],
-        "cells": cells, "teacher_test_accuracy": teacher, "label_shares": summary["evaluate"]["label_shares"],
-        "stage_seconds": stage_s, "total_seconds": seconds, "run_dir": run_dir,
-    }, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "rows": summary["rationales"]["rows"],
+                "parse_failures": summary["rationales"]["parse_failures"],
+                "cells": cells,
+                "teacher_test_accuracy": teacher,
+                "label_shares": summary["evaluate"]["label_shares"],
+                "stage_seconds": stage_s,
+                "total_seconds": seconds,
+                "run_dir": run_dir,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}; report {run_dir}/report.md")
     print(table_md(["stage", "seconds"], [[k, round(v, 1)] for k, v in stage_s.items()]))
 

@@ -10,6 +10,7 @@ modules, sets the model up and reports its resident memory before, its peak duri
 (VmHWM, reset first) and after; the model is built locally with random weights and
 saved once. Linux only (/proc).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,15 @@ import torch.multiprocessing as mp
 def build_model(folder: str, args) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                         num_key_value_heads=args.hidden // 64, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)  # loading needs config and weights only (a tokenizer only for the export)
     return sum(p.numel() for p in model.parameters())
@@ -66,8 +73,9 @@ def _rank(rank: int, world: int, port: int, path: str, mode: str, out: str) -> N
     else:
         model = S.load_sharded(path, "causal", device)
     dist.barrier()
-    Path(out, f"{mode}-{rank}.json").write_text(json.dumps({"before_mb": before, "peak_mb": _status_mb("VmHWM"),
-                                                                  "after_mb": _status_mb("VmRSS")}))
+    Path(out, f"{mode}-{rank}.json").write_text(
+        json.dumps({"before_mb": before, "peak_mb": _status_mb("VmHWM"), "after_mb": _status_mb("VmRSS")})
+    )
     del model
     dist.destroy_process_group()
 
@@ -83,21 +91,26 @@ def run(args) -> dict:
         params = build_model(tmp, args)
         result = {"params": params, "fp32_mb": params * 4 / 2**20, "ranks": args.ranks, "modes": {}}
         for mode in ("full_per_rank", "meta_broadcast"):
-            mp.start_processes(_rank, args=(args.ranks, _free_port(), tmp, mode, tmp), nprocs=args.ranks,
-                               start_method="spawn")
+            mp.start_processes(
+                _rank, args=(args.ranks, _free_port(), tmp, mode, tmp), nprocs=args.ranks, start_method="spawn"
+            )
             result["modes"][mode] = [json.loads(Path(tmp, f"{mode}-{r}.json").read_text()) for r in range(args.ranks)]
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"model: {result['params'] / 1e6:.1f}M parameters, {result['fp32_mb']:.0f} MB in fp32; "
-             f"{result['ranks']} gloo ranks",
-             "| setup | rank | RSS before (MB) | peak RSS (MB) | peak added (MB) | RSS after (MB) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"model: {result['params'] / 1e6:.1f}M parameters, {result['fp32_mb']:.0f} MB in fp32; "
+        f"{result['ranks']} gloo ranks",
+        "| setup | rank | RSS before (MB) | peak RSS (MB) | peak added (MB) | RSS after (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for mode, ranks in result["modes"].items():
         for r, m in enumerate(ranks):
-            lines.append(f"| {mode} | {r} | {m['before_mb']:.0f} | {m['peak_mb']:.0f} | {m['peak_mb'] - m['before_mb']:.0f} | "
-                         f"{m['after_mb']:.0f} |")
+            lines.append(
+                f"| {mode} | {r} | {m['before_mb']:.0f} | {m['peak_mb']:.0f} | {m['peak_mb'] - m['before_mb']:.0f} | "
+                f"{m['after_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 

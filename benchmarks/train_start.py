@@ -8,6 +8,7 @@ end-to-end tests whose subject is not Ray Train use the local mode for it (READM
 
 One local Ray cluster for every fit; the first fit of each mode also starts Ray Data's workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_DATA_USE_DATASOURCE_V2": "0", "HF_HUB_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false"}.items():
+for key, value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(key, value)
 
 
@@ -36,8 +41,9 @@ def main() -> None:
 
     model = str(build_tiny_models().llama)
     ray.init(include_dashboard=False, log_to_driver=False)
-    rows = ray.data.from_items([{"instruction": f"Say {i}.", "input": "", "response": f"The number {i}."}
-                                for i in range(12)])
+    rows = ray.data.from_items(
+        [{"instruction": f"Say {i}.", "input": "", "response": f"The number {i}."} for i in range(12)]
+    )
     seconds: dict[int, list[float]] = {1: [], 0: []}
     with tempfile.TemporaryDirectory(prefix="train-start-") as tmp:
         for workers in seconds:

@@ -11,6 +11,7 @@ overhead ratio. `mfu` mode runs `lion_distill.train.step` bare (FSDP2 over a one
 process group, or every rank under torchrun) on random tokens: MFU = 6 * params *
 tokens/s / peak FLOPs. Writes JSON to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ from lion_distill.train import step as S
 
 
 def synthetic_rows(n: int) -> list[dict]:
-    return [{"instruction": f"Write the numbers from {i} to {i + 5}.", "input": "" if i % 3 else "as words",
-             "response": " ".join(str(i + k) for k in range(6))} for i in range(n)]
+    return [
+        {
+            "instruction": f"Write the numbers from {i} to {i + 5}.",
+            "input": "" if i % 3 else "as words",
+            "response": " ".join(str(i + k) for k in range(6)),
+        }
+        for i in range(n)
+    ]
 
 
 def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
@@ -46,7 +53,7 @@ def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     for _ in range(cfg.epochs):
         for i in range(0, len(rows), cfg.batch_size):
-            batch = B.collate_causal({k: v[i:i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
+            batch = B.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
             S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
             S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             samples += batch["input_ids"].shape[0]
@@ -69,27 +76,43 @@ def ray_mode(args) -> dict:
 
         model_path = str(build_student(STUDENT_LAYERS))
         answers = Path(__file__).resolve().parent.parent / "data" / "smol" / "teacher_answers.jsonl"
-        rows = [json.loads(line) for line in answers.read_text().splitlines()][:args.rows]
+        rows = [json.loads(line) for line in answers.read_text().splitlines()][: args.rows]
         model_desc = f"SmolLM2-135M-Instruct, {STUDENT_LAYERS} of 30 layers kept (lion_distill.smol)"
     else:
         model_path = str(build_tiny_models().llama)
         rows = synthetic_rows(args.rows)
         model_desc = "tiny LLaMA (2 layers, 128 wide)"
-    cfg = TrainConfig(num_workers=2, batch_size=args.batch_size, epochs=args.epochs, learning_rate=1e-3,
-                      max_length=128 if args.model == "tiny" else 384, checkpoint_every_steps=10_000)
+    cfg = TrainConfig(
+        num_workers=2,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        learning_rate=1e-3,
+        max_length=128 if args.model == "tiny" else 384,
+        checkpoint_every_steps=10_000,
+    )
     plain = plain_loop(model_path, rows, cfg)
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 << 20, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as tmp:
         rec = train_causal_sft(cfg, model_path, ray.data.from_items(rows), f"{tmp}/student", name="bench").record
     ray.shutdown()
-    fsdp = {"samples_per_s": rec.extra["samples_per_s"], "tokens_per_s": rec.extra["tokens_per_s"],
-            "loop_s": rec.rows / rec.extra["samples_per_s"], "end_to_end_s": rec.seconds,
-            "samples_per_s_end_to_end": rec.rows / rec.seconds}
-    return {"model": model_desc, "rows": len(rows), "epochs": args.epochs,
-            "batch_size_per_worker": args.batch_size, "plain_torch_1_process": plain, "ray_train_fsdp2_2_workers": fsdp,
-            "loop_ratio_ray_over_plain": fsdp["samples_per_s"] / plain["samples_per_s"],
-            "end_to_end_ratio_ray_over_plain": fsdp["samples_per_s_end_to_end"] / plain["samples_per_s"]}
+    fsdp = {
+        "samples_per_s": rec.extra["samples_per_s"],
+        "tokens_per_s": rec.extra["tokens_per_s"],
+        "loop_s": rec.rows / rec.extra["samples_per_s"],
+        "end_to_end_s": rec.seconds,
+        "samples_per_s_end_to_end": rec.rows / rec.seconds,
+    }
+    return {
+        "model": model_desc,
+        "rows": len(rows),
+        "epochs": args.epochs,
+        "batch_size_per_worker": args.batch_size,
+        "plain_torch_1_process": plain,
+        "ray_train_fsdp2_2_workers": fsdp,
+        "loop_ratio_ray_over_plain": fsdp["samples_per_s"] / plain["samples_per_s"],
+        "end_to_end_ratio_ray_over_plain": fsdp["samples_per_s_end_to_end"] / plain["samples_per_s"],
+    }
 
 
 def mfu_mode(args) -> dict:
@@ -106,9 +129,15 @@ def mfu_mode(args) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
-    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                         vocab_size=args.vocab, max_position_embeddings=args.seq_len)
+    config = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        vocab_size=args.vocab,
+        max_position_embeddings=args.seq_len,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     params = S.parameter_count(model)
@@ -130,29 +159,43 @@ def mfu_mode(args) -> dict:
     world = dist.get_world_size()
     tokens_per_s = args.steps * args.batch_size * args.seq_len * world / seconds
     dist.destroy_process_group()
-    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "ranks": world,
-            "params": params, "seq_len": args.seq_len, "batch_size_per_rank": args.batch_size, "steps": args.steps,
-            "tokens_per_s": tokens_per_s, "samples_per_s": tokens_per_s / args.seq_len,
-            "peak_flops_per_rank": args.peak_flops, "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world)}
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "ranks": world,
+        "params": params,
+        "seq_len": args.seq_len,
+        "batch_size_per_rank": args.batch_size,
+        "steps": args.steps,
+        "tokens_per_s": tokens_per_s,
+        "samples_per_s": tokens_per_s / args.seq_len,
+        "peak_flops_per_rank": args.peak_flops,
+        "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world),
+    }
 
 
 def table(result: dict) -> str:
     if "mfu" in result:
-        return (f"| device | ranks | params | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |\n"
-                f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | {result['mfu']:.2%} |")
+        return (
+            f"| device | ranks | params | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |\n"
+            f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | {result['mfu']:.2%} |"
+        )
     p, r = result["plain_torch_1_process"], result["ray_train_fsdp2_2_workers"]
-    return ("| path | samples/s | tokens/s | x plain |\n| --- | ---: | ---: | ---: |\n"
-            f"| plain torch loop, 1 process | {p['samples_per_s']:.1f} | {p['tokens_per_s']:,.0f} | 1.00 |\n"
-            f"| Ray Train + FSDP2, 2 workers (loop) | {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {result['loop_ratio_ray_over_plain']:.2f} |\n"
-            f"| Ray Train + FSDP2, 2 workers (end to end, {r['end_to_end_s']:.0f} s) | {r['samples_per_s_end_to_end']:.1f} | | "
-            f"{result['end_to_end_ratio_ray_over_plain']:.2f} |")
+    return (
+        "| path | samples/s | tokens/s | x plain |\n| --- | ---: | ---: | ---: |\n"
+        f"| plain torch loop, 1 process | {p['samples_per_s']:.1f} | {p['tokens_per_s']:,.0f} | 1.00 |\n"
+        f"| Ray Train + FSDP2, 2 workers (loop) | {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {result['loop_ratio_ray_over_plain']:.2f} |\n"
+        f"| Ray Train + FSDP2, 2 workers (end to end, {r['end_to_end_s']:.0f} s) | {r['samples_per_s_end_to_end']:.1f} | | "
+        f"{result['end_to_end_ratio_ray_over_plain']:.2f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["ray", "mfu"], default="ray")
     ap.add_argument("--out", default="benchmarks/out/training.json")
-    ap.add_argument("--rows", type=int, default=256, help="ray mode: synthetic instructions (smol: teacher answers, at most 64)")
+    ap.add_argument(
+        "--rows", type=int, default=256, help="ray mode: synthetic instructions (smol: teacher answers, at most 64)"
+    )
     ap.add_argument("--model", choices=["tiny", "smol"], default="tiny", help="ray mode: the model trained")
     ap.add_argument("--epochs", type=int, default=2, help="ray mode")
     ap.add_argument("--batch-size", type=int, default=8, help="per worker / rank")

@@ -6,6 +6,7 @@
 
 Run again with the same run_dir to resume after the last completed stage.
 """
+
 import sys
 from pathlib import Path
 

@@ -1,8 +1,9 @@
 """Distilling step-by-step, end to end (see lion_distill/step_by_step/job.py).
 
-    python jobs/step_by_step.py --config configs/step-by-step-demo.yaml [--set fractions=[1.0] ...]
-    ray job submit --working-dir . -- python jobs/step_by_step.py --config configs/step-by-step-cqa.yaml
+python jobs/step_by_step.py --config configs/step-by-step-demo.yaml [--set fractions=[1.0] ...]
+ray job submit --working-dir . -- python jobs/step_by_step.py --config configs/step-by-step-cqa.yaml
 """
+
 import sys
 from pathlib import Path
 

@@ -18,6 +18,7 @@ and lists the rest as notes), joins or starts Ray, checks the cluster's GPUs and
 run directory's lock (lion_distill.joblock: one job per run directory), runs the job and exits 0 when
 its state says done.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,21 @@ PLANS = {
 
 
 def _parser(job: str, doc: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"jobs/{job}.py", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"jobs/{job}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config field")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray Data's per-operator progress and the workers' logs (default: one line per stage)")
-    parser.add_argument("--plan", action="store_true",
-                        help="print what the run will cost per stage and write run_dir/plan.json; start nothing, send nothing")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray Data's per-operator progress and the workers' logs (default: one line per stage)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the run will cost per stage and write run_dir/plan.json; start nothing, send nothing",
+    )
     return parser
 
 
@@ -92,6 +100,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class _Stderr(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a line is logged (a test harness swaps it)."""
+
     stream = property(lambda self: sys.stderr, lambda self, value: None)
 
 
@@ -121,8 +130,7 @@ def init_ray(verbose: bool) -> None:
         # A fresh local cluster, never one some earlier `ray start` left on the machine.
         # Logical CPUs above the physical ones, so a vLLM actor's CPU bundle and the
         # Ray Data stages around it can be scheduled together on a small machine.
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=verbose)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=verbose)
     if not verbose:
         # Every stage logs one line with its figures; Ray Data's operator bars and plan
         # logs add about a thousand lines to a demo run.
@@ -135,10 +143,16 @@ def export(argv: list[str]) -> int:
     """`lion-distill export RUN_DIR --to DIR`: lion_distill.lion.export."""
     from lion_distill.lion.export import export_run
 
-    parser = argparse.ArgumentParser(prog="lion-distill export", description="a Lion run's data as Hugging Face datasets")
+    parser = argparse.ArgumentParser(
+        prog="lion-distill export", description="a Lion run's data as Hugging Face datasets"
+    )
     parser.add_argument("run_dir", help="a Lion run directory (local path or pyarrow filesystem URI)")
-    parser.add_argument("--to", required=True, help="the folder to write: iter_<k>/ (save_to_disk) and README.md (the card)")
-    parser.add_argument("--push-to-hub", metavar="NAME", help="also push to this hub dataset repository (HF_TOKEN or `hf auth login`)")
+    parser.add_argument(
+        "--to", required=True, help="the folder to write: iter_<k>/ (save_to_disk) and README.md (the card)"
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="NAME", help="also push to this hub dataset repository (HF_TOKEN or `hf auth login`)"
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:
         from lion_distill.data.__main__ import main as data_main
+
         return data_main(argv)
     if argv[:1] == ["export"]:
         return export(argv[1:])
@@ -167,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0].replace("-", "_") if argv else ""
     if name not in JOBS:
         jobs = "|".join(j.replace("_", "-") for j in JOBS)
-        print(f"usage: lion-distill {{{jobs}}} --config FILE [--set KEY=VALUE ...] [--plan]\n"
-              f"       lion-distill plan {{{jobs}}} --config FILE ...\n"
-              "       lion-distill inspect FILE... [--field instruction=FIELD]\n"
-              "       lion-distill export RUN_DIR --to DIR [--push-to-hub NAME]", file=sys.stderr)
+        print(
+            f"usage: lion-distill {{{jobs}}} --config FILE [--set KEY=VALUE ...] [--plan]\n"
+            f"       lion-distill plan {{{jobs}}} --config FILE ...\n"
+            "       lion-distill inspect FILE... [--field instruction=FIELD]\n"
+            "       lion-distill export RUN_DIR --to DIR [--push-to-hub NAME]",
+            file=sys.stderr,
+        )
         return 2
     job = importlib.import_module(JOBS[name])
     args = _parser(name, job.__doc__).parse_args(argv[1:])

@@ -10,6 +10,7 @@ record `ray job status` and `ray list jobs` read, never by a failed call to an a
 a call fails for a moment when the network or the actor's node is busy (ActorUnavailableError),
 and reading that as the job's death deleted a live job's engines.
 """
+
 from __future__ import annotations
 
 

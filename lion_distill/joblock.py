@@ -9,6 +9,7 @@ that holds the lock. A lock whose job is no longer running is stale and is taken
 driver's process is gone (same host), its cluster was restarted (same address, new session), or
 the cluster's job table says the job has ended.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,16 @@ def this_job() -> dict:
     import ray
 
     ctx = ray.get_runtime_context()
-    return {"job_id": ctx.get_job_id(), "submission_id": os.environ.get("RAY_JOB_SUBMISSION_ID"),
-            "host": socket.gethostname(), "pid": os.getpid(), "address": ctx.gcs_address,
-            "session": ray._private.worker.global_worker.node.session_name,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex}
+    return {
+        "job_id": ctx.get_job_id(),
+        "submission_id": os.environ.get("RAY_JOB_SUBMISSION_ID"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "address": ctx.gcs_address,
+        "session": ray._private.worker.global_worker.node.session_name,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def _pid_alive(pid: int) -> bool:
@@ -56,8 +63,9 @@ def _job_alive(job_id: str) -> bool:
     return any(j["JobID"] == job_id and not j["IsDead"] for j in ray._private.state.jobs())
 
 
-def still_running(holder: dict, me: dict, job_alive: Callable[[str], bool] = _job_alive,
-                  pid_alive: Callable[[int], bool] = _pid_alive) -> bool:
+def still_running(
+    holder: dict, me: dict, job_alive: Callable[[str], bool] = _job_alive, pid_alive: Callable[[int], bool] = _pid_alive
+) -> bool:
     """Whether the job a lock names may still be running, as far as this driver can tell."""
     if holder.get("host") == me["host"]:
         return pid_alive(holder.get("pid", -1))
@@ -70,8 +78,10 @@ def still_running(holder: dict, me: dict, job_alive: Callable[[str], bool] = _jo
 
 def describe(holder: dict) -> str:
     submitted = f", submission {holder['submission_id']}" if holder.get("submission_id") else ""
-    return (f"job {holder.get('job_id')}{submitted} (host {holder.get('host')}, pid {holder.get('pid')}, "
-            f"started {holder.get('started')})")
+    return (
+        f"job {holder.get('job_id')}{submitted} (host {holder.get('host')}, pid {holder.get('pid')}, "
+        f"started {holder.get('started')})"
+    )
 
 
 def _create(run: RunDir, me: dict) -> bool:
@@ -102,8 +112,10 @@ def acquire(run: RunDir, me: dict, **probes) -> None:
         except ValueError:  # half written by a job killed while writing it
             holder = {}
         if holder and still_running(holder, me, **probes):
-            raise RunDirBusy(f"{run.uri} is in use by {describe(holder)}: wait for it to end, or stop it; "
-                             f"if it is gone, delete {run.path(LOCK)}")
+            raise RunDirBusy(
+                f"{run.uri} is in use by {describe(holder)}: wait for it to end, or stop it; "
+                f"if it is gone, delete {run.path(LOCK)}"
+            )
         run.fs.delete_file(run.path(LOCK))
     raise RunDirBusy(f"{run.uri}: could not take {LOCK} (other jobs keep taking it)")
 

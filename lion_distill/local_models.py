@@ -2,6 +2,7 @@
 `tiny://llama` and `tiny://t5` (lion_distill.tiny: random, for plumbing) and `smol://instruct` and
 `smol://student?layers=N` (lion_distill.smol: the real small model, for what depends on what a model
 says). A job resolves them as it loads its config, so any config (the demos') can name them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,7 @@ def resolve_local_models(cfg, tiny_cache: str | Path = DEFAULT_CACHE):
         if isinstance(node, list):
             return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
         if isinstance(node, str) and node.startswith(TINY_SCHEME):
-            kind = node[len(TINY_SCHEME):]
+            kind = node[len(TINY_SCHEME) :]
             if kind not in ("llama", "t5"):
                 raise ValueError(f"{where}: unknown tiny model {node!r}; expected tiny://llama or tiny://t5")
             named.append(kind)

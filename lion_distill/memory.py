@@ -11,6 +11,7 @@ transient copies (an answer table put in the pool's order, a file's pages while 
 do not add up to its peak: 0.19 GB less at the peak of one Lion iteration over 1M instructions,
 in the same time (benchmarks/RESULTS.md). ARROW_DEFAULT_MEMORY_POOL, where set, is left to decide.
 """
+
 from __future__ import annotations
 
 import ctypes

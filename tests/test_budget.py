@@ -1,5 +1,6 @@
 """A role's budget_usd is the run's: across stages, iterations and resumed jobs, held to the
 spend log that every API actor writes as its requests complete."""
+
 import pytest
 
 from lion_distill.data.rundir import RunDir
@@ -29,7 +30,9 @@ def test_the_spend_log_is_summed_incrementally(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
     opened = []
     real_read = ledger._read_part
-    monkeypatch.setattr(ledger, "_read_part", lambda rd, path: opened.append(path.rsplit("/", 1)[1]) or real_read(rd, path))
+    monkeypatch.setattr(
+        ledger, "_read_part", lambda rd, path: opened.append(path.rsplit("/", 1)[1]) or real_read(rd, path)
+    )
     a = SpendLog(run, role="teacher", stage="s1", every_s=0.0)
     b = SpendLog(run, role="referee", stage="s2", every_s=0.0)
     for _ in range(3):
@@ -41,11 +44,19 @@ def test_the_spend_log_is_summed_incrementally(tmp_path, monkeypatch):
     a.add(retries=1, failed=False, prompt_tokens=2, completion_tokens=2, cost_usd=0.25)
     (line,) = [ln for ln in read_spend(run) if ln["role"] == "teacher"]
     assert opened == [f"{a.writer}-000003.jsonl"]  # only the new part
-    assert (line["stage"], line["requests"], line["retries"], line["prompt_tokens"], line["cost_usd"]) == ("s1", 4, 1, 5, 0.625)
+    assert (line["stage"], line["requests"], line["retries"], line["prompt_tokens"], line["cost_usd"]) == (
+        "s1",
+        4,
+        1,
+        5,
+        0.625,
+    )
     # A part after a gap in its writer's seqs (seen before the one before it) is counted, not folded yet.
     gap = run.local_path("llm_cache/spend") / f"{b.writer}-000002.jsonl"
-    gap.write_text('{"role": "referee", "stage": "s2", "requests": 1, "retries": 0, "failed": 0, '
-                   '"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.5}\n')
+    gap.write_text(
+        '{"role": "referee", "stage": "s2", "requests": 1, "retries": 0, "failed": 0, '
+        '"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.5}\n'
+    )
     assert spent_by_role(run)["referee"] == 0.5 and spent_by_role(run)["referee"] == 0.5
     b.add(retries=0, failed=False, prompt_tokens=1, completion_tokens=1, cost_usd=0.25)  # seq 1 fills the gap
     assert spent_by_role(run) == {"teacher": 0.625, "referee": 0.75}
@@ -63,6 +74,7 @@ def test_a_gate_job_keeps_its_spend_across_stages_and_starts_from_the_log_after_
     grant = gate.lease("run-1", 1, 10, 0.4, 1, 10, 0.4, 1.0, now=0.0)
     assert not grant.refused
     from lion_distill.llm.ratelimit import Report
+
     gate.release("run-1", Report(usd_spent=0.4), now=0.1)
     gate.begin("run-1", budget_usd=1.0, spent_usd=0.3)  # the next stage: the gate counted more than the log
     assert gate.spent("run-1") == pytest.approx(0.4)
@@ -84,23 +96,35 @@ def test_several_stages_and_a_resumed_job_stay_within_one_budget(ray_cluster, tm
     from tests.fixtures.fault_server import FaultServer
 
     def rows(tag):
-        return ray.data.from_items([{"id": f"{tag}{i}", "instruction": f"Budget {tag} {i}", "input": ""} for i in range(8)])
+        return ray.data.from_items(
+            [{"id": f"{tag}{i}", "instruction": f"Budget {tag} {i}", "input": ""} for i in range(8)]
+        )
 
     run = RunDir(tmp_path / "run")
     with FaultServer(latency_s=0.01) as server:
         # About $0.012 a request (4 prompt + 8 completion tokens at $1/1k); $0.15 buys about 12 of 24.
-        role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(max_tokens=8),
-                          parallelism=Parallelism(replicas=1, batch_size=4),
-                          openai=OpenAIEndpoint(base_url=server.base_url, price_per_1k_prompt_tokens=1.0,
-                                                price_per_1k_completion_tokens=1.0, budget_usd=0.15,
-                                                max_concurrent_requests=2))
+        role = RoleConfig(
+            backend="openai",
+            model="fake",
+            sampling=SamplingParams(max_tokens=8),
+            parallelism=Parallelism(replicas=1, batch_size=4),
+            openai=OpenAIEndpoint(
+                base_url=server.base_url,
+                price_per_1k_prompt_tokens=1.0,
+                price_per_1k_completion_tokens=1.0,
+                budget_usd=0.15,
+                max_concurrent_requests=2,
+            ),
+        )
         records = []
         for stage in ("iter_0/a", "iter_0/b"):
-            records.append(generate(role, rows(stage[-1]), instruction_messages, stage=stage, role_name="teacher",
-                                    run_dir=run)[1])
+            records.append(
+                generate(role, rows(stage[-1]), instruction_messages, stage=stage, role_name="teacher", run_dir=run)[1]
+            )
         ray.kill(ray.get_actor(gate_name(role.openai, role.model), namespace=NAMESPACE))  # a new job, a new gate
-        records.append(generate(role, rows("c"), instruction_messages, stage="iter_1/a", role_name="teacher",
-                                run_dir=run)[1])
+        records.append(
+            generate(role, rows("c"), instruction_messages, stage="iter_1/a", role_name="teacher", run_dir=run)[1]
+        )
         charged = (server.usage["prompt_tokens"] + server.usage["completion_tokens"]) / 1000
     a, b, c = records
     assert a.failed_rows == 0 and b.failed_rows > 0  # the second stage ran into what the first had spent

@@ -8,6 +8,7 @@ typos, and run a job whose config exists and loads.
   cluster/schemas/), made strict: the CRD lets unknown keys through, and the API
   server drops them silently, so a typo would otherwise become a silent default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ def forbid_unknown_keys(schema):
     """Close every object schema that lists its properties and does not already allow
     more (`additionalProperties` or `x-kubernetes-preserve-unknown-fields`)."""
     if isinstance(schema, dict):
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for value in schema.values():
             forbid_unknown_keys(value)
@@ -64,7 +68,10 @@ def where(error: jsonschema.ValidationError) -> str:
 
 def rayjob_errors(manifest: dict) -> list[str]:
     validator = jsonschema.Draft7Validator(strict_rayjob_schema())
-    return [f"{where(e)}: {e.message}" for e in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.path)))]
+    return [
+        f"{where(e)}: {e.message}"
+        for e in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.path)))
+    ]
 
 
 def launcher_error(cfg: dict) -> str | None:
@@ -97,11 +104,17 @@ def dockerfile() -> dict:
     """What cluster/Dockerfile says (docker cannot build here: the checks are textual)."""
     text = DOCKERFILE.read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
-    return {"text": text, "base": args.get("RAY_LLM_IMAGE"), "from": re.findall(r"^FROM (\S+)", text, re.M),
-            "workdir": re.findall(r"^WORKDIR (\S+)", text, re.M), "tag": re.search(r"docker build .* -t (\S+) \.", text)[1]}
+    return {
+        "text": text,
+        "base": args.get("RAY_LLM_IMAGE"),
+        "from": re.findall(r"^FROM (\S+)", text, re.M),
+        "workdir": re.findall(r"^WORKDIR (\S+)", text, re.M),
+        "tag": re.search(r"docker build .* -t (\S+) \.", text)[1],
+    }
 
 
 # --- the launcher YAML ---------------------------------------------------------
+
 
 def test_launcher_config_validates_with_rays_schema():
     cfg = load_yaml(LAUNCHER)
@@ -119,11 +132,18 @@ def test_launcher_job_config_exists_and_loads():
     assert cfg.teacher.backend == "openai"
 
 
-@pytest.mark.parametrize("mutate, path, says", [
-    (lambda c: c["docker"].update(imagee="x"), "docker", "'imagee' was unexpected"),
-    (lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="two"),
-     "available_node_types.gpu_worker.max_workers", "is not of type 'integer'"),
-], ids=["typo", "wrong-type"])
+@pytest.mark.parametrize(
+    "mutate, path, says",
+    [
+        (lambda c: c["docker"].update(imagee="x"), "docker", "'imagee' was unexpected"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="two"),
+            "available_node_types.gpu_worker.max_workers",
+            "is not of type 'integer'",
+        ),
+    ],
+    ids=["typo", "wrong-type"],
+)
 def test_launcher_config_rejects_mistakes(mutate, path, says):
     cfg = load_yaml(LAUNCHER)
     mutate(cfg)
@@ -147,8 +167,10 @@ def docker_env(run_options: list[str]) -> dict[str, str]:
 
 def on_shared_storage(path: str, mounts: dict[str, str]) -> bool:
     """`path` (in a container) is on the filesystem every host mounts at SHARED."""
-    return any((path == c or path.startswith(c.rstrip("/") + "/")) and (h == SHARED or h.startswith(SHARED + "/"))
-               for c, h in mounts.items())
+    return any(
+        (path == c or path.startswith(c.rstrip("/") + "/")) and (h == SHARED or h.startswith(SHARED + "/"))
+        for c, h in mounts.items()
+    )
 
 
 def launcher_storage_problems(cfg: dict) -> list[str]:
@@ -166,13 +188,20 @@ def launcher_storage_problems(cfg: dict) -> list[str]:
         if "docker" in node:
             problems.append(f"available_node_types.{name}.docker: overrides the shared mounts")
     job = load_job_config(cfg["metadata"]["job_entrypoint"])
-    for field, path in (("run_dir", job.run_dir), ("student.model", job.student.model),
-                        ("HF_HOME", docker_env(options).get("HF_HOME", "~/.cache/huggingface"))):
+    for field, path in (
+        ("run_dir", job.run_dir),
+        ("student.model", job.student.model),
+        ("HF_HOME", docker_env(options).get("HF_HOME", "~/.cache/huggingface")),
+    ):
         if not on_shared_storage(path, mounts):
             problems.append(f"{field}: {path} is not on the shared filesystem in the containers")
     downloads = [(key, c) for key, v in cfg.items() if key.endswith("setup_commands") for c in v if "download" in c]
-    downloads += [(f"{name}.worker_setup_commands", c) for name, node in cfg["available_node_types"].items()
-                  for c in node.get("worker_setup_commands", ()) if "download" in c]
+    downloads += [
+        (f"{name}.worker_setup_commands", c)
+        for name, node in cfg["available_node_types"].items()
+        for c in node.get("worker_setup_commands", ())
+        if "download" in c
+    ]
     for key, command in downloads:
         target = re.search(r"--local-dir (\S+)", command)
         if key != "head_setup_commands" or not target or not on_shared_storage(target[1], mounts):
@@ -207,16 +236,28 @@ def _drop_option(prefix: str):
     return lambda c: c["docker"].update(run_options=[o for o in c["docker"]["run_options"] if not o.startswith(prefix)])
 
 
-@pytest.mark.parametrize("mutate, check, says", [
-    (_drop_option("-v /mnt/shared:"), launcher_storage_problems, "docker.run_options: the containers do not see"),
-    (_drop_option("-v /mnt/shared/runs:"), launcher_storage_problems, "run_dir: /runs/lion-7b is not on the shared"),
-    (lambda c: c.update(initialization_commands=[]), launcher_storage_problems, "initialization_commands: no host"),
-    (lambda c: c["available_node_types"]["gpu_worker"].update(worker_setup_commands=[
-        "hf download huggyllama/llama-7b --local-dir /models/llama-7b"]), launcher_storage_problems,
-     "gpu_worker.worker_setup_commands: 'hf download"),
-    (_drop_option("--env RAY_AUTH_MODE="), launcher_auth_problems, "RAY_AUTH_MODE=token is not set"),
-    (lambda c: c.update(file_mounts={}), launcher_auth_problems, "file_mounts: the token file"),
-], ids=["no-container-mount", "run-dir-not-shared", "no-host-mount", "worker-download", "no-token", "no-token-file"])
+@pytest.mark.parametrize(
+    "mutate, check, says",
+    [
+        (_drop_option("-v /mnt/shared:"), launcher_storage_problems, "docker.run_options: the containers do not see"),
+        (
+            _drop_option("-v /mnt/shared/runs:"),
+            launcher_storage_problems,
+            "run_dir: /runs/lion-7b is not on the shared",
+        ),
+        (lambda c: c.update(initialization_commands=[]), launcher_storage_problems, "initialization_commands: no host"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].update(
+                worker_setup_commands=["hf download huggyllama/llama-7b --local-dir /models/llama-7b"]
+            ),
+            launcher_storage_problems,
+            "gpu_worker.worker_setup_commands: 'hf download",
+        ),
+        (_drop_option("--env RAY_AUTH_MODE="), launcher_auth_problems, "RAY_AUTH_MODE=token is not set"),
+        (lambda c: c.update(file_mounts={}), launcher_auth_problems, "file_mounts: the token file"),
+    ],
+    ids=["no-container-mount", "run-dir-not-shared", "no-host-mount", "worker-download", "no-token", "no-token-file"],
+)
 def test_launcher_checks_catch_what_breaks_a_run(mutate, check, says):
     cfg = load_yaml(LAUNCHER)
     mutate(cfg)
@@ -227,10 +268,13 @@ def test_launcher_checks_catch_what_breaks_a_run(mutate, check, says):
 def test_readme_shows_how_to_submit_with_the_token():
     text = (ROOT / "cluster" / "README.md").read_text()
     assert "ray get-auth-token --generate" in text and "RAY_AUTH_MODE=token ray job submit" in text
-    assert "export RAY_AUTH_TOKEN=$(kubectl get secret" in text and "fs-YOUR-EFS-ID" in text and "mount -t lustre" in text
+    assert (
+        "export RAY_AUTH_TOKEN=$(kubectl get secret" in text and "fs-YOUR-EFS-ID" in text and "mount -t lustre" in text
+    )
 
 
 # --- the KubeRay RayJob --------------------------------------------------------
+
 
 def test_rayjob_validates_with_strict_crd_schema():
     manifest = load_yaml(RAYJOB)
@@ -248,12 +292,22 @@ def test_strict_schema_still_allows_free_form_maps():
     assert rayjob_errors(manifest) == []
 
 
-@pytest.mark.parametrize("mutate, path, says", [
-    (lambda s: s["rayClusterSpec"]["headGroupSpec"].update(rayStartParam={}),
-     "spec.rayClusterSpec.headGroupSpec", "'rayStartParam' was unexpected"),
-    (lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].update(maxReplicas="one"),
-     "spec.rayClusterSpec.workerGroupSpecs.0.maxReplicas", "is not of type 'integer'"),
-], ids=["typo", "wrong-type"])
+@pytest.mark.parametrize(
+    "mutate, path, says",
+    [
+        (
+            lambda s: s["rayClusterSpec"]["headGroupSpec"].update(rayStartParam={}),
+            "spec.rayClusterSpec.headGroupSpec",
+            "'rayStartParam' was unexpected",
+        ),
+        (
+            lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0].update(maxReplicas="one"),
+            "spec.rayClusterSpec.workerGroupSpecs.0.maxReplicas",
+            "is not of type 'integer'",
+        ),
+    ],
+    ids=["typo", "wrong-type"],
+)
 def test_rayjob_rejects_mistakes(mutate, path, says):
     manifest = load_yaml(RAYJOB)
     mutate(manifest["spec"])
@@ -273,8 +327,10 @@ def test_rayjob_requires_token_authentication():
 def test_rayjob_runs_a_config_that_fits_its_gpus():
     spec = load_yaml(RAYJOB)["spec"]
     cfg = load_job_config(spec["entrypoint"])
-    gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-               for g in spec["rayClusterSpec"]["workerGroupSpecs"])
+    gpus = sum(
+        g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+    )
     for name in cfg.ROLES:
         role = getattr(cfg, name)
         if role.backend == "vllm":
@@ -305,6 +361,7 @@ def test_rayjob_runtime_env_and_keys():
 
 
 # --- the image -----------------------------------------------------------------
+
 
 def test_dockerfile_builds_on_rays_llm_image_with_every_extra_a_node_runs():
     d = dockerfile()

@@ -30,10 +30,17 @@ def test_minimal_file_takes_paper_defaults(tmp_path):
 
 
 def test_overrides_keep_yaml_types_and_create_sections(tmp_path):
-    cfg = load_config(write(tmp_path, MINIMAL), [
-        "lion.tau=1.5", "teacher.sampling.max_tokens=64", "train.activation_checkpointing=true",
-        "lion.hard_easy_ratio=[2, 1]", "student.parallelism.tensor_parallel_size=4", "teacher.sampling.seed=null",
-    ])
+    cfg = load_config(
+        write(tmp_path, MINIMAL),
+        [
+            "lion.tau=1.5",
+            "teacher.sampling.max_tokens=64",
+            "train.activation_checkpointing=true",
+            "lion.hard_easy_ratio=[2, 1]",
+            "student.parallelism.tensor_parallel_size=4",
+            "teacher.sampling.seed=null",
+        ],
+    )
     assert cfg.lion.tau == 1.5 and cfg.teacher.sampling.max_tokens == 64
     assert cfg.train.activation_checkpointing is True and cfg.lion.hard_fraction == pytest.approx(2 / 3)
     assert cfg.student.parallelism.tensor_parallel_size == 4 and cfg.teacher.sampling.seed is None

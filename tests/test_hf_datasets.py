@@ -1,6 +1,7 @@
 """Hugging Face `datasets` in and out, without Ray: a `save_to_disk` folder and `load_dataset`
 sources (json, parquet, csv) as seed pools with located rejects; a run directory exported as
 one DatasetDict per iteration with its card, read back with `datasets.load_from_disk`."""
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,15 @@ def test_a_datasets_folder_is_a_pool_with_the_same_reject_accounting(tmp_path):
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "plain"))
     pool, report = load_pool([tmp_path / "plain"])
     assert report.reconciles and (report.rows_in, report.rows_kept) == (4, 2)
-    assert report.examples == {"empty_instruction": [f"{tmp_path / 'plain'}:row 2"],
-                               "duplicate_id": [f"{tmp_path / 'plain'}:row 3 (same instruction and input as "
-                                                f"{tmp_path / 'plain'}:row 0)"]}
+    assert report.examples == {
+        "empty_instruction": [f"{tmp_path / 'plain'}:row 2"],
+        "duplicate_id": [f"{tmp_path / 'plain'}:row 3 (same instruction and input as {tmp_path / 'plain'}:row 0)"],
+    }
     assert pool.column("input").to_pylist() == ["", "Ray runs tasks on a cluster."]
     # A DatasetDict's train split; conversations as in files.
-    datasets.DatasetDict({"train": datasets.Dataset.from_list([CHAT]), "test": datasets.Dataset.from_list([CHAT])}
-                         ).save_to_disk(str(tmp_path / "dict"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list([CHAT]), "test": datasets.Dataset.from_list([CHAT])}
+    ).save_to_disk(str(tmp_path / "dict"))
     pool, _ = load_pool([tmp_path / "dict"])
     assert pool.to_pylist()[0]["system"] == "Be terse." and pool.to_pylist()[0]["instruction"] == "Hi?"
     (tmp_path / "empty").mkdir()
@@ -71,32 +74,73 @@ def test_load_dataset_sources_json_parquet_csv_are_pools(tmp_path):
 def _run_dir(tmp_path, key_value: str) -> RunDir:
     """A finished one-iteration Lion run directory, written by hand."""
     run = RunDir(str(tmp_path / "run"))
-    pool = pool_table([{"instruction": "Name a colour."}, {"instruction": "Another?", "system": "Be terse.",
-                        "history": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]}])
+    pool = pool_table(
+        [
+            {"instruction": "Name a colour."},
+            {
+                "instruction": "Another?",
+                "system": "Be terse.",
+                "history": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}],
+            },
+        ]
+    )
     ids = pool.column("id").to_pylist()
     write_pool(run, rel(0, "train_pool.parquet"), pool)
     write_pool(run, rel(0, "cache_pool.parquet"), pool)
     first_turn = pool_table([{"instruction": "Name a colour.", "system": "Be terse."}]).column("id")[0].as_py()
-    write_responses(run, rel(0, "imitation", "teacher_responses.parquet"),
-                    [{"id": i, "role": "teacher", **response_row(t, "stop", 1, 1)} for i, t in zip(ids, ["Blue.", "Green."])])
-    write_responses(run, rel(0, "imitation", "teacher_turns.parquet"),
-                    [{"id": first_turn, "role": "teacher", **response_row("Red!", "stop", 1, 1)}])
+    write_responses(
+        run,
+        rel(0, "imitation", "teacher_responses.parquet"),
+        [{"id": i, "role": "teacher", **response_row(t, "stop", 1, 1)} for i, t in zip(ids, ["Blue.", "Green."])],
+    )
+    write_responses(
+        run,
+        rel(0, "imitation", "teacher_turns.parquet"),
+        [{"id": first_turn, "role": "teacher", **response_row("Red!", "stop", 1, 1)}],
+    )
     for role, texts in (("teacher", ["Blue.", "Green."]), ("student", ["b", ""])):
-        write_responses(run, rel(0, "discrimination", f"{role}_responses.parquet"),
-                        [{"id": i, "role": role, **response_row(t, "stop", 1, 1)} for i, t in zip(ids, texts)])
-    judgments = [{**dict.fromkeys(JUDGMENT_SCHEMA.names), "id": ids[0], "teacher_score": 8.0, "student_score": 3.0,
-                  "gap": 5.0, "hard": True, "status": "ok"},
-                 {**dict.fromkeys(JUDGMENT_SCHEMA.names), "id": ids[1], "status": "failed: unparseable"}]
-    run.write_table(rel(0, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
+        write_responses(
+            run,
+            rel(0, "discrimination", f"{role}_responses.parquet"),
+            [{"id": i, "role": role, **response_row(t, "stop", 1, 1)} for i, t in zip(ids, texts)],
+        )
+    judgments = [
+        {
+            **dict.fromkeys(JUDGMENT_SCHEMA.names),
+            "id": ids[0],
+            "teacher_score": 8.0,
+            "student_score": 3.0,
+            "gap": 5.0,
+            "hard": True,
+            "status": "ok",
+        },
+        {**dict.fromkeys(JUDGMENT_SCHEMA.names), "id": ids[1], "status": "failed: unparseable"},
+    ]
+    run.write_table(
+        rel(0, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA)
+    )
     new = pool_table([{"instruction": "Name a rare colour.", "origin": "hard", "parent_id": ids[0], "iteration": 1}])
     write_pool(run, rel(0, "generation", "new_instructions.parquet"), new)
     run.write_json(rel(0, "metrics.json"), {"generation_rejects/too similar": 2})
     write_pool(run, rel(1, "train_pool.parquet"), new)
-    run.write_json("data_report.json", {"rows_in": 3, "rows_kept": 2, "rows_rejected": 1, "rejects": {"empty_instruction": 1}})
+    run.write_json(
+        "data_report.json", {"rows_in": 3, "rows_kept": 2, "rows_rejected": 1, "rejects": {"empty_instruction": 1}}
+    )
     run.write_json("state.json", {"done": True})
-    run.write_json("config.json", {"name": "card-test", "teacher": {"backend": "openai", "model": "gpt-x",
-                   "openai": {"api_key_env": "MY_KEY", "api_key": key_value}}, "referee": {"backend": "vllm", "model": "r"},
-                   "generator": {"backend": "vllm", "model": "g"}, "student": {"backend": "hf", "model": "s"}})
+    run.write_json(
+        "config.json",
+        {
+            "name": "card-test",
+            "teacher": {
+                "backend": "openai",
+                "model": "gpt-x",
+                "openai": {"api_key_env": "MY_KEY", "api_key": key_value},
+            },
+            "referee": {"backend": "vllm", "model": "r"},
+            "generator": {"backend": "vllm", "model": "g"},
+            "student": {"backend": "hf", "model": "s"},
+        },
+    )
     assert RESPONSE_SCHEMA.names[0] == "id"
     return run
 
@@ -110,8 +154,17 @@ def test_a_run_exports_as_datasets_folders_with_a_card(tmp_path, capsys):
     assert sorted(it0) == ["discrimination", "generation", "imitation"]
     imitation = it0["imitation"].to_list()
     assert [r["teacher_answer"] for r in imitation] == ["Blue.", "Green."]
-    assert imitation[0]["messages"] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
-    assert [m["content"] for m in imitation[1]["messages"]] == ["Be terse.", "Name a colour.", "Red!", "Another?", "Green."]
+    assert imitation[0]["messages"] == [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    assert [m["content"] for m in imitation[1]["messages"]] == [
+        "Be terse.",
+        "Name a colour.",
+        "Red!",
+        "Another?",
+        "Green.",
+    ]
     judged = it0["discrimination"].to_list()
     assert [(r["gap"], r["hard"]) for r in judged] == [(5.0, True), (None, None)]  # a failed review is no number
     assert judged[1]["student_answer"] == "" and judged[1]["status"].startswith("failed")
@@ -130,8 +183,13 @@ def test_a_run_without_conversations_exports_its_imitation(tmp_path):
     (tmp_path / "run" / "iter_0" / "imitation" / "teacher_turns.parquet").unlink()  # a pool of plain instructions
     export_run(run.uri, str(tmp_path / "out"))
     imitation = datasets.load_from_disk(str(tmp_path / "out" / "iter_0"))["imitation"].to_list()
-    assert imitation[0]["messages"] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
-    assert imitation[1]["teacher_answer"] == "Green." and imitation[1]["messages"] is None  # its first turn's answer is gone
+    assert imitation[0]["messages"] == [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    assert (
+        imitation[1]["teacher_answer"] == "Green." and imitation[1]["messages"] is None
+    )  # its first turn's answer is gone
 
 
 def test_a_split_written_a_slice_at_a_time_is_the_split_written_whole(tmp_path, monkeypatch):
@@ -160,7 +218,9 @@ def test_answers_in_any_order_export_as_answers_in_the_pools_order(tmp_path):
     path = rel(0, "discrimination", "student_responses.parquet")
     run.write_table(path, run.read_table(path).take([1, 0]))  # another order: looked up by id
     assert export_run(run.uri, str(tmp_path / "reversed")) == in_order
-    one, other = (datasets.load_from_disk(str(tmp_path / out / "iter_0"))["discrimination"] for out in ("in_order", "reversed"))
+    one, other = (
+        datasets.load_from_disk(str(tmp_path / out / "iter_0"))["discrimination"] for out in ("in_order", "reversed")
+    )
     assert other.to_list() == one.to_list() and [r["student_answer"] for r in one] == ["b", ""]
     # A file's batches end at its row groups: the slices are the pool's all the same.
     batches = [pa.array(range(n)) for n in (3, 1, 4)]
@@ -172,4 +232,6 @@ def test_answers_in_any_order_export_as_answers_in_the_pools_order(tmp_path):
 def test_a_hub_id_offline_is_one_line_naming_it():
     with pytest.raises(PoolFileError) as failed:
         load_pool([], sources=[{"path": "my-org/instructions-not-here", "split": "train"}])
-    assert str(failed.value).startswith("my-org/instructions-not-here: load_dataset failed: ") and "\n" not in str(failed.value)
+    assert str(failed.value).startswith("my-org/instructions-not-here: load_dataset failed: ") and "\n" not in str(
+        failed.value
+    )

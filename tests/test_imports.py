@@ -1,6 +1,7 @@
 """Imports run one way, down (docs/design.md, "Layers"): no module of `lion_distill` imports one that imports it
 back, directly or through others, counting the imports made inside functions, and only the
 composition roots read `lion_distill.plan`. Read from the source with `ast`: nothing is imported."""
+
 import ast
 from pathlib import Path
 
@@ -23,8 +24,10 @@ def import_graph(root: Path = REPO / "lion_distill") -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("lion_distill"):
                 # `from lion_distill.data import readers` imports a module; `from lion_distill.data import RunDir`, the package.
-                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                            for a in node.names}
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
             elif isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names if a.name.startswith("lion_distill")}
         graph[name] = {t for t in targets if t in modules and t != name}
@@ -70,6 +73,10 @@ def test_no_module_of_the_engine_imports_itself_back():
 
 def test_only_the_composition_roots_read_the_plan():
     graph = import_graph()
-    readers = {m for m, targets in graph.items() if not m.startswith("lion_distill.plan")
-               and any(t == "lion_distill.plan" or t.startswith("lion_distill.plan.") for t in targets)}
+    readers = {
+        m
+        for m, targets in graph.items()
+        if not m.startswith("lion_distill.plan")
+        and any(t == "lion_distill.plan" or t.startswith("lion_distill.plan.") for t in targets)
+    }
     assert readers <= PLAN_READERS, sorted(readers - PLAN_READERS)

@@ -1,5 +1,6 @@
 """One job per run directory: the lock's logic in milliseconds (its probes scripted), then a
 second real job refused on the session's cluster while the first holds the run directory."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def job(n: int, **fields) -> dict:
-    return {"job_id": f"0{n}000000", "submission_id": None, "host": "head", "pid": 100 + n, "address": "10.0.0.1:6379",
-            "session": "session_a", "started": "2026-12-02 07:00:00 UTC", "token": f"t{n}", **fields}
+    return {
+        "job_id": f"0{n}000000",
+        "submission_id": None,
+        "host": "head",
+        "pid": 100 + n,
+        "address": "10.0.0.1:6379",
+        "session": "session_a",
+        "started": "2026-12-02 07:00:00 UTC",
+        "token": f"t{n}",
+        **fields,
+    }
 
 
 def test_a_second_job_is_refused_with_a_line_naming_the_first(tmp_path):
@@ -27,7 +37,9 @@ def test_a_second_job_is_refused_with_a_line_naming_the_first(tmp_path):
     with pytest.raises(RunDirBusy) as busy:
         acquire(run, second, pid_alive=lambda pid: pid == first["pid"])
     line = str(busy.value)
-    assert "\n" not in line and "is in use by job 01000000 (host head, pid 101, started 2026-12-02 07:00:00 UTC)" in line
+    assert (
+        "\n" not in line and "is in use by job 01000000 (host head, pid 101, started 2026-12-02 07:00:00 UTC)" in line
+    )
     release(run, second)  # not its lock: left alone
     assert (tmp_path / "run" / LOCK).exists()
     release(run, first)
@@ -66,9 +78,20 @@ def test_a_resubmitted_job_refuses_while_the_first_runs(ray_cluster, tmp_path):
 
     run = tmp_path / "run"
     with job_lock(RunDir(run)) as me:
-        proc = subprocess.run([sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),
-                               f"--set=run_dir={run}"], env={**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address},
-                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "jobs" / "lion.py"),
+                "--config",
+                str(REPO / "configs" / "demo.yaml"),
+                f"--set=run_dir={run}",
+            ],
+            env={**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
         assert proc.returncode == 2, proc.stderr[-3000:]
         (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert f"is in use by job {me['job_id']}" in line and f"pid {os.getpid()}" in line

@@ -3,6 +3,7 @@ multi-turn conversations and a Hugging Face `datasets` folder of instructions, o
 session's Ray cluster and vLLM server. The run exports itself as `datasets` folders,
 read back with `datasets.load_from_disk`, and is tracked in TensorBoard event files, read back with
 TensorBoard's reader (the MLflow backend: test_lion_e2e.py)."""
+
 import json
 
 import datasets
@@ -12,22 +13,40 @@ from lion_distill.lion import loop
 from tests.test_lion_e2e import DEMO, KEY, KEY_ENV, check_run_dir, files_containing, overrides, table
 
 CONVERSATIONS = [
-    {"conversations": [{"from": "system", "value": "You are a patient science teacher."},
-                       {"from": "human", "value": "Why is the sky blue?"}, {"from": "gpt", "value": "Scattering."},
-                       {"from": "human", "value": "Why not violet, then?"}, {"from": "gpt", "value": "Our eyes."},
-                       {"from": "human", "value": "Explain it to a child in two sentences."}]},
-    {"conversations": [{"from": "human", "value": "Suggest a name for a bakery."}, {"from": "gpt", "value": "Crumbs."},
-                       {"from": "human", "value": "Make it sound French."}, {"from": "gpt", "value": "Les Miettes."}]},
-    {"conversations": [{"from": "system", "value": "Answer in one word."},
-                       {"from": "human", "value": "What colour is grass?"}, {"from": "gpt", "value": "Green."}]},
+    {
+        "conversations": [
+            {"from": "system", "value": "You are a patient science teacher."},
+            {"from": "human", "value": "Why is the sky blue?"},
+            {"from": "gpt", "value": "Scattering."},
+            {"from": "human", "value": "Why not violet, then?"},
+            {"from": "gpt", "value": "Our eyes."},
+            {"from": "human", "value": "Explain it to a child in two sentences."},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "Suggest a name for a bakery."},
+            {"from": "gpt", "value": "Crumbs."},
+            {"from": "human", "value": "Make it sound French."},
+            {"from": "gpt", "value": "Les Miettes."},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "system", "value": "Answer in one word."},
+            {"from": "human", "value": "What colour is grass?"},
+            {"from": "gpt", "value": "Green."},
+        ]
+    },
     {"conversations": [{"from": "human", "value": "Write a haiku about rain."}]},
     {"conversations": [{"from": "gpt", "value": "An assistant speaking first is rejected."}]},
 ]
 INSTRUCTIONS = [{"instruction": f"Give {n} tips for learning to cook.", "input": ""} for n in range(2, 8)]
 
 
-def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_datasets(ray_cluster, vllm_server,
-                                                                                         tmp_path, monkeypatch):
+def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_datasets(
+    ray_cluster, vllm_server, tmp_path, monkeypatch
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -35,12 +54,22 @@ def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_d
     datasets.Dataset.from_list(INSTRUCTIONS).save_to_disk(str(tmp_path / "instructions"))
     run = tmp_path / "run"
     sets = overrides(run, vllm_server, iterations=1, sample=100, new=4)
-    state = loop.run(loop.load(DEMO, sets + [f"data.pool_files=[{tmp_path / 'chats.json'},{tmp_path / 'instructions'}]",
-                                             "lion.final_imitation=false", "tracking.backend=tensorboard",
-                                             # In this process (Ray Train's local mode, the same loop): the curve
-                                             # from Ray Train's rank-0 worker is test_lion_e2e.py's (MLflow).
-                                             "train.num_workers=0",
-                                             "tracking.run_name=demo", "tracking.project=lion-e2e"]))
+    state = loop.run(
+        loop.load(
+            DEMO,
+            sets
+            + [
+                f"data.pool_files=[{tmp_path / 'chats.json'},{tmp_path / 'instructions'}]",
+                "lion.final_imitation=false",
+                "tracking.backend=tensorboard",
+                # In this process (Ray Train's local mode, the same loop): the curve
+                # from Ray Train's rank-0 worker is test_lion_e2e.py's (MLflow).
+                "train.num_workers=0",
+                "tracking.run_name=demo",
+                "tracking.project=lion-e2e",
+            ],
+        )
+    )
     assert state["done"]
     check_run_dir(run, iterations=1, final_imitation=False)
     report = json.loads((run / "data_report.json").read_text())
@@ -56,7 +85,10 @@ def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_d
 
     exported = datasets.load_from_disk(str(run / "datasets" / "iter_0"))
     assert {name: len(split) for name, split in exported.items()} == {
-        "imitation": 10, "discrimination": 10, "generation": len(table(run, "iter_0/generation/new_instructions.parquet"))}
+        "imitation": 10,
+        "discrimination": 10,
+        "generation": len(table(run, "iter_0/generation/new_instructions.parquet")),
+    }
     sky = next(r for r in exported["imitation"] if r["instruction"].startswith("Explain it to a child"))
     assert [m["role"] for m in sky["messages"]] == ["system"] + ["user", "assistant"] * 3
     assert sky["messages"][2]["content"] != "Scattering."  # the teacher's answer, not the file's
@@ -68,7 +100,9 @@ def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_d
     # Tracked: the iteration's summary at step 1, the training loop's loss at every optimizer step, the plots.
     events = EventAccumulator(str(run / "tensorboard" / "demo"), size_guidance={"images": 0}).Reload()
     steps = lambda scalars: {p.step: p.value for p in scalars}  # noqa: E731
-    assert steps(events.Scalars("summary/hard_fraction")) == {1: pytest.approx(state["summary"]["iter_0"]["hard_fraction"])}
+    assert steps(events.Scalars("summary/hard_fraction")) == {
+        1: pytest.approx(state["summary"]["iter_0"]["hard_fraction"])
+    }
     assert steps(events.Scalars("summary/new_instructions")) == {1: state["summary"]["iter_0"]["new_instructions"]}
     assert {"plots/hard_fraction_gap.png", "plots/stage_throughput.png"} <= set(events.Tags()["images"])
     curve = EventAccumulator(str(run / "tensorboard" / "demo" / "train" / "lion-demo-iter0-imitation")).Reload()

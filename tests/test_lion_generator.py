@@ -15,10 +15,18 @@ from lion_distill.lion.generator import (
 )
 
 
-@pytest.mark.parametrize("n,ratio,expected", [
-    (6000, (1.0, 1.0), (3000, 3000)), (7, (1.0, 1.0), (4, 3)), (5, (1.0, 1.0), (2, 3)), (10, (1.0, 3.0), (2, 8)),
-    (10, (2.0, 1.0), (7, 3)), (0, (1.0, 1.0), (0, 0)), (3, (1.0, 0.0), (3, 0)),
-])
+@pytest.mark.parametrize(
+    "n,ratio,expected",
+    [
+        (6000, (1.0, 1.0), (3000, 3000)),
+        (7, (1.0, 1.0), (4, 3)),
+        (5, (1.0, 1.0), (2, 3)),
+        (10, (1.0, 3.0), (2, 8)),
+        (10, (2.0, 1.0), (7, 3)),
+        (0, (1.0, 1.0), (0, 0)),
+        (3, (1.0, 0.0), (3, 0)),
+    ],
+)
 def test_quotas_split_exactly(n, ratio, expected):
     assert quotas(n, ratio) == expected and sum(expected) == n
 
@@ -32,18 +40,22 @@ def _judged(hard_ids, easy_ids, failed_ids=()):
     ok = [{"id": i, "status": "ok", "hard": True} for i in hard_ids]
     ok += [{"id": i, "status": "ok", "hard": False} for i in easy_ids]
     rows = ok + [{"id": i, "status": "failed: unparseable review", "hard": None} for i in failed_ids]
-    return pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("hard", pa.bool_())]))
+    return pa.Table.from_pylist(
+        rows, schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("hard", pa.bool_())])
+    )
 
 
 def _pool(ids):
-    return pool_table([{"instruction": f"instruction {i}", "input": "", "origin": "seed", "iteration": 0, "id": i}
-                       for i in ids])
+    return pool_table(
+        [{"instruction": f"instruction {i}", "input": "", "origin": "seed", "iteration": 0, "id": i} for i in ids]
+    )
 
 
 def test_sample_seeds_draws_each_kind_without_replacement_when_it_can():
     judgments = _judged(["h1", "h2", "h3"], ["e1", "e2", "e3", "e4"], ["f1"])
-    seeds, counts = sample_seeds(judgments, _pool(["h1", "h2", "h3", "e1", "e2", "e3", "e4", "f1"]), 2, 3,
-                                 np.random.default_rng(0))
+    seeds, counts = sample_seeds(
+        judgments, _pool(["h1", "h2", "h3", "e1", "e2", "e3", "e4", "f1"]), 2, 3, np.random.default_rng(0)
+    )
     assert counts == {"hard": 2, "easy": 3, "hard_from_easy": 0, "easy_from_hard": 0}
     hard = [s["id"] for s in seeds if s["kind"] == "hard"]
     easy = [s["id"] for s in seeds if s["kind"] == "easy"]
@@ -53,8 +65,9 @@ def test_sample_seeds_draws_each_kind_without_replacement_when_it_can():
 
 
 def test_sample_seeds_with_replacement_beyond_what_there_is():
-    seeds, counts = sample_seeds(_judged(["h1"], ["e1", "e2"]), _pool(["h1", "e1", "e2"]), 4, 5,
-                                 np.random.default_rng(1))
+    seeds, counts = sample_seeds(
+        _judged(["h1"], ["e1", "e2"]), _pool(["h1", "e1", "e2"]), 4, 5, np.random.default_rng(1)
+    )
     assert Counter(s["id"] for s in seeds if s["kind"] == "hard") == {"h1": 4}
     easy = Counter(s["id"] for s in seeds if s["kind"] == "easy")
     assert sum(easy.values()) == 5 and set(easy) == {"e1", "e2"}  # every easy one used before any repeats
@@ -77,7 +90,10 @@ def test_sample_seeds_is_reproducible():
 
 def test_sample_seeds_draws_the_same_seeds_whatever_the_judgments_order():
     # Discrimination writes judgments as the referee's reviews come back, not in the pool's order.
-    judgments, pool = _judged(["h1", "h2", "h3"], ["e1", "e2", "e3"], ["f1"]), _pool(["e3", "h1", "f1", "e1", "h2", "h3", "e2"])
+    judgments, pool = (
+        _judged(["h1", "h2", "h3"], ["e1", "e2", "e3"], ["f1"]),
+        _pool(["e3", "h1", "f1", "e1", "h2", "h3", "e2"]),
+    )
     shuffled = judgments.take(pa.array([4, 0, 6, 2, 5, 1, 3]))
     draw = lambda j: [s["id"] for s in sample_seeds(j, pool, 2, 2, np.random.default_rng(7))[0]]  # noqa: E731
     assert draw(shuffled) == draw(judgments)
@@ -92,41 +108,74 @@ def test_sample_seeds_reports_what_it_cannot_do():
 
 # Replies shaped like gpt-3.5-turbo's and llama-2-chat's to the generator prompt.
 GOOD_REPLIES = [
-    ("### Instruction:\nDescribe the water cycle in three sentences.\n### Input:\n<noinput>",
-     ("Describe the water cycle in three sentences.", "")),
-    ("### Instruction:\nSummarize the following paragraph in one sentence.\n### Input:\n"
-     "The Industrial Revolution began in Britain in the late 18th century.\n\n### Response:\nIt began in Britain.",
-     ("Summarize the following paragraph in one sentence.",
-      "The Industrial Revolution began in Britain in the late 18th century.")),
-    ("Sure! Here's a new instruction:\n\n### Instruction:\nClassify the following animals as mammals or reptiles.\n"
-     "### Input:\nDolphin, gecko, bat, tortoise\n\nI hope this helps!",
-     ("Classify the following animals as mammals or reptiles.", "Dolphin, gecko, bat, tortoise")),
-    ("  Sure, here is a new instruction in the same domain:\n\n**Instruction:** Translate the sentence into French."
-     "\n**Input:** I love reading books in the park.",
-     ("Translate the sentence into French.", "I love reading books in the park.")),
-    ('New instruction: "Explain how vaccines train the immune system to recognize pathogens."',
-     ("Explain how vaccines train the immune system to recognize pathogens.", "")),
-    ("1. Write a haiku about autumn leaves falling on a quiet pond.",
-     ("Write a haiku about autumn leaves falling on a quiet pond.", "")),
-    ('{"instruction": "List three industrial uses of graphene.", "input": ""}',
-     ("List three industrial uses of graphene.", "")),
-    ('{"instruction": "Fix the grammar in this sentence.", "input": "She go to school every days."}',
-     ("Fix the grammar in this sentence.", "She go to school every days.")),
-    ("```\n### Instruction:\nSort the numbers in ascending order.\n### Input:\n5, 2, 9, 1\n```",
-     ("Sort the numbers in ascending order.", "5, 2, 9, 1")),
-    ("### Instruction:\nName two rivers that flow through Germany.\n### Input:\nNone\n\n### Instruction:\n"
-     "Name three mountains in Peru.", ("Name two rivers that flow through Germany.", "")),
-    ("#Created Prompt#:\nDescribe the pollination strategy of the rarest orchid found in Borneo.",
-     ("Describe the pollination strategy of the rarest orchid found in Borneo.", "")),
-    ("### New Instruction:\nCompose a limerick about a cat who loves jazz.\n### Input:\nN/A",
-     ("Compose a limerick about a cat who loves jazz.", "")),
-    ("Compose a short bedtime story about a lighthouse keeper's dog.",
-     ("Compose a short bedtime story about a lighthouse keeper's dog.", "")),
+    (
+        "### Instruction:\nDescribe the water cycle in three sentences.\n### Input:\n<noinput>",
+        ("Describe the water cycle in three sentences.", ""),
+    ),
+    (
+        "### Instruction:\nSummarize the following paragraph in one sentence.\n### Input:\n"
+        "The Industrial Revolution began in Britain in the late 18th century.\n\n### Response:\nIt began in Britain.",
+        (
+            "Summarize the following paragraph in one sentence.",
+            "The Industrial Revolution began in Britain in the late 18th century.",
+        ),
+    ),
+    (
+        "Sure! Here's a new instruction:\n\n### Instruction:\nClassify the following animals as mammals or reptiles.\n"
+        "### Input:\nDolphin, gecko, bat, tortoise\n\nI hope this helps!",
+        ("Classify the following animals as mammals or reptiles.", "Dolphin, gecko, bat, tortoise"),
+    ),
+    (
+        "  Sure, here is a new instruction in the same domain:\n\n**Instruction:** Translate the sentence into French."
+        "\n**Input:** I love reading books in the park.",
+        ("Translate the sentence into French.", "I love reading books in the park."),
+    ),
+    (
+        'New instruction: "Explain how vaccines train the immune system to recognize pathogens."',
+        ("Explain how vaccines train the immune system to recognize pathogens.", ""),
+    ),
+    (
+        "1. Write a haiku about autumn leaves falling on a quiet pond.",
+        ("Write a haiku about autumn leaves falling on a quiet pond.", ""),
+    ),
+    (
+        '{"instruction": "List three industrial uses of graphene.", "input": ""}',
+        ("List three industrial uses of graphene.", ""),
+    ),
+    (
+        '{"instruction": "Fix the grammar in this sentence.", "input": "She go to school every days."}',
+        ("Fix the grammar in this sentence.", "She go to school every days."),
+    ),
+    (
+        "```\n### Instruction:\nSort the numbers in ascending order.\n### Input:\n5, 2, 9, 1\n```",
+        ("Sort the numbers in ascending order.", "5, 2, 9, 1"),
+    ),
+    (
+        "### Instruction:\nName two rivers that flow through Germany.\n### Input:\nNone\n\n### Instruction:\n"
+        "Name three mountains in Peru.",
+        ("Name two rivers that flow through Germany.", ""),
+    ),
+    (
+        "#Created Prompt#:\nDescribe the pollination strategy of the rarest orchid found in Borneo.",
+        ("Describe the pollination strategy of the rarest orchid found in Borneo.", ""),
+    ),
+    (
+        "### New Instruction:\nCompose a limerick about a cat who loves jazz.\n### Input:\nN/A",
+        ("Compose a limerick about a cat who loves jazz.", ""),
+    ),
+    (
+        "Compose a short bedtime story about a lighthouse keeper's dog.",
+        ("Compose a short bedtime story about a lighthouse keeper's dog.", ""),
+    ),
     # a random tiny model under the stage's guided-decoding regex: well-formed nonsense, kept
-    ("### Instruction:\nWell people make example again.\n### Input:\n<noinput>",
-     ("Well people make example again.", "")),
-    ("### Instruction\nConvert 72 degrees Fahrenheit to Celsius.\n### Input\n<noinput>\n### Output\n22.2",
-     ("Convert 72 degrees Fahrenheit to Celsius.", "")),
+    (
+        "### Instruction:\nWell people make example again.\n### Input:\n<noinput>",
+        ("Well people make example again.", ""),
+    ),
+    (
+        "### Instruction\nConvert 72 degrees Fahrenheit to Celsius.\n### Input\n<noinput>\n### Output\n22.2",
+        ("Convert 72 degrees Fahrenheit to Celsius.", ""),
+    ),
 ]
 
 
@@ -140,31 +189,37 @@ def test_parse_candidate_none_without_an_instruction(reply):
     assert parse_candidate(reply) is None
 
 
-@pytest.mark.parametrize("instruction,input,finish,reason", [
-    ("", "", "stop", "empty"),
-    ("Describe the history of the Byzantine Empire and its", "", "length", "truncated"),
-    ("Tell me.", "", "stop", "too short"),
-    ("Explain " + "very " * 300 + "carefully.", "", "stop", "too long"),
-    ("... and then describe the sea.", "", "stop", "starts with punctuation"),
-    ("Write a new instruction about cooking pasta.", "", "stop", "about the task"),
-    ("Here is a question about the French Revolution.", "", "stop", "about the task"),
-    ("Sure, describe a sunset over the ocean.", "", "stop", "about the task"),
-    ("Rewrite the given prompt in a more formal tone.", "", "stop", "about the task"),
-    ("Follow the instructions below to bake bread.", "", "stop", "about the task"),
-    ("Describe the \x03 weather in Paris today.", "", "stop", "non-printable"),
-    ("Describe the weather in Paris today.", "caf\ufffd", "stop", "non-printable"),
-])
+@pytest.mark.parametrize(
+    "instruction,input,finish,reason",
+    [
+        ("", "", "stop", "empty"),
+        ("Describe the history of the Byzantine Empire and its", "", "length", "truncated"),
+        ("Tell me.", "", "stop", "too short"),
+        ("Explain " + "very " * 300 + "carefully.", "", "stop", "too long"),
+        ("... and then describe the sea.", "", "stop", "starts with punctuation"),
+        ("Write a new instruction about cooking pasta.", "", "stop", "about the task"),
+        ("Here is a question about the French Revolution.", "", "stop", "about the task"),
+        ("Sure, describe a sunset over the ocean.", "", "stop", "about the task"),
+        ("Rewrite the given prompt in a more formal tone.", "", "stop", "about the task"),
+        ("Follow the instructions below to bake bread.", "", "stop", "about the task"),
+        ("Describe the \x03 weather in Paris today.", "", "stop", "non-printable"),
+        ("Describe the weather in Paris today.", "caf\ufffd", "stop", "non-printable"),
+    ],
+)
 def test_clean_candidate_rejects_with_a_reason(instruction, input, finish, reason):
     assert clean_candidate(instruction, input, finish, max_chars=500) == reason
     assert reason in REJECT_REASONS
 
 
-@pytest.mark.parametrize("instruction,input", [
-    ("Describe the water cycle.", ""),
-    ("Translate the sentence into French.", "I love reading books."),
-    ('"Hamlet" is a tragedy: summarize its plot.', ""),
-    ("请用三句话描述水循环的过程。", ""),
-])
+@pytest.mark.parametrize(
+    "instruction,input",
+    [
+        ("Describe the water cycle.", ""),
+        ("Translate the sentence into French.", "I love reading books."),
+        ('"Hamlet" is a tragedy: summarize its plot.', ""),
+        ("请用三句话描述水循环的过程。", ""),
+    ],
+)
 def test_clean_candidate_keeps_real_instructions(instruction, input):
     assert clean_candidate(instruction, input, "stop", max_chars=500) is None
 
@@ -172,7 +227,7 @@ def test_clean_candidate_keeps_real_instructions(instruction, input):
 # A random tiny LLaMA's replies to the generator prompt (decoded by the tiny tokenizer).
 TINY_MODEL_REPLIES = [
     "oo B\ufffdW include into poinoh\x15 even StartCom contin into people\ufffdk examplesffee step",
-    " overUsingap otherAirstully\ufffduenock\ufffd Start different\ufffd 27 like follapfor popPro|\" home",
+    ' overUsingap otherAirstully\ufffduenock\ufffd Start different\ufffd 27 like follapfor popPro|" home',
     "cessaryness c product\ufffd Theyiron int muysis reviewspo is\x03ash O\ufffdation again get cooerge",
     "",
     "\ufffd",
@@ -184,17 +239,25 @@ def test_candidate_rows_build_pool_rows_and_reconcile_counts():
     seeds = [{"id": f"s{i}", "kind": "hard" if i % 2 else "easy"} for i in range(len(GOOD_REPLIES) + 8)]
     replies = [{"text": text, "finish_reason": "stop"} for text, _ in GOOD_REPLIES]
     replies += [{"text": text, "finish_reason": "stop"} for text in TINY_MODEL_REPLIES]
-    replies += [{"text": None, "finish_reason": "failed: timeout"},
-                {"text": "### Instruction:\nDescribe the causes of the First World", "finish_reason": "length"}]
+    replies += [
+        {"text": None, "finish_reason": "failed: timeout"},
+        {"text": "### Instruction:\nDescribe the causes of the First World", "finish_reason": "length"},
+    ]
     rows, rejects = candidate_rows(seeds, replies, iteration=2)
     assert len(rows) + sum(rejects.values()) == len(replies)
     assert len(rows) == len(GOOD_REPLIES)
-    assert rejects == Counter({"non-printable": 4, "unparseable": 1, "too short": 1,
-                               "generator failed": 1, "truncated": 1})
+    assert rejects == Counter(
+        {"non-printable": 4, "unparseable": 1, "too short": 1, "generator failed": 1, "truncated": 1}
+    )
     first = rows[0]
-    assert first == {"id": instruction_id("Describe the water cycle in three sentences.", ""),
-                     "instruction": "Describe the water cycle in three sentences.", "input": "",
-                     "origin": "easy", "parent_id": "s0", "iteration": 2}
+    assert first == {
+        "id": instruction_id("Describe the water cycle in three sentences.", ""),
+        "instruction": "Describe the water cycle in three sentences.",
+        "input": "",
+        "origin": "easy",
+        "parent_id": "s0",
+        "iteration": 2,
+    }
     assert rows[1]["input"].startswith("The Industrial Revolution") and rows[1]["origin"] == "hard"
 
 

@@ -46,16 +46,23 @@ READABLE = [
 ]
 
 UNREADABLE = [
-    "", "   \n  ", None,
+    "",
+    "   \n  ",
+    None,
     "8",  # a single number
     "8/10",
     "8 7 6",  # three numbers on the score line
-    "11 7", "0 5", "8 -", "10.5 3",
+    "11 7",
+    "0 5",
+    "8 -",
+    "10.5 3",
     "Assistant 1's answer is better than Assistant 2's.\n8 7",  # prose first
     "Assistant 1 and Assistant 2 both scored 7",
     "Assistant 1: 8",  # the other score is missing
     "Assistant 1: 8 Assistant 1: 7",
-    '{"assistant_1": 8, "explanation": "x"}', '{"assistant_1": 0, "assistant_2": 7}', '{"assistant_1": "8", ',
+    '{"assistant_1": 8, "explanation": "x"}',
+    '{"assistant_1": 0, "assistant_2": 7}',
+    '{"assistant_1": "8", ',
     '{"assistant_1": true, "assistant_2": 7}',
     "I think Assistant 1 did better, it listed 3 reasons.",
     "The answer from assistant one has 2 mistakes and 4 good points",
@@ -124,20 +131,33 @@ def test_logprob_scores_aligns_when_1_and_10_both_fit():
     assert first == pytest.approx(10.0) and second == 5.0
 
 
-@pytest.mark.parametrize("steps,text", [
-    (None, "8 7\n"), ([], "8 7\n"), ("[]", "8 7\n"),
-    (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "Assistant 1: 8"),  # not REVIEW_REGEX's shape
-    (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "9 7\n"),  # steps do not spell the text
-    (_steps({"8": 1.0}), "8 7\n"),  # too few steps
-    (_steps({"8 7": 1.0}, {"\n": 1.0}), "8 7\n"),  # both scores in one token
-])
+@pytest.mark.parametrize(
+    "steps,text",
+    [
+        (None, "8 7\n"),
+        ([], "8 7\n"),
+        ("[]", "8 7\n"),
+        (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "Assistant 1: 8"),  # not REVIEW_REGEX's shape
+        (_steps({"8": 1.0}, {" 7": 1.0}, {"\n": 1.0}), "9 7\n"),  # steps do not spell the text
+        (_steps({"8": 1.0}), "8 7\n"),  # too few steps
+        (_steps({"8 7": 1.0}, {"\n": 1.0}), "8 7\n"),  # both scores in one token
+    ],
+)
 def test_logprob_scores_none_when_it_cannot_tell(steps, text):
     assert logprob_scores(steps, text) is None
 
 
 def _pair(i, teacher="Paris is the capital of France.", student="Paris.", **extra):
-    return {"id": f"p{i}", "instruction": "Capital of France?", "input": "", "teacher_text": teacher,
-            "student_text": student, "teacher_finish_reason": "stop", "student_finish_reason": "stop", **extra}
+    return {
+        "id": f"p{i}",
+        "instruction": "Capital of France?",
+        "input": "",
+        "teacher_text": teacher,
+        "student_text": student,
+        "teacher_finish_reason": "stop",
+        "student_finish_reason": "stop",
+        **extra,
+    }
 
 
 def _review(text, finish_reason="stop", **extra):
@@ -174,24 +194,52 @@ def test_logprobs_refine_only_a_readable_review():
 
 
 def test_failures_are_null_counted_and_excluded():
-    pairs = [_pair(0), _pair(1), _pair(2), _pair(3, teacher=""), _pair(4, teacher_finish_reason="failed: timeout"),
-             _pair(5)]
-    tf = [_review("9 5"), _review("I cannot judge."), _review(None, "failed: rate limited"), _review("9 5"),
-          _review("9 5"), _review("6 6")]
+    pairs = [
+        _pair(0),
+        _pair(1),
+        _pair(2),
+        _pair(3, teacher=""),
+        _pair(4, teacher_finish_reason="failed: timeout"),
+        _pair(5),
+    ]
+    tf = [
+        _review("9 5"),
+        _review("I cannot judge."),
+        _review(None, "failed: rate limited"),
+        _review("9 5"),
+        _review("9 5"),
+        _review("6 6"),
+    ]
     sf = [_review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("8")]
     judgments = judgment_rows(pairs, tf, sf, tau=1.0)
     assert [j["status"] for j in judgments] == [
-        OK, UNPARSEABLE, "failed: rate limited", EMPTY_ANSWER, "failed: teacher answer failed: timeout", UNPARSEABLE,
+        OK,
+        UNPARSEABLE,
+        "failed: rate limited",
+        EMPTY_ANSWER,
+        "failed: teacher answer failed: timeout",
+        UNPARSEABLE,
     ]
     for j in judgments[1:]:
         assert j["hard"] is None and j["gap"] is None and j["teacher_score"] is None
     summary = summarize(judgment_table(judgments))
     assert summary == {
-        "rows": 6, "judged": 1, "failed": 5,
-        "failed_by_reason": {UNPARSEABLE: 2, "failed: rate limited": 1, EMPTY_ANSWER: 1,
-                             "failed: teacher answer failed: timeout": 1},
-        "hard": 1, "easy": 0, "hard_fraction": 1.0, "mean_gap": 4.0, "mean_teacher_score": 9.0,
-        "mean_student_score": 5.0, "truncated": 0,
+        "rows": 6,
+        "judged": 1,
+        "failed": 5,
+        "failed_by_reason": {
+            UNPARSEABLE: 2,
+            "failed: rate limited": 1,
+            EMPTY_ANSWER: 1,
+            "failed: teacher answer failed: timeout": 1,
+        },
+        "hard": 1,
+        "easy": 0,
+        "hard_fraction": 1.0,
+        "mean_gap": 4.0,
+        "mean_teacher_score": 9.0,
+        "mean_student_score": 5.0,
+        "truncated": 0,
     }
     assert summary["judged"] + sum(summary["failed_by_reason"].values()) == summary["rows"]
     assert pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA).num_rows == 6
@@ -225,10 +273,13 @@ def test_a_failed_student_request_is_excluded_and_counted_not_hard():
 
 def test_retry_of_unparseable_reviews_merges_back():
     pairs = [_pair(0), _pair(1), _pair(2)]
-    judgments = judgment_table(judgment_rows(pairs, [_review("8 8"), _review("??"), _review("hmm")], [_review("8 8")] * 3,
-                                             tau=1.0))
+    judgments = judgment_table(
+        judgment_rows(pairs, [_review("8 8"), _review("??"), _review("hmm")], [_review("8 8")] * 3, tau=1.0)
+    )
     assert unparseable_ids(judgments).to_pylist() == ["p1", "p2"]
-    again = judgment_table(judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0))
+    again = judgment_table(
+        judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0)
+    )
     merged = merge_retried(judgments, again)
     assert merged.column("status").to_pylist() == [OK, OK, UNPARSEABLE]
     assert merged.to_pylist()[1]["gap"] == 5.0 and unparseable_ids(merged).to_pylist() == ["p2"]
@@ -255,11 +306,22 @@ def test_a_pairs_two_reviews_are_matched_across_the_tables_they_come_in():
     orders = ["teacher_first", "student_first"]
     # p1's two reviews in one table; p2's split over two; p|3 (a "|" in its id) in reverse order;
     # p4's other order never comes (a stray of an earlier call): left out.
-    come = [reviews("p1|teacher_first", "p2|student_first", "p1|student_first", "p4|student_first"),
-            reviews("p|3|student_first"), reviews("p2|teacher_first", "p|3|teacher_first")]
+    come = [
+        reviews("p1|teacher_first", "p2|student_first", "p1|student_first", "p4|student_first"),
+        reviews("p|3|student_first"),
+        reviews("p2|teacher_first", "p|3|teacher_first"),
+    ]
     got = list(matched_orders(iter(come), orders))
     first = pa.concat_tables([f for f, _ in got]).to_pylist()
     second = pa.concat_tables([s for _, s in got]).to_pylist()
     assert [r["id"] for r in first] == [r["id"] for r in second] == ["p1", "p2", "p|3"]
-    assert [r["text"] for r in first] == ["review p1|teacher_first", "review p2|teacher_first", "review p|3|teacher_first"]
-    assert [r["text"] for r in second] == ["review p1|student_first", "review p2|student_first", "review p|3|student_first"]
+    assert [r["text"] for r in first] == [
+        "review p1|teacher_first",
+        "review p2|teacher_first",
+        "review p|3|teacher_first",
+    ]
+    assert [r["text"] for r in second] == [
+        "review p1|student_first",
+        "review p2|student_first",
+        "review p|3|student_first",
+    ]

@@ -1,6 +1,7 @@
 """Lion's teacher, student and generator prompts, its candidate filters and its ROUGE-L rule,
 against Lion's own code (tests/reference/lion/: src/chatgpt_inference.py, train.py,
 generate_hard_instruction.py, prompt_hard.txt, prompt_easy.txt, utils.py)."""
+
 import ast
 import re
 import string
@@ -21,8 +22,12 @@ LION = Path(__file__).parent / "reference" / "lion"
 def reference(path: Path, *names: str, source: str | None = None, **namespace) -> dict:
     """Named top-level functions and assignments of a reference file, compiled on their own."""
     tree = ast.parse(source or path.read_text())
-    chosen = [node for node in tree.body if (isinstance(node, ast.FunctionDef) and node.name in names)
-              or (isinstance(node, ast.Assign) and any(getattr(t, "id", None) in names for t in node.targets))]
+    chosen = [
+        node
+        for node in tree.body
+        if (isinstance(node, ast.FunctionDef) and node.name in names)
+        or (isinstance(node, ast.Assign) and any(getattr(t, "id", None) in names for t in node.targets))
+    ]
     exec(compile(ast.Module(chosen, type_ignores=[]), str(path), "exec"), namespace)
     return {name: namespace[name] for name in names}
 
@@ -32,16 +37,21 @@ def test_teacher_is_asked_as_lions_chatgpt_inference():
     generate_prompt = reference(LION / "chatgpt_inference.py.txt", "generate_prompt")["generate_prompt"]
     system = re.search(r"'role': 'system',\s*'content': \"([^\"]+)\"", source).group(1)
     row = {"instruction": "Give three tips for staying {healthy}.", "input": ""}
-    assert teacher_messages(row) == [{"role": "system", "content": system},
-                                     {"role": "user", "content": generate_prompt(row["instruction"])}]
+    assert teacher_messages(row) == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": generate_prompt(row["instruction"])},
+    ]
     # Lion's inference drops a row's input; here it is asked in Lion's training layout.
     with_input = teacher_messages({"instruction": "Summarize.", "input": "Bees pollinate crops."})[1]["content"]
     prompt_dict = reference(LION / "train.py.txt", "PROMPT_DICT")["PROMPT_DICT"]
-    assert with_input == prompt_dict["prompt_input"].format_map({"instruction": "Summarize.", "input": "Bees pollinate crops."})
+    assert with_input == prompt_dict["prompt_input"].format_map(
+        {"instruction": "Summarize.", "input": "Bees pollinate crops."}
+    )
 
 
-@pytest.mark.parametrize("row", [{"instruction": "Name a {fruit}.", "input": ""},
-                                 {"instruction": "Translate.", "input": "Guten Tag"}])
+@pytest.mark.parametrize(
+    "row", [{"instruction": "Name a {fruit}.", "input": ""}, {"instruction": "Translate.", "input": "Guten Tag"}]
+)
 def test_student_template_is_lions_train_py(row):
     prompt_dict = reference(LION / "train.py.txt", "PROMPT_DICT")["PROMPT_DICT"]
     key = "prompt_input" if row.get("input", "") != "" else "prompt_no_input"
@@ -51,13 +61,17 @@ def test_student_template_is_lions_train_py(row):
 @pytest.mark.parametrize("kind", ["hard", "easy"])
 def test_generator_prompt_is_lions_encode_prompt(kind, monkeypatch):
     source = (LION / "generate_hard_instruction.py.txt").read_text().replace("prompt_hard.txt", f"prompt_{kind}.txt")
-    encode_prompt = reference(LION / "generate_hard_instruction.py.txt", "encode_prompt", source=source)["encode_prompt"]
+    encode_prompt = reference(LION / "generate_hard_instruction.py.txt", "encode_prompt", source=source)[
+        "encode_prompt"
+    ]
     monkeypatch.chdir(LION)  # Lion opens its prompt file from the working directory
     seed = {"id": "s", "instruction": "Write a limerick about a {cat}.", "input": ""}
     lion_prompt, _ = encode_prompt([{**seed, "output": "..."}])
     system = re.search(r"'content': \"([^\"]+)\"", (LION / "utils.py.txt").read_text()).group(1)
-    assert generator_messages(seed, kind) == [{"role": "system", "content": system},
-                                              {"role": "user", "content": lion_prompt}]
+    assert generator_messages(seed, kind) == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": lion_prompt},
+    ]
     assert LionConfig().generator_prompt == "lion"
 
 
@@ -67,15 +81,18 @@ def _lion_keeps(text: str, finish_reason: str = "stop") -> bool:
     return bool(post["post_process_gpt3_response"](response, {"instruction": "seed", "output": "out"}))
 
 
-@pytest.mark.parametrize("text, finish", [
-    ("Name three fruits.", "stop"),  # 3 words: too short for Lion
-    ("Name three red fruits.", "stop"),  # 4 words: kept
-    ("Write an instruction about baking bread.", "stop"),
-    ("Describe instructional design in primary schools.", "stop"),  # "instruction" inside a word
-    ("...and describe the sea at night.", "stop"),
-    ("Describe the causes of the First World War in detail.", "length"),
-    ("Compose a haiku about autumn leaves falling.", "stop"),
-])
+@pytest.mark.parametrize(
+    "text, finish",
+    [
+        ("Name three fruits.", "stop"),  # 3 words: too short for Lion
+        ("Name three red fruits.", "stop"),  # 4 words: kept
+        ("Write an instruction about baking bread.", "stop"),
+        ("Describe instructional design in primary schools.", "stop"),  # "instruction" inside a word
+        ("...and describe the sea at night.", "stop"),
+        ("Describe the causes of the First World War in detail.", "length"),
+        ("Compose a haiku about autumn leaves falling.", "stop"),
+    ],
+)
 def test_candidate_filters_decide_as_lions_post_process(text, finish):
     parsed = parse_candidate(text)
     ours = parsed is not None and clean_candidate(*parsed, finish, max_chars=4096) is None
@@ -87,8 +104,10 @@ def test_generator_reply_is_capped_at_four_times_the_seeds_words():
     source = (LION / "generate_hard_instruction.py.txt").read_text()
     assert "max_tokens = len(inst_i_os[0]['instruction'].split()) * 4" in source
     seeds = [{"id": "s", "kind": "hard", "instruction": "Name five famous painters."}] * 2  # 4 words: cap 16
-    replies = [{"text": "List five famous sculptors please.", "finish_reason": "stop", "completion_tokens": n}
-               for n in (15, 16)]
+    replies = [
+        {"text": "List five famous sculptors please.", "finish_reason": "stop", "completion_tokens": n}
+        for n in (15, 16)
+    ]
     rows, rejects = candidate_rows(seeds, replies, 1, tokens_per_seed_word=LionConfig().generator_tokens_per_seed_word)
     assert len(rows) == 1 and rejects == {"truncated": 1}
 

@@ -1,5 +1,6 @@
 """The referee's and judge's rubrics against the reference code's own text and functions
 (tests/reference/: Lion's chatgpt_referee.py, FastChat's prompt.jsonl and reviewer.jsonl)."""
+
 import ast
 import json
 import math
@@ -37,6 +38,7 @@ QUESTION = "Write a haiku about {rain}.\n\nUse the word 'puddle'."
 
 # ---------------------------------------------------------------- Lion's referee
 
+
 def test_lion_rubric_is_lions_gen_prompt_character_for_character():
     system, user = referee_messages(ROW, "ANSWER 1 {x}", "ANSWER 2")
     assert user["content"] == LION["gen_prompt"](QUESTION, "ANSWER 1 {x}", "ANSWER 2")
@@ -70,27 +72,43 @@ def test_lion_parser_agrees_with_lions_parse_score(review):
     assert parse_scores_last(review) == tuple(LION["parse_score"](review))
 
 
-@pytest.mark.parametrize("review, scores", [
-    ("Evaluation evidence: Assistant 1 gave 3 examples, Assistant 2 gave 2.\n"
-     "Score of the Assistant 1: 9\nScore of the Assistant 2: 4\n", (9.0, 4.0)),  # a trailing newline
-    ("**Evaluation evidence:** ...\n\n**Score of the Assistant 1:** 8/10\n**Score of the Assistant 2:** 6/10", (8.0, 6.0)),
-    ("Evaluation evidence: ok\nAssistant 1: 6\nAssistant 2: 9\n\nI hope this helps.", (6.0, 9.0)),
-    ("Score of the Assistant 1: 3\nScore of the Assistant 2: 3\nOn reflection:\nScore of the Assistant 1: 5", (5.0, 3.0)),
-    ('{"explanation": "fine", "assistant_1": 7, "assistant_2": 8}', (7.0, 8.0)),
-])
+@pytest.mark.parametrize(
+    "review, scores",
+    [
+        (
+            "Evaluation evidence: Assistant 1 gave 3 examples, Assistant 2 gave 2.\n"
+            "Score of the Assistant 1: 9\nScore of the Assistant 2: 4\n",
+            (9.0, 4.0),
+        ),  # a trailing newline
+        (
+            "**Evaluation evidence:** ...\n\n**Score of the Assistant 1:** 8/10\n**Score of the Assistant 2:** 6/10",
+            (8.0, 6.0),
+        ),
+        ("Evaluation evidence: ok\nAssistant 1: 6\nAssistant 2: 9\n\nI hope this helps.", (6.0, 9.0)),
+        (
+            "Score of the Assistant 1: 3\nScore of the Assistant 2: 3\nOn reflection:\nScore of the Assistant 1: 5",
+            (5.0, 3.0),
+        ),
+        ('{"explanation": "fine", "assistant_1": 7, "assistant_2": 8}', (7.0, 8.0)),
+    ],
+)
 def test_lion_parser_reads_what_models_make_of_the_format(review, scores):
     assert parse_scores_last(review) == scores
     assert LION["parse_score"](review) in ([-1, -1], list(scores))  # Lion's own reads fewer of them
 
 
-@pytest.mark.parametrize("review", [
-    "8 7\nAssistant 1 is better.",  # FastChat's layout: not what Lion asks
-    "Evaluation evidence: Assistant 1 scored 8 in my view, Assistant 2 gets 6.",
-    "Score of the Assistant 1: 8",  # one score
-    "Score of the Assistant 1: 0\nScore of the Assistant 2: 7",  # outside 1-10
-    "Score of the Assistant 1: 8 because it is detailed\nScore of the Assistant 2: 6",  # prose, not a score line
-    "", None,
-])
+@pytest.mark.parametrize(
+    "review",
+    [
+        "8 7\nAssistant 1 is better.",  # FastChat's layout: not what Lion asks
+        "Evaluation evidence: Assistant 1 scored 8 in my view, Assistant 2 gets 6.",
+        "Score of the Assistant 1: 8",  # one score
+        "Score of the Assistant 1: 0\nScore of the Assistant 2: 7",  # outside 1-10
+        "Score of the Assistant 1: 8 because it is detailed\nScore of the Assistant 2: 6",  # prose, not a score line
+        "",
+        None,
+    ],
+)
 def test_lion_parser_never_makes_up_a_number(review):
     assert parse_scores_last(review) is None
 
@@ -126,11 +144,15 @@ def test_judgment_rows_read_each_pair_with_its_rubric():
 
 # ---------------------------------------------------------------- FastChat's judge
 
+
 def test_shipped_fastchat_prompts_are_prompt_jsonl_byte_for_byte():
     for prompt in PROMPTS:
         rubric = RUBRICS[prompt["category"]]
         assert (rubric.system, rubric.template, rubric.rules) == (
-            prompt["system_prompt"], prompt["prompt_template"], prompt["defaults"]["prompt"])
+            prompt["system_prompt"],
+            prompt["prompt_template"],
+            prompt["defaults"]["prompt"],
+        )
     assert [p["category"] for p in PROMPTS] == ["general", "coding", "math"]
 
 
@@ -138,16 +160,21 @@ def test_shipped_fastchat_prompts_are_prompt_jsonl_byte_for_byte():
 def test_judge_routes_by_category_as_fastchats_gen_prompt(category):
     system, user, _ = FASTCHAT["gen_prompt"](REVIEWERS, PROMPTS, category, QUESTION, "A1 {y}", "A2")
     assert referee_messages(ROW, "A1 {y}", "A2", rubric_for("fastchat", category)) == [
-        {"role": "system", "content": system}, {"role": "user", "content": user}]
+        {"role": "system", "content": system},
+        {"role": "user", "content": user},
+    ]
     temperatures = {r["metadata"]["temperature"] for r in REVIEWERS}
     assert temperatures == {0.2}
 
 
-@pytest.mark.parametrize("review, scores", [
-    ("Let me solve it: 3 x 4 = 12.\nAssistant 1 is right, Assistant 2 is not.\n(9, 3)", (9.0, 3.0)),
-    ("Solution: (2 + 3) = 5.\n\nScores: `(8, 6)`\nAssistant 1 performed better.", (8.0, 6.0)),
-    ("(10, 2.5)", (10.0, 2.5)),
-])
+@pytest.mark.parametrize(
+    "review, scores",
+    [
+        ("Let me solve it: 3 x 4 = 12.\nAssistant 1 is right, Assistant 2 is not.\n(9, 3)", (9.0, 3.0)),
+        ("Solution: (2 + 3) = 5.\n\nScores: `(8, 6)`\nAssistant 1 performed better.", (8.0, 6.0)),
+        ("(10, 2.5)", (10.0, 2.5)),
+    ],
+)
 def test_math_reviews_are_read_from_their_tuple(review, scores):
     assert parse_score_tuple(review) == scores
     assert re.fullmatch(RUBRICS["math"].regex(512), "Solving: 2 + 2 = 4. Both right.\n(9, 9)")
@@ -164,6 +191,7 @@ def test_coding_review_is_read_from_its_first_line_as_fastchat():
 
 
 # ---------------------------------------------------------------- the generator's constraint
+
 
 def test_real_generators_are_unconstrained_and_only_the_tiny_demo_sets_the_regex():
     from lion_distill.config import RoleConfig

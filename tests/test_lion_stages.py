@@ -5,6 +5,7 @@ The scripted LLM samples like a seeded engine: its reply is a function of (model
 prompt, the request's seed). Asking the same prompt with the same seed again replays
 the same reply, which is exactly how a response cache or a fixed-seed vLLM behaves.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,15 @@ WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lim
 
 def _config(tmp_path, **lion) -> RunConfig:
     role = {"backend": "vllm", "model": "m", "sampling": {"seed": 0}}
-    return RunConfig(run_dir=str(tmp_path), data={"pool_files": ["x.jsonl"]}, teacher=role, student=role,
-                     referee=role, generator=role, lion={"generation_rounds": 3, **lion})
+    return RunConfig(
+        run_dir=str(tmp_path),
+        data={"pool_files": ["x.jsonl"]},
+        teacher=role,
+        student=role,
+        referee=role,
+        generator=role,
+        lion={"generation_rounds": 3, **lion},
+    )
 
 
 def _digest(*parts) -> str:
@@ -41,7 +49,7 @@ def _digest(*parts) -> str:
 
 def _words(h: str) -> str:
     """Six words no other digest shares: ROUGE-L sees nothing in common."""
-    return " ".join(WORDS[int(h[i], 16)] + h[i:i + 6] for i in range(0, 36, 6))
+    return " ".join(WORDS[int(h[i], 16)] + h[i : i + 6] for i in range(0, 36, 6))
 
 
 class ScriptedLLM:
@@ -51,11 +59,31 @@ class ScriptedLLM:
     def __init__(self, reply):
         self.reply, self.calls = reply, []
 
-    def __call__(self, role, rows, to_prompt, *, stage, role_name, run_dir=None, structured_output=None,
-                 logprobs=None, draw=None, parts=None, in_rows_order=True, columns=None, stream=False):
+    def __call__(
+        self,
+        role,
+        rows,
+        to_prompt,
+        *,
+        stage,
+        role_name,
+        run_dir=None,
+        structured_output=None,
+        logprobs=None,
+        draw=None,
+        parts=None,
+        in_rows_order=True,
+        columns=None,
+        stream=False,
+    ):
         # A table, a list of rows, or tables made one at a time (the referee's requests).
-        rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows if isinstance(rows, list) else [
-            row for table in rows for row in table.to_pylist()]
+        rows = (
+            rows.to_pylist()
+            if isinstance(rows, pa.Table)
+            else rows
+            if isinstance(rows, list)
+            else [row for table in rows for row in table.to_pylist()]
+        )
         self.calls.append({"stage": stage, "draw": draw, "ids": [r["id"] for r in rows]})
         out = []
         for row in rows:
@@ -80,7 +108,9 @@ def _candidate(role_name, row, prompt, seed, garbage=lambda row: False):
     if garbage(row):
         return response_row("??", "stop", 10, 1)
     # 12 completion tokens: under Lion's cap of 4 x the seed's 5 words.
-    return response_row(f"### Instruction:\nDescribe {_words(_digest(prompt, seed))}.\n### Input:\n<noinput>", "stop", 10, 12)
+    return response_row(
+        f"### Instruction:\nDescribe {_words(_digest(prompt, seed))}.\n### Input:\n<noinput>", "stop", 10, 12
+    )
 
 
 def _seed_generation(tmp_path, k=0, n_pool=4):
@@ -88,9 +118,13 @@ def _seed_generation(tmp_path, k=0, n_pool=4):
     pool = pool_table([{"instruction": f"Task number {i} about {WORDS[i]}", "input": ""} for i in range(n_pool)])
     write_pool(run, rel(k, "train_pool.parquet"), pool)
     write_pool(run, rel(k, "cache_pool.parquet"), pool)
-    judgments = [{**{f: None for f in JUDGMENT_SCHEMA.names}, "id": i, "status": "ok", "hard": n % 2 == 0}
-                 for n, i in enumerate(pool.column("id").to_pylist())]
-    run.write_table(rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
+    judgments = [
+        {**{f: None for f in JUDGMENT_SCHEMA.names}, "id": i, "status": "ok", "hard": n % 2 == 0}
+        for n, i in enumerate(pool.column("id").to_pylist())
+    ]
+    run.write_table(
+        rel(k, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA)
+    )
     return run
 
 
@@ -107,7 +141,9 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     # pool iteration 0 grew (its 12 new instructions in it): new draws, no duplicates of iteration 0.
     first = set(run.read_table(rel(0, "generation", "new_instructions.parquet")).column("id").to_pylist())
     assert first <= set(read_pool(run, rel(1, "cache_pool.parquet")).column("id").to_pylist())
-    run.write_table(rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet")))
+    run.write_table(
+        rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet"))
+    )
     _, _, summary = G.generation(cfg, run, 1, "student")
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     second = set(run.read_table(rel(1, "generation", "new_instructions.parquet")).column("id").to_pylist())
@@ -127,8 +163,11 @@ def test_a_resumed_generation_repeats_exactly_the_same_requests(tmp_path, monkey
 def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatch):
     # Round 0 answers every other request with garbage: round 1 makes up the quota.
     cfg = _config(tmp_path, new_instructions_per_iteration=8, hard_easy_ratio=[3, 1])
-    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["id"].startswith("0-0-")
-                                            and int(row["id"].rsplit("-", 1)[1]) % 2 == 0))
+    llm = ScriptedLLM(
+        lambda *a: _candidate(
+            *a, garbage=lambda row: row["id"].startswith("0-0-") and int(row["id"].rsplit("-", 1)[1]) % 2 == 0
+        )
+    )
     monkeypatch.setattr(G, "answer", llm)
     run = _seed_generation(tmp_path)
     _, _, summary = G.generation(cfg, run, 0, "student")
@@ -180,8 +219,12 @@ def _answers(role_name, row, prompt, seed):
     # The referee scores by content: 9 for the teacher's answer, 3 for the student's, 5 for nothing.
     first, second = (8 if not a else 9 if a.startswith("Teacher") else 3 for a in (row["first"], row["second"]))
     # In Lion's layout (lion.referee_prompt: lion): the explanation, then the two score lines.
-    return response_row(f"Evaluation evidence: fine\nScore of the Assistant 1: {first}\nScore of the Assistant 2: {second}",
-                        "stop", 5, 3)
+    return response_row(
+        f"Evaluation evidence: fine\nScore of the Assistant 1: {first}\nScore of the Assistant 2: {second}",
+        "stop",
+        5,
+        3,
+    )
 
 
 def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):
@@ -213,8 +256,12 @@ def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path,
     def one_review_lost(role, rows, to_prompt, **kw):
         answers, record = llm(role, rows, to_prompt, **kw)
         if kw.get("stream"):
-            answers = iter([table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first")))
-                            if n == 0 else table for n, table in enumerate(answers)])
+            answers = iter(
+                [
+                    table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first"))) if n == 0 else table
+                    for n, table in enumerate(answers)
+                ]
+            )
         return answers, record
 
     monkeypatch.setattr(D, "answer", llm)
@@ -228,8 +275,12 @@ def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path,
 def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tmp_path, monkeypatch):
     cfg = _config(tmp_path, referee_retries=1)
     run = _seed_generation(tmp_path, n_pool=2)
-    paid = pa.Table.from_pylist([{"id": i, "role": "teacher", "text": "Teacher answer", "finish_reason": "stop"}
-                                 for i in read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()[:1]])
+    paid = pa.Table.from_pylist(
+        [
+            {"id": i, "role": "teacher", "text": "Teacher answer", "finish_reason": "stop"}
+            for i in read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()[:1]
+        ]
+    )
     run.write_table(rel(0, "imitation", "teacher_responses.parquet"), paid)
 
     def unreadable_first(role_name, row, prompt, seed):
@@ -248,7 +299,9 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
     assert summary["judged"] == 2 and summary["failed"] == 0
     # judgments.parquet, written a chunk at a time on the first pass, holds the retried rows whole, one per pool row.
     written = run.read_table(rel(0, "discrimination", "judgments.parquet"))
-    assert sorted(written.column("id").to_pylist()) == sorted(read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist())
+    assert sorted(written.column("id").to_pylist()) == sorted(
+        read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()
+    )
     assert written.column("status").to_pylist() == ["ok", "ok"]
     # The empty student answer lost on its unread reviews (no retry); the other row's reviews are the retry's.
     rows = written.to_pylist()
@@ -275,11 +328,17 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
     _, _, summary = D.discrimination(cfg, run, 0, "student")
     student = [c for c in llm.calls if c["stage"].startswith("discrimination/student")]
     assert [(c["stage"], len(c["ids"])) for c in student] == [
-        ("discrimination/student", 3), ("discrimination/student_retry1", 2), ("discrimination/student_retry2", 1)]
+        ("discrimination/student", 3),
+        ("discrimination/student_retry1", 2),
+        ("discrimination/student_retry2", 1),
+    ]
     assert student[1]["draw"] == "iter_0/discrimination/student_retry1"
     judgments = run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()
     assert sorted(j["status"] for j in judgments) == [
-        "failed: student answer failed: VLLMValidationError: maximum context length is 1024", "ok", "ok"]
+        "failed: student answer failed: VLLMValidationError: maximum context length is 1024",
+        "ok",
+        "ok",
+    ]
     assert summary["judged"] == 2 and summary["failed"] == 1 and summary["hard"] == 2
     referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]
     assert len(referee[0]["ids"]) == 4  # the failed pair is not sent to the referee
@@ -346,8 +405,11 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
     and trains on exactly the same rows; with the teacher's settings changed, only the answers
     it cut are asked again."""
     run = _seed_generation(tmp_path, n_pool=4)
-    teacher = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(
-        f"Answer {seed} to {row['id']}.", "length" if "number 1 " in row["instruction"] else "stop", 5, 5))
+    teacher = ScriptedLLM(
+        lambda role_name, row, prompt, seed: response_row(
+            f"Answer {seed} to {row['id']}.", "length" if "number 1 " in row["instruction"] else "stop", 5, 5
+        )
+    )
     monkeypatch.setattr(I, "answer", teacher)
     first, again = [], []
 
@@ -376,7 +438,9 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
     from lion_distill.train.loop import storage_path
 
     run = _seed_generation(tmp_path, n_pool=4)
-    monkeypatch.setattr(I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5)))
+    monkeypatch.setattr(
+        I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
+    )
     student = run.path(rel(0, "imitation", "student"))
     checkpoint = tmp_path / storage_path(student) / "lion-iter0-imitation" / "checkpoint_000001"
 

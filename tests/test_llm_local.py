@@ -1,4 +1,5 @@
 """Local backends on the shared Ray cluster: hf (tiny LLaMA and T5) and vllm (one engine)."""
+
 import json
 import re
 
@@ -20,15 +21,20 @@ def _check(out, rec, role_name, n=None):
     for r in rows:
         assert r["role"] == role_name and r["instruction"] and "input" in r
         assert r["finish_reason"] in ("stop", "length"), r["finish_reason"]
-        assert isinstance(r["text"], str) and 0 < r["completion_tokens"] <= SAMPLING.max_tokens and r["prompt_tokens"] > 0
+        assert (
+            isinstance(r["text"], str) and 0 < r["completion_tokens"] <= SAMPLING.max_tokens and r["prompt_tokens"] > 0
+        )
     assert rec.completion_tokens == sum(r["completion_tokens"] for r in rows) and rec.failed_rows == 0
     return rows
 
 
 def test_hf_causal_chat_and_logprobs(ray_cluster, tiny_models):
-    role = RoleConfig(backend="hf", model=str(tiny_models.llama), sampling=SAMPLING, parallelism=Parallelism(batch_size=4))
-    out, rec = generate(role, ray.data.from_items(ROWS), instruction_messages, stage="t/hf", role_name="student",
-                        logprobs=2)
+    role = RoleConfig(
+        backend="hf", model=str(tiny_models.llama), sampling=SAMPLING, parallelism=Parallelism(batch_size=4)
+    )
+    out, rec = generate(
+        role, ray.data.from_items(ROWS), instruction_messages, stage="t/hf", role_name="student", logprobs=2
+    )
     for r in _check(out, rec, "student"):
         steps = json.loads(r["logprobs"])
         assert len(steps) == r["completion_tokens"] and all(len(s) == 2 and max(s.values()) <= 0 for s in steps)
@@ -36,8 +42,13 @@ def test_hf_causal_chat_and_logprobs(ray_cluster, tiny_models):
 
 def test_hf_seq2seq_raw_prompts(ray_cluster, tiny_models):
     role = RoleConfig(backend="hf", model=str(tiny_models.t5), sampling=SAMPLING, parallelism=Parallelism(batch_size=4))
-    out, rec = generate(role, ray.data.from_items(ROWS), lambda r: alpaca_prompt(r["instruction"], r["input"]),
-                        stage="t/hf_t5", role_name="student")
+    out, rec = generate(
+        role,
+        ray.data.from_items(ROWS),
+        lambda r: alpaca_prompt(r["instruction"], r["input"]),
+        stage="t/hf_t5",
+        role_name="student",
+    )
     _check(out, rec, "student")
     assert "logprobs" not in out.columns()
 
@@ -45,8 +56,15 @@ def test_hf_seq2seq_raw_prompts(ray_cluster, tiny_models):
 @pytest.mark.vllm
 def test_vllm_ray_data_with_regex_and_logprobs(ray_cluster, tiny_models):
     role = RoleConfig(backend="vllm", model=str(tiny_models.llama), sampling=SAMPLING, max_model_len=512)
-    out, rec = generate(role, ray.data.from_items(ROWS), instruction_messages, stage="t/vllm",
-                        role_name="referee", structured_output={"regex": "Score: [1-9]"}, logprobs=3)
+    out, rec = generate(
+        role,
+        ray.data.from_items(ROWS),
+        instruction_messages,
+        stage="t/vllm",
+        role_name="referee",
+        structured_output={"regex": "Score: [1-9]"},
+        logprobs=3,
+    )
     for r in _check(out, rec, "referee"):
         assert re.fullmatch("Score: [1-9]", r["text"]), r["text"]
         steps = json.loads(r["logprobs"])

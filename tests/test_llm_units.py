@@ -1,4 +1,5 @@
 """lion_distill.llm's pure logic, without Ray or models: milliseconds."""
+
 import asyncio
 import json
 
@@ -68,8 +69,9 @@ def test_admission_headers_and_budget():
 def test_header_parsing():
     assert parse_duration_s("6m0s") == 360 and parse_duration_s("20ms") == pytest.approx(0.02)
     assert parse_duration_s("1.5") == 1.5 and parse_duration_s("") is None
-    hints = ServerHints.from_headers({"retry-after": "2", "x-ratelimit-remaining-tokens": "100",
-                                      "x-ratelimit-reset-tokens": "1s"})
+    hints = ServerHints.from_headers(
+        {"retry-after": "2", "x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "1s"}
+    )
     assert hints.retry_after_s == 2 and hints.remaining_tokens == 100 and hints.reset_tokens_s == 1
     assert ServerHints.from_headers({"content-type": "json"}) is None
 
@@ -77,11 +79,13 @@ def test_header_parsing():
 def test_cache_key_covers_every_input():
     base = cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, None)
     assert base == cache_key("m", [{"content": "hi", "role": "user"}], {"temperature": 0.0}, None, None)
-    others = [cache_key("m2", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, None),
-              cache_key("m", "hi", {"temperature": 0.0}, None, None),
-              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.1}, None, None),
-              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, {"regex": "a"}, None),
-              cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, 2)]
+    others = [
+        cache_key("m2", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, None),
+        cache_key("m", "hi", {"temperature": 0.0}, None, None),
+        cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.1}, None, None),
+        cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, {"regex": "a"}, None),
+        cache_key("m", [{"role": "user", "content": "hi"}], {"temperature": 0.0}, None, 2),
+    ]
     assert len({base, *others}) == 6
 
 
@@ -114,11 +118,16 @@ def test_first_per_key_and_the_key_column():
     t = pa.table({"key": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
     assert first_per_key(t).to_pylist() == [{"key": "a", "v": 1}, {"key": "b", "v": 2}, {"key": "c", "v": 4}]
     assert first_per_key(t.slice(0, 2)).equals(t.slice(0, 2))
-    batch = attach_prompt(lambda r: r["q"], draw="iter_0")(pa.Table.from_pylist([{"id": 1, "q": "hi"}, {"id": 2, "q": "hi"}]))
+    batch = attach_prompt(lambda r: r["q"], draw="iter_0")(
+        pa.Table.from_pylist([{"id": 1, "q": "hi"}, {"id": 2, "q": "hi"}])
+    )
     keyed = attach_cache_key("m", {"temperature": 0.0}, None, None)(batch)
-    assert keyed[CACHE_KEY_COL].to_pylist() == [cache_key("m", "hi", {"temperature": 0.0}, None, None, f"iter_0/{i}")
-                                                for i in (1, 2)]
-    undrawn = attach_cache_key("m", {"temperature": 0.0}, None, 2)(attach_prompt(lambda r: r["q"])(batch.select(["id", "q"])))
+    assert keyed[CACHE_KEY_COL].to_pylist() == [
+        cache_key("m", "hi", {"temperature": 0.0}, None, None, f"iter_0/{i}") for i in (1, 2)
+    ]
+    undrawn = attach_cache_key("m", {"temperature": 0.0}, None, 2)(
+        attach_prompt(lambda r: r["q"])(batch.select(["id", "q"]))
+    )
     assert set(undrawn[CACHE_KEY_COL].to_pylist()) == {cache_key("m", "hi", {"temperature": 0.0}, None, 2)}
 
 
@@ -130,16 +139,42 @@ def test_prompts_and_responses_reconcile():
         attach_prompt(lambda r: "p")(pa.Table.from_pylist([{"instruction": "no id"}]))
     with pytest.raises(ValueError, match="to_prompt failed on row id=1"):
         attach_prompt(lambda r: r["missing"])(pa.Table.from_pylist([{"id": 1}]))
-    nested = pa.Table.from_pylist([{"id": 7, "meta": {"tags": ["a"]}, "score": None}],
-                                  schema=pa.schema([("id", pa.int64()), ("meta", pa.struct([("tags", pa.list_(pa.string()))])),
-                                                    ("score", pa.float32())]))
+    nested = pa.Table.from_pylist(
+        [{"id": 7, "meta": {"tags": ["a"]}, "score": None}],
+        schema=pa.schema(
+            [("id", pa.int64()), ("meta", pa.struct([("tags", pa.list_(pa.string()))])), ("score", pa.float32())]
+        ),
+    )
     attached = attach_prompt(lambda r: f"tags {r['meta']['tags']}")(nested)
-    assert attached.drop_columns([PROMPT_COL]).equals(nested) and json.loads(attached[PROMPT_COL][0].as_py()) == "tags ['a']"
+    assert (
+        attached.drop_columns([PROMPT_COL]).equals(nested)
+        and json.loads(attached[PROMPT_COL][0].as_py()) == "tags ['a']"
+    )
     batch = {"id": ["a", "b"], PROMPT_COL: ['"x"', '"y"']}
-    responses = [{"text": "t", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 4, "logprobs": None,
-                  "_api_requests": 1, "_api_retries": 2, "_api_cached": 0, "_api_cost_usd": 0.5},
-                 {"text": None, "finish_reason": "failed: budget", "prompt_tokens": 0, "completion_tokens": 0,
-                  "logprobs": None, "_api_requests": 0, "_api_retries": 0, "_api_cached": 0, "_api_cost_usd": 0.0}]
+    responses = [
+        {
+            "text": "t",
+            "finish_reason": "stop",
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "logprobs": None,
+            "_api_requests": 1,
+            "_api_retries": 2,
+            "_api_cached": 0,
+            "_api_cost_usd": 0.5,
+        },
+        {
+            "text": None,
+            "finish_reason": "failed: budget",
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "logprobs": None,
+            "_api_requests": 0,
+            "_api_retries": 0,
+            "_api_cached": 0,
+            "_api_cost_usd": 0.0,
+        },
+    ]
     out = merge_responses(batch, responses, "teacher", with_logprobs=False)
     assert PROMPT_COL not in out and out["role"] == ["teacher"] * 2 and "logprobs" not in out
     stats, rows = split_accounting(pa.table({"id": out["id"], **{k: v for k, v in out.items() if k != "id"}}))
@@ -148,7 +183,13 @@ def test_prompts_and_responses_reconcile():
     rec = StageRecord("s")
     fill_record(rec, stats)
     assert (rec.rows, rec.failed_rows, rec.prompt_tokens, rec.api_requests, rec.api_retries, rec.cost_usd) == (
-        2, 1, 3, 1, 2, 0.5)
+        2,
+        1,
+        3,
+        1,
+        2,
+        0.5,
+    )
 
 
 def test_api_key_and_request_shape(monkeypatch):
@@ -156,8 +197,11 @@ def test_api_key_and_request_shape(monkeypatch):
     monkeypatch.delenv("LION_TEST_KEY", raising=False)
     with pytest.raises(ValueError, match="LION_TEST_KEY"):
         resolve_api_key(remote)
-    local = RoleConfig(backend="openai", model="m", openai=OpenAIEndpoint(base_url="http://127.0.0.1:1/v1",
-                                                                         api_key_env="LION_TEST_KEY"))
+    local = RoleConfig(
+        backend="openai",
+        model="m",
+        openai=OpenAIEndpoint(base_url="http://127.0.0.1:1/v1", api_key_env="LION_TEST_KEY"),
+    )
     assert resolve_api_key(local).reveal() == "EMPTY"
     monkeypatch.setenv("LION_TEST_KEY", "sk-secret")
     key = resolve_api_key(remote)
@@ -320,10 +364,15 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
     monkeypatch.setattr(oc, "PROGRESS_EVERY", 2)
     faults = ["fault:429", "fault:500", "fault:stall", "fault:cutoff", "ok"]
     with FaultServer(stall_s=2.0) as server:
+
         def gen(base_url):
-            role = RoleConfig(backend="openai", model="fake", sampling=SamplingParams(temperature=0.0, max_tokens=8),
-                              parallelism=Parallelism(batch_size=8),
-                              openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1))
+            role = RoleConfig(
+                backend="openai",
+                model="fake",
+                sampling=SamplingParams(temperature=0.0, max_tokens=8),
+                parallelism=Parallelism(batch_size=8),
+                openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1),
+            )
             return oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
 
         async def ask(base_url, batch):
@@ -332,10 +381,20 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
                 return await generator(batch)
             finally:  # an open aiohttp session logs "Unclosed connector" into a later test when collected
                 await generator.client.close()
-        out = asyncio.run(ask(server.base_url, {PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults],
-                                                "id": faults}))
-    assert list(out["finish_reason"]) == ["stop", "stop", "failed: timeout", "failed: connection error (RemoteProtocolError)",
-                                          "stop"]
+
+        out = asyncio.run(
+            ask(
+                server.base_url,
+                {PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults], "id": faults},
+            )
+        )
+    assert list(out["finish_reason"]) == [
+        "stop",
+        "stop",
+        "failed: timeout",
+        "failed: connection error (RemoteProtocolError)",
+        "stop",
+    ]
     assert list(out["_api_retries"]) == [1, 1, 1, 1, 0]
     refused = asyncio.run(ask("http://127.0.0.1:9/v1", {PROMPT_COL: [encode_prompt("x")], "id": ["x"]}))
     assert list(refused["finish_reason"]) == ["failed: connection error (ConnectError)"]
@@ -354,8 +413,9 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
     bars = recorded_progress_bars(monkeypatch)
     latency = 0.2
     with FaultServer(latency_s=latency) as server:
-        role = RoleConfig(backend="openai", model="fake", openai=OpenAIEndpoint(base_url=server.base_url,
-                                                                                max_concurrent_requests=2))
+        role = RoleConfig(
+            backend="openai", model="fake", openai=OpenAIEndpoint(base_url=server.base_url, max_concurrent_requests=2)
+        )
         generator = oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
 
         def batch(names):
@@ -380,6 +440,10 @@ def test_a_failed_request_is_told_apart_from_a_missing_response_alike_on_rows_an
     assert [is_failed(r) for r in reasons] == [True, False, False, False, False]
     assert failed_mask(pa.array(reasons, pa.string())).to_pylist() == [is_failed(r) for r in reasons]
     rec = StageRecord("s")
-    fill_record(rec, pa.table({"prompt_tokens": [1] * 5, "completion_tokens": [1] * 5,
-                               "finish_reason": pa.array(reasons, pa.string())}))
+    fill_record(
+        rec,
+        pa.table(
+            {"prompt_tokens": [1] * 5, "completion_tokens": [1] * 5, "finish_reason": pa.array(reasons, pa.string())}
+        ),
+    )
     assert rec.failed_rows == 2  # a stage's row without a reason was lost: counted with the failed

@@ -16,8 +16,10 @@ def _own_heap_mb() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the process's RssAnon from /proc")
 def test_the_memory_a_finished_stage_freed_goes_back_to_the_system():
     # What a stage on a pool of millions leaves freed: Arrow tables built a chunk at a time, Python rows.
-    tables = [pa.table({"id": pa.array([f"{i:016x}" for i in range(k, k + 8192)]), "n": pa.array(np.arange(8192))})
-              for k in range(0, 2_000_000, 8192)]
+    tables = [
+        pa.table({"id": pa.array([f"{i:016x}" for i in range(k, k + 8192)]), "n": pa.array(np.arange(8192))})
+        for k in range(0, 2_000_000, 8192)
+    ]
     rows = [{"id": i, "text": str(i)} for i in range(500_000)]
     pool = pa.concat_tables(tables).combine_chunks()
     del tables, rows, pool

@@ -15,7 +15,12 @@ from lion_distill.train.batches import load_tokenizer, prompt_ids
 ROWS = [
     {"instruction": "Name a colour.", "input": "", "response": "Blue, the colour of a clear sky.", "complete": True},
     {"instruction": "Add the numbers.", "input": "2 and 3", "response": "5", "complete": True},
-    {"instruction": "Write a long line.", "input": "", "response": "one two three four five six seven", "complete": False},
+    {
+        "instruction": "Write a long line.",
+        "input": "",
+        "response": "one two three four five six seven",
+        "complete": False,
+    },
 ]
 
 
@@ -28,7 +33,9 @@ def test_mean_nll_is_the_models_own_loss_on_the_answer_tokens(tiny_models):
     total = tokens = 0
     for row in ROWS:
         prompt = prompt_ids(tok, [row["instruction"]], [row["input"]])[0]
-        answer = tok(row["response"], add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if row["complete"] else [])
+        answer = tok(row["response"], add_special_tokens=False)["input_ids"] + (
+            [tok.eos_token_id] if row["complete"] else []
+        )
         ids = torch.tensor([prompt + answer])
         labels = torch.tensor([[-100] * len(prompt) + answer])
         with torch.no_grad():
@@ -41,20 +48,32 @@ def test_mean_nll_is_the_models_own_loss_on_the_answer_tokens(tiny_models):
 
 def test_the_teacher_is_measured_in_its_chat_template(tiny_models):
     tok = load_tokenizer(str(tiny_models.llama))
-    chat = tok.apply_chat_template([{"role": "user", "content": "Add the numbers.\n\n2 and 3"}], tokenize=False,
-                                   add_generation_prompt=True)
-    assert prompt_ids(tok, ["Add the numbers."], ["2 and 3"], "chat")[0] == tok(chat, add_special_tokens=False)["input_ids"]
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Add the numbers.\n\n2 and 3"}], tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        prompt_ids(tok, ["Add the numbers."], ["2 and 3"], "chat")[0]
+        == tok(chat, add_special_tokens=False)["input_ids"]
+    )
     with pytest.raises(ValueError, match="template must be"):
         prompt_ids(tok, ["x"], [""], "vicuna")
 
 
 def test_only_answered_questions_are_measured():
-    questions = [{"instruction": "a", "input": ""}, {"instruction": "b", "input": "x"}, {"instruction": "c", "input": ""}]
-    answers = [{"text": "yes", "finish_reason": "stop"}, {"text": "", "finish_reason": "failed: timeout"},
-               {"text": "cut", "finish_reason": "length"}]
+    questions = [
+        {"instruction": "a", "input": ""},
+        {"instruction": "b", "input": "x"},
+        {"instruction": "c", "input": ""},
+    ]
+    answers = [
+        {"text": "yes", "finish_reason": "stop"},
+        {"text": "", "finish_reason": "failed: timeout"},
+        {"text": "cut", "finish_reason": "length"},
+    ]
     assert answer_rows(questions, answers) == [
         {"instruction": "a", "input": "", "response": "yes", "complete": True},
-        {"instruction": "c", "input": "", "response": "cut", "complete": False}]
+        {"instruction": "c", "input": "", "response": "cut", "complete": False},
+    ]
 
 
 def test_lion_report_shows_the_nll_beside_the_relative_score(tmp_path):

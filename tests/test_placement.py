@@ -4,6 +4,7 @@ LLM's deployments and Ray Data's per-stage engines alike; the driver state actor
 reaper and a rate gate on the driver's node even when Ray would rather put them elsewhere;
 and the reaper, which deletes a job's engines once the GCS says the job ended, never on one
 failed read."""
+
 import asyncio
 
 import pytest
@@ -12,7 +13,7 @@ from lion_distill.config.models import Parallelism, RoleConfig
 from lion_distill.driver_node import job_status
 from lion_distill.llm.engine_args import engine_placement
 
-HOLD_ONE_GPU_PER_NODE = r'''
+HOLD_ONE_GPU_PER_NODE = r"""
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -26,9 +27,11 @@ class Holder:
 nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 holders = [Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
 ray.get([h.ready.remote() for h in holders])  # two GPUs free now, but never two on one node
-'''
+"""
 
-TP2_ON_ONE_NODE = HOLD_ONE_GPU_PER_NODE + r'''
+TP2_ON_ONE_NODE = (
+    HOLD_ONE_GPU_PER_NODE
+    + r"""
 import json, sys
 from ray.data.llm import build_processor
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
@@ -60,7 +63,8 @@ for name, make in groups.items():
     holders[0] = Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[0], soft=False)).remote()
     ray.get(holders[0].ready.remote())
 print(json.dumps(out))
-'''
+"""
+)
 
 
 def test_engine_placement_is_one_bundle_per_rank_on_one_node():
@@ -82,7 +86,9 @@ def test_a_tp2_engine_waits_for_one_node_with_two_gpus_never_straddles(gpu_clust
         assert got[f"{path}_bundles"] == 2 and got[f"{path}_nodes"] == 1, got
 
 
-PINNED = HOLD_ONE_GPU_PER_NODE + r'''
+PINNED = (
+    HOLD_ONE_GPU_PER_NODE
+    + r"""
 import json, sys
 from ray._private.state import actors
 from lion_distill.config.models import OpenAIEndpoint, ServingConfig
@@ -114,7 +120,8 @@ engines.close()
 for actor in (control, state, gate):
     ray.kill(actor)
 print(json.dumps(out))
-'''
+"""
+)
 
 
 @pytest.mark.ray

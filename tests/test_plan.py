@@ -1,4 +1,5 @@
 """--plan: the run priced from its config and pools, with no cluster and no request; preflight."""
+
 import json
 from pathlib import Path
 
@@ -16,19 +17,35 @@ SEED = str(REPO / "data/self-instruct/seed_tasks.jsonl")
 
 
 def config(tmp_path, llama, **lion):
-    api = {"backend": "openai", "model": "gpt", "openai": {
-        "base_url": "http://127.0.0.1:9/v1", "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0}}
-    return validate({
-        "run_dir": str(tmp_path / "run"), "data": {"pool_files": [SEED], "sample_size": 20},
-        "teacher": {**api, "sampling": {"max_tokens": 10}},
-        "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 8}},
-        "referee": {**api, "sampling": {"max_tokens": 6}},
-        "generator": {**api, "sampling": {"max_tokens": 12}},
-        "lion": {"iterations": 2, "new_instructions_per_iteration": 8, "generation_rounds": 3, "referee_retries": 1,
-                 **lion},
-        "plan": {"referee_failure_rate": 0.5, "generator_acceptance_rate": 0.5, "tokenizers": {"teacher": llama}},
-        "train": {"num_workers": 0},
-    }, "test")
+    api = {
+        "backend": "openai",
+        "model": "gpt",
+        "openai": {
+            "base_url": "http://127.0.0.1:9/v1",
+            "price_per_1k_prompt_tokens": 1.0,
+            "price_per_1k_completion_tokens": 2.0,
+        },
+    }
+    return validate(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"pool_files": [SEED], "sample_size": 20},
+            "teacher": {**api, "sampling": {"max_tokens": 10}},
+            "student": {"backend": "hf", "model": llama, "sampling": {"max_tokens": 8}},
+            "referee": {**api, "sampling": {"max_tokens": 6}},
+            "generator": {**api, "sampling": {"max_tokens": 12}},
+            "lion": {
+                "iterations": 2,
+                "new_instructions_per_iteration": 8,
+                "generation_rounds": 3,
+                "referee_retries": 1,
+                **lion,
+            },
+            "plan": {"referee_failure_rate": 0.5, "generator_acceptance_rate": 0.5, "tokenizers": {"teacher": llama}},
+            "train": {"num_workers": 0},
+        },
+        "test",
+    )
 
 
 def by_call(plan):
@@ -83,24 +100,42 @@ def test_observed_figures_replace_priors_and_completed_stages_are_not_priced(tmp
     cfg = config(tmp_path, str(tiny_models.llama))
     run = RunDir(cfg.run_dir)
     run.write_json("state.json", {"completed": ["iter_0/imitation"]})
-    run.write_json("iter_0/metrics.json", {"rows/imitation/teacher": 20, "completion_tokens/imitation/teacher": 60,
-                                           "failed_rows/imitation/teacher": 1, "lion/imitation_asked": 20,
-                                           # one failed, one blank: both asked again in discrimination
-                                           "lion/imitation_failed_answers": 2, "lion/candidates": 10,
-                                           "lion/new_instructions": 10})
+    run.write_json(
+        "iter_0/metrics.json",
+        {
+            "rows/imitation/teacher": 20,
+            "completion_tokens/imitation/teacher": 60,
+            "failed_rows/imitation/teacher": 1,
+            "lion/imitation_asked": 20,
+            # one failed, one blank: both asked again in discrimination
+            "lion/imitation_failed_answers": 2,
+            "lion/candidates": 10,
+            "lion/new_instructions": 10,
+        },
+    )
     from lion_distill.llm.ledger import SpendLog
 
     SpendLog(run, role="referee", stage="iter_0/discrimination", every_s=0).add(
-        retries=0, failed=False, prompt_tokens=0, completion_tokens=0, cost_usd=1.0)
+        retries=0, failed=False, prompt_tokens=0, completion_tokens=0, cost_usd=1.0
+    )
     cfg.referee.openai.budget_usd = 1.01  # the spend log has taken nearly all of it
     plan = lion_plan(cfg)
     lines = by_call(plan)
     (warning,) = [w for w in plan.warnings if "budget_usd" in w]
-    assert warning.startswith("referee: budget_usd $1.01 runs out in stage iter_0/discrimination") and "$1.00 of it" in warning
+    assert (
+        warning.startswith("referee: budget_usd $1.01 runs out in stage iter_0/discrimination")
+        and "$1.00 of it" in warning
+    )
     assert plan.skipped == ["iter_0/imitation"] and ("iter_0/imitation", "imitation/teacher") not in lines
-    assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(2)  # 10% failed, asked again
-    assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(8 * 3)  # 3 a reply, observed
-    assert [ln.call for ln in plan.lines if ln.stage == "iter_0/generation"] == ["generation/generator_round0"]  # all kept
+    assert lines["iter_0/discrimination", "discrimination/teacher"].requests == pytest.approx(
+        2
+    )  # 10% failed, asked again
+    assert lines["iter_1/imitation", "imitation/teacher"].completion_tokens == pytest.approx(
+        8 * 3
+    )  # 3 a reply, observed
+    assert [ln.call for ln in plan.lines if ln.stage == "iter_0/generation"] == [
+        "generation/generator_round0"
+    ]  # all kept
 
 
 def test_plan_warns_when_the_teachers_max_tokens_cuts_its_answers(tmp_path, tiny_models):
@@ -108,26 +143,36 @@ def test_plan_warns_when_the_teachers_max_tokens_cuts_its_answers(tmp_path, tiny
 
     cfg = config(tmp_path, str(tiny_models.llama))  # teacher max_tokens 10
     (warning,) = [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
-    assert warning.startswith("teacher: sampling.max_tokens 10 cuts answers: a whole answer takes about 300 tokens "
-                              "(plan.answer_tokens); cut answers are left out of imitation (lion.train_on_truncated)")
+    assert warning.startswith(
+        "teacher: sampling.max_tokens 10 cuts answers: a whole answer takes about 300 tokens "
+        "(plan.answer_tokens); cut answers are left out of imitation (lion.train_on_truncated)"
+    )
     assert "lion.min_imitation_fraction (0.5)" in warning
     cfg.teacher.sampling.max_tokens = 400
     assert not [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
     # What the run saw wins over the prior: most answers cut at 400.
-    RunDir(cfg.run_dir).write_json("iter_0/metrics.json", {"lion/imitation_asked": 20, "lion/imitation_truncated_answers": 15})
+    RunDir(cfg.run_dir).write_json(
+        "iter_0/metrics.json", {"lion/imitation_asked": 20, "lion/imitation_truncated_answers": 15}
+    )
     (warning,) = [w for w in lion_plan(cfg).warnings if w.startswith("teacher: ")]
     assert "75% of the teacher's answers so far were cut at it" in warning
 
 
 def test_budget_warning_names_the_stage():
-    lines = [Line("iter_0/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0),
-             Line("iter_0/discrimination", "discrimination/referee", "referee", 10, 0, 0, usd=1.0),
-             Line("iter_1/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0)]
+    lines = [
+        Line("iter_0/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0),
+        Line("iter_0/discrimination", "discrimination/referee", "referee", 10, 0, 0, usd=1.0),
+        Line("iter_1/imitation", "imitation/teacher", "teacher", 10, 0, 0, usd=4.0),
+    ]
     (warning,) = budget_warnings(lines, {"teacher": 5.0, "referee": 5.0}, {"referee": 1.0})
     assert warning.startswith("teacher: budget_usd $5 runs out in stage iter_1/imitation (imitation/teacher)")
     assert budget_warnings(lines, {"teacher": 3.0}, {"teacher": 2.5})[0].count("iter_0/imitation") == 1
     assert family("generation/generator_round12") == "generation/generator"
-    assert family("discrimination/referee_retry1") == "discrimination/referee" == family("discrimination/referee_truncated")
+    assert (
+        family("discrimination/referee_retry1")
+        == "discrimination/referee"
+        == family("discrimination/referee_truncated")
+    )
 
 
 def test_cli_plan_starts_nothing_and_writes_plan_json(tmp_path, tiny_models, capsys):
@@ -160,13 +205,18 @@ def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({
-        "run_dir": str(blocker / "run"), "data": {"pool_files": [str(tmp_path / "missing.json")]},
-        "teacher": {"backend": "openai", "model": "gpt", "openai": {"api_key_env": "PREFLIGHT_TEST_KEY"}},
-        "student": {"backend": "vllm", "model": "/no/such/llama"},
-        "referee": {"backend": "hf", "model": "meta-llama/Llama-2-7b-hf"},
-        "generator": {"backend": "openai", "model": "m", "openai": {"base_url": "http://127.0.0.1:1/v1"}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(blocker / "run"),
+                "data": {"pool_files": [str(tmp_path / "missing.json")]},
+                "teacher": {"backend": "openai", "model": "gpt", "openai": {"api_key_env": "PREFLIGHT_TEST_KEY"}},
+                "student": {"backend": "vllm", "model": "/no/such/llama"},
+                "referee": {"backend": "hf", "model": "meta-llama/Llama-2-7b-hf"},
+                "generator": {"backend": "openai", "model": "m", "openai": {"base_url": "http://127.0.0.1:1/v1"}},
+            }
+        )
+    )
     assert main(["lion", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -181,14 +231,18 @@ def test_preflight_reports_every_problem_at_once(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "missing.json: file not found" in err and "PREFLIGHT_TEST_KEY" not in err  # only what the plan needs
 
-    cfg = validate({**yaml.safe_load(path.read_text()), "run_dir": str(tmp_path / "run"),
-                    "data": {"pool_files": [str(broken)]}}, "test")
+    cfg = validate(
+        {**yaml.safe_load(path.read_text()), "run_dir": str(tmp_path / "run"), "data": {"pool_files": [str(broken)]}},
+        "test",
+    )
     checks = preflight(cfg, env={"PREFLIGHT_TEST_KEY": "k"})
     assert len(checks.inputs) == 1 and "broken.json" in checks.inputs[0]
     assert [p.split(":")[0] for p in checks.run] == ["student.model"]
     # Online, a hub name is a model: one note, no problem.
-    assert checks.notes == ["referee: 'meta-llama/Llama-2-7b-hf' is a model hub name: each node that loads "
-                            "it downloads it into its Hugging Face cache"]
+    assert checks.notes == [
+        "referee: 'meta-llama/Llama-2-7b-hf' is a model hub name: each node that loads "
+        "it downloads it into its Hugging Face cache"
+    ]
     assert "referee.model" in preflight(cfg, env={"TRANSFORMERS_OFFLINE": "1"}).run[-1]
 
 
@@ -198,7 +252,10 @@ def test_plan_needs_no_key_and_notes_what_the_run_still_needs(tmp_path, tiny_mod
     from lion_distill.cli import main
 
     monkeypatch.delenv("PLAN_TEST_KEY", raising=False)
-    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a hub name is then a model (the plan downloads nothing)
+    for offline in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):  # a hub name is then a model (the plan downloads nothing)
         monkeypatch.delenv(offline, raising=False)
     cfg = config(tmp_path, str(tiny_models.llama)).model_dump(mode="json")
     cfg["teacher"]["openai"] = {"api_key_env": "PLAN_TEST_KEY", "price_per_1k_prompt_tokens": 1.0}  # api.openai.com
@@ -207,10 +264,12 @@ def test_plan_needs_no_key_and_notes_what_the_run_still_needs(tmp_path, tiny_mod
     path.write_text(yaml.safe_dump(cfg))
     assert main(["lion", "--config", str(path), "--plan"]) == 0
     out = capsys.readouterr().out
-    notes = out[out.index("Notes:"):]
+    notes = out[out.index("Notes:") :]
     assert "referee: 'org/some-model' is a model hub name" in notes
     assert "Before the run can start:" in notes and "PLAN_TEST_KEY" in notes
-    assert "referee: tokens counted with 4 characters a token (org/some-model is not in this machine's hub cache)" in out
+    assert (
+        "referee: tokens counted with 4 characters a token (org/some-model is not in this machine's hub cache)" in out
+    )
     assert (tmp_path / "run" / "plan.json").exists()
     assert main(["lion", "--config", str(path)]) == 2  # the run itself still refuses without the key
     assert "PLAN_TEST_KEY" in capsys.readouterr().err
@@ -259,7 +318,9 @@ def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
     plan = step_by_step_plan(cfg)
     (teacher,) = [ln for ln in plan.lines if ln.call == "rationales/teacher"]
     rows = [int(n) for n in plan.assumptions[0].replace(",", "").split() if n.isdigit()]
-    assert teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
+    assert (
+        teacher.requests == sum(rows) and teacher.completion_tokens == sum(rows) * cfg.teacher.role.sampling.max_tokens
+    )
     trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
     assert trained == {f"train/{m}/{f:g}" for m in cfg.methods for f in cfg.fractions}
 
@@ -267,12 +328,22 @@ def test_step_by_step_plan_prices_the_teachers_rationales(tmp_path):
 def eval_section(tmp_path, llama, judge_price: float = 1.0) -> dict:
     """Three questions with their reference answers, a priced API judge."""
     questions, answers = short_questions(tmp_path, 3)
-    return {"questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
-            "reference": {"answers": str(answers)},
-            "judge": {"backend": "openai", "model": "gpt", "sampling": {"max_tokens": 5}, "openai": {
-                "base_url": "http://127.0.0.1:9/v1", "price_per_1k_prompt_tokens": judge_price,
-                "price_per_1k_completion_tokens": judge_price, "budget_usd": 0.05}},
-            "judge_retries": 2}
+    return {
+        "questions": {"files": [str(questions)], "field_map": {"instruction": "text"}},
+        "reference": {"answers": str(answers)},
+        "judge": {
+            "backend": "openai",
+            "model": "gpt",
+            "sampling": {"max_tokens": 5},
+            "openai": {
+                "base_url": "http://127.0.0.1:9/v1",
+                "price_per_1k_prompt_tokens": judge_price,
+                "price_per_1k_completion_tokens": judge_price,
+                "budget_usd": 0.05,
+            },
+        },
+        "judge_retries": 2,
+    }
 
 
 def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path, tiny_models):
@@ -280,8 +351,13 @@ def test_lion_plan_prices_every_evaluation_in_the_order_the_stages_run(tmp_path,
     from lion_distill.lion.loop import lion_stages
 
     cfg = config(tmp_path, str(tiny_models.llama))
-    cfg = cfg.model_copy(update={"eval": validate({**cfg.model_dump(mode="json"), "eval": eval_section(
-        tmp_path, str(tiny_models.llama))}, "test").eval})
+    cfg = cfg.model_copy(
+        update={
+            "eval": validate(
+                {**cfg.model_dump(mode="json"), "eval": eval_section(tmp_path, str(tiny_models.llama))}, "test"
+            ).eval
+        }
+    )
     plan = lion_plan(cfg)
     stages = [s.name for s in lion_stages(cfg, RunDir(cfg.run_dir))]
     assert list(dict.fromkeys(ln.stage for ln in plan.lines)) == stages  # iter_-1/eval first, one after each imitation
@@ -301,11 +377,13 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
 
     section = eval_section(tmp_path, str(tiny_models.llama))
     section["reference"] = {"name": "gpt-3.5", "role": {**section["judge"], "sampling": {"max_tokens": 40}}}
-    section["candidates"] = [{"name": "a", "role": {"backend": "hf", "model": str(tiny_models.llama),
-                                                    "sampling": {"max_tokens": 7}}},
-                             {"name": "b", "role": {"backend": "vllm", "model": str(tiny_models.llama)}}]
-    cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section,
-                                        "plan": {"referee_failure_rate": 0.5}})
+    section["candidates"] = [
+        {"name": "a", "role": {"backend": "hf", "model": str(tiny_models.llama), "sampling": {"max_tokens": 7}}},
+        {"name": "b", "role": {"backend": "vllm", "model": str(tiny_models.llama)}},
+    ]
+    cfg = EvalJobConfig.model_validate(
+        {"run_dir": str(tmp_path / "eval"), "eval": section, "plan": {"referee_failure_rate": 0.5}}
+    )
     plan = evaluate_plan(cfg)
     lines = by_call(plan)
     assert lines["questions", "eval/reference"].requests == 3 and lines["questions", "eval/reference"].usd > 0
@@ -317,8 +395,9 @@ def test_evaluation_plan_counts_the_reference_candidates_judge_and_retries(tmp_p
         assert lines[f"candidate/{name}", "eval/judge_retry2"].requests == 1.5
     assert lines["candidate/a", "eval/candidate"].completion_tokens == 3 * 7
     # The judge reads the question, the reference answer (40 tokens) and the candidate's reply (7 tokens).
-    assert lines["candidate/a", "eval/judge"].prompt_tokens - lines["candidate/b", "eval/judge"].prompt_tokens == \
-        6 * (7 - cfg.eval.candidates[1].role.sampling.max_tokens)
+    assert lines["candidate/a", "eval/judge"].prompt_tokens - lines["candidate/b", "eval/judge"].prompt_tokens == 6 * (
+        7 - cfg.eval.candidates[1].role.sampling.max_tokens
+    )
 
     from lion_distill.data import RunDir
 
@@ -332,8 +411,10 @@ def test_step_by_step_plan_gives_training_gpu_hours_and_skips_finished_stages(tm
     from lion_distill.plan.step_by_step import step_by_step_plan
     from lion_distill.step_by_step import job
 
-    cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
-                   [f"run_dir={tmp_path / 'run'}", "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
+    cfg = job.load(
+        str(REPO / "configs/step-by-step-demo.yaml"),
+        [f"run_dir={tmp_path / 'run'}", "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"],
+    )
     plan = step_by_step_plan(cfg)
     train = [ln for ln in plan.lines if ln.call.startswith("train/")]
     assert train and all(ln.gpu_hours == pytest.approx(ln.prompt_tokens / 100 / 3600) for ln in train)
@@ -352,8 +433,10 @@ def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
 
     section = eval_section(tmp_path, str(tiny_models.llama))
     section["questions"]["files"] = [str(tmp_path / "missing.jsonl")]
-    section["candidates"] = [{"name": "lion", "lion_run": str(tmp_path / "no-run")},
-                             {"name": "local", "role": {"backend": "vllm", "model": str(tmp_path / "no-model")}}]
+    section["candidates"] = [
+        {"name": "lion", "lion_run": str(tmp_path / "no-run")},
+        {"name": "local", "role": {"backend": "vllm", "model": str(tmp_path / "no-model")}},
+    ]
     cfg = EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section})
     checks = preflight(cfg, env={})
     assert any(p.startswith("eval: ") and "missing.jsonl" in p for p in checks.inputs)
@@ -362,7 +445,9 @@ def test_preflight_checks_an_evaluation_before_it_starts(tmp_path, tiny_models):
     section["questions"]["files"] = [short_questions(tmp_path, 3)[0]]
     (tmp_path / "answers.jsonl").write_text('{"question_id": 1, "text": "An apple."}\n')  # questions 2 and 3 unanswered
     section["candidates"] = section["candidates"][1:]
-    problems = preflight(EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={}).inputs
+    problems = preflight(
+        EvalJobConfig.model_validate({"run_dir": str(tmp_path / "eval"), "eval": section}), env={}
+    ).inputs
     assert any(p.startswith("eval: ") and "question_id" in p for p in problems), problems
 
 
@@ -389,11 +474,35 @@ def test_a_teachers_prompt_without_its_slot_is_one_preflight_line(tmp_path, caps
     bad.write_text("Q: what goes here?\nA:")
     mine.write_text("Q: {input}\nA:")
     for extra in ([], ["--plan"]):
-        code = main(["step-by-step", "--config", config, "--set", f"run_dir={tmp_path / 'run'}",
-                     "--set", f"teacher.prompt_file={bad}", *extra])
+        code = main(
+            [
+                "step-by-step",
+                "--config",
+                config,
+                "--set",
+                f"run_dir={tmp_path / 'run'}",
+                "--set",
+                f"teacher.prompt_file={bad}",
+                *extra,
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err
-        assert err.splitlines()[1:] == [f"  teacher.prompt_file: {bad}: a prompt needs exactly one {{input}} where the "
-                                        "row's input goes (found 0)"]
-    assert main(["step-by-step", "--config", config, "--set", f"run_dir={tmp_path / 'run'}",
-                 "--set", f"teacher.prompt_file={mine}", "--plan"]) == 0
+        assert err.splitlines()[1:] == [
+            f"  teacher.prompt_file: {bad}: a prompt needs exactly one {{input}} where the row's input goes (found 0)"
+        ]
+    assert (
+        main(
+            [
+                "step-by-step",
+                "--config",
+                config,
+                "--set",
+                f"run_dir={tmp_path / 'run'}",
+                "--set",
+                f"teacher.prompt_file={mine}",
+                "--plan",
+            ]
+        )
+        == 0
+    )

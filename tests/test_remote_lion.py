@@ -2,6 +2,7 @@
 loopback): pools, responses, state, the training checkpoints and the student's export all land
 in the bucket, and the next stages load the student from there through each node's model
 cache. The credentials (environment variables) are written nowhere."""
+
 import json
 
 import pyarrow.fs as pafs
@@ -15,7 +16,7 @@ from tests.test_lion_e2e import DEMO, KEY, KEY_ENV, overrides
 
 def _files(run: RunDir) -> dict[str, int]:
     infos = run.fs.get_file_info(pafs.FileSelector(run.root, recursive=True))
-    return {i.path[len(run.root) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+    return {i.path[len(run.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
 
 
 def _cached() -> set:
@@ -27,8 +28,9 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     uri = f"{s3_bucket}/runs/lion"
     cached_before = _cached()
     # Checkpoints kept (train.keep_checkpoints) to see them in the bucket; deleted there at the end.
-    state = loop.run(loop.load(DEMO, overrides(uri, vllm_server, iterations=1, sample=8, new=2)
-                               + ["train.keep_checkpoints=true"]))
+    state = loop.run(
+        loop.load(DEMO, overrides(uri, vllm_server, iterations=1, sample=8, new=2) + ["train.keep_checkpoints=true"])
+    )
     run = RunDir(uri)
     assert state["done"] and run.read_json("state.json")["done"]
     # The final imitation trained the iteration-0 student, loaded from the bucket.
@@ -36,7 +38,9 @@ def test_lion_iteration_on_an_s3_run_directory(ray_cluster, vllm_server, s3_buck
     files = _files(run)
     for k in (0, 1):
         assert files[f"iter_{k}/train_pool.parquet"] and files[f"iter_{k}/imitation/teacher_responses.parquet"]
-        assert files[f"iter_{k}/imitation/student/config.json"] and files[f"iter_{k}/imitation/student/model.safetensors"]
+        assert (
+            files[f"iter_{k}/imitation/student/config.json"] and files[f"iter_{k}/imitation/student/model.safetensors"]
+        )
         assert any(f.startswith(f"iter_{k}/imitation/ray_train/") and f.endswith(".distcp") for f in files)
     for name in ("student_responses", "teacher_responses", "judgments"):
         assert files[f"iter_0/discrimination/{name}.parquet"]

@@ -1,6 +1,7 @@
 """Run directories and models in an object store, against a real S3-compatible server on
 loopback (tests/fixtures/s3_server.py); no Ray. The Lion iteration on an s3:// run directory is
 in test_remote_lion.py."""
+
 import threading
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def _upload(folder, uri: str) -> None:
     pafs.copy_files(str(folder), path, destination_filesystem=fs)
 
 
-def test_a_model_in_s3_is_downloaded_once_per_node_and_again_when_it_changes(s3_bucket, tiny_models, tmp_path,
-                                                                              monkeypatch):
+def test_a_model_in_s3_is_downloaded_once_per_node_and_again_when_it_changes(
+    s3_bucket, tiny_models, tmp_path, monkeypatch
+):
     from transformers import AutoConfig, AutoTokenizer
 
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
@@ -74,11 +76,18 @@ def test_a_model_in_s3_is_downloaded_once_per_node_and_again_when_it_changes(s3_
     with fs.open_output_stream(f"{path}/generation_config.json") as out:
         out.write(b'{"do_sample": true}')
     again = local_model(uri)
-    assert again != paths[0] and len(downloads) == 2 and (pafs.LocalFileSystem().get_file_info(
-        f"{again}/generation_config.json").size == len(b'{"do_sample": true}'))
+    assert (
+        again != paths[0]
+        and len(downloads) == 2
+        and (
+            pafs.LocalFileSystem().get_file_info(f"{again}/generation_config.json").size == len(b'{"do_sample": true}')
+        )
+    )
     tokenizer = local_model(uri, tokenizer_only=True)  # for a process that only tokenises: no weights
     assert tokenizer != again and (Path(again) / "model.safetensors").is_file()
-    assert {p.name for p in Path(tokenizer).iterdir()} == {p.name for p in Path(again).iterdir()} - {"model.safetensors"}
+    assert {p.name for p in Path(tokenizer).iterdir()} == {p.name for p in Path(again).iterdir()} - {
+        "model.safetensors"
+    }
     assert AutoTokenizer.from_pretrained(tokenizer).vocab_size > 0
     assert local_model(str(tiny_models.llama)) == str(tiny_models.llama) and local_model("org/name") == "org/name"
     with pytest.raises(FileNotFoundError, match="no model files"):
@@ -92,7 +101,6 @@ def test_run_dir_writability_is_checked_in_object_stores_too(s3_bucket):
     assert len(problems) == 1 and problems[0].startswith(f"run_dir: {missing} is not writable (")
 
 
-
 def test_share_check_needs_a_cluster_and_a_local_path(s3_bucket, tmp_path):
     """Without Ray there are no other nodes; an object store is one bucket wherever it is
     opened. (The check itself, on a node that cannot see the folder: test_two_nodes.py.)"""
@@ -104,7 +112,9 @@ def test_train_storage_goes_through_the_uris_filesystem(tmp_path):
     from lion_distill.train.loop import _storage, storage_path
 
     out = "s3://bucket/runs/x/iter_0/imitation/student?endpoint_override=127.0.0.1:9&scheme=http"
-    assert storage_path(out) == "s3://bucket/runs/x/iter_0/imitation/ray_train?endpoint_override=127.0.0.1:9&scheme=http"
+    assert (
+        storage_path(out) == "s3://bucket/runs/x/iter_0/imitation/ray_train?endpoint_override=127.0.0.1:9&scheme=http"
+    )
     storage = _storage(out)
     assert storage["storage_path"] == "bucket/runs/x/iter_0/imitation/ray_train"
     assert isinstance(storage["storage_filesystem"], pafs.S3FileSystem)
@@ -140,7 +150,8 @@ def test_preflight_accepts_a_model_in_s3_only_where_one_is(s3_bucket, tiny_model
     assert role_problems("student", RoleConfig(backend="hf", model=uri)) == []
     empty = f"{s3_bucket}/run/iter_1/imitation/student"
     assert role_problems("student", RoleConfig(backend="hf", model=empty)) == [
-        f"student.model: {empty} has no config.json (a Hugging Face model folder was expected)"]
+        f"student.model: {empty} has no config.json (a Hugging Face model folder was expected)"
+    ]
     unreachable = f"{s3_bucket}/m?endpoint_override=127.0.0.1:9&scheme=http"  # nothing listens on port 9
     (problem,) = role_problems("student", RoleConfig(backend="hf", model=unreachable))
     assert problem.startswith(f"student.model: {unreachable} cannot be read (")

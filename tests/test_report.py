@@ -1,4 +1,5 @@
 """The run report over a synthetic two-iteration run, and over runs with parts missing."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -14,24 +15,60 @@ PLOTS = ("stage_throughput.png", "tokens_cost.png", "hard_fraction_gap.png", "sc
 
 def iteration_metrics(k: int) -> dict:
     api = dict(api_requests=1200 + k, api_retries=7, api_cached=3)
-    metrics = Metrics([
-        StageRecord("imitation/teacher", 300.0, rows=1200, prompt_tokens=96_000, completion_tokens=360_000,
-                    cost_usd=0.588 + k, **api),
-        StageRecord("imitation/train", 1800.0, rows=1200, gpus=8, extra={"samples_per_s": 2.0, "mfu": 0.41}),
-        StageRecord("discrimination/student", 120.0, rows=600, prompt_tokens=48_000, completion_tokens=150_000, gpus=8),
-        StageRecord("discrimination/referee", 240.0, rows=1200, prompt_tokens=840_000, completion_tokens=72_000,
-                    failed_rows=2, cost_usd=0.528, **api),
-        StageRecord("generation/generator", 60.0, rows=150, prompt_tokens=45_000, completion_tokens=9_000,
-                    cost_usd=0.0360, **api),
-        StageRecord("generation/filter", 4.5, rows=150),
-    ]).as_dict()
-    metrics.update({
-        "lion/hard_fraction": [0.4167, 0.3125][k], "lion/mean_gap": [1.25, 0.75][k], "lion/judged": 4,
-        "lion/judge_failed": 2, "lion/new_instructions": 120, "lion/cache_pool_size": 600 + 120 * k,
-        "lion/train_pool_size": 120, "generation_rejects/rouge_l": 25 + k, "generation_rejects/unparseable": 5,
-        "lion/imitation_asked": 1200, "lion/imitation_trained": 1080 - 500 * k, "lion/imitation_truncated_answers": 100,
-        "lion/imitation_failed_answers": 20,
-    })
+    metrics = Metrics(
+        [
+            StageRecord(
+                "imitation/teacher",
+                300.0,
+                rows=1200,
+                prompt_tokens=96_000,
+                completion_tokens=360_000,
+                cost_usd=0.588 + k,
+                **api,
+            ),
+            StageRecord("imitation/train", 1800.0, rows=1200, gpus=8, extra={"samples_per_s": 2.0, "mfu": 0.41}),
+            StageRecord(
+                "discrimination/student", 120.0, rows=600, prompt_tokens=48_000, completion_tokens=150_000, gpus=8
+            ),
+            StageRecord(
+                "discrimination/referee",
+                240.0,
+                rows=1200,
+                prompt_tokens=840_000,
+                completion_tokens=72_000,
+                failed_rows=2,
+                cost_usd=0.528,
+                **api,
+            ),
+            StageRecord(
+                "generation/generator",
+                60.0,
+                rows=150,
+                prompt_tokens=45_000,
+                completion_tokens=9_000,
+                cost_usd=0.0360,
+                **api,
+            ),
+            StageRecord("generation/filter", 4.5, rows=150),
+        ]
+    ).as_dict()
+    metrics.update(
+        {
+            "lion/hard_fraction": [0.4167, 0.3125][k],
+            "lion/mean_gap": [1.25, 0.75][k],
+            "lion/judged": 4,
+            "lion/judge_failed": 2,
+            "lion/new_instructions": 120,
+            "lion/cache_pool_size": 600 + 120 * k,
+            "lion/train_pool_size": 120,
+            "generation_rejects/rouge_l": 25 + k,
+            "generation_rejects/unparseable": 5,
+            "lion/imitation_asked": 1200,
+            "lion/imitation_trained": 1080 - 500 * k,
+            "lion/imitation_truncated_answers": 100,
+            "lion/imitation_failed_answers": 20,
+        }
+    )
     return metrics
 
 
@@ -39,14 +76,16 @@ def judgments(k: int) -> pa.Table:
     teacher = [9.0, 8.5, 7.0, 8.0, None, None]
     student = [6.0, 8.0, 7.5, 5.5 + k, None, None]
     gap = [None if t is None else t - s for t, s in zip(teacher, student)]
-    return pa.table({
-        "id": [f"i{k}-{n}" for n in range(6)],
-        "teacher_score": pa.array(teacher, pa.float64()),
-        "student_score": pa.array(student, pa.float64()),
-        "gap": pa.array(gap, pa.float64()),
-        "hard": [g is not None and g >= 1.0 for g in gap],
-        "status": ["ok"] * 4 + ["failed: unparseable review after 3 tries", "failed: API error 500"],
-    })
+    return pa.table(
+        {
+            "id": [f"i{k}-{n}" for n in range(6)],
+            "teacher_score": pa.array(teacher, pa.float64()),
+            "student_score": pa.array(student, pa.float64()),
+            "gap": pa.array(gap, pa.float64()),
+            "hard": [g is not None and g >= 1.0 for g in gap],
+            "status": ["ok"] * 4 + ["failed: unparseable review after 3 tries", "failed: API error 500"],
+        }
+    )
 
 
 def write_run(run: RunDir, iterations: int = 2) -> None:
@@ -107,8 +146,7 @@ def test_bad_files_are_reported_not_raised(tmp_path):
     run.write_json("iter_1/metrics.json", {**iteration_metrics(1), "note": "text", "lion/judge_failed": 3})
     run.write_table("iter_0/discrimination/judgments.parquet", judgments(0).drop(["status"]))
     run.write_bytes("iter_1/discrimination/judgments.parquet", b"not parquet")
-    run.write_table("iter_2/discrimination/judgments.parquet",
-                    judgments(0).set_column(5, "status", pa.array([1] * 6)))
+    run.write_table("iter_2/discrimination/judgments.parquet", judgments(0).set_column(5, "status", pa.array([1] * 6)))
     write_report(run)
     report = run.read_bytes("report.md").decode()
     assert "`iter_0/metrics.json` is not valid JSON" in report
@@ -158,15 +196,25 @@ def test_a_finished_run_lists_no_phantom_iteration(tmp_path):
     run = RunDir(tmp_path / "run")
     write_run(run, iterations=2)
     stages = [f"iter_{k}/{s}" for k in range(2) for s in ("imitation", "discrimination", "generation")]
-    state = {"version": 2, "job": "lion", "name": "r", "stages": stages, "completed": stages,
-             "outputs": {}, "counters": {}, "summary": {}, "done": True}
+    state = {
+        "version": 2,
+        "job": "lion",
+        "name": "r",
+        "stages": stages,
+        "completed": stages,
+        "outputs": {},
+        "counters": {},
+        "summary": {},
+        "done": True,
+    }
     run.write_json("state.json", state)
     run.write_bytes("iter_2/train_pool.parquet", b"next pools")
     write_report(run)
     report = run.read_bytes("report.md").decode()
     assert "iter_2" not in report and "Nothing: every expected file was read." in report
-    run.write_json("state.json", {**state, "stages": [*stages, "iter_2/imitation"],
-                                  "completed": [*stages, "iter_2/imitation"]})
+    run.write_json(
+        "state.json", {**state, "stages": [*stages, "iter_2/imitation"], "completed": [*stages, "iter_2/imitation"]}
+    )
     run.write_json("iter_2/metrics.json", Metrics([StageRecord("imitation/train", 10.0, rows=5)]).as_dict())
     write_report(run)
     report = run.read_bytes("report.md").decode()

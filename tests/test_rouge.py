@@ -1,4 +1,5 @@
 """ROUGE-L filter: parity with rouge-score itself, pair by pair and decision by decision."""
+
 import math
 
 import pytest
@@ -29,8 +30,31 @@ def brute_force(pool, candidates, threshold, score=rouge):
 
 # Few distinct words, so texts collide, repeat tokens and land on exact boundary values;
 # with case, punctuation, digits, non-Latin script and odd Unicode lower-casing mixed in.
-WORDS = ["a", "b", "the", "The", "THE", "cat", "cat's", "x2", "42", "-", "...", "\n", "  ", "é", "İ",
-         "\u212a", "中文", "我", "ß", "naïve", "_", "a_b", "e-mail"]
+WORDS = [
+    "a",
+    "b",
+    "the",
+    "The",
+    "THE",
+    "cat",
+    "cat's",
+    "x2",
+    "42",
+    "-",
+    "...",
+    "\n",
+    "  ",
+    "é",
+    "İ",
+    "\u212a",
+    "中文",
+    "我",
+    "ß",
+    "naïve",
+    "_",
+    "a_b",
+    "e-mail",
+]
 word_texts = st.lists(st.sampled_from(WORDS), max_size=14).map(" ".join)
 any_texts = st.one_of(word_texts, st.text(max_size=40), st.text(alphabet="ab c", max_size=30))
 
@@ -48,8 +72,10 @@ def test_f1_matches_rouge_score_bit_for_bit(a, b):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=200, max_size=400),
-       st.lists(st.sampled_from(["a", "b", "c", "f"]), min_size=200, max_size=400))
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=200, max_size=400),
+    st.lists(st.sampled_from(["a", "b", "c", "f"]), min_size=200, max_size=400),
+)
 def test_f1_long_texts(a, b):
     a, b = " ".join(a), " ".join(b)
     assert rouge_l_f1(a, b) == rouge(a, b)
@@ -116,8 +142,15 @@ def test_filter_at_thresholds_taken_from_actual_scores(pool, cands, data):
 
 def test_duplicates_and_empties():
     pool = ["Write a poem about the sea.", "", "   "]
-    cands = ["write a POEM about the sea!", "Write a story about a lighthouse.", "Write a story about a lighthouse.",
-             "", "!!!", "Summarize the article.", "summarize the article"]
+    cands = [
+        "write a POEM about the sea!",
+        "Write a story about a lighthouse.",
+        "Write a story about a lighthouse.",
+        "",
+        "!!!",
+        "Summarize the article.",
+        "summarize the article",
+    ]
     assert NoveltyFilter(pool).filter(cands) == brute_force(pool, cands, 0.7)
     assert NoveltyFilter(pool).filter(cands) == [False, True, False, True, True, True, False]
 
@@ -141,7 +174,11 @@ def test_unicode_filter_matches_brute_force(pool, cands, threshold):
         return rouge_scorer._score_lcs(unicode_tokens(a), unicode_tokens(b)).fmeasure
 
     got = NoveltyFilter(pool, threshold=threshold, tokenizer="unicode").filter(cands)
-    assert got == brute_force(pool, cands, threshold, score) == brute_force(pool, cands, threshold, rouge_with_unicode_tokens)
+    assert (
+        got
+        == brute_force(pool, cands, threshold, score)
+        == brute_force(pool, cands, threshold, rouge_with_unicode_tokens)
+    )
 
 
 def test_bad_tokenizer_name():

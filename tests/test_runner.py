@@ -7,13 +7,26 @@ from lion_distill.runner import Driver, StageResult, fresh_state, next_stage, pl
 
 
 def test_stages_complete_in_order_with_counters_outputs_and_summaries():
-    state = plan_stages(fresh_state("lion", "r", {"student_model": "/base"}),
-                        ["iter_0/imitation", "iter_0/discrimination", "iter_1/imitation"])
-    for stage, bucket in (("iter_0/imitation", "iter_0"), ("iter_0/discrimination", "iter_0"), ("iter_1/imitation", "iter_1")):
+    state = plan_stages(
+        fresh_state("lion", "r", {"student_model": "/base"}),
+        ["iter_0/imitation", "iter_0/discrimination", "iter_1/imitation"],
+    )
+    for stage, bucket in (
+        ("iter_0/imitation", "iter_0"),
+        ("iter_0/discrimination", "iter_0"),
+        ("iter_1/imitation", "iter_1"),
+    ):
         assert next_stage(state) == stage and not state["done"]
-        state = record_stage(state, stage, bucket, StageResult(
-            {"student_model": f"/ckpt/{stage}"} if stage.endswith("imitation") else {},
-            {"rows": 10, "cost_usd": 0.5}, {stage.split("/")[1]: True}))
+        state = record_stage(
+            state,
+            stage,
+            bucket,
+            StageResult(
+                {"student_model": f"/ckpt/{stage}"} if stage.endswith("imitation") else {},
+                {"rows": 10, "cost_usd": 0.5},
+                {stage.split("/")[1]: True},
+            ),
+        )
     assert state["done"] and next_stage(state) is None
     assert state["outputs"]["student_model"] == "/ckpt/iter_1/imitation"
     assert state["counters"] == {"rows": 30, "cost_usd": pytest.approx(1.5)}

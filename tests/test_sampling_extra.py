@@ -1,4 +1,5 @@
 """sampling.extra: validated once in the config, passed unchanged to vLLM and to the OpenAI request."""
+
 import pytest
 
 from lion_distill.config import ConfigError, load_config
@@ -46,8 +47,15 @@ def test_every_key_is_taken_by_vllm_sampling_and_its_openai_requests():
     sampling = set(vllm.SamplingParams.__struct_fields__)
     for fields in (sampling, set(ChatCompletionRequest.model_fields), set(CompletionRequest.model_fields)):
         assert SAMPLING_EXTRA_KEYS <= fields, sorted(SAMPLING_EXTRA_KEYS - fields)
-    vllm.SamplingParams(stop=["x"], top_k=5, min_p=0.1, repetition_penalty=1.1, presence_penalty=0.1,
-                        frequency_penalty=0.1, min_tokens=1)
+    vllm.SamplingParams(
+        stop=["x"],
+        top_k=5,
+        min_p=0.1,
+        repetition_penalty=1.1,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        min_tokens=1,
+    )
 
 
 def test_roles_without_extra_send_what_they_sent_before():

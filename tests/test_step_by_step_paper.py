@@ -2,6 +2,7 @@
 excerpts in tests/fixtures/step_by_step_reference.py) and to the released teachers' numbers:
 the student, the step budget and schedule, validation, the teacher's constraint, the figure grid,
 the data checks. Without Ray; the full sets (../shared/data, or $SHARED_DATA) where present."""
+
 import json
 import math
 import os
@@ -43,6 +44,7 @@ def paper_config(path: Path, *overrides: str) -> StepByStepConfig:
 
 # --- 9. the student -----------------------------------------------------------------------
 
+
 def test_the_student_is_t5_v1_1_as_in_the_reference():
     assert StepByStepConfig(run_dir="r", data={"task": "cqa"}).student.model == REF.RUN_DEFAULTS["from_pretrained"]
     for path in PAPER:
@@ -64,6 +66,7 @@ def test_the_tiny_t5_is_shaped_like_v1_1():
 
 # --- 10. paper configs read the user's full sets ----------------------------------------------
 
+
 def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
     cfg = paper_config(PAPER[0])
     assert cfg.data.data_dir is None
@@ -71,13 +74,24 @@ def test_a_paper_config_refuses_the_demo_slice_naming_the_sizes():
     assert line.startswith("data.data_dir: cqa needs the folder with the full sets")
     from lion_distill.preflight import preflight
 
-    problems = [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}"), env={}).problems if p.startswith("data")]
-    assert problems == [f"data: {REPO_DATA}/cqa/cqa_train.json: 40 train rows, but cqa's published train split has "
-                        "9,741; set data.allow_partial: true to run on a part",
-                        f"data: {REPO_DATA}/cqa/cqa_test.json: 10 test rows, but cqa's published test split has "
-                        "1,221; set data.allow_partial: true to run on a part"]
-    assert not [p for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}", "data.allow_partial=true"),
-                                     env={}).problems if p.startswith("data")]
+    problems = [
+        p
+        for p in preflight(paper_config(PAPER[0], f"data.data_dir={REPO_DATA}"), env={}).problems
+        if p.startswith("data")
+    ]
+    assert problems == [
+        f"data: {REPO_DATA}/cqa/cqa_train.json: 40 train rows, but cqa's published train split has "
+        "9,741; set data.allow_partial: true to run on a part",
+        f"data: {REPO_DATA}/cqa/cqa_test.json: 10 test rows, but cqa's published test split has "
+        "1,221; set data.allow_partial: true to run on a part",
+    ]
+    assert not [
+        p
+        for p in preflight(
+            paper_config(PAPER[0], f"data.data_dir={REPO_DATA}", "data.allow_partial=true"), env={}
+        ).problems
+        if p.startswith("data")
+    ]
     esnli = size_problems("esnli", str(REPO_DATA), {}, False)
     assert any("esnli_train.json: the esnli train split is missing; supply the e-SNLI train split" in p for p in esnli)
 
@@ -88,8 +102,17 @@ def test_the_command_stops_before_the_cluster_with_one_line_a_split(tmp_path, ca
     from lion_distill.cli import main
 
     was_up = ray.is_initialized()  # the session's cluster, where an earlier test joined it
-    code = main(["step-by-step", "--config", str(PAPER[1]), "--set", f"run_dir={tmp_path / 'run'}",
-                 "--set", f"data.data_dir={REPO_DATA}"])
+    code = main(
+        [
+            "step-by-step",
+            "--config",
+            str(PAPER[1]),
+            "--set",
+            f"run_dir={tmp_path / 'run'}",
+            "--set",
+            f"data.data_dir={REPO_DATA}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and ray.is_initialized() == was_up  # no cluster joined or started
     assert "svamp_train.json: 40 train rows, but svamp's published train split has 800" in err
@@ -106,6 +129,7 @@ def test_the_full_sets_pass_and_a_limit_is_a_slice():
 
 # --- 11. the exact step budget and the reference's schedule -----------------------------------
 
+
 def test_steps_are_exact_with_the_hf_trainers_default_schedule(tmp_path):
     import torch
     from transformers import TrainingArguments
@@ -118,7 +142,10 @@ def test_steps_are_exact_with_the_hf_trainers_default_schedule(tmp_path):
     assert "lr_scheduler_type" not in REF.TRAINER_ARGUMENTS and "warmup_steps" not in REF.TRAINER_ARGUMENTS
     cfg = StepByStepConfig(run_dir="r", data={"task": "svamp"})
     assert cfg.steps == REF.RUN_DEFAULTS["max_steps"] and cfg.train.learning_rate == REF.RUN_DEFAULTS["lr"]
-    assert cfg.train.batch_size == REF.RUN_DEFAULTS["batch_size"] and cfg.train.max_length == REF.RUN_DEFAULTS["max_input_length"]
+    assert (
+        cfg.train.batch_size == REF.RUN_DEFAULTS["batch_size"]
+        and cfg.train.max_length == REF.RUN_DEFAULTS["max_input_length"]
+    )
     assert (cfg.train.lr_schedule, cfg.train.warmup_ratio) == ("linear", 0.0)
     # a train section that names no schedule still gets the reference's
     assert StepByStepConfig(run_dir="r", data={"task": "svamp"}, train={"batch_size": 8}).train.lr_schedule == "linear"
@@ -137,6 +164,7 @@ def test_steps_are_exact_with_the_hf_trainers_default_schedule(tmp_path):
 
 # --- 12. validation as stated -----------------------------------------------------------------
 
+
 def nli_data(tmp_path: Path, *, train_order=None, train_labels=None) -> Path:
     """An e-SNLI folder from the repository's 20 released test rows, used as train, dev and test
     (train reordered or relabelled to misalign it)."""
@@ -154,8 +182,12 @@ def nli_data(tmp_path: Path, *, train_order=None, train_labels=None) -> Path:
 
 
 def test_nli_validation_is_the_official_dev_split_sized_by_the_fraction(tmp_path):
-    cfg = StepByStepConfig(run_dir=str(tmp_path / "run"), data={"task": "esnli", "data_dir": str(nli_data(tmp_path))},
-                           fractions=[0.5, 1.0], methods=["standard_finetune"])
+    cfg = StepByStepConfig(
+        run_dir=str(tmp_path / "run"),
+        data={"task": "esnli", "data_dir": str(nli_data(tmp_path))},
+        fractions=[0.5, 1.0],
+        methods=["standard_finetune"],
+    )
     run = RunDir(cfg.run_dir)
     result = rationales(cfg, run)
     assert result.summary["rows"] == {"train": 20, "test": 20, "valid": 20}
@@ -167,8 +199,12 @@ def test_nli_validation_is_the_official_dev_split_sized_by_the_fraction(tmp_path
 
 def test_the_reference_protocol_scores_test_every_eval_steps_and_keeps_the_last(tmp_path):
     assert REF.TRAINER_ARGUMENTS["save_strategy"] == "no" and "test" in REF.EVAL_DATASET  # no best checkpoint to load
-    cfg = StepByStepConfig(run_dir=str(tmp_path / "run"), data={"task": "esnli", "data_dir": str(nli_data(tmp_path))},
-                           validation="reference", steps=1000)
+    cfg = StepByStepConfig(
+        run_dir=str(tmp_path / "run"),
+        data={"task": "esnli", "data_dir": str(nli_data(tmp_path))},
+        validation="reference",
+        steps=1000,
+    )
     assert cfg.eval_steps == REF.RUN_DEFAULTS["eval_steps"]
     run = RunDir(cfg.run_dir)
     rationales(cfg, run)
@@ -179,7 +215,9 @@ def test_the_reference_protocol_scores_test_every_eval_steps_and_keeps_the_last(
 
     assert validation_steps(1000, validation.count) == [250, 500, 750, 1000]
     assert best_step([{"step": 250, "score": 0.9}, {"step": 500, "score": 0.1}], "last") == 500
-    default = validation_for(cfg.model_copy(update={"validation": "best"}), run, [{"input": "x", "label": "y"}], task_of(cfg))
+    default = validation_for(
+        cfg.model_copy(update={"validation": "best"}), run, [{"input": "x", "label": "y"}], task_of(cfg)
+    )
     assert (default.count, default.keep) == (1, "best") and default.score.keywords["inputs"] == ["x"]
 
 
@@ -190,6 +228,7 @@ def test_docs_no_longer_claim_the_reference_keeps_its_best_checkpoint():
 
 
 # --- 13. the teacher's chain of thought is free text --------------------------------------------
+
 
 @pytest.mark.parametrize("task, split", [("cqa", "train"), ("svamp", "train"), ("esnli", "test"), ("anli1", "test")])
 def test_the_constraint_admits_the_released_chains_of_thought(task, split):
@@ -205,26 +244,47 @@ def test_the_constraint_admits_the_released_chains_of_thought(task, split):
 
 def test_api_teachers_are_unconstrained_by_default():
     role = {"model": "m", "sampling": {"max_tokens": 8}}
-    api = StepByStepConfig(run_dir="r", data={"task": "svamp"},
-                           teacher={"source": "generate", "role": {**role, "backend": "openai"}})
+    api = StepByStepConfig(
+        run_dir="r", data={"task": "svamp"}, teacher={"source": "generate", "role": {**role, "backend": "openai"}}
+    )
     assert structured_output(api, TASKS["svamp"]) is None
-    local = api.model_copy(update={"teacher": api.teacher.model_copy(update={"role": api.teacher.role.model_copy(
-        update={"backend": "vllm"})})})
+    local = api.model_copy(
+        update={
+            "teacher": api.teacher.model_copy(update={"role": api.teacher.role.model_copy(update={"backend": "vllm"})})
+        }
+    )
     assert structured_output(local, TASKS["svamp"])["regex"] == TASKS["svamp"].constraint(600)
 
 
 # --- 14. one command runs a figure --------------------------------------------------------------
 
+
 def test_the_grid_spans_methods_fractions_label_sources_seeds_and_students(tmp_path):
-    cfg = StepByStepConfig(run_dir="r", data={"task": "cqa"}, fractions=[0.5, 1.0],
-                           grid={"label_sources": ["gold", "teacher"], "seeds": [0, 1],
-                                 "students": ["google/t5-v1_1-small", "google/t5-v1_1-base"]})
+    cfg = StepByStepConfig(
+        run_dir="r",
+        data={"task": "cqa"},
+        fractions=[0.5, 1.0],
+        grid={
+            "label_sources": ["gold", "teacher"],
+            "seeds": [0, 1],
+            "students": ["google/t5-v1_1-small", "google/t5-v1_1-base"],
+        },
+    )
     grid = cells(cfg)
     # standard_finetune (gold), standard_distill (teacher), step_by_step with each: 4 series
     assert len(grid) == 4 * 2 * 2 * 2 and len({c.key for c in grid}) == len(grid)
-    assert {c.series for c in grid} == {"standard_finetune", "standard_distill", "step_by_step-gold", "step_by_step-teacher"}
-    assert {(c.method, c.label_source) for c in grid} == {("standard_finetune", "gold"), ("standard_distill", "teacher"),
-                                                          ("step_by_step", "gold"), ("step_by_step", "teacher")}
+    assert {c.series for c in grid} == {
+        "standard_finetune",
+        "standard_distill",
+        "step_by_step-gold",
+        "step_by_step-teacher",
+    }
+    assert {(c.method, c.label_source) for c in grid} == {
+        ("standard_finetune", "gold"),
+        ("standard_distill", "teacher"),
+        ("step_by_step", "gold"),
+        ("step_by_step", "teacher"),
+    }
     assert "step_by_step-teacher/0.5/seed1/t5-v1_1-small" in {c.key for c in grid}
     for path in PAPER:  # each paper config is Figures 4 and 5 for its dataset, over seeds
         paper = paper_config(path)
@@ -235,9 +295,16 @@ def test_plan_prices_every_cell_of_the_grid(tmp_path):
     from lion_distill.plan.step_by_step import step_by_step_plan
     from lion_distill.step_by_step import job
 
-    cfg = job.load(str(REPO / "configs/step-by-step-demo.yaml"),
-                   [f"run_dir={tmp_path / 'run'}", "grid.label_sources=[gold,teacher]", "grid.seeds=[0,1]",
-                    "train.gpus_per_worker=1", "plan.train_tokens_per_s_per_gpu=100"])
+    cfg = job.load(
+        str(REPO / "configs/step-by-step-demo.yaml"),
+        [
+            f"run_dir={tmp_path / 'run'}",
+            "grid.label_sources=[gold,teacher]",
+            "grid.seeds=[0,1]",
+            "train.gpus_per_worker=1",
+            "plan.train_tokens_per_s_per_gpu=100",
+        ],
+    )
     plan = step_by_step_plan(cfg)
     trained = {ln.stage for ln in plan.lines if ln.call.startswith("train/")}
     assert trained == {f"train/{c.key}" for c in cells(cfg)} and len(trained) == 4 * 2 * 2
@@ -246,12 +313,15 @@ def test_plan_prices_every_cell_of_the_grid(tmp_path):
 
 # --- 15. data checks that fail loudly -------------------------------------------------------------
 
+
 def test_unlabelled_replies_with_a_rationale_still_teach_step_by_step_with_gold_labels():
     rows = with_released_replies(read_examples("cqa", "train"), REPO_DATA, "cqa", "train")
     parsed, failures = parse_rows(rows, TASKS["cqa"])
     assert sum(failures.values()) == 1
     assert len(method_rows(parsed, "step_by_step", "gold")) == 40  # the reference keeps it too
-    assert len(method_rows(parsed, "step_by_step", "teacher")) == len(method_rows(parsed, "standard_distill", "x")) == 39
+    assert (
+        len(method_rows(parsed, "step_by_step", "teacher")) == len(method_rows(parsed, "standard_distill", "x")) == 39
+    )
 
 
 @needs_full_sets
@@ -264,10 +334,15 @@ def test_the_full_sets_keep_every_row_for_step_by_step_with_gold_labels(task, n)
 
 def test_an_nli_train_file_misaligned_with_its_completions_fails(tmp_path):
     reordered = list(range(19, -1, -1))  # the same rows, another order: the row count alone matches
-    cfg = StepByStepConfig(run_dir=str(tmp_path / "run"), data={
-        "task": "esnli", "data_dir": str(nli_data(tmp_path, train_order=reordered))})
-    with pytest.raises(TaskDataError, match=r"esnli train: the completions do not match the examples "
-                                            r"\(teacher-gold agreement 0\.\d+, chance 0\.33"):
+    cfg = StepByStepConfig(
+        run_dir=str(tmp_path / "run"),
+        data={"task": "esnli", "data_dir": str(nli_data(tmp_path, train_order=reordered))},
+    )
+    with pytest.raises(
+        TaskDataError,
+        match=r"esnli train: the completions do not match the examples "
+        r"\(teacher-gold agreement 0\.\d+, chance 0\.33",
+    ):
         rationales(cfg, RunDir(cfg.run_dir))
 
 
@@ -285,6 +360,7 @@ def test_failed_student_generations_raise_instead_of_scoring_wrong():
 
 # --- 16. the released teachers' accuracies, as the paper's ------------------------------------------
 
+
 def teacher_accuracy(task: str) -> float:
     rows = with_released_replies(read_examples(task, "test", SHARED), SHARED, task, "test")
     parsed, _ = parse_rows(rows, TASKS[task])
@@ -292,13 +368,23 @@ def teacher_accuracy(task: str) -> float:
 
 
 def reference_accuracy(task: str) -> float:
-    outputs = json.loads("[" + ",".join((SHARED / task / "llm" / f).read_text().strip()[1:-1] for f in sorted(
-        os.listdir(SHARED / task / "llm")) if f.startswith("test_CoT_")) + "]")
+    outputs = json.loads(
+        "["
+        + ",".join(
+            (SHARED / task / "llm" / f).read_text().strip()[1:-1]
+            for f in sorted(os.listdir(SHARED / task / "llm"))
+            if f.startswith("test_CoT_")
+        )
+        + "]"
+    )
     gold = [json.loads(line) for line in (SHARED / task / f"{task}_test.json").read_text().splitlines() if line.strip()]
     if task == "cqa":
         return float(np.mean([REF.parse_cqa(o)[1] == g["answer"] for o, g in zip(outputs, gold)]))
-    return float(np.mean([REF.eval_equation(REF.parse_svamp(o)[1]) == REF.eval_equation(g["label"])
-                          for o, g in zip(outputs, gold)]))
+    return float(
+        np.mean(
+            [REF.eval_equation(REF.parse_svamp(o)[1]) == REF.eval_equation(g["label"]) for o, g in zip(outputs, gold)]
+        )
+    )
 
 
 @needs_full_sets
@@ -313,7 +399,10 @@ def test_released_teachers_score_the_papers_accuracies():
 
 
 def test_published_sizes_are_the_reference_splits():
-    assert PUBLISHED_ROWS["cqa"] == {"train": 9_741, "test": 1_221} and PUBLISHED_ROWS["svamp"] == {"train": 800, "test": 200}
+    assert PUBLISHED_ROWS["cqa"] == {"train": 9_741, "test": 1_221} and PUBLISHED_ROWS["svamp"] == {
+        "train": 800,
+        "test": 200,
+    }
     assert set(PUBLISHED_ROWS["esnli"]) == set(PUBLISHED_ROWS["anli1"]) == {"train", "valid", "test"}
     assert {t for t, has in REF.HAS_VALID.items() if has} == {"esnli", "anli1"}
     assert math.isclose(StepByStepConfig(run_dir="r", data={"task": "cqa"}).data.valid_fraction, REF.VALID_SHARE)

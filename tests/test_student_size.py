@@ -1,6 +1,7 @@
 """A Lion student named by hub id is sized from this machine's Hugging Face cache (safetensors
 headers only), and preflight refuses a run directory whose disk cannot hold its exports and
 checkpoints (lion_distill.data.student_size), in milliseconds without Ray."""
+
 import json
 import struct
 from pathlib import Path
@@ -53,8 +54,12 @@ def test_parameters_come_from_the_cached_safetensors_headers(hub_cache):
         save_file({"c": torch.zeros(2, 2, 2)}, str(snapshot / "model-00002-of-00002.safetensors"))
 
     cache_model(hub_cache, "org/small", shards)
-    assert safetensors_parameters(str(next((hub_cache / "models--org--small" / "snapshots").iterdir())
-                                      / "model-00002-of-00002.safetensors")) == 8
+    assert (
+        safetensors_parameters(
+            str(next((hub_cache / "models--org--small" / "snapshots").iterdir()) / "model-00002-of-00002.safetensors")
+        )
+        == 8
+    )
     assert cached_parameters("org/small") == 12 + 5 + 8
     assert cached_parameters("org/not-cached") is None
 
@@ -68,15 +73,22 @@ def test_the_free_space_must_hold_every_export_and_the_live_checkpoints(tmp_path
 
 
 def test_preflight_refuses_a_run_directory_that_cannot_hold_a_hub_students_exports(hub_cache, tmp_path):
-    cache_model(hub_cache, "org/huge-student", lambda s: header_only(s / "model.safetensors",
-                                                                   {"w": [10**7, 10**6], "v": [10**6, 10**5]}))
+    cache_model(
+        hub_cache,
+        "org/huge-student",
+        lambda s: header_only(s / "model.safetensors", {"w": [10**7, 10**6], "v": [10**6, 10**5]}),
+    )
     cfg = load_config(CONFIGS / "demo.yaml", [f"run_dir={tmp_path / 'run'}", "student.model=org/huge-student"])
     checks = preflight(cfg, env={})
     [line] = [p for p in checks.run if p.startswith("student.model:")]
-    assert "10100.00B parameters: 3 exported students" in line and "keep_checkpoints" not in line  # 2 iterations, the final
+    assert (
+        "10100.00B parameters: 3 exported students" in line and "keep_checkpoints" not in line
+    )  # 2 iterations, the final
     # Kept checkpoints are counted per imitation; a student that is a local folder is not sized.
-    kept = load_config(CONFIGS / "demo.yaml", [f"run_dir={tmp_path / 'run'}", "student.model=org/huge-student",
-                                               "train.keep_checkpoints=true"])
+    kept = load_config(
+        CONFIGS / "demo.yaml",
+        [f"run_dir={tmp_path / 'run'}", "student.model=org/huge-student", "train.keep_checkpoints=true"],
+    )
     line = next(p for p in preflight(kept, env={}).run if p.startswith("student."))
     assert "and 6 training checkpoints" in line and line.endswith("(or set train.keep_checkpoints: false)")
     local = load_config(CONFIGS / "demo.yaml", [f"run_dir={tmp_path / 'run'}"])

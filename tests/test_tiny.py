@@ -16,7 +16,9 @@ from lion_distill.tiny import build_tiny_models
 def test_build_is_cached_by_configuration(tiny_models, tmp_path):
     assert build_tiny_models() == tiny_models  # same configuration, same folders, no rebuild
     assert tiny_models.llama.name.startswith("llama-") and (tiny_models.llama / "config.json").is_file()
-    assert json.loads((tiny_models.llama / "config.json").read_text())["head_dim"] == 64  # vLLM's CPU attention needs it
+    assert (
+        json.loads((tiny_models.llama / "config.json").read_text())["head_dim"] == 64
+    )  # vLLM's CPU attention needs it
 
 
 class _Named(BaseModel):
@@ -27,8 +29,9 @@ class _Named(BaseModel):
 def test_local_names_resolve_wherever_they_sit_and_a_bad_one_names_its_field(tiny_models):
     cfg = _Named(model="tiny://llama", candidates=[{"model": "tiny://t5"}, {"model": "org/hub-model"}])
     resolved = resolve_local_models(cfg)
-    assert resolved == _Named(model=str(tiny_models.llama),
-                              candidates=[{"model": str(tiny_models.t5)}, {"model": "org/hub-model"}])
+    assert resolved == _Named(
+        model=str(tiny_models.llama), candidates=[{"model": str(tiny_models.t5)}, {"model": "org/hub-model"}]
+    )
     hub = _Named(model="org/hub-model")
     assert resolve_local_models(hub) is hub  # nothing named: the config as it was
     with pytest.raises(ValueError, match=r"candidates\[0\]\.model: unknown tiny model 'tiny://gpt'"):
@@ -39,13 +42,17 @@ def test_local_names_resolve_wherever_they_sit_and_a_bad_one_names_its_field(tin
 
 def test_tiny_llama_chats_and_generates(tiny_models):
     tok = AutoTokenizer.from_pretrained(tiny_models.llama)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Name a colour."}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<|assistant|>\n")
     model = AutoModelForCausalLM.from_pretrained(tiny_models.llama)
-    batch = tok([prompt, "Name a fruit"], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    batch = tok(
+        [prompt, "Name a fruit"], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
     out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[0] == 2 and batch.input_ids.shape[1] < out.shape[1] <= batch.input_ids.shape[1] + 8
-    assert tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    assert tok.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_tiny_t5_generates(tiny_models):
@@ -73,6 +80,8 @@ def test_tiny_llama_generates_through_vllm(tiny_models, tmp_path):
     script = tmp_path / "gen.py"
     script.write_text(textwrap.dedent(VLLM_SCRIPT))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tiny_models.llama)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_models.llama)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TOKENS [8, 8, 8, 8]" in proc.stdout

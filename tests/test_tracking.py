@@ -2,6 +2,7 @@
 own reader reads back; a resumed job continues its run; the per-step training curve (the path Ray
 Train's rank 0 takes) lands beside it; a backend that cannot start is one preflight line; one that
 fails mid-run is switched off, not fatal."""
+
 import json
 
 import pytest
@@ -20,8 +21,10 @@ def _job(run: RunDir, backend: str, **extra):
     """What the stage runner does with a tracker over one Lion iteration's stages."""
     tracker = tracking.open_tracker(TrackingConfig(backend=backend, project="lion-test", **extra), run, "lion-demo")
     tracking.log_config(tracker, CONFIG)
-    run.write_json("iter_0/discrimination/metrics.json", {"lion/hard_fraction": 0.25, "timing_s/discrimination/referee": 3.5,
-                                                          "lion/note": "text is no figure"})
+    run.write_json(
+        "iter_0/discrimination/metrics.json",
+        {"lion/hard_fraction": 0.25, "timing_s/discrimination/referee": 3.5, "lion/note": "text is no figure"},
+    )
     tracking.log_stage(tracker, run, "iter_0/discrimination", 2, {"hard_fraction": 0.25, "mean_gap": 1.5})
     tracking.log_stage(tracker, run, "iter_-1/eval", 0, {"eval_relative_score": 0.61})
     with tracking.active(tracker):
@@ -59,10 +62,13 @@ def test_mlflow_file_store_read_back_with_its_client(tmp_path):
     assert json.loads(job.data.params["teacher.openai.api_key_env"]) == "LION_KEY"
     history = client.get_metric_history(tracker.run_id, "lion/hard_fraction")
     assert [(m.value, m.step) for m in history] == [(0.25, 1)]  # iteration 0's figures at step 1
-    assert [(m.value, m.step) for m in client.get_metric_history(tracker.run_id, "summary/eval_relative_score")] == [(0.61, 0)]
+    assert [(m.value, m.step) for m in client.get_metric_history(tracker.run_id, "summary/eval_relative_score")] == [
+        (0.61, 0)
+    ]
     assert "lion/note" not in job.data.metrics
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)} | {
-        a.path for a in client.list_artifacts(tracker.run_id, "plots")}
+        a.path for a in client.list_artifacts(tracker.run_id, "plots")
+    }
     assert artifacts == {"config.json", "report.md", "plots", "plots/hard_fraction.png"}
     # The training curve: a child run of the job's, one point per optimizer step.
     children = client.search_runs([job.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
@@ -116,22 +122,38 @@ def test_a_backend_that_cannot_start_is_one_preflight_line(tmp_path, monkeypatch
     blocked.write_text("not a folder")
     port = free_port()
     cases = {
-        "wandb": ({"backend": "wandb"}, "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)"),
-        "file": ({"backend": "mlflow", "uri": str(blocked / "mlruns")}, f"tracking.uri: {blocked}/mlruns is not writable"),
-        "server": ({"backend": "mlflow", "uri": f"http://127.0.0.1:{port}"},
-                   f"tracking.uri: the tracking server http://127.0.0.1:{port} does not answer"),
+        "wandb": (
+            {"backend": "wandb"},
+            "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)",
+        ),
+        "file": (
+            {"backend": "mlflow", "uri": str(blocked / "mlruns")},
+            f"tracking.uri: {blocked}/mlruns is not writable",
+        ),
+        "server": (
+            {"backend": "mlflow", "uri": f"http://127.0.0.1:{port}"},
+            f"tracking.uri: the tracking server http://127.0.0.1:{port} does not answer",
+        ),
     }
     for settings, line in cases.values():
         problems = tracking.problems("tracking", TrackingConfig(**settings), str(tmp_path / "run"))
         assert len(problems) == 1 and problems[0].startswith(line), problems
     remote = tracking.problems("tracking", TrackingConfig(backend="tensorboard"), "s3://bucket/run")
-    assert remote == ["tracking.uri: the run directory s3://bucket/run is remote; give the tracker a uri "
-                      "(a server or a local folder)"]
+    assert remote == [
+        "tracking.uri: the run directory s3://bucket/run is remote; give the tracker a uri (a server or a local folder)"
+    ]
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {{pool_files: [{tmp_path / 'none.jsonl'}]}}\n"
-                   + "".join(f"{r}: {{backend: vllm, model: {tmp_path}}}\n" for r in ("teacher", "student", "referee", "generator"))
-                   + "tracking: {backend: wandb}\n")
-    assert "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)" in preflight(load_config(cfg, [])).problems
+    cfg.write_text(
+        f"run_dir: {tmp_path / 'run'}\ndata: {{pool_files: [{tmp_path / 'none.jsonl'}]}}\n"
+        + "".join(
+            f"{r}: {{backend: vllm, model: {tmp_path}}}\n" for r in ("teacher", "student", "referee", "generator")
+        )
+        + "tracking: {backend: wandb}\n"
+    )
+    assert (
+        "tracking: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)"
+        in preflight(load_config(cfg, [])).problems
+    )
 
 
 def test_a_tracker_failing_mid_run_is_switched_off_not_fatal(tmp_path, caplog):
@@ -148,12 +170,15 @@ def test_a_tracker_failing_mid_run_is_switched_off_not_fatal(tmp_path, caplog):
     assert tracker.broken and tracking.worker_target("s") is None
     assert [r.message for r in caplog.records if "tracking" in r.message] == [
         "tracking (mlflow) failed to log figures, and is off for the rest of this job: "
-        "ConnectionError: tracking server unreachable"]
+        "ConnectionError: tracking server unreachable"
+    ]
     assert tracking.open_tracker(TrackingConfig(), run, "job") is None  # backend none: nothing opens
 
 
 def test_figures_and_steps():
     assert tracking.numeric({"a": 1, "b": {"c": 2.5, "d": "x", "e": True}, "f": float("nan")}) == {"a": 1.0, "b/c": 2.5}
-    assert [tracking.stage_step(s, i) for i, s in enumerate(["iter_-1/eval", "iter_0/imitation", "iter_2/generation",
-                                                             "rationales"])] == [0, 1, 3, 3]
+    assert [
+        tracking.stage_step(s, i)
+        for i, s in enumerate(["iter_-1/eval", "iter_0/imitation", "iter_2/generation", "rationales"])
+    ] == [0, 1, 3, 3]
     assert tracking.flat_params({"a": {"b": 1, "c": None}, "d": []}) == {"a.b": "1", "a.c": "null", "d": "[]"}

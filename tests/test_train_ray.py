@@ -1,6 +1,7 @@
 """lion_distill.train under Ray Train: T5 multi-task in the driver (num_workers=0), validation
 inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: LLaMA SFT
 that resumes, exports, and loads in transformers and vLLM."""
+
 import json
 import math
 import os
@@ -31,12 +32,23 @@ def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_mo
     # Includes the one completion whose label does not parse: its rationale is kept, with the gold label.
     rows = parse_rows(replies, TASKS["cqa"])[0][:24]
     ds = ray.data.from_items([{k: r[k] for k in ("input", "label", "rationale")} for r in rows])
-    cfg = TrainConfig(architecture="seq2seq", num_workers=0, batch_size=8, epochs=3, learning_rate=3e-3,
-                      warmup_ratio=0.0, max_length=128, rationale_weight=0.5, gradient_accumulation_steps=2)
+    cfg = TrainConfig(
+        architecture="seq2seq",
+        num_workers=0,
+        batch_size=8,
+        epochs=3,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        max_length=128,
+        rationale_weight=0.5,
+        gradient_accumulation_steps=2,
+    )
     multi = train_seq2seq_multitask(cfg, str(tiny_models.t5), ds, str(tmp_path / "multitask"), name="sbs-multi")
     rec = multi.record
     assert rec.failed_rows == 0 and rec.rows == 3 * 24  # 24 usable examples, 3 epochs
-    assert rec.extra["steps"] == 6 and rec.extra["train_loss_last"] < rec.extra["train_loss_first"]  # 3 micro-batches/epoch: 2 + 1
+    assert (
+        rec.extra["steps"] == 6 and rec.extra["train_loss_last"] < rec.extra["train_loss_first"]
+    )  # 3 micro-batches/epoch: 2 + 1
     # The export is what predict_labels reads: its greedy labels are the model's, row for row
     # (what they must be, labels and not rationales, is tested in test_train_step.py).
     inputs = [r["input"] for r in rows[:4]]
@@ -44,11 +56,19 @@ def test_t5_multitask_and_standard_train_and_predict_labels(ray_cluster, tiny_mo
     assert predictions == predict_labels(multi.model_dir, inputs[::-1], max_new_tokens=8)[::-1]
 
     standard_cfg = cfg.model_copy(update={"epochs": 1, "activation_checkpointing": True})
-    standard = train_seq2seq_multitask(standard_cfg, str(tiny_models.t5), ds.drop_columns(["rationale"]),
-                                       str(tmp_path / "standard"), name="sbs-standard", task="standard")
+    standard = train_seq2seq_multitask(
+        standard_cfg,
+        str(tiny_models.t5),
+        ds.drop_columns(["rationale"]),
+        str(tmp_path / "standard"),
+        name="sbs-standard",
+        task="standard",
+    )
     assert standard.record.failed_rows == 0 and standard.record.rows == 24
     with pytest.raises(ValueError, match="rationale"):
-        train_seq2seq_multitask(cfg, str(tiny_models.t5), ds.drop_columns(["rationale"]), str(tmp_path / "x"), name="bad")
+        train_seq2seq_multitask(
+            cfg, str(tiny_models.t5), ds.drop_columns(["rationale"]), str(tmp_path / "x"), name="bad"
+        )
 
 
 class ScriptedScore:
@@ -77,13 +97,21 @@ def test_validation_inside_one_run_keeps_the_best_export(ray_cluster, tiny_model
     (AdamW's own step count is the global step at each), and the export kept is the one
     that scored best, not the last."""
     rows = ray.data.from_items([{"input": f"question {i}", "label": f"answer {i % 3}"} for i in range(16)])
-    cfg = TrainConfig(architecture="seq2seq", num_workers=1, batch_size=4, epochs=3, learning_rate=1e-3,
-                      warmup_ratio=0.0, max_length=32)
+    cfg = TrainConfig(
+        architecture="seq2seq",
+        num_workers=1,
+        batch_size=4,
+        epochs=3,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        max_length=32,
+    )
     scripted = tmp_path / "scored"
     scripted.mkdir()
     validation = Validation(count=3, score=ScriptedScore([0.25, 0.75, 0.5], str(scripted)))
-    result = train_seq2seq_multitask(cfg, str(tiny_models.t5), rows, str(tmp_path / "best"), name="sbs-valid",
-                                     task="standard", validation=validation)
+    result = train_seq2seq_multitask(
+        cfg, str(tiny_models.t5), rows, str(tmp_path / "best"), name="sbs-valid", task="standard", validation=validation
+    )
     seen = result.validations
     assert [v["step"] for v in seen] == [4, 8, 12] and result.record.extra["steps"] == 12  # 4 steps an epoch
     assert [v["optimizer_steps"] for v in seen] == [4, 8, 12]  # AdamW's state was never reset
@@ -127,25 +155,39 @@ def test_the_usable_rows_are_numbered_in_the_rows_order_whichever_block_finishes
     assert n_in == 12 and got == list(enumerate([x for x in range(12) if x != 5]))
 
 
-def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray_cluster, tiny_models, tmp_path,
-                                                                          monkeypatch):
+def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
+    ray_cluster, tiny_models, tmp_path, monkeypatch
+):
     """Two Ray Train workers each train on their rows of epoch_order's shuffle: 15 usable rows of
     distinct lengths, 7 a rank, so the token counts name the one row left out. On the driver the
     rows are never read and the engine puts nothing in the object store."""
     from lion_distill.train import batches as B
 
-    items = [{"instruction": "Say " + "the number " * (i + 1), "input": "", "response": "It is " + "one " * (2 * i) + "."}
-             for i in range(16)]
+    items = [
+        {"instruction": "Say " + "the number " * (i + 1), "input": "", "response": "It is " + "one " * (2 * i) + "."}
+        for i in range(16)
+    ]
     items[3]["response"] = ""  # unusable: dropped before the index is taken
     usable = [r for r in items if r["response"]]
-    monkeypatch.setattr(ray.data.DataContext.get_current().execution_options, "preserve_order", True)  # index = position
+    monkeypatch.setattr(
+        ray.data.DataContext.get_current().execution_options, "preserve_order", True
+    )  # index = position
     rows = ray.data.from_items(items, override_num_blocks=4)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the driver read the training rows")
 
-    for method in ("iter_batches", "iter_rows", "iter_torch_batches", "take", "take_all", "take_batch", "to_pandas",
-                   "iterator", "streaming_split"):
+    for method in (
+        "iter_batches",
+        "iter_rows",
+        "iter_torch_batches",
+        "take",
+        "take_all",
+        "take_batch",
+        "to_pandas",
+        "iterator",
+        "streaming_split",
+    ):
         monkeypatch.setattr(ray.data.Dataset, method, refuse)
     put = ray.put
 
@@ -159,17 +201,25 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(ray
     result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
     monkeypatch.undo()
 
-    tokens = B.tokenize_causal({k: [r[k] for r in usable] for k in ("instruction", "input", "response")},
-                               tokenizer_path=str(tiny_models.llama), max_length=128)
+    tokens = B.tokenize_causal(
+        {k: [r[k] for r in usable] for k in ("instruction", "input", "response")},
+        tokenizer_path=str(tiny_models.llama),
+        max_length=128,
+    )
     prompt, target = tokens["n_prompt_tokens"], tokens["n_target_tokens"]
     assert len(set(prompt)) == len(set(target)) == 15
     left_out = B.epoch_order(15, 1, 0, cfg.seed, 0)[14]  # dealt round-robin, 7 + 7: the permutation's last
-    assert sorted(np.concatenate([B.epoch_order(15, 2, r, cfg.seed, 0) for r in (0, 1)])) == sorted(
-        set(range(15)) - {left_out}) and left_out != 14
+    assert (
+        sorted(np.concatenate([B.epoch_order(15, 2, r, cfg.seed, 0) for r in (0, 1)]))
+        == sorted(set(range(15)) - {left_out})
+        and left_out != 14
+    )
     rec = result.record
     assert rec.failed_rows == 1 and rec.rows == 14 and rec.extra["steps"] == 3  # ceil(7 / 3) micro-batches
-    assert (rec.prompt_tokens, rec.completion_tokens) == (prompt.sum() - prompt[left_out],
-                                                          target.sum() - target[left_out])
+    assert (rec.prompt_tokens, rec.completion_tokens) == (
+        prompt.sum() - prompt[left_out],
+        target.sum() - target[left_out],
+    )
 
 
 VLLM_SCRIPT = textwrap.dedent("""
@@ -184,10 +234,25 @@ VLLM_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.vllm
 def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models, tmp_path):
-    rows = ray.data.from_items([{"instruction": f"Say the number {i}.", "input": "" if i % 2 else "digits",
-                                         "response": f"The number is {i}."} for i in range(16)])
-    cfg = TrainConfig(num_workers=2, batch_size=4, epochs=1, learning_rate=2e-3, warmup_ratio=0.0,
-                      max_length=128, checkpoint_every_steps=1)
+    rows = ray.data.from_items(
+        [
+            {
+                "instruction": f"Say the number {i}.",
+                "input": "" if i % 2 else "digits",
+                "response": f"The number is {i}.",
+            }
+            for i in range(16)
+        ]
+    )
+    cfg = TrainConfig(
+        num_workers=2,
+        batch_size=4,
+        epochs=1,
+        learning_rate=2e-3,
+        warmup_ratio=0.0,
+        max_length=128,
+        checkpoint_every_steps=1,
+    )
     out = str(tmp_path / "student")
     first = train_causal_sft(cfg, str(tiny_models.llama), rows, out, name="sft")
     assert first.record.extra["steps"] == 2  # 16 rows / 2 workers / batch 4
@@ -204,19 +269,32 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
     from lion_distill.train import batches as B
     from lion_distill.train import step as S
 
-    tokens = B.tokenize_causal({"instruction": [f"Say the number {i}." for i in range(4)], "input": [""] * 4,
-                                "response": [f"The number is {i}." for i in range(4)]},
-                               tokenizer_path=second.model_dir, max_length=128)
+    tokens = B.tokenize_causal(
+        {
+            "instruction": [f"Say the number {i}." for i in range(4)],
+            "input": [""] * 4,
+            "response": [f"The number is {i}." for i in range(4)],
+        },
+        tokenizer_path=second.model_dir,
+        max_length=128,
+    )
     batch = B.collate_causal(tokens, pad_id=0)
     with torch.no_grad():
-        base, trained = (S.causal_lm_loss(S.load_model(path, "causal").eval(), batch).item()
-                         for path in (str(tiny_models.llama), second.model_dir))
+        base, trained = (
+            S.causal_lm_loss(S.load_model(path, "causal").eval(), batch).item()
+            for path in (str(tiny_models.llama), second.model_dir)
+        )
     assert trained < base - 1.0
 
     script = tmp_path / "vllm_load.py"
     script.write_text(VLLM_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), second.model_dir], capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(script), second.model_dir],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))  # vLLM logs to stdout too
     assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0

@@ -1,5 +1,6 @@
 """load_sharded on two gloo ranks (plain torch.distributed, no Ray): the model built on the
 meta device and filled from rank 0 is exactly the one from_pretrained loads."""
+
 from __future__ import annotations
 
 import pytest

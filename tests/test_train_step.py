@@ -31,17 +31,28 @@ def test_causal_labels_mask_prompt_and_keep_response_plus_eos(tiny_models):
 
 def test_causal_unusable_rows_have_no_target(tiny_models):
     path = str(tiny_models.llama)
-    out = B.tokenize_causal(_rows(instruction=["x", "long " * 300, "y"], input=["", "", ""], response=["", "ok", "a b"]),
-                            tokenizer_path=path, max_length=96)
+    out = B.tokenize_causal(
+        _rows(instruction=["x", "long " * 300, "y"], input=["", "", ""], response=["", "ok", "a b"]),
+        tokenizer_path=path,
+        max_length=96,
+    )
     assert out["n_target_tokens"][0] == 0  # empty response
     assert out["n_target_tokens"][1] == 0  # the prompt alone fills max_length
     tok = B.load_tokenizer(path)
     assert tok.eos_token_id in out["labels"][2].tolist()
-    clipped = B.tokenize_causal(_rows(instruction=["y"], input=[""], response=["word " * 100]), tokenizer_path=path, max_length=64)
+    clipped = B.tokenize_causal(
+        _rows(instruction=["y"], input=[""], response=["word " * 100]), tokenizer_path=path, max_length=64
+    )
     assert len(clipped["input_ids"][0]) == 64 and tok.eos_token_id not in clipped["labels"][0].tolist()
     # An answer its model was cut off in (complete False) ends without eos, whatever room is left.
-    cut = B.tokenize_causal({**_rows(instruction=["y", "y"], input=["", ""], response=["a b", "a b"]),
-                             "complete": np.asarray([False, True])}, tokenizer_path=path, max_length=96)
+    cut = B.tokenize_causal(
+        {
+            **_rows(instruction=["y", "y"], input=["", ""], response=["a b", "a b"]),
+            "complete": np.asarray([False, True]),
+        },
+        tokenizer_path=path,
+        max_length=96,
+    )
     assert tok.eos_token_id not in cut["labels"][0].tolist() and cut["labels"][1].tolist()[-1] == tok.eos_token_id
 
 
@@ -85,12 +96,22 @@ def test_seq2seq_loss_matches_two_separate_t5_losses(tiny_models):
     path = str(tiny_models.t5)
     tok = B.load_tokenizer(path)
     model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
-    rows = _rows(input=["2 + 3?", "Where do fish live?"], label=["5", "water"], rationale=["2 plus 3 is 5.", "Fish swim in water."])
-    batch = B.collate_seq2seq(B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"), pad_id=tok.pad_token_id)
+    rows = _rows(
+        input=["2 + 3?", "Where do fish live?"],
+        label=["5", "water"],
+        rationale=["2 plus 3 is 5.", "Fish swim in water."],
+    )
+    batch = B.collate_seq2seq(
+        B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"), pad_id=tok.pad_token_id
+    )
     with torch.no_grad():
         combined = S.seq2seq_loss(model, batch, rationale_weight=0.5)
-        separate = [model(input_ids=batch["input_ids"][sl], attention_mask=batch["attention_mask"][sl], labels=batch["labels"][sl]).loss
-                    for sl in (slice(0, 2), slice(2, 4))]
+        separate = [
+            model(
+                input_ids=batch["input_ids"][sl], attention_mask=batch["attention_mask"][sl], labels=batch["labels"][sl]
+            ).loss
+            for sl in (slice(0, 2), slice(2, 4))
+        ]
     assert torch.allclose(combined, separate[0] + 0.5 * separate[1], atol=1e-5)
 
 
@@ -99,7 +120,11 @@ def test_causal_loss_matches_transformers_loss(tiny_models):
 
     path = str(tiny_models.llama)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    out = B.tokenize_causal(_rows(instruction=["Say hi.", "Add."], input=["", "1 2"], response=["hi", "3"]), tokenizer_path=path, max_length=128)
+    out = B.tokenize_causal(
+        _rows(instruction=["Say hi.", "Add."], input=["", "1 2"], response=["hi", "3"]),
+        tokenizer_path=path,
+        max_length=128,
+    )
     batch = B.collate_causal(out, pad_id=0)
     with torch.no_grad():
         ours = S.causal_lm_loss(model, batch)
@@ -147,9 +172,15 @@ def _grads(model) -> torch.Tensor:
 
 def _micro_batches(path: str, responses: list[str]) -> list[dict]:
     tok = B.load_tokenizer(path)
-    out = B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses), response=responses),
-                            tokenizer_path=path, max_length=128)
-    return [B.collate_causal({k: v[i:i + 1] for k, v in out.items()}, pad_id=tok.pad_token_id) for i in range(len(responses))]
+    out = B.tokenize_causal(
+        _rows(instruction=["Say it."] * len(responses), input=[""] * len(responses), response=responses),
+        tokenizer_path=path,
+        max_length=128,
+    )
+    return [
+        B.collate_causal({k: v[i : i + 1] for k, v in out.items()}, pad_id=tok.pad_token_id)
+        for i in range(len(responses))
+    ]
 
 
 def test_accumulated_loss_weighs_every_answer_token_alike_across_micro_batches_and_ranks(tiny_models):
@@ -181,8 +212,11 @@ def test_accumulated_loss_weighs_every_answer_token_alike_across_micro_batches_a
 
 
 def _joined(path: str, responses: list[str]) -> dict:
-    return B.tokenize_causal(_rows(instruction=["Say it."] * len(responses), input=[""] * len(responses),
-                                   response=responses), tokenizer_path=path, max_length=128)
+    return B.tokenize_causal(
+        _rows(instruction=["Say it."] * len(responses), input=[""] * len(responses), response=responses),
+        tokenizer_path=path,
+        max_length=128,
+    )
 
 
 def test_seq2seq_tokens_are_counted_per_task():
@@ -209,8 +243,15 @@ def test_plain_torch_steps_lower_the_loss_without_ray(tiny_models):
     cfg = TrainConfig(learning_rate=1e-3, warmup_ratio=0.0, batch_size=4)
     model = S.setup_model(S.load_model(path, "causal"), torch.device("cpu"))
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=6)
-    out = B.tokenize_causal(_rows(instruction=[f"Count to {i}." for i in range(4)], input=[""] * 4,
-                                  response=[" ".join(map(str, range(i + 1))) for i in range(4)]), tokenizer_path=path, max_length=128)
+    out = B.tokenize_causal(
+        _rows(
+            instruction=[f"Count to {i}." for i in range(4)],
+            input=[""] * 4,
+            response=[" ".join(map(str, range(i + 1))) for i in range(4)],
+        ),
+        tokenizer_path=path,
+        max_length=128,
+    )
     batch = B.collate_causal(out, pad_id=0)
     losses = []
     for _ in range(6):
@@ -242,8 +283,10 @@ def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=60)
     inputs = [f"Is {n} a number?" for n in range(8)]
     rows = _rows(input=inputs, label=["yes"] * 8, rationale=["it is written with digits only so it is one"] * 8)
-    batch = B.collate_seq2seq(B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"),
-                              pad_id=B.load_tokenizer(path).pad_token_id)
+    batch = B.collate_seq2seq(
+        B.tokenize_seq2seq(rows, tokenizer_path=path, max_length=64, task="multitask"),
+        pad_id=B.load_tokenizer(path).pad_token_id,
+    )
     for _ in range(60):
         S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
         S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
@@ -311,7 +354,9 @@ def test_a_short_run_has_a_step_that_learns(total_steps):
     # iteration imitating a handful of new instructions) would train nothing at all.
     from lion_distill.config.models import TrainConfig
 
-    optimizer, scheduler = S.build_optimizer(torch.nn.Linear(2, 2), TrainConfig(learning_rate=1.0, warmup_ratio=0.03), total_steps)
+    optimizer, scheduler = S.build_optimizer(
+        torch.nn.Linear(2, 2), TrainConfig(learning_rate=1.0, warmup_ratio=0.03), total_steps
+    )
     rates = []
     for _ in range(total_steps):
         rates.append(scheduler.get_last_lr()[0])

@@ -7,6 +7,7 @@
 - A run directory the worker node cannot see stops the job before any stage, with one line
   naming that node.
 """
+
 import json
 import re
 import subprocess
@@ -26,9 +27,14 @@ def _get(url: str):
 
 def test_ray_job_submit_runs_a_lion_iteration_on_the_worker_node(two_nodes, vllm_server, tmp_path):
     run = tmp_path / "submitted"
-    entry = ["python", "jobs/lion.py", "--config", "configs/demo.yaml",
-             *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
-             "--set=lion.final_imitation=false"]
+    entry = [
+        "python",
+        "jobs/lion.py",
+        "--config",
+        "configs/demo.yaml",
+        *(f"--set={s}" for s in overrides(run, vllm_server, iterations=1, sample=8, new=2)),
+        "--set=lion.final_imitation=false",
+    ]
     proc = two_nodes.cluster.submit(entry)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
@@ -50,17 +56,25 @@ def test_ray_job_submit_runs_a_lion_iteration_on_the_worker_node(two_nodes, vllm
 
 def test_a_run_directory_one_node_cannot_see_stops_the_job(two_nodes, tmp_path):
     if two_nodes.hidden is None:
-        pytest.skip("no `unshare -m` here: a folder that one node of a one-machine cluster cannot see needs a mount "
-                    "namespace")
+        pytest.skip(
+            "no `unshare -m` here: a folder that one node of a one-machine cluster cannot see needs a mount namespace"
+        )
     run = two_nodes.hidden / "run"
-    cmd = [sys.executable, str(REPO / "jobs" / "lion.py"), "--config", str(REPO / "configs" / "demo.yaml"),
-           f"--set=run_dir={run}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "lion.py"),
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"--set=run_dir={run}",
+    ]
     begin = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=two_nodes.cluster.env, cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     problems = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("run_dir:")]
-    assert problems == [f"run_dir: {run} is not shared: node {two_nodes.worker_ip} ({two_nodes.worker_node_id[:12]}) cannot see "
-                        "the marker the driver wrote there; mount it on every node (a shared filesystem) or use an "
-                        "object store URI (s3://...)"], proc.stderr[-3000:]
+    assert problems == [
+        f"run_dir: {run} is not shared: node {two_nodes.worker_ip} ({two_nodes.worker_node_id[:12]}) cannot see "
+        "the marker the driver wrote there; mount it on every node (a shared filesystem) or use an "
+        "object store URI (s3://...)"
+    ], proc.stderr[-3000:]
     assert not (run / "state.json").exists() and [p.name for p in run.iterdir()] == []  # the marker is gone again
     assert time.monotonic() - begin < 120

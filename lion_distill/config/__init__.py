@@ -1,4 +1,5 @@
 """Run configuration: pydantic models loaded from YAML with `--set a.b=c` overrides."""
+
 from lion_distill.config.loader import ConfigError, load_config, parse_override
 from lion_distill.config.models import (
     DataConfig,
@@ -12,6 +13,15 @@ from lion_distill.config.models import (
 from lion_distill.config.run import RunConfig
 
 __all__ = [
-    "ConfigError", "load_config", "parse_override", "DataConfig", "LionConfig", "OpenAIEndpoint",
-    "Parallelism", "RoleConfig", "RunConfig", "SamplingParams", "TrainConfig",
+    "ConfigError",
+    "load_config",
+    "parse_override",
+    "DataConfig",
+    "LionConfig",
+    "OpenAIEndpoint",
+    "Parallelism",
+    "RoleConfig",
+    "RunConfig",
+    "SamplingParams",
+    "TrainConfig",
 ]

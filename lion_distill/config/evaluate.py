@@ -14,6 +14,7 @@ Example (the evaluation job; Vicuna-80 with the gpt-3.5-turbo answers as referen
         - {name: lion-7b, lion_run: runs/lion-7b}                # the run's latest student
         - {name: vicuna, role: {backend: vllm, model: /models/vicuna-7b}, prompt: chat}
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -46,7 +47,9 @@ class ReferenceConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> ReferenceConfig:
         if (self.answers is None) == (self.role is None):
-            raise ValueError("give exactly one of 'answers' (a file of reference answers) and 'role' (a model that answers)")
+            raise ValueError(
+                "give exactly one of 'answers' (a file of reference answers) and 'role' (a model that answers)"
+            )
         return self
 
 
@@ -65,7 +68,9 @@ class CandidateConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> CandidateConfig:
         if (self.role is None) == (self.lion_run is None):
-            raise ValueError("give exactly one of 'role' (a model and how to serve it) and 'lion_run' (a Lion run directory)")
+            raise ValueError(
+                "give exactly one of 'role' (a model and how to serve it) and 'lion_run' (a Lion run directory)"
+            )
         if self.iteration is not None and self.lion_run is None:
             raise ValueError("'iteration' picks a student of 'lion_run'; it needs lion_run")
         if self.prompt is None:
@@ -98,8 +103,9 @@ class EvalConfig(Strict):
         names = [c.name for c in self.candidates]
         # A candidate's name is its role's name in the spend log, beside "judge" and "reference".
         if len(set(names)) != len(names) or {self.reference.name, "judge", "reference"} & set(names):
-            raise ValueError(f"candidate names must be unique and differ from the reference's name, 'judge' and "
-                             f"'reference': {names}")
+            raise ValueError(
+                f"candidate names must be unique and differ from the reference's name, 'judge' and 'reference': {names}"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
 """Load a run config from YAML plus `--set a.b.c=value` overrides; every error names
 the file, the field and what was expected."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,6 +14,7 @@ Example (the smallest valid file; everything else defaults)::
     referee: {backend: openai, model: gpt-3.5-turbo, openai: {api_key_env: OPENAI_API_KEY}}
     generator: {backend: openai, model: gpt-3.5-turbo, openai: {api_key_env: OPENAI_API_KEY}}
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -31,11 +32,24 @@ class Strict(BaseModel):
 # frequency_penalty and logit_bias of them. Left out on purpose: what the engine sets
 # itself (logprobs, structured outputs), `n` (one reply per row) and `logit_bias` (its
 # integer keys do not survive the Arrow rows Ray Data hands to the vLLM stage).
-SAMPLING_EXTRA_KEYS = frozenset({
-    "stop", "stop_token_ids", "top_k", "min_p", "min_tokens", "repetition_penalty", "presence_penalty",
-    "frequency_penalty", "bad_words", "allowed_token_ids", "ignore_eos",
-    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
-})
+SAMPLING_EXTRA_KEYS = frozenset(
+    {
+        "stop",
+        "stop_token_ids",
+        "top_k",
+        "min_p",
+        "min_tokens",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "bad_words",
+        "allowed_token_ids",
+        "ignore_eos",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+    }
+)
 
 
 class SamplingParams(Strict):
@@ -56,8 +70,10 @@ class SamplingParams(Strict):
     def _known_extra_keys(cls, extra: dict) -> dict:
         unknown = sorted(set(extra) - SAMPLING_EXTRA_KEYS)
         if unknown:
-            raise ValueError(f"unknown sampling setting(s) {', '.join(map(repr, unknown))}; "
-                             f"sampling.extra takes {', '.join(sorted(SAMPLING_EXTRA_KEYS))}")
+            raise ValueError(
+                f"unknown sampling setting(s) {', '.join(map(repr, unknown))}; "
+                f"sampling.extra takes {', '.join(sorted(SAMPLING_EXTRA_KEYS))}"
+            )
         return extra
 
 
@@ -101,10 +117,14 @@ class RoleConfig(Strict):
         if self.backend == "openai" and self.openai is None:
             self.openai = OpenAIEndpoint()
         if self.backend != "openai" and self.openai is not None:
-            raise ValueError(f"'openai' settings given but backend is {self.backend!r}; set backend: openai or remove them")
+            raise ValueError(
+                f"'openai' settings given but backend is {self.backend!r}; set backend: openai or remove them"
+            )
         if self.backend == "hf" and self.sampling.extra:
-            raise ValueError("sampling.extra goes to vLLM and OpenAI-compatible servers; the hf backend "
-                             f"does not take it (got {sorted(self.sampling.extra)}): serve the role with vllm or openai")
+            raise ValueError(
+                "sampling.extra goes to vLLM and OpenAI-compatible servers; the hf backend "
+                f"does not take it (got {sorted(self.sampling.extra)}): serve the role with vllm or openai"
+            )
         return self
 
 
@@ -255,7 +275,9 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _some_pool(self):
         if not self.pool_files and not self.datasets:
-            raise ValueError("give the seed pool: pool_files (files or `datasets` folders) and/or datasets (load_dataset sources)")
+            raise ValueError(
+                "give the seed pool: pool_files (files or `datasets` folders) and/or datasets (load_dataset sources)"
+            )
         return self
 
     def sources(self) -> list[dict]:
@@ -290,5 +312,3 @@ class TrackingConfig(Strict):
     project: str = Field("lion-distill", min_length=1)  # MLflow experiment, W&B project
     run_name: str | None = None  # default: the job's name
     uri: str | None = None
-
-

@@ -1,6 +1,7 @@
 """The Lion run's config: every section together (`RunConfig`). Its own module because the
 `eval` section (lion_distill.config.evaluate) builds on the role models of lion_distill.config.models, so
 that module cannot also hold the whole run without importing in a circle."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -40,7 +41,11 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:
         if self.student.backend == "openai":
-            raise ValueError("student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai")
+            raise ValueError(
+                "student.backend: the student is fine-tuned, so it must be a local model (vllm or hf), not openai"
+            )
         if self.eval is not None and self.eval.candidates:
-            raise ValueError("eval.candidates: in a Lion run the candidate is the student; evaluate other models with jobs/evaluate.py")
+            raise ValueError(
+                "eval.candidates: in a Lion run the candidate is the student; evaluate other models with jobs/evaluate.py"
+            )
         return self

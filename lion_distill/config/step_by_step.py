@@ -13,6 +13,7 @@ A generating teacher is any LLM role (`teacher.role`: vllm, hf or openai); `teac
 adds a vLLM structured-output regex on the reply's answer tail. `grid` spreads one run over
 label sources, seeds and student sizes: one command runs a paper figure.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -59,8 +60,10 @@ class TaskData(Strict):
 
     def folder(self) -> str:
         if self.data_dir is None:
-            raise ValueError(f"data.data_dir: {self.task} needs the folder with the full sets (layout of "
-                             "data/step-by-step); the repository's slice is for demos (with data.allow_partial: true)")
+            raise ValueError(
+                f"data.data_dir: {self.task} needs the folder with the full sets (layout of "
+                "data/step-by-step); the repository's slice is for demos (with data.allow_partial: true)"
+            )
         return self.data_dir
 
 
@@ -95,6 +98,7 @@ class StudentConfig(Strict):
 class GridConfig(Strict):
     """One run over a paper figure: every method x fraction x label source x seed x student.
     None: the run's own `label_source`, `data.seed`, `student.model`."""
+
     # step_by_step once per label source (the paper's Figures 4-5: gold next to standard
     # finetuning, teacher next to standard distillation); the other methods fix their labels.
     label_sources: list[Literal["gold", "teacher"]] | None = Field(None, min_length=1)
@@ -131,8 +135,16 @@ class StepByStepConfig(Strict):
     validations: PositiveInt = 1
     eval_steps: PositiveInt = 250
     grid: GridConfig = Field(default_factory=GridConfig)
-    train: TrainConfig = TrainConfig(architecture="seq2seq", learning_rate=5e-5, batch_size=64, max_length=1024,
-                                     warmup_ratio=0.0, lr_schedule="linear", rationale_weight=1.0, epochs=1)
+    train: TrainConfig = TrainConfig(
+        architecture="seq2seq",
+        learning_rate=5e-5,
+        batch_size=64,
+        max_length=1024,
+        warmup_ratio=0.0,
+        lr_schedule="linear",
+        rationale_weight=1.0,
+        epochs=1,
+    )
     plan: PlanConfig = Field(default_factory=PlanConfig)  # what --plan assumes (throughputs for GPU-hours)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -142,8 +154,10 @@ class StepByStepConfig(Strict):
         """A `train` section that names no schedule gets the reference's (linear, no warmup), not
         TrainConfig's general default."""
         if isinstance(data, dict) and isinstance(data.get("train"), dict):
-            data = {**data, "train": {"architecture": "seq2seq", "warmup_ratio": 0.0, "lr_schedule": "linear",
-                                      **data["train"]}}
+            data = {
+                **data,
+                "train": {"architecture": "seq2seq", "warmup_ratio": 0.0, "lr_schedule": "linear", **data["train"]},
+            }
         return data
 
     @model_validator(mode="after")

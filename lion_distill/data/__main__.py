@@ -1,4 +1,5 @@
 """`python -m lion_distill.data inspect FILE...`: what a pool made of these files would hold."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="load files as a pool; print counts, rejects and a sample")
     inspect.add_argument("files", nargs="+")
-    inspect.add_argument("--field", action="append", default=[], help="for generic JSONL: instruction=FIELD, input=FIELD")
+    inspect.add_argument(
+        "--field", action="append", default=[], help="for generic JSONL: instruction=FIELD, input=FIELD"
+    )
     inspect.add_argument("--max-instruction-chars", type=int, default=4096)
     inspect.add_argument("--sample", type=int, default=3)
     args = parser.parse_args(argv)
@@ -35,14 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     except PoolFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"files: {len(args.files)}  rows in: {report.rows_in}  kept: {report.rows_kept}  rejected: {report.rows_rejected}")
+    print(
+        f"files: {len(args.files)}  rows in: {report.rows_in}  kept: {report.rows_kept}  rejected: {report.rows_rejected}"
+    )
     with_input = sum(1 for x in pool.column("input").to_pylist() if x)
     print(f"kept rows with a non-empty input: {with_input}")
-    turns = [len(history_turns(h)) // 2 + 1 for h, system in zip(pool.column("history").to_pylist(), pool.column("system").to_pylist())
-             if h or system]
+    turns = [
+        len(history_turns(h)) // 2 + 1
+        for h, system in zip(pool.column("history").to_pylist(), pool.column("system").to_pylist())
+        if h or system
+    ]
     if turns:
-        print(f"kept conversations: {len(turns)} ({sum(t > 1 for t in turns)} multi-turn, {sum(turns)} user turns; "
-              "the last user turn is the instruction)")
+        print(
+            f"kept conversations: {len(turns)} ({sum(t > 1 for t in turns)} multi-turn, {sum(turns)} user turns; "
+            "the last user turn is the instruction)"
+        )
     for reason, count in report.rejects.most_common():
         print(f"  {reason}: {count}")
         for where in report.examples[reason]:
@@ -52,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if row["input"]:
             print("    input: " + textwrap.shorten(row["input"], 96))
         if row["system"] or row["history"]:
-            print(f"    system: {textwrap.shorten(row['system'] or '-', 80)}; earlier turns: {len(history_turns(row['history']))}")
+            print(
+                f"    system: {textwrap.shorten(row['system'] or '-', 80)}; earlier turns: {len(history_turns(row['history']))}"
+            )
     return 0
 
 

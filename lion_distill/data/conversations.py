@@ -13,6 +13,7 @@ exactly the plain instruction (same id).
 turn, each given the conversation's turns before it (as the file has them), each with
 the id its prefix would have as a pool row of its own.
 """
+
 from __future__ import annotations
 
 from lion_distill.data.schema import context_key, history_turns, instruction_id
@@ -52,7 +53,9 @@ def parse(turns, key: str = "messages") -> tuple[str, str | None, list[dict]]:
             continue
         expected = "user" if len(dialogue) % 2 == 0 else "assistant"
         if role != expected:
-            raise BadConversation(f"{key}[{n}] is a {role} turn where {'an' if expected == 'assistant' else 'a'} {expected} turn belongs (turns must alternate, user first)")
+            raise BadConversation(
+                f"{key}[{n}] is a {role} turn where {'an' if expected == 'assistant' else 'a'} {expected} turn belongs (turns must alternate, user first)"
+            )
         dialogue.append({"role": role, "content": content.strip()})
     if dialogue and dialogue[-1]["role"] == "assistant":
         dialogue = dialogue[:-1]  # the file's answer to the last user turn: the teacher's replaces it
@@ -77,6 +80,13 @@ def user_turns(row: dict) -> list[dict]:
     for n in range(0, len(history), 2):
         before = history[:n]
         text = history[n]["content"]
-        turns.append({"id": instruction_id(text, "", context_key(row.get("system"), before)), "instruction": text,
-                      "input": "", "system": row.get("system"), "history": before})
+        turns.append(
+            {
+                "id": instruction_id(text, "", context_key(row.get("system"), before)),
+                "instruction": text,
+                "input": "",
+                "system": row.get("system"),
+                "history": before,
+            }
+        )
     return turns + [row]

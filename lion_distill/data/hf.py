@@ -3,6 +3,7 @@
 reachable). Rows are read from the dataset's memory-mapped Arrow table, so every record
 keeps its `source:row N` and goes through the same checks and reject counts as a file's.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,9 @@ def _one_split(found, source: str, split: str = "train"):
     raise PoolFileError(f"{source}: a DatasetDict without a {split!r} split (splits: {sorted(found)}); save one split")
 
 
-def read_saved_dataset(path: Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+def read_saved_dataset(
+    path: Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()
+) -> Iterator[RawRecord]:
     """A folder written by `Dataset.save_to_disk` (or a DatasetDict's: its train split)."""
     from datasets import load_from_disk
 
@@ -48,7 +51,9 @@ def source_label(source: dict) -> str:
     return f"{source['path']}:{files}" if files else source["path"]
 
 
-def read_dataset_source(source: dict, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+def read_dataset_source(
+    source: dict, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()
+) -> Iterator[RawRecord]:
     """`datasets.load_dataset(path, name, data_files=..., split=...)`: one split's rows."""
     from datasets import load_dataset
 
@@ -57,8 +62,14 @@ def read_dataset_source(source: dict, field_map: dict[str, str] | None = None, k
     if missing:
         raise PoolFileError(f"{label}: no such data file(s) {missing}")
     try:
-        ds = load_dataset(source["path"], source.get("name"), data_files=source.get("data_files") or None,
-                          split=source.get("split", "train"))
+        ds = load_dataset(
+            source["path"],
+            source.get("name"),
+            data_files=source.get("data_files") or None,
+            split=source.get("split", "train"),
+        )
     except Exception as e:  # datasets raises many types (offline hub, bad csv, unknown split): one line names it
-        raise PoolFileError(f"{label}: load_dataset failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise PoolFileError(
+            f"{label}: load_dataset failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from None
     return read_table_rows(_arrow(ds), label, "dataset", field_map, keep)

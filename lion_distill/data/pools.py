@@ -1,5 +1,6 @@
 """Instruction pools as parquet with an explicit schema; rows between the driver and Ray Data:
 as files the workers read (RowFiles), a Ray Dataset's rows as one table (dataset_to_table)."""
+
 from __future__ import annotations
 
 import pyarrow as pa

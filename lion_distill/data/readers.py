@@ -7,6 +7,7 @@ Files are read by extension (lion_distill.data.records): `.json` (Alpaca), `.jso
 a folder is a Hugging Face `datasets` folder (`save_to_disk`), read by lion_distill.data.hf, as
 are `load_dataset` sources (`data.datasets`).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -76,7 +77,9 @@ class LoadReport:
         }
 
 
-def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+def read_records(
+    path: str | Path, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()
+) -> Iterator[RawRecord]:
     """`keep`: more JSONL fields to carry into the rows (a question's id and category)."""
     path = Path(path)
     if path.is_dir():
@@ -90,8 +93,10 @@ def read_records(path: str | Path, field_map: dict[str, str] | None = None, keep
         return read_jsonl(path, field_map or {}, keep)
     if suffix == ".parquet":
         return read_parquet(path)
-    raise PoolFileError(f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl, .parquet "
-                        "or a Hugging Face `datasets` folder (data.datasets reads csv and other load_dataset sources)")
+    raise PoolFileError(
+        f"{path}: unknown format {suffix!r}; expected .json (Alpaca), .jsonl, .parquet "
+        "or a Hugging Face `datasets` folder (data.datasets reads csv and other load_dataset sources)"
+    )
 
 
 def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | None, str | None]:
@@ -122,15 +127,22 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
     if len(instruction) > max_instruction_chars:
         return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
     context = context_key(**conversation) if conversation else ""
-    row = {"id": instruction_id(instruction, got, context), "instruction": instruction, "input": got,
-           **({k: v for k, v in conversation.items() if v} if context else {})}
+    row = {
+        "id": instruction_id(instruction, got, context),
+        "instruction": instruction,
+        "input": got,
+        **({k: v for k, v in conversation.items() if v} if context else {}),
+    }
     kept = {name: value for name, value in record.fields.items() if name not in ("instruction", "input")}
     return ({**row, "fields": kept} if kept else row), None
 
 
 def load_pool(
-    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
-    sources: list[dict] = (), reuse: bool = True,
+    files: list[str | Path],
+    field_map: dict[str, str] | None = None,
+    max_instruction_chars: int = 4096,
+    sources: list[dict] = (),
+    reuse: bool = True,
 ) -> tuple[pa.Table, LoadReport]:
     """Read and validate instruction files (and `load_dataset` sources: lion_distill.data.hf) into one
     seed pool (ids unique across files), a chunk of rows at a time: a pool of millions is its
@@ -139,8 +151,12 @@ def load_pool(
     of reading the files again; the seeding stage (`reuse=False`) lets it go, so the job's
     driver does not hold the pool for its later stages."""
     # Resolved paths: the job makes them absolute between preflight and seeding.
-    key = (tuple((str(Path(p).resolve()), *_stamp(p)) for p in files), tuple(sorted((field_map or {}).items())),
-           max_instruction_chars, repr(sources))
+    key = (
+        tuple((str(Path(p).resolve()), *_stamp(p)) for p in files),
+        tuple(sorted((field_map or {}).items())),
+        max_instruction_chars,
+        repr(sources),
+    )
     if _LAST_POOL.get("key") != key:
         _LAST_POOL.clear()  # the pool read before is not held while this one is read
         _LAST_POOL.update(key=key, value=_read_pool(files, field_map, max_instruction_chars, sources))
@@ -183,14 +199,20 @@ def _stamp(path: str | Path) -> tuple:
 
 
 def load_rows(
-    files: list[str | Path], field_map: dict[str, str] | None = None, max_instruction_chars: int = 4096,
-    keep: tuple[str, ...] = (), sources: list[dict] = (),
+    files: list[str | Path],
+    field_map: dict[str, str] | None = None,
+    max_instruction_chars: int = 4096,
+    keep: tuple[str, ...] = (),
+    sources: list[dict] = (),
 ) -> tuple[list[dict], LoadReport]:
     """Validated rows (`id`, `instruction`, `input`, and `fields`: the `keep` fields), ids unique across files."""
     report = LoadReport()
     checked = list(checked_rows(files, field_map, max_instruction_chars, keep, sources, report))
-    unique = unique_ids(pa.array([row["id"] for row, _ in checked], pa.string()),
-                        pa.array([where for _, where in checked], pa.string()), report)
+    unique = unique_ids(
+        pa.array([row["id"] for row, _ in checked], pa.string()),
+        pa.array([where for _, where in checked], pa.string()),
+        report,
+    )
     rows = [row for (row, _), kept in zip(checked, unique.to_pylist()) if kept]
     report.rows_kept = len(rows)
     assert report.reconciles, report.as_dict()
@@ -198,8 +220,12 @@ def load_rows(
 
 
 def checked_rows(
-    files: list[str | Path], field_map: dict[str, str] | None, max_instruction_chars: int,
-    keep: tuple[str, ...] = (), sources: list[dict] = (), report: LoadReport | None = None,
+    files: list[str | Path],
+    field_map: dict[str, str] | None,
+    max_instruction_chars: int,
+    keep: tuple[str, ...] = (),
+    sources: list[dict] = (),
+    report: LoadReport | None = None,
 ) -> Iterator[tuple[dict, str]]:
     """(row, where) for each record of the files and sources that passes check_record; each one
     that does not is counted in `report` under its reason, with its location."""
@@ -223,5 +249,7 @@ def unique_ids(ids: pa.Array | pa.ChunkedArray, wheres: pa.Array | pa.ChunkedArr
     first = pc.index_in(ids, value_set=ids)  # the position of each id's first row
     unique = pc.equal(first, pa.array(np.arange(len(ids)), first.type))
     for at in np.flatnonzero(~unique.to_numpy(zero_copy_only=False)):
-        report.reject("duplicate_id", f"{wheres[at].as_py()} (same instruction and input as {wheres[first[at].as_py()].as_py()})")
+        report.reject(
+            "duplicate_id", f"{wheres[at].as_py()} (same instruction and input as {wheres[first[at].as_py()].as_py()})"
+        )
     return unique

@@ -12,6 +12,7 @@ In any of them a record with a `messages` (OpenAI: `role`/`content`) or `convers
 (lion_distill.data.conversations): its last user turn is the instruction. A record is read as
 it is; lion_distill.data.readers checks it and counts its reject.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,12 +70,19 @@ def read_jsonl(path: Path, field_map: dict[str, str], keep: tuple[str, ...] = ()
     input_key = field_map.get("input", "input")
     with path.open("rb") as lines:  # a line at a time: a file of millions is never one string
         for number, line in enumerate(lines, start=1):
-            yield from _jsonl_records(line.decode("utf-8", errors="surrogateescape"), f"{path}:{number}",
-                                      field_map, instruction_key, input_key, keep)
+            yield from _jsonl_records(
+                line.decode("utf-8", errors="surrogateescape"),
+                f"{path}:{number}",
+                field_map,
+                instruction_key,
+                input_key,
+                keep,
+            )
 
 
-def _jsonl_records(line: str, where: str, field_map: dict[str, str], instruction_key: str, input_key: str,
-                   keep: tuple[str, ...]) -> Iterator[RawRecord]:
+def _jsonl_records(
+    line: str, where: str, field_map: dict[str, str], instruction_key: str, input_key: str, keep: tuple[str, ...]
+) -> Iterator[RawRecord]:
     """One JSONL line's records: none for a blank line, one per instance of a self-instruct line."""
     if not line.strip():
         return  # blank lines are layout, not records
@@ -96,8 +104,9 @@ def _jsonl_records(line: str, where: str, field_map: dict[str, str], instruction
         yield record_of(obj, where, instruction_key, input_key, keep)
 
 
-def record_of(obj: dict, where: str, instruction_key: str = "instruction", input_key: str = "input",
-              keep: tuple[str, ...] = ()) -> RawRecord:
+def record_of(
+    obj: dict, where: str, instruction_key: str = "instruction", input_key: str = "input", keep: tuple[str, ...] = ()
+) -> RawRecord:
     """One object's fields: a conversation (its `messages` or `conversations`, when it has
     no instruction field) or an instruction and its input."""
     fields = {name: obj.get(name) for name in keep}
@@ -122,7 +131,9 @@ def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             # Past a broken element the list's structure is unknown: stop with its location.
-            raise PoolFileError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); fix the file and re-run") from None
+            raise PoolFileError(
+                f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); fix the file and re-run"
+            ) from None
         if invalid and has_invalid_utf8(text[pos:end]):
             yield RawRecord(where, error="invalid_utf8")
         elif not isinstance(obj, dict):
@@ -147,14 +158,17 @@ def read_parquet(path: Path) -> Iterator[RawRecord]:
     return read_table_rows(pq.read_table(path), str(path), "parquet file")
 
 
-def read_table_rows(table: pa.Table, source: str, kind: str, field_map: dict[str, str] | None = None,
-                    keep: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+def read_table_rows(
+    table: pa.Table, source: str, kind: str, field_map: dict[str, str] | None = None, keep: tuple[str, ...] = ()
+) -> Iterator[RawRecord]:
     """A table's rows (parquet, a `datasets` Arrow table) as records located `source:row N`."""
     instruction_key = (field_map or {}).get("instruction", "instruction")
     input_key = (field_map or {}).get("input", "input")
     if instruction_key not in table.column_names and not conversation_key(dict.fromkeys(table.column_names)):
-        raise PoolFileError(f"{source}: {kind} has no {instruction_key!r}, 'messages' or 'conversations' column "
-                            f"(columns: {table.column_names})")
+        raise PoolFileError(
+            f"{source}: {kind} has no {instruction_key!r}, 'messages' or 'conversations' column "
+            f"(columns: {table.column_names})"
+        )
     columns = [c for c in (instruction_key, input_key, "messages", "conversations", *keep) if c in table.column_names]
     offset = 0
     for batch in table.select(columns).to_batches(max_chunksize=4096):

@@ -16,6 +16,7 @@ it; a download goes to a temporary folder renamed into place, so a killed one le
 that looks complete. `LION_MODEL_CACHE` moves the cache (default ~/.cache/lion-distill/models;
 a run's students stay there until removed).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,7 +79,7 @@ def local_model(model: str, *, tokenizer_only: bool = False) -> str:
             local = pafs.LocalFileSystem()
             if tokenizer_only:
                 for f in files:
-                    dest = staging / f.path[len(path.rstrip("/")) + 1:]
+                    dest = staging / f.path[len(path.rstrip("/")) + 1 :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     pafs.copy_files(f.path, str(dest), source_filesystem=fs, destination_filesystem=local)
             else:  # the whole folder in one call: pyarrow fetches the weight shards in parallel

@@ -5,6 +5,7 @@ rename it over the target, so a killed job leaves either the old file or the new
 one, never half of one. (Object stores implement the rename as copy + delete: the
 target still only ever appears whole.)
 """
+
 from __future__ import annotations
 
 import json

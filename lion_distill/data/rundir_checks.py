@@ -9,6 +9,7 @@ its own response cache, spend log and state, the budget is under-counted, and th
 does not find the last one's files. So the driver writes a marker into it and a task on every
 alive node must read it back. (An object store URI is the same bucket wherever it is opened.)
 """
+
 from __future__ import annotations
 
 import uuid
@@ -65,8 +66,12 @@ def unshared_problems(run_dir: str, timeout_s: float = SHARED_TIMEOUT_S) -> list
     try:
         sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        pending = {sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                   .remote(run.path(marker), token): n for n in nodes}
+        pending = {
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                run.path(marker), token
+            ): n
+            for n in nodes
+        }
         done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
         problems = []
         for ref, node in pending.items():
@@ -74,9 +79,11 @@ def unshared_problems(run_dir: str, timeout_s: float = SHARED_TIMEOUT_S) -> list
             if ref not in done:
                 problems.append(f"run_dir: {where} did not answer within {timeout_s:g} s whether it sees {run_dir}")
             elif not _answer(ref):
-                problems.append(f"run_dir: {run_dir} is not shared: {where} cannot see the marker the driver wrote "
-                                "there; mount it on every node (a shared filesystem) or use an object store URI "
-                                "(s3://...)")
+                problems.append(
+                    f"run_dir: {run_dir} is not shared: {where} cannot see the marker the driver wrote "
+                    "there; mount it on every node (a shared filesystem) or use an object store URI "
+                    "(s3://...)"
+                )
         return problems
     finally:
         run.fs.delete_file(run.path(marker))

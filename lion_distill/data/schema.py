@@ -1,4 +1,5 @@
 """The row contracts every stage reads and writes (docs/design.md, "Data contracts")."""
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,9 @@ def history_turns(history: str | list | None) -> list[dict]:
 def history_json(history: str | list | None) -> str | None:
     """The `history` column's value: JSON of the turns, null when there are none."""
     turns = history_turns(history)
-    return json.dumps([{"role": t["role"], "content": t["content"]} for t in turns], ensure_ascii=False) if turns else None
+    return (
+        json.dumps([{"role": t["role"], "content": t["content"]} for t in turns], ensure_ascii=False) if turns else None
+    )
 
 
 def context_key(system: str | None, history: str | list | None) -> str:
@@ -64,8 +67,11 @@ def context_key(system: str | None, history: str | list | None) -> str:
     turns = history_turns(history)
     if not system and not turns:
         return ""
-    return json.dumps({"system": system or "", "history": [[t["role"], t["content"]] for t in turns]},
-                      ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"system": system or "", "history": [[t["role"], t["content"]] for t in turns]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def pool_table(rows: list[dict]) -> pa.Table:
@@ -73,8 +79,8 @@ def pool_table(rows: list[dict]) -> pa.Table:
     missing `id` / `origin` / `iteration` take their seed defaults."""
     full = [
         {
-            "id": r.get("id") or instruction_id(r["instruction"], r.get("input", ""),
-                                              context_key(r.get("system"), r.get("history"))),
+            "id": r.get("id")
+            or instruction_id(r["instruction"], r.get("input", ""), context_key(r.get("system"), r.get("history"))),
             "instruction": r["instruction"],
             "input": r.get("input", ""),
             "origin": r.get("origin", "seed"),

@@ -9,6 +9,7 @@ snapshot: the tensors' shapes, read without loading them) or else from the hub's
 (`safetensors.total`, one request with a short timeout). A local folder's student needs no
 guess; an object store run directory has no fixed size; both are not checked here.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,9 @@ def space_problem(name: str, params: int, run_dir: str, *, exports: int, checkpo
     free = shutil.disk_usage(folder).free
     if need <= free:
         return None
-    return (f"{name}.model: {params / 1e9:.2f}B parameters: {exports} exported students (bf16) and {checkpoints} "
-            f"training checkpoints (fp32 weights and AdamW) need {need / 1e9:.1f} GB, but run_dir {run_dir!r} has "
-            f"{free / 1e9:.1f} GB free: free space or move run_dir"
-            f"{' (or set train.keep_checkpoints: false)' if checkpoints > 2 else ''}")
+    return (
+        f"{name}.model: {params / 1e9:.2f}B parameters: {exports} exported students (bf16) and {checkpoints} "
+        f"training checkpoints (fp32 weights and AdamW) need {need / 1e9:.1f} GB, but run_dir {run_dir!r} has "
+        f"{free / 1e9:.1f} GB free: free space or move run_dir"
+        f"{' (or set train.keep_checkpoints: false)' if checkpoints > 2 else ''}"
+    )

@@ -1,5 +1,6 @@
 """Arrow tables keyed by `id`: the stages' joins on the driver, column by column, so a pool of
 millions stays its columns instead of becoming millions of Python rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,6 +46,8 @@ def replaced_by_id(table: pa.Table, better: pa.Table) -> pa.Table:
     if not better.num_rows:
         return table
     better = better.select(table.column_names).cast(table.schema)
-    at = pc.index_in(table.column("id").combine_chunks(), value_set=better.column("id").combine_chunks()).cast(pa.int64())
+    at = pc.index_in(table.column("id").combine_chunks(), value_set=better.column("id").combine_chunks()).cast(
+        pa.int64()
+    )
     rows = pc.if_else(pc.is_valid(at), pc.add(at, table.num_rows), pa.array(np.arange(table.num_rows), pa.int64()))
     return pa.concat_tables([table, better]).take(rows)

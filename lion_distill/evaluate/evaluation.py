@@ -15,6 +15,7 @@ Questions and reference answers are prepared once per run directory; judge reque
 sent before a kill are answered from the response cache (openai backend) when the
 evaluation runs again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,9 +36,21 @@ from lion_distill.llm.serving import take_engine_metrics
 from lion_distill.metrics import Metrics, StageRecord
 
 log = logging.getLogger("lion_distill.evaluate")
-PAIR_SCHEMA = pa.schema([(name, pa.string()) for name in (
-    "id", "instruction", "input", "category", "reference_text", "reference_finish_reason", "candidate_text",
-    "candidate_finish_reason")])
+PAIR_SCHEMA = pa.schema(
+    [
+        (name, pa.string())
+        for name in (
+            "id",
+            "instruction",
+            "input",
+            "category",
+            "reference_text",
+            "reference_finish_reason",
+            "candidate_text",
+            "candidate_finish_reason",
+        )
+    ]
+)
 
 ROLES = ("reference", "candidate")  # Assistant 1 first in the reference-first order
 QUESTIONS = "eval/questions.parquet"
@@ -63,7 +76,9 @@ def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[
     records = []
     if cfg.reference.answers is not None:
         texts = read_reference_answers(cfg.reference, questions)
-        reference = [{"id": q["id"], "role": "reference", "text": t, "finish_reason": "stop"} for q, t in zip(questions, texts)]
+        reference = [
+            {"id": q["id"], "role": "reference", "text": t, "finish_reason": "stop"} for q, t in zip(questions, texts)
+        ]
     else:
         reference, record = _answer(cfg.reference.role, "chat", questions, run, "eval/reference", "reference")
         records.append(record)
@@ -72,15 +87,23 @@ def prepare(cfg: EvalConfig, run: RunDir) -> tuple[list[dict], list[dict], list[
     return questions, read_rows(run, REFERENCE), records
 
 
-def _answer(role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str,
-            role_name: str) -> tuple[list[dict], StageRecord]:
+def _answer(
+    role: RoleConfig, prompt: str, questions: list[dict], run: RunDir, stage: str, role_name: str
+) -> tuple[list[dict], StageRecord]:
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
     answers, record = answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
     return answers.to_pylist(), record
 
 
-def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: str,
-             role_name: str = "candidate", teacher: RoleConfig | None = None) -> tuple[dict, list[StageRecord]]:
+def evaluate(
+    cfg: EvalConfig,
+    run: RunDir,
+    role: RoleConfig,
+    prompt: str,
+    out: str,
+    role_name: str = "candidate",
+    teacher: RoleConfig | None = None,
+) -> tuple[dict, list[StageRecord]]:
     """Evaluate the candidate `role` (asked in `prompt` format) into `out`; -> (summary, records).
     `role_name` is the candidate's name in the spend log (a budget is per role) and among the
     job's engines (Lion's student); the judge's is "judge". With a `teacher` (Lion's), the
@@ -93,16 +116,37 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
         candidate, record = _answer(role, prompt, questions, run, "eval/candidate", role_name)
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
-    pairs = pa.Table.from_pylist([
-        {"id": q["id"], "instruction": q["instruction"], "input": q["input"], "category": q["category"],
-         "reference_text": r["text"], "reference_finish_reason": r["finish_reason"],
-         "candidate_text": c["text"], "candidate_finish_reason": c["finish_reason"]}
-        for q, r, c in zip(questions, reference, candidate)
-    ], schema=PAIR_SCHEMA)
+    pairs = pa.Table.from_pylist(
+        [
+            {
+                "id": q["id"],
+                "instruction": q["instruction"],
+                "input": q["input"],
+                "category": q["category"],
+                "reference_text": r["text"],
+                "reference_finish_reason": r["finish_reason"],
+                "candidate_text": c["text"],
+                "candidate_finish_reason": c["finish_reason"],
+            }
+            for q, r, c in zip(questions, reference, candidate)
+        ],
+        schema=PAIR_SCHEMA,
+    )
     judgments, judge_records = judge_pairs(
-        cfg.judge, pairs, run=run, stage="eval/judge", draws=out, setting=cfg.judge_constraint,
-        prompt=cfg.judge_prompt, retries=cfg.judge_retries, use_logprobs=cfg.judge_logprobs, tau=0.0, roles=ROLES,
-        role_name="judge", failed_answer_loses=True)
+        cfg.judge,
+        pairs,
+        run=run,
+        stage="eval/judge",
+        draws=out,
+        setting=cfg.judge_constraint,
+        prompt=cfg.judge_prompt,
+        retries=cfg.judge_retries,
+        use_logprobs=cfg.judge_logprobs,
+        tau=0.0,
+        roles=ROLES,
+        role_name="judge",
+        failed_answer_loses=True,
+    )
     judgments = judgments.to_pylist()  # the questions: tens to thousands
     records += judge_records
     nll = None
@@ -122,7 +166,13 @@ def evaluate(cfg: EvalConfig, run: RunDir, role: RoleConfig, prompt: str, out: s
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
     overall = summary["overall"]
-    log.info("%s: relative score %s (95%% CI %s-%s), %d of %d judged (%d answers truncated to fit), %d judge failures",
-             out, *(_percent(overall[k]) for k in ("relative_score", "ci_low", "ci_high")), summary["judged"],
-             summary["questions"], summary["truncated"], summary["failed"])
+    log.info(
+        "%s: relative score %s (95%% CI %s-%s), %d of %d judged (%d answers truncated to fit), %d judge failures",
+        out,
+        *(_percent(overall[k]) for k in ("relative_score", "ci_low", "ci_high")),
+        summary["judged"],
+        summary["questions"],
+        summary["truncated"],
+        summary["failed"],
+    )
     return summary, records

@@ -7,6 +7,7 @@ from a file, or answered by a role), then `candidate/<name>` for each candidate 
 the judge reviews both orders, the scores are aggregated). The report is `eval/report.md`;
 run again with the same run_dir to resume after the last completed stage.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +41,16 @@ def _abs_role(role: RoleConfig | None) -> RoleConfig | None:
 def absolute_paths(cfg: EvalConfig) -> EvalConfig:
     """Files and local models as absolute paths: Ray workers do not share the job's working directory."""
     questions = cfg.questions.model_copy(update={"files": [_abs(p) for p in cfg.questions.files]})
-    reference = cfg.reference.model_copy(update={
-        "answers": cfg.reference.answers and _abs(cfg.reference.answers), "role": _abs_role(cfg.reference.role)})
-    candidates = [c.model_copy(update={"role": _abs_role(c.role), "lion_run": c.lion_run and _abs(c.lion_run)})
-                  for c in cfg.candidates]
-    return cfg.model_copy(update={"questions": questions, "reference": reference, "judge": _abs_role(cfg.judge),
-                                  "candidates": candidates})
+    reference = cfg.reference.model_copy(
+        update={"answers": cfg.reference.answers and _abs(cfg.reference.answers), "role": _abs_role(cfg.reference.role)}
+    )
+    candidates = [
+        c.model_copy(update={"role": _abs_role(c.role), "lion_run": c.lion_run and _abs(c.lion_run)})
+        for c in cfg.candidates
+    ]
+    return cfg.model_copy(
+        update={"questions": questions, "reference": reference, "judge": _abs_role(cfg.judge), "candidates": candidates}
+    )
 
 
 def candidate_role(candidate: CandidateConfig) -> RoleConfig:
@@ -56,14 +61,20 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
     run = RunDir(candidate.lion_run)
     config = run.read_json("config.json")
     if config is None:
-        raise CandidateError(f"candidate {candidate.name}: {run.path('config.json')} not found; "
-                             f"is {candidate.lion_run} a Lion run directory?")
+        raise CandidateError(
+            f"candidate {candidate.name}: {run.path('config.json')} not found; "
+            f"is {candidate.lion_run} a Lion run directory?"
+        )
     k = candidate.iteration
     if k is None:
-        done = [int(name[5:]) for name in _iteration_dirs(run) if run.exists(name, "imitation", "student", "config.json")]
+        done = [
+            int(name[5:]) for name in _iteration_dirs(run) if run.exists(name, "imitation", "student", "config.json")
+        ]
         if not done:
-            raise CandidateError(f"candidate {candidate.name}: no student checkpoint in {candidate.lion_run} yet "
-                                 "(iter_<k>/imitation/student/)")
+            raise CandidateError(
+                f"candidate {candidate.name}: no student checkpoint in {candidate.lion_run} yet "
+                "(iter_<k>/imitation/student/)"
+            )
         k = max(done)
     student = run.uri_of(f"iter_{k}", "imitation", "student")
     if not run.exists(f"iter_{k}", "imitation", "student", "config.json"):
@@ -87,6 +98,7 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
         def fn(state: dict) -> StageResult:
             summary, records = evaluate(cfg, run, candidate_role(c), c.prompt, f"eval/{c.name}", role_name=c.name)
             return StageResult(counters=usage(records), summary=headline(summary))
+
         return Stage(f"candidate/{c.name}", fn, group=c.name)
 
     return [Stage("questions", questions), *(candidate(c) for c in cfg.candidates)]
@@ -101,8 +113,15 @@ def run(cfg: EvalJobConfig) -> dict:
     rundir = RunDir(cfg.run_dir)
     config = cfg.model_dump(mode="json")  # key *names* only, never values
     rundir.write_json("config.json", config)
-    state = run_stages(rundir, job="evaluate", name=cfg.name, stages=eval_stages(cfg.eval, rundir), report=write_report,
-                       tracking_cfg=cfg.tracking, config=config)
+    state = run_stages(
+        rundir,
+        job="evaluate",
+        name=cfg.name,
+        stages=eval_stages(cfg.eval, rundir),
+        report=write_report,
+        tracking_cfg=cfg.tracking,
+        config=config,
+    )
     write_report(rundir)
     logging.getLogger("lion_distill.evaluate").info("done: report %s", rundir.path("eval", "report.md"))
     return state

@@ -15,6 +15,7 @@ The NLL runs as a Ray task beside the engines (a GPU when the cluster has one: t
 student's training GPUs are free while it is evaluated), with transformers, so it needs
 the models as folders a worker can load; a teacher served by an API has no floor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,16 @@ TEACHER_NLL = "eval/teacher_nll.json"
 
 def answer_rows(questions: list[dict], answers: list[dict]) -> list[dict]:
     """Training-shaped rows (instruction, input, response, complete) of the usable answers."""
-    return [{"instruction": q["instruction"], "input": q["input"], "response": a["text"],
-             "complete": a.get("finish_reason") != "length"} for q, a in zip(questions, answers) if answered(a)]
+    return [
+        {
+            "instruction": q["instruction"],
+            "input": q["input"],
+            "response": a["text"],
+            "complete": a.get("finish_reason") != "length",
+        }
+        for q, a in zip(questions, answers)
+        if answered(a)
+    ]
 
 
 @torch.inference_mode()
@@ -57,7 +66,7 @@ def mean_nll(model_path: str, rows: list[dict], template: str, *, max_length: in
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     total, tokens = 0.0, 0
     for start in range(0, len(keep), batch_size):
-        idx = keep[start:start + batch_size]
+        idx = keep[start : start + batch_size]
         batch = collate_causal({k: [encoded[k][i] for i in idx] for k in ("input_ids", "labels")}, pad_id=pad)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -81,7 +90,9 @@ def teacher_answers(teacher: RoleConfig, questions: list[dict], run: RunDir) -> 
     if run.exists(TEACHER_ANSWERS):
         return read_rows(run, TEACHER_ANSWERS), []
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
-    answers, record = answer(teacher, rows, instruction_messages, stage="eval/teacher", role_name="teacher", run_dir=run)
+    answers, record = answer(
+        teacher, rows, instruction_messages, stage="eval/teacher", role_name="teacher", run_dir=run
+    )
     answers = answers.to_pylist()
     write_responses(run, TEACHER_ANSWERS, answers)
     return answers, [record]
@@ -97,11 +108,21 @@ def nll_gap(teacher: RoleConfig, student_model: str, questions: list[dict], run:
         floor = {"nll": None} if teacher.backend == "openai" else _remote_nll(teacher.model, rows, "chat")
         run.write_json(TEACHER_NLL, floor)
     student = _remote_nll(student_model, rows, "alpaca")
-    figures = {"student_nll": student["nll"], "teacher_nll": floor["nll"], "nll_answers": student["answers"],
-               "nll_tokens": student["tokens"]}
+    figures = {
+        "student_nll": student["nll"],
+        "teacher_nll": floor["nll"],
+        "nll_answers": student["answers"],
+        "nll_tokens": student["tokens"],
+    }
     run.write_json(f"{out}/nll.json", figures)
-    log.info("%s: student NLL %s on %d teacher answers (%d tokens); the teacher's own %s", out,
-             _fmt(figures["student_nll"]), student["answers"], student["tokens"], _fmt(figures["teacher_nll"]))
+    log.info(
+        "%s: student NLL %s on %d teacher answers (%d tokens); the teacher's own %s",
+        out,
+        _fmt(figures["student_nll"]),
+        student["answers"],
+        student["tokens"],
+        _fmt(figures["teacher_nll"]),
+    )
     return figures, records
 
 

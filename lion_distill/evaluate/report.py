@@ -4,6 +4,7 @@ the Lion report adds for the relative score per iteration.
 It reads what the evaluations wrote (`<out>/summary.json`, `<out>/metrics.json`) and
 works with whatever is there: an evaluation not yet run is said, never raised.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,17 @@ from lion_distill.data import RunDir
 from lion_distill.metrics.report import save_plots, state_section, table_md
 
 EVAL_DIR = "eval"
-SCORE_HEADER = ["category", "questions", "candidate score", "reference score", "relative", "95% CI", "win", "tie", "loss"]
+SCORE_HEADER = [
+    "category",
+    "questions",
+    "candidate score",
+    "reference score",
+    "relative",
+    "95% CI",
+    "win",
+    "tie",
+    "loss",
+]
 SPEND = ("timing_s", "rows", "prompt_tokens", "completion_tokens", "api_requests", "api_cached", "cost_usd")
 
 
@@ -30,14 +41,34 @@ def interval(group: dict) -> str:
 
 def score_rows(summary: dict) -> list[list]:
     groups = [*summary["by_category"].items(), ("**overall**", summary["overall"])]
-    return [[name, g["questions"], g["candidate_score"], g["reference_score"], percent(g["relative_score"]),
-             interval(g), g["win"], g["tie"], g["loss"]] for name, g in groups]
+    return [
+        [
+            name,
+            g["questions"],
+            g["candidate_score"],
+            g["reference_score"],
+            percent(g["relative_score"]),
+            interval(g),
+            g["win"],
+            g["tie"],
+            g["loss"],
+        ]
+        for name, g in groups
+    ]
 
 
 def headline_row(name, summary: dict) -> list:
     overall = summary["overall"]
-    return [name, percent(overall["relative_score"]), interval(overall), overall["win"], overall["tie"], overall["loss"],
-            summary["judged"], summary["failed"]]
+    return [
+        name,
+        percent(overall["relative_score"]),
+        interval(overall),
+        overall["win"],
+        overall["tie"],
+        overall["loss"],
+        summary["judged"],
+        summary["failed"],
+    ]
 
 
 HEADLINE_HEADER = ["relative", "95% CI", "win", "tie", "loss", "judged", "judge failures"]
@@ -59,8 +90,11 @@ def failure_lines(summary: dict) -> list[str]:
         kind = kinds.setdefault(failure_kind(status), [0, status])
         kind[0] += n
     rows = [[kind, n, f"`{example[:160]}`"] for kind, (n, example) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
-    return [f"Judged {summary['judged']} of {summary['questions']} questions; {summary['failed']} failed "
-            f"(excluded from every score).{truncated}\n", table_md(["reason", "questions", "example"], rows)]
+    return [
+        f"Judged {summary['judged']} of {summary['questions']} questions; {summary['failed']} failed "
+        f"(excluded from every score).{truncated}\n",
+        table_md(["reason", "questions", "example"], rows),
+    ]
 
 
 def spend_rows(metrics: dict) -> list[list]:
@@ -80,8 +114,7 @@ def category_bars(summaries: dict[str, dict]) -> Figure:
         value = np.array([100 * (g.get("relative_score") or np.nan) for g in groups])
         low = np.array([100 * (g.get("ci_low") or np.nan) for g in groups])
         high = np.array([100 * (g.get("ci_high") or np.nan) for g in groups])
-        ax.bar(x + i * width, value, width, label=name,
-               yerr=np.nan_to_num([value - low, high - value]), capsize=3)
+        ax.bar(x + i * width, value, width, label=name, yerr=np.nan_to_num([value - low, high - value]), capsize=3)
     ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(x + width * (len(summaries) - 1) / 2, categories, rotation=30, ha="right")
     ax.set_ylabel("relative score (% of reference)")
@@ -94,15 +127,20 @@ def write_report(run: RunDir) -> str:
     config = run.read_json("config.json") or {}
     reference = config.get("eval", {}).get("reference", {}).get("name", "reference")
     state = run.read_json("state.json")
-    out = [f"# Evaluation: `{run.uri}`\n",
-           f"Each candidate's answers and the reference's (**{reference}**) are reviewed by the judge in both "
-           "orders and averaged; the relative score is the candidate's total over the reference's, with a "
-           "bootstrap 95% interval over questions.\n"]
+    out = [
+        f"# Evaluation: `{run.uri}`\n",
+        f"Each candidate's answers and the reference's (**{reference}**) are reviewed by the judge in both "
+        "orders and averaged; the relative score is the candidate's total over the reference's, with a "
+        "bootstrap 95% interval over questions.\n",
+    ]
     questions = run.read_json(f"{EVAL_DIR}/questions_report.json")
     if questions:
         rejects = ", ".join(f"{r} {n}" for r, n in questions["rejects"].items()) or "none"
-        out.append(f"Questions: {questions['rows_in']} read, {questions['rows_kept']} kept"
-                   + (f", {questions['sampled']} sampled" if "sampled" in questions else "") + f"; rejects: {rejects}.\n")
+        out.append(
+            f"Questions: {questions['rows_in']} read, {questions['rows_kept']} kept"
+            + (f", {questions['sampled']} sampled" if "sampled" in questions else "")
+            + f"; rejects: {rejects}.\n"
+        )
     summaries, sections = {}, []
     for c in config.get("eval", {}).get("candidates", []):
         name = c["name"]
@@ -117,14 +155,18 @@ def write_report(run: RunDir) -> str:
         sections += ["", table_md(["stage", *SPEND], spend_rows(metrics))]
     if summaries:
         save_plots(run, {"relative_score_by_category.png": category_bars(summaries)}, folder=f"{EVAL_DIR}/plots")
-        out += ["## Relative score by category\n", "![relative score by category](plots/relative_score_by_category.png)\n",
-                table_md(["candidate", *HEADLINE_HEADER], [headline_row(n, s) for n, s in summaries.items()])]
+        out += [
+            "## Relative score by category\n",
+            "![relative score by category](plots/relative_score_by_category.png)\n",
+            table_md(["candidate", *HEADLINE_HEADER], [headline_row(n, s) for n, s in summaries.items()]),
+        ]
     out += sections + ["\n"] + state_section(state)
     run.write_bytes(f"{EVAL_DIR}/report.md", ("\n".join(out) + "\n").encode())
     return run.path(EVAL_DIR, "report.md")
 
 
 # --- inside Lion: the relative score per iteration -------------------------------
+
 
 def lion_eval_summaries(run: RunDir) -> dict[int, dict]:
     """Iteration (-1: the base student) -> its evaluation summary, for those evaluated so far."""
@@ -167,15 +209,21 @@ def lion_eval_section(run: RunDir) -> list[str]:
     summaries = lion_eval_summaries(run)
     out = ["\n## Student vs reference per iteration\n"]
     if not summaries:
-        return out + ["No evaluation yet (configure `eval` to score the student before training and after every imitation)."]
+        return out + [
+            "No evaluation yet (configure `eval` to score the student before training and after every imitation)."
+        ]
     plots = save_plots(run, {"relative_score.png": relative_score_trend(summaries)})
     rows = [headline_row("base" if k < 0 else k, s) + nll_cells(s) for k, s in summaries.items()]
-    out += [f"![relative score per iteration]({plots['relative_score.png']})\n",
-            table_md(["iteration", *HEADLINE_HEADER, *NLL_HEADER], rows)]
+    out += [
+        f"![relative score per iteration]({plots['relative_score.png']})\n",
+        table_md(["iteration", *HEADLINE_HEADER, *NLL_HEADER], rows),
+    ]
     if any("nll" in s for s in summaries.values()):
-        out.append("\nStudent NLL: the student's mean negative log-likelihood per token of the teacher's answers to "
-                   "these questions (asked as it is trained); teacher NLL, the teacher's own on the same answers, is "
-                   "the floor. No judge takes part: lower is closer to the teacher. The relative score is only as good "
-                   "as its judge: a small one is near chance (benchmarks/RESULTS.md: SmolLM2-135M-Instruct's "
-                   "preference for a real answer over \"I don't know.\").")
+        out.append(
+            "\nStudent NLL: the student's mean negative log-likelihood per token of the teacher's answers to "
+            "these questions (asked as it is trained); teacher NLL, the teacher's own on the same answers, is "
+            "the floor. No judge takes part: lower is closer to the teacher. The relative score is only as good "
+            "as its judge: a small one is near chance (benchmarks/RESULTS.md: SmolLM2-135M-Instruct's "
+            'preference for a real answer over "I don\'t know.").'
+        )
     return out

@@ -8,6 +8,7 @@ that failed to answer, or answered nothing, was judged and lost (its score is 1)
 too long for the judge's context was cut to fit and judged (`truncated`); every other
 failure is counted by reason, and too many of them fail the evaluation (`check_judged`).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,8 +26,9 @@ def outcome(candidate: float, reference: float, tie_margin: float = 0.0) -> str:
     return "win" if candidate > reference else "loss"
 
 
-def bootstrap_interval(candidate: np.ndarray, reference: np.ndarray, samples: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    candidate: np.ndarray, reference: np.ndarray, samples: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of sum(candidate) / sum(reference) over questions resampled with replacement."""
     picks = np.random.default_rng(seed).integers(0, len(candidate), size=(samples, len(candidate)))
     ratios = candidate[picks].sum(axis=1) / reference[picks].sum(axis=1)
@@ -39,8 +41,12 @@ def score_group(judged: list[dict], tie_margin: float, samples: int, seed: int) 
     candidate = np.array([j["candidate_score"] for j in judged], dtype=float)
     reference = np.array([j["reference_score"] for j in judged], dtype=float)
     counts = Counter(outcome(c, r, tie_margin) for c, r in zip(candidate, reference))
-    group = {"questions": len(judged), "candidate_score": float(candidate.sum()),
-             "reference_score": float(reference.sum()), **{name: counts[name] for name in OUTCOMES}}
+    group = {
+        "questions": len(judged),
+        "candidate_score": float(candidate.sum()),
+        "reference_score": float(reference.sum()),
+        **{name: counts[name] for name in OUTCOMES},
+    }
     if not judged:
         return {**group, "relative_score": None, "ci_low": None, "ci_high": None}
     low, high = bootstrap_interval(candidate, reference, samples, seed)
@@ -55,8 +61,9 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
         "overall": score_group(judged, tie_margin, samples, seed),
         "judged_fraction": len(judged) / len(judgments) if judgments else None,
         "truncated": sum(1 for j in judged if j.get("truncated")),
-        "by_category": {c: score_group([j for j in judged if j["category"] == c], tie_margin, samples, seed)
-                        for c in categories},
+        "by_category": {
+            c: score_group([j for j in judged if j["category"] == c], tie_margin, samples, seed) for c in categories
+        },
         "questions": len(judgments),
         "judged": len(judged),
         "failed": len(judgments) - len(judged),
@@ -71,15 +78,23 @@ class TooFewJudged(RuntimeError):
 def check_judged(summary: dict, min_fraction: float, where: str) -> None:
     """Raise TooFewJudged, in one line naming the failures, below `min_fraction` judged."""
     if summary["questions"] and summary["judged"] < min_fraction * summary["questions"]:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(summary["failed_by_reason"].items(), key=lambda x: -x[1]))
-        raise TooFewJudged(f"{where}: the judge scored {summary['judged']} of {summary['questions']} questions "
-                           f"({summary['judged_fraction']:.0%}), below eval.min_judged_fraction {min_fraction}: "
-                           f"no score reported; failures: {reasons}")
+        reasons = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(summary["failed_by_reason"].items(), key=lambda x: -x[1])
+        )
+        raise TooFewJudged(
+            f"{where}: the judge scored {summary['judged']} of {summary['questions']} questions "
+            f"({summary['judged_fraction']:.0%}), below eval.min_judged_fraction {min_fraction}: "
+            f"no score reported; failures: {reasons}"
+        )
 
 
 def headline(summary: dict) -> dict:
     """What a stage reports of an evaluation: the overall score, its interval, win/tie/loss, failures."""
     overall = summary["overall"]
-    return {**{key: overall[key] for key in ("relative_score", "ci_low", "ci_high", *OUTCOMES)},
-            "judged": summary["judged"], "questions": summary["questions"], "judge_failed": summary["failed"],
-            "truncated": summary["truncated"]}
+    return {
+        **{key: overall[key] for key in ("relative_score", "ci_low", "ci_high", *OUTCOMES)},
+        "judged": summary["judged"],
+        "questions": summary["questions"],
+        "judge_failed": summary["failed"],
+        "truncated": summary["truncated"],
+    }

@@ -12,6 +12,7 @@ answer it given the turns before it (the student through its chat template), the
 referee judges the two answers to it, and the generator writes new (single-turn)
 instructions from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,17 @@ def earlier_turns(pool: pa.Table, known: pa.Table | None = None) -> pa.Table:
     its prefix's id), that no row of `known` (answers, by id) covers and the pool does not
     hold, each once (the conversations become Python rows a chunk at a time)."""
     chats = pool.filter(_conversations(pool))
-    turns = first_per_id(pa.concat_tables([POOL_SCHEMA.empty_table()] + [  # a chunk of conversations at a time
-        pool_table([turn for row in chats.slice(start, CHUNK_ROWS).to_pylist() for turn in user_turns(row)[:-1]])
-        for start in range(0, chats.num_rows, CHUNK_ROWS)]))
+    turns = first_per_id(
+        pa.concat_tables(
+            [POOL_SCHEMA.empty_table()]
+            + [  # a chunk of conversations at a time
+                pool_table(
+                    [turn for row in chats.slice(start, CHUNK_ROWS).to_pylist() for turn in user_turns(row)[:-1]]
+                )
+                for start in range(0, chats.num_rows, CHUNK_ROWS)
+            ]
+        )
+    )
     covered = [pool.column("id"), *([] if known is None else [known.column("id")])]
     ids = pa.chunked_array([c for column in covered for c in column.chunks], pa.string()).combine_chunks()
     return turns.filter(pc.invert(pc.is_in(turns.column("id"), value_set=ids)))
@@ -66,10 +75,17 @@ def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bo
         return None, True
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for turn, answer, whole in zip(user_turns(row), found, complete):
-        messages += [{"role": "user", "content": turn["instruction"]},
-                     {"role": "assistant", "content": answer["text"], "complete": whole}]
-    return {"instruction": row["instruction"], "input": row["input"], "response": found[-1]["text"],
-            "complete": complete[-1], "messages": json.dumps(messages, ensure_ascii=False)}, truncated
+        messages += [
+            {"role": "user", "content": turn["instruction"]},
+            {"role": "assistant", "content": answer["text"], "complete": whole},
+        ]
+    return {
+        "instruction": row["instruction"],
+        "input": row["input"],
+        "response": found[-1]["text"],
+        "complete": complete[-1],
+        "messages": json.dumps(messages, ensure_ascii=False),
+    }, truncated
 
 
 def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[pa.Table, list]:
@@ -78,8 +94,11 @@ def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[pa.
     template, as it was trained; one request kind per call (a vLLM stage takes one).
     -> (responses, StageRecords)."""
     chat = _conversations(pool)
-    parts = [(part, name) for part, name in ((pool.filter(pc.invert(chat)), stage), (pool.filter(chat), f"{stage}_chat"))
-             if part.num_rows]
+    parts = [
+        (part, name)
+        for part, name in ((pool.filter(pc.invert(chat)), stage), (pool.filter(chat), f"{stage}_chat"))
+        if part.num_rows
+    ]
     if len(parts) == 1:  # one kind: the stage keeps its usual name
         parts = [(parts[0][0], stage)]
     responses, records = [], []

@@ -6,6 +6,7 @@ answers nothing (empty or failed) has lost: the referee is shown the empty answe
 the student gets the lowest score, 1 (lion_distill.lion.referee.judgment_rows). A failed student
 request is not an answer: it is asked again, then its pair is excluded and counted. A conversation
 is judged on its last user turn (lion_distill.lion.conversations)."""
+
 from __future__ import annotations
 
 import logging
@@ -42,29 +43,54 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
-    teacher = _written(run, rel(k, "discrimination", "teacher_responses.parquet"),
-                       _teacher_answers(cfg.teacher, cache_pool, run, k, records))
+    teacher = _written(
+        run,
+        rel(k, "discrimination", "teacher_responses.parquet"),
+        _teacher_answers(cfg.teacher, cache_pool, run, k, records),
+    )
     student_role = cfg.student.model_copy(update={"model": student_model})
-    student = _written(run, rel(k, "discrimination", "student_responses.parquet"),
-                       _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records))
+    student = _written(
+        run,
+        rel(k, "discrimination", "student_responses.parquet"),
+        _student_answers(student_role, cache_pool, run, k, cfg.lion.student_retries, records),
+    )
 
     pairs = cache_pool.select(["id", "instruction", "input"])
     for role, answers in (("teacher", teacher), ("student", student)):
         pairs = pairs.append_column(f"{role}_text", answers.column("text")).append_column(
-            f"{role}_finish_reason", answers.column("finish_reason"))
+            f"{role}_finish_reason", answers.column("finish_reason")
+        )
     judgments, judge_records = judge_pairs(
-        cfg.referee, pairs, run=run, stage="discrimination/referee", draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint, prompt=cfg.lion.referee_prompt, retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs, tau=cfg.lion.tau, parts=rel(k, "discrimination", "parts"),
-        write_to=rel(k, "discrimination", "judgments.parquet"))  # written a chunk at a time; kept without the reviews
+        cfg.referee,
+        pairs,
+        run=run,
+        stage="discrimination/referee",
+        draws=f"iter_{k}",
+        setting=cfg.lion.referee_constraint,
+        prompt=cfg.lion.referee_prompt,
+        retries=cfg.lion.referee_retries,
+        use_logprobs=cfg.lion.referee_logprobs,
+        tau=cfg.lion.tau,
+        parts=rel(k, "discrimination", "parts"),
+        write_to=rel(k, "discrimination", "judgments.parquet"),
+    )  # written a chunk at a time; kept without the reviews
     records.extend(judge_records)
 
     summary = summarize(judgments)
-    log.info("iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s", k,
-             summary["judged"], summary["hard"], summary["hard_fraction"], summary["mean_gap"], summary["failed"],
-             summary["failed_by_reason"] or "")
-    extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap",
-                                                         "mean_teacher_score", "mean_student_score")}
+    log.info(
+        "iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s",
+        k,
+        summary["judged"],
+        summary["hard"],
+        summary["hard_fraction"],
+        summary["mean_gap"],
+        summary["failed"],
+        summary["failed_by_reason"] or "",
+    )
+    extra = {
+        f"lion/{name}": summary[name]
+        for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap", "mean_teacher_score", "mean_student_score")
+    }
     extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
@@ -85,8 +111,15 @@ def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: l
     known = known_teacher_answers(run, k)
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
-        answers, record = answer(role, missing, teacher_messages, stage="discrimination/teacher", role_name="teacher",
-                                 run_dir=run, parts=rel(k, "discrimination", "parts"))
+        answers, record = answer(
+            role,
+            missing,
+            teacher_messages,
+            stage="discrimination/teacher",
+            role_name="teacher",
+            run_dir=run,
+            parts=rel(k, "discrimination", "parts"),
+        )
         records.append(record)
         known = pa.concat_tables([known, response_table(answers)])
     return in_order(known, cache_pool.column("id"))
@@ -98,8 +131,9 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     is asked again as a new draw, up to `retries` times, then left failed: its pair is excluded and
     counted, never hard."""
     parts = rel(k, "discrimination", "parts")
-    student, first = answer_student(answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run,
-                                    parts=parts)
+    student, first = answer_student(
+        answer, role, cache_pool, "discrimination/student", role_name="student", run_dir=run, parts=parts
+    )
     student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
@@ -108,9 +142,16 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
         if not len(again):
             break
         stage = f"discrimination/student_retry{attempt}"
-        retried, more = answer_student(answer, role, cache_pool.filter(pc.is_in(cache_pool.column("id"), again.combine_chunks())),
-                                       stage, role_name="student", run_dir=run, draw=f"iter_{k}/{stage}",
-                                       parts=parts)
+        retried, more = answer_student(
+            answer,
+            role,
+            cache_pool.filter(pc.is_in(cache_pool.column("id"), again.combine_chunks())),
+            stage,
+            role_name="student",
+            run_dir=run,
+            draw=f"iter_{k}/{stage}",
+            parts=parts,
+        )
         records.extend(more)
         retried = response_table(retried)
         better = retried.filter(pc.invert(failed_mask(retried.column("finish_reason"))))

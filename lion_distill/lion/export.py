@@ -18,6 +18,7 @@ The card names the teacher, referee and generator, the run's config (key *variab
 only: config.json never holds a secret, and any field named like a secret is redacted),
 row counts and rejects; the licence is the user's to set.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,20 +49,33 @@ MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content"
 
 def iterations(run: RunDir) -> list[int]:
     """The iterations a run has pools for (iter_-1 holds only the base student's evaluation)."""
-    found = [int(p.base_name[5:]) for p in run.fs.get_file_info(pafs.FileSelector(run.root))
-             if p.base_name.startswith("iter_") and p.base_name[5:].isdigit()]
+    found = [
+        int(p.base_name[5:])
+        for p in run.fs.get_file_info(pafs.FileSelector(run.root))
+        if p.base_name.startswith("iter_") and p.base_name[5:].isdigit()
+    ]
     return sorted(k for k in found if run.exists(rel(k, "train_pool.parquet")))
 
 
 def imitation_split(run: RunDir, k: int) -> Iterator[pa.Table]:
     # The pool's own answers first (they win on a shared id), then a conversation's earlier turns'.
-    answers = first_per_id(pa.concat_tables([_answers(run, rel(k, "imitation", name))
-                                             for name in ("teacher_responses.parquet", "teacher_turns.parquet")]))
+    answers = first_per_id(
+        pa.concat_tables(
+            [
+                _answers(run, rel(k, "imitation", name))
+                for name in ("teacher_responses.parquet", "teacher_turns.parquet")
+            ]
+        )
+    )
     pool = run.read_table(rel(k, "train_pool.parquet"))
     at = _positions(pool["id"], answers)
     for start, rows in _slices(pool):
-        table = _with(rows, answers, at.slice(start, rows.num_rows),
-                      {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"})
+        table = _with(
+            rows,
+            answers,
+            at.slice(start, rows.num_rows),
+            {"text": "teacher_answer", "finish_reason": "teacher_finish_reason"},
+        )
         yield _pool_columns(table.append_column(pa.field("messages", MESSAGES), _messages(table, answers)))
 
 
@@ -94,8 +108,12 @@ def _with(table: pa.Table, other: pa.Table, at: pa.Array, names: dict[str, str])
 
 def _is_conversation(table: pa.Table) -> np.ndarray:
     """Which rows are conversations (a system prompt or earlier turns), as numpy booleans."""
-    return np.asarray(pc.or_(pc.fill_null(pc.greater(pc.utf8_length(table["system"]), 0), False),
-                             pc.fill_null(pc.greater(pc.utf8_length(table["history"]), 0), False)))
+    return np.asarray(
+        pc.or_(
+            pc.fill_null(pc.greater(pc.utf8_length(table["system"]), 0), False),
+            pc.fill_null(pc.greater(pc.utf8_length(table["history"]), 0), False),
+        )
+    )
 
 
 def _messages(table: pa.Table, answers: pa.Table) -> pa.Array:
@@ -106,15 +124,22 @@ def _messages(table: pa.Table, answers: pa.Table) -> pa.Array:
     instruction, given = table["instruction"].combine_chunks(), pc.fill_null(table["input"], "").combine_chunks()
     user = pc.if_else(pc.equal(given, ""), instruction, pc.binary_join_element_wise(instruction, given, "\n\n"))
     answer = table["teacher_answer"].combine_chunks()
-    contents = pa.concat_arrays([user, answer]).take(pa.array(np.column_stack([np.arange(n), n + np.arange(n)]).ravel()))
+    contents = pa.concat_arrays([user, answer]).take(
+        pa.array(np.column_stack([np.arange(n), n + np.arange(n)]).ravel())
+    )
     turns = pa.StructArray.from_arrays([pa.array(["user", "assistant"] * n), contents], names=["role", "content"])
     missing = pc.or_(pc.fill_null(pc.equal(answer, ""), True), pa.array(chat))
-    plain = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), turns, mask=missing).cast(MESSAGES)
+    plain = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), turns, mask=missing).cast(
+        MESSAGES
+    )
     if not chat.any():
         return plain
     rows = table.filter(pa.array(chat)).to_pylist()
     needed = {turn["id"] for row in rows for turn in user_turns(row)}
-    by_id = {r["id"]: r for r in answers.filter(pc.is_in(answers["id"], value_set=pa.array(list(needed), pa.string()))).to_pylist()}
+    by_id = {
+        r["id"]: r
+        for r in answers.filter(pc.is_in(answers["id"], value_set=pa.array(list(needed), pa.string()))).to_pylist()
+    }
     conversations = pa.array([_conversation(row, by_id) for row in rows], MESSAGES)
     at = np.arange(n)
     at[chat] = n + np.arange(len(rows))
@@ -134,16 +159,23 @@ def _conversation(row: dict, answers: dict[str, dict]) -> list[dict] | None:
     return messages
 
 
-JUDGED = {"teacher_score": "teacher_score", "student_score": "student_score", "gap": "gap", "hard": "hard",
-          "status": "status"}
+JUDGED = {
+    "teacher_score": "teacher_score",
+    "student_score": "student_score",
+    "gap": "gap",
+    "hard": "hard",
+    "status": "status",
+}
 
 
 def discrimination_split(run: RunDir, k: int) -> Iterator[pa.Table]:
     pool = run.read_table(rel(k, "cache_pool.parquet"))
     judged = first_per_id(run.read_table(rel(k, "discrimination", "judgments.parquet"), columns=["id", *JUDGED]))
     at = _positions(pool["id"], judged)
-    answers = {role: _texts_in_pool_order(run, rel(k, "discrimination", f"{role}_responses.parquet"), pool["id"])
-               for role in ("teacher", "student")}
+    answers = {
+        role: _texts_in_pool_order(run, rel(k, "discrimination", f"{role}_responses.parquet"), pool["id"])
+        for role in ("teacher", "student")
+    }
     for start, table in _slices(pool):
         for role, texts in answers.items():
             table = table.append_column(f"{role}_answer", next(texts))
@@ -154,10 +186,14 @@ def _texts_in_pool_order(run: RunDir, path: str, ids: pa.ChunkedArray) -> Iterat
     """A responses file's texts for the pool `ids`, a slice (`_slices`) at a time. Discrimination
     writes its answers in the pool's order: then the file is read a slice at a time alongside the
     pool, never whole; a file in another order (or absent) is looked up by id."""
-    aligned = run.exists(path) and pc.all(pc.equal(run.read_table(path, columns=["id"])["id"], ids)).as_py() is not False
+    aligned = (
+        run.exists(path) and pc.all(pc.equal(run.read_table(path, columns=["id"])["id"], ids)).as_py() is not False
+    )
     if aligned and len(ids):
         source = pq.ParquetFile(run.path(path), filesystem=run.fs)
-        yield from _exact_slices((batch.column("text") for batch in source.iter_batches(batch_size=ROWS, columns=["text"])), ROWS)
+        yield from _exact_slices(
+            (batch.column("text") for batch in source.iter_batches(batch_size=ROWS, columns=["text"])), ROWS
+        )
         return
     answers = first_per_id(_answers(run, path))
     at = _positions(ids, answers)
@@ -184,8 +220,14 @@ def generation_split(run: RunDir, k: int) -> Iterator[pa.Table]:
     seeds = first_per_id(run.read_table(rel(k, "cache_pool.parquet"), columns=["id", "instruction", "input"]))
     at = _positions(new["parent_id"], seeds)
     for start, table in _slices(new):
-        yield _pool_columns(_with(table, seeds, at.slice(start, table.num_rows),
-                                  {"instruction": "seed_instruction", "input": "seed_input"}))
+        yield _pool_columns(
+            _with(
+                table,
+                seeds,
+                at.slice(start, table.num_rows),
+                {"instruction": "seed_instruction", "input": "seed_input"},
+            )
+        )
 
 
 def _pool_columns(table: pa.Table) -> pa.Table:
@@ -197,17 +239,26 @@ def _pool_columns(table: pa.Table) -> pa.Table:
     turns = pa.array([history_turns(h) for h in history.filter(pa.array(has)).to_pylist()], MESSAGES)
     at = np.full(len(history), len(turns))  # past the parsed turns: the null appended below
     at[has] = np.arange(len(turns))
-    table = table.set_column(table.schema.get_field_index("history"), pa.field("history", MESSAGES),
-                             pa.concat_arrays([turns, pa.nulls(1, MESSAGES)]).take(pa.array(at)))
-    fields = [pa.field(f.name, POOL_SCHEMA.field(f.name).type if f.name in POOL_SCHEMA.names and f.name != "history"
-                       else f.type) for f in table.schema]
+    table = table.set_column(
+        table.schema.get_field_index("history"),
+        pa.field("history", MESSAGES),
+        pa.concat_arrays([turns, pa.nulls(1, MESSAGES)]).take(pa.array(at)),
+    )
+    fields = [
+        pa.field(
+            f.name, POOL_SCHEMA.field(f.name).type if f.name in POOL_SCHEMA.names and f.name != "history" else f.type
+        )
+        for f in table.schema
+    ]
     return table.cast(pa.schema([f.with_nullable(True) for f in fields]))
 
 
 # A split per stage that ran: its rows, made when the stage's last file is written.
-SPLITS = {"imitation": (("imitation", "teacher_responses.parquet"), imitation_split),
-          "discrimination": (("discrimination", "judgments.parquet"), discrimination_split),
-          "generation": (("generation", "new_instructions.parquet"), generation_split)}
+SPLITS = {
+    "imitation": (("imitation", "teacher_responses.parquet"), imitation_split),
+    "discrimination": (("discrimination", "judgments.parquet"), discrimination_split),
+    "generation": (("generation", "new_instructions.parquet"), generation_split),
+}
 
 
 def redacted(obj):
@@ -224,27 +275,69 @@ def card(run: RunDir, counts: dict[int, dict[str, int]]) -> str:
     config = redacted(run.read_json("config.json", {}))
     state = run.read_json("state.json", {})
     data = run.read_json("data_report.json", {})
-    lines = ["---", "license: other  # set yours: your seed data's licence and the teacher's terms of use", "---", "", f"# {config.get('name', 'Lion run')}: Lion adversarial distillation data", "",
-              f"Exported from the run directory `{run.uri}` (state: {'done' if state.get('done') else 'in progress'}).",
-              "Each `iter_<k>` folder is a `datasets.DatasetDict` (`datasets.load_from_disk`) with a split per stage.", "",
-              "## Models", "", "| role | backend | model |", "| --- | --- | --- |"]
+    lines = [
+        "---",
+        "license: other  # set yours: your seed data's licence and the teacher's terms of use",
+        "---",
+        "",
+        f"# {config.get('name', 'Lion run')}: Lion adversarial distillation data",
+        "",
+        f"Exported from the run directory `{run.uri}` (state: {'done' if state.get('done') else 'in progress'}).",
+        "Each `iter_<k>` folder is a `datasets.DatasetDict` (`datasets.load_from_disk`) with a split per stage.",
+        "",
+        "## Models",
+        "",
+        "| role | backend | model |",
+        "| --- | --- | --- |",
+    ]
     for role in ROLES:
         spec = config.get(role) or {}
         lines.append(f"| {role} | {spec.get('backend', '')} | {spec.get('model', '')} |")
-    lines += ["", "## Rows", "", "| iteration | imitation | discrimination (hard) | generation |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Rows",
+        "",
+        "| iteration | imitation | discrimination (hard) | generation |",
+        "| --- | --- | --- | --- |",
+    ]
     for k, splits in counts.items():
         hard = f" ({splits['hard']})" if "hard" in splits else ""
-        lines.append(f"| {k} | {splits.get('imitation', '')} | {splits.get('discrimination', '')}{hard} | "
-                     f"{splits.get('generation', '')} |")
-    lines += ["", "## Seed data and rejects", "",
-              f"{data.get('rows_in', '?')} records read, {data.get('rows_kept', '?')} kept, "
-              f"{data.get('rows_rejected', '?')} rejected: {json.dumps(data.get('rejects', {}))}.", ""]
-    rejects = {k: {key.split("/", 1)[1]: v for key, v in run.read_json(rel(k, "metrics.json"), {}).items()
-                   if key.startswith("generation_rejects/")} for k in counts}
+        lines.append(
+            f"| {k} | {splits.get('imitation', '')} | {splits.get('discrimination', '')}{hard} | "
+            f"{splits.get('generation', '')} |"
+        )
+    lines += [
+        "",
+        "## Seed data and rejects",
+        "",
+        f"{data.get('rows_in', '?')} records read, {data.get('rows_kept', '?')} kept, "
+        f"{data.get('rows_rejected', '?')} rejected: {json.dumps(data.get('rejects', {}))}.",
+        "",
+    ]
+    rejects = {
+        k: {
+            key.split("/", 1)[1]: v
+            for key, v in run.read_json(rel(k, "metrics.json"), {}).items()
+            if key.startswith("generation_rejects/")
+        }
+        for k in counts
+    }
     lines += [f"Generation rejects, iteration {k}: {json.dumps(r)}." for k, r in rejects.items() if r]
-    lines += ["", "## Licence", "", "Left to you: the seed data's licence and the teacher's terms of use decide it.", "",
-              "## Config", "", "Key variables are named, never their values.", "", "```json",
-              json.dumps(config, indent=2, sort_keys=True), "```", ""]
+    lines += [
+        "",
+        "## Licence",
+        "",
+        "Left to you: the seed data's licence and the teacher's terms of use decide it.",
+        "",
+        "## Config",
+        "",
+        "Key variables are named, never their values.",
+        "",
+        "```json",
+        json.dumps(config, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -264,7 +357,9 @@ def _save(slices: Iterator[pa.Table], folder: Path) -> tuple[int, int]:
     # load_from_disk fails on the folder).
     datasets.Dataset(first.slice(0, 1)).save_to_disk(str(folder), num_shards=1)
     (data_file,) = json.loads((folder / datasets.config.DATASET_STATE_JSON_FILENAME).read_text())["_data_files"]
-    writer = ArrowWriter(features=datasets.Features.from_arrow_schema(first.schema), path=str(folder / data_file["filename"]))
+    writer = ArrowWriter(
+        features=datasets.Features.from_arrow_schema(first.schema), path=str(folder / data_file["filename"])
+    )
     rows = hard = 0
     try:
         for table in chain([first], slices):
@@ -295,7 +390,9 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
                 if name == "discrimination":
                     hard["hard"] = hard_rows
         if splits:  # the list of splits DatasetDict.save_to_disk writes: load_from_disk reads the folder as one
-            (out / f"iter_{k}" / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(splits)}))
+            (out / f"iter_{k}" / datasets.config.DATASETDICT_JSON_FILENAME).write_text(
+                json.dumps({"splits": list(splits)})
+            )
             counts[k] = {**splits, **hard}
     (out / "README.md").write_text(card(run, counts), encoding="utf-8")
     if push_to_hub:
@@ -304,8 +401,9 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
         # The card first: each push then adds its configuration to the card's metadata.
         api = HfApi()
         api.create_repo(push_to_hub, repo_type="dataset", exist_ok=True)
-        api.upload_file(path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=push_to_hub,
-                        repo_type="dataset")
+        api.upload_file(
+            path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=push_to_hub, repo_type="dataset"
+        )
         for k in counts:  # memory-mapped from the folders just written
             datasets.load_from_disk(str(out / f"iter_{k}")).push_to_hub(push_to_hub, config_name=f"iter_{k}")
     return counts

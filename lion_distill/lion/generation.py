@@ -8,6 +8,7 @@ moves to the other kind once that one's is met, so an iteration reaches N where 
 iteration, round and row enter its seed and cache key), so a seed instruction drawn
 again gets a new candidate, not the old reply replayed. The train pool of the
 next iteration is the new instructions; its cache pool grows by them."""
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,10 @@ log = logging.getLogger("lion_distill.lion")
 CANDIDATE_REGEX = rf"### Instruction:\n[A-Z][a-z]{{1,9}}( [a-z]{{1,10}}){{3,11}}[.?]\n### Input:\n{NO_INPUT}"
 CANDIDATE_JSON_SCHEMA = {
     "type": "object",
-    "properties": {"instruction": {"type": "string", "maxLength": 1000}, "input": {"type": "string", "maxLength": 1000}},
+    "properties": {
+        "instruction": {"type": "string", "maxLength": 1000},
+        "input": {"type": "string", "maxLength": 1000},
+    },
     "required": ["instruction", "input"],
     "additionalProperties": False,
 }
@@ -46,10 +50,13 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     pool_ids = cache_pool.column("id").combine_chunks()
     compared = rouge_text(cfg.lion.rouge_l_field)
     # The pool's texts are the ROUGE-L index's input (lion_distill.lion.rouge); its rows stay in Arrow.
-    novelty = NoveltyFilter(rouge_texts(cache_pool, cfg.lion.rouge_l_field),
-                            threshold=cfg.lion.rouge_l_threshold, tokenizer=cfg.lion.rouge_l_tokenizer,
-                            shards=rouge_l_shards(cfg.lion.rouge_l_shards, cache_pool.num_rows),
-                            strict=cfg.lion.rouge_l_reject == "above")
+    novelty = NoveltyFilter(
+        rouge_texts(cache_pool, cfg.lion.rouge_l_field),
+        threshold=cfg.lion.rouge_l_threshold,
+        tokenizer=cfg.lion.rouge_l_tokenizer,
+        shards=rouge_l_shards(cfg.lion.rouge_l_shards, cache_pool.num_rows),
+        strict=cfg.lion.rouge_l_reject == "above",
+    )
     rng = np.random.default_rng([cfg.lion.seed, k])
     need = dict(zip(("hard", "easy"), quotas(cfg.lion.new_instructions_per_iteration, cfg.lion.hard_easy_ratio)))
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
@@ -71,16 +78,36 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             need[kind], need[other] = need[kind] - moved, need[other] + moved
         requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
         stage = f"generation/generator_round{round_}"
-        replies, record = answer(cfg.generator, requests, to_prompt,
-                                 stage=stage, role_name="generator", run_dir=run, structured_output=structured,
-                                 draw=f"iter_{k}/{stage}", parts=rel(k, "generation", "parts"))
+        replies, record = answer(
+            cfg.generator,
+            requests,
+            to_prompt,
+            stage=stage,
+            role_name="generator",
+            run_dir=run,
+            structured_output=structured,
+            draw=f"iter_{k}/{stage}",
+            parts=rel(k, "generation", "parts"),
+        )
         replies = replies.to_pylist()  # a round's candidates: thousands, not the pool
         records.append(record)
-        replies_all += [{"id": q["id"], "seed_id": q["seed_id"], "kind": q["kind"], "text": r.get("text"),
-                         "finish_reason": r.get("finish_reason")} for q, r in zip(requests, replies)]
-        rows, round_rejects = candidate_rows([{**r, "id": r["seed_id"]} for r in requests], replies, k + 1,
-                                             max_chars=cfg.data.max_instruction_chars,
-                                             tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word)
+        replies_all += [
+            {
+                "id": q["id"],
+                "seed_id": q["seed_id"],
+                "kind": q["kind"],
+                "text": r.get("text"),
+                "finish_reason": r.get("finish_reason"),
+            }
+            for q, r in zip(requests, replies)
+        ]
+        rows, round_rejects = candidate_rows(
+            [{**r, "id": r["seed_id"]} for r in requests],
+            replies,
+            k + 1,
+            max_chars=cfg.data.max_instruction_chars,
+            tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word,
+        )
         rejects.update(round_rejects)
         # Identical text is caught by id too: ROUGE-L's default tokenizer sees no tokens in non-Latin text.
         in_pool = pc.is_in(pa.array([r["id"] for r in rows], pa.string()), value_set=pool_ids).to_pylist()
@@ -117,25 +144,43 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             else:
                 rejects["over quota"] += 1
 
-    log.info("iteration %d generation: %d new instructions (%d asked for) from %d candidates; rejects %s", k,
-             len(kept), cfg.lion.new_instructions_per_iteration, len(replies_all), dict(rejects))
+    log.info(
+        "iteration %d generation: %d new instructions (%d asked for) from %d candidates; rejects %s",
+        k,
+        len(kept),
+        cfg.lion.new_instructions_per_iteration,
+        len(replies_all),
+        dict(rejects),
+    )
     if sum(need.values()):
-        log.warning("iteration %d: %d of %d new instructions after %d rounds (rejects: %s)", k, len(kept),
-                    cfg.lion.new_instructions_per_iteration, cfg.lion.generation_rounds, dict(rejects))
+        log.warning(
+            "iteration %d: %d of %d new instructions after %d rounds (rejects: %s)",
+            k,
+            len(kept),
+            cfg.lion.new_instructions_per_iteration,
+            cfg.lion.generation_rounds,
+            dict(rejects),
+        )
     new = pool_table(kept)
-    run.write_table(rel(k, "generation", "replies.parquet"), pa.Table.from_pylist(replies_all) if replies_all else pa.table({}))
+    run.write_table(
+        rel(k, "generation", "replies.parquet"), pa.Table.from_pylist(replies_all) if replies_all else pa.table({})
+    )
     write_pool(run, rel(k, "generation", "new_instructions.parquet"), new)
     # The next iteration's pools: train on the new instructions only; the cache keeps all.
     write_pool(run, rel(k + 1, "train_pool.parquet"), new)
     write_pool(run, rel(k + 1, "cache_pool.parquet"), pa.concat_tables([cache_pool, new]))
 
-    extra = {"lion/new_instructions": new.num_rows, "lion/candidates": len(replies_all),
-             "lion/cache_pool_size": cache_pool.num_rows + new.num_rows, "lion/train_pool_size": new.num_rows,
-             "lion/new_hard": sum(1 for r in kept if r["origin"] == "hard"),
-             "lion/new_easy": sum(1 for r in kept if r["origin"] == "easy"),
-             **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
-             **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n},
-             **{f"lion/quota_moved_{move}": n for move, n in quota_moves.items() if n}}
+    extra = {
+        "lion/new_instructions": new.num_rows,
+        "lion/candidates": len(replies_all),
+        "lion/cache_pool_size": cache_pool.num_rows + new.num_rows,
+        "lion/train_pool_size": new.num_rows,
+        "lion/new_hard": sum(1 for r in kept if r["origin"] == "hard"),
+        "lion/new_easy": sum(1 for r in kept if r["origin"] == "easy"),
+        **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
+        **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n},
+        **{f"lion/quota_moved_{move}": n for move, n in quota_moves.items() if n},
+    }
     assert len(replies_all) == len(kept) + sum(rejects.values()), (len(replies_all), len(kept), rejects)
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
@@ -159,7 +204,9 @@ def rouge_texts(pool: pa.Table, field: str) -> list[str]:
     """A pool's texts that ROUGE-L compares, per `lion.rouge_l_field`, column by column."""
     if field == "instruction":
         return pool.column("instruction").to_pylist()
-    return [instruction_text(i, x) for i, x in zip(pool.column("instruction").to_pylist(), pool.column("input").to_pylist())]
+    return [
+        instruction_text(i, x) for i, x in zip(pool.column("instruction").to_pylist(), pool.column("input").to_pylist())
+    ]
 
 
 def rouge_text(field: str):

@@ -6,6 +6,7 @@ same domain. Replies are parsed and cleaned here; every reply ends up either a n
 pool row or one rejection with a reason, so replies in = kept + rejected. The ROUGE-L
 novelty filter comes after this, in lion_distill.lion.rouge.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,9 @@ def sample_seeds(
 
 def generator_messages(seed_row: dict, kind: str, prompt: str = "lion") -> list[dict]:
     """The generator's request for one seed, in Lion's words (`lion`) or the project's (`structured`)."""
-    system, user = (LION_GENERATOR_SYSTEM, lion_generator_user) if prompt == "lion" else (GENERATOR_SYSTEM, generator_user)
+    system, user = (
+        (LION_GENERATOR_SYSTEM, lion_generator_user) if prompt == "lion" else (GENERATOR_SYSTEM, generator_user)
+    )
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": user(kind, seed_row["instruction"], seed_row.get("input") or "")},
@@ -109,7 +112,17 @@ _END = re.compile(
     _HEADING.format(name=r"(?:response|output|answer|explanation|instruction|prompt)"), re.IGNORECASE | re.MULTILINE
 )
 _NO_INPUT_VALUES = {
-    "", NO_INPUT.lower(), "noinput", "<no input>", "none", "n/a", "na", "-", "(none)", "no input", "null",
+    "",
+    NO_INPUT.lower(),
+    "noinput",
+    "<no input>",
+    "none",
+    "n/a",
+    "na",
+    "-",
+    "(none)",
+    "no input",
+    "null",
 }
 # A closing remark after a blank line ("I hope this helps!") is chatter, not part of the input.
 _SIGN_OFF = re.compile(
@@ -164,11 +177,11 @@ def parse_candidate(text: str | None) -> tuple[str, str] | None:
         return parsed
     start = _INSTRUCTION.search(body)
     if start:
-        body = body[start.end():]
+        body = body[start.end() :]
     end = _END.search(body, 1)
     body = _SIGN_OFF.sub("", body[: end.start()] if end else body)
     split = _INPUT.search(body)
-    return _candidate(body[: split.start()], body[split.end():]) if split else _candidate(body, "")
+    return _candidate(body[: split.start()], body[split.end() :]) if split else _candidate(body, "")
 
 
 # ---------------------------------------------------------------- keeping a candidate
@@ -185,8 +198,15 @@ _META = re.compile(
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 REJECT_REASONS = (
-    "generator failed", "unparseable", "empty", "truncated", "too short", "too long",
-    "starts with punctuation", "about the task", "non-printable",
+    "generator failed",
+    "unparseable",
+    "empty",
+    "truncated",
+    "too short",
+    "too long",
+    "starts with punctuation",
+    "about the task",
+    "non-printable",
 )
 
 
@@ -218,7 +238,11 @@ def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars:
 
 
 def candidate_rows(
-    seeds: list[dict], replies: list[dict], iteration: int, max_chars: int = 4096, min_words: int = 4,
+    seeds: list[dict],
+    replies: list[dict],
+    iteration: int,
+    max_chars: int = 4096,
+    min_words: int = 4,
     tokens_per_seed_word: int | None = None,
 ) -> tuple[list[dict], Counter]:
     """New pool rows from the generator's replies (aligned with `seeds`), and rejects by reason.
@@ -238,7 +262,9 @@ def candidate_rows(
         if is_failed(finish):
             rejects["generator failed"] += 1
             continue
-        if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= tokens_per_seed_word * len(seed["instruction"].split()):
+        if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= tokens_per_seed_word * len(
+            seed["instruction"].split()
+        ):
             finish = "length"
         parsed = parse_candidate(reply.get("text"))
         if parsed is None:
@@ -249,8 +275,14 @@ def candidate_rows(
             rejects[reason] += 1
             continue
         instruction, given = parsed
-        rows.append({
-            "id": instruction_id(instruction, given), "instruction": instruction, "input": given,
-            "origin": seed["kind"], "parent_id": seed["id"], "iteration": iteration,
-        })
+        rows.append(
+            {
+                "id": instruction_id(instruction, given),
+                "instruction": instruction,
+                "input": given,
+                "origin": seed["kind"],
+                "parent_id": seed["id"],
+                "iteration": iteration,
+            }
+        )
     return rows, rejects

@@ -11,6 +11,7 @@ stops with the cause instead of training on (nearly) nothing.
 The teacher's answers are written before training starts: a resumed imitation (training
 killed midway) trains on those same answers and asks the teacher nothing again, unless the
 teacher's settings changed since, when only its complete answers are kept."""
+
 from __future__ import annotations
 
 import logging
@@ -58,14 +59,23 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     train_pool = pool(run, k, "train")
     saved, records = saved_answers(cfg, run, k)
     # This attempt's saved answers first: they win over an earlier iteration's.
-    known = first_per_id(pa.concat_tables([saved, known_teacher_answers(run, k - 1) if k else RESPONSE_SCHEMA.empty_table()]))
+    known = first_per_id(
+        pa.concat_tables([saved, known_teacher_answers(run, k - 1) if k else RESPONSE_SCHEMA.empty_table()])
+    )
     todo = train_pool.filter(pool_ids_not_in(train_pool, known))
     # A conversation's earlier user turns are asked too (lion_distill.lion.conversations).
     todo = pa.concat_tables([todo, earlier_turns(train_pool, known)])
     answers = known
     if todo.num_rows:
-        fresh, record = answer(cfg.teacher, todo, teacher_messages, stage="imitation/teacher",
-                               role_name="teacher", run_dir=run, parts=rel(k, "imitation", "parts"))
+        fresh, record = answer(
+            cfg.teacher,
+            todo,
+            teacher_messages,
+            stage="imitation/teacher",
+            role_name="teacher",
+            run_dir=run,
+            parts=rel(k, "imitation", "parts"),
+        )
         records.append(record)
         answers = pa.concat_tables([response_table(fresh), known])
     responses = in_order(answers, train_pool.column("id"))
@@ -74,13 +84,19 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     if turns.num_rows:
         write_responses(run, rel(k, "imitation", TURNS), in_order(answers, turns.column("id")))
     # With the figures of the call that bought them: a resumed stage reports them as its own.
-    run.write_json(rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]})
+    run.write_json(
+        rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]}
+    )
 
     sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
     failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
     check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
-    summary = {"imitation_rows": train_pool.num_rows, "imitation_answered": responses.num_rows - failed,
-               "imitation_truncated": truncated, "imitation_trained": sft.num_rows}
+    summary = {
+        "imitation_rows": train_pool.num_rows,
+        "imitation_answered": responses.num_rows - failed,
+        "imitation_truncated": truncated,
+        "imitation_trained": sft.num_rows,
+    }
     if sft.num_rows >= max(1, cfg.train.num_workers):  # every training worker needs a row
         result = _train(cfg, run, k, student_model, sft)
         if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
@@ -89,16 +105,34 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         records.append(result.record)
         student_model = result.model_dir
     else:
-        log.warning("iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
-                    k, sft.num_rows, cfg.train.num_workers, student_model)
-    log.info("iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
-             k, train_pool.num_rows, sft.num_rows, truncated, "trained without eos" if cfg.lion.train_on_truncated else "left out",
-             student_model)
-    write_stage_metrics(run, k, "imitation", records, {
-        "lion/imitation_asked": train_pool.num_rows,
-        "lion/imitation_failed_answers": failed,
-        "lion/imitation_truncated_answers": truncated,
-        "lion/imitation_trained": sft.num_rows})
+        log.warning(
+            "iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
+            k,
+            sft.num_rows,
+            cfg.train.num_workers,
+            student_model,
+        )
+    log.info(
+        "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
+        k,
+        train_pool.num_rows,
+        sft.num_rows,
+        truncated,
+        "trained without eos" if cfg.lion.train_on_truncated else "left out",
+        student_model,
+    )
+    write_stage_metrics(
+        run,
+        k,
+        "imitation",
+        records,
+        {
+            "lion/imitation_asked": train_pool.num_rows,
+            "lion/imitation_failed_answers": failed,
+            "lion/imitation_truncated_answers": truncated,
+            "lion/imitation_trained": sft.num_rows,
+        },
+    )
     return {"student_model": student_model}, usage(records), summary
 
 
@@ -114,9 +148,14 @@ def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[pa.Table, list[S
     were; under changed settings only the complete answers, and no record (a larger max_tokens
     must be able to complete the answers it cut)."""
     saved = run.read_json(rel(k, "imitation", TEACHER)) or {}
-    rows = pa.concat_tables([RESPONSE_SCHEMA.empty_table()] + [
-        run.read_table(path, schema=RESPONSE_SCHEMA) for name in (RESPONSES, TURNS)
-        if run.exists(path := rel(k, "imitation", name))])
+    rows = pa.concat_tables(
+        [RESPONSE_SCHEMA.empty_table()]
+        + [
+            run.read_table(path, schema=RESPONSE_SCHEMA)
+            for name in (RESPONSES, TURNS)
+            if run.exists(path := rel(k, "imitation", name))
+        ]
+    )
     if saved.get("settings") == _teacher_settings(cfg):
         return rows, [StageRecord(**record) for record in saved["records"]]
     complete = pc.invert(pc.fill_null(pc.equal(rows.column("finish_reason"), "length"), False))
@@ -127,16 +166,22 @@ def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated:
     """Stop the stage when fewer than `lion.min_imitation_fraction` of the answers are trainable."""
     least = cfg.lion.min_imitation_fraction
     if asked and trained < least * asked:
-        cause = (f"{truncated} answers were cut at the teacher's max_tokens ({cfg.teacher.sampling.max_tokens}) or its "
-                 f"context and left out (lion.train_on_truncated: {str(cfg.lion.train_on_truncated).lower()})"
-                 if truncated else f"{failed} answers failed or were empty")
+        cause = (
+            f"{truncated} answers were cut at the teacher's max_tokens ({cfg.teacher.sampling.max_tokens}) or its "
+            f"context and left out (lion.train_on_truncated: {str(cfg.lion.train_on_truncated).lower()})"
+            if truncated
+            else f"{failed} answers failed or were empty"
+        )
         raise NothingToImitate(
             f"iteration {k} imitation: only {trained} of {asked} teacher answers are trainable, fewer than "
             f"lion.min_imitation_fraction ({least:g}): {cause}; raise teacher.sampling.max_tokens or set "
-            "lion.train_on_truncated: true")
+            "lion.train_on_truncated: true"
+        )
 
 
-def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated: bool = False) -> tuple[list[dict], int]:
+def sft_rows(
+    pool_rows: list[dict], answers: dict[str, dict], train_on_truncated: bool = False
+) -> tuple[list[dict], int]:
     """-> (training rows, how many answers were truncated). A truncated answer is left out,
     or with `train_on_truncated` kept with `complete` False (trained without eos)."""
     sft, truncated = [], 0
@@ -152,18 +197,33 @@ def sft_rows(pool_rows: list[dict], answers: dict[str, dict], train_on_truncated
         complete = response.get("finish_reason") != "length"
         truncated += not complete
         if complete or train_on_truncated:
-            sft.append({"instruction": row["instruction"], "input": row["input"], "response": response["text"],
-                        "complete": complete, "messages": ""})
+            sft.append(
+                {
+                    "instruction": row["instruction"],
+                    "input": row["input"],
+                    "response": response["text"],
+                    "complete": complete,
+                    "messages": "",
+                }
+            )
     return sft, truncated
 
 
 SFT_CHUNK_ROWS = 8192  # pool rows made into training rows at once: Python rows for a chunk, never the pool
-SFT_SCHEMA = pa.schema([("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()),
-                        ("complete", pa.bool_()), ("messages", pa.string())])
+SFT_SCHEMA = pa.schema(
+    [
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("response", pa.string()),
+        ("complete", pa.bool_()),
+        ("messages", pa.string()),
+    ]
+)
 
 
-def sft_table(train_pool: pa.Table, responses: pa.Table, answers: pa.Table,
-              train_on_truncated: bool = False) -> tuple[pa.Table, int]:
+def sft_table(
+    train_pool: pa.Table, responses: pa.Table, answers: pa.Table, train_on_truncated: bool = False
+) -> tuple[pa.Table, int]:
     """sft_rows over the pool a chunk at a time -> (the training rows as a table, how many answers
     were truncated). `responses` are aligned with the pool; `answers` also hold a conversation's
     earlier turns' answers, which only its chunk reads."""
@@ -191,7 +251,12 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Tabl
     for start in range(0, sft.num_rows, SFT_CHUNK_ROWS):
         rows.add(sft.slice(start, SFT_CHUNK_ROWS))
     with training():
-        result = train_causal_sft(cfg.train, student_model, rows.dataset(), run.uri_of(rel(k, "imitation", "student")),
-                                  name=f"{cfg.name}-iter{k}-imitation")
+        result = train_causal_sft(
+            cfg.train,
+            student_model,
+            rows.dataset(),
+            run.uri_of(rel(k, "imitation", "student")),
+            name=f"{cfg.name}-iter{k}-imitation",
+        )
     rows.remove()
     return result

@@ -15,6 +15,7 @@ Run directory layout (one folder per iteration):
     iter_<k>/<stage>/metrics.json   that stage's figures; iter_<k>/metrics.json merges them
     llm_cache/                      the openai backend's response cache and usage ledger
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,17 @@ def rel(k: int, *parts: str) -> str:
     return "/".join([f"iter_{k}", *parts])
 
 
-def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts: str | None = None,
-           in_rows_order: bool = True, columns: tuple[str, ...] | None = None, stream: bool = False,
-           **kwargs) -> tuple[pa.Table | Iterator[pa.Table], StageRecord]:
+def answer(
+    role,
+    rows: pa.Table | list[dict] | Iterable[pa.Table],
+    to_prompt,
+    *,
+    parts: str | None = None,
+    in_rows_order: bool = True,
+    columns: tuple[str, ...] | None = None,
+    stream: bool = False,
+    **kwargs,
+) -> tuple[pa.Table | Iterator[pa.Table], StageRecord]:
     """lion_distill.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
     table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
     has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
@@ -67,7 +76,11 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
     from lion_distill.llm import generate
     from lion_distill.llm.parts import Parts, iter_answers, read_answers, written_ids
 
-    chunks = [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)] if isinstance(rows, (pa.Table, list)) else rows
+    chunks = (
+        [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)]
+        if isinstance(rows, (pa.Table, list))
+        else rows
+    )
     run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
     columns = ANSWER_COLUMNS if columns is None else ("id", *(c for c in columns if c != "id"))
     if parts is not None and run is not None:
@@ -91,8 +104,13 @@ def answer(role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *,
         empty = chunk.slice(0, 0)
     responses = None
     if refs or (requests and requests.files) or not before:
-        ds = (requests.dataset() if requests and requests.files else ray.data.from_arrow_refs(refs) if refs
-              else ray.data.from_arrow(empty))
+        ds = (
+            requests.dataset()
+            if requests and requests.files
+            else ray.data.from_arrow_refs(refs)
+            if refs
+            else ray.data.from_arrow(empty)
+        )
         out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
         if requests:
             requests.remove()
@@ -130,8 +148,12 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
     """A call's folder of parts: its stage, then what its answers depend on besides the rows
     (model and sampling, structured output, logprobs, draw), so parts of a call asked
     differently (a changed max_tokens, another constraint) are never taken for its answers."""
-    settings = {"model": role.model, "sampling": role.sampling.model_dump(mode="json"),
-                "max_model_len": role.max_model_len, **{k: kwargs.get(k) for k in ("structured_output", "logprobs", "draw")}}
+    settings = {
+        "model": role.model,
+        "sampling": role.sampling.model_dump(mode="json"),
+        "max_model_len": role.max_model_len,
+        **{k: kwargs.get(k) for k in ("structured_output", "logprobs", "draw")},
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{base}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', kwargs['stage'])}-{digest}"
 
@@ -150,8 +172,13 @@ def response_table(responses: pa.Table | list[dict]) -> pa.Table:
         rows = [{name: r.get(name) for name in RESPONSE_SCHEMA.names} for r in responses]
         return pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA)
     n = responses.num_rows
-    return pa.table({f.name: (responses.column(f.name).cast(f.type) if f.name in responses.column_names
-                              else pa.nulls(n, f.type)) for f in RESPONSE_SCHEMA}, schema=RESPONSE_SCHEMA)
+    return pa.table(
+        {
+            f.name: (responses.column(f.name).cast(f.type) if f.name in responses.column_names else pa.nulls(n, f.type))
+            for f in RESPONSE_SCHEMA
+        },
+        schema=RESPONSE_SCHEMA,
+    )
 
 
 def read_rows(run: RunDir, path: str) -> list[dict]:
@@ -169,9 +196,12 @@ def known_teacher_answers(run: RunDir, upto: int) -> pa.Table:
     """Every successful teacher answer from iterations <= `upto`, one per instruction id (the
     first written), in RESPONSE_SCHEMA: a paid answer is reused, never bought twice
     (whatever backend serves the teacher)."""
-    tables = [run.read_table(path, schema=RESPONSE_SCHEMA) for k in range(upto + 1)
-              for stage in ("imitation", "discrimination")
-              if run.exists(path := rel(k, stage, "teacher_responses.parquet"))]
+    tables = [
+        run.read_table(path, schema=RESPONSE_SCHEMA)
+        for k in range(upto + 1)
+        for stage in ("imitation", "discrimination")
+        if run.exists(path := rel(k, stage, "teacher_responses.parquet"))
+    ]
     known = pa.concat_tables([RESPONSE_SCHEMA.empty_table(), *tables])
     return first_per_id(kept(known, answered_mask(known)))
 

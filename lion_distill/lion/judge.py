@@ -8,6 +8,7 @@ a review that cannot be read is asked again as a new draw (sampling on, so the r
 can differ, and not the cached unreadable review again), then left failed:
 `lion_distill.lion.referee` never scores it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -78,8 +79,18 @@ def judge_pairs(
     `parts` where each pass keeps its finished blocks (lion_distill.lion.iteration.answer).
     """
     records: list[StageRecord] = []
-    ask = dict(run=run, setting=setting, prompt=prompt, use_logprobs=use_logprobs, tau=tau, roles=roles,
-               role_name=role_name, records=records, failed_answer_loses=failed_answer_loses, parts=parts)
+    ask = dict(
+        run=run,
+        setting=setting,
+        prompt=prompt,
+        use_logprobs=use_logprobs,
+        tau=tau,
+        roles=roles,
+        role_name=role_name,
+        records=records,
+        failed_answer_loses=failed_answer_loses,
+        parts=parts,
+    )
     first_pass = write_to and f"{write_to}.first_pass"
     with run.table_writer(first_pass, judgment_schema(*roles)) if first_pass else nullcontext() as writer:
         judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
@@ -89,16 +100,25 @@ def judge_pairs(
         if not len(again):
             break
         retry = f"{stage}_retry{attempt}"
-        retried = _judge(resampled(referee), pairs.filter(pc.is_in(pairs.column("id"), value_set=again)), retry,
-                         f"{draws}/{retry}", **ask)
+        retried = _judge(
+            resampled(referee),
+            pairs.filter(pc.is_in(pairs.column("id"), value_set=again)),
+            retry,
+            f"{draws}/{retry}",
+            **ask,
+        )
         judgments, better = merge_retried(judgments, retried), _judged_again(better, retried)
     a, b = (f"{role}_text" for role in roles)
     overflowed = pairs.filter(_overflowed(judgments, pairs, a, b))
     if overflowed.num_rows:
         stage_cut = f"{stage}_truncated"
-        cut = pa.Table.from_pylist([{**p, b: p[b][:len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema)
+        cut = pa.Table.from_pylist(
+            [{**p, b: p[b][: len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema
+        )
         cut = _judge(referee, cut, stage_cut, f"{draws}/{stage_cut}", **ask)
-        cut = cut.set_column(cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows))
+        cut = cut.set_column(
+            cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows)
+        )
         judgments, better = merge_retried(judgments, cut), _judged_again(better, cut)
     if first_pass:
         _write_merged(run, first_pass, better, write_to)
@@ -109,7 +129,9 @@ def judge_pairs(
 def _judged_again(better: pa.Table, again: pa.Table) -> pa.Table:
     """`better` with the rows judged `again` (those judged, status ok) in place of its own."""
     ok = again.filter(pc.equal(again.column("status"), OK))
-    return pa.concat_tables([better.filter(pc.invert(pc.is_in(better.column("id"), value_set=ok.column("id").combine_chunks()))), ok])
+    return pa.concat_tables(
+        [better.filter(pc.invert(pc.is_in(better.column("id"), value_set=ok.column("id").combine_chunks()))), ok]
+    )
 
 
 def slim(judgments: pa.Table) -> pa.Table:
@@ -136,7 +158,9 @@ def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.Chun
     status = judgments.column("status")
     overflow = pa.array([s for s in pc.unique(status).to_pylist() if context_overflow(s)], pa.string())
     ids = judgments.column("id").filter(pc.is_in(status, value_set=overflow)).combine_chunks()
-    longer = pc.greater(pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), "")))
+    longer = pc.greater(
+        pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), ""))
+    )
     return pc.and_(pc.is_in(pairs.column("id"), value_set=ids), longer)
 
 
@@ -148,8 +172,24 @@ def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
         constraint(setting, referee, partial(RUBRICS[name].regex, referee.sampling.max_tokens), RUBRICS[name].schema)
 
 
-def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_logprobs, tau, roles, role_name,
-           records, failed_answer_loses, parts, written=None) -> pa.Table:
+def _judge(
+    referee,
+    pairs: pa.Table,
+    stage,
+    draw,
+    *,
+    run,
+    setting,
+    prompt,
+    use_logprobs,
+    tau,
+    roles,
+    role_name,
+    records,
+    failed_answer_loses,
+    parts,
+    written=None,
+) -> pa.Table:
     """The judgments of `pairs` in one pass of the referee: those no review can judge, then the
     others as both their reviews come back (not in the pairs' order). The reviews are read from
     the parts a few at a time and scored as they are matched: 2 x N reviews are never all on the
@@ -163,12 +203,25 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
     groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), setting, referee)
     for structured, names in groups:
         # One group (the usual case) is every pair sent: no copy of them.
-        group = sent if len(groups) == 1 else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
+        group = (
+            sent
+            if len(groups) == 1
+            else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
+        )
         reviews, part = answer(
-            referee, _requests(group, roles, orders), lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
-            stage=stage, role_name=role_name, run_dir=run, structured_output=structured,
-            logprobs=LOGPROBS_TOP_K if use_logprobs else None, draw=draw, parts=parts, in_rows_order=False,
-            columns=REVIEW_COLUMNS, stream=True,  # 2 x N reviews: not their token counts and role, which the record has
+            referee,
+            _requests(group, roles, orders),
+            lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
+            stage=stage,
+            role_name=role_name,
+            run_dir=run,
+            structured_output=structured,
+            logprobs=LOGPROBS_TOP_K if use_logprobs else None,
+            draw=draw,
+            parts=parts,
+            in_rows_order=False,
+            columns=REVIEW_COLUMNS,
+            stream=True,  # 2 x N reviews: not their token counts and role, which the record has
         )
         streams.append(reviews)
         record = _summed(record, part)
@@ -180,11 +233,22 @@ def _judge(referee, pairs: pa.Table, stage, draw, *, run, setting, prompt, use_l
         `at`; none where no review was asked), a chunk of Python rows at a time."""
         for start in range(0, len(at), CHUNK_ROWS):
             rows = at.slice(start, CHUNK_ROWS)
-            reviews = [[{}] * len(rows) if r is None else r.slice(start, CHUNK_ROWS).to_pylist() for r in (first, second)]
+            reviews = [
+                [{}] * len(rows) if r is None else r.slice(start, CHUNK_ROWS).to_pylist() for r in (first, second)
+            ]
             chunk_rubrics = [RUBRICS[name] for name in rubrics.take(rows).to_pylist()]
-            table = judgment_table(judgment_rows(pairs.take(rows).to_pylist(), *reviews, tau, use_logprobs=use_logprobs,
-                                                 roles=roles, rubrics=chunk_rubrics,
-                                                 failed_answer_loses=failed_answer_loses), roles)
+            table = judgment_table(
+                judgment_rows(
+                    pairs.take(rows).to_pylist(),
+                    *reviews,
+                    tau,
+                    use_logprobs=use_logprobs,
+                    roles=roles,
+                    rubrics=chunk_rubrics,
+                    failed_answer_loses=failed_answer_loses,
+                ),
+                roles,
+            )
             if written is not None:
                 written.write_table(table)
                 table = slim(table)
@@ -222,8 +286,9 @@ def matched_orders(reviews: Iterable[pa.Table], orders: list[str]) -> Iterator[t
         both = pc.is_valid(at)
         ids = first_pair.filter(both)
         yield _with_id(first.filter(both), ids), _with_id(second.take(at.filter(both)), ids)
-        waiting = pa.concat_tables([first.filter(pc.invert(both)),
-                                    second.filter(pc.invert(pc.is_in(second_pair, value_set=first_pair)))])
+        waiting = pa.concat_tables(
+            [first.filter(pc.invert(both)), second.filter(pc.invert(pc.is_in(second_pair, value_set=first_pair)))]
+        )
 
 
 def _with_id(reviews: pa.Table, ids: pa.Array) -> pa.Table:
@@ -241,14 +306,25 @@ def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> Iter
     requests, each carrying both answers, are never all on the driver."""
     for start in range(0, sent.num_rows, CHUNK_ROWS):
         part = sent.slice(start, CHUNK_ROWS)
-        by_order = [pa.table({"id": pc.binary_join_element_wise(part.column("id"), pa.repeat(pa.scalar(order), part.num_rows), "|"),
-                              "instruction": part.column("instruction"), "input": part.column("input"),
-                              "rubric": part.column("rubric"),
-                              "first": pc.fill_null(part.column(f"{first}_text"), ""),
-                              "second": pc.fill_null(part.column(f"{second}_text"), "")})
-                    for order, (first, second) in zip(orders, (roles, roles[::-1]))]
+        by_order = [
+            pa.table(
+                {
+                    "id": pc.binary_join_element_wise(
+                        part.column("id"), pa.repeat(pa.scalar(order), part.num_rows), "|"
+                    ),
+                    "instruction": part.column("instruction"),
+                    "input": part.column("input"),
+                    "rubric": part.column("rubric"),
+                    "first": pc.fill_null(part.column(f"{first}_text"), ""),
+                    "second": pc.fill_null(part.column(f"{second}_text"), ""),
+                }
+            )
+            for order, (first, second) in zip(orders, (roles, roles[::-1]))
+        ]
         m = part.num_rows
-        yield pa.concat_tables(by_order).take(pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64()))
+        yield pa.concat_tables(by_order).take(
+            pa.array(np.column_stack([np.arange(m), m + np.arange(m)]).ravel(), pa.int64())
+        )
 
 
 def _rubric_names(pairs: pa.Table, prompt: str) -> pa.Array:
@@ -284,8 +360,11 @@ def _by_constraint(names: list[str], setting: str, referee: RoleConfig) -> list[
 
 def _summed(a: StageRecord, b: StageRecord) -> StageRecord:
     """One record of a stage's passes, run one after another: times and counts add."""
-    counts = {f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(StageRecord)
-              if f.name not in ("stage", "gpus", "extra")}
+    counts = {
+        f.name: getattr(a, f.name) + getattr(b, f.name)
+        for f in fields(StageRecord)
+        if f.name not in ("stage", "gpus", "extra")
+    }
     return replace(a, **counts, gpus=max(a.gpus, b.gpus), extra={**a.extra, **b.extra})
 
 

@@ -6,6 +6,7 @@ Re-running on an existing run directory continues after the last completed stage
 finished stages are not recomputed, and within an interrupted stage the openai
 backend's response cache means no paid request is sent twice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,12 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
         role = getattr(cfg, name)
         if os.path.exists(role.model):
             roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
-    sources = [s.model_copy(update={"data_files": [os.path.abspath(f) for f in s.data_files]}) for s in cfg.data.datasets]
-    data = cfg.data.model_copy(update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files], "datasets": sources})
+    sources = [
+        s.model_copy(update={"data_files": [os.path.abspath(f) for f in s.data_files]}) for s in cfg.data.datasets
+    ]
+    data = cfg.data.model_copy(
+        update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files], "datasets": sources}
+    )
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
     evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
     return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
@@ -52,8 +57,9 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def initial_pool(cfg: RunConfig):
     """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
-    pool, report = load_pool(cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources(),
-                             reuse=False)
+    pool, report = load_pool(
+        cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources(), reuse=False
+    )
     summary = report.as_dict()
     if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
         picks = np.sort(np.random.default_rng(cfg.lion.seed).choice(pool.num_rows, cfg.data.sample_size, replace=False))
@@ -79,17 +85,21 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     def fn(state: dict) -> StageResult:
         outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
         return StageResult(outputs, counters, summary)
+
     return Stage(f"iter_{k}/{name}", fn)
 
 
 def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     """The student as it is now (iteration -1: the base student) against the eval reference."""
+
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
-        summary, records = evaluate(cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student",
-                                    teacher=cfg.teacher)
+        summary, records = evaluate(
+            cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student", teacher=cfg.teacher
+        )
         merge_iteration_metrics(run, k)
         return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
+
     return Stage(f"iter_{k}/eval", fn)
 
 
@@ -114,7 +124,9 @@ def export_datasets(run: RunDir) -> None:
         log.info("datasets not exported: %s is remote; run `lion-distill export %s --to DIR`", run.uri, run.uri)
         return
     counts = export_run(run.uri, str(run.local_path("datasets")))
-    log.info("datasets: %s (iterations %s; `datasets.load_from_disk` reads each)", run.local_path("datasets"), list(counts))
+    log.info(
+        "datasets: %s (iterations %s; `datasets.load_from_disk` reads each)", run.local_path("datasets"), list(counts)
+    )
 
 
 def load(path: str, overrides: list[str]) -> RunConfig:
@@ -132,11 +144,23 @@ def run(cfg: RunConfig) -> dict:
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     if cfg.eval is not None:
         roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
-    with job_engines(roles, cfg.serving, run_id=rundir.uri, train_workers=cfg.train.num_workers,
-                     gpus_per_worker=cfg.train.gpus_per_worker):
-        state = run_stages(rundir, job="lion", name=cfg.name, stages=lion_stages(cfg, rundir),
-                           outputs={"student_model": cfg.student.model}, report=write_report,
-                           tracking_cfg=cfg.tracking, config=config)
+    with job_engines(
+        roles,
+        cfg.serving,
+        run_id=rundir.uri,
+        train_workers=cfg.train.num_workers,
+        gpus_per_worker=cfg.train.gpus_per_worker,
+    ):
+        state = run_stages(
+            rundir,
+            job="lion",
+            name=cfg.name,
+            stages=lion_stages(cfg, rundir),
+            outputs={"student_model": cfg.student.model},
+            report=write_report,
+            tracking_cfg=cfg.tracking,
+            config=config,
+        )
     write_report(rundir)
     give_back_memory()
     export_datasets(rundir)

@@ -28,6 +28,7 @@ Teacher: Lion's `src/chatgpt_inference.py` system message and `generate_prompt`;
 with an input is asked in the layout of Lion's `src/train.py` `prompt_input` (Lion's
 inference drops the input).
 """
+
 from __future__ import annotations
 
 from lion_distill.data.conversations import is_conversation
@@ -152,10 +153,12 @@ def teacher_messages(row: dict) -> list[dict]:
     conversation's turn is asked as the conversation has it, its own system prompt and earlier turns."""
     if is_conversation(row):
         return instruction_messages(row)
-    return [{"role": "system", "content": TEACHER_SYSTEM},
-            # Lion's teacher prompt (`generate_prompt`) is its student template without an input; a row with
-            # an input is asked in that template's `prompt_input` layout (Lion drops the input).
-            {"role": "user", "content": alpaca_prompt(row["instruction"], row.get("input") or "")}]
+    return [
+        {"role": "system", "content": TEACHER_SYSTEM},
+        # Lion's teacher prompt (`generate_prompt`) is its student template without an input; a row with
+        # an input is asked in that template's `prompt_input` layout (Lion drops the input).
+        {"role": "user", "content": alpaca_prompt(row["instruction"], row.get("input") or "")},
+    ]
 
 
 NO_INPUT = "<noinput>"

@@ -15,6 +15,7 @@ the teacher, and the student gets the lowest score, 1, in both orders. The pair 
 judged (hard when the teacher's score is at least 1 + tau), not excluded. The
 evaluation judges reference vs candidate with the same rules (`roles`).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,6 +34,7 @@ OK = "ok"
 UNPARSEABLE = failed("unparseable review")
 EMPTY_ANSWER = failed("empty answer")
 LOWEST_SCORE = 1.0
+
 
 def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
     """Judgment rows of `first` (the reference side: gap = first - second) vs `second`.
@@ -65,8 +67,8 @@ def referee_messages(row: dict, first: str, second: str, rubric: Rubric = RUBRIC
     return rubric.messages(instruction_text(row["instruction"], row.get("input") or ""), first, second)
 
 
-
 # ---------------------------------------------------------------- judgments
+
 
 def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[float, float] | str:
     """(Assistant 1, Assistant 2) scores of one review, or the failed status."""
@@ -107,8 +109,9 @@ def answered(pair: dict, role: str = "student") -> bool:
 
 # What an engine or API says when a prompt does not fit the model's context (vLLM's
 # VLLMValidationError and "maximum context length", OpenAI's context_length_exceeded).
-_OVERFLOW = re.compile(r"context.length|maximum context|max_model_len|maximum model length|longer than the maximum",
-                       re.IGNORECASE)
+_OVERFLOW = re.compile(
+    r"context.length|maximum context|max_model_len|maximum model length|longer than the maximum", re.IGNORECASE
+)
 
 
 def context_overflow(status: str) -> bool:
@@ -168,8 +171,16 @@ def judgment_rows(
             first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
             failure = next((s for s in (first, second) if isinstance(s, str)), None)
         if failure == UNPARSEABLE and lost and not failed_answer_loses:
-            rows.append({**row, f"{b}_score_1": LOWEST_SCORE, f"{b}_score_2": LOWEST_SCORE, f"{b}_score": LOWEST_SCORE,
-                         "hard": True, "status": OK})
+            rows.append(
+                {
+                    **row,
+                    f"{b}_score_1": LOWEST_SCORE,
+                    f"{b}_score_2": LOWEST_SCORE,
+                    f"{b}_score": LOWEST_SCORE,
+                    "hard": True,
+                    "status": OK,
+                }
+            )
             continue
         if failure is not None:
             rows.append({**row, "status": failure})
@@ -178,11 +189,20 @@ def judgment_rows(
         if lost:
             b1 = b2 = LOWEST_SCORE
         mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
-        rows.append({
-            **row, f"{a}_score_1": a1, f"{b}_score_1": b1, f"{a}_score_2": a2, f"{b}_score_2": b2,
-            f"{a}_score": mean_a, f"{b}_score": mean_b, "gap": mean_a - mean_b,
-            "hard": mean_a - mean_b >= tau, "status": OK,
-        })
+        rows.append(
+            {
+                **row,
+                f"{a}_score_1": a1,
+                f"{b}_score_1": b1,
+                f"{a}_score_2": a2,
+                f"{b}_score_2": b2,
+                f"{a}_score": mean_a,
+                f"{b}_score": mean_b,
+                "gap": mean_a - mean_b,
+                "hard": mean_a - mean_b >= tau,
+                "status": OK,
+            }
+        )
     return rows
 
 

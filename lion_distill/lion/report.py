@@ -6,6 +6,7 @@ cut short, stages without API metrics, an iteration not yet judged. What is miss
 unreadable is said in the report, never raised, so a report can be written at any
 point of a run. Everything goes through RunDir, so a run on s3:// reports in place.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,28 +30,49 @@ from lion_distill.metrics.report import fmt, save_plots, state_section, table_md
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 JUDGMENTS = "discrimination/judgments.parquet"
 JUDGMENT_COLUMNS = ("id", "teacher_score", "student_score", "gap", "hard", "status")
-LOOP_KEYS = ("hard_fraction", "mean_gap", "judged", "judge_failed", "new_instructions",
-             "cache_pool_size", "train_pool_size")
-THROUGHPUT = ("timing_s", "rows", "rows_per_s", "prompt_tokens_per_s", "completion_tokens_per_s",
-              "tokens_per_s_per_gpu", "failed_rows")
+LOOP_KEYS = (
+    "hard_fraction",
+    "mean_gap",
+    "judged",
+    "judge_failed",
+    "new_instructions",
+    "cache_pool_size",
+    "train_pool_size",
+)
+THROUGHPUT = (
+    "timing_s",
+    "rows",
+    "rows_per_s",
+    "prompt_tokens_per_s",
+    "completion_tokens_per_s",
+    "tokens_per_s_per_gpu",
+    "failed_rows",
+)
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)
 # Rates that span decades (the ROUGE-L filter's thousands of rows/s, an LLM stage's tens).
 LOG_SCALE = ("rows_per_s",)
 # The loop's own order; stages it does not know follow, alphabetically.
-STAGE_ORDER = ("imitation/teacher", "imitation/train", "discrimination/teacher", "discrimination/student",
-               "discrimination/referee", "generation/generator", "generation/filter")
+STAGE_ORDER = (
+    "imitation/teacher",
+    "imitation/train",
+    "discrimination/teacher",
+    "discrimination/student",
+    "discrimination/referee",
+    "generation/generator",
+    "generation/filter",
+)
 
 
 @dataclass
 class Iteration:
     k: int
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> metric -> value
-    loop: dict[str, float] = field(default_factory=dict)                # lion/<key>
-    rejects: dict[str, float] = field(default_factory=dict)             # generation_rejects/<reason>
-    engines: dict[str, float] = field(default_factory=dict)             # engine_starts, engine_start_s/<role>
+    loop: dict[str, float] = field(default_factory=dict)  # lion/<key>
+    rejects: dict[str, float] = field(default_factory=dict)  # generation_rejects/<reason>
+    engines: dict[str, float] = field(default_factory=dict)  # engine_starts, engine_start_s/<role>
     judgments: pa.Table | None = None
-    notes: list[str] = field(default_factory=list)                      # what is missing, and why
+    notes: list[str] = field(default_factory=list)  # what is missing, and why
 
 
 def write_report(run_dir: RunDir) -> str:
@@ -58,18 +80,24 @@ def write_report(run_dir: RunDir) -> str:
     notes: list[str] = []
     state = _read_json(run_dir, "state.json", notes)
     completed = _completed(state)
-    iterations = [read_iteration(run_dir, k, completed) for k in list_iterations(run_dir)
-                  if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)]
+    iterations = [
+        read_iteration(run_dir, k, completed)
+        for k in list_iterations(run_dir)
+        if completed is None or any(s.startswith(f"iter_{k}/") for s in completed)
+    ]
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
     markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend, size_bytes=run_dir.size_bytes())
     markdown += "\n".join(examples_section(run_dir, [it.k for it in iterations])) + "\n"
-    markdown += "\n".join(lion_eval_section(run_dir)) + "\n"  # lion_distill.evaluate's: the relative score per iteration
+    markdown += (
+        "\n".join(lion_eval_section(run_dir)) + "\n"
+    )  # lion_distill.evaluate's: the relative score per iteration
     run_dir.write_bytes("report.md", markdown.encode())
     return run_dir.path("report.md")
 
 
 # --- reading ---------------------------------------------------------------------
+
 
 def list_iterations(run_dir: RunDir) -> list[int]:
     infos = run_dir.fs.get_file_info(pafs.FileSelector(run_dir.root, allow_not_found=True))
@@ -131,8 +159,13 @@ def judgment_problem(table: pa.Table) -> str | None:
     if absent:
         return f"lacks columns {absent}"
     numeric = lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)  # noqa: E731
-    expected = {"teacher_score": numeric, "student_score": numeric, "gap": numeric,
-                "hard": pa.types.is_boolean, "status": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)}
+    expected = {
+        "teacher_score": numeric,
+        "student_score": numeric,
+        "gap": numeric,
+        "hard": pa.types.is_boolean,
+        "status": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    }
     wrong = [f"{c} ({table.schema.field(c).type})" for c, ok in expected.items() if not ok(table.schema.field(c).type)]
     return f"has columns of the wrong type: {', '.join(wrong)}" if wrong else None
 
@@ -156,23 +189,28 @@ def split_metrics(metrics: dict, it: Iteration) -> None:
             it.stages.setdefault(stage, {})[metric] = value
     it.stages = {s: it.stages[s] for s in sorted(it.stages, key=stage_rank)}
     if skipped:
-        it.notes.append(f"`iter_{it.k}/metrics.json`: ignored {len(skipped)} key(s) that are not "
-                        f"`<metric>/<stage>` numbers: {', '.join(sorted(skipped)[:5])}")
+        it.notes.append(
+            f"`iter_{it.k}/metrics.json`: ignored {len(skipped)} key(s) that are not "
+            f"`<metric>/<stage>` numbers: {', '.join(sorted(skipped)[:5])}"
+        )
 
 
 # --- numbers ---------------------------------------------------------------------
+
 
 def judgment_summary(table: pa.Table) -> dict[str, float]:
     """Counts and means over the judged rows; failed rows are counted, never scored."""
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     out = {"rows": table.num_rows, "ok": ok.num_rows, "failed": table.num_rows - ok.num_rows}
     if ok.num_rows:
-        out.update({
-            "teacher_mean": pc.mean(ok.column("teacher_score")).as_py(),
-            "student_mean": pc.mean(ok.column("student_score")).as_py(),
-            "mean_gap": pc.mean(ok.column("gap")).as_py(),
-            "hard_fraction": pc.sum(ok.column("hard").cast(pa.int64())).as_py() / ok.num_rows,
-        })
+        out.update(
+            {
+                "teacher_mean": pc.mean(ok.column("teacher_score")).as_py(),
+                "student_mean": pc.mean(ok.column("student_score")).as_py(),
+                "mean_gap": pc.mean(ok.column("gap")).as_py(),
+                "hard_fraction": pc.sum(ok.column("hard").cast(pa.int64())).as_py() / ok.num_rows,
+            }
+        )
     return out
 
 
@@ -202,18 +240,26 @@ def all_stages(iterations: list[Iteration]) -> list[str]:
 
 # --- plots -----------------------------------------------------------------------
 
+
 def render_plots(iterations: list[Iteration]) -> dict[str, Figure]:
     """Only the plots there is data for; render_markdown says which are absent."""
     plots = {}
     stages = all_stages(iterations)
     if stages:
-        plots["stage_throughput.png"] = _bars_per_stage(iterations, stages, ("timing_s", "rows_per_s"),
-                                                        ("time (s)", "rows / s"))
-    spend_stages = [s for s in stages if any(it.stages.get(s, {}).get(m) for it in iterations
-                                             for m in ("prompt_tokens", "completion_tokens", "cost_usd"))]
+        plots["stage_throughput.png"] = _bars_per_stage(
+            iterations, stages, ("timing_s", "rows_per_s"), ("time (s)", "rows / s")
+        )
+    spend_stages = [
+        s
+        for s in stages
+        if any(
+            it.stages.get(s, {}).get(m) for it in iterations for m in ("prompt_tokens", "completion_tokens", "cost_usd")
+        )
+    ]
     if spend_stages:
-        plots["tokens_cost.png"] = _bars_per_stage(iterations, spend_stages, ("total_tokens", "cost_usd"),
-                                                   ("prompt + completion tokens", "cost (USD)"))
+        plots["tokens_cost.png"] = _bars_per_stage(
+            iterations, spend_stages, ("total_tokens", "cost_usd"), ("prompt + completion tokens", "cost (USD)")
+        )
     if any("hard_fraction" in it.loop or "mean_gap" in it.loop for it in iterations):
         plots["hard_fraction_gap.png"] = _loop_trend(iterations)
     judged = [it for it in iterations if it.judgments is not None and judgment_summary(it.judgments)["ok"]]
@@ -281,8 +327,16 @@ def _score_histograms(judged: list[Iteration]) -> Figure:
 
 # --- markdown --------------------------------------------------------------------
 
-def render_markdown(uri: str, state, iterations: list[Iteration], plots: dict[str, str], notes: list[str],
-                    spend: list[dict] = (), size_bytes: int | None = None) -> str:
+
+def render_markdown(
+    uri: str,
+    state,
+    iterations: list[Iteration],
+    plots: dict[str, str],
+    notes: list[str],
+    spend: list[dict] = (),
+    size_bytes: int | None = None,
+) -> str:
     size = "" if size_bytes is None else f" ({_bytes(size_bytes)} on disk, checkpoints and exports included)"
     out = [f"# Lion run report\n\nRun directory: `{uri}`{size}\n"]
     out += state_section(state)
@@ -323,14 +377,26 @@ def _section_loop(iterations, plots) -> list[str]:
 def _section_imitation(iterations) -> list[str]:
     """Teacher answers trained on out of those asked: answers cut at max_tokens are left out
     unless lion.train_on_truncated, failed ones always."""
-    rows = [[it.k, it.loop["imitation_asked"], it.loop.get("imitation_trained"),
-             it.loop.get("imitation_truncated_answers"), it.loop.get("imitation_failed_answers"),
-             f"{it.loop.get('imitation_trained', 0) / it.loop['imitation_asked']:.0%}" if it.loop["imitation_asked"] else "-"]
-            for it in iterations if "imitation_asked" in it.loop]
+    rows = [
+        [
+            it.k,
+            it.loop["imitation_asked"],
+            it.loop.get("imitation_trained"),
+            it.loop.get("imitation_truncated_answers"),
+            it.loop.get("imitation_failed_answers"),
+            f"{it.loop.get('imitation_trained', 0) / it.loop['imitation_asked']:.0%}"
+            if it.loop["imitation_asked"]
+            else "-",
+        ]
+        for it in iterations
+        if "imitation_asked" in it.loop
+    ]
     if not rows:
         return []
-    return ["\n## Imitation: answers trained on\n",
-            table_md(["iteration", "asked", "trained", "truncated", "failed", "trained / asked"], rows)]
+    return [
+        "\n## Imitation: answers trained on\n",
+        table_md(["iteration", "asked", "trained", "truncated", "failed", "trained / asked"], rows),
+    ]
 
 
 def _section_stages(iterations, plots) -> list[str]:
@@ -338,8 +404,13 @@ def _section_stages(iterations, plots) -> list[str]:
     rows = [[it.k, stage] + [m.get(key) for key in THROUGHPUT] for it in iterations for stage, m in it.stages.items()]
     out.append(table_md(["iteration", "stage", *THROUGHPUT], rows) if rows else "No stage metrics yet.")
     out += _plot(plots, "stage_throughput.png", "time and throughput")
-    extra = [[it.k, stage, metric, v] for it in iterations for stage, m in it.stages.items()
-             for metric, v in m.items() if metric not in KNOWN]
+    extra = [
+        [it.k, stage, metric, v]
+        for it in iterations
+        for stage, m in it.stages.items()
+        for metric, v in m.items()
+        if metric not in KNOWN
+    ]
     if extra:
         out += ["\nOther stage metrics:\n", table_md(["iteration", "stage", "metric", "value"], extra)]
     return out
@@ -349,12 +420,17 @@ def _section_engines(iterations) -> list[str]:
     """Engines started per iteration (lion_distill.llm.serving): with shared serving, frozen roles
     start in the first iteration only and the student once per iteration."""
     roles = sorted({key.split("/", 1)[1] for it in iterations for key in it.engines if "/" in key})
-    rows = [[it.k, it.engines.get("engine_starts")] + [it.engines.get(f"engine_start_s/{r}") for r in roles]
-            for it in iterations if it.engines]
+    rows = [
+        [it.k, it.engines.get("engine_starts")] + [it.engines.get(f"engine_start_s/{r}") for r in roles]
+        for it in iterations
+        if it.engines
+    ]
     if not rows:
         return []
-    return ["\n## Engine starts per iteration\n",
-            table_md(["iteration", "engine_starts", *(f"start s: {r}" for r in roles)], rows)]
+    return [
+        "\n## Engine starts per iteration\n",
+        table_md(["iteration", "engine_starts", *(f"start s: {r}" for r in roles)], rows),
+    ]
 
 
 def _spent_line(spend: list[dict]) -> str:
@@ -363,14 +439,20 @@ def _spent_line(spend: list[dict]) -> str:
     for line in spend:
         by_role[line["role"]] = by_role.get(line["role"], 0.0) + line["cost_usd"]
     roles = ", ".join(f"{role} ${usd:.4f}" for role, usd in sorted(by_role.items()))
-    return (f"\nSpent by this run (the spend log: every API request sent, stages killed midway and resumed jobs "
-            f"included): **${sum(by_role.values()):.4f}** over {sum(ln['requests'] for ln in spend):,} requests ({roles}).")
+    return (
+        f"\nSpent by this run (the spend log: every API request sent, stages killed midway and resumed jobs "
+        f"included): **${sum(by_role.values()):.4f}** over {sum(ln['requests'] for ln in spend):,} requests ({roles})."
+    )
 
 
 def _section_spend(iterations, plots, spend: list[dict] = ()) -> list[str]:
     out = ["\n## Tokens and cost per stage\n"]
-    rows = [[it.k, stage] + [m.get(key) for key in SPEND] for it in iterations for stage, m in it.stages.items()
-            if any(m.get(key) for key in SPEND)]
+    rows = [
+        [it.k, stage] + [m.get(key) for key in SPEND]
+        for it in iterations
+        for stage, m in it.stages.items()
+        if any(m.get(key) for key in SPEND)
+    ]
     if rows:
         out.append(table_md(["iteration", "stage", *SPEND], rows))
         total = sum(r[-1] or 0 for r in rows)
@@ -393,8 +475,9 @@ def _section_scores(iterations, plots) -> list[str]:
         rows.append([it.k] + [s.get(key) for key in keys])
         reported = it.loop.get("judge_failed")
         if reported is not None and reported != s["failed"]:
-            it.notes.append(f"iteration {it.k}: metrics say {fmt(reported)} judge failures, "
-                            f"judgments.parquet holds {s['failed']}")
+            it.notes.append(
+                f"iteration {it.k}: metrics say {fmt(reported)} judge failures, judgments.parquet holds {s['failed']}"
+            )
         failures += [[it.k, reason, n] for reason, n in failure_reasons(it.judgments).most_common()]
     if not rows:
         return out + ["No judgments yet."] + _plot(plots, "score_distributions.png", "score distributions")

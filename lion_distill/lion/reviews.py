@@ -8,6 +8,7 @@ FastChat's math prompt's Python tuple ("(8, 7)", after the judge's own solution)
 parser is tolerant of what models do around the asked-for layout and returns None for
 anything it cannot read: a review is never turned into a number it did not give.
 """
+
 from __future__ import annotations
 
 import json
@@ -146,8 +147,9 @@ def _score_at(steps: list[dict[str, float]], tokens: list[str], offset: int) -> 
     return _expected(steps[i], one_is_ten)
 
 
-def logprob_scores(logprobs: str | list[dict[str, float]] | None, text: str | None,
-                   scores_at: re.Pattern = SCORES_FIRST_AT) -> tuple[float, float] | None:
+def logprob_scores(
+    logprobs: str | list[dict[str, float]] | None, text: str | None, scores_at: re.Pattern = SCORES_FIRST_AT
+) -> tuple[float, float] | None:
     """Probability-weighted (score 1, score 2) of a review decoded under a rubric's regex.
 
     `logprobs` is lion_distill.llm's column: per generated token, a {token_text: logprob} map

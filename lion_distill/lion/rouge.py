@@ -36,6 +36,7 @@ Ray actors that each answer "does any pool item of mine reach the threshold?" fo
 batch; the driver then resolves the sequential dependency among the batch's own
 candidates locally. One process (the default) is fastest on one machine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,7 +66,9 @@ def rouge_tokens(text: str) -> list[str]:
 
 
 # Ideographs, kana, bopomofo and CJK compatibility blocks: no spaces between words there.
-_CJK = "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_CJK = (
+    "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+)
 
 
 @functools.cache
@@ -242,18 +245,20 @@ class _Index:
         # A chunk of the pool at a time: its elements are tens of millions, and every step's
         # temporaries as many again.
         chunks = range(0, len(seqs), _CHUNK)
-        keys = np.concatenate([np.zeros(0, np.int64), *(_elements(seqs[a:a + _CHUNK])[2] for a in chunks)])
+        keys = np.concatenate([np.zeros(0, np.int64), *(_elements(seqs[a : a + _CHUNK])[2] for a in chunks)])
         self._keys, df = np.unique(keys, return_counts=True)
         self._key_ids = np.empty(len(self._keys), np.int64)
         self._key_ids[np.lexsort((self._keys, df))] = np.arange(len(self._keys))
         del df
         entries, ids, done = [], [], 0
         for a in chunks:
-            lens = self._lens[a:a + _CHUNK]
+            lens = self._lens[a : a + _CHUNK]
             owner = np.repeat(np.arange(a, a + len(lens)), lens)
-            chunk = keys[done:done + len(owner)]
+            chunk = keys[done : done + len(owner)]
             done += len(owner)
-            owner, position, chunk_ids = self._prefixes(self._lens, owner, self._key_ids[np.searchsorted(self._keys, chunk)])
+            owner, position, chunk_ids = self._prefixes(
+                self._lens, owner, self._key_ids[np.searchsorted(self._keys, chunk)]
+            )
             entries.append(owner << 32 | position)
             ids.append(chunk_ids)
         del keys
@@ -357,8 +362,15 @@ class NoveltyFilter:
     pool, also for later calls. `shards=N` holds the initial pool in N Ray actors (ray.init first).
     """
 
-    def __init__(self, pool: Sequence[str], threshold: float = 0.7, tokenizer: Tokenizer = "rouge",
-                 shards: int | None = None, shard_cpus: float = 1.0, strict: bool = False):
+    def __init__(
+        self,
+        pool: Sequence[str],
+        threshold: float = 0.7,
+        tokenizer: Tokenizer = "rouge",
+        shards: int | None = None,
+        shard_cpus: float = 1.0,
+        strict: bool = False,
+    ):
         self.threshold, self.strict = threshold, strict
         self.kept: list[str] = []
         self._tokenizer = tokenizer
@@ -370,8 +382,9 @@ class NoveltyFilter:
 
             actor = ray.remote(num_cpus=shard_cpus)(_ShardActor)
             size = -(-len(pool) // shards)
-            self._actors = [actor.remote(list(pool[i:i + size]), threshold, tokenizer, strict)
-                            for i in range(0, len(pool), size)]
+            self._actors = [
+                actor.remote(list(pool[i : i + size]), threshold, tokenizer, strict) for i in range(0, len(pool), size)
+            ]
             ray.get([a.ready.remote() for a in self._actors])  # surface build errors here
         else:
             self._index.build(pool)

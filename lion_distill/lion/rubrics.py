@@ -13,6 +13,7 @@ The regexes let the explanation come first where the rubric asks for it, and bou
 that a constrained reply always ends within the role's `max_tokens` (every token spells at
 least one character): a review cut mid-explanation would hold no scores at all.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,10 @@ def _explanation_then(closing: str, opening: str = ""):
     def regex(max_tokens: int) -> str:
         room = min(1000, max_tokens - fixed)
         if room < MIN_EXPLANATION_CHARS:
-            raise ValueError(f"sampling.max_tokens {max_tokens} leaves no room for an explanation before the scores "
-                             f"(a constrained review): give the referee / judge at least {fixed + MIN_EXPLANATION_CHARS}")
+            raise ValueError(
+                f"sampling.max_tokens {max_tokens} leaves no room for an explanation before the scores "
+                f"(a constrained review): give the referee / judge at least {fixed + MIN_EXPLANATION_CHARS}"
+            )
         return f"{opening}{_TEXT}{{1,{room}}}{closing}"
 
     return regex
@@ -71,24 +74,42 @@ class Rubric:
     system: str = REFEREE_SYSTEM
 
     def messages(self, question: str, answer_1: str, answer_2: str) -> list[dict]:
-        user = self.template.format(**{self.question_slot: question}, answer_1=answer_1, answer_2=answer_2,
-                                    prompt=self.rules)
+        user = self.template.format(
+            **{self.question_slot: question}, answer_1=answer_1, answer_2=answer_2, prompt=self.rules
+        )
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
 _LION_CLOSING = rf"\nScore of the Assistant 1: {_SCORE}\nScore of the Assistant 2: {_SCORE}"
-_SCORES_FIRST = dict(template=FASTCHAT_TEMPLATE, parse=parse_scores_first, regex=lambda _: SCORES_FIRST_REGEX,
-                     scores_at=SCORES_FIRST_AT, schema=_schema(explanation_first=False))
+_SCORES_FIRST = dict(
+    template=FASTCHAT_TEMPLATE,
+    parse=parse_scores_first,
+    regex=lambda _: SCORES_FIRST_REGEX,
+    scores_at=SCORES_FIRST_AT,
+    schema=_schema(explanation_first=False),
+)
 RUBRICS = {
-    "lion": Rubric("lion", LION_REFEREE_TEMPLATE, LION_REFEREE_RULES, parse_scores_last,
-                   _explanation_then(_LION_CLOSING, opening="Evaluation evidence: "),
-                   re.compile(rf"Score of the Assistant 1: {_SCORE}\nScore of the Assistant 2: {_SCORE}\Z"),
-                   _schema(explanation_first=True), question_slot="instruction"),
+    "lion": Rubric(
+        "lion",
+        LION_REFEREE_TEMPLATE,
+        LION_REFEREE_RULES,
+        parse_scores_last,
+        _explanation_then(_LION_CLOSING, opening="Evaluation evidence: "),
+        re.compile(rf"Score of the Assistant 1: {_SCORE}\nScore of the Assistant 2: {_SCORE}\Z"),
+        _schema(explanation_first=True),
+        question_slot="instruction",
+    ),
     "general": Rubric("general", rules=FASTCHAT_RULES["general"], **_SCORES_FIRST),
     "coding": Rubric("coding", rules=FASTCHAT_RULES["coding"], **_SCORES_FIRST),
-    "math": Rubric("math", FASTCHAT_TEMPLATE, FASTCHAT_RULES["math"], parse_score_tuple,
-                   _explanation_then(rf"\n\({_SCORE}, {_SCORE}\)"), re.compile(rf"\({_SCORE}, {_SCORE}\)\Z"),
-                   _schema(explanation_first=True)),
+    "math": Rubric(
+        "math",
+        FASTCHAT_TEMPLATE,
+        FASTCHAT_RULES["math"],
+        parse_score_tuple,
+        _explanation_then(rf"\n\({_SCORE}, {_SCORE}\)"),
+        re.compile(rf"\({_SCORE}, {_SCORE}\)\Z"),
+        _schema(explanation_first=True),
+    ),
 }
 # FastChat's reviewer.jsonl: the reviewer of a question's category, else the general one.
 FASTCHAT_ROUTES = {"coding": "coding", "math": "math"}

@@ -8,6 +8,7 @@ budget). The batch callables `HFGenerator` and `OpenAIGenerator` import no Ray
 and run bare too; import them from their modules (lion_distill.llm.hf,
 lion_distill.llm.openai_client) where Ray is not installed.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -39,9 +40,13 @@ def check_structured_output(structured_output: dict | None, backend: str) -> Non
     if structured_output is None:
         return
     if len(structured_output) != 1 or next(iter(structured_output)) not in STRUCTURED_KINDS:
-        raise ValueError(f"structured_output: expected exactly one of {STRUCTURED_KINDS}, got {sorted(structured_output)}")
+        raise ValueError(
+            f"structured_output: expected exactly one of {STRUCTURED_KINDS}, got {sorted(structured_output)}"
+        )
     if backend == "hf":
-        raise ValueError("structured_output: the hf backend cannot constrain decoding; serve the role with vllm or openai")
+        raise ValueError(
+            "structured_output: the hf backend cannot constrain decoding; serve the role with vllm or openai"
+        )
 
 
 def generate(
@@ -93,7 +98,8 @@ def generate(
         # microseconds, a Ray task milliseconds: prompts are built a block at a time.
         batch = batch_rows(role)
         prompted = rows.repartition(target_num_rows_per_block=batch).map_batches(
-            attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch)
+            attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch
+        )
         if role.backend == "vllm":
             from lion_distill.llm import serving
             from lion_distill.llm.vllm_backend import run_vllm
@@ -102,15 +108,31 @@ def generate(
             engines = serving.active()
             if engines is not None and engines.shared:
                 # The job's long-lived engine for this model (started on first use).
-                out, rec.gpus = engines.run(role, prompted, role_name=role_name, chat=chat,
-                                            structured_output=structured_output, logprobs=logprobs, parts=parts)
+                out, rec.gpus = engines.run(
+                    role,
+                    prompted,
+                    role_name=role_name,
+                    chat=chat,
+                    structured_output=structured_output,
+                    logprobs=logprobs,
+                    parts=parts,
+                )
             else:
                 from lion_distill.config.models import ServingConfig
 
                 start_timeout_s = (engines.serving if engines is not None else ServingConfig()).ready_timeout_s
-                out, rec.gpus = run_vllm(role, prompted, chat=chat, keep=keep, role_name=role_name,
-                                         structured_output=structured_output, logprobs=logprobs, draw=draw,
-                                         start_timeout_s=start_timeout_s, parts=parts)
+                out, rec.gpus = run_vllm(
+                    role,
+                    prompted,
+                    chat=chat,
+                    keep=keep,
+                    role_name=role_name,
+                    structured_output=structured_output,
+                    logprobs=logprobs,
+                    draw=draw,
+                    start_timeout_s=start_timeout_s,
+                    parts=parts,
+                )
                 if engines is not None:
                     engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":
@@ -118,13 +140,24 @@ def generate(
 
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
             out = prompted.map_batches(
-                HFGenerator, fn_constructor_kwargs={"role": role, "role_name": role_name, "logprobs": logprobs},
-                batch_size=p.batch_size, compute=ray.data.ActorPoolStrategy(size=p.replicas),
-                num_gpus=gpus, num_cpus=0 if gpus else 1)
+                HFGenerator,
+                fn_constructor_kwargs={"role": role, "role_name": role_name, "logprobs": logprobs},
+                batch_size=p.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=p.replicas),
+                num_gpus=gpus,
+                num_cpus=0 if gpus else 1,
+            )
             rec.gpus = gpus * p.replicas
         else:
-            out = _openai(role, prompted, stage=stage, role_name=role_name, run_dir=run_dir,
-                          structured_output=structured_output, logprobs=logprobs)
+            out = _openai(
+                role,
+                prompted,
+                stage=stage,
+                role_name=role_name,
+                run_dir=run_dir,
+                structured_output=structured_output,
+                logprobs=logprobs,
+            )
         if parts is not None and role.backend != "vllm":  # the vllm backends write theirs as they materialize
             out = write_parts(out, parts)
         out = _account(out.materialize(), rec, api=role.backend == "openai")
@@ -152,22 +185,33 @@ def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured
     job = uuid.uuid4().hex if uri is None else run_job(uri, role_name)
     spent = 0.0 if run_dir is None else spent_by_role(run_dir).get(role_name, 0.0)
     kwargs = {
-        "role": role, "role_name": role_name, "api_key": resolve_api_key(role),
-        "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent), "run_dir_uri": uri, "job": job,
-        "structured_output": structured_output, "logprobs": logprobs, "stage": stage,
+        "role": role,
+        "role_name": role_name,
+        "api_key": resolve_api_key(role),
+        "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent),
+        "run_dir_uri": uri,
+        "job": job,
+        "structured_output": structured_output,
+        "logprobs": logprobs,
+        "stage": stage,
     }
     if run_dir is not None:
-        prompted = _join_cache(prompted, role, stage=stage, run_dir=run_dir, structured_output=structured_output,
-                               logprobs=logprobs)
+        prompted = _join_cache(
+            prompted, role, stage=stage, run_dir=run_dir, structured_output=structured_output, logprobs=logprobs
+        )
     # Several batches run at once on each actor's event loop (as Ray's own LLM processors
     # overlap batches): the semaphore refills a slot as soon as any request ends, instead of
     # the actor waiting at the end of every batch for its slowest request. Only that many
     # are handed to an actor, so a starting replica is not left idle while the first one
     # holds every batch.
-    compute = ray.data.ActorPoolStrategy(size=role.parallelism.replicas, max_tasks_in_flight_per_actor=OVERLAPPING_BATCHES,
-                                         max_concurrent_calls_per_actor=OVERLAPPING_BATCHES)
-    return prompted.map_batches(OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_rows(role),
-                                compute=compute, num_cpus=0.5)
+    compute = ray.data.ActorPoolStrategy(
+        size=role.parallelism.replicas,
+        max_tasks_in_flight_per_actor=OVERLAPPING_BATCHES,
+        max_concurrent_calls_per_actor=OVERLAPPING_BATCHES,
+    )
+    return prompted.map_batches(
+        OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_rows(role), compute=compute, num_cpus=0.5
+    )
 
 
 CACHE_DEDUPE_ONE_TASK_BYTES = 256 << 20  # a stage's cache parts deduplicated by one task up to this size
@@ -185,8 +229,11 @@ def _join_cache(prompted, role: RoleConfig, *, stage, run_dir: RunDir, structure
     from lion_distill.llm.cache import attach_cache_key, cache_parts, first_per_key, joinable
     from lion_distill.llm.responses import CACHE_KEY_COL
 
-    keyed = prompted.map_batches(attach_cache_key(role.model, role.sampling.model_dump(), structured_output, logprobs),
-                                 batch_format="pyarrow", batch_size=None)
+    keyed = prompted.map_batches(
+        attach_cache_key(role.model, role.sampling.model_dump(), structured_output, logprobs),
+        batch_format="pyarrow",
+        batch_size=None,
+    )
     parts = cache_parts(run_dir, stage)
     if not parts:
         return keyed
@@ -194,10 +241,14 @@ def _join_cache(prompted, role: RoleConfig, *, stage, run_dir: RunDir, structure
     if sum(p.size or 0 for p in parts) <= CACHE_DEDUPE_ONE_TASK_BYTES:
         cached = cached.repartition(1, shuffle=False).map_batches(joinable, batch_format="pyarrow", batch_size=None)
     else:
-        cached = (cached.groupby("key").map_groups(first_per_key, batch_format="pyarrow")
-                  .map_batches(joinable, batch_format="pyarrow", batch_size=None))
-    return keyed.join(cached, join_type="left_outer", num_partitions=max(2, 2 * role.parallelism.replicas),
-                      on=(CACHE_KEY_COL,))
+        cached = (
+            cached.groupby("key")
+            .map_groups(first_per_key, batch_format="pyarrow")
+            .map_batches(joinable, batch_format="pyarrow", batch_size=None)
+        )
+    return keyed.join(
+        cached, join_type="left_outer", num_partitions=max(2, 2 * role.parallelism.replicas), on=(CACHE_KEY_COL,)
+    )
 
 
 def _account(out: ray.data.MaterializedDataset, rec: StageRecord, *, api: bool) -> ray.data.MaterializedDataset:
@@ -210,7 +261,7 @@ def _account(out: ray.data.MaterializedDataset, rec: StageRecord, *, api: bool) 
     import ray
 
     blocks = out.to_arrow_refs()
-    chunks = [blocks[i:i + ACCOUNTING_BLOCKS] for i in range(0, len(blocks), ACCOUNTING_BLOCKS)]
+    chunks = [blocks[i : i + ACCOUNTING_BLOCKS] for i in range(0, len(blocks), ACCOUNTING_BLOCKS)]
     # A whole CPU: tasks with fractional or zero CPUs make Ray start new worker processes
     # (seconds) instead of reusing the ones Ray Data just used.
     if api:
@@ -235,9 +286,11 @@ def __getattr__(name: str):
     # Lazy: `lion_distill.llm.prompts` users should not pay for torch or openai imports.
     if name == "HFGenerator":
         from lion_distill.llm.hf import HFGenerator
+
         return HFGenerator
     if name == "OpenAIGenerator":
         from lion_distill.llm.openai_client import OpenAIGenerator
+
         return OpenAIGenerator
     raise AttributeError(name)
 

@@ -16,6 +16,7 @@ handed, and only writes. Two writers may have stored the same key (two rows aske
 same request at once, or a job killed between two answers): `first_per_key` keeps one
 row per key, so a join never multiplies a row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,13 +36,21 @@ from lion_distill.llm.responses import CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROM
 log = logging.getLogger("lion_distill.llm")
 CACHE_DIR = "llm_cache/responses"
 PART_SUFFIX = ".parquet"
-RESPONSE_SCHEMA = pa.schema([("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
-                             ("completion_tokens", pa.int64()), ("logprobs", pa.string())])
+RESPONSE_SCHEMA = pa.schema(
+    [
+        ("text", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("logprobs", pa.string()),
+    ]
+)
 CACHE_SCHEMA = pa.schema([("key", pa.string()), *RESPONSE_SCHEMA])
 
 
-def cache_key(model: str, prompt, sampling: dict, structured_output: dict | None, logprobs: int | None,
-              draw: str | None = None) -> str:
+def cache_key(
+    model: str, prompt, sampling: dict, structured_output: dict | None, logprobs: int | None, draw: str | None = None
+) -> str:
     """A request's key. `draw` (lion_distill.llm.generate's per-row draw identity) makes a
     sample asked for again a new request; without it the same prompt is the same
     request, so an answer already paid for is reused (and keys of older caches hold)."""
@@ -75,8 +84,14 @@ def cache_parts(run_dir: RunDir, stage: str) -> list[pafs.FileInfo]:
     """The stage's whole parts (a temp file of a writer killed mid-write is not one), sorted
     by path: one listing, no file opened."""
     selector = pafs.FileSelector(run_dir.path(stage_dir(stage)), allow_not_found=True)
-    return sorted((i for i in run_dir.fs.get_file_info(selector)
-                   if i.type == pafs.FileType.File and i.path.endswith(PART_SUFFIX)), key=lambda i: i.path)
+    return sorted(
+        (
+            i
+            for i in run_dir.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and i.path.endswith(PART_SUFFIX)
+        ),
+        key=lambda i: i.path,
+    )
 
 
 def first_per_key(table: pa.Table, key: str = "key") -> pa.Table:
@@ -90,16 +105,18 @@ def first_per_key(table: pa.Table, key: str = "key") -> pa.Table:
     return table.take(firsts.take(pc.sort_indices(firsts)))  # in the table's order
 
 
-def attach_cache_key(model: str, sampling: dict, structured_output: dict | None,
-                     logprobs: int | None):
+def attach_cache_key(model: str, sampling: dict, structured_output: dict | None, logprobs: int | None):
     """Batch mapper for Ray Data (pyarrow batches): adds CACHE_KEY_COL, each row's request key
     (its decoded prompt, the role's model and sampling, structured output, logprobs, its draw)."""
+
     def _attach(batch: pa.Table) -> pa.Table:
         prompts = batch[PROMPT_COL].to_pylist()
         draws = batch[DRAW_COL].to_pylist() if DRAW_COL in batch.column_names else [None] * len(prompts)
-        keys = [cache_key(model, decode_prompt(p), sampling, structured_output, logprobs, d)
-                for p, d in zip(prompts, draws)]
+        keys = [
+            cache_key(model, decode_prompt(p), sampling, structured_output, logprobs, d) for p, d in zip(prompts, draws)
+        ]
         return batch.append_column(CACHE_KEY_COL, pa.array(keys, pa.string()))
+
     return _attach
 
 
@@ -108,8 +125,12 @@ def joinable(parts: pa.Table) -> pa.Table:
     CACHED_COL: the response as JSON), names no caller's row can hold."""
     parts = first_per_key(parts)
     responses = parts.select(RESPONSE_SCHEMA.names).to_pylist()
-    return pa.table({CACHE_KEY_COL: parts["key"].cast(pa.string()),
-                     CACHED_COL: pa.array([json.dumps(r, ensure_ascii=False) for r in responses], pa.string())})
+    return pa.table(
+        {
+            CACHE_KEY_COL: parts["key"].cast(pa.string()),
+            CACHED_COL: pa.array([json.dumps(r, ensure_ascii=False) for r in responses], pa.string()),
+        }
+    )
 
 
 def cached_response(encoded: str | None) -> dict | None:
@@ -144,5 +165,7 @@ class CacheWriter:
 def read_cache(run_dir: RunDir, stage: str) -> pa.Table:
     """A stage's whole cache as one table, one row per key: for tests and tools, never for an
     actor (lion_distill.llm.generate joins the parts in Ray Data instead)."""
-    tables = [pq.read_table(info.path, filesystem=run_dir.fs, schema=CACHE_SCHEMA) for info in cache_parts(run_dir, stage)]
+    tables = [
+        pq.read_table(info.path, filesystem=run_dir.fs, schema=CACHE_SCHEMA) for info in cache_parts(run_dir, stage)
+    ]
     return first_per_key(pa.concat_tables(tables)) if tables else CACHE_SCHEMA.empty_table()

@@ -2,6 +2,7 @@
 key that tells which roles one engine can serve. Pure functions of the role's config, so the
 plan, the fit check and both vLLM backends (per-stage engines in Ray Data, long-lived ones in
 Ray Serve LLM) read one definition without importing Ray or vLLM."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,9 @@ def engine_ask(role: RoleConfig, gpu: bool) -> str:
     """What a role's engines ask Ray for, as a deadline's line says it."""
     placement = engine_placement(role, gpu, cpus_per_rank=0)
     one_node = ", STRICT_PACK (one node)" if placement.get("strategy") == "STRICT_PACK" else ""
-    return f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}{one_node}"
+    return (
+        f"{role.parallelism.replicas} replica(s) of {len(placement['bundles'])} x {placement['bundles'][0]}{one_node}"
+    )
 
 
 def serve_engine_kwargs(role: RoleConfig, gpu: bool) -> dict:

@@ -13,6 +13,7 @@ Serve's status as soon as the first replica fails. A cause that a retry cannot f
 argument vLLM refuses, a model that is not there, memory the node does not have) ends the wait at
 once; other causes (a process killed while it loaded) leave Serve to try again.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,12 +26,29 @@ POLL_S = 1.0
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*(EngineRootCause|[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
 _PROCESS_PREFIX = re.compile(r"^\([^)]*\)\s*")  # vLLM marks its processes' lines: "(EngineCore_DP0 pid=7) "
 # Exception types and messages that say the engine cannot start with this config, on this node.
-_PERMANENT_TYPES = {"TypeError", "ValueError", "KeyError", "AttributeError", "NotImplementedError", "ImportError",
-                    "ModuleNotFoundError", "FileNotFoundError", "OSError", "ValidationError", "HFValidationError",
-                    "RepositoryNotFoundError", "GatedRepoError", "LocalEntryNotFoundError", "OutOfMemoryError"}
-_PERMANENT_TEXT = re.compile(r"out of memory|available memory|not enough memory|no such file|does not exist|"
-                             r"not a valid model|unexpected keyword argument|unrecognized arguments|"
-                             r"validation error|engine config", re.I)
+_PERMANENT_TYPES = {
+    "TypeError",
+    "ValueError",
+    "KeyError",
+    "AttributeError",
+    "NotImplementedError",
+    "ImportError",
+    "ModuleNotFoundError",
+    "FileNotFoundError",
+    "OSError",
+    "ValidationError",
+    "HFValidationError",
+    "RepositoryNotFoundError",
+    "GatedRepoError",
+    "LocalEntryNotFoundError",
+    "OutOfMemoryError",
+}
+_PERMANENT_TEXT = re.compile(
+    r"out of memory|available memory|not enough memory|no such file|does not exist|"
+    r"not a valid model|unexpected keyword argument|unrecognized arguments|"
+    r"validation error|engine config",
+    re.I,
+)
 
 
 class EngineRootCause(RuntimeError):
@@ -115,8 +133,10 @@ def waiting_for_resources(app: str | None = None) -> bool:
     with `app` None, any (the groups Ray Data's vLLM stage makes for its engines have no name)?"""
     from ray.util import placement_group_table
 
-    return any((app is None or f"::{app}#" in (group.get("name") or "")) and group.get("state") == "PENDING"
-               for group in placement_group_table().values())
+    return any(
+        (app is None or f"::{app}#" in (group.get("name") or "")) and group.get("state") == "PENDING"
+        for group in placement_group_table().values()
+    )
 
 
 def gpus_pending() -> bool:

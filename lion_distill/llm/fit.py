@@ -14,6 +14,7 @@ has now, or what its autoscaler may grow to where Ray reports a maximum.
 A wait that passes its deadline (an engine's start, Ray Train's workers) ends the stage with a
 `WaitedTooLong`: the role, what it asked for and what the cluster had; the run stays resumable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,8 +67,9 @@ def cluster_gpus() -> ClusterGpus:
     if limits.get("GPU"):
         autoscaler = float(limits["GPU"])
         per_node = max([per_node, *(g.resources.get("GPU", 0) for g in config.node_group_configs)])
-    return ClusterGpus(ray.cluster_resources().get("GPU", 0), ray.available_resources().get("GPU", 0),
-                       per_node, autoscaler)
+    return ClusterGpus(
+        ray.cluster_resources().get("GPU", 0), ray.available_resources().get("GPU", 0), per_node, autoscaler
+    )
 
 
 def engine_gpus(role: RoleConfig) -> int:
@@ -79,8 +81,13 @@ def _engine(names: list[str], role: RoleConfig) -> str:
     return f"{'+'.join(names)} {p.replicas} x TP {p.tensor_parallel_size} = {engine_gpus(role)}"
 
 
-def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train_gpus: float,
-             during_training: str, mode: str = "shared") -> dict:
+def gpu_plan(
+    roles: dict[str, RoleConfig],
+    per_iteration: tuple[str, ...],
+    train_gpus: float,
+    during_training: str,
+    mode: str = "shared",
+) -> dict:
     """The GPUs the job's engines and training hold at once (`peak_gpus`), and each engine
     (`engines`: "roles replicas x TP = GPUs"). An `hf` role holds a GPU per replica while its
     stage runs (lion_distill.llm.generate), beside the shared engines that are up then."""
@@ -94,39 +101,63 @@ def gpu_plan(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], train
     student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
     if mode == "shared":
         frozen = sum(engine_gpus(r) for r in frozen_roles.values())
-        serving, training = frozen + student + max(hf.values(), default=0), \
-            train_gpus + (frozen if during_training == "keep" else 0)
+        serving, training = (
+            frozen + student + max(hf.values(), default=0),
+            train_gpus + (frozen if during_training == "keep" else 0),
+        )
     else:  # a stage starts and stops its own engines: one at a time
         frozen = max([*(engine_gpus(r) for r in vllm.values()), *hf.values()], default=0)
         serving, training = frozen, train_gpus
     engines = [_engine(names, frozen_roles[key]) for key, names in groups.items()]
     engines += [_engine([name], r) for name, r in vllm.items() if name in per_iteration]
     engines += [f"{name} {replicas} x hf = {replicas}" for name, replicas in hf.items()]
-    return {"frozen_engine_gpus": frozen, "student_engine_gpus": student, "train_gpus": train_gpus,
-            "peak_gpus": max(serving, training), "serving_gpus": serving, "training_gpus": training,
-            "engines": engines}
+    return {
+        "frozen_engine_gpus": frozen,
+        "student_engine_gpus": student,
+        "train_gpus": train_gpus,
+        "peak_gpus": max(serving, training),
+        "serving_gpus": serving,
+        "training_gpus": training,
+        "engines": engines,
+    }
 
 
-def fit_problem(roles: dict[str, RoleConfig], per_iteration: tuple[str, ...], *, train_workers: int,
-                gpus_per_worker: float, cluster: ClusterGpus, during_training: str, mode: str = "shared") -> str | None:
+def fit_problem(
+    roles: dict[str, RoleConfig],
+    per_iteration: tuple[str, ...],
+    *,
+    train_workers: int,
+    gpus_per_worker: float,
+    cluster: ClusterGpus,
+    during_training: str,
+    mode: str = "shared",
+) -> str | None:
     """None when the plan fits; else one line: each engine and training with what they ask,
     what the cluster has, and the setting that would make it fit."""
     train_gpus = train_workers * gpus_per_worker
     plan = gpu_plan(roles, per_iteration, train_gpus, during_training, mode)
     if not cluster.ceiling:
         return None  # engines run on CPU; training's GPUs are lion_distill.preflight.cluster_problems' to check
-    too_wide = [f"{name}: TP {r.parallelism.tensor_parallel_size} needs {r.parallelism.tensor_parallel_size} GPUs on "
-                f"one node" for name, r in roles.items()
-                if r.backend == "vllm" and r.parallelism.tensor_parallel_size > cluster.per_node]
+    too_wide = [
+        f"{name}: TP {r.parallelism.tensor_parallel_size} needs {r.parallelism.tensor_parallel_size} GPUs on one node"
+        for name, r in roles.items()
+        if r.backend == "vllm" and r.parallelism.tensor_parallel_size > cluster.per_node
+    ]
     if plan["peak_gpus"] <= cluster.ceiling and not too_wide:
         return None
     asks = "; ".join([*plan["engines"], f"training {train_workers} workers x {gpus_per_worker:g} GPU = {train_gpus:g}"])
     if too_wide:
         hint = "lower tensor_parallel_size or use nodes with more GPUs"
-    elif mode == "shared" and during_training == "keep" and plan["serving_gpus"] <= cluster.ceiling \
-            and train_gpus <= cluster.ceiling:
+    elif (
+        mode == "shared"
+        and during_training == "keep"
+        and plan["serving_gpus"] <= cluster.ceiling
+        and train_gpus <= cluster.ceiling
+    ):
         hint = "set serving.during_training: release (engines stop while the student trains)"
     else:
         hint = "use fewer replicas or training workers, or more GPUs"
-    return (f"the plan holds {plan['peak_gpus']:g} GPUs at once (serving: {mode}, during_training: {during_training}): "
-            f"{asks}{'; ' + '; '.join(too_wide) if too_wide else ''}; but {cluster.describe()}: {hint}")
+    return (
+        f"the plan holds {plan['peak_gpus']:g} GPUs at once (serving: {mode}, during_training: {during_training}): "
+        f"{asks}{'; ' + '; '.join(too_wide) if too_wide else ''}; but {cluster.describe()}: {hint}"
+    )

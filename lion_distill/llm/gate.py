@@ -8,6 +8,7 @@ Actors do not call the gate per request: each leases permits in blocks and
 spends them locally (lion_distill.llm.ratelimit.LeasedGate), so a request costs no
 actor round trip; a lease costs one about every second per actor.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,9 +67,13 @@ def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None,
     caller's node, the driver's (lion_distill.driver_node), never on a worker that may go away.
     With `job`, the job's budget (`endpoint.budget_usd`) starts from `spent_usd` or what the
     gate already counted for it, whichever is more."""
-    handle = GateActor.options(name=gate_name(endpoint, model), namespace=NAMESPACE, get_if_exists=True,
-                               lifetime="detached", **on_driver_node()).remote(
-        endpoint.requests_per_minute, endpoint.tokens_per_minute)
+    handle = GateActor.options(
+        name=gate_name(endpoint, model),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        **on_driver_node(),
+    ).remote(endpoint.requests_per_minute, endpoint.tokens_per_minute)
     if job is not None:
         ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd))
     return LeasedGate(RayGate(handle))

@@ -6,6 +6,7 @@ benchmark can call it bare. Causal models pad on the left (generation continues
 from the right edge); seq2seq models (config.is_encoder_decoder) encode the
 prompt and decode from the start token. bf16 on GPU, float32 on CPU for "auto".
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,9 @@ class HFGenerator:
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
         self.model = cls.from_pretrained(model, dtype=resolve_dtype(role.dtype, self.device.type == "cuda"))
         self.model.to(self.device).eval()
-        limit = role.max_model_len or getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        limit = (
+            role.max_model_len or getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        )
         # A causal prompt shares the context with its answer; an encoder has its own.
         self.max_prompt_tokens = limit if self.seq2seq else max(1, limit - role.sampling.max_tokens)
         if role.sampling.seed is not None:
@@ -64,7 +67,7 @@ class HFGenerator:
                 ids = tok("\n\n".join(m["content"] for m in prompt))["input_ids"]
         else:
             ids = tok(prompt)["input_ids"]
-        return ids[-self.max_prompt_tokens:] if not self.seq2seq else ids[: self.max_prompt_tokens]
+        return ids[-self.max_prompt_tokens :] if not self.seq2seq else ids[: self.max_prompt_tokens]
 
     def __call__(self, batch: dict) -> dict:
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
@@ -84,22 +87,33 @@ class HFGenerator:
         enc = tok.pad({"input_ids": encoded}, return_tensors="pt").to(self.device)
         sample = s.temperature > 0
         out = self.model.generate(
-            **enc, max_new_tokens=s.max_tokens, do_sample=sample, temperature=s.temperature if sample else None,
-            top_p=s.top_p if sample else None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            output_scores=self.logprobs is not None, return_dict_in_generate=True,
+            **enc,
+            max_new_tokens=s.max_tokens,
+            do_sample=sample,
+            temperature=s.temperature if sample else None,
+            top_p=s.top_p if sample else None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_scores=self.logprobs is not None,
+            return_dict_in_generate=True,
         )
         # Causal outputs repeat the (padded) prompt; seq2seq outputs start with the decoder start token.
-        new = out.sequences[:, 1:] if self.seq2seq else out.sequences[:, enc["input_ids"].shape[1]:]
+        new = out.sequences[:, 1:] if self.seq2seq else out.sequences[:, enc["input_ids"].shape[1] :]
         steps = self._top_logprobs(out.scores) if self.logprobs is not None else None
         rows = []
         for i, ids in enumerate(new.tolist()):
             n, stopped = len(ids), False
             if tok.eos_token_id in ids:
                 n, stopped = ids.index(tok.eos_token_id) + 1, True
-            rows.append(response_row(
-                tok.decode(ids[:n], skip_special_tokens=True), "stop" if stopped else "length",
-                int(enc["attention_mask"][i].sum()), n, top_logprobs_json(steps[i][:n]) if steps else None,
-            ))
+            rows.append(
+                response_row(
+                    tok.decode(ids[:n], skip_special_tokens=True),
+                    "stop" if stopped else "length",
+                    int(enc["attention_mask"][i].sum()),
+                    n,
+                    top_logprobs_json(steps[i][:n]) if steps else None,
+                )
+            )
         return rows
 
     def _top_logprobs(self, scores: tuple) -> list[list[dict[str, float]]]:

@@ -43,6 +43,7 @@ The API key: read from the variable `openai.api_key_env` names, wrapped in
 endpoint (a local vLLM server has no auth) may run without it: the client then
 sends the placeholder "EMPTY". A remote endpoint without the variable is refused.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -92,7 +93,9 @@ def _remapped(exc: BaseException):
         return None
     if isinstance(exc, httpx2.ReadError) and isinstance(cause, aiohttp.ClientPayloadError):
         return httpx2.RemoteProtocolError(str(cause))
-    if not isinstance(exc, httpx2.ConnectTimeout) or isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+    if not isinstance(exc, httpx2.ConnectTimeout) or isinstance(
+        cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)
+    ):
         return None
     if isinstance(cause, aiohttp.ClientConnectorError):
         return httpx2.ConnectError(str(cause))
@@ -136,12 +139,18 @@ def _http_client(event_hooks: dict, max_connections: int):
                 if better is None:
                     raise
                 raise better from exc.__cause__
-            return httpx2.Response(status_code=response.status_code, headers=response.headers,
-                                   stream=_Stream(response.stream), request=request, extensions=response.extensions)
+            return httpx2.Response(
+                status_code=response.status_code,
+                headers=response.headers,
+                stream=_Stream(response.stream),
+                request=request,
+                extensions=response.extensions,
+            )
 
-    limits = httpx2.Limits(max_connections=max(DEFAULT_CONNECTION_LIMITS.max_connections, max_connections),
-                           max_keepalive_connections=max(DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
-                                                         max_connections))
+    limits = httpx2.Limits(
+        max_connections=max(DEFAULT_CONNECTION_LIMITS.max_connections, max_connections),
+        max_keepalive_connections=max(DEFAULT_CONNECTION_LIMITS.max_keepalive_connections, max_connections),
+    )
     return openai.DefaultAioHttpClient(event_hooks=event_hooks, transport=_AiohttpTransport(limits=limits))
 
 
@@ -150,13 +159,16 @@ def _progress_bar(total: int, desc: str):
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         from ray.experimental.tqdm_ray import tqdm
+
         return tqdm(total=total, desc=desc, unit="req")
     from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit="req", mininterval=1.0)
 
 
 class Secret:
     """A value that never prints: repr/str are masked, so logs and tracebacks stay clean."""
+
     __slots__ = ("_value",)
 
     def __init__(self, value: str):
@@ -179,8 +191,10 @@ def resolve_api_key(role: RoleConfig, env=os.environ) -> Secret:
     host = urlparse(endpoint.base_url or "https://api.openai.com").hostname
     if host in LOOPBACK:
         return Secret("EMPTY")
-    raise ValueError(f"openai.api_key_env: environment variable {endpoint.api_key_env!r} is not set "
-                     f"(needed for {endpoint.base_url or 'api.openai.com'})")
+    raise ValueError(
+        f"openai.api_key_env: environment variable {endpoint.api_key_env!r} is not set "
+        f"(needed for {endpoint.base_url or 'api.openai.com'})"
+    )
 
 
 class LocalGate:
@@ -202,13 +216,19 @@ class LocalGate:
         pass
 
 
-def request_body(role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None,
-                 draw: str | None = None) -> dict:
+def request_body(
+    role: RoleConfig, prompt, structured_output: dict | None, logprobs: int | None, draw: str | None = None
+) -> dict:
     """The JSON body for one prompt: chat for messages, completions for a raw string;
     a drawn request (lion_distill.llm.generate's `draw`) sends its own seed."""
     s = role.sampling
-    body: dict = {**s.extra, "model": role.model, "temperature": s.temperature, "top_p": s.top_p,
-                  "max_tokens": s.max_tokens}
+    body: dict = {
+        **s.extra,
+        "model": role.model,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens,
+    }
     if s.seed is not None:
         body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
@@ -217,8 +237,10 @@ def request_body(role: RoleConfig, prompt, structured_output: dict | None, logpr
         body.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
     if structured_output:
         if chat and "json" in structured_output:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": structured_output["json"]}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": structured_output["json"]},
+            }
         else:  # vLLM's structured outputs (regex, choice, json on completions)
             body["structured_outputs"] = structured_output
     return body
@@ -231,8 +253,10 @@ def parse_completion(resp, chat: bool) -> dict:
         text = choice["message"]["content"] if chat else choice["text"]
         logprobs = choice.get("logprobs") or {}
         if chat and logprobs.get("content") is not None:
-            steps = [{**{t["token"]: t["logprob"] for t in c.get("top_logprobs") or ()}, c["token"]: c["logprob"]}
-                     for c in logprobs["content"]]
+            steps = [
+                {**{t["token"]: t["logprob"] for t in c.get("top_logprobs") or ()}, c["token"]: c["logprob"]}
+                for c in logprobs["content"]
+            ]
         elif not chat and logprobs.get("top_logprobs") is not None:
             steps = [dict(d or {}) for d in logprobs["top_logprobs"]]
         else:
@@ -243,8 +267,9 @@ def parse_completion(resp, chat: bool) -> dict:
         return failed_row(f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
     if not isinstance(text, str):
         return failed_row("response without text")
-    return response_row(text, choice.get("finish_reason") or "stop", prompt_tokens, completion_tokens,
-                        top_logprobs_json(steps))
+    return response_row(
+        text, choice.get("finish_reason") or "stop", prompt_tokens, completion_tokens, top_logprobs_json(steps)
+    )
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -258,8 +283,19 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class OpenAIGenerator:
-    def __init__(self, role: RoleConfig, *, role_name: str, api_key: Secret, gate=None, run_dir_uri: str | None = None,
-                 job: str = "", structured_output: dict | None = None, logprobs: int | None = None, stage: str = ""):
+    def __init__(
+        self,
+        role: RoleConfig,
+        *,
+        role_name: str,
+        api_key: Secret,
+        gate=None,
+        run_dir_uri: str | None = None,
+        job: str = "",
+        structured_output: dict | None = None,
+        logprobs: int | None = None,
+        stage: str = "",
+    ):
         self.role, self.endpoint, self.role_name = role, role.openai, role_name
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
@@ -268,12 +304,18 @@ class OpenAIGenerator:
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
         self._in_flight = asyncio.Semaphore(self.endpoint.max_concurrent_requests)
-        http = _http_client({"request": [self._on_request], "response": [self._on_response]},
-                            self.endpoint.max_concurrent_requests)
+        http = _http_client(
+            {"request": [self._on_request], "response": [self._on_response]}, self.endpoint.max_concurrent_requests
+        )
         self._bar, self._done, self._open_batches = None, 0, 0
         self._sampling = role.sampling.model_dump()  # part of every cache key
-        self.client = openai.AsyncOpenAI(api_key=api_key.reveal(), base_url=self.endpoint.base_url, http_client=http,
-                                         max_retries=self.endpoint.max_retries, timeout=self.endpoint.timeout_s)
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key.reveal(),
+            base_url=self.endpoint.base_url,
+            http_client=http,
+            max_retries=self.endpoint.max_retries,
+            timeout=self.endpoint.timeout_s,
+        )
 
     async def _on_request(self, request) -> None:
         rid = request.headers.get(REQUEST_ID_HEADER)
@@ -290,7 +332,9 @@ class OpenAIGenerator:
         lion_distill.llm.generate), so one slow request never leaves the others' slots idle."""
         prompts = [decode_prompt(p) for p in batch[PROMPT_COL]]
         n = len(prompts)
-        draws, keys, cached = (list(batch[c]) if c in batch else [None] * n for c in (DRAW_COL, CACHE_KEY_COL, CACHED_COL))
+        draws, keys, cached = (
+            list(batch[c]) if c in batch else [None] * n for c in (DRAW_COL, CACHE_KEY_COL, CACHED_COL)
+        )
         self._batch_opened(n)
         try:
             responses = await asyncio.gather(*(self._answer(*row) for row in zip(prompts, draws, keys, cached)))
@@ -348,17 +392,28 @@ class OpenAIGenerator:
         chat = isinstance(prompt, list)
         body = request_body(self.role, prompt, self.structured_output, self.logprobs, draw)
         try:
-            row = parse_completion(await self.client.post(
-                "/chat/completions" if chat else "/completions", body=body, cast_to=dict,
-                options={"headers": {REQUEST_ID_HEADER: rid}}), chat)
+            row = parse_completion(
+                await self.client.post(
+                    "/chat/completions" if chat else "/completions",
+                    body=body,
+                    cast_to=dict,
+                    options={"headers": {REQUEST_ID_HEADER: rid}},
+                ),
+                chat,
+            )
         except Exception as exc:  # every failure becomes a counted, reasoned row
             row = failed_row(failure_reason(exc))
         attempts = self.attempts.pop(rid, 1)
         cost = cost_usd(self.endpoint, row["prompt_tokens"], row["completion_tokens"])
         await self.gate.settle(self.job, tokens_est, row["prompt_tokens"] + row["completion_tokens"], cost_est, cost)
         if self.spend is not None:
-            self.spend.add(retries=max(0, attempts - 1), failed=row["text"] is None, prompt_tokens=row["prompt_tokens"],
-                           completion_tokens=row["completion_tokens"], cost_usd=cost)
+            self.spend.add(
+                retries=max(0, attempts - 1),
+                failed=row["text"] is None,
+                prompt_tokens=row["prompt_tokens"],
+                completion_tokens=row["completion_tokens"],
+                cost_usd=cost,
+            )
         if row["text"] is not None and self.cache is not None:
             if key is None:  # run bare, without generate's key column
                 key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)

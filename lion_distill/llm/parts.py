@@ -12,6 +12,7 @@ only the rows whose id is not among them. Every backend writes parts: for vLLM a
 transformers they are the only record of a finished block; an API role's response cache
 also keeps single answers of unfinished blocks.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -38,7 +39,9 @@ class Parts:
     def __call__(self, block: pa.Table) -> pa.Table:
         """A Ray Data batch mapper (pyarrow, whole blocks): write the block's final rows, pass the
         block on unchanged. Internal columns (`_`-prefixed: API accounting, retry flags) stay out."""
-        final = block.filter(pc.invert(pc.fill_null(block[NOT_FINAL], True))) if NOT_FINAL in block.column_names else block
+        final = (
+            block.filter(pc.invert(pc.fill_null(block[NOT_FINAL], True))) if NOT_FINAL in block.column_names else block
+        )
         if final.num_rows:
             keep = [name for name in final.column_names if not name.startswith("_")]
             RunDir(self.uri).write_table(f"part-{uuid.uuid4().hex}{PART_SUFFIX}", final.select(keep))

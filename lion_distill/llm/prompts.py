@@ -6,6 +6,7 @@ generation time, so both sides call `alpaca_prompt`; a conversation (a system pr
 turns) goes through the student's chat template instead (`student_prompt`). Teacher, referee and
 generator get chat messages, rendered with the model's own chat template (or sent as-is to an API).
 """
+
 from __future__ import annotations
 
 from lion_distill.data.conversations import is_conversation
@@ -34,7 +35,9 @@ def instruction_messages(row: dict) -> list[dict]:
     conversation (lion_distill.data.conversations), then the instruction (with its input)."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     history = [{"role": t["role"], "content": t["content"]} for t in history_turns(row.get("history"))]
-    return system + history + [{"role": "user", "content": instruction_text(row["instruction"], row.get("input") or "")}]
+    return (
+        system + history + [{"role": "user", "content": instruction_text(row["instruction"], row.get("input") or "")}]
+    )
 
 
 def student_prompt(row: dict) -> list[dict] | str:

@@ -18,6 +18,7 @@ nothing remains) is applied locally at once, sent to the gate at once, and
 reaches the other actors with their next lease. `LeasedGate` is the async
 wrapper an actor uses (one lease in flight at a time).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,6 +85,7 @@ def parse_duration_s(value: str | None) -> float | None:
 @dataclass
 class ServerHints:
     """What a response's headers say about the limits (all optional)."""
+
     retry_after_s: float | None = None
     remaining_requests: float | None = None
     reset_requests_s: float | None = None
@@ -97,6 +99,7 @@ class ServerHints:
                 return float(headers.get(name))
             except (TypeError, ValueError):
                 return None
+
         hints = cls(
             retry_after_s=num("retry-after"),
             remaining_requests=num("x-ratelimit-remaining-requests"),
@@ -145,6 +148,7 @@ MIN_BLOCK = 4  # requests in a first lease
 @dataclass
 class Report:
     """What a lease holder sends back: permits unused, and spend since its last report."""
+
     requests: float = 0.0
     tokens: float = 0.0
     usd_returned: float = 0.0  # of the budget slice, not spent (may be negative: spent above estimates)
@@ -183,8 +187,9 @@ class Admission:
             return REFUSED
         return max(self.blocked_until - now, self.requests.reserve(1, now), self.tokens.reserve(tokens, now), 0.0)
 
-    def settle(self, job: str, tokens_estimate: int, tokens_used: int, cost_estimate_usd: float,
-               cost_usd: float, now: float) -> None:
+    def settle(
+        self, job: str, tokens_estimate: int, tokens_used: int, cost_estimate_usd: float, cost_usd: float, now: float
+    ) -> None:
         """After a response: unused tokens back to the bucket, tokens used beyond the estimate
         (a prompt denser than ~3 characters a token, as in CJK text) taken from it, the
         estimate replaced by the cost."""
@@ -204,9 +209,19 @@ class Admission:
                 self.blocked_until = max(self.blocked_until, now + reset)
             bucket.clamp(remaining, now)
 
-    def lease(self, job: str, need_requests: float, need_tokens: float, need_usd: float,
-              want_requests: float, want_tokens: float, want_usd: float, budget_usd: float | None,
-              now: float, report: Report | None = None) -> Grant:
+    def lease(
+        self,
+        job: str,
+        need_requests: float,
+        need_tokens: float,
+        need_usd: float,
+        want_requests: float,
+        want_tokens: float,
+        want_usd: float,
+        budget_usd: float | None,
+        now: float,
+        report: Report | None = None,
+    ) -> Grant:
         """A block of permits: at least the `need_*` (what the asking request lacks), up to
         `want_*`, requests and tokens capped at LEASE_S of the endpoint's rate."""
         budget = self.budgets.setdefault(job, Budget(budget_usd))
@@ -218,7 +233,9 @@ class Admission:
             return Grant(pause_s=pause, refused=True)
         r = max(need_requests, min(want_requests, max(1.0, self.requests.rate_per_s * LEASE_S)))
         t = max(need_tokens, min(want_tokens, max(1.0, self.tokens.rate_per_s * LEASE_S)))
-        wait = max(pause, self.requests.reserve(r, now) if r > 0 else 0.0, self.tokens.reserve(t, now) if t > 0 else 0.0)
+        wait = max(
+            pause, self.requests.reserve(r, now) if r > 0 else 0.0, self.tokens.reserve(t, now) if t > 0 else 0.0
+        )
         return Grant(r, t, slice_usd, wait, pause)
 
     def release(self, job: str, report: Report, now: float) -> None:
@@ -302,8 +319,10 @@ class LocalPermits:
         if hints.retry_after_s is not None:
             self.paused_until = max(self.paused_until, now + hints.retry_after_s)
             urgent = True
-        for remaining, reset, attr in ((hints.remaining_requests, hints.reset_requests_s, "requests"),
-                                       (hints.remaining_tokens, hints.reset_tokens_s, "tokens")):
+        for remaining, reset, attr in (
+            (hints.remaining_requests, hints.reset_requests_s, "requests"),
+            (hints.remaining_tokens, hints.reset_tokens_s, "tokens"),
+        ):
             if remaining is None:
                 continue
             if remaining <= 0 and reset:
@@ -355,8 +374,12 @@ class LeasedGate:
             async with self._lock:
                 if self.local.covers(tokens, cost_estimate) or self.local.refused:
                     continue  # another request's lease covered this one too
-                grant = await self.remote.lease(job, self.local.ask(tokens, cost_estimate, time.monotonic()),
-                                                budget, self.local.report(everything=False))
+                grant = await self.remote.lease(
+                    job,
+                    self.local.ask(tokens, cost_estimate, time.monotonic()),
+                    budget,
+                    self.local.report(everything=False),
+                )
                 self.local.apply(grant, time.monotonic())
 
     async def settle(self, job, tokens_estimate, tokens_used, cost_estimate, cost):

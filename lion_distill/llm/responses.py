@@ -9,6 +9,7 @@ The `logprobs` column is a JSON string per row: a list with one entry per
 generated token, each a `{token_text: logprob}` map of the top-k candidates at
 that position (the sampled token included). `None` when not asked for or failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,12 @@ def encode_prompt(prompt: Any, row_id: Any = None) -> str:
     """A to_prompt result -> the JSON string carried in PROMPT_COL; a bad one is named."""
     if isinstance(prompt, str):
         return json.dumps(prompt)
-    if isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+        )
     ):
         return json.dumps([{"role": m["role"], "content": m["content"]} for m in prompt])
     raise ValueError(
@@ -73,9 +78,12 @@ def attach_prompt(to_prompt: Callable[[dict], Any], draw: str | None = None) -> 
     """Batch mapper for Ray Data (pyarrow batches): adds PROMPT_COL (and DRAW_COL when
     `draw` is given) and leaves every other column as it was; a row without `id` is
     refused clearly."""
+
     def _encoded(row: dict) -> str:
         if row.get("id") is None:
-            raise ValueError(f"every row needs an `id` column (callers join responses on it); got columns {sorted(row)}")
+            raise ValueError(
+                f"every row needs an `id` column (callers join responses on it); got columns {sorted(row)}"
+            )
         try:
             prompt = to_prompt(row)
         except Exception as exc:  # a caller's bug: say which row, keep the cause
@@ -88,11 +96,13 @@ def attach_prompt(to_prompt: Callable[[dict], Any], draw: str | None = None) -> 
         if draw is None:
             return batch
         return batch.append_column(DRAW_COL, pa.array([f"{draw}/{r['id']}" for r in rows], pa.string()))
+
     return _attach
 
 
-def finish_reason_from_counts(completion_tokens: int, max_tokens: int, prompt_tokens: int = 0,
-                              max_model_len: int | None = None) -> str:
+def finish_reason_from_counts(
+    completion_tokens: int, max_tokens: int, prompt_tokens: int = 0, max_model_len: int | None = None
+) -> str:
     """vLLM stops for exactly two reasons here: the end token (or a stop string) or a
     length cap, `max_tokens` or the context `max_model_len` (prompt + answer); Ray's
     processor reports counts, not the reason, so derive it."""
@@ -104,10 +114,20 @@ def top_logprobs_json(steps: list[dict[str, float]] | None) -> str | None:
     return None if steps is None else json.dumps(steps, ensure_ascii=False)
 
 
-def response_row(text: str | None, finish_reason: str, prompt_tokens: int = 0, completion_tokens: int = 0,
-                 logprobs: str | None = None) -> dict:
-    return {"text": text, "finish_reason": finish_reason, "prompt_tokens": int(prompt_tokens),
-            "completion_tokens": int(completion_tokens), "logprobs": logprobs}
+def response_row(
+    text: str | None,
+    finish_reason: str,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    logprobs: str | None = None,
+) -> dict:
+    return {
+        "text": text,
+        "finish_reason": finish_reason,
+        "prompt_tokens": int(prompt_tokens),
+        "completion_tokens": int(completion_tokens),
+        "logprobs": logprobs,
+    }
 
 
 def failed_row(reason: str) -> dict:
@@ -134,8 +154,10 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
 
 def accounting_columns(*blocks: pa.Table) -> pa.Table:
     """The columns of finished blocks that a StageRecord sums, as one table."""
-    return pa.concat_tables([b.select(list(RESPONSE_STATS) + [c for c in API_COLS if c in b.column_names]) for b in blocks],
-                            promote_options="default")
+    return pa.concat_tables(
+        [b.select(list(RESPONSE_STATS) + [c for c in API_COLS if c in b.column_names]) for b in blocks],
+        promote_options="default",
+    )
 
 
 def split_accounting(*blocks: pa.Table) -> tuple[pa.Table, ...]:
@@ -151,7 +173,9 @@ def fill_record(rec: StageRecord, table: pa.Table) -> None:
     rec.prompt_tokens = int(pc.sum(table["prompt_tokens"]).as_py() or 0)
     rec.completion_tokens = int(pc.sum(table["completion_tokens"]).as_py() or 0)
     reasons = table["finish_reason"]
-    rec.failed_rows = int(pc.sum(pc.or_(pc.is_null(reasons), failed_mask(reasons))).as_py() or 0)  # a stage's row has a reason
+    rec.failed_rows = int(
+        pc.sum(pc.or_(pc.is_null(reasons), failed_mask(reasons))).as_py() or 0
+    )  # a stage's row has a reason
     if "_api_requests" in table.column_names:
         rec.api_requests = int(pc.sum(table["_api_requests"]).as_py() or 0)
         rec.api_retries = int(pc.sum(table["_api_retries"]).as_py() or 0)

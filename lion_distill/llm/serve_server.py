@@ -14,6 +14,7 @@ them), so the replica reads what was written there while the engine started.
 A model in an object store (a student exported into an `s3://` run directory) is loaded from
 the replica's node's copy (lion_distill.data.remote), not by Ray's own bucket download, which knows
 only some schemes and none of a pyarrow URI's options."""
+
 import asyncio
 import os
 

@@ -22,6 +22,7 @@ process): the job's status decides, never a failed call; and a job entering a bl
 the same run first deletes what a dead job of that run left. Applications are named
 `lion-<run hash>-<engine hash>`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -92,9 +93,19 @@ class JobEngines:
         from lion_distill.llm.serve_backend import run_serve
 
         engine = self.engine_for(role, role_name)
-        out = run_serve(engine, role, prompted, chat=chat, role_name=role_name, structured_output=structured_output,
-                        logprobs=logprobs, gpu=self.gpu, retries=self.serving.retries,
-                        ready_timeout_s=self.serving.ready_timeout_s, parts=parts)
+        out = run_serve(
+            engine,
+            role,
+            prompted,
+            chat=chat,
+            role_name=role_name,
+            structured_output=structured_output,
+            logprobs=logprobs,
+            gpu=self.gpu,
+            retries=self.serving.retries,
+            ready_timeout_s=self.serving.ready_timeout_s,
+            parts=parts,
+        )
         return out, float(engine_gpus(role) if self.gpu else 0)
 
     def engine_for(self, role: RoleConfig, role_name: str) -> Engine:
@@ -128,19 +139,22 @@ class JobEngines:
         app = self.prefix + key
         try:  # Serve LLM checks engine argument names here, before anything starts
             config = llm_config(role, gpu=self.gpu)
-            deployment = build_llm_deployment(config, deployment_cls=JobLLMServer,
-                                              override_serve_options={"name": DEPLOYMENT})
+            deployment = build_llm_deployment(
+                config, deployment_cls=JobLLMServer, override_serve_options={"name": DEPLOYMENT}
+            )
         except (ValueError, TypeError) as exc:
             raise EngineStartFailed(role_name, role.model, EngineFailure(f"{type(exc).__name__}: {exc}", True)) from exc
         self._track(app, add=True)
         log.info("starting engine %s for %s (%s)", app, role_name, role.model)
         begin = time.perf_counter()
         for attempt in (1, 2):
-            serve.run_many([serve.RunTarget(deployment, name=app, route_prefix=None)],
-                           wait_for_applications_running=False)
+            serve.run_many(
+                [serve.RunTarget(deployment, name=app, route_prefix=None)], wait_for_applications_running=False
+            )
             try:
-                failure = wait_running(app, self.serving.ready_timeout_s,
-                                       lambda scheduling: self._waited(app, role, role_name, scheduling))
+                failure = wait_running(
+                    app, self.serving.ready_timeout_s, lambda scheduling: self._waited(app, role, role_name, scheduling)
+                )
             except BaseException:
                 serve.delete(app)  # nothing half-started is left holding GPUs
                 raise
@@ -158,8 +172,13 @@ class JobEngines:
     def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
         what = "its engine's resources" if scheduling else "its engine to start"
-        raise WaitedTooLong(f"{role_name} ({app})", engine_ask(role, self.gpu), self.serving.ready_timeout_s,
-                            cluster_gpus().describe(), what=what)
+        raise WaitedTooLong(
+            f"{role_name} ({app})",
+            engine_ask(role, self.gpu),
+            self.serving.ready_timeout_s,
+            cluster_gpus().describe(),
+            what=what,
+        )
 
     def _stop(self, key: str) -> None:
         from ray import serve
@@ -201,9 +220,11 @@ class JobEngines:
         except ValueError:
             pass  # no reaper left: the last job of this run ended cleanly
         delete_apps(self.prefix)
-        self._reaper = ray.remote(num_cpus=0)(_Reaper).options(
-            name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached", **on_driver_node()
-        ).remote(this_job(), self.prefix)
+        self._reaper = (
+            ray.remote(num_cpus=0)(_Reaper)
+            .options(name=self.prefix + "reaper", namespace=NAMESPACE, lifetime="detached", **on_driver_node())
+            .remote(this_job(), self.prefix)
+        )
         self._reaper.watch.remote()
 
     def close(self) -> None:
@@ -262,8 +283,15 @@ class _Reaper:
 
 
 @contextmanager
-def job_engines(roles: dict[str, RoleConfig], serving: ServingConfig, *, run_id: str,
-                per_iteration: tuple[str, ...] = ("student",), train_workers: int = 0, gpus_per_worker: float = 0.0):
+def job_engines(
+    roles: dict[str, RoleConfig],
+    serving: ServingConfig,
+    *,
+    run_id: str,
+    per_iteration: tuple[str, ...] = ("student",),
+    train_workers: int = 0,
+    gpus_per_worker: float = 0.0,
+):
     """The block a job runs its stages in (see the module docstring). `roles`: every role of
     the job by name; `run_id`: the run directory, which names the job's applications. Raises
     PlanDoesNotFit, before any engine starts, when the engines and training (`train_workers`
@@ -273,8 +301,15 @@ def job_engines(roles: dict[str, RoleConfig], serving: ServingConfig, *, run_id:
         raise RuntimeError("job_engines blocks do not nest: one job, one set of engines")
     cluster = cluster_gpus()
     engines = JobEngines(run_id, serving, per_iteration, gpu=cluster.total > 0)
-    problem = fit_problem(roles, per_iteration, train_workers=train_workers, gpus_per_worker=gpus_per_worker,
-                          cluster=cluster, during_training=serving.during_training, mode=serving.mode)
+    problem = fit_problem(
+        roles,
+        per_iteration,
+        train_workers=train_workers,
+        gpus_per_worker=gpus_per_worker,
+        cluster=cluster,
+        during_training=serving.during_training,
+        mode=serving.mode,
+    )
     if problem:
         raise PlanDoesNotFit(problem)
     uses_vllm = any(r.backend == "vllm" for r in roles.values())
@@ -299,6 +334,7 @@ def _exit_on_sigterm():
 
     def _exit(signum, frame):
         raise SystemExit(128 + signum)
+
     return signal.signal(signal.SIGTERM, _exit)
 
 

@@ -8,6 +8,7 @@ failed row as "failed: <error>" (from `__inference_error__`; error rows bypass
 postprocess, so normalising happens in a map after the processor), and logprobs
 as the JSON top-k maps of lion_distill.llm.responses.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,10 @@ def to_engine_request(row: dict, chat: bool, params: dict) -> dict:
     if draw is not None and "seed" in params:  # a seeded GPU engine: the draw's own seed
         params = {**params, "seed": request_seed(params["seed"], draw)}
     if isinstance(prompt, list) != chat:
-        raise ValueError(f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
-                         "for every row of a vllm stage")
+        raise ValueError(
+            f"row id={row.get('id')!r}: to_prompt must return the same kind (messages or string) "
+            "for every row of a vllm stage"
+        )
     return {**row, ("messages" if chat else "prompt"): prompt, "sampling_params": params}
 
 
@@ -59,8 +62,15 @@ def logprob_steps(steps) -> list[dict[str, float]] | None:
     return [{v["decoded_token"]: v["logprob"] for v in step.values() if v is not None} for step in steps]
 
 
-def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, with_logprobs: bool,
-                max_model_len: int | None = None) -> dict:
+def to_response(
+    row: dict,
+    *,
+    keep: list[str],
+    role_name: str,
+    max_tokens: int,
+    with_logprobs: bool,
+    max_model_len: int | None = None,
+) -> dict:
     out = {k: row.get(k) for k in keep}
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
@@ -68,8 +78,12 @@ def to_response(row: dict, *, keep: list[str], role_name: str, max_tokens: int, 
         out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
     else:
         done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
-        out.update(text=row.get("generated_text"), finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
-                   prompt_tokens=prompt, completion_tokens=done)
+        out.update(
+            text=row.get("generated_text"),
+            finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
+            prompt_tokens=prompt,
+            completion_tokens=done,
+        )
     if with_logprobs:
         steps = None if error else logprob_steps(row.get("logprobs"))
         out["logprobs"] = None if steps is None else json.dumps(steps, ensure_ascii=False)
@@ -81,15 +95,32 @@ def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | Non
     # Without GPUs vLLM's Ray metrics would import ray.serve (docs/environment.md).
     extra = {} if gpu else {"log_engine_metrics": False}
     return vLLMEngineProcessorConfig(
-        model_source=role.model, engine_kwargs=engine_kwargs(role, gpu, draw), batch_size=role.parallelism.batch_size,
-        concurrency=role.parallelism.replicas, chat_template_stage=chat, tokenize_stage=True, detokenize_stage=True,
-        should_continue_on_error=True, placement_group_config=engine_placement(role, gpu), **extra,
+        model_source=role.model,
+        engine_kwargs=engine_kwargs(role, gpu, draw),
+        batch_size=role.parallelism.batch_size,
+        concurrency=role.parallelism.replicas,
+        chat_template_stage=chat,
+        tokenize_stage=True,
+        detokenize_stage=True,
+        should_continue_on_error=True,
+        placement_group_config=engine_placement(role, gpu),
+        **extra,
     )
 
 
-def run_vllm(role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, keep: list[str], role_name: str,
-             structured_output: dict | None, logprobs: int | None, start_timeout_s: float,
-             draw: str | None = None, parts=None) -> tuple[ray.data.MaterializedDataset, float]:
+def run_vllm(
+    role: RoleConfig,
+    prompted: ray.data.Dataset,
+    *,
+    chat: bool,
+    keep: list[str],
+    role_name: str,
+    structured_output: dict | None,
+    logprobs: int | None,
+    start_timeout_s: float,
+    draw: str | None = None,
+    parts=None,
+) -> tuple[ray.data.MaterializedDataset, float]:
     """-> (the stage's answers in the response contract, GPUs held). The engines get
     `start_timeout_s` to be placed and loaded (Ray Data waits for its actor pool's first
     actors that long, each of the stage's actor pools in turn: the chat-template and tokenizer
@@ -103,9 +134,16 @@ def run_vllm(role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, keep: 
     engine = config.engine_kwargs
     params = sampling_params(role, structured_output, logprobs, gpu)
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
-    out = processor(prompted).map(partial(
-        to_response, keep=keep, role_name=role_name, max_tokens=role.sampling.max_tokens,
-        with_logprobs=logprobs is not None, max_model_len=engine.get("max_model_len")))
+    out = processor(prompted).map(
+        partial(
+            to_response,
+            keep=keep,
+            role_name=role_name,
+            max_tokens=role.sampling.max_tokens,
+            with_logprobs=logprobs is not None,
+            max_model_len=engine.get("max_model_len"),
+        )
+    )
     out = write_parts(out, parts)  # each block kept as it finishes (lion_distill.llm.parts)
     out.context.wait_for_min_actors_s = start_timeout_s
     with ResourceWatch(for_s=3 * start_timeout_s + 120) as watch:  # three pools' deadlines
@@ -115,7 +153,7 @@ def run_vllm(role: RoleConfig, prompted: ray.data.Dataset, *, chat: bool, keep: 
             if "starting actors" not in str(e):
                 raise
             what = "its engines' resources" if watch.waited() else "its engines to start"
-            raise WaitedTooLong(role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(),
-                                what=what) from None
+            raise WaitedTooLong(
+                role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(), what=what
+            ) from None
     return done, float(tp * replicas if gpu else 0)
-

@@ -1,10 +1,11 @@
 """One metrics vocabulary for every stage: `<metric>/<stage>`, e.g. `timing_s/imitation`.
 
-    with stage_timer("teacher_answers") as rec:
-        ...                                   # do the work
-        rec.rows, rec.completion_tokens = n, tokens
-    run_dir.write_json("iter_0/metrics.json", Metrics([rec]).as_dict())  # timing_s/teacher_answers, ...
+with stage_timer("teacher_answers") as rec:
+    ...                                   # do the work
+    rec.rows, rec.completion_tokens = n, tokens
+run_dir.write_json("iter_0/metrics.json", Metrics([rec]).as_dict())  # timing_s/teacher_answers, ...
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,10 +45,14 @@ class StageRecord:
         if self.gpus:
             out[f"tokens_per_s_per_gpu/{s}"] = (self.prompt_tokens + self.completion_tokens) / per / self.gpus
         if self.api_requests or self.api_cached:
-            out.update({
-                f"api_requests/{s}": self.api_requests, f"api_retries/{s}": self.api_retries,
-                f"api_cached/{s}": self.api_cached, f"cost_usd/{s}": round(self.cost_usd, 6),
-            })
+            out.update(
+                {
+                    f"api_requests/{s}": self.api_requests,
+                    f"api_retries/{s}": self.api_retries,
+                    f"api_cached/{s}": self.api_cached,
+                    f"cost_usd/{s}": round(self.cost_usd, 6),
+                }
+            )
         if self.failed_rows:
             out[f"failed_rows/{s}"] = self.failed_rows
         out.update({f"{k}/{s}": v for k, v in self.extra.items()})
@@ -58,7 +63,9 @@ class StageRecord:
         if self.completion_tokens:
             parts.append(f"{self.completion_tokens / max(self.seconds, 1e-9):.0f} completion tok/s")
         if self.api_requests or self.api_cached:
-            parts.append(f"{self.api_requests} requests ({self.api_cached} cached, {self.api_retries} retries), ${self.cost_usd:.4f}")
+            parts.append(
+                f"{self.api_requests} requests ({self.api_cached} cached, {self.api_retries} retries), ${self.cost_usd:.4f}"
+            )
         if self.failed_rows:
             parts.append(f"{self.failed_rows} failed")
         parts += [f"{k}={v:.4g}" for k, v in self.extra.items()]

@@ -7,6 +7,7 @@ child run; `setup_wandb`: a W&B run in the job's group), else a TensorBoard fold
     curve.log({"train/loss": loss}, step)
     curve.close()
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,11 @@ class TrainingCurve:
     def close(self) -> None:
         if self.sink is None:
             return
-        {"mlflow": lambda: self.sink.end_run(), "wandb": lambda: self.sink.finish(),
-         "tensorboard": lambda: self.sink.close()}[self.kind]()
+        {
+            "mlflow": lambda: self.sink.end_run(),
+            "wandb": lambda: self.sink.finish(),
+            "tensorboard": lambda: self.sink.close(),
+        }[self.kind]()
 
 
 def _curve_sink(target: dict):
@@ -58,15 +62,28 @@ def _curve_sink(target: dict):
         from ray.air.integrations.mlflow import setup_mlflow
 
         os.environ.setdefault(FILE_STORE_OPT_IN, "true")
-        return setup_mlflow(tracking_uri=target["uri"], experiment_name=target["project"], run_name=target["name"],
-                            tags={"mlflow.parentRunId": target["parent"]}, create_experiment_if_not_exists=True,
-                            rank_zero_only=False)  # TrainingCurve already picked rank 0
+        return setup_mlflow(
+            tracking_uri=target["uri"],
+            experiment_name=target["project"],
+            run_name=target["name"],
+            tags={"mlflow.parentRunId": target["parent"]},
+            create_experiment_if_not_exists=True,
+            rank_zero_only=False,
+        )  # TrainingCurve already picked rank 0
     if target["backend"] == "wandb":
         from ray.air.integrations.wandb import setup_wandb
 
-        return setup_wandb(project=target["project"], name=target["name"], group=target["parent"], id=target["id"],
-                           resume="allow", dir=target["uri"], job_type="train", mode=target["mode"],
-                           rank_zero_only=False)
+        return setup_wandb(
+            project=target["project"],
+            name=target["name"],
+            group=target["parent"],
+            id=target["id"],
+            resume="allow",
+            dir=target["uri"],
+            job_type="train",
+            mode=target["mode"],
+            rank_zero_only=False,
+        )
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=target["uri"])

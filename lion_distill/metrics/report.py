@@ -1,6 +1,7 @@
 """What every job's report shares: number formatting, markdown tables, plots saved into the run
 directory, and the run's state as a readable table. A job's report module composes these with
 its own sections (lion_distill/lion/report.py, ...)."""
+
 from __future__ import annotations
 
 import io
@@ -45,10 +46,12 @@ def state_section(state) -> list[str]:
         return out + ["No readable `state.json`."]
     stages, done = state["stages"], state["completed"]
     upcoming = [s for s in stages if s not in done]
-    rows = [["job", f"{state.get('job')} `{state.get('name')}`"],
-            ["progress", f"{len(done)} of {len(stages)} stages complete" + (" (finished)" if state.get("done") else "")],
-            ["completed", ", ".join(done) or "none"],
-            ["next", upcoming[0] if upcoming else "nothing: the run is finished"]]
+    rows = [
+        ["job", f"{state.get('job')} `{state.get('name')}`"],
+        ["progress", f"{len(done)} of {len(stages)} stages complete" + (" (finished)" if state.get("done") else "")],
+        ["completed", ", ".join(done) or "none"],
+        ["next", upcoming[0] if upcoming else "nothing: the run is finished"],
+    ]
     rows += [[f"output: {key}", f"`{value}`"] for key, value in sorted(state.get("outputs", {}).items())]
     rows += [[f"total {key}", value] for key, value in sorted(state.get("counters", {}).items())]
     return out + [table_md(["", ""], rows)]

@@ -19,6 +19,7 @@ A resumed job continues the same run (its id is kept in the run directory, `trac
 tracker that fails while the job runs is reported once and switched off: figures are never worth
 a paid run. Whether it can start at all is preflight's question (`problems`).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,9 @@ def problems(name: str, cfg: TrackingConfig, run_dir: str, env=os.environ) -> li
     if importlib.util.find_spec(module.split(".")[0]) is None:
         return [f"{name}.backend: {cfg.backend} is not installed (pip install 'lion-distill[tracking]')"]
     if not cfg.uri and "://" in run_dir:
-        return [f"{name}.uri: the run directory {run_dir} is remote; give the tracker a uri (a server or a local folder)"]
+        return [
+            f"{name}.uri: the run directory {run_dir} is remote; give the tracker a uri (a server or a local folder)"
+        ]
     where = location(cfg, run_dir)
     if cfg.backend == "wandb" and env.get("WANDB_MODE") not in ("offline", "disabled") and not env.get("WANDB_API_KEY"):
         return [f"{name}: wandb needs WANDB_API_KEY in the environment (or WANDB_MODE=offline)"]
@@ -134,12 +137,14 @@ class Tracker:
 
     def artifact(self, name: str, data: bytes) -> None:
         """A file (the config, the report, a plot) stored with the run under `name`."""
+
         def write():
             with tempfile.TemporaryDirectory(prefix="artifact-") as tmp:
                 path = os.path.join(tmp, os.path.basename(name))
                 with open(path, "wb") as f:
                     f.write(data)
                 self._artifact(path, os.path.dirname(name))
+
         self._guard(f"store {name}", write)
 
     def params(self, config: dict) -> None:
@@ -160,8 +165,13 @@ class Tracker:
             fn(*args)
         except Exception as e:  # noqa: BLE001 - any library error: the run goes on without tracking
             self.broken = True
-            log.warning("tracking (%s) failed to %s, and is off for the rest of this job: %s: %s",
-                        self.backend, what, type(e).__name__, e)
+            log.warning(
+                "tracking (%s) failed to %s, and is off for the rest of this job: %s: %s",
+                self.backend,
+                what,
+                type(e).__name__,
+                e,
+            )
 
     def _params(self, config): ...
 
@@ -195,7 +205,7 @@ class MlflowTracker(Tracker):
         existing = self.client.get_run(self.run_id).data.params
         params = [Param(k, v) for k, v in flat_params(config).items() if k not in existing]
         for i in range(0, len(params), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def _log(self, figures, step):
         from mlflow.entities import Metric
@@ -203,7 +213,7 @@ class MlflowTracker(Tracker):
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in figures.items()]
         for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def _artifact(self, path, folder):
         self.client.log_artifact(self.run_id, path, folder or None)
@@ -212,8 +222,13 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
     def worker(self, stage):
-        return {"backend": "mlflow", "uri": self.where, "project": self.cfg.project, "name": f"{self.run_name}/{stage}",
-                "parent": self.run_id}
+        return {
+            "backend": "mlflow",
+            "uri": self.where,
+            "project": self.cfg.project,
+            "name": f"{self.run_name}/{stage}",
+            "parent": self.run_id,
+        }
 
 
 class WandbTracker(Tracker):
@@ -224,8 +239,15 @@ class WandbTracker(Tracker):
         import wandb
 
         os.makedirs(where, exist_ok=True)
-        self.run = wandb.init(project=cfg.project, name=run_name, group=run_name, job_type="job", dir=where,
-                              id=self.run_id, resume="allow")
+        self.run = wandb.init(
+            project=cfg.project,
+            name=run_name,
+            group=run_name,
+            job_type="job",
+            dir=where,
+            id=self.run_id,
+            resume="allow",
+        )
 
     def _params(self, config):
         self.run.config.update(config, allow_val_change=True)
@@ -243,11 +265,17 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=1 if failed else 0)
 
     def worker(self, stage):
-        return {"backend": "wandb", "uri": self.where, "project": self.cfg.project, "name": f"{self.run_name}/{stage}",
-                "parent": self.run_name, "id": f"{self.run_id}-{re.sub(r'[^A-Za-z0-9_-]', '-', stage)}",
-                # The workers' environment is the cluster's: offline mode goes with the target
-                # (a key never does: WANDB_API_KEY must be in the workers' environment).
-                "mode": os.environ.get("WANDB_MODE")}
+        return {
+            "backend": "wandb",
+            "uri": self.where,
+            "project": self.cfg.project,
+            "name": f"{self.run_name}/{stage}",
+            "parent": self.run_name,
+            "id": f"{self.run_id}-{re.sub(r'[^A-Za-z0-9_-]', '-', stage)}",
+            # The workers' environment is the cluster's: offline mode goes with the target
+            # (a key never does: WANDB_API_KEY must be in the workers' environment).
+            "mode": os.environ.get("WANDB_MODE"),
+        }
 
 
 class TensorboardTracker(Tracker):
@@ -301,8 +329,9 @@ def open_tracker(cfg: TrackingConfig | None, run: RunDir, job_name: str) -> Trac
     try:
         tracker = TRACKERS[cfg.backend](cfg, location(cfg, run_dir), cfg.run_name or job_name, run_id)
     except Exception as e:  # noqa: BLE001 - one line, before any stage runs (preflight catches the usual causes)
-        raise TrackingError(f"tracking: {cfg.backend} could not start at {location(cfg, run_dir)}: "
-                            f"{type(e).__name__}: {e}") from e
+        raise TrackingError(
+            f"tracking: {cfg.backend} could not start at {location(cfg, run_dir)}: {type(e).__name__}: {e}"
+        ) from e
     run.write_json(STATE_FILE, {"backend": cfg.backend, "run_id": tracker.run_id, "where": tracker.where})
     return tracker
 
@@ -347,7 +376,7 @@ def log_report(tracker: Tracker, run: RunDir, report_path) -> None:
     """The report a job just wrote (its plots went with save_plots, lion_distill.metrics.report)."""
     root = run.path().rstrip("/") + "/"
     if isinstance(report_path, str) and report_path.startswith(root):
-        name = report_path[len(root):]
+        name = report_path[len(root) :]
         tracker.artifact(name, run.read_bytes(name))
 
 

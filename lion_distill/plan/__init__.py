@@ -7,6 +7,7 @@ A job's plan is a list of `Line`s, one per LLM call (or training run) of each st
 the order the stages run. Each job knows its own row counts; this module prices the
 lines, states the assumptions and finds where a role's `budget_usd` would run out.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,11 +55,14 @@ class Plan:
 
     def totals(self) -> dict:
         known = [ln.gpu_hours for ln in self.lines if ln.gpu_hours is not None]
-        return {"requests": sum(ln.requests for ln in self.lines),
-                "prompt_tokens": sum(ln.prompt_tokens for ln in self.lines if ln.requests),
-                "completion_tokens": sum(ln.completion_tokens for ln in self.lines),
-                "usd": sum(ln.usd for ln in self.lines), "gpu_hours": sum(known),
-                "gpu_hours_unknown": len(known) < len(self.lines)}
+        return {
+            "requests": sum(ln.requests for ln in self.lines),
+            "prompt_tokens": sum(ln.prompt_tokens for ln in self.lines if ln.requests),
+            "completion_tokens": sum(ln.completion_tokens for ln in self.lines),
+            "usd": sum(ln.usd for ln in self.lines),
+            "gpu_hours": sum(known),
+            "gpu_hours_unknown": len(known) < len(self.lines),
+        }
 
     def by_family(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -69,9 +73,16 @@ class Plan:
         return out
 
     def as_dict(self) -> dict:
-        return {"job": self.job, "run_dir": self.run_dir, "lines": [{**asdict(ln), "family": ln.family} for ln in self.lines],
-                "by_family": self.by_family(), "totals": self.totals(), "assumptions": self.assumptions,
-                "warnings": self.warnings, "skipped": self.skipped}
+        return {
+            "job": self.job,
+            "run_dir": self.run_dir,
+            "lines": [{**asdict(ln), "family": ln.family} for ln in self.lines],
+            "by_family": self.by_family(),
+            "totals": self.totals(),
+            "assumptions": self.assumptions,
+            "warnings": self.warnings,
+            "skipped": self.skipped,
+        }
 
 
 def earlier_run(run_dir: str) -> tuple[RunDir | None, set[str]]:
@@ -91,8 +102,10 @@ def price(role: RoleConfig, line: Line, tokens_per_s_per_gpu: float | None) -> L
     """Dollars from an API role's prices; GPU-hours for a local role from its throughput."""
     if role.backend == "openai":
         e = role.openai
-        line.usd = (line.prompt_tokens * e.price_per_1k_prompt_tokens
-                    + line.completion_tokens * e.price_per_1k_completion_tokens) / 1000.0
+        line.usd = (
+            line.prompt_tokens * e.price_per_1k_prompt_tokens
+            + line.completion_tokens * e.price_per_1k_completion_tokens
+        ) / 1000.0
         line.gpu_hours = 0.0
     elif tokens_per_s_per_gpu:
         line.gpu_hours = (line.prompt_tokens + line.completion_tokens) / tokens_per_s_per_gpu / 3600.0
@@ -110,8 +123,10 @@ def budget_warnings(lines: list[Line], budgets: dict[str, float | None], spent: 
         running[ln.role] = before + ln.usd
         if limit is not None and before <= limit < running[ln.role]:
             already = f" (${spent[ln.role]:.2f} of it spent before this plan)" if spent.get(ln.role) else ""
-            warnings.append(f"{ln.role}: budget_usd ${limit:g} runs out in stage {ln.stage} ({ln.call}): "
-                            f"${running[ln.role]:.2f} planned by its end{already}; the role's requests after that fail as 'budget'")
+            warnings.append(
+                f"{ln.role}: budget_usd ${limit:g} runs out in stage {ln.stage} ({ln.call}): "
+                f"${running[ln.role]:.2f} planned by its end{already}; the role's requests after that fail as 'budget'"
+            )
     return warnings
 
 
@@ -128,16 +143,41 @@ def _num(value: float | None, unit: str = "") -> str:
 def plan_table(plan: Plan) -> str:
     """The plan as a fixed-width table, stage by stage, with totals, assumptions and warnings."""
     header = ["stage", "call", "role", "requests", "prompt tok", "completion tok", "USD", "GPU-h", "basis"]
-    rows = [[ln.stage, ln.call, ln.role, _num(ln.requests), _num(ln.prompt_tokens), _num(ln.completion_tokens),
-             _num(ln.usd, "$"), _num(ln.gpu_hours, "h"), ln.basis] for ln in plan.lines]
+    rows = [
+        [
+            ln.stage,
+            ln.call,
+            ln.role,
+            _num(ln.requests),
+            _num(ln.prompt_tokens),
+            _num(ln.completion_tokens),
+            _num(ln.usd, "$"),
+            _num(ln.gpu_hours, "h"),
+            ln.basis,
+        ]
+        for ln in plan.lines
+    ]
     t = plan.totals()
-    rows.append(["total", "", "", _num(t["requests"]), _num(t["prompt_tokens"]), _num(t["completion_tokens"]),
-                 _num(t["usd"], "$"), _num(t["gpu_hours"], "h") + ("+?" if t["gpu_hours_unknown"] else ""), ""])
+    rows.append(
+        [
+            "total",
+            "",
+            "",
+            _num(t["requests"]),
+            _num(t["prompt_tokens"]),
+            _num(t["completion_tokens"]),
+            _num(t["usd"], "$"),
+            _num(t["gpu_hours"], "h") + ("+?" if t["gpu_hours_unknown"] else ""),
+            "",
+        ]
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     numeric = {3, 4, 5, 6, 7}
 
     def fmt(row):
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ).rstrip()
 
     out = [f"Plan for {plan.job} in {plan.run_dir}"]
     if plan.skipped:

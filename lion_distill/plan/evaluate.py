@@ -6,6 +6,7 @@ and the judge review every pair in both orders, asking again for the share it co
 once per retry. The judge's prompt holds the question, the reference answer (counted from the
 answers file where there is one) and the candidate's reply.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,11 +43,23 @@ class EvalEstimates(Estimates):
             reference_reply = self.reply_tokens(cfg.reference.role, "reference", "eval/reference")[0]
         frames = [referee_messages(q, "", "", rubric_for(cfg.judge_prompt, q["category"])) for q in self.rows]
         self.judge_frame = judge.mean(frames) + reference_reply
-        self.judge_retry = self.share("rows/eval/judge_retry1", "rows/eval/judge", priors.referee_failure_rate,
-                                      "judge reviews unreadable, asked again per retry")
+        self.judge_retry = self.share(
+            "rows/eval/judge_retry1",
+            "rows/eval/judge",
+            priors.referee_failure_rate,
+            "judge reviews unreadable, asked again per retry",
+        )
 
-    def _line(self, stage: str, call: str, role: RoleConfig, role_name: str, requests: float, prompt: float,
-              reply: tuple[float, str]) -> Line:
+    def _line(
+        self,
+        stage: str,
+        call: str,
+        role: RoleConfig,
+        role_name: str,
+        requests: float,
+        prompt: float,
+        reply: tuple[float, str],
+    ) -> Line:
         line = Line(stage, call, role_name, requests, requests * prompt, requests * reply[0], basis=reply[1])
         return price(role, line, self.throughput(role_name, call))
 
@@ -56,14 +69,32 @@ class EvalEstimates(Estimates):
         if role is None:
             return []
         prompt = counter_for(role, "reference", self.priors).mean([PROMPTS["chat"](q) for q in self.rows])
-        return [self._line(stage, "eval/reference", role, "reference", len(self.questions), prompt,
-                           self.reply_tokens(role, "reference", "eval/reference"))]
+        return [
+            self._line(
+                stage,
+                "eval/reference",
+                role,
+                "reference",
+                len(self.questions),
+                prompt,
+                self.reply_tokens(role, "reference", "eval/reference"),
+            )
+        ]
 
     def teacher(self, stage: str, role: RoleConfig) -> list[Line]:
         """A Lion run's teacher answers the questions once (lion_distill.evaluate.nll: the judge-free gap)."""
         prompt = counter_for(role, "teacher", self.priors).mean([PROMPTS["chat"](q) for q in self.rows])
-        return [self._line(stage, "eval/teacher", role, "teacher", len(self.questions), prompt,
-                           self.reply_tokens(role, "teacher", "eval/teacher"))]
+        return [
+            self._line(
+                stage,
+                "eval/teacher",
+                role,
+                "teacher",
+                len(self.questions),
+                prompt,
+                self.reply_tokens(role, "teacher", "eval/teacher"),
+            )
+        ]
 
     def candidate(self, stage: str, role: RoleConfig, role_name: str, prompt_format: str) -> list[Line]:
         """One evaluation: the candidate answers, the judge reviews both orders, then its retries."""
@@ -71,13 +102,24 @@ class EvalEstimates(Estimates):
         prompt = counter_for(role, role_name, self.priors).mean([PROMPTS[prompt_format](q) for q in self.rows])
         answers = self.reply_tokens(role, role_name, "eval/candidate")
         review = self.reply_tokens(judge, "judge", "eval/judge")
-        lines = [self._line(stage, "eval/candidate", role, role_name, n, prompt, answers),
-                 self._line(stage, "eval/judge", judge, "judge", 2 * n, self.judge_frame + answers[0], review)]
+        lines = [
+            self._line(stage, "eval/candidate", role, role_name, n, prompt, answers),
+            self._line(stage, "eval/judge", judge, "judge", 2 * n, self.judge_frame + answers[0], review),
+        ]
         pairs = float(n)
         for attempt in range(1, self.cfg.judge_retries + 1):
             pairs *= self.judge_retry
-            lines.append(self._line(stage, f"eval/judge_retry{attempt}", judge, "judge", 2 * pairs,
-                                    self.judge_frame + answers[0], review))
+            lines.append(
+                self._line(
+                    stage,
+                    f"eval/judge_retry{attempt}",
+                    judge,
+                    "judge",
+                    2 * pairs,
+                    self.judge_frame + answers[0],
+                    review,
+                )
+            )
         return lines
 
 
@@ -91,7 +133,9 @@ def evaluate_plan(cfg: EvalJobConfig) -> Plan:
     roles = {"judge": cfg.eval.judge, "reference": cfg.eval.reference.role}
     for c in cfg.eval.candidates:
         roles[c.name] = _candidate_role(c, plan.assumptions)
-        plan.add(f"candidate/{c.name}", est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt), completed)
+        plan.add(
+            f"candidate/{c.name}", est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt), completed
+        )
     budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
     plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})
     return plan

@@ -9,6 +9,7 @@ With an `eval` section, each evaluation of the student is priced by lion_distill
 Shares and reply lengths are the run directory's own where it has measured them, else the
 priors in the config's `plan` section (stated in the plan).
 """
+
 from __future__ import annotations
 
 from itertools import cycle
@@ -40,14 +41,22 @@ def lion_plan(cfg: RunConfig) -> Plan:
     evaluation = _eval_estimates(cfg, run)
     if evaluation:
         # Questions, reference answers and the teacher's answers (the NLL gap's) come once, in the first evaluation.
-        plan.add("iter_-1/eval", evaluation.reference("iter_-1/eval") + evaluation.teacher("iter_-1/eval", cfg.teacher)
-                 + _eval(evaluation, cfg, -1), completed)
+        plan.add(
+            "iter_-1/eval",
+            evaluation.reference("iter_-1/eval")
+            + evaluation.teacher("iter_-1/eval", cfg.teacher)
+            + _eval(evaluation, cfg, -1),
+            completed,
+        )
 
     train_rows, cache_rows = est.seed_rows, est.seed_rows
     for k in it:
         train_rows = _pool_rows(run, k, "train_pool.parquet", train_rows)
         cache_rows = _pool_rows(run, k, "cache_pool.parquet", cache_rows)
-        lines = {"imitation": est.imitation(k, train_rows), "discrimination": est.discrimination(k, train_rows, cache_rows)}
+        lines = {
+            "imitation": est.imitation(k, train_rows),
+            "discrimination": est.discrimination(k, train_rows, cache_rows),
+        }
         lines["generation"], kept = est.generation(k)
         for stage in STAGES:
             plan.add(f"iter_{k}/{stage}", lines[stage], completed)
@@ -56,7 +65,9 @@ def lion_plan(cfg: RunConfig) -> Plan:
         train_rows, cache_rows = kept, cache_rows + kept
     if cfg.lion.final_imitation:  # the student imitates the last iteration's new instructions too
         k = cfg.lion.iterations
-        plan.add(f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)), completed)
+        plan.add(
+            f"iter_{k}/imitation", est.imitation(k, _pool_rows(run, k, "train_pool.parquet", train_rows)), completed
+        )
         if evaluation:
             plan.add(f"iter_{k}/eval", _eval(evaluation, cfg, k), completed)
 
@@ -74,7 +85,10 @@ def lion_plan(cfg: RunConfig) -> Plan:
 def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
     """A warning when the teacher's max_tokens is below the answer length the plan assumes (or the
     run has seen most answers cut): imitation leaves cut answers out, and stops when too few are left."""
-    max_tokens, cut = cfg.teacher.sampling.max_tokens, seen.ratio("lion/imitation_truncated_answers", "lion/imitation_asked")
+    max_tokens, cut = (
+        cfg.teacher.sampling.max_tokens,
+        seen.ratio("lion/imitation_truncated_answers", "lion/imitation_asked"),
+    )
     if cut is not None and cut > 1 - cfg.lion.min_imitation_fraction:
         why = f"{cut:.0%} of the teacher's answers so far were cut at it"
     elif cut is None and max_tokens < cfg.plan.answer_tokens:
@@ -82,9 +96,11 @@ def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
     else:
         return []
     fate = "trained on without an end" if cfg.lion.train_on_truncated else "left out of imitation"
-    return [f"teacher: sampling.max_tokens {max_tokens} cuts answers: {why}; cut answers are {fate} "
-            f"(lion.train_on_truncated), and an imitation with fewer than lion.min_imitation_fraction "
-            f"({cfg.lion.min_imitation_fraction:g}) of its answers trainable stops"]
+    return [
+        f"teacher: sampling.max_tokens {max_tokens} cuts answers: {why}; cut answers are {fate} "
+        f"(lion.train_on_truncated), and an imitation with fewer than lion.min_imitation_fraction "
+        f"({cfg.lion.min_imitation_fraction:g}) of its answers trainable stops"
+    ]
 
 
 def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
@@ -120,42 +136,82 @@ class _Estimates(Estimates):
     def __init__(self, cfg: RunConfig, seen: Observed, seed: list[dict]):
         p, rows, rubric = cfg.plan, sample(seed), rubric_for(cfg.lion.referee_prompt)
         counters = {name: counter_for(getattr(cfg, name), name, p) for name in cfg.ROLES}
-        super().__init__(seen, p, [f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
-                                   f"{len(rows):,} of them, rendered as each role's prompt"]
-                         + [f"{name}: tokens counted with {c.source}" for name, c in counters.items()])
+        super().__init__(
+            seen,
+            p,
+            [
+                f"seed pool: {len(seed):,} instructions; prompt tokens are the mean over "
+                f"{len(rows):,} of them, rendered as each role's prompt"
+            ]
+            + [f"{name}: tokens counted with {c.source}" for name, c in counters.items()],
+        )
         self.cfg, self.seed_rows = cfg, len(seed)
-        self.reply = {name: self.reply_tokens(getattr(cfg, name), name, call) for name, call in (
-            ("teacher", "imitation/teacher"), ("student", "discrimination/student"),
-            ("referee", "discrimination/referee"), ("generator", "generation/generator"))}
+        self.reply = {
+            name: self.reply_tokens(getattr(cfg, name), name, call)
+            for name, call in (
+                ("teacher", "imitation/teacher"),
+                ("student", "discrimination/student"),
+                ("referee", "discrimination/referee"),
+                ("generator", "generation/generator"),
+            )
+        }
         self.prompt = {
             "teacher": counters["teacher"].mean([teacher_messages(r) for r in rows]),
             "student": counters["student"].mean([student_prompt(r) for r in rows]),  # a conversation: its chat template
             # The review shows both answers: the frame's tokens plus the two replies'.
             "referee": counters["referee"].mean([referee_messages(r, "", "", rubric) for r in rows])
-            + self.reply["teacher"][0] + self.reply["student"][0],
-            "generator": counters["generator"].mean([generator_messages(r, kind, cfg.lion.generator_prompt)
-                                                    for r, kind in zip(rows, cycle(KINDS))]),
+            + self.reply["teacher"][0]
+            + self.reply["student"][0],
+            "generator": counters["generator"].mean(
+                [generator_messages(r, kind, cfg.lion.generator_prompt) for r, kind in zip(rows, cycle(KINDS))]
+            ),
         }
         # Failed or blank: discrimination asks both again (lion_distill.lion.iteration.known_teacher_answers).
-        self.teacher_failed = self.share("lion/imitation_failed_answers", "lion/imitation_asked", 0.0,
-                                         "teacher answers failed or blank (asked again in discrimination)")
-        self.referee_retry = self.share("rows/discrimination/referee_retry1", "rows/discrimination/referee",
-                                        p.referee_failure_rate, "reviews unreadable, asked again per retry")
-        self.accepted = self.share("lion/new_instructions", "lion/candidates", p.generator_acceptance_rate,
-                                   "generator replies kept as new instructions")
+        self.teacher_failed = self.share(
+            "lion/imitation_failed_answers",
+            "lion/imitation_asked",
+            0.0,
+            "teacher answers failed or blank (asked again in discrimination)",
+        )
+        self.referee_retry = self.share(
+            "rows/discrimination/referee_retry1",
+            "rows/discrimination/referee",
+            p.referee_failure_rate,
+            "reviews unreadable, asked again per retry",
+        )
+        self.accepted = self.share(
+            "lion/new_instructions",
+            "lion/candidates",
+            p.generator_acceptance_rate,
+            "generator replies kept as new instructions",
+        )
 
     def call(self, k: int, stage: str, call: str, role_name: str, requests: float) -> Line:
         reply, basis = self.reply[role_name]
-        line = Line(f"iter_{k}/{stage}", call, role_name, requests, requests * self.prompt[role_name], requests * reply,
-                    basis=basis)
+        line = Line(
+            f"iter_{k}/{stage}",
+            call,
+            role_name,
+            requests,
+            requests * self.prompt[role_name],
+            requests * reply,
+            basis=basis,
+        )
         return price(getattr(self.cfg, role_name), line, self.throughput(role_name, call))
 
     def imitation(self, k: int, train_rows: float) -> list[Line]:
         t = self.cfg.train
         per_example = min(t.max_length, self.prompt["student"] + self.reply["teacher"][0])
         answered = train_rows * (1 - self.teacher_failed)
-        train = Line(f"iter_{k}/imitation", "imitation/train", "student", 0, t.epochs * answered * per_example, 0,
-                     basis=f"{t.epochs} epochs of the answers")
+        train = Line(
+            f"iter_{k}/imitation",
+            "imitation/train",
+            "student",
+            0,
+            t.epochs * answered * per_example,
+            0,
+            basis=f"{t.epochs} epochs of the answers",
+        )
         gpus = t.num_workers * t.gpus_per_worker
         observed = self.seen.mean("tokens_per_s/imitation/train")
         per_gpu = observed / gpus if observed and gpus else self.cfg.plan.train_tokens_per_s_per_gpu
@@ -163,9 +219,11 @@ class _Estimates(Estimates):
         return [self.call(k, "imitation", "imitation/teacher", "teacher", train_rows), train]
 
     def discrimination(self, k: int, train_rows: float, cache_rows: float) -> list[Line]:
-        lines = [self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed),
-                 self.call(k, "discrimination", "discrimination/student", "student", cache_rows),
-                 self.call(k, "discrimination", "discrimination/referee", "referee", 2 * cache_rows)]
+        lines = [
+            self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed),
+            self.call(k, "discrimination", "discrimination/student", "student", cache_rows),
+            self.call(k, "discrimination", "discrimination/referee", "referee", 2 * cache_rows),
+        ]
         pairs = cache_rows
         for attempt in range(1, self.cfg.lion.referee_retries + 1):
             pairs *= self.referee_retry

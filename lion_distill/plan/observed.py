@@ -1,6 +1,7 @@
 """What a run directory has already measured, in the stages' own vocabulary (`<metric>/<call>`),
 summed over its metrics files: a plan for a resumed or repeated run prices with these
 instead of its priors."""
+
 from __future__ import annotations
 
 from collections import defaultdict

@@ -2,6 +2,7 @@
 model is a local folder or a hub name this machine's Hugging Face cache holds (chat messages
 through its chat template, as vLLM and the hf backend render them), otherwise at a stated number
 of characters per token. Nothing is downloaded."""
+
 from __future__ import annotations
 
 import os
@@ -46,14 +47,17 @@ class TokenCounter:
 
     def __init__(self, tokenizer_path: str | None, chars_per_token: float, source: str | None = None):
         self.path, self.chars_per_token = tokenizer_path, chars_per_token
-        self.source = source or (f"tokenizer {tokenizer_path}" if tokenizer_path else f"{chars_per_token:g} characters a token")
+        self.source = source or (
+            f"tokenizer {tokenizer_path}" if tokenizer_path else f"{chars_per_token:g} characters a token"
+        )
 
     def count(self, prompt) -> int:
         if self.path is None:
             if isinstance(prompt, str):
                 return round(len(prompt) / self.chars_per_token)
-            return TOKENS_PER_REPLY + sum(TOKENS_PER_MESSAGE + round(len(m["content"]) / self.chars_per_token)
-                                          for m in prompt)
+            return TOKENS_PER_REPLY + sum(
+                TOKENS_PER_MESSAGE + round(len(m["content"]) / self.chars_per_token) for m in prompt
+            )
         tok = _tokenizer(self.path)
         if isinstance(prompt, str):
             return len(tok(prompt)["input_ids"])
@@ -82,7 +86,9 @@ def counter_for(role, role_name: str, plan_cfg) -> TokenCounter:
     cached = cached_hub_tokenizer(role.model)
     if cached is not None:
         return TokenCounter(cached, plan_cfg.chars_per_token, f"tokenizer {role.model} (this machine's hub cache)")
-    return TokenCounter(None, plan_cfg.chars_per_token, f"{per_token} ({role.model} is not in this machine's hub cache)")
+    return TokenCounter(
+        None, plan_cfg.chars_per_token, f"{per_token} ({role.model} is not in this machine's hub cache)"
+    )
 
 
 def sample(rows: list, rng_seed: int = 0, n: int = SAMPLE_ROWS) -> list:

@@ -6,6 +6,7 @@ Released completions (google-research/distilling-step-by-step, as in data/step-b
 `{task}/llm/{split}_CoT_{k}.json`, JSON lists of raw completions; the files are consecutive
 chunks of the split, aligned by position with `{task}/{task}_{split}.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ from lion_distill.step_by_step.tasks import Fixed, Task
 
 
 def released_completions(folder: str | Path, task: str, split: str) -> list[str]:
-    files = sorted((Path(folder) / task / "llm").glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    files = sorted(
+        (Path(folder) / task / "llm").glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
+    )
     if not files:
         raise TaskDataError(f"{Path(folder) / task / 'llm'}: no {split}_CoT_*.json (the released PaLM completions)")
     return [c for f in files for c in json.loads(f.read_text(encoding="utf-8"))]
@@ -31,8 +34,10 @@ def with_released_replies(rows: list[dict], folder: str | Path, task: str, split
     """Each row with its PaLM completion as `text`, the column a generating teacher writes."""
     completions = released_completions(folder, task, split)
     if len(completions) != len(rows):
-        raise TaskDataError(f"{Path(folder) / task}: {len(rows)} {split} examples but {len(completions)} completions "
-                            f"in llm/{split}_CoT_*.json; they must align by position")
+        raise TaskDataError(
+            f"{Path(folder) / task}: {len(rows)} {split} examples but {len(completions)} completions "
+            f"in llm/{split}_CoT_*.json; they must align by position"
+        )
     return [{**row, "text": text} for row, text in zip(rows, completions)]
 
 
@@ -45,15 +50,22 @@ def parse_rows(rows: list[dict], task: Task) -> tuple[list[dict], Counter]:
         parsed = parse_reply(row.get("text"), task, row.get("choices"))
         if isinstance(parsed, ParseFailure):
             failures[parsed.value] += 1
-            out.append({**row, "rationale": rationale_of(row.get("text"), task), "teacher_label": "",
-                        "parse_failure": parsed.value})
+            out.append(
+                {
+                    **row,
+                    "rationale": rationale_of(row.get("text"), task),
+                    "teacher_label": "",
+                    "parse_failure": parsed.value,
+                }
+            )
         else:
             out.append({**row, "rationale": parsed.rationale, "teacher_label": parsed.label, "parse_failure": ""})
     return out, failures
 
 
-def fraction_split(rows: list[dict], fraction: float, valid_fraction: float, seed: int = 0,
-                   dev: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+def fraction_split(
+    rows: list[dict], fraction: float, valid_fraction: float, seed: int = 0, dev: list[dict] | None = None
+) -> tuple[list[dict], list[dict]]:
     """(train, valid) for one training fraction, nested across fractions and sized by them.
 
     One seeded shuffle of `rows`; the fraction is its prefix (12.5% lies inside 25%). Without an
@@ -66,9 +78,9 @@ def fraction_split(rows: list[dict], fraction: float, valid_fraction: float, see
         raise ValueError(f"training fractions must be in (0, 1], got {fraction}")
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-    prefix = _shuffled(rows, seed)[:max(1, round(fraction * len(rows)))]
+    prefix = _shuffled(rows, seed)[: max(1, round(fraction * len(rows)))]
     if dev is not None:
-        return _in_order(prefix), _in_order(_shuffled(dev, seed)[:max(1, round(fraction * len(dev)))])
+        return _in_order(prefix), _in_order(_shuffled(dev, seed)[: max(1, round(fraction * len(dev)))])
     held = [math.floor((i + 1) * valid_fraction) > math.floor(i * valid_fraction) for i in range(len(prefix))]
     if not any(held):
         held[-1] = True  # a tiny fraction still validates on one row
@@ -95,12 +107,14 @@ def alignment_problem(rows: list[dict], task: Task, where: str) -> str | None:
         return None
     agreement = sum(r["teacher_label"] == r["label"] for r in parsed) / len(parsed)
     own = _mean_overlap(parsed, parsed)
-    other = _mean_overlap(parsed, parsed[len(parsed) // 2:] + parsed[:len(parsed) // 2])
+    other = _mean_overlap(parsed, parsed[len(parsed) // 2 :] + parsed[: len(parsed) // 2])
     if agreement < ALIGNED_AGREEMENT or own < ALIGNED_OVERLAP_RATIO * other:
-        return (f"{where}: the completions do not match the examples (teacher-gold agreement {agreement:.2f}, "
-                f"chance {1 / len(task.space.labels):.2f}; rationale words found in their own example {own:.2f}, in "
-                f"another example {other:.2f}): the examples must be the split the completions were written for, "
-                "in the same order")
+        return (
+            f"{where}: the completions do not match the examples (teacher-gold agreement {agreement:.2f}, "
+            f"chance {1 / len(task.space.labels):.2f}; rationale words found in their own example {own:.2f}, in "
+            f"another example {other:.2f}): the examples must be the split the completions were written for, "
+            "in the same order"
+        )
     return None
 
 

@@ -4,6 +4,7 @@ user's labels by text, SVAMP by the value of the equation.
 The evaluate stage runs `student_role` with `label_prompt` through `lion_distill.llm.generate` (Ray Data);
 `predict_labels` runs the same role and prompt bare, without Ray: `label_accuracy` scores the
 validations inside a training run with it (lion_distill.train.Validation)."""
+
 from __future__ import annotations
 
 import ast
@@ -23,23 +24,34 @@ def label_prompt(row: dict) -> str:
     return LABEL_PREFIX + row["input"]
 
 
-def student_role(model_dir: str, *, max_new_tokens: int, batch_size: int = 32, replicas: int = 1,
-                 max_model_len: int | None = None) -> RoleConfig:
+def student_role(
+    model_dir: str, *, max_new_tokens: int, batch_size: int = 32, replicas: int = 1, max_model_len: int | None = None
+) -> RoleConfig:
     """A trained T5 as a greedy transformers role."""
-    return RoleConfig(backend="hf", model=model_dir, max_model_len=max_model_len,
-                      sampling=SamplingParams(temperature=0.0, max_tokens=max_new_tokens),
-                      parallelism=Parallelism(batch_size=batch_size, replicas=replicas))
+    return RoleConfig(
+        backend="hf",
+        model=model_dir,
+        max_model_len=max_model_len,
+        sampling=SamplingParams(temperature=0.0, max_tokens=max_new_tokens),
+        parallelism=Parallelism(batch_size=batch_size, replicas=replicas),
+    )
 
 
-def predict_labels(model_dir: str, inputs: list[str], *, batch_size: int = 32, max_new_tokens: int = 64,
-                   max_model_len: int | None = None) -> list[str]:
+def predict_labels(
+    model_dir: str,
+    inputs: list[str],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    max_model_len: int | None = None,
+) -> list[str]:
     from lion_distill.llm.hf import HFGenerator
 
     role = student_role(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, max_model_len=max_model_len)
     generator = HFGenerator(role, role_name="student")
     out: list[str | None] = []
     for i in range(0, len(inputs), batch_size):
-        encoded = [generator.encode(label_prompt({"input": x})) for x in inputs[i:i + batch_size]]
+        encoded = [generator.encode(label_prompt({"input": x})) for x in inputs[i : i + batch_size]]
         out += [r["text"] for r in generator.generate(encoded)]
     return checked_predictions(out, f"{model_dir}: label predictions")
 
@@ -48,21 +60,33 @@ def checked_predictions(texts: list[str | None], where: str) -> list[str]:
     """Stripped predictions; a generation that failed (no text) raises GenerationFailed."""
     failed = [i for i, t in enumerate(texts) if t is None]
     if failed:
-        raise GenerationFailed(f"{where}: {len(failed)} of {len(texts)} student generations failed (rows {failed[:5]}"
-                               f"{'...' if len(failed) > 5 else ''}); nothing was scored")
+        raise GenerationFailed(
+            f"{where}: {len(failed)} of {len(texts)} student generations failed (rows {failed[:5]}"
+            f"{'...' if len(failed) > 5 else ''}); nothing was scored"
+        )
     return [t.strip() for t in texts]
 
 
-def label_accuracy(model_dir: str, *, inputs: list[str], labels: list[str], task: str, batch_size: int = 32,
-                   max_new_tokens: int = 64, max_model_len: int | None = None) -> float:
+def label_accuracy(
+    model_dir: str,
+    *,
+    inputs: list[str],
+    labels: list[str],
+    task: str,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    max_model_len: int | None = None,
+) -> float:
     """The accuracy of an export's label-only predictions (a Validation's score)."""
-    predictions = predict_labels(model_dir, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 max_model_len=max_model_len)
+    predictions = predict_labels(
+        model_dir, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens, max_model_len=max_model_len
+    )
     return accuracy(predictions, labels, task)
 
 
 def equation_value(text: str) -> float | None:
     """The value of an arithmetic expression ("( 84.0 / 2.0 )"), or None when it is not one."""
+
     def value(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
             return float(node.value)
@@ -84,8 +108,10 @@ def accuracy(predictions: list[str], labels: list[str], task: str) -> float:
     if len(predictions) != len(labels) or not labels:
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     if task == "svamp":
-        hits = [(p := equation_value(pred)) is not None and (g := equation_value(gold)) is not None and abs(p - g) < 1e-4
-                for pred, gold in zip(predictions, labels)]
+        hits = [
+            (p := equation_value(pred)) is not None and (g := equation_value(gold)) is not None and abs(p - g) < 1e-4
+            for pred, gold in zip(predictions, labels)
+        ]
     else:
         hits = [pred.strip().casefold() == gold.strip().casefold() for pred, gold in zip(predictions, labels)]
     return sum(hits) / len(labels)

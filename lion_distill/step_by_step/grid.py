@@ -8,6 +8,7 @@ A cell's key names only the dimensions that vary, so a run without `grid` keeps 
     step_by_step/0.5                        # one label source, seed and student
     step_by_step-teacher/0.5/seed1/t5-v1_1-small
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,11 +60,14 @@ def cells(cfg: StepByStepConfig) -> list[Cell]:
     out = []
     for student, short in zip(all_students, names):
         for method in cfg.methods:
-            for source in ([FIXED_LABELS[method]] if method in FIXED_LABELS else sources):
+            for source in [FIXED_LABELS[method]] if method in FIXED_LABELS else sources:
                 series = f"{method}-{source}" if method == "step_by_step" and len(sources) > 1 else method
                 for fraction in sorted(cfg.fractions):
                     for seed in all_seeds:
-                        key = "/".join([series, f"{fraction:g}"] + ([f"seed{seed}"] if len(all_seeds) > 1 else [])
-                                       + ([short] if len(all_students) > 1 else []))
+                        key = "/".join(
+                            [series, f"{fraction:g}"]
+                            + ([f"seed{seed}"] if len(all_seeds) > 1 else [])
+                            + ([short] if len(all_students) > 1 else [])
+                        )
                         out.append(Cell(method, source, fraction, seed, student, key))
     return out

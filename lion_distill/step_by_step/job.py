@@ -9,6 +9,7 @@ source x seed x student where `grid` spans them), `evaluate`. Run
 again with the same run_dir to resume after the last completed stage; a generating teacher on an
 API pays nothing twice (its replies are cached under run_dir/llm_cache).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,27 +29,41 @@ log = logging.getLogger("lion_distill.step_by_step")
 
 def step_by_step_stages(cfg: StepByStepConfig, run: RunDir) -> list[Stage]:
     """rationales, then every cell of the grid (lion_distill.step_by_step.grid), then evaluate."""
+
     def train(cell: Cell) -> Stage:
         return Stage(f"train/{cell.key}", lambda state: S.train_cell(cfg, run, cell))
 
-    return [Stage("rationales", lambda state: S.rationales(cfg, run)), *(train(c) for c in cells(cfg)),
-            Stage("evaluate", lambda state: S.evaluate(cfg, run, state["outputs"]))]
+    return [
+        Stage("rationales", lambda state: S.rationales(cfg, run)),
+        *(train(c) for c in cells(cfg)),
+        Stage("evaluate", lambda state: S.evaluate(cfg, run, state["outputs"])),
+    ]
 
 
 def absolute_paths(cfg: StepByStepConfig) -> StepByStepConfig:
     """Paths as absolute: Ray workers do not share the job's working directory."""
+
     def absolute(path: str | None) -> str | None:
         return os.path.abspath(path) if path and "://" not in path and os.path.exists(path) else path
 
-    data = cfg.data.model_copy(update={k: absolute(getattr(cfg.data, k)) for k in ("data_dir", "train_file", "test_file")})
+    data = cfg.data.model_copy(
+        update={k: absolute(getattr(cfg.data, k)) for k in ("data_dir", "train_file", "test_file")}
+    )
     teacher = cfg.teacher.model_copy(update={"prompt_file": absolute(cfg.teacher.prompt_file)})
     if teacher.role is not None:
-        teacher = teacher.model_copy(update={"role": teacher.role.model_copy(update={"model": absolute(teacher.role.model)})})
+        teacher = teacher.model_copy(
+            update={"role": teacher.role.model_copy(update={"model": absolute(teacher.role.model)})}
+        )
     student = cfg.student.model_copy(update={"model": absolute(cfg.student.model)})
-    grid = cfg.grid.model_copy(update={"students": [absolute(s) for s in cfg.grid.students]}) if cfg.grid.students \
+    grid = (
+        cfg.grid.model_copy(update={"students": [absolute(s) for s in cfg.grid.students]})
+        if cfg.grid.students
         else cfg.grid
+    )
     run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
-    return cfg.model_copy(update={"data": data, "teacher": teacher, "student": student, "grid": grid, "run_dir": run_dir})
+    return cfg.model_copy(
+        update={"data": data, "teacher": teacher, "student": student, "grid": grid, "run_dir": run_dir}
+    )
 
 
 def load(path: str, overrides: list[str]) -> StepByStepConfig:
@@ -60,9 +75,15 @@ def run(cfg: StepByStepConfig) -> dict:
     rundir = RunDir(cfg.run_dir)
     config = cfg.model_dump(mode="json")  # key variable *names* only
     rundir.write_json("config.json", config)
-    state = run_stages(rundir, job="step_by_step", name=cfg.name, stages=step_by_step_stages(cfg, rundir),
-                       report=write_report, tracking_cfg=cfg.tracking, config=config)
+    state = run_stages(
+        rundir,
+        job="step_by_step",
+        name=cfg.name,
+        stages=step_by_step_stages(cfg, rundir),
+        report=write_report,
+        tracking_cfg=cfg.tracking,
+        config=config,
+    )
     write_report(rundir)
     log.info("done: report %s", rundir.path("report.md"))
     return state
-

@@ -8,6 +8,7 @@ answer phrase, no rationale, or a label outside the task's space is a `ParseFail
 by reason and left out of the teacher-labelled training data (its rationale, `rationale_of`,
 still trains step_by_step with gold labels, as in the reference).
 """
+
 from __future__ import annotations
 
 import re
@@ -21,16 +22,20 @@ from lion_distill.step_by_step.tasks import Choices, Fixed, Number, Task
 NEXT_EXAMPLE = re.compile(r"\n\s*(?:Q:|Premise:)")
 EQUATION = re.compile(r"[\d\s.+\-*/()]*\d[\d\s.+\-*/()]*")
 NUMBER_WITH_UNITS = re.compile(r"\$?\s*(-?\d[\d,]*(?:\.\d+)?)\s*(?:%|[A-Za-z$][A-Za-z$ ]*)?")
-SMALL = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen".split())}
+SMALL = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen".split()
+    )
+}
 TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 
 
 class ParseFailure(StrEnum):
-    NO_REPLY = "no_reply"                        # the generation itself failed
-    RUN_ON = "run_on"                            # started the next example before answering
+    NO_REPLY = "no_reply"  # the generation itself failed
+    RUN_ON = "run_on"  # started the next example before answering
     NO_ANSWER_PHRASE = "no_answer_phrase"
     NO_RATIONALE = "no_rationale"
     LABEL_OUTSIDE_SPACE = "label_outside_space"
@@ -104,7 +109,7 @@ def _number(answer: str) -> str | None:
 
 
 def words_to_number(text: str) -> int | None:
-    """"one hundred and five" -> 105, "forty-two" -> 42; None when any word is not a number word."""
+    """ "one hundred and five" -> 105, "forty-two" -> 42; None when any word is not a number word."""
     words = [w for w in re.split(r"[\s-]+", text.casefold()) if w and w != "and"]
     if not words:
         return None

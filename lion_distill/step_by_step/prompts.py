@@ -6,6 +6,7 @@ in them where their exemplars come from (a user's own file needs none).
     prompt = load_prompt(default_prompt_file("cqa"))
     prompt.render(row)   # the exemplars, then "Q: <row input>\nA:"
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ def load_prompt(path: str | Path) -> FewShotPrompt:
     provenance = "\n".join(line.lstrip("# ") for line in lines[:header])
     template = "\n".join(lines[header:]).strip("\n")
     if template.count(SLOT) != 1:
-        raise PromptError(f"{path}: a prompt needs exactly one {SLOT} where the row's input goes "
-                          f"(found {template.count(SLOT)})")
+        raise PromptError(
+            f"{path}: a prompt needs exactly one {SLOT} where the row's input goes (found {template.count(SLOT)})"
+        )
     return FewShotPrompt(str(path), provenance, template)

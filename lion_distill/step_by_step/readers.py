@@ -12,6 +12,7 @@ A user's own task is JSONL (`input`, `label`, optional `choices`, and `completio
 reply written elsewhere, which `teacher.source: released` reads): bad rows are rejected with
 their `file:line` and counted by reason, as instruction pools are (lion_distill.data.readers).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,19 @@ ORIGINAL_TASKS = ("cqa", "svamp", "esnli", "anli1")
 DEV_SPLIT = {"esnli": "valid", "anli1": "valid"}
 # Each split's published size (the reference's data: CQA from cos_e v1.11, SVAMP's 800/200
 # split, e-SNLI, ANLI round 1). A smaller split is a slice: refused unless data.allow_partial.
-PUBLISHED_ROWS = {"cqa": {"train": 9_741, "test": 1_221}, "svamp": {"train": 800, "test": 200},
-                  "esnli": {"train": 549_367, "valid": 9_842, "test": 9_824},
-                  "anli1": {"train": 16_946, "valid": 1_000, "test": 1_000}}
+PUBLISHED_ROWS = {
+    "cqa": {"train": 9_741, "test": 1_221},
+    "svamp": {"train": 800, "test": 200},
+    "esnli": {"train": 549_367, "valid": 9_842, "test": 9_824},
+    "anli1": {"train": 16_946, "valid": 1_000, "test": 1_000},
+}
 # Where the full sets come from when a user supplies what this repository cannot ship.
-SUPPLY = {"esnli": "the e-SNLI train split (github.com/OanaMariaCamburu/e-SNLI) as JSON lines "
-                   "`premise`, `hypothesis`, `label` (0/1/2)",
-          "anli1": "the ANLI round-1 train split (github.com/facebookresearch/anli) as JSON lines "
-                   "`premise`, `hypothesis`, `label` (0/1/2)"}
+SUPPLY = {
+    "esnli": "the e-SNLI train split (github.com/OanaMariaCamburu/e-SNLI) as JSON lines "
+    "`premise`, `hypothesis`, `label` (0/1/2)",
+    "anli1": "the ANLI round-1 train split (github.com/facebookresearch/anli) as JSON lines "
+    "`premise`, `hypothesis`, `label` (0/1/2)",
+}
 
 
 class TaskDataError(ValueError):
@@ -81,8 +87,10 @@ def size_problems(task: str, folder: str | None, limits: dict[str, int | None], 
     if task not in PUBLISHED_ROWS:
         return []
     if folder is None:
-        return [f"data.data_dir: {task} needs the folder with the full sets (layout of data/step-by-step; "
-                "the repository's own is a demo slice: use it with data.allow_partial: true)"]
+        return [
+            f"data.data_dir: {task} needs the folder with the full sets (layout of data/step-by-step; "
+            "the repository's own is a demo slice: use it with data.allow_partial: true)"
+        ]
     problems = []
     for split, published in PUBLISHED_ROWS[task].items():
         path = task_file(Path(folder), task, split)
@@ -94,8 +102,10 @@ def size_problems(task: str, folder: str | None, limits: dict[str, int | None], 
         used = min(rows, limits.get(split) or rows)
         if used < published and not allow_partial:
             cut = f" (data.{split}_limit {limits[split]})" if used < rows else ""
-            problems.append(f"data: {path}: {used:,} {split} rows{cut}, but {task}'s published {split} split has "
-                            f"{published:,}; set data.allow_partial: true to run on a part")
+            problems.append(
+                f"data: {path}: {used:,} {split} rows{cut}, but {task}'s published {split} split has "
+                f"{published:,}; set data.allow_partial: true to run on a part"
+            )
     return problems
 
 
@@ -148,8 +158,9 @@ def _problem(e, task: Task) -> str | None:
             return f"missing_field: {key!r} must be a non-empty string"
     if "completion" in e and not isinstance(e["completion"], str):
         return "bad_completion: 'completion' (a teacher's reply) must be a string"
-    if "choices" in e and not (isinstance(e["choices"], list) and e["choices"]
-                               and all(isinstance(c, str) and c for c in e["choices"])):
+    if "choices" in e and not (
+        isinstance(e["choices"], list) and e["choices"] and all(isinstance(c, str) and c for c in e["choices"])
+    ):
         return "bad_choices: 'choices' must be a list of non-empty strings"
     if isinstance(task.space, Fixed) and e["label"].strip() not in task.space.labels:
         return f"label_outside_space: {e['label']!r} is not one of {list(task.space.labels)}"

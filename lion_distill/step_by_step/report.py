@@ -5,6 +5,7 @@ panel per student size) in `plots/accuracy.png`.
 It reads only `state.json`, so it can be written after any stage: what is not there yet is said,
 never raised.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,19 @@ def curves(cells: list[dict]) -> dict[str, dict[str, dict[float, tuple[float, fl
     """student -> series -> fraction -> (mean, sd, seeds) of test accuracy; sd 0 for one seed."""
     grouped: dict = {}
     for c in cells:
-        grouped.setdefault(c["student"], {}).setdefault(c["series"], {}).setdefault(c["fraction"], []).append(c["accuracy"])
-    return {student: {series: {f: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-                               for f, v in sorted(by_fraction.items())}
-                      for series, by_fraction in by_series.items()}
-            for student, by_series in grouped.items()}
+        grouped.setdefault(c["student"], {}).setdefault(c["series"], {}).setdefault(c["fraction"], []).append(
+            c["accuracy"]
+        )
+    return {
+        student: {
+            series: {
+                f: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                for f, v in sorted(by_fraction.items())
+            }
+            for series, by_fraction in by_series.items()
+        }
+        for student, by_series in grouped.items()
+    }
 
 
 def write_report(run_dir: RunDir) -> str:
@@ -44,8 +53,14 @@ def accuracy_plot(by_student: dict, teacher: float | None) -> Figure:
     for ax, (student, by_series) in zip(fig.subplots(1, len(by_student), squeeze=False)[0], by_student.items()):
         for series, points in by_series.items():
             fractions = list(points)
-            ax.errorbar([100 * f for f in fractions], [100 * points[f][0] for f in fractions],
-                        yerr=[100 * points[f][1] for f in fractions], fmt="o-", capsize=3, label=series)
+            ax.errorbar(
+                [100 * f for f in fractions],
+                [100 * points[f][0] for f in fractions],
+                yerr=[100 * points[f][1] for f in fractions],
+                fmt="o-",
+                capsize=3,
+                label=series,
+            )
         if teacher is not None:
             ax.axhline(100 * teacher, color="grey", ls="--", label="teacher (few-shot CoT)")
         ax.set_title(student.rstrip("/").rsplit("/", 1)[-1], fontsize="small")
@@ -80,10 +95,14 @@ def render(state: dict, plots: dict[str, str]) -> str:
     out += ["## Test accuracy\n"]
     cells = evaluate.get("cells")
     if cells:
-        out += [accuracy_table(curves(cells), rationales.get("teacher_test_accuracy")), "",
-                f"On {fmt(evaluate.get('test_rows'))} test rows, label-only predictions; mean ± sd over seeds where "
-                "there are several; the teacher's unparsed replies count as wrong. Most frequent gold labels: "
-                + ", ".join(f"`{k}` {fmt(v)}" for k, v in evaluate.get("label_shares", {}).items()) + ".\n"]
+        out += [
+            accuracy_table(curves(cells), rationales.get("teacher_test_accuracy")),
+            "",
+            f"On {fmt(evaluate.get('test_rows'))} test rows, label-only predictions; mean ± sd over seeds where "
+            "there are several; the teacher's unparsed replies count as wrong. Most frequent gold labels: "
+            + ", ".join(f"`{k}` {fmt(v)}" for k, v in evaluate.get("label_shares", {}).items())
+            + ".\n",
+        ]
         out += [f"![accuracy]({path})\n" for path in plots.values()]
     else:
         out += ["Not evaluated yet.\n"]
@@ -92,12 +111,26 @@ def render(state: dict, plots: dict[str, str]) -> str:
         failures = rationales.get("parse_failures", {})
         reasons = sorted({r for split in failures.values() for r in split})
         rows_by_split = rationales.get("rows", {})
-        out += [f"Source: `{rationales.get('source')}`; rows: " + ", ".join(f"{k} {fmt(v)}" for k, v in rows_by_split.items()) + ".\n"]
-        out += [table_md(["parse failure"] + list(failures), [[r] + [failures[s].get(r, 0) for s in failures] for r in reasons])
-                if reasons else "Every reply parsed.", ""]
+        out += [
+            f"Source: `{rationales.get('source')}`; rows: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in rows_by_split.items())
+            + ".\n"
+        ]
+        out += [
+            table_md(
+                ["parse failure"] + list(failures), [[r] + [failures[s].get(r, 0) for s in failures] for r in reasons]
+            )
+            if reasons
+            else "Every reply parsed.",
+            "",
+        ]
         spend = rationales.get("spend") or {}
-        out += [table_md(["tokens and cost", ""], [[k, spend.get(k, 0)] for k in SPEND]) if spend
-                else "No teacher calls (released completions).", ""]
+        out += [
+            table_md(["tokens and cost", ""], [[k, spend.get(k, 0)] for k in SPEND])
+            if spend
+            else "No teacher calls (released completions).",
+            "",
+        ]
     else:
         out += ["Not run yet.\n"]
     out += ["## Training\n"]
@@ -106,13 +139,26 @@ def render(state: dict, plots: dict[str, str]) -> str:
         for key, v in train.items():
             scored = v["validations"]
             name = next((k for k in ("valid_accuracy", "test_accuracy") if scored and k in scored[0]), "valid_accuracy")
-            rows.append([key, v["rows"], v.get("steps"), ", ".join(f"{fmt(x[name])} ({x['step']})" for x in scored),
-                         v["best_step"]])
+            rows.append(
+                [
+                    key,
+                    v["rows"],
+                    v.get("steps"),
+                    ", ".join(f"{fmt(x[name])} ({x['step']})" for x in scored),
+                    v["best_step"],
+                ]
+            )
         protocol = next(iter(train.values())).get("validation", "best")
-        out += [table_md(["cell", "rows", "steps", "accuracy at step", "kept step"], rows), "",
-                ("One training run per row; its best export on validation accuracy is what `evaluate` scores.\n"
-                 if protocol == "best" else "One training run per row, scored on test as it trains (the reference "
-                 "code's protocol, `validation: reference`); the last export is what `evaluate` scores.\n")]
+        out += [
+            table_md(["cell", "rows", "steps", "accuracy at step", "kept step"], rows),
+            "",
+            (
+                "One training run per row; its best export on validation accuracy is what `evaluate` scores.\n"
+                if protocol == "best"
+                else "One training run per row, scored on test as it trains (the reference "
+                "code's protocol, `validation: reference`); the last export is what `evaluate` scores.\n"
+            ),
+        ]
     else:
         out += ["Not run yet.\n"]
     out += ["## Time per stage\n"]

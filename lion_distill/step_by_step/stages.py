@@ -15,6 +15,7 @@
 Files under the run directory: `rationales/{train,test}.parquet` and `summary.json`,
 `train/<cell>/{model/, result.json}`, `evaluate/<cell>.json`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,9 +38,19 @@ from lion_distill.step_by_step.tasks import TASKS, Task, user_task
 
 log = logging.getLogger("lion_distill.step_by_step")
 
-ROWS = pa.schema([("id", pa.string()), ("split", pa.string()), ("input", pa.string()), ("label", pa.string()),
-                  ("choices", pa.list_(pa.string())), ("text", pa.string()), ("rationale", pa.string()),
-                  ("teacher_label", pa.string()), ("parse_failure", pa.string())])
+ROWS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("input", pa.string()),
+        ("label", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("text", pa.string()),
+        ("rationale", pa.string()),
+        ("teacher_label", pa.string()),
+        ("parse_failure", pa.string()),
+    ]
+)
 
 
 def task_of(cfg: StepByStepConfig) -> Task:
@@ -54,6 +65,7 @@ def structured_output(cfg: StepByStepConfig, task: Task) -> dict | None:
 
 # --- rationales ----------------------------------------------------------------------
 
+
 def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
     """{"train": rows, "test": rows} (and "valid", the official dev split, for e-SNLI and ANLI)
     with the released completions as `text` when the teacher is `released`; -> (splits, data
@@ -67,8 +79,10 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
             rows, loaded = read_jsonl_task(path, task_of(cfg), split)
             report[split] = loaded.as_dict()
             if cfg.teacher.source == "released" and not all("text" in r for r in rows):
-                raise TaskDataError(f"{path}: teacher.source released reads each row's `completion` (a teacher's "
-                                    f"reply); {sum('text' not in r for r in rows)} rows have none")
+                raise TaskDataError(
+                    f"{path}: teacher.source released reads each row's `completion` (a teacher's "
+                    f"reply); {sum('text' not in r for r in rows)} rows have none"
+                )
         else:
             rows = read_examples(d.task, split, d.folder())
             if cfg.teacher.source == "released":
@@ -86,8 +100,15 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
     from lion_distill.llm import generate
 
     prompt = load_prompt(cfg.teacher.prompt_file or default_prompt_file(cfg.data.task))
-    out, rec = generate(cfg.teacher.role, ray.data.from_items(rows), prompt.render, stage="rationales/teacher",
-                        role_name="teacher", run_dir=run, structured_output=structured_output(cfg, task))
+    out, rec = generate(
+        cfg.teacher.role,
+        ray.data.from_items(rows),
+        prompt.render,
+        stage="rationales/teacher",
+        role_name="teacher",
+        run_dir=run,
+        structured_output=structured_output(cfg, task),
+    )
     answered = out.select_columns(["id", "text", "finish_reason"]).take_all()
     problem = teacher_failed(answered)
     if problem:
@@ -106,8 +127,10 @@ def teacher_failed(answered: list[dict]) -> str | None:
     counted as `no_reply` parse failures instead."""
     if not answered or any(r["text"] is not None for r in answered):
         return None
-    return (f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
-            "Nothing was written: fix the cause and run again (the stage starts over)")
+    return (
+        f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
+        "Nothing was written: fix the cause and run again (the stage starts over)"
+    )
 
 
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
@@ -121,38 +144,59 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         for n in names:
             bounds.append(bounds[-1] + len(splits[n]))
         splits = {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}
-        spend = {"prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
-                 "api_requests": rec.api_requests, "api_cached": rec.api_cached, "cost_usd": rec.cost_usd}
+        spend = {
+            "prompt_tokens": rec.prompt_tokens,
+            "completion_tokens": rec.completion_tokens,
+            "api_requests": rec.api_requests,
+            "api_cached": rec.api_cached,
+            "cost_usd": rec.cost_usd,
+        }
         counters.update(spend)
     parsed, failures = {}, {}
     for split, rows in splits.items():
         parsed[split], failures[split] = parse_rows(rows, task)
         if cfg.teacher.source == "released":
             d = cfg.data
-            where = (d.train_file if split == "train" else d.test_file) if d.task == "jsonl" else f"{d.folder()}/{d.task} {split}"
+            where = (
+                (d.train_file if split == "train" else d.test_file)
+                if d.task == "jsonl"
+                else f"{d.folder()}/{d.task} {split}"
+            )
             problem = alignment_problem(parsed[split], task, where)
             if problem:
                 raise TaskDataError(problem)
     dev = parsed.get("valid", [])
-    tables = {"train": [{**r, "split": "train"} for r in parsed["train"]] + [{**r, "split": "valid"} for r in dev],
-              "test": [{**r, "split": "test"} for r in parsed["test"]]}
+    tables = {
+        "train": [{**r, "split": "train"} for r in parsed["train"]] + [{**r, "split": "valid"} for r in dev],
+        "test": [{**r, "split": "test"} for r in parsed["test"]],
+    }
     for name, rows in tables.items():
         run.write_table(f"rationales/{name}.parquet", pa.Table.from_pylist(rows, schema=ROWS))
     test = parsed["test"]
     # Unparsed replies count as wrong: the teacher's line is what its answers are worth as labels.
     teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name)
-    summary = {"rows": {split: len(rows) for split, rows in parsed.items()},
-               "parse_failures": {s: dict(c) for s, c in failures.items()},
-               "teacher_test_accuracy": teacher_accuracy, "source": cfg.teacher.source, "spend": spend,
-               "data": data_report, "seconds": time.perf_counter() - start}
+    summary = {
+        "rows": {split: len(rows) for split, rows in parsed.items()},
+        "parse_failures": {s: dict(c) for s, c in failures.items()},
+        "teacher_test_accuracy": teacher_accuracy,
+        "source": cfg.teacher.source,
+        "spend": spend,
+        "data": data_report,
+        "seconds": time.perf_counter() - start,
+    }
     run.write_json("rationales/summary.json", summary)
-    log.info("[rationales] rows %s; parse failures %s; teacher test accuracy %.3f",
-             summary["rows"], summary["parse_failures"], teacher_accuracy)
+    log.info(
+        "[rationales] rows %s; parse failures %s; teacher test accuracy %.3f",
+        summary["rows"],
+        summary["parse_failures"],
+        teacher_accuracy,
+    )
     counters["rows"] = sum(summary["rows"].values())
     return StageResult(counters=counters, summary=summary)
 
 
 # --- train ---------------------------------------------------------------------------
+
 
 def method_rows(rows: list[dict], method: str, label_source: str) -> list[dict]:
     """What each method learns from: gold labels (standard_finetune), the teacher's labels
@@ -175,8 +219,9 @@ def cell_rows(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> tuple[list[dict
     """(training rows, validation rows) of a cell, both with the method's labels."""
     table = run.read_table("rationales/train.parquet").to_pylist()
     dev = [r for r in table if r["split"] == "valid"] or None
-    train, valid = fraction_split([r for r in table if r["split"] == "train"], cell.fraction, cfg.data.valid_fraction,
-                                  cell.seed, dev)
+    train, valid = fraction_split(
+        [r for r in table if r["split"] == "train"], cell.fraction, cfg.data.valid_fraction, cell.seed, dev
+    )
     return method_rows(train, cell.method, cell.label_source), method_rows(valid, cell.method, cell.label_source)
 
 
@@ -192,9 +237,19 @@ def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: 
         count, keep = math.ceil(cfg.steps / cfg.eval_steps) if cfg.steps else cfg.validations, "last"
     else:
         scored, count, keep = valid, cfg.validations, "best"
-    return Validation(count=count, keep=keep, score=partial(
-        label_accuracy, inputs=[v["input"] for v in scored], labels=[v["label"] for v in scored], task=task.name,
-        batch_size=s.batch_size, max_new_tokens=s.max_new_tokens, max_model_len=cfg.train.max_length))
+    return Validation(
+        count=count,
+        keep=keep,
+        score=partial(
+            label_accuracy,
+            inputs=[v["input"] for v in scored],
+            labels=[v["label"] for v in scored],
+            task=task.name,
+            batch_size=s.batch_size,
+            max_new_tokens=s.max_new_tokens,
+            max_model_len=cfg.train.max_length,
+        ),
+    )
 
 
 def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
@@ -203,31 +258,69 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
     start, task = time.perf_counter(), task_of(cfg)
     rows, valid = cell_rows(cfg, run, cell)
     if not rows or not valid:
-        raise ValueError(f"{cell.key}: {len(rows)} training and {len(valid)} validation rows "
-                         "(the teacher's labels exist only for replies that parsed; see rationales/summary.json)")
+        raise ValueError(
+            f"{cell.key}: {len(rows)} training and {len(valid)} validation rows "
+            "(the teacher's labels exist only for replies that parsed; see rationales/summary.json)"
+        )
     slug = f"train/{cell.key}"
     train = cfg.train.model_copy(update={"max_steps": cfg.steps, "seed": cfg.train.seed + cell.seed})
-    result = train_seq2seq_multitask(train, cell.student, _dataset(rows), run.uri_of(slug, "model"),
-                                     name=slug.replace("/", "-"),
-                                     task="multitask" if cell.method == "step_by_step" else "standard",
-                                     validation=validation_for(cfg, run, valid, task))
+    result = train_seq2seq_multitask(
+        train,
+        cell.student,
+        _dataset(rows),
+        run.uri_of(slug, "model"),
+        name=slug.replace("/", "-"),
+        task="multitask" if cell.method == "step_by_step" else "standard",
+        validation=validation_for(cfg, run, valid, task),
+    )
     if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
         delete_checkpoints(result.model_dir)
     scored_on = "test" if cfg.validation == "reference" else "valid"
-    validations = [{"step": v["step"], "epoch": v["epoch"], f"{scored_on}_accuracy": v["score"],
-                    "train_loss": v["train_loss"], "lr": v["lr"]} for v in result.validations]
-    summary = {"method": cell.method, "label_source": cell.label_source, "fraction": cell.fraction, "seed": cell.seed,
-               "student": cell.student, "rows": len(rows), "valid_rows": len(valid), "validation": cfg.validation,
-               "steps": result.record.extra["steps"], "epochs": round(result.validations[-1]["epoch"], 2),
-               "validations": validations, "best_step": result.best_step, "model_dir": result.model_dir,
-               "samples": result.record.rows, "seconds": time.perf_counter() - start,
-               # what `--plan` prices the next run's training GPU-hours with
-               "tokens_per_s": result.record.extra.get("tokens_per_s"), "gpus": result.record.gpus}
+    validations = [
+        {
+            "step": v["step"],
+            "epoch": v["epoch"],
+            f"{scored_on}_accuracy": v["score"],
+            "train_loss": v["train_loss"],
+            "lr": v["lr"],
+        }
+        for v in result.validations
+    ]
+    summary = {
+        "method": cell.method,
+        "label_source": cell.label_source,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "student": cell.student,
+        "rows": len(rows),
+        "valid_rows": len(valid),
+        "validation": cfg.validation,
+        "steps": result.record.extra["steps"],
+        "epochs": round(result.validations[-1]["epoch"], 2),
+        "validations": validations,
+        "best_step": result.best_step,
+        "model_dir": result.model_dir,
+        "samples": result.record.rows,
+        "seconds": time.perf_counter() - start,
+        # what `--plan` prices the next run's training GPU-hours with
+        "tokens_per_s": result.record.extra.get("tokens_per_s"),
+        "gpus": result.record.gpus,
+    }
     run.write_json(f"{slug}/result.json", summary)
-    log.info("[%s] %d rows, %d steps, %s accuracy %s, kept step %d", slug, len(rows), summary["steps"], scored_on,
-             {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in validations}, result.best_step)
-    return StageResult(outputs={f"model/{cell.key}": result.model_dir},
-                       counters={"train_samples": result.record.rows}, summary={cell.key: summary})
+    log.info(
+        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
+        slug,
+        len(rows),
+        summary["steps"],
+        scored_on,
+        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in validations},
+        result.best_step,
+    )
+    return StageResult(
+        outputs={f"model/{cell.key}": result.model_dir},
+        counters={"train_samples": result.record.rows},
+        summary={cell.key: summary},
+    )
 
 
 def _dataset(rows: list[dict]):
@@ -244,8 +337,13 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
     from lion_distill.llm import generate
 
     s = cfg.student
-    role = student_role(model_dir, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, replicas=s.replicas,
-                        max_model_len=cfg.train.max_length)
+    role = student_role(
+        model_dir,
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        replicas=s.replicas,
+        max_model_len=cfg.train.max_length,
+    )
     items = [{"id": r["id"], "input": r["input"]} for r in rows]
     out, _ = generate(role, ray.data.from_items(items), label_prompt, stage=stage, role_name="student")
     texts = {r["id"]: r["text"] for r in out.select_columns(["id", "text"]).take_all()}
@@ -253,6 +351,7 @@ def predict(cfg: StepByStepConfig, model_dir: str, rows: list[dict], stage: str)
 
 
 # --- evaluate ------------------------------------------------------------------------
+
 
 def evaluate(cfg: StepByStepConfig, run: RunDir, models: dict[str, str]) -> StageResult:
     """Test accuracy of each cell's kept model; a model already scored (a resumed stage) is not re-run."""
@@ -267,10 +366,24 @@ def evaluate(cfg: StepByStepConfig, run: RunDir, models: dict[str, str]) -> Stag
             predictions = predict(cfg, models[f"model/{cell.key}"], test, f"evaluate/{cell.key}")
             result = {"accuracy": accuracy(predictions, gold, task.name), "predictions": predictions}
             run.write_json(rel, result)
-        scored.append({"key": cell.key, "series": cell.series, "fraction": cell.fraction, "seed": cell.seed,
-                       "student": cell.student, "accuracy": result["accuracy"]})
+        scored.append(
+            {
+                "key": cell.key,
+                "series": cell.series,
+                "fraction": cell.fraction,
+                "seed": cell.seed,
+                "student": cell.student,
+                "accuracy": result["accuracy"],
+            }
+        )
     teacher = run.read_json("rationales/summary.json")["teacher_test_accuracy"]
     log.info("[evaluate] test accuracy %s; teacher %.4f", {c["key"]: round(c["accuracy"], 4) for c in scored}, teacher)
-    return StageResult(summary={"cells": scored, "teacher_test_accuracy": teacher, "test_rows": len(test),
-                                "label_shares": dict(Counter(gold).most_common(5)),
-                                "seconds": time.perf_counter() - start})
+    return StageResult(
+        summary={
+            "cells": scored,
+            "teacher_test_accuracy": teacher,
+            "test_rows": len(test),
+            "label_shares": dict(Counter(gold).most_common(5)),
+            "seconds": time.perf_counter() - start,
+        }
+    )

@@ -6,6 +6,7 @@ A label space is a typed value: `Choices` (the row's own answer choices, CQA), `
 number). `Task.answer_phrase` is the phrase the few-shot prompt puts before the answer, exactly
 as the released PaLM completions write it.
 """
+
 from __future__ import annotations
 
 import re

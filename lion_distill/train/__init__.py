@@ -9,6 +9,7 @@ The function chooses the architecture (cfg.architecture is overridden to match).
 this module imports the Ray wiring only when a job is started, so they stay usable
 where Ray is not installed (GPU benchmarks).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
@@ -23,17 +24,28 @@ if TYPE_CHECKING:
 __all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
 
 
-def train_causal_sft(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str) -> TrainResult:
+def train_causal_sft(
+    cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str
+) -> TrainResult:
     """Instruction tuning (Lion's imitation stage): rows `instruction`, `input`,
     `response`; Alpaca prompt, loss on the response tokens and eos only."""
     from lion_distill.train.loop import fit
 
-    return fit(cfg.model_copy(update={"architecture": "causal"}), model_path, rows, output_dir, name=name, kind="causal")
+    return fit(
+        cfg.model_copy(update={"architecture": "causal"}), model_path, rows, output_dir, name=name, kind="causal"
+    )
 
 
-def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *,
-                            name: str, task: Literal["multitask", "standard"] = "multitask",
-                            validation: Validation | None = None) -> TrainResult:
+def train_seq2seq_multitask(
+    cfg: TrainConfig,
+    model_path: str,
+    rows: ray.data.Dataset,
+    output_dir: str,
+    *,
+    name: str,
+    task: Literal["multitask", "standard"] = "multitask",
+    validation: Validation | None = None,
+) -> TrainResult:
     """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).
     "multitask": loss = label loss + cfg.rationale_weight * rationale loss;
     "standard": the label-only fine-tuning / distillation baseline.
@@ -42,9 +54,15 @@ def train_seq2seq_multitask(cfg: TrainConfig, model_path: str, rows: ray.data.Da
 
     if task not in ("multitask", "standard"):
         raise ValueError(f"task must be 'multitask' or 'standard', not {task!r}")
-    return fit(cfg.model_copy(update={"architecture": "seq2seq"}), model_path, rows, output_dir, name=name, kind=task,
-               validation=validation)
-
+    return fit(
+        cfg.model_copy(update={"architecture": "seq2seq"}),
+        model_path,
+        rows,
+        output_dir,
+        name=name,
+        kind=task,
+        validation=validation,
+    )
 
 
 def delete_checkpoints(output_dir: str) -> None:

@@ -8,6 +8,7 @@ A row that cannot teach anything (its target is empty, or its prompt alone fills
 `max_length`) keeps `n_target_tokens == 0`; the trainer drops and counts those
 rows instead of training on an all-masked sequence.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ def prompt_ids(tok, instructions: list[str], inputs: list[str], template: str = 
     if template == "alpaca":
         return tok([alpaca_prompt(i, x) for i, x in zip(instructions, inputs)], add_special_tokens=True)["input_ids"]
     if template == "chat":
-        texts = [tok.apply_chat_template(instruction_messages({"instruction": i, "input": x}), tokenize=False,
-                                         add_generation_prompt=True) for i, x in zip(instructions, inputs)]
+        texts = [
+            tok.apply_chat_template(
+                instruction_messages({"instruction": i, "input": x}), tokenize=False, add_generation_prompt=True
+            )
+            for i, x in zip(instructions, inputs)
+        ]
         return tok(texts, add_special_tokens=False)["input_ids"]
     raise ValueError(f"template must be 'alpaca' or 'chat', not {template!r}")
 
@@ -91,8 +96,12 @@ def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int, templa
         labels.append(np.asarray([IGNORE] * len(p) + target, dtype=np.int64))
         n_prompt.append(len(p))
         n_target.append(len(target))
-    return {"input_ids": input_ids, "labels": labels,
-            "n_prompt_tokens": np.asarray(n_prompt), "n_target_tokens": np.asarray(n_target)}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "n_prompt_tokens": np.asarray(n_prompt),
+        "n_target_tokens": np.asarray(n_target),
+    }
 
 
 def tokenize_seq2seq(batch: dict, *, tokenizer_path: str, max_length: int, task: str) -> dict:
@@ -177,7 +186,7 @@ def rows_of(batches, order: np.ndarray) -> dict[str, np.ndarray]:
 def micro_batches(columns: dict[str, np.ndarray], order: np.ndarray, batch_size: int):
     """Rows `order` of the columns (ragged ones as object arrays), batch_size at a time."""
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield {name: values[idx] for name, values in columns.items()}
 
 

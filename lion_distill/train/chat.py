@@ -8,6 +8,7 @@ through it, and tokens are labelled by their character offsets. A template that 
 a prefix differently from the whole (it would teach text the student never sees at
 generation time) is refused with its tokenizer named.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,12 @@ def assistant_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int
         if message["role"] != "assistant":
             continue
         before = tok.apply_chat_template(plain[:n], tokenize=False, add_generation_prompt=True)
-        through = tok.apply_chat_template(plain[:n + 1], tokenize=False)
+        through = tok.apply_chat_template(plain[: n + 1], tokenize=False)
         if not (through.startswith(before) and full.startswith(through)):
-            raise ValueError(f"the chat template of {getattr(tok, 'name_or_path', 'the student')} renders turn {n} "
-                             "differently inside the conversation than at its end: it cannot mask assistant turns")
+            raise ValueError(
+                f"the chat template of {getattr(tok, 'name_or_path', 'the student')} renders turn {n} "
+                "differently inside the conversation than at its end: it cannot mask assistant turns"
+            )
         end = len(through)
         if message.get("complete") is False:
             at = through.find(message["content"], len(before))
@@ -46,8 +49,10 @@ def tokenize_chat(tok, messages: list[dict], max_length: int) -> tuple[np.ndarra
     text, spans = assistant_spans(tok, messages)
     encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"][:max_length]
-    labels = [t if any(start < e and end > s for s, e in spans) else IGNORE
-              for t, (start, end) in zip(ids, encoded["offset_mapping"])]
+    labels = [
+        t if any(start < e and end > s for s, e in spans) else IGNORE
+        for t, (start, end) in zip(ids, encoded["offset_mapping"])
+    ]
     return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
 

@@ -6,6 +6,7 @@ A checkpoint folder holds each rank's shard of model + optimizer state
 scheduler, the first loss) written by rank 0; ranks may write to separate local
 folders that are later merged into one (Ray Train uploads them so).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def save_checkpoint(folder: str | Path, model, optimizer, scheduler, state: dict,
-                    options: StateDictOptions | None = None) -> None:
+def save_checkpoint(
+    folder: str | Path, model, optimizer, scheduler, state: dict, options: StateDictOptions | None = None
+) -> None:
     """`options`: which state (a LoRA student's leave the frozen base out, lion_distill.train.lora)."""
     model_sd, optim_sd = _state(model, optimizer, options)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))

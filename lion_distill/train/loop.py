@@ -15,6 +15,7 @@ schedule run uninterrupted. A re-run with the same `name` resumes from the last 
 checkpoint, validations so far included (Ray Train V2 keeps it under
 `RunConfig(name, storage_path)`); so does a worker failure, up to `max_failures` times.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,12 +51,23 @@ from lion_distill.train.validation import Validation, best_step, validation_step
 
 log = logging.getLogger("lion_distill.train")
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-REQUIRED = {"causal": ("instruction", "input", "response"), "standard": ("input", "label"),
-            "multitask": ("input", "label", "rationale")}
+REQUIRED = {
+    "causal": ("instruction", "input", "response"),
+    "standard": ("input", "label"),
+    "multitask": ("input", "label", "rationale"),
+}
 
 
-def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str, kind: str,
-        validation: Validation | None = None) -> TrainResult:
+def fit(
+    cfg: TrainConfig,
+    model_path: str,
+    rows: ray.data.Dataset,
+    output_dir: str,
+    *,
+    name: str,
+    kind: str,
+    validation: Validation | None = None,
+) -> TrainResult:
     """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
     ("multitask" | "standard")."""
     missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
@@ -68,18 +80,29 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
         n_usable = usable.count()
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
-            log.warning("%s: %d of %d rows dropped (empty target, or prompt longer than max_length=%d)",
-                        name, rec.failed_rows, n_in, cfg.max_length)
+            log.warning(
+                "%s: %d of %d rows dropped (empty target, or prompt longer than max_length=%d)",
+                name,
+                rec.failed_rows,
+                n_in,
+                cfg.max_length,
+            )
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
             raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
-            "train": cfg.model_dump(), "model_path": model_path, "output_dir": output_dir, "kind": kind,
-            "pad_id": pad_id, "micro_per_epoch": micro_per_epoch,
+            "train": cfg.model_dump(),
+            "model_path": model_path,
+            "output_dir": output_dir,
+            "kind": kind,
+            "pad_id": pad_id,
+            "micro_per_epoch": micro_per_epoch,
             "steps_per_epoch": math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps),
-            "n_rows": n_usable, "ranks": ranks, "validation": validation,
+            "n_rows": n_usable,
+            "ranks": ranks,
+            "validation": validation,
             "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
         }
         result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
@@ -90,11 +113,16 @@ def fit(cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: s
         rec.gpus = cfg.num_workers * cfg.gpus_per_worker
         loop_s = max(m["loop_seconds"], 1e-9)
         tokens_per_s = (m["prompt_tokens"] + m["target_tokens"]) / loop_s
-        rec.extra.update({
-            "samples_per_s": m["samples"] / loop_s, "tokens_per_s": tokens_per_s, "steps": m["step"],
-            "resumed_from_step": m["resumed_from_step"], "train_loss_first": m["train_loss_first"],
-            "train_loss_last": m["train_loss_last"],
-        })
+        rec.extra.update(
+            {
+                "samples_per_s": m["samples"] / loop_s,
+                "tokens_per_s": tokens_per_s,
+                "steps": m["step"],
+                "resumed_from_step": m["resumed_from_step"],
+                "train_loss_first": m["train_loss_first"],
+                "train_loss_last": m["train_loss_last"],
+            }
+        )
         if validation is not None:
             rec.extra["best_step"] = m["best_step"]
         if m.get("peak_flops") and rec.gpus:
@@ -123,13 +151,22 @@ def _usable_rows(rows: ray.data.Dataset, tokenize, fn_kwargs: dict) -> tuple[ray
 def _indexed(ds: ray.data.MaterializedDataset) -> ray.data.MaterializedDataset:
     """The materialized rows with their global row index B.ROW, 0..n-1 in block order, added by
     one task per block: only the blocks' row counts reach the driver, never their rows."""
-    parts = [(entry, piece) for bundle in ds.iter_internal_ref_bundles()
-             for entry, piece in zip(bundle.blocks, bundle.slices)]
-    spans = [(0, entry.metadata.num_rows) if piece is None else (piece.start_offset, piece.end_offset)
-             for entry, piece in parts]
+    parts = [
+        (entry, piece)
+        for bundle in ds.iter_internal_ref_bundles()
+        for entry, piece in zip(bundle.blocks, bundle.slices)
+    ]
+    spans = [
+        (0, entry.metadata.num_rows) if piece is None else (piece.start_offset, piece.end_offset)
+        for entry, piece in parts
+    ]
     offsets = B.block_offsets([end - start for start, end in spans])
-    return ray.data.from_arrow_refs([_with_row_index.remote(entry.ref, start, end, int(offset))
-                                     for (entry, _), (start, end), offset in zip(parts, spans, offsets)])
+    return ray.data.from_arrow_refs(
+        [
+            _with_row_index.remote(entry.ref, start, end, int(offset))
+            for (entry, _), (start, end), offset in zip(parts, spans, offsets)
+        ]
+    )
 
 
 @ray.remote
@@ -140,21 +177,25 @@ def _with_row_index(block, start: int, end: int, offset: int):
     return table.append_column(B.ROW, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
 
 
-def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str,
-             rows: ray.data.Dataset) -> TorchTrainer:
+def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str, rows: ray.data.Dataset) -> TorchTrainer:
     gpu = cfg.gpus_per_worker > 0
     return TorchTrainer(
         _train_worker,
         train_loop_config=loop_config,
         # Every rank streams all the rows and keeps its share (_train_worker): not split.
-        datasets={"train": rows}, dataset_config=DataConfig(datasets_to_split=[]),
+        datasets={"train": rows},
+        dataset_config=DataConfig(datasets_to_split=[]),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
-                                     resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None),
-        run_config=RunConfig(name=name, **_storage(output_dir),
-                             # A start that times out (fit_within_deadline) ends the run at once.
-                             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=gpu, resources_per_worker={"GPU": cfg.gpus_per_worker} if gpu else None
+        ),
+        run_config=RunConfig(
+            name=name,
+            **_storage(output_dir),
+            # A start that times out (fit_within_deadline) ends the run at once.
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
 
 
@@ -177,10 +218,10 @@ def fit_within_deadline(trainer: TorchTrainer, cfg: TrainConfig):
             raise
         each = {"CPU": 1, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
         total, free = ray.cluster_resources(), ray.available_resources()
-        cluster = "the cluster has " + " and ".join(
-            f"{total.get(r, 0):g} {r}s ({free.get(r, 0):g} free)" for r in each)
-        raise WaitedTooLong("train", f"{cfg.num_workers} workers x {each}", cfg.start_timeout_s, cluster,
-                            what="its workers' resources") from None
+        cluster = "the cluster has " + " and ".join(f"{total.get(r, 0):g} {r}s ({free.get(r, 0):g} free)" for r in each)
+        raise WaitedTooLong(
+            "train", f"{cfg.num_workers} workers x {each}", cfg.start_timeout_s, cluster, what="its workers' resources"
+        ) from None
     finally:
         if previous is None:
             os.environ.pop(START_TIMEOUT_ENV, None)
@@ -220,16 +261,26 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    model = S.load_sharded(config["model_path"], cfg.architecture, device,
-                           activation_checkpointing=cfg.activation_checkpointing,
-                           adapt=lora.adapter(cfg.lora, cfg.architecture),
-                           quantization=lora.quantization(cfg.lora, device))
+    model = S.load_sharded(
+        config["model_path"],
+        cfg.architecture,
+        device,
+        activation_checkpointing=cfg.activation_checkpointing,
+        adapt=lora.adapter(cfg.lora, cfg.architecture),
+        quantization=lora.quantization(cfg.lora, device),
+    )
     total_steps, epochs = schedule_length(config["steps_per_epoch"], cfg.epochs, cfg.max_steps)
     optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]
     validate_at = set(validation_steps(total_steps, validation.count)) if validation else set()
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "train_loss_first": None, "train_loss_last": None,
-             "validations": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "micro_in_epoch": 0,
+        "train_loss_first": None,
+        "train_loss_last": None,
+        "validations": [],
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -268,13 +319,17 @@ def _train_worker(config: dict) -> dict:
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
             if state["step"] in validate_at:  # before the checkpoint, so a resumed run knows the best so far
-                _validate(model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device)
+                _validate(
+                    model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device
+                )
             if state["step"] % cfg.checkpoint_every_steps == 0 and micro != micro_per_epoch:
                 _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": loss})
         if micro != micro_per_epoch and state["step"] < total_steps:
             raise RuntimeError(f"epoch {epoch}: {micro} micro-batches, the schedule expected {micro_per_epoch}")
         state.update(epoch=epoch + 1, micro_in_epoch=0)
-        _report_checkpoint(model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]})
+        _report_checkpoint(
+            model, optimizer, scheduler, state, {"step": state["step"], "loss": state["train_loss_last"]}
+        )
     loop_seconds = time.perf_counter() - start
     curve.close()
     counts = _all_ranks(counts, device)
@@ -282,22 +337,34 @@ def _train_worker(config: dict) -> dict:
         _export(model, cfg, config["model_path"], config["output_dir"], device)
     samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
     return {  # Ray Train hands rank 0's return value to the driver
-        "step": state["step"], "resumed_from_step": resumed_from, "samples": samples,
-        "prompt_tokens": prompt_tokens, "target_tokens": target_tokens, "loop_seconds": loop_seconds,
-        "train_loss_first": state["train_loss_first"], "train_loss_last": state["train_loss_last"],
-        "params": S.parameter_count(model), "peak_flops": S.peak_flops_per_gpu(),
+        "step": state["step"],
+        "resumed_from_step": resumed_from,
+        "samples": samples,
+        "prompt_tokens": prompt_tokens,
+        "target_tokens": target_tokens,
+        "loop_seconds": loop_seconds,
+        "train_loss_first": state["train_loss_first"],
+        "train_loss_last": state["train_loss_last"],
+        "params": S.parameter_count(model),
+        "peak_flops": S.peak_flops_per_gpu(),
         "validations": state["validations"],
         "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
 
 
 def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:
-    lora.export(model, model_path, output_dir, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                save_adapter=cfg.lora is not None and cfg.lora.save_adapter)
+    lora.export(
+        model,
+        model_path,
+        output_dir,
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        save_adapter=cfg.lora is not None and cfg.lora.save_adapter,
+    )
 
 
-def _validate(model, optimizer, scheduler, validation: Validation, config: dict, state: dict, epoch: float,
-              device: torch.device) -> None:
+def _validate(
+    model, optimizer, scheduler, validation: Validation, config: dict, state: dict, epoch: float, device: torch.device
+) -> None:
     """Export the current weights (a collective), score them on rank 0, and publish the export
     as `output_dir` when it beats every earlier validation; appends to state["validations"]."""
     candidate = os.path.join(tempfile.gettempdir(), f"candidate-{os.getpid()}-{state['step']}")
@@ -311,12 +378,22 @@ def _validate(model, optimizer, scheduler, validation: Validation, config: dict,
     finally:
         shutil.rmtree(candidate, ignore_errors=True)
     adam = next(iter(optimizer.state.values()), {})
-    state["validations"].append({
-        "step": state["step"], "epoch": round(epoch, 4), "score": score, "train_loss": state["train_loss_last"],
-        "lr": scheduler.get_last_lr()[0], "optimizer_steps": int(adam.get("step", 0)),
-    })
-    log.info("step %d: validation score %.4f (best %.4f)", state["step"], score,
-             max(v["score"] for v in state["validations"]))
+    state["validations"].append(
+        {
+            "step": state["step"],
+            "epoch": round(epoch, 4),
+            "score": score,
+            "train_loss": state["train_loss_last"],
+            "lr": scheduler.get_last_lr()[0],
+            "optimizer_steps": int(adam.get("step", 0)),
+        }
+    )
+    log.info(
+        "step %d: validation score %.4f (best %.4f)",
+        state["step"],
+        score,
+        max(v["score"] for v in state["validations"]),
+    )
 
 
 def schedule_length(steps_per_epoch: int, epochs: int, max_steps: int | None) -> tuple[int, int]:

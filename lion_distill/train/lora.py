@@ -15,6 +15,7 @@ vLLM's `enable_lora` serves).
 
 Plain torch + PEFT, no Ray: lion_distill.train.loop calls these on every worker.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,13 @@ TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 def peft_config(lora: LoraConfig, architecture: str):
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=lora.target_modules, task_type=TASK_TYPES[architecture])
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=TASK_TYPES[architecture],
+    )
 
 
 def quantization(lora: LoraConfig | None, device: torch.device):
@@ -47,8 +53,12 @@ def quantization(lora: LoraConfig | None, device: torch.device):
         return None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+    )
 
 
 def adapter(lora: LoraConfig | None, architecture: str):
@@ -66,6 +76,7 @@ def adapter(lora: LoraConfig | None, architecture: str):
 
     def wrap(model: nn.Module) -> nn.Module:
         return get_peft_model(model, peft_config(lora, architecture))
+
     return wrap
 
 
@@ -79,8 +90,14 @@ def checkpoint_options(model: nn.Module) -> StateDictOptions | None:
     return StateDictOptions(ignore_frozen_params=True, strict=False) if is_lora(model) else None
 
 
-def export(model: nn.Module, model_path: str, output_dir: str, *, dtype: torch.dtype = torch.float32,
-           save_adapter: bool = False) -> None:
+def export(
+    model: nn.Module,
+    model_path: str,
+    output_dir: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    save_adapter: bool = False,
+) -> None:
     """The student's Hugging Face export (a collective: every rank calls it). A LoRA student is
     exported merged, and with `save_adapter` its adapter too; any other model by export_hf.
 
@@ -92,8 +109,12 @@ def export(model: nn.Module, model_path: str, output_dir: str, *, dtype: torch.d
     the model that trained by the 4-bit base's rounding error, which the adapter trained against."""
     if not is_lora(model):
         return export_hf(model, model_path, output_dir, dtype=dtype)
-    trained = trainable_only(model, get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)))
+    trained = trainable_only(
+        model,
+        get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        ),
+    )
     if rank() != 0:
         return
     from peft import get_peft_model
@@ -112,8 +133,9 @@ def export(model: nn.Module, model_path: str, output_dir: str, *, dtype: torch.d
             unsharded.save_pretrained(os.path.join(tmp, ADAPTER_DIR), safe_serialization=True)
         merged = unsharded.merge_and_unload()
         merged.config.use_cache = True  # the export generates
-        merged.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in merged.state_dict().items()},
-                               safe_serialization=True)
+        merged.save_pretrained(
+            tmp, state_dict={k: v.to(dtype) for k, v in merged.state_dict().items()}, safe_serialization=True
+        )
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)

@@ -1,4 +1,5 @@
 """What a training job hands back (Ray-free, so importing it costs nothing)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -7,6 +7,7 @@ transformer block and then the root is wrapped with FSDP2 `fully_shard`
 4-bit weights stay whole on each rank, load_sharded); with bf16 mixed precision on GPU.
 Without a process group the model trains as is.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,23 @@ def load_model(model_path: str, architecture: str, quantization=None, device: to
         return cls.from_pretrained(model_path, dtype=torch.float32)
     # bitsandbytes quantises each weight as it is placed on its device, so the model loads straight
     # onto it; what stays unquantised (embeddings, norms, the head) is fp32 as above.
-    return cls.from_pretrained(model_path, dtype=torch.float32, quantization_config=quantization,
-                               device_map={"": device or torch.device("cpu")})
+    return cls.from_pretrained(
+        model_path,
+        dtype=torch.float32,
+        quantization_config=quantization,
+        device_map={"": device or torch.device("cpu")},
+    )
 
 
-def load_sharded(model_path: str, architecture: str, device: torch.device, *,
-                 activation_checkpointing: bool = False, adapt=None, quantization=None) -> nn.Module:
+def load_sharded(
+    model_path: str,
+    architecture: str,
+    device: torch.device,
+    *,
+    activation_checkpointing: bool = False,
+    adapt=None,
+    quantization=None,
+) -> nn.Module:
     """The model, set up for training (setup_model), without every rank holding all of it.
 
     With a process group, every rank builds the model on the meta device (no memory) and
@@ -62,8 +74,12 @@ def load_sharded(model_path: str, architecture: str, device: torch.device, *,
     adapt = adapt or (lambda model: model)
     if quantization is not None or not dist.is_initialized():
         model = adapt(load_model(model_path, architecture, quantization, device))
-        return setup_model(model, device, activation_checkpointing=activation_checkpointing,
-                           ignored_params=quantised_parameters(model) if quantization is not None else None)
+        return setup_model(
+            model,
+            device,
+            activation_checkpointing=activation_checkpointing,
+            ignored_params=quantised_parameters(model) if quantization is not None else None,
+        )
     cls = AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM
     with torch.device("meta"):
         model = cls.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
@@ -74,8 +90,11 @@ def load_sharded(model_path: str, architecture: str, device: torch.device, *,
     model = adapt(model)
     setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
     full = adapt(load_model(model_path, architecture)) if dist.get_rank() == 0 else None
-    set_model_state_dict(model, full.state_dict() if full is not None else {},
-                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    set_model_state_dict(
+        model,
+        full.state_dict() if full is not None else {},
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
     # Buffers outside the state dict (rotary frequencies) were only allocated: rank 0's are the truth.
     persistent = set(model.state_dict())
     reference = dict(full.named_buffers()) if full is not None else {}
@@ -104,12 +123,22 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if blocks:
         return blocks
-    return [child for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1
-            and len({type(c) for c in m}) == 1 for child in m]
+    return [
+        child
+        for m in model.modules()
+        if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1
+        for child in m
+    ]
 
 
-def setup_model(model: nn.Module, device: torch.device, *, activation_checkpointing: bool = False,
-                materialize: bool = True, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
+def setup_model(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    activation_checkpointing: bool = False,
+    materialize: bool = True,
+    ignored_params: set[nn.Parameter] | None = None,
+) -> nn.Module:
     """Shard (when distributed) and place the model; returns the same module, now training.
     `materialize=False`: a model built on the meta device gets its (sharded) storage on
     `device`, uninitialised; load_sharded fills it. `ignored_params`: left out of FSDP2 (not
@@ -120,8 +149,11 @@ def setup_model(model: nn.Module, device: torch.device, *, activation_checkpoint
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # the KV cache only serves generation
     if dist.is_initialized():
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if device.type == "cuda" else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
         blocks = transformer_blocks(model)
         if not blocks:
             raise ValueError(f"{type(model).__name__}: found no transformer blocks to shard")
@@ -152,7 +184,10 @@ def build_optimizer(model: nn.Module, cfg, total_steps: int):
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        fused=torch.cuda.is_available() or None,
     )
     # The schedule's first step is at lr 0: at least one step must come after the warmup, or a
     # short run (a Lion iteration's few new instructions: one step) would not train at all.
@@ -175,8 +210,9 @@ def target_tokens(batch: dict, architecture: str) -> torch.Tensor:
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (in fp32) summed over the tokens whose label is not IGNORE, divided by
     `tokens`; by default their own count, the mean."""
-    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
-                            reduction="sum")
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return total / (tokens if tokens is not None else (labels != IGNORE).sum())
 
 
@@ -186,35 +222,53 @@ def causal_lm_loss(model: nn.Module, batch: dict, tokens: torch.Tensor | None = 
     return masked_token_loss(logits[:, :-1], batch["labels"][:, 1:], None if tokens is None else tokens[0])
 
 
-def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, rationale_weight: float,
-                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+def multitask_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    task: torch.Tensor,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Distilling step-by-step: label loss + lambda * rationale loss, each over its own
     task's target tokens (a batch of label rows only is the standard loss). `tokens`:
     [label, rationale] token counts to divide by; by default this batch's, the means."""
     label, rationale = (None, None) if tokens is None else tokens
     loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK], label)
     if bool((task == RATIONALE_TASK).any()):
-        loss = loss + rationale_weight * masked_token_loss(logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK],
-                                                           rationale)
+        loss = loss + rationale_weight * masked_token_loss(
+            logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK], rationale
+        )
     return loss
 
 
-def seq2seq_loss(model: nn.Module, batch: dict, rationale_weight: float, tokens: torch.Tensor | None = None) -> torch.Tensor:
+def seq2seq_loss(
+    model: nn.Module, batch: dict, rationale_weight: float, tokens: torch.Tensor | None = None
+) -> torch.Tensor:
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=decoder_input_ids).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
+    ).logits
     return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens)
 
 
-def batch_loss(model: nn.Module, batch: dict, architecture: str, rationale_weight: float,
-               tokens: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(
+    model: nn.Module, batch: dict, architecture: str, rationale_weight: float, tokens: torch.Tensor | None = None
+) -> torch.Tensor:
     if architecture == "causal":
         return causal_lm_loss(model, batch, tokens)
     return seq2seq_loss(model, batch, rationale_weight, tokens)
 
 
-def backward(model: nn.Module, batch: dict, cfg, device: torch.device, *, sync: bool,
-             tokens: torch.Tensor | None = None, world: int = 1) -> float:
+def backward(
+    model: nn.Module,
+    batch: dict,
+    cfg,
+    device: torch.device,
+    *,
+    sync: bool,
+    tokens: torch.Tensor | None = None,
+    world: int = 1,
+) -> float:
     """Forward + backward of one micro-batch; returns its share of the step's loss.
 
     `tokens`: the answer tokens (per task, target_tokens) of the whole accumulated batch
@@ -244,8 +298,10 @@ def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float)
 
 def parameter_count(model: nn.Module) -> int:
     """The model's weights; a 4-bit one (bitsandbytes) counts its unpacked shape, not its bytes."""
-    return sum(p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-               for p in model.parameters())
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in model.parameters()
+    )
 
 
 def mfu(params: int, tokens_per_s: float, peak_flops: float) -> float:

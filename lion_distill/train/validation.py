@@ -9,6 +9,7 @@ Face export of the current weights, so a score is whatever the job measures on a
 
     Validation(count=2, score=lambda model_dir: 0.5)
 """
+
 from __future__ import annotations
 
 import math
