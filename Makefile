@@ -43,6 +43,7 @@ demo-tiny: $(STAMP)
 # others: run beside them on two cores, both sessions took longer than the two in turn.
 # --tb=native: pytest's own traceback formatter crashed (INTERNALERROR, AST recursion) on a Ray failure.
 test: $(STAMP)
+	$(VENV)/bin/ruff check -q . && $(VENV)/bin/ruff format -q --check .
 	$(PY) -m pytest -q -rfEs --durations=15 --tb=native -m "not serve"
 	$(PY) -m pytest -q -rfEs --durations=5 --tb=native -m serve
 
