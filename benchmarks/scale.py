@@ -163,7 +163,7 @@ def one_size(rows: int, work: Path, rouge_l_shards: str = "auto") -> dict:
     pool = work / "pool.jsonl"
     write_pool(pool, rows)
     init_ray(verbose=False)
-    lion_distill.llm.generate = scripted_generate  # lion_distill.lion.iteration.answer imports it at each call
+    lion_distill.llm.generate = scripted_generate  # lion_distill.llm.answers.answer imports it at each call
     memory = PeakRSS()
     idle, idle_anon = rss_mb(), rss_mb("RssAnon")
     seconds, peaks, growth, anon = {}, {}, {}, {}

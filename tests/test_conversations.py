@@ -278,9 +278,9 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     import datasets
 
     from lion_distill.data import RunDir
+    from lion_distill.judging import judge as J
     from lion_distill.lion import discrimination as D
     from lion_distill.lion import generation as G
-    from lion_distill.lion import judge as J
     from lion_distill.lion.export import export_run
     from tests.test_lion_stages import _answers, _candidate
 

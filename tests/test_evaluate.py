@@ -16,7 +16,7 @@ from lion_distill.evaluate.job import CandidateError, candidate_role
 from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
 from lion_distill.evaluate.report import failure_lines, lion_eval_section, write_report
 from lion_distill.evaluate.scores import aggregate, bootstrap_interval
-from lion_distill.lion.referee import OK, UNPARSEABLE, judgment_rows
+from lion_distill.judging.referee import OK, UNPARSEABLE, judgment_rows
 from lion_distill.metrics import StageRecord
 from tests.test_lion_stages import as_answered
 
@@ -234,7 +234,7 @@ def test_lion_report_section_plots_the_relative_score_per_iteration(tmp_path):
 
 
 class ScriptedRoles:
-    """lion_distill.lion.iteration.answer with replies by role: the candidate's, and a judge that scores
+    """lion_distill.llm.answers.answer with replies by role: the candidate's, and a judge that scores
     by content (9 for the reference's answer, 4 for the candidate's) and cannot read question 2 once."""
 
     def __init__(self):
@@ -286,7 +286,7 @@ class ScriptedRoles:
 
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
     from lion_distill.evaluate import evaluation as E
-    from lion_distill.lion import judge as J
+    from lion_distill.judging import judge as J
     from tests.fixtures.questions import short_questions
 
     llm = ScriptedRoles()
@@ -337,7 +337,7 @@ class OverflowingJudge(ScriptedRoles):
 
 def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
     from lion_distill.evaluate import evaluation as E
-    from lion_distill.lion import judge as J
+    from lion_distill.judging import judge as J
     from tests.fixtures.questions import short_questions
 
     monkeypatch.setattr(E, "answer", llm)

@@ -17,8 +17,8 @@ from lion_distill.config import RoleConfig
 from lion_distill.config.evaluate import EvalConfig
 from lion_distill.data import RunDir
 from lion_distill.evaluate.evaluation import evaluate, prepare
-from lion_distill.lion.iteration import write_responses
-from lion_distill.lion.referee import OK
+from lion_distill.judging.referee import OK
+from lion_distill.llm.answers import write_responses
 from lion_distill.llm.ledger import spent_by_role
 from tests.fixtures.questions import short_questions
 

@@ -14,9 +14,10 @@ import pytest
 from lion_distill.cli import main as cli
 from lion_distill.config import ConfigError, load_config
 from lion_distill.data import RESPONSE_SCHEMA, PoolFileError, RunDir, load_pool, pool_table, write_pool
+from lion_distill.judging.referee import JUDGMENT_SCHEMA
 from lion_distill.lion.export import export_run
-from lion_distill.lion.iteration import rel, write_responses
-from lion_distill.lion.referee import JUDGMENT_SCHEMA
+from lion_distill.lion.iteration import rel
+from lion_distill.llm.answers import write_responses
 from lion_distill.llm.responses import response_row
 
 ROWS = [

@@ -80,3 +80,30 @@ def test_only_the_composition_roots_read_the_plan():
         and any(t == "lion_distill.plan" or t.startswith("lion_distill.plan.") for t in targets)
     }
     assert readers <= PLAN_READERS, sorted(readers - PLAN_READERS)
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph seen a package at a time: `lion_distill.lion.judge` counts as `lion_distill.lion`;
+    a top-level module (`lion_distill.runner`) is a package of its own."""
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        out.setdefault(package(module), set()).update(package(t) for t in targets)
+    return {p: targets - {p} for p, targets in out.items()}
+
+
+def test_the_package_graph_collapses_modules_to_their_packages():
+    graph = {
+        "lion_distill.a.x": {"lion_distill.b.y"},
+        "lion_distill.b.y": {"lion_distill.a.z"},
+        "lion_distill.a.z": set(),
+    }
+    assert package_graph(graph) == {"lion_distill.a": {"lion_distill.b"}, "lion_distill.b": {"lion_distill.a"}}
+    assert cycles(package_graph(graph)) == [["lion_distill.a", "lion_distill.b"]]
+
+
+def test_no_package_imports_one_that_imports_it_back():
+    assert cycles(package_graph(import_graph())) == []

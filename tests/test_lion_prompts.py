@@ -1,9 +1,10 @@
 import pytest
 
+from lion_distill.judging.prompts import REFEREE_SYSTEM
+from lion_distill.judging.referee import referee_messages
+from lion_distill.judging.rubrics import RUBRICS
 from lion_distill.lion.generator import generator_messages
-from lion_distill.lion.prompts import GENERATOR_GOALS, NO_INPUT, REFEREE_SYSTEM, generator_user
-from lion_distill.lion.referee import referee_messages
-from lion_distill.lion.rubrics import RUBRICS
+from lion_distill.lion.prompts import GENERATOR_GOALS, NO_INPUT, generator_user
 
 ROW = {"id": "a", "instruction": "Summarize the text in one sentence.", "input": "Bees pollinate most crops."}
 

@@ -5,7 +5,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from lion_distill.lion.referee import (
+from lion_distill.judging.referee import (
     EMPTY_ANSWER,
     JUDGMENT_SCHEMA,
     OK,
@@ -16,9 +16,9 @@ from lion_distill.lion.referee import (
     summarize,
     unparseable_ids,
 )
-from lion_distill.lion.reviews import logprob_scores
-from lion_distill.lion.reviews import parse_scores_first as parse_review
-from lion_distill.lion.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
+from lion_distill.judging.reviews import logprob_scores
+from lion_distill.judging.reviews import parse_scores_first as parse_review
+from lion_distill.judging.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
 READABLE = [
@@ -298,7 +298,7 @@ def test_misaligned_inputs_are_reported():
 
 
 def test_a_pairs_two_reviews_are_matched_across_the_tables_they_come_in():
-    from lion_distill.lion.judge import matched_orders
+    from lion_distill.judging.judge import matched_orders
 
     def reviews(*ids):
         return pa.table({"id": [f"{i}" for i in ids], "text": [f"review {i}" for i in ids]})

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from lion_distill.config.models import LionConfig
-from lion_distill.lion.referee import OK, UNPARSEABLE, judgment_rows, referee_messages
-from lion_distill.lion.reviews import logprob_scores, parse_score_tuple, parse_scores_last
-from lion_distill.lion.rubrics import RUBRICS, rubric_for
+from lion_distill.judging.referee import OK, UNPARSEABLE, judgment_rows, referee_messages
+from lion_distill.judging.reviews import logprob_scores, parse_score_tuple, parse_scores_last
+from lion_distill.judging.rubrics import RUBRICS, rubric_for
 
 REFERENCE = Path(__file__).parent / "reference"
 REPO = Path(__file__).parents[1]
@@ -196,7 +196,7 @@ def test_coding_review_is_read_from_its_first_line_as_fastchat():
 def test_real_generators_are_unconstrained_and_only_the_tiny_demo_sets_the_regex():
     from lion_distill.config import RoleConfig
     from lion_distill.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
-    from lion_distill.lion.iteration import constraint
+    from lion_distill.llm.answers import constraint
 
     assert LionConfig().generator_constraint == "none"
     vllm_generator = RoleConfig(backend="vllm", model="m")

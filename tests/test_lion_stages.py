@@ -1,5 +1,5 @@
 """The three Lion stages' logic in milliseconds, without Ray: each stage's one Ray edge,
-`lion_distill.lion.iteration.answer`, is replaced by a scripted LLM.
+`lion_distill.llm.answers.answer`, is replaced by a scripted LLM.
 
 The scripted LLM samples like a seeded engine: its reply is a function of (model,
 prompt, the request's seed). Asking the same prompt with the same seed again replays
@@ -17,12 +17,12 @@ import pytest
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, read_pool, write_pool
+from lion_distill.judging import judge as J
+from lion_distill.judging.referee import JUDGMENT_SCHEMA
 from lion_distill.lion import discrimination as D
 from lion_distill.lion import generation as G
 from lion_distill.lion import imitation as I
-from lion_distill.lion import judge as J
 from lion_distill.lion.iteration import rel
-from lion_distill.lion.referee import JUDGMENT_SCHEMA
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.responses import response_row
 from lion_distill.metrics import StageRecord
@@ -54,7 +54,7 @@ def _words(h: str) -> str:
 
 class ScriptedLLM:
     """answer(role, rows, to_prompt, **kw) -> (replies aligned with rows, a table of the id and the
-    response columns, as lion_distill.lion.iteration.answer returns; StageRecord)."""
+    response columns, as lion_distill.llm.answers.answer returns; StageRecord)."""
 
     def __init__(self, reply):
         self.reply, self.calls = reply, []

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from lion_distill.data import load_pool
+from lion_distill.judging.referee import referee_messages
+from lion_distill.judging.rubrics import RUBRICS
 from lion_distill.lion.generator import REJECT_REASONS, candidate_rows, clean_candidate, generator_messages
-from lion_distill.lion.referee import referee_messages
 from lion_distill.lion.rouge import NoveltyFilter
-from lion_distill.lion.rubrics import RUBRICS
 from tests.fixtures.server_process import free_port, server_process
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from lion_distill.config.models import RoleConfig, SamplingParams
 from lion_distill.data import RunDir
 from lion_distill.data.pools import RowFiles
-from lion_distill.lion.iteration import parts_folder
+from lion_distill.llm.answers import parts_folder
 from lion_distill.llm.parts import NOT_FINAL, Parts, iter_answers, part_files, read_answers, written_ids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ import json, sys
 import ray
 from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
 from lion_distill.data import RunDir
-from lion_distill.lion.iteration import answer
+from lion_distill.llm.answers import answer
 from lion_distill.llm.prompts import instruction_messages
 
 ray.init(log_to_driver=False)

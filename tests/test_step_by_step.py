@@ -284,7 +284,7 @@ def test_constraint_regexes_compile_in_vllms_structured_output_backend():
     """xgrammar (vLLM's default backend) refuses what Python's `re` accepts: a raw newline in a
     character class failed every constrained teacher request on a real vLLM server."""
     xgrammar = pytest.importorskip("xgrammar")
-    from lion_distill.lion.rubrics import RUBRICS
+    from lion_distill.judging.rubrics import RUBRICS
 
     regexes = {name: task.constraint(600) for name, task in TASKS.items()}
     regexes["user"] = user_task(["yes", "no"]).constraint()

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pytest
 
 from lion_distill.data.tables import first_per_id, in_order, replaced_by_id
-from lion_distill.lion.iteration import answered, answered_mask
-from lion_distill.lion.judge import _unjudgeable
-from lion_distill.lion.referee import ROLES, unjudgeable
+from lion_distill.judging.judge import _unjudgeable
+from lion_distill.judging.referee import ROLES, unjudgeable
+from lion_distill.llm.answers import answered, answered_mask
 
 
 def test_in_order_aligns_rows_to_ids_and_names_what_is_missing():
@@ -51,7 +51,7 @@ def test_the_column_rules_agree_with_the_row_rules_on_every_case():
 
 
 def test_the_referees_requests_put_both_orders_of_a_pair_side_by_side_across_chunks(monkeypatch):
-    from lion_distill.lion import judge
+    from lion_distill.judging import judge
 
     monkeypatch.setattr(judge, "CHUNK_ROWS", 2)  # 5 pairs: chunks of 2, 2 and 1
     sent = pa.table(

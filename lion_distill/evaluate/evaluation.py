@@ -1,5 +1,5 @@
 """One evaluation of one candidate: it answers the questions, the judge reviews each
-(reference, candidate) pair in both orders (lion_distill.lion.judge: the referee's prompt,
+(reference, candidate) pair in both orders (lion_distill.judging.judge: the referee's prompt,
 parser, structured output and retries), and the scores are aggregated.
 
 Run directory (the evaluation job's, or a Lion run's):
@@ -28,9 +28,9 @@ from lion_distill.data import RunDir
 from lion_distill.evaluate.nll import nll_gap
 from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.evaluate.scores import aggregate, check_judged, headline
-from lion_distill.lion.iteration import answer, read_rows, write_responses
-from lion_distill.lion.judge import check_constraint, judge_pairs
-from lion_distill.lion.referee import judgment_schema
+from lion_distill.judging.judge import check_constraint, judge_pairs
+from lion_distill.judging.referee import judgment_schema
+from lion_distill.llm.answers import answer, read_rows, write_responses
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
 from lion_distill.llm.serving import take_engine_metrics
 from lion_distill.metrics import Metrics, StageRecord

@@ -19,8 +19,8 @@ from lion_distill.data import RunDir
 from lion_distill.evaluate.evaluation import evaluate, prepare
 from lion_distill.evaluate.report import write_report
 from lion_distill.evaluate.scores import headline
-from lion_distill.lion.iteration import usage
 from lion_distill.local_models import resolve_local_models
+from lion_distill.metrics import usage
 from lion_distill.runner import Stage, StageResult, run_stages
 
 

@@ -25,7 +25,7 @@ import torch
 
 from lion_distill.config import RoleConfig
 from lion_distill.data import RunDir
-from lion_distill.lion.iteration import answer, answered, read_rows, write_responses
+from lion_distill.llm.answers import answer, answered, read_rows, write_responses
 from lion_distill.llm.prompts import instruction_messages
 from lion_distill.train.batches import IGNORE, collate_causal, load_tokenizer, tokenize_causal
 from lion_distill.train.step import masked_token_loss

@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from lion_distill.lion.referee import OK
+from lion_distill.judging.referee import OK
 
 OUTCOMES = ("win", "tie", "loss")
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from lion_distill.data import POOL_SCHEMA, pool_table
 from lion_distill.data.conversations import user_turns
 from lion_distill.data.tables import first_per_id, in_order
-from lion_distill.lion.iteration import answered
+from lion_distill.llm.answers import answered
 from lion_distill.llm.prompts import student_prompt
 
 CHUNK_ROWS = 8192  # conversations turned into Python rows at once
@@ -89,7 +89,7 @@ def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bo
 
 
 def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[pa.Table, list]:
-    """The student's answers to a pool through `ask` (lion_distill.lion.iteration.answer), in the
+    """The student's answers to a pool through `ask` (lion_distill.llm.answers.answer), in the
     pool's order: instructions in the Alpaca format and conversations through its chat
     template, as it was trained; one request kind per call (a vLLM stage takes one).
     -> (responses, StageRecords)."""

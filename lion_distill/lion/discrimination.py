@@ -3,7 +3,7 @@ pair twice, the answers' order swapped, and the two are averaged. gap = teacher 
 student; an instruction is hard when gap >= tau. An unparseable review is asked again
 (a new draw), then excluded and counted: never turned into a number. A student that
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
-the student gets the lowest score, 1 (lion_distill.lion.referee.judgment_rows). A failed student
+the student gets the lowest score, 1 (lion_distill.judging.referee.judgment_rows). A failed student
 request is not an answer: it is asked again, then its pair is excluded and counted. A conversation
 is judged on its last user turn (lion_distill.lion.conversations)."""
 
@@ -17,22 +17,14 @@ import pyarrow.compute as pc
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
+from lion_distill.judging.judge import check_constraint, judge_pairs
+from lion_distill.judging.referee import summarize
 from lion_distill.lion.conversations import answer_student
-from lion_distill.lion.iteration import (
-    answer,
-    known_teacher_answers,
-    pool,
-    pool_ids_not_in,
-    rel,
-    response_table,
-    usage,
-    write_responses,
-    write_stage_metrics,
-)
-from lion_distill.lion.judge import check_constraint, judge_pairs
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
-from lion_distill.lion.referee import summarize
+from lion_distill.llm.answers import answer, response_table, write_responses
 from lion_distill.llm.responses import failed_mask
+from lion_distill.metrics import usage
 
 log = logging.getLogger("lion_distill.lion")
 

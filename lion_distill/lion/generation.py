@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, write_pool
 from lion_distill.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
-from lion_distill.lion.iteration import answer, constraint, pool, rel, usage, write_stage_metrics
+from lion_distill.lion.iteration import pool, rel, write_stage_metrics
 from lion_distill.lion.prompts import NO_INPUT
 from lion_distill.lion.rouge import NoveltyFilter
+from lion_distill.llm.answers import answer, constraint
 from lion_distill.llm.prompts import instruction_text
-from lion_distill.metrics import StageRecord
+from lion_distill.metrics import StageRecord, usage
 
 log = logging.getLogger("lion_distill.lion")
 

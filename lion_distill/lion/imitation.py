@@ -26,22 +26,11 @@ from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
-from lion_distill.lion.iteration import (
-    answer,
-    answered,
-    answered_mask,
-    known_teacher_answers,
-    pool,
-    pool_ids_not_in,
-    rel,
-    response_table,
-    usage,
-    write_responses,
-    write_stage_metrics,
-)
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
+from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
 from lion_distill.llm.serving import training
-from lion_distill.metrics import StageRecord
+from lion_distill.metrics import StageRecord, usage
 from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.lion")

@@ -23,11 +23,12 @@ from lion_distill.lion.discrimination import discrimination
 from lion_distill.lion.export import export_run
 from lion_distill.lion.generation import generation
 from lion_distill.lion.imitation import imitation
-from lion_distill.lion.iteration import merge_iteration_metrics, rel, usage
+from lion_distill.lion.iteration import merge_iteration_metrics, rel
 from lion_distill.lion.report import write_report
 from lion_distill.llm.serving import job_engines
 from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
+from lion_distill.metrics import usage
 from lion_distill.runner import Stage, StageResult, run_stages
 
 log = logging.getLogger("lion_distill.lion")

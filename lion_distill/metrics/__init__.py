@@ -94,3 +94,14 @@ class Metrics:
         for rec in self.records:
             out.update(rec.as_dict())
         return out
+
+
+def usage(records: list[StageRecord]) -> dict:
+    """A stage's contribution to the run's counters."""
+    return {
+        "rows": sum(r.rows for r in records),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "api_requests": sum(r.api_requests for r in records),
+        "cost_usd": sum(r.cost_usd for r in records),
+    }

@@ -16,8 +16,8 @@ from lion_distill.config.models import PlanConfig, RoleConfig
 from lion_distill.evaluate.evaluation import PROMPTS
 from lion_distill.evaluate.job import CandidateError, candidate_role
 from lion_distill.evaluate.questions import load_questions, read_reference_answers
-from lion_distill.lion.referee import referee_messages
-from lion_distill.lion.rubrics import rubric_for
+from lion_distill.judging.referee import referee_messages
+from lion_distill.judging.rubrics import rubric_for
 from lion_distill.llm.ledger import spent_by_role
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.observed import Estimates, Observed

@@ -16,10 +16,10 @@ from itertools import cycle
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, read_pool
+from lion_distill.judging.referee import referee_messages
+from lion_distill.judging.rubrics import rubric_for
 from lion_distill.lion.generator import KINDS, generator_messages
 from lion_distill.lion.prompts import teacher_messages
-from lion_distill.lion.referee import referee_messages
-from lion_distill.lion.rubrics import rubric_for
 from lion_distill.llm.ledger import spent_by_role
 from lion_distill.llm.prompts import student_prompt
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price

@@ -1,7 +1,7 @@
 """Reading a review: the two scores a referee or judge gave, from its text, and
 probability-weighted from its score tokens' logprobs.
 
-Three layouts, one per rubric (lion_distill.lion.rubrics): FastChat's scores first
+Three layouts, one per rubric (lion_distill.judging.rubrics): FastChat's scores first
 ("8 7" on the first line: the Vicuna general and coding prompts), Lion's scores last
 ("Score of the Assistant 1: 8" / "Score of the Assistant 2: 7" as the last lines), and
 FastChat's math prompt's Python tuple ("(8, 7)", after the judge's own solution). Each

@@ -20,14 +20,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lion_distill.lion.prompts import (
+from lion_distill.judging.prompts import (
     FASTCHAT_RULES,
     FASTCHAT_TEMPLATE,
     LION_REFEREE_RULES,
     LION_REFEREE_TEMPLATE,
     REFEREE_SYSTEM,
 )
-from lion_distill.lion.reviews import SCORES_FIRST_AT, parse_score_tuple, parse_scores_first, parse_scores_last
+from lion_distill.judging.reviews import SCORES_FIRST_AT, parse_score_tuple, parse_scores_first, parse_scores_last
 
 _SCORE = "(10|[1-9])"
 # What a constrained explanation may hold: prose, numbers and code-ish punctuation, lines.

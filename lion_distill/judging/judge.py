@@ -1,12 +1,12 @@
 """A referee over pairs of answers, as Lion's discrimination and the evaluation job ask it.
 
-Each pair is asked under its rubric (lion_distill.lion.rubrics: Lion's referee prompt, or
+Each pair is asked under its rubric (lion_distill.judging.rubrics: Lion's referee prompt, or
 FastChat's by the pair's `category`). Both orders of every pair go in one dataset, so
 one pass of the referee serves them (one pass per rubric where a vLLM-served referee is
 constrained to each rubric's layout, their figures summed into one record);
 a review that cannot be read is asked again as a new draw (sampling on, so the retry
 can differ, and not the cached unreadable review again), then left failed:
-`lion_distill.lion.referee` never scores it.
+`lion_distill.judging.referee` never scores it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 from lion_distill.config import RoleConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, kept, no_response, replaced_by_id
-from lion_distill.lion.iteration import answer, constraint
-from lion_distill.lion.referee import (
+from lion_distill.judging.referee import (
     OK,
     ROLES,
     context_overflow,
@@ -38,7 +37,8 @@ from lion_distill.lion.referee import (
     referee_messages,
     unparseable_ids,
 )
-from lion_distill.lion.rubrics import RUBRICS, rubric_for
+from lion_distill.judging.rubrics import RUBRICS, rubric_for
+from lion_distill.llm.answers import answer, constraint
 from lion_distill.llm.responses import failed_mask
 from lion_distill.metrics import StageRecord
 
@@ -76,7 +76,7 @@ def judge_pairs(
     `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
     the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
     in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
-    `parts` where each pass keeps its finished blocks (lion_distill.lion.iteration.answer).
+    `parts` where each pass keeps its finished blocks (lion_distill.llm.answers.answer).
     """
     records: list[StageRecord] = []
     ask = dict(
@@ -166,7 +166,7 @@ def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.Chun
 
 def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
     """Raise now, before any answer is paid for, where a constrained review cannot fit the
-    referee's max_tokens (lion_distill.lion.rubrics): a stage calls this first."""
+    referee's max_tokens (lion_distill.judging.rubrics): a stage calls this first."""
     names = ("general", "coding", "math") if prompt == "fastchat" else (rubric_for(prompt).name,)
     for name in names:
         constraint(setting, referee, partial(RUBRICS[name].regex, referee.sampling.max_tokens), RUBRICS[name].schema)

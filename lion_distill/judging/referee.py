@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.data.tables import replaced_by_id
-from lion_distill.lion.reviews import logprob_scores
-from lion_distill.lion.rubrics import RUBRICS, Rubric
+from lion_distill.judging.reviews import logprob_scores
+from lion_distill.judging.rubrics import RUBRICS, Rubric
 from lion_distill.llm.prompts import instruction_text
 from lion_distill.llm.responses import failed, is_failed
 
