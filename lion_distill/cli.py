@@ -32,12 +32,14 @@ JOBS = {
     "lion": "lion_distill.lion.loop",
     "evaluate": "lion_distill.evaluate.job",
     "step_by_step": "lion_distill.step_by_step.job",
+    "distill": "lion_distill.distill.job",
 }
 # Job name -> (module, function) that prices it for `--plan`.
 PLANS = {
     "lion": ("lion_distill.plan.lion", "lion_plan"),
     "evaluate": ("lion_distill.plan.evaluate", "evaluate_plan"),
     "step_by_step": ("lion_distill.plan.step_by_step", "step_by_step_plan"),
+    "distill": ("lion_distill.plan.distill", "distill_plan"),
 }
 
 

@@ -15,7 +15,8 @@ name where each node may download it (neither HF_HUB_OFFLINE nor TRANSFORMERS_OF
 student in each Lion run an evaluation names; a writable run directory (a local path or an object
 store URI) and, once joined, the same folder on every node (lion_distill.data.rundir_checks); the experiment tracker can start
 (installed, credentials, its folder writable or its server answering); a LoRA student's libraries
-installed (PEFT, and bitsandbytes for QLoRA). `--plan` prices a run whose run-only problems are not
+installed (PEFT, and bitsandbytes for QLoRA); a white-box mode's teacher (lion_distill.distill.teacher:
+the student's vocabulary, an engine allowed top_k logprobs, a server that returns them). `--plan` prices a run whose run-only problems are not
 solved yet (no key handed out yet): it prints them as notes.
 """
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from lion_distill.config.distill import DistillRunConfig
 from lion_distill.config.evaluate import EvalConfig
 from lion_distill.config.models import DataConfig, RoleConfig, TrackingConfig, TrainConfig
 from lion_distill.config.run import RunConfig
@@ -250,6 +252,11 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
         checks.run += tracking_problems(name, settings, cfg.run_dir, env)
     for name, train in _sections(cfg, TrainConfig):
         checks.run += lora_problems(name, train)
+    if isinstance(cfg, RunConfig | DistillRunConfig):
+        from lion_distill.distill.teacher import signal_problems
+
+        inputs, run = signal_problems(cfg, env)
+        checks.inputs, checks.run = checks.inputs + inputs, checks.run + run
     return checks
 
 

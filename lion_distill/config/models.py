@@ -200,12 +200,88 @@ class LionConfig(Strict):
     referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
     student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
+    discriminator: Literal["referee", "divergence"] = Field(
+        "referee",
+        description="How discrimination finds hard instructions: referee, the paper's LLM judge of teacher vs "
+        "student answers; divergence, judge-free, the student's mean per-token divergence from the teacher on the "
+        "teacher's answer (distill.divergence over the teacher's top-k; no referee call, no position bias; needs an "
+        "open-weight teacher of the student's vocabulary).",
+    )
+    divergence_tau: float | None = Field(
+        None,
+        ge=0.0,
+        description="With discriminator: divergence, an instruction is hard when its divergence (nats a token) is at "
+        "least this; null: the `divergence_hard_share` most divergent instructions are hard instead.",
+    )
+    divergence_hard_share: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="With discriminator: divergence and no divergence_tau, the share of instructions, the most "
+        "divergent, that are hard (0.5: as many hard as easy, the generator's default 1:1 hard:easy ratio).",
+    )
     seed: int = 42
 
     @property
     def hard_fraction(self) -> float:
         hard, easy = self.hard_easy_ratio
         return hard / (hard + easy)
+
+
+class DistillConfig(Strict):
+    """What the student learns from the teacher, for every job that trains one (Lion's imitation, the
+    distill job): the answer text (`sft`, the papers' way) or, with an open-weight teacher of the
+    student's vocabulary, the teacher's next-token distribution too (`logit_kd`, lion_distill.train.kd_loss).
+    docs/distillation-modes.md says which to choose, from benchmarks/RESULTS.md."""
+
+    mode: Literal["sft", "logit_kd"] = Field(
+        "sft",
+        description="sft: cross-entropy on the teacher's answer tokens (Lion's and distilling step-by-step's "
+        "training, the default); logit_kd: the divergence from the teacher's top-k next-token log-probabilities "
+        "at each answer token (word-level KD, Kim & Rush 2016; GKD's supervised KD, arXiv 2306.13649).",
+    )
+    top_k: PositiveInt = Field(
+        20,
+        description="How many of the teacher's most likely tokens are kept at each answer position; 20 is vLLM's "
+        "default max_logprobs (the most a vLLM server returns), and the teacher's engine is started with "
+        "max_logprobs raised to top_k when it is larger.",
+    )
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl",
+        description="forward_kl: KL(teacher || student), the classic KD (Hinton et al. 2015); reverse_kl: "
+        "KL(student || teacher) (MiniLLM, arXiv 2306.08543); jsd: GKD's generalized Jensen-Shannon divergence "
+        "with `beta`.",
+    )
+    beta: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="GKD's generalized JSD interpolation (divergence: jsd): 0 is the forward KL, 1 the reverse KL, "
+        "0.5 the symmetric JSD (TRL's GKDConfig default, as GKD's paper).",
+    )
+    temperature: PositiveFloat = Field(
+        1.0,
+        description="Softmax temperature of both distributions in the loss; 1 (TRL's DistillationConfig default) "
+        "uses the teacher's log-probabilities as the engine returns them.",
+    )
+    tail: bool = Field(
+        True,
+        description="Add a bucket for the probability mass outside the teacher's top k, so that a small k does not "
+        "make the loss vanish (TRL's `loss_add_tail`, default on); off renormalises both distributions over the k.",
+    )
+    kd_coef: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="loss = kd_coef x divergence + (1 - kd_coef) x cross-entropy on the teacher's tokens; 1, the "
+        "divergence alone, as GKD and TRL's distillation trainers train.",
+    )
+    teacher_tokenizer: str | None = Field(
+        None,
+        description="A local folder with the teacher's tokenizer, for a teacher served by an API: it renders the "
+        "prompts the teacher scores and is checked against the student's vocabulary; default the teacher's model "
+        "folder.",
+    )
 
 
 class LoraConfig(Strict):

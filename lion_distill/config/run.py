@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from lion_distill.config.evaluate import EvalConfig
 from lion_distill.config.models import (
     DataConfig,
+    DistillConfig,
     LionConfig,
     PlanConfig,
     RoleConfig,
@@ -32,6 +33,9 @@ class RunConfig(Strict):
     referee: RoleConfig
     generator: RoleConfig
     lion: LionConfig = LionConfig()
+    distill: DistillConfig = Field(
+        DistillConfig(), description="What imitation trains the student on: the answers, or their logits too."
+    )
     train: TrainConfig = TrainConfig()
     eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
     plan: PlanConfig = PlanConfig()

@@ -5,7 +5,10 @@ student; an instruction is hard when gap >= tau. An unparseable review is asked 
 answers nothing (empty or failed) has lost: the referee is shown the empty answer and
 the student gets the lowest score, 1 (lion_distill.judging.referee.judgment_rows). A failed student
 request is not an answer: it is asked again, then its pair is excluded and counted. A conversation
-is judged on its last user turn (lion_distill.lion.conversations)."""
+is judged on its last user turn (lion_distill.lion.conversations).
+
+With `lion.discriminator: divergence` no student answers and no referee: the teacher scores its own
+answers and the gap is the student's divergence from it along each (lion_distill.distill.divergence)."""
 
 from __future__ import annotations
 
@@ -17,20 +20,25 @@ import pyarrow.compute as pc
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
+from lion_distill.distill.divergence import hard_by_divergence, student_divergence
+from lion_distill.distill.signal import teacher_signal, with_signal
 from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import summarize
+from lion_distill.judging.referee import JUDGMENT_SCHEMA, OK, summarize
 from lion_distill.lion.conversations import answer_student
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
-from lion_distill.llm.answers import answer, response_table, write_responses
-from lion_distill.llm.responses import failed_mask
-from lion_distill.metrics import usage
+from lion_distill.llm.answers import answer, answered_mask, response_table, write_responses
+from lion_distill.llm.responses import failed, failed_mask
+from lion_distill.metrics import stage_timer, usage
+from lion_distill.train.kd_loss import KDLoss
 
 log = logging.getLogger("lion_distill.lion")
+NO_DIVERGENCE = failed("no teacher answer")  # a divergence judgment's status where the teacher did not answer
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
+    if cfg.lion.discriminator == "referee":
+        check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
     cache_pool = pool(run, k, "cache")
     records = []
 
@@ -40,6 +48,8 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
         rel(k, "discrimination", "teacher_responses.parquet"),
         _teacher_answers(cfg.teacher, cache_pool, run, k, records),
     )
+    if cfg.lion.discriminator == "divergence":
+        return _by_divergence(cfg, run, k, student_model, cache_pool, teacher, records)
     student_role = cfg.student.model_copy(update={"model": student_model})
     student = _written(
         run,
@@ -87,6 +97,89 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return {}, usage(records), iteration_summary
+
+
+def _by_divergence(
+    cfg: RunConfig, run: RunDir, k: int, student_model: str, cache_pool: pa.Table, teacher: pa.Table, records: list
+) -> tuple[dict, dict, dict]:
+    """The judge-free discriminator (lion.discriminator: divergence, lion_distill.distill.divergence):
+    the teacher scores its answers, the student's divergence from it along each is the gap, and the
+    most divergent are hard. An instruction the teacher did not answer is failed, never hard."""
+    answered = answered_mask(teacher)
+    rows = cache_pool.filter(answered)
+    answers = pa.table(
+        {"id": rows.column("id"), **{c: teacher.filter(answered).column(c) for c in teacher.column_names}}
+    )
+    signal, record = teacher_signal(
+        cfg.teacher,
+        cfg.distill,
+        rows,
+        answers,
+        teacher_messages,
+        run=run,
+        stage="discrimination/signal",
+        parts=rel(k, "discrimination", "signal"),
+    )
+    records.append(record)
+    scored = with_signal(
+        pa.table(
+            {
+                "id": rows.column("id"),
+                "instruction": rows.column("instruction"),
+                "input": rows.column("input"),
+                "response": answers.column("text"),
+                "complete": pc.not_equal(answers.column("finish_reason"), "length"),
+            }
+        ),
+        signal,
+    )
+    with stage_timer("discrimination/divergence") as timing:
+        gaps = _remote_divergence(student_model, scored.to_pylist(), cfg)
+        timing.rows = len(gaps)
+    records.append(timing)
+    hard = hard_by_divergence(gaps, tau=cfg.lion.divergence_tau, share=cfg.lion.divergence_hard_share)
+    judged = dict(zip(rows.column("id").to_pylist(), zip(gaps, hard)))
+    judgments = divergence_judgments(cache_pool.column("id").to_pylist(), judged)
+    run.write_table(rel(k, "discrimination", "judgments.parquet"), judgments)
+    summary = summarize(judgments)
+    extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap")}
+    extra["lion/judge_failed"] = summary["failed"]
+    for kind, flag in (("hard", True), ("easy", False)):
+        values = [g for g, h in zip(gaps, hard) if h is flag]
+        if values:
+            extra[f"lion/divergence_{kind}_mean"] = sum(values) / len(values)
+    log.info(
+        "iteration %d discrimination by divergence: %d judged, %d hard; mean divergence hard %s, easy %s",
+        k,
+        summary["judged"],
+        summary["hard"],
+        extra.get("lion/divergence_hard_mean"),
+        extra.get("lion/divergence_easy_mean"),
+    )
+    write_stage_metrics(run, k, "discrimination", records, extra)
+    iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
+    return {}, usage(records), iteration_summary
+
+
+def divergence_judgments(ids: list[str], judged: dict[str, tuple[float, bool | None]]) -> pa.Table:
+    """Judgment rows (JUDGMENT_SCHEMA) of the divergence discriminator: the gap is the divergence,
+    no scores or reviews; an instruction without one is failed."""
+    rows = []
+    for i in ids:
+        gap, hard = judged.get(i, (None, None))
+        ok = hard is not None
+        rows.append({"id": i, "gap": gap if ok else None, "hard": hard, "status": OK if ok else NO_DIVERGENCE})
+    return pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA)
+
+
+def _remote_divergence(student_model: str, rows: list[dict], cfg: RunConfig) -> list[float]:
+    """student_divergence in a Ray task, on a GPU where the cluster has one."""
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(student_divergence)
+    loss = KDLoss.of(cfg.distill)
+    return ray.get(task.remote(student_model, rows, loss, top_k=cfg.distill.top_k, max_length=cfg.train.max_length))
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:

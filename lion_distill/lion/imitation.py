@@ -10,7 +10,10 @@ stops with the cause instead of training on (nearly) nothing.
 
 The teacher's answers are written before training starts: a resumed imitation (training
 killed midway) trains on those same answers and asks the teacher nothing again, unless the
-teacher's settings changed since, when only its complete answers are kept."""
+teacher's settings changed since, when only its complete answers are kept.
+
+With `distill.mode: logit_kd` the teacher also scores its answers (its top-k log-probabilities at each
+answer token, lion_distill.distill.signal), and the student learns those (lion_distill.train.kd_loss)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
+from lion_distill.distill.signal import teacher_signal, with_signal
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
@@ -80,6 +84,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
     failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
     check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
+    if cfg.distill.mode == "logit_kd" and sft.num_rows:
+        sft = _with_teacher_signal(cfg, run, k, train_pool, responses, sft, records)
     summary = {
         "imitation_rows": train_pool.num_rows,
         "imitation_answered": responses.num_rows - failed,
@@ -123,6 +129,26 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         },
     )
     return {"student_model": student_model}, usage(records), summary
+
+
+def _with_teacher_signal(
+    cfg: RunConfig, run: RunDir, k: int, train_pool: pa.Table, responses: pa.Table, sft: pa.Table, records: list
+) -> pa.Table:
+    """The training rows with the teacher's token signal of their answers (lion_distill.distill.signal),
+    scored once and kept in iter_k/imitation/signal/ (a resumed imitation reads it back)."""
+    trained = train_pool.filter(pc.is_in(train_pool.column("id"), value_set=sft.column("id").combine_chunks()))
+    signal, record = teacher_signal(
+        cfg.teacher,
+        cfg.distill,
+        trained,
+        responses,
+        teacher_messages,
+        run=run,
+        stage="imitation/signal",
+        parts=rel(k, "imitation", "signal"),
+    )
+    records.append(record)
+    return with_signal(sft, signal)
 
 
 def _teacher_settings(cfg: RunConfig) -> dict:
@@ -178,7 +204,7 @@ def sft_rows(
         if is_conversation(row):
             chat, cut = conversation_sft(row, answers, train_on_truncated)
             truncated += cut
-            sft += [chat] if chat else []
+            sft += [{**chat, "id": row["id"]}] if chat else []
             continue
         response = answers[row["id"]]
         if not answered(response):
@@ -188,6 +214,7 @@ def sft_rows(
         if complete or train_on_truncated:
             sft.append(
                 {
+                    "id": row["id"],
                     "instruction": row["instruction"],
                     "input": row["input"],
                     "response": response["text"],
@@ -201,6 +228,7 @@ def sft_rows(
 SFT_CHUNK_ROWS = 8192  # pool rows made into training rows at once: Python rows for a chunk, never the pool
 SFT_SCHEMA = pa.schema(
     [
+        ("id", pa.string()),  # the pool row's: its answer's teacher signal joins on it
         ("instruction", pa.string()),
         ("input", pa.string()),
         ("response", pa.string()),
@@ -232,6 +260,7 @@ def sft_table(
 
 def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table):
     from lion_distill.train import train_causal_sft
+    from lion_distill.train.kd_loss import KDLoss
 
     # Each iteration continues from the previous student, as in Lion's Algorithm 1.
     # Engines the student's training needs the GPUs of stop first (lion_distill.llm.serving).
@@ -239,6 +268,7 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Tabl
     rows = RowFiles(run, rel(k, "imitation", "train_rows"))
     for start in range(0, sft.num_rows, SFT_CHUNK_ROWS):
         rows.add(sft.slice(start, SFT_CHUNK_ROWS))
+    kd = KDLoss.of(cfg.distill) if cfg.distill.mode == "logit_kd" else None
     with training():
         result = train_causal_sft(
             cfg.train,
@@ -246,6 +276,8 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Tabl
             rows.dataset(),
             run.uri_of(rel(k, "imitation", "student")),
             name=f"{cfg.name}-iter{k}-imitation",
+            kd=kd,
+            top_k=cfg.distill.top_k,
         )
     rows.remove()
     return result

@@ -10,15 +10,13 @@ backend's response cache means no paid request is sent twice.
 from __future__ import annotations
 
 import logging
-import os
-
-import numpy as np
 
 from lion_distill.config import RunConfig, load_config
-from lion_distill.data import RunDir, load_pool, write_pool
+from lion_distill.data import RunDir, write_pool
+from lion_distill.distill.teacher import with_teacher_logprobs
 from lion_distill.evaluate.evaluation import evaluate
-from lion_distill.evaluate.job import absolute_paths as eval_absolute_paths
 from lion_distill.evaluate.scores import headline
+from lion_distill.job_inputs import absolute_paths, sampled_pool
 from lion_distill.lion.discrimination import discrimination
 from lion_distill.lion.export import export_run
 from lion_distill.lion.generation import generation
@@ -37,39 +35,9 @@ STAGE_FUNCTIONS = {"imitation": imitation, "discrimination": discrimination, "ge
 STAGES = tuple(STAGE_FUNCTIONS)
 
 
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Local model paths and pool files as absolute paths: Ray workers do not share the
-    job's working directory."""
-    roles = {}
-    for name in cfg.ROLES:
-        role = getattr(cfg, name)
-        if os.path.exists(role.model):
-            roles[name] = role.model_copy(update={"model": os.path.abspath(role.model)})
-    sources = [
-        s.model_copy(update={"data_files": [os.path.abspath(f) for f in s.data_files]}) for s in cfg.data.datasets
-    ]
-    data = cfg.data.model_copy(
-        update={"pool_files": [os.path.abspath(p) for p in cfg.data.pool_files], "datasets": sources}
-    )
-    run_dir = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
-    evaluation = cfg.eval and eval_absolute_paths(cfg.eval)
-    return cfg.model_copy(update={**roles, "data": data, "run_dir": run_dir, "eval": evaluation})
-
-
 def initial_pool(cfg: RunConfig):
     """-> (the seed instructions, their load report as a dict): the pool files, sampled if asked."""
-    pool, report = load_pool(
-        cfg.data.pool_files, cfg.data.field_map, cfg.data.max_instruction_chars, cfg.data.sources(), reuse=False
-    )
-    summary = report.as_dict()
-    if cfg.data.sample_size and cfg.data.sample_size < pool.num_rows:
-        picks = np.sort(np.random.default_rng(cfg.lion.seed).choice(pool.num_rows, cfg.data.sample_size, replace=False))
-        pool = pool.take(picks)
-        summary["sampled"] = pool.num_rows
-    if not pool.num_rows:
-        raise ValueError(f"no usable instructions in {cfg.data.pool_files + cfg.data.sources()}: {summary['rejects']}")
-    log.info("seed pool: %d rows in, %d kept, rejects %s", report.rows_in, report.rows_kept, dict(report.rejects))
-    return pool, summary
+    return sampled_pool(cfg.data, cfg.lion.seed)
 
 
 def seed_pools(cfg: RunConfig, run: RunDir) -> None:
@@ -135,7 +103,7 @@ def load(path: str, overrides: list[str]) -> RunConfig:
 
 
 def run(cfg: RunConfig) -> dict:
-    cfg = absolute_paths(cfg)
+    cfg = with_teacher_logprobs(absolute_paths(cfg))
     rundir = RunDir(cfg.run_dir)
     # The resolved config holds the *names* of key variables, never their values.
     config = cfg.model_dump(mode="json")

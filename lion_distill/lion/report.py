@@ -343,6 +343,7 @@ def render_markdown(
     if not iterations:
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")
     out += _section_loop(iterations, plots)
+    out += _section_divergence(iterations)
     out += _section_imitation(iterations)
     out += _section_stages(iterations, plots)
     out += _section_engines(iterations)
@@ -372,6 +373,19 @@ def _section_loop(iterations, plots) -> list[str]:
     rows = [[it.k] + [it.loop.get(key) for key in LOOP_KEYS] for it in iterations if it.loop]
     out.append(table_md(["iteration", *LOOP_KEYS], rows) if rows else "No `lion/*` summary metrics yet.")
     return out + _plot(plots, "hard_fraction_gap.png", "hard fraction and mean gap")
+
+
+def _section_divergence(iterations) -> list[str]:
+    """lion.discriminator: divergence: the student's mean divergence from the teacher (nats a token) on
+    the instructions it called hard and on the easy ones (lion_distill.distill.divergence)."""
+    keys = ("divergence_hard_mean", "divergence_easy_mean", "hard", "easy")
+    rows = [[it.k] + [it.loop.get(key) for key in keys] for it in iterations if "divergence_hard_mean" in it.loop]
+    if not rows:
+        return []
+    return [
+        "\n## Judge-free discrimination: divergence of hard and easy instructions\n",
+        table_md(["iteration", "hard: mean divergence", "easy: mean divergence", "hard", "easy"], rows),
+    ]
 
 
 def _section_imitation(iterations) -> list[str]:

@@ -1,6 +1,7 @@
 """The deployment class of a job's engines: Ray Serve LLM's `LLMServer`, plus `chat_dict`
 and `completions_dict`, which take an OpenAI request body and give back the reply as a
-plain dict. The OpenAI request and reply classes are vLLM's: a stage's Ray Data actor that
+plain dict, and `score_dict`, a scoring pass's prompt logprobs made into the teacher signal's
+lists (lion_distill.llm.scorers). The OpenAI request and reply classes are vLLM's: a stage's Ray Data actor that
 sends or receives them imports vLLM (8.7 s measured on this machine's two cores, every
 stage, as the actor is new each time); with plain dicts only the replica, which has vLLM
 loaded anyway, does (benchmarks/serve_throughput.py).
@@ -23,6 +24,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 
 from lion_distill.data.remote import is_uri, local_model
 from lion_distill.llm.engine_start import EngineRootCause, exception_line
+from lion_distill.llm.scorers import from_prompt_logprobs, signal_row
 
 LOG_TAIL_BYTES = 256 << 10
 
@@ -48,6 +50,25 @@ class JobLLMServer(LLMServer):
     async def completions_dict(self, body: dict):
         async for reply in await self.completions(CompletionRequest(**_own_fields(body))):
             yield reply.model_dump()
+
+    async def score_dict(self, body: dict):
+        """A scoring pass's request (lion_distill.llm.scorers.serve_scoring: id, prompt_ids, answer_ids,
+        k) -> its signal row: one token generated after prompt + answer, the prompt's top-k logprobs."""
+        row = {name: body[name] for name in ("id", "prompt_ids", "answer_ids")}
+        request = CompletionRequest(
+            model=body["model"],
+            prompt=row["prompt_ids"] + row["answer_ids"],
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=body["k"],
+        )
+        async for reply in await self.completions(request):
+            reply = reply.model_dump()
+            if reply.get("error"):  # vLLM's ErrorResponse: a top k over max_logprobs, say
+                error = f"engine error: {' '.join(str(reply['error'].get('message')).split())[:300]}"
+                yield signal_row(row["id"], row["answer_ids"], len(row["prompt_ids"]), error=error)
+            else:
+                yield from_prompt_logprobs(row, reply["choices"][0].get("prompt_logprobs"), body["k"])
 
 
 def with_local_model(llm_config):

@@ -25,6 +25,7 @@ from lion_distill.llm.prompts import student_prompt
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.evaluate import EvalEstimates
 from lion_distill.plan.observed import Estimates, Observed
+from lion_distill.plan.signal import signal_line
 from lion_distill.plan.tokens import counter_for, sample
 
 STAGES = ("imitation", "discrimination", "generation")
@@ -216,11 +217,33 @@ class _Estimates(Estimates):
         observed = self.seen.mean("tokens_per_s/imitation/train")
         per_gpu = observed / gpus if observed and gpus else self.cfg.plan.train_tokens_per_s_per_gpu
         train.gpu_hours = 0.0 if not gpus else (train.prompt_tokens / per_gpu / 3600 if per_gpu else None)
-        return [self.call(k, "imitation", "imitation/teacher", "teacher", train_rows), train]
+        lines = [self.call(k, "imitation", "imitation/teacher", "teacher", train_rows)]
+        if self.cfg.distill.mode == "logit_kd":
+            lines.append(self.signal(k, "imitation", answered))
+        return [*lines, train]
+
+    def signal(self, k: int, stage: str, rows: float) -> Line:
+        """The teacher's scoring pass over `rows` answers (lion_distill.plan.signal)."""
+        call = f"{stage}/signal"
+        line, note = signal_line(
+            f"iter_{k}/{stage}",
+            call,
+            self.cfg.teacher,
+            self.cfg.distill,
+            rows,
+            self.prompt["teacher"],
+            self.reply["teacher"][0],
+            self.throughput("teacher", call),
+        )
+        self.note(note)
+        return line
 
     def discrimination(self, k: int, train_rows: float, cache_rows: float) -> list[Line]:
+        teacher = self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed)
+        if self.cfg.lion.discriminator == "divergence":  # no student answers, no referee: the teacher scores
+            return [teacher, self.signal(k, "discrimination", cache_rows)]
         lines = [
-            self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed),
+            teacher,
             self.call(k, "discrimination", "discrimination/student", "student", cache_rows),
             self.call(k, "discrimination", "discrimination/referee", "referee", 2 * cache_rows),
         ]

@@ -21,19 +21,29 @@ from lion_distill.train.validation import Validation
 if TYPE_CHECKING:
     import ray.data
 
+    from lion_distill.train.kd_loss import KDLoss
+
 __all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
 
 
 def train_causal_sft(
-    cfg: TrainConfig, model_path: str, rows: ray.data.Dataset, output_dir: str, *, name: str
+    cfg: TrainConfig,
+    model_path: str,
+    rows: ray.data.Dataset,
+    output_dir: str,
+    *,
+    name: str,
+    kd: KDLoss | None = None,
+    top_k: int | None = None,
 ) -> TrainResult:
     """Instruction tuning (Lion's imitation stage): rows `instruction`, `input`,
-    `response`; Alpaca prompt, loss on the response tokens and eos only."""
+    `response`; Alpaca prompt, loss on the response tokens and eos only. With `kd` (logit
+    distillation, lion_distill.train.kd_loss) the rows also carry the teacher's answer ids and top
+    `top_k` per token (`response_ids`, `topk_ids`, `topk_logprobs`), and the student learns those."""
     from lion_distill.train.loop import fit
 
-    return fit(
-        cfg.model_copy(update={"architecture": "causal"}), model_path, rows, output_dir, name=name, kind="causal"
-    )
+    causal = cfg.model_copy(update={"architecture": "causal"})
+    return fit(causal, model_path, rows, output_dir, name=name, kind="causal", kd=kd, top_k=top_k)
 
 
 def train_seq2seq_multitask(

@@ -46,11 +46,14 @@ from lion_distill.train import batches as B
 from lion_distill.train import lora
 from lion_distill.train import step as S
 from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
+from lion_distill.train.kd_loss import KDLoss
 from lion_distill.train.result import TrainResult
+from lion_distill.train.teacher_signal import collate_teacher, tokenize_with_teacher
 from lion_distill.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("lion_distill.train")
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+TEACHER_COLUMNS = ("response_ids", "topk_ids", "topk_logprobs")  # a white-box row's (docs/design.md)
 REQUIRED = {
     "causal": ("instruction", "input", "response"),
     "standard": ("input", "label"),
@@ -67,13 +70,18 @@ def fit(
     name: str,
     kind: str,
     validation: Validation | None = None,
+    kd: KDLoss | None = None,
+    top_k: int | None = None,
 ) -> TrainResult:
     """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
-    ("multitask" | "standard")."""
-    missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
+    ("multitask" | "standard"). `kd` (causal): logit distillation from the rows' teacher signal
+    (TEACHER_COLUMNS, top `top_k` per token; lion_distill.train.teacher_signal) instead of SFT."""
+    missing = [c for c in REQUIRED[kind] + (TEACHER_COLUMNS if kd else ()) if c not in rows.schema().names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
     tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
+    if kd is not None:
+        tokenize = partial(tokenize_with_teacher, k=top_k)
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
@@ -103,6 +111,8 @@ def fit(
             "n_rows": n_usable,
             "ranks": ranks,
             "validation": validation,
+            "kd": kd,
+            "top_k": top_k,
             "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
         }
         result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
@@ -287,6 +297,9 @@ def _train_worker(config: dict) -> dict:
             state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
+    kd = config.get("kd")
+    if kd is not None:
+        collate = partial(_with_teacher, collate, k=config["top_k"])
     tasks = 2 if config["kind"] == "multitask" else 1
     shard = ray.train.get_dataset_shard("train")  # the whole dataset (in local mode, the Dataset itself)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -309,7 +322,9 @@ def _train_worker(config: dict) -> dict:
             tokens = _all_ranks(sum(S.target_tokens(b, cfg.architecture) for b in window), device)
             loss = 0.0
             for i, batch in enumerate(window):
-                loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
+                loss += S.backward(
+                    model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world, kd=kd
+                )
                 counts += _batch_counts(batch, config["kind"], tasks)
             lr = scheduler.get_last_lr()[0]
             grad_norm = S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
@@ -350,6 +365,12 @@ def _train_worker(config: dict) -> dict:
         "validations": state["validations"],
         "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
+
+
+def _with_teacher(collate, batch: dict, k: int) -> dict:
+    """A micro-batch's tensors and the teacher's top k at its label positions."""
+    tensors = collate(batch)
+    return {**tensors, **collate_teacher(batch, tensors["labels"], k)}
 
 
 def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:

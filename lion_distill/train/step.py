@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lion_distill.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
+from lion_distill.train.kd_loss import KDLoss, kd_token_loss
+from lion_distill.train.teacher_signal import TEACHER_IDS, TEACHER_LOGPROBS
 
 # Dense bf16 peak per GPU, for MFU; an unknown GPU reports no MFU rather than a wrong one.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
@@ -216,10 +218,18 @@ def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor, tokens: torch.
     return total / (tokens if tokens is not None else (labels != IGNORE).sum())
 
 
-def causal_lm_loss(model: nn.Module, batch: dict, tokens: torch.Tensor | None = None) -> torch.Tensor:
+def causal_lm_loss(
+    model: nn.Module, batch: dict, tokens: torch.Tensor | None = None, kd: KDLoss | None = None
+) -> torch.Tensor:
+    """Cross-entropy on the labels, or with `kd` and the teacher's top k in the batch
+    (lion_distill.train.teacher_signal) the distillation loss (lion_distill.train.kd_loss)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # token t predicts token t+1
-    return masked_token_loss(logits[:, :-1], batch["labels"][:, 1:], None if tokens is None else tokens[0])
+    labels, count = batch["labels"][:, 1:], None if tokens is None else tokens[0]
+    if kd is not None and TEACHER_IDS in batch:
+        ids, logprobs = batch[TEACHER_IDS][:, 1:], batch[TEACHER_LOGPROBS][:, 1:]
+        return kd_token_loss(logits[:, :-1], labels, ids, logprobs, kd, count, ignore=IGNORE)
+    return masked_token_loss(logits[:, :-1], labels, count)
 
 
 def multitask_loss(
@@ -252,10 +262,15 @@ def seq2seq_loss(
 
 
 def batch_loss(
-    model: nn.Module, batch: dict, architecture: str, rationale_weight: float, tokens: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict,
+    architecture: str,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+    kd: KDLoss | None = None,
 ) -> torch.Tensor:
     if architecture == "causal":
-        return causal_lm_loss(model, batch, tokens)
+        return causal_lm_loss(model, batch, tokens, kd)
     return seq2seq_loss(model, batch, rationale_weight, tokens)
 
 
@@ -268,6 +283,7 @@ def backward(
     sync: bool,
     tokens: torch.Tensor | None = None,
     world: int = 1,
+    kd: KDLoss | None = None,
 ) -> float:
     """Forward + backward of one micro-batch; returns its share of the step's loss.
 
@@ -276,13 +292,16 @@ def backward(
     answer token weighs the same however tokens fall into micro-batches and ranks (as
     transformers does since 4.46); x world because FSDP averages gradients over ranks.
     Default: this micro-batch alone, its mean. `sync=False` skips FSDP's gradient
-    reduce-scatter until the last micro-batch."""
+    reduce-scatter until the last micro-batch. `kd`: the distillation loss where the batch has
+    the teacher's top k (causal_lm_loss)."""
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(sync)
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     tokens = target_tokens(batch, cfg.architecture) if tokens is None else tokens
     with autocast(device):
-        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device)) * world
+        loss = (
+            batch_loss(model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device), kd) * world
+        )
     loss.backward()
     return loss.detach().item()
 

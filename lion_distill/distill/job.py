@@ -1,0 +1,217 @@
+"""The distill job: the teacher answers a pool, the student distils the answers (`distill.mode`: sft
+on their text, or logit_kd on the teacher's top-k log-probabilities at each of their tokens), and
+the student is evaluated before and after, as a Lion run evaluates it.
+
+    lion-distill distill --config configs/distill-smol.yaml [--set distill.mode=logit_kd]
+    ray job submit --working-dir . -- python jobs/distill.py --config configs/distill-smol.yaml
+
+Stages (resumable, on the shared runner): `eval/before` (with `eval`), `teacher`, `signal` (logit_kd),
+`train`, `eval/after`. Run directory:
+
+    pool.parquet                        the pool (a seeded sample of data's files when asked)
+    teacher/teacher_responses.parquet   the teacher's answers; teacher/parts/ while it answers
+    signal/<stage>-<digest>/            the teacher token signal, parts keyed by id (lion_distill.distill.signal)
+    train/student/                      the distilled student (Hugging Face format)
+    eval/before/, eval/after/           the evaluations (lion_distill.evaluate)
+    <stage>/metrics.json, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lion_distill.config import load_config
+from lion_distill.config.distill import DistillRunConfig
+from lion_distill.data import RESPONSE_SCHEMA, RunDir, read_pool, write_pool
+from lion_distill.data.conversations import is_conversation
+from lion_distill.data.pools import RowFiles
+from lion_distill.distill.report import write_report
+from lion_distill.distill.signal import read_signal, teacher_signal, with_signal
+from lion_distill.distill.teacher import with_teacher_logprobs
+from lion_distill.evaluate.evaluation import evaluate
+from lion_distill.evaluate.scores import headline
+from lion_distill.job_inputs import absolute_paths, sampled_pool
+from lion_distill.llm.answers import answer, answered_mask, response_table, write_responses
+from lion_distill.llm.prompts import instruction_messages
+from lion_distill.llm.serving import job_engines, take_engine_metrics, training
+from lion_distill.local_models import resolve_local_models
+from lion_distill.metrics import Metrics, usage
+from lion_distill.runner import Stage, StageResult, run_stages
+
+log = logging.getLogger("lion_distill.distill")
+
+POOL, RESPONSES = "pool.parquet", "teacher/teacher_responses.parquet"
+SIGNAL_STAGE, SIGNAL_PARTS = "signal", "signal"
+
+
+def teacher_stage(cfg: DistillRunConfig, run: RunDir) -> StageResult:
+    """The teacher answers the pool (resumable through its parts, an API's answers cached)."""
+    pool = read_pool(run, POOL)
+    answers, record = answer(
+        cfg.teacher,
+        pool,
+        instruction_messages,
+        stage="teacher",
+        role_name="teacher",
+        run_dir=run,
+        parts="teacher/parts",
+    )
+    answers = response_table(answers)
+    write_responses(run, RESPONSES, answers)
+    trainable = trainable_mask(answers, cfg.train_on_truncated)
+    summary = {"asked": pool.num_rows, "trainable": int(pc.sum(trainable.cast(pa.int64())).as_py() or 0)}
+    _metrics(run, "teacher", [record], {f"distill/{k}": v for k, v in summary.items()})
+    return StageResult(counters=usage([record]), summary=summary)
+
+
+def signal_stage(cfg: DistillRunConfig, run: RunDir) -> StageResult:
+    """The teacher's top k at every token of the answers the student trains on (logit_kd)."""
+    pool, answers = _trainable(cfg, run)
+    signal, record = teacher_signal(
+        cfg.teacher, cfg.distill, pool, answers, instruction_messages, run=run, stage=SIGNAL_STAGE, parts=SIGNAL_PARTS
+    )
+    tokens = int(pc.sum(pc.list_value_length(signal.column("token_ids"))).as_py() or 0)
+    summary = {"scored": signal.num_rows, "answer_tokens": tokens, "signal_bytes": int(signal.nbytes)}
+    _metrics(run, "signal", [record], {f"distill/{k}": v for k, v in summary.items()})
+    return StageResult(counters=usage([record]), summary=summary)
+
+
+def train_stage(cfg: DistillRunConfig, run: RunDir, student_model: str) -> StageResult:
+    """The student fine-tuned on the trainable answers (with their signal under logit_kd)."""
+    from lion_distill.train import delete_checkpoints, train_causal_sft
+    from lion_distill.train.kd_loss import KDLoss
+
+    pool, answers = _trainable(cfg, run)
+    rows = training_rows(pool, answers)
+    kd = None
+    if cfg.distill.mode == "logit_kd":
+        rows = with_signal(rows, read_signal(run, cfg.teacher, cfg.distill, stage=SIGNAL_STAGE, parts=SIGNAL_PARTS))
+        kd = KDLoss.of(cfg.distill)
+    files = RowFiles(run, "train/train_rows")
+    files.add(rows)
+    with training():
+        result = train_causal_sft(
+            cfg.train,
+            student_model,
+            files.dataset(),
+            run.uri_of("train/student"),
+            name=f"{cfg.name}-train",
+            kd=kd,
+            top_k=cfg.distill.top_k,
+        )
+    files.remove()
+    if not cfg.train.keep_checkpoints:
+        delete_checkpoints(result.model_dir)
+    result.record.stage = "train"
+    _metrics(run, "train", [result.record], {"distill/trained": rows.num_rows})
+    return StageResult({"student_model": result.model_dir}, usage([result.record]), {"trained": rows.num_rows})
+
+
+def eval_stage(cfg: DistillRunConfig, run: RunDir, student_model: str, out: str) -> StageResult:
+    student = cfg.student.model_copy(update={"model": student_model})
+    summary, records = evaluate(cfg.eval, run, student, "alpaca", out, role_name="student", teacher=cfg.teacher)
+    return StageResult(counters=usage(records), summary={f"eval_{k}": v for k, v in headline(summary).items()})
+
+
+def trainable_mask(answers: pa.Table, train_on_truncated: bool) -> pa.ChunkedArray:
+    """Answered, and complete unless cut answers are trained on (without an end token)."""
+    mask = answered_mask(answers)
+    if train_on_truncated:
+        return mask
+    return pc.and_(mask, pc.fill_null(pc.not_equal(answers.column("finish_reason"), "length"), True))
+
+
+def _trainable(cfg: DistillRunConfig, run: RunDir) -> tuple[pa.Table, pa.Table]:
+    pool, answers = read_pool(run, POOL), run.read_table(RESPONSES, schema=RESPONSE_SCHEMA)
+    mask = trainable_mask(answers, cfg.train_on_truncated)
+    return pool.filter(mask), answers.filter(mask)
+
+
+def training_rows(pool: pa.Table, answers: pa.Table) -> pa.Table:
+    """Training rows (docs/design.md, "Data contracts"): Alpaca's layout for an instruction, a
+    conversation as `messages` (its turns, then the teacher's answer) for the chat template."""
+    rows = pool.to_pylist()
+    texts, reasons = answers.column("text").to_pylist(), answers.column("finish_reason").to_pylist()
+    messages = [
+        json.dumps(instruction_messages(r) + [{"role": "assistant", "content": t}], ensure_ascii=False)
+        if is_conversation(r)
+        else ""
+        for r, t in zip(rows, texts)
+    ]
+    return pa.table(
+        {
+            "id": pool.column("id"),
+            "instruction": pool.column("instruction"),
+            "input": pool.column("input"),
+            "response": texts,
+            "complete": [reason != "length" for reason in reasons],
+            "messages": messages,
+        }
+    )
+
+
+def _metrics(run: RunDir, stage: str, records: list, extra: dict) -> None:
+    run.write_json(f"{stage}/metrics.json", {**Metrics(records).as_dict(), **extra, **take_engine_metrics()})
+
+
+def distill_stages(cfg: DistillRunConfig, run: RunDir) -> list[Stage]:
+    """eval/before, teacher, signal (logit_kd), train, eval/after."""
+
+    def student(state: dict) -> str:
+        return state["outputs"]["student_model"]
+
+    def evaluation(out: str) -> Stage:
+        return Stage(out, lambda s: eval_stage(cfg, run, student(s), out), group=out.replace("/", "_"))
+
+    stages = [evaluation("eval/before")] if cfg.eval else []
+    stages.append(Stage("teacher", lambda s: teacher_stage(cfg, run)))
+    if cfg.distill.mode == "logit_kd":
+        stages.append(Stage(SIGNAL_STAGE, lambda s: signal_stage(cfg, run)))
+    stages.append(Stage("train", lambda s: train_stage(cfg, run, student(s))))
+    if cfg.eval:
+        stages.append(evaluation("eval/after"))
+    return stages
+
+
+def load(path: str, overrides: list[str]) -> DistillRunConfig:
+    return resolve_local_models(load_config(path, overrides, model=DistillRunConfig))
+
+
+def run(cfg: DistillRunConfig) -> dict:
+    cfg = with_teacher_logprobs(absolute_paths(cfg))
+    if cfg.distill.teacher_tokenizer and os.path.exists(cfg.distill.teacher_tokenizer):
+        tokenizer = os.path.abspath(cfg.distill.teacher_tokenizer)
+        cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_tokenizer": tokenizer})})
+    rundir = RunDir(cfg.run_dir)
+    config = cfg.model_dump(mode="json")  # key variable *names* only
+    rundir.write_json("config.json", config)
+    if not rundir.exists(POOL):
+        pool, report = sampled_pool(cfg.data, cfg.train.seed)
+        rundir.write_json("data_report.json", report)
+        write_pool(rundir, POOL, pool)
+    roles = {"teacher": cfg.teacher, "student": cfg.student, **({"judge": cfg.eval.judge} if cfg.eval else {})}
+    with job_engines(
+        roles,
+        cfg.serving,
+        run_id=rundir.uri,
+        train_workers=cfg.train.num_workers,
+        gpus_per_worker=cfg.train.gpus_per_worker,
+    ):
+        state = run_stages(
+            rundir,
+            job="distill",
+            name=cfg.name,
+            stages=distill_stages(cfg, rundir),
+            outputs={"student_model": cfg.student.model},
+            report=write_report,
+            tracking_cfg=cfg.tracking,
+            config=config,
+        )
+    write_report(rundir)
+    log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
+    return state
