@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from lion_distill.config import RunConfig, load_config
+from lion_distill.config.distill import DistillRunConfig
 from lion_distill.config.evaluate import EvalJobConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -20,6 +21,8 @@ def test_configs_exist():
 
 def model_of(path: Path):
     """The config model of the job a shipped config is for: Lion's unless its name says otherwise."""
+    if path.name.startswith("distill-"):
+        return DistillRunConfig
     return EvalJobConfig if path.name.startswith("eval-") else RunConfig
 
 
@@ -89,7 +92,9 @@ def test_every_shipped_config_plans_without_keys_or_a_cluster(path, tmp_path, mo
     for name in ("OPENAI_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     job = (
-        "evaluate"
+        "distill"
+        if path.name.startswith("distill-")
+        else "evaluate"
         if path.name.startswith("eval-")
         else "step-by-step"
         if path.name.startswith("step-by-step")

@@ -210,7 +210,11 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
 
     from lion_distill.llm import generate
     from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
+    from lion_distill.llm.scorers import HFScorer
+    from lion_distill.llm.scoring import score
     from lion_distill.llm.serving import job_engines, run_prefix
+    from lion_distill.train.batches import load_tokenizer
+    from tests.test_scoring import assert_agree, by_id, requests
 
     model = str(tiny_models.llama)
     teacher = RoleConfig(
@@ -248,6 +252,10 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
                 role_name="teacher",
             )
             assert {r["finish_reason"] for r in raw.take_all()} <= {"stop", "length"} and rec.failed_rows == 0
+            # A scoring pass through the same engine (JobLLMServer.score_dict) agrees with a transformers forward.
+            scored = requests(load_tokenizer(model), n=3)
+            signal, _ = score(teacher, scored, top_k=5, stage="t/signal", role_name="teacher")
+            assert_agree(by_id(signal), by_id(HFScorer(model, 5)(scored).select(signal.column_names)))
             metrics = engines.take_metrics()
             assert metrics["engine_starts"] == 1 and set(metrics) == {"engine_starts", "engine_start_s/referee"}
             [app] = serve_apps(run_prefix(run_id))

@@ -23,7 +23,8 @@ def signal_line(
     answer_tokens: float,
     throughput: float | None,
 ) -> tuple[Line, str]:
-    """-> (the scoring pass's line, the assumption that states its size on disk)."""
+    """-> (the scoring pass's line, its basis saying the signal's size on disk; the assumption behind it)."""
+    size = rows * answer_tokens * bytes_per_token(distill.top_k)
     line = Line(
         stage,
         call,
@@ -31,11 +32,17 @@ def signal_line(
         rows,
         rows * (prompt_tokens + answer_tokens),
         rows,
-        basis="a prefill of prompt + answer a row",
+        basis=f"a prefill of prompt + answer a row; {_size(size)} of signal",
     )
-    size = rows * answer_tokens * bytes_per_token(distill.top_k)
     note = (
         f"teacher signal: top {distill.top_k} at each of about {answer_tokens:,.0f} tokens an answer, "
-        f"{bytes_per_token(distill.top_k)} bytes a token: about {size / 1e6:,.1f} MB in the run directory for {call}"
+        f"{bytes_per_token(distill.top_k)} bytes a token in the run directory (before compression)"
     )
     return price(teacher, line, throughput), note
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
