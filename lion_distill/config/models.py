@@ -372,6 +372,11 @@ class TrainConfig(Strict):
     rationale_weight: float = Field(
         1.0, ge=0.0, description="Step-by-step's lambda: loss = label_loss + rationale_weight * rationale_loss."
     )
+    log_every_steps: int = Field(
+        10,
+        ge=0,
+        description="Optimizer steps between training lines in the job's log (step, loss, tokens/s, ETA); 0: none.",
+    )
     checkpoint_every_steps: PositiveInt = Field(
         500, description="Optimizer steps between Ray Train checkpoints (one is also written at every epoch's end)."
     )
