@@ -257,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(name, cfg, checks)
     if checks.problems:
         return _problems(f"{args.config}: the run cannot start", checks.problems)
+    return _start(job, name, cfg, args, checks.notes)
+
+
+def _start(job, name: str, cfg, args, notes: list[str]) -> int:
+    """A run whose inputs are known good: the stored config compared, Ray joined or started, the
+    cluster checked, then the job, its lines also in run_dir/logs/. A refusal leaves the run
+    directory as it was."""
     from lion_distill.data import RunDir
     from lion_distill.run_config import ConfigChanged, check_config
 
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigChanged as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for note in checks.notes:
+    for note in notes:
         logging.getLogger("lion_distill").info("note: %s", note)
     init_ray(args.verbose, args.quiet)
     import ray
@@ -273,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from lion_distill.preflight import cluster_problems
 
     problems = cluster_problems(cfg, ray.cluster_resources())
-    if problems:  # the run directory is left as it was
+    if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     run_log = _log_to_run_dir(cfg.run_dir, name)
     try:
