@@ -1,11 +1,13 @@
 """Every shipped run config loads, and configs/lion-7b.yaml is the paper's setup."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from lion_distill.config import RunConfig, load_config
 from lion_distill.config.evaluate import EvalJobConfig
+from lion_distill.config.step_by_step import StepByStepConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Lion's run configs; step-by-step-*.yaml have their own model (tests/test_step_by_step.py).
@@ -125,3 +127,38 @@ def test_every_shipped_config_plans_without_keys_or_a_cluster(path, tmp_path, mo
         assert "Before the run can start:" in out and "OPENAI_API_KEY" in out
     if "meta-llama/" in path.read_text():
         assert "is a model hub name: each node that loads it downloads it" in out
+
+
+# The scenario configs docs/quickstart.md starts from: the model -> what they run.
+SCENARIOS = {
+    "endpoint-teacher.yaml": RunConfig,  # an OpenAI-compatible teacher by base_url, a hub-named student
+    "vllm-teacher-tp.yaml": RunConfig,  # a tensor-parallel vLLM teacher, an open base model as student
+    "step-by-step-my-task.yaml": StepByStepConfig,  # your own JSONL task with its prompt file
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_configs_pass_preflight_as_a_cluster_would(name, tmp_path):
+    """Hub names are configuration: where nodes may download (no offline variable set, as on a
+    cluster) preflight passes with the key handed out, noting each hub name; on an offline machine
+    the same names are run problems naming the variable, never input errors, so --plan still works
+    (test_every_shipped_config_plans_without_keys_or_a_cluster runs it)."""
+    from lion_distill.preflight import OFFLINE_VARIABLES, preflight
+
+    cfg = load_config(CONFIGS / name, [f"run_dir={tmp_path / 'run'}"], model=SCENARIOS[name])
+    cluster = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARIABLES} | {"TEACHER_API_KEY": "sk-test"}
+    checks = preflight(cfg, cluster)
+    assert checks.problems == [], checks.problems
+    assert any("is a model hub name: each node that loads it downloads it" in note for note in checks.notes)
+    offline = preflight(cfg, {**cluster, "HF_HUB_OFFLINE": "1"})
+    assert offline.inputs == [] and offline.run
+    assert all("is a model hub name, but HF_HUB_OFFLINE is set" in p for p in offline.run), offline.run
+
+
+def test_the_endpoint_scenario_names_its_key_never_holds_it():
+    cfg = load_config(CONFIGS / "endpoint-teacher.yaml")
+    for role in (cfg.teacher, cfg.referee, cfg.generator):
+        assert role.backend == "openai" and role.openai.base_url and role.openai.api_key_env == "TEACHER_API_KEY"
+    assert cfg.student.backend != "openai" and "/" in cfg.student.model and not Path(cfg.student.model).exists()
+    tp = load_config(CONFIGS / "vllm-teacher-tp.yaml")
+    assert tp.teacher.backend == "vllm" and tp.teacher.parallelism.tensor_parallel_size == 4
