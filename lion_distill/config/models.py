@@ -179,15 +179,35 @@ class LionConfig(Strict):
     # An imitation with fewer trainable answers than this share of its instructions stops with
     # the cause (every answer cut at max_tokens, say) instead of training on (nearly) nothing.
     min_imitation_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
+    generation_rounds: PositiveInt = Field(
+        50,
+        description="A safety cap on the generator's rounds: each round asks again for what the quotas still lack, "
+        "as Lion's loop does until it has them all (src/generate_hard_instruction.py `while len(...) < "
+        "num_instructions_to_generate`); the metrics (lion/generation_round_cap) and the report say when it binds.",
+    )
+    quota_rebalance: bool = Field(
+        False,
+        description="false: each kind (hard, easy) is seeded only by its own instructions until it has its quota, "
+        "as Lion's two scripts do; true: a kind with no instructions, or still short after a round, moves its "
+        "quota to the other kind, so an iteration reaches its N new instructions where it can.",
+    )
+    candidate_filter: Literal["clean", "lion"] = Field(
+        "clean",
+        description="How a generator reply becomes a candidate: clean (the project's: a heading, quotes, list "
+        "markers, an appended answer are read away, then Lion's filters apply, non-Latin instructions kept); "
+        "lion (Lion's post_process_gpt3_response: the reply whole is kept or dropped, src/generate_hard_instruction.py).",
+    )
     # The generator's prompt: Lion's (prompt_hard.txt / prompt_easy.txt, the reply is the bare new
     # instruction) or "structured" (the seed's input shown, the reply "### Instruction: / ### Input:",
     # so a new instruction can come with an input).
     generator_prompt: Literal["lion", "structured"] = "lion"
-    # Lion caps the generator's reply at 4 x the seed instruction's words (tokens) and drops
-    # replies cut there: a reply of that many completion tokens or more is rejected ("truncated").
-    # null: no cap beyond the generator's max_tokens.
-    generator_tokens_per_seed_word: PositiveInt | None = 4
+    generator_tokens_per_seed_word: PositiveInt | None = Field(
+        4,
+        description="Lion's generator max_tokens, this many tokens per word of the seed as the prompt shows it "
+        "(its instruction, and its input where shown; src/generate_hard_instruction.py `max_tokens = "
+        "len(...split()) * 4`): each round asks at its largest seed's cap and a reply of its own seed's cap or more "
+        'is rejected as cut ("truncated"); null: the generator\'s sampling.max_tokens, no per-seed cap.',
+    )
     # Constrain the referee's review / the generator's reply to their formats (vLLM guided
     # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
     # The generator is free by default: CANDIDATE_REGEX's one-line shape fits a random model
@@ -197,7 +217,32 @@ class LionConfig(Strict):
     # or FastChat's Vicuna prompt (scores on the first line) that the evaluation uses.
     referee_prompt: Literal["lion", "vicuna"] = "lion"
     generator_constraint: Literal["auto", "regex", "json", "none"] = "none"
-    referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
+    referee_retries: int | None = Field(
+        2,
+        ge=0,
+        description="Re-asks of an unparseable review before it is excluded; null: again until a round reads no "
+        "more reviews than the one before, as Lion's recheck loop (src/chatgpt_referee.py `while "
+        "len(new_question_idx_list) < len(old_question_idx_list)`).",
+    )
+    referee_retry_temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="The referee's temperature when it is asked again; null: its own, raised to at least 0.5 so that "
+        "a new draw can differ; 0.2 is Lion's (its recheck sends the same request, src/chatgpt_referee.py).",
+    )
+    show_input: bool = Field(
+        True,
+        description="true: every role (teacher, student, referee, generator) sees an instruction's Alpaca input; "
+        "false: the instruction alone, as Lion's scripts ask (src/chatgpt_inference.py, lion_inference.py, "
+        "chatgpt_referee.py and generate_hard_instruction.py read `instruction` only); rows and ids keep it.",
+    )
+    discrimination_teacher: Literal["reuse", "ask_again"] = Field(
+        "reuse",
+        description="reuse: discrimination judges the teacher answers already paid for (imitation's, earlier "
+        "iterations'); ask_again: the teacher answers the whole cache pool anew each iteration, as Lion's step "
+        "2.1 (README: chatgpt_inference.py on the Cache Pool).",
+    )
     student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
     referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
     seed: int = 42
