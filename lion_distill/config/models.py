@@ -286,6 +286,18 @@ class TrainConfig(Strict):
     gpus_per_worker: float = Field(0.0, ge=0.0)
     activation_checkpointing: bool = False
     rationale_weight: float = Field(1.0, ge=0.0)  # step-by-step's lambda
+    label_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Step-by-step's multi-task loss is label_weight x label loss + rationale_weight x rationale loss; "
+        "0.5 and 0.5 are the reference's alpha 0.5 (model_utils.py: alpha x label + (1 - alpha) x rationale). "
+        "A label-only (standard) training is never weighted.",
+    )
+    max_target_length: PositiveInt | None = Field(
+        None,
+        description="A seq2seq target (label, rationale) is cut at this many tokens; null: at max_length. 256 is "
+        "the reference's (run.py: tokenizer(..., max_length=256, truncation=True)).",
+    )
     checkpoint_every_steps: PositiveInt = 500
     # false: once a training's student is exported, its Ray Train checkpoints (weights and optimizer
     # state, two kept) are deleted; true keeps them.
