@@ -438,6 +438,13 @@ def test_report_from_any_state(tmp_path):
             "train": {
                 "step_by_step/1": {
                     "rows": 8,
+                    "row_counts": {
+                        "rows_in": 9,
+                        "rows_trained": 8,
+                        "unparsed_label": 0,
+                        "empty_rationale": 1,
+                        "unparsed_rows": "drop",
+                    },
                     "steps": 4,
                     "seconds": 9.0,
                     "best_step": 2,
@@ -485,7 +492,8 @@ def test_report_from_any_state(tmp_path):
         and "| run_on | 0 | 2 |" in report
         and "| train/step_by_step/1 | 9 |" in report
     )
-    assert "| step_by_step/1 | 8 | 4 | 0.5 (2), 0.25 (4) | 2 |" in report and "| cost_usd | 0.5 |" in report
+    assert "| step_by_step/1 | 8 | 0 / 1, left out | 4 | 0.5 (2), 0.25 (4) | 2 |" in report
+    assert "| cost_usd | 0.5 |" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
 
 

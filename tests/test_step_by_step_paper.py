@@ -192,7 +192,7 @@ def test_nli_validation_is_the_official_dev_split_sized_by_the_fraction(tmp_path
     result = rationales(cfg, run)
     assert result.summary["rows"] == {"train": 20, "test": 20, "valid": 20}
     (half, full) = cells(cfg)
-    train, valid = cell_rows(cfg, run, half)
+    train, valid, _ = cell_rows(cfg, run, half)
     assert len(train) == 10 and len(valid) == 10 and all(r["id"].startswith("esnli-valid-") for r in valid)
     assert len(cell_rows(cfg, run, full)[1]) == 20
 

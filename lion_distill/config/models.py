@@ -261,7 +261,22 @@ class LionConfig(Strict):
         "cause instead of training on (nearly) nothing.",
     )
     generation_rounds: PositiveInt = Field(
-        5, description="The most rounds the generator is asked again until the hard and easy quotas are met."
+        50,
+        description="A safety cap on the generator's rounds: each round asks again for what the quotas still lack, "
+        "as Lion's loop does until it has them all (src/generate_hard_instruction.py `while len(...) < "
+        "num_instructions_to_generate`); the metrics (lion/generation_round_cap) and the report say when it binds.",
+    )
+    quota_rebalance: bool = Field(
+        False,
+        description="false: each kind (hard, easy) is seeded only by its own instructions until it has its quota, "
+        "as Lion's two scripts do; true: a kind with no instructions, or still short after a round, moves its "
+        "quota to the other kind, so an iteration reaches its N new instructions where it can.",
+    )
+    candidate_filter: Literal["clean", "lion"] = Field(
+        "clean",
+        description="How a generator reply becomes a candidate: clean (the project's: a heading, quotes, list "
+        "markers, an appended answer are read away, then Lion's filters apply, non-Latin instructions kept); "
+        "lion (Lion's post_process_gpt3_response: the reply whole is kept or dropped, src/generate_hard_instruction.py).",
     )
     generator_prompt: Literal["lion", "structured"] = Field(
         "lion",
@@ -270,8 +285,10 @@ class LionConfig(Strict):
     )
     generator_tokens_per_seed_word: PositiveInt | None = Field(
         4,
-        description="A generator reply of this many completion tokens per seed word or more is rejected as truncated "
-        "(Lion's max_tokens = 4 x the seed's words); null: no cap beyond max_tokens.",
+        description="Lion's generator max_tokens, this many tokens per word of the seed as the prompt shows it "
+        "(its instruction, and its input where shown; src/generate_hard_instruction.py `max_tokens = "
+        "len(...split()) * 4`): each round asks at its largest seed's cap and a reply of its own seed's cap or more "
+        'is rejected as cut ("truncated"); null: the generator\'s sampling.max_tokens, no per-seed cap.',
     )
     referee_constraint: Literal["auto", "regex", "json", "none"] = Field(
         "auto",
@@ -288,8 +305,31 @@ class LionConfig(Strict):
     generator_constraint: Literal["auto", "regex", "json", "none"] = Field(
         "none", description="Holds the generator's reply to one line with guided decoding; none by default, as Lion."
     )
-    referee_retries: int = Field(
-        2, ge=0, description="Re-asks of an unparseable review (a new draw) before its pair is excluded and counted."
+    referee_retries: int | None = Field(
+        2,
+        ge=0,
+        description="Re-asks of an unparseable review before it is excluded; null: again until a round reads no "
+        "more reviews than the one before, as Lion's recheck loop (src/chatgpt_referee.py `while "
+        "len(new_question_idx_list) < len(old_question_idx_list)`).",
+    )
+    referee_retry_temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="The referee's temperature when it is asked again; null: its own, raised to at least 0.5 so that "
+        "a new draw can differ; 0.2 is Lion's (its recheck sends the same request, src/chatgpt_referee.py).",
+    )
+    show_input: bool = Field(
+        True,
+        description="true: every role (teacher, student, referee, generator) sees an instruction's Alpaca input; "
+        "false: the instruction alone, as Lion's scripts ask (src/chatgpt_inference.py, lion_inference.py, "
+        "chatgpt_referee.py and generate_hard_instruction.py read `instruction` only); rows and ids keep it.",
+    )
+    discrimination_teacher: Literal["reuse", "ask_again"] = Field(
+        "reuse",
+        description="reuse: discrimination judges the teacher answers already paid for (imitation's, earlier "
+        "iterations'); ask_again: the teacher answers the whole cache pool anew each iteration, as Lion's step "
+        "2.1 (README: chatgpt_inference.py on the Cache Pool).",
     )
     student_retries: int = Field(
         2, ge=0, description="Re-asks of a failed student request before its pair is excluded and counted."
@@ -371,6 +411,18 @@ class TrainConfig(Strict):
     )
     rationale_weight: float = Field(
         1.0, ge=0.0, description="Step-by-step's lambda: loss = label_loss + rationale_weight * rationale_loss."
+    )
+    label_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Step-by-step's multi-task loss is label_weight x label loss + rationale_weight x rationale loss; "
+        "0.5 and 0.5 are the reference's alpha 0.5 (model_utils.py: alpha x label + (1 - alpha) x rationale). "
+        "A label-only (standard) training is never weighted.",
+    )
+    max_target_length: PositiveInt | None = Field(
+        None,
+        description="A seq2seq target (label, rationale) is cut at this many tokens; null: at max_length. 256 is "
+        "the reference's (run.py: tokenizer(..., max_length=256, truncation=True)).",
     )
     log_every_steps: int = Field(
         10,

@@ -64,6 +64,12 @@ class TaskData(Strict):
         "(never of test; e-SNLI and ANLI use their dev split sized by the same fraction).",
     )
     seed: int = Field(0, description="The run's seed where grid.seeds is null: draws the fractions, seeds training.")
+    nli_input: Literal["labelled", "eos_joined"] = Field(
+        "labelled",
+        description="The student's input for e-SNLI and ANLI: labelled, the few-shot prompt's "
+        '"Premise: ...\\nHypothesis: ..." (what the teacher saw); eos_joined, the reference\'s premise</s>hypothesis '
+        "(run.py: tokenizer.eos_token.join([premise, hypothesis])).",
+    )
 
     @model_validator(mode="after")
     def _jsonl_files(self) -> TaskData:
@@ -192,6 +198,25 @@ class StepByStepConfig(Strict):
     )
     eval_steps: PositiveInt = Field(
         250, description="Steps between test evaluations, for validation reference (the reference's 250)."
+    )
+    validation_labels: Literal["method", "gold_dev"] = Field(
+        "method",
+        description="What validation scores against: method, each cell's own labels (the teacher's for teacher-label "
+        "cells); gold_dev, the gold labels of the official dev split where the task has one (e-SNLI, ANLI), as the "
+        "reference's valid split keeps them (run.py swaps in the LLM's labels on train only).",
+    )
+    accuracy: Literal["normalised", "exact"] = Field(
+        "normalised",
+        description="How a prediction is scored: normalised, case and surrounding spaces ignored (SVAMP: equal values "
+        "within 1e-4); exact, the reference's metrics.py: the prediction string equals the label (SVAMP: the two "
+        "equations evaluate to equal numbers).",
+    )
+    unparsed_rows: Literal["drop", "keep"] = Field(
+        "drop",
+        description="drop: a row whose teacher reply gave no label is left out where the teacher's label is the target, "
+        "and a row without a rationale out of step_by_step; keep: every row trains, an unparsed label as a blank "
+        "target and an empty rationale as an empty one, as the reference (run.py drops no row; data_utils.py parsers "
+        "give a blank label).",
     )
     grid: GridConfig = Field(default_factory=GridConfig, description="One run over a paper figure's grid.")
     train: TrainConfig = Field(

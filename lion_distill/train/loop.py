@@ -68,13 +68,24 @@ def fit(
     name: str,
     kind: str,
     validation: Validation | None = None,
+    keep_empty_targets: bool = False,
 ) -> TrainResult:
     """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
-    ("multitask" | "standard")."""
+    ("multitask" | "standard"); a seq2seq task's targets are cut at `cfg.max_target_length` and,
+    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone."""
     missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
-    tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
+    tokenize = (
+        B.tokenize_causal
+        if kind == "causal"
+        else partial(
+            B.tokenize_seq2seq,
+            task=kind,
+            max_target_length=cfg.max_target_length,
+            keep_empty_targets=keep_empty_targets,
+        )
+    )
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
