@@ -1,0 +1,45 @@
+"""What goes wrong, as values: the kind of a request that failed, and the exceptions that travel
+from the layer that raises them to another that catches or reports them.
+
+`ErrorKind` is set once, where a backend meets its engine or API (lion_distill/llm: the openai
+client, the Serve and vLLM backends, hf, the rate-limit gate's budget stop), into a response row's
+`error_kind`; a judgment's `failure_kind` is one too. Everything after that edge (retries, counts,
+reports) compares kinds, never a message's text (docs/design.md, "Data contracts"). This module
+imports nothing of the package: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    CONTEXT_OVERFLOW = "context_overflow"  # the prompt (and its answer) does not fit the model's context
+    RATE_LIMIT = "rate_limit"  # HTTP 429, after the client's own retries
+    TIMEOUT = "timeout"  # no answer within the deadline
+    CONNECTION = "connection"  # the connection was refused, reset or closed midway
+    SERVER_ERROR = "server_error"  # HTTP 5xx, or an engine's error that is not the request's fault
+    ENGINE_LOST = "engine_lost"  # the engine died with the request in it (Serve restarts it)
+    BUDGET = "budget"  # not sent: the role's budget_usd would be exceeded
+    REFUSED = "refused"  # the endpoint will not serve it: HTTP 401/403/404, a content filter
+    BAD_REQUEST = "bad_request"  # the request is wrong (HTTP 400/422 other than a context overflow)
+    UNPARSEABLE = "unparseable"  # an answer came that cannot be read: a malformed response, a review without scores
+
+
+# Asked again when a run resumes: another attempt can answer them (a larger budget, for BUDGET).
+# The others would fail the same way again.
+TRANSIENT = frozenset(
+    {
+        ErrorKind.RATE_LIMIT,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.ENGINE_LOST,
+        ErrorKind.BUDGET,
+    }
+)
+
+
+def is_transient(kind: str | None) -> bool:
+    """A failure worth asking again on resume; None (no failure) is not one."""
+    return kind is not None and ErrorKind(kind) in TRANSIENT
