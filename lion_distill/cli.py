@@ -165,10 +165,9 @@ def export(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lion_distill.config import ConfigError
+    from lion_distill.errors import ConfigError, StageError
     from lion_distill.llm.fit import PlanDoesNotFit
     from lion_distill.preflight import cluster_problems, preflight
-    from lion_distill.runner import StageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:
@@ -214,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     from lion_distill.data import RunDir
-    from lion_distill.joblock import RunDirBusy, job_lock
+    from lion_distill.errors import RunDirBusy
+    from lion_distill.joblock import job_lock
 
     try:
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's

@@ -43,3 +43,61 @@ TRANSIENT = frozenset(
 def is_transient(kind: str | None) -> bool:
     """A failure worth asking again on resume; None (no failure) is not one."""
     return kind is not None and ErrorKind(kind) in TRANSIENT
+
+
+# --- bad input: one line naming the file, field or resource (preflight reports them before a run)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says where and why."""
+
+
+class PoolFileError(ValueError):
+    """A file that cannot be read at all (missing, unknown format, broken JSON list)."""
+
+
+class EvalDataError(ValueError):
+    """Questions or reference answers that cannot be used; the message names the file and row."""
+
+
+class CandidateError(ValueError):
+    """An evaluation candidate that cannot be served (a Lion run directory without a student)."""
+
+
+class TaskDataError(ValueError):
+    """A task file that is missing or cannot be read; the message names the file and what to do."""
+
+
+class PromptError(ValueError):
+    """A prompt file that is missing or has no single `{input}` slot; the message names the file."""
+
+
+# --- a run that cannot go on: the stage stops with the cause, and the run stays resumable
+
+
+class RunDirBusy(RuntimeError):
+    """Another job is running on this run directory."""
+
+
+class NothingToImitate(ValueError):
+    """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
+
+
+class TooFewJudged(RuntimeError):
+    """An evaluation judged too few of its questions to report a score."""
+
+
+class TeacherFailed(RuntimeError):
+    """No request to the step-by-step teacher got a reply: there is nothing to distil (one line)."""
+
+
+class GenerationFailed(RuntimeError):
+    """Student generations that failed: a failure is not a wrong answer, so nothing is scored."""
+
+
+class StageError(RuntimeError):
+    """A stage failed; the run directory stays resumable at that stage."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
+        self.stage, self.cause = stage, cause

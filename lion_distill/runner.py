@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from lion_distill.config.models import TrackingConfig
 from lion_distill.data import RunDir
 from lion_distill.driver_node import on_driver_node
+from lion_distill.errors import StageError
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import tracking
 
@@ -201,11 +202,3 @@ def run_stages(
         ray.kill(actor)
         if tracker is not None:
             tracker.close(failed)
-
-
-class StageError(RuntimeError):
-    """A stage failed; the run directory stays resumable at that stage."""
-
-    def __init__(self, stage: str, cause: BaseException):
-        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
-        self.stage, self.cause = stage, cause

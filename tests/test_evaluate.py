@@ -11,9 +11,10 @@ import pytest
 from lion_distill.config import ConfigError, RoleConfig, load_config
 from lion_distill.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import CandidateError, EvalDataError
 from lion_distill.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
-from lion_distill.evaluate.job import CandidateError, candidate_role
-from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+from lion_distill.evaluate.job import candidate_role
+from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.evaluate.report import failure_lines, lion_eval_section, write_report
 from lion_distill.evaluate.scores import aggregate, bootstrap_interval
 from lion_distill.judging.referee import OK, UNPARSEABLE, judgment_rows
@@ -370,7 +371,7 @@ def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monke
 
 
 def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
-    from lion_distill.evaluate.scores import TooFewJudged
+    from lion_distill.errors import TooFewJudged
 
     class FailingJudge(ScriptedRoles):
         def replies(self, rows, role_name, draw):

@@ -17,6 +17,7 @@ import pytest
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, read_pool, write_pool
+from lion_distill.errors import NothingToImitate
 from lion_distill.judging import judge as J
 from lion_distill.judging.referee import JUDGMENT_SCHEMA
 from lion_distill.lion import discrimination as D
@@ -382,7 +383,7 @@ def test_an_imitation_with_nothing_to_train_on_stops_naming_the_two_settings(tmp
     monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
     cfg = _config(tmp_path)
     cfg.teacher.sampling.max_tokens = 40
-    with pytest.raises(I.NothingToImitate) as stopped:
+    with pytest.raises(NothingToImitate) as stopped:
         I.imitation(cfg, run, 0, "student")
     line = str(stopped.value)
     assert "\n" not in line and line.startswith("iteration 0 imitation: only 0 of 4 teacher answers are trainable")

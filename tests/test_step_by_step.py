@@ -9,13 +9,14 @@ import pytest
 
 from lion_distill.config import ConfigError, load_config
 from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.errors import PromptError, TaskDataError
 from lion_distill.runner import fresh_state, plan_stages
 from lion_distill.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, equation_value
 from lion_distill.step_by_step.job import step_by_step_stages
 from lion_distill.step_by_step.parse import Parsed, ParseFailure, parse_reply, words_to_number
-from lion_distill.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.prompts import PROMPTS, default_prompt_file, load_prompt
+from lion_distill.step_by_step.readers import REPO_DATA, read_examples, read_jsonl_task
 from lion_distill.step_by_step.stages import method_rows, teacher_failed
 from lion_distill.step_by_step.tasks import TASKS, user_task
 

@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 
+from lion_distill.errors import TooFewJudged
 from lion_distill.judging.referee import OK
 
 OUTCOMES = ("win", "tie", "loss")
@@ -69,10 +70,6 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
         "failed": len(judgments) - len(judged),
         "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
     }
-
-
-class TooFewJudged(RuntimeError):
-    """An evaluation judged too few of its questions to report a score."""
 
 
 def check_judged(summary: dict, min_fraction: float, where: str) -> None:

@@ -25,6 +25,7 @@ from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
+from lion_distill.errors import NothingToImitate
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
@@ -37,10 +38,6 @@ log = logging.getLogger("lion_distill.lion")
 
 RESPONSES, TEACHER = "teacher_responses.parquet", "teacher.json"
 TURNS = "teacher_turns.parquet"  # the teacher's answers to conversations' earlier user turns
-
-
-class NothingToImitate(ValueError):
-    """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
 
 
 def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:

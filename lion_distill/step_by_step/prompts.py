@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lion_distill.errors import PromptError
+
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 SLOT = "{input}"
-
-
-class PromptError(ValueError):
-    """A prompt file that is missing or has no single `{input}` slot; the message names the file."""
 
 
 @dataclass(frozen=True)

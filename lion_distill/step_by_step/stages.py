@@ -28,12 +28,13 @@ import pyarrow as pa
 
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import TaskDataError, TeacherFailed
 from lion_distill.runner import StageResult
 from lion_distill.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import DEV_SPLIT, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.readers import DEV_SPLIT, read_examples, read_jsonl_task
 from lion_distill.step_by_step.tasks import TASKS, Task, user_task
 
 log = logging.getLogger("lion_distill.step_by_step")
@@ -115,10 +116,6 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
         raise TeacherFailed(problem)
     replies = {r["id"]: r["text"] for r in answered}
     return [{**row, "text": replies[row["id"]]} for row in rows], rec
-
-
-class TeacherFailed(RuntimeError):
-    """No request to the teacher got a reply: there is nothing to distil (one line)."""
 
 
 def teacher_failed(answered: list[dict]) -> str | None:
