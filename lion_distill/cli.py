@@ -157,7 +157,13 @@ def export(argv: list[str]) -> int:
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
         return 2
-    counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    from lion_distill.errors import RunDirFormatError
+
+    try:
+        counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    except RunDirFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for k, splits in counts.items():
         print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
     print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
@@ -213,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     from lion_distill.data import RunDir
-    from lion_distill.errors import RunDirBusy
+    from lion_distill.errors import RunDirBusy, RunDirFormatError
     from lion_distill.joblock import job_lock
+    from lion_distill.runner import check_format
 
     try:
+        check_format(RunDir(cfg.run_dir))  # before the job writes its config there
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
             state = job.run(cfg)
-    except (RunDirBusy, PlanDoesNotFit) as e:
+    except (RunDirBusy, RunDirFormatError, PlanDoesNotFit) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageError as e:

@@ -45,6 +45,17 @@ def is_transient(kind: str | None) -> bool:
     return kind is not None and ErrorKind(kind) in TRANSIENT
 
 
+def count_by_kind(failures) -> tuple[dict[str, int], dict[str, str]]:
+    """(kind, message) pairs -> (rows of each kind, the first message of each kind): what a
+    summary keeps of its failures, and a report shows."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for kind, message in failures:
+        counts[kind] = counts.get(kind, 0) + 1
+        examples.setdefault(kind, message)
+    return counts, examples
+
+
 # --- bad input: one line naming the file, field or resource (preflight reports them before a run)
 
 
@@ -77,6 +88,10 @@ class PromptError(ValueError):
 
 class RunDirBusy(RuntimeError):
     """Another job is running on this run directory."""
+
+
+class RunDirFormatError(RuntimeError):
+    """A run directory of another format than this version reads (lion_distill.data.rundir.FORMAT)."""
 
 
 class NothingToImitate(ValueError):

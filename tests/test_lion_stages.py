@@ -17,7 +17,7 @@ import pytest
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, read_pool, write_pool
-from lion_distill.errors import NothingToImitate
+from lion_distill.errors import ErrorKind, NothingToImitate
 from lion_distill.judging import judge as J
 from lion_distill.judging.referee import JUDGMENT_SCHEMA
 from lion_distill.lion import discrimination as D
@@ -25,7 +25,7 @@ from lion_distill.lion import generation as G
 from lion_distill.lion import imitation as I
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.cache import request_seed
-from lion_distill.llm.responses import response_row
+from lion_distill.llm.responses import error_row, response_row
 from lion_distill.metrics import StageRecord
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -318,9 +318,9 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
 
     def flaky_student(role_name, row, prompt, seed):
         if role_name == "student" and "number 1 " in row["instruction"] and seed == 0:  # the first draw only
-            return response_row(None, "failed: EngineDeadError")
+            return error_row(ErrorKind.ENGINE_LOST, "EngineDeadError")
         if role_name == "student" and "number 2 " in row["instruction"]:  # every draw
-            return response_row(None, "failed: VLLMValidationError: maximum context length is 1024")
+            return error_row(ErrorKind.CONTEXT_OVERFLOW, "VLLMValidationError: maximum context length is 1024")
         return _answers(role_name, row, prompt, seed)
 
     llm = ScriptedLLM(flaky_student)
@@ -335,10 +335,10 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
     ]
     assert student[1]["draw"] == "iter_0/discrimination/student_retry1"
     judgments = run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()
-    assert sorted(j["status"] for j in judgments) == [
-        "failed: student answer failed: VLLMValidationError: maximum context length is 1024",
-        "ok",
-        "ok",
+    assert sorted((j["status"], j["failure_kind"], j["failure"]) for j in judgments) == [
+        ("failed", "context_overflow", "student answer: VLLMValidationError: maximum context length is 1024"),
+        ("ok", None, None),
+        ("ok", None, None),
     ]
     assert summary["judged"] == 2 and summary["failed"] == 1 and summary["hard"] == 2
     referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]

@@ -274,9 +274,18 @@ def test_constraint_regex_accepts_what_the_parser_accepts():
 
 
 def test_a_teacher_that_answered_nothing_stops_the_stage():
-    failed = [{"id": str(i), "text": None, "finish_reason": "failed: BadRequestError: 400 grammar"} for i in range(3)]
+    failed = [
+        {
+            "id": str(i),
+            "text": None,
+            "finish_reason": "error",
+            "error_kind": "bad_request",
+            "error": "HTTP 400: grammar",
+        }
+        for i in range(3)
+    ]
     line = teacher_failed(failed)
-    assert line.startswith("rationales/teacher: all 3 requests failed; the first: failed: BadRequestError: 400 grammar")
+    assert line.startswith("rationales/teacher: all 3 requests failed; the first: bad_request: HTTP 400: grammar")
     assert teacher_failed([*failed, {"id": "3", "text": " So the answer is (a).", "finish_reason": "stop"}]) is None
     assert teacher_failed([]) is None
 

@@ -29,7 +29,7 @@ from lion_distill.evaluate.nll import nll_gap
 from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.evaluate.scores import aggregate, check_judged, headline
 from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import judgment_schema
+from lion_distill.judging.referee import ANSWER_COLUMNS, judgment_schema
 from lion_distill.llm.answers import answer, read_rows, write_responses
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
 from lion_distill.llm.serving import take_engine_metrics
@@ -44,10 +44,7 @@ PAIR_SCHEMA = pa.schema(
             "instruction",
             "input",
             "category",
-            "reference_text",
-            "reference_finish_reason",
-            "candidate_text",
-            "candidate_finish_reason",
+            *(f"{role}_{column}" for role in ("reference", "candidate") for column in ANSWER_COLUMNS),
         )
     ]
 )
@@ -123,10 +120,8 @@ def evaluate(
                 "instruction": q["instruction"],
                 "input": q["input"],
                 "category": q["category"],
-                "reference_text": r["text"],
-                "reference_finish_reason": r["finish_reason"],
-                "candidate_text": c["text"],
-                "candidate_finish_reason": c["finish_reason"],
+                **{f"reference_{column}": r.get(column) for column in ANSWER_COLUMNS},
+                **{f"candidate_{column}": c.get(column) for column in ANSWER_COLUMNS},
             }
             for q, r, c in zip(questions, reference, candidate)
         ],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import fields, replace
@@ -26,10 +27,10 @@ import pyarrow.parquet as pq
 from lion_distill.config import RoleConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, kept, no_response, replaced_by_id
+from lion_distill.errors import ErrorKind
 from lion_distill.judging.referee import (
     OK,
     ROLES,
-    context_overflow,
     judgment_rows,
     judgment_schema,
     judgment_table,
@@ -39,7 +40,7 @@ from lion_distill.judging.referee import (
 )
 from lion_distill.judging.rubrics import RUBRICS, rubric_for
 from lion_distill.llm.answers import answer, constraint
-from lion_distill.llm.responses import failed_mask
+from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import StageRecord
 
 LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
@@ -96,13 +97,17 @@ def judge_pairs(
         judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
     better = judgment_schema(*roles).empty_table()  # the rows later passes judged: few, whole
     for attempt in range(1, retries + 1):
-        again = unparseable_ids(judgments)
-        if not len(again):
+        # Only reviews are asked again: a pair with an empty answer is unparseable too, and never sent.
+        again = pc.and_(
+            pc.is_in(pairs.column("id"), value_set=unparseable_ids(judgments)),
+            pc.invert(_unjudgeable(pairs, roles, failed_answer_loses)),
+        )
+        if not pc.any(again).as_py():
             break
         retry = f"{stage}_retry{attempt}"
         retried = _judge(
             resampled(referee),
-            pairs.filter(pc.is_in(pairs.column("id"), value_set=again)),
+            pairs.filter(again),
             retry,
             f"{draws}/{retry}",
             **ask,
@@ -154,10 +159,9 @@ def _write_merged(run: RunDir, first_pass: str, better: pa.Table, to: str) -> No
 
 def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.ChunkedArray:
     """A mask of the pairs whose review overflowed the referee's context while b's answer is the
-    longer: cut to a's length, they fit (few rows; the test runs once per distinct status)."""
-    status = judgments.column("status")
-    overflow = pa.array([s for s in pc.unique(status).to_pylist() if context_overflow(s)], pa.string())
-    ids = judgments.column("id").filter(pc.is_in(status, value_set=overflow)).combine_chunks()
+    longer: cut to a's length, they fit. (A failed answer of b's own has no text: never longer.)"""
+    overflow = pc.fill_null(pc.equal(judgments.column("failure_kind"), ErrorKind.CONTEXT_OVERFLOW.value), False)
+    ids = judgments.column("id").filter(overflow).combine_chunks()
     longer = pc.greater(
         pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), ""))
     )
@@ -296,7 +300,7 @@ def _with_id(reviews: pa.Table, ids: pa.Array) -> pa.Table:
 
 
 CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
-REVIEW_COLUMNS = ("id", "text", "finish_reason", "logprobs")  # what judgment_rows reads of a review
+REVIEW_COLUMNS = ("id", "text", "finish_reason", "error_kind", "error", "logprobs")  # what judgment_rows reads
 
 
 def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> Iterator[pa.Table]:
@@ -341,7 +345,7 @@ def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: b
     """referee.unjudgeable over the columns: a's answer failed or is blank, or b's request
     failed (unless a failed answer loses)."""
     a, b = roles
-    answer_failed = lambda role: failed_mask(pairs.column(f"{role}_finish_reason"))  # noqa: E731
+    answer_failed = lambda role: error_mask(pairs.column(f"{role}_finish_reason"))  # noqa: E731
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(pairs.column(f"{a}_text"), "")), "")
     out = pc.or_(answer_failed(a), blank)
     return out if failed_answer_loses else pc.or_(out, answer_failed(b))
@@ -363,9 +367,10 @@ def _summed(a: StageRecord, b: StageRecord) -> StageRecord:
     counts = {
         f.name: getattr(a, f.name) + getattr(b, f.name)
         for f in fields(StageRecord)
-        if f.name not in ("stage", "gpus", "extra")
+        if f.name not in ("stage", "gpus", "extra", "failed_by_kind")
     }
-    return replace(a, **counts, gpus=max(a.gpus, b.gpus), extra={**a.extra, **b.extra})
+    kinds = Counter(a.failed_by_kind) + Counter(b.failed_by_kind)
+    return replace(a, **counts, gpus=max(a.gpus, b.gpus), failed_by_kind=dict(kinds), extra={**a.extra, **b.extra})
 
 
 def resampled(role: RoleConfig) -> RoleConfig:

@@ -65,9 +65,9 @@ def generate(
     """Run `role` over every row.
 
     -> (materialized dataset, StageRecord). The dataset has every input row with
-    its columns, plus `role`, `text`, `finish_reason` ("stop" | "length" |
-    "failed: <reason>"; text None when failed), `prompt_tokens`,
-    `completion_tokens` and, when `logprobs=k`, `logprobs`: a JSON string per row,
+    its columns, plus `role`, `text`, `finish_reason` ("stop" | "length" | "error";
+    text None when "error"), `error_kind` (lion_distill.errors.ErrorKind) and `error`
+    (the message; both None unless "error"), `prompt_tokens`, `completion_tokens` and, when `logprobs=k`, `logprobs`: a JSON string per row,
     a list with one `{token_text: logprob}` map of the top k per generated token.
     Rows in == rows out; callers join on `id` (order is not guaranteed).
 

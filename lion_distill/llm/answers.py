@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.pools import RowFiles, dataset_to_table
 from lion_distill.data.tables import in_order, no_response
-from lion_distill.llm.responses import failed_mask, is_failed
+from lion_distill.llm.responses import error_mask, is_error
 from lion_distill.metrics import StageRecord
 
 
@@ -143,7 +143,7 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
 
 
 def answered(response: dict) -> bool:
-    return not is_failed(response.get("finish_reason")) and bool((response.get("text") or "").strip())
+    return not is_error(response.get("finish_reason")) and bool((response.get("text") or "").strip())
 
 
 def write_responses(run: RunDir, path: str, responses: pa.Table | list[dict]) -> None:
@@ -171,7 +171,7 @@ def read_rows(run: RunDir, path: str) -> list[dict]:
 
 def answered_mask(responses: pa.Table) -> pa.ChunkedArray:
     """`answered` over a table of responses: not failed, and a text that is not blank."""
-    failed = failed_mask(responses.column("finish_reason"))
+    failed = error_mask(responses.column("finish_reason"))
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(responses.column("text")), ""), True)
     return pc.invert(pc.or_(failed, blank))
 

@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
-from lion_distill.errors import TaskDataError, TeacherFailed
+from lion_distill.errors import TaskDataError, TeacherFailed, count_by_kind
+from lion_distill.llm.responses import is_error
 from lion_distill.runner import StageResult
 from lion_distill.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
@@ -95,7 +96,8 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
 
 
 def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task):
-    """Each row with the teacher's reply as `text` (None when generation failed), in row order."""
+    """-> (each row with the teacher's reply as `text`, None when generation failed, in row order;
+    the call's record; its failed requests by kind and the first message of each kind)."""
     import ray
 
     from lion_distill.llm import generate
@@ -110,12 +112,13 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
         run_dir=run,
         structured_output=structured_output(cfg, task),
     )
-    answered = out.select_columns(["id", "text", "finish_reason"]).take_all()
+    answered = out.select_columns(["id", "text", "finish_reason", "error_kind", "error"]).take_all()
     problem = teacher_failed(answered)
     if problem:
         raise TeacherFailed(problem)
     replies = {r["id"]: r["text"] for r in answered}
-    return [{**row, "text": replies[row["id"]]} for row in rows], rec
+    failures = count_by_kind((r["error_kind"], r["error"]) for r in answered if is_error(r["finish_reason"]))
+    return [{**row, "text": replies[row["id"]]} for row in rows], rec, failures
 
 
 def teacher_failed(answered: list[dict]) -> str | None:
@@ -125,7 +128,8 @@ def teacher_failed(answered: list[dict]) -> str | None:
     if not answered or any(r["text"] is not None for r in answered):
         return None
     return (
-        f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
+        f"rationales/teacher: all {len(answered)} requests failed; the first: "
+        f"{answered[0]['error_kind']}: {answered[0]['error']}. "
         "Nothing was written: fix the cause and run again (the stage starts over)"
     )
 
@@ -133,10 +137,10 @@ def teacher_failed(answered: list[dict]) -> str | None:
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     start, task = time.perf_counter(), task_of(cfg)
     splits, data_report = read_task(cfg)
-    counters, spend = {}, {}
+    counters, spend, teacher_failures = {}, {}, ({}, {})
     if cfg.teacher.source == "generate":
         names = list(splits)
-        replied, rec = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
+        replied, rec, teacher_failures = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
         bounds = [0]
         for n in names:
             bounds.append(bounds[-1] + len(splits[n]))
@@ -175,6 +179,8 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     summary = {
         "rows": {split: len(rows) for split, rows in parsed.items()},
         "parse_failures": {s: dict(c) for s, c in failures.items()},
+        "teacher_failed_by_kind": teacher_failures[0],  # requests that failed: their rows are no_reply
+        "teacher_failure_examples": teacher_failures[1],
         "teacher_test_accuracy": teacher_accuracy,
         "source": cfg.teacher.source,
         "spend": spend,
