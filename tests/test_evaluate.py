@@ -307,13 +307,13 @@ class ScriptedRoles:
 
 
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
-    from lion_distill.evaluate import evaluation as E
-    from lion_distill.judging import judge as J
+    from lion_distill.evaluate import evaluation
+    from lion_distill.judging import judge
     from tests.fixtures.questions import short_questions
 
     llm = ScriptedRoles()
-    monkeypatch.setattr(E, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
+    monkeypatch.setattr(evaluation, "answer", llm)
+    monkeypatch.setattr(judge, "answer", llm)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {
@@ -325,7 +325,7 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     )
     run = RunDir(tmp_path / "run")
     role = RoleConfig(backend="hf", model="c")
-    summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    summary, records = evaluation.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
     # The vLLM judge is constrained to each rubric's layout: the math question is a pass of its own.
     assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge", "eval/judge_retry1"]
     assert [c["rows"] for c in llm.calls[1:3]] == [10, 2]
@@ -337,7 +337,7 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
     # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
     llm.calls.clear()
-    E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    evaluation.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
     assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge", "eval/judge_retry1"]
 
 
@@ -360,12 +360,12 @@ class OverflowingJudge(ScriptedRoles):
 
 
 def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
-    from lion_distill.evaluate import evaluation as E
-    from lion_distill.judging import judge as J
+    from lion_distill.evaluate import evaluation
+    from lion_distill.judging import judge
     from tests.fixtures.questions import short_questions
 
-    monkeypatch.setattr(E, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
+    monkeypatch.setattr(evaluation, "answer", llm)
+    monkeypatch.setattr(judge, "answer", llm)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {
@@ -376,7 +376,7 @@ def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
         }
     )
     run = RunDir(tmp_path / "run")
-    return run, E.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
+    return run, evaluation.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
 
 
 def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monkeypatch):

@@ -18,11 +18,9 @@ import pytest
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, read_pool, write_pool
 from lion_distill.errors import ErrorKind, NothingToImitate
-from lion_distill.judging import judge as J
+from lion_distill.judging import judge
 from lion_distill.judging.referee import JUDGMENT_SCHEMA
-from lion_distill.lion import discrimination as D
-from lion_distill.lion import generation as G
-from lion_distill.lion import imitation as I
+from lion_distill.lion import discrimination, generation, imitation
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.responses import error_row, response_row
@@ -133,9 +131,9 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     # 12 new instructions from 2 hard and 2 easy seeds: each seed is drawn three times.
     cfg = _config(tmp_path, new_instructions_per_iteration=12)
     llm = ScriptedLLM(_candidate)
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path, k=0)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     assert llm.calls[0]["draw"] == "iter_0/generation/generator_round0"
     # The next iteration draws from the same seeds again (iteration 0's judgments), against the cache
@@ -145,7 +143,7 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     run.write_table(
         rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet"))
     )
-    _, _, summary = G.generation(cfg, run, 1, "student")
+    summary = generation.generation(cfg, run, 1, "student").summary
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     second = set(run.read_table(rel(1, "generation", "new_instructions.parquet")).column("id").to_pylist())
     assert len(second) == 12 and not first & second
@@ -154,10 +152,10 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
 def test_a_resumed_generation_repeats_exactly_the_same_requests(tmp_path, monkeypatch):
     cfg = _config(tmp_path, new_instructions_per_iteration=6)
     first, second = ScriptedLLM(_candidate), ScriptedLLM(_candidate)
-    monkeypatch.setattr(G, "answer", first)
-    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
-    monkeypatch.setattr(G, "answer", second)
-    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    monkeypatch.setattr(generation, "answer", first)
+    generation.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    monkeypatch.setattr(generation, "answer", second)
+    generation.generation(cfg, _seed_generation(tmp_path), 0, "student")
     assert first.calls == second.calls  # same draws, so a response cache answers them all
 
 
@@ -169,9 +167,9 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
             *a, garbage=lambda row: row["id"].startswith("0-0-") and int(row["id"].rsplit("-", 1)[1]) % 2 == 0
         )
     )
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert [c["stage"] for c in llm.calls] == ["generation/generator_round0", "generation/generator_round1"]
     assert [len(c["ids"]) for c in llm.calls] == [8, 4]
     new = run.read_table(rel(0, "generation", "new_instructions.parquet")).to_pylist()
@@ -188,9 +186,9 @@ def test_an_unmet_quota_moves_to_the_other_kind_after_a_round(tmp_path, monkeypa
     # iteration still reaches its 4 new instructions (it ended with 2 and a warning before).
     cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
     llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert summary["new_instructions"] == 4
     assert [len(c["ids"]) for c in llm.calls] == [4, 2]  # round 1 asks hard seeds for the moved two
     metrics = run.read_json(rel(0, "generation", "metrics.json"))
@@ -205,9 +203,9 @@ def test_rouge_l_compares_the_instruction_alone_by_default(tmp_path, monkeypatch
         return response_row(f"### Instruction:\n{row['instruction']}\n### Input:\n{context}", "stop", 1, 1)
 
     for field, kept in (("instruction", 0), ("instruction_input", 2)):
-        monkeypatch.setattr(G, "answer", ScriptedLLM(reply))
+        monkeypatch.setattr(generation, "answer", ScriptedLLM(reply))
         cfg = _config(tmp_path / field, new_instructions_per_iteration=2, rouge_l_field=field, generation_rounds=1)
-        _, _, summary = G.generation(cfg, _seed_generation(tmp_path / field), 0, "student")
+        summary = generation.generation(cfg, _seed_generation(tmp_path / field), 0, "student").summary
         assert summary["new_instructions"] == kept
 
 
@@ -231,10 +229,10 @@ def _answers(role_name, row, prompt, seed):
 def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):
     cfg = _config(tmp_path, tau=1.0)
     llm = ScriptedLLM(_answers)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer", llm)  # the referee's requests
     run = _seed_generation(tmp_path, n_pool=3)
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     judgments = {j["id"]: j for j in run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()}
     pool = read_pool(run, rel(0, "cache_pool.parquet")).to_pylist()
     assert sum("number 0 " in row["instruction"] for row in pool) == 1
@@ -265,11 +263,11 @@ def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path,
             )
         return answers, record
 
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", one_review_lost)
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer", one_review_lost)
     run = _seed_generation(tmp_path, n_pool=3)
     with pytest.raises(KeyError, match="2 rows have no response"):  # the first table held 2 student-first reviews
-        D.discrimination(cfg, run, 0, "student")
+        discrimination.discrimination(cfg, run, 0, "student")
     assert not run.exists(rel(0, "discrimination", "judgments.parquet.first_pass"))  # nothing half-written left
 
 
@@ -290,9 +288,9 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
         return _answers(role_name, row, prompt, seed)
 
     llm = ScriptedLLM(unreadable_first)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer", llm)  # the referee's requests
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
     assert len(teacher) == 1 and len(teacher[0]["ids"]) == 1  # the paid answer was not asked again
     retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
@@ -324,9 +322,9 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
         return _answers(role_name, row, prompt, seed)
 
     llm = ScriptedLLM(flaky_student)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer", llm)
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     student = [c for c in llm.calls if c["stage"].startswith("discrimination/student")]
     assert [(c["stage"], len(c["ids"])) for c in student] == [
         ("discrimination/student", 3),
@@ -358,9 +356,12 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     class Result:
         model_dir, record = "new-student", StageRecord("x")
 
-    monkeypatch.setattr(I, "answer", ScriptedLLM(teacher))
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or Result())
-    outputs, _, summary = I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(imitation, "answer", ScriptedLLM(teacher))
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or Result()
+    )
+    result = imitation.imitation(cfg, run, 0, "student")
+    outputs, summary = result.outputs, result.summary
     assert outputs == {"student_model": "new-student"}
     assert len(trained) == 3 and all(r["response"] == "A whole answer." and r["complete"] for r in trained)
     assert summary["imitation_truncated"] == 1 and summary["imitation_answered"] == 4
@@ -368,7 +369,7 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     assert metrics["lion/imitation_truncated_answers"] == 1 and metrics["lion/imitation_failed_answers"] == 0
     # lion.train_on_truncated: the cut answer is trained on, marked incomplete (no eos).
     trained.clear()
-    I.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
+    imitation.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
     assert sorted(r["complete"] for r in trained) == [False, True, True, True]
 
 
@@ -379,22 +380,24 @@ class _Trained:
 def test_an_imitation_with_nothing_to_train_on_stops_naming_the_two_settings(tmp_path, monkeypatch):
     run = _seed_generation(tmp_path, n_pool=4)
     cut = ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Cut sho", "length", 5, 40))
-    monkeypatch.setattr(I, "answer", cut)
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
+    monkeypatch.setattr(imitation, "answer", cut)
+    monkeypatch.setattr(imitation, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
     cfg = _config(tmp_path)
     cfg.teacher.sampling.max_tokens = 40
     with pytest.raises(NothingToImitate) as stopped:
-        I.imitation(cfg, run, 0, "student")
+        imitation.imitation(cfg, run, 0, "student")
     line = str(stopped.value)
     assert "\n" not in line and line.startswith("iteration 0 imitation: only 0 of 4 teacher answers are trainable")
     assert "lion.min_imitation_fraction (0.5)" in line and "4 answers were cut at the teacher's max_tokens (40)" in line
     assert "teacher.sampling.max_tokens" in line and "lion.train_on_truncated: true" in line
     # Either setting lets the same answers train; the teacher is not asked again for them.
     trained = []
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained()
+    )
     allowed = _config(tmp_path, train_on_truncated=True)
     allowed.teacher.sampling.max_tokens = 40
-    _, _, summary = I.imitation(allowed, run, 0, "student")
+    summary = imitation.imitation(allowed, run, 0, "student").summary
     assert len(trained) == 4 and len(cut.calls) == 1
     assert (summary["imitation_rows"], summary["imitation_trained"]) == (4, 4)
     metrics = run.read_json(rel(0, "imitation", "metrics.json"))
@@ -411,27 +414,30 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
             f"Answer {seed} to {row['id']}.", "length" if "number 1 " in row["instruction"] else "stop", 5, 5
         )
     )
-    monkeypatch.setattr(I, "answer", teacher)
+    monkeypatch.setattr(imitation, "answer", teacher)
     first, again = [], []
 
     def killed(cfg, run, k, student, sft):
         first.extend(sft.to_pylist())
         raise RuntimeError("training worker killed")
 
-    monkeypatch.setattr(I, "_train", killed)
+    monkeypatch.setattr(imitation, "_train", killed)
     cfg = _config(tmp_path, train_on_truncated=True)
     with pytest.raises(RuntimeError, match="killed"):
-        I.imitation(cfg, run, 0, "student")
+        imitation.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1 and len(first) == 4
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft.to_pylist()) or _Trained())
-    outputs, counters, _ = I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: again.extend(sft.to_pylist()) or _Trained()
+    )
+    result = imitation.imitation(cfg, run, 0, "student")
+    outputs, counters = result.outputs, result.counters
     assert len(teacher.calls) == 1  # not asked again
     assert again == first and outputs == {"student_model": "new-student"}
     # The teacher's figures are those of the call that bought the answers, reported once, by the stage that completes.
     assert run.read_json(rel(0, "imitation", "metrics.json"))["rows/imitation/teacher"] == 4 and counters["rows"] == 4
     # A larger max_tokens: the one cut answer is asked again; the complete ones are kept.
     cfg.teacher.sampling.max_tokens = 1024
-    I.imitation(cfg, run, 0, "student")
+    imitation.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 2 and len(teacher.calls[1]["ids"]) == 1
 
 
@@ -440,7 +446,7 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
 
     run = _seed_generation(tmp_path, n_pool=4)
     monkeypatch.setattr(
-        I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
+        imitation, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
     )
     student = run.path(rel(0, "imitation", "student"))
     checkpoint = tmp_path / storage_path(student) / "lion-iter0-imitation" / "checkpoint_000001"
@@ -453,12 +459,12 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
         (checkpoint / "__0_0.distcp").write_bytes(b"weights and optimizer state")
         return Exported()
 
-    monkeypatch.setattr(I, "_train", train)
-    I.imitation(_config(tmp_path), run, 0, "student")
+    monkeypatch.setattr(imitation, "_train", train)
+    imitation.imitation(_config(tmp_path), run, 0, "student")
     assert not (tmp_path / storage_path(student)).exists()  # train.keep_checkpoints: false (the default)
     cfg = _config(tmp_path)
     cfg.train.keep_checkpoints = True
-    I.imitation(cfg, run, 0, "student")
+    imitation.imitation(cfg, run, 0, "student")
     assert (checkpoint / "__0_0.distcp").exists()
 
 

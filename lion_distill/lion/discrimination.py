@@ -25,11 +25,12 @@ from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
 from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import usage
+from lion_distill.runner import StageResult
 
 log = logging.getLogger("lion_distill.lion")
 
 
-def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
+def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
     check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
     cache_pool = pool(run, k, "cache")
     records = []
@@ -85,7 +86,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     extra["lion/judge_failed"] = summary["failed"]  # by kind: the `failure_kind` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
-    return {}, usage(records), iteration_summary
+    return StageResult(counters=usage(records), summary=iteration_summary)
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
