@@ -299,8 +299,9 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
             else _answers(role_name, row, prompt, seed)
         )
     )
-    for module in (imitation, discrimination, judge, generation):
+    for module in (imitation, discrimination, generation):
         monkeypatch.setattr(module, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     monkeypatch.setattr(imitation, "_train", lambda cfg, run, k, student, sft: _Trained())
     imitation.imitation(cfg, run, 0, "student")
     judged = discrimination.discrimination(cfg, run, 0, "student").summary

@@ -275,7 +275,6 @@ class ScriptedRoles:
         logprobs=None,
         draw=None,
         parts=None,
-        in_rows_order=True,
         columns=None,
         stream=False,
     ):
@@ -290,6 +289,10 @@ class ScriptedRoles:
         self.calls.append({"stage": stage, "draw": draw, "rows": len(rows)})
         table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
         return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
+
+    def stream(self, role, rows, to_prompt, **kwargs):
+        """answer_stream's script: the same replies, as tables in another order than the rows'."""
+        return self(role, rows, to_prompt, stream=True, **kwargs)
 
     def replies(self, rows, role_name, draw):
         out = []
@@ -313,7 +316,7 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
 
     llm = ScriptedRoles()
     monkeypatch.setattr(evaluation, "answer", llm)
-    monkeypatch.setattr(judge, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {
@@ -365,7 +368,7 @@ def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
     from tests.fixtures.questions import short_questions
 
     monkeypatch.setattr(evaluation, "answer", llm)
-    monkeypatch.setattr(judge, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {

@@ -71,7 +71,6 @@ class ScriptedLLM:
         logprobs=None,
         draw=None,
         parts=None,
-        in_rows_order=True,
         columns=None,
         stream=False,
     ):
@@ -90,6 +89,10 @@ class ScriptedLLM:
             out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
         table = pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})
         return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
+
+    def stream(self, role, rows, to_prompt, **kwargs):
+        """answer_stream's script: the same replies, as tables in another order than the rows'."""
+        return self(role, rows, to_prompt, stream=True, **kwargs)
 
 
 def as_answered(table: pa.Table, columns, stream: bool):
@@ -230,7 +233,7 @@ def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp
     cfg = _config(tmp_path, tau=1.0)
     llm = ScriptedLLM(_answers)
     monkeypatch.setattr(discrimination, "answer", llm)
-    monkeypatch.setattr(judge, "answer", llm)  # the referee's requests
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)  # the referee's requests
     run = _seed_generation(tmp_path, n_pool=3)
     summary = discrimination.discrimination(cfg, run, 0, "student").summary
     judgments = {j["id"]: j for j in run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()}
@@ -253,18 +256,17 @@ def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path,
     llm = ScriptedLLM(_answers)
 
     def one_review_lost(role, rows, to_prompt, **kw):
-        answers, record = llm(role, rows, to_prompt, **kw)
-        if kw.get("stream"):
-            answers = iter(
-                [
-                    table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first"))) if n == 0 else table
-                    for n, table in enumerate(answers)
-                ]
-            )
+        answers, record = llm.stream(role, rows, to_prompt, **kw)
+        answers = iter(
+            [
+                table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first"))) if n == 0 else table
+                for n, table in enumerate(answers)
+            ]
+        )
         return answers, record
 
     monkeypatch.setattr(discrimination, "answer", llm)
-    monkeypatch.setattr(judge, "answer", one_review_lost)
+    monkeypatch.setattr(judge, "answer_stream", one_review_lost)
     run = _seed_generation(tmp_path, n_pool=3)
     with pytest.raises(KeyError, match="2 rows have no response"):  # the first table held 2 student-first reviews
         discrimination.discrimination(cfg, run, 0, "student")
@@ -289,7 +291,7 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
 
     llm = ScriptedLLM(unreadable_first)
     monkeypatch.setattr(discrimination, "answer", llm)
-    monkeypatch.setattr(judge, "answer", llm)  # the referee's requests
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)  # the referee's requests
     summary = discrimination.discrimination(cfg, run, 0, "student").summary
     teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
     assert len(teacher) == 1 and len(teacher[0]["ids"]) == 1  # the paid answer was not asked again
@@ -323,7 +325,7 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
 
     llm = ScriptedLLM(flaky_student)
     monkeypatch.setattr(discrimination, "answer", llm)
-    monkeypatch.setattr(judge, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     summary = discrimination.discrimination(cfg, run, 0, "student").summary
     student = [c for c in llm.calls if c["stage"].startswith("discrimination/student")]
     assert [(c["stage"], len(c["ids"])) for c in student] == [

@@ -39,7 +39,7 @@ from lion_distill.judging.referee import (
     unparseable_ids,
 )
 from lion_distill.judging.rubrics import RUBRICS, rubric_for
-from lion_distill.llm.answers import answer, constraint
+from lion_distill.llm.answers import answer_stream, constraint
 from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import StageRecord
 
@@ -77,7 +77,7 @@ def judge_pairs(
     `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
     the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
     in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
-    `parts` where each pass keeps its finished blocks (lion_distill.llm.answers.answer).
+    `parts` where each pass keeps its finished blocks (lion_distill.llm.answers.answer_stream).
     """
     records: list[StageRecord] = []
     ask = dict(
@@ -212,7 +212,7 @@ def _judge(
             if len(groups) == 1
             else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
         )
-        reviews, part = answer(
+        reviews, part = answer_stream(
             referee,
             _requests(group, roles, orders),
             lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
@@ -223,9 +223,7 @@ def _judge(
             logprobs=LOGPROBS_TOP_K if use_logprobs else None,
             draw=draw,
             parts=parts,
-            in_rows_order=False,
-            columns=REVIEW_COLUMNS,
-            stream=True,  # 2 x N reviews: not their token counts and role, which the record has
+            columns=REVIEW_COLUMNS,  # 2 x N reviews: not their token counts and role, which the record has
         )
         streams.append(reviews)
         record = _summed(record, part)
