@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -165,58 +166,55 @@ def judgment_rows(
             f"judgment_rows needs one review per pair and order: {len(pairs)} pairs, "
             f"{len(reviews_first)} {roles[0]}-first and {len(reviews_second)} {roles[1]}-first reviews"
         )
-    a, b = roles
-    names = judgment_schema(*roles).names
     if isinstance(rubrics, Rubric):
         rubrics = [rubrics] * len(pairs)
-    rows = []
-    for pair, af, bf, rubric in zip(pairs, reviews_first, reviews_second, rubrics, strict=True):
-        for review in (af, bf):
-            if review.get("id") not in (None, pair["id"]):
-                raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
-        row = dict.fromkeys(names)
-        row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
-        row["truncated"] = False
-        failure = unjudgeable(pair, roles, failed_answer_loses)
-        lost = not answered(pair, b)
-        first = second = None
-        if failure is None:
-            first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
-            failure = next((s for s in (first, second) if isinstance(s, Failure)), None)
-        if failure is UNPARSEABLE and lost and not failed_answer_loses:
-            rows.append(
-                {
-                    **row,
-                    f"{b}_score_1": LOWEST_SCORE,
-                    f"{b}_score_2": LOWEST_SCORE,
-                    f"{b}_score": LOWEST_SCORE,
-                    "hard": True,
-                    "status": OK,
-                }
-            )
-            continue
-        if failure is not None:
-            rows.append({**row, **failure.columns()})
-            continue
-        (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
-        if lost:
-            b1 = b2 = LOWEST_SCORE
-        mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
-        rows.append(
-            {
-                **row,
-                f"{a}_score_1": a1,
-                f"{b}_score_1": b1,
-                f"{a}_score_2": a2,
-                f"{b}_score_2": b2,
-                f"{a}_score": mean_a,
-                f"{b}_score": mean_b,
-                "gap": mean_a - mean_b,
-                "hard": mean_a - mean_b >= tau,
-                "status": OK,
-            }
-        )
-    return rows
+    judge = partial(
+        _judgment,
+        names=judgment_schema(*roles).names,  # once: a schema costs more than a pair's judgment
+        tau=tau,
+        use_logprobs=use_logprobs,
+        roles=roles,
+        failed_answer_loses=failed_answer_loses,
+    )
+    return [judge(*four) for four in zip(pairs, reviews_first, reviews_second, rubrics, strict=True)]
+
+
+def _judgment(
+    pair: dict, af: dict, bf: dict, rubric: Rubric, *, names, tau, use_logprobs, roles, failed_answer_loses
+) -> dict:
+    """judgment_rows' row of one pair, from its a-first and b-first reviews."""
+    a, b = roles
+    for review in (af, bf):
+        if review.get("id") not in (None, pair["id"]):
+            raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
+    row = dict.fromkeys(names)
+    row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
+    row["truncated"] = False
+    failure = unjudgeable(pair, roles, failed_answer_loses)
+    lost = not answered(pair, b)
+    first = second = None
+    if failure is None:
+        first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
+        failure = next((s for s in (first, second) if isinstance(s, Failure)), None)
+    if failure is UNPARSEABLE and lost and not failed_answer_loses:
+        lowest = {f"{b}_score_1": LOWEST_SCORE, f"{b}_score_2": LOWEST_SCORE, f"{b}_score": LOWEST_SCORE}
+        return {**row, **lowest, "hard": True, "status": OK}
+    if failure is not None:
+        return {**row, **failure.columns()}
+    (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
+    if lost:
+        b1 = b2 = LOWEST_SCORE
+    mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
+    scores = {f"{a}_score_1": a1, f"{b}_score_1": b1, f"{a}_score_2": a2, f"{b}_score_2": b2}
+    return {
+        **row,
+        **scores,
+        f"{a}_score": mean_a,
+        f"{b}_score": mean_b,
+        "gap": mean_a - mean_b,
+        "hard": mean_a - mean_b >= tau,
+        "status": OK,
+    }
 
 
 def judgment_table(rows: list[dict], roles: tuple[str, str] = ROLES) -> pa.Table:

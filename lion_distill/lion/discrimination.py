@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
-from lion_distill.judging.judge import check_constraint, judge_pairs
+from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
 from lion_distill.judging.referee import ANSWER_COLUMNS, summarize
 from lion_distill.lion.conversations import answer_student
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
@@ -31,7 +31,8 @@ log = logging.getLogger("lion_distill.lion")
 
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
-    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
+    judging = referee_settings(cfg)
+    check_constraint(cfg.referee, judging)
     cache_pool = pool(run, k, "cache")
     records = []
 
@@ -55,14 +56,10 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> S
     judgments, judge_records = judge_pairs(
         cfg.referee,
         pairs,
+        judging,
         run=run,
         stage="discrimination/referee",
         draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint,
-        prompt=cfg.lion.referee_prompt,
-        retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs,
-        tau=cfg.lion.tau,
         parts=rel(k, "discrimination", "parts"),
         write_to=rel(k, "discrimination", "judgments.parquet"),
     )  # written a chunk at a time; kept without the reviews
@@ -87,6 +84,17 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> S
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
     return StageResult(counters=usage(records), summary=iteration_summary)
+
+
+def referee_settings(cfg: RunConfig) -> Judging:
+    """Lion's referee: teacher vs student, the `lion.referee_*` settings."""
+    return Judging(
+        prompt=cfg.lion.referee_prompt,
+        constraint=cfg.lion.referee_constraint,
+        retries=cfg.lion.referee_retries,
+        use_logprobs=cfg.lion.referee_logprobs,
+        tau=cfg.lion.tau,
+    )
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:

@@ -137,35 +137,10 @@ def teacher_failed(answered: list[dict]) -> str | None:
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     start, task = time.perf_counter(), task_of(cfg)
     splits, data_report = read_task(cfg)
-    counters, spend, teacher_failures = {}, {}, ({}, {})
+    spend, teacher_failures = {}, ({}, {})
     if cfg.teacher.source == "generate":
-        names = list(splits)
-        replied, rec, teacher_failures = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
-        bounds = [0]
-        for n in names:
-            bounds.append(bounds[-1] + len(splits[n]))
-        splits = {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}
-        spend = {
-            "prompt_tokens": rec.prompt_tokens,
-            "completion_tokens": rec.completion_tokens,
-            "api_requests": rec.api_requests,
-            "api_cached": rec.api_cached,
-            "cost_usd": rec.cost_usd,
-        }
-        counters.update(spend)
-    parsed, failures = {}, {}
-    for split, rows in splits.items():
-        parsed[split], failures[split] = parse_rows(rows, task)
-        if cfg.teacher.source == "released":
-            d = cfg.data
-            where = (
-                (d.train_file if split == "train" else d.test_file)
-                if d.task == "jsonl"
-                else f"{d.folder()}/{d.task} {split}"
-            )
-            problem = alignment_problem(parsed[split], task, where)
-            if problem:
-                raise TaskDataError(problem)
+        splits, spend, teacher_failures = teacher_replies(cfg, run, splits, task)
+    parsed, failures = parsed_splits(cfg, splits, task)
     dev = parsed.get("valid", [])
     tables = {
         "train": [{**r, "split": "train"} for r in parsed["train"]] + [{**r, "split": "valid"} for r in dev],
@@ -194,8 +169,44 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         summary["parse_failures"],
         teacher_accuracy,
     )
-    counters["rows"] = sum(summary["rows"].values())
-    return StageResult(counters=counters, summary=summary)
+    return StageResult(counters={**spend, "rows": sum(summary["rows"].values())}, summary=summary)
+
+
+def teacher_replies(cfg: StepByStepConfig, run: RunDir, splits: dict[str, list[dict]], task: Task):
+    """Every split's rows with the teacher's replies, asked in one call -> (the splits, the call's
+    spend, its failed requests by kind with the first message of each)."""
+    names = list(splits)
+    replied, rec, failures = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
+    bounds = [0]
+    for n in names:
+        bounds.append(bounds[-1] + len(splits[n]))
+    spend = {
+        "prompt_tokens": rec.prompt_tokens,
+        "completion_tokens": rec.completion_tokens,
+        "api_requests": rec.api_requests,
+        "api_cached": rec.api_cached,
+        "cost_usd": rec.cost_usd,
+    }
+    return {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}, spend, failures
+
+
+def parsed_splits(cfg: StepByStepConfig, splits: dict[str, list[dict]], task: Task):
+    """-> (each split's rows parsed into rationale and label, parse failures by reason per split).
+    Released completions must belong to their examples (alignment_problem)."""
+    parsed, failures = {}, {}
+    for split, rows in splits.items():
+        parsed[split], failures[split] = parse_rows(rows, task)
+        if cfg.teacher.source == "released":
+            d = cfg.data
+            where = (
+                (d.train_file if split == "train" else d.test_file)
+                if d.task == "jsonl"
+                else f"{d.folder()}/{d.task} {split}"
+            )
+            problem = alignment_problem(parsed[split], task, where)
+            if problem:
+                raise TaskDataError(problem)
+    return parsed, failures
 
 
 # --- train ---------------------------------------------------------------------------
@@ -278,6 +289,28 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
     )
     if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
         delete_checkpoints(result.model_dir)
+    summary = cell_summary(cfg, cell, len(rows), len(valid), result)
+    summary["seconds"] = time.perf_counter() - start
+    run.write_json(f"{slug}/result.json", summary)
+    scored_on = "test" if cfg.validation == "reference" else "valid"
+    log.info(
+        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
+        slug,
+        len(rows),
+        summary["steps"],
+        scored_on,
+        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in summary["validations"]},
+        result.best_step,
+    )
+    return StageResult(
+        outputs={f"model/{cell.key}": result.model_dir},
+        counters={"train_samples": result.record.rows},
+        summary={cell.key: summary},
+    )
+
+
+def cell_summary(cfg: StepByStepConfig, cell: Cell, rows: int, valid_rows: int, result) -> dict:
+    """A trained cell's result.json: its grid coordinates, its validations, what was kept."""
     scored_on = "test" if cfg.validation == "reference" else "valid"
     validations = [
         {
@@ -289,14 +322,14 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         }
         for v in result.validations
     ]
-    summary = {
+    return {
         "method": cell.method,
         "label_source": cell.label_source,
         "fraction": cell.fraction,
         "seed": cell.seed,
         "student": cell.student,
-        "rows": len(rows),
-        "valid_rows": len(valid),
+        "rows": rows,
+        "valid_rows": valid_rows,
         "validation": cfg.validation,
         "steps": result.record.extra["steps"],
         "epochs": round(result.validations[-1]["epoch"], 2),
@@ -304,26 +337,10 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         "best_step": result.best_step,
         "model_dir": result.model_dir,
         "samples": result.record.rows,
-        "seconds": time.perf_counter() - start,
         # what `--plan` prices the next run's training GPU-hours with
         "tokens_per_s": result.record.extra.get("tokens_per_s"),
         "gpus": result.record.gpus,
     }
-    run.write_json(f"{slug}/result.json", summary)
-    log.info(
-        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
-        slug,
-        len(rows),
-        summary["steps"],
-        scored_on,
-        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in validations},
-        result.best_step,
-    )
-    return StageResult(
-        outputs={f"model/{cell.key}": result.model_dir},
-        counters={"train_samples": result.record.rows},
-        summary={cell.key: summary},
-    )
 
 
 def _dataset(rows: list[dict]):
