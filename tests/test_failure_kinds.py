@@ -185,3 +185,25 @@ def test_a_real_vllm_servers_context_length_400_is_a_context_overflow(vllm_serve
     finish, kind, error = out_model["word " * 1500]
     assert (finish, kind) == ("error", "context_overflow") and error.startswith("HTTP 400: "), error
     assert out_model["Say hi."][:2] in (("stop", None), ("length", None))
+
+
+def test_a_transformers_batch_that_raises_fails_its_rows_as_the_engines(tiny_models, monkeypatch):
+    """hf's edge: a batch whose generate raises (out of memory; injected: a CPU will not run out
+    on cue) keeps its rows, each failed with the kind server_error; a batch that runs has none."""
+    import torch
+
+    from lion_distill.llm.hf import HFGenerator
+
+    role = RoleConfig(backend="hf", model=str(tiny_models.llama), sampling=SamplingParams(max_tokens=2))
+    generator = HFGenerator(role, role_name="student")
+    batch = {PROMPT_COL: [encode_prompt("Hello"), encode_prompt("Hi")], "id": ["a", "b"]}
+    fine = generator(batch)
+    assert fine["error_kind"] == [None, None] and set(fine["finish_reason"]) <= {"stop", "length"}
+
+    def out_of_memory(encoded):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generator, "generate", out_of_memory)
+    failed = generator(batch)
+    assert failed["error_kind"] == ["server_error"] * 2 and failed["text"] == [None, None]
+    assert failed["error"][0] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
