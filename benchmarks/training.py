@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from lion_distill.config.models import TrainConfig
-from lion_distill.train import batches as B
-from lion_distill.train import step as S
+from lion_distill.train import batches, step
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -44,18 +43,18 @@ def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
     two intra-op threads measured 15x slower (10 vs 151 samples/s) under shared load."""
     torch.set_num_threads(1)
     cols = {k: [r[k] for r in rows] for k in rows[0]}
-    tokens = B.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
-    pad = B.load_tokenizer(model_path).pad_token_id
-    model = S.setup_model(S.load_model(model_path, "causal"), torch.device("cpu"))
+    tokens = batches.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
+    pad = batches.load_tokenizer(model_path).pad_token_id
+    model = step.setup_model(step.load_model(model_path, "causal"), torch.device("cpu"))
     n_batches = -(-len(rows) // cfg.batch_size)
-    optimizer, scheduler = S.build_optimizer(model, cfg, n_batches * cfg.epochs)
+    optimizer, scheduler = step.build_optimizer(model, cfg, n_batches * cfg.epochs)
     samples = n_tokens = 0
     start = time.perf_counter()
     for _ in range(cfg.epochs):
         for i in range(0, len(rows), cfg.batch_size):
-            batch = B.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
-            S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
-            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            batch = batches.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
+            step.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+            step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             samples += batch["input_ids"].shape[0]
             n_tokens += int(batch["attention_mask"].sum())
     seconds = time.perf_counter() - start
@@ -140,10 +139,10 @@ def mfu_mode(args) -> dict:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    params = S.parameter_count(model)
-    model = S.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
+    params = step.parameter_count(model)
+    model = step.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
     cfg = TrainConfig(batch_size=args.batch_size, learning_rate=1e-4, warmup_ratio=0.0)
-    optimizer, scheduler = S.build_optimizer(model, cfg, args.steps + args.warmup)
+    optimizer, scheduler = step.build_optimizer(model, cfg, args.steps + args.warmup)
     ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     for i in range(args.warmup + args.steps):
@@ -151,8 +150,8 @@ def mfu_mode(args) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        S.backward(model, batch, cfg, device, sync=True)
-        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        step.backward(model, batch, cfg, device, sync=True)
+        step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -169,7 +168,7 @@ def mfu_mode(args) -> dict:
         "tokens_per_s": tokens_per_s,
         "samples_per_s": tokens_per_s / args.seq_len,
         "peak_flops_per_rank": args.peak_flops,
-        "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world),
+        "mfu": step.mfu(params, tokens_per_s, args.peak_flops * world),
     }
 
 

@@ -212,7 +212,13 @@ def export(argv: list[str]) -> int:
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
         return 2
-    counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    from lion_distill.errors import RunDirFormatError
+
+    try:
+        counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    except RunDirFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for k, splits in counts.items():
         print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
     print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
@@ -293,15 +299,22 @@ def _start(job, name: str, cfg, args, notes: list[str]) -> int:
 def _run(job, cfg, args, run_log: logging.Handler) -> int:
     """The job on its run directory, under its lock; a refusal or a failure is one line."""
     from lion_distill.data import RunDir
-    from lion_distill.joblock import RunDirBusy, job_lock
+    from lion_distill.errors import RunDirBusy, RunDirFormatError, StageError
+    from lion_distill.joblock import job_lock
     from lion_distill.llm.fit import PlanDoesNotFit
     from lion_distill.run_config import ConfigChanged
-    from lion_distill.runner import StageError
+    from lion_distill.runner import check_format
 
     try:
+        check_format(RunDir(cfg.run_dir))  # before the job writes its config there
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
             state = job.run(cfg, allow_config_change=args.allow_config_change)
-    except (RunDirBusy, PlanDoesNotFit, ConfigChanged) as e:  # ConfigChanged: a config.json written since
+    except (
+        RunDirBusy,
+        RunDirFormatError,
+        PlanDoesNotFit,
+        ConfigChanged,
+    ) as e:  # ConfigChanged: a config.json written since
         _in_run_log(run_log, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2

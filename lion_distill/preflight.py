@@ -102,7 +102,8 @@ def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> 
 
 
 def data_problems(name: str, data: DataConfig) -> list[str]:
-    from lion_distill.data import PoolFileError, load_pool
+    from lion_distill.data import load_pool
+    from lion_distill.errors import PoolFileError
 
     problems = [f"{name}.pool_files: {path}: file not found" for path in data.pool_files if not os.path.exists(path)]
     if problems:
@@ -118,7 +119,8 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
 
 def chat_template_problems(cfg: BaseModel) -> list[str]:
     """A pool with conversations trains and asks a local student through its chat template."""
-    from lion_distill.data import PoolFileError, load_pool
+    from lion_distill.data import load_pool
+    from lion_distill.errors import PoolFileError
     from lion_distill.train.chat import has_chat_template
 
     data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
@@ -140,9 +142,9 @@ def chat_template_problems(cfg: BaseModel) -> list[str]:
 def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
     """Questions that load and a reference answer for each (inputs), and a student in every Lion
     run named (the run's: the plan prices a run that has not trained it yet)."""
-    from lion_distill.data import PoolFileError
-    from lion_distill.evaluate.job import CandidateError, candidate_role
-    from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+    from lion_distill.errors import CandidateError, EvalDataError, PoolFileError
+    from lion_distill.evaluate.job import candidate_role
+    from lion_distill.evaluate.questions import load_questions, read_reference_answers
 
     try:
         questions = load_questions(cfg.questions, cfg.seed)[0]
@@ -160,8 +162,9 @@ def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
 
 def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
     """The task's files (train and test rows, released rationales) and a generating teacher's prompt."""
-    from lion_distill.step_by_step.prompts import PromptError, default_prompt_file, load_prompt
-    from lion_distill.step_by_step.readers import TaskDataError, size_problems
+    from lion_distill.errors import PromptError, TaskDataError
+    from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
+    from lion_distill.step_by_step.readers import size_problems
     from lion_distill.step_by_step.stages import read_task
 
     d = cfg.data  # every split there at its published size (unless data.allow_partial); then whether they parse

@@ -20,6 +20,7 @@ from lion_distill.llm.responses import (
     attach_prompt,
     encode_prompt,
     merge_responses,
+    response_row,
 )
 
 MESSAGES = [{"role": "user", "content": "Write a new instruction."}]
@@ -48,7 +49,7 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
     ]
     out = merge_responses(
         drawn.to_pydict(),
-        [{"text": "t", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}] * 2,
+        [response_row("t", "stop", 1, 1)] * 2,
         "generator",
         False,
     )

@@ -39,7 +39,7 @@ def test_quotas_reject_nonsense():
 def _judged(hard_ids, easy_ids, failed_ids=()):
     ok = [{"id": i, "status": "ok", "hard": True} for i in hard_ids]
     ok += [{"id": i, "status": "ok", "hard": False} for i in easy_ids]
-    rows = ok + [{"id": i, "status": "failed: unparseable review", "hard": None} for i in failed_ids]
+    rows = ok + [{"id": i, "status": "failed", "hard": None} for i in failed_ids]
     return pa.Table.from_pylist(
         rows, schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("hard", pa.bool_())])
     )
@@ -248,7 +248,7 @@ def test_candidate_rows_build_pool_rows_and_reconcile_counts():
     replies = [{"text": text, "finish_reason": "stop"} for text, _ in GOOD_REPLIES]
     replies += [{"text": text, "finish_reason": "stop"} for text in TINY_MODEL_REPLIES]
     replies += [
-        {"text": None, "finish_reason": "failed: timeout"},
+        {"text": None, "finish_reason": "error", "error_kind": "timeout", "error": "timeout"},
         {"text": "### Instruction:\nDescribe the causes of the First World", "finish_reason": "length"},
     ]
     rows, rejects = candidate_rows(seeds, replies, iteration=2)

@@ -13,11 +13,12 @@ from rouge_score import rouge_scorer
 
 from lion_distill.config import load_config
 from lion_distill.config.models import LionConfig
+from lion_distill.errors import ErrorKind
 from lion_distill.lion.generator import candidate_rows, clean_candidate, generator_messages, parse_candidate
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.lion.rouge import NoveltyFilter
 from lion_distill.llm.prompts import alpaca_prompt
-from lion_distill.llm.responses import failed_row, response_row
+from lion_distill.llm.responses import error_row, response_row
 from tests.fixtures.generator_replies import REPLIES
 
 LION = Path(__file__).parent / "reference" / "lion"
@@ -112,7 +113,7 @@ def _lion_post_process(text: str | None, finish_reason: str = "stop") -> list[di
 
 def _lion_mode(text: str | None, finish_reason: str) -> tuple[list[dict], Counter]:
     seed = {"id": "s", "kind": "hard", "instruction": "Write a limerick about a cat.", "input": ""}
-    reply = failed_row("timeout") if text is None else response_row(text, finish_reason, 10, 5)
+    reply = error_row(ErrorKind.TIMEOUT, "timeout") if text is None else response_row(text, finish_reason, 10, 5)
     return candidate_rows([seed], [reply], 1, tokens_per_seed_word=None, candidate_filter="lion")
 
 

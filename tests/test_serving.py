@@ -99,15 +99,18 @@ def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
     dead = serve_response(
         {**base, "error": {"code": 500, "message": "EngineDeadError"}}, chat=True, role_name="t", with_logprobs=False
     )
-    assert dead[RETRY] and dead["text"] is None and dead["finish_reason"].startswith("failed: engine error 500")
+    assert (
+        dead[RETRY] and dead["text"] is None and (dead["finish_reason"], dead["error_kind"]) == ("error", "engine_lost")
+    )
+    assert dead["error"] == "engine error 500: EngineDeadError"
     bad = serve_response(
         {**base, "error": {"code": 400, "message": "prompt too long"}}, chat=True, role_name="t", with_logprobs=False
     )
-    assert not bad[RETRY] and "prompt too long" in bad["finish_reason"]
+    assert not bad[RETRY] and bad["error_kind"] == "bad_request" and "prompt too long" in bad["error"]
     refused = serve_response(
         {**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t", with_logprobs=False
     )
-    assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
+    assert not refused[RETRY] and (refused["error_kind"], refused["error"]) == ("bad_request", "ValueError: nope")
 
 
 def test_an_attempts_lost_and_missing_requests():
@@ -267,7 +270,7 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
             assert killed, "the engine core was not seen generating"
             assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in many)
             for r in rows:
-                assert r["finish_reason"] in ("stop", "length") or r["finish_reason"].startswith("failed: "), r
+                assert r["finish_reason"] in ("stop", "length", "error"), r
             assert rec.failed_rows < len(many)  # the restarted engine answered the resent requests
             assert engines.take_metrics()["engine_starts"] == 0  # Serve restarted it; the job started nothing
             raise RuntimeError("the job failed")

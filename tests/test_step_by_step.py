@@ -9,13 +9,14 @@ import pytest
 
 from lion_distill.config import ConfigError, load_config
 from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.errors import PromptError, TaskDataError
 from lion_distill.runner import fresh_state, plan_stages
 from lion_distill.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, equation_value
 from lion_distill.step_by_step.job import step_by_step_stages
 from lion_distill.step_by_step.parse import Parsed, ParseFailure, parse_reply, words_to_number
-from lion_distill.step_by_step.prompts import EXAMPLE, PROMPTS, PromptError, default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.prompts import EXAMPLE, PROMPTS, default_prompt_file, load_prompt
+from lion_distill.step_by_step.readers import REPO_DATA, read_examples, read_jsonl_task
 from lion_distill.step_by_step.stages import method_rows, teacher_failed
 from lion_distill.step_by_step.tasks import TASKS, user_task
 
@@ -282,9 +283,18 @@ def test_constraint_regex_accepts_what_the_parser_accepts():
 
 
 def test_a_teacher_that_answered_nothing_stops_the_stage():
-    failed = [{"id": str(i), "text": None, "finish_reason": "failed: BadRequestError: 400 grammar"} for i in range(3)]
+    failed = [
+        {
+            "id": str(i),
+            "text": None,
+            "finish_reason": "error",
+            "error_kind": "bad_request",
+            "error": "HTTP 400: grammar",
+        }
+        for i in range(3)
+    ]
     line = teacher_failed(failed)
-    assert line.startswith("rationales/teacher: all 3 requests failed; the first: failed: BadRequestError: 400 grammar")
+    assert line.startswith("rationales/teacher: all 3 requests failed; the first: bad_request: HTTP 400: grammar")
     assert teacher_failed([*failed, {"id": "3", "text": " So the answer is (a).", "finish_reason": "stop"}]) is None
     assert teacher_failed([]) is None
 

@@ -16,11 +16,12 @@ import pytest
 from lion_distill.config import load_config
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import GenerationFailed, TaskDataError
 from lion_distill.step_by_step.data import parse_rows, with_released_replies
-from lion_distill.step_by_step.evaluate import GenerationFailed, accuracy, checked_predictions
+from lion_distill.step_by_step.evaluate import accuracy, checked_predictions
 from lion_distill.step_by_step.grid import cells
 from lion_distill.step_by_step.parse import NEXT_EXAMPLE
-from lion_distill.step_by_step.readers import PUBLISHED_ROWS, REPO_DATA, TaskDataError, read_examples, size_problems
+from lion_distill.step_by_step.readers import PUBLISHED_ROWS, REPO_DATA, read_examples, size_problems
 from lion_distill.step_by_step.stages import (
     cell_rows,
     method_rows,

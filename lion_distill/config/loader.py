@@ -10,10 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lion_distill.config.run import RunConfig
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message says where and why."""
+from lion_distill.errors import ConfigError
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -23,6 +23,32 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+# The run directory's format, recorded as `version` in its state.json (lion_distill.runner) when
+# the directory is created. What each format changed, for the line that refuses an older one:
+FORMAT = 3
+FORMATS = {
+    1: "the state of the loop before the shared stage runner",
+    2: "failures as `failed: <reason>` strings",
+    3: "typed failures: `finish_reason` error with `error_kind`, judgments' `failure_kind`",
+}
+
+
+def format_problem(state: dict | None, where: str) -> str | None:
+    """One line when `state` (a run directory's state.json) is not of this FORMAT: which format it
+    is and what to do. None when it is, or when there is no state yet (a new run directory)."""
+    if state is None:
+        return None
+    version = state.get("version", 1)  # format 1 did not record one
+    if version == FORMAT:
+        return None
+    if isinstance(version, int) and version > FORMAT:
+        return f"{where}: run directory format {version}, newer than this lion-distill's {FORMAT}: upgrade lion-distill"
+    return (
+        f"{where}: run directory format {version} ({FORMATS.get(version, 'unknown')}); this lion-distill reads "
+        f"format {FORMAT} ({FORMATS[FORMAT]}): start a new run directory, or finish this one with the "
+        "lion-distill release that began it"
+    )
+
 
 class RunDir:
     def __init__(self, uri: str | Path):

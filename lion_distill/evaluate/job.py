@@ -16,6 +16,7 @@ import os
 from lion_distill.config import RoleConfig, load_config
 from lion_distill.config.evaluate import CandidateConfig, EvalConfig, EvalJobConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import CandidateError
 from lion_distill.evaluate.evaluation import evaluate, prepare
 from lion_distill.evaluate.report import write_report
 from lion_distill.evaluate.scores import headline
@@ -23,10 +24,6 @@ from lion_distill.local_models import resolve_local_models
 from lion_distill.metrics import usage
 from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, StageResult, run_stages
-
-
-class CandidateError(ValueError):
-    """A candidate that cannot be served (a Lion run directory without a student)."""
 
 
 def _abs(path: str) -> str:

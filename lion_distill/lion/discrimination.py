@@ -17,20 +17,22 @@ import pyarrow.compute as pc
 from lion_distill.config import RunConfig
 from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
-from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import summarize
+from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
+from lion_distill.judging.referee import ANSWER_COLUMNS, summarize
 from lion_distill.lion.conversations import answer_student
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
-from lion_distill.llm.responses import failed_mask
+from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import usage
+from lion_distill.runner import StageResult
 
 log = logging.getLogger("lion_distill.lion")
 
 
-def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
+def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
+    judging = referee_settings(cfg)
+    check_constraint(cfg.referee, judging)
     cache_pool = shown(pool(run, k, "cache"), cfg.lion.show_input)
     records = []
 
@@ -49,21 +51,15 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
 
     pairs = cache_pool.select(["id", "instruction", "input"])
     for role, answers in (("teacher", teacher), ("student", student)):
-        pairs = pairs.append_column(f"{role}_text", answers.column("text")).append_column(
-            f"{role}_finish_reason", answers.column("finish_reason")
-        )
+        for column in ANSWER_COLUMNS:
+            pairs = pairs.append_column(f"{role}_{column}", answers.column(column))
     judgments, judge_records = judge_pairs(
         cfg.referee,
         pairs,
+        judging,
         run=run,
         stage="discrimination/referee",
         draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint,
-        prompt=cfg.lion.referee_prompt,
-        retries=cfg.lion.referee_retries,
-        retry_temperature=cfg.lion.referee_retry_temperature,
-        use_logprobs=cfg.lion.referee_logprobs,
-        tau=cfg.lion.tau,
         parts=rel(k, "discrimination", "parts"),
         write_to=rel(k, "discrimination", "judgments.parquet"),
     )  # written a chunk at a time; kept without the reviews
@@ -78,23 +74,35 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
         summary["hard_fraction"],
         summary["mean_gap"],
         summary["failed"],
-        summary["failed_by_reason"] or "",
+        summary["failed_by_kind"] or "",
     )
     extra = {
         f"lion/{name}": summary[name]
         for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap", "mean_teacher_score", "mean_student_score")
     }
-    extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
+    extra["lion/judge_failed"] = summary["failed"]  # by kind: the `failure_kind` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
-    return {}, usage(records), iteration_summary
+    return StageResult(counters=usage(records), summary=iteration_summary)
+
+
+def referee_settings(cfg: RunConfig) -> Judging:
+    """Lion's referee: teacher vs student, the `lion.referee_*` settings."""
+    return Judging(
+        prompt=cfg.lion.referee_prompt,
+        constraint=cfg.lion.referee_constraint,
+        retries=cfg.lion.referee_retries,
+        retry_temperature=cfg.lion.referee_retry_temperature,
+        use_logprobs=cfg.lion.referee_logprobs,
+        tau=cfg.lion.tau,
+    )
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
     """`answers` written to `path` -> the columns the pairs need (their role and token counts,
     which the file has, let go while the referee judges)."""
     write_responses(run, path, answers)
-    return answers.select(["text", "finish_reason"])
+    return answers.select(list(ANSWER_COLUMNS))
 
 
 def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list, reuse: bool) -> pa.Table:
@@ -133,7 +141,7 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
-        failed = failed_mask(student.column("finish_reason"))
+        failed = error_mask(student.column("finish_reason"))
         again = student.column("id").filter(failed)
         if not len(again):
             break
@@ -150,6 +158,6 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
         )
         records.extend(more)
         retried = response_table(retried)
-        better = retried.filter(pc.invert(failed_mask(retried.column("finish_reason"))))
+        better = retried.filter(pc.invert(error_mask(retried.column("finish_reason"))))
         student = replaced_by_id(student, better)
     return student

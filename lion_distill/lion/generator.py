@@ -26,7 +26,7 @@ from lion_distill.lion.prompts import (
     generator_user,
     lion_generator_user,
 )
-from lion_distill.llm.responses import is_failed
+from lion_distill.llm.responses import is_error
 
 KINDS = ("hard", "easy")
 
@@ -307,7 +307,7 @@ def candidate_rows(
     rows, rejects = [], Counter()
     for seed, reply in zip(seeds, replies):
         finish = reply.get("finish_reason") or ""
-        if is_failed(finish):
+        if is_error(finish):
             rejects["generator failed"] += 1
             continue
         if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= seed_token_cap(seed, tokens_per_seed_word):

@@ -85,8 +85,7 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
 
 def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     def fn(state: dict) -> StageResult:
-        outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
-        return StageResult(outputs, counters, summary)
+        return STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
 
     return Stage(f"iter_{k}/{name}", fn)
 

@@ -4,8 +4,8 @@ stages), wrapped so its rows come out in the engine's response contract.
 
 What Ray's processor does not give, derived here: `finish_reason` (it reports
 token counts only: "length" when max_tokens were generated, else "stop"), a
-failed row as "failed: <error>" (from `__inference_error__`; error rows bypass
-postprocess, so normalising happens in a map after the processor), and logprobs
+failed row of its kind (from `__inference_error__`, the only trace Ray keeps of the exception;
+error rows bypass postprocess, so normalising happens in a map after the processor), and logprobs
 as the JSON top-k maps of lion_distill.llm.responses.
 """
 
@@ -21,7 +21,14 @@ from lion_distill.config.models import RoleConfig
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.engine_args import engine_ask, engine_kwargs, engine_placement
 from lion_distill.llm.parts import write_parts
-from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
+from lion_distill.llm.responses import (
+    DRAW_COL,
+    PROMPT_COL,
+    RESPONSE_FIELDS,
+    decode_prompt,
+    finish_reason_from_counts,
+    inference_error_row,
+)
 
 
 def cluster_has_gpus() -> bool:
@@ -75,7 +82,8 @@ def to_response(
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
     if error:
-        out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
+        failure = inference_error_row(str(error))
+        out.update({k: failure[k] for k in RESPONSE_FIELDS})
     else:
         done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
         out.update(
@@ -83,6 +91,8 @@ def to_response(
             finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
             prompt_tokens=prompt,
             completion_tokens=done,
+            error_kind=None,
+            error=None,
         )
     if with_logprobs:
         steps = None if error else logprob_steps(row.get("logprobs"))

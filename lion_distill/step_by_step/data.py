@@ -16,8 +16,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from lion_distill.errors import TaskDataError
 from lion_distill.step_by_step.parse import ParseFailure, parse_reply, rationale_of
-from lion_distill.step_by_step.readers import TaskDataError
 from lion_distill.step_by_step.tasks import Fixed, Task
 
 

@@ -11,13 +11,10 @@ import ast
 import operator
 
 from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
+from lion_distill.errors import GenerationFailed
 from lion_distill.train.batches import LABEL_PREFIX
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-class GenerationFailed(RuntimeError):
-    """Student generations that failed: a failure is not a wrong answer, so nothing is scored."""
 
 
 def label_prompt(row: dict) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lion_distill.errors import PromptError
+
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 SLOT = "{input}"
 EXAMPLE = "data/step-by-step/my-task/prompt.txt"  # a user's own task's prompt, commented
@@ -21,10 +23,6 @@ WRITE = (
     f"(data.answer_phrase, 'So the answer is' by default), then 'Q: {SLOT}' and 'A:', with exactly one {SLOT} "
     f"where each row's input goes; an example: {EXAMPLE}"
 )
-
-
-class PromptError(ValueError):
-    """A prompt file that is missing or has no single `{input}` slot; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from lion_distill.data.readers import LoadReport
+from lion_distill.errors import TaskDataError
 from lion_distill.step_by_step.tasks import NLI_LABELS, Choices, Fixed, Task
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "step-by-step"  # slices with provenance
@@ -42,10 +43,6 @@ SUPPLY = {
     "anli1": "the ANLI round-1 train split (github.com/facebookresearch/anli) as JSON lines "
     "`premise`, `hypothesis`, `label` (0/1/2)",
 }
-
-
-class TaskDataError(ValueError):
-    """A task file that is missing or cannot be read; the message names the file and what to do."""
 
 
 def cqa_input(question: str, choices: list[str]) -> str:

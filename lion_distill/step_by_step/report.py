@@ -14,7 +14,7 @@ import statistics
 from matplotlib.figure import Figure
 
 from lion_distill.data import RunDir
-from lion_distill.metrics.report import fmt, save_plots, state_section, table_md
+from lion_distill.metrics.report import failure_rows, fmt, save_plots, state_section, table_md
 
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_cached", "cost_usd")
 
@@ -135,6 +135,14 @@ def render(state: dict, plots: dict[str, str]) -> str:
             else "Every reply parsed.",
             "",
         ]
+        by_kind = rationales.get("teacher_failed_by_kind") or {}
+        if by_kind:
+            examples = rationales.get("teacher_failure_examples") or {}
+            out += [
+                "Teacher requests that failed (each one's row is a `no_reply` above):\n",
+                table_md(["failure", "rows", "example"], failure_rows(by_kind, examples)),
+                "",
+            ]
         spend = rationales.get("spend") or {}
         out += [
             table_md(["tokens and cost", ""], [[k, spend.get(k, 0)] for k in SPEND])

@@ -28,6 +28,8 @@ import pyarrow as pa
 
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import TaskDataError, TeacherFailed, count_by_kind
+from lion_distill.llm.responses import is_error
 from lion_distill.runner import StageResult
 from lion_distill.step_by_step.data import (
     alignment_problem,
@@ -41,7 +43,7 @@ from lion_distill.step_by_step.data import (
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import DEV_SPLIT, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.readers import DEV_SPLIT, read_examples, read_jsonl_task
 from lion_distill.step_by_step.tasks import TASKS, Task, user_task
 
 log = logging.getLogger("lion_distill.step_by_step")
@@ -104,7 +106,8 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
 
 
 def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task):
-    """Each row with the teacher's reply as `text` (None when generation failed), in row order."""
+    """-> (each row with the teacher's reply as `text`, None when generation failed, in row order;
+    the call's record; its failed requests by kind and the first message of each kind)."""
     import ray
 
     from lion_distill.llm import generate
@@ -119,16 +122,13 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
         run_dir=run,
         structured_output=structured_output(cfg, task),
     )
-    answered = out.select_columns(["id", "text", "finish_reason"]).take_all()
+    answered = out.select_columns(["id", "text", "finish_reason", "error_kind", "error"]).take_all()
     problem = teacher_failed(answered)
     if problem:
         raise TeacherFailed(problem)
     replies = {r["id"]: r["text"] for r in answered}
-    return [{**row, "text": replies[row["id"]]} for row in rows], rec
-
-
-class TeacherFailed(RuntimeError):
-    """No request to the teacher got a reply: there is nothing to distil (one line)."""
+    failures = count_by_kind((r["error_kind"], r["error"]) for r in answered if is_error(r["finish_reason"]))
+    return [{**row, "text": replies[row["id"]]} for row in rows], rec, failures
 
 
 def teacher_failed(answered: list[dict]) -> str | None:
@@ -138,7 +138,8 @@ def teacher_failed(answered: list[dict]) -> str | None:
     if not answered or any(r["text"] is not None for r in answered):
         return None
     return (
-        f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
+        f"rationales/teacher: all {len(answered)} requests failed; the first: "
+        f"{answered[0]['error_kind']}: {answered[0]['error']}. "
         "Nothing was written: fix the cause and run again (the stage starts over)"
     )
 
@@ -146,35 +147,10 @@ def teacher_failed(answered: list[dict]) -> str | None:
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     start, task = time.perf_counter(), task_of(cfg)
     splits, data_report = read_task(cfg)
-    counters, spend = {}, {}
+    spend, teacher_failures = {}, ({}, {})
     if cfg.teacher.source == "generate":
-        names = list(splits)
-        replied, rec = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
-        bounds = [0]
-        for n in names:
-            bounds.append(bounds[-1] + len(splits[n]))
-        splits = {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}
-        spend = {
-            "prompt_tokens": rec.prompt_tokens,
-            "completion_tokens": rec.completion_tokens,
-            "api_requests": rec.api_requests,
-            "api_cached": rec.api_cached,
-            "cost_usd": rec.cost_usd,
-        }
-        counters.update(spend)
-    parsed, failures = {}, {}
-    for split, rows in splits.items():
-        parsed[split], failures[split] = parse_rows(rows, task)
-        if cfg.teacher.source == "released":
-            d = cfg.data
-            where = (
-                (d.train_file if split == "train" else d.test_file)
-                if d.task == "jsonl"
-                else f"{d.folder()}/{d.task} {split}"
-            )
-            problem = alignment_problem(parsed[split], task, where)
-            if problem:
-                raise TaskDataError(problem)
+        splits, spend, teacher_failures = teacher_replies(cfg, run, splits, task)
+    parsed, failures = parsed_splits(cfg, splits, task)
     dev = parsed.get("valid", [])
     tables = {
         "train": [{**r, "split": "train"} for r in parsed["train"]] + [{**r, "split": "valid"} for r in dev],
@@ -188,6 +164,8 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     summary = {
         "rows": {split: len(rows) for split, rows in parsed.items()},
         "parse_failures": {s: dict(c) for s, c in failures.items()},
+        "teacher_failed_by_kind": teacher_failures[0],  # requests that failed: their rows are no_reply
+        "teacher_failure_examples": teacher_failures[1],
         "teacher_test_accuracy": teacher_accuracy,
         "source": cfg.teacher.source,
         "spend": spend,
@@ -201,8 +179,44 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         summary["parse_failures"],
         teacher_accuracy,
     )
-    counters["rows"] = sum(summary["rows"].values())
-    return StageResult(counters=counters, summary=summary)
+    return StageResult(counters={**spend, "rows": sum(summary["rows"].values())}, summary=summary)
+
+
+def teacher_replies(cfg: StepByStepConfig, run: RunDir, splits: dict[str, list[dict]], task: Task):
+    """Every split's rows with the teacher's replies, asked in one call -> (the splits, the call's
+    spend, its failed requests by kind with the first message of each)."""
+    names = list(splits)
+    replied, rec, failures = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
+    bounds = [0]
+    for n in names:
+        bounds.append(bounds[-1] + len(splits[n]))
+    spend = {
+        "prompt_tokens": rec.prompt_tokens,
+        "completion_tokens": rec.completion_tokens,
+        "api_requests": rec.api_requests,
+        "api_cached": rec.api_cached,
+        "cost_usd": rec.cost_usd,
+    }
+    return {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}, spend, failures
+
+
+def parsed_splits(cfg: StepByStepConfig, splits: dict[str, list[dict]], task: Task):
+    """-> (each split's rows parsed into rationale and label, parse failures by reason per split).
+    Released completions must belong to their examples (alignment_problem)."""
+    parsed, failures = {}, {}
+    for split, rows in splits.items():
+        parsed[split], failures[split] = parse_rows(rows, task)
+        if cfg.teacher.source == "released":
+            d = cfg.data
+            where = (
+                (d.train_file if split == "train" else d.test_file)
+                if d.task == "jsonl"
+                else f"{d.folder()}/{d.task} {split}"
+            )
+            problem = alignment_problem(parsed[split], task, where)
+            if problem:
+                raise TaskDataError(problem)
+    return parsed, failures
 
 
 # --- train ---------------------------------------------------------------------------
@@ -287,6 +301,28 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
     )
     if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
         delete_checkpoints(result.model_dir)
+    summary = cell_summary(cfg, cell, len(rows), len(valid), counts, result)
+    summary["seconds"] = time.perf_counter() - start
+    run.write_json(f"{slug}/result.json", summary)
+    scored_on = "test" if cfg.validation == "reference" else "valid"
+    log.info(
+        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
+        slug,
+        len(rows),
+        summary["steps"],
+        scored_on,
+        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in summary["validations"]},
+        result.best_step,
+    )
+    return StageResult(
+        outputs={f"model/{cell.key}": result.model_dir},
+        counters={"train_samples": result.record.rows},
+        summary={cell.key: summary},
+    )
+
+
+def cell_summary(cfg: StepByStepConfig, cell: Cell, rows: int, valid_rows: int, counts: dict, result) -> dict:
+    """A trained cell's result.json: its grid coordinates, its validations, what was kept."""
     scored_on = "test" if cfg.validation == "reference" else "valid"
     validations = [
         {
@@ -298,15 +334,15 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         }
         for v in result.validations
     ]
-    summary = {
+    return {
         "method": cell.method,
         "label_source": cell.label_source,
         "fraction": cell.fraction,
         "seed": cell.seed,
         "student": cell.student,
-        "rows": len(rows),
+        "rows": rows,
         "row_counts": counts,
-        "valid_rows": len(valid),
+        "valid_rows": valid_rows,
         "validation": cfg.validation,
         "steps": result.record.extra["steps"],
         "epochs": round(result.validations[-1]["epoch"], 2),
@@ -314,26 +350,10 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         "best_step": result.best_step,
         "model_dir": result.model_dir,
         "samples": result.record.rows,
-        "seconds": time.perf_counter() - start,
         # what `--plan` prices the next run's training GPU-hours with
         "tokens_per_s": result.record.extra.get("tokens_per_s"),
         "gpus": result.record.gpus,
     }
-    run.write_json(f"{slug}/result.json", summary)
-    log.info(
-        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
-        slug,
-        len(rows),
-        summary["steps"],
-        scored_on,
-        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in validations},
-        result.best_step,
-    )
-    return StageResult(
-        outputs={f"model/{cell.key}": result.model_dir},
-        counters={"train_samples": result.record.rows},
-        summary={cell.key: summary},
-    )
 
 
 def _dataset(rows: list[dict]):
