@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.verbose)
     import ray
 
-    problems = cluster_problems(cfg, ray.cluster_resources())
+    from lion_distill.llm.fit import cluster_gpus
+
+    problems = cluster_problems(cfg, ray.cluster_resources(), cluster_gpus().ceiling)
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     from lion_distill.data import RunDir

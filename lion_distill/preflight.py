@@ -253,31 +253,45 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     return checks
 
 
-def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
+def _role_gpus(role: RoleConfig) -> tuple[str, int]:
+    """(what a local role's engines ask, in its config's words; the GPUs they hold)."""
+    from lion_distill.llm.engine_args import ranks
+
+    p = role.parallelism
+    if role.backend == "openai":
+        return "", 0
+    if role.backend == "hf":
+        return f"replicas {p.replicas} (one GPU each, the hf backend)", p.replicas
+    pp = ranks(role) // p.tensor_parallel_size
+    pipeline = f" x pipeline_parallel_size {pp}" if pp > 1 else ""
+    return f"tensor_parallel_size {p.tensor_parallel_size}{pipeline} x replicas {p.replicas}", ranks(role) * p.replicas
+
+
+def cluster_problems(cfg: BaseModel, resources: dict, gpu_ceiling: float = 0.0) -> list[str]:
     """What the joined cluster lacks: GPUs for training workers and, where the cluster has GPUs
-    (local roles run on CPU otherwise), for the largest local role (tensor parallel x replicas;
-    stages run one at a time)."""
+    (local roles run on CPU otherwise), for the largest local role (a vllm engine's tensor x
+    pipeline parallel x replicas, lion_distill.llm.engine_args.ranks; stages run one at a time).
+    `gpu_ceiling`: the GPUs its autoscaler may grow to (lion_distill.llm.fit.ClusterGpus.ceiling),
+    so that a cluster scaled to zero GPU nodes is judged by what it can have."""
     from lion_distill.data.rundir_checks import unshared_problems
 
-    gpus, cpus, problems = resources.get("GPU", 0), resources.get("CPU", 0), []
+    gpus, cpus, problems = max(resources.get("GPU", 0), gpu_ceiling), resources.get("CPU", 0), []
+    has = "the cluster has" if gpus == resources.get("GPU", 0) else "the cluster can grow to"
     problems += unshared_problems(cfg.run_dir) if getattr(cfg, "run_dir", None) else []  # every node sees it
     train = getattr(cfg, "train", None)
     if train is not None and train.gpus_per_worker:
         need = train.num_workers * train.gpus_per_worker
         if need > gpus:
             problems.append(
-                f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; "
-                f"the cluster has {gpus:g}"
+                f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; {has} {gpus:g}"
             )
     if train is not None and train.num_workers > cpus:
         problems.append(f"train.num_workers: {train.num_workers} workers need a CPU each; the cluster has {cpus:g}")
     if gpus:
-        for name, role in roles(cfg):
-            p = role.parallelism
-            need = p.tensor_parallel_size * p.replicas if role.backend != "openai" else 0
-            if need > gpus:
-                problems.append(
-                    f"{name}.parallelism: tensor_parallel_size {p.tensor_parallel_size} x replicas "
-                    f"{p.replicas} need {need} GPUs; the cluster has {gpus:g}"
-                )
+        problems += [
+            f"{name}.parallelism: {asks} need {need} GPUs; {has} {gpus:g}"
+            for name, role in roles(cfg)
+            for asks, need in [_role_gpus(role)]
+            if need > gpus
+        ]
     return problems

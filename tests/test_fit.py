@@ -72,6 +72,26 @@ def test_an_hf_role_holds_a_gpu_per_replica_beside_the_shared_engines():
     assert gpu_plan(per_stage, ("student",), train_gpus=0, during_training="keep", mode="per_stage")["peak_gpus"] == 4
 
 
+def test_pipeline_ranks_count_in_the_plan_the_node_check_and_the_engines_gpus():
+    from lion_distill.llm.fit import engine_gpus
+
+    pipelined = BIG.model_copy(update={"engine_kwargs": {"pipeline_parallel_size": 2}})  # 2 x (TP 4 x PP 2)
+    roles = {"teacher": pipelined, "student": role("/7b", replicas=8)}
+    assert engine_gpus(pipelined) == 16
+    plan = gpu_plan(roles, ("student",), train_gpus=8, during_training="release")
+    assert plan["frozen_engine_gpus"] == 16 and "teacher 2 x TP 4 x PP 2 = 16" in plan["engines"]
+    assert fits(24, 8, "release", roles=roles) is None
+    assert "teacher: TP 4 x PP 2 needs 8 GPUs on one node" in fits(32, 8, "release", per_node=4, roles=roles)
+
+
+def test_engines_run_on_gpus_where_the_autoscaler_may_add_them():
+    from lion_distill.llm.fit import engines_on_gpus
+
+    assert engines_on_gpus(ClusterGpus(8, 8, 8)) and not engines_on_gpus(ClusterGpus(0, 0, 0))
+    # Scaled to zero GPU nodes: bf16 engines that wait for the nodes, not fp32 ones on the CPUs.
+    assert engines_on_gpus(ClusterGpus(0, 0, 8, autoscaler_max=16))
+
+
 OVER_ASKING = [
     "--set=serving=shared",
     "--set=teacher.parallelism.tensor_parallel_size=2",

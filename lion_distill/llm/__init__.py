@@ -136,9 +136,10 @@ def generate(
                 if engines is not None:
                     engines.count_per_stage_start(role, role_name)
         elif role.backend == "hf":
+            from lion_distill.llm.fit import engines_on_gpus
             from lion_distill.llm.hf import HFGenerator
 
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            gpus = 1.0 if engines_on_gpus() else 0.0
             out = prompted.map_batches(
                 HFGenerator,
                 fn_constructor_kwargs={"role": role, "role_name": role_name, "logprobs": logprobs},
