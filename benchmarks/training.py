@@ -8,8 +8,10 @@
 `ray` mode trains the tiny LLaMA on the same synthetic instruction set both ways and
 reports samples/s and tokens/s (training loop only, and end to end for Ray) and the
 overhead ratio. `mfu` mode runs `lion_distill.train.step` bare (FSDP2 over a one-rank
-process group, or every rank under torchrun) on random tokens: MFU = 6 * params *
-tokens/s / peak FLOPs. Writes JSON to --out.
+process group, or every rank under torchrun) on random tokens: MFU is the model's FLOPs
+(lion_distill.train.flops: 6N without the embedding plus attention's 12 L w T a token) over
+the timed steps' seconds and the GPU's dense bf16 peak (looked up by its exact name, or
+--peak-flops), with the peak memory the steps allocated. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from lion_distill.config.models import TrainConfig
 from lion_distill.train import batches as B
 from lion_distill.train import step as S
+from lion_distill.train.flops import mfu, model_flops, peak_flops
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -54,7 +57,7 @@ def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
     for _ in range(cfg.epochs):
         for i in range(0, len(rows), cfg.batch_size):
             batch = B.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
-            S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+            S.backward(model, batch, cfg, torch.device("cpu"))
             S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             samples += batch["input_ids"].shape[0]
             n_tokens += int(batch["attention_mask"].sum())
@@ -117,7 +120,6 @@ def ray_mode(args) -> dict:
 
 def mfu_mode(args) -> dict:
     import torch.distributed as dist
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     device = torch.device(args.device)
     if not dist.is_initialized():  # torchrun sets RANK etc.; alone, a one-rank group still runs FSDP2
@@ -129,18 +131,9 @@ def mfu_mode(args) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
-    config = LlamaConfig(
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        vocab_size=args.vocab,
-        max_position_embeddings=args.seq_len,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    params = S.parameter_count(model)
+        torch.cuda.reset_peak_memory_stats()
+    model = llama_shaped(args)
+    params, counter = S.parameter_count(model), model_flops(model)
     model = S.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
     cfg = TrainConfig(batch_size=args.batch_size, learning_rate=1e-4, warmup_ratio=0.0)
     optimizer, scheduler = S.build_optimizer(model, cfg, args.steps + args.warmup)
@@ -151,33 +144,56 @@ def mfu_mode(args) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        S.backward(model, batch, cfg, device, sync=True)
+        S.backward(model, batch, cfg, device)
         S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     world = dist.get_world_size()
     tokens_per_s = args.steps * args.batch_size * args.seq_len * world / seconds
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_flops or peak_flops(name)
+    flops = counter.batch(batch) * args.steps * world
     dist.destroy_process_group()
     return {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": name,
         "ranks": world,
         "params": params,
         "seq_len": args.seq_len,
         "batch_size_per_rank": args.batch_size,
+        "activation_checkpointing": args.activation_checkpointing,
         "steps": args.steps,
         "tokens_per_s": tokens_per_s,
         "samples_per_s": tokens_per_s / args.seq_len,
-        "peak_flops_per_rank": args.peak_flops,
-        "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world),
+        "model_flops_per_token": counter.batch(batch) / (args.batch_size * args.seq_len),
+        "peak_flops_per_rank": peak,
+        "mfu": mfu(flops, seconds, peak * world) if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
     }
+
+
+def llama_shaped(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        vocab_size=args.vocab,
+        max_position_embeddings=args.seq_len,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
 
 
 def table(result: dict) -> str:
     if "mfu" in result:
         return (
             f"| device | ranks | params | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |\n"
-            f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | {result['mfu']:.2%} |"
+            f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | "
+            f"{'n/a' if result['mfu'] is None else format(result['mfu'], '.2%')} |"
         )
     p, r = result["plain_torch_1_process"], result["ray_train_fsdp2_2_workers"]
     return (
@@ -210,7 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--activation-checkpointing", action="store_true")
-    ap.add_argument("--peak-flops", type=float, default=989e12, help="per rank; default H100 bf16 dense")
+    ap.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="dense bf16 peak per rank; default: the GPU's by its exact name (lion_distill.train.flops), else no MFU",
+    )
     args = ap.parse_args(argv)
     result = ray_mode(args) if args.mode == "ray" else mfu_mode(args)
     print(table(result))

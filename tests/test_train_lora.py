@@ -292,7 +292,7 @@ def _adapter_trains_and_its_checkpoint_restores(
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params and len(params) == trainable
     losses = []
     for _ in range(10):
-        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
+        losses.append(S.backward(model, batch, cfg, torch.device("cpu")))
         S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     assert losses[-1] < losses[0] - 0.5, losses
 
@@ -394,7 +394,7 @@ def _qlora_rank(rank: int, world: int, path: str, out: str) -> None:
     dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
     grads = []
     for _ in range(2):
-        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
+        S.backward(model, batch, QLORA, torch.device("cpu"), tokens=tokens, world=world)
         grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
         S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
     adapter = _adapter(model)
@@ -428,7 +428,7 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
     optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
     batch = _numbers_batch(path, range(8))
     for step in range(2):
-        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True)
+        S.backward(model, batch, QLORA, torch.device("cpu"))
         for name, p in model.named_parameters():
             if p.requires_grad:
                 torch.testing.assert_close(ranks[0]["grads"][step][name], p.grad, rtol=1e-4, atol=1e-6)

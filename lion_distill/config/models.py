@@ -238,7 +238,14 @@ class TrainConfig(Strict):
     max_grad_norm: PositiveFloat = 1.0
     max_length: PositiveInt = 512
     num_workers: int = Field(1, ge=0)  # 0: run the loop in the driver (fast tests)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
+    gpus_per_worker: int = Field(
+        0,
+        description=(
+            "GPUs per training worker: 0 trains on CPU (gloo), 1 gives each FSDP rank its own GPU (NCCL); "
+            "a rank drives one device, so a fraction would put two NCCL ranks on one GPU and more than 1 "
+            "would leave GPUs idle."
+        ),
+    )
     activation_checkpointing: bool = False
     rationale_weight: float = Field(1.0, ge=0.0)  # step-by-step's lambda
     checkpoint_every_steps: PositiveInt = 500
@@ -252,6 +259,17 @@ class TrainConfig(Strict):
     start_timeout_s: PositiveFloat = 600.0
     seed: int = 42
     lora: LoraConfig | None = None  # None: full fine-tuning (the papers' way)
+
+    @field_validator("gpus_per_worker", mode="before")
+    @classmethod
+    def _one_device_a_rank(cls, value):
+        if value not in (0, 1) or isinstance(value, bool):
+            raise ValueError(
+                f"{value!r}: a training worker is one FSDP rank on one device: 0 (CPU) or 1 (one GPU); "
+                "below 1 two NCCL ranks would share a GPU, above 1 the extra GPUs would sit idle "
+                "(more GPUs: more num_workers)"
+            )
+        return int(value)
 
 
 class DatasetSource(Strict):

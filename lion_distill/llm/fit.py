@@ -1,6 +1,6 @@
 """Does a job's plan fit the cluster's GPUs, and what a wait for resources says when it ends.
 
-    problem = fit_problem(roles, ("student",), train_workers=8, gpus_per_worker=1.0,
+    problem = fit_problem(roles, ("student",), train_workers=8, gpus_per_worker=1,
                           cluster=cluster_gpus(), during_training="keep", mode="shared")
     if problem: raise PlanDoesNotFit(problem)      # before the first engine starts
 
@@ -140,7 +140,7 @@ def fit_problem(
     per_iteration: tuple[str, ...],
     *,
     train_workers: int,
-    gpus_per_worker: float,
+    gpus_per_worker: int,
     cluster: ClusterGpus,
     during_training: str,
     mode: str = "shared",

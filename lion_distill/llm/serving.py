@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import signal
 import threading
@@ -132,47 +133,59 @@ class JobEngines:
     # --- lifetimes ----------------------------------------------------------------
 
     def _start(self, spec: EngineSpec, role: RoleConfig, role_name: str) -> Engine:
-        """Deploy the role's engine and wait, up to serving.ready_timeout_s, until it runs.
-        A failure a retry may fix (the engine died while it loaded) gets one more try."""
-        from ray import serve
+        """Deploy the role's engine and wait, up to serving.ready_timeout_s, until it runs."""
         from ray.serve.llm import build_llm_deployment
 
-        from lion_distill.llm.engine_start import EngineFailure, EngineStartFailed, wait_running
+        from lion_distill.llm.engine_start import EngineFailure, EngineStartFailed
         from lion_distill.llm.serve_backend import DEPLOYMENT, llm_config
         from lion_distill.llm.serve_server import JobLLMServer
 
         app = self.prefix + spec.key
         try:  # Serve LLM checks engine argument names here, before anything starts
-            config = llm_config(spec)
             deployment = build_llm_deployment(
-                config, deployment_cls=JobLLMServer, override_serve_options={"name": DEPLOYMENT}
+                llm_config(spec), deployment_cls=JobLLMServer, override_serve_options={"name": DEPLOYMENT}
             )
         except (ValueError, TypeError) as exc:
             raise EngineStartFailed(role_name, role.model, EngineFailure(f"{type(exc).__name__}: {exc}", True)) from exc
         self._track(app, add=True)
         log.info("starting engine %s for %s (%s)", app, role_name, role.model)
         begin = time.perf_counter()
-        for attempt in (1, 2):
+        self._deploy_until_running(app, deployment, spec, role_name)
+        seconds = time.perf_counter() - begin
+        self.starts.append((role_name, seconds, role.parallelism.replicas))
+        log.info("engine %s up in %.1f s", app, seconds)
+        return Engine(app, spec)
+
+    def _deploy_until_running(self, app: str, deployment, spec: EngineSpec, role_name: str) -> None:
+        """Deploy `app` until it runs, within serving.ready_timeout_s. A failure a retry may fix (the
+        engine died while it loaded) gets one more try; a GPU whose memory another process still
+        holds is waited for and tried again (lion_distill.llm.engine_start.retry_after)."""
+        from ray import serve
+
+        from lion_distill.llm.engine_start import EngineStartFailed, retry_after, wait_running
+
+        deadline = time.monotonic() + self.serving.ready_timeout_s
+        for attempt in itertools.count(1):
             serve.run_many(
                 [serve.RunTarget(deployment, name=app, route_prefix=None)], wait_for_applications_running=False
             )
             try:
                 failure = wait_running(
-                    app, self.serving.ready_timeout_s, lambda scheduling: self._waited(app, spec, role_name, scheduling)
+                    app,
+                    max(0.0, deadline - time.monotonic()),
+                    lambda scheduling: self._waited(app, spec, role_name, scheduling),
                 )
             except BaseException:
                 serve.delete(app)  # nothing half-started is left holding GPUs
                 raise
             if failure is None:
-                break
+                return
             serve.delete(app)
-            if failure.permanent or attempt == 2:
-                raise EngineStartFailed(role_name, role.model, failure)
-            log.warning("engine %s failed to start (%s); starting it again", app, failure.cause)
-        seconds = time.perf_counter() - begin
-        self.starts.append((role_name, seconds, role.parallelism.replicas))
-        log.info("engine %s up in %.1f s", app, seconds)
-        return Engine(app, spec)
+            wait = retry_after(failure, attempt, deadline - time.monotonic())
+            if wait is None:
+                raise EngineStartFailed(role_name, spec.model, failure)
+            log.warning("engine %s failed to start (%s); starting it again in %.0f s", app, failure.cause, wait)
+            time.sleep(wait)
 
     def _waited(self, app: str, spec: EngineSpec, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
@@ -295,7 +308,7 @@ def job_engines(
     run_id: str,
     per_iteration: tuple[str, ...] = ("student",),
     train_workers: int = 0,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: int = 0,
 ):
     """The block a job runs its stages in (see the module docstring). `roles`: every role of
     the job by name; `run_id`: the run directory, which names the job's applications. Raises

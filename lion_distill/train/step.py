@@ -18,9 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lion_distill.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
-
-# Dense bf16 peak per GPU, for MFU; an unknown GPU reports no MFU rather than a wrong one.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+from lion_distill.train.flops import weights
 
 
 def load_model(model_path: str, architecture: str, quantization=None, device: torch.device | None = None) -> nn.Module:
@@ -265,7 +263,6 @@ def backward(
     cfg,
     device: torch.device,
     *,
-    sync: bool,
     tokens: torch.Tensor | None = None,
     world: int = 1,
 ) -> float:
@@ -275,10 +272,13 @@ def backward(
     on all `world` ranks. The micro-batch's summed loss is divided by them, so every
     answer token weighs the same however tokens fall into micro-batches and ranks (as
     transformers does since 4.46); x world because FSDP averages gradients over ranks.
-    Default: this micro-batch alone, its mean. `sync=False` skips FSDP's gradient
-    reduce-scatter until the last micro-batch."""
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(sync)
+    Default: this micro-batch alone, its mean.
+
+    FSDP reduce-scatters every micro-batch's gradients, so what accumulates is each rank's
+    shard. Skipping that until the last micro-batch (`set_requires_gradient_sync(False)`)
+    saves the communication but keeps an unsharded fp32 copy of every gradient on every rank
+    (FSDP2's unsharded_accumulated_grad): 28 GB more per GPU for a 7B student, out of memory
+    on 40 GB cards."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     tokens = target_tokens(batch, cfg.architecture) if tokens is None else tokens
     with autocast(device):
@@ -298,19 +298,4 @@ def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float)
 
 def parameter_count(model: nn.Module) -> int:
     """The model's weights; a 4-bit one (bitsandbytes) counts its unpacked shape, not its bytes."""
-    return sum(
-        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-        for p in model.parameters()
-    )
-
-
-def mfu(params: int, tokens_per_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: 6 FLOPs per parameter per token (forward + backward)."""
-    return 6.0 * params * tokens_per_s / peak_flops
-
-
-def peak_flops_per_gpu() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return sum(weights(p) for p in model.parameters())
