@@ -84,10 +84,21 @@ def export_hf(model, tokenizer_path: str, output_dir: str, *, dtype: torch.dtype
         training_use_cache, model.config.use_cache = model.config.use_cache, True  # the export generates
         model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
         model.config.use_cache = training_use_cache  # training goes on after a validation's export
+        name_dtype(tmp, dtype)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
         publish_dir(tmp, output_dir)
+
+
+def name_dtype(folder: str, dtype: torch.dtype) -> None:
+    """config.json names the dtype the weights were written in. save_pretrained names the model's
+    own (fp32 master weights) whatever the state dict it is given: a bf16 export said float32, and
+    `dtype="auto"` loaders (vLLM, transformers) then upcast it."""
+    path = Path(folder, "config.json")
+    config = json.loads(path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def publish_dir(local: str, target: str) -> None:

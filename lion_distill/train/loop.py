@@ -48,6 +48,7 @@ from lion_distill.train import step as S
 from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
 from lion_distill.train.flops import device_peak_flops, mfu, model_flops
 from lion_distill.train.result import TrainResult
+from lion_distill.train.resume import refuse_changed_schedule, schedule_of
 from lion_distill.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("lion_distill.train")
@@ -91,6 +92,8 @@ def fit(
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
             raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+        # A resume with other ranks or batches would silently skip or repeat rows (lion_distill.train.resume).
+        refuse_changed_schedule(storage_path(output_dir), name, schedule_of(cfg, ranks, n_usable))
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
