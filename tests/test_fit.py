@@ -131,3 +131,18 @@ def test_an_over_asking_plan_ends_in_one_line_within_60_s(gpu_cluster, tiny_mode
     assert f"the cluster has {2 * GPUS_PER_NODE} GPUs" in errors[0] and "training 2 workers x 1 GPU = 2" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "iter_0" / "imitation").exists()  # nothing started
+
+
+def test_preflight_says_what_a_70b_first_start_and_per_stage_engines_cost():
+    """configs/lion-7b-vllm.yaml: three roles of one 70B engine loading it anew in every stage
+    (serving: per_stage, for its one 8-GPU node), and its 141 GB download inside a 900 s start (sized
+    from the hub's model card, which this machine cannot reach: the note's line from its size)."""
+    from lion_distill.config import load_config
+    from lion_distill.preflight import first_download_note, preflight
+
+    cfg = load_config(REPO / "configs/lion-7b-vllm.yaml")
+    (per_stage,) = [n for n in preflight(cfg, env={}).notes if n.startswith("serving: per_stage")]
+    assert "teacher, referee, generator" in per_stage and "needs 16 GPUs at once" in per_stage
+    line = first_download_note(["teacher"], "org/70b", 70_553_706_496, 900)
+    assert "downloads about 141 GB" in line and "about 24 min" in line and "hf download org/70b" in line
+    assert first_download_note(["teacher"], "org/1b", 1_000_000_000, 900) is None  # 2 GB: 20 s
