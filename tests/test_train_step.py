@@ -265,6 +265,11 @@ def test_step_code_imports_without_ray():
 
     code = "import sys, lion_distill.train.step, lion_distill.train.batches; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    # What benchmarks/gpu_smoke.py runs on a lent GPU, where only torch, transformers, peft and
+    # bitsandbytes are installed: not even pydantic or pyarrow.
+    smoke = "lion_distill.train.step, lion_distill.train.flops, lion_distill.train.lora, lion_distill.tiny"
+    code = f"import sys, {smoke}; sys.exit(bool({{'ray', 'pydantic', 'pyarrow'}} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_predict_labels_answers_the_label_task_and_accuracy_is_exact(tiny_models, tmp_path):

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -111,6 +110,8 @@ def publish_dir(local: str, target: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         return
+    import pyarrow.fs as pafs  # only for a URI: the step code runs where pyarrow is not installed
+
     fs, path = pafs.FileSystem.from_uri(target)
     fs.delete_dir_contents(path, missing_dir_ok=True)
     pafs.copy_files(local, path, destination_filesystem=fs)
@@ -121,6 +122,8 @@ def delete_dir(target: str) -> None:
     if "://" not in target:
         shutil.rmtree(target, ignore_errors=True)
         return
+    import pyarrow.fs as pafs
+
     fs, path = pafs.FileSystem.from_uri(target)
     # Object by object: an object store can list a key that is gone when pyarrow's recursive
     # delete_dir reaches it (Ray Train's storage-validation marker is written and removed by

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lion_distill.train.batches import IGNORE
+from lion_distill.train.targets import IGNORE
 
 # Dense bf16 tensor-core peak per GPU (NVIDIA's datasheets: the sparsity figure halved), keyed by
 # torch.cuda.get_device_name(). A10G: AWS's variant, whose datasheet NVIDIA does not publish

@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lion_distill.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
 from lion_distill.train.flops import weights
+from lion_distill.train.targets import IGNORE, LABEL_TASK, RATIONALE_TASK
 
 
 def load_model(model_path: str, architecture: str, quantization=None, device: torch.device | None = None) -> nn.Module:
