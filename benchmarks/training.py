@@ -24,10 +24,20 @@ from pathlib import Path
 
 import torch
 
-from lion_distill.config.models import TrainConfig
-from lion_distill.train import batches as B
 from lion_distill.train import step as S
 from lion_distill.train.flops import mfu, model_flops, peak_flops
+
+# The optimizer and loss settings `mfu` mode trains with (as TrainConfig names them): a plain object,
+# so benchmarks/gpu_smoke.py runs this on a machine with torch and transformers only (no pydantic).
+MFU_STEP = dict(
+    architecture="causal",
+    learning_rate=1e-4,
+    weight_decay=0.0,
+    warmup_ratio=0.0,
+    lr_schedule="cosine",
+    max_grad_norm=1.0,
+    rationale_weight=1.0,
+)
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -41,10 +51,12 @@ def synthetic_rows(n: int) -> list[dict]:
     ]
 
 
-def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
+def plain_loop(model_path: str, rows: list[dict], cfg) -> dict:
     """The reference: one process, no Ray, no FSDP, same step code and data. One
     thread, like each Ray worker (Ray sets OMP_NUM_THREADS=1): on this 2-core box
     two intra-op threads measured 15x slower (10 vs 151 samples/s) under shared load."""
+    from lion_distill.train import batches as B
+
     torch.set_num_threads(1)
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     tokens = B.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
@@ -70,6 +82,7 @@ def ray_mode(args) -> dict:
 
     import ray
 
+    from lion_distill.config.models import TrainConfig
     from lion_distill.tiny import build_tiny_models
     from lion_distill.train import train_causal_sft
 
@@ -131,11 +144,25 @@ def mfu_mode(args) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        return mfu_run(args, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def mfu_run(args, device: torch.device) -> dict:
+    """The timed steps on random tokens, in the process group that is up (one rank or torchrun's)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = llama_shaped(args)
     params, counter = S.parameter_count(model), model_flops(model)
     model = S.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
-    cfg = TrainConfig(batch_size=args.batch_size, learning_rate=1e-4, warmup_ratio=0.0)
+    cfg = SimpleNamespace(**MFU_STEP, batch_size=args.batch_size)
     optimizer, scheduler = S.build_optimizer(model, cfg, args.steps + args.warmup)
     ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
@@ -154,7 +181,7 @@ def mfu_mode(args) -> dict:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_flops or peak_flops(name)
     flops = counter.batch(batch) * args.steps * world
-    dist.destroy_process_group()
+    del model, optimizer
     return {
         "device": name,
         "ranks": world,
@@ -205,7 +232,7 @@ def table(result: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["ray", "mfu"], default="ray")
     ap.add_argument("--out", default="benchmarks/out/training.json")
@@ -232,7 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="dense bf16 peak per rank; default: the GPU's by its exact name (lion_distill.train.flops), else no MFU",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     result = ray_mode(args) if args.mode == "ray" else mfu_mode(args)
     print(table(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,11 @@ def load_sharded(
     except OSError:
         pass  # the model ships none: from_config's default stays
     model = adapt(model)
-    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
     full = adapt(load_model(model_path, architecture)) if dist.get_rank() == 0 else None
+    owners = [parameter_owners(full) if full is not None else None]
+    dist.broadcast_object_list(owners, src=0)
+    tie_as_loaded(model, owners[0])
+    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
     set_model_state_dict(
         model,
         full.state_dict() if full is not None else {},
@@ -103,6 +106,30 @@ def load_sharded(
             dist.broadcast(buffer, src=0)
     del full
     return model
+
+
+def parameter_owners(model: nn.Module) -> dict[str, str]:
+    """Each parameter's name -> the first name of the tensor it is: tied names share one."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+def tie_as_loaded(model: nn.Module, owners: dict[str, str]) -> None:
+    """Tie a model built from its config (on the meta device) as from_pretrained tied the loaded one
+    (`owners`, parameter_owners of it). transformers 5 configures every T5 with its head tied to the
+    embeddings (T5Config forces tie_word_embeddings), and from_pretrained unties a head the checkpoint
+    holds with other values, as T5 v1.1's do; built from the config alone the model ties them, and
+    loading both names into its one weight put the head's values in the embeddings."""
+    built = parameter_owners(model)
+    for name, owner in owners.items():
+        if built[name] == owner:
+            continue
+        parent, _, attr = name.rpartition(".")
+        module, current = model.get_submodule(parent), model.get_parameter(name)
+        own = nn.Parameter(torch.empty_like(current), requires_grad=current.requires_grad)
+        setattr(module, attr, own if owner == name else model.get_parameter(owner))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA student's
+        getattr(base, "all_tied_weights_keys", {}).pop(name.removeprefix("base_model.model."), None)  # exported too
 
 
 def quantised_parameters(model: nn.Module) -> set[nn.Parameter]:
