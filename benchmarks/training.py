@@ -37,6 +37,7 @@ MFU_STEP = dict(
     lr_schedule="cosine",
     max_grad_norm=1.0,
     rationale_weight=1.0,
+    label_weight=1.0,
 )
 
 

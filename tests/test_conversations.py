@@ -285,7 +285,8 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     from tests.test_lion_stages import _answers, _candidate
 
     # Seeds of two or three words: Lion's cap of 4 tokens a seed word would cut the scripted candidates.
-    cfg = _config(tmp_path, new_instructions_per_iteration=2, generator_tokens_per_seed_word=None)
+    # Every pair is judged hard: the easy quota is filled from hard seeds (lion.quota_rebalance).
+    cfg = _config(tmp_path, new_instructions_per_iteration=2, generator_tokens_per_seed_word=None, quota_rebalance=True)
     run = RunDir(str(tmp_path / "run"))
     (tmp_path / "chats.json").write_text(json.dumps(SHAREGPT[:3]))
     pool, _ = load_pool([tmp_path / "chats.json"])

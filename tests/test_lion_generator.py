@@ -75,11 +75,19 @@ def test_sample_seeds_with_replacement_beyond_what_there_is():
 
 
 def test_sample_seeds_fills_a_missing_kind_from_the_other_and_says_so():
-    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, rng, rebalance=True)
     assert counts == {"hard": 0, "easy": 6, "hard_from_easy": 3, "easy_from_hard": 0}
     assert len(seeds) == 6 and {s["kind"] for s in seeds} == {"easy"}
-    seeds, counts = sample_seeds(_judged(["h1"], []), _pool(["h1"]), 1, 2, np.random.default_rng(2))
+    seeds, counts = sample_seeds(_judged(["h1"], []), _pool(["h1"]), 1, 2, rng, rebalance=True)
     assert counts == {"hard": 3, "easy": 0, "hard_from_easy": 0, "easy_from_hard": 2}
+
+
+def test_sample_seeds_leaves_a_missing_kind_unseeded_as_lion_does():
+    # Lion's scripts seed each kind from its own file only (src/generate_hard_instruction.py).
+    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, np.random.default_rng(2))
+    assert counts == {"hard": 0, "easy": 3, "hard_from_easy": 0, "easy_from_hard": 0, "hard_unseeded": 3}
+    assert len(seeds) == 3 and {s["kind"] for s in seeds} == {"easy"}
 
 
 def test_sample_seeds_is_reproducible():

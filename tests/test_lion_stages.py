@@ -182,10 +182,64 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
     assert metrics["generation_rejects/too short"] == 4 and metrics["lion/new_hard"] == 6
 
 
+def test_each_kind_is_asked_for_its_own_quota_until_the_round_cap_binds(tmp_path, monkeypatch):
+    # Lion's loop: every easy seed gets garbage, so the easy quota is asked again every round, from
+    # easy seeds only, until the safety cap ends it; the metrics and the report say the cap bound.
+    from lion_distill.lion.report import generation_notes
+
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    assert cfg.lion.quota_rebalance is False
+    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
+    monkeypatch.setattr(G, "answer", llm)
+    run = _seed_generation(tmp_path)
+    _, _, summary = G.generation(cfg, run, 0, "student")
+    assert summary["new_instructions"] == 2 and [len(c["ids"]) for c in llm.calls] == [4, 2, 2]
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert (metrics["lion/generation_rounds"], metrics["lion/generation_round_cap"]) == (3, 1)
+    assert metrics["lion/new_instructions_missing"] == 2 and "lion/quota_moved_easy_to_hard" not in metrics
+    (note,) = generation_notes(0, {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("lion/")})
+    assert note == (
+        "iteration 0: generation stopped at its cap of 3 rounds (lion.generation_rounds), "
+        "2 new instructions short of the quota"
+    )
+
+
+def test_the_round_cap_is_not_reported_when_the_quotas_are_met_in_time(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=1)
+    monkeypatch.setattr(G, "answer", ScriptedLLM(_candidate))
+    run = _seed_generation(tmp_path)
+    G.generation(cfg, run, 0, "student")
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert (metrics["lion/generation_rounds"], metrics["lion/generation_round_cap"]) == (1, 0)
+    assert metrics["lion/new_instructions_missing"] == 0
+
+
+def test_a_kind_without_seeds_makes_none_unless_rebalanced(tmp_path, monkeypatch):
+    from lion_distill.lion.report import generation_notes
+
+    run = _seed_generation(tmp_path)
+    judgments = run.read_table(rel(0, "discrimination", "judgments.parquet"))
+    everything_easy = judgments.set_column(
+        judgments.schema.get_field_index("hard"), "hard", pa.repeat(pa.scalar(False), judgments.num_rows)
+    )
+    run.write_table(rel(0, "discrimination", "judgments.parquet"), everything_easy)
+    for rebalance, new_hard, new_easy in ((False, 0, 2), (True, 0, 4)):
+        llm = ScriptedLLM(_candidate)
+        monkeypatch.setattr(G, "answer", llm)
+        cfg = _config(tmp_path, new_instructions_per_iteration=4, quota_rebalance=rebalance)
+        _, _, summary = G.generation(cfg, run, 0, "student")
+        metrics = run.read_json(rel(0, "generation", "metrics.json"))
+        assert (metrics["lion/new_hard"], metrics["lion/new_easy"]) == (new_hard, new_easy)
+        assert [len(c["ids"]) for c in llm.calls] == [new_easy]  # nothing asked for the unseeded kind
+        notes = generation_notes(0, {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("lion/")})
+        assert bool(notes) is not rebalance
+        assert not notes or "no hard instruction to seed the generator" in notes[0]
+
+
 def test_an_unmet_quota_moves_to_the_other_kind_after_a_round(tmp_path, monkeypatch):
     # Every easy seed gets garbage: after round 0 the unmet easy quota moves to hard, and the
     # iteration still reaches its 4 new instructions (it ended with 2 and a warning before).
-    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3, quota_rebalance=True)
     llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
     monkeypatch.setattr(G, "answer", llm)
     run = _seed_generation(tmp_path)
@@ -477,3 +531,109 @@ def test_the_last_new_instructions_are_imitated_by_a_final_stage(tmp_path):
     assert names[-2:] == ["iter_1/generation", "iter_2/imitation"] and len(names) == 7
     names = [s.name for s in lion_stages(_config(tmp_path, iterations=2, final_imitation=False), run)]
     assert names[-1] == "iter_1/generation" and len(names) == 6
+
+
+def test_lions_recheck_asks_again_at_its_temperature_until_a_pass_reads_no_more(tmp_path, monkeypatch):
+    # Lion's chatgpt_referee.py: unreadable reviews are sent again (same request, temperature 0.2)
+    # while a pass reads some of them. Here one pair's reviews read on the first retry, the
+    # other's never: retry 1 reads one, retry 2 reads none, and asking stops there.
+    cfg = _config(tmp_path, referee_retries=None, referee_retry_temperature=0.2)
+    run = _seed_generation(tmp_path, n_pool=3)  # "number 0": the student answers nothing, judged as lost
+    (never,) = [
+        r["id"] for r in read_pool(run, rel(0, "cache_pool.parquet")).to_pylist() if "number 1 " in r["instruction"]
+    ]
+    temperatures = []
+
+    def flaky_referee(role_name, row, prompt, seed):
+        pair = row["id"].rsplit("|", 1)[0]
+        if role_name == "referee" and (seed == 0 or pair == never):
+            return response_row("I cannot say.", "stop", 5, 3)
+        return _answers(role_name, row, prompt, seed)
+
+    llm = ScriptedLLM(flaky_referee)
+
+    def referee(role, rows, to_prompt, **kw):
+        temperatures.append((kw["stage"], role.sampling.temperature))
+        return llm(role, rows, to_prompt, **kw)
+
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", referee)
+    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    assert temperatures == [
+        ("discrimination/referee", cfg.referee.sampling.temperature),
+        ("discrimination/referee_retry1", 0.2),
+        ("discrimination/referee_retry2", 0.2),
+    ]
+    assert (summary["judged"], summary["failed"]) == (2, 1)
+    # The default: at most referee_retries (2) re-asks, sampling raised to at least 0.5.
+    assert (J.asking_again([2, 1, 1], None), J.asking_again([2, 1, 1], 2), J.asking_again([2, 1, 1, 1], 2)) == (
+        False,
+        True,
+        False,
+    )
+    near_greedy = cfg.referee.model_copy(
+        update={"sampling": cfg.referee.sampling.model_copy(update={"temperature": 0.2})}
+    )
+    assert J.resampled(near_greedy).sampling.temperature == 0.5 and J.resampled(near_greedy, 0.2) == near_greedy
+
+
+def _with_input(run: RunDir, given: str) -> None:
+    """The pools of `run`'s iteration 0 with `given` as every row's input (ids unchanged)."""
+    for name in ("train_pool.parquet", "cache_pool.parquet"):
+        table = read_pool(run, rel(0, name))
+        at = table.schema.get_field_index("input")
+        write_pool(run, rel(0, name), table.set_column(at, table.schema.field(at), pa.repeat(given, table.num_rows)))
+
+
+@pytest.mark.parametrize("show_input", [True, False])
+def test_show_input_off_asks_every_role_the_instruction_alone_as_lions_scripts(tmp_path, monkeypatch, show_input):
+    run = _seed_generation(tmp_path, n_pool=4)
+    _with_input(run, "Guten Tag zusammen")
+    cfg = _config(tmp_path, show_input=show_input, new_instructions_per_iteration=2)
+    prompts, trained, max_tokens = [], [], []
+
+    def recorded(reply):
+        def answer(role_name, row, prompt, seed):
+            prompts.append((role_name, json.dumps(prompt)))
+            return reply(role_name, row, prompt, seed)
+
+        return answer
+
+    llm = ScriptedLLM(recorded(_answers))
+    monkeypatch.setattr(I, "answer", llm)
+    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
+    I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(D, "answer", llm)
+    monkeypatch.setattr(J, "answer", llm)
+    D.discrimination(cfg, run, 0, "student")
+    generator = ScriptedLLM(recorded(_candidate))
+
+    def generate(role, rows, to_prompt, **kw):
+        max_tokens.append(role.sampling.max_tokens)
+        return generator(role, rows, to_prompt, **kw)
+
+    monkeypatch.setattr(G, "answer", generate)
+    G.generation(cfg, run, 0, "student")
+    roles = {role for role, _ in prompts}
+    assert roles == {"teacher", "student", "referee", "generator"}
+    assert all(("Guten Tag" in prompt) is show_input for _, prompt in prompts), prompts
+    assert all(r["input"] == ("Guten Tag zusammen" if show_input else "") for r in trained)
+    # Lion's generator max_tokens: 4 x the words the prompt shows of the seed (5, and 3 of input).
+    assert max_tokens == [4 * (8 if show_input else 5)]
+    assert read_pool(run, rel(1, "cache_pool.parquet")).column("input").to_pylist()[:4] == ["Guten Tag zusammen"] * 4
+
+
+def test_discrimination_asks_the_teacher_again_on_the_cache_pool_as_lions_step_2_1(tmp_path, monkeypatch):
+    run = _seed_generation(tmp_path, n_pool=3)
+    ids = read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()
+    paid = [{"id": i, "role": "teacher", "text": "Imitation's answer", "finish_reason": "stop"} for i in ids]
+    run.write_table(rel(0, "imitation", "teacher_responses.parquet"), pa.Table.from_pylist(paid))
+    for setting, asked, draw in (("reuse", [], None), ("ask_again", ids, "iter_0/discrimination/teacher")):
+        llm = ScriptedLLM(_answers)
+        monkeypatch.setattr(D, "answer", llm)
+        monkeypatch.setattr(J, "answer", llm)
+        D.discrimination(_config(tmp_path, discrimination_teacher=setting), run, 0, "student")
+        teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
+        assert [i for c in teacher for i in c["ids"]] == asked and all(c["draw"] == draw for c in teacher)
+        texts = run.read_table(rel(0, "discrimination", "teacher_responses.parquet")).column("text").to_pylist()
+        assert all(t.startswith("Imitation" if setting == "reuse" else "Teacher answer") for t in texts)

@@ -75,6 +75,31 @@ def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
     assert "iter_1/generation" in table and "generation/generator_round2" in table and "total" in table
 
 
+def test_lions_own_ways_are_priced_as_they_ask(tmp_path, tiny_models):
+    # lion-7b.yaml's: the teacher answers the cache pool again (step 2.1), the referee is asked
+    # again while a pass reads more (here 0.5 of 20 pairs a pass: 10, 5, 2.5, 1.25, 0.625), and
+    # each generator reply is priced at the mean of its seed's cap (4 x the seed's words).
+    cfg = config(
+        tmp_path,
+        str(tiny_models.llama),
+        referee_retries=None,
+        discrimination_teacher="ask_again",
+        generator_tokens_per_seed_word=4,
+    )
+    lines = by_call(lion_plan(cfg))
+    assert lines["iter_0/discrimination", "discrimination/teacher"].requests == 20
+    assert lines["iter_1/discrimination", "discrimination/teacher"].requests == 20 + 7
+    retries = [c for s, c in lines if s == "iter_0/discrimination" and "retry" in c]
+    assert len(retries) == 5
+    from lion_distill.lion.generator import seed_token_cap
+    from lion_distill.lion.loop import initial_pool
+
+    seeds = initial_pool(cfg)[0].to_pylist()
+    cap = round(sum(seed_token_cap(r, 4) for r in seeds) / len(seeds))
+    assert cap != cfg.generator.sampling.max_tokens
+    assert lines["iter_0/generation", "generation/generator_round0"].completion_tokens == 8 * cap
+
+
 def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, tiny_models):
     from transformers import AutoTokenizer
 

@@ -3,6 +3,7 @@ inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: 
 that resumes, exports, and loads in transformers and vLLM."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -156,11 +157,12 @@ def test_the_usable_rows_are_numbered_in_the_rows_order_whichever_block_finishes
 
 
 def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
-    ray_cluster, tiny_models, tmp_path, monkeypatch
+    ray_cluster, tiny_models, tmp_path, monkeypatch, caplog
 ):
     """Two Ray Train workers each train on their rows of epoch_order's shuffle: 15 usable rows of
     distinct lengths, 7 a rank, so the token counts name the one row left out. On the driver the
-    rows are never read and the engine puts nothing in the object store."""
+    rows are never read and the engine puts nothing in the object store. Rank 0's training line
+    (train.log_every_steps) is logged on the driver, once a step."""
     from lion_distill.train import batches as B
 
     items = [
@@ -197,9 +199,20 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
         return put(value, *args, **kwargs)
 
     monkeypatch.setattr(ray, "put", engine_must_not_put)
-    cfg = TrainConfig(num_workers=2, batch_size=3, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=128)
-    result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
+    cfg = TrainConfig(
+        num_workers=2, batch_size=3, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=128, log_every_steps=1
+    )
+    lines = _LogLines()
+    logging.getLogger("lion_distill.train").addHandler(lines)
+    caplog.set_level(logging.INFO, logger="lion_distill.train")
+    try:
+        result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
+    finally:
+        logging.getLogger("lion_distill.train").removeHandler(lines)
     monkeypatch.undo()
+    steps = [line.split(",")[0] for line in lines.lines if line.startswith("sft-share: step ")]
+    assert steps == ["sft-share: step 1/3", "sft-share: step 2/3", "sft-share: step 3/3"], lines.lines
+    assert all(" tokens/s, ETA " in line for line in lines.lines if line.startswith("sft-share: step "))
 
     tokens = B.tokenize_causal(
         {k: [r[k] for r in usable] for k in ("instruction", "input", "response")},
@@ -220,6 +233,15 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
         prompt.sum() - prompt[left_out],
         target.sum() - target[left_out],
     )
+
+
+class _LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 VLLM_SCRIPT = textwrap.dedent("""

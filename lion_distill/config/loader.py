@@ -45,7 +45,7 @@ def _describe(error: dict) -> str:
     field = ".".join(str(p) for p in error["loc"]) or "(top level)"
     expected = error["msg"]
     if error["type"] == "extra_forbidden":
-        expected = "unknown field (check its spelling; see the config reference in README.md)"
+        expected = "unknown field (check its spelling; see docs/configuration.md)"
     elif error["type"] == "missing":
         expected = "required field is missing"
     got = error.get("input")

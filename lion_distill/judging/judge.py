@@ -5,7 +5,8 @@ FastChat's by the pair's `category`). Both orders of every pair go in one datase
 one pass of the referee serves them (one pass per rubric where a vLLM-served referee is
 constrained to each rubric's layout, their figures summed into one record);
 a review that cannot be read is asked again as a new draw (sampling on, so the retry
-can differ, and not the cached unreadable review again), then left failed:
+can differ, and not the cached unreadable review again; or as Lion's recheck, at its own
+temperature until a pass reads no more), then left failed:
 `lion_distill.judging.referee` never scores it.
 """
 
@@ -54,7 +55,7 @@ def judge_pairs(
     draws: str,
     setting: str,
     prompt: str,
-    retries: int,
+    retries: int | None,
     use_logprobs: bool,
     tau: float,
     roles: tuple[str, str] = ROLES,
@@ -62,6 +63,7 @@ def judge_pairs(
     failed_answer_loses: bool = False,
     parts: str | None = None,
     write_to: str | None = None,
+    retry_temperature: float | None = None,
 ) -> tuple[pa.Table, list[StageRecord]]:
     """-> (one judgment row per pair, in `judgment_schema(*roles)`, in the pairs' order; the
     StageRecords of the referee's passes).
@@ -76,6 +78,7 @@ def judge_pairs(
     `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
     the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
     in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
+    `retries` and `retry_temperature` how unreadable reviews are asked again (asking_again, resampled);
     `parts` where each pass keeps its finished blocks (lion_distill.llm.answers.answer).
     """
     records: list[StageRecord] = []
@@ -95,13 +98,15 @@ def judge_pairs(
     with run.table_writer(first_pass, judgment_schema(*roles)) if first_pass else nullcontext() as writer:
         judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
     better = judgment_schema(*roles).empty_table()  # the rows later passes judged: few, whole
-    for attempt in range(1, retries + 1):
+    unread = [pairs.num_rows]
+    for attempt in itertools.count(1):
         again = unparseable_ids(judgments)
-        if not len(again):
+        unread.append(len(again))
+        if not asking_again(unread, retries):
             break
         retry = f"{stage}_retry{attempt}"
         retried = _judge(
-            resampled(referee),
+            resampled(referee, retry_temperature),
             pairs.filter(pc.is_in(pairs.column("id"), value_set=again)),
             retry,
             f"{draws}/{retry}",
@@ -368,7 +373,20 @@ def _summed(a: StageRecord, b: StageRecord) -> StageRecord:
     return replace(a, **counts, gpus=max(a.gpus, b.gpus), extra={**a.extra, **b.extra})
 
 
-def resampled(role: RoleConfig) -> RoleConfig:
-    """The referee for a retry: sampling on, so the retry (a new draw) can differ."""
-    sampling = role.sampling.model_copy(update={"temperature": max(role.sampling.temperature, 0.5)})
-    return role.model_copy(update={"sampling": sampling})
+def asking_again(unread: list[int], retries: int | None) -> bool:
+    """Whether the unreadable reviews are asked once more. `unread`: the pairs, then the unreadable
+    count after each pass so far. Up to `retries` re-asks; None: while the last pass read some of
+    them, as Lion's recheck (src/chatgpt_referee.py: `while len(new_question_idx_list) <
+    len(old_question_idx_list)`, the old list all questions at first)."""
+    if not unread[-1]:
+        return False
+    if retries is None:
+        return unread[-1] < unread[-2]
+    return len(unread) - 2 < retries
+
+
+def resampled(role: RoleConfig, temperature: float | None = None) -> RoleConfig:
+    """The referee for a retry (a new draw): at `temperature`, or by default with sampling raised to
+    at least 0.5, so that the retry can differ."""
+    t = max(role.sampling.temperature, 0.5) if temperature is None else temperature
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": t})})

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.config import RunConfig
-from lion_distill.data import RunDir
+from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
 from lion_distill.judging.judge import check_constraint, judge_pairs
 from lion_distill.judging.referee import summarize
 from lion_distill.lion.conversations import answer_student
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
 from lion_distill.llm.responses import failed_mask
@@ -31,14 +31,14 @@ log = logging.getLogger("lion_distill.lion")
 
 def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
-    cache_pool = pool(run, k, "cache")
+    cache_pool = shown(pool(run, k, "cache"), cfg.lion.show_input)
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
     teacher = _written(
         run,
         rel(k, "discrimination", "teacher_responses.parquet"),
-        _teacher_answers(cfg.teacher, cache_pool, run, k, records),
+        _teacher_answers(cfg.teacher, cache_pool, run, k, records, cfg.lion.discrimination_teacher == "reuse"),
     )
     student_role = cfg.student.model_copy(update={"model": student_model})
     student = _written(
@@ -61,6 +61,7 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
         setting=cfg.lion.referee_constraint,
         prompt=cfg.lion.referee_prompt,
         retries=cfg.lion.referee_retries,
+        retry_temperature=cfg.lion.referee_retry_temperature,
         use_logprobs=cfg.lion.referee_logprobs,
         tau=cfg.lion.tau,
         parts=rel(k, "discrimination", "parts"),
@@ -96,11 +97,13 @@ def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
     return answers.select(["text", "finish_reason"])
 
 
-def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list) -> pa.Table:
-    """The teacher's answer to each cache-pool instruction, in its order: those paid for in earlier
-    stages reused, the rest asked now. A function of its own so that the answers known before,
-    one more pool-sized table, are let go as soon as these are made."""
-    known = known_teacher_answers(run, k)
+def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list, reuse: bool) -> pa.Table:
+    """The teacher's answer to each cache-pool instruction, in its order: with `reuse`, those paid for
+    in earlier stages reused and the rest asked now; without (`lion.discrimination_teacher:
+    ask_again`, Lion's step 2.1), every one asked now as a new draw, so that neither a response cache
+    nor a seeded engine hands back the answers imitation trained on. A function of its own so that
+    the answers known before, one more pool-sized table, are let go as soon as these are made."""
+    known = known_teacher_answers(run, k) if reuse else RESPONSE_SCHEMA.empty_table()
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
         answers, record = answer(
@@ -110,6 +113,7 @@ def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: l
             stage="discrimination/teacher",
             role_name="teacher",
             run_dir=run,
+            draw=None if reuse else f"iter_{k}/discrimination/teacher",
             parts=rel(k, "discrimination", "parts"),
         )
         records.append(record)

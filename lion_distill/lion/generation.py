@@ -3,8 +3,10 @@
 Candidates are cleaned, then kept only if novel (ROUGE-L F1 < threshold against the
 cache pool and every candidate kept before; on the instruction alone, as Lion, or with
 its input: `lion.rouge_l_field`); the generator is asked again until the hard and easy
-quotas are met or `generation_rounds` runs out. A kind's quota still unmet after a round
-moves to the other kind once that one's is met, so an iteration reaches N where it can. Every request is a new draw (its
+quotas are met, as Lion's loop (`while len(machine_instruction_data) < num_instructions_to_generate`),
+or `generation_rounds`, a safety cap that the metrics and the report say when it binds, runs out.
+With `lion.quota_rebalance` a kind's quota still unmet after a round moves to the other kind once
+that one's is met, so an iteration reaches N where it can. Every request is a new draw (its
 iteration, round and row enter its seed and cache key), so a seed instruction drawn
 again gets a new candidate, not the old reply replayed. The train pool of the
 next iteration is the new instructions; its cache pool grows by them."""
@@ -21,8 +23,14 @@ import pyarrow.compute as pc
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, write_pool
-from lion_distill.lion.generator import candidate_rows, generator_messages, quotas, sample_seeds
-from lion_distill.lion.iteration import pool, rel, write_stage_metrics
+from lion_distill.lion.generator import (
+    candidate_rows,
+    generator_for_seeds,
+    generator_messages,
+    quotas,
+    sample_seeds,
+)
+from lion_distill.lion.iteration import pool, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import NO_INPUT
 from lion_distill.lion.rouge import NoveltyFilter
 from lion_distill.llm.answers import answer, constraint
@@ -63,7 +71,9 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     structured = constraint(cfg.lion.generator_constraint, cfg.generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
     kept, rejects, replies_all, records, drawn, quota_moves = [], Counter(), [], [], Counter(), Counter()
     filter_record = StageRecord("generation/filter", extra={"pool_size": cache_pool.num_rows})
-    prompt_kind = cfg.lion.generator_prompt
+    prompt_kind, rebalance = cfg.lion.generator_prompt, cfg.lion.quota_rebalance
+    seed_pool = shown(cache_pool, cfg.lion.show_input)  # the seeds as the generator is shown them
+    rounds = 0
 
     def to_prompt(r: dict) -> list[dict]:
         return generator_messages(r, r["kind"], prompt_kind)
@@ -71,16 +81,19 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
     for round_ in range(cfg.lion.generation_rounds):
         if not sum(need.values()):
             break
-        seeds, counts = sample_seeds(judgments, cache_pool, need["hard"], need["easy"], rng)
+        rounds += 1
+        seeds, counts = sample_seeds(judgments, seed_pool, need["hard"], need["easy"], rng, rebalance)
         drawn.update(counts)
-        # A missing kind's quota was moved to the other kind: track the quota that way too.
+        # A missing kind's quota was moved to the other kind (or, unseeded, given up): track it that way too.
         for kind, other in (("hard", "easy"), ("easy", "hard")):
-            moved = counts[f"{kind}_from_{other}"]
-            need[kind], need[other] = need[kind] - moved, need[other] + moved
+            moved, unseeded = counts[f"{kind}_from_{other}"], counts.get(f"{kind}_unseeded", 0)
+            need[kind], need[other] = need[kind] - moved - unseeded, need[other] + moved
+        if not seeds:
+            break
         requests = [{**seed, "id": f"{k}-{round_}-{n}", "seed_id": seed["id"]} for n, seed in enumerate(seeds)]
         stage = f"generation/generator_round{round_}"
         replies, record = answer(
-            cfg.generator,
+            generator_for_seeds(cfg.generator, seeds, cfg.lion.generator_tokens_per_seed_word),
             requests,
             to_prompt,
             stage=stage,
@@ -108,6 +121,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             k + 1,
             max_chars=cfg.data.max_instruction_chars,
             tokens_per_seed_word=cfg.lion.generator_tokens_per_seed_word,
+            candidate_filter=cfg.lion.candidate_filter,
         )
         rejects.update(round_rejects)
         # Identical text is caught by id too: ROUGE-L's default tokenizer sees no tokens in non-Latin text.
@@ -135,7 +149,7 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
         # A quota still unmet after the round moves to the other kind once that kind's is met:
         # its spare candidates fill it now, the next round asks that kind for the rest.
         for kind, other in (("hard", "easy"), ("easy", "hard")):
-            if need[kind] > 0 and need[other] <= 0:
+            if rebalance and need[kind] > 0 and need[other] <= 0:
                 quota_moves[f"{kind}_to_{other}"] += need[kind]
                 need[other], need[kind] = need[other] + need[kind], 0
         for row in spare:
@@ -153,14 +167,17 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
         len(replies_all),
         dict(rejects),
     )
-    if sum(need.values()):
+    capped = round_cap_bound(rounds, cfg.lion.generation_rounds, sum(need.values()))
+    if len(kept) < cfg.lion.new_instructions_per_iteration:
         log.warning(
-            "iteration %d: %d of %d new instructions after %d rounds (rejects: %s)",
+            "iteration %d: %d of %d new instructions after %d rounds%s (rejects: %s; seeds drawn: %s)",
             k,
             len(kept),
             cfg.lion.new_instructions_per_iteration,
-            cfg.lion.generation_rounds,
+            rounds,
+            " (the cap, lion.generation_rounds)" if capped else "",
             dict(rejects),
+            dict(drawn),
         )
     new = pool_table(kept)
     run.write_table(
@@ -181,11 +198,20 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
         **{f"generation_rejects/{reason}": n for reason, n in rejects.items() if n},
         **{f"lion/seeds_{kind}": n for kind, n in drawn.items() if n},
         **{f"lion/quota_moved_{move}": n for move, n in quota_moves.items() if n},
+        "lion/generation_rounds": rounds,
+        "lion/generation_round_cap": int(capped),
+        "lion/new_instructions_missing": cfg.lion.new_instructions_per_iteration - new.num_rows,
     }
     assert len(replies_all) == len(kept) + sum(rejects.values()), (len(replies_all), len(kept), rejects)
     write_stage_metrics(run, k, "generation", [*records, filter_record], extra)
     summary = {"new_instructions": new.num_rows, "candidates": len(replies_all), "generation_rejects": dict(rejects)}
     return {}, usage(records), summary
+
+
+def round_cap_bound(rounds: int, cap: int, still_needed: int) -> bool:
+    """Whether the safety cap on rounds ended generation: every round was run and the quotas are
+    still unmet (Lion's loop would have gone on asking)."""
+    return rounds >= cap and still_needed > 0
 
 
 ROUGE_L_DRIVER_ROWS = 250_000  # "auto": a cache pool this large or larger is indexed in Ray actors, not on the driver

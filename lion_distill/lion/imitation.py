@@ -26,7 +26,7 @@ from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
 from lion_distill.llm.serving import training
@@ -45,7 +45,7 @@ class NothingToImitate(ValueError):
 
 def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
     """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
-    train_pool = pool(run, k, "train")
+    train_pool = shown(pool(run, k, "train"), cfg.lion.show_input)
     saved, records = saved_answers(cfg, run, k)
     # This attempt's saved answers first: they win over an earlier iteration's.
     known = first_per_id(

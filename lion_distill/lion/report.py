@@ -134,6 +134,7 @@ def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -
         it.notes.append(f"`iter_{k}/metrics.json` is a {type(metrics).__name__}, not a mapping of metrics")
     elif metrics is not None:
         split_metrics(metrics, it)
+        it.notes += generation_notes(k, it.loop)
     rel = f"iter_{k}/{JUDGMENTS}"
     if not run_dir.exists(rel):
         if completed is None or f"iter_{k}/discrimination" in completed:
@@ -152,6 +153,25 @@ def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -
     else:
         it.judgments = table
     return it
+
+
+def generation_notes(k: int, loop: dict[str, float]) -> list[str]:
+    """What the report says where an iteration's generation fell short: the safety cap on rounds
+    bound (Lion's loop would have asked on), or a kind had no instruction to seed it."""
+    missing, notes = loop.get("new_instructions_missing", 0), []
+    if loop.get("generation_round_cap"):
+        notes.append(
+            f"iteration {k}: generation stopped at its cap of {fmt(loop.get('generation_rounds'))} rounds "
+            f"(lion.generation_rounds), {fmt(missing)} new instructions short of the quota"
+        )
+    for kind in ("hard", "easy"):
+        if loop.get(f"seeds_{kind}_unseeded"):
+            notes.append(
+                f"iteration {k}: no {kind} instruction to seed the generator, so its "
+                f"{fmt(loop[f'seeds_{kind}_unseeded'])} {kind} new instructions were not made "
+                "(lion.quota_rebalance: true fills them from the other kind)"
+            )
+    return notes
 
 
 def judgment_problem(table: pa.Table) -> str | None:

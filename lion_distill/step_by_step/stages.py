@@ -29,7 +29,15 @@ import pyarrow as pa
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
 from lion_distill.runner import StageResult
-from lion_distill.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
+from lion_distill.step_by_step.data import (
+    alignment_problem,
+    fraction_split,
+    method_rows,
+    parse_rows,
+    row_counts,
+    student_inputs,
+    with_released_replies,
+)
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
@@ -49,6 +57,8 @@ ROWS = pa.schema(
         ("rationale", pa.string()),
         ("teacher_label", pa.string()),
         ("parse_failure", pa.string()),
+        ("premise", pa.string()),  # NLI only: the reference's student input is premise</s>hypothesis
+        ("hypothesis", pa.string()),
     ]
 )
 
@@ -174,7 +184,7 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         run.write_table(f"rationales/{name}.parquet", pa.Table.from_pylist(rows, schema=ROWS))
     test = parsed["test"]
     # Unparsed replies count as wrong: the teacher's line is what its answers are worth as labels.
-    teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name)
+    teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name, cfg.accuracy)
     summary = {
         "rows": {split: len(rows) for split, rows in parsed.items()},
         "parse_failures": {s: dict(c) for s, c in failures.items()},
@@ -198,42 +208,42 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
 # --- train ---------------------------------------------------------------------------
 
 
-def method_rows(rows: list[dict], method: str, label_source: str) -> list[dict]:
-    """What each method learns from: gold labels (standard_finetune), the teacher's labels
-    (standard_distill), labels plus the teacher's rationales (step_by_step). A row whose reply
-    gave no label is left out where the teacher's label is needed; with gold labels,
-    step_by_step keeps it when its reply has a rationale (as the reference does)."""
-    teacher_labels = method == "standard_distill" or (method == "step_by_step" and label_source == "teacher")
-    out = []
-    for r in rows:
-        if (teacher_labels and r["parse_failure"]) or (method == "step_by_step" and not r["rationale"]):
-            continue
-        row = {"id": r["id"], "input": r["input"], "label": r["teacher_label"] if teacher_labels else r["label"]}
-        if method == "step_by_step":
-            row["rationale"] = r["rationale"]
-        out.append(row)
-    return out
-
-
-def cell_rows(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of a cell, both with the method's labels."""
-    table = run.read_table("rationales/train.parquet").to_pylist()
+def cell_rows(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> tuple[list[dict], list[dict], dict]:
+    """(training rows, validation rows, what became of the fraction's rows: row_counts). Both
+    with the student's inputs (data.nli_input); training rows with the method's labels, and so
+    validation rows, except that `validation_labels: gold_dev` scores against the official dev
+    split's gold labels where there is one."""
+    eos = student_eos(cfg, cell.student)
+    table = student_inputs(run.read_table("rationales/train.parquet").to_pylist(), cfg.data.nli_input, eos)
     dev = [r for r in table if r["split"] == "valid"] or None
     train, valid = fraction_split(
         [r for r in table if r["split"] == "train"], cell.fraction, cfg.data.valid_fraction, cell.seed, dev
     )
-    return method_rows(train, cell.method, cell.label_source), method_rows(valid, cell.method, cell.label_source)
+    unparsed, method, labels = cfg.unparsed_rows, cell.method, cell.label_source
+    if dev and cfg.validation_labels == "gold_dev":
+        scored = [{"id": r["id"], "input": r["input"], "label": r["label"]} for r in valid]
+    else:
+        scored = method_rows(valid, method, labels, unparsed)
+    return method_rows(train, method, labels, unparsed), scored, row_counts(train, method, labels, unparsed)
 
 
-def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: Task):
+def student_eos(cfg: StepByStepConfig, student: str) -> str | None:
+    """The student tokenizer's end-of-sequence token, which joins premise and hypothesis with
+    `data.nli_input: eos_joined` (T5: "</s>"); None where no input needs it."""
+    from lion_distill.train.batches import load_tokenizer
+
+    return load_tokenizer(student).eos_token if cfg.data.nli_input == "eos_joined" else None
+
+
+def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: Task, eos: str | None = None):
     """best: the cell's validation rows, `validations` times, the best export kept; reference:
     test every `eval_steps` (or as often as `validations` where no step budget is set), the last
-    export kept."""
+    export kept. `eos`: student_eos, for the test rows' inputs."""
     from lion_distill.train import Validation
 
     s = cfg.student
     if cfg.validation == "reference":
-        scored = run.read_table("rationales/test.parquet").to_pylist()
+        scored = student_inputs(run.read_table("rationales/test.parquet").to_pylist(), cfg.data.nli_input, eos)
         count, keep = math.ceil(cfg.steps / cfg.eval_steps) if cfg.steps else cfg.validations, "last"
     else:
         scored, count, keep = valid, cfg.validations, "best"
@@ -248,6 +258,7 @@ def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: 
             batch_size=s.batch_size,
             max_new_tokens=s.max_new_tokens,
             max_model_len=cfg.train.max_length,
+            match=cfg.accuracy,
         ),
     )
 
@@ -256,7 +267,7 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
     from lion_distill.train import delete_checkpoints, train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
-    rows, valid = cell_rows(cfg, run, cell)
+    rows, valid, counts = cell_rows(cfg, run, cell)
     if not rows or not valid:
         raise ValueError(
             f"{cell.key}: {len(rows)} training and {len(valid)} validation rows "
@@ -271,7 +282,8 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         run.uri_of(slug, "model"),
         name=slug.replace("/", "-"),
         task="multitask" if cell.method == "step_by_step" else "standard",
-        validation=validation_for(cfg, run, valid, task),
+        validation=validation_for(cfg, run, valid, task, student_eos(cfg, cell.student)),
+        keep_empty_targets=cfg.unparsed_rows == "keep",
     )
     if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
         delete_checkpoints(result.model_dir)
@@ -293,6 +305,7 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         "seed": cell.seed,
         "student": cell.student,
         "rows": len(rows),
+        "row_counts": counts,
         "valid_rows": len(valid),
         "validation": cfg.validation,
         "steps": result.record.extra["steps"],
@@ -363,8 +376,10 @@ def evaluate(cfg: StepByStepConfig, run: RunDir, models: dict[str, str]) -> Stag
         rel = f"evaluate/{cell.key}.json"
         result = run.read_json(rel)
         if result is None:
-            predictions = predict(cfg, models[f"model/{cell.key}"], test, f"evaluate/{cell.key}")
-            result = {"accuracy": accuracy(predictions, gold, task.name), "predictions": predictions}
+            model = models[f"model/{cell.key}"]
+            shown = student_inputs(test, cfg.data.nli_input, student_eos(cfg, model))
+            predictions = predict(cfg, model, shown, f"evaluate/{cell.key}")
+            result = {"accuracy": accuracy(predictions, gold, task.name, cfg.accuracy), "predictions": predictions}
             run.write_json(rel, result)
         scored.append(
             {

@@ -46,11 +46,14 @@ def train_seq2seq_multitask(
     name: str,
     task: Literal["multitask", "standard"] = "multitask",
     validation: Validation | None = None,
+    keep_empty_targets: bool = False,
 ) -> TrainResult:
     """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).
-    "multitask": loss = label loss + cfg.rationale_weight * rationale loss;
+    "multitask": loss = cfg.label_weight * label loss + cfg.rationale_weight * rationale loss;
     "standard": the label-only fine-tuning / distillation baseline.
-    `validation`: scored during the run; `output_dir` gets the best export, not the last."""
+    `validation`: scored during the run; `output_dir` gets the best export, not the last.
+    `keep_empty_targets`: a blank label or rationale trains (as the end-of-sequence token), as the
+    reference trains every row, instead of leaving its row out."""
     from lion_distill.train.loop import fit
 
     if task not in ("multitask", "standard"):
@@ -63,6 +66,7 @@ def train_seq2seq_multitask(
         name=name,
         kind=task,
         validation=validation,
+        keep_empty_targets=keep_empty_targets,
     )
 
 

@@ -47,6 +47,7 @@ from lion_distill.train import lora
 from lion_distill.train import step as S
 from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
 from lion_distill.train.flops import device_peak_flops, mfu, model_flops
+from lion_distill.train.progress import progress_line, relayed
 from lion_distill.train.result import TrainResult
 from lion_distill.train.resume import refuse_changed_schedule, schedule_of
 from lion_distill.train.validation import Validation, best_step, validation_steps
@@ -69,13 +70,24 @@ def fit(
     name: str,
     kind: str,
     validation: Validation | None = None,
+    keep_empty_targets: bool = False,
 ) -> TrainResult:
     """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
-    ("multitask" | "standard")."""
+    ("multitask" | "standard"); a seq2seq task's targets are cut at `cfg.max_target_length` and,
+    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone."""
     missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
-    tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
+    tokenize = (
+        B.tokenize_causal
+        if kind == "causal"
+        else partial(
+            B.tokenize_seq2seq,
+            task=kind,
+            max_target_length=cfg.max_target_length,
+            keep_empty_targets=keep_empty_targets,
+        )
+    )
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
@@ -108,8 +120,11 @@ def fit(
             "ranks": ranks,
             "validation": validation,
             "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
+            "name": name,
         }
-        result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
+        with relayed(log) as lines:  # rank 0's training lines, logged here
+            loop_config["progress"] = lines
+            result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
         m = result.return_value
         # Inside the timer, so the stage's log line carries these figures.
         rec.rows = m["samples"]
@@ -326,6 +341,8 @@ def _train_worker(config: dict) -> dict:
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
+            if cfg.log_every_steps and state["step"] % cfg.log_every_steps == 0:
+                _post_progress(config, state, total_steps, counts, time.perf_counter() - start, resumed_from, device)
             if state["step"] in validate_at:  # before the checkpoint, so a resumed run knows the best so far
                 _validate(
                     model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device
@@ -360,6 +377,25 @@ def _train_worker(config: dict) -> dict:
         "validations": state["validations"],
         "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
+
+
+def _post_progress(
+    config: dict, state: dict, total_steps: int, counts: torch.Tensor, seconds: float, resumed_from: int, device
+) -> None:
+    """The training line, posted by rank 0. Every rank calls this at the same step: the token
+    count is every rank's (a collective)."""
+    tokens = float(_all_ranks(counts.clone(), device)[1:3].sum())  # prompt + target; a copy: all_reduce is in place
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        line = progress_line(
+            config["name"],
+            state["step"],
+            total_steps,
+            state["train_loss_last"],
+            tokens,
+            seconds,
+            state["step"] - resumed_from,
+        )
+        config["progress"].post.remote(line)
 
 
 def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:

@@ -253,35 +253,46 @@ def multitask_loss(
     task: torch.Tensor,
     rationale_weight: float,
     tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Distilling step-by-step: label loss + lambda * rationale loss, each over its own
-    task's target tokens (a batch of label rows only is the standard loss). `tokens`:
-    [label, rationale] token counts to divide by; by default this batch's, the means."""
+    """Distilling step-by-step: label_weight * label loss + rationale_weight * rationale loss,
+    each over its own task's target tokens (0.5 and 0.5: the reference's alpha 0.5); a batch of
+    label rows only is the standard loss, unweighted. `tokens`: [label, rationale] token counts
+    to divide by; by default this batch's, the means."""
     label, rationale = (None, None) if tokens is None else tokens
     loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK], label)
     if bool((task == RATIONALE_TASK).any()):
-        loss = loss + rationale_weight * masked_token_loss(
+        loss = label_weight * loss + rationale_weight * masked_token_loss(
             logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK], rationale
         )
     return loss
 
 
 def seq2seq_loss(
-    model: nn.Module, batch: dict, rationale_weight: float, tokens: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
     ).logits
-    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens)
+    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens, label_weight)
 
 
 def batch_loss(
-    model: nn.Module, batch: dict, architecture: str, rationale_weight: float, tokens: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict,
+    architecture: str,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
     if architecture == "causal":
         return causal_lm_loss(model, batch, tokens)
-    return seq2seq_loss(model, batch, rationale_weight, tokens)
+    return seq2seq_loss(model, batch, rationale_weight, tokens, label_weight)
 
 
 def backward(
@@ -309,7 +320,12 @@ def backward(
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     tokens = target_tokens(batch, cfg.architecture) if tokens is None else tokens
     with autocast(device):
-        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device)) * world
+        loss = (
+            batch_loss(
+                model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device), cfg.label_weight
+            )
+            * world
+        )
     loss.backward()
     return loss.detach().item()
 
