@@ -83,7 +83,7 @@ def imitate(model_path: str, rows: list[dict], epochs: int, lr: float, batch_siz
     for _ in range(epochs):
         for i in range(0, len(rows), batch_size):
             batch = batches.collate_causal({k: v[i : i + batch_size] for k, v in tokens.items()}, pad_id=pad)
-            step.backward(model, batch, cfg, torch.device("cpu"), sync=True)
+            step.backward(model, batch, cfg, torch.device("cpu"))
             step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             n_tokens += int(batch["attention_mask"].sum())
     return model, {

@@ -283,9 +283,10 @@ def _start(job, name: str, cfg, args, notes: list[str]) -> int:
     init_ray(args.verbose, args.quiet)
     import ray
 
+    from lion_distill.llm.fit import cluster_gpus
     from lion_distill.preflight import cluster_problems
 
-    problems = cluster_problems(cfg, ray.cluster_resources())
+    problems = cluster_problems(cfg, ray.cluster_resources(), cluster_gpus().ceiling)
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     run_log = _log_to_run_dir(cfg.run_dir, name)

@@ -331,7 +331,24 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     cfg.train.num_workers, cfg.train.gpus_per_worker = 8, 1
     problems = cluster_problems(cfg, {"CPU": 4, "GPU": 4})
     assert any(p.startswith("train: 8 workers x 1 GPUs need 8 GPUs; the cluster has 4") for p in problems)
-    assert any(p.startswith("student.parallelism: tensor_parallel_size 4 x replicas 2 need 8 GPUs") for p in problems)
+    # An hf role holds one GPU a replica, whatever its tensor_parallel_size (lion_distill.llm.generate).
+    assert not any(p.startswith("student.parallelism") for p in problems)
+    cfg.student.parallelism.replicas = 8
+    problems = cluster_problems(cfg, {"CPU": 4, "GPU": 4})
+    assert any(
+        p.startswith("student.parallelism: replicas 8 (one GPU each, the hf backend) need 8 GPUs") for p in problems
+    )
+    from lion_distill.config.models import RoleConfig
+
+    pipelined = {"pipeline_parallel_size": 2}
+    cfg.student = RoleConfig(
+        backend="vllm", model="m", parallelism={"tensor_parallel_size": 2, "replicas": 2}, engine_kwargs=pipelined
+    )
+    line = "student.parallelism: tensor_parallel_size 2 x pipeline_parallel_size 2 x replicas 2 need 8 GPUs; the cluster has 4"
+    assert line in cluster_problems(cfg, {"CPU": 8, "GPU": 4})
+    # A cluster scaled to zero GPU nodes is judged by what its autoscaler may grow to.
+    assert cluster_problems(cfg, {"CPU": 8}, gpu_ceiling=16) == []
+    assert any("the cluster can grow to 4" in p for p in cluster_problems(cfg, {"CPU": 8}, gpu_ceiling=4))
     assert any(p.startswith("train.num_workers: 8 workers") for p in problems)
 
 

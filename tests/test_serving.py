@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
-from lion_distill.llm.engine_args import engine_key
+from lion_distill.llm.engine_args import engine_spec
 from lion_distill.llm.responses import PROMPT_COL, encode_prompt
 from lion_distill.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
 
@@ -26,8 +26,8 @@ def role(model="/m/a", **kw) -> RoleConfig:
 def test_roles_share_an_engine_when_model_and_engine_settings_match():
     teacher = role(sampling=SamplingParams(temperature=0.7, seed=0))
     referee = role(sampling=SamplingParams(temperature=0.2, seed=3, max_tokens=9))  # sampling is per request
-    assert engine_key(teacher, gpu=False) == engine_key(referee, gpu=False)
-    assert engine_key(teacher, gpu=True) == engine_key(referee, gpu=True)
+    assert engine_spec(teacher, gpu=False).key == engine_spec(referee, gpu=False).key
+    assert engine_spec(teacher, gpu=True).key == engine_spec(referee, gpu=True).key
     for other in (
         role(model="/m/b"),
         role(max_model_len=2048),
@@ -35,7 +35,7 @@ def test_roles_share_an_engine_when_model_and_engine_settings_match():
         role(parallelism=Parallelism(replicas=2)),
         role(engine_kwargs={"seed": 1}),
     ):
-        assert engine_key(other, gpu=False) != engine_key(teacher, gpu=False)
+        assert engine_spec(other, gpu=False).key != engine_spec(teacher, gpu=False).key
 
 
 def test_serving_shorthand_and_defaults():

@@ -287,7 +287,7 @@ def _adapter_trains_and_its_checkpoint_restores(
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params and len(params) == trainable
     losses = []
     for _ in range(10):
-        losses.append(step.backward(model, batch, cfg, torch.device("cpu"), sync=True))
+        losses.append(step.backward(model, batch, cfg, torch.device("cpu")))
         step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     assert losses[-1] < losses[0] - 0.5, losses
 
@@ -387,7 +387,7 @@ def _qlora_rank(rank: int, world: int, path: str, out: str) -> None:
     dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
     grads = []
     for _ in range(2):
-        step.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
+        step.backward(model, batch, QLORA, torch.device("cpu"), tokens=tokens, world=world)
         grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
         step.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
     adapter = _adapter(model)
@@ -421,7 +421,7 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
     optimizer, scheduler = step.build_optimizer(model, QLORA, 2)
     batch = _numbers_batch(path, range(8))
     for k in range(2):
-        step.backward(model, batch, QLORA, torch.device("cpu"), sync=True)
+        step.backward(model, batch, QLORA, torch.device("cpu"))
         for name, p in model.named_parameters():
             if p.requires_grad:
                 torch.testing.assert_close(ranks[0]["grads"][k][name], p.grad, rtol=1e-4, atol=1e-6)

@@ -282,6 +282,10 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
     second = train_causal_sft(cfg.model_copy(update={"epochs": 4}), str(tiny_models.llama), rows, out, name="sft")
     extra = second.record.extra
     assert extra["resumed_from_step"] == 2 and extra["steps"] == 8
+    assert 0 < extra["train_step_s"] < second.record.seconds  # MFU's time: the steps, not the checkpoints
+    # Another world size would resume each rank at another place in the data, under another schedule.
+    with pytest.raises(ValueError, match=r"sft: its checkpoints .* \(train.num_workers 2 -> 1\)"):
+        train_causal_sft(cfg.model_copy(update={"num_workers": 1}), str(tiny_models.llama), rows, out, name="sft")
     assert second.record.rows == 3 * 16  # only the three new epochs were trained
     assert extra["train_loss_first"] == first.record.extra["train_loss_first"]
     assert extra["train_loss_last"] < extra["train_loss_first"] - 1.0

@@ -405,7 +405,12 @@ class TrainConfig(Strict):
         ge=0,
         description="Ray Train workers (FSDP2 ranks); 0 trains in the job's own process (Ray Train's local mode).",
     )
-    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs each training worker holds (0: CPU training).")
+    gpus_per_worker: Literal[0, 1] = Field(
+        0,
+        description="GPUs each training worker holds: 0 trains on CPU (gloo), 1 gives each FSDP rank its own GPU "
+        "(NCCL); a rank drives one device, so a fraction would put two NCCL ranks on one GPU and more than 1 would "
+        "leave GPUs idle.",
+    )
     activation_checkpointing: bool = Field(
         False, description="Recompute each block's activations in backward to save memory."
     )
@@ -450,6 +455,17 @@ class TrainConfig(Strict):
     lora: LoraConfig | None = Field(
         None, description="A LoRA or QLoRA student; null: full fine-tuning (the papers' way)."
     )
+
+    @field_validator("gpus_per_worker", mode="before")
+    @classmethod
+    def _one_device_a_rank(cls, value):
+        if value not in (0, 1) or isinstance(value, bool):
+            raise ValueError(
+                f"{value!r}: a training worker is one FSDP rank on one device: 0 (CPU) or 1 (one GPU); "
+                "below 1 two NCCL ranks would share a GPU, above 1 the extra GPUs would sit idle "
+                "(more GPUs: more num_workers)"
+            )
+        return int(value)
 
 
 class DatasetSource(Strict):

@@ -159,10 +159,11 @@ def _hf(role: RoleConfig, prompted: ray.data.Dataset, call: Call) -> tuple[ray.d
     """transformers generate in an actor pool: a GPU per replica where the cluster has GPUs."""
     import ray
 
+    from lion_distill.llm.fit import engines_on_gpus
     from lion_distill.llm.hf import HFGenerator
 
     p = role.parallelism
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus = 1.0 if engines_on_gpus() else 0.0
     out = prompted.map_batches(
         HFGenerator,
         fn_constructor_kwargs={"role": role, "role_name": call.role_name, "logprobs": call.logprobs},

@@ -23,7 +23,7 @@ from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.errors import ErrorKind
-from lion_distill.llm.engine_args import engine_placement, serve_engine_kwargs
+from lion_distill.llm.engine_args import EngineSpec
 from lion_distill.llm.openai_client import parse_completion, request_body, status_kind
 from lion_distill.llm.parts import write_parts
 from lion_distill.llm.responses import (
@@ -50,24 +50,23 @@ PROBE_EVERY_S = 5.0
 CONCURRENT_BATCHES = 8
 
 
-def llm_config(role: RoleConfig, *, gpu: bool):
+def llm_config(spec: EngineSpec):
     """The Ray Serve LLM config of one engine: `replicas` copies of the model, each in its
-    engine_placement (`tensor_parallel_size` GPUs on one node; one CPU bundle without GPUs)."""
+    placement (its tensor x pipeline parallel GPUs on one node; one CPU bundle without GPUs)."""
     from ray.serve.llm import LLMConfig, ModelLoadingConfig
 
-    replicas = role.parallelism.replicas
-    deployment = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}}
+    deployment = {"autoscaling_config": {"min_replicas": spec.replicas, "max_replicas": spec.replicas}}
     extra = {}
-    if not gpu:
+    if not spec.gpu:
         # The replica actor shares the engine's CPU bundle (its own CPU would be added to it),
         # and vLLM's Ray metrics are off as for the per-stage engines.
         deployment["ray_actor_options"] = {"num_cpus": 0}
         extra = {"log_engine_metrics": False}
     return LLMConfig(
-        model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
+        model_loading_config=ModelLoadingConfig(model_id=spec.model, model_source=spec.model),
         deployment_config=deployment,
-        engine_kwargs=serve_engine_kwargs(role, gpu),
-        placement_group_config=engine_placement(role, gpu, cpus_per_rank=0),
+        engine_kwargs=spec.serve_kwargs,
+        placement_group_config=spec.placement(cpus_per_rank=0),
         **extra,
     )
 

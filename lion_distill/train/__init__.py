@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from lion_distill.config.models import TrainConfig
 from lion_distill.train.result import TrainResult
 from lion_distill.train.validation import Validation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the step code imports without pydantic, pyarrow or Ray (benchmarks/gpu_smoke.py)
     import ray.data
+
+    from lion_distill.config.models import TrainConfig
 
 __all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
 

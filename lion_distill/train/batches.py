@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
-from lion_distill.train.chat import IGNORE, tokenize_chat
+from lion_distill.train.chat import tokenize_chat
+from lion_distill.train.targets import IGNORE, LABEL_TASK, RATIONALE_TASK  # noqa: F401 (B.LABEL_TASK, ...)
 
-# IGNORE (-100, lion_distill.train.chat): labels with this value add nothing to the loss (torch's ignore_index)
+# IGNORE (-100, lion_distill.train.targets): labels with this value add nothing to the loss (torch's ignore_index)
 # Distilling step-by-step's task prefixes, exactly as its code writes them
 # (google-research/distilling-step-by-step run.py; the paper's figure says "[label]"
 # and "[rationale]"): a model trained by either code answers the other's prompts.
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
-LABEL_TASK, RATIONALE_TASK = 0, 1
 ROW = "row_index"  # a training row's place in the global row index (0..n-1) that epoch_order deals out
 
 

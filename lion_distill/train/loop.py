@@ -44,8 +44,10 @@ from lion_distill.metrics import stage_timer, tracking
 from lion_distill.metrics.curve import TrainingCurve
 from lion_distill.train import batches, lora, step
 from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
+from lion_distill.train.flops import device_peak_flops, mfu, model_flops
 from lion_distill.train.progress import progress_line, relayed
 from lion_distill.train.result import TrainResult
+from lion_distill.train.resume import refuse_changed_schedule, schedule_of
 from lion_distill.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("lion_distill.train")
@@ -100,6 +102,8 @@ def fit(
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
             raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+        # A resume with other ranks or batches would silently skip or repeat rows (lion_distill.train.resume).
+        refuse_changed_schedule(storage_path(output_dir), name, schedule_of(cfg, ranks, n_usable))
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
@@ -138,8 +142,9 @@ def fit(
         )
         if validation is not None:
             rec.extra["best_step"] = m["best_step"]
-        if m.get("peak_flops") and rec.gpus:
-            rec.extra["mfu"] = step.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
+        rec.extra["train_step_s"] = m["step_seconds"]
+        if m.get("peak_flops") and rec.gpus:  # over the steps alone: no checkpoint, validation or data wait
+            rec.extra["mfu"] = mfu(m["model_flops"], m["step_seconds"], m["peak_flops"] * rec.gpus)
     return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
 
 
@@ -306,7 +311,8 @@ def _train_worker(config: dict) -> dict:
     shard = ray.train.get_dataset_shard("train")  # the whole dataset (in local mode, the Dataset itself)
     rank = dist.get_rank() if dist.is_initialized() else 0
     curve = TrainingCurve(config.get("tracking"), rank)
-    counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
+    counts = torch.zeros(4, dtype=torch.float64)  # samples, prompt tokens, target tokens, model FLOPs
+    flops, step_seconds = model_flops(model), 0.0  # MFU's numerator and the steps' own time
     start = time.perf_counter()
     world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in range(state["epoch"], epochs):
@@ -320,15 +326,17 @@ def _train_worker(config: dict) -> dict:
             micro += len(window)
             if micro <= state["micro_in_epoch"]:  # consumed before the checkpoint we resumed from
                 continue
+            began = time.perf_counter()
             # One normaliser for the whole accumulated batch, on every rank: its answer tokens.
             tokens = _all_ranks(sum(step.target_tokens(b, cfg.architecture) for b in window), device)
             loss = 0.0
-            for i, batch in enumerate(window):
-                loss += step.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
-                counts += _batch_counts(batch, config["kind"], tasks)
+            for batch in window:
+                loss += step.backward(model, batch, cfg, device, tokens=tokens, world=world)
+                counts += _batch_counts(batch, config["kind"], tasks, flops.batch(batch))
             lr = scheduler.get_last_lr()[0]
             grad_norm = step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
+            step_seconds += time.perf_counter() - began  # the step synchronised: backward and the norm are read
             curve.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm}, state["step"] + 1)
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
@@ -352,7 +360,7 @@ def _train_worker(config: dict) -> dict:
     counts = _all_ranks(counts, device)
     if validation is None:
         _export(model, cfg, config["model_path"], config["output_dir"], device)
-    samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
+    samples, prompt_tokens, target_tokens = (int(x) for x in counts[:3].tolist())
     return {  # Ray Train hands rank 0's return value to the driver
         "step": state["step"],
         "resumed_from_step": resumed_from,
@@ -363,7 +371,9 @@ def _train_worker(config: dict) -> dict:
         "train_loss_first": state["train_loss_first"],
         "train_loss_last": state["train_loss_last"],
         "params": step.parameter_count(model),
-        "peak_flops": step.peak_flops_per_gpu(),
+        "model_flops": float(counts[3]),
+        "step_seconds": step_seconds,
+        "peak_flops": device_peak_flops(),
         "validations": state["validations"],
         "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
@@ -374,7 +384,7 @@ def _post_progress(
 ) -> None:
     """The training line, posted by rank 0. Every rank calls this at the same step: the token
     count is every rank's (a collective)."""
-    tokens = float(_all_ranks(counts.clone(), device)[1:].sum())  # a copy: all_reduce works in place
+    tokens = float(_all_ranks(counts.clone(), device)[1:3].sum())  # prompt + target; a copy: all_reduce is in place
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         line = progress_line(
             config["name"],
@@ -462,9 +472,9 @@ def _all_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.cpu()
 
 
-def _batch_counts(batch: dict, kind: str, tasks: int) -> torch.Tensor:
+def _batch_counts(batch: dict, kind: str, tasks: int, flops: float) -> torch.Tensor:
     targets = int((batch["labels"] != batches.IGNORE).sum())
     context = int(batch["attention_mask"].sum())
     if kind == "causal":  # the prompt is the unmasked rest of the one sequence
         context -= targets
-    return torch.tensor([batch["input_ids"].shape[0] // tasks, context, targets], dtype=torch.float64)
+    return torch.tensor([batch["input_ids"].shape[0] // tasks, context, targets, flops], dtype=torch.float64)
