@@ -11,7 +11,7 @@ from lion_distill.config import RunConfig
 from lion_distill.config.distill import DistillRunConfig
 from lion_distill.config.models import DistillConfig, RoleConfig
 from lion_distill.distill.teacher import signal_problems, with_teacher_logprobs
-from lion_distill.llm.engine_args import engine_key, serve_engine_kwargs
+from lion_distill.llm.engine_args import engine_spec
 from lion_distill.preflight import preflight
 
 POOL = "data/self-instruct/seed_tasks.jsonl"
@@ -38,12 +38,16 @@ def test_every_field_of_the_section_says_what_it_does():
 
 def test_the_teachers_engine_gets_top_k_logprobs_and_still_serves_the_referee():
     cfg = lion_config(distill={"mode": "logit_kd", "top_k": 32})
-    assert engine_key(cfg.teacher, gpu=True) == engine_key(cfg.referee, gpu=True)
+    assert engine_spec(cfg.teacher, gpu=True).key == engine_spec(cfg.referee, gpu=True).key
     raised = with_teacher_logprobs(cfg)
     for role in (raised.teacher, raised.referee, raised.generator):
-        assert serve_engine_kwargs(role, gpu=True)["max_logprobs"] == 32
-    assert engine_key(raised.teacher, gpu=True) == engine_key(raised.referee, gpu=True)  # one engine still
+        assert engine_spec(role, gpu=True).serve_kwargs["max_logprobs"] == 32
+    assert engine_spec(raised.teacher, gpu=True).key == engine_spec(raised.referee, gpu=True).key  # one engine still
     assert "max_logprobs" not in raised.student.engine_kwargs  # another model: untouched
+    # A scoring pass's own engine: room for its k, never less than the engine's own cap.
+    assert engine_spec(cfg.teacher, gpu=False, logprobs=32).engine_kwargs["max_logprobs"] == 32
+    assert "max_logprobs" not in engine_spec(cfg.teacher, gpu=False, logprobs=5).engine_kwargs
+    assert engine_spec(raised.teacher, gpu=False, logprobs=21).engine_kwargs["max_logprobs"] == 32
     # At vLLM's default cap, or without a white-box mode, nothing changes.
     for same in (lion_config(distill={"mode": "logit_kd"}), lion_config(distill={"top_k": 32})):
         assert with_teacher_logprobs(same) == same

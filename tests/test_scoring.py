@@ -10,7 +10,8 @@ import pytest
 from lion_distill.config.models import Parallelism, RoleConfig
 from lion_distill.data import RunDir
 from lion_distill.distill.signal import REQUEST_SCHEMA
-from lion_distill.llm.scoring import ScoringFailed, score
+from lion_distill.errors import ScoringFailed
+from lion_distill.llm.scoring import score
 
 K = 5
 

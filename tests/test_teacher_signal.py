@@ -14,8 +14,7 @@ from lion_distill.distill.divergence import hard_by_divergence
 from lion_distill.distill.signal import scoring_requests, with_signal
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.token_signal import SignalError, prompt_topk, signal_table, topk_of_steps
-from lion_distill.train import batches as B
-from lion_distill.train import step as S
+from lion_distill.train import batches, step
 from lion_distill.train.kd_loss import KDLoss
 from lion_distill.train.teacher_signal import (
     TEACHER_IDS,
@@ -70,13 +69,13 @@ def _training_rows(tok, answers: list[list[int]]) -> dict:
 
 def test_the_teachers_ids_and_top_k_sit_at_the_label_positions(tiny_models):
     path = str(tiny_models.llama)
-    tok = B.load_tokenizer(path)
+    tok = batches.load_tokenizer(path)
     answers = [tok("five", add_special_tokens=False)["input_ids"] + [tok.eos_token_id], [11, 12, 13, 14]]
     batch = _training_rows(tok, answers)
     out = tokenize_with_teacher(batch, tokenizer_path=path, max_length=256, k=K)
     for i, answer in enumerate(answers):
         labels = out["labels"][i]
-        learnt = labels[labels != B.IGNORE]
+        learnt = labels[labels != batches.IGNORE]
         assert learnt.tolist() == answer  # the teacher's own ids, not a re-tokenisation of the text
         assert out["input_ids"][i][-len(answer) :].tolist() == answer
         assert out["n_target_tokens"][i] == len(answer)
@@ -85,9 +84,9 @@ def test_the_teachers_ids_and_top_k_sit_at_the_label_positions(tiny_models):
     # Cut at max_length: the answer and its top k alike.
     short = tokenize_with_teacher(batch, tokenizer_path=path, max_length=len(out["input_ids"][1]) - 2, k=K)
     assert short["n_target_tokens"][1] == 2 and len(short[TEACHER_IDS][1]) == 2 * K
-    padded = B.collate_causal(out, pad_id=tok.pad_token_id)
+    padded = batches.collate_causal(out, pad_id=tok.pad_token_id)
     teacher = collate_teacher(out, padded["labels"], K)
-    at = padded["labels"] != B.IGNORE
+    at = padded["labels"] != batches.IGNORE
     assert torch.equal(teacher[TEACHER_IDS][..., 0][at], padded["labels"][at])
     assert bool(torch.isnan(teacher[TEACHER_LOGPROBS][~at]).all()) and not bool(
         torch.isnan(teacher[TEACHER_LOGPROBS][at]).any()
@@ -101,30 +100,30 @@ def test_the_teachers_ids_and_top_k_sit_at_the_label_positions(tiny_models):
 def test_a_logit_kd_step_learns_the_teachers_distribution(tiny_models):
     """One micro-batch, many steps: the student's divergence from a fixed teacher top-k falls."""
     path = str(tiny_models.llama)
-    tok = B.load_tokenizer(path)
+    tok = batches.load_tokenizer(path)
     batch = _training_rows(tok, [[21, 22, 23, 24], [31, 32, 33]])
     out = tokenize_with_teacher(batch, tokenizer_path=path, max_length=128, k=K)
-    padded = B.collate_causal(out, pad_id=tok.pad_token_id)
+    padded = batches.collate_causal(out, pad_id=tok.pad_token_id)
     tensors = {**padded, **collate_teacher(out, padded["labels"], K)}
     torch.manual_seed(0)
-    model = S.load_model(path, "causal")
+    model = step.load_model(path, "causal")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     kd = KDLoss()
     losses = []
     for _ in range(12):
-        loss = S.causal_lm_loss(model, tensors, kd=kd)
+        loss = step.causal_lm_loss(model, tensors, kd=kd)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
     # Without the teacher's top k in the batch the same call is the cross-entropy.
-    torch.testing.assert_close(S.causal_lm_loss(model, padded, kd=kd), S.causal_lm_loss(model, padded))
+    torch.testing.assert_close(step.causal_lm_loss(model, padded, kd=kd), step.causal_lm_loss(model, padded))
 
 
 def test_scoring_requests_are_the_teachers_prompt_and_the_answer_with_its_end(tiny_models):
     path = str(tiny_models.llama)
-    tok = B.load_tokenizer(path)
+    tok = batches.load_tokenizer(path)
     rows = [{"id": "a", "instruction": "Say hi.", "input": ""}, {"id": "b", "instruction": "Count.", "input": "3"}]
     answers = [{"text": "hi there", "finish_reason": "stop"}, {"text": "one two", "finish_reason": "length"}]
     requests = scoring_requests(rows, answers, teacher_messages, path).to_pylist()

@@ -41,6 +41,7 @@ from lion_distill.llm.prompts import instruction_messages
 from lion_distill.llm.serving import job_engines, take_engine_metrics, training
 from lion_distill.local_models import resolve_local_models
 from lion_distill.metrics import Metrics, usage
+from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, StageResult, run_stages
 
 log = logging.getLogger("lion_distill.distill")
@@ -182,14 +183,20 @@ def load(path: str, overrides: list[str]) -> DistillRunConfig:
     return resolve_local_models(load_config(path, overrides, model=DistillRunConfig))
 
 
-def run(cfg: DistillRunConfig) -> dict:
+def resolved(cfg: DistillRunConfig) -> DistillRunConfig:
+    """The config as the run uses it and stores it in config.json: its paths absolute (the teacher's
+    tokenizer folder too), and the teacher's engine allowed distill.top_k logprobs."""
     cfg = with_teacher_logprobs(absolute_paths(cfg))
     if cfg.distill.teacher_tokenizer and os.path.exists(cfg.distill.teacher_tokenizer):
         tokenizer = os.path.abspath(cfg.distill.teacher_tokenizer)
         cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_tokenizer": tokenizer})})
+    return cfg
+
+
+def run(cfg: DistillRunConfig, allow_config_change: bool = False) -> dict:
+    cfg = resolved(cfg)
     rundir = RunDir(cfg.run_dir)
-    config = cfg.model_dump(mode="json")  # key variable *names* only
-    rundir.write_json("config.json", config)
+    config = store_config(rundir, cfg, allow_config_change)  # a resumed run's config is the stored one
     if not rundir.exists(POOL):
         pool, report = sampled_pool(cfg.data, cfg.train.seed)
         rundir.write_json("data_report.json", report)

@@ -4,12 +4,13 @@ returns `top_k` logprobs, and the student's vocabulary.
 vLLM refuses a request for more logprobs than its engine's `max_logprobs` (default 20; docs/
 environment.md): with a larger `distill.top_k`, every local vLLM role of the teacher's model is
 given `max_logprobs: top_k`, so the teacher still shares one engine with a referee or generator of
-the same model (lion_distill.llm.engine_args.engine_key) instead of starting a second one.
+the same model (EngineSpec.key, lion_distill.llm.engine_args) instead of starting a second one. A
+scoring pass's own per-stage engine gets the same room from engine_spec(role, gpu, logprobs=top_k).
 """
 
 from __future__ import annotations
 
-VLLM_MAX_LOGPROBS = 20  # vLLM's default max_logprobs: the most its engine (or server) returns unless raised
+from lion_distill.llm.engine_args import VLLM_MAX_LOGPROBS
 
 
 def needs_signal(cfg) -> bool:

@@ -8,7 +8,7 @@ request is not an answer: it is asked again, then its pair is excluded and count
 is judged on its last user turn (lion_distill.lion.conversations).
 
 With `lion.discriminator: divergence` no student answers and no referee: the teacher scores its own
-answers and the gap is the student's divergence from it along each (lion_distill.distill.divergence)."""
+answers and the gap is the student's divergence from it along each (lion_distill.lion.divergence)."""
 
 from __future__ import annotations
 
@@ -18,38 +18,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.config import RunConfig
-from lion_distill.data import RunDir
+from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
-from lion_distill.distill.divergence import hard_by_divergence, student_divergence
-from lion_distill.distill.signal import teacher_signal, with_signal
-from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import JUDGMENT_SCHEMA, OK, summarize
+from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
+from lion_distill.judging.referee import ANSWER_COLUMNS, summarize
 from lion_distill.lion.conversations import answer_student
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.divergence import by_divergence
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
-from lion_distill.llm.answers import answer, answered_mask, response_table, write_responses
-from lion_distill.llm.responses import failed, failed_mask
-from lion_distill.metrics import stage_timer, usage
-from lion_distill.train.kd_loss import KDLoss
+from lion_distill.llm.answers import answer, response_table, write_responses
+from lion_distill.llm.responses import error_mask
+from lion_distill.metrics import usage
+from lion_distill.runner import StageResult
 
 log = logging.getLogger("lion_distill.lion")
-NO_DIVERGENCE = failed("no teacher answer")  # a divergence judgment's status where the teacher did not answer
 
 
-def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
+def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
+    judging = referee_settings(cfg)
     if cfg.lion.discriminator == "referee":
-        check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
-    cache_pool = pool(run, k, "cache")
+        check_constraint(cfg.referee, judging)
+    cache_pool = shown(pool(run, k, "cache"), cfg.lion.show_input)
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
     teacher = _written(
         run,
         rel(k, "discrimination", "teacher_responses.parquet"),
-        _teacher_answers(cfg.teacher, cache_pool, run, k, records),
+        _teacher_answers(cfg.teacher, cache_pool, run, k, records, cfg.lion.discrimination_teacher == "reuse"),
     )
     if cfg.lion.discriminator == "divergence":
-        return _by_divergence(cfg, run, k, student_model, cache_pool, teacher, records)
+        return by_divergence(cfg, run, k, student_model, cache_pool, teacher, records)
     student_role = cfg.student.model_copy(update={"model": student_model})
     student = _written(
         run,
@@ -59,20 +58,15 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
 
     pairs = cache_pool.select(["id", "instruction", "input"])
     for role, answers in (("teacher", teacher), ("student", student)):
-        pairs = pairs.append_column(f"{role}_text", answers.column("text")).append_column(
-            f"{role}_finish_reason", answers.column("finish_reason")
-        )
+        for column in ANSWER_COLUMNS:
+            pairs = pairs.append_column(f"{role}_{column}", answers.column(column))
     judgments, judge_records = judge_pairs(
         cfg.referee,
         pairs,
+        judging,
         run=run,
         stage="discrimination/referee",
         draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint,
-        prompt=cfg.lion.referee_prompt,
-        retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs,
-        tau=cfg.lion.tau,
         parts=rel(k, "discrimination", "parts"),
         write_to=rel(k, "discrimination", "judgments.parquet"),
     )  # written a chunk at a time; kept without the reviews
@@ -87,113 +81,44 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
         summary["hard_fraction"],
         summary["mean_gap"],
         summary["failed"],
-        summary["failed_by_reason"] or "",
+        summary["failed_by_kind"] or "",
     )
     extra = {
         f"lion/{name}": summary[name]
         for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap", "mean_teacher_score", "mean_student_score")
     }
-    extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
+    extra["lion/judge_failed"] = summary["failed"]  # by kind: the `failure_kind` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
-    return {}, usage(records), iteration_summary
+    return StageResult(counters=usage(records), summary=iteration_summary)
 
 
-def _by_divergence(
-    cfg: RunConfig, run: RunDir, k: int, student_model: str, cache_pool: pa.Table, teacher: pa.Table, records: list
-) -> tuple[dict, dict, dict]:
-    """The judge-free discriminator (lion.discriminator: divergence, lion_distill.distill.divergence):
-    the teacher scores its answers, the student's divergence from it along each is the gap, and the
-    most divergent are hard. An instruction the teacher did not answer is failed, never hard."""
-    answered = answered_mask(teacher)
-    rows = cache_pool.filter(answered)
-    answers = pa.table(
-        {"id": rows.column("id"), **{c: teacher.filter(answered).column(c) for c in teacher.column_names}}
+def referee_settings(cfg: RunConfig) -> Judging:
+    """Lion's referee: teacher vs student, the `lion.referee_*` settings."""
+    return Judging(
+        prompt=cfg.lion.referee_prompt,
+        constraint=cfg.lion.referee_constraint,
+        retries=cfg.lion.referee_retries,
+        retry_temperature=cfg.lion.referee_retry_temperature,
+        use_logprobs=cfg.lion.referee_logprobs,
+        tau=cfg.lion.tau,
     )
-    signal, record = teacher_signal(
-        cfg.teacher,
-        cfg.distill,
-        rows,
-        answers,
-        teacher_messages,
-        run=run,
-        stage="discrimination/signal",
-        parts=rel(k, "discrimination", "signal"),
-    )
-    records.append(record)
-    scored = with_signal(
-        pa.table(
-            {
-                "id": rows.column("id"),
-                "instruction": rows.column("instruction"),
-                "input": rows.column("input"),
-                "response": answers.column("text"),
-                "complete": pc.not_equal(answers.column("finish_reason"), "length"),
-            }
-        ),
-        signal,
-    )
-    with stage_timer("discrimination/divergence") as timing:
-        gaps = _remote_divergence(student_model, scored.to_pylist(), cfg)
-        timing.rows = len(gaps)
-    records.append(timing)
-    hard = hard_by_divergence(gaps, tau=cfg.lion.divergence_tau, share=cfg.lion.divergence_hard_share)
-    judged = dict(zip(rows.column("id").to_pylist(), zip(gaps, hard)))
-    judgments = divergence_judgments(cache_pool.column("id").to_pylist(), judged)
-    run.write_table(rel(k, "discrimination", "judgments.parquet"), judgments)
-    summary = summarize(judgments)
-    extra = {f"lion/{name}": summary[name] for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap")}
-    extra["lion/judge_failed"] = summary["failed"]
-    for kind, flag in (("hard", True), ("easy", False)):
-        values = [g for g, h in zip(gaps, hard) if h is flag]
-        if values:
-            extra[f"lion/divergence_{kind}_mean"] = sum(values) / len(values)
-    log.info(
-        "iteration %d discrimination by divergence: %d judged, %d hard; mean divergence hard %s, easy %s",
-        k,
-        summary["judged"],
-        summary["hard"],
-        extra.get("lion/divergence_hard_mean"),
-        extra.get("lion/divergence_easy_mean"),
-    )
-    write_stage_metrics(run, k, "discrimination", records, extra)
-    iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
-    return {}, usage(records), iteration_summary
-
-
-def divergence_judgments(ids: list[str], judged: dict[str, tuple[float, bool | None]]) -> pa.Table:
-    """Judgment rows (JUDGMENT_SCHEMA) of the divergence discriminator: the gap is the divergence,
-    no scores or reviews; an instruction without one is failed."""
-    rows = []
-    for i in ids:
-        gap, hard = judged.get(i, (None, None))
-        ok = hard is not None
-        rows.append({"id": i, "gap": gap if ok else None, "hard": hard, "status": OK if ok else NO_DIVERGENCE})
-    return pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA)
-
-
-def _remote_divergence(student_model: str, rows: list[dict], cfg: RunConfig) -> list[float]:
-    """student_divergence in a Ray task, on a GPU where the cluster has one."""
-    import ray
-
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpus)(student_divergence)
-    loss = KDLoss.of(cfg.distill)
-    return ray.get(task.remote(student_model, rows, loss, top_k=cfg.distill.top_k, max_length=cfg.train.max_length))
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
     """`answers` written to `path` -> the columns the pairs need (their role and token counts,
     which the file has, let go while the referee judges)."""
     write_responses(run, path, answers)
-    return answers.select(["text", "finish_reason"])
+    return answers.select(list(ANSWER_COLUMNS))
 
 
-def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list) -> pa.Table:
-    """The teacher's answer to each cache-pool instruction, in its order: those paid for in earlier
-    stages reused, the rest asked now. A function of its own so that the answers known before,
-    one more pool-sized table, are let go as soon as these are made."""
-    known = known_teacher_answers(run, k)
+def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list, reuse: bool) -> pa.Table:
+    """The teacher's answer to each cache-pool instruction, in its order: with `reuse`, those paid for
+    in earlier stages reused and the rest asked now; without (`lion.discrimination_teacher:
+    ask_again`, Lion's step 2.1), every one asked now as a new draw, so that neither a response cache
+    nor a seeded engine hands back the answers imitation trained on. A function of its own so that
+    the answers known before, one more pool-sized table, are let go as soon as these are made."""
+    known = known_teacher_answers(run, k) if reuse else RESPONSE_SCHEMA.empty_table()
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
         answers, record = answer(
@@ -203,6 +128,7 @@ def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: l
             stage="discrimination/teacher",
             role_name="teacher",
             run_dir=run,
+            draw=None if reuse else f"iter_{k}/discrimination/teacher",
             parts=rel(k, "discrimination", "parts"),
         )
         records.append(record)
@@ -222,7 +148,7 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
-        failed = failed_mask(student.column("finish_reason"))
+        failed = error_mask(student.column("finish_reason"))
         again = student.column("id").filter(failed)
         if not len(again):
             break
@@ -239,6 +165,6 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
         )
         records.extend(more)
         retried = response_table(retried)
-        better = retried.filter(pc.invert(failed_mask(retried.column("finish_reason"))))
+        better = retried.filter(pc.invert(error_mask(retried.column("finish_reason"))))
         student = replaced_by_id(student, better)
     return student

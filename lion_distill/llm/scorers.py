@@ -129,20 +129,19 @@ def vllm_scoring(role: RoleConfig, ds, k: int, *, gpu: bool, start_timeout_s: fl
     stage, one token generated, the prompt's logprobs kept."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from lion_distill.llm.engine_args import engine_kwargs, engine_placement
+    from lion_distill.llm.engine_args import engine_spec
 
-    kwargs = engine_kwargs(role, gpu)
-    kwargs["max_logprobs"] = max(k, kwargs.get("max_logprobs", 0))  # this pass's own engine: room for k
+    spec = engine_spec(role, gpu, logprobs=k)  # this pass's own engine: room for k
     config = vLLMEngineProcessorConfig(
         model_source=role.model,
-        engine_kwargs=kwargs,
+        engine_kwargs=spec.engine_kwargs,
         batch_size=role.parallelism.batch_size,
         concurrency=role.parallelism.replicas,
         chat_template_stage=False,
         tokenize_stage=False,
         detokenize_stage=False,
         should_continue_on_error=True,
-        placement_group_config=engine_placement(role, gpu),
+        placement_group_config=spec.placement(),
         **({} if gpu else {"log_engine_metrics": False}),
     )
     params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": k, "detokenize": False}

@@ -24,14 +24,11 @@ import pyarrow.compute as pc
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
+from lion_distill.errors import ScoringFailed
 from lion_distill.llm.parts import NOT_FINAL, Parts, read_answers, write_parts, written_ids
 from lion_distill.llm.scorers import ERROR, REQUEST, HFScorer, OpenAIScorer, serve_scoring, vllm_scoring
 from lion_distill.llm.token_signal import signal_schema
 from lion_distill.metrics import StageRecord, stage_timer
-
-
-class ScoringFailed(RuntimeError):
-    """Some rows of a scoring pass have no signal: the first reason, and how many."""
 
 
 def score(
