@@ -1,12 +1,14 @@
 """Logit distillation on the real small model: the 6-layer student trained on SmolLM2-135M-Instruct's
-answers (data/smol/teacher_answers.jsonl) with `distill.mode: logit_kd` (the teacher's top 20 at each
-answer token) must come closer to the teacher, on answers neither run trained on, than the same rows
-trained by SFT. Closeness is the held-out KL(teacher || student) per answer token over the teacher's
-top 50 and the tail (lion_distill.distill.divergence), the teacher's distribution from a transformers
-forward (lion_distill.llm.scorers.HFScorer). LION_TEST_CORRUPT=other_model (the signal taken from
-another model, the base student itself) makes it fail; =shift_topk (each position given the next
-position's top k, the off-by-one an alignment bug makes) does not at this size: the figures of each run
-are in benchmarks/RESULTS.md.
+answers (data/smol/teacher_answers.jsonl) with `distill.mode: logit_kd` must come closer to the
+teacher, on answers neither run trained on, than the same rows trained by SFT. The training signal is
+the real engine's: the teacher's top 20 at each answer token from a scoring pass through vLLM
+(lion_distill.llm.scoring, backend vllm, as the distill job takes it). Closeness is the held-out
+KL(teacher || student) per answer token over the teacher's top 50 and the tail
+(lion_distill.distill.divergence), that distribution from a transformers forward
+(lion_distill.llm.scorers.HFScorer). A corruption switch makes the test fail:
+LION_TEST_CORRUPT=shuffle_topk (each position's top-k ids permuted, so the teacher's probabilities sit
+on the wrong tokens: what a mix-up of ids and logprobs does) or =other_model (the signal scored by
+another model, the base student itself). The figures of each run are in benchmarks/RESULTS.md.
 """
 
 import json
@@ -17,38 +19,46 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lion_distill.config.models import TrainConfig
+from lion_distill.config.models import Parallelism, RoleConfig, TrainConfig
 from lion_distill.distill.divergence import student_divergence
 from lion_distill.distill.signal import scoring_requests, with_signal
 from lion_distill.llm.prompts import instruction_messages
 from lion_distill.llm.scorers import HFScorer
+from lion_distill.llm.scoring import score
 from lion_distill.train.kd_loss import KDLoss
 
-pytestmark = pytest.mark.smol
+pytestmark = [pytest.mark.smol, pytest.mark.vllm]
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
 TRAIN, HELD_OUT, K, EVAL_K = 16, 8, 20, 50
-CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "", "other_model" or "shift_topk": a deliberate break, by hand
+CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "", "shuffle_topk" or "other_model": a deliberate break, by hand
 
 
-def signal_rows(teacher: str, rows: list[dict], k: int) -> pa.Table:
-    """The rows in the training layout with the teacher's top k of each answer (scored in-process)."""
+def signal_rows(teacher: str, rows: list[dict], k: int, engine: str) -> pa.Table:
+    """The rows in the training layout with the teacher's top k of each answer, scored by `engine`:
+    `vllm` (a scoring pass on a real vLLM engine) or `hf` (a transformers forward in this process)."""
     answers = [{"text": r["response"], "finish_reason": "stop" if r["complete"] else "length"} for r in rows]
     requests = scoring_requests(rows, answers, instruction_messages, teacher)
-    signal = HFScorer(teacher, k)(requests).select(["id", "token_ids", "topk_ids", "topk_logprobs"])
+    if engine == "vllm":
+        role = RoleConfig(
+            backend="vllm", model=teacher, dtype="float32", max_model_len=2048, parallelism=Parallelism(batch_size=8)
+        )
+        signal, _ = score(role, requests, top_k=k, stage="smol/signal", role_name="teacher")
+    else:
+        signal = HFScorer(teacher, k)(requests)
+    signal = signal.select(["id", "token_ids", "topk_ids", "topk_logprobs"])
     table = pa.Table.from_pylist(
         [{k_: r[k_] for k_ in ("id", "instruction", "input", "response", "complete")} for r in rows]
     )
     return with_signal(table, signal)
 
 
-def shifted(table: pa.Table) -> pa.Table:
-    """LION_TEST_CORRUPT=shift_topk: position j gets position j+1's top k (the last keeps its own)."""
-    rows = table.to_pylist()
+def shuffled(table: pa.Table) -> pa.Table:
+    """LION_TEST_CORRUPT=shuffle_topk: each position's top-k ids permuted, its logprobs left in place."""
+    rng, rows = np.random.default_rng(0), table.to_pylist()
     for r in rows:
-        r["topk_ids"] = r["topk_ids"][1:] + r["topk_ids"][-1:]
-        r["topk_logprobs"] = r["topk_logprobs"][1:] + r["topk_logprobs"][-1:]
+        r["topk_ids"] = [rng.permutation(ids).tolist() for ids in r["topk_ids"]]
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
@@ -65,10 +75,11 @@ def test_logit_kd_comes_closer_to_the_teacher_than_sft_on_the_same_rows(ray_clus
     rows = [{**json.loads(line), "id": f"r{i:02d}"} for i, line in enumerate(ANSWERS.read_text().splitlines())]
     teacher, student = str(smol_models.instruct), str(smol_models.student)
     # other_model: the "teacher" signal is the base student's own top k, another model's distribution.
-    train = signal_rows(student if CORRUPT == "other_model" else teacher, rows[:TRAIN], K)
-    if CORRUPT == "shift_topk":
-        train = shifted(train)
-    held = signal_rows(teacher, rows[-HELD_OUT:], EVAL_K)
+    # The student's ids are the teacher's (one vocabulary), so the rows' answer ids do not change.
+    train = signal_rows(student if CORRUPT == "other_model" else teacher, rows[:TRAIN], K, "vllm")
+    if CORRUPT == "shuffle_topk":
+        train = shuffled(train)
+    held = signal_rows(teacher, rows[-HELD_OUT:], EVAL_K, "hf")
     before = held_out_kl(student, held)
     cfg = TrainConfig(num_workers=0, epochs=2, batch_size=8, learning_rate=1e-3, max_length=256, warmup_ratio=0.0)
     after = {}
