@@ -159,7 +159,7 @@ def _engine_request(row: dict, params: dict) -> dict:
 def _engine_result(row: dict, k: int) -> dict:
     error = row.get("__inference_error__")
     if error:
-        return signal_row(row["id"], row["answer_ids"], len(row["prompt_ids"]), error=str(error)[:300])
+        return signal_row(row["id"], row["answer_ids"], len(row["prompt_ids"]), error=_reason(error))
     return from_prompt_logprobs(row, row.get("prompt_logprobs"), k)
 
 
@@ -194,5 +194,11 @@ def _plain(value):
 def _serve_result(row: dict) -> dict:
     error = row.get("__inference_error__")
     if error:
-        return signal_row(row["_in_id"], [], 0, error=str(error)[:300])
+        return signal_row(row["_in_id"], [], 0, error=_reason(error))
     return {name: row.get(name) for name in OUT}
+
+
+def _reason(error) -> str:
+    """An inference error's own last line (a RayTaskError's first lines are only where it was raised)."""
+    lines = str(error).strip().splitlines() or [""]
+    return lines[-1][:300]

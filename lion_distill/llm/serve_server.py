@@ -54,7 +54,8 @@ class JobLLMServer(LLMServer):
     async def score_dict(self, body: dict):
         """A scoring pass's request (lion_distill.llm.scorers.serve_scoring: id, prompt_ids, answer_ids,
         k) -> its signal row: one token generated after prompt + answer, the prompt's top-k logprobs."""
-        row = {name: body[name] for name in ("id", "prompt_ids", "answer_ids")}
+        # Ray Data hands the ids over as numpy arrays, on which `+` would add, not concatenate.
+        row = {"id": body["id"], **{name: [int(t) for t in body[name]] for name in ("prompt_ids", "answer_ids")}}
         request = CompletionRequest(
             model=body["model"],
             prompt=row["prompt_ids"] + row["answer_ids"],
