@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from lion_distill.config import ConfigError
     from lion_distill.llm.fit import PlanDoesNotFit
     from lion_distill.preflight import cluster_problems, preflight
-    from lion_distill.runner import StageError
+    from lion_distill.runner import StageError, StateFileError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:
@@ -219,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
             state = job.run(cfg)
-    except (RunDirBusy, PlanDoesNotFit) as e:
+    except (RunDirBusy, PlanDoesNotFit, StateFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageError as e:
+        from lion_distill.llm.transient import TransientFailures
+
+        if isinstance(e.cause, TransientFailures):  # a clean stop: the line says what to do, no traceback
+            print(f"stopped: {e.cause}", file=sys.stderr)
+            return 1
         logging.getLogger("lion_distill").exception("%s", e)
         print(f"error: {e} (the run directory is resumable: run the same command again)", file=sys.stderr)
         return 1

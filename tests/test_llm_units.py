@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lion_distill.config.models import OpenAIEndpoint, RoleConfig
@@ -112,6 +113,35 @@ def test_cache_is_per_stage_parquet_parts_one_row_per_key(tmp_path):
     by_key = dict(zip(joined[CACHE_KEY_COL].to_pylist(), map(cached_response, joined[CACHED_COL].to_pylist())))
     assert by_key["kb"] == response_row("b", "length", 1, 2, logprobs='[{"b": -0.1}]') and cached_response(None) is None
     assert stage_slug("generation/generator_round0") == "generation_generator_round0" and stage_slug("..") == "_"
+
+
+def test_every_answer_is_on_disk_as_it_comes_and_a_killed_writers_journal_becomes_a_part(tmp_path):
+    rd = RunDir(tmp_path)
+    writer = CacheWriter(rd, "iter_0/teacher", flush_every=100)
+    writer.put("k0", response_row("0", "stop", 3, 4))
+    writer.put("k1", response_row("1", "stop", 3, 4))
+    folder = tmp_path / "llm_cache/responses/iter_0_teacher"
+    (journal,) = folder.glob("*.jsonl.open")  # no part yet: the answers are in the writer's journal
+    assert sorted(read_cache(rd, "iter_0/teacher")["key"].to_pylist()) == ["k0", "k1"]
+    with open(journal, "a") as f:
+        f.write('{"key": "k2", "text": "cut sho')  # the writer was killed mid-line
+    # The next stage to read the cache (no writer of it runs) makes the journal a part; the torn line is no answer.
+    (part,) = cache_parts(rd, "iter_0/teacher")
+    assert not list(folder.glob("*.jsonl.open")) and part.base_name.endswith("-recovered.parquet")
+    assert pq.read_table(part.path)["key"].to_pylist() == ["k0", "k1"]
+    again = CacheWriter(rd, "iter_0/teacher", flush_every=1)  # a part as soon as a journal holds flush_every answers
+    again.put("k3", response_row("3", "stop", 1, 1))
+    assert not list(folder.glob("*.jsonl.open")) and len(cache_parts(rd, "iter_0/teacher")) == 2
+
+
+def test_on_an_object_store_the_cache_writes_a_part_every_flush_s(s3_bucket):
+    rd = RunDir(f"{s3_bucket}/runs/cache")
+    writer = CacheWriter(rd, "s", flush_every=100, flush_s=3600)
+    writer.put("k0", response_row("0", "stop"))
+    assert read_cache(rd, "s").num_rows == 0  # no appends there: at most flush_s of answers can be lost
+    writer.flush_s = 0.0
+    writer.put("k1", response_row("1", "stop"))
+    assert sorted(read_cache(rd, "s")["key"].to_pylist()) == ["k0", "k1"]
 
 
 def test_first_per_key_and_the_key_column():

@@ -33,6 +33,7 @@ from lion_distill.judging.referee import judgment_schema
 from lion_distill.llm.answers import answer, read_rows, write_responses
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
 from lion_distill.llm.serving import take_engine_metrics
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import Metrics, StageRecord
 
 log = logging.getLogger("lion_distill.evaluate")
@@ -92,6 +93,7 @@ def _answer(
 ) -> tuple[list[dict], StageRecord]:
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
     answers, record = answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
+    stop_if_transient(stage, answers)  # before they are saved: a failure that passes is asked again
     return answers.to_pylist(), record
 
 
@@ -147,6 +149,7 @@ def evaluate(
         role_name="judge",
         failed_answer_loses=True,
     )
+    stop_if_transient("eval/judge", judgments, "status", "pairs")
     judgments = judgments.to_pylist()  # the questions: tens to thousands
     records += judge_records
     nll = None

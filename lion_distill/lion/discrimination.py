@@ -24,6 +24,7 @@ from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_no
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
 from lion_distill.llm.responses import failed_mask
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import usage
 
 log = logging.getLogger("lion_distill.lion")
@@ -68,7 +69,13 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
     )  # written a chunk at a time; kept without the reviews
     records.extend(judge_records)
 
+    # Every pair that could be judged is; what failed for a reason that passes is asked by the next attempt.
+    for who, table, column in (("teacher", teacher, "finish_reason"), ("student", student, "finish_reason")):
+        stop_if_transient(f"iteration {k} discrimination: the {who}", table, column)
+    stop_if_transient(f"iteration {k} discrimination: the referee", judgments, "status", "pairs")
     summary = summarize(judgments)
+    if summary["rows"] != cache_pool.num_rows:  # a pair judged twice, or not at all, is a bug
+        raise RuntimeError(f"iteration {k} discrimination: {summary['rows']} judgments for {cache_pool.num_rows} pairs")
     log.info(
         "iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s",
         k,

@@ -27,6 +27,7 @@ from lion_distill.lion.prompts import NO_INPUT
 from lion_distill.lion.rouge import NoveltyFilter
 from lion_distill.llm.answers import answer, constraint
 from lion_distill.llm.prompts import instruction_text
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import StageRecord, usage
 
 log = logging.getLogger("lion_distill.lion")
@@ -90,6 +91,8 @@ def generation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple
             draw=f"iter_{k}/{stage}",
             parts=rel(k, "generation", "parts"),
         )
+        # Before the round's candidates decide the next round's seeds: the next attempt asks the failed again.
+        stop_if_transient(f"iteration {k} generation: the generator (round {round_})", replies)
         replies = replies.to_pylist()  # a round's candidates: thousands, not the pool
         records.append(record)
         replies_all += [

@@ -58,7 +58,7 @@ def answer(
     import ray.data
 
     from lion_distill.llm import generate
-    from lion_distill.llm.parts import Parts, iter_answers, read_answers, written_ids
+    from lion_distill.llm.parts import Parts, iter_answers, part_ids, read_answers
 
     chunks = (
         [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)]
@@ -66,10 +66,11 @@ def answer(
         else rows
     )
     run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
+    failed_before = done  # ids an earlier attempt got only a transient failure for: asked again
     columns = ANSWER_COLUMNS if columns is None else ("id", *(c for c in columns if c != "id"))
     if parts is not None and run is not None:
         folder = parts_folder(parts, role, kwargs)
-        done = written_ids(run, folder)
+        done, failed_before = part_ids(run, folder)
     before = pc.count_distinct(done).as_py()
     # With a folder of parts, the rows go to the workers as files and the answers come back from
     # the parts they wrote: the driver neither writes nor reads a pool's worth of object store.
@@ -103,6 +104,8 @@ def answer(
     else:
         record = StageRecord(kwargs["stage"])
     record.extra["rows_from_parts"] = before
+    if len(failed_before):  # counted in the report: transient failures are never answers
+        record.extra["asked_again_after_failure"] = len(failed_before)
     if stream:
         return iter_answers(run, folder, columns) if folder else iter([] if responses is None else [responses]), record
     if folder:

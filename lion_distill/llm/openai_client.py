@@ -35,8 +35,11 @@ What is built on what:
 - cache: lion_distill.llm.cache, one per stage, keyed by (model, prompt, sampling, structured
   output, logprobs, draw). lion_distill.llm.generate joins each row to the stage's cache in
   Ray Data before this actor (CACHED_COL): a row that arrives with its cached answer is
-  not sent (counted `_api_cached`). The actor loads no cache; it writes the answers it
-  gets (only answered requests) as parquet parts of its own.
+  not sent (counted `_api_cached`). The actor loads no cache, unless Ray restarted it (it
+  was killed with batches in hand, which Ray Data hands it again): then it reads the stage's
+  answers so far once, those its last life got after the join included, so none is paid
+  twice. It records each answer it gets (only answered requests) as it comes
+  (lion_distill.llm.cache.CacheWriter), before the batch is done.
 
 The API key: read from the variable `openai.api_key_env` names, wrapped in
 `Secret` (its repr is masked) and handed only to the client. A loopback
@@ -58,7 +61,7 @@ import openai
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
-from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed
+from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, read_cache, request_seed
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
 from lion_distill.llm.responses import (
@@ -300,6 +303,7 @@ class OpenAIGenerator:
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
         self.cache = CacheWriter(RunDir(run_dir_uri), stage) if run_dir_uri else None
+        self.answered_before = _answered_before_restart(run_dir_uri, stage)
         self.spend = SpendLog(RunDir(run_dir_uri), role=role_name, stage=stage) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
@@ -370,6 +374,8 @@ class OpenAIGenerator:
 
     async def _answer_one(self, prompt, draw: str | None, key: str | None, cached: str | None) -> dict:
         hit = cached_response(cached)  # joined to the row by lion_distill.llm.generate
+        if hit is None and key is not None:
+            hit = self.answered_before.get(key)
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
@@ -419,6 +425,20 @@ class OpenAIGenerator:
                 key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}
+
+
+def _answered_before_restart(run_dir_uri: str | None, stage: str) -> dict[str, dict]:
+    """In an actor Ray restarted, the stage's cached answers by key; else nothing (no read)."""
+    if not run_dir_uri or "ray" not in sys.modules:
+        return {}
+    import ray
+
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.get_actor_id() is None or not context.was_current_actor_reconstructed:
+        return {}
+    table = read_cache(RunDir(run_dir_uri), stage)
+    responses = table.select(table.column_names[1:]).to_pylist()
+    return dict(zip(table.column("key").to_pylist(), responses))
 
 
 def _api(requests: int = 0, retries: int = 0, cached: int = 0, cost: float = 0.0) -> dict:
