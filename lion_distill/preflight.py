@@ -241,7 +241,12 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
         for model, names in hub.items()
     ]
     if getattr(cfg, "run_dir", None):
-        checks.run += run_dir_problems(cfg.run_dir)
+        from lion_distill.joblock import unguarded_note
+
+        problems = run_dir_problems(cfg.run_dir)
+        checks.run += problems
+        note = None if problems else unguarded_note(cfg.run_dir)  # concurrent submits, where unguarded
+        checks.notes += [note] if note else []
     if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
         student_space_checks(cfg, checks)
     for name, settings in _sections(cfg, TrackingConfig):

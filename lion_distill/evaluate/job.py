@@ -16,6 +16,7 @@ import os
 from lion_distill.config import RoleConfig, load_config
 from lion_distill.config.evaluate import CandidateConfig, EvalConfig, EvalJobConfig
 from lion_distill.data import RunDir
+from lion_distill.data.remote import export_complete
 from lion_distill.evaluate.evaluation import evaluate, prepare
 from lion_distill.evaluate.report import write_report
 from lion_distill.evaluate.scores import headline
@@ -66,10 +67,12 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
             f"is {candidate.lion_run} a Lion run directory?"
         )
     k = candidate.iteration
+
+    def exported(iteration: str) -> bool:  # a student half uploaded to an object store is none
+        return export_complete(run.fs, run.path(iteration, "imitation", "student"))
+
     if k is None:
-        done = [
-            int(name[5:]) for name in _iteration_dirs(run) if run.exists(name, "imitation", "student", "config.json")
-        ]
+        done = [int(name[5:]) for name in _iteration_dirs(run) if exported(name)]
         if not done:
             raise CandidateError(
                 f"candidate {candidate.name}: no student checkpoint in {candidate.lion_run} yet "
@@ -77,7 +80,7 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
             )
         k = max(done)
     student = run.uri_of(f"iter_{k}", "imitation", "student")
-    if not run.exists(f"iter_{k}", "imitation", "student", "config.json"):
+    if not exported(f"iter_{k}"):
         raise CandidateError(f"candidate {candidate.name}: {student} has no student checkpoint")
     return RoleConfig.model_validate({**config["student"], "model": student})
 

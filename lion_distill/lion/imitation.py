@@ -14,6 +14,8 @@ teacher's settings changed since, when only its complete answers are kept."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict
 
@@ -24,14 +26,15 @@ from lion_distill.config import RunConfig
 from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
+from lion_distill.data.remote import export_complete
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
 from lion_distill.llm.serving import training
+from lion_distill.llm.transient import stop_if_transient, transient_mask
 from lion_distill.metrics import StageRecord, usage
-from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.lion")
 
@@ -66,6 +69,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
             parts=rel(k, "imitation", "parts"),
         )
         records.append(record)
+        # Before anything is saved or trained: a failure that passes is asked again by the next attempt.
+        stop_if_transient(f"iteration {k} imitation: the teacher", fresh)
         answers = pa.concat_tables([response_table(fresh), known])
     responses = in_order(answers, train_pool.column("id"))
     write_responses(run, rel(k, "imitation", RESPONSES), responses)
@@ -86,21 +91,9 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
         "imitation_truncated": truncated,
         "imitation_trained": sft.num_rows,
     }
-    if sft.num_rows >= max(1, cfg.train.num_workers):  # every training worker needs a row
-        result = _train(cfg, run, k, student_model, sft)
-        if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
-            delete_checkpoints(result.model_dir)
-        result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
-        records.append(result.record)
-        student_model = result.model_dir
-    else:
-        log.warning(
-            "iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
-            k,
-            sft.num_rows,
-            cfg.train.num_workers,
-            student_model,
-        )
+    trained = _student(cfg, run, k, student_model, sft, records)
+    summary["imitation_kept_student"] = trained is None
+    student_model = trained or student_model
     log.info(
         "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
         k,
@@ -120,9 +113,48 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
             "lion/imitation_failed_answers": failed,
             "lion/imitation_truncated_answers": truncated,
             "lion/imitation_trained": sft.num_rows,
+            "lion/imitation_kept_student": int(trained is None),
         },
     )
     return {"student_model": student_model}, usage(records), summary
+
+
+TRAINED = "train.json"  # the training that made the exported student: what it depended on, and its record
+
+
+def _student(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table, records: list) -> str | None:
+    """The student trained on `sft` (its export), its record added to `records`; None where nothing
+    can be trained (fewer usable rows than training workers: the previous student stays, as
+    `lion.min_imitation_fraction` allows). An export this same training made before (the stage was
+    killed before it was recorded) is taken as it is: a stage whose export exists does not retrain."""
+    from lion_distill.train import TooFewRows
+
+    fingerprint = _training_fingerprint(cfg, student_model, sft)
+    saved = run.read_json(rel(k, "imitation", TRAINED)) or {}
+    student = run.uri_of(rel(k, "imitation", "student"))
+    if saved.get("fingerprint") == fingerprint and export_complete(run.fs, run.path(rel(k, "imitation", "student"))):
+        log.info("iteration %d imitation: %s was exported by this same training; not trained again", k, student)
+        records.append(StageRecord(**saved["record"]))
+        return student
+    try:
+        if sft.num_rows < max(1, cfg.train.num_workers):  # every training worker needs a row
+            raise TooFewRows(f"{sft.num_rows} answers to imitate cannot feed {cfg.train.num_workers} workers")
+        result = _train(cfg, run, k, student_model, sft)
+    except TooFewRows as e:
+        log.warning("iteration %d imitation: %s; the student stays %s", k, e, student_model)
+        return None
+    result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
+    records.append(result.record)
+    run.write_json(rel(k, "imitation", TRAINED), {"fingerprint": fingerprint, "record": asdict(result.record)})
+    return result.model_dir
+
+
+def _training_fingerprint(cfg: RunConfig, student_model: str, sft: pa.Table) -> str:
+    """What an imitation's training depends on: its settings, the student it starts from, its rows."""
+    digest = hashlib.sha256(json.dumps([cfg.train.model_dump(mode="json"), student_model], sort_keys=True).encode())
+    for start in range(0, sft.num_rows, SFT_CHUNK_ROWS):
+        digest.update(json.dumps(sft.slice(start, SFT_CHUNK_ROWS).to_pylist(), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def _teacher_settings(cfg: RunConfig) -> dict:
@@ -145,6 +177,7 @@ def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[pa.Table, list[S
             if run.exists(path := rel(k, "imitation", name))
         ]
     )
+    rows = rows.filter(pc.invert(transient_mask(rows)))  # never an answer (files of an older engine had them)
     if saved.get("settings") == _teacher_settings(cfg):
         return rows, [StageRecord(**record) for record in saved["records"]]
     complete = pc.invert(pc.fill_null(pc.equal(rows.column("finish_reason"), "length"), False))
@@ -157,14 +190,14 @@ def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated:
     if asked and trained < least * asked:
         cause = (
             f"{truncated} answers were cut at the teacher's max_tokens ({cfg.teacher.sampling.max_tokens}) or its "
-            f"context and left out (lion.train_on_truncated: {str(cfg.lion.train_on_truncated).lower()})"
+            f"context and left out (lion.train_on_truncated: {str(cfg.lion.train_on_truncated).lower()}); raise "
+            "teacher.sampling.max_tokens or set lion.train_on_truncated: true"
             if truncated
-            else f"{failed} answers failed or were empty"
+            else f"{failed} answers failed or were empty (the stage's metrics.json and report count them by reason)"
         )
         raise NothingToImitate(
             f"iteration {k} imitation: only {trained} of {asked} teacher answers are trainable, fewer than "
-            f"lion.min_imitation_fraction ({least:g}): {cause}; raise teacher.sampling.max_tokens or set "
-            "lion.train_on_truncated: true"
+            f"lion.min_imitation_fraction ({least:g}): {cause}"
         )
 
 

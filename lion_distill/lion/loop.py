@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import usage
 from lion_distill.runner import Stage, StageResult, run_stages
+from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.lion")
 
@@ -87,7 +89,10 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
         outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
         return StageResult(outputs, counters, summary)
 
-    return Stage(f"iter_{k}/{name}", fn)
+    # An exported student's Ray Train checkpoints, once the imitation is recorded (lion_distill.runner).
+    trained = name == "imitation" and not cfg.train.keep_checkpoints
+    cleanup = partial(delete_checkpoints, run.uri_of(rel(k, "imitation", "student"))) if trained else None
+    return Stage(f"iter_{k}/{name}", fn, cleanup=cleanup)
 
 
 def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:

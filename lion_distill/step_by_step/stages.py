@@ -253,7 +253,7 @@ def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: 
 
 
 def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
-    from lion_distill.train import delete_checkpoints, train_seq2seq_multitask
+    from lion_distill.train import train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
     rows, valid = cell_rows(cfg, run, cell)
@@ -273,8 +273,6 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         task="multitask" if cell.method == "step_by_step" else "standard",
         validation=validation_for(cfg, run, valid, task),
     )
-    if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
-        delete_checkpoints(result.model_dir)
     scored_on = "test" if cfg.validation == "reference" else "valid"
     validations = [
         {

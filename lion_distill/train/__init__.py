@@ -15,13 +15,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from lion_distill.config.models import TrainConfig
-from lion_distill.train.result import TrainResult
+from lion_distill.train.result import TooFewRows, TrainResult
 from lion_distill.train.validation import Validation
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
+__all__ = [
+    "TooFewRows",
+    "TrainResult",
+    "Validation",
+    "delete_checkpoints",
+    "train_causal_sft",
+    "train_seq2seq_multitask",
+]
 
 
 def train_causal_sft(

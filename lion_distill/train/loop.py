@@ -18,6 +18,8 @@ checkpoint, validations so far included (Ray Train V2 keeps it under
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -45,8 +47,8 @@ from lion_distill.metrics.curve import TrainingCurve
 from lion_distill.train import batches as B
 from lion_distill.train import lora
 from lion_distill.train import step as S
-from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
-from lion_distill.train.result import TrainResult
+from lion_distill.train.checkpoint import checkpoint_settings, load_checkpoint, publish_dir, save_checkpoint
+from lion_distill.train.result import TooFewRows, TrainResult
 from lion_distill.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("lion_distill.train")
@@ -89,10 +91,11 @@ def fit(
             )
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
-            raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+            raise TooFewRows(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
+            "settings": training_settings(cfg, model_path, kind, n_usable),
             "train": cfg.model_dump(),
             "model_path": model_path,
             "output_dir": output_dir,
@@ -128,6 +131,16 @@ def fit(
         if m.get("peak_flops") and rec.gpus:
             rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
     return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
+
+
+UNTRAINED_SETTINGS = ("start_timeout_s", "keep_checkpoints", "max_failures", "checkpoint_every_steps")
+
+
+def training_settings(cfg: TrainConfig, model_path: str, kind: str, rows: int) -> str:
+    """What a training's trajectory depends on, as a digest: a checkpoint made under another is not
+    resumed from (a changed learning rate, other rows) but trained over from the start."""
+    train = cfg.model_dump(mode="json", exclude=set(UNTRAINED_SETTINGS))
+    return hashlib.sha256(json.dumps([train, model_path, kind, rows], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _pad_id(model_path: str) -> int:
@@ -284,7 +297,11 @@ def _train_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
+            if checkpoint_settings(folder) == config["settings"]:
+                state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
+            else:  # another config's (or rows') trajectory: not this one's to go on with
+                log.warning("%s: its checkpoint was made with other train settings; training starts over", folder)
+    state["settings"] = config["settings"]
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
     tasks = 2 if config["kind"] == "multitask" else 1
