@@ -151,16 +151,23 @@ def export(argv: list[str]) -> int:
         "--to", required=True, help="the folder to write: iter_<k>/ (save_to_disk) and README.md (the card)"
     )
     parser.add_argument(
-        "--push-to-hub", metavar="NAME", help="also push to this hub dataset repository (HF_TOKEN or `hf auth login`)"
+        "--push-to-hub",
+        metavar="NAME",
+        help="also push to this hub dataset repository, private (HF_TOKEN or `hf auth login`)",
     )
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository")
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
         return 2
-    counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    if args.public and not args.push_to_hub:
+        print("error: --public goes with --push-to-hub", file=sys.stderr)
+        return 2
+    counts = export_run(args.run_dir, args.to, args.push_to_hub, public=args.public)
     for k, splits in counts.items():
         print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
-    print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    pushed = f"; pushed to {args.push_to_hub} ({'public' if args.public else 'private'})" if args.push_to_hub else ""
+    print(f"written: {args.to.rstrip('/')}/README.md" + pushed)
     return 0
 
 

@@ -219,12 +219,62 @@ def lora_problems(name: str, train: TrainConfig) -> list[str]:
     ]
 
 
+def secret_problems(cfg: BaseModel) -> list[str]:
+    """A credential written into the run directory's or an endpoint's URI (lion_distill.data.uri_secrets):
+    refused before the plan too, which writes the config's plan into the run directory."""
+    from lion_distill.data.uri_secrets import uri_problem
+
+    uris = [("run_dir", getattr(cfg, "run_dir", None))]
+    uris += [(f"{name}.openai.base_url", role.openai.base_url) for name, role in roles(cfg) if role.openai]
+    uris += [(f"{name}.uri", tracking.uri) for name, tracking in _sections(cfg, TrackingConfig)]
+    return [problem for field, uri in uris if (problem := uri_problem(field, uri))]
+
+
+def stage_problems(cfg: BaseModel) -> list[str]:
+    """What a stage checks of its config as it starts, checked now: a constrained review that cannot
+    fit the referee's (or judge's) max_tokens, a constraint asked of a role that cannot be constrained
+    (a stage refusing it after an imitation has trained would waste that training)."""
+    from functools import partial
+
+    from lion_distill.judging.judge import check_constraint
+    from lion_distill.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
+    from lion_distill.llm import check_structured_output
+    from lion_distill.llm.answers import constraint
+
+    def generator_constraint(lion, generator):
+        structured = constraint(lion.generator_constraint, generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
+        check_structured_output(structured, generator.backend)
+
+    checks = []
+    if isinstance(cfg, RunConfig):
+        lion = cfg.lion
+        checks.append(
+            ("referee.sampling", partial(check_constraint, cfg.referee, lion.referee_constraint, lion.referee_prompt))
+        )
+        checks.append(("lion.generator_constraint", partial(generator_constraint, lion, cfg.generator)))
+    for name, e in _sections(cfg, EvalConfig):
+        checks.append(
+            (f"{name}.judge.sampling", partial(check_constraint, e.judge, e.judge_constraint, e.judge_prompt))
+        )
+    problems = []
+    for where, check in checks:
+        try:
+            check()
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
+    return problems
+
+
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     """Every problem that would stop the plan or the run, one line each, and the notes."""
     checks = Checks()
+    checks.inputs += secret_problems(cfg)
+    if checks.inputs:  # nothing else is checked: a check's own line could name the URI (and its key)
+        return checks
     for name, data in _sections(cfg, DataConfig):
         checks.inputs += data_problems(name, data)
     checks.inputs += chat_template_problems(cfg)
+    checks.inputs += stage_problems(cfg)
     models = list(roles(cfg))
     if isinstance(cfg, StepByStepConfig):
         checks.inputs += step_by_step_problems(cfg)

@@ -179,7 +179,7 @@ class Driver:
 
 NAMESPACE = "lion-distill"
 ACTOR_PREFIX = "driver-"
-ACTOR_CALL_TIMEOUT_S = 120.0  # a call to the driver actor: it reads and writes one small file
+ACTOR_CALL_TIMEOUT_S = 120.0  # a call to the driver actor (ServingConfig.call_timeout_s's default)
 
 
 def actor_name(run: RunDir, run_id: str) -> str:
@@ -222,22 +222,24 @@ def run_stages(
     report: Callable[[RunDir], object] | None = None,
     tracking_cfg: TrackingConfig | None = None,
     config: dict | None = None,
+    call_timeout_s: float = ACTOR_CALL_TIMEOUT_S,
 ) -> dict:
     """Run the stages not yet complete, in order; call report(run) after each; return the final state.
 
     `outputs` seeds state["outputs"] on a fresh run (e.g. the base student's path); on a resumed run
     the recorded outputs win. A stage that raises leaves the run resumable at that stage: its error
     goes up to the caller, named. `tracking_cfg`: each stage's figures, the resolved `config` and the
-    reports go to the experiment tracker too (lion_distill.metrics.tracking)."""
+    reports go to the experiment tracker too (lion_distill.metrics.tracking). `call_timeout_s`: the
+    deadline of each call to the driver actor (`serving.call_timeout_s`)."""
     import ray
 
-    actor = driver(run, fresh_state(job, name, outputs))
+    actor = driver(run, fresh_state(job, name, outputs), call_timeout_s)
     tracker, failed = None, True
     try:
         tracker = tracking.open_tracker(tracking_cfg, run, name)
         if tracker is not None and config is not None:
             tracking.log_config(tracker, config)
-        state = ray.get(actor.plan.remote([s.name for s in stages]), timeout=ACTOR_CALL_TIMEOUT_S)
+        state = ray.get(actor.plan.remote([s.name for s in stages]), timeout=call_timeout_s)
         if state["completed"]:
             log.info("%s: resuming %s at %s", job, run.uri, next_stage(state))
         for index, stage in enumerate(stages):
@@ -252,7 +254,7 @@ def run_stages(
             except Exception as exc:
                 raise StageError(stage.name, exc) from exc
             crash_point("stage-done")  # the stage's outputs are written, its completion is not
-            state = ray.get(actor.complete.remote(stage.name, stage.bucket, result), timeout=ACTOR_CALL_TIMEOUT_S)
+            state = ray.get(actor.complete.remote(stage.name, stage.bucket, result), timeout=call_timeout_s)
             if stage.cleanup is not None:
                 stage.cleanup()
             if tracker is not None:

@@ -477,3 +477,16 @@ def test_a_failed_request_is_told_apart_from_a_missing_response_alike_on_rows_an
         ),
     )
     assert rec.failed_rows == 2  # a stage's row without a reason was lost: counted with the failed
+
+
+def test_a_servers_retry_after_is_capped_and_a_new_jobs_limits_replace_the_gates():
+    from lion_distill.llm.ratelimit import Admission, ServerHints
+
+    hints = ServerHints.from_headers({"retry-after": "3600", "x-ratelimit-reset-tokens": "2h"}, max_wait_s=60.0)
+    assert (hints.retry_after_s, hints.reset_tokens_s) == (60.0, 60.0)
+    gate = Admission(requests_per_minute=60, tokens_per_minute=6000)
+    gate.observe(hints, now=0.0)
+    assert gate.blocked_until == 60.0  # every actor pauses a minute, not an hour
+    # The gate outlives jobs (a detached actor per endpoint): the next job's limits replace the first's.
+    gate.set_limits(requests_per_minute=600, tokens_per_minute=6000)
+    assert gate.requests.per_minute == 600 and gate.requests.capacity == 100 and gate.tokens.per_minute == 6000

@@ -97,6 +97,12 @@ class OpenAIEndpoint(Strict):
     timeout_s: PositiveFloat = 60.0
     max_retries: int = Field(6, ge=0)
     budget_usd: PositiveFloat | None = None  # stop the stage cleanly once spent
+    max_retry_after_s: PositiveFloat = Field(
+        60.0,
+        description="The longest pause a server's Retry-After (or a rate-limit reset with nothing left) imposes "
+        "on every actor of the cluster, in seconds; a longer one is cut to this. Default 60: the openai "
+        "client's own cap on the Retry-After it honours.",
+    )
 
 
 class RoleConfig(Strict):
@@ -145,6 +151,12 @@ class ServingConfig(Strict):
     # (Ray Data's vLLM processor) gives it to each of its actor pools in turn: the chat-template
     # and tokenizer workers (seconds each), then the engines.
     ready_timeout_s: PositiveFloat = 900.0
+    call_timeout_s: PositiveFloat = Field(
+        120.0,
+        description="How long one call to the job's own state actor (lion_distill.runner) may take, in "
+        "seconds, before the job stops naming it instead of waiting on (the actor's node gone, say). "
+        "Default 120: the call reads and writes one small file.",
+    )
 
     @model_validator(mode="before")
     @classmethod

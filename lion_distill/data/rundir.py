@@ -3,7 +3,8 @@
 Writes are atomic where the filesystem allows it: write a temporary file, then
 rename it over the target, so a killed job leaves either the old file or the new
 one, never half of one. (Object stores implement the rename as copy + delete: the
-target still only ever appears whole.)
+target still only ever appears whole. S3's copy is one CopyObject up to 5 GiB; a
+larger file is streamed into place, a multipart upload, which also appears whole.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+COPY_OBJECT_LIMIT = 5 << 30  # S3's largest object one CopyObject (pyarrow's move) copies
 
 
 class RunDir:
@@ -72,7 +75,15 @@ class RunDir:
         except BaseException:
             self.fs.delete_file(tmp)
             raise
-        self.fs.move(tmp, target)
+        self._move(tmp, target)
+
+    def _move(self, source: str, target: str) -> None:
+        """`fs.move`, except for an object-store file above COPY_OBJECT_LIMIT: streamed, then removed."""
+        if not self.is_local and (self.fs.get_file_info(source).size or 0) > COPY_OBJECT_LIMIT:
+            pafs.copy_files(source, target, source_filesystem=self.fs, destination_filesystem=self.fs)
+            self.fs.delete_file(source)
+            return
+        self.fs.move(source, target)
 
     @contextmanager
     def table_writer(self, rel: str, schema: pa.Schema):
@@ -82,7 +93,7 @@ class RunDir:
             yield writer
 
     def move(self, rel: str, to: str) -> None:
-        self.fs.move(self.path(rel), self.path(to))
+        self._move(self.path(rel), self.path(to))
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:

@@ -93,7 +93,8 @@ def _answer(
 ) -> tuple[list[dict], StageRecord]:
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
     answers, record = answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
-    stop_if_transient(stage, answers)  # before they are saved: a failure that passes is asked again
+    if stage == "eval/reference":  # before they are saved: a failure that passes is asked again
+        stop_if_transient(stage, answers)  # (a candidate that cannot answer has lost: failed_answer_loses)
     return answers.to_pylist(), record
 
 

@@ -32,6 +32,10 @@ from lion_distill.llm.responses import failed, is_failed
 
 OK = "ok"
 UNPARSEABLE = failed("unparseable review")
+# Cut at max_tokens where its scores are (the last lines, or a first line not ended): "10" cut to "1"
+# would read as a score, so it is not read, and is asked again as an unparseable review is.
+REVIEW_CUT = failed("review cut at max_tokens")
+UNREADABLE = (UNPARSEABLE, REVIEW_CUT)
 EMPTY_ANSWER = failed("empty answer")
 LOWEST_SCORE = 1.0
 
@@ -75,6 +79,8 @@ def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[fl
     reason = review.get("finish_reason") or ""
     if is_failed(reason):
         return reason
+    if reason == "length" and not (rubric.scores_first and "\n" in (review.get("text") or "").strip()):
+        return REVIEW_CUT
     scores = rubric.parse(review.get("text"))
     if scores is None:
         return UNPARSEABLE
@@ -170,7 +176,7 @@ def judgment_rows(
         if failure is None:
             first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
             failure = next((s for s in (first, second) if isinstance(s, str)), None)
-        if failure == UNPARSEABLE and lost and not failed_answer_loses:
+        if failure in UNREADABLE and lost and not failed_answer_loses:
             rows.append(
                 {
                     **row,
@@ -212,8 +218,9 @@ def judgment_table(rows: list[dict], roles: tuple[str, str] = ROLES) -> pa.Table
 
 
 def unparseable_ids(judgments: pa.Table) -> pa.Array:
-    """Ids worth asking the referee again (with another seed): a review could not be read."""
-    return judgments.column("id").filter(pc.equal(judgments.column("status"), UNPARSEABLE)).combine_chunks()
+    """Ids worth asking the referee again (with another seed): a review could not be read, or was cut."""
+    unreadable = pc.is_in(judgments.column("status"), value_set=pa.array(UNREADABLE, pa.string()))
+    return judgments.column("id").filter(unreadable).combine_chunks()
 
 
 def merge_retried(judgments: pa.Table, retried: pa.Table) -> pa.Table:

@@ -166,6 +166,7 @@ def run(cfg: RunConfig) -> dict:
             report=write_report,
             tracking_cfg=cfg.tracking,
             config=config,
+            call_timeout_s=cfg.serving.call_timeout_s,
         )
     write_report(rundir)
     give_back_memory()

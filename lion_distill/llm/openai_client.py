@@ -327,7 +327,7 @@ class OpenAIGenerator:
             self.attempts[rid] += 1
 
     async def _on_response(self, response) -> None:
-        hints = ServerHints.from_headers(response.headers)
+        hints = ServerHints.from_headers(response.headers, self.endpoint.max_retry_after_s)
         if hints is not None:
             await self.gate.observe(hints)
 

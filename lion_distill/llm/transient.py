@@ -31,7 +31,7 @@ TRANSIENT_REASONS = {
     "connection": r"connection error",
     "rate_limit": r"HTTP 429",
     "server_error": r"HTTP (?:408|409|5\d\d)|malformed response|engine error (?:None|5\d\d)",
-    "engine_lost": r"EngineDeadError",
+    "engine_lost": r"EngineDeadError|engine lost",
     "budget": r"budget",
 }
 _PATTERN = re.compile(r"^failed: (?:" + "|".join(f"(?P<{kind}>{p})" for kind, p in TRANSIENT_REASONS.items()) + ")")

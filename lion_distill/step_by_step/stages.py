@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.runner import StageResult
 from lion_distill.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
@@ -113,6 +114,9 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
     problem = teacher_failed(answered)
     if problem:
         raise TeacherFailed(problem)
+    # A failure that passes is no "no reply": the stage stops and the next run asks it again (the
+    # answered ones from the response cache).
+    stop_if_transient("rationales/teacher", pa.Table.from_pylist(answered))
     replies = {r["id"]: r["text"] for r in answered}
     return [{**row, "text": replies[row["id"]]} for row in rows], rec
 
