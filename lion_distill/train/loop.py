@@ -133,12 +133,21 @@ def fit(
     return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
 
 
-UNTRAINED_SETTINGS = ("start_timeout_s", "keep_checkpoints", "max_failures", "checkpoint_every_steps")
+# Settings a checkpoint's steps so far do not depend on: how the run is kept, and how long it goes on
+# (a longer training, more epochs or max_steps, goes on from where the last one ended).
+UNTRAINED_SETTINGS = (
+    "start_timeout_s",
+    "keep_checkpoints",
+    "max_failures",
+    "checkpoint_every_steps",
+    "epochs",
+    "max_steps",
+)
 
 
 def training_settings(cfg: TrainConfig, model_path: str, kind: str, rows: int) -> str:
-    """What a training's trajectory depends on, as a digest: a checkpoint made under another is not
-    resumed from (a changed learning rate, other rows) but trained over from the start."""
+    """What a training's steps so far depend on, as a digest: a checkpoint made under another (a
+    changed learning rate, batch size or model, other rows) is not resumed from: training starts over."""
     train = cfg.model_dump(mode="json", exclude=set(UNTRAINED_SETTINGS))
     return hashlib.sha256(json.dumps([train, model_path, kind, rows], sort_keys=True).encode()).hexdigest()[:16]
 
