@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lion_distill.crashpoints import crash_point
+
 COPY_OBJECT_LIMIT = 5 << 30  # S3's largest object one CopyObject (pyarrow's move) copies
 
 
@@ -63,8 +65,9 @@ class RunDir:
             out.write(data)
 
     @contextmanager
-    def _atomic(self, rel: str):
-        """An output stream to a temporary file, renamed over `rel` once the block ends without an error."""
+    def _atomic(self, rel: str, point: str | None = None):
+        """An output stream to a temporary file, renamed over `rel` once the block ends without an error.
+        `point`: the crash point (lion_distill.crashpoints) between the two, written but not in place."""
         target = self.path(rel)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
@@ -75,6 +78,8 @@ class RunDir:
         except BaseException:
             self.fs.delete_file(tmp)
             raise
+        if point is not None:
+            crash_point(point)
         self._move(tmp, target)
 
     def _move(self, source: str, target: str) -> None:
@@ -107,9 +112,9 @@ class RunDir:
             return default
         return json.loads(self.read_bytes(rel))
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
+    def write_table(self, rel: str, table: pa.Table, point: str | None = None) -> None:
         # Straight to the (temporary) file: a pool's parquet is not first built in memory and copied.
-        with self._atomic(rel) as out:
+        with self._atomic(rel, point) as out:
             pq.write_table(table, out)
 
     def read_table(self, rel: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:

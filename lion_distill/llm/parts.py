@@ -53,7 +53,7 @@ class Parts:
         )
         if final.num_rows:
             keep = [name for name in final.column_names if not name.startswith("_")]
-            RunDir(self.uri).write_table(part_name(final.column("id")), final.select(keep))
+            RunDir(self.uri).write_table(part_name(final.column("id")), final.select(keep), point="part-write")
         return block
 
 
