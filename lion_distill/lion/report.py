@@ -47,6 +47,7 @@ THROUGHPUT = (
     "completion_tokens_per_s",
     "tokens_per_s_per_gpu",
     "failed_rows",
+    "asked_again_after_failure",  # rows an earlier attempt got only a failure that passes for (lion_distill.llm.transient)
 )
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)

@@ -110,7 +110,8 @@ def publish_dir(local: str, target: str) -> None:
     if "://" not in target:
         target = os.path.abspath(target)
         staging = f"{target}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        for left in Path(target).parent.glob(f"{Path(target).name}.tmp-*"):  # a killed publish's, any process
+            shutil.rmtree(left, ignore_errors=True)
         shutil.copytree(local, staging)
         Path(staging, EXPORT_COMPLETE).write_text(json.dumps({"files": len(os.listdir(local))}))
         crash_point("export")  # copied, not yet in place

@@ -14,7 +14,9 @@ def files_with(root: Path, needle: str) -> list[Path]:
 
 
 def leftovers(run: Path) -> list[Path]:
-    """Files a finished run keeps from a killed one: temp files, open journals, rows for workers,
-    training checkpoints (deleted once their stage is recorded)."""
+    """Files a finished run keeps from a killed one: temp files (but a killed part writer's, in its
+    call's parts folder, never read: docs/reliability.md), open journals, rows for workers, training
+    checkpoints (deleted once their stage is recorded)."""
     patterns = ("*.tmp-*", "*.jsonl.open", "*.open.jsonl", "*/requests/*", "*/train_rows/*", "*/ray_train/*")
-    return sorted({p for pattern in patterns for p in run.rglob(pattern)})
+    found = {p for pattern in patterns for p in run.rglob(pattern)}
+    return sorted(p for p in found if not (p.name.startswith("part-") and "/parts/" in str(p)))
