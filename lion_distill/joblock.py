@@ -36,14 +36,11 @@ from contextlib import contextmanager
 from urllib.parse import parse_qs, urlparse
 
 from lion_distill.data import RunDir
+from lion_distill.errors import RunDirBusy
 
 LOCK = "job.lock"
 PROBE_TIMEOUT_S = 5.0  # asking another cluster whether the holder's job still runs
 _KUBERAY_CLUSTER = re.compile(r"^(?P<rayjob>.+)-raycluster-[a-z0-9]{5}$")
-
-
-class RunDirBusy(RuntimeError):
-    """Another job is running on this run directory."""
 
 
 def this_job() -> dict:

@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from lion_distill.config.models import TrackingConfig
 from lion_distill.crashpoints import crash_point
 from lion_distill.data import RunDir
+from lion_distill.data.rundir import FORMAT, format_problem
 from lion_distill.driver_node import on_driver_node
+from lion_distill.errors import RunDirFormatError, StageError, StateFileError
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import tracking
 
 log = logging.getLogger("lion_distill")
 
 STATE_FILE = "state.json"
-STATE_VERSION = 2
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Stage:
 
 def fresh_state(job: str, name: str, outputs: dict | None = None) -> dict:
     return {
-        "version": STATE_VERSION,
+        "version": FORMAT,
         "run_id": uuid.uuid4().hex,
         "job": job,
         "name": name,
@@ -112,27 +113,26 @@ def record_stage(state: dict, stage: str, bucket: str, result: StageResult) -> d
     return new
 
 
-class StateFileError(RuntimeError):
-    """A run directory's state.json that cannot be used; the message names the file and what to do."""
-
-
-def read_state(run: RunDir) -> dict | None:
-    """The run directory's state; None for a new directory. One line (StateFileError) for a file that
-    is not a state of this engine."""
+def check_format(run: RunDir) -> dict | None:
+    """The run directory's state (None when new), read where a run begins: on the driver, not inside
+    the actor, where it would surface as the actor's death. One line for a file that cannot be used:
+    StateFileError when it is not a state at all, RunDirFormatError when it is another format's
+    (lion_distill.data.rundir.format_problem): this version neither resumes nor exports it."""
+    where = run.uri_of(STATE_FILE)
     try:
         state = run.read_json(STATE_FILE)
     except (ValueError, UnicodeDecodeError) as e:
         raise StateFileError(
-            f"{run.path(STATE_FILE)}: not readable as a run's state ({type(e).__name__}: {str(e)[:80]}); "
+            f"{where}: not readable as a run's state ({type(e).__name__}: {str(e)[:80]}); "
             "restore it from a copy, or start a new run directory"
         ) from None
-    if state is not None and (not isinstance(state, dict) or state.get("version") != STATE_VERSION):
-        version = state.get("version") if isinstance(state, dict) else None
+    if state is not None and not isinstance(state, dict):
         raise StateFileError(
-            f"{run.path(STATE_FILE)}: written by an older version of this engine "
-            f"(state version {version}, expected {STATE_VERSION}); "
-            "start a new run directory"
+            f"{where}: holds a JSON {type(state).__name__}, not a run's state; start a new run directory"
         )
+    problem = format_problem(state, where)
+    if problem:
+        raise RunDirFormatError(problem)
     return state
 
 
@@ -143,7 +143,7 @@ class Driver:
     def __init__(self, run_uri: str, initial: dict):
         self.run = RunDir(run_uri)
         self.run_id = initial["run_id"]
-        state = read_state(self.run)
+        state = check_format(self.run)
         if state is None:  # a new directory: its run begins here
             self.state = initial
         else:
@@ -163,7 +163,7 @@ class Driver:
 
     def reload(self) -> dict:
         # The run directory is the source of truth: never the actor's memory over it.
-        self.state = self._check(read_state(self.run))
+        self.state = self._check(check_format(self.run))
         return self.state
 
     def plan(self, stages: list[str]) -> dict:
@@ -192,7 +192,7 @@ def driver(run: RunDir, initial: dict, timeout_s: float = ACTOR_CALL_TIMEOUT_S):
     asked. Only one job runs on a run directory (lion_distill.joblock), so no other job uses them."""
     import ray
 
-    state = read_state(run)
+    state = check_format(run)
     run_id = initial["run_id"] if state is None or not state.get("run_id") else state["run_id"]
     name = actor_name(run, run_id)
     directory = name[: len(ACTOR_PREFIX) + 12]
@@ -271,11 +271,3 @@ def run_stages(
         ray.kill(actor)
         if tracker is not None:
             tracker.close(failed)
-
-
-class StageError(RuntimeError):
-    """A stage failed; the run directory stays resumable at that stage."""
-
-    def __init__(self, stage: str, cause: BaseException):
-        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
-        self.stage, self.cause = stage, cause

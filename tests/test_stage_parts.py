@@ -71,25 +71,25 @@ def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
 def test_a_transient_failure_is_never_done_and_the_first_complete_row_is_the_answer(tmp_path):
     run = RunDir(tmp_path)
     parts = Parts(run.uri_of("calls/x"))
-    # An outage: "b" and "c" failed for reasons that pass, "d" for one that does not (context overflow).
+    # An outage: "b" and "c" failed for reasons that pass, "d" for one that does not (a bad request).
     parts(
         pa.table(
             {
                 "id": ["a", "b", "c", "d"],
                 "text": ["x", None, None, None],
-                "finish_reason": [
-                    "stop",
-                    "failed: connection error (ConnectError)",
-                    "failed: HTTP 503",
-                    "failed: HTTP 400",
-                ],
+                "finish_reason": ["stop", "error", "error", "error"],
+                "error_kind": [None, "connection", "server_error", "bad_request"],
             }
         )
     )
     done, again = part_ids(run, "calls/x")
     assert sorted(done.to_pylist()) == ["a", "d"] and sorted(again.to_pylist()) == ["b", "c"]
     # The resumed call asks "b" and "c" again: "b" is answered, "c" fails again.
-    parts(pa.table({"id": ["b", "c"], "text": ["y", None], "finish_reason": ["stop", "failed: timeout"]}))
+    parts(
+        pa.table(
+            {"id": ["b", "c"], "text": ["y", None], "finish_reason": ["stop", "error"], "error_kind": [None, "timeout"]}
+        )
+    )
     assert sorted(written_ids(run, "calls/x").to_pylist()) == ["a", "b", "d"]
     answers = read_answers(run, "calls/x", ["id", "text", "finish_reason"])
     by_id = {r["id"]: r for r in answers.to_pylist()}

@@ -28,13 +28,15 @@ from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.remote import export_complete
 from lion_distill.data.tables import first_per_id, in_order
+from lion_distill.errors import NothingToImitate, TooFewRows
 from lion_distill.lion.conversations import conversation_sft, earlier_turns
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
 from lion_distill.llm.serving import training
 from lion_distill.llm.transient import stop_if_transient, transient_mask
 from lion_distill.metrics import StageRecord, usage
+from lion_distill.runner import StageResult
 
 log = logging.getLogger("lion_distill.lion")
 
@@ -42,13 +44,48 @@ RESPONSES, TEACHER = "teacher_responses.parquet", "teacher.json"
 TURNS = "teacher_turns.parquet"  # the teacher's answers to conversations' earlier user turns
 
 
-class NothingToImitate(ValueError):
-    """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
+def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
+    """-> the stage's result: outputs the new student checkpoint, counters, iteration summary."""
+    train_pool = shown(pool(run, k, "train"), cfg.lion.show_input)
+    responses, answers, records = teacher_answers(cfg, run, k, train_pool)
+    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
+    failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
+    check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
+    trained = train_student(cfg, run, k, student_model, sft, records)
+    student_model = trained or student_model
+    log.info(
+        "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
+        k,
+        train_pool.num_rows,
+        sft.num_rows,
+        truncated,
+        "trained without eos" if cfg.lion.train_on_truncated else "left out",
+        student_model,
+    )
+    extra = {
+        "lion/imitation_asked": train_pool.num_rows,
+        "lion/imitation_failed_answers": failed,
+        "lion/imitation_truncated_answers": truncated,
+        "lion/imitation_trained": sft.num_rows,
+        "lion/imitation_kept_student": int(trained is None),
+    }
+    write_stage_metrics(run, k, "imitation", records, extra)
+    summary = {
+        "imitation_rows": train_pool.num_rows,
+        "imitation_answered": responses.num_rows - failed,
+        "imitation_truncated": truncated,
+        "imitation_trained": sft.num_rows,
+        "imitation_kept_student": trained is None,
+    }
+    return StageResult({"student_model": student_model}, usage(records), summary)
 
 
-def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
-    train_pool = pool(run, k, "train")
+def teacher_answers(
+    cfg: RunConfig, run: RunDir, k: int, train_pool: pa.Table
+) -> tuple[pa.Table, pa.Table, list[StageRecord]]:
+    """-> (the teacher's answer to each train-pool instruction, in its order; every answer known,
+    a conversation's earlier turns' included; the records of the calls that bought them). Those
+    paid for before are reused; the rest are asked now, and all are written before training."""
     saved, records = saved_answers(cfg, run, k)
     # This attempt's saved answers first: they win over an earlier iteration's.
     known = first_per_id(
@@ -81,54 +118,19 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     run.write_json(
         rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]}
     )
-
-    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
-    failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
-    check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
-    summary = {
-        "imitation_rows": train_pool.num_rows,
-        "imitation_answered": responses.num_rows - failed,
-        "imitation_truncated": truncated,
-        "imitation_trained": sft.num_rows,
-    }
-    trained = _student(cfg, run, k, student_model, sft, records)
-    summary["imitation_kept_student"] = trained is None
-    student_model = trained or student_model
-    log.info(
-        "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
-        k,
-        train_pool.num_rows,
-        sft.num_rows,
-        truncated,
-        "trained without eos" if cfg.lion.train_on_truncated else "left out",
-        student_model,
-    )
-    write_stage_metrics(
-        run,
-        k,
-        "imitation",
-        records,
-        {
-            "lion/imitation_asked": train_pool.num_rows,
-            "lion/imitation_failed_answers": failed,
-            "lion/imitation_truncated_answers": truncated,
-            "lion/imitation_trained": sft.num_rows,
-            "lion/imitation_kept_student": int(trained is None),
-        },
-    )
-    return {"student_model": student_model}, usage(records), summary
+    return responses, answers, records
 
 
 TRAINED = "train.json"  # the training that made the exported student: what it depended on, and its record
 
 
-def _student(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table, records: list) -> str | None:
+def train_student(
+    cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table, records: list[StageRecord]
+) -> str | None:
     """The student trained on `sft` (its export), its record added to `records`; None where nothing
     can be trained (fewer usable rows than training workers: the previous student stays, as
     `lion.min_imitation_fraction` allows). An export this same training made before (the stage was
     killed before it was recorded) is taken as it is: a stage whose export exists does not retrain."""
-    from lion_distill.train import TooFewRows
-
     fingerprint = _training_fingerprint(cfg, student_model, sft)
     saved = run.read_json(rel(k, "imitation", TRAINED)) or {}
     student = run.uri_of(rel(k, "imitation", "student"))

@@ -30,6 +30,7 @@ from lion_distill.llm.serving import job_engines
 from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import usage
+from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, StageResult, run_stages
 from lion_distill.train import delete_checkpoints
 
@@ -86,8 +87,7 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
 
 def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     def fn(state: dict) -> StageResult:
-        outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
-        return StageResult(outputs, counters, summary)
+        return STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
 
     # An exported student's Ray Train checkpoints, once the imitation is recorded (lion_distill.runner).
     trained = name == "imitation" and not cfg.train.keep_checkpoints
@@ -139,12 +139,15 @@ def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_local_models(load_config(path, overrides))
 
 
-def run(cfg: RunConfig) -> dict:
-    cfg = absolute_paths(cfg)
+def resolved(cfg: RunConfig) -> RunConfig:
+    """The config as the run uses it and stores it in config.json: its paths absolute."""
+    return absolute_paths(cfg)
+
+
+def run(cfg: RunConfig, allow_config_change: bool = False) -> dict:
+    cfg = resolved(cfg)
     rundir = RunDir(cfg.run_dir)
-    # The resolved config holds the *names* of key variables, never their values.
-    config = cfg.model_dump(mode="json")
-    rundir.write_json("config.json", config)
+    config = store_config(rundir, cfg, allow_config_change)  # a resumed run's config is the stored one
     seed_pools(cfg, rundir)
     give_back_memory()  # the seed file's rows, read before the first stage
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}

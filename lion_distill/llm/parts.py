@@ -36,7 +36,7 @@ from lion_distill.llm.transient import transient_mask
 
 PART_SUFFIX = ".parquet"
 NOT_FINAL = "_serve_retry"  # lion_distill.llm.serve_backend.RETRY: a row the backend asks again
-DONE_COLUMNS = ("id", "finish_reason")  # what tells a done row from one to ask again
+DONE_COLUMNS = ("id", "error_kind")  # what tells a done row from one to ask again
 
 
 @dataclass(frozen=True)
@@ -77,21 +77,21 @@ def part_files(run: RunDir, rel: str) -> list[str]:
 
 
 def _done_columns(run: RunDir, files: list[str]) -> list[pa.Table]:
-    """Each part's `id` and `finish_reason` (null where a part has none), read alone."""
+    """Each part's `id` and `error_kind` (null where a part has none), read alone."""
     tables = []
     for path in files:
         with run.fs.open_input_file(path) as source:
             part = pq.ParquetFile(source)
             table = part.read(columns=[c for c in DONE_COLUMNS if c in part.schema_arrow.names])
-        if "finish_reason" not in table.column_names:
-            table = table.append_column("finish_reason", pa.nulls(table.num_rows, pa.string()))
+        if "error_kind" not in table.column_names:
+            table = table.append_column("error_kind", pa.nulls(table.num_rows, pa.string()))
         tables.append(table.select(list(DONE_COLUMNS)).cast(pa.schema([(c, pa.string()) for c in DONE_COLUMNS])))
     return tables
 
 
 def part_ids(run: RunDir, rel: str) -> tuple[pa.Array, pa.Array]:
     """-> (the ids a folder of parts has answered, the ids it holds only a transient failure for):
-    a resumed call asks the second again, never the first. Only `id` and `finish_reason` are read."""
+    a resumed call asks the second again, never the first. Only `id` and `error_kind` are read."""
     tables = _done_columns(run, part_files(run, rel))
     if not tables:
         empty = pa.array([], pa.string())

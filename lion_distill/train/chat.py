@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-IGNORE = -100
+from lion_distill.train.targets import IGNORE
 
 
 def assistant_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:

@@ -15,8 +15,3 @@ class TrainResult:
     # then holds the export of best_step.
     validations: list[dict] = field(default_factory=list)
     best_step: int | None = None
-
-
-class TooFewRows(ValueError):
-    """Fewer training rows than workers (after tokenisation left out those that teach nothing):
-    nothing can be trained, which a caller may accept (Lion keeps the previous student)."""
