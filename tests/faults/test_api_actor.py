@@ -12,7 +12,7 @@ import pytest
 
 from lion_distill.config.models import OpenAIEndpoint, Parallelism, RoleConfig, SamplingParams
 from lion_distill.data import RunDir
-from lion_distill.judging.judge import judge_pairs
+from lion_distill.judging.judge import Judging, judge_pairs
 from lion_distill.judging.referee import summarize
 from lion_distill.llm.ledger import read_spend
 from tests.faults.checks import files_with, paid_twice
@@ -74,14 +74,10 @@ def test_an_api_actor_killed_mid_call_pays_nothing_twice(ray_cluster, vllm_serve
             result["judgments"], result["records"] = judge_pairs(
                 referee,
                 _pairs(),
+                Judging(prompt="lion", constraint="regex", retries=0, use_logprobs=False, tau=1.0),
                 run=run,
                 stage="discrimination/referee",
                 draws="iter_0",
-                setting="regex",
-                prompt="lion",
-                retries=0,
-                use_logprobs=False,
-                tau=1.0,
                 parts="iter_0/discrimination/parts",
             )
 
