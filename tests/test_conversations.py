@@ -131,7 +131,7 @@ def test_a_conversation_asks_the_teacher_each_user_turn_given_the_turns_before_i
 
 
 def _chat_row(tok, messages, max_length=256):
-    ids, labels = tokenize_chat(tok, messages, max_length)
+    [(ids, labels)] = tokenize_chat(tok, messages, max_length)  # a prefix-preserving template: one sequence
     return ids, labels, tok.decode(ids[labels != IGNORE])
 
 
@@ -147,12 +147,12 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
         {"role": "assistant", "content": "Blue."},
     ]
     ids, labels, learnt = _chat_row(tok, messages)
-    assert learnt == "Red.</s>\nBlue.</s>\n"  # each answer and its end-of-turn, in the student's template
+    assert learnt == "Red.</s>Blue.</s>"  # each answer and its end-of-turn, in the student's template
     whole = tok.apply_chat_template(messages, tokenize=False)
     assert tok.decode(ids) == whole and tok.decode(ids[labels == IGNORE]).count("Be terse.") == 1
     # An answer its model was cut off in teaches no end of turn; max_length cuts the sequence.
     cut = [*messages[:4], {"role": "assistant", "content": "Blue.", "complete": False}]
-    assert _chat_row(tok, cut)[2] == "Red.</s>\nBlue."
+    assert _chat_row(tok, cut)[2] == "Red.</s>Blue."
     assert len(_chat_row(tok, messages, max_length=12)[0]) == 12
     # In a training batch conversations and Alpaca rows mix; counts are of learnt tokens.
     batch = {

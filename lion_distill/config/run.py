@@ -16,6 +16,7 @@ from lion_distill.config.models import (
     RoleConfig,
     ServingConfig,
     Strict,
+    StudentRoleConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -28,7 +29,7 @@ class RunConfig(Strict):
     name: str = "lion"
     data: DataConfig
     teacher: RoleConfig
-    student: RoleConfig
+    student: StudentRoleConfig
     referee: RoleConfig
     generator: RoleConfig
     lion: LionConfig = LionConfig()
