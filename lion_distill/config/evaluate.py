@@ -61,9 +61,14 @@ class CandidateConfig(Strict):
     role: RoleConfig | None = None
     lion_run: str | None = None
     iteration: int | None = Field(None, ge=0)  # with lion_run: that iteration's student; default the latest
-    # How a question is asked: "alpaca" as Lion students are trained, "chat" as chat models are.
-    # Default: alpaca for a Lion student, chat for a role.
-    prompt: Literal["alpaca", "chat"] | None = None
+    prompt: Literal["alpaca", "chat"] | None = Field(
+        None,
+        description=(
+            "How a question is asked: chat (its chat template, as chat models are served) or alpaca (Lion's "
+            "layout). Default: the format a Lion run's student was trained in (its student.prompt_format), "
+            "chat for a role."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CandidateConfig:
@@ -73,8 +78,8 @@ class CandidateConfig(Strict):
             )
         if self.iteration is not None and self.lion_run is None:
             raise ValueError("'iteration' picks a student of 'lion_run'; it needs lion_run")
-        if self.prompt is None:
-            self.prompt = "alpaca" if self.lion_run else "chat"
+        if self.prompt is None and self.role is not None:
+            self.prompt = "chat"
         return self
 
 

@@ -59,6 +59,14 @@ def cache_key(
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def sampling_key(role) -> dict:
+    """What of a role, beside its model, its answers depend on: its sampling and, when it sets
+    them, its chat template's variables (an `enable_thinking` changes the answer). Without
+    them the key is the sampling alone, so keys of older caches hold."""
+    sampling = role.sampling.model_dump()
+    return {**sampling, "chat_template_kwargs": role.chat_template_kwargs} if role.chat_template_kwargs else sampling
+
+
 def request_seed(seed: int | None, draw: str | None) -> int | None:
     """The seed of one drawn request, derived from the role's seed and the draw's identity
     (stage, iteration, round, row): reproducible on a re-run, different for every draw.

@@ -58,7 +58,7 @@ import openai
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
-from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed
+from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed, sampling_key
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
 from lion_distill.llm.responses import (
@@ -233,6 +233,8 @@ def request_body(
         body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
     body["messages" if chat else "prompt"] = prompt
+    if chat and role.chat_template_kwargs:  # vLLM's and Ray Serve LLM's field; sent only when set
+        body["chat_template_kwargs"] = role.chat_template_kwargs
     if logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
     if structured_output:
@@ -308,7 +310,7 @@ class OpenAIGenerator:
             {"request": [self._on_request], "response": [self._on_response]}, self.endpoint.max_concurrent_requests
         )
         self._bar, self._done, self._open_batches = None, 0, 0
-        self._sampling = role.sampling.model_dump()  # part of every cache key
+        self._sampling = sampling_key(role)  # part of every cache key
         self.client = openai.AsyncOpenAI(
             api_key=api_key.reveal(),
             base_url=self.endpoint.base_url,

@@ -99,7 +99,7 @@ def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | Non
         engine_kwargs=engine_kwargs(role, gpu, draw),
         batch_size=role.parallelism.batch_size,
         concurrency=role.parallelism.replicas,
-        chat_template_stage=chat,
+        chat_template_stage={"enabled": chat, "chat_template_kwargs": role.chat_template_kwargs or None},
         tokenize_stage=True,
         detokenize_stage=True,
         should_continue_on_error=True,

@@ -30,8 +30,6 @@ teacher's answer. Whitespace after the end-of-turn marker separates turns; it is
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 
@@ -200,13 +198,48 @@ def _name(tok) -> str:
     return getattr(tok, "name_or_path", None) or "the student"
 
 
-def has_chat_template(model_dir: str) -> bool:
-    """Whether a local model folder's tokenizer carries a chat template (read from its files,
-    without loading it)."""
-    if any(os.path.isfile(os.path.join(model_dir, name)) for name in ("chat_template.jinja", "chat_template.json")):
-        return True
+# What a student's template is asked to render before a run trains through it (lion_distill.preflight).
+PROBE = [
+    {"role": "system", "content": "probe system"},
+    {"role": "user", "content": "probe question one"},
+    {"role": "assistant", "content": "probe answer one"},
+    {"role": "user", "content": "probe question two"},
+    {"role": "assistant", "content": "probe answer two"},
+]
+THINKING_PROBE = "probe thinking"
+
+
+def template_problem(tok, template_kwargs: dict | None = None, *, thinking: bool = False) -> str | None:
+    """Why the student's template cannot train a conversation (None when it can): it raises on
+    one, its assistant turns cannot be found, or (with `thinking`) it has no form for a thinking."""
+    name = _name(tok)
+    probes = [PROBE[1:3], PROBE, PROBE[1:]]
+    if thinking:
+        probes.append([PROBE[1], {**PROBE[2], "reasoning": THINKING_PROBE}])
+    for probe in probes:
+        try:
+            learnt = [
+                tok.decode(ids[labels != IGNORE]) for ids, labels in tokenize_chat(tok, probe, 4096, template_kwargs)
+            ]
+        except Unmaskable as e:
+            return str(e)
+        except Exception as e:  # the template's own refusal (raise_exception), or a variable it lacks
+            return f"the chat template of {name} cannot render a conversation of {len(probe)} turns: {e}"
+        answers = [m for m in probe if m["role"] == "assistant"]
+        if not all(any(m["content"] in text for text in learnt) for m in answers):
+            return f"the chat template of {name} renders its assistant turns where they cannot be masked"
+        if thinking and probe[-1].get("reasoning") and not any(THINKING_PROBE in text for text in learnt):
+            return (
+                f"the chat template of {name} has no form for a thinking (it renders no reasoning_content): "
+                "it cannot be trained on the teacher's thinking"
+            )
+    return None
+
+
+def conversation_problem(tok, messages: list[dict], template_kwargs: dict | None = None) -> str | None:
+    """Why the student's template refuses this conversation (its roles, their order), if it does."""
     try:
-        with open(os.path.join(model_dir, "tokenizer_config.json"), encoding="utf-8") as f:
-            return bool(json.load(f).get("chat_template"))
-    except (OSError, ValueError):
-        return False
+        sequences(tok, messages, template_kwargs)
+    except Exception as e:  # jinja2's TemplateError from the template's raise_exception, or Unmaskable
+        return str(e)
+    return None
