@@ -43,6 +43,7 @@ RESPONSE_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("logprobs", pa.string()),
+        ("reasoning", pa.string()),  # parts written before it existed lack it: read as none
     ]
 )
 CACHE_SCHEMA = pa.schema([("key", pa.string()), *RESPONSE_SCHEMA])
@@ -132,7 +133,7 @@ def joinable(parts: pa.Table) -> pa.Table:
     """Cache parts -> the cache side of generate's join: one row per key, (CACHE_KEY_COL,
     CACHED_COL: the response as JSON), names no caller's row can hold."""
     parts = first_per_key(parts)
-    responses = parts.select(RESPONSE_SCHEMA.names).to_pylist()
+    responses = parts.select([n for n in RESPONSE_SCHEMA.names if n in parts.column_names]).to_pylist()
     return pa.table(
         {
             CACHE_KEY_COL: parts["key"].cast(pa.string()),

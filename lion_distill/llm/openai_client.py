@@ -61,6 +61,7 @@ from lion_distill.data.rundir import RunDir
 from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed, sampling_key
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
+from lion_distill.llm.reasoning import message_reasoning
 from lion_distill.llm.responses import (
     CACHE_KEY_COL,
     CACHED_COL,
@@ -253,6 +254,7 @@ def parse_completion(resp, chat: bool) -> dict:
     try:
         choice = resp["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
+        reasoning = message_reasoning(choice["message"]) if chat else None
         logprobs = choice.get("logprobs") or {}
         if chat and logprobs.get("content") is not None:
             steps = [
@@ -269,8 +271,15 @@ def parse_completion(resp, chat: bool) -> dict:
         return failed_row(f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
     if not isinstance(text, str):
         return failed_row("response without text")
+    if text is None and reasoning:  # a reply that is all thinking (cut before its answer)
+        text = ""
     return response_row(
-        text, choice.get("finish_reason") or "stop", prompt_tokens, completion_tokens, top_logprobs_json(steps)
+        text,
+        choice.get("finish_reason") or "stop",
+        prompt_tokens,
+        completion_tokens,
+        top_logprobs_json(steps),
+        reasoning,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lion_distill.llm.reasoning import split_reasoning
 from lion_distill.metrics import StageRecord
 
 PROMPT_COL = "_llm_prompt"
@@ -120,9 +121,13 @@ def response_row(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     logprobs: str | None = None,
+    reasoning: str | None = None,
 ) -> dict:
+    """One response; a thinking text's thinking is split off into `reasoning` (lion_distill.llm.reasoning)."""
+    text, reasoning = split_reasoning(text, reasoning)
     return {
         "text": text,
+        "reasoning": reasoning,
         "finish_reason": finish_reason,
         "prompt_tokens": int(prompt_tokens),
         "completion_tokens": int(completion_tokens),
@@ -144,6 +149,7 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
     out["role"] = [role_name] * n
     for col in ("text", "finish_reason", "prompt_tokens", "completion_tokens"):
         out[col] = [r[col] for r in responses]
+    out["reasoning"] = [r.get("reasoning") for r in responses]
     if with_logprobs:
         out["logprobs"] = [r.get("logprobs") for r in responses]
     for col in API_COLS:

@@ -129,6 +129,7 @@ def serve_response(row: dict, *, chat: bool, role_name: str, with_logprobs: bool
     out.update(
         role=role_name,
         text=reply["text"],
+        reasoning=reply.get("reasoning"),
         finish_reason=reply["finish_reason"],
         prompt_tokens=reply["prompt_tokens"],
         completion_tokens=reply["completion_tokens"],

@@ -21,6 +21,7 @@ from lion_distill.config.models import RoleConfig
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.engine_args import engine_ask, engine_kwargs, engine_placement
 from lion_distill.llm.parts import write_parts
+from lion_distill.llm.reasoning import split_reasoning
 from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
 
 
@@ -75,11 +76,15 @@ def to_response(
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
     if error:
-        out.update(text=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0)
+        out.update(
+            text=None, reasoning=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0
+        )
     else:
         done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
+        text, reasoning = split_reasoning(row.get("generated_text"))  # no reasoning parser in this stage
         out.update(
-            text=row.get("generated_text"),
+            text=text,
+            reasoning=reasoning,
             finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
             prompt_tokens=prompt,
             completion_tokens=done,

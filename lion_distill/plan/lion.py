@@ -155,6 +155,9 @@ class _Estimates(Estimates):
                 ("generator", "generation/generator"),
             )
         }
+        # A thinking teacher's completion tokens hold its thinking (servers count every generated token):
+        # paid for in full, trained on with teacher.reasoning keep, an upper bound of the training's otherwise.
+        self.note(f"teacher: completion tokens include any thinking (teacher.reasoning: {cfg.teacher.reasoning})")
         self.prompt = {
             "teacher": counters["teacher"].mean([teacher_messages(r) for r in rows]),
             "student": counters["student"].mean([student_prompt(r, prompt_format(cfg.student)) for r in rows]),
