@@ -189,3 +189,53 @@ def test_the_fixtures_are_the_files_their_readme_names():
     readme = (folder / "README.md").read_text()
     for template in folder.glob("*.jinja"):
         assert f"`{template.name}`" in readme
+
+
+CALL = {"id": "call00001", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+TOOLS = [
+    S,
+    U("What is 2 + 3?"),
+    A("", tool_calls=[CALL]),
+    {"role": "tool", "content": "5", "tool_call_id": "call00001", "name": "add"},
+    A("It is 5."),
+]
+
+
+def test_qwen3_learns_a_tool_call_as_it_renders_it_and_never_the_tool_result():
+    tok = template_tokenizer("qwen3")
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    question = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
+    result = "<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    # Qwen3 writes the empty thinking block only before the turn being generated: one sequence each.
+    assert masked(tok, TOOLS) == [
+        CHATML_SYSTEM + question + EMPTY_THINK + f"⟦{call}<|im_end|>⟧\n",
+        CHATML_SYSTEM + question + f"{call}<|im_end|>\n" + result + EMPTY_THINK + "⟦It is 5.<|im_end|>⟧\n",
+    ]
+
+
+def test_mistral_learns_a_tool_call_and_its_end_and_never_the_tool_result():
+    tok = template_tokenizer("mistral_v0_3")
+    call = '[TOOL_CALLS] [{"name": "add", "arguments": {"a": 2, "b": 3}, "id": "call00001"}]</s>'
+    question = "[INST] Be terse.\n\nWhat is 2 + 3?[/INST]"
+    [first, second] = masked(tok, TOOLS)
+    assert first == f"<s>{question}⟦{call}⟧"
+    assert second == (
+        "<s>[INST] What is 2 + 3?[/INST]"
+        + call
+        + '[TOOL_RESULTS] {"content": 5, "call_id": "call00001"}[/TOOL_RESULTS]'
+        "⟦ It is 5.</s>⟧"
+    )
+
+
+def test_roles_a_template_refuses_are_named_and_others_accepted():
+    from lion_distill.train.chat import conversation_problem
+
+    two_users = [U("a"), U("b"), A("c")]
+    assert "roles must alternate" in conversation_problem(template_tokenizer("gemma3"), two_users)
+    assert conversation_problem(template_tokenizer("qwen3"), two_users) is None  # Qwen3 renders them
+    bad_call = [
+        U("a"),
+        A("", tool_calls=[{**CALL, "id": "short"}]),
+        {"role": "tool", "content": "5", "tool_call_id": "short"},
+    ]
+    assert "length 9" in conversation_problem(template_tokenizer("mistral_v0_3"), [*bad_call, A("b")])

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lion_distill.llm.reasoning import THINK_CLOSE, THINK_OPEN
+
 IGNORE = -100
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as transformers and TRL detect it
 TEMPLATE_KEYS = ("tool_calls", "tool_call_id", "name")  # a turn's fields passed to the template beside content
@@ -135,13 +137,27 @@ def _answer_span(text: str, start: int, end: int, message: dict) -> tuple[int, i
     """The learnt characters of an assistant turn rendered as text[start:end]."""
     content = (message.get("content") or "").strip()
     at = text.rfind(content, start, end) if content else -1
-    if at > start and not message.get("reasoning") and text[start:at].strip():
-        start = at  # what the template wrote before the content for a thinking that is absent
+    if not message.get("reasoning"):
+        start = _after_empty_thinking(text, start)
     if message.get("complete") is False:
         if at < 0:
             return None  # a cut answer whose text the template changed: left out, not trained with its marker
         return start, at + len(content)
     return start, max(at + len(content), len(text[:end].rstrip()))
+
+
+def _after_empty_thinking(text: str, start: int) -> int:
+    """Past an empty thinking block the template writes at `start` for a thinking that is absent
+    (Qwen3's `<think>\\n\\n</think>\\n\\n`): the teacher did not write it."""
+    head = text[start:]
+    opened = head.lstrip()
+    if not opened.startswith(THINK_OPEN):
+        return start
+    close = opened.find(THINK_CLOSE)
+    if close < 0 or opened[len(THINK_OPEN) : close].strip():
+        return start
+    rest = opened[close + len(THINK_CLOSE) :]
+    return len(text) - len(rest.lstrip())
 
 
 def _marked(tok, messages: list[dict], shown: list[dict], template_kwargs: dict | None) -> Sequence:
