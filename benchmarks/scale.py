@@ -139,6 +139,8 @@ def scripted_generate(
             "role": pa.array([role_name] * n, pa.string()),
             "text": pa.array(texts, pa.string()),
             "finish_reason": pa.array(["stop"] * n, pa.string()),
+            "error_kind": pa.nulls(n, pa.string()),
+            "error": pa.nulls(n, pa.string()),
             "prompt_tokens": pa.array([64] * n, pa.int64()),
             "completion_tokens": pa.array(tokens, pa.int64()),
         }

@@ -71,21 +71,20 @@ def imitate(model_path: str, rows: list[dict], epochs: int, lr: float, batch_siz
     import torch
 
     from lion_distill.config.models import TrainConfig
-    from lion_distill.train import batches as B
-    from lion_distill.train import step as S
+    from lion_distill.train import batches, step
 
     cfg = TrainConfig(learning_rate=lr, epochs=epochs, batch_size=batch_size, max_length=max_length)
     cols = {k: [r[k] for r in rows] for k in ("instruction", "input", "response", "complete")}
-    tokens = B.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
-    pad = B.load_tokenizer(model_path).pad_token_id
-    model = S.setup_model(S.load_model(model_path, "causal"), torch.device("cpu"))
-    optimizer, scheduler = S.build_optimizer(model, cfg, -(-len(rows) // batch_size) * epochs)
+    tokens = batches.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
+    pad = batches.load_tokenizer(model_path).pad_token_id
+    model = step.setup_model(step.load_model(model_path, "causal"), torch.device("cpu"))
+    optimizer, scheduler = step.build_optimizer(model, cfg, -(-len(rows) // batch_size) * epochs)
     n_tokens, start = 0, time.perf_counter()
     for _ in range(epochs):
         for i in range(0, len(rows), batch_size):
-            batch = B.collate_causal({k: v[i : i + batch_size] for k, v in tokens.items()}, pad_id=pad)
-            S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
-            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            batch = batches.collate_causal({k: v[i : i + batch_size] for k, v in tokens.items()}, pad_id=pad)
+            step.backward(model, batch, cfg, torch.device("cpu"))
+            step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             n_tokens += int(batch["attention_mask"].sum())
     return model, {
         "train_s": time.perf_counter() - start,

@@ -60,7 +60,7 @@ def _rank(rank: int, world: int, port: int, path: str, mode: str, out: str) -> N
     import torch.distributed.fsdp  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
-    from lion_distill.train import step as S
+    from lion_distill.train import step
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -69,9 +69,9 @@ def _rank(rank: int, world: int, port: int, path: str, mode: str, out: str) -> N
     _reset_peak()
     device = torch.device("cpu")
     if mode == "full_per_rank":
-        model = S.setup_model(S.load_model(path, "causal"), device)
+        model = step.setup_model(step.load_model(path, "causal"), device)
     else:
-        model = S.load_sharded(path, "causal", device)
+        model = step.load_sharded(path, "causal", device)
     dist.barrier()
     Path(out, f"{mode}-{rank}.json").write_text(
         json.dumps({"before_mb": before, "peak_mb": _status_mb("VmHWM"), "after_mb": _status_mb("VmRSS")})

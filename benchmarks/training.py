@@ -8,8 +8,10 @@
 `ray` mode trains the tiny LLaMA on the same synthetic instruction set both ways and
 reports samples/s and tokens/s (training loop only, and end to end for Ray) and the
 overhead ratio. `mfu` mode runs `lion_distill.train.step` bare (FSDP2 over a one-rank
-process group, or every rank under torchrun) on random tokens: MFU = 6 * params *
-tokens/s / peak FLOPs. Writes JSON to --out.
+process group, or every rank under torchrun) on random tokens: MFU is the model's FLOPs
+(lion_distill.train.flops: 6N without the embedding plus attention's 12 L w T a token) over
+the timed steps' seconds and the GPU's dense bf16 peak (looked up by its exact name, or
+--peak-flops), with the peak memory the steps allocated. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -22,9 +24,21 @@ from pathlib import Path
 
 import torch
 
-from lion_distill.config.models import TrainConfig
-from lion_distill.train import batches as B
-from lion_distill.train import step as S
+from lion_distill.train import step
+from lion_distill.train.flops import mfu, model_flops, peak_flops
+
+# The optimizer and loss settings `mfu` mode trains with (as TrainConfig names them): a plain object,
+# so benchmarks/gpu_smoke.py runs this on a machine with torch and transformers only (no pydantic).
+MFU_STEP = dict(
+    architecture="causal",
+    learning_rate=1e-4,
+    weight_decay=0.0,
+    warmup_ratio=0.0,
+    lr_schedule="cosine",
+    max_grad_norm=1.0,
+    rationale_weight=1.0,
+    label_weight=1.0,
+)
 
 
 def synthetic_rows(n: int) -> list[dict]:
@@ -38,24 +52,26 @@ def synthetic_rows(n: int) -> list[dict]:
     ]
 
 
-def plain_loop(model_path: str, rows: list[dict], cfg: TrainConfig) -> dict:
+def plain_loop(model_path: str, rows: list[dict], cfg) -> dict:
     """The reference: one process, no Ray, no FSDP, same step code and data. One
     thread, like each Ray worker (Ray sets OMP_NUM_THREADS=1): on this 2-core box
     two intra-op threads measured 15x slower (10 vs 151 samples/s) under shared load."""
+    from lion_distill.train import batches
+
     torch.set_num_threads(1)
     cols = {k: [r[k] for r in rows] for k in rows[0]}
-    tokens = B.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
-    pad = B.load_tokenizer(model_path).pad_token_id
-    model = S.setup_model(S.load_model(model_path, "causal"), torch.device("cpu"))
+    tokens = batches.tokenize_causal(cols, tokenizer_path=model_path, max_length=cfg.max_length)
+    pad = batches.load_tokenizer(model_path).pad_token_id
+    model = step.setup_model(step.load_model(model_path, "causal"), torch.device("cpu"))
     n_batches = -(-len(rows) // cfg.batch_size)
-    optimizer, scheduler = S.build_optimizer(model, cfg, n_batches * cfg.epochs)
+    optimizer, scheduler = step.build_optimizer(model, cfg, n_batches * cfg.epochs)
     samples = n_tokens = 0
     start = time.perf_counter()
     for _ in range(cfg.epochs):
         for i in range(0, len(rows), cfg.batch_size):
-            batch = B.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
-            S.backward(model, batch, cfg, torch.device("cpu"), sync=True)
-            S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            batch = batches.collate_causal({k: v[i : i + cfg.batch_size] for k, v in tokens.items()}, pad_id=pad)
+            step.backward(model, batch, cfg, torch.device("cpu"))
+            step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             samples += batch["input_ids"].shape[0]
             n_tokens += int(batch["attention_mask"].sum())
     seconds = time.perf_counter() - start
@@ -67,6 +83,7 @@ def ray_mode(args) -> dict:
 
     import ray
 
+    from lion_distill.config.models import TrainConfig
     from lion_distill.tiny import build_tiny_models
     from lion_distill.train import train_causal_sft
 
@@ -117,7 +134,6 @@ def ray_mode(args) -> dict:
 
 def mfu_mode(args) -> dict:
     import torch.distributed as dist
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     device = torch.device(args.device)
     if not dist.is_initialized():  # torchrun sets RANK etc.; alone, a one-rank group still runs FSDP2
@@ -129,6 +145,64 @@ def mfu_mode(args) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        return mfu_run(args, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def mfu_run(args, device: torch.device) -> dict:
+    """The timed steps on random tokens, in the process group that is up (one rank or torchrun's)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = llama_shaped(args)
+    params, counter = step.parameter_count(model), model_flops(model)
+    model = step.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
+    cfg = SimpleNamespace(**MFU_STEP, batch_size=args.batch_size)
+    optimizer, scheduler = step.build_optimizer(model, cfg, args.steps + args.warmup)
+    ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        step.backward(model, batch, cfg, device)
+        step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    world = dist.get_world_size()
+    tokens_per_s = args.steps * args.batch_size * args.seq_len * world / seconds
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_flops or peak_flops(name)
+    flops = counter.batch(batch) * args.steps * world
+    del model, optimizer
+    return {
+        "device": name,
+        "ranks": world,
+        "params": params,
+        "seq_len": args.seq_len,
+        "batch_size_per_rank": args.batch_size,
+        "activation_checkpointing": args.activation_checkpointing,
+        "steps": args.steps,
+        "tokens_per_s": tokens_per_s,
+        "samples_per_s": tokens_per_s / args.seq_len,
+        "model_flops_per_token": counter.batch(batch) / (args.batch_size * args.seq_len),
+        "peak_flops_per_rank": peak,
+        "mfu": mfu(flops, seconds, peak * world) if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+    }
+
+
+def llama_shaped(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         hidden_size=args.hidden,
         intermediate_size=args.intermediate,
@@ -139,45 +213,15 @@ def mfu_mode(args) -> dict:
         max_position_embeddings=args.seq_len,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    params = S.parameter_count(model)
-    model = S.setup_model(model, device, activation_checkpointing=args.activation_checkpointing)
-    cfg = TrainConfig(batch_size=args.batch_size, learning_rate=1e-4, warmup_ratio=0.0)
-    optimizer, scheduler = S.build_optimizer(model, cfg, args.steps + args.warmup)
-    ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        S.backward(model, batch, cfg, device, sync=True)
-        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    world = dist.get_world_size()
-    tokens_per_s = args.steps * args.batch_size * args.seq_len * world / seconds
-    dist.destroy_process_group()
-    return {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "ranks": world,
-        "params": params,
-        "seq_len": args.seq_len,
-        "batch_size_per_rank": args.batch_size,
-        "steps": args.steps,
-        "tokens_per_s": tokens_per_s,
-        "samples_per_s": tokens_per_s / args.seq_len,
-        "peak_flops_per_rank": args.peak_flops,
-        "mfu": S.mfu(params, tokens_per_s, args.peak_flops * world),
-    }
+    return LlamaForCausalLM(config)
 
 
 def table(result: dict) -> str:
     if "mfu" in result:
         return (
             f"| device | ranks | params | tokens/s | MFU |\n| --- | ---: | ---: | ---: | ---: |\n"
-            f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | {result['mfu']:.2%} |"
+            f"| {result['device']} | {result['ranks']} | {result['params']:,} | {result['tokens_per_s']:,.0f} | "
+            f"{'n/a' if result['mfu'] is None else format(result['mfu'], '.2%')} |"
         )
     p, r = result["plain_torch_1_process"], result["ray_train_fsdp2_2_workers"]
     return (
@@ -189,7 +233,7 @@ def table(result: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["ray", "mfu"], default="ray")
     ap.add_argument("--out", default="benchmarks/out/training.json")
@@ -210,8 +254,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--activation-checkpointing", action="store_true")
-    ap.add_argument("--peak-flops", type=float, default=989e12, help="per rank; default H100 bf16 dense")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="dense bf16 peak per rank; default: the GPU's by its exact name (lion_distill.train.flops), else no MFU",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     result = ray_mode(args) if args.mode == "ray" else mfu_mode(args)
     print(table(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,18 +5,22 @@
     ray job submit --working-dir . -- python jobs/lion.py --config ...       # `ray job submit` sets RAY_ADDRESS
 
     lion-distill lion --config X --plan        # what the run will cost; no cluster, no request
+    lion-distill lion --config X --quiet       # no progress bars (they are off anyway where stderr is no terminal)
     lion-distill plan lion --config X          # the same
     lion-distill inspect FILE...               # what a pool made of these files would hold
     lion-distill export RUN_DIR --to DIR       # a Lion run's data as Hugging Face datasets (--push-to-hub NAME)
 
-A job is a module in JOBS with `load(path, overrides) -> config` and `run(config) -> state`;
+A job is a module in JOBS with `load(path, overrides) -> config`, `resolved(config) -> config` (as
+the run stores it: paths absolute) and `run(config, allow_config_change) -> state`;
 its `--plan` is the function PLANS names, `plan(config) -> lion_distill.plan.Plan` (plans read the
 stages; stages never import plans). `main([job, *args])` loads the config (a bad
 one is one line on stderr and exit status 2), checks everything the run needs before any
 cluster (lion_distill.preflight: every problem one line, exit status 2; `--plan` needs only the inputs
 and lists the rest as notes), joins or starts Ray, checks the cluster's GPUs and CPUs, takes the
 run directory's lock (lion_distill.joblock: one job per run directory), runs the job and exits 0 when
-its state says done.
+its state says done. The job's log lines also go to `run_dir/logs/<job>-<UTC time>.log`; a resumed
+run whose config differs from its stored config.json stops naming the fields
+(lion_distill.run_config) unless `--allow-config-change`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ JOBS = {
     "evaluate": "lion_distill.evaluate.job",
     "step_by_step": "lion_distill.step_by_step.job",
 }
+JOB_CHOICES = "{" + "|".join(j.replace("_", "-") for j in JOBS) + "}"
 # Job name -> (module, function) that prices it for `--plan`.
 PLANS = {
     "lion": ("lion_distill.plan.lion", "lion_plan"),
@@ -41,22 +46,52 @@ PLANS = {
 }
 
 
+USAGE = """usage: lion-distill {jobs} --config FILE [--set KEY=VALUE ...] [--plan] [--quiet | --verbose]
+       lion-distill plan {jobs} --config FILE ...
+       lion-distill inspect FILE... [--field instruction=FIELD]
+       lion-distill export RUN_DIR --to DIR [--push-to-hub NAME]
+       lion-distill --version
+`lion-distill JOB --help` says more about each job; docs/configuration.md lists every config field."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("lion-distill")
+    except PackageNotFoundError:  # a checkout run through jobs/*.py, never installed
+        return "unknown (not installed)"
+
+
 def _parser(job: str, doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"jobs/{job}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    parser.add_argument("--config", required=True, help="run config YAML (see configs/ and docs/configuration.md)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config field")
-    parser.add_argument(
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument(
         "--verbose",
         action="store_true",
-        help="show Ray Data's per-operator progress and the workers' logs (default: one line per stage)",
+        help="also Ray Data's progress in logs that are no terminal, and the workers' own logs",
+    )
+    shown.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (by default Ray Data's are shown where stderr is a terminal)",
     )
     parser.add_argument(
         "--plan",
         action="store_true",
         help="print what the run will cost per stage and write run_dir/plan.json; start nothing, send nothing",
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run directory whose stored config.json differs from this config (default: stop, naming the fields)",
+    )
+    parser.add_argument("--version", action="version", version=f"lion-distill {version()}")
     return parser
 
 
@@ -116,7 +151,27 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
 
 
-def init_ray(verbose: bool) -> None:
+def progress_bars(verbose: bool, quiet: bool, stream=None) -> bool:
+    """Ray Data's progress bars: where stderr is a terminal, unless --quiet. Written to a log file
+    or a CI job's captured output, their redrawn lines would be thousands."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and (verbose or bool(getattr(stream, "isatty", lambda: False)()))
+
+
+def _log_to_run_dir(run_dir: str, job: str):
+    """The job's lines also in run_dir/logs/, one file per job started on the run directory."""
+    import time
+
+    from lion_distill.data import RunDir
+    from lion_distill.data.rundir import RunLog
+
+    handler = RunLog(RunDir(run_dir), f"{job}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger("lion_distill").addHandler(handler)
+    return handler
+
+
+def init_ray(verbose: bool, quiet: bool = False) -> None:
     import ray
 
     from lion_distill.memory import driver_allocator
@@ -131,10 +186,10 @@ def init_ray(verbose: bool) -> None:
         # Logical CPUs above the physical ones, so a vLLM actor's CPU bundle and the
         # Ray Data stages around it can be scheduled together on a small machine.
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=verbose)
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars(verbose, quiet)
     if not verbose:
-        # Every stage logs one line with its figures; Ray Data's operator bars and plan
-        # logs add about a thousand lines to a demo run.
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        # Every stage logs one line with its figures; Ray Data's plan logs (and, where stderr is
+        # no terminal, its progress as log lines) add about a thousand lines to a demo run.
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a deployment's options, 15 lines an engine
 
@@ -157,7 +212,13 @@ def export(argv: list[str]) -> int:
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
         return 2
-    counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    from lion_distill.errors import RunDirFormatError
+
+    try:
+        counts = export_run(args.run_dir, args.to, args.push_to_hub)
+    except RunDirFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for k, splits in counts.items():
         print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
     print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
@@ -166,11 +227,15 @@ def export(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from lion_distill.config import ConfigError
-    from lion_distill.llm.fit import PlanDoesNotFit
-    from lion_distill.preflight import cluster_problems, preflight
-    from lion_distill.runner import StageError
+    from lion_distill.preflight import preflight
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE.format(jobs=JOB_CHOICES))
+        return 0
+    if argv[:1] == ["--version"]:
+        print(f"lion-distill {version()}")
+        return 0
     if argv[:1] == ["inspect"]:
         from lion_distill.data.__main__ import main as data_main
 
@@ -181,14 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = [*argv[1:], "--plan"]
     name = argv[0].replace("-", "_") if argv else ""
     if name not in JOBS:
-        jobs = "|".join(j.replace("_", "-") for j in JOBS)
-        print(
-            f"usage: lion-distill {{{jobs}}} --config FILE [--set KEY=VALUE ...] [--plan]\n"
-            f"       lion-distill plan {{{jobs}}} --config FILE ...\n"
-            "       lion-distill inspect FILE... [--field instruction=FIELD]\n"
-            "       lion-distill export RUN_DIR --to DIR [--push-to-hub NAME]",
-            file=sys.stderr,
-        )
+        print(USAGE.format(jobs=JOB_CHOICES), file=sys.stderr)
         return 2
     job = importlib.import_module(JOBS[name])
     args = _parser(name, job.__doc__).parse_args(argv[1:])
@@ -205,21 +263,60 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(name, cfg, checks)
     if checks.problems:
         return _problems(f"{args.config}: the run cannot start", checks.problems)
-    for note in checks.notes:
+    return _start(job, name, cfg, args, checks.notes)
+
+
+def _start(job, name: str, cfg, args, notes: list[str]) -> int:
+    """A run whose inputs are known good: the stored config compared, Ray joined or started, the
+    cluster checked, then the job, its lines also in run_dir/logs/. A refusal leaves the run
+    directory as it was."""
+    from lion_distill.data import RunDir
+    from lion_distill.run_config import ConfigChanged, check_config
+
+    try:  # before Ray starts: a resumed run with another config stops in seconds
+        check_config(RunDir(cfg.run_dir), job.resolved(cfg), args.allow_config_change)
+    except ConfigChanged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
         logging.getLogger("lion_distill").info("note: %s", note)
-    init_ray(args.verbose)
+    init_ray(args.verbose, args.quiet)
     import ray
 
-    problems = cluster_problems(cfg, ray.cluster_resources())
+    from lion_distill.llm.fit import cluster_gpus
+    from lion_distill.preflight import cluster_problems
+
+    problems = cluster_problems(cfg, ray.cluster_resources(), cluster_gpus().ceiling)
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
+    run_log = _log_to_run_dir(cfg.run_dir, name)
+    try:
+        return _run(job, cfg, args, run_log)
+    finally:
+        logging.getLogger("lion_distill").removeHandler(run_log)
+        run_log.close()
+
+
+def _run(job, cfg, args, run_log: logging.Handler) -> int:
+    """The job on its run directory, under its lock; a refusal or a failure is one line."""
     from lion_distill.data import RunDir
-    from lion_distill.joblock import RunDirBusy, job_lock
+    from lion_distill.errors import RunDirBusy, RunDirFormatError, StageError
+    from lion_distill.joblock import job_lock
+    from lion_distill.llm.fit import PlanDoesNotFit
+    from lion_distill.run_config import ConfigChanged
+    from lion_distill.runner import check_format
 
     try:
+        check_format(RunDir(cfg.run_dir))  # before the job writes its config there
         with job_lock(RunDir(cfg.run_dir)):  # before any engine starts: a second job would take the first's
-            state = job.run(cfg)
-    except (RunDirBusy, PlanDoesNotFit) as e:
+            state = job.run(cfg, allow_config_change=args.allow_config_change)
+    except (
+        RunDirBusy,
+        RunDirFormatError,
+        PlanDoesNotFit,
+        ConfigChanged,
+    ) as e:  # ConfigChanged: a config.json written since
+        _in_run_log(run_log, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageError as e:
@@ -227,3 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e} (the run directory is resumable: run the same command again)", file=sys.stderr)
         return 1
     return 0 if state["done"] else 1
+
+
+def _in_run_log(run_log: logging.Handler, message: str) -> None:
+    """An error the job prints on stderr, in the run's log file too (logged, it would print twice)."""
+    run_log.handle(
+        logging.makeLogRecord({"name": "lion_distill", "levelno": logging.ERROR, "levelname": "ERROR", "msg": message})
+    )

@@ -21,12 +21,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from lion_distill.data import RunDir
+from lion_distill.errors import RunDirBusy
 
 LOCK = "job.lock"
-
-
-class RunDirBusy(RuntimeError):
-    """Another job is running on this run directory."""
 
 
 def this_job() -> dict:

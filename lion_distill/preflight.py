@@ -34,6 +34,10 @@ from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data.remote import is_uri, model_problems
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+BF16_BYTES = 2
+# The rate a note on a first hub download assumes (an order of magnitude for one download onto a
+# shared network filesystem, not a measurement): it only says whether the start's deadline can hold it.
+DOWNLOAD_BYTES_PER_S = 100e6
 
 
 @dataclass
@@ -102,7 +106,8 @@ def role_checks(name: str, role: RoleConfig, checks: Checks, env=os.environ) -> 
 
 
 def data_problems(name: str, data: DataConfig) -> list[str]:
-    from lion_distill.data import PoolFileError, load_pool
+    from lion_distill.data import load_pool
+    from lion_distill.errors import PoolFileError
 
     problems = [f"{name}.pool_files: {path}: file not found" for path in data.pool_files if not os.path.exists(path)]
     if problems:
@@ -121,7 +126,8 @@ def chat_template_problems(cfg: BaseModel) -> list[str]:
     place for a conversation; `chat` needs a template that renders and masks a conversation (and,
     with teacher.reasoning keep, renders a thinking), and that accepts each of the pool's
     conversations, each refused one named by its file and line."""
-    from lion_distill.data import PoolFileError, load_pool
+    from lion_distill.data import load_pool
+    from lion_distill.errors import PoolFileError
     from lion_distill.llm.prompts import has_chat_template, prompt_format
 
     data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
@@ -183,9 +189,9 @@ def refused_conversations(tok, data: DataConfig, template_kwargs: dict) -> list[
 def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
     """Questions that load and a reference answer for each (inputs), and a student in every Lion
     run named (the run's: the plan prices a run that has not trained it yet)."""
-    from lion_distill.data import PoolFileError
-    from lion_distill.evaluate.job import CandidateError, candidate_role
-    from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+    from lion_distill.errors import CandidateError, EvalDataError, PoolFileError
+    from lion_distill.evaluate.job import candidate_role
+    from lion_distill.evaluate.questions import load_questions, read_reference_answers
 
     try:
         questions = load_questions(cfg.questions, cfg.seed)[0]
@@ -203,8 +209,9 @@ def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
 
 def step_by_step_problems(cfg: StepByStepConfig) -> list[str]:
     """The task's files (train and test rows, released rationales) and a generating teacher's prompt."""
-    from lion_distill.step_by_step.prompts import PromptError, default_prompt_file, load_prompt
-    from lion_distill.step_by_step.readers import TaskDataError, size_problems
+    from lion_distill.errors import PromptError, TaskDataError
+    from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
+    from lion_distill.step_by_step.readers import size_problems
     from lion_distill.step_by_step.stages import read_task
 
     d = cfg.data  # every split there at its published size (unless data.allow_partial); then whether they parse
@@ -283,6 +290,11 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
         "into its Hugging Face cache"
         for model, names in hub.items()
     ]
+    serving = getattr(cfg, "serving", None)
+    if serving is not None:
+        checks.notes += download_notes(hub, dict(models), serving.ready_timeout_s)
+    if isinstance(cfg, RunConfig):
+        checks.notes += per_stage_notes(cfg)
     if getattr(cfg, "run_dir", None):
         checks.run += run_dir_problems(cfg.run_dir)
     if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
@@ -296,31 +308,101 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     return checks
 
 
-def cluster_problems(cfg: BaseModel, resources: dict) -> list[str]:
+def download_notes(hub: dict[str, list[str]], models: dict[str, RoleConfig], ready_timeout_s: float) -> list[str]:
+    """A hub model that no local cache holds is downloaded by the first engine that loads it, inside
+    its start's deadline (serving.ready_timeout_s): a 70B's 141 GB does not fit 900 s. Sized from the
+    hub's model card (lion_distill.data.student_size); a model that cannot be sized gets no note."""
+    from lion_distill.data.student_size import cached_parameters, hub_parameters
+
+    notes = []
+    for model, names in hub.items():
+        if not any(models[n].backend == "vllm" for n in names) or cached_parameters(model) is not None:
+            continue
+        note = first_download_note(names, model, hub_parameters(model), ready_timeout_s)
+        notes += [note] if note else []
+    return notes
+
+
+def first_download_note(names: list[str], model: str, params: int | None, ready_timeout_s: float) -> str | None:
+    fix = (
+        f"download it first into the nodes' shared Hugging Face cache (`hf download {model}` where HF_HOME "
+        "points, cluster/README.md) or raise serving.ready_timeout_s"
+    )
+    if params is None:  # no cache, no hub here: nothing to say
+        return None
+    seconds = BF16_BYTES * params / DOWNLOAD_BYTES_PER_S
+    if seconds <= ready_timeout_s:
+        return None
+    return (
+        f"{', '.join(names)}: the first engine of {model!r} downloads about {BF16_BYTES * params / 1e9:.0f} GB "
+        f"(bf16), about {seconds / 60:.0f} min at {DOWNLOAD_BYTES_PER_S / 1e6:.0f} MB/s, past "
+        f"serving.ready_timeout_s ({ready_timeout_s:.0f} s): {fix}"
+    )
+
+
+def per_stage_notes(cfg: RunConfig) -> list[str]:
+    """With `serving: per_stage` every stage starts its own engines: roles that would share one
+    engine (a 70B teacher, referee and generator) load the model once per stage that asks them."""
+    from lion_distill.llm.engine_args import engine_spec
+    from lion_distill.llm.fit import gpu_plan
+
+    if cfg.serving.mode != "per_stage":
+        return []
+    local = {name: getattr(cfg, name) for name in cfg.ROLES if getattr(cfg, name).backend == "vllm"}
+    groups: dict[str, list[str]] = {}
+    for name, role in local.items():
+        if name != "student":
+            groups.setdefault(engine_spec(role, gpu=True).key, []).append(name)
+    train_gpus = cfg.train.num_workers * cfg.train.gpus_per_worker
+    shared = gpu_plan(local, ("student",), train_gpus, "release", mode="shared")["peak_gpus"]
+    return [
+        f"serving: per_stage: {', '.join(names)} load {local[names[0]].model!r} anew in each stage that asks "
+        f"them (at least {len(names)} loads an iteration); serving: shared loads it once a job and needs "
+        f"{shared:g} GPUs at once (during_training: release)"
+        for names in groups.values()
+        if len(names) > 1
+    ]
+
+
+def _role_gpus(role: RoleConfig) -> tuple[str, int]:
+    """(what a local role's engines ask, in its config's words; the GPUs they hold)."""
+    from lion_distill.llm.engine_args import ranks
+
+    p = role.parallelism
+    if role.backend == "openai":
+        return "", 0
+    if role.backend == "hf":
+        return f"replicas {p.replicas} (one GPU each, the hf backend)", p.replicas
+    pp = ranks(role) // p.tensor_parallel_size
+    pipeline = f" x pipeline_parallel_size {pp}" if pp > 1 else ""
+    return f"tensor_parallel_size {p.tensor_parallel_size}{pipeline} x replicas {p.replicas}", ranks(role) * p.replicas
+
+
+def cluster_problems(cfg: BaseModel, resources: dict, gpu_ceiling: float = 0.0) -> list[str]:
     """What the joined cluster lacks: GPUs for training workers and, where the cluster has GPUs
-    (local roles run on CPU otherwise), for the largest local role (tensor parallel x replicas;
-    stages run one at a time)."""
+    (local roles run on CPU otherwise), for the largest local role (a vllm engine's tensor x
+    pipeline parallel x replicas, lion_distill.llm.engine_args.ranks; stages run one at a time).
+    `gpu_ceiling`: the GPUs its autoscaler may grow to (lion_distill.llm.fit.ClusterGpus.ceiling),
+    so that a cluster scaled to zero GPU nodes is judged by what it can have."""
     from lion_distill.data.rundir_checks import unshared_problems
 
-    gpus, cpus, problems = resources.get("GPU", 0), resources.get("CPU", 0), []
+    gpus, cpus, problems = max(resources.get("GPU", 0), gpu_ceiling), resources.get("CPU", 0), []
+    has = "the cluster has" if gpus == resources.get("GPU", 0) else "the cluster can grow to"
     problems += unshared_problems(cfg.run_dir) if getattr(cfg, "run_dir", None) else []  # every node sees it
     train = getattr(cfg, "train", None)
     if train is not None and train.gpus_per_worker:
         need = train.num_workers * train.gpus_per_worker
         if need > gpus:
             problems.append(
-                f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; "
-                f"the cluster has {gpus:g}"
+                f"train: {train.num_workers} workers x {train.gpus_per_worker:g} GPUs need {need:g} GPUs; {has} {gpus:g}"
             )
     if train is not None and train.num_workers > cpus:
         problems.append(f"train.num_workers: {train.num_workers} workers need a CPU each; the cluster has {cpus:g}")
     if gpus:
-        for name, role in roles(cfg):
-            p = role.parallelism
-            need = p.tensor_parallel_size * p.replicas if role.backend != "openai" else 0
-            if need > gpus:
-                problems.append(
-                    f"{name}.parallelism: tensor_parallel_size {p.tensor_parallel_size} x replicas "
-                    f"{p.replicas} need {need} GPUs; the cluster has {gpus:g}"
-                )
+        problems += [
+            f"{name}.parallelism: {asks} need {need} GPUs; {has} {gpus:g}"
+            for name, role in roles(cfg)
+            for asks, need in [_role_gpus(role)]
+            if need > gpus
+        ]
     return problems

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 
 from lion_distill.config.models import TrackingConfig
 from lion_distill.data import RunDir
+from lion_distill.data.rundir import FORMAT, format_problem
 from lion_distill.driver_node import on_driver_node
+from lion_distill.errors import RunDirFormatError, StageError
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import tracking
 
 log = logging.getLogger("lion_distill")
 
 STATE_FILE = "state.json"
-STATE_VERSION = 2
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Stage:
 
 def fresh_state(job: str, name: str, outputs: dict | None = None) -> dict:
     return {
-        "version": STATE_VERSION,
+        "version": FORMAT,
         "job": job,
         "name": name,
         "stages": [],
@@ -109,14 +110,7 @@ class Driver:
         self.run.write_json(STATE_FILE, self.state)
 
     def _read(self) -> dict | None:
-        state = self.run.read_json(STATE_FILE)
-        if state is not None and state.get("version") != STATE_VERSION:
-            raise RuntimeError(
-                f"{self.run.path(STATE_FILE)}: written by an older version of this engine "
-                f"(state version {state.get('version')}, expected {STATE_VERSION}); "
-                "start a new run directory"
-            )
-        return state
+        return check_format(self.run)
 
     def reload(self) -> dict:
         # The run directory is the source of truth: a detached actor from an earlier job may
@@ -133,6 +127,16 @@ class Driver:
         self.state = record_stage(self.state, stage, bucket, result)
         self.run.write_json(STATE_FILE, self.state)
         return self.state
+
+
+def check_format(run: RunDir) -> dict | None:
+    """The run directory's state (None when new); RunDirFormatError, in one line, when another
+    format's (lion_distill.data.rundir.format_problem): this version neither resumes nor exports it."""
+    state = run.read_json(STATE_FILE)
+    problem = format_problem(state, run.uri_of(STATE_FILE))
+    if problem:
+        raise RunDirFormatError(problem)
+    return state
 
 
 def driver(run: RunDir, initial: dict):
@@ -168,6 +172,7 @@ def run_stages(
     reports go to the experiment tracker too (lion_distill.metrics.tracking)."""
     import ray
 
+    check_format(run)  # here, on the driver: inside the actor it would surface as the actor's death
     actor = driver(run, fresh_state(job, name, outputs))
     tracker, failed = None, True
     try:
@@ -201,11 +206,3 @@ def run_stages(
         ray.kill(actor)
         if tracker is not None:
             tracker.close(failed)
-
-
-class StageError(RuntimeError):
-    """A stage failed; the run directory stays resumable at that stage."""
-
-    def __init__(self, stage: str, cause: BaseException):
-        super().__init__(f"stage {stage} failed: {type(cause).__name__}: {cause}")
-        self.stage, self.cause = stage, cause

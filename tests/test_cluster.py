@@ -127,6 +127,21 @@ def test_launcher_config_validates_with_rays_schema():
     assert gpu["min_workers"] >= 1 and gpu["max_workers"] >= gpu["min_workers"]
 
 
+# AWS's Deep Learning Base OSS Nvidia Driver AMI (Ubuntu 22.04), by its SSM parameter (cluster/lion-aws.yaml).
+DLAMI = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+
+
+def test_every_launcher_node_type_names_its_image():
+    """Without an ImageId Ray's launcher boots its default Ubuntu 18.04 DLAMI (a CUDA 11-era driver)
+    under the cu128 image: every node type names one, the DLAMI's current ID or one pinned from it."""
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI
+
+    for name, node in load_yaml(LAUNCHER)["available_node_types"].items():
+        image = node["node_config"].get("ImageId", "")
+        assert image == DLAMI or re.fullmatch(r"ami-[0-9a-f]{8,17}", image), (name, image)
+        assert image not in DEFAULT_AMI.values(), (name, image)
+
+
 def test_launcher_job_config_exists_and_loads():
     cfg = load_job_config(load_yaml(LAUNCHER)["metadata"]["job_entrypoint"])
     assert cfg.teacher.backend == "openai"
@@ -336,6 +351,16 @@ def test_rayjob_runs_a_config_that_fits_its_gpus():
         if role.backend == "vllm":
             assert role.parallelism.tensor_parallel_size * role.parallelism.replicas <= gpus, name
     assert cfg.train.num_workers * cfg.train.gpus_per_worker <= gpus
+
+
+def test_rayjob_gpu_pods_hold_a_training_checkpoint_on_their_own_disk():
+    """Ray Train stages each checkpoint in the pod's /tmp: 12 bytes a parameter (fp32 weights, AdamW's
+    two moments) for the 7B student; a pod that asks no ephemeral storage can be evicted for it."""
+    (group,) = load_yaml(RAYJOB)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    asked = container["resources"]["requests"]["ephemeral-storage"]
+    assert asked.endswith("Gi") and int(asked[:-2]) * 2**30 >= 12 * 7e9, asked
+    assert container["resources"]["limits"]["ephemeral-storage"] == asked
 
 
 def test_rayjob_runtime_env_and_keys():

@@ -86,3 +86,11 @@ def test_file_and_override_errors(tmp_path):
         parse_override("lion.tau")
     with pytest.raises(ConfigError, match="lion.tau is int, not a section"):
         load_config(write(tmp_path, MINIMAL), ["lion.tau=1", "lion.tau.x=2"])
+
+
+def test_a_training_worker_has_no_gpu_or_one(tmp_path):
+    """One FSDP rank drives one device: 0.5 would put two NCCL ranks on a GPU (NCCL aborts), 2 would idle one."""
+    assert load_config(write(tmp_path, MINIMAL), ["train.gpus_per_worker=1"]).train.gpus_per_worker == 1
+    for fraction in ("0.5", "2"):
+        with pytest.raises(ConfigError, match=r"train.gpus_per_worker.*one FSDP rank on one device"):
+            load_config(write(tmp_path, MINIMAL), [f"train.gpus_per_worker={fraction}"])

@@ -13,7 +13,7 @@ import pytest
 
 from lion_distill.data import instruction_id, load_pool, pool_table, write_pool
 from lion_distill.data.conversations import user_turns
-from lion_distill.lion import imitation as I
+from lion_distill.lion import imitation
 from lion_distill.lion.conversations import answer_student
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
@@ -186,9 +186,11 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
         return response_row(f"T:{row['instruction']}", "stop", 5, 5)
 
     scripted, trained = ScriptedLLM(teacher), []
-    monkeypatch.setattr(I, "answer", scripted)
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
-    _, _, summary = I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(imitation, "answer", scripted)
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained()
+    )
+    summary = imitation.imitation(cfg, run, 0, "student").summary
     # 3 pool rows + the two earlier user turns of the 3-turn conversation, in one request batch.
     assert len(scripted.calls) == 1 and len(asked) == 5 and summary["imitation_trained"] == 3
     prompts = sorted(asked.values(), key=len)
@@ -220,7 +222,7 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
     assert len(run.read_table(rel(0, "imitation", "teacher_turns.parquet"))) == 2
     # Resumed (training killed): every turn's answer is read back, nothing is asked again.
     trained.clear()
-    I.imitation(cfg, run, 0, "student")
+    imitation.imitation(cfg, run, 0, "student")
     assert len(scripted.calls) == 1 and len(trained) == 3
 
 
@@ -301,14 +303,14 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     import datasets
 
     from lion_distill.data import RunDir
-    from lion_distill.judging import judge as J
-    from lion_distill.lion import discrimination as D
-    from lion_distill.lion import generation as G
+    from lion_distill.judging import judge
+    from lion_distill.lion import discrimination, generation
     from lion_distill.lion.export import export_run
     from tests.test_lion_stages import _answers, _candidate
 
     # Seeds of two or three words: Lion's cap of 4 tokens a seed word would cut the scripted candidates.
-    cfg = _config(tmp_path, new_instructions_per_iteration=2, generator_tokens_per_seed_word=None)
+    # Every pair is judged hard: the easy quota is filled from hard seeds (lion.quota_rebalance).
+    cfg = _config(tmp_path, new_instructions_per_iteration=2, generator_tokens_per_seed_word=None, quota_rebalance=True)
     cfg.student.prompt_format = "chat"
     run = RunDir(str(tmp_path / "run"))
     (tmp_path / "chats.json").write_text(json.dumps(SHAREGPT[:3]))
@@ -322,15 +324,16 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
             else _answers(role_name, row, prompt, seed)
         )
     )
-    for module in (I, D, J, G):
+    for module in (imitation, discrimination, generation):
         monkeypatch.setattr(module, "answer", llm)
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: _Trained())
-    I.imitation(cfg, run, 0, "student")
-    _, _, judged = D.discrimination(cfg, run, 0, "student")
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
+    monkeypatch.setattr(imitation, "_train", lambda cfg, run, k, student, sft: _Trained())
+    imitation.imitation(cfg, run, 0, "student")
+    judged = discrimination.discrimination(cfg, run, 0, "student").summary
     assert judged["judged"] == 3 and judged["hard"] == 3
     referee = next(c for c in llm.calls if c["stage"] == "discrimination/referee")
     assert len(referee["ids"]) == 6
-    _, _, generated = G.generation(cfg, run, 0, "student")
+    generated = generation.generation(cfg, run, 0, "student").summary
     new = run.read_table(rel(0, "generation", "new_instructions.parquet")).to_pylist()
     assert generated["new_instructions"] == 2 and all(r["system"] is None and r["history"] is None for r in new)
     assert {r["parent_id"] for r in new} <= set(pool.column("id").to_pylist())

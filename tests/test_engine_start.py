@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lion_distill.config.models import RoleConfig, ServingConfig
-from lion_distill.llm.engine_start import ResourceWatch, exception_line, failure_from, permanent
+from lion_distill.llm.engine_start import ResourceWatch, exception_line, failure_from, permanent, retry_after
 from tests.test_placement import HOLD_ONE_GPU_PER_NODE
 
 # What Serve reports for a replica whose vLLM engine core died (abridged from a real run).
@@ -43,6 +43,28 @@ def test_the_root_cause_is_the_engines_own_exception_and_says_whether_a_retry_he
     assert (
         failure_from("Failed to update the deployments ['llm'].").cause == "Failed to update the deployments ['llm']."
     )
+
+
+# vLLM's GPU worker (vllm/v1/worker/utils.py) when the previous engine or a training worker has not yet
+# freed the device, as a replica reports it through EngineRootCause.
+GPU_BUSY = (
+    "lion_distill.llm.engine_start.EngineRootCause: ValueError: Free memory on device cuda:0 (12.31/79.19 GiB) "
+    "on startup is less than desired GPU memory utilization (0.9, 71.27 GiB). Decrease GPU memory utilization "
+    "or reduce GPU memory used by other processes."
+)
+
+
+def test_a_gpu_still_held_by_another_process_is_waited_for_then_tried_again():
+    busy = failure_from(SERVE_MESSAGE.rsplit("\n", 1)[0] + "\n" + GPU_BUSY)
+    assert busy.cause.startswith("ValueError: Free memory on device cuda:0") and busy.memory_busy
+    assert not busy.permanent  # a ValueError, yet not the config's fault: the memory frees up
+    assert [retry_after(busy, attempt, remaining_s=900) for attempt in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+    assert retry_after(busy, 1, remaining_s=5) is None  # no time left before the start's deadline
+    # The CPU engine's node memory, a bad argument: at once; an engine that died loading: once more.
+    cpu = failure_from(SERVE_MESSAGE)
+    assert not cpu.memory_busy and retry_after(cpu, 1, 900) is None
+    died = failure_from("RuntimeError: Engine core initialization failed. See root cause above.")
+    assert retry_after(died, 1, 900) == 0.0 and retry_after(died, 2, 900) is None
 
 
 def test_a_deadline_says_resources_when_the_group_was_pending_just_before_it_was_removed():
@@ -125,8 +147,8 @@ with job_engines({"teacher": role}, ServingConfig(mode="per_stage", ready_timeou
                  lambda row: [{"role": "user", "content": row["instruction"]}], stage="deadline", role_name="teacher")
     except WaitedTooLong as e:
         out["stage"], out["stage_s"] = str(e), time.monotonic() - begin
-# Two workers of two GPUs: the cluster has four, but two are held.
-cfg = TrainConfig(num_workers=2, gpus_per_worker=2, start_timeout_s=10)
+# Three one-GPU workers: the cluster has four, but two are held.
+cfg = TrainConfig(num_workers=3, gpus_per_worker=1, start_timeout_s=10)
 begin = time.monotonic()
 try:
     fit_within_deadline(_trainer(cfg, {}, sys.argv[2] + "/student", "deadline",
@@ -150,5 +172,5 @@ def test_an_engine_and_training_that_get_no_gpus_end_at_their_deadlines(gpu_clus
     assert "STRICT_PACK" in got["stage"] and "at most 2 on one node" in got["stage"] and got["stage_s"] < 3 * 45 + 30, (
         got
     )
-    assert got["train"].startswith("train: waited 10 s for its workers' resources (2 workers x"), got
-    assert "'GPU': 2" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got
+    assert got["train"].startswith("train: waited 10 s for its workers' resources (3 workers x"), got
+    assert "'GPU': 1" in got["train"] and "4 GPUs (2 free)" in got["train"] and got["train_s"] < 90, got

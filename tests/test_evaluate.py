@@ -11,13 +11,16 @@ import pytest
 from lion_distill.config import ConfigError, RoleConfig, load_config
 from lion_distill.config.evaluate import EvalConfig, EvalJobConfig, QuestionsConfig, ReferenceConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import CandidateError, ErrorKind, EvalDataError
 from lion_distill.evaluate.evaluation import JUDGMENT_SCHEMA, ROLES
-from lion_distill.evaluate.job import CandidateError, candidate_role
-from lion_distill.evaluate.questions import EvalDataError, load_questions, read_reference_answers
+from lion_distill.evaluate.job import candidate_role
+from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.evaluate.report import failure_lines, lion_eval_section, write_report
 from lion_distill.evaluate.scores import aggregate, bootstrap_interval
-from lion_distill.judging.referee import OK, UNPARSEABLE, judgment_rows
+from lion_distill.judging.referee import FAILED, OK, judgment_rows
+from lion_distill.llm.responses import error_row, response_row
 from lion_distill.metrics import StageRecord
+from lion_distill.metrics.report import short_message
 from tests.test_lion_stages import as_answered
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,11 +28,17 @@ VICUNA = REPO / "data" / "vicuna80"
 VICUNA_QUESTIONS = QuestionsConfig(files=[str(VICUNA / "questions.jsonl")], field_map={"instruction": "text"})
 
 
-def judged(category: str, candidate: float, reference: float, status: str = OK) -> dict:
-    ok = status == OK
+UNREAD = ("unparseable", "review: no scores in the rubric's layout")  # a judgment's failure_kind, failure
+
+
+def judged(category: str, candidate: float, reference: float, failure: tuple[str, str] | None = None) -> dict:
+    ok = failure is None
+    kind, message = failure or (None, None)
     return {
         "category": category,
-        "status": status,
+        "status": OK if ok else FAILED,
+        "failure_kind": kind,
+        "failure": message,
         "candidate_score": candidate if ok else None,
         "reference_score": reference if ok else None,
     }
@@ -123,15 +132,20 @@ def test_judgments_map_the_swapped_order_back_to_reference_and_candidate():
     [failed] = judgment_rows(
         [{**pair, "reference_text": ""}], [{"text": "9 5"}], [{"text": "6 8"}], tau=0.0, roles=ROLES
     )
-    assert failed["status"] == "failed: empty answer" and failed["candidate_score"] is None
+    assert (failed["status"], failed["failure_kind"], failed["failure"]) == (
+        FAILED,
+        "unparseable",
+        "reference answer: empty",
+    )
+    assert failed["candidate_score"] is None
 
 
 def test_relative_score_per_category_with_win_tie_loss_and_failures_excluded():
-    overflow = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens"  # the judge's
+    overflow = ("context_overflow", "review: VLLMValidationError: This model's maximum context length is 1024")
     judgments = [
         judged("math", 8, 4),
         judged("math", 6, 6),
-        judged("math", 0, 0, UNPARSEABLE),
+        judged("math", 0, 0, UNREAD),
         judged("code", 3, 9),
         judged("code", 5, 5.5),
         judged("code", 0, 0, overflow),
@@ -143,8 +157,11 @@ def test_relative_score_per_category_with_win_tie_loss_and_failures_excluded():
     assert (code["win"], code["tie"], code["loss"]) == (0, 1, 1) and code["relative_score"] == 8 / 14.5
     assert overall["relative_score"] == 22 / 24.5 and overall["questions"] == 4
     assert (summary["questions"], summary["judged"], summary["failed"]) == (6, 4, 2)
-    assert summary["failed_by_reason"] == {UNPARSEABLE: 1, overflow: 1} and summary["judged_fraction"] == 4 / 6
-    assert aggregate([judged("x", 0, 0, UNPARSEABLE)])["overall"]["relative_score"] is None
+    assert (
+        summary["failed_by_kind"] == {"unparseable": 1, "context_overflow": 1} and summary["judged_fraction"] == 4 / 6
+    )
+    assert summary["failure_examples"] == {"unparseable": UNREAD[1], "context_overflow": overflow[1]}
+    assert aggregate([judged("x", 0, 0, UNREAD)])["overall"]["relative_score"] is None
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_questions():
@@ -200,22 +217,27 @@ def test_a_lion_candidate_is_the_runs_latest_student_served_as_the_run_serves_it
 
 
 def _summary(relative: float) -> dict:
-    judgments = [judged("math", relative * 8, 8), judged("code", relative * 6, 6), judged("code", 0, 0, UNPARSEABLE)]
+    judgments = [judged("math", relative * 8, 8), judged("code", relative * 6, 6), judged("code", 0, 0, UNREAD)]
     return aggregate(judgments, samples=100)
 
 
-def test_eval_report_has_a_table_per_category_a_plot_and_failures_by_reason(tmp_path):
+def test_eval_report_has_a_table_per_category_a_plot_and_failures_by_kind(tmp_path):
     run = RunDir(tmp_path)
     run.write_json(
         "config.json", {"eval": {"reference": {"name": "gpt-3.5-turbo"}, "candidates": [{"name": "a"}, {"name": "b"}]}}
     )
-    too_long = "failed: VLLMValidationError: This model's maximum context length is 1024 tokens; your prompt has {}"
-    summary = _summary(0.9)
-    summary["failed_by_reason"].update({too_long.format(1063): 1, too_long.format(1207): 2})
-    run.write_json("eval/a/summary.json", summary)
+    too_long = "review: VLLMValidationError: This model's maximum context length is 1024 tokens; your prompt has {}"
+    judgments = [judged("math", 0.9 * 8, 8), judged("code", 0.9 * 6, 6), judged("code", 0, 0, UNREAD)]
+    judgments += [
+        judged("code", 0, 0, ("context_overflow", too_long.format(n) + " " + "x" * 200)) for n in (1063, 1207, 9)
+    ]
+    run.write_json("eval/a/summary.json", aggregate(judgments, samples=100))
     report = Path(write_report(run)).read_text()
     assert "gpt-3.5-turbo" in report and "| math | 1 |" in report and "90.0%" in report
-    assert f"| {UNPARSEABLE} | 1 |" in report and "| failed: VLLMValidationError | 3 |" in report
+    assert f"| unparseable | 1 | `{UNREAD[1]}` |" in report
+    # One row per kind, its first message shortened as every report shortens one (lion_distill.metrics.report).
+    assert f"| context_overflow | 3 | `{short_message(too_long.format(1063) + ' ' + 'x' * 200)}` |" in report
+    assert "1207" not in report and short_message("a" * 500).endswith("…") and len(short_message("a" * 500)) == 120
     assert "## b\n\nNot evaluated yet." in report and "](plots/relative_score_by_category.png)" in report
     assert (tmp_path / "eval" / "plots" / "relative_score_by_category.png").stat().st_size > 0
 
@@ -253,7 +275,6 @@ class ScriptedRoles:
         logprobs=None,
         draw=None,
         parts=None,
-        in_rows_order=True,
         columns=None,
         stream=False,
     ):
@@ -269,6 +290,10 @@ class ScriptedRoles:
         table = pa.Table.from_pylist(self.replies(rows, role_name, draw))
         return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
 
+    def stream(self, role, rows, to_prompt, **kwargs):
+        """answer_stream's script: the same replies, as tables in another order than the rows'."""
+        return self(role, rows, to_prompt, stream=True, **kwargs)
+
     def replies(self, rows, role_name, draw):
         out = []
         for row in rows:
@@ -280,18 +305,18 @@ class ScriptedRoles:
                 scores = ["4" if a.startswith("Candidate") else "9" for a in (row["first"], row["second"])]
                 # In the layout of the question's rubric: FastChat's math prompt asks for a tuple.
                 text = f"ok\n({', '.join(scores)})" if row["rubric"] == "math" else " ".join(scores) + "\nok"
-            out.append({"id": row["id"], "role": role_name, "text": text, "finish_reason": "stop"})
+            out.append({"id": row["id"], "role": role_name, **response_row(text, "stop")})
         return out
 
 
 def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers(tmp_path, monkeypatch):
-    from lion_distill.evaluate import evaluation as E
-    from lion_distill.judging import judge as J
+    from lion_distill.evaluate import evaluation
+    from lion_distill.judging import judge
     from tests.fixtures.questions import short_questions
 
     llm = ScriptedRoles()
-    monkeypatch.setattr(E, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
+    monkeypatch.setattr(evaluation, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {
@@ -303,7 +328,7 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     )
     run = RunDir(tmp_path / "run")
     role = RoleConfig(backend="hf", model="c")
-    summary, records = E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    summary, records = evaluation.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
     # The vLLM judge is constrained to each rubric's layout: the math question is a pass of its own.
     assert [c["stage"] for c in llm.calls] == ["eval/candidate", "eval/judge", "eval/judge", "eval/judge_retry1"]
     assert [c["rows"] for c in llm.calls[1:3]] == [10, 2]
@@ -315,7 +340,7 @@ def test_an_evaluation_maps_orders_retries_unreadable_reviews_and_reuses_answers
     assert json.loads(run.read_bytes("iter_0/eval/metrics.json"))["eval/relative_score"] == 24 / 54
     # Again on the same folder (a resumed stage): the candidate's answers are not asked for again.
     llm.calls.clear()
-    E.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
+    evaluation.evaluate(cfg, run, role, "alpaca", "iter_0/eval")
     assert [c["stage"] for c in llm.calls] == ["eval/judge", "eval/judge", "eval/judge_retry1"]
 
 
@@ -329,19 +354,21 @@ class OverflowingJudge(ScriptedRoles):
             if role_name == "candidate" and "tree" in row["instruction"]:
                 reply["text"] = "Candidate answer " + "and on " * 200
             elif role_name == "candidate" and "metal" in row["instruction"]:
-                reply.update(text=None, finish_reason="failed: EngineDeadError")
+                reply.update(error_row(ErrorKind.ENGINE_LOST, "EngineDeadError"))
             elif role_name == "judge" and len(row["first"] + row["second"]) > 60:
-                reply.update(text=None, finish_reason="failed: VLLMValidationError: maximum context length is 1024")
+                reply.update(
+                    error_row(ErrorKind.CONTEXT_OVERFLOW, "VLLMValidationError: maximum context length is 1024")
+                )
         return out
 
 
 def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
-    from lion_distill.evaluate import evaluation as E
-    from lion_distill.judging import judge as J
+    from lion_distill.evaluate import evaluation
+    from lion_distill.judging import judge
     from tests.fixtures.questions import short_questions
 
-    monkeypatch.setattr(E, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
+    monkeypatch.setattr(evaluation, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
     questions, answers = short_questions(tmp_path)
     cfg = EvalConfig.model_validate(
         {
@@ -352,7 +379,7 @@ def _evaluate(tmp_path, monkeypatch, llm, **eval_cfg):
         }
     )
     run = RunDir(tmp_path / "run")
-    return run, E.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
+    return run, evaluation.evaluate(cfg, run, RoleConfig(backend="hf", model="c"), "alpaca", "iter_0/eval")[0]
 
 
 def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monkeypatch):
@@ -370,23 +397,23 @@ def test_judge_failures_caused_by_the_candidate_count_against_it(tmp_path, monke
 
 
 def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
-    from lion_distill.evaluate.scores import TooFewJudged
+    from lion_distill.errors import TooFewJudged
 
     class FailingJudge(ScriptedRoles):
         def replies(self, rows, role_name, draw):
             out = super().replies(rows, role_name, draw)
             for row, reply in zip(rows, out):
                 if role_name == "judge" and "fruit" in row["instruction"]:
-                    reply.update(text=None, finish_reason="failed: budget")
+                    reply.update(error_row(ErrorKind.BUDGET, "not sent: the role's budget_usd would be exceeded"))
             return out
 
     with pytest.raises(TooFewJudged) as error:
         _evaluate(tmp_path, monkeypatch, FailingJudge(), judge_retries=1)
     message = str(error.value)
     assert "\n" not in message and "scored 5 of 6 questions (83%)" in message and "min_judged_fraction 0.95" in message
-    assert "1 failed: budget" in message
+    assert "failures: 1 budget" in message
     assert not (tmp_path / "run/iter_0/eval/summary.json").exists()  # no score reported
     # One setting away: a lower bar reports the score over the five judged.
     (tmp_path / "lower").mkdir()
     _, summary = _evaluate(tmp_path / "lower", monkeypatch, FailingJudge(), judge_retries=1, min_judged_fraction=0.8)
-    assert summary["judged"] == 5 and summary["failed_by_reason"] == {"failed: budget": 1}
+    assert summary["judged"] == 5 and summary["failed_by_kind"] == {"budget": 1}

@@ -72,6 +72,26 @@ def test_an_hf_role_holds_a_gpu_per_replica_beside_the_shared_engines():
     assert gpu_plan(per_stage, ("student",), train_gpus=0, during_training="keep", mode="per_stage")["peak_gpus"] == 4
 
 
+def test_pipeline_ranks_count_in_the_plan_the_node_check_and_the_engines_gpus():
+    from lion_distill.llm.fit import engine_gpus
+
+    pipelined = BIG.model_copy(update={"engine_kwargs": {"pipeline_parallel_size": 2}})  # 2 x (TP 4 x PP 2)
+    roles = {"teacher": pipelined, "student": role("/7b", replicas=8)}
+    assert engine_gpus(pipelined) == 16
+    plan = gpu_plan(roles, ("student",), train_gpus=8, during_training="release")
+    assert plan["frozen_engine_gpus"] == 16 and "teacher 2 x TP 4 x PP 2 = 16" in plan["engines"]
+    assert fits(24, 8, "release", roles=roles) is None
+    assert "teacher: TP 4 x PP 2 needs 8 GPUs on one node" in fits(32, 8, "release", per_node=4, roles=roles)
+
+
+def test_engines_run_on_gpus_where_the_autoscaler_may_add_them():
+    from lion_distill.llm.fit import engines_on_gpus
+
+    assert engines_on_gpus(ClusterGpus(8, 8, 8)) and not engines_on_gpus(ClusterGpus(0, 0, 0))
+    # Scaled to zero GPU nodes: bf16 engines that wait for the nodes, not fp32 ones on the CPUs.
+    assert engines_on_gpus(ClusterGpus(0, 0, 8, autoscaler_max=16))
+
+
 OVER_ASKING = [
     "--set=serving=shared",
     "--set=teacher.parallelism.tensor_parallel_size=2",
@@ -111,3 +131,18 @@ def test_an_over_asking_plan_ends_in_one_line_within_60_s(gpu_cluster, tiny_mode
     assert f"the cluster has {2 * GPUS_PER_NODE} GPUs" in errors[0] and "training 2 workers x 1 GPU = 2" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "iter_0" / "imitation").exists()  # nothing started
+
+
+def test_preflight_says_what_a_70b_first_start_and_per_stage_engines_cost():
+    """configs/lion-7b-vllm.yaml: three roles of one 70B engine loading it anew in every stage
+    (serving: per_stage, for its one 8-GPU node), and its 141 GB download inside a 900 s start (sized
+    from the hub's model card, which this machine cannot reach: the note's line from its size)."""
+    from lion_distill.config import load_config
+    from lion_distill.preflight import first_download_note, preflight
+
+    cfg = load_config(REPO / "configs/lion-7b-vllm.yaml")
+    (per_stage,) = [n for n in preflight(cfg, env={}).notes if n.startswith("serving: per_stage")]
+    assert "teacher, referee, generator" in per_stage and "needs 16 GPUs at once" in per_stage
+    line = first_download_note(["teacher"], "org/70b", 70_553_706_496, 900)
+    assert "downloads about 141 GB" in line and "about 24 min" in line and "hf download org/70b" in line
+    assert first_download_note(["teacher"], "org/1b", 1_000_000_000, 900) is None  # 2 GB: 20 s

@@ -14,6 +14,7 @@ import pytest
 from lion_distill.cli import main as cli
 from lion_distill.config import ConfigError, load_config
 from lion_distill.data import RESPONSE_SCHEMA, PoolFileError, RunDir, load_pool, pool_table, write_pool
+from lion_distill.data.rundir import FORMAT
 from lion_distill.judging.referee import JUDGMENT_SCHEMA
 from lion_distill.lion.export import export_run
 from lion_distill.lion.iteration import rel
@@ -115,7 +116,13 @@ def _run_dir(tmp_path, key_value: str) -> RunDir:
             "hard": True,
             "status": "ok",
         },
-        {**dict.fromkeys(JUDGMENT_SCHEMA.names), "id": ids[1], "status": "failed: unparseable"},
+        {
+            **dict.fromkeys(JUDGMENT_SCHEMA.names),
+            "id": ids[1],
+            "status": "failed",
+            "failure_kind": "unparseable",
+            "failure": "review: no scores in the rubric's layout",
+        },
     ]
     run.write_table(
         rel(0, "discrimination", "judgments.parquet"), pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA)
@@ -127,7 +134,7 @@ def _run_dir(tmp_path, key_value: str) -> RunDir:
     run.write_json(
         "data_report.json", {"rows_in": 3, "rows_kept": 2, "rows_rejected": 1, "rejects": {"empty_instruction": 1}}
     )
-    run.write_json("state.json", {"done": True})
+    run.write_json("state.json", {"version": FORMAT, "done": True})
     run.write_json(
         "config.json",
         {
@@ -168,7 +175,10 @@ def test_a_run_exports_as_datasets_folders_with_a_card(tmp_path, capsys):
     ]
     judged = it0["discrimination"].to_list()
     assert [(r["gap"], r["hard"]) for r in judged] == [(5.0, True), (None, None)]  # a failed review is no number
-    assert judged[1]["student_answer"] == "" and judged[1]["status"].startswith("failed")
+    assert judged[1]["student_answer"] == "" and (judged[1]["status"], judged[1]["failure_kind"]) == (
+        "failed",
+        "unparseable",
+    )
     new = it0["generation"].to_list()[0]
     assert (new["origin"], new["seed_instruction"]) == ("hard", "Name a colour.")
     assert not (tmp_path / "out" / "iter_1").exists()  # its pool was never answered: nothing to export

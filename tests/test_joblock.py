@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lion_distill.data import RunDir
-from lion_distill.joblock import LOCK, RunDirBusy, acquire, release, still_running
+from lion_distill.errors import RunDirBusy
+from lion_distill.joblock import LOCK, acquire, release, still_running
 
 REPO = Path(__file__).resolve().parents[1]
 

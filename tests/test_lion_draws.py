@@ -20,6 +20,7 @@ from lion_distill.llm.responses import (
     attach_prompt,
     encode_prompt,
     merge_responses,
+    response_row,
 )
 
 MESSAGES = [{"role": "user", "content": "Write a new instruction."}]
@@ -48,7 +49,7 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
     ]
     out = merge_responses(
         drawn.to_pydict(),
-        [{"text": "t", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}] * 2,
+        [response_row("t", "stop", 1, 1)] * 2,
         "generator",
         False,
     )
@@ -56,7 +57,7 @@ def test_attach_prompt_names_each_draw_and_responses_drop_it():
 
 
 def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
-    from lion_distill.llm.engine_args import engine_kwargs
+    from lion_distill.llm.engine_args import engine_spec
     from lion_distill.llm.vllm_backend import sampling_params, to_engine_request
 
     role = RoleConfig(backend="vllm", model="m", sampling=SamplingParams(seed=7))
@@ -70,8 +71,9 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
     assert seeds == {request_seed(7, f"iter_0/r{r}/a") for r in range(3)} and len(seeds) == 3
     cpu = sampling_params(role, None, None, gpu=False)
     assert "seed" not in to_engine_request({**row, DRAW_COL: "iter_0/r0/a"}, True, cpu)["sampling_params"]
-    assert engine_kwargs(role, gpu=False)["seed"] == 7
-    assert engine_kwargs(role, gpu=False, draw="iter_1/r0")["seed"] == request_seed(7, "iter_1/r0")
+    assert engine_spec(role, gpu=False).engine_kwargs["seed"] == 7
+    assert engine_spec(role, gpu=False, draw="iter_1/r0").engine_kwargs["seed"] == request_seed(7, "iter_1/r0")
+    assert "seed" not in engine_spec(role, gpu=False, draw="iter_1/r0").serve_kwargs  # one engine, every draw
 
 
 def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):

@@ -240,6 +240,9 @@ def test_killed_job_resumes_without_repeating_work_or_requests(ray_cluster, vllm
     job = _start_job(ray_cluster, run, vllm_server, log)
     assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
     check_run_dir(run, iterations=1)
+    # Each job started on the run directory left its log lines there (cli.py: run_dir/logs/).
+    logs = "".join(p.read_text() for p in sorted((run / "logs").glob("lion-*.log")))
+    assert "lion: resuming" in logs and "done: student" in logs
     for stage, digests in done_before.items():
         after = _digest(run / "iter_0" / stage)
         assert {name: after[name] for name in digests} == digests, f"{stage} outputs were recomputed"

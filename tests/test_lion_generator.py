@@ -39,7 +39,7 @@ def test_quotas_reject_nonsense():
 def _judged(hard_ids, easy_ids, failed_ids=()):
     ok = [{"id": i, "status": "ok", "hard": True} for i in hard_ids]
     ok += [{"id": i, "status": "ok", "hard": False} for i in easy_ids]
-    rows = ok + [{"id": i, "status": "failed: unparseable review", "hard": None} for i in failed_ids]
+    rows = ok + [{"id": i, "status": "failed", "hard": None} for i in failed_ids]
     return pa.Table.from_pylist(
         rows, schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("hard", pa.bool_())])
     )
@@ -75,11 +75,19 @@ def test_sample_seeds_with_replacement_beyond_what_there_is():
 
 
 def test_sample_seeds_fills_a_missing_kind_from_the_other_and_says_so():
-    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, rng, rebalance=True)
     assert counts == {"hard": 0, "easy": 6, "hard_from_easy": 3, "easy_from_hard": 0}
     assert len(seeds) == 6 and {s["kind"] for s in seeds} == {"easy"}
-    seeds, counts = sample_seeds(_judged(["h1"], []), _pool(["h1"]), 1, 2, np.random.default_rng(2))
+    seeds, counts = sample_seeds(_judged(["h1"], []), _pool(["h1"]), 1, 2, rng, rebalance=True)
     assert counts == {"hard": 3, "easy": 0, "hard_from_easy": 0, "easy_from_hard": 2}
+
+
+def test_sample_seeds_leaves_a_missing_kind_unseeded_as_lion_does():
+    # Lion's scripts seed each kind from its own file only (src/generate_hard_instruction.py).
+    seeds, counts = sample_seeds(_judged([], ["e1", "e2"]), _pool(["e1", "e2"]), 3, 3, np.random.default_rng(2))
+    assert counts == {"hard": 0, "easy": 3, "hard_from_easy": 0, "easy_from_hard": 0, "hard_unseeded": 3}
+    assert len(seeds) == 3 and {s["kind"] for s in seeds} == {"easy"}
 
 
 def test_sample_seeds_is_reproducible():
@@ -240,7 +248,7 @@ def test_candidate_rows_build_pool_rows_and_reconcile_counts():
     replies = [{"text": text, "finish_reason": "stop"} for text, _ in GOOD_REPLIES]
     replies += [{"text": text, "finish_reason": "stop"} for text in TINY_MODEL_REPLIES]
     replies += [
-        {"text": None, "finish_reason": "failed: timeout"},
+        {"text": None, "finish_reason": "error", "error_kind": "timeout", "error": "timeout"},
         {"text": "### Instruction:\nDescribe the causes of the First World", "finish_reason": "length"},
     ]
     rows, rejects = candidate_rows(seeds, replies, iteration=2)

@@ -5,11 +5,11 @@ import re
 import pyarrow as pa
 import pytest
 
+from lion_distill.errors import ErrorKind
 from lion_distill.judging.referee import (
-    EMPTY_ANSWER,
+    FAILED,
     JUDGMENT_SCHEMA,
     OK,
-    UNPARSEABLE,
     judgment_rows,
     judgment_table,
     merge_retried,
@@ -19,6 +19,7 @@ from lion_distill.judging.referee import (
 from lion_distill.judging.reviews import logprob_scores
 from lion_distill.judging.reviews import parse_scores_first as parse_review
 from lion_distill.judging.rubrics import SCORES_FIRST_REGEX as REVIEW_REGEX
+from lion_distill.llm.responses import error_row
 
 # Review openings as gpt-3.5 / gpt-4 / llama-chat write them, explanation included.
 READABLE = [
@@ -164,6 +165,19 @@ def _review(text, finish_reason="stop", **extra):
     return {"text": text, "finish_reason": finish_reason, **extra}
 
 
+def _failed(kind: ErrorKind, message: str, role: str | None = None) -> dict:
+    """A failed request's columns, as its backend writes them; under `<role>_` as a pair holds them."""
+    row = {k: error_row(kind, message)[k] for k in ("text", "finish_reason", "error_kind", "error")}
+    return row if role is None else {f"{role}_{k}": v for k, v in row.items()}
+
+
+def _failure(j: dict) -> tuple:
+    return j["status"], j["failure_kind"], j["failure"]
+
+
+UNREAD = (FAILED, "unparseable", "review: no scores in the rubric's layout")
+
+
 def test_judgment_swaps_positions_in_the_student_first_order():
     # teacher-first: teacher 9, student 6; student-first: student 7 (Assistant 1), teacher 8.
     [j] = judgment_rows([_pair(0)], [_review("9 6\nx")], [_review("7 8\ny")], tau=1.0)
@@ -190,7 +204,7 @@ def test_logprobs_refine_only_a_readable_review():
     [j] = judgment_rows([_pair(0)], [_review("8 7\n", logprobs=lp)], [_review("7 8\n")], tau=1.0, use_logprobs=False)
     assert j["teacher_score_1"] == 8.0
     [j] = judgment_rows([_pair(0)], [_review("nonsense", logprobs=lp)], [_review("7 8\n")], tau=1.0)
-    assert j["status"] == UNPARSEABLE and j["teacher_score"] is None
+    assert _failure(j) == UNREAD and j["teacher_score"] is None
 
 
 def test_failures_are_null_counted_and_excluded():
@@ -199,26 +213,26 @@ def test_failures_are_null_counted_and_excluded():
         _pair(1),
         _pair(2),
         _pair(3, teacher=""),
-        _pair(4, teacher_finish_reason="failed: timeout"),
+        _pair(4, **_failed(ErrorKind.TIMEOUT, "timeout", "teacher")),
         _pair(5),
     ]
     tf = [
         _review("9 5"),
         _review("I cannot judge."),
-        _review(None, "failed: rate limited"),
+        _failed(ErrorKind.RATE_LIMIT, "HTTP 429: rate limited"),
         _review("9 5"),
         _review("9 5"),
         _review("6 6"),
     ]
     sf = [_review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("5 9"), _review("8")]
     judgments = judgment_rows(pairs, tf, sf, tau=1.0)
-    assert [j["status"] for j in judgments] == [
-        OK,
-        UNPARSEABLE,
-        "failed: rate limited",
-        EMPTY_ANSWER,
-        "failed: teacher answer failed: timeout",
-        UNPARSEABLE,
+    assert [_failure(j) for j in judgments] == [
+        (OK, None, None),
+        UNREAD,
+        (FAILED, "rate_limit", "review: HTTP 429: rate limited"),
+        (FAILED, "unparseable", "teacher answer: empty"),
+        (FAILED, "timeout", "teacher answer: timeout"),
+        UNREAD,
     ]
     for j in judgments[1:]:
         assert j["hard"] is None and j["gap"] is None and j["teacher_score"] is None
@@ -227,12 +241,7 @@ def test_failures_are_null_counted_and_excluded():
         "rows": 6,
         "judged": 1,
         "failed": 5,
-        "failed_by_reason": {
-            UNPARSEABLE: 2,
-            "failed: rate limited": 1,
-            EMPTY_ANSWER: 1,
-            "failed: teacher answer failed: timeout": 1,
-        },
+        "failed_by_kind": {"unparseable": 3, "rate_limit": 1, "timeout": 1},
         "hard": 1,
         "easy": 0,
         "hard_fraction": 1.0,
@@ -241,7 +250,7 @@ def test_failures_are_null_counted_and_excluded():
         "mean_student_score": 5.0,
         "truncated": 0,
     }
-    assert summary["judged"] + sum(summary["failed_by_reason"].values()) == summary["rows"]
+    assert summary["judged"] + sum(summary["failed_by_kind"].values()) == summary["rows"]
     assert pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA).num_rows == 6
 
 
@@ -262,9 +271,9 @@ def test_a_student_that_answers_nothing_scores_lowest_and_is_hard(student):
 
 def test_a_failed_student_request_is_excluded_and_counted_not_hard():
     # An engine error or a context overflow is the infrastructure's, not the student's answer.
-    student = {"student": None, "student_finish_reason": "failed: VLLMValidationError: maximum context length"}
+    student = _failed(ErrorKind.CONTEXT_OVERFLOW, "VLLMValidationError: maximum context length", "student")
     [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0)
-    assert j["status"] == "failed: student answer failed: VLLMValidationError: maximum context length"
+    assert _failure(j) == (FAILED, "context_overflow", "student answer: VLLMValidationError: maximum context length")
     assert j["hard"] is None and summarize(judgment_table([j]))["judged"] == 0
     # The evaluation's candidate that cannot answer has lost.
     [j] = judgment_rows([_pair(0, **student)], [_review("7 5")], [_review("5 7")], tau=1.0, failed_answer_loses=True)
@@ -281,7 +290,7 @@ def test_retry_of_unparseable_reviews_merges_back():
         judgment_rows(pairs[1:], [_review("9 4"), _review("still ??")], [_review("4 9")] * 2, tau=1.0)
     )
     merged = merge_retried(judgments, again)
-    assert merged.column("status").to_pylist() == [OK, OK, UNPARSEABLE]
+    assert merged.column("status").to_pylist() == [OK, OK, FAILED]
     assert merged.to_pylist()[1]["gap"] == 5.0 and unparseable_ids(merged).to_pylist() == ["p2"]
 
 

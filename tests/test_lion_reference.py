@@ -6,6 +6,7 @@ import ast
 import copy
 import re
 import string
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,16 @@ from rouge_score import rouge_scorer
 
 from lion_distill.config import load_config
 from lion_distill.config.models import LionConfig
+from lion_distill.errors import ErrorKind
 from lion_distill.lion.generator import candidate_rows, clean_candidate, generator_messages, parse_candidate
 from lion_distill.lion.imitation import sft_rows
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.lion.rouge import NoveltyFilter
 from lion_distill.llm.prompts import alpaca_prompt, student_prompt
+from lion_distill.llm.responses import error_row, response_row
 from lion_distill.train.batches import load_tokenizer, tokenize_causal
 from lion_distill.train.card import alpaca_chat_template
+from tests.fixtures.generator_replies import REPLIES
 
 LION = Path(__file__).parent / "reference" / "lion"
 
@@ -130,6 +134,58 @@ def test_candidate_filters_decide_as_lions_post_process(text, finish):
     parsed = parse_candidate(text)
     ours = parsed is not None and clean_candidate(*parsed, finish, max_chars=4096) is None
     assert ours == _lion_keeps(text, finish)
+
+
+def _lion_post_process(text: str | None, finish_reason: str = "stop") -> list[dict]:
+    """Lion's own post_process_gpt3_response on one reply (None: the request failed, Lion's `response is None`)."""
+    post = reference(LION / "generate_hard_instruction.py.txt", "post_process_gpt3_response", string=string)
+    response = None if text is None else {"message": {"content": text}, "finish_reason": finish_reason}
+    return post["post_process_gpt3_response"](response, {"instruction": "seed", "output": "out"})
+
+
+def _lion_mode(text: str | None, finish_reason: str) -> tuple[list[dict], Counter]:
+    seed = {"id": "s", "kind": "hard", "instruction": "Write a limerick about a cat.", "input": ""}
+    reply = error_row(ErrorKind.TIMEOUT, "timeout") if text is None else response_row(text, finish_reason, 10, 5)
+    return candidate_rows([seed], [reply], 1, tokens_per_seed_word=None, candidate_filter="lion")
+
+
+def test_the_reply_shape_corpus_is_decided_in_lion_mode_as_lions_post_process():
+    assert len(REPLIES) >= 40
+    decisions = Counter()
+    for shape, text, finish in [*REPLIES, ("generator failed", None, "stop")]:
+        lion = [r["instruction"] for r in _lion_post_process(text, finish)]
+        rows, rejects = _lion_mode(text, finish)
+        assert [r["instruction"] for r in rows] == lion, shape  # the same decision, the same text, byte for byte
+        assert all(r["input"] == "" for r in rows) and len(rows) + sum(rejects.values()) == 1, shape
+        decisions[bool(lion)] += 1
+    assert decisions[True] >= 15 and decisions[False] >= 15, decisions  # both ways, many times
+    # Lion keeps chatter and appended answers whole and drops headings and quotes the clean mode reads away.
+    kept = {shape for shape, text, finish in REPLIES if _lion_post_process(text, finish)}
+    assert {"Sure! before", "Output block after", "numbered", "leading newline", "refusal"} <= kept
+    assert not {"heading #Created Instruction#", "double quotes", "Chinese", "cut mid-sentence"} & kept
+
+
+def test_the_clean_mode_differs_from_lion_on_the_corpus_as_the_fidelity_page_says():
+    differ = [
+        shape
+        for shape, text, finish in REPLIES
+        if [
+            r["instruction"]
+            for r in candidate_rows(
+                [{"id": "s", "kind": "hard", "instruction": "Write a limerick about a cat.", "input": ""}],
+                [response_row(text, finish, 10, 5)],
+                1,
+            )[0]
+        ]
+        != [r["instruction"] for r in _lion_post_process(text, finish)]
+    ]
+    assert LionConfig().candidate_filter == "clean" and len(differ) >= 20, differ
+    assert (
+        f"{len(differ)} of the {len(REPLIES)} replies"
+        in (Path(__file__).parents[1] / "docs" / "paper-fidelity.md").read_text()
+    )
+    for name in ("lion-7b.yaml", "lion-7b-vllm.yaml"):
+        assert load_config(Path(__file__).parents[1] / "configs" / name).lion.candidate_filter == "lion"
 
 
 def test_generator_reply_is_capped_at_four_times_the_seeds_words():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lion_distill.config.models import LionConfig
-from lion_distill.judging.referee import OK, UNPARSEABLE, judgment_rows, referee_messages
+from lion_distill.judging.referee import FAILED, OK, judgment_rows, referee_messages
 from lion_distill.judging.reviews import logprob_scores, parse_score_tuple, parse_scores_last
 from lion_distill.judging.rubrics import RUBRICS, rubric_for
 
@@ -138,7 +138,10 @@ def test_judgment_rows_read_each_pair_with_its_rubric():
     first = [{"text": lion_review.format(9, 4)}, {"text": "9 4\nx"}]
     second = [{"text": lion_review.format(4, 9)}, {"text": "4 9\nx"}]
     rows = judgment_rows(pairs, first, second, tau=1.0, rubrics=[RUBRICS["lion"], RUBRICS["lion"]])
-    assert [r["status"] for r in rows] == [OK, UNPARSEABLE]  # score-first is not Lion's layout
+    assert [(r["status"], r["failure_kind"]) for r in rows] == [
+        (OK, None),
+        (FAILED, "unparseable"),
+    ]  # not Lion's layout
     assert rows[0]["gap"] == 5.0
 
 

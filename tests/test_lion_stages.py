@@ -17,14 +17,13 @@ import pytest
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, pool_table, read_pool, write_pool
-from lion_distill.judging import judge as J
+from lion_distill.errors import ErrorKind, NothingToImitate
+from lion_distill.judging import judge
 from lion_distill.judging.referee import JUDGMENT_SCHEMA
-from lion_distill.lion import discrimination as D
-from lion_distill.lion import generation as G
-from lion_distill.lion import imitation as I
+from lion_distill.lion import discrimination, generation, imitation
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.cache import request_seed
-from lion_distill.llm.responses import response_row
+from lion_distill.llm.responses import error_row, response_row
 from lion_distill.metrics import StageRecord
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -72,7 +71,6 @@ class ScriptedLLM:
         logprobs=None,
         draw=None,
         parts=None,
-        in_rows_order=True,
         columns=None,
         stream=False,
     ):
@@ -91,6 +89,10 @@ class ScriptedLLM:
             out.append({"id": row["id"], "role": role_name, **self.reply(role_name, row, to_prompt(row), seed)})
         table = pa.Table.from_pylist(out) if out else pa.table({"id": pa.array([], pa.string())})
         return as_answered(table, columns, stream), StageRecord(stage, rows=len(rows))
+
+    def stream(self, role, rows, to_prompt, **kwargs):
+        """answer_stream's script: the same replies, as tables in another order than the rows'."""
+        return self(role, rows, to_prompt, stream=True, **kwargs)
 
 
 def as_answered(table: pa.Table, columns, stream: bool):
@@ -132,9 +134,9 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     # 12 new instructions from 2 hard and 2 easy seeds: each seed is drawn three times.
     cfg = _config(tmp_path, new_instructions_per_iteration=12)
     llm = ScriptedLLM(_candidate)
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path, k=0)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     assert llm.calls[0]["draw"] == "iter_0/generation/generator_round0"
     # The next iteration draws from the same seeds again (iteration 0's judgments), against the cache
@@ -144,7 +146,7 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
     run.write_table(
         rel(1, "discrimination", "judgments.parquet"), run.read_table(rel(0, "discrimination", "judgments.parquet"))
     )
-    _, _, summary = G.generation(cfg, run, 1, "student")
+    summary = generation.generation(cfg, run, 1, "student").summary
     assert summary["new_instructions"] == 12 and summary["generation_rejects"] == {}
     second = set(run.read_table(rel(1, "generation", "new_instructions.parquet")).column("id").to_pylist())
     assert len(second) == 12 and not first & second
@@ -153,10 +155,10 @@ def test_a_seed_drawn_again_gets_a_new_draw_not_a_replay(tmp_path, monkeypatch):
 def test_a_resumed_generation_repeats_exactly_the_same_requests(tmp_path, monkeypatch):
     cfg = _config(tmp_path, new_instructions_per_iteration=6)
     first, second = ScriptedLLM(_candidate), ScriptedLLM(_candidate)
-    monkeypatch.setattr(G, "answer", first)
-    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
-    monkeypatch.setattr(G, "answer", second)
-    G.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    monkeypatch.setattr(generation, "answer", first)
+    generation.generation(cfg, _seed_generation(tmp_path), 0, "student")
+    monkeypatch.setattr(generation, "answer", second)
+    generation.generation(cfg, _seed_generation(tmp_path), 0, "student")
     assert first.calls == second.calls  # same draws, so a response cache answers them all
 
 
@@ -168,9 +170,9 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
             *a, garbage=lambda row: row["id"].startswith("0-0-") and int(row["id"].rsplit("-", 1)[1]) % 2 == 0
         )
     )
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert [c["stage"] for c in llm.calls] == ["generation/generator_round0", "generation/generator_round1"]
     assert [len(c["ids"]) for c in llm.calls] == [8, 4]
     new = run.read_table(rel(0, "generation", "new_instructions.parquet")).to_pylist()
@@ -182,14 +184,68 @@ def test_quotas_are_met_across_rounds_and_rejects_reconcile(tmp_path, monkeypatc
     assert metrics["generation_rejects/too short"] == 4 and metrics["lion/new_hard"] == 6
 
 
+def test_each_kind_is_asked_for_its_own_quota_until_the_round_cap_binds(tmp_path, monkeypatch):
+    # Lion's loop: every easy seed gets garbage, so the easy quota is asked again every round, from
+    # easy seeds only, until the safety cap ends it; the metrics and the report say the cap bound.
+    from lion_distill.lion.report import generation_notes
+
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    assert cfg.lion.quota_rebalance is False
+    llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
+    monkeypatch.setattr(generation, "answer", llm)
+    run = _seed_generation(tmp_path)
+    summary = generation.generation(cfg, run, 0, "student").summary
+    assert summary["new_instructions"] == 2 and [len(c["ids"]) for c in llm.calls] == [4, 2, 2]
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert (metrics["lion/generation_rounds"], metrics["lion/generation_round_cap"]) == (3, 1)
+    assert metrics["lion/new_instructions_missing"] == 2 and "lion/quota_moved_easy_to_hard" not in metrics
+    (note,) = generation_notes(0, {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("lion/")})
+    assert note == (
+        "iteration 0: generation stopped at its cap of 3 rounds (lion.generation_rounds), "
+        "2 new instructions short of the quota"
+    )
+
+
+def test_the_round_cap_is_not_reported_when_the_quotas_are_met_in_time(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=1)
+    monkeypatch.setattr(generation, "answer", ScriptedLLM(_candidate))
+    run = _seed_generation(tmp_path)
+    generation.generation(cfg, run, 0, "student")
+    metrics = run.read_json(rel(0, "generation", "metrics.json"))
+    assert (metrics["lion/generation_rounds"], metrics["lion/generation_round_cap"]) == (1, 0)
+    assert metrics["lion/new_instructions_missing"] == 0
+
+
+def test_a_kind_without_seeds_makes_none_unless_rebalanced(tmp_path, monkeypatch):
+    from lion_distill.lion.report import generation_notes
+
+    run = _seed_generation(tmp_path)
+    judgments = run.read_table(rel(0, "discrimination", "judgments.parquet"))
+    everything_easy = judgments.set_column(
+        judgments.schema.get_field_index("hard"), "hard", pa.repeat(pa.scalar(False), judgments.num_rows)
+    )
+    run.write_table(rel(0, "discrimination", "judgments.parquet"), everything_easy)
+    for rebalance, new_hard, new_easy in ((False, 0, 2), (True, 0, 4)):
+        llm = ScriptedLLM(_candidate)
+        monkeypatch.setattr(generation, "answer", llm)
+        cfg = _config(tmp_path, new_instructions_per_iteration=4, quota_rebalance=rebalance)
+        generation.generation(cfg, run, 0, "student")
+        metrics = run.read_json(rel(0, "generation", "metrics.json"))
+        assert (metrics["lion/new_hard"], metrics["lion/new_easy"]) == (new_hard, new_easy)
+        assert [len(c["ids"]) for c in llm.calls] == [new_easy]  # nothing asked for the unseeded kind
+        notes = generation_notes(0, {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("lion/")})
+        assert bool(notes) is not rebalance
+        assert not notes or "no hard instruction to seed the generator" in notes[0]
+
+
 def test_an_unmet_quota_moves_to_the_other_kind_after_a_round(tmp_path, monkeypatch):
     # Every easy seed gets garbage: after round 0 the unmet easy quota moves to hard, and the
     # iteration still reaches its 4 new instructions (it ended with 2 and a warning before).
-    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3)
+    cfg = _config(tmp_path, new_instructions_per_iteration=4, generation_rounds=3, quota_rebalance=True)
     llm = ScriptedLLM(lambda *a: _candidate(*a, garbage=lambda row: row["kind"] == "easy"))
-    monkeypatch.setattr(G, "answer", llm)
+    monkeypatch.setattr(generation, "answer", llm)
     run = _seed_generation(tmp_path)
-    _, _, summary = G.generation(cfg, run, 0, "student")
+    summary = generation.generation(cfg, run, 0, "student").summary
     assert summary["new_instructions"] == 4
     assert [len(c["ids"]) for c in llm.calls] == [4, 2]  # round 1 asks hard seeds for the moved two
     metrics = run.read_json(rel(0, "generation", "metrics.json"))
@@ -204,9 +260,9 @@ def test_rouge_l_compares_the_instruction_alone_by_default(tmp_path, monkeypatch
         return response_row(f"### Instruction:\n{row['instruction']}\n### Input:\n{context}", "stop", 1, 1)
 
     for field, kept in (("instruction", 0), ("instruction_input", 2)):
-        monkeypatch.setattr(G, "answer", ScriptedLLM(reply))
+        monkeypatch.setattr(generation, "answer", ScriptedLLM(reply))
         cfg = _config(tmp_path / field, new_instructions_per_iteration=2, rouge_l_field=field, generation_rounds=1)
-        _, _, summary = G.generation(cfg, _seed_generation(tmp_path / field), 0, "student")
+        summary = generation.generation(cfg, _seed_generation(tmp_path / field), 0, "student").summary
         assert summary["new_instructions"] == kept
 
 
@@ -230,10 +286,10 @@ def _answers(role_name, row, prompt, seed):
 def test_discrimination_maps_both_orders_and_an_empty_student_answer_is_hard(tmp_path, monkeypatch):
     cfg = _config(tmp_path, tau=1.0)
     llm = ScriptedLLM(_answers)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)  # the referee's requests
     run = _seed_generation(tmp_path, n_pool=3)
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     judgments = {j["id"]: j for j in run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()}
     pool = read_pool(run, rel(0, "cache_pool.parquet")).to_pylist()
     assert sum("number 0 " in row["instruction"] for row in pool) == 1
@@ -254,21 +310,20 @@ def test_pairs_whose_review_never_came_back_stop_the_stage_naming_them(tmp_path,
     llm = ScriptedLLM(_answers)
 
     def one_review_lost(role, rows, to_prompt, **kw):
-        answers, record = llm(role, rows, to_prompt, **kw)
-        if kw.get("stream"):
-            answers = iter(
-                [
-                    table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first"))) if n == 0 else table
-                    for n, table in enumerate(answers)
-                ]
-            )
+        answers, record = llm.stream(role, rows, to_prompt, **kw)
+        answers = iter(
+            [
+                table.filter(pc.invert(pc.ends_with(table.column("id"), "|student_first"))) if n == 0 else table
+                for n, table in enumerate(answers)
+            ]
+        )
         return answers, record
 
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", one_review_lost)
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", one_review_lost)
     run = _seed_generation(tmp_path, n_pool=3)
     with pytest.raises(KeyError, match="2 rows have no response"):  # the first table held 2 student-first reviews
-        D.discrimination(cfg, run, 0, "student")
+        discrimination.discrimination(cfg, run, 0, "student")
     assert not run.exists(rel(0, "discrimination", "judgments.parquet.first_pass"))  # nothing half-written left
 
 
@@ -289,9 +344,9 @@ def test_discrimination_reuses_teacher_answers_and_redraws_unreadable_reviews(tm
         return _answers(role_name, row, prompt, seed)
 
     llm = ScriptedLLM(unreadable_first)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)  # the referee's requests
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)  # the referee's requests
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
     assert len(teacher) == 1 and len(teacher[0]["ids"]) == 1  # the paid answer was not asked again
     retry = [c for c in llm.calls if c["stage"] == "discrimination/referee_retry1"]
@@ -317,15 +372,15 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
 
     def flaky_student(role_name, row, prompt, seed):
         if role_name == "student" and "number 1 " in row["instruction"] and seed == 0:  # the first draw only
-            return response_row(None, "failed: EngineDeadError")
+            return error_row(ErrorKind.ENGINE_LOST, "EngineDeadError")
         if role_name == "student" and "number 2 " in row["instruction"]:  # every draw
-            return response_row(None, "failed: VLLMValidationError: maximum context length is 1024")
+            return error_row(ErrorKind.CONTEXT_OVERFLOW, "VLLMValidationError: maximum context length is 1024")
         return _answers(role_name, row, prompt, seed)
 
     llm = ScriptedLLM(flaky_student)
-    monkeypatch.setattr(D, "answer", llm)
-    monkeypatch.setattr(J, "answer", llm)
-    _, _, summary = D.discrimination(cfg, run, 0, "student")
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
     student = [c for c in llm.calls if c["stage"].startswith("discrimination/student")]
     assert [(c["stage"], len(c["ids"])) for c in student] == [
         ("discrimination/student", 3),
@@ -334,10 +389,10 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
     ]
     assert student[1]["draw"] == "iter_0/discrimination/student_retry1"
     judgments = run.read_table(rel(0, "discrimination", "judgments.parquet")).to_pylist()
-    assert sorted(j["status"] for j in judgments) == [
-        "failed: student answer failed: VLLMValidationError: maximum context length is 1024",
-        "ok",
-        "ok",
+    assert sorted((j["status"], j["failure_kind"], j["failure"]) for j in judgments) == [
+        ("failed", "context_overflow", "student answer: VLLMValidationError: maximum context length is 1024"),
+        ("ok", None, None),
+        ("ok", None, None),
     ]
     assert summary["judged"] == 2 and summary["failed"] == 1 and summary["hard"] == 2
     referee = [c for c in llm.calls if c["stage"] == "discrimination/referee"]
@@ -357,9 +412,12 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     class Result:
         model_dir, record = "new-student", StageRecord("x")
 
-    monkeypatch.setattr(I, "answer", ScriptedLLM(teacher))
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or Result())
-    outputs, _, summary = I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(imitation, "answer", ScriptedLLM(teacher))
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or Result()
+    )
+    result = imitation.imitation(cfg, run, 0, "student")
+    outputs, summary = result.outputs, result.summary
     assert outputs == {"student_model": "new-student"}
     assert len(trained) == 3 and all(r["response"] == "A whole answer." and r["complete"] for r in trained)
     assert summary["imitation_truncated"] == 1 and summary["imitation_answered"] == 4
@@ -367,7 +425,7 @@ def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, mo
     assert metrics["lion/imitation_truncated_answers"] == 1 and metrics["lion/imitation_failed_answers"] == 0
     # lion.train_on_truncated: the cut answer is trained on, marked incomplete (no eos).
     trained.clear()
-    I.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
+    imitation.imitation(_config(tmp_path, train_on_truncated=True), run, 0, "student")
     assert sorted(r["complete"] for r in trained) == [False, True, True, True]
 
 
@@ -378,22 +436,24 @@ class _Trained:
 def test_an_imitation_with_nothing_to_train_on_stops_naming_the_two_settings(tmp_path, monkeypatch):
     run = _seed_generation(tmp_path, n_pool=4)
     cut = ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Cut sho", "length", 5, 40))
-    monkeypatch.setattr(I, "answer", cut)
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
+    monkeypatch.setattr(imitation, "answer", cut)
+    monkeypatch.setattr(imitation, "_train", lambda cfg, run, k, student, sft: pytest.fail("trained on nothing"))
     cfg = _config(tmp_path)
     cfg.teacher.sampling.max_tokens = 40
-    with pytest.raises(I.NothingToImitate) as stopped:
-        I.imitation(cfg, run, 0, "student")
+    with pytest.raises(NothingToImitate) as stopped:
+        imitation.imitation(cfg, run, 0, "student")
     line = str(stopped.value)
     assert "\n" not in line and line.startswith("iteration 0 imitation: only 0 of 4 teacher answers are trainable")
     assert "lion.min_imitation_fraction (0.5)" in line and "4 answers were cut at the teacher's max_tokens (40)" in line
     assert "teacher.sampling.max_tokens" in line and "lion.train_on_truncated: true" in line
     # Either setting lets the same answers train; the teacher is not asked again for them.
     trained = []
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained())
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained()
+    )
     allowed = _config(tmp_path, train_on_truncated=True)
     allowed.teacher.sampling.max_tokens = 40
-    _, _, summary = I.imitation(allowed, run, 0, "student")
+    summary = imitation.imitation(allowed, run, 0, "student").summary
     assert len(trained) == 4 and len(cut.calls) == 1
     assert (summary["imitation_rows"], summary["imitation_trained"]) == (4, 4)
     metrics = run.read_json(rel(0, "imitation", "metrics.json"))
@@ -410,27 +470,30 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
             f"Answer {seed} to {row['id']}.", "length" if "number 1 " in row["instruction"] else "stop", 5, 5
         )
     )
-    monkeypatch.setattr(I, "answer", teacher)
+    monkeypatch.setattr(imitation, "answer", teacher)
     first, again = [], []
 
     def killed(cfg, run, k, student, sft):
         first.extend(sft.to_pylist())
         raise RuntimeError("training worker killed")
 
-    monkeypatch.setattr(I, "_train", killed)
+    monkeypatch.setattr(imitation, "_train", killed)
     cfg = _config(tmp_path, train_on_truncated=True)
     with pytest.raises(RuntimeError, match="killed"):
-        I.imitation(cfg, run, 0, "student")
+        imitation.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 1 and len(first) == 4
-    monkeypatch.setattr(I, "_train", lambda cfg, run, k, student, sft: again.extend(sft.to_pylist()) or _Trained())
-    outputs, counters, _ = I.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: again.extend(sft.to_pylist()) or _Trained()
+    )
+    result = imitation.imitation(cfg, run, 0, "student")
+    outputs, counters = result.outputs, result.counters
     assert len(teacher.calls) == 1  # not asked again
     assert again == first and outputs == {"student_model": "new-student"}
     # The teacher's figures are those of the call that bought the answers, reported once, by the stage that completes.
     assert run.read_json(rel(0, "imitation", "metrics.json"))["rows/imitation/teacher"] == 4 and counters["rows"] == 4
     # A larger max_tokens: the one cut answer is asked again; the complete ones are kept.
     cfg.teacher.sampling.max_tokens = 1024
-    I.imitation(cfg, run, 0, "student")
+    imitation.imitation(cfg, run, 0, "student")
     assert len(teacher.calls) == 2 and len(teacher.calls[1]["ids"]) == 1
 
 
@@ -439,7 +502,7 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
 
     run = _seed_generation(tmp_path, n_pool=4)
     monkeypatch.setattr(
-        I, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
+        imitation, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
     )
     student = run.path(rel(0, "imitation", "student"))
     checkpoint = tmp_path / storage_path(student) / "lion-iter0-imitation" / "checkpoint_000001"
@@ -452,12 +515,12 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
         (checkpoint / "__0_0.distcp").write_bytes(b"weights and optimizer state")
         return Exported()
 
-    monkeypatch.setattr(I, "_train", train)
-    I.imitation(_config(tmp_path), run, 0, "student")
+    monkeypatch.setattr(imitation, "_train", train)
+    imitation.imitation(_config(tmp_path), run, 0, "student")
     assert not (tmp_path / storage_path(student)).exists()  # train.keep_checkpoints: false (the default)
     cfg = _config(tmp_path)
     cfg.train.keep_checkpoints = True
-    I.imitation(cfg, run, 0, "student")
+    imitation.imitation(cfg, run, 0, "student")
     assert (checkpoint / "__0_0.distcp").exists()
 
 
@@ -477,3 +540,115 @@ def test_the_last_new_instructions_are_imitated_by_a_final_stage(tmp_path):
     assert names[-2:] == ["iter_1/generation", "iter_2/imitation"] and len(names) == 7
     names = [s.name for s in lion_stages(_config(tmp_path, iterations=2, final_imitation=False), run)]
     assert names[-1] == "iter_1/generation" and len(names) == 6
+
+
+def test_lions_recheck_asks_again_at_its_temperature_until_a_pass_reads_no_more(tmp_path, monkeypatch):
+    # Lion's chatgpt_referee.py: unreadable reviews are sent again (same request, temperature 0.2)
+    # while a pass reads some of them. Here one pair's reviews read on the first retry, the
+    # other's never: retry 1 reads one, retry 2 reads none, and asking stops there.
+    cfg = _config(tmp_path, referee_retries=None, referee_retry_temperature=0.2)
+    run = _seed_generation(tmp_path, n_pool=3)  # "number 0": the student answers nothing, judged as lost
+    (never,) = [
+        r["id"] for r in read_pool(run, rel(0, "cache_pool.parquet")).to_pylist() if "number 1 " in r["instruction"]
+    ]
+    temperatures = []
+
+    def flaky_referee(role_name, row, prompt, seed):
+        pair = row["id"].rsplit("|", 1)[0]
+        if role_name == "referee" and (seed == 0 or pair == never):
+            return response_row("I cannot say.", "stop", 5, 3)
+        return _answers(role_name, row, prompt, seed)
+
+    llm = ScriptedLLM(flaky_referee)
+
+    def referee(role, rows, to_prompt, **kw):
+        temperatures.append((kw["stage"], role.sampling.temperature))
+        return llm.stream(role, rows, to_prompt, **kw)
+
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", referee)
+    summary = discrimination.discrimination(cfg, run, 0, "student").summary
+    assert temperatures == [
+        ("discrimination/referee", cfg.referee.sampling.temperature),
+        ("discrimination/referee_retry1", 0.2),
+        ("discrimination/referee_retry2", 0.2),
+    ]
+    assert (summary["judged"], summary["failed"]) == (2, 1)
+    # The default: at most referee_retries (2) re-asks, sampling raised to at least 0.5.
+    assert (
+        judge.asking_again([2, 1, 1], None),
+        judge.asking_again([2, 1, 1], 2),
+        judge.asking_again([2, 1, 1, 1], 2),
+    ) == (
+        False,
+        True,
+        False,
+    )
+    near_greedy = cfg.referee.model_copy(
+        update={"sampling": cfg.referee.sampling.model_copy(update={"temperature": 0.2})}
+    )
+    assert judge.resampled(near_greedy).sampling.temperature == 0.5 and judge.resampled(near_greedy, 0.2) == near_greedy
+
+
+def _with_input(run: RunDir, given: str) -> None:
+    """The pools of `run`'s iteration 0 with `given` as every row's input (ids unchanged)."""
+    for name in ("train_pool.parquet", "cache_pool.parquet"):
+        table = read_pool(run, rel(0, name))
+        at = table.schema.get_field_index("input")
+        write_pool(run, rel(0, name), table.set_column(at, table.schema.field(at), pa.repeat(given, table.num_rows)))
+
+
+@pytest.mark.parametrize("show_input", [True, False])
+def test_show_input_off_asks_every_role_the_instruction_alone_as_lions_scripts(tmp_path, monkeypatch, show_input):
+    run = _seed_generation(tmp_path, n_pool=4)
+    _with_input(run, "Guten Tag zusammen")
+    cfg = _config(tmp_path, show_input=show_input, new_instructions_per_iteration=2)
+    prompts, trained, max_tokens = [], [], []
+
+    def recorded(reply):
+        def answer(role_name, row, prompt, seed):
+            prompts.append((role_name, json.dumps(prompt)))
+            return reply(role_name, row, prompt, seed)
+
+        return answer
+
+    llm = ScriptedLLM(recorded(_answers))
+    monkeypatch.setattr(imitation, "answer", llm)
+    monkeypatch.setattr(
+        imitation, "_train", lambda cfg, run, k, student, sft: trained.extend(sft.to_pylist()) or _Trained()
+    )
+    imitation.imitation(cfg, run, 0, "student")
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
+    discrimination.discrimination(cfg, run, 0, "student")
+    generator = ScriptedLLM(recorded(_candidate))
+
+    def generate(role, rows, to_prompt, **kw):
+        max_tokens.append(role.sampling.max_tokens)
+        return generator(role, rows, to_prompt, **kw)
+
+    monkeypatch.setattr(generation, "answer", generate)
+    generation.generation(cfg, run, 0, "student")
+    roles = {role for role, _ in prompts}
+    assert roles == {"teacher", "student", "referee", "generator"}
+    assert all(("Guten Tag" in prompt) is show_input for _, prompt in prompts), prompts
+    assert all(r["input"] == ("Guten Tag zusammen" if show_input else "") for r in trained)
+    # Lion's generator max_tokens: 4 x the words the prompt shows of the seed (5, and 3 of input).
+    assert max_tokens == [4 * (8 if show_input else 5)]
+    assert read_pool(run, rel(1, "cache_pool.parquet")).column("input").to_pylist()[:4] == ["Guten Tag zusammen"] * 4
+
+
+def test_discrimination_asks_the_teacher_again_on_the_cache_pool_as_lions_step_2_1(tmp_path, monkeypatch):
+    run = _seed_generation(tmp_path, n_pool=3)
+    ids = read_pool(run, rel(0, "cache_pool.parquet")).column("id").to_pylist()
+    paid = [{"id": i, "role": "teacher", "text": "Imitation's answer", "finish_reason": "stop"} for i in ids]
+    run.write_table(rel(0, "imitation", "teacher_responses.parquet"), pa.Table.from_pylist(paid))
+    for setting, asked, draw in (("reuse", [], None), ("ask_again", ids, "iter_0/discrimination/teacher")):
+        llm = ScriptedLLM(_answers)
+        monkeypatch.setattr(discrimination, "answer", llm)
+        monkeypatch.setattr(judge, "answer_stream", llm.stream)
+        discrimination.discrimination(_config(tmp_path, discrimination_teacher=setting), run, 0, "student")
+        teacher = [c for c in llm.calls if c["stage"] == "discrimination/teacher"]
+        assert [i for c in teacher for i in c["ids"]] == asked and all(c["draw"] == draw for c in teacher)
+        texts = run.read_table(rel(0, "discrimination", "teacher_responses.parquet")).column("text").to_pylist()
+        assert all(t.startswith("Imitation" if setting == "reuse" else "Teacher answer") for t in texts)

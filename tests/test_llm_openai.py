@@ -87,11 +87,10 @@ def test_faults_end_answered_or_marked(ray_cluster, tmp_path, monkeypatch):
         by_id = {r["id"]: r for r in out.take_all()}
         assert len(by_id) == rec.rows == len(rows)
         assert by_id["fault:429"]["text"] == "echo: fault:429" and by_id["fault:500"]["text"] == "echo: fault:500"
-        assert by_id["fault:stall"]["finish_reason"] == "failed: timeout"
-        assert by_id["fault:malformed"]["text"] is None and by_id["fault:malformed"]["finish_reason"].startswith(
-            "failed"
-        )
-        assert by_id["fault:cutoff"]["finish_reason"].startswith("failed: connection error")
+        assert (by_id["fault:stall"]["finish_reason"], by_id["fault:stall"]["error_kind"]) == ("error", "timeout")
+        assert by_id["fault:malformed"]["text"] is None and by_id["fault:malformed"]["error_kind"] == "unparseable"
+        assert by_id["fault:cutoff"]["error_kind"] == "connection"
+        assert rec.failed_by_kind == {"timeout": 1, "unparseable": 1, "connection": 1}
         assert rec.failed_rows == 3 and rec.api_requests == len(rows)
         assert rec.api_retries == 2 + 1 + 1  # 429 and 500 once each, stall and cutoff retried once
         assert f"Bearer {KEY}" in server.authorizations
@@ -136,7 +135,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(ray_cluster, tmp_path):
         got = out.take_all()
         answered = [r for r in got if r["text"] is not None]
         assert len(got) == 40 and 0 < len(answered) < 40 and rec.cost_usd <= 0.1
-        assert all(r["finish_reason"] == "failed: budget" for r in got if r["text"] is None)
+        assert all((r["finish_reason"], r["error_kind"]) == ("error", "budget") for r in got if r["text"] is None)
         assert server.total_hits == rec.api_requests == len(answered)
         ledger = json.loads(next((tmp_path / "run/llm_cache/ledger").glob("*.json")).read_text())
         assert ledger["cost_usd"] == pytest.approx(rec.cost_usd) and ledger["failed_rows"] == 40 - len(answered)

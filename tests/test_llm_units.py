@@ -8,6 +8,7 @@ import pytest
 
 from lion_distill.config.models import OpenAIEndpoint, RoleConfig
 from lion_distill.data.rundir import RunDir
+from lion_distill.errors import ErrorKind
 from lion_distill.llm import check_structured_output
 from lion_distill.llm.cache import (
     CACHE_SCHEMA,
@@ -30,10 +31,10 @@ from lion_distill.llm.responses import (
     PROMPT_COL,
     attach_prompt,
     encode_prompt,
-    failed,
-    failed_mask,
+    error_mask,
+    error_row,
     fill_record,
-    is_failed,
+    is_error,
     merge_responses,
     response_row,
     split_accounting,
@@ -154,7 +155,10 @@ def test_prompts_and_responses_reconcile():
     responses = [
         {
             "text": "t",
+            "reasoning": None,
             "finish_reason": "stop",
+            "error_kind": None,
+            "error": None,
             "prompt_tokens": 3,
             "completion_tokens": 4,
             "logprobs": None,
@@ -164,11 +168,7 @@ def test_prompts_and_responses_reconcile():
             "_api_cost_usd": 0.5,
         },
         {
-            "text": None,
-            "finish_reason": "failed: budget",
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "logprobs": None,
+            **error_row(ErrorKind.BUDGET, "not sent"),
             "_api_requests": 0,
             "_api_retries": 0,
             "_api_cached": 0,
@@ -177,6 +177,11 @@ def test_prompts_and_responses_reconcile():
     ]
     out = merge_responses(batch, responses, "teacher", with_logprobs=False)
     assert PROMPT_COL not in out and out["role"] == ["teacher"] * 2 and "logprobs" not in out
+    assert (out["finish_reason"], out["error_kind"], out["error"]) == (
+        ["stop", "error"],
+        [None, "budget"],
+        [None, "not sent"],
+    )
     stats, rows = split_accounting(pa.table({"id": out["id"], **{k: v for k, v in out.items() if k != "id"}}))
     assert not any(c.startswith("_api") for c in rows.column_names) and "text" in rows.column_names
     assert "text" not in stats.column_names and rows.num_rows == stats.num_rows == 2
@@ -190,6 +195,7 @@ def test_prompts_and_responses_reconcile():
         2,
         0.5,
     )
+    assert rec.failed_by_kind == {"budget": 1} and rec.as_dict()["failed_budget/s"] == 1
 
 
 def test_api_key_and_request_shape(monkeypatch):
@@ -388,16 +394,15 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
                 {PROMPT_COL: [encode_prompt([{"role": "user", "content": f}]) for f in faults], "id": faults},
             )
         )
-    assert list(out["finish_reason"]) == [
-        "stop",
-        "stop",
-        "failed: timeout",
-        "failed: connection error (RemoteProtocolError)",
-        "stop",
-    ]
+    assert list(out["finish_reason"]) == ["stop", "stop", "error", "error", "stop"]
+    assert list(out["error_kind"]) == [None, None, "timeout", "connection", None]
+    assert list(out["error"]) == [None, None, "timeout", "connection error (RemoteProtocolError)", None]
     assert list(out["_api_retries"]) == [1, 1, 1, 1, 0]
     refused = asyncio.run(ask("http://127.0.0.1:9/v1", {PROMPT_COL: [encode_prompt("x")], "id": ["x"]}))
-    assert list(refused["finish_reason"]) == ["failed: connection error (ConnectError)"]
+    assert (list(refused["error_kind"]), list(refused["error"])) == (
+        ["connection"],
+        ["connection error (ConnectError)"],
+    )
     assert list(refused["_api_retries"]) == [1]
     assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True), (1, 1, True)]
 
@@ -436,14 +441,20 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
 
 
 def test_a_failed_request_is_told_apart_from_a_missing_response_alike_on_rows_and_columns():
-    reasons = [failed("engine error 500: boom"), "stop", "length", None, ""]
-    assert [is_failed(r) for r in reasons] == [True, False, False, False, False]
-    assert failed_mask(pa.array(reasons, pa.string())).to_pylist() == [is_failed(r) for r in reasons]
+    reasons = [error_row(ErrorKind.ENGINE_LOST, "engine error 500: boom")["finish_reason"], "stop", "length", None, ""]
+    assert [is_error(r) for r in reasons] == [True, False, False, False, False]
+    assert error_mask(pa.array(reasons, pa.string())).to_pylist() == [is_error(r) for r in reasons]
     rec = StageRecord("s")
     fill_record(
         rec,
         pa.table(
-            {"prompt_tokens": [1] * 5, "completion_tokens": [1] * 5, "finish_reason": pa.array(reasons, pa.string())}
+            {
+                "prompt_tokens": [1] * 5,
+                "completion_tokens": [1] * 5,
+                "finish_reason": pa.array(reasons, pa.string()),
+                "error_kind": pa.array(["engine_lost", None, None, None, None], pa.string()),
+            }
         ),
     )
     assert rec.failed_rows == 2  # a stage's row without a reason was lost: counted with the failed
+    assert rec.failed_by_kind == {"engine_lost": 1}

@@ -70,7 +70,7 @@ def test_only_answered_questions_are_measured():
     ]
     answers = [
         {"text": "yes", "finish_reason": "stop"},
-        {"text": "", "finish_reason": "failed: timeout"},
+        {"text": "", "finish_reason": "error", "error_kind": "timeout", "error": "timeout"},
         {"text": "cut", "finish_reason": "length"},
     ]
     assert answer_rows(questions, answers) == [

@@ -11,7 +11,7 @@ import pytest
 
 from lion_distill.config.models import Parallelism, RoleConfig
 from lion_distill.driver_node import job_status
-from lion_distill.llm.engine_args import engine_placement
+from lion_distill.llm.engine_args import engine_spec
 
 HOLD_ONE_GPU_PER_NODE = r"""
 import ray
@@ -37,12 +37,14 @@ from ray.data.llm import build_processor
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from lion_distill.config.models import Parallelism, RoleConfig
+from lion_distill.llm.engine_args import engine_spec
 from lion_distill.llm.serve_backend import llm_config
 from lion_distill.llm.vllm_backend import processor_config
 
 role = RoleConfig(backend="vllm", model=sys.argv[1], parallelism=Parallelism(tensor_parallel_size=2))
-opts = LLMServer.get_deployment_options(llm_config(role, gpu=True))
-engine_stage = build_processor(processor_config(role, True, chat=True)).get_stage_by_name("vLLMEngineStage")
+spec = engine_spec(role, gpu=True)
+opts = LLMServer.get_deployment_options(llm_config(spec))
+engine_stage = build_processor(processor_config(role, spec, chat=True)).get_stage_by_name("vLLMEngineStage")
 groups = {  # what each path asks Ray for, one engine each
     "serve": lambda: placement_group(opts["placement_group_bundles"], strategy=opts["placement_group_strategy"]),
     "data": lambda: engine_stage.map_batches_kwargs["ray_remote_args_fn"]()["scheduling_strategy"].placement_group,
@@ -69,11 +71,15 @@ print(json.dumps(out))
 
 def test_engine_placement_is_one_bundle_per_rank_on_one_node():
     tp4 = RoleConfig(backend="vllm", model="m", parallelism=Parallelism(tensor_parallel_size=4, replicas=3))
-    assert engine_placement(tp4, gpu=True) == {"bundles": [{"GPU": 1, "CPU": 1}] * 4, "strategy": "STRICT_PACK"}
-    assert engine_placement(tp4, gpu=True, cpus_per_rank=0)["bundles"] == [{"GPU": 1}] * 4
-    pp = tp4.model_copy(update={"engine_kwargs": {"pipeline_parallel_size": 2}})
-    assert len(engine_placement(pp, gpu=True)["bundles"]) == 8
-    assert engine_placement(tp4, gpu=False) == {"bundles": [{"CPU": 1}]}
+    gpu = engine_spec(tp4, gpu=True)
+    assert gpu.placement() == {"bundles": [{"GPU": 1, "CPU": 1}] * 4, "strategy": "STRICT_PACK"}
+    assert gpu.placement(cpus_per_rank=0)["bundles"] == [{"GPU": 1}] * 4
+    assert gpu.gpus == 12 and gpu.ask() == "3 replica(s) of 4 x {'GPU': 1}, STRICT_PACK (one node)"
+    pp = engine_spec(tp4.model_copy(update={"engine_kwargs": {"pipeline_parallel_size": 2}}), gpu=True)
+    # Pipeline ranks are GPUs too: what the engine places is what the fit check and the metrics count.
+    assert len(pp.placement()["bundles"]) == pp.ranks == 8 and pp.gpus == 24
+    cpu = engine_spec(tp4, gpu=False)
+    assert cpu.placement() == {"bundles": [{"CPU": 1}]} and cpu.gpus == 0
 
 
 @pytest.mark.ray

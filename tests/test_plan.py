@@ -75,6 +75,31 @@ def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
     assert "iter_1/generation" in table and "generation/generator_round2" in table and "total" in table
 
 
+def test_lions_own_ways_are_priced_as_they_ask(tmp_path, tiny_models):
+    # lion-7b.yaml's: the teacher answers the cache pool again (step 2.1), the referee is asked
+    # again while a pass reads more (here 0.5 of 20 pairs a pass: 10, 5, 2.5, 1.25, 0.625), and
+    # each generator reply is priced at the mean of its seed's cap (4 x the seed's words).
+    cfg = config(
+        tmp_path,
+        str(tiny_models.llama),
+        referee_retries=None,
+        discrimination_teacher="ask_again",
+        generator_tokens_per_seed_word=4,
+    )
+    lines = by_call(lion_plan(cfg))
+    assert lines["iter_0/discrimination", "discrimination/teacher"].requests == 20
+    assert lines["iter_1/discrimination", "discrimination/teacher"].requests == 20 + 7
+    retries = [c for s, c in lines if s == "iter_0/discrimination" and "retry" in c]
+    assert len(retries) == 5
+    from lion_distill.lion.generator import seed_token_cap
+    from lion_distill.lion.loop import initial_pool
+
+    seeds = initial_pool(cfg)[0].to_pylist()
+    cap = round(sum(seed_token_cap(r, 4) for r in seeds) / len(seeds))
+    assert cap != cfg.generator.sampling.max_tokens
+    assert lines["iter_0/generation", "generation/generator_round0"].completion_tokens == 8 * cap
+
+
 def test_prompt_tokens_come_from_the_role_tokenizer_or_a_stated_ratio(tmp_path, tiny_models):
     from transformers import AutoTokenizer
 
@@ -306,7 +331,24 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     cfg.train.num_workers, cfg.train.gpus_per_worker = 8, 1
     problems = cluster_problems(cfg, {"CPU": 4, "GPU": 4})
     assert any(p.startswith("train: 8 workers x 1 GPUs need 8 GPUs; the cluster has 4") for p in problems)
-    assert any(p.startswith("student.parallelism: tensor_parallel_size 4 x replicas 2 need 8 GPUs") for p in problems)
+    # An hf role holds one GPU a replica, whatever its tensor_parallel_size (lion_distill.llm.generate).
+    assert not any(p.startswith("student.parallelism") for p in problems)
+    cfg.student.parallelism.replicas = 8
+    problems = cluster_problems(cfg, {"CPU": 4, "GPU": 4})
+    assert any(
+        p.startswith("student.parallelism: replicas 8 (one GPU each, the hf backend) need 8 GPUs") for p in problems
+    )
+    from lion_distill.config.models import StudentRoleConfig
+
+    pipelined = {"pipeline_parallel_size": 2}
+    cfg.student = StudentRoleConfig(
+        backend="vllm", model="m", parallelism={"tensor_parallel_size": 2, "replicas": 2}, engine_kwargs=pipelined
+    )
+    line = "student.parallelism: tensor_parallel_size 2 x pipeline_parallel_size 2 x replicas 2 need 8 GPUs; the cluster has 4"
+    assert line in cluster_problems(cfg, {"CPU": 8, "GPU": 4})
+    # A cluster scaled to zero GPU nodes is judged by what its autoscaler may grow to.
+    assert cluster_problems(cfg, {"CPU": 8}, gpu_ceiling=16) == []
+    assert any("the cluster can grow to 4" in p for p in cluster_problems(cfg, {"CPU": 8}, gpu_ceiling=4))
     assert any(p.startswith("train.num_workers: 8 workers") for p in problems)
 
 

@@ -37,6 +37,7 @@ def iteration_metrics(k: int) -> dict:
                 prompt_tokens=840_000,
                 completion_tokens=72_000,
                 failed_rows=2,
+                failed_by_kind={"timeout": 2},
                 cost_usd=0.528,
                 **api,
             ),
@@ -83,7 +84,9 @@ def judgments(k: int) -> pa.Table:
             "student_score": pa.array(student, pa.float64()),
             "gap": pa.array(gap, pa.float64()),
             "hard": [g is not None and g >= 1.0 for g in gap],
-            "status": ["ok"] * 4 + ["failed: unparseable review after 3 tries", "failed: API error 500"],
+            "status": ["ok"] * 4 + ["failed"] * 2,
+            "failure_kind": [None] * 4 + ["unparseable", "server_error"],
+            "failure": [None] * 4 + ["review: no scores in the rubric's layout", "review: HTTP 500: API error"],
         }
     )
 
@@ -116,7 +119,9 @@ def test_full_report(tmp_path):
     # Scores from judgments.parquet: failed rows counted, never scored.
     assert "| 0 | 6 | 4 | 2 | 8.125 | 6.75 | 1.375 | 0.5 |" in report
     assert "| 1 | 6 | 4 | 2 | 8.125 | 7 | 1.125 | 0.5 |" in report
-    assert "| 0 | unparseable review after 3 tries | 1 |" in report and "| 1 | API error 500 | 1 |" in report
+    assert "| 0 | unparseable | 1 | `review: no scores in the rubric's layout` |" in report
+    assert "| 1 | server_error | 1 | `review: HTTP 500: API error` |" in report
+    assert "| 0 | discrimination/referee | timeout | 2 |" in report  # failed requests by kind, from metrics.json
     assert "| 1 | rouge_l | 26 |" in report and "| 0 | unparseable | 5 |" in report
     assert "Nothing: every expected file was read." in report
     # Answers trained on out of those asked, per imitation; the run directory's size on disk.

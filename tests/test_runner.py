@@ -3,6 +3,7 @@
 import pytest
 
 from lion_distill.data import RunDir
+from lion_distill.errors import RunDirFormatError
 from lion_distill.runner import Driver, StageResult, fresh_state, next_stage, plan_stages, record_stage
 
 
@@ -65,5 +66,5 @@ def test_driver_persists_and_reloads_state(tmp_path):
 def test_a_state_file_from_an_older_engine_is_named(tmp_path):
     run = RunDir(tmp_path / "run")
     run.write_json("state.json", {"completed": {"0": ["imitation"]}})
-    with pytest.raises(RuntimeError, match="older version of this engine"):
+    with pytest.raises(RunDirFormatError, match="run directory format 1 .*start a new run directory"):
         Driver(run.uri, fresh_state("lion", "r"))

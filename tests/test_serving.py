@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams, ServingConfig
-from lion_distill.llm.engine_args import engine_key
+from lion_distill.llm.engine_args import engine_spec
 from lion_distill.llm.responses import PROMPT_COL, encode_prompt
 from lion_distill.llm.serve_backend import IN, RETRY, lost_and_missing, serve_request, serve_response
 
@@ -26,8 +26,8 @@ def role(model="/m/a", **kw) -> RoleConfig:
 def test_roles_share_an_engine_when_model_and_engine_settings_match():
     teacher = role(sampling=SamplingParams(temperature=0.7, seed=0))
     referee = role(sampling=SamplingParams(temperature=0.2, seed=3, max_tokens=9))  # sampling is per request
-    assert engine_key(teacher, gpu=False) == engine_key(referee, gpu=False)
-    assert engine_key(teacher, gpu=True) == engine_key(referee, gpu=True)
+    assert engine_spec(teacher, gpu=False).key == engine_spec(referee, gpu=False).key
+    assert engine_spec(teacher, gpu=True).key == engine_spec(referee, gpu=True).key
     for other in (
         role(model="/m/b"),
         role(max_model_len=2048),
@@ -35,7 +35,7 @@ def test_roles_share_an_engine_when_model_and_engine_settings_match():
         role(parallelism=Parallelism(replicas=2)),
         role(engine_kwargs={"seed": 1}),
     ):
-        assert engine_key(other, gpu=False) != engine_key(teacher, gpu=False)
+        assert engine_spec(other, gpu=False).key != engine_spec(teacher, gpu=False).key
 
 
 def test_serving_shorthand_and_defaults():
@@ -99,15 +99,18 @@ def test_reply_mapping_finish_reasons_errors_and_sparse_logprobs():
     dead = serve_response(
         {**base, "error": {"code": 500, "message": "EngineDeadError"}}, chat=True, role_name="t", with_logprobs=False
     )
-    assert dead[RETRY] and dead["text"] is None and dead["finish_reason"].startswith("failed: engine error 500")
+    assert (
+        dead[RETRY] and dead["text"] is None and (dead["finish_reason"], dead["error_kind"]) == ("error", "engine_lost")
+    )
+    assert dead["error"] == "engine error 500: EngineDeadError"
     bad = serve_response(
         {**base, "error": {"code": 400, "message": "prompt too long"}}, chat=True, role_name="t", with_logprobs=False
     )
-    assert not bad[RETRY] and "prompt too long" in bad["finish_reason"]
+    assert not bad[RETRY] and bad["error_kind"] == "bad_request" and "prompt too long" in bad["error"]
     refused = serve_response(
         {**base, "__inference_error__": "ValueError: nope"}, chat=True, role_name="t", with_logprobs=False
     )
-    assert not refused[RETRY] and refused["finish_reason"] == "failed: ValueError: nope"
+    assert not refused[RETRY] and (refused["error_kind"], refused["error"]) == ("bad_request", "ValueError: nope")
 
 
 def test_an_attempts_lost_and_missing_requests():
@@ -267,7 +270,7 @@ def test_job_engines_share_survive_a_killed_engine_and_leave_nothing(ray_cluster
             assert killed, "the engine core was not seen generating"
             assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in many)
             for r in rows:
-                assert r["finish_reason"] in ("stop", "length") or r["finish_reason"].startswith("failed: "), r
+                assert r["finish_reason"] in ("stop", "length", "error"), r
             assert rec.failed_rows < len(many)  # the restarted engine answered the resent requests
             assert engines.take_metrics()["engine_starts"] == 0  # Serve restarted it; the job started nothing
             raise RuntimeError("the job failed")

@@ -18,6 +18,7 @@ import ray
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.util.placement_group import placement_group, remove_placement_group
 from lion_distill.config import load_config
+from lion_distill.llm.engine_args import engine_spec
 from lion_distill.llm.serve_backend import llm_config
 from lion_distill.llm.fit import cluster_gpus, fit_problem, gpu_plan
 
@@ -30,7 +31,7 @@ roles = {name: getattr(cfg, name).model_copy(update={"model": sys.argv[1]}) for 
 roles["student"] = roles["student"].model_copy(update={"max_model_len": 512})  # another engine than the frozen one
 
 def reserve(role):
-    opts = LLMServer.get_deployment_options(llm_config(role, gpu=True))
+    opts = LLMServer.get_deployment_options(llm_config(engine_spec(role, gpu=True)))
     groups = [placement_group(opts["placement_group_bundles"], strategy=opts["placement_group_strategy"])
               for _ in range(role.parallelism.replicas)]
     return groups, all(g.wait(10) for g in groups)

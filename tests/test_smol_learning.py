@@ -17,7 +17,7 @@ import pytest
 from lion_distill.config.models import TrainConfig
 from lion_distill.evaluate.nll import mean_nll
 from lion_distill.smol import kept_layers, resolve_smol
-from lion_distill.train import batches as B
+from lion_distill.train import batches
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
@@ -51,19 +51,19 @@ def test_smol_folders_load_as_ordinary_checkpoints(smol_models):
     student = json.loads((smol_models.student / "config.json").read_text())
     assert "quantization_config" not in teacher and teacher["head_dim"] == 64  # vLLM's CPU attention needs >= 64
     assert (teacher["num_hidden_layers"], student["num_hidden_layers"]) == (30, 6)
-    tok = B.load_tokenizer(str(smol_models.student))
+    tok = batches.load_tokenizer(str(smol_models.student))
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n") and tok.eos_token == "<|im_end|>"
 
 
-TOKENIZE_CAUSAL = B.tokenize_causal
+TOKENIZE_CAUSAL = batches.tokenize_causal
 
 
 def shifted_labels(batch: dict, **kwargs) -> dict:
     """LION_TEST_CORRUPT=shift: every answer token's label moved one position later (the
     model learns to predict the token it already sees), the bug an off-by-one mask makes."""
     out = TOKENIZE_CAUSAL(batch, **kwargs)
-    out["labels"] = [np.concatenate([[B.IGNORE], labels[:-1]]) for labels in out["labels"]]
+    out["labels"] = [np.concatenate([[batches.IGNORE], labels[:-1]]) for labels in out["labels"]]
     return out
 
 
@@ -79,7 +79,7 @@ def test_imitation_closes_most_of_the_gap_on_held_out_answers(ray_cluster, smol_
             {**r, "response": o["response"], "complete": o["complete"]} for r, o in zip(train, train[1:] + train[:1])
         ]
     if CORRUPT == "shift":
-        monkeypatch.setattr("lion_distill.train.loop.B.tokenize_causal", shifted_labels)
+        monkeypatch.setattr("lion_distill.train.batches.tokenize_causal", shifted_labels)
     student = str(smol_models.student)
     before = mean_nll(student, held, "alpaca")
     floor = mean_nll(str(smol_models.instruct), held, "chat")["nll"]

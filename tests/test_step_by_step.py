@@ -9,13 +9,14 @@ import pytest
 
 from lion_distill.config import ConfigError, load_config
 from lion_distill.config.step_by_step import StepByStepConfig
+from lion_distill.errors import PromptError, TaskDataError
 from lion_distill.runner import fresh_state, plan_stages
 from lion_distill.step_by_step.data import fraction_split, parse_rows, released_completions, with_released_replies
 from lion_distill.step_by_step.evaluate import accuracy, equation_value
 from lion_distill.step_by_step.job import step_by_step_stages
 from lion_distill.step_by_step.parse import Parsed, ParseFailure, parse_reply, words_to_number
-from lion_distill.step_by_step.prompts import PROMPTS, PromptError, default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import REPO_DATA, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.prompts import EXAMPLE, PROMPTS, default_prompt_file, load_prompt
+from lion_distill.step_by_step.readers import REPO_DATA, read_examples, read_jsonl_task
 from lion_distill.step_by_step.stages import method_rows, teacher_failed
 from lion_distill.step_by_step.tasks import TASKS, user_task
 
@@ -249,8 +250,17 @@ def test_a_prompt_needs_its_slot_and_no_provenance_header(tmp_path):
     (tmp_path / "b.txt").write_text("Q: {input}\nA:")
     with pytest.raises(PromptError, match="exactly one"):
         load_prompt(tmp_path / "a.txt")
-    with pytest.raises(PromptError, match="not found"):
+    with pytest.raises(PromptError, match="not found") as missing:
         load_prompt(tmp_path / "none.txt")
+    # What to write there, and an example that exists and loads.
+    assert "exactly one {input}" in str(missing.value) and EXAMPLE in str(missing.value)
+    assert (
+        load_prompt(REPO_DATA.parents[1] / EXAMPLE)
+        .render({"input": "x"})
+        .endswith("Review: x\nIs this review positive or negative?\nA:")
+    )
+    with pytest.raises(PromptError, match="no prompt ships for this task: set teacher.prompt_file"):
+        load_prompt(default_prompt_file("jsonl"))
     # A user's prompt needs no `#` lines: they are this repository's convention for its own prompts.
     prompt = load_prompt(tmp_path / "b.txt")
     assert prompt.render({"input": "x"}) == "Q: x\nA:" and prompt.provenance == ""
@@ -273,9 +283,18 @@ def test_constraint_regex_accepts_what_the_parser_accepts():
 
 
 def test_a_teacher_that_answered_nothing_stops_the_stage():
-    failed = [{"id": str(i), "text": None, "finish_reason": "failed: BadRequestError: 400 grammar"} for i in range(3)]
+    failed = [
+        {
+            "id": str(i),
+            "text": None,
+            "finish_reason": "error",
+            "error_kind": "bad_request",
+            "error": "HTTP 400: grammar",
+        }
+        for i in range(3)
+    ]
     line = teacher_failed(failed)
-    assert line.startswith("rationales/teacher: all 3 requests failed; the first: failed: BadRequestError: 400 grammar")
+    assert line.startswith("rationales/teacher: all 3 requests failed; the first: bad_request: HTTP 400: grammar")
     assert teacher_failed([*failed, {"id": "3", "text": " So the answer is (a).", "finish_reason": "stop"}]) is None
     assert teacher_failed([]) is None
 
@@ -429,6 +448,13 @@ def test_report_from_any_state(tmp_path):
             "train": {
                 "step_by_step/1": {
                     "rows": 8,
+                    "row_counts": {
+                        "rows_in": 9,
+                        "rows_trained": 8,
+                        "unparsed_label": 0,
+                        "empty_rationale": 1,
+                        "unparsed_rows": "drop",
+                    },
                     "steps": 4,
                     "seconds": 9.0,
                     "best_step": 2,
@@ -476,7 +502,8 @@ def test_report_from_any_state(tmp_path):
         and "| run_on | 0 | 2 |" in report
         and "| train/step_by_step/1 | 9 |" in report
     )
-    assert "| step_by_step/1 | 8 | 4 | 0.5 (2), 0.25 (4) | 2 |" in report and "| cost_usd | 0.5 |" in report
+    assert "| step_by_step/1 | 8 | 0 / 1, left out | 4 | 0.5 (2), 0.25 (4) | 2 |" in report
+    assert "| cost_usd | 0.5 |" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
 
 

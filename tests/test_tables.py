@@ -33,14 +33,26 @@ def test_first_per_id_and_replaced_by_id_keep_the_tables_order():
 
 
 TEXTS = [None, "", "  \n", "An answer."]
-REASONS = [None, "stop", "length", "failed: EngineDeadError"]
+REASONS = [None, "stop", "length", "error"]
+
+
+def _kind(finish_reason: str | None) -> str | None:
+    return "engine_lost" if finish_reason == "error" else None
 
 
 def test_the_column_rules_agree_with_the_row_rules_on_every_case():
-    responses = [{"text": t, "finish_reason": r} for t, r in itertools.product(TEXTS, REASONS)]
+    responses = [{"text": t, "finish_reason": r, "error_kind": _kind(r)} for t, r in itertools.product(TEXTS, REASONS)]
     assert answered_mask(pa.Table.from_pylist(responses)).to_pylist() == [answered(r) for r in responses]
     pairs = [
-        {"id": str(n), "teacher_text": a, "teacher_finish_reason": ar, "student_text": b, "student_finish_reason": br}
+        {
+            "id": str(n),
+            "teacher_text": a,
+            "teacher_finish_reason": ar,
+            "teacher_error_kind": _kind(ar),
+            "student_text": b,
+            "student_finish_reason": br,
+            "student_error_kind": _kind(br),
+        }
         for n, (a, ar, b, br) in enumerate(itertools.product(TEXTS, REASONS, TEXTS, REASONS))
     ]
     table = pa.Table.from_pylist(pairs)

@@ -75,8 +75,7 @@ def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_pat
     """The same code the Ray Train workers run, in this process (no process group): the optimizer
     holds the adapter only, the loss falls, a checkpoint holds the adapter and restores it, and the
     merged export changes only the adapted weights."""
-    from lion_distill.train import lora
-    from lion_distill.train import step as S
+    from lion_distill.train import lora, step
 
     path = str(tiny_models.llama)
     cfg = TrainConfig(
@@ -84,7 +83,7 @@ def test_lora_steps_checkpoint_and_merged_export_in_process(tiny_models, tmp_pat
         learning_rate=5e-2,
         warmup_ratio=0.0,
     )
-    student = lambda: S.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))  # noqa: E731
+    student = lambda: step.load_sharded(path, "causal", torch.device("cpu"), adapt=lora.adapter(cfg.lora, "causal"))  # noqa: E731
     torch.manual_seed(cfg.seed)  # as a Ray Train worker does: the adapter's initialisation, not what ran before
     model = student()
     _adapter_trains_and_its_checkpoint_restores(
@@ -113,9 +112,7 @@ def _checkpoint_keys(run_dir: Path) -> list[str]:
 def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, tiny_models, tmp_path):
     import ray
 
-    from lion_distill.train import batches as B
-    from lion_distill.train import step as S
-    from lion_distill.train import train_causal_sft
+    from lion_distill.train import batches, step, train_causal_sft
 
     rows = ray.data.from_items(
         [{"instruction": f"Say the number {i}.", "input": "", "response": f"The number is {i}."} for i in range(16)]
@@ -159,19 +156,19 @@ def test_lora_student_two_fsdp_workers_resumes_merges_and_serves(ray_cluster, ti
 
     adapter_dir = os.path.join(second.model_dir, ADAPTER_DIR)
     assert json.loads(Path(adapter_dir, "adapter_config.json").read_text())["r"] == 8
-    tokens = B.tokenize_causal(
+    tokens = batches.tokenize_causal(
         {"instruction": ["Say the number 3."], "input": [""], "response": ["The number is 3."]},
         tokenizer_path=second.model_dir,
         max_length=128,
     )
-    batch = B.collate_causal(tokens, pad_id=0)
+    batch = batches.collate_causal(tokens, pad_id=0)
     with torch.no_grad():
-        with_adapter = PeftModel.from_pretrained(S.load_model(str(tiny_models.llama), "causal"), adapter_dir).eval()
-        merged_model = S.load_model(second.model_dir, "causal").eval()
+        with_adapter = PeftModel.from_pretrained(step.load_model(str(tiny_models.llama), "causal"), adapter_dir).eval()
+        merged_model = step.load_model(second.model_dir, "causal").eval()
         logits = [m(input_ids=batch["input_ids"]).logits for m in (with_adapter, merged_model)]
         base_loss, trained_loss = (
-            S.causal_lm_loss(m, batch).item()
-            for m in (S.load_model(str(tiny_models.llama), "causal").eval(), merged_model)
+            step.causal_lm_loss(m, batch).item()
+            for m in (step.load_model(str(tiny_models.llama), "causal").eval(), merged_model)
         )
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
     assert trained_loss < base_loss - 0.3
@@ -241,19 +238,18 @@ QLORA = TrainConfig(
 
 
 def _qlora_student(path: str):
-    from lion_distill.train import lora
-    from lion_distill.train import step as S
+    from lion_distill.train import lora, step
 
     cpu = torch.device("cpu")
-    return S.load_sharded(
+    return step.load_sharded(
         path, "causal", cpu, adapt=lora.adapter(QLORA.lora, "causal"), quantization=lora.quantization(QLORA.lora, cpu)
     )
 
 
 def _numbers_batch(path: str, numbers) -> dict:
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
 
-    tokens = B.tokenize_causal(
+    tokens = batches.tokenize_causal(
         {
             "instruction": [f"Say {i}." for i in numbers],
             "input": [""] * len(numbers),
@@ -262,7 +258,7 @@ def _numbers_batch(path: str, numbers) -> dict:
         tokenizer_path=path,
         max_length=64,
     )
-    return B.collate_causal(tokens, pad_id=0)
+    return batches.collate_causal(tokens, pad_id=0)
 
 
 def _adapter(model) -> dict[str, torch.Tensor]:
@@ -283,17 +279,16 @@ def _adapter_trains_and_its_checkpoint_restores(
     the trained adapter."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    from lion_distill.train import lora
-    from lion_distill.train import step as S
+    from lion_distill.train import lora, step
     from lion_distill.train.checkpoint import load_checkpoint, save_checkpoint
 
-    optimizer, scheduler = S.build_optimizer(model, cfg, 10)
+    optimizer, scheduler = step.build_optimizer(model, cfg, 10)
     params = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params and len(params) == trainable
     losses = []
     for _ in range(10):
-        losses.append(S.backward(model, batch, cfg, torch.device("cpu"), sync=True))
-        S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        losses.append(step.backward(model, batch, cfg, torch.device("cpu")))
+        step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     assert losses[-1] < losses[0] - 0.5, losses
 
     folder = tmp_path / "checkpoint"
@@ -305,7 +300,7 @@ def _adapter_trains_and_its_checkpoint_restores(
     assert all("lora_" in k for k in keys if k.startswith("optim.state."))
     trained = _adapter(model)
     fresh = student()
-    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, cfg, 10)
+    fresh_optimizer, fresh_scheduler = step.build_optimizer(fresh, cfg, 10)
     assert (
         load_checkpoint(folder, fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))["step"] == 10
     )
@@ -348,8 +343,7 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     adapter alone and restores it, and the export is the adapter merged into the full-precision base."""
     from bitsandbytes.nn import Linear4bit, Params4bit
 
-    from lion_distill.train import lora
-    from lion_distill.train import step as S
+    from lion_distill.train import lora, step
 
     path = str(tiny_models.llama)
     # As a Ray Train worker does: at lr 5e-2 some initialisations overshoot, and the global RNG's
@@ -362,7 +356,7 @@ def test_qlora_4bit_base_steps_checkpoint_and_full_precision_merge_in_process(ti
     assert all(isinstance(layer.self_attn.q_proj.base_layer.weight, Params4bit) for layer in layers)
     assert layers[0].self_attn.q_proj.base_layer.weight.quant_state.quant_type == "nf4"
     base_params = sum(t.numel() for t in load_file(str(tiny_models.llama / "model.safetensors")).values())
-    assert S.parameter_count(model) == base_params + 2 * 2 * 4 * (128 + 128)  # unpacked, plus the adapter
+    assert step.parameter_count(model) == base_params + 2 * 2 * 4 * (128 + 128)  # unpacked, plus the adapter
 
     trained = _adapter_trains_and_its_checkpoint_restores(
         model, lambda: _qlora_student(path), QLORA, _numbers_batch(path, range(4)), tmp_path, trainable=2 * 2 * 2
@@ -377,31 +371,30 @@ def _qlora_rank(rank: int, world: int, path: str, out: str) -> None:
     from bitsandbytes.nn import Params4bit
     from torch.distributed.tensor import DTensor
 
-    from lion_distill.train import lora
-    from lion_distill.train import step as S
+    from lion_distill.train import lora, step
     from lion_distill.train.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(QLORA.seed)  # as every Ray Train worker does: one adapter initialisation on all ranks
     model = _qlora_student(path)
-    quantised = S.quantised_parameters(model)
+    quantised = step.quantised_parameters(model)
     layout = {
         "4-bit, whole": all(type(p) is Params4bit for p in quantised) and len(quantised) == 2 * 7,
         "the rest sharded": all(isinstance(p, DTensor) for p in model.parameters() if p not in quantised),
     }
-    optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
+    optimizer, scheduler = step.build_optimizer(model, QLORA, 2)
     batch = _numbers_batch(path, range(4 * rank, 4 * rank + 4))  # each rank its own rows
-    tokens = S.target_tokens(batch, "causal")
+    tokens = step.target_tokens(batch, "causal")
     dist.all_reduce(tokens)  # the loop's normaliser: the answer tokens on all ranks
     grads = []
     for _ in range(2):
-        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True, tokens=tokens, world=world)
+        step.backward(model, batch, QLORA, torch.device("cpu"), tokens=tokens, world=world)
         grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters() if p.requires_grad})
-        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+        step.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
     adapter = _adapter(model)
     save_checkpoint(f"{out}/checkpoint", model, optimizer, scheduler, {"step": 2}, lora.checkpoint_options(model))
     torch.manual_seed(rank + 1)  # a fresh adapter, other than the trained one
     fresh = _qlora_student(path)
-    fresh_optimizer, fresh_scheduler = S.build_optimizer(fresh, QLORA, 2)
+    fresh_optimizer, fresh_scheduler = step.build_optimizer(fresh, QLORA, 2)
     load_checkpoint(f"{out}/checkpoint", fresh, fresh_optimizer, fresh_scheduler, lora.checkpoint_options(fresh))
     restored = all(torch.equal(v, adapter[k]) for k, v in _adapter(fresh).items())
     lora.export(model, path, f"{out}/export")
@@ -413,7 +406,7 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
     (ignored by FSDP2), the rest is sharded, the adapter's gradients are those of both ranks' rows
     together (a single process on all eight rows gives the same), the ranks hold one adapter, the
     checkpoint restores it, and the merged export is written."""
-    from lion_distill.train import step as S
+    from lion_distill.train import step
 
     path = str(tiny_models.llama)
     run_ranks(_qlora_rank, 2, str(tmp_path / "rendezvous"), path, str(tmp_path))
@@ -425,12 +418,12 @@ def test_qlora_two_fsdp_ranks_keep_the_4bit_base_whole_and_sync_the_adapter(tiny
 
     torch.manual_seed(QLORA.seed)
     model = _qlora_student(path)
-    optimizer, scheduler = S.build_optimizer(model, QLORA, 2)
+    optimizer, scheduler = step.build_optimizer(model, QLORA, 2)
     batch = _numbers_batch(path, range(8))
-    for step in range(2):
-        S.backward(model, batch, QLORA, torch.device("cpu"), sync=True)
+    for k in range(2):
+        step.backward(model, batch, QLORA, torch.device("cpu"))
         for name, p in model.named_parameters():
             if p.requires_grad:
-                torch.testing.assert_close(ranks[0]["grads"][step][name], p.grad, rtol=1e-4, atol=1e-6)
-        S.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
+                torch.testing.assert_close(ranks[0]["grads"][k][name], p.grad, rtol=1e-4, atol=1e-6)
+        step.optimizer_step(model, optimizer, scheduler, QLORA.max_grad_norm)
     _assert_merged(tmp_path / "export", tiny_models.llama, ranks[0]["adapter"], scaling=8 / 4)

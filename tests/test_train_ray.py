@@ -3,6 +3,7 @@ inside one T5 run keeping the best export, and the one real 2-worker FSDP2 run: 
 that resumes, exports, and loads in transformers and vLLM."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -123,7 +124,7 @@ def test_validation_inside_one_run_keeps_the_best_export(ray_cluster, tiny_model
 
 
 def test_the_row_index_numbers_the_materialized_rows_block_by_block(ray_cluster):
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
     from lion_distill.train.loop import _indexed, _with_row_index
 
     items = [{"x": i, "ids": np.arange(i % 3 + 1) + i} for i in range(20)]
@@ -131,11 +132,11 @@ def test_the_row_index_numbers_the_materialized_rows_block_by_block(ray_cluster)
     indexed = _indexed(ds)
     assert indexed.num_blocks() == ds.num_blocks() > 1
     rows, before = indexed.take_all(), ds.take_all()  # the test may collect; the trainer does not
-    assert [r[B.ROW] for r in rows] == list(range(17))
+    assert [r[batches.ROW] for r in rows] == list(range(17))
     assert [(r["x"], list(r["ids"])) for r in rows] == [(r["x"], list(r["ids"])) for r in before]
     # A bundle may hold a slice of a block (RefBundle.slices): only the slice's rows are numbered.
     sliced = ray.get(_with_row_index.remote(ray.put(pa.table({"x": [0, 1, 2, 3]})), 1, 3, 10))
-    assert sliced.column("x").to_pylist() == [1, 2] and sliced.column(B.ROW).to_pylist() == [10, 11]
+    assert sliced.column("x").to_pylist() == [1, 2] and sliced.column(batches.ROW).to_pylist() == [10, 11]
 
 
 def _slow_first_block(batch: dict, pause_s: float) -> dict:
@@ -146,22 +147,23 @@ def _slow_first_block(batch: dict, pause_s: float) -> dict:
 
 
 def test_the_usable_rows_are_numbered_in_the_rows_order_whichever_block_finishes_first(ray_cluster):
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
     from lion_distill.train.loop import _usable_rows
 
     rows = ray.data.from_items([{"x": i} for i in range(12)], override_num_blocks=6)
     usable, n_in = _usable_rows(rows, _slow_first_block, {"pause_s": 2.0})
-    got = sorted((r[B.ROW], r["x"]) for r in usable.take_all())
+    got = sorted((r[batches.ROW], r["x"]) for r in usable.take_all())
     assert n_in == 12 and got == list(enumerate([x for x in range(12) if x != 5]))
 
 
 def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
-    ray_cluster, tiny_models, tmp_path, monkeypatch
+    ray_cluster, tiny_models, tmp_path, monkeypatch, caplog
 ):
     """Two Ray Train workers each train on their rows of epoch_order's shuffle: 15 usable rows of
     distinct lengths, 7 a rank, so the token counts name the one row left out. On the driver the
-    rows are never read and the engine puts nothing in the object store."""
-    from lion_distill.train import batches as B
+    rows are never read and the engine puts nothing in the object store. Rank 0's training line
+    (train.log_every_steps) is logged on the driver, once a step."""
+    from lion_distill.train import batches
 
     items = [
         {"instruction": "Say " + "the number " * (i + 1), "input": "", "response": "It is " + "one " * (2 * i) + "."}
@@ -197,20 +199,31 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
         return put(value, *args, **kwargs)
 
     monkeypatch.setattr(ray, "put", engine_must_not_put)
-    cfg = TrainConfig(num_workers=2, batch_size=3, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=128)
-    result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
+    cfg = TrainConfig(
+        num_workers=2, batch_size=3, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=128, log_every_steps=1
+    )
+    lines = _LogLines()
+    logging.getLogger("lion_distill.train").addHandler(lines)
+    caplog.set_level(logging.INFO, logger="lion_distill.train")
+    try:
+        result = train_causal_sft(cfg, str(tiny_models.llama), rows, str(tmp_path / "student"), name="sft-share")
+    finally:
+        logging.getLogger("lion_distill.train").removeHandler(lines)
     monkeypatch.undo()
+    steps = [line.split(",")[0] for line in lines.lines if line.startswith("sft-share: step ")]
+    assert steps == ["sft-share: step 1/3", "sft-share: step 2/3", "sft-share: step 3/3"], lines.lines
+    assert all(" tokens/s, ETA " in line for line in lines.lines if line.startswith("sft-share: step "))
 
-    tokens = B.tokenize_causal(
+    tokens = batches.tokenize_causal(
         {k: [r[k] for r in usable] for k in ("instruction", "input", "response")},
         tokenizer_path=str(tiny_models.llama),
         max_length=128,
     )
     prompt, target = tokens["n_prompt_tokens"], tokens["n_target_tokens"]
     assert len(set(prompt)) == len(set(target)) == 15
-    left_out = B.epoch_order(15, 1, 0, cfg.seed, 0)[14]  # dealt round-robin, 7 + 7: the permutation's last
+    left_out = batches.epoch_order(15, 1, 0, cfg.seed, 0)[14]  # dealt round-robin, 7 + 7: the permutation's last
     assert (
-        sorted(np.concatenate([B.epoch_order(15, 2, r, cfg.seed, 0) for r in (0, 1)]))
+        sorted(np.concatenate([batches.epoch_order(15, 2, r, cfg.seed, 0) for r in (0, 1)]))
         == sorted(set(range(15)) - {left_out})
         and left_out != 14
     )
@@ -220,6 +233,15 @@ def test_workers_stream_their_share_and_the_driver_never_holds_the_token_ids(
         prompt.sum() - prompt[left_out],
         target.sum() - target[left_out],
     )
+
+
+class _LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 VLLM_SCRIPT = textwrap.dedent("""
@@ -260,16 +282,19 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
     second = train_causal_sft(cfg.model_copy(update={"epochs": 4}), str(tiny_models.llama), rows, out, name="sft")
     extra = second.record.extra
     assert extra["resumed_from_step"] == 2 and extra["steps"] == 8
+    assert 0 < extra["train_step_s"] < second.record.seconds  # MFU's time: the steps, not the checkpoints
+    # Another world size would resume each rank at another place in the data, under another schedule.
+    with pytest.raises(ValueError, match=r"sft: its checkpoints .* \(train.num_workers 2 -> 1\)"):
+        train_causal_sft(cfg.model_copy(update={"num_workers": 1}), str(tiny_models.llama), rows, out, name="sft")
     assert second.record.rows == 3 * 16  # only the three new epochs were trained
     assert extra["train_loss_first"] == first.record.extra["train_loss_first"]
     assert extra["train_loss_last"] < extra["train_loss_first"] - 1.0
     assert extra["samples_per_s"] > 0 and extra["tokens_per_s"] > 0
 
     # The export carries the training: on the training rows it has a far lower loss than the base model.
-    from lion_distill.train import batches as B
-    from lion_distill.train import step as S
+    from lion_distill.train import batches, step
 
-    tokens = B.tokenize_causal(
+    tokens = batches.tokenize_causal(
         {
             "instruction": [f"Say the number {i}." for i in range(4)],
             "input": [""] * 4,
@@ -278,10 +303,10 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
         tokenizer_path=second.model_dir,
         max_length=128,
     )
-    batch = B.collate_causal(tokens, pad_id=0)
+    batch = batches.collate_causal(tokens, pad_id=0)
     with torch.no_grad():
         base, trained = (
-            S.causal_lm_loss(S.load_model(path, "causal").eval(), batch).item()
+            step.causal_lm_loss(step.load_model(path, "causal").eval(), batch).item()
             for path in (str(tiny_models.llama), second.model_dir)
         )
     assert trained < base - 1.0

@@ -1,6 +1,6 @@
 """Run configuration: pydantic models loaded from YAML with `--set a.b=c` overrides."""
 
-from lion_distill.config.loader import ConfigError, load_config, parse_override
+from lion_distill.config.loader import load_config, parse_override
 from lion_distill.config.models import (
     DataConfig,
     LionConfig,
@@ -11,6 +11,7 @@ from lion_distill.config.models import (
     TrainConfig,
 )
 from lion_distill.config.run import RunConfig
+from lion_distill.errors import ConfigError
 
 __all__ = [
     "ConfigError",

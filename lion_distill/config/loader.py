@@ -10,10 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lion_distill.config.run import RunConfig
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message says where and why."""
+from lion_distill.errors import ConfigError
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -45,7 +42,7 @@ def _describe(error: dict) -> str:
     field = ".".join(str(p) for p in error["loc"]) or "(top level)"
     expected = error["msg"]
     if error["type"] == "extra_forbidden":
-        expected = "unknown field (check its spelling; see the config reference in README.md)"
+        expected = "unknown field (check its spelling; see docs/configuration.md)"
     elif error["type"] == "missing":
         expected = "required field is missing"
     got = error.get("input")

@@ -59,11 +59,22 @@ class SamplingParams(Strict):
         sampling: {temperature: 0.7, max_tokens: 256, extra: {stop: ["###"], top_k: 50, repetition_penalty: 1.1}}
     """
 
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = 512
-    seed: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature of every request the role gets.")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Nucleus sampling: the share of probability mass sampled from."
+    )
+    max_tokens: PositiveInt = Field(
+        512, description="The most completion tokens a reply may have; a reply cut there has finish_reason `length`."
+    )
+    seed: int | None = Field(
+        None,
+        description="The sampling seed sent with each request (null: none; Lion's generator derives one per draw).",
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More sampling settings passed unchanged to vLLM's SamplingParams and the OpenAI request body "
+        "(stop, top_k, min_p, repetition_penalty, ...; any other key is an error naming it; not for `hf`).",
+    )
 
     @field_validator("extra")
     @classmethod
@@ -78,39 +89,73 @@ class SamplingParams(Strict):
 
 
 class Parallelism(Strict):
-    tensor_parallel_size: PositiveInt = 1
-    replicas: PositiveInt = 1
-    batch_size: PositiveInt = 32
+    """How many GPUs and engines serve a local role."""
+
+    tensor_parallel_size: PositiveInt = Field(
+        1, description="GPUs one engine spans (vLLM tensor parallelism), all on one node."
+    )
+    replicas: PositiveInt = Field(1, description="Engines (or `hf` actors) that serve the role side by side.")
+    batch_size: PositiveInt = Field(32, description="Rows per Ray Data batch handed to an engine or API actor.")
 
 
 class OpenAIEndpoint(Strict):
     """An OpenAI-compatible endpoint: OpenAI itself, `vllm serve`, Ray Serve LLM."""
 
-    base_url: str | None = None  # None: the openai client's default (api.openai.com)
-    # The *name* of the variable holding the key; the key itself never enters a config.
-    api_key_env: str = "OPENAI_API_KEY"
-    requests_per_minute: PositiveInt = 3_500
-    tokens_per_minute: PositiveInt = 90_000
-    max_concurrent_requests: PositiveInt = 64
-    price_per_1k_prompt_tokens: float = Field(0.0, ge=0.0)
-    price_per_1k_completion_tokens: float = Field(0.0, ge=0.0)
-    timeout_s: PositiveFloat = 60.0
-    max_retries: int = Field(6, ge=0)
-    budget_usd: PositiveFloat | None = None  # stop the stage cleanly once spent
+    base_url: str | None = Field(
+        None, description="The endpoint's URL, e.g. http://host:8000/v1 (null: the openai client's api.openai.com)."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="The name of the environment variable that holds the key; the key itself never enters a config.",
+    )
+    requests_per_minute: PositiveInt = Field(
+        3_500, description="The role's request rate across the cluster (a token bucket leased to every API actor)."
+    )
+    tokens_per_minute: PositiveInt = Field(90_000, description="The role's token rate across the cluster.")
+    max_concurrent_requests: PositiveInt = Field(64, description="Requests in flight at once, per API actor.")
+    price_per_1k_prompt_tokens: float = Field(
+        0.0, ge=0.0, description="Dollars per 1,000 prompt tokens, for the ledger, the budget and `--plan`."
+    )
+    price_per_1k_completion_tokens: float = Field(
+        0.0, ge=0.0, description="Dollars per 1,000 completion tokens, for the ledger, the budget and `--plan`."
+    )
+    timeout_s: PositiveFloat = Field(60.0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(
+        6, ge=0, description="Retries of a failed request (exponential backoff with jitter, `Retry-After` honoured)."
+    )
+    budget_usd: PositiveFloat | None = Field(
+        None,
+        description="The run's budget for this role, across stages, iterations and resumed jobs: the stage stops "
+        "cleanly once it is spent (null: no limit).",
+    )
 
 
 class RoleConfig(Strict):
     """One LLM role (teacher, student, referee or generator) and how it is served."""
 
-    backend: Literal["vllm", "hf", "openai"]
-    model: str = Field(min_length=1)  # a local path, or a name the backend resolves
-    sampling: SamplingParams = SamplingParams()
-    parallelism: Parallelism = Parallelism()
-    openai: OpenAIEndpoint | None = None
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_model_len: PositiveInt | None = None
-    # Passed through to vllm.LLM / vLLMEngineProcessorConfig(engine_kwargs=...).
-    engine_kwargs: dict = Field(default_factory=dict)
+    backend: Literal["vllm", "hf", "openai"] = Field(
+        description="How the role is served: vLLM engines, transformers `generate` actors, or an OpenAI-compatible API."
+    )
+    model: str = Field(
+        min_length=1,
+        description="A local model folder, an object-store URI, a Hugging Face hub name (downloaded on each node), "
+        "`tiny://...` or `smol://...`; an API role's model name.",
+    )
+    sampling: SamplingParams = Field(SamplingParams(), description="How the role samples.")
+    parallelism: Parallelism = Field(Parallelism(), description="GPUs and engines of a local role.")
+    openai: OpenAIEndpoint | None = Field(
+        None, description="The endpoint of an `openai` role (defaults apply when the backend is openai)."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights' precision (auto: bfloat16 on a GPU, float32 on a CPU)."
+    )
+    max_model_len: PositiveInt | None = Field(
+        None, description="The engine's context length in tokens (null: the model's own)."
+    )
+    engine_kwargs: dict = Field(
+        default_factory=dict,
+        description="More vLLM engine arguments, passed to the engine unchanged (e.g. gpu_memory_utilization).",
+    )
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description=(
@@ -163,19 +208,24 @@ class ServingConfig(Strict):
     """How a job serves its `vllm` roles (lion_distill.llm.serving). `serving: per_stage` is
     shorthand for `serving: {mode: per_stage}`."""
 
-    # shared: one long-lived engine per distinct model and engine settings for the whole
-    # job (the student's per iteration); per_stage: every generate() call starts its own.
-    mode: Literal["shared", "per_stage"] = "shared"
-    # keep: frozen engines hold their GPUs while the student trains (the cluster has room
-    # for both); release: every engine stops before training and starts again after.
-    during_training: Literal["keep", "release"] = "keep"
-    retries: int = Field(3, ge=0)  # re-sends of the requests an engine lost (it died) before they fail
-    # How long an engine may take to start (its first start included: GPUs to free up, the
-    # model to download and load) or to restart; past it the stage ends with a line naming the
-    # role and what it waited for, and the run stays resumable. A per-stage engine's stage
-    # (Ray Data's vLLM processor) gives it to each of its actor pools in turn: the chat-template
-    # and tokenizer workers (seconds each), then the engines.
-    ready_timeout_s: PositiveFloat = 900.0
+    mode: Literal["shared", "per_stage"] = Field(
+        "shared",
+        description="shared: one long-lived Ray Serve LLM engine per distinct model and engine settings for the "
+        "whole job (the student's per iteration); per_stage: every vLLM stage starts its own.",
+    )
+    during_training: Literal["keep", "release"] = Field(
+        "keep",
+        description="keep: frozen engines hold their GPUs while the student trains; release: every engine stops "
+        "before training and starts again on next use.",
+    )
+    retries: int = Field(3, ge=0, description="Re-sends of the requests a dead engine lost, before they fail.")
+    # A per-stage engine's stage (Ray Data's vLLM processor) gives it to each of its actor pools in
+    # turn: the chat-template and tokenizer workers (seconds each), then the engines.
+    ready_timeout_s: PositiveFloat = Field(
+        900.0,
+        description="Seconds an engine may take to start (first start included: GPUs to free up, the model to "
+        "download and load) or restart; past it the stage ends naming the role, and the run stays resumable.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -184,54 +234,144 @@ class ServingConfig(Strict):
 
 
 class LionConfig(Strict):
-    iterations: PositiveInt = 3
-    new_instructions_per_iteration: PositiveInt = 6_000
-    hard_easy_ratio: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
-    tau: float = 1.0  # an instruction is hard when teacher_score - student_score >= tau
-    rouge_l_threshold: float = Field(0.7, gt=0.0, le=1.0)
-    # "above": F1 > threshold rejects, as Lion's code (`max(rouge_scores) > 0.7`);
-    # "at_or_above": F1 >= threshold rejects, as the paper's text ("below 0.7" is novel).
-    rouge_l_reject: Literal["above", "at_or_above"] = "above"
-    # "rouge": rouge-score's own tokenizer (parity with the paper; sees no tokens in
-    # non-Latin text). "unicode": words of every script, CJK character by character.
-    rouge_l_tokenizer: Literal["rouge", "unicode"] = "rouge"
-    # What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input.
-    rouge_l_field: Literal["instruction", "instruction_input"] = "instruction"
-    # Where ROUGE-L's index of the cache pool is held: null, the driver (fastest on one machine); N,
-    # in N Ray actors of 1 CPU; "auto", the driver below 250K instructions, else an actor per 1M
-    # (lion_distill.lion.generation.rouge_l_shards: the index is about 1.1 GB at 1M, on the head node otherwise).
-    rouge_l_shards: PositiveInt | Literal["auto"] | None = "auto"
-    # Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K):
-    # the final student comes from this stage, iter_<iterations>/imitation.
-    final_imitation: bool = True
-    # A teacher answer cut at max_tokens / max_model_len is left out of imitation (false),
-    # or trained on without an end-of-sequence token (true). Counted either way.
-    train_on_truncated: bool = False
-    # An imitation with fewer trainable answers than this share of its instructions stops with
-    # the cause (every answer cut at max_tokens, say) instead of training on (nearly) nothing.
-    min_imitation_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    generation_rounds: PositiveInt = 5  # ask the generator again until quotas are met, at most this often
-    # The generator's prompt: Lion's (prompt_hard.txt / prompt_easy.txt, the reply is the bare new
-    # instruction) or "structured" (the seed's input shown, the reply "### Instruction: / ### Input:",
-    # so a new instruction can come with an input).
-    generator_prompt: Literal["lion", "structured"] = "lion"
-    # Lion caps the generator's reply at 4 x the seed instruction's words (tokens) and drops
-    # replies cut there: a reply of that many completion tokens or more is rejected ("truncated").
-    # null: no cap beyond the generator's max_tokens.
-    generator_tokens_per_seed_word: PositiveInt | None = 4
-    # Constrain the referee's review / the generator's reply to their formats (vLLM guided
-    # decoding). auto: a regex where the role is served by vLLM, nothing for hf or an API.
-    # The generator is free by default: CANDIDATE_REGEX's one-line shape fits a random model
-    # (the tiny demo sets it), not the instructions a real model should write.
-    referee_constraint: Literal["auto", "regex", "json", "none"] = "auto"
-    # The referee's rubric: Lion's own (explanation first, scores on the last two lines),
-    # or FastChat's Vicuna prompt (scores on the first line) that the evaluation uses.
-    referee_prompt: Literal["lion", "vicuna"] = "lion"
-    generator_constraint: Literal["auto", "regex", "json", "none"] = "none"
-    referee_retries: int = Field(2, ge=0)  # re-asks of an unparseable review before it is excluded
-    student_retries: int = Field(2, ge=0)  # re-asks of a failed student request before its pair is excluded
-    referee_logprobs: bool = False  # probability-weighted scores from the score tokens' logprobs
-    seed: int = 42
+    """Lion's loop (arXiv 2305.12870); defaults are the paper's and its code's (tests/reference/lion)."""
+
+    iterations: PositiveInt = Field(
+        3, description="Lion iterations (imitation, discrimination, generation); the paper's 3."
+    )
+    new_instructions_per_iteration: PositiveInt = Field(
+        6_000, description="New instructions the generator must add each iteration; the paper's 6,000."
+    )
+    hard_easy_ratio: tuple[PositiveFloat, PositiveFloat] = Field(
+        (1.0, 1.0), description="Hard to easy seeds sampled for generation; the paper's 1:1."
+    )
+    tau: float = Field(
+        1.0, description="An instruction is hard when teacher_score - student_score >= tau; the paper's 1.0."
+    )
+    rouge_l_threshold: float = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="A candidate whose ROUGE-L F1 against the pool passes this is not novel; 0.7 as Lion.",
+    )
+    rouge_l_reject: Literal["above", "at_or_above"] = Field(
+        "above",
+        description="above: F1 > threshold rejects, as Lion's code (`max(rouge_scores) > 0.7`); at_or_above: "
+        'F1 >= threshold rejects, as the paper\'s text ("below 0.7" is novel).',
+    )
+    rouge_l_tokenizer: Literal["rouge", "unicode"] = Field(
+        "rouge",
+        description="rouge: rouge-score's own tokenizer, as Lion (it sees no tokens in non-Latin text); unicode: "
+        "words of every script, CJK character by character.",
+    )
+    rouge_l_field: Literal["instruction", "instruction_input"] = Field(
+        "instruction", description="What ROUGE-L compares: the instruction alone (Lion's code) or instruction + input."
+    )
+    # lion_distill.lion.generation.rouge_l_shards: the index is about 1.1 GB at 1M instructions,
+    # on the head node otherwise.
+    rouge_l_shards: PositiveInt | Literal["auto"] | None = Field(
+        "auto",
+        description="Where ROUGE-L's index of the cache pool lives: null, the driver; N, N Ray actors of 1 CPU; "
+        "auto, the driver below 250K instructions, else an actor per 1M (the decisions are the same either way).",
+    )
+    final_imitation: bool = Field(
+        True,
+        description="Imitate the last iteration's new instructions too (the paper trains on 52K + 3 x 6K): the "
+        "final student comes from iter_<iterations>/imitation.",
+    )
+    train_on_truncated: bool = Field(
+        False,
+        description="A teacher answer cut at max_tokens or max_model_len is left out of imitation and counted "
+        "(false, as Lion), or trained on without an end-of-sequence token (true).",
+    )
+    min_imitation_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="An imitation with fewer trainable answers than this share of its instructions stops with the "
+        "cause instead of training on (nearly) nothing.",
+    )
+    generation_rounds: PositiveInt = Field(
+        50,
+        description="A safety cap on the generator's rounds: each round asks again for what the quotas still lack, "
+        "as Lion's loop does until it has them all (src/generate_hard_instruction.py `while len(...) < "
+        "num_instructions_to_generate`); the metrics (lion/generation_round_cap) and the report say when it binds.",
+    )
+    quota_rebalance: bool = Field(
+        False,
+        description="false: each kind (hard, easy) is seeded only by its own instructions until it has its quota, "
+        "as Lion's two scripts do; true: a kind with no instructions, or still short after a round, moves its "
+        "quota to the other kind, so an iteration reaches its N new instructions where it can.",
+    )
+    candidate_filter: Literal["clean", "lion"] = Field(
+        "clean",
+        description="How a generator reply becomes a candidate: clean (the project's: a heading, quotes, list "
+        "markers, an appended answer are read away, then Lion's filters apply, non-Latin instructions kept); "
+        "lion (Lion's post_process_gpt3_response: the reply whole is kept or dropped, src/generate_hard_instruction.py).",
+    )
+    generator_prompt: Literal["lion", "structured"] = Field(
+        "lion",
+        description="lion: Lion's prompt_hard.txt / prompt_easy.txt, the reply the bare new instruction; structured: "
+        "the seed's input shown and the reply `### Instruction:` / `### Input:`, so a new instruction can have an input.",
+    )
+    generator_tokens_per_seed_word: PositiveInt | None = Field(
+        4,
+        description="Lion's generator max_tokens, this many tokens per word of the seed as the prompt shows it "
+        "(its instruction, and its input where shown; src/generate_hard_instruction.py `max_tokens = "
+        "len(...split()) * 4`): each round asks at its largest seed's cap and a reply of its own seed's cap or more "
+        'is rejected as cut ("truncated"); null: the generator\'s sampling.max_tokens, no per-seed cap.',
+    )
+    referee_constraint: Literal["auto", "regex", "json", "none"] = Field(
+        "auto",
+        description="Holds the referee's review to its rubric's layout with vLLM guided decoding: auto, a regex "
+        "where vLLM serves the referee and nothing for hf or an API.",
+    )
+    referee_prompt: Literal["lion", "vicuna"] = Field(
+        "lion",
+        description="The referee's rubric: Lion's own (src/chatgpt_referee.py: explanation first, scores on the last "
+        "two lines) or FastChat's Vicuna prompt (scores on the first line).",
+    )
+    # CANDIDATE_REGEX's one-line shape fits a random model (the tiny demo sets it), not the
+    # instructions a real model should write.
+    generator_constraint: Literal["auto", "regex", "json", "none"] = Field(
+        "none", description="Holds the generator's reply to one line with guided decoding; none by default, as Lion."
+    )
+    referee_retries: int | None = Field(
+        2,
+        ge=0,
+        description="Re-asks of an unparseable review before it is excluded; null: again until a round reads no "
+        "more reviews than the one before, as Lion's recheck loop (src/chatgpt_referee.py `while "
+        "len(new_question_idx_list) < len(old_question_idx_list)`).",
+    )
+    referee_retry_temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="The referee's temperature when it is asked again; null: its own, raised to at least 0.5 so that "
+        "a new draw can differ; 0.2 is Lion's (its recheck sends the same request, src/chatgpt_referee.py).",
+    )
+    show_input: bool = Field(
+        True,
+        description="true: every role (teacher, student, referee, generator) sees an instruction's Alpaca input; "
+        "false: the instruction alone, as Lion's scripts ask (src/chatgpt_inference.py, lion_inference.py, "
+        "chatgpt_referee.py and generate_hard_instruction.py read `instruction` only); rows and ids keep it.",
+    )
+    discrimination_teacher: Literal["reuse", "ask_again"] = Field(
+        "reuse",
+        description="reuse: discrimination judges the teacher answers already paid for (imitation's, earlier "
+        "iterations'); ask_again: the teacher answers the whole cache pool anew each iteration, as Lion's step "
+        "2.1 (README: chatgpt_inference.py on the Cache Pool).",
+    )
+    student_retries: int = Field(
+        2, ge=0, description="Re-asks of a failed student request before its pair is excluded and counted."
+    )
+    referee_logprobs: bool = Field(
+        False,
+        description="Score by the probability-weighted score tokens (their logprobs) instead of the sampled ones.",
+    )
+    seed: int = Field(
+        42, description="Seeds the pool's sample (data.sample_size) and each iteration's draw of hard and easy seeds."
+    )
 
     @property
     def hard_fraction(self) -> float:
@@ -241,67 +381,155 @@ class LionConfig(Strict):
 
 class LoraConfig(Strict):
     """A LoRA student (lion_distill.train.lora, PEFT): the base stays frozen, only the adapter trains;
-    the export is the merged model. Defaults are PEFT's own LoraConfig defaults. `target_modules`:
-    module names (["q_proj", "v_proj"]), "all-linear", or None for PEFT's per-architecture choice."""
+    the export is the merged model. Defaults are PEFT's own LoraConfig defaults."""
 
-    r: PositiveInt = 8
-    alpha: PositiveFloat = 8.0
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] | None = None
-    save_adapter: bool = False  # also the adapter alone, <export>/lora_adapter (vLLM's enable_lora)
-    # QLoRA: the frozen base quantised to 4-bit NF4 (bitsandbytes: CUDA, and its CPU backend too).
-    load_in_4bit: bool = False
+    r: PositiveInt = Field(8, description="The adapter's rank; PEFT's default 8.")
+    alpha: PositiveFloat = Field(8.0, description="LoRA's scaling alpha (the update is B·A·alpha/r); PEFT's default 8.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input; PEFT's default 0.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Module names to adapt ([q_proj, v_proj]), all-linear, or null for PEFT's choice per architecture.",
+    )
+    save_adapter: bool = Field(
+        False,
+        description="Also write the adapter alone, <export>/lora_adapter (PEFT's format, for vLLM's enable_lora).",
+    )
+    load_in_4bit: bool = Field(
+        False,
+        description="QLoRA (Dettmers et al., 2023): the frozen base quantised to 4-bit NF4 by bitsandbytes "
+        "(CUDA, and its CPU backend).",
+    )
 
 
 class TrainConfig(Strict):
-    architecture: Literal["causal", "seq2seq"] = "causal"
-    learning_rate: PositiveFloat = 2e-5
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    # cosine: warmup then cosine decay to 0; linear: warmup then linear decay to 0 (the HF
-    # Trainer's default, what distilling step-by-step's reference code trains with)
-    lr_schedule: Literal["cosine", "linear"] = "cosine"
-    epochs: PositiveInt = 3
-    # An exact optimizer-step budget (stops mid-epoch, as the HF Trainer's max_steps); None: `epochs`.
-    max_steps: PositiveInt | None = None
-    batch_size: PositiveInt = 8  # per worker, per step before accumulation
-    gradient_accumulation_steps: PositiveInt = 1
-    max_grad_norm: PositiveFloat = 1.0
-    max_length: PositiveInt = 512
-    num_workers: int = Field(1, ge=0)  # 0: run the loop in the driver (fast tests)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
-    activation_checkpointing: bool = False
-    rationale_weight: float = Field(1.0, ge=0.0)  # step-by-step's lambda
-    checkpoint_every_steps: PositiveInt = 500
-    # false: once a training's student is exported, its Ray Train checkpoints (weights and optimizer
-    # state, two kept) are deleted; true keeps them.
-    keep_checkpoints: bool = False
-    max_failures: int = Field(2, ge=0)
-    # How long the training workers may wait for their resources (GPUs busy, the autoscaler
-    # adding nodes); past it the stage ends naming what they waited for (Ray Train alone
-    # would wait on, retrying forever).
-    start_timeout_s: PositiveFloat = 600.0
-    seed: int = 42
-    lora: LoraConfig | None = None  # None: full fine-tuning (the papers' way)
+    """How the student is fine-tuned (Ray Train + FSDP2). Lion's defaults are Alpaca's recipe, which
+    Lion's src/train.py reuses; step-by-step's job overrides them with its reference's."""
+
+    architecture: Literal["causal", "seq2seq"] = Field(
+        "causal", description="causal: a decoder LLM trained on its answers (Lion); seq2seq: a T5 (step-by-step)."
+    )
+    learning_rate: PositiveFloat = Field(2e-5, description="AdamW's peak learning rate; Lion's (Alpaca's) 2e-5.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's weight decay; Lion's 0.")
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="The share of optimizer steps spent warming up; Lion's 0.03."
+    )
+    lr_schedule: Literal["cosine", "linear"] = Field(
+        "cosine",
+        description="cosine (Lion's): warmup then cosine decay to 0; linear: warmup then linear decay to 0 (the HF "
+        "Trainer's default, what step-by-step's reference trains with).",
+    )
+    epochs: PositiveInt = Field(3, description="Passes over the training rows; Lion's 3.")
+    max_steps: PositiveInt | None = Field(
+        None,
+        description="An exact optimizer-step budget that stops mid-epoch if need be, as the HF Trainer's max_steps "
+        "(null: `epochs` whole epochs).",
+    )
+    batch_size: PositiveInt = Field(8, description="Rows per worker per micro-batch, before accumulation.")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
+    max_grad_norm: PositiveFloat = Field(1.0, description="Gradient clipping norm; the HF Trainer's 1.0.")
+    max_length: PositiveInt = Field(
+        512,
+        description="Tokens of prompt and answer kept per row; a row whose prompt is longer is dropped and counted.",
+    )
+    num_workers: int = Field(
+        1,
+        ge=0,
+        description="Ray Train workers (FSDP2 ranks); 0 trains in the job's own process (Ray Train's local mode).",
+    )
+    gpus_per_worker: Literal[0, 1] = Field(
+        0,
+        description="GPUs each training worker holds: 0 trains on CPU (gloo), 1 gives each FSDP rank its own GPU "
+        "(NCCL); a rank drives one device, so a fraction would put two NCCL ranks on one GPU and more than 1 would "
+        "leave GPUs idle.",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in backward to save memory."
+    )
+    rationale_weight: float = Field(
+        1.0, ge=0.0, description="Step-by-step's lambda: loss = label_loss + rationale_weight * rationale_loss."
+    )
+    label_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Step-by-step's multi-task loss is label_weight x label loss + rationale_weight x rationale loss; "
+        "0.5 and 0.5 are the reference's alpha 0.5 (model_utils.py: alpha x label + (1 - alpha) x rationale). "
+        "A label-only (standard) training is never weighted.",
+    )
+    max_target_length: PositiveInt | None = Field(
+        None,
+        description="A seq2seq target (label, rationale) is cut at this many tokens; null: at max_length. 256 is "
+        "the reference's (run.py: tokenizer(..., max_length=256, truncation=True)).",
+    )
+    log_every_steps: int = Field(
+        10,
+        ge=0,
+        description="Optimizer steps between training lines in the job's log (step, loss, tokens/s, ETA); 0: none.",
+    )
+    checkpoint_every_steps: PositiveInt = Field(
+        500, description="Optimizer steps between Ray Train checkpoints (one is also written at every epoch's end)."
+    )
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep a training's Ray Train checkpoints (weights and optimizer state, about 84 GB for a 7B) "
+        "once its student is exported (false: delete them).",
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Worker failures a training survives, resuming from its last checkpoint."
+    )
+    # Ray Train alone would wait on, retrying forever.
+    start_timeout_s: PositiveFloat = Field(
+        600.0,
+        description="Seconds the training workers may wait for their resources (GPUs busy, the autoscaler adding "
+        "nodes); past it the stage ends naming what they waited for.",
+    )
+    seed: int = Field(42, description="Seeds torch (dropout, any newly initialised weights) and each epoch's shuffle.")
+    lora: LoraConfig | None = Field(
+        None, description="A LoRA or QLoRA student; null: full fine-tuning (the papers' way)."
+    )
+
+    @field_validator("gpus_per_worker", mode="before")
+    @classmethod
+    def _one_device_a_rank(cls, value):
+        if value not in (0, 1) or isinstance(value, bool):
+            raise ValueError(
+                f"{value!r}: a training worker is one FSDP rank on one device: 0 (CPU) or 1 (one GPU); "
+                "below 1 two NCCL ranks would share a GPU, above 1 the extra GPUs would sit idle "
+                "(more GPUs: more num_workers)"
+            )
+        return int(value)
 
 
 class DatasetSource(Strict):
     """A Hugging Face `datasets.load_dataset` source for the seed pool (lion_distill.data.hf)."""
 
-    path: str  # a builder (json, parquet, csv, arrow) for local files, or a hub id (needs the hub)
-    data_files: list[str] = Field(default_factory=list)  # the builder's files (globs allowed)
-    split: str = "train"
-    name: str | None = None  # a hub dataset's configuration
+    path: str = Field(
+        description="A builder (json, parquet, csv, arrow) for local files, or a hub dataset id (needs the hub)."
+    )
+    data_files: list[str] = Field(default_factory=list, description="The builder's files (globs allowed).")
+    split: str = Field("train", description="The split to read.")
+    name: str | None = Field(None, description="A hub dataset's configuration name.")
 
 
 class DataConfig(Strict):
-    # Instruction or conversation files (.json, .jsonl, .parquet) and `datasets` folders (save_to_disk).
-    pool_files: list[str] = Field(default_factory=list)
-    datasets: list[DatasetSource] = Field(default_factory=list)  # load_dataset sources, read after pool_files
-    # For generic JSONL: which of a row's fields hold the instruction and its input.
-    field_map: dict[Literal["instruction", "input"], str] = Field(default_factory=dict)
-    max_instruction_chars: PositiveInt = 4_096
-    sample_size: PositiveInt | None = None  # start from a seeded random sample of the pool (a trial run)
+    """Lion's seed pool: instructions or conversations (docs/data-formats.md)."""
+
+    pool_files: list[str] = Field(
+        default_factory=list,
+        description="Instruction or conversation files (.json, .jsonl, .parquet) and `datasets` folders (save_to_disk).",
+    )
+    datasets: list[DatasetSource] = Field(
+        default_factory=list, description="Hugging Face load_dataset sources, read after pool_files."
+    )
+    field_map: dict[Literal["instruction", "input"], str] = Field(
+        default_factory=dict,
+        description="For generic JSONL: which of a row's fields hold the instruction and its input.",
+    )
+    max_instruction_chars: PositiveInt = Field(
+        4_096, description="A longer instruction is rejected and counted when the pool loads."
+    )
+    sample_size: PositiveInt | None = Field(
+        None, description="Start from a seeded random sample of this many pool rows (a trial run); null: all."
+    )
 
     @model_validator(mode="after")
     def _some_pool(self):
@@ -319,27 +547,46 @@ class PlanConfig(Strict):
     """What `--plan` assumes where the run directory has observed nothing yet (every figure
     observed in an earlier stage of the same run replaces its prior)."""
 
-    chars_per_token: PositiveFloat = 4.0  # an API role's prompt tokens, where no local tokenizer counts them
-    # role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves)
-    tokenizers: dict[str, str] = Field(default_factory=dict)
-    completion_fraction: float = Field(1.0, gt=0.0, le=1.0)  # a reply's length as a fraction of max_tokens
-    # A whole teacher answer's length: a teacher max_tokens below it cuts answers, which imitation leaves
-    # out. 300: gpt-3.5-turbo's Vicuna-80 answers in data/vicuna80 average 1,206 characters.
-    answer_tokens: PositiveInt = 300
-    referee_failure_rate: float = Field(0.02, ge=0.0, le=1.0)  # pairs asked again, per retry round
-    generator_acceptance_rate: float = Field(0.5, ge=0.0, le=1.0)  # replies kept as new instructions
-    # role -> generated tokens/s per GPU, and the student's training tokens/s per GPU: GPU-hours
-    tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(default_factory=dict)
-    train_tokens_per_s_per_gpu: PositiveFloat | None = None
+    chars_per_token: PositiveFloat = Field(
+        4.0, description="Characters per token where no local tokenizer counts a role's prompt tokens."
+    )
+    tokenizers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Role -> a local tokenizer folder that counts an API role's tokens (e.g. the model a server serves).",
+    )
+    completion_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="A reply's length as a fraction of its role's max_tokens."
+    )
+    answer_tokens: PositiveInt = Field(
+        300,
+        description="A whole teacher answer's length, below which a teacher's max_tokens is warned of: "
+        "gpt-3.5-turbo's Vicuna-80 answers in data/vicuna80 average 1,206 characters.",
+    )
+    referee_failure_rate: float = Field(
+        0.02, ge=0.0, le=1.0, description="Share of reviews asked again, per retry round."
+    )
+    generator_acceptance_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of generator replies kept as new instructions."
+    )
+    tokens_per_s_per_gpu: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Role -> generated tokens/s per GPU, for GPU-hours."
+    )
+    train_tokens_per_s_per_gpu: PositiveFloat | None = Field(
+        None, description="The student's training tokens/s per GPU, for GPU-hours."
+    )
 
 
 class TrackingConfig(Strict):
-    """Experiment tracking (lion_distill.metrics.tracking). `uri`: MLflow's tracking URI (a server, or a
-    folder: a file store), W&B's folder, TensorBoard's log folder; default: a folder in the run
-    directory (mlruns/, wandb/, tensorboard/). Credentials come from the libraries' own variables
-    (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN...), never from the config."""
+    """Experiment tracking (lion_distill.metrics.tracking). Credentials come from the libraries' own
+    variables (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN...), never from the config."""
 
-    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = "none"
-    project: str = Field("lion-distill", min_length=1)  # MLflow experiment, W&B project
-    run_name: str | None = None  # default: the job's name
-    uri: str | None = None
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = Field(
+        "none", description="The experiment tracker every stage's figures, the config and the reports go to."
+    )
+    project: str = Field("lion-distill", min_length=1, description="MLflow's experiment, W&B's project.")
+    run_name: str | None = Field(None, description="The tracking run's name (null: the job's `name`).")
+    uri: str | None = Field(
+        None,
+        description="MLflow's tracking URI (a server, or a folder), W&B's folder, TensorBoard's log folder (null: "
+        "run_dir/mlruns, run_dir/wandb, run_dir/tensorboard).",
+    )

@@ -23,21 +23,29 @@ from lion_distill.config.models import (
 
 
 class RunConfig(Strict):
+    """A Lion run (jobs/lion.py): every section together."""
+
     ROLES: ClassVar[tuple[str, ...]] = ("teacher", "student", "referee", "generator")
 
-    run_dir: str = Field(min_length=1)  # local path or any pyarrow filesystem URI
-    name: str = "lion"
-    data: DataConfig
-    teacher: RoleConfig
-    student: StudentRoleConfig
-    referee: RoleConfig
-    generator: RoleConfig
-    lion: LionConfig = LionConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig | None = None  # evaluate the student before training and after every imitation
-    plan: PlanConfig = PlanConfig()
-    serving: ServingConfig = ServingConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    run_dir: str = Field(
+        min_length=1,
+        description="Where the run keeps everything: a local path every node mounts, or any pyarrow filesystem "
+        "URI (s3://bucket/run, options such as ?endpoint_override= included).",
+    )
+    name: str = Field("lion", description="The job's name, in its logs, report and tracking run.")
+    data: DataConfig = Field(description="The seed pool.")
+    teacher: RoleConfig = Field(description="Answers the train and cache pools (the paper's gpt-3.5-turbo).")
+    student: StudentRoleConfig = Field(description="The model distilled into: a local model (vllm or hf), fine-tuned.")
+    referee: RoleConfig = Field(description="Scores teacher and student answers to find the hard instructions.")
+    generator: RoleConfig = Field(description="Writes new instructions from hard and easy ones.")
+    lion: LionConfig = Field(LionConfig(), description="Lion's loop.")
+    train: TrainConfig = Field(TrainConfig(), description="How the student is fine-tuned.")
+    eval: EvalConfig | None = Field(
+        None, description="Evaluate the student before training and after every imitation (null: no evaluation)."
+    )
+    plan: PlanConfig = Field(PlanConfig(), description="What `--plan` assumes before the run has measured anything.")
+    serving: ServingConfig = Field(ServingConfig(), description="How the job serves its vllm roles.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="Experiment tracking.")
 
     @model_validator(mode="after")
     def _student_is_local(self) -> RunConfig:

@@ -7,8 +7,8 @@ import sys
 import textwrap
 
 from lion_distill.data.readers import load_pool
-from lion_distill.data.records import PoolFileError
 from lion_distill.data.schema import history_turns
+from lion_distill.errors import PoolFileError
 
 
 def _field_map(pairs: list[str]) -> dict[str, str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lion_distill.data.records import PoolFileError, RawRecord, read_table_rows
+from lion_distill.data.records import RawRecord, read_table_rows
+from lion_distill.errors import PoolFileError
 
 
 def _arrow(ds) -> pa.Table:

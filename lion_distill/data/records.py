@@ -25,10 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lion_distill.data.conversations import conversation_key
-
-
-class PoolFileError(ValueError):
-    """A file that cannot be read at all (missing, unknown format, broken JSON list)."""
+from lion_distill.errors import PoolFileError
 
 
 @dataclass

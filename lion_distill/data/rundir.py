@@ -4,12 +4,17 @@ Writes are atomic where the filesystem allows it: write a temporary file, then
 rename it over the target, so a killed job leaves either the old file or the new
 one, never half of one. (Object stores implement the rename as copy + delete: the
 target still only ever appears whole.)
+
+`RunLog` is a logging handler that keeps a job's log lines in `logs/` of the run directory.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +22,32 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+# The run directory's format, recorded as `version` in its state.json (lion_distill.runner) when
+# the directory is created. What each format changed, for the line that refuses an older one:
+FORMAT = 3
+FORMATS = {
+    1: "the state of the loop before the shared stage runner",
+    2: "failures as `failed: <reason>` strings",
+    3: "typed failures: `finish_reason` error with `error_kind`, judgments' `failure_kind`",
+}
+
+
+def format_problem(state: dict | None, where: str) -> str | None:
+    """One line when `state` (a run directory's state.json) is not of this FORMAT: which format it
+    is and what to do. None when it is, or when there is no state yet (a new run directory)."""
+    if state is None:
+        return None
+    version = state.get("version", 1)  # format 1 did not record one
+    if version == FORMAT:
+        return None
+    if isinstance(version, int) and version > FORMAT:
+        return f"{where}: run directory format {version}, newer than this lion-distill's {FORMAT}: upgrade lion-distill"
+    return (
+        f"{where}: run directory format {version} ({FORMATS.get(version, 'unknown')}); this lion-distill reads "
+        f"format {FORMAT} ({FORMATS[FORMAT]}): start a new run directory, or finish this one with the "
+        "lion-distill release that began it"
+    )
 
 
 class RunDir:
@@ -108,3 +139,40 @@ class RunDir:
         """The bytes of every file under the run directory (checkpoints and exports included)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
         return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+
+class RunLog(logging.Handler):
+    """A job's log lines, also in `run_dir/logs/<name>`: appended as they come in a local run
+    directory; an object store cannot append, so there the whole log is written again at most
+    every `upload_every_s` seconds, and once more when the handler closes (the job's end)."""
+
+    def __init__(self, run: RunDir, name: str, upload_every_s: float = 30.0):
+        super().__init__()
+        self.run, self.rel, self.every = run, f"logs/{name}", upload_every_s
+        self.uploaded = time.monotonic()
+        if run.is_local:
+            run.local_path("logs").mkdir(parents=True, exist_ok=True)
+            self.stream = open(run.local_path(self.rel), "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        else:
+            self.stream = io.StringIO()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            self.stream.flush()
+            if not self.run.is_local and time.monotonic() - self.uploaded >= self.every:
+                self._upload()
+        except Exception:
+            self.handleError(record)
+
+    def _upload(self) -> None:
+        self.run.write_bytes(self.rel, self.stream.getvalue().encode())
+        self.uploaded = time.monotonic()
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.stream.closed:
+                if not self.run.is_local:
+                    self._upload()
+                self.stream.close()
+        super().close()

@@ -29,8 +29,8 @@ from lion_distill.data import RunDir
 from lion_distill.evaluate.nll import nll_gap
 from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.evaluate.scores import aggregate, check_judged, headline
-from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import judgment_schema
+from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
+from lion_distill.judging.referee import ANSWER_COLUMNS, judgment_schema
 from lion_distill.llm.answers import answer, read_rows, write_responses
 from lion_distill.llm.prompts import FORMATS, student_prompt
 from lion_distill.llm.serving import take_engine_metrics
@@ -45,10 +45,7 @@ PAIR_SCHEMA = pa.schema(
             "instruction",
             "input",
             "category",
-            "reference_text",
-            "reference_finish_reason",
-            "candidate_text",
-            "candidate_finish_reason",
+            *(f"{role}_{column}" for role in ("reference", "candidate") for column in ANSWER_COLUMNS),
         )
     ]
 )
@@ -109,7 +106,8 @@ def evaluate(
     `role_name` is the candidate's name in the spend log (a budget is per role) and among the
     job's engines (Lion's student); the judge's is "judge". With a `teacher` (Lion's), the
     summary's "nll" is the judge-free gap (lion_distill.evaluate.nll)."""
-    check_constraint(cfg.judge, cfg.judge_constraint, cfg.judge_prompt)
+    judging = judge_settings(cfg)
+    check_constraint(cfg.judge, judging)
     questions, reference, records = prepare(cfg, run)
     if run.exists(f"{out}/answers.parquet"):
         candidate = read_rows(run, f"{out}/answers.parquet")
@@ -117,30 +115,28 @@ def evaluate(
         candidate, record = _answer(role, prompt, questions, run, "eval/candidate", role_name)
         records.append(record)
         write_responses(run, f"{out}/answers.parquet", candidate)
-    pairs = pa.Table.from_pylist(
-        [
-            {
-                "id": q["id"],
-                "instruction": q["instruction"],
-                "input": q["input"],
-                "category": q["category"],
-                "reference_text": r["text"],
-                "reference_finish_reason": r["finish_reason"],
-                "candidate_text": c["text"],
-                "candidate_finish_reason": c["finish_reason"],
-            }
-            for q, r, c in zip(questions, reference, candidate)
-        ],
-        schema=PAIR_SCHEMA,
-    )
-    judgments, judge_records = judge_pairs(
-        cfg.judge,
-        pairs,
-        run=run,
-        stage="eval/judge",
-        draws=out,
-        setting=cfg.judge_constraint,
+    pairs = answer_pairs(questions, reference, candidate)
+    judgments, judge_records = judge_pairs(cfg.judge, pairs, judging, run=run, stage="eval/judge", draws=out)
+    records += judge_records
+    nll = None
+    if teacher is not None:
+        nll, teacher_records = nll_gap(teacher, role, prompt, questions, run, out)
+        records += teacher_records
+    rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments.to_pylist())]
+    run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))
+    summary = aggregate(rows, cfg.tie_margin, cfg.bootstrap_samples, cfg.seed)
+    if nll is not None:
+        summary["nll"] = nll
+    check_judged(summary, cfg.min_judged_fraction, out)
+    _write_summary(run, out, summary, records)
+    return summary, records
+
+
+def judge_settings(cfg: EvalConfig) -> Judging:
+    """The evaluation's judge: reference vs candidate, and a candidate that cannot answer has lost."""
+    return Judging(
         prompt=cfg.judge_prompt,
+        constraint=cfg.judge_constraint,
         retries=cfg.judge_retries,
         use_logprobs=cfg.judge_logprobs,
         tau=0.0,
@@ -148,21 +144,31 @@ def evaluate(
         role_name="judge",
         failed_answer_loses=True,
     )
-    judgments = judgments.to_pylist()  # the questions: tens to thousands
-    records += judge_records
-    nll = None
-    if teacher is not None:
-        nll, teacher_records = nll_gap(teacher, role, prompt, questions, run, out)
-        records += teacher_records
-    rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments)]
-    run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))
-    summary = aggregate(rows, cfg.tie_margin, cfg.bootstrap_samples, cfg.seed)
-    if nll is not None:
-        summary["nll"] = nll
-    check_judged(summary, cfg.min_judged_fraction, out)
+
+
+def answer_pairs(questions: list[dict], reference: list[dict], candidate: list[dict]) -> pa.Table:
+    """Each question with the reference's and the candidate's answer (aligned with the questions)."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "id": q["id"],
+                "instruction": q["instruction"],
+                "input": q["input"],
+                "category": q["category"],
+                **{f"reference_{column}": r.get(column) for column in ANSWER_COLUMNS},
+                **{f"candidate_{column}": c.get(column) for column in ANSWER_COLUMNS},
+            }
+            for q, r, c in zip(questions, reference, candidate)
+        ],
+        schema=PAIR_SCHEMA,
+    )
+
+
+def _write_summary(run: RunDir, out: str, summary: dict, records: list[StageRecord]) -> None:
+    """<out>/metrics.json (the stage figures and eval/<score>) and <out>/summary.json, and its line."""
     figures = Metrics(records).as_dict()
     figures.update({f"eval/{name}": value for name, value in headline(summary).items()})
-    figures.update({f"eval/{name}": value for name, value in (nll or {}).items()})
+    figures.update({f"eval/{name}": value for name, value in (summary.get("nll") or {}).items()})
     figures.update(take_engine_metrics())  # the candidate's or judge's engine may start here
     run.write_json(f"{out}/metrics.json", figures)
     run.write_json(f"{out}/summary.json", summary)
@@ -176,4 +182,3 @@ def evaluate(
         summary["truncated"],
         summary["failed"],
     )
-    return summary, records

@@ -17,17 +17,15 @@ from lion_distill.config import RoleConfig, load_config
 from lion_distill.config.evaluate import CandidateConfig, EvalConfig, EvalJobConfig
 from lion_distill.config.models import StudentRoleConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import CandidateError
 from lion_distill.evaluate.evaluation import evaluate, prepare
 from lion_distill.evaluate.report import write_report
 from lion_distill.evaluate.scores import headline
 from lion_distill.llm.prompts import prompt_format
 from lion_distill.local_models import resolve_local_models
 from lion_distill.metrics import usage
+from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, StageResult, run_stages
-
-
-class CandidateError(ValueError):
-    """A candidate that cannot be served (a Lion run directory without a student)."""
 
 
 def _abs(path: str) -> str:
@@ -112,11 +110,15 @@ def load(path: str, overrides: list[str]) -> EvalJobConfig:
     return resolve_local_models(load_config(path, overrides, model=EvalJobConfig))
 
 
-def run(cfg: EvalJobConfig) -> dict:
-    cfg = cfg.model_copy(update={"eval": absolute_paths(cfg.eval), "run_dir": _abs(cfg.run_dir)})
+def resolved(cfg: EvalJobConfig) -> EvalJobConfig:
+    """The config as the job uses it and stores it in config.json: its paths absolute."""
+    return cfg.model_copy(update={"eval": absolute_paths(cfg.eval), "run_dir": _abs(cfg.run_dir)})
+
+
+def run(cfg: EvalJobConfig, allow_config_change: bool = False) -> dict:
+    cfg = resolved(cfg)
     rundir = RunDir(cfg.run_dir)
-    config = cfg.model_dump(mode="json")  # key *names* only, never values
-    rundir.write_json("config.json", config)
+    config = store_config(rundir, cfg, allow_config_change)  # a resumed run's config is the stored one
     state = run_stages(
         rundir,
         job="evaluate",

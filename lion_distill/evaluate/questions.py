@@ -15,12 +15,9 @@ import numpy as np
 
 from lion_distill.config.evaluate import QuestionsConfig, ReferenceConfig
 from lion_distill.data.readers import load_rows
+from lion_distill.errors import EvalDataError
 
 DEFAULT_CATEGORY = "all"
-
-
-class EvalDataError(ValueError):
-    """Questions or reference answers that cannot be used; the message names the file and row."""
 
 
 def load_questions(cfg: QuestionsConfig, seed: int) -> tuple[list[dict], dict]:

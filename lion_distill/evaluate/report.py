@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 
 from lion_distill.data import RunDir
-from lion_distill.metrics.report import save_plots, state_section, table_md
+from lion_distill.metrics.report import failure_rows, save_plots, state_section, table_md
 
 EVAL_DIR = "eval"
 SCORE_HEADER = [
@@ -74,26 +74,18 @@ def headline_row(name, summary: dict) -> list:
 HEADLINE_HEADER = ["relative", "95% CI", "win", "tie", "loss", "judged", "judge failures"]
 
 
-def failure_kind(status: str) -> str:
-    """A failure's reason without its detail: "failed: VLLMValidationError: ... 1063 tokens" -> "failed: VLLMValidationError"."""
-    return ": ".join(status.split(": ", 2)[:2])
-
-
 def failure_lines(summary: dict) -> list[str]:
-    """The judge's failures by reason: never scored, only counted."""
+    """The judge's failures by kind: never scored, only counted."""
     cut = summary.get("truncated") or 0
     truncated = f" {cut} candidate answers were cut to fit the judge's context, then judged." if cut else ""
     if not summary["failed"]:
         return [f"Judged {summary['judged']} of {summary['questions']} questions; no judge failures.{truncated}"]
-    kinds: dict[str, list] = {}
-    for status, n in summary["failed_by_reason"].items():
-        kind = kinds.setdefault(failure_kind(status), [0, status])
-        kind[0] += n
-    rows = [[kind, n, f"`{example[:160]}`"] for kind, (n, example) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
     return [
         f"Judged {summary['judged']} of {summary['questions']} questions; {summary['failed']} failed "
         f"(excluded from every score).{truncated}\n",
-        table_md(["reason", "questions", "example"], rows),
+        table_md(
+            ["failure", "questions", "example"], failure_rows(summary["failed_by_kind"], summary["failure_examples"])
+        ),
     ]
 
 

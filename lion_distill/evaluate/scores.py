@@ -6,7 +6,7 @@ Pure functions over judgment rows (`candidate_score`, `reference_score`: each th
 of the two orders; `status`, `category`); only rows judged `ok` are scored. A candidate
 that failed to answer, or answered nothing, was judged and lost (its score is 1); an answer
 too long for the judge's context was cut to fit and judged (`truncated`); every other
-failure is counted by reason, and too many of them fail the evaluation (`check_judged`).
+failure is counted by kind, and too many of them fail the evaluation (`check_judged`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 
+from lion_distill.errors import TooFewJudged, count_by_kind
 from lion_distill.judging.referee import OK
 
 OUTCOMES = ("win", "tie", "loss")
@@ -54,8 +55,10 @@ def score_group(judged: list[dict], tie_margin: float, samples: int, seed: int) 
 
 
 def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_000, seed: int = 42) -> dict:
-    """Overall and per-category scores, and the judge's failures by reason (never scored)."""
+    """Overall and per-category scores, and the judge's failures by kind, with one message of each
+    kind as its example (never scored)."""
     judged = [j for j in judgments if j["status"] == OK]
+    by_kind, examples = count_by_kind((j["failure_kind"], j["failure"]) for j in judgments if j["status"] != OK)
     categories = sorted({j["category"] for j in judgments})
     return {
         "overall": score_group(judged, tie_margin, samples, seed),
@@ -67,20 +70,15 @@ def aggregate(judgments: list[dict], tie_margin: float = 0.0, samples: int = 2_0
         "questions": len(judgments),
         "judged": len(judged),
         "failed": len(judgments) - len(judged),
-        "failed_by_reason": dict(Counter(j["status"] for j in judgments if j["status"] != OK)),
+        "failed_by_kind": by_kind,
+        "failure_examples": examples,
     }
-
-
-class TooFewJudged(RuntimeError):
-    """An evaluation judged too few of its questions to report a score."""
 
 
 def check_judged(summary: dict, min_fraction: float, where: str) -> None:
     """Raise TooFewJudged, in one line naming the failures, below `min_fraction` judged."""
     if summary["questions"] and summary["judged"] < min_fraction * summary["questions"]:
-        reasons = ", ".join(
-            f"{n} {reason}" for reason, n in sorted(summary["failed_by_reason"].items(), key=lambda x: -x[1])
-        )
+        reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(summary["failed_by_kind"].items(), key=lambda x: -x[1]))
         raise TooFewJudged(
             f"{where}: the judge scored {summary['judged']} of {summary['questions']} questions "
             f"({summary['judged_fraction']:.0%}), below eval.min_judged_fraction {min_fraction}: "

@@ -5,7 +5,8 @@ FastChat's by the pair's `category`). Both orders of every pair go in one datase
 one pass of the referee serves them (one pass per rubric where a vLLM-served referee is
 constrained to each rubric's layout, their figures summed into one record);
 a review that cannot be read is asked again as a new draw (sampling on, so the retry
-can differ, and not the cached unreadable review again), then left failed:
+can differ, and not the cached unreadable review again; or as Lion's recheck, at its own
+temperature until a pass reads no more), then left failed:
 `lion_distill.judging.referee` never scores it.
 """
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 
 import numpy as np
@@ -26,10 +28,10 @@ import pyarrow.parquet as pq
 from lion_distill.config import RoleConfig
 from lion_distill.data import RunDir
 from lion_distill.data.tables import in_order, kept, no_response, replaced_by_id
+from lion_distill.errors import ErrorKind
 from lion_distill.judging.referee import (
     OK,
     ROLES,
-    context_overflow,
     judgment_rows,
     judgment_schema,
     judgment_table,
@@ -38,92 +40,106 @@ from lion_distill.judging.referee import (
     unparseable_ids,
 )
 from lion_distill.judging.rubrics import RUBRICS, rubric_for
-from lion_distill.llm.answers import answer, constraint
-from lion_distill.llm.responses import failed_mask
+from lion_distill.llm.answers import answer_stream, constraint
+from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import StageRecord
 
 LOGPROBS_TOP_K = 10  # enough to cover the ten score tokens the referee chooses between
 
 
+@dataclass(frozen=True)
+class Judging:
+    """How a referee judges pairs: Lion's referee (the `lion.referee_*` settings) or the
+    evaluation's judge (`eval.judge_*`)."""
+
+    prompt: str  # the rubric setting: lion | vicuna | fastchat (lion_distill.judging.rubrics.rubric_for)
+    constraint: str  # the review's structured output: auto | regex | json | none (llm.answers.constraint)
+    # Times an unreadable review is asked again, each a new draw; None: while a pass reads some of
+    # them, as Lion's recheck (asking_again).
+    retries: int | None
+    use_logprobs: bool  # scores refined by the score tokens' probabilities
+    tau: float  # a pair is hard when gap >= tau
+    roles: tuple[str, str] = ROLES  # (the reference side: gap = first - second, the side judged)
+    role_name: str = "referee"  # what the spend log and a run-wide budget know the judging role by
+    failed_answer_loses: bool = False  # a failed request of the side judged has lost, not excluded
+    retry_temperature: float | None = None  # the referee's temperature when asked again (resampled)
+
+
+@dataclass
+class _Where:
+    """Where a judging's passes go: the run directory, each pass's parts, their records."""
+
+    run: RunDir
+    parts: str | None
+    records: list[StageRecord] = field(default_factory=list)
+
+
 def judge_pairs(
     referee: RoleConfig,
     pairs: pa.Table,
+    judging: Judging,
     *,
     run: RunDir,
     stage: str,
     draws: str,
-    setting: str,
-    prompt: str,
-    retries: int,
-    use_logprobs: bool,
-    tau: float,
-    roles: tuple[str, str] = ROLES,
-    role_name: str = "referee",
-    failed_answer_loses: bool = False,
     parts: str | None = None,
     write_to: str | None = None,
 ) -> tuple[pa.Table, list[StageRecord]]:
-    """-> (one judgment row per pair, in `judgment_schema(*roles)`, in the pairs' order; the
-    StageRecords of the referee's passes).
+    """-> (one judgment row per pair, in `judgment_schema(*judging.roles)`, in the pairs' order;
+    the StageRecords of the referee's passes).
+
+    `pairs` has the columns `judgment_rows` reads (and `category` where the rubric setting routes
+    by it); `draws` names this judging in the run ("iter_0"), so that retry N, recorded as
+    `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`; `parts` where each pass keeps
+    its finished blocks (lion_distill.llm.answers.answer_stream).
 
     `write_to`: a path in `run` where the judgments are written, a chunk of pairs at a time as
     their reviews come back (not in the pairs' order: ordering them would mean holding them);
     the table returned is then in that order too and leaves out the two reviews' texts (`slim`),
     a pool's worth of text the caller need not hold.
-
-    `role_name` is what the spend log and a run-wide budget know the judging role by;
-    `pairs` has the columns `judgment_rows` reads (and `category` where `prompt` routes by it);
-    `prompt` the rubric setting (`lion`, `vicuna`, `fastchat`: `rubric_for`); `setting`
-    the constraint setting (`auto`, `regex`, `json`, `none`); `draws` names this judging
-    in the run ("iter_0"), so that retry N, recorded as `<stage>_retry<N>`, is the draw `<draws>/<stage>_retry<N>`;
-    `parts` where each pass keeps its finished blocks (lion_distill.llm.answers.answer).
     """
-    records: list[StageRecord] = []
-    ask = dict(
-        run=run,
-        setting=setting,
-        prompt=prompt,
-        use_logprobs=use_logprobs,
-        tau=tau,
-        roles=roles,
-        role_name=role_name,
-        records=records,
-        failed_answer_loses=failed_answer_loses,
-        parts=parts,
-    )
+    where = _Where(run, parts)
     first_pass = write_to and f"{write_to}.first_pass"
-    with run.table_writer(first_pass, judgment_schema(*roles)) if first_pass else nullcontext() as writer:
-        judgments = _judge(referee, pairs, stage, None, **ask, written=writer)
-    better = judgment_schema(*roles).empty_table()  # the rows later passes judged: few, whole
-    for attempt in range(1, retries + 1):
-        again = unparseable_ids(judgments)
-        if not len(again):
+    with run.table_writer(first_pass, judgment_schema(*judging.roles)) if first_pass else nullcontext() as writer:
+        judgments = _judge(referee, pairs, judging, where, stage, None, written=writer)
+    better = judgment_schema(*judging.roles).empty_table()  # the rows later passes judged: few, whole
+    unread = [pairs.num_rows]
+    for attempt in itertools.count(1):
+        # Only reviews are asked again: a pair with an empty answer is unparseable too, and never sent.
+        again = pc.and_(
+            pc.is_in(pairs.column("id"), value_set=unparseable_ids(judgments)),
+            pc.invert(_unjudgeable(pairs, judging.roles, judging.failed_answer_loses)),
+        )
+        unread.append(int(pc.sum(again.cast(pa.int64())).as_py() or 0))
+        if not asking_again(unread, judging.retries):
             break
         retry = f"{stage}_retry{attempt}"
-        retried = _judge(
-            resampled(referee),
-            pairs.filter(pc.is_in(pairs.column("id"), value_set=again)),
-            retry,
-            f"{draws}/{retry}",
-            **ask,
-        )
+        referee_again = resampled(referee, judging.retry_temperature)
+        retried = _judge(referee_again, pairs.filter(again), judging, where, retry, f"{draws}/{retry}")
         judgments, better = merge_retried(judgments, retried), _judged_again(better, retried)
-    a, b = (f"{role}_text" for role in roles)
-    overflowed = pairs.filter(_overflowed(judgments, pairs, a, b))
-    if overflowed.num_rows:
-        stage_cut = f"{stage}_truncated"
-        cut = pa.Table.from_pylist(
-            [{**p, b: p[b][: len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema
-        )
-        cut = _judge(referee, cut, stage_cut, f"{draws}/{stage_cut}", **ask)
-        cut = cut.set_column(
-            cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows)
-        )
+    cut = _judge_cut(referee, pairs, judgments, judging, where, f"{stage}_truncated", draws)
+    if cut is not None:
         judgments, better = merge_retried(judgments, cut), _judged_again(better, cut)
     if first_pass:
         _write_merged(run, first_pass, better, write_to)
-        return judgments, records
-    return in_order(judgments, pairs.column("id")), records
+        return judgments, where.records
+    return in_order(judgments, pairs.column("id")), where.records
+
+
+def _judge_cut(
+    referee, pairs: pa.Table, judgments: pa.Table, judging: Judging, where: _Where, stage: str, draws: str
+) -> pa.Table | None:
+    """The pairs whose review overflowed the referee's context judged again with the side judged
+    cut to the reference's length, marked `truncated`; None when no review overflowed."""
+    a, b = (f"{role}_text" for role in judging.roles)
+    overflowed = pairs.filter(_overflowed(judgments, pairs, a, b))
+    if not overflowed.num_rows:
+        return None
+    cut = pa.Table.from_pylist([{**p, b: p[b][: len(p[a] or "")]} for p in overflowed.to_pylist()], schema=pairs.schema)
+    cut = _judge(referee, cut, judging, where, stage, f"{draws}/{stage}")
+    return cut.set_column(
+        cut.schema.get_field_index("truncated"), "truncated", pa.repeat(pa.scalar(True), cut.num_rows)
+    )
 
 
 def _judged_again(better: pa.Table, again: pa.Table) -> pa.Table:
@@ -154,53 +170,64 @@ def _write_merged(run: RunDir, first_pass: str, better: pa.Table, to: str) -> No
 
 def _overflowed(judgments: pa.Table, pairs: pa.Table, a: str, b: str) -> pa.ChunkedArray:
     """A mask of the pairs whose review overflowed the referee's context while b's answer is the
-    longer: cut to a's length, they fit (few rows; the test runs once per distinct status)."""
-    status = judgments.column("status")
-    overflow = pa.array([s for s in pc.unique(status).to_pylist() if context_overflow(s)], pa.string())
-    ids = judgments.column("id").filter(pc.is_in(status, value_set=overflow)).combine_chunks()
+    longer: cut to a's length, they fit. (A failed answer of b's own has no text: never longer.)"""
+    overflow = pc.fill_null(pc.equal(judgments.column("failure_kind"), ErrorKind.CONTEXT_OVERFLOW.value), False)
+    ids = judgments.column("id").filter(overflow).combine_chunks()
     longer = pc.greater(
         pc.utf8_length(pc.fill_null(pairs.column(b), "")), pc.utf8_length(pc.fill_null(pairs.column(a), ""))
     )
     return pc.and_(pc.is_in(pairs.column("id"), value_set=ids), longer)
 
 
-def check_constraint(referee: RoleConfig, setting: str, prompt: str) -> None:
+def check_constraint(referee: RoleConfig, judging: Judging) -> None:
     """Raise now, before any answer is paid for, where a constrained review cannot fit the
     referee's max_tokens (lion_distill.judging.rubrics): a stage calls this first."""
-    names = ("general", "coding", "math") if prompt == "fastchat" else (rubric_for(prompt).name,)
+    names = ("general", "coding", "math") if judging.prompt == "fastchat" else (rubric_for(judging.prompt).name,)
     for name in names:
-        constraint(setting, referee, partial(RUBRICS[name].regex, referee.sampling.max_tokens), RUBRICS[name].schema)
+        rubric = RUBRICS[name]
+        constraint(judging.constraint, referee, partial(rubric.regex, referee.sampling.max_tokens), rubric.schema)
 
 
-def _judge(
-    referee,
-    pairs: pa.Table,
-    stage,
-    draw,
-    *,
-    run,
-    setting,
-    prompt,
-    use_logprobs,
-    tau,
-    roles,
-    role_name,
-    records,
-    failed_answer_loses,
-    parts,
-    written=None,
-) -> pa.Table:
+def _judge(referee, pairs: pa.Table, judging: Judging, where: _Where, stage, draw, written=None) -> pa.Table:
     """The judgments of `pairs` in one pass of the referee: those no review can judge, then the
     others as both their reviews come back (not in the pairs' order). The reviews are read from
     the parts a few at a time and scored as they are matched: 2 x N reviews are never all on the
     driver. With `written` (a parquet writer) each chunk is written there whole and kept `slim`."""
-    orders = [f"{role}_first" for role in roles]
-    rubrics = _rubric_names(pairs, prompt)
-    unsent = _unjudgeable(pairs, roles, failed_answer_loses)
+    orders = [f"{role}_first" for role in judging.roles]
+    rubrics = _rubric_names(pairs, judging.prompt)
+    unsent = _unjudgeable(pairs, judging.roles, judging.failed_answer_loses)
     # A pair no review can judge (the teacher's answer failed, say) is not sent: nobody pays for it.
     sent = kept(pairs.append_column("rubric", rubrics), pc.invert(unsent))
+    reviews = _reviews(referee, sent, judging, where, stage, draw)
+    tables = []
+
+    def keep(chunks: Iterator[pa.Table]) -> None:
+        for table in chunks:
+            if written is not None:
+                written.write_table(table)
+                table = slim(table)
+            tables.append(table)
+
+    keep(_scored(pairs, rubrics, pc.indices_nonzero(unsent), judging))
+    pair_ids = pairs.column("id").combine_chunks()
+    for first, second in matched_orders(reviews, orders):
+        at = pc.index_in(first.column("id"), value_set=pair_ids)
+        mine = pc.is_valid(at)  # the parts hold this call's reviews only, unless a stray was left there
+        keep(_scored(pairs, rubrics, at.filter(mine), judging, first.filter(mine), second.filter(mine)))
+    empty = judgment_schema(*judging.roles).empty_table()
+    judgments = pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
+    if judgments.num_rows < pairs.num_rows:  # a pair sent whose two reviews did not both come back
+        lost = pc.invert(pc.is_in(sent.column("id"), value_set=judgments.column("id").combine_chunks()))
+        if pc.any(lost).as_py():
+            raise no_response(sent.column("id"), lost)
+    return judgments
+
+
+def _reviews(referee, sent: pa.Table, judging: Judging, where: _Where, stage, draw) -> Iterator[pa.Table]:
+    """Both orders' reviews of the pairs `sent`, streamed: one pass per group of rubrics that share
+    a constraint, their figures summed into one record of the stage."""
     streams, record = [], StageRecord(stage)
-    groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), setting, referee)
+    groups = _by_constraint(pc.unique(sent.column("rubric")).to_pylist(), judging.constraint, referee)
     for structured, names in groups:
         # One group (the usual case) is every pair sent: no copy of them.
         group = (
@@ -208,65 +235,48 @@ def _judge(
             if len(groups) == 1
             else sent.filter(pc.is_in(sent.column("rubric"), value_set=pa.array(names, pa.string())))
         )
-        reviews, part = answer(
+        reviews, part = answer_stream(
             referee,
-            _requests(group, roles, orders),
+            _requests(group, judging.roles, [f"{role}_first" for role in judging.roles]),
             lambda r: referee_messages(r, r["first"], r["second"], RUBRICS[r["rubric"]]),
             stage=stage,
-            role_name=role_name,
-            run_dir=run,
+            role_name=judging.role_name,
+            run_dir=where.run,
             structured_output=structured,
-            logprobs=LOGPROBS_TOP_K if use_logprobs else None,
+            logprobs=LOGPROBS_TOP_K if judging.use_logprobs else None,
             draw=draw,
-            parts=parts,
-            in_rows_order=False,
-            columns=REVIEW_COLUMNS,
-            stream=True,  # 2 x N reviews: not their token counts and role, which the record has
+            parts=where.parts,
+            columns=REVIEW_COLUMNS,  # 2 x N reviews: not their token counts and role, which the record has
         )
         streams.append(reviews)
         record = _summed(record, part)
-    records.append(record)
-    tables = []
+    where.records.append(record)
+    return itertools.chain.from_iterable(streams)
 
-    def judged(at: pa.Array, first: pa.Table | None = None, second: pa.Table | None = None) -> None:
-        """The judgments of the pairs at rows `at`, from their reviews of each order (aligned with
-        `at`; none where no review was asked), a chunk of Python rows at a time."""
-        for start in range(0, len(at), CHUNK_ROWS):
-            rows = at.slice(start, CHUNK_ROWS)
-            reviews = [
-                [{}] * len(rows) if r is None else r.slice(start, CHUNK_ROWS).to_pylist() for r in (first, second)
-            ]
-            chunk_rubrics = [RUBRICS[name] for name in rubrics.take(rows).to_pylist()]
-            table = judgment_table(
-                judgment_rows(
-                    pairs.take(rows).to_pylist(),
-                    *reviews,
-                    tau,
-                    use_logprobs=use_logprobs,
-                    roles=roles,
-                    rubrics=chunk_rubrics,
-                    failed_answer_loses=failed_answer_loses,
-                ),
-                roles,
-            )
-            if written is not None:
-                written.write_table(table)
-                table = slim(table)
-            tables.append(table)
 
-    judged(pc.indices_nonzero(unsent))
-    pair_ids = pairs.column("id").combine_chunks()
-    for first, second in matched_orders(itertools.chain.from_iterable(streams), orders):
-        at = pc.index_in(first.column("id"), value_set=pair_ids)
-        mine = pc.is_valid(at)  # the parts hold this call's reviews only, unless a stray was left there
-        judged(at.filter(mine), first.filter(mine), second.filter(mine))
-    empty = judgment_schema(*roles).empty_table()
-    judgments = pa.concat_tables(tables) if tables else empty if written is None else slim(empty)
-    if judgments.num_rows < pairs.num_rows:  # a pair sent whose two reviews did not both come back
-        lost = pc.invert(pc.is_in(sent.column("id"), value_set=judgments.column("id").combine_chunks()))
-        if pc.any(lost).as_py():
-            raise no_response(sent.column("id"), lost)
-    return judgments
+def _scored(
+    pairs: pa.Table,
+    rubrics: pa.Array,
+    at: pa.Array,
+    judging: Judging,
+    first: pa.Table | None = None,
+    second: pa.Table | None = None,
+) -> Iterator[pa.Table]:
+    """The judgments of the pairs at rows `at`, from their reviews of each order (aligned with
+    `at`; none where no review was asked), a chunk of Python rows at a time."""
+    for start in range(0, len(at), CHUNK_ROWS):
+        rows = at.slice(start, CHUNK_ROWS)
+        reviews = [[{}] * len(rows) if r is None else r.slice(start, CHUNK_ROWS).to_pylist() for r in (first, second)]
+        rows_judged = judgment_rows(
+            pairs.take(rows).to_pylist(),
+            *reviews,
+            judging.tau,
+            use_logprobs=judging.use_logprobs,
+            roles=judging.roles,
+            rubrics=[RUBRICS[name] for name in rubrics.take(rows).to_pylist()],
+            failed_answer_loses=judging.failed_answer_loses,
+        )
+        yield judgment_table(rows_judged, judging.roles)
 
 
 def matched_orders(reviews: Iterable[pa.Table], orders: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
@@ -296,7 +306,7 @@ def _with_id(reviews: pa.Table, ids: pa.Array) -> pa.Table:
 
 
 CHUNK_ROWS = 8192  # pairs scored, or made into requests, at once on the driver
-REVIEW_COLUMNS = ("id", "text", "finish_reason", "logprobs")  # what judgment_rows reads of a review
+REVIEW_COLUMNS = ("id", "text", "finish_reason", "error_kind", "error", "logprobs")  # what judgment_rows reads
 
 
 def _requests(sent: pa.Table, roles: tuple[str, str], orders: list[str]) -> Iterator[pa.Table]:
@@ -341,7 +351,7 @@ def _unjudgeable(pairs: pa.Table, roles: tuple[str, str], failed_answer_loses: b
     """referee.unjudgeable over the columns: a's answer failed or is blank, or b's request
     failed (unless a failed answer loses)."""
     a, b = roles
-    answer_failed = lambda role: failed_mask(pairs.column(f"{role}_finish_reason"))  # noqa: E731
+    answer_failed = lambda role: error_mask(pairs.column(f"{role}_finish_reason"))  # noqa: E731
     blank = pc.equal(pc.utf8_trim_whitespace(pc.fill_null(pairs.column(f"{a}_text"), "")), "")
     out = pc.or_(answer_failed(a), blank)
     return out if failed_answer_loses else pc.or_(out, answer_failed(b))
@@ -363,12 +373,26 @@ def _summed(a: StageRecord, b: StageRecord) -> StageRecord:
     counts = {
         f.name: getattr(a, f.name) + getattr(b, f.name)
         for f in fields(StageRecord)
-        if f.name not in ("stage", "gpus", "extra")
+        if f.name not in ("stage", "gpus", "extra", "failed_by_kind")
     }
-    return replace(a, **counts, gpus=max(a.gpus, b.gpus), extra={**a.extra, **b.extra})
+    kinds = Counter(a.failed_by_kind) + Counter(b.failed_by_kind)
+    return replace(a, **counts, gpus=max(a.gpus, b.gpus), failed_by_kind=dict(kinds), extra={**a.extra, **b.extra})
 
 
-def resampled(role: RoleConfig) -> RoleConfig:
-    """The referee for a retry: sampling on, so the retry (a new draw) can differ."""
-    sampling = role.sampling.model_copy(update={"temperature": max(role.sampling.temperature, 0.5)})
-    return role.model_copy(update={"sampling": sampling})
+def asking_again(unread: list[int], retries: int | None) -> bool:
+    """Whether the unreadable reviews are asked once more. `unread`: the pairs, then the unreadable
+    count after each pass so far. Up to `retries` re-asks; None: while the last pass read some of
+    them, as Lion's recheck (src/chatgpt_referee.py: `while len(new_question_idx_list) <
+    len(old_question_idx_list)`, the old list all questions at first)."""
+    if not unread[-1]:
+        return False
+    if retries is None:
+        return unread[-1] < unread[-2]
+    return len(unread) - 2 < retries
+
+
+def resampled(role: RoleConfig, temperature: float | None = None) -> RoleConfig:
+    """The referee for a retry (a new draw): at `temperature`, or by default with sampling raised to
+    at least 0.5, so that the retry can differ."""
+    t = max(role.sampling.temperature, 0.5) if temperature is None else temperature
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"temperature": t})})

@@ -5,9 +5,12 @@ student's first, and the two orders are averaged to cancel the referee's positio
 bias. `gap = teacher_score - student_score`; the instruction is hard when gap >= tau.
 
 A review that cannot be read is never turned into a number (the original code scored
-it -1, which leaked into averages): it gets a `failed: ...` status and null scores,
-the caller retries those ids (`unparseable_ids`, `merge_retried`), and `summarize`
-counts failures by reason and averages only the rows that were judged.
+it -1, which leaked into averages): it gets the status `failed`, the `failure_kind`
+`unparseable` and null scores, the caller retries those ids (`unparseable_ids`,
+`merge_retried`), and `summarize` counts failures by kind and averages only the rows
+that were judged. A pair fails with the kind of whatever failed: an answer's request
+(its `error_kind`), the review's request, or an unreadable review or empty answer
+(`unparseable`); `failure` says which, with its message.
 
 A student that answers nothing (an empty or failed answer, against a teacher answer)
 has lost the comparison: the referee is shown the empty answer as it is and scores
@@ -18,22 +21,36 @@ evaluation judges reference vs candidate with the same rules (`roles`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.data.tables import replaced_by_id
+from lion_distill.errors import ErrorKind
 from lion_distill.judging.reviews import logprob_scores
 from lion_distill.judging.rubrics import RUBRICS, Rubric
 from lion_distill.llm.prompts import instruction_text
-from lion_distill.llm.responses import failed, is_failed
+from lion_distill.llm.responses import is_error
 
-OK = "ok"
-UNPARSEABLE = failed("unparseable review")
-EMPTY_ANSWER = failed("empty answer")
+OK, FAILED = "ok", "failed"  # a judgment's status
 LOWEST_SCORE = 1.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a pair has no judgment: a kind (the judgment's `failure_kind`) and what failed (`failure`)."""
+
+    kind: ErrorKind
+    message: str
+
+    def columns(self) -> dict:
+        return {"status": FAILED, "failure_kind": self.kind.value, "failure": self.message}
+
+
+UNPARSEABLE = Failure(ErrorKind.UNPARSEABLE, "review: no scores in the rubric's layout")
 
 
 def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
@@ -52,7 +69,9 @@ def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schem
             pa.field(f"{second}_score", pa.float64()),
             pa.field("gap", pa.float64()),
             pa.field("hard", pa.bool_()),  # gap >= tau; null when failed
-            pa.field("status", pa.string(), nullable=False),  # ok | failed: <reason>
+            pa.field("status", pa.string(), nullable=False),  # ok | failed
+            pa.field("failure_kind", pa.string()),  # a lion_distill.errors.ErrorKind value; null when ok
+            pa.field("failure", pa.string()),  # what failed and its message; null when ok
             pa.field("truncated", pa.bool_()),  # {second}'s answer was cut to fit the referee's context
         ]
     )
@@ -60,6 +79,8 @@ def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schem
 
 ROLES = ("teacher", "student")
 JUDGMENT_SCHEMA = judgment_schema(*ROLES)
+# What a pair holds of each side's answer, as `<role>_<column>`: judgment_rows reads them.
+ANSWER_COLUMNS = ("text", "finish_reason", "error_kind", "error")
 
 
 def referee_messages(row: dict, first: str, second: str, rubric: Rubric = RUBRICS["lion"]) -> list[dict]:
@@ -70,11 +91,10 @@ def referee_messages(row: dict, first: str, second: str, rubric: Rubric = RUBRIC
 # ---------------------------------------------------------------- judgments
 
 
-def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[float, float] | str:
-    """(Assistant 1, Assistant 2) scores of one review, or the failed status."""
-    reason = review.get("finish_reason") or ""
-    if is_failed(reason):
-        return reason
+def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[float, float] | Failure:
+    """(Assistant 1, Assistant 2) scores of one review, or why there are none."""
+    if is_error(review.get("finish_reason")):
+        return Failure(ErrorKind(review["error_kind"]), f"review: {review.get('error')}")
     scores = rubric.parse(review.get("text"))
     if scores is None:
         return UNPARSEABLE
@@ -84,39 +104,32 @@ def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[fl
     return scores
 
 
-def _answer_failure(pair: dict, reference: str) -> str | None:
+def _request_failure(pair: dict, role: str) -> Failure | None:
+    """The role's request failed: its kind, as its backend set it."""
+    if not is_error(pair.get(f"{role}_finish_reason")):
+        return None
+    return Failure(ErrorKind(pair[f"{role}_error_kind"]), f"{role} answer: {pair.get(f'{role}_error')}")
+
+
+def _answer_failure(pair: dict, reference: str) -> Failure | None:
     """Why a pair cannot be judged: only the reference side's (the teacher's) answer can make it so."""
-    reason = pair.get(f"{reference}_finish_reason") or ""
-    if is_failed(reason):
-        return failed(f"{reference} answer {reason}")
-    if not (pair.get(f"{reference}_text") or "").strip():
-        return EMPTY_ANSWER
-    return None
+    failure = _request_failure(pair, reference)
+    if failure is None and not (pair.get(f"{reference}_text") or "").strip():
+        return Failure(ErrorKind.UNPARSEABLE, f"{reference} answer: empty")
+    return failure
 
 
-def unjudgeable(pair: dict, roles: tuple[str, str], failed_answer_loses: bool) -> str | None:
-    """Why no review can judge a pair (its failed status), before the referee is asked."""
+def unjudgeable(pair: dict, roles: tuple[str, str], failed_answer_loses: bool) -> Failure | None:
+    """Why no review can judge a pair, before the referee is asked."""
     a, b = roles
     failure = _answer_failure(pair, a)
-    if failure is None and is_failed(pair.get(f"{b}_finish_reason")) and not failed_answer_loses:
-        failure = failed(f"{b} answer {pair[f'{b}_finish_reason']}")
+    if failure is None and not failed_answer_loses:
+        failure = _request_failure(pair, b)
     return failure
 
 
 def answered(pair: dict, role: str = "student") -> bool:
-    return not is_failed(pair.get(f"{role}_finish_reason")) and bool((pair.get(f"{role}_text") or "").strip())
-
-
-# What an engine or API says when a prompt does not fit the model's context (vLLM's
-# VLLMValidationError and "maximum context length", OpenAI's context_length_exceeded).
-_OVERFLOW = re.compile(
-    r"context.length|maximum context|max_model_len|maximum model length|longer than the maximum", re.IGNORECASE
-)
-
-
-def context_overflow(status: str) -> bool:
-    """A review failed because the prompt (the question and both answers) overflowed the referee's context."""
-    return is_failed(status) and bool(_OVERFLOW.search(status))
+    return not is_error(pair.get(f"{role}_finish_reason")) and bool((pair.get(f"{role}_text") or "").strip())
 
 
 def judgment_rows(
@@ -133,8 +146,9 @@ def judgment_rows(
 
     With roles (a, b) = ("teacher", "student"): a pair has `id`, `instruction`, `input`,
     `teacher_text`, `student_text` and optionally `teacher_finish_reason` /
-    `student_finish_reason`. A review has `text`, `finish_reason` and optionally
-    `logprobs` (and `id`, checked against the pair's). In `reviews_first` Assistant 1 is
+    `student_finish_reason` (with `<role>_error_kind` and `<role>_error` where it is "error").
+    A review has `text`, `finish_reason` (`error_kind` and `error` where it is "error") and
+    optionally `logprobs` (and `id`, checked against the pair's). In `reviews_first` Assistant 1 is
     a (the teacher), in `reviews_second` Assistant 1 is b (the student). Failed rows
     (a's answer failed or is empty, a review failed or is unparseable) keep their raw
     reviews and get null scores and hard=None. An empty answer of b has lost: it scores
@@ -152,58 +166,55 @@ def judgment_rows(
             f"judgment_rows needs one review per pair and order: {len(pairs)} pairs, "
             f"{len(reviews_first)} {roles[0]}-first and {len(reviews_second)} {roles[1]}-first reviews"
         )
-    a, b = roles
-    names = judgment_schema(*roles).names
     if isinstance(rubrics, Rubric):
         rubrics = [rubrics] * len(pairs)
-    rows = []
-    for pair, af, bf, rubric in zip(pairs, reviews_first, reviews_second, rubrics, strict=True):
-        for review in (af, bf):
-            if review.get("id") not in (None, pair["id"]):
-                raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
-        row = dict.fromkeys(names)
-        row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
-        row["truncated"] = False
-        failure = unjudgeable(pair, roles, failed_answer_loses)
-        lost = not answered(pair, b)
-        first = second = None
-        if failure is None:
-            first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
-            failure = next((s for s in (first, second) if isinstance(s, str)), None)
-        if failure == UNPARSEABLE and lost and not failed_answer_loses:
-            rows.append(
-                {
-                    **row,
-                    f"{b}_score_1": LOWEST_SCORE,
-                    f"{b}_score_2": LOWEST_SCORE,
-                    f"{b}_score": LOWEST_SCORE,
-                    "hard": True,
-                    "status": OK,
-                }
-            )
-            continue
-        if failure is not None:
-            rows.append({**row, "status": failure})
-            continue
-        (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
-        if lost:
-            b1 = b2 = LOWEST_SCORE
-        mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
-        rows.append(
-            {
-                **row,
-                f"{a}_score_1": a1,
-                f"{b}_score_1": b1,
-                f"{a}_score_2": a2,
-                f"{b}_score_2": b2,
-                f"{a}_score": mean_a,
-                f"{b}_score": mean_b,
-                "gap": mean_a - mean_b,
-                "hard": mean_a - mean_b >= tau,
-                "status": OK,
-            }
-        )
-    return rows
+    judge = partial(
+        _judgment,
+        names=judgment_schema(*roles).names,  # once: a schema costs more than a pair's judgment
+        tau=tau,
+        use_logprobs=use_logprobs,
+        roles=roles,
+        failed_answer_loses=failed_answer_loses,
+    )
+    return [judge(*four) for four in zip(pairs, reviews_first, reviews_second, rubrics, strict=True)]
+
+
+def _judgment(
+    pair: dict, af: dict, bf: dict, rubric: Rubric, *, names, tau, use_logprobs, roles, failed_answer_loses
+) -> dict:
+    """judgment_rows' row of one pair, from its a-first and b-first reviews."""
+    a, b = roles
+    for review in (af, bf):
+        if review.get("id") not in (None, pair["id"]):
+            raise ValueError(f"review for id {review['id']!r} is aligned with pair {pair['id']!r}")
+    row = dict.fromkeys(names)
+    row.update({"id": pair["id"], f"review_{a}_first": af.get("text"), f"review_{b}_first": bf.get("text")})
+    row["truncated"] = False
+    failure = unjudgeable(pair, roles, failed_answer_loses)
+    lost = not answered(pair, b)
+    first = second = None
+    if failure is None:
+        first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
+        failure = next((s for s in (first, second) if isinstance(s, Failure)), None)
+    if failure is UNPARSEABLE and lost and not failed_answer_loses:
+        lowest = {f"{b}_score_1": LOWEST_SCORE, f"{b}_score_2": LOWEST_SCORE, f"{b}_score": LOWEST_SCORE}
+        return {**row, **lowest, "hard": True, "status": OK}
+    if failure is not None:
+        return {**row, **failure.columns()}
+    (a1, b1), (b2, a2) = first, second  # positions swap in the b-first order
+    if lost:
+        b1 = b2 = LOWEST_SCORE
+    mean_a, mean_b = (a1 + a2) / 2, (b1 + b2) / 2
+    scores = {f"{a}_score_1": a1, f"{b}_score_1": b1, f"{a}_score_2": a2, f"{b}_score_2": b2}
+    return {
+        **row,
+        **scores,
+        f"{a}_score": mean_a,
+        f"{b}_score": mean_b,
+        "gap": mean_a - mean_b,
+        "hard": mean_a - mean_b >= tau,
+        "status": OK,
+    }
 
 
 def judgment_table(rows: list[dict], roles: tuple[str, str] = ROLES) -> pa.Table:
@@ -212,8 +223,14 @@ def judgment_table(rows: list[dict], roles: tuple[str, str] = ROLES) -> pa.Table
 
 
 def unparseable_ids(judgments: pa.Table) -> pa.Array:
-    """Ids worth asking the referee again (with another seed): a review could not be read."""
-    return judgments.column("id").filter(pc.equal(judgments.column("status"), UNPARSEABLE)).combine_chunks()
+    """Ids of the pairs that failed unparseable: among them those whose review could not be read,
+    worth asking the referee again (with another seed); an empty answer is one too, but never sent."""
+    kinds = judgments.column("failure_kind")
+    return (
+        judgments.column("id")
+        .filter(pc.fill_null(pc.equal(kinds, ErrorKind.UNPARSEABLE.value), False))
+        .combine_chunks()
+    )
 
 
 def merge_retried(judgments: pa.Table, retried: pa.Table) -> pa.Table:
@@ -226,7 +243,7 @@ def summarize(judgments: pa.Table) -> dict:
     status = judgments.column("status")
     ok = judgments.filter(pc.equal(status, OK))
     hard = pc.sum(pc.fill_null(ok.column("hard"), False).cast(pa.int64())).as_py() or 0
-    failures = status.filter(pc.not_equal(status, OK))
+    failures = judgments.column("failure_kind").filter(pc.not_equal(status, OK))
 
     def mean(key: str) -> float | None:
         return pc.mean(ok.column(key)).as_py()  # nulls skipped: an unread review of an empty answer has no gap
@@ -235,7 +252,7 @@ def summarize(judgments: pa.Table) -> dict:
         "rows": judgments.num_rows,
         "judged": ok.num_rows,
         "failed": judgments.num_rows - ok.num_rows,
-        "failed_by_reason": {e["values"]: e["counts"] for e in pc.value_counts(failures).to_pylist()},
+        "failed_by_kind": {e["values"]: e["counts"] for e in pc.value_counts(failures).to_pylist()},
         "truncated": pc.sum(pc.fill_null(ok.column("truncated"), False).cast(pa.int64())).as_py() or 0,
         "hard": hard,
         "easy": ok.num_rows - hard,

@@ -15,30 +15,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.config import RunConfig
-from lion_distill.data import RunDir
+from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.tables import in_order, replaced_by_id
-from lion_distill.judging.judge import check_constraint, judge_pairs
-from lion_distill.judging.referee import summarize
+from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
+from lion_distill.judging.referee import ANSWER_COLUMNS, summarize
 from lion_distill.lion.conversations import answer_student
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
-from lion_distill.llm.responses import failed_mask
+from lion_distill.llm.responses import error_mask
 from lion_distill.metrics import usage
+from lion_distill.runner import StageResult
 
 log = logging.getLogger("lion_distill.lion")
 
 
-def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    check_constraint(cfg.referee, cfg.lion.referee_constraint, cfg.lion.referee_prompt)
-    cache_pool = pool(run, k, "cache")
+def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
+    judging = referee_settings(cfg)
+    check_constraint(cfg.referee, judging)
+    cache_pool = shown(pool(run, k, "cache"), cfg.lion.show_input)
     records = []
 
     # Arrow tables throughout: a pool of millions is its columns, not millions of Python rows.
     teacher = _written(
         run,
         rel(k, "discrimination", "teacher_responses.parquet"),
-        _teacher_answers(cfg.teacher, cache_pool, run, k, records),
+        _teacher_answers(cfg.teacher, cache_pool, run, k, records, cfg.lion.discrimination_teacher == "reuse"),
     )
     student_role = cfg.student.model_copy(update={"model": student_model})
     student = _written(
@@ -49,20 +51,15 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
 
     pairs = cache_pool.select(["id", "instruction", "input"])
     for role, answers in (("teacher", teacher), ("student", student)):
-        pairs = pairs.append_column(f"{role}_text", answers.column("text")).append_column(
-            f"{role}_finish_reason", answers.column("finish_reason")
-        )
+        for column in ANSWER_COLUMNS:
+            pairs = pairs.append_column(f"{role}_{column}", answers.column(column))
     judgments, judge_records = judge_pairs(
         cfg.referee,
         pairs,
+        judging,
         run=run,
         stage="discrimination/referee",
         draws=f"iter_{k}",
-        setting=cfg.lion.referee_constraint,
-        prompt=cfg.lion.referee_prompt,
-        retries=cfg.lion.referee_retries,
-        use_logprobs=cfg.lion.referee_logprobs,
-        tau=cfg.lion.tau,
         parts=rel(k, "discrimination", "parts"),
         write_to=rel(k, "discrimination", "judgments.parquet"),
     )  # written a chunk at a time; kept without the reviews
@@ -77,30 +74,44 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> t
         summary["hard_fraction"],
         summary["mean_gap"],
         summary["failed"],
-        summary["failed_by_reason"] or "",
+        summary["failed_by_kind"] or "",
     )
     extra = {
         f"lion/{name}": summary[name]
         for name in ("judged", "hard", "easy", "hard_fraction", "mean_gap", "mean_teacher_score", "mean_student_score")
     }
-    extra["lion/judge_failed"] = summary["failed"]  # by reason: the `status` column of judgments.parquet
+    extra["lion/judge_failed"] = summary["failed"]  # by kind: the `failure_kind` column of judgments.parquet
     write_stage_metrics(run, k, "discrimination", records, extra)
     iteration_summary = {key: summary[key] for key in ("judged", "failed", "hard", "easy", "hard_fraction", "mean_gap")}
-    return {}, usage(records), iteration_summary
+    return StageResult(counters=usage(records), summary=iteration_summary)
+
+
+def referee_settings(cfg: RunConfig) -> Judging:
+    """Lion's referee: teacher vs student, the `lion.referee_*` settings."""
+    return Judging(
+        prompt=cfg.lion.referee_prompt,
+        constraint=cfg.lion.referee_constraint,
+        retries=cfg.lion.referee_retries,
+        retry_temperature=cfg.lion.referee_retry_temperature,
+        use_logprobs=cfg.lion.referee_logprobs,
+        tau=cfg.lion.tau,
+    )
 
 
 def _written(run: RunDir, path: str, answers: pa.Table) -> pa.Table:
     """`answers` written to `path` -> the columns the pairs need (their role and token counts,
     which the file has, let go while the referee judges)."""
     write_responses(run, path, answers)
-    return answers.select(["text", "finish_reason"])
+    return answers.select(list(ANSWER_COLUMNS))
 
 
-def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list) -> pa.Table:
-    """The teacher's answer to each cache-pool instruction, in its order: those paid for in earlier
-    stages reused, the rest asked now. A function of its own so that the answers known before,
-    one more pool-sized table, are let go as soon as these are made."""
-    known = known_teacher_answers(run, k)
+def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: list, reuse: bool) -> pa.Table:
+    """The teacher's answer to each cache-pool instruction, in its order: with `reuse`, those paid for
+    in earlier stages reused and the rest asked now; without (`lion.discrimination_teacher:
+    ask_again`, Lion's step 2.1), every one asked now as a new draw, so that neither a response cache
+    nor a seeded engine hands back the answers imitation trained on. A function of its own so that
+    the answers known before, one more pool-sized table, are let go as soon as these are made."""
+    known = known_teacher_answers(run, k) if reuse else RESPONSE_SCHEMA.empty_table()
     missing = cache_pool.filter(pool_ids_not_in(cache_pool, known))
     if missing.num_rows:
         answers, record = answer(
@@ -110,6 +121,7 @@ def _teacher_answers(role, cache_pool: pa.Table, run: RunDir, k: int, records: l
             stage="discrimination/teacher",
             role_name="teacher",
             run_dir=run,
+            draw=None if reuse else f"iter_{k}/discrimination/teacher",
             parts=rel(k, "discrimination", "parts"),
         )
         records.append(record)
@@ -129,7 +141,7 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
     student = response_table(student)
     records.extend(first)
     for attempt in range(1, retries + 1):
-        failed = failed_mask(student.column("finish_reason"))
+        failed = error_mask(student.column("finish_reason"))
         again = student.column("id").filter(failed)
         if not len(again):
             break
@@ -146,6 +158,6 @@ def _student_answers(role, cache_pool: pa.Table, run: RunDir, k: int, retries: i
         )
         records.extend(more)
         retried = response_table(retried)
-        better = retried.filter(pc.invert(failed_mask(retried.column("finish_reason"))))
+        better = retried.filter(pc.invert(error_mask(retried.column("finish_reason"))))
         student = replaced_by_id(student, better)
     return student

@@ -40,6 +40,7 @@ from lion_distill.data.tables import first_per_id
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.prompts import instruction_messages
 from lion_distill.memory import give_back_memory
+from lion_distill.runner import check_format
 
 ROLES = ("teacher", "referee", "generator", "student")
 SECRET = re.compile(r"(api_?key|token|secret|password)(?!_env)", re.IGNORECASE)
@@ -165,6 +166,7 @@ JUDGED = {
     "gap": "gap",
     "hard": "hard",
     "status": "status",
+    "failure_kind": "failure_kind",
 }
 
 
@@ -380,6 +382,7 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
 
     datasets.disable_progress_bars()
     run, out = RunDir(run_dir), Path(to)
+    check_format(run)  # another format's columns would not read as this one's
     counts = {}
     for k in iterations(run):
         splits, hard = {}, {}

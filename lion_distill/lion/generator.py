@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections import Counter
 
 import numpy as np
@@ -25,7 +26,7 @@ from lion_distill.lion.prompts import (
     generator_user,
     lion_generator_user,
 )
-from lion_distill.llm.responses import is_failed
+from lion_distill.llm.responses import is_error
 
 KINDS = ("hard", "easy")
 
@@ -40,7 +41,7 @@ def quotas(n: int, hard_easy_ratio: tuple[float, float]) -> tuple[int, int]:
 
 
 def sample_seeds(
-    judgments: pa.Table, pool: pa.Table, n_hard: int, n_easy: int, rng: np.random.Generator
+    judgments: pa.Table, pool: pa.Table, n_hard: int, n_easy: int, rng: np.random.Generator, rebalance: bool = False
 ) -> tuple[list[dict], dict]:
     """Seed rows (pool row + `kind`) for the generator, and how they were drawn.
 
@@ -49,9 +50,11 @@ def sample_seeds(
     millions stays in Arrow.
     Only judged rows (status ok) seed: failed judgments are neither hard nor easy.
     Without replacement while a kind has enough instructions, with replacement beyond.
-    When one kind has none at all, its quota is filled from the other kind (the
-    generator still gets N prompts, each with the template of the seed's real kind),
-    and the counts say so: {"hard": .., "easy": .., "hard_from_easy": .., "easy_from_hard": ..}.
+    When one kind has none at all and `rebalance` is on, its quota is filled from the other
+    kind (the generator still gets N prompts, each with the template of the seed's real kind),
+    and the counts say so: {"hard": .., "easy": .., "hard_from_easy": .., "easy_from_hard": ..};
+    with `rebalance` off (Lion's: each kind seeds only itself) it gets no seeds, and
+    "hard_unseeded" / "easy_unseeded" count its quota.
     """
     ok = judgments.filter(pc.equal(judgments["status"], "ok"))
     pool_ids = pool["id"].combine_chunks()
@@ -68,8 +71,9 @@ def sample_seeds(
         raise ValueError("no judged instructions to seed the generator (every judgment failed)")
     for kind, other in (("hard", "easy"), ("easy", "hard")):
         if not len(by_kind[kind]) and wanted[kind]:
-            counts[f"{kind}_from_{other}"] = wanted[kind]
-            wanted[other] += wanted[kind]
+            counts[f"{kind}_from_{other}" if rebalance else f"{kind}_unseeded"] = wanted[kind]
+            if rebalance:
+                wanted[other] += wanted[kind]
             wanted[kind] = 0
     seeds = []
     for kind in KINDS:
@@ -207,7 +211,9 @@ REJECT_REASONS = (
     "starts with punctuation",
     "about the task",
     "non-printable",
+    "starts with non-ascii",
 )
+CANDIDATE_FILTERS = ("clean", "lion")  # lion.candidate_filter
 
 
 def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars: int, min_words: int = 4) -> str | None:
@@ -237,6 +243,43 @@ def clean_candidate(instruction: str, input: str, finish_reason: str, max_chars:
     return None
 
 
+def lion_candidate(text: str | None, finish_reason: str) -> tuple[tuple[str, str], str | None]:
+    """Lion's `post_process_gpt3_response` (src/generate_hard_instruction.py), test for test and in
+    its order: the reply whole is the instruction (no input), dropped when "instruction" is anywhere
+    in it, it was cut at max_tokens, it has 3 words or fewer, or its first character is punctuation
+    or not ASCII. -> ((instruction, ""), the reject reason or None to keep it)."""
+    text = text or ""
+    if "instruction" in text.lower():
+        reason = "about the task"
+    elif finish_reason == "length":
+        reason = "truncated"
+    elif len(text.split()) <= 3:
+        reason = "too short"
+    elif text[0] in string.punctuation:
+        reason = "starts with punctuation"
+    elif not text[0].isascii():
+        reason = "starts with non-ascii"
+    else:
+        reason = None
+    return (text, ""), reason
+
+
+def seed_token_cap(seed: dict, tokens_per_seed_word: int) -> int:
+    """Lion's generator max_tokens for one seed: `tokens_per_seed_word` (4) x the words of the seed
+    as the prompt shows it (its instruction, and its input where the row has one and it is shown)."""
+    return tokens_per_seed_word * len(f"{seed['instruction']} {seed.get('input') or ''}".split())
+
+
+def generator_for_seeds(role, seeds: list[dict], tokens_per_seed_word: int | None):
+    """The generator role for one round of seeds: its max_tokens the largest seed's cap (one request
+    settings for the round; candidate_rows holds each reply to its own seed's cap), or the role as
+    configured where there is no per-seed cap."""
+    if not tokens_per_seed_word or not seeds:
+        return role
+    cap = max(seed_token_cap(seed, tokens_per_seed_word) for seed in seeds)
+    return role.model_copy(update={"sampling": role.sampling.model_copy(update={"max_tokens": max(cap, 1)})})
+
+
 def candidate_rows(
     seeds: list[dict],
     replies: list[dict],
@@ -244,10 +287,13 @@ def candidate_rows(
     max_chars: int = 4096,
     min_words: int = 4,
     tokens_per_seed_word: int | None = None,
+    candidate_filter: str = "clean",
 ) -> tuple[list[dict], Counter]:
     """New pool rows from the generator's replies (aligned with `seeds`), and rejects by reason.
 
-    `tokens_per_seed_word`: Lion's max_tokens of 4 x the seed instruction's words; a reply
+    `candidate_filter`: "clean" reads the reply (parse_candidate) and cleans it (clean_candidate);
+    "lion" keeps or drops the reply whole, as Lion's code does (lion_candidate).
+    `tokens_per_seed_word`: Lion's max_tokens of 4 x the seed's words (seed_token_cap); a reply
     of that many completion tokens or more is one Lion would have cut, and is "truncated".
 
     A row: id = instruction_id(instruction, input), origin = the seed's kind, parent_id =
@@ -256,18 +302,19 @@ def candidate_rows(
     """
     if len(seeds) != len(replies):
         raise ValueError(f"candidate_rows needs one reply per seed: {len(seeds)} seeds, {len(replies)} replies")
+    if candidate_filter not in CANDIDATE_FILTERS:
+        raise ValueError(f"candidate_filter must be one of {CANDIDATE_FILTERS}, not {candidate_filter!r}")
     rows, rejects = [], Counter()
     for seed, reply in zip(seeds, replies):
         finish = reply.get("finish_reason") or ""
-        if is_failed(finish):
+        if is_error(finish):
             rejects["generator failed"] += 1
             continue
-        if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= tokens_per_seed_word * len(
-            seed["instruction"].split()
-        ):
+        if tokens_per_seed_word and (reply.get("completion_tokens") or 0) >= seed_token_cap(seed, tokens_per_seed_word):
             finish = "length"
-        parsed = parse_candidate(reply.get("text"))
-        if parsed is None:
+        if candidate_filter == "lion":
+            parsed, reason = lion_candidate(reply.get("text"), finish)
+        elif (parsed := parse_candidate(reply.get("text"))) is None:
             reason = "truncated" if finish == "length" else "unparseable"
         else:
             reason = clean_candidate(*parsed, finish, max_chars, min_words)

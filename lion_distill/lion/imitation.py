@@ -26,13 +26,15 @@ from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.conversations import is_conversation, user_turns
 from lion_distill.data.pools import RowFiles
 from lion_distill.data.tables import first_per_id, in_order
+from lion_distill.errors import NothingToImitate
 from lion_distill.lion.conversations import assistant_turn, conversation_sft, earlier_turns
-from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, write_stage_metrics
+from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
 from lion_distill.llm.prompts import instruction_messages, prompt_format
 from lion_distill.llm.serving import training
 from lion_distill.metrics import StageRecord, usage
+from lion_distill.runner import StageResult
 from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.lion")
@@ -41,13 +43,46 @@ RESPONSES, TEACHER = "teacher_responses.parquet", "teacher.json"
 TURNS = "teacher_turns.parquet"  # the teacher's answers to conversations' earlier user turns
 
 
-class NothingToImitate(ValueError):
-    """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
+def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageResult:
+    """-> the stage's result: outputs the new student checkpoint, counters, iteration summary."""
+    train_pool = shown(pool(run, k, "train"), cfg.lion.show_input)
+    responses, answers, records = teacher_answers(cfg, run, k, train_pool)
+    fmt = prompt_format(cfg.student)
+    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated, fmt, cfg.teacher.reasoning)
+    failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
+    check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
+    student_model = train_student(cfg, run, k, student_model, sft, records)
+    log.info(
+        "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
+        k,
+        train_pool.num_rows,
+        sft.num_rows,
+        truncated,
+        "trained without eos" if cfg.lion.train_on_truncated else "left out",
+        student_model,
+    )
+    extra = {
+        "lion/imitation_asked": train_pool.num_rows,
+        "lion/imitation_failed_answers": failed,
+        "lion/imitation_truncated_answers": truncated,
+        "lion/imitation_trained": sft.num_rows,
+    }
+    write_stage_metrics(run, k, "imitation", records, extra)
+    summary = {
+        "imitation_rows": train_pool.num_rows,
+        "imitation_answered": responses.num_rows - failed,
+        "imitation_truncated": truncated,
+        "imitation_trained": sft.num_rows,
+    }
+    return StageResult({"student_model": student_model}, usage(records), summary)
 
 
-def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[dict, dict, dict]:
-    """-> (state outputs: the new student checkpoint, counters, iteration summary)."""
-    train_pool = pool(run, k, "train")
+def teacher_answers(
+    cfg: RunConfig, run: RunDir, k: int, train_pool: pa.Table
+) -> tuple[pa.Table, pa.Table, list[StageRecord]]:
+    """-> (the teacher's answer to each train-pool instruction, in its order; every answer known,
+    a conversation's earlier turns' included; the records of the calls that bought them). Those
+    paid for before are reused; the rest are asked now, and all are written before training."""
     saved, records = saved_answers(cfg, run, k)
     # This attempt's saved answers first: they win over an earlier iteration's.
     known = first_per_id(
@@ -78,25 +113,15 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
     run.write_json(
         rel(k, "imitation", TEACHER), {"settings": _teacher_settings(cfg), "records": [asdict(r) for r in records]}
     )
+    return responses, answers, records
 
-    fmt = prompt_format(cfg.student)
-    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated, fmt, cfg.teacher.reasoning)
-    failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
-    check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
-    summary = {
-        "imitation_rows": train_pool.num_rows,
-        "imitation_answered": responses.num_rows - failed,
-        "imitation_truncated": truncated,
-        "imitation_trained": sft.num_rows,
-    }
-    if sft.num_rows >= max(1, cfg.train.num_workers):  # every training worker needs a row
-        result = _train(cfg, run, k, student_model, sft)
-        if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
-            delete_checkpoints(result.model_dir)
-        result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
-        records.append(result.record)
-        student_model = result.model_dir
-    else:
+
+def train_student(
+    cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table, records: list[StageRecord]
+) -> str:
+    """-> the student after training on `sft` (its record added to `records`); the student as it
+    was when there are fewer rows than training workers."""
+    if sft.num_rows < max(1, cfg.train.num_workers):  # every training worker needs a row
         log.warning(
             "iteration %d: %d answers to imitate, fewer than the %d training workers; the student stays %s",
             k,
@@ -104,28 +129,13 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> tuple[
             cfg.train.num_workers,
             student_model,
         )
-    log.info(
-        "iteration %d imitation: %d instructions, %d answers trained on, %d of them truncated (%s); student %s",
-        k,
-        train_pool.num_rows,
-        sft.num_rows,
-        truncated,
-        "trained without eos" if cfg.lion.train_on_truncated else "left out",
-        student_model,
-    )
-    write_stage_metrics(
-        run,
-        k,
-        "imitation",
-        records,
-        {
-            "lion/imitation_asked": train_pool.num_rows,
-            "lion/imitation_failed_answers": failed,
-            "lion/imitation_truncated_answers": truncated,
-            "lion/imitation_trained": sft.num_rows,
-        },
-    )
-    return {"student_model": student_model}, usage(records), summary
+        return student_model
+    result = _train(cfg, run, k, student_model, sft)
+    if not cfg.train.keep_checkpoints:  # the export is written: only an unfinished training needs them
+        delete_checkpoints(result.model_dir)
+    result.record.stage = "imitation/train"  # one stage vocabulary across runs, whatever the Train run is named
+    records.append(result.record)
+    return result.model_dir
 
 
 def _teacher_settings(cfg: RunConfig) -> dict:

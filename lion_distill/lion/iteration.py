@@ -56,6 +56,16 @@ def pool(run: RunDir, k: int, name: str) -> pa.Table:
     return read_pool(run, rel(k, f"{name}_pool.parquet"))
 
 
+def shown(rows: pa.Table, show_input: bool) -> pa.Table:
+    """Pool rows as the roles are shown them: with `lion.show_input` off, every `input` blank, as
+    Lion's scripts ask the instruction alone. Ids, and the pools written, keep the input."""
+    if show_input:
+        return rows
+    at = rows.schema.get_field_index("input")
+    field = rows.schema.field(at)
+    return rows.set_column(at, field, pa.repeat(pa.scalar("", field.type), rows.num_rows))
+
+
 def write_stage_metrics(run: RunDir, k: int, stage: str, records: list[StageRecord], extra: dict) -> dict:
     """The stage's figures to iter_k/<stage>/metrics.json, merged into iter_k/metrics.json."""
     figures = Metrics(records).as_dict()

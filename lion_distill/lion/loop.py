@@ -30,6 +30,7 @@ from lion_distill.llm.serving import job_engines
 from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import usage
+from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, StageResult, run_stages
 
 log = logging.getLogger("lion_distill.lion")
@@ -85,8 +86,7 @@ def seed_pools(cfg: RunConfig, run: RunDir) -> None:
 
 def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     def fn(state: dict) -> StageResult:
-        outputs, counters, summary = STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
-        return StageResult(outputs, counters, summary)
+        return STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
 
     return Stage(f"iter_{k}/{name}", fn)
 
@@ -143,12 +143,16 @@ def with_prompt_format(cfg: RunConfig) -> RunConfig:
     )
 
 
-def run(cfg: RunConfig) -> dict:
-    cfg = with_prompt_format(absolute_paths(cfg))
+def resolved(cfg: RunConfig) -> RunConfig:
+    """The config as the run uses it and stores it in config.json: its paths absolute, the
+    student's format fixed."""
+    return with_prompt_format(absolute_paths(cfg))
+
+
+def run(cfg: RunConfig, allow_config_change: bool = False) -> dict:
+    cfg = resolved(cfg)
     rundir = RunDir(cfg.run_dir)
-    # The resolved config holds the *names* of key variables, never their values.
-    config = cfg.model_dump(mode="json")
-    rundir.write_json("config.json", config)
+    config = store_config(rundir, cfg, allow_config_change)  # a resumed run's config is the stored one
     seed_pools(cfg, rundir)
     give_back_memory()  # the seed file's rows, read before the first stage
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,15 +21,17 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from lion_distill.data import RunDir
+from lion_distill.errors import ErrorKind, count_by_kind
 from lion_distill.evaluate.report import lion_eval_section
 from lion_distill.lion.report_examples import examples_section
 from lion_distill.llm.ledger import read_spend
-from lion_distill.metrics.report import fmt, save_plots, state_section, table_md
+from lion_distill.metrics import FAILED_PREFIX
+from lion_distill.metrics.report import failure_rows, fmt, save_plots, state_section, table_md
 from lion_distill.train.card import student_line
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 JUDGMENTS = "discrimination/judgments.parquet"
-JUDGMENT_COLUMNS = ("id", "teacher_score", "student_score", "gap", "hard", "status")
+JUDGMENT_COLUMNS = ("id", "teacher_score", "student_score", "gap", "hard", "status", "failure_kind", "failure")
 LOOP_KEYS = (
     "hard_fraction",
     "mean_gap",
@@ -51,6 +52,7 @@ THROUGHPUT = (
 )
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)
+KINDS = {kind.value for kind in ErrorKind}  # `failed_<kind>/<stage>`: lion_distill.metrics.StageRecord.failed_by_kind
 # Rates that span decades (the ROUGE-L filter's thousands of rows/s, an LLM stage's tens).
 LOG_SCALE = ("rows_per_s",)
 # The loop's own order; stages it does not know follow, alphabetically.
@@ -72,6 +74,7 @@ class Iteration:
     loop: dict[str, float] = field(default_factory=dict)  # lion/<key>
     rejects: dict[str, float] = field(default_factory=dict)  # generation_rejects/<reason>
     engines: dict[str, float] = field(default_factory=dict)  # engine_starts, engine_start_s/<role>
+    failed: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, error kind) -> failed requests
     judgments: pa.Table | None = None
     notes: list[str] = field(default_factory=list)  # what is missing, and why
 
@@ -144,6 +147,7 @@ def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -
         it.notes.append(f"`iter_{k}/metrics.json` is a {type(metrics).__name__}, not a mapping of metrics")
     elif metrics is not None:
         split_metrics(metrics, it)
+        it.notes += generation_notes(k, it.loop)
     rel = f"iter_{k}/{JUDGMENTS}"
     if not run_dir.exists(rel):
         if completed is None or f"iter_{k}/discrimination" in completed:
@@ -162,6 +166,25 @@ def read_iteration(run_dir: RunDir, k: int, completed: set[str] | None = None) -
     else:
         it.judgments = table
     return it
+
+
+def generation_notes(k: int, loop: dict[str, float]) -> list[str]:
+    """What the report says where an iteration's generation fell short: the safety cap on rounds
+    bound (Lion's loop would have asked on), or a kind had no instruction to seed it."""
+    missing, notes = loop.get("new_instructions_missing", 0), []
+    if loop.get("generation_round_cap"):
+        notes.append(
+            f"iteration {k}: generation stopped at its cap of {fmt(loop.get('generation_rounds'))} rounds "
+            f"(lion.generation_rounds), {fmt(missing)} new instructions short of the quota"
+        )
+    for kind in ("hard", "easy"):
+        if loop.get(f"seeds_{kind}_unseeded"):
+            notes.append(
+                f"iteration {k}: no {kind} instruction to seed the generator, so its "
+                f"{fmt(loop[f'seeds_{kind}_unseeded'])} {kind} new instructions were not made "
+                "(lion.quota_rebalance: true fills them from the other kind)"
+            )
+    return notes
 
 
 def judgment_problem(table: pa.Table) -> str | None:
@@ -191,7 +214,9 @@ def split_metrics(metrics: dict, it: Iteration) -> None:
             skipped.append(key)
             continue
         metric, stage = key.split("/", 1)
-        if metric == "lion":
+        if metric.removeprefix(FAILED_PREFIX) in KINDS:
+            it.failed[(stage, metric.removeprefix(FAILED_PREFIX))] = value
+        elif metric == "lion":
             it.loop[stage] = value
         elif metric == "generation_rejects":
             it.rejects[stage] = value
@@ -224,14 +249,12 @@ def judgment_summary(table: pa.Table) -> dict[str, float]:
     return out
 
 
-def failure_reasons(table: pa.Table) -> Counter:
-    """Failed statuses grouped by their reason (the text after `failed:`)."""
-    reasons = Counter()
-    failed = table.column("status").filter(pc.fill_null(pc.not_equal(table.column("status"), "ok"), True))
-    for entry in pc.value_counts(failed).to_pylist():  # one entry per distinct status, not per row
-        reason = (entry["values"] or "failed: (no status)").split(":", 1)[-1].strip() or "(no reason)"
-        reasons[reason[:80]] += entry["counts"]
-    return reasons
+def failure_kinds(table: pa.Table) -> tuple[dict[str, int], dict[str, str]]:
+    """The failed judgments by kind, with the first message of each (a chunk of Python rows: the
+    failures only)."""
+    failed = table.filter(pc.fill_null(pc.not_equal(table.column("status"), "ok"), True))
+    rows = failed.select(["failure_kind", "failure"]).to_pylist()
+    return count_by_kind((r["failure_kind"] or "(no kind)", r["failure"]) for r in rows)
 
 
 def scores(table: pa.Table, column: str) -> np.ndarray:
@@ -415,6 +438,16 @@ def _section_stages(iterations, plots) -> list[str]:
     rows = [[it.k, stage] + [m.get(key) for key in THROUGHPUT] for it in iterations for stage, m in it.stages.items()]
     out.append(table_md(["iteration", "stage", *THROUGHPUT], rows) if rows else "No stage metrics yet.")
     out += _plot(plots, "stage_throughput.png", "time and throughput")
+    failed = [
+        [it.k, stage, kind, n]
+        for it in iterations
+        for (stage, kind), n in sorted(it.failed.items(), key=lambda kv: (stage_rank(kv[0][0]), -kv[1]))
+    ]
+    if failed:
+        out += [
+            "\nFailed requests by kind (`failed_rows` above):\n",
+            table_md(["iteration", "stage", "failure", "rows"], failed),
+        ]
     extra = [
         [it.k, stage, metric, v]
         for it in iterations
@@ -489,13 +522,13 @@ def _section_scores(iterations, plots) -> list[str]:
             it.notes.append(
                 f"iteration {it.k}: metrics say {fmt(reported)} judge failures, judgments.parquet holds {s['failed']}"
             )
-        failures += [[it.k, reason, n] for reason, n in failure_reasons(it.judgments).most_common()]
+        failures += failure_rows(*failure_kinds(it.judgments), lead=[it.k])
     if not rows:
         return out + ["No judgments yet."] + _plot(plots, "score_distributions.png", "score distributions")
     out.append(table_md(["iteration", *keys], rows))
     out += _plot(plots, "score_distributions.png", "score distributions")
     out.append("\nJudge failures (excluded from every score above):\n")
-    out.append(table_md(["iteration", "reason", "rows"], failures) if failures else "None.")
+    out.append(table_md(["iteration", "failure", "rows", "example"], failures) if failures else "None.")
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lion_distill.config.models import RoleConfig
@@ -43,10 +44,25 @@ def check_structured_output(structured_output: dict | None, backend: str) -> Non
         raise ValueError(
             f"structured_output: expected exactly one of {STRUCTURED_KINDS}, got {sorted(structured_output)}"
         )
-    if backend == "hf":
+    if not BACKENDS[backend].constrains:
         raise ValueError(
-            "structured_output: the hf backend cannot constrain decoding; serve the role with vllm or openai"
+            f"structured_output: the {backend} backend cannot constrain decoding; serve the role with vllm or openai"
         )
+
+
+@dataclass(frozen=True)
+class Call:
+    """One generate call as a backend reads it: the stage, the role's name, the rows' own columns,
+    and the request settings (lion_distill.llm.generate's arguments)."""
+
+    stage: str
+    role_name: str
+    columns: list[str]
+    run_dir: RunDir | None = None
+    structured_output: dict | None = None
+    logprobs: int | None = None
+    draw: str | None = None
+    parts: Parts | None = None
 
 
 def generate(
@@ -65,9 +81,10 @@ def generate(
     """Run `role` over every row.
 
     -> (materialized dataset, StageRecord). The dataset has every input row with
-    its columns, plus `role`, `text`, `finish_reason` ("stop" | "length" |
-    "failed: <reason>"; text None when failed), `prompt_tokens`,
-    `completion_tokens` and, when `logprobs=k`, `logprobs`: a JSON string per row,
+    its columns, plus `role`, `text`, `finish_reason` ("stop" | "length" | "error";
+    text None when "error"), `error_kind` (lion_distill.errors.ErrorKind) and `error`
+    (the message; both None unless "error"), `prompt_tokens`, `completion_tokens` and,
+    when `logprobs=k`, `logprobs`: a JSON string per row,
     a list with one `{token_text: logprob}` map of the top k per generated token.
     Rows in == rows out; callers join on `id` (order is not guaranteed).
 
@@ -87,12 +104,10 @@ def generate(
     parts: where each finished block is written as it finishes (lion_distill.llm.parts), so a
     call killed midway keeps what it answered; the caller asks only the rest again.
     """
-    import ray
-
     check_structured_output(structured_output, role.backend)
+    backend = BACKENDS[role.backend]
     with stage_timer(stage) as rec:
-        keep = list(rows.columns())
-        p = role.parallelism
+        call = Call(stage, role_name, list(rows.columns()), run_dir, structured_output, logprobs, draw, parts)
         # One block per generation batch: blocks spread over the replicas (a pool read as one
         # block would go to one), and each is written as it finishes (`parts`). A prompt costs
         # microseconds, a Ray task milliseconds: prompts are built a block at a time.
@@ -100,104 +115,100 @@ def generate(
         prompted = rows.repartition(target_num_rows_per_block=batch).map_batches(
             attach_prompt(to_prompt, draw), batch_format="pyarrow", batch_size=batch
         )
-        if role.backend == "vllm":
-            from lion_distill.llm import serving
-            from lion_distill.llm.vllm_backend import run_vllm
-
-            chat = isinstance(decode_prompt(prompted.take(1)[0][PROMPT_COL]), list) if keep else True
-            engines = serving.active()
-            if engines is not None and engines.shared:
-                # The job's long-lived engine for this model (started on first use).
-                out, rec.gpus = engines.run(
-                    role,
-                    prompted,
-                    role_name=role_name,
-                    chat=chat,
-                    structured_output=structured_output,
-                    logprobs=logprobs,
-                    parts=parts,
-                )
-            else:
-                from lion_distill.config.models import ServingConfig
-
-                start_timeout_s = (engines.serving if engines is not None else ServingConfig()).ready_timeout_s
-                out, rec.gpus = run_vllm(
-                    role,
-                    prompted,
-                    chat=chat,
-                    keep=keep,
-                    role_name=role_name,
-                    structured_output=structured_output,
-                    logprobs=logprobs,
-                    draw=draw,
-                    start_timeout_s=start_timeout_s,
-                    parts=parts,
-                )
-                if engines is not None:
-                    engines.count_per_stage_start(role, role_name)
-        elif role.backend == "hf":
-            from lion_distill.llm.hf import HFGenerator
-
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-            out = prompted.map_batches(
-                HFGenerator,
-                fn_constructor_kwargs={"role": role, "role_name": role_name, "logprobs": logprobs},
-                batch_size=p.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=p.replicas),
-                num_gpus=gpus,
-                num_cpus=0 if gpus else 1,
-            )
-            rec.gpus = gpus * p.replicas
-        else:
-            out = _openai(
-                role,
-                prompted,
-                stage=stage,
-                role_name=role_name,
-                run_dir=run_dir,
-                structured_output=structured_output,
-                logprobs=logprobs,
-            )
-        if parts is not None and role.backend != "vllm":  # the vllm backends write theirs as they materialize
-            out = write_parts(out, parts)
-        out = _account(out.materialize(), rec, api=role.backend == "openai")
+        out, rec.gpus = backend.run(role, prompted, call)
+        out = _account(out.materialize(), rec, api=backend.api)
     expected = rows.count()
     if rec.rows != expected:
         raise RuntimeError(f"{stage}: {expected} rows in, {rec.rows} rows out; this is a bug in lion_distill.llm")
-    if role.backend == "openai" and run_dir is not None:
+    if backend.api and run_dir is not None:
         from lion_distill.llm.ledger import write_ledger
 
         write_ledger(run_dir, rec, role_name=role_name, model=role.model, endpoint=role.openai)
     return out, rec
 
 
-def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured_output, logprobs):
+def _vllm(role: RoleConfig, prompted: ray.data.Dataset, call: Call) -> tuple[ray.data.Dataset, float]:
+    """The job's long-lived engine for this model (lion_distill.llm.serving, started on first use),
+    or Ray Data's vLLM processor with engines of this stage's own. Both write their parts."""
+    from lion_distill.config.models import ServingConfig
+    from lion_distill.llm import serving
+    from lion_distill.llm.vllm_backend import run_vllm
+
+    chat = isinstance(decode_prompt(prompted.take(1)[0][PROMPT_COL]), list) if call.columns else True
+    asked = {"structured_output": call.structured_output, "logprobs": call.logprobs, "parts": call.parts}
+    engines = serving.active()
+    if engines is not None and engines.shared:
+        return engines.run(role, prompted, role_name=call.role_name, chat=chat, **asked)
+    start_timeout_s = (engines.serving if engines is not None else ServingConfig()).ready_timeout_s
+    out = run_vllm(
+        role,
+        prompted,
+        chat=chat,
+        keep=call.columns,
+        role_name=call.role_name,
+        draw=call.draw,
+        start_timeout_s=start_timeout_s,
+        **asked,
+    )
+    if engines is not None:
+        engines.count_per_stage_start(role, call.role_name)
+    return out
+
+
+def _hf(role: RoleConfig, prompted: ray.data.Dataset, call: Call) -> tuple[ray.data.Dataset, float]:
+    """transformers generate in an actor pool: a GPU per replica where the cluster has GPUs."""
+    import ray
+
+    from lion_distill.llm.fit import engines_on_gpus
+    from lion_distill.llm.hf import HFGenerator
+
+    p = role.parallelism
+    gpus = 1.0 if engines_on_gpus() else 0.0
+    out = prompted.map_batches(
+        HFGenerator,
+        fn_constructor_kwargs={"role": role, "role_name": call.role_name, "logprobs": call.logprobs},
+        batch_size=p.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=p.replicas),
+        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+    )
+    return write_parts(out, call.parts), gpus * p.replicas
+
+
+def _openai(role: RoleConfig, prompted: ray.data.Dataset, call: Call) -> tuple[ray.data.Dataset, float]:
+    """An OpenAI-compatible endpoint through API actors: the run's gate and budget, its cache joined
+    first (only the rest is sent)."""
     import ray
 
     from lion_distill.llm.gate import run_job, shared_gate
     from lion_distill.llm.ledger import spent_by_role
     from lion_distill.llm.openai_client import OpenAIGenerator, resolve_api_key
 
-    endpoint = role.openai
+    run_dir, endpoint = call.run_dir, role.openai
     uri = None if run_dir is None else (run_dir.uri if "://" in run_dir.uri else run_dir.root)
     # A run's budget holds across its stages, iterations and resumed jobs; without a run
     # directory (benchmarks) each call is a job of its own.
-    job = uuid.uuid4().hex if uri is None else run_job(uri, role_name)
-    spent = 0.0 if run_dir is None else spent_by_role(run_dir).get(role_name, 0.0)
+    job = uuid.uuid4().hex if uri is None else run_job(uri, call.role_name)
+    spent = 0.0 if run_dir is None else spent_by_role(run_dir).get(call.role_name, 0.0)
     kwargs = {
         "role": role,
-        "role_name": role_name,
+        "role_name": call.role_name,
         "api_key": resolve_api_key(role),
         "gate": shared_gate(endpoint, role.model, job=job, spent_usd=spent),
         "run_dir_uri": uri,
         "job": job,
-        "structured_output": structured_output,
-        "logprobs": logprobs,
-        "stage": stage,
+        "structured_output": call.structured_output,
+        "logprobs": call.logprobs,
+        "stage": call.stage,
     }
     if run_dir is not None:
         prompted = _join_cache(
-            prompted, role, stage=stage, run_dir=run_dir, structured_output=structured_output, logprobs=logprobs
+            prompted,
+            role,
+            stage=call.stage,
+            run_dir=run_dir,
+            structured_output=call.structured_output,
+            logprobs=call.logprobs,
         )
     # Several batches run at once on each actor's event loop (as Ray's own LLM processors
     # overlap batches): the semaphore refills a slot as soon as any request ends, instead of
@@ -209,9 +220,24 @@ def _openai(role: RoleConfig, prompted, *, stage, role_name, run_dir, structured
         max_tasks_in_flight_per_actor=OVERLAPPING_BATCHES,
         max_concurrent_calls_per_actor=OVERLAPPING_BATCHES,
     )
-    return prompted.map_batches(
+    out = prompted.map_batches(
         OpenAIGenerator, fn_constructor_kwargs=kwargs, batch_size=batch_rows(role), compute=compute, num_cpus=0.5
     )
+    return write_parts(out, call.parts), 0.0
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a role is served: `run(role, prompted rows, call) -> (lazy dataset in the response
+    contract with its parts written, GPUs held)`."""
+
+    run: Callable[[RoleConfig, ray.data.Dataset, Call], tuple[ray.data.Dataset, float]]
+    constrains: bool = True  # honours structured_output
+    api: bool = False  # per-row API accounting columns: summed, dropped, and written to the run's ledger
+
+
+# The backends by `role.backend` (lion_distill.config.models.RoleConfig).
+BACKENDS = {"vllm": Backend(_vllm), "hf": Backend(_hf, constrains=False), "openai": Backend(_openai, api=True)}
 
 
 CACHE_DEDUPE_ONE_TASK_BYTES = 256 << 20  # a stage's cache parts deduplicated by one task up to this size

@@ -1,6 +1,7 @@
 """Asking an LLM role over rows, as every job does: `answer` runs lion_distill.llm.generate over
-a table (or a stream of tables) of rows and hands back one response per row, resumable through
-parts in the run directory; the helpers around it say which responses are answers and write
+a table (or a stream of tables) of rows and hands back one response per row in the rows' order,
+`answer_stream` the same as a stream of tables in any order, both resumable through parts in
+the run directory; the helpers around it say which responses are answers and write
 them in RESPONSE_SCHEMA's columns. Lion's stages, the evaluation and the judges all ask
 through here.
 """
@@ -11,41 +12,29 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.data import RESPONSE_SCHEMA, RunDir
 from lion_distill.data.pools import RowFiles, dataset_to_table
-from lion_distill.data.tables import in_order, no_response
-from lion_distill.llm.responses import failed_mask, is_failed
+from lion_distill.data.tables import in_order
+from lion_distill.llm.responses import error_mask, is_error
 from lion_distill.metrics import StageRecord
 
 
 def answer(
-    role,
-    rows: pa.Table | list[dict] | Iterable[pa.Table],
-    to_prompt,
-    *,
-    parts: str | None = None,
-    in_rows_order: bool = True,
-    columns: tuple[str, ...] | None = None,
-    stream: bool = False,
-    **kwargs,
-) -> tuple[pa.Table | Iterator[pa.Table], StageRecord]:
+    role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts=None, columns=None, **kwargs
+) -> tuple[pa.Table, StageRecord]:
     """lion_distill.llm.generate over rows -> (one response per row, in the rows' order, as an Arrow
-    table of ANSWER_COLUMNS: the id and the response's columns, not the rows', which the caller
-    has: the driver fetches only what it reads; the StageRecord). The stage's only Ray
-    edge: the Ray Dataset is made here, so a millisecond test scripts this one function.
+    table of ANSWER_COLUMNS, or of the id and `columns`: the response's columns, not the rows',
+    which the caller has, so the driver fetches only what it reads; the StageRecord). With every
+    call of a stage through here (or `answer_stream`), the stage's only Ray edge is here: a
+    millisecond test scripts this one function.
 
     `rows` may be an iterable of tables, made one at a time: each goes to the workers before the
-    next is made, so requests derived from a pool (the referee's two per pair) are never all on
-    the driver at once. `in_rows_order=False`: the responses in any order (each
-    under its row's id), for a caller that looks them up by id anyway; no reordered copy.
-    `stream=True` (and in any order): an iterator of tables of responses, read from the parts a
-    few at a time (lion_distill.llm.parts.iter_answers), for a caller that goes through them once and
-    keeps what it makes of them: 2 x N reviews, and their ids, are never all on the driver. The
-    caller checks that every row it asked has its answer (the referee's judge does, pair by pair).
+    next is made, so requests derived from a pool are never all on the driver at once.
 
     `parts`: a folder of the run directory where the call's blocks are written as they
     finish (lion_distill.llm.parts), under the call's stage and request settings; a call killed
@@ -54,29 +43,90 @@ def answer(
     workers as files (lion_distill.data.pools.RowFiles) and the answers are read from the parts:
     the object-store pages a driver writes or reads count in its resident memory until it
     exits (1.2 GB at 1M instructions, benchmarks/RESULTS.md); without, through the object store."""
+    from lion_distill.llm.parts import read_answers
+
+    asked = _ask(role, rows, to_prompt, parts=parts, columns=columns, keep_ids=True, **kwargs)
+    responses = read_answers(kwargs["run_dir"], asked.folder, asked.columns) if asked.folder else asked.responses
+    if responses is None:
+        return pa.table({"id": asked.ids}), asked.record
+    return in_order(responses, asked.ids), asked.record
+
+
+def answer_stream(
+    role, rows: pa.Table | list[dict] | Iterable[pa.Table], to_prompt, *, parts=None, columns=None, **kwargs
+) -> tuple[Iterator[pa.Table], StageRecord]:
+    """`answer` for a caller that goes through the responses once and keeps what it makes of
+    them: an iterator of tables of responses in any order (each under its row's id), read from
+    the parts a few at a time (lion_distill.llm.parts.iter_answers). The rows' ids are not kept
+    and the answers are never all on the driver (2 x N reviews, and their ids, for the referee);
+    the caller checks that every row it asked has its answer (the referee's judge does, pair by
+    pair)."""
+    from lion_distill.llm.parts import iter_answers
+
+    asked = _ask(role, rows, to_prompt, parts=parts, columns=columns, keep_ids=False, **kwargs)
+    if asked.folder:
+        return iter_answers(kwargs["run_dir"], asked.folder, asked.columns), asked.record
+    return iter([] if asked.responses is None else [asked.responses]), asked.record
+
+
+@dataclass
+class _Asked:
+    """What a call asked and where its answers are: in `folder` (its parts) or in `responses`."""
+
+    record: StageRecord
+    columns: tuple[str, ...]
+    folder: str | None = None
+    responses: pa.Table | None = None  # fetched through the object store, when there is no folder
+    ids: pa.ChunkedArray | None = None  # the rows' ids in their order, when kept
+
+
+def _ask(role, rows, to_prompt, *, parts, columns, keep_ids: bool, **kwargs) -> _Asked:
+    """Every row not answered in the call's parts through lion_distill.llm.generate."""
     import ray
-    import ray.data
 
     from lion_distill.llm import generate
-    from lion_distill.llm.parts import Parts, iter_answers, read_answers, written_ids
+    from lion_distill.llm.parts import Parts, written_ids
 
-    chunks = (
-        [rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)]
-        if isinstance(rows, (pa.Table, list))
-        else rows
-    )
-    run, folder, done = kwargs.get("run_dir"), None, pa.array([], pa.string())
+    run = kwargs.get("run_dir")
     columns = ANSWER_COLUMNS if columns is None else ("id", *(c for c in columns if c != "id"))
-    if parts is not None and run is not None:
-        folder = parts_folder(parts, role, kwargs)
-        done = written_ids(run, folder)
+    folder = parts_folder(parts, role, kwargs) if parts is not None and run is not None else None
+    done = written_ids(run, folder) if folder else pa.array([], pa.string())
     before = pc.count_distinct(done).as_py()
     # With a folder of parts, the rows go to the workers as files and the answers come back from
     # the parts they wrote: the driver neither writes nor reads a pool's worth of object store.
     requests = RowFiles(run, f"{folder}/requests") if folder else None
+    ids, refs, empty = _send(_chunks(rows), done, requests, keep_ids)
+    asked = _Asked(StageRecord(kwargs["stage"]), columns, folder)
+    if refs or (requests and requests.files) or not before:
+        if requests and requests.files:
+            ds = requests.dataset()
+        else:
+            ds = ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(empty)
+        out, asked.record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
+        if requests:
+            requests.remove()
+        else:
+            asked.responses = _answer_columns(dataset_to_table(out), columns)
+    asked.record.extra["rows_from_parts"] = before
+    if keep_ids:
+        asked.ids = pa.chunked_array(ids, pa.string())
+    return asked
+
+
+def _chunks(rows) -> Iterable[pa.Table]:
+    if isinstance(rows, pa.Table):
+        return [rows]
+    return [pa.Table.from_pylist(rows)] if isinstance(rows, list) else rows
+
+
+def _send(chunks: Iterable[pa.Table], done: pa.Array, requests: RowFiles | None, keep_ids: bool):
+    """Each chunk's rows not answered yet, as request files or object-store refs, a chunk at a time
+    -> (the rows' ids, when kept; the refs; an empty chunk of the rows' schema)."""
+    import ray
+
     ids, refs, empty = [], [], pa.table({"id": pa.array([], pa.string())})
     for chunk in chunks:
-        if not stream:
+        if keep_ids:
             ids += chunk.column("id").chunks
         if len(done):
             chunk = chunk.filter(pc.invert(pc.is_in(chunk.column("id"), value_set=done)))
@@ -86,36 +136,7 @@ def answer(
             else:
                 refs.append(ray.put(chunk))
         empty = chunk.slice(0, 0)
-    responses = None
-    if refs or (requests and requests.files) or not before:
-        ds = (
-            requests.dataset()
-            if requests and requests.files
-            else ray.data.from_arrow_refs(refs)
-            if refs
-            else ray.data.from_arrow(empty)
-        )
-        out, record = generate(role, ds, to_prompt, parts=folder and Parts(run.uri_of(folder)), **kwargs)
-        if requests:
-            requests.remove()
-        else:
-            responses = _answer_columns(dataset_to_table(out), columns)
-    else:
-        record = StageRecord(kwargs["stage"])
-    record.extra["rows_from_parts"] = before
-    if stream:
-        return iter_answers(run, folder, columns) if folder else iter([] if responses is None else [responses]), record
-    if folder:
-        responses = read_answers(run, folder, columns)
-    ids = pa.chunked_array(ids, pa.string())
-    if responses is None:
-        return pa.table({"id": ids}), record
-    if in_rows_order:
-        return in_order(responses, ids), record
-    lost = pc.invert(pc.is_in(ids, value_set=responses.column("id").combine_chunks()))
-    if pc.any(lost).as_py():
-        raise no_response(ids, lost)
-    return responses, record
+    return ids, refs, empty
 
 
 ANSWER_COLUMNS = (*RESPONSE_SCHEMA.names, "logprobs")
@@ -144,7 +165,7 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
 
 
 def answered(response: dict) -> bool:
-    return not is_failed(response.get("finish_reason")) and bool((response.get("text") or "").strip())
+    return not is_error(response.get("finish_reason")) and bool((response.get("text") or "").strip())
 
 
 def write_responses(run: RunDir, path: str, responses: pa.Table | list[dict]) -> None:
@@ -172,7 +193,7 @@ def read_rows(run: RunDir, path: str) -> list[dict]:
 
 def answered_mask(responses: pa.Table) -> pa.ChunkedArray:
     """`answered` over a table of responses: not failed, and a text that is not blank."""
-    failed = failed_mask(responses.column("finish_reason"))
+    failed = error_mask(responses.column("finish_reason"))
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(responses.column("text")), ""), True)
     return pc.invert(pc.or_(failed, blank))
 

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lion_distill.data.rundir import RunDir
-from lion_distill.llm.responses import CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, decode_prompt
+from lion_distill.llm.responses import CACHE_KEY_COL, CACHED_COL, DRAW_COL, PROMPT_COL, decode_prompt, response_row
 
 log = logging.getLogger("lion_distill.llm")
 CACHE_DIR = "llm_cache/responses"
@@ -143,8 +143,9 @@ def joinable(parts: pa.Table) -> pa.Table:
 
 
 def cached_response(encoded: str | None) -> dict | None:
-    """CACHED_COL's value -> the response row it holds (None: not cached)."""
-    return None if encoded is None else json.loads(encoded)
+    """CACHED_COL's value -> the response row it holds (None: not cached). Only answers are cached:
+    the row's error columns are empty."""
+    return None if encoded is None else {**response_row(None, "stop"), **json.loads(encoded)}
 
 
 class CacheWriter:

@@ -12,6 +12,13 @@ process's log (`Engine core initialization failed. See root cause above`), so th
 Serve's status as soon as the first replica fails. A cause that a retry cannot fix (an engine
 argument vLLM refuses, a model that is not there, memory the node does not have) ends the wait at
 once; other causes (a process killed while it loaded) leave Serve to try again.
+
+One ValueError is passing: vLLM's "Free memory on device cuda:0 (... GiB) on startup is less than
+desired GPU memory utilization", seen when the previous engine or a training worker has not yet
+given its GPU back (a process's CUDA memory is freed as it exits, seconds to a minute after Ray
+removed it). Such a start is tried again after a wait (`retry_after`: 10 s, doubling up to 60 s)
+until the start's deadline. The driver cannot see a node's GPU memory, so the wait is a backoff,
+not a watch of the memory.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ _PERMANENT_TYPES = {
     "LocalEntryNotFoundError",
     "OutOfMemoryError",
 }
+# vLLM's GPU worker (vllm/v1/worker/utils.py): the device's free memory at start, below the share it is to take.
+_GPU_MEMORY_BUSY = re.compile(r"Free memory on device \S* ?\(.*\) on startup is less than", re.S)
+MEMORY_WAIT_S, MEMORY_MAX_WAIT_S = 10.0, 60.0
 _PERMANENT_TEXT = re.compile(
     r"out of memory|available memory|not enough memory|no such file|does not exist|"
     r"not a valid model|unexpected keyword argument|unrecognized arguments|"
@@ -59,13 +69,18 @@ class EngineRootCause(RuntimeError):
 class EngineFailure:
     cause: str  # "ValueError: ...": the engine's own exception, one line
     permanent: bool  # a retry cannot fix it
+    memory_busy: bool = False  # the GPU's memory is still held by a process that is going away: wait, retry
 
 
 class EngineStartFailed(RuntimeError):
     """A role's engine did not start; `cause` is the engine's own exception."""
 
     def __init__(self, role: str, model: str, failure: EngineFailure):
-        again = "" if failure.permanent else " (after another try)"
+        again = (
+            " (its GPUs' memory stayed held by another process until the start's deadline)"
+            if failure.memory_busy
+            else ("" if failure.permanent else " (after another try)")
+        )
         super().__init__(f"{role}: the engine of {model} did not start{again}: {failure.cause}")
         self.role, self.failure = role, failure
 
@@ -93,7 +108,18 @@ def permanent(cause: str) -> bool:
 
 def failure_from(message: str) -> EngineFailure:
     cause = exception_line(message) or message.strip().splitlines()[-1][:300]
-    return EngineFailure(cause[:500], permanent(cause))
+    busy = bool(_GPU_MEMORY_BUSY.search(cause))
+    return EngineFailure(cause[:500], not busy and permanent(cause), busy)
+
+
+def retry_after(failure: EngineFailure, attempt: int, remaining_s: float) -> float | None:
+    """Seconds to wait before the start's next try after its `attempt`-th failed, or None to give
+    up: a GPU still held by another process is waited for (10 s, doubling to 60 s) while the start's
+    deadline leaves time; another cause a retry may fix gets one more try at once."""
+    if failure.memory_busy:
+        wait = min(MEMORY_WAIT_S * 2 ** (attempt - 1), MEMORY_MAX_WAIT_S)
+        return wait if wait < remaining_s else None
+    return None if failure.permanent or attempt >= 2 else 0.0
 
 
 def deployment_state(app: str) -> tuple[str | None, str]:

@@ -1,15 +1,17 @@
 """Does a job's plan fit the cluster's GPUs, and what a wait for resources says when it ends.
 
-    problem = fit_problem(roles, ("student",), train_workers=8, gpus_per_worker=1.0,
+    problem = fit_problem(roles, ("student",), train_workers=8, gpus_per_worker=1,
                           cluster=cluster_gpus(), during_training="keep", mode="shared")
     if problem: raise PlanDoesNotFit(problem)      # before the first engine starts
 
 The job holds at once: with shared engines, every frozen engine (teacher, referee, generator,
 judge: one per distinct model and engine settings) plus the student's; during training, the
 training workers plus, with `during_training: keep`, the frozen engines (`release`: each phase
-alone). Per-stage engines hold one role's engine at a time. A tensor-parallel engine also needs
-its GPUs on one node (lion_distill.llm.engine_args.engine_placement). The cluster's GPUs are what it
-has now, or what its autoscaler may grow to where Ray reports a maximum.
+alone). Per-stage engines hold one role's engine at a time. An engine holds tensor x pipeline
+parallel GPUs per replica, all on one node (lion_distill.llm.engine_args.EngineSpec). The cluster's
+GPUs are what it has now, or what its autoscaler may grow to where Ray reports a maximum: engines
+run on GPUs when the cluster has or can have any (`engines_on_gpus`), so a GPU cluster scaled to
+zero GPU nodes starts its engines in bf16 on the nodes the autoscaler adds, not in fp32 on CPU.
 
 A wait that passes its deadline (an engine's start, Ray Train's workers) ends the stage with a
 `WaitedTooLong`: the role, what it asked for and what the cluster had; the run stays resumable.
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lion_distill.config.models import RoleConfig
-from lion_distill.llm.engine_args import engine_key
+from lion_distill.llm.engine_args import engine_spec, ranks
 
 
 class PlanDoesNotFit(RuntimeError):
@@ -72,13 +74,24 @@ def cluster_gpus() -> ClusterGpus:
     )
 
 
+def engines_on_gpus(cluster: ClusterGpus | None = None) -> bool:
+    """Do the job's engines run on GPUs: the cluster has GPUs, or its autoscaler may add them."""
+    return (cluster or cluster_gpus()).ceiling > 0
+
+
 def engine_gpus(role: RoleConfig) -> int:
-    return role.parallelism.tensor_parallel_size * role.parallelism.replicas
+    """GPUs a `vllm` role's engine holds on a GPU cluster (EngineSpec.gpus)."""
+    return engine_spec(role, gpu=True).gpus
+
+
+def _ranks(role: RoleConfig) -> str:
+    """The engine's ranks as a line says them: TP 4, or TP 4 x PP 2 where it pipelines too."""
+    tp = role.parallelism.tensor_parallel_size
+    return f"TP {tp}" + (f" x PP {ranks(role) // tp}" if ranks(role) > tp else "")
 
 
 def _engine(names: list[str], role: RoleConfig) -> str:
-    p = role.parallelism
-    return f"{'+'.join(names)} {p.replicas} x TP {p.tensor_parallel_size} = {engine_gpus(role)}"
+    return f"{'+'.join(names)} {role.parallelism.replicas} x {_ranks(role)} = {engine_gpus(role)}"
 
 
 def gpu_plan(
@@ -96,7 +109,7 @@ def gpu_plan(
     groups: dict[str, list[str]] = {}
     for name, r in vllm.items():
         if name not in per_iteration:
-            groups.setdefault(engine_key(r, True), []).append(name)
+            groups.setdefault(engine_spec(r, gpu=True).key, []).append(name)
     frozen_roles = {key: vllm[names[0]] for key, names in groups.items()}
     student = max((engine_gpus(r) for name, r in vllm.items() if name in per_iteration), default=0)
     if mode == "shared":
@@ -127,7 +140,7 @@ def fit_problem(
     per_iteration: tuple[str, ...],
     *,
     train_workers: int,
-    gpus_per_worker: float,
+    gpus_per_worker: int,
     cluster: ClusterGpus,
     during_training: str,
     mode: str = "shared",
@@ -139,15 +152,15 @@ def fit_problem(
     if not cluster.ceiling:
         return None  # engines run on CPU; training's GPUs are lion_distill.preflight.cluster_problems' to check
     too_wide = [
-        f"{name}: TP {r.parallelism.tensor_parallel_size} needs {r.parallelism.tensor_parallel_size} GPUs on one node"
+        f"{name}: {_ranks(r)} needs {ranks(r)} GPUs on one node"
         for name, r in roles.items()
-        if r.backend == "vllm" and r.parallelism.tensor_parallel_size > cluster.per_node
+        if r.backend == "vllm" and ranks(r) > cluster.per_node
     ]
     if plan["peak_gpus"] <= cluster.ceiling and not too_wide:
         return None
     asks = "; ".join([*plan["engines"], f"training {train_workers} workers x {gpus_per_worker:g} GPU = {train_gpus:g}"])
     if too_wide:
-        hint = "lower tensor_parallel_size or use nodes with more GPUs"
+        hint = "lower tensor_parallel_size (or pipeline_parallel_size) or use nodes with more GPUs"
     elif (
         mode == "shared"
         and during_training == "keep"

@@ -14,12 +14,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.remote import local_model
+from lion_distill.errors import ErrorKind
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.responses import (
     DRAW_COL,
     PROMPT_COL,
     decode_prompt,
-    failed_row,
+    error_row,
     merge_responses,
     response_row,
     top_logprobs_json,
@@ -79,8 +80,8 @@ class HFGenerator:
             torch.manual_seed(request_seed(self.role.sampling.seed, str(draws[0])))
         try:
             responses = self.generate([self.encode(p) for p in prompts])
-        except Exception as exc:  # e.g. out of memory: the rows stay, marked
-            responses = [failed_row(f"{type(exc).__name__}: {str(exc)[:160]}") for _ in prompts]
+        except Exception as exc:  # e.g. out of memory: the rows stay, marked as the engine's failure
+            responses = [error_row(ErrorKind.SERVER_ERROR, f"{type(exc).__name__}: {str(exc)[:160]}") for _ in prompts]
         return merge_responses(batch, responses, self.role_name, self.logprobs is not None)
 
     @torch.inference_mode()

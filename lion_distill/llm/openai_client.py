@@ -29,7 +29,7 @@ What is built on what:
   not use whenever it goes idle (no batch open);
 - budget: each request's worst-case cost is reserved (from the actor's leased
   slice of the role's budget) before it is sent, so a run stops before
-  `budget_usd`, not after; rows refused get "failed: budget". The budget is the
+  `budget_usd`, not after; rows refused fail with the kind `budget`. The budget is the
   run's: one gate job per run directory and role, seeded with the spend log
   (lion_distill.llm.ledger), to which every completed request is written;
 - cache: lion_distill.llm.cache, one per stage, keyed by (model, prompt, sampling, structured
@@ -58,6 +58,7 @@ import openai
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
+from lion_distill.errors import ErrorKind
 from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed, sampling_key
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
@@ -66,10 +67,14 @@ from lion_distill.llm.responses import (
     CACHE_KEY_COL,
     CACHED_COL,
     DRAW_COL,
+    ERROR,
+    LENGTH,
     PROMPT_COL,
+    STOP,
     decode_prompt,
-    failed_row,
+    error_row,
     merge_responses,
+    overflow_kind,
     response_row,
     top_logprobs_json,
 )
@@ -268,29 +273,66 @@ def parse_completion(resp, chat: bool) -> dict:
         usage = resp.get("usage") or {}
         prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        return failed_row(f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
-    if not isinstance(text, str):
-        return failed_row("response without text")
+        return error_row(ErrorKind.UNPARSEABLE, f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
     if text is None and reasoning:  # a reply that is all thinking (cut before its answer)
         text = ""
-    return response_row(
-        text,
-        choice.get("finish_reason") or "stop",
-        prompt_tokens,
-        completion_tokens,
-        top_logprobs_json(steps),
-        reasoning,
-    )
+    if not isinstance(text, str):
+        return error_row(ErrorKind.UNPARSEABLE, "response without text")
+    finish = FINISH_REASONS.get(choice.get("finish_reason"), STOP)
+    if finish == ERROR:
+        failure = error_row(*STOPPED_BY[choice["finish_reason"]])
+        return {**failure, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    return response_row(text, finish, prompt_tokens, completion_tokens, top_logprobs_json(steps), reasoning)
 
 
-def failure_reason(exc: BaseException) -> str:
+# An API's finish_reason -> the row's (stop | length | error); any other (tool_calls, ...) is a stop.
+FINISH_REASONS = {"stop": STOP, "length": LENGTH, "content_filter": ERROR, "abort": ERROR}
+STOPPED_BY = {
+    "content_filter": (ErrorKind.REFUSED, "the endpoint's content filter stopped the answer"),
+    "abort": (ErrorKind.ENGINE_LOST, "the engine aborted the request"),
+}
+# HTTP status -> the kind of failure, for the statuses that are not the request's own fault or
+# a context overflow (lion_distill.llm.responses.overflow_kind reads those from the message).
+STATUS_KINDS = {401: ErrorKind.REFUSED, 403: ErrorKind.REFUSED, 404: ErrorKind.REFUSED, 408: ErrorKind.TIMEOUT}
+# What vLLM names (VLLMValidationError's parameter) or OpenAI codes a prompt too long for the context.
+OVERFLOW_PARAMS, OVERFLOW_CODES = {"input_tokens", "input_text"}, {"context_length_exceeded"}
+
+
+def failure_row(exc: BaseException) -> dict:
+    """The openai client's exception (after its own retries) -> the failed row, its kind set here."""
     if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
+        return error_row(ErrorKind.TIMEOUT, "timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return f"connection error ({type(exc.__cause__).__name__ if exc.__cause__ else 'unknown'})"
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unknown"
+        return error_row(ErrorKind.CONNECTION, f"connection error ({cause})")
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}"
-    return f"{type(exc).__name__}: {str(exc)[:160]}"
+        message = _server_message(exc)
+        return error_row(
+            status_kind(exc.status_code, message, exc.code, exc.param), f"HTTP {exc.status_code}: {message}"
+        )
+    if isinstance(exc, (openai.APIResponseValidationError, ValueError)):  # a body that is not the JSON asked for
+        return error_row(ErrorKind.UNPARSEABLE, f"{type(exc).__name__}: {str(exc)[:160]}")
+    return error_row(ErrorKind.SERVER_ERROR, f"{type(exc).__name__}: {str(exc)[:160]}")
+
+
+def status_kind(status: int, message: str, code: str | None = None, param: str | None = None) -> ErrorKind:
+    """An HTTP error reply -> its kind, from the status, the error body's `code` and `param`, and
+    for a 4xx the message (a context overflow has no status of its own)."""
+    if status == 429:
+        return ErrorKind.RATE_LIMIT
+    if status >= 500:
+        return ErrorKind.SERVER_ERROR
+    if status in STATUS_KINDS:
+        return STATUS_KINDS[status]
+    if code in OVERFLOW_CODES or param in OVERFLOW_PARAMS:
+        return ErrorKind.CONTEXT_OVERFLOW
+    return overflow_kind(message, ErrorKind.BAD_REQUEST)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """What the server said: its error body's message (the client's own text quotes the whole body)."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return str(body.get("message") or exc.message)[:300]
 
 
 class OpenAIGenerator:
@@ -384,7 +426,7 @@ class OpenAIGenerator:
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
-            return {**failed_row("budget"), **_api()}
+            return {**_budget_spent(), **_api()}
         async with self._in_flight:
             return await self._send(prompt, key, draw)
 
@@ -396,7 +438,7 @@ class OpenAIGenerator:
         wait = await self.gate.admit(self.job, tokens_est, cost_est, self.endpoint.budget_usd)
         if wait == REFUSED:
             self.budget_spent = True
-            return {**failed_row("budget"), **_api()}
+            return {**_budget_spent(), **_api()}
         if wait > 0:
             await asyncio.sleep(wait)
         rid = uuid.uuid4().hex
@@ -412,8 +454,8 @@ class OpenAIGenerator:
                 ),
                 chat,
             )
-        except Exception as exc:  # every failure becomes a counted, reasoned row
-            row = failed_row(failure_reason(exc))
+        except Exception as exc:  # every failure becomes a counted row of its kind
+            row = failure_row(exc)
         attempts = self.attempts.pop(rid, 1)
         cost = cost_usd(self.endpoint, row["prompt_tokens"], row["completion_tokens"])
         await self.gate.settle(self.job, tokens_est, row["prompt_tokens"] + row["completion_tokens"], cost_est, cost)
@@ -430,6 +472,10 @@ class OpenAIGenerator:
                 key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}
+
+
+def _budget_spent() -> dict:
+    return error_row(ErrorKind.BUDGET, "not sent: the role's budget_usd would be exceeded")
 
 
 def _api(requests: int = 0, retries: int = 0, cached: int = 0, cost: float = 0.0) -> dict:

@@ -1,7 +1,8 @@
 """The response columns every backend writes, as pure functions over rows and batches.
 
-A row in is a row out: a request that fails gets `text` None and
-`finish_reason` "failed: <reason>", never a missing row. Prompts travel through
+A row in is a row out: a request that fails gets `text` None, `finish_reason` "error", its
+`error_kind` (lion_distill.errors.ErrorKind, set here at the backend's edge by `error_row`) and
+its `error` message, never a missing row. Prompts travel through
 Ray Data as one JSON string column (`PROMPT_COL`) because a dataset may mix chat
 messages and raw strings, which no single Arrow type holds.
 
@@ -13,12 +14,14 @@ that position (the sampled token included). `None` when not asked for or failed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lion_distill.errors import ErrorKind
 from lion_distill.llm.reasoning import split_reasoning
 from lion_distill.metrics import StageRecord
 
@@ -33,24 +36,50 @@ CACHED_COL = "_llm_cached"
 INTERNAL_COLS = (PROMPT_COL, DRAW_COL, CACHE_KEY_COL, CACHED_COL)
 # Per-row API accounting, summed into the StageRecord and then dropped.
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
-RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason")
+RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason", "error_kind")
+# The response columns a backend fills per row (the row's own columns and `role` besides).
+RESPONSE_FIELDS = ("text", "reasoning", "finish_reason", "error_kind", "error", "prompt_tokens", "completion_tokens")
+
+STOP, LENGTH, ERROR = "stop", "length", "error"  # every finish_reason there is
+ERROR_CHARS = 500  # of an error's message kept in the row
+_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")  # user:password@ in a URI a message quotes
 
 
-FAILED = "failed"  # a failed request's finish_reason, then ": <reason>"
+# What an engine or API says when a prompt does not fit the model's context (vLLM's
+# VLLMValidationError, "maximum context length", OpenAI's context_length_exceeded): read here,
+# where a backend meets its engine, and nowhere after (the row carries the kind).
+_OVERFLOW = re.compile(
+    r"context.length|maximum context|max_model_len|maximum model length|longer than the maximum", re.IGNORECASE
+)
 
 
-def failed(reason: str) -> str:
-    return f"{FAILED}: {reason}"
+def overflow_kind(message: str, otherwise: ErrorKind) -> ErrorKind:
+    """CONTEXT_OVERFLOW when an engine's message says the prompt did not fit, else `otherwise`."""
+    return ErrorKind.CONTEXT_OVERFLOW if _OVERFLOW.search(message or "") else otherwise
 
 
-def is_failed(finish_reason: str | None) -> bool:
+# Ray's LLM processors keep a request's exception only as "<type>: <message>" (`__inference_error__`);
+# these types are the request's own fault (vLLM's validation of it), any other the engine's.
+REQUEST_ERRORS = {"VLLMValidationError", "ValueError", "TypeError", "ValidationError"}
+
+
+def inference_error_row(inference_error: str) -> dict:
+    """A Ray LLM processor's `__inference_error__` -> the failed row of its kind."""
+    name, _, message = inference_error.partition(": ")
+    if name == "TimeoutError":
+        return error_row(ErrorKind.TIMEOUT, inference_error)
+    otherwise = ErrorKind.BAD_REQUEST if name in REQUEST_ERRORS else ErrorKind.SERVER_ERROR
+    return error_row(overflow_kind(message, otherwise), inference_error)
+
+
+def is_error(finish_reason: str | None) -> bool:
     """The request failed. None (no response, as in a pair whose answer is missing) is not a failure."""
-    return (finish_reason or "").startswith(FAILED)
+    return finish_reason == ERROR
 
 
-def failed_mask(finish_reasons: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """is_failed over a column: null is not a failure."""
-    return pc.fill_null(pc.starts_with(finish_reasons, FAILED), False)
+def error_mask(finish_reasons: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """is_error over a column: null is not a failure."""
+    return pc.fill_null(pc.equal(finish_reasons, ERROR), False)
 
 
 def encode_prompt(prompt: Any, row_id: Any = None) -> str:
@@ -108,7 +137,7 @@ def finish_reason_from_counts(
     length cap, `max_tokens` or the context `max_model_len` (prompt + answer); Ray's
     processor reports counts, not the reason, so derive it."""
     capped = max_model_len is not None and prompt_tokens + completion_tokens >= max_model_len
-    return "length" if completion_tokens >= max_tokens or capped else "stop"
+    return LENGTH if completion_tokens >= max_tokens or capped else STOP
 
 
 def top_logprobs_json(steps: list[dict[str, float]] | None) -> str | None:
@@ -129,14 +158,20 @@ def response_row(
         "text": text,
         "reasoning": reasoning,
         "finish_reason": finish_reason,
+        "error_kind": None,
+        "error": None,
         "prompt_tokens": int(prompt_tokens),
         "completion_tokens": int(completion_tokens),
         "logprobs": logprobs,
     }
 
 
-def failed_row(reason: str) -> dict:
-    return response_row(None, failed(reason))
+def error_row(kind: ErrorKind, message: str) -> dict:
+    """A request that failed: no text, its kind and its message (credentials in a quoted URI
+    masked). The one place a backend's failure becomes a row."""
+    row = response_row(None, ERROR)
+    row.update(error_kind=ErrorKind(kind).value, error=_CREDENTIALS.sub(r"\1***@", message)[:ERROR_CHARS])
+    return row
 
 
 def merge_responses(batch: dict, responses: list[dict], role_name: str, with_logprobs: bool) -> dict:
@@ -147,9 +182,8 @@ def merge_responses(batch: dict, responses: list[dict], role_name: str, with_log
         raise AssertionError(f"backend returned {len(responses)} responses for {n} rows")
     out = {k: v for k, v in batch.items() if k not in INTERNAL_COLS}
     out["role"] = [role_name] * n
-    for col in ("text", "finish_reason", "prompt_tokens", "completion_tokens"):
+    for col in RESPONSE_FIELDS:
         out[col] = [r[col] for r in responses]
-    out["reasoning"] = [r.get("reasoning") for r in responses]
     if with_logprobs:
         out["logprobs"] = [r.get("logprobs") for r in responses]
     for col in API_COLS:
@@ -180,8 +214,10 @@ def fill_record(rec: StageRecord, table: pa.Table) -> None:
     rec.completion_tokens = int(pc.sum(table["completion_tokens"]).as_py() or 0)
     reasons = table["finish_reason"]
     rec.failed_rows = int(
-        pc.sum(pc.or_(pc.is_null(reasons), failed_mask(reasons))).as_py() or 0
+        pc.sum(pc.or_(pc.is_null(reasons), error_mask(reasons))).as_py() or 0
     )  # a stage's row has a reason
+    kinds = table["error_kind"].filter(error_mask(reasons)).cast(pa.string())
+    rec.failed_by_kind = {e["values"]: e["counts"] for e in pc.value_counts(kinds).to_pylist()}
     if "_api_requests" in table.column_names:
         rec.api_requests = int(pc.sum(table["_api_requests"]).as_py() or 0)
         rec.api_retries = int(pc.sum(table["_api_retries"]).as_py() or 0)

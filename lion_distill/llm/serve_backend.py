@@ -7,7 +7,7 @@ An engine that dies mid-stage (an OOM kill, a lost node) is restarted by Serve (
 health check fails). The requests it lost come back either as error replies (5xx) or
 as a batch that raised; Ray Data is told to skip such batches, and this module sends
 every unanswered request again once the engine answers, up to `retries` times. What is
-still unanswered then is a failed row with its reason: rows in == rows out, always.
+still unanswered then is a failed row of the kind `engine_lost`: rows in == rows out, always.
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ import ray
 from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
 from lion_distill.config.models import RoleConfig
-from lion_distill.llm.engine_args import engine_placement, serve_engine_kwargs
-from lion_distill.llm.openai_client import parse_completion, request_body
+from lion_distill.errors import ErrorKind
+from lion_distill.llm.engine_args import EngineSpec
+from lion_distill.llm.openai_client import parse_completion, request_body, status_kind
 from lion_distill.llm.parts import write_parts
-from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed
+from lion_distill.llm.responses import (
+    DRAW_COL,
+    PROMPT_COL,
+    RESPONSE_FIELDS,
+    decode_prompt,
+    error_row,
+    inference_error_row,
+)
 
 log = logging.getLogger("lion_distill.llm")
 
@@ -42,24 +50,23 @@ PROBE_EVERY_S = 5.0
 CONCURRENT_BATCHES = 8
 
 
-def llm_config(role: RoleConfig, *, gpu: bool):
+def llm_config(spec: EngineSpec):
     """The Ray Serve LLM config of one engine: `replicas` copies of the model, each in its
-    engine_placement (`tensor_parallel_size` GPUs on one node; one CPU bundle without GPUs)."""
+    placement (its tensor x pipeline parallel GPUs on one node; one CPU bundle without GPUs)."""
     from ray.serve.llm import LLMConfig, ModelLoadingConfig
 
-    replicas = role.parallelism.replicas
-    deployment = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": replicas}}
+    deployment = {"autoscaling_config": {"min_replicas": spec.replicas, "max_replicas": spec.replicas}}
     extra = {}
-    if not gpu:
+    if not spec.gpu:
         # The replica actor shares the engine's CPU bundle (its own CPU would be added to it),
         # and vLLM's Ray metrics are off as for the per-stage engines.
         deployment["ray_actor_options"] = {"num_cpus": 0}
         extra = {"log_engine_metrics": False}
     return LLMConfig(
-        model_loading_config=ModelLoadingConfig(model_id=role.model, model_source=role.model),
+        model_loading_config=ModelLoadingConfig(model_id=spec.model, model_source=spec.model),
         deployment_config=deployment,
-        engine_kwargs=serve_engine_kwargs(role, gpu),
-        placement_group_config=engine_placement(role, gpu, cpus_per_rank=0),
+        engine_kwargs=spec.serve_kwargs,
+        placement_group_config=spec.placement(cpus_per_rank=0),
         **extra,
     )
 
@@ -100,44 +107,37 @@ def serve_request(
 def serve_response(row: dict, *, chat: bool, role_name: str, with_logprobs: bool) -> dict:
     """The processor's output row -> the row's own columns plus the response columns."""
     out = {k[len(IN) :]: v for k, v in row.items() if k.startswith(IN)}
-    inference_error = row.get("__inference_error__") or ""
-    error = row.get("error")
-    retry = False
+    inference_error, error = row.get("__inference_error__") or "", row.get("error")
     if inference_error:
-        reply = {
-            "text": None,
-            "finish_reason": failed(str(inference_error)[:200]),
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "logprobs": None,
-        }
-        retry = inference_error.startswith("TimeoutError")
+        reply, retry = inference_failure(inference_error)
     elif error:
-        code = error.get("code")
-        reply = {
-            "text": None,
-            "finish_reason": failed(f"engine error {code}: {str(error.get('message'))[:160]}"),
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "logprobs": None,
-        }
-        retry = code is None or int(code) >= 500  # the engine's fault (it died, it is restarting), not the request's
+        reply, retry = engine_failure(error)
     else:
-        reply = parse_completion(
-            {"choices": _dense_logprobs(row.get("choices"), chat), "usage": row.get("usage")}, chat
+        reply, retry = (
+            parse_completion({"choices": _dense_logprobs(row.get("choices"), chat), "usage": row.get("usage")}, chat),
+            False,
         )
-    out.update(
-        role=role_name,
-        text=reply["text"],
-        reasoning=reply.get("reasoning"),
-        finish_reason=reply["finish_reason"],
-        prompt_tokens=reply["prompt_tokens"],
-        completion_tokens=reply["completion_tokens"],
-    )
+    out.update(role=role_name, **{k: reply[k] for k in RESPONSE_FIELDS})
     if with_logprobs:
         out["logprobs"] = reply["logprobs"]
     out[RETRY] = retry
     return out
+
+
+def inference_failure(inference_error: str) -> tuple[dict, bool]:
+    """Ray's processor caught an exception for the request -> (the failed row, whether to send it
+    again: a timeout, the engine not answering)."""
+    reply = inference_error_row(inference_error)
+    return reply, reply["error_kind"] == ErrorKind.TIMEOUT
+
+
+def engine_failure(error: dict) -> tuple[dict, bool]:
+    """The engine's error reply ({code, message, type, param}) -> (the failed row, whether to send it
+    again). No code or a 5xx is the engine's fault (it died, it is restarting), not the request's."""
+    code, message = error.get("code"), str(error.get("message"))
+    lost = code is None or int(code) >= 500
+    kind = ErrorKind.ENGINE_LOST if lost else status_kind(int(code), message, param=error.get("param"))
+    return error_row(kind, f"engine error {code}: {message[:160]}"), lost
 
 
 def _dense_logprobs(choices, chat: bool):
@@ -179,7 +179,8 @@ def _with_ids(ids: ray.ObjectRef):
 
 def _unanswered_row(row: dict, *, role_name: str, with_logprobs: bool, reason: str) -> dict:
     out = {k: v for k, v in row.items() if k not in (PROMPT_COL, DRAW_COL)}
-    out.update(role=role_name, text=None, finish_reason=failed(reason), prompt_tokens=0, completion_tokens=0)
+    failure = error_row(ErrorKind.ENGINE_LOST, reason)
+    out.update(role=role_name, **{k: failure[k] for k in RESPONSE_FIELDS})
     if with_logprobs:
         out["logprobs"] = None
     out[RETRY] = False
@@ -233,7 +234,7 @@ def run_serve(
         lost, missing, counts = _sort_out.remote(expected, *out.select_columns(["id", RETRY]).to_arrow_refs())
         n_lost, n_missing = ray.get(counts)
         if not n_lost or attempt == retries:
-            results.append(out)  # a retryable reply left now stays a failed row, with the engine's reason
+            results.append(out)  # a retryable reply left now stays a failed row, with the engine's message
             break
         results.append(out.map_batches(_answered, batch_format="pyarrow"))
         log.warning(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import signal
 import threading
@@ -36,8 +37,8 @@ from dataclasses import dataclass, field
 
 from lion_distill.config.models import RoleConfig, ServingConfig
 from lion_distill.driver_node import job_finished, on_driver_node, this_job
-from lion_distill.llm.engine_args import engine_ask, engine_key
-from lion_distill.llm.fit import PlanDoesNotFit, WaitedTooLong, cluster_gpus, engine_gpus, fit_problem
+from lion_distill.llm.engine_args import EngineSpec, engine_spec
+from lion_distill.llm.fit import PlanDoesNotFit, WaitedTooLong, cluster_gpus, engines_on_gpus, fit_problem
 
 log = logging.getLogger("lion_distill.llm")
 
@@ -60,8 +61,12 @@ def run_prefix(run_id: str) -> str:
 @dataclass
 class Engine:
     app: str
-    model_id: str
+    spec: EngineSpec
     roles: set[str] = field(default_factory=set)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model
 
     def wait_ready(self, timeout_s: float) -> None:
         from lion_distill.llm.serve_backend import probe, wait_until
@@ -106,17 +111,18 @@ class JobEngines:
             ready_timeout_s=self.serving.ready_timeout_s,
             parts=parts,
         )
-        return out, float(engine_gpus(role) if self.gpu else 0)
+        return out, float(engine.spec.gpus)
 
     def engine_for(self, role: RoleConfig, role_name: str) -> Engine:
-        key = engine_key(role, self.gpu)
+        spec = engine_spec(role, self.gpu)
+        key = spec.key
         for other_key, engine in list(self.engines.items()):
             if other_key != key and role_name in engine.roles:  # this role moved on (a new student)
                 engine.roles.discard(role_name)
                 if not engine.roles:
                     self._stop(other_key)
         if key not in self.engines:
-            self.engines[key] = self._start(key, role, role_name)
+            self.engines[key] = self._start(spec, role, role_name)
         self.engines[key].roles.add(role_name)
         return self.engines[key]
 
@@ -126,55 +132,67 @@ class JobEngines:
 
     # --- lifetimes ----------------------------------------------------------------
 
-    def _start(self, key: str, role: RoleConfig, role_name: str) -> Engine:
-        """Deploy the role's engine and wait, up to serving.ready_timeout_s, until it runs.
-        A failure a retry may fix (the engine died while it loaded) gets one more try."""
-        from ray import serve
+    def _start(self, spec: EngineSpec, role: RoleConfig, role_name: str) -> Engine:
+        """Deploy the role's engine and wait, up to serving.ready_timeout_s, until it runs."""
         from ray.serve.llm import build_llm_deployment
 
-        from lion_distill.llm.engine_start import EngineFailure, EngineStartFailed, wait_running
+        from lion_distill.llm.engine_start import EngineFailure, EngineStartFailed
         from lion_distill.llm.serve_backend import DEPLOYMENT, llm_config
         from lion_distill.llm.serve_server import JobLLMServer
 
-        app = self.prefix + key
+        app = self.prefix + spec.key
         try:  # Serve LLM checks engine argument names here, before anything starts
-            config = llm_config(role, gpu=self.gpu)
             deployment = build_llm_deployment(
-                config, deployment_cls=JobLLMServer, override_serve_options={"name": DEPLOYMENT}
+                llm_config(spec), deployment_cls=JobLLMServer, override_serve_options={"name": DEPLOYMENT}
             )
         except (ValueError, TypeError) as exc:
             raise EngineStartFailed(role_name, role.model, EngineFailure(f"{type(exc).__name__}: {exc}", True)) from exc
         self._track(app, add=True)
         log.info("starting engine %s for %s (%s)", app, role_name, role.model)
         begin = time.perf_counter()
-        for attempt in (1, 2):
+        self._deploy_until_running(app, deployment, spec, role_name)
+        seconds = time.perf_counter() - begin
+        self.starts.append((role_name, seconds, role.parallelism.replicas))
+        log.info("engine %s up in %.1f s", app, seconds)
+        return Engine(app, spec)
+
+    def _deploy_until_running(self, app: str, deployment, spec: EngineSpec, role_name: str) -> None:
+        """Deploy `app` until it runs, within serving.ready_timeout_s. A failure a retry may fix (the
+        engine died while it loaded) gets one more try; a GPU whose memory another process still
+        holds is waited for and tried again (lion_distill.llm.engine_start.retry_after)."""
+        from ray import serve
+
+        from lion_distill.llm.engine_start import EngineStartFailed, retry_after, wait_running
+
+        deadline = time.monotonic() + self.serving.ready_timeout_s
+        for attempt in itertools.count(1):
             serve.run_many(
                 [serve.RunTarget(deployment, name=app, route_prefix=None)], wait_for_applications_running=False
             )
             try:
                 failure = wait_running(
-                    app, self.serving.ready_timeout_s, lambda scheduling: self._waited(app, role, role_name, scheduling)
+                    app,
+                    max(0.0, deadline - time.monotonic()),
+                    lambda scheduling: self._waited(app, spec, role_name, scheduling),
                 )
             except BaseException:
                 serve.delete(app)  # nothing half-started is left holding GPUs
                 raise
             if failure is None:
-                break
+                return
             serve.delete(app)
-            if failure.permanent or attempt == 2:
-                raise EngineStartFailed(role_name, role.model, failure)
-            log.warning("engine %s failed to start (%s); starting it again", app, failure.cause)
-        seconds = time.perf_counter() - begin
-        self.starts.append((role_name, seconds, role.parallelism.replicas))
-        log.info("engine %s up in %.1f s", app, seconds)
-        return Engine(app, role.model)
+            wait = retry_after(failure, attempt, deadline - time.monotonic())
+            if wait is None:
+                raise EngineStartFailed(role_name, spec.model, failure)
+            log.warning("engine %s failed to start (%s); starting it again in %.0f s", app, failure.cause, wait)
+            time.sleep(wait)
 
-    def _waited(self, app: str, role: RoleConfig, role_name: str, scheduling: bool):
+    def _waited(self, app: str, spec: EngineSpec, role_name: str, scheduling: bool):
         """The deadline passed: which role waited, for what, and what the cluster has."""
         what = "its engine's resources" if scheduling else "its engine to start"
         raise WaitedTooLong(
             f"{role_name} ({app})",
-            engine_ask(role, self.gpu),
+            spec.ask(),
             self.serving.ready_timeout_s,
             cluster_gpus().describe(),
             what=what,
@@ -290,7 +308,7 @@ def job_engines(
     run_id: str,
     per_iteration: tuple[str, ...] = ("student",),
     train_workers: int = 0,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: int = 0,
 ):
     """The block a job runs its stages in (see the module docstring). `roles`: every role of
     the job by name; `run_id`: the run directory, which names the job's applications. Raises
@@ -300,7 +318,7 @@ def job_engines(
     if _active is not None:
         raise RuntimeError("job_engines blocks do not nest: one job, one set of engines")
     cluster = cluster_gpus()
-    engines = JobEngines(run_id, serving, per_iteration, gpu=cluster.total > 0)
+    engines = JobEngines(run_id, serving, per_iteration, gpu=engines_on_gpus(cluster))
     problem = fit_problem(
         roles,
         per_iteration,

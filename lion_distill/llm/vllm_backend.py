@@ -4,8 +4,8 @@ stages), wrapped so its rows come out in the engine's response contract.
 
 What Ray's processor does not give, derived here: `finish_reason` (it reports
 token counts only: "length" when max_tokens were generated, else "stop"), a
-failed row as "failed: <error>" (from `__inference_error__`; error rows bypass
-postprocess, so normalising happens in a map after the processor), and logprobs
+failed row of its kind (from `__inference_error__`, the only trace Ray keeps of the exception;
+error rows bypass postprocess, so normalising happens in a map after the processor), and logprobs
 as the JSON top-k maps of lion_distill.llm.responses.
 """
 
@@ -19,14 +19,17 @@ from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
 from lion_distill.config.models import RoleConfig
 from lion_distill.llm.cache import request_seed
-from lion_distill.llm.engine_args import engine_ask, engine_kwargs, engine_placement
+from lion_distill.llm.engine_args import EngineSpec, engine_spec
 from lion_distill.llm.parts import write_parts
 from lion_distill.llm.reasoning import split_reasoning
-from lion_distill.llm.responses import DRAW_COL, PROMPT_COL, decode_prompt, failed, finish_reason_from_counts
-
-
-def cluster_has_gpus() -> bool:
-    return ray.cluster_resources().get("GPU", 0) > 0
+from lion_distill.llm.responses import (
+    DRAW_COL,
+    PROMPT_COL,
+    RESPONSE_FIELDS,
+    decode_prompt,
+    finish_reason_from_counts,
+    inference_error_row,
+)
 
 
 def sampling_params(role: RoleConfig, structured_output: dict | None, logprobs: int | None, gpu: bool) -> dict:
@@ -76,9 +79,8 @@ def to_response(
     error = row.get("__inference_error__") or ""
     out["role"] = role_name
     if error:
-        out.update(
-            text=None, reasoning=None, finish_reason=failed(str(error)[:200]), prompt_tokens=0, completion_tokens=0
-        )
+        failure = inference_error_row(str(error))
+        out.update({k: failure[k] for k in RESPONSE_FIELDS})
     else:
         done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
         text, reasoning = split_reasoning(row.get("generated_text"))  # no reasoning parser in this stage
@@ -88,6 +90,8 @@ def to_response(
             finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
             prompt_tokens=prompt,
             completion_tokens=done,
+            error_kind=None,
+            error=None,
         )
     if with_logprobs:
         steps = None if error else logprob_steps(row.get("logprobs"))
@@ -95,20 +99,20 @@ def to_response(
     return out
 
 
-def processor_config(role: RoleConfig, gpu: bool, *, chat: bool, draw: str | None = None) -> vLLMEngineProcessorConfig:
-    """Ray Data's vLLM stage for one role: `replicas` engines, each in its engine_placement."""
+def processor_config(role: RoleConfig, spec: EngineSpec, *, chat: bool) -> vLLMEngineProcessorConfig:
+    """Ray Data's vLLM stage for one role: `replicas` engines, each in its placement."""
     # Without GPUs vLLM's Ray metrics would import ray.serve (docs/environment.md).
-    extra = {} if gpu else {"log_engine_metrics": False}
+    extra = {} if spec.gpu else {"log_engine_metrics": False}
     return vLLMEngineProcessorConfig(
-        model_source=role.model,
-        engine_kwargs=engine_kwargs(role, gpu, draw),
+        model_source=spec.model,
+        engine_kwargs=spec.engine_kwargs,
         batch_size=role.parallelism.batch_size,
-        concurrency=role.parallelism.replicas,
+        concurrency=spec.replicas,
         chat_template_stage={"enabled": chat, "chat_template_kwargs": role.chat_template_kwargs or None},
         tokenize_stage=True,
         detokenize_stage=True,
         should_continue_on_error=True,
-        placement_group_config=engine_placement(role, gpu),
+        placement_group_config=spec.placement(),
         **extra,
     )
 
@@ -131,13 +135,11 @@ def run_vllm(
     actors that long, each of the stage's actor pools in turn: the chat-template and tokenizer
     workers, then the engines); past it the stage ends with lion_distill.llm.fit.WaitedTooLong."""
     from lion_distill.llm.engine_start import ResourceWatch
-    from lion_distill.llm.fit import WaitedTooLong, cluster_gpus
+    from lion_distill.llm.fit import WaitedTooLong, cluster_gpus, engines_on_gpus
 
-    gpu = cluster_has_gpus()
-    tp, replicas = role.parallelism.tensor_parallel_size, role.parallelism.replicas
-    config = processor_config(role, gpu, chat=chat, draw=draw)
-    engine = config.engine_kwargs
-    params = sampling_params(role, structured_output, logprobs, gpu)
+    spec = engine_spec(role, engines_on_gpus(), draw)
+    config = processor_config(role, spec, chat=chat)
+    params = sampling_params(role, structured_output, logprobs, spec.gpu)
     processor = build_processor(config, preprocess=partial(to_engine_request, chat=chat, params=params))
     out = processor(prompted).map(
         partial(
@@ -146,7 +148,7 @@ def run_vllm(
             role_name=role_name,
             max_tokens=role.sampling.max_tokens,
             with_logprobs=logprobs is not None,
-            max_model_len=engine.get("max_model_len"),
+            max_model_len=spec.engine_kwargs.get("max_model_len"),
         )
     )
     out = write_parts(out, parts)  # each block kept as it finishes (lion_distill.llm.parts)
@@ -158,7 +160,5 @@ def run_vllm(
             if "starting actors" not in str(e):
                 raise
             what = "its engines' resources" if watch.waited() else "its engines to start"
-            raise WaitedTooLong(
-                role_name, engine_ask(role, gpu), start_timeout_s, cluster_gpus().describe(), what=what
-            ) from None
-    return done, float(tp * replicas if gpu else 0)
+            raise WaitedTooLong(role_name, spec.ask(), start_timeout_s, cluster_gpus().describe(), what=what) from None
+    return done, float(spec.gpus)

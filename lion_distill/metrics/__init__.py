@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 log = logging.getLogger("lion_distill")
+FAILED_PREFIX = "failed_"  # `failed_<error kind>/<stage>`: a stage's failed rows of that kind
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StageRecord:
     api_retries: int = 0
     api_cached: int = 0
     failed_rows: int = 0
+    failed_by_kind: dict[str, int] = field(default_factory=dict)  # lion_distill.errors.ErrorKind value -> rows
     cost_usd: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)  # e.g. samples_per_s, mfu, hard_fraction
 
@@ -55,6 +57,7 @@ class StageRecord:
             )
         if self.failed_rows:
             out[f"failed_rows/{s}"] = self.failed_rows
+        out.update({f"{FAILED_PREFIX}{kind}/{s}": n for kind, n in sorted(self.failed_by_kind.items())})
         out.update({f"{k}/{s}": v for k, v in self.extra.items()})
         return out
 
@@ -67,7 +70,8 @@ class StageRecord:
                 f"{self.api_requests} requests ({self.api_cached} cached, {self.api_retries} retries), ${self.cost_usd:.4f}"
             )
         if self.failed_rows:
-            parts.append(f"{self.failed_rows} failed")
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.failed_by_kind.items()))
+            parts.append(f"{self.failed_rows} failed" + (f" ({kinds})" if kinds else ""))
         parts += [f"{k}={v:.4g}" for k, v in self.extra.items()]
         return f"[{self.stage}] " + ", ".join(parts)
 

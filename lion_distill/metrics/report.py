@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI
 
 from lion_distill.data import RunDir
+from lion_distill.data.rundir import format_problem
 from lion_distill.metrics import tracking
 
 
@@ -25,6 +26,24 @@ def table_md(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+MESSAGE_CHARS = 120  # of a failure's message in a report
+
+
+def short_message(message: str | None) -> str:
+    """A failure's message as every report shows it: its first line, cut at MESSAGE_CHARS."""
+    lines = (message or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
+
+
+def failure_rows(counts: dict[str, int], examples: dict[str, str], lead: list | None = None) -> list[list]:
+    """Failures grouped by kind, the most frequent first: [*lead, kind, rows, `example message`]."""
+    return [
+        [*(lead or []), kind, n, f"`{short_message(examples.get(kind))}`" if examples.get(kind) else "–"]
+        for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
 
 
 def save_plots(run_dir: RunDir, figures: dict[str, Figure], folder: str = "plots") -> dict[str, str]:
@@ -54,4 +73,5 @@ def state_section(state) -> list[str]:
     ]
     rows += [[f"output: {key}", f"`{value}`"] for key, value in sorted(state.get("outputs", {}).items())]
     rows += [[f"total {key}", value] for key, value in sorted(state.get("counters", {}).items())]
-    return out + [table_md(["", ""], rows)]
+    problem = format_problem(state, "state.json")  # an older run directory is read as far as it reads
+    return out + [table_md(["", ""], rows)] + ([f"\n**{problem}**"] if problem else [])

@@ -13,8 +13,9 @@ import numpy as np
 
 from lion_distill.config.evaluate import EvalConfig, EvalJobConfig
 from lion_distill.config.models import PlanConfig, RoleConfig
+from lion_distill.errors import CandidateError
 from lion_distill.evaluate.evaluation import PROMPTS
-from lion_distill.evaluate.job import CandidateError, candidate_role
+from lion_distill.evaluate.job import candidate_role
 from lion_distill.evaluate.questions import load_questions, read_reference_answers
 from lion_distill.judging.referee import referee_messages
 from lion_distill.judging.rubrics import rubric_for

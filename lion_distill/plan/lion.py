@@ -18,7 +18,7 @@ from lion_distill.config import RunConfig
 from lion_distill.data import RunDir, read_pool
 from lion_distill.judging.referee import referee_messages
 from lion_distill.judging.rubrics import rubric_for
-from lion_distill.lion.generator import KINDS, generator_messages
+from lion_distill.lion.generator import KINDS, generator_messages, seed_token_cap
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.ledger import spent_by_role
 from lion_distill.llm.prompts import prompt_format, student_prompt
@@ -103,6 +103,16 @@ def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
     ]
 
 
+def _generator(cfg: RunConfig, rows: list[dict]):
+    """The generator as the plan prices a reply: with Lion's per-seed cap, at the mean cap of the
+    sampled seeds (a round asks at its largest; a reply past its own seed's cap is rejected)."""
+    per_word = cfg.lion.generator_tokens_per_seed_word
+    if not per_word or not rows:
+        return cfg.generator
+    cap = max(1, round(sum(seed_token_cap(r, per_word) for r in rows) / len(rows)))
+    return cfg.generator.model_copy(update={"sampling": cfg.generator.sampling.model_copy(update={"max_tokens": cap})})
+
+
 def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
     if cfg.eval is None:
         return None
@@ -146,8 +156,9 @@ class _Estimates(Estimates):
             + [f"{name}: tokens counted with {c.source}" for name, c in counters.items()],
         )
         self.cfg, self.seed_rows = cfg, len(seed)
+        roles = {name: getattr(cfg, name) for name in cfg.ROLES} | {"generator": _generator(cfg, rows)}
         self.reply = {
-            name: self.reply_tokens(getattr(cfg, name), name, call)
+            name: self.reply_tokens(roles[name], name, call)
             for name, call in (
                 ("teacher", "imitation/teacher"),
                 ("student", "discrimination/student"),
@@ -222,16 +233,28 @@ class _Estimates(Estimates):
         return [self.call(k, "imitation", "imitation/teacher", "teacher", train_rows), train]
 
     def discrimination(self, k: int, train_rows: float, cache_rows: float) -> list[Line]:
+        # lion.discrimination_teacher ask_again: the teacher answers the whole cache pool again.
+        asked = cache_rows if self.cfg.lion.discrimination_teacher == "ask_again" else train_rows * self.teacher_failed
         lines = [
-            self.call(k, "discrimination", "discrimination/teacher", "teacher", train_rows * self.teacher_failed),
+            self.call(k, "discrimination", "discrimination/teacher", "teacher", asked),
             self.call(k, "discrimination", "discrimination/student", "student", cache_rows),
             self.call(k, "discrimination", "discrimination/referee", "referee", 2 * cache_rows),
         ]
         pairs = cache_rows
-        for attempt in range(1, self.cfg.lion.referee_retries + 1):
+        for attempt in range(1, self.referee_rounds(cache_rows) + 1):
             pairs *= self.referee_retry
             lines.append(self.call(k, "discrimination", f"discrimination/referee_retry{attempt}", "referee", 2 * pairs))
         return lines
+
+    def referee_rounds(self, pairs: float) -> int:
+        """The referee's retry passes: lion.referee_retries, or with null (Lion's: again until a pass
+        reads no more) as many as leave at least half a pair unread at the prior share (at most 20)."""
+        if self.cfg.lion.referee_retries is not None:
+            return self.cfg.lion.referee_retries
+        rounds = 0
+        while rounds < 20 and pairs * self.referee_retry ** (rounds + 1) >= 0.5:
+            rounds += 1
+        return rounds
 
     def generation(self, k: int) -> tuple[list[Line], float]:
         """-> (one line per round, new instructions kept)."""

@@ -16,8 +16,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from lion_distill.errors import TaskDataError
 from lion_distill.step_by_step.parse import ParseFailure, parse_reply, rationale_of
-from lion_distill.step_by_step.readers import TaskDataError
 from lion_distill.step_by_step.tasks import Fixed, Task
 
 
@@ -61,6 +61,62 @@ def parse_rows(rows: list[dict], task: Task) -> tuple[list[dict], Counter]:
         else:
             out.append({**row, "rationale": parsed.rationale, "teacher_label": parsed.label, "parse_failure": ""})
     return out, failures
+
+
+def method_rows(rows: list[dict], method: str, label_source: str, unparsed: str = "drop") -> list[dict]:
+    """What each method learns from: gold labels (standard_finetune), the teacher's labels
+    (standard_distill), labels plus the teacher's rationales (step_by_step). `unparsed: drop`: a
+    row whose reply gave no label is left out where the teacher's label is needed, a row without
+    a rationale out of step_by_step (with gold labels, step_by_step keeps an unparsed reply's
+    rationale, as the reference does); `keep`: every row, a blank label or rationale as it is, as
+    the reference's run.py trains every row."""
+    if unparsed not in ("drop", "keep"):
+        raise ValueError(f"unparsed must be 'drop' or 'keep', not {unparsed!r}")
+    teacher = teacher_labelled(method, label_source)
+    out = []
+    for r in rows:
+        if unparsed == "drop" and (
+            (teacher and r["parse_failure"]) or (method == "step_by_step" and not r["rationale"])
+        ):
+            continue
+        row = {"id": r["id"], "input": r["input"], "label": r["teacher_label"] if teacher else r["label"]}
+        if method == "step_by_step":
+            row["rationale"] = r["rationale"]
+        out.append(row)
+    return out
+
+
+def teacher_labelled(method: str, label_source: str) -> bool:
+    """Whether a method's target is the teacher's label (standard_distill; step_by_step with teacher labels)."""
+    return method == "standard_distill" or (method == "step_by_step" and label_source == "teacher")
+
+
+def row_counts(rows: list[dict], method: str, label_source: str, unparsed: str) -> dict:
+    """What method_rows made of `rows`, for the report: rows in, rows trained on, and of those in,
+    how many have no teacher label (where it is the target) or no rationale (step_by_step):
+    trained on as blank targets with `unparsed: keep`, left out with `drop`."""
+    teacher = teacher_labelled(method, label_source)
+    return {
+        "rows_in": len(rows),
+        "rows_trained": len(method_rows(rows, method, label_source, unparsed)),
+        "unparsed_label": sum(bool(r["parse_failure"]) for r in rows) if teacher else 0,
+        "empty_rationale": sum(not r["rationale"] for r in rows) if method == "step_by_step" else 0,
+        "unparsed_rows": unparsed,
+    }
+
+
+def student_inputs(rows: list[dict], nli_input: str, eos: str | None) -> list[dict]:
+    """The rows with `input` as the student is shown it: the few-shot prompt's "Premise: ...\n
+    Hypothesis: ..." (`labelled`, as the teacher saw it), or for an NLI row with `eos_joined` the
+    reference's `premise</s>hypothesis` (run.py: `tokenizer.eos_token.join([premise, hypothesis])`,
+    `eos` the student tokenizer's end-of-sequence token). Rows of other tasks are unchanged."""
+    if nli_input == "labelled":
+        return rows
+    if nli_input != "eos_joined":
+        raise ValueError(f"nli_input must be 'labelled' or 'eos_joined', not {nli_input!r}")
+    return [
+        {**r, "input": eos.join([r["premise"], r["hypothesis"]])} if r.get("premise") is not None else r for r in rows
+    ]
 
 
 def fraction_split(

@@ -11,13 +11,10 @@ import ast
 import operator
 
 from lion_distill.config.models import Parallelism, RoleConfig, SamplingParams
+from lion_distill.errors import GenerationFailed
 from lion_distill.train.batches import LABEL_PREFIX
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-class GenerationFailed(RuntimeError):
-    """Student generations that failed: a failure is not a wrong answer, so nothing is scored."""
 
 
 def label_prompt(row: dict) -> str:
@@ -76,12 +73,13 @@ def label_accuracy(
     batch_size: int = 32,
     max_new_tokens: int = 64,
     max_model_len: int | None = None,
+    match: str = "normalised",
 ) -> float:
     """The accuracy of an export's label-only predictions (a Validation's score)."""
     predictions = predict_labels(
         model_dir, inputs, batch_size=batch_size, max_new_tokens=max_new_tokens, max_model_len=max_model_len
     )
-    return accuracy(predictions, labels, task)
+    return accuracy(predictions, labels, task, match)
 
 
 def equation_value(text: str) -> float | None:
@@ -102,16 +100,25 @@ def equation_value(text: str) -> float | None:
         return None
 
 
-def accuracy(predictions: list[str], labels: list[str], task: str) -> float:
-    """CQA: the answer text matches; SVAMP: the equations have the same value (an
-    unparseable prediction counts as wrong)."""
+def accuracy(predictions: list[str], labels: list[str], task: str, match: str = "normalised") -> float:
+    """CQA, NLI, a user's labels: the answer text matches, case and surrounding spaces ignored
+    (`normalised`) or character for character (`exact`, the reference's metrics.py
+    `compute_text_acc`); SVAMP: the equations have the same value, within 1e-4 or exactly
+    (`compute_equation_acc`). An unparseable prediction counts as wrong."""
     if len(predictions) != len(labels) or not labels:
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if match not in ("normalised", "exact"):
+        raise ValueError(f"match must be 'normalised' or 'exact', not {match!r}")
+    exact = match == "exact"
     if task == "svamp":
         hits = [
-            (p := equation_value(pred)) is not None and (g := equation_value(gold)) is not None and abs(p - g) < 1e-4
+            (p := equation_value(pred)) is not None
+            and (g := equation_value(gold)) is not None
+            and (p == g if exact else abs(p - g) < 1e-4)
             for pred, gold in zip(predictions, labels)
         ]
+    elif exact:
+        hits = [pred == gold for pred, gold in zip(predictions, labels)]
     else:
         hits = [pred.strip().casefold() == gold.strip().casefold() for pred, gold in zip(predictions, labels)]
     return sum(hits) / len(labels)

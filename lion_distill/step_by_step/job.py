@@ -19,10 +19,11 @@ from lion_distill.config import load_config
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
 from lion_distill.local_models import resolve_local_models
+from lion_distill.run_config import store_config
 from lion_distill.runner import Stage, run_stages
-from lion_distill.step_by_step import stages as S
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.report import write_report
+from lion_distill.step_by_step.stages import evaluate, rationales, train_cell
 
 log = logging.getLogger("lion_distill.step_by_step")
 
@@ -31,12 +32,12 @@ def step_by_step_stages(cfg: StepByStepConfig, run: RunDir) -> list[Stage]:
     """rationales, then every cell of the grid (lion_distill.step_by_step.grid), then evaluate."""
 
     def train(cell: Cell) -> Stage:
-        return Stage(f"train/{cell.key}", lambda state: S.train_cell(cfg, run, cell))
+        return Stage(f"train/{cell.key}", lambda state: train_cell(cfg, run, cell))
 
     return [
-        Stage("rationales", lambda state: S.rationales(cfg, run)),
+        Stage("rationales", lambda state: rationales(cfg, run)),
         *(train(c) for c in cells(cfg)),
-        Stage("evaluate", lambda state: S.evaluate(cfg, run, state["outputs"])),
+        Stage("evaluate", lambda state: evaluate(cfg, run, state["outputs"])),
     ]
 
 
@@ -70,11 +71,15 @@ def load(path: str, overrides: list[str]) -> StepByStepConfig:
     return resolve_local_models(load_config(path, overrides, model=StepByStepConfig))
 
 
-def run(cfg: StepByStepConfig) -> dict:
-    cfg = absolute_paths(cfg)
+def resolved(cfg: StepByStepConfig) -> StepByStepConfig:
+    """The config as the run uses it and stores it in config.json: its paths absolute."""
+    return absolute_paths(cfg)
+
+
+def run(cfg: StepByStepConfig, allow_config_change: bool = False) -> dict:
+    cfg = resolved(cfg)
     rundir = RunDir(cfg.run_dir)
-    config = cfg.model_dump(mode="json")  # key variable *names* only
-    rundir.write_json("config.json", config)
+    config = store_config(rundir, cfg, allow_config_change)  # a resumed run's config is the stored one
     state = run_stages(
         rundir,
         job="step_by_step",

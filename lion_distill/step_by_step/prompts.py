@@ -12,12 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lion_distill.errors import PromptError
+
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 SLOT = "{input}"
-
-
-class PromptError(ValueError):
-    """A prompt file that is missing or has no single `{input}` slot; the message names the file."""
+EXAMPLE = "data/step-by-step/my-task/prompt.txt"  # a user's own task's prompt, commented
+# What a missing prompt file should hold.
+WRITE = (
+    "a few worked examples of the task, each 'Q: <input>' then 'A: <reasoning> <answer phrase> <label>.' "
+    f"(data.answer_phrase, 'So the answer is' by default), then 'Q: {SLOT}' and 'A:', with exactly one {SLOT} "
+    f"where each row's input goes; an example: {EXAMPLE}"
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,10 @@ def default_prompt_file(task: str) -> Path:
 
 def load_prompt(path: str | Path) -> FewShotPrompt:
     path = Path(path)
+    if not path.is_file() and path.parent == PROMPTS:  # a task this repository ships no prompt for: jsonl
+        raise PromptError(f"not set, and no prompt ships for this task: set teacher.prompt_file to a file of {WRITE}")
     if not path.is_file():
-        raise PromptError(f"{path}: prompt file not found")
+        raise PromptError(f"{path}: prompt file not found; write there {WRITE}")
     lines = path.read_text(encoding="utf-8").splitlines()
     header = 0
     while header < len(lines) and lines[header].startswith("#"):

@@ -6,7 +6,9 @@ Layout (google-research/distilling-step-by-step `datasets/`, as in data/step-by-
 - cqa: `question`, `choices` (5), `answer` (the choice's text);
 - svamp: `input`, `label` (an equation);
 - esnli, anli1: `premise`, `hypothesis`, `label` (0 entailment, 1 neutral, 2 contradiction).
-The input is written as the few-shot prompts show it, so the student sees what the teacher saw.
+The input is written as the few-shot prompts show it, so the student sees what the teacher saw;
+an NLI row keeps its `premise` and `hypothesis` too, for the reference's student input
+(`data.nli_input`: lion_distill.step_by_step.data.student_inputs).
 
 A user's own task is JSONL (`input`, `label`, optional `choices`, and `completion`: a teacher's
 reply written elsewhere, which `teacher.source: released` reads): bad rows are rejected with
@@ -19,6 +21,7 @@ import json
 from pathlib import Path
 
 from lion_distill.data.readers import LoadReport
+from lion_distill.errors import TaskDataError
 from lion_distill.step_by_step.tasks import NLI_LABELS, Choices, Fixed, Task
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "step-by-step"  # slices with provenance
@@ -40,10 +43,6 @@ SUPPLY = {
     "anli1": "the ANLI round-1 train split (github.com/facebookresearch/anli) as JSON lines "
     "`premise`, `hypothesis`, `label` (0/1/2)",
 }
-
-
-class TaskDataError(ValueError):
-    """A task file that is missing or cannot be read; the message names the file and what to do."""
 
 
 def cqa_input(question: str, choices: list[str]) -> str:
@@ -118,7 +117,12 @@ def _row(task: str, e: dict) -> dict:
     # SNLI marks examples without a gold label -1, which indexing would read as "contradiction".
     if isinstance(label, bool) or label not in range(len(NLI_LABELS)):
         raise ValueError(f"label {label!r} is no NLI label id (0 entailment, 1 neutral, 2 contradiction)")
-    return {"input": nli_input(e["premise"], e["hypothesis"]), "label": NLI_LABELS[label]}
+    return {
+        "input": nli_input(e["premise"], e["hypothesis"]),
+        "label": NLI_LABELS[label],
+        "premise": e["premise"],
+        "hypothesis": e["hypothesis"],
+    }
 
 
 def read_jsonl_task(path: str | Path, task: Task, split: str) -> tuple[list[dict], LoadReport]:

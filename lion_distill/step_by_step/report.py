@@ -14,7 +14,7 @@ import statistics
 from matplotlib.figure import Figure
 
 from lion_distill.data import RunDir
-from lion_distill.metrics.report import fmt, save_plots, state_section, table_md
+from lion_distill.metrics.report import failure_rows, fmt, save_plots, state_section, table_md
 
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_cached", "cost_usd")
 
@@ -83,6 +83,17 @@ def accuracy_table(by_student: dict, teacher: float | None) -> str:
     return table_md(["method"] + [f"{100 * f:g}% of train" for f in fractions], rows)
 
 
+def unparsed_note(counts: dict | None) -> str:
+    """A cell's rows without the teacher's label (where it is the target) or without a rationale,
+    and what became of them (data.row_counts): trained as blank targets, or left out."""
+    if not counts:
+        return "?"
+    n = f"{counts['unparsed_label']} / {counts['empty_rationale']}"
+    if not counts["unparsed_label"] and not counts["empty_rationale"]:
+        return n
+    return f"{n}, {'trained as blank targets' if counts['unparsed_rows'] == 'keep' else 'left out'}"
+
+
 def _mean_sd(point: tuple[float, float, int]) -> str:
     mean, sd, n = point
     return fmt(mean) if n == 1 else f"{fmt(mean)} ± {fmt(sd)} (n={n})"
@@ -124,6 +135,14 @@ def render(state: dict, plots: dict[str, str]) -> str:
             else "Every reply parsed.",
             "",
         ]
+        by_kind = rationales.get("teacher_failed_by_kind") or {}
+        if by_kind:
+            examples = rationales.get("teacher_failure_examples") or {}
+            out += [
+                "Teacher requests that failed (each one's row is a `no_reply` above):\n",
+                table_md(["failure", "rows", "example"], failure_rows(by_kind, examples)),
+                "",
+            ]
         spend = rationales.get("spend") or {}
         out += [
             table_md(["tokens and cost", ""], [[k, spend.get(k, 0)] for k in SPEND])
@@ -143,6 +162,7 @@ def render(state: dict, plots: dict[str, str]) -> str:
                 [
                     key,
                     v["rows"],
+                    unparsed_note(v.get("row_counts")),
                     v.get("steps"),
                     ", ".join(f"{fmt(x[name])} ({x['step']})" for x in scored),
                     v["best_step"],
@@ -150,7 +170,9 @@ def render(state: dict, plots: dict[str, str]) -> str:
             )
         protocol = next(iter(train.values())).get("validation", "best")
         out += [
-            table_md(["cell", "rows", "steps", "accuracy at step", "kept step"], rows),
+            table_md(
+                ["cell", "rows", "no teacher label / no rationale", "steps", "accuracy at step", "kept step"], rows
+            ),
             "",
             (
                 "One training run per row; its best export on validation accuracy is what `evaluate` scores.\n"

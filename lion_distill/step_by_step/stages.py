@@ -28,12 +28,22 @@ import pyarrow as pa
 
 from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
+from lion_distill.errors import TaskDataError, TeacherFailed, count_by_kind
+from lion_distill.llm.responses import is_error
 from lion_distill.runner import StageResult
-from lion_distill.step_by_step.data import alignment_problem, fraction_split, parse_rows, with_released_replies
+from lion_distill.step_by_step.data import (
+    alignment_problem,
+    fraction_split,
+    method_rows,
+    parse_rows,
+    row_counts,
+    student_inputs,
+    with_released_replies,
+)
 from lion_distill.step_by_step.evaluate import accuracy, checked_predictions, label_accuracy, label_prompt, student_role
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.prompts import default_prompt_file, load_prompt
-from lion_distill.step_by_step.readers import DEV_SPLIT, TaskDataError, read_examples, read_jsonl_task
+from lion_distill.step_by_step.readers import DEV_SPLIT, read_examples, read_jsonl_task
 from lion_distill.step_by_step.tasks import TASKS, Task, user_task
 
 log = logging.getLogger("lion_distill.step_by_step")
@@ -49,6 +59,8 @@ ROWS = pa.schema(
         ("rationale", pa.string()),
         ("teacher_label", pa.string()),
         ("parse_failure", pa.string()),
+        ("premise", pa.string()),  # NLI only: the reference's student input is premise</s>hypothesis
+        ("hypothesis", pa.string()),
     ]
 )
 
@@ -94,7 +106,8 @@ def read_task(cfg: StepByStepConfig) -> tuple[dict[str, list[dict]], dict]:
 
 
 def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task):
-    """Each row with the teacher's reply as `text` (None when generation failed), in row order."""
+    """-> (each row with the teacher's reply as `text`, None when generation failed, in row order;
+    the call's record; its failed requests by kind and the first message of each kind)."""
     import ray
 
     from lion_distill.llm import generate
@@ -109,16 +122,13 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
         run_dir=run,
         structured_output=structured_output(cfg, task),
     )
-    answered = out.select_columns(["id", "text", "finish_reason"]).take_all()
+    answered = out.select_columns(["id", "text", "finish_reason", "error_kind", "error"]).take_all()
     problem = teacher_failed(answered)
     if problem:
         raise TeacherFailed(problem)
     replies = {r["id"]: r["text"] for r in answered}
-    return [{**row, "text": replies[row["id"]]} for row in rows], rec
-
-
-class TeacherFailed(RuntimeError):
-    """No request to the teacher got a reply: there is nothing to distil (one line)."""
+    failures = count_by_kind((r["error_kind"], r["error"]) for r in answered if is_error(r["finish_reason"]))
+    return [{**row, "text": replies[row["id"]]} for row in rows], rec, failures
 
 
 def teacher_failed(answered: list[dict]) -> str | None:
@@ -128,7 +138,8 @@ def teacher_failed(answered: list[dict]) -> str | None:
     if not answered or any(r["text"] is not None for r in answered):
         return None
     return (
-        f"rationales/teacher: all {len(answered)} requests failed; the first: {answered[0]['finish_reason']}. "
+        f"rationales/teacher: all {len(answered)} requests failed; the first: "
+        f"{answered[0]['error_kind']}: {answered[0]['error']}. "
         "Nothing was written: fix the cause and run again (the stage starts over)"
     )
 
@@ -136,35 +147,10 @@ def teacher_failed(answered: list[dict]) -> str | None:
 def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
     start, task = time.perf_counter(), task_of(cfg)
     splits, data_report = read_task(cfg)
-    counters, spend = {}, {}
+    spend, teacher_failures = {}, ({}, {})
     if cfg.teacher.source == "generate":
-        names = list(splits)
-        replied, rec = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
-        bounds = [0]
-        for n in names:
-            bounds.append(bounds[-1] + len(splits[n]))
-        splits = {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}
-        spend = {
-            "prompt_tokens": rec.prompt_tokens,
-            "completion_tokens": rec.completion_tokens,
-            "api_requests": rec.api_requests,
-            "api_cached": rec.api_cached,
-            "cost_usd": rec.cost_usd,
-        }
-        counters.update(spend)
-    parsed, failures = {}, {}
-    for split, rows in splits.items():
-        parsed[split], failures[split] = parse_rows(rows, task)
-        if cfg.teacher.source == "released":
-            d = cfg.data
-            where = (
-                (d.train_file if split == "train" else d.test_file)
-                if d.task == "jsonl"
-                else f"{d.folder()}/{d.task} {split}"
-            )
-            problem = alignment_problem(parsed[split], task, where)
-            if problem:
-                raise TaskDataError(problem)
+        splits, spend, teacher_failures = teacher_replies(cfg, run, splits, task)
+    parsed, failures = parsed_splits(cfg, splits, task)
     dev = parsed.get("valid", [])
     tables = {
         "train": [{**r, "split": "train"} for r in parsed["train"]] + [{**r, "split": "valid"} for r in dev],
@@ -174,10 +160,12 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         run.write_table(f"rationales/{name}.parquet", pa.Table.from_pylist(rows, schema=ROWS))
     test = parsed["test"]
     # Unparsed replies count as wrong: the teacher's line is what its answers are worth as labels.
-    teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name)
+    teacher_accuracy = accuracy([r["teacher_label"] for r in test], [r["label"] for r in test], task.name, cfg.accuracy)
     summary = {
         "rows": {split: len(rows) for split, rows in parsed.items()},
         "parse_failures": {s: dict(c) for s, c in failures.items()},
+        "teacher_failed_by_kind": teacher_failures[0],  # requests that failed: their rows are no_reply
+        "teacher_failure_examples": teacher_failures[1],
         "teacher_test_accuracy": teacher_accuracy,
         "source": cfg.teacher.source,
         "spend": spend,
@@ -191,49 +179,85 @@ def rationales(cfg: StepByStepConfig, run: RunDir) -> StageResult:
         summary["parse_failures"],
         teacher_accuracy,
     )
-    counters["rows"] = sum(summary["rows"].values())
-    return StageResult(counters=counters, summary=summary)
+    return StageResult(counters={**spend, "rows": sum(summary["rows"].values())}, summary=summary)
+
+
+def teacher_replies(cfg: StepByStepConfig, run: RunDir, splits: dict[str, list[dict]], task: Task):
+    """Every split's rows with the teacher's replies, asked in one call -> (the splits, the call's
+    spend, its failed requests by kind with the first message of each)."""
+    names = list(splits)
+    replied, rec, failures = ask_teacher(cfg, run, [r for n in names for r in splits[n]], task)
+    bounds = [0]
+    for n in names:
+        bounds.append(bounds[-1] + len(splits[n]))
+    spend = {
+        "prompt_tokens": rec.prompt_tokens,
+        "completion_tokens": rec.completion_tokens,
+        "api_requests": rec.api_requests,
+        "api_cached": rec.api_cached,
+        "cost_usd": rec.cost_usd,
+    }
+    return {n: replied[a:b] for n, a, b in zip(names, bounds, bounds[1:])}, spend, failures
+
+
+def parsed_splits(cfg: StepByStepConfig, splits: dict[str, list[dict]], task: Task):
+    """-> (each split's rows parsed into rationale and label, parse failures by reason per split).
+    Released completions must belong to their examples (alignment_problem)."""
+    parsed, failures = {}, {}
+    for split, rows in splits.items():
+        parsed[split], failures[split] = parse_rows(rows, task)
+        if cfg.teacher.source == "released":
+            d = cfg.data
+            where = (
+                (d.train_file if split == "train" else d.test_file)
+                if d.task == "jsonl"
+                else f"{d.folder()}/{d.task} {split}"
+            )
+            problem = alignment_problem(parsed[split], task, where)
+            if problem:
+                raise TaskDataError(problem)
+    return parsed, failures
 
 
 # --- train ---------------------------------------------------------------------------
 
 
-def method_rows(rows: list[dict], method: str, label_source: str) -> list[dict]:
-    """What each method learns from: gold labels (standard_finetune), the teacher's labels
-    (standard_distill), labels plus the teacher's rationales (step_by_step). A row whose reply
-    gave no label is left out where the teacher's label is needed; with gold labels,
-    step_by_step keeps it when its reply has a rationale (as the reference does)."""
-    teacher_labels = method == "standard_distill" or (method == "step_by_step" and label_source == "teacher")
-    out = []
-    for r in rows:
-        if (teacher_labels and r["parse_failure"]) or (method == "step_by_step" and not r["rationale"]):
-            continue
-        row = {"id": r["id"], "input": r["input"], "label": r["teacher_label"] if teacher_labels else r["label"]}
-        if method == "step_by_step":
-            row["rationale"] = r["rationale"]
-        out.append(row)
-    return out
-
-
-def cell_rows(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of a cell, both with the method's labels."""
-    table = run.read_table("rationales/train.parquet").to_pylist()
+def cell_rows(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> tuple[list[dict], list[dict], dict]:
+    """(training rows, validation rows, what became of the fraction's rows: row_counts). Both
+    with the student's inputs (data.nli_input); training rows with the method's labels, and so
+    validation rows, except that `validation_labels: gold_dev` scores against the official dev
+    split's gold labels where there is one."""
+    eos = student_eos(cfg, cell.student)
+    table = student_inputs(run.read_table("rationales/train.parquet").to_pylist(), cfg.data.nli_input, eos)
     dev = [r for r in table if r["split"] == "valid"] or None
     train, valid = fraction_split(
         [r for r in table if r["split"] == "train"], cell.fraction, cfg.data.valid_fraction, cell.seed, dev
     )
-    return method_rows(train, cell.method, cell.label_source), method_rows(valid, cell.method, cell.label_source)
+    unparsed, method, labels = cfg.unparsed_rows, cell.method, cell.label_source
+    if dev and cfg.validation_labels == "gold_dev":
+        scored = [{"id": r["id"], "input": r["input"], "label": r["label"]} for r in valid]
+    else:
+        scored = method_rows(valid, method, labels, unparsed)
+    return method_rows(train, method, labels, unparsed), scored, row_counts(train, method, labels, unparsed)
 
 
-def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: Task):
+def student_eos(cfg: StepByStepConfig, student: str) -> str | None:
+    """The student tokenizer's end-of-sequence token, which joins premise and hypothesis with
+    `data.nli_input: eos_joined` (T5: "</s>"); None where no input needs it."""
+    from lion_distill.train.batches import load_tokenizer
+
+    return load_tokenizer(student).eos_token if cfg.data.nli_input == "eos_joined" else None
+
+
+def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: Task, eos: str | None = None):
     """best: the cell's validation rows, `validations` times, the best export kept; reference:
     test every `eval_steps` (or as often as `validations` where no step budget is set), the last
-    export kept."""
+    export kept. `eos`: student_eos, for the test rows' inputs."""
     from lion_distill.train import Validation
 
     s = cfg.student
     if cfg.validation == "reference":
-        scored = run.read_table("rationales/test.parquet").to_pylist()
+        scored = student_inputs(run.read_table("rationales/test.parquet").to_pylist(), cfg.data.nli_input, eos)
         count, keep = math.ceil(cfg.steps / cfg.eval_steps) if cfg.steps else cfg.validations, "last"
     else:
         scored, count, keep = valid, cfg.validations, "best"
@@ -248,6 +272,7 @@ def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: 
             batch_size=s.batch_size,
             max_new_tokens=s.max_new_tokens,
             max_model_len=cfg.train.max_length,
+            match=cfg.accuracy,
         ),
     )
 
@@ -256,7 +281,7 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
     from lion_distill.train import delete_checkpoints, train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
-    rows, valid = cell_rows(cfg, run, cell)
+    rows, valid, counts = cell_rows(cfg, run, cell)
     if not rows or not valid:
         raise ValueError(
             f"{cell.key}: {len(rows)} training and {len(valid)} validation rows "
@@ -271,10 +296,33 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         run.uri_of(slug, "model"),
         name=slug.replace("/", "-"),
         task="multitask" if cell.method == "step_by_step" else "standard",
-        validation=validation_for(cfg, run, valid, task),
+        validation=validation_for(cfg, run, valid, task, student_eos(cfg, cell.student)),
+        keep_empty_targets=cfg.unparsed_rows == "keep",
     )
     if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
         delete_checkpoints(result.model_dir)
+    summary = cell_summary(cfg, cell, len(rows), len(valid), counts, result)
+    summary["seconds"] = time.perf_counter() - start
+    run.write_json(f"{slug}/result.json", summary)
+    scored_on = "test" if cfg.validation == "reference" else "valid"
+    log.info(
+        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
+        slug,
+        len(rows),
+        summary["steps"],
+        scored_on,
+        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in summary["validations"]},
+        result.best_step,
+    )
+    return StageResult(
+        outputs={f"model/{cell.key}": result.model_dir},
+        counters={"train_samples": result.record.rows},
+        summary={cell.key: summary},
+    )
+
+
+def cell_summary(cfg: StepByStepConfig, cell: Cell, rows: int, valid_rows: int, counts: dict, result) -> dict:
+    """A trained cell's result.json: its grid coordinates, its validations, what was kept."""
     scored_on = "test" if cfg.validation == "reference" else "valid"
     validations = [
         {
@@ -286,14 +334,15 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         }
         for v in result.validations
     ]
-    summary = {
+    return {
         "method": cell.method,
         "label_source": cell.label_source,
         "fraction": cell.fraction,
         "seed": cell.seed,
         "student": cell.student,
-        "rows": len(rows),
-        "valid_rows": len(valid),
+        "rows": rows,
+        "row_counts": counts,
+        "valid_rows": valid_rows,
         "validation": cfg.validation,
         "steps": result.record.extra["steps"],
         "epochs": round(result.validations[-1]["epoch"], 2),
@@ -301,26 +350,10 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         "best_step": result.best_step,
         "model_dir": result.model_dir,
         "samples": result.record.rows,
-        "seconds": time.perf_counter() - start,
         # what `--plan` prices the next run's training GPU-hours with
         "tokens_per_s": result.record.extra.get("tokens_per_s"),
         "gpus": result.record.gpus,
     }
-    run.write_json(f"{slug}/result.json", summary)
-    log.info(
-        "[%s] %d rows, %d steps, %s accuracy %s, kept step %d",
-        slug,
-        len(rows),
-        summary["steps"],
-        scored_on,
-        {v["step"]: round(v[f"{scored_on}_accuracy"], 4) for v in validations},
-        result.best_step,
-    )
-    return StageResult(
-        outputs={f"model/{cell.key}": result.model_dir},
-        counters={"train_samples": result.record.rows},
-        summary={cell.key: summary},
-    )
 
 
 def _dataset(rows: list[dict]):
@@ -363,8 +396,10 @@ def evaluate(cfg: StepByStepConfig, run: RunDir, models: dict[str, str]) -> Stag
         rel = f"evaluate/{cell.key}.json"
         result = run.read_json(rel)
         if result is None:
-            predictions = predict(cfg, models[f"model/{cell.key}"], test, f"evaluate/{cell.key}")
-            result = {"accuracy": accuracy(predictions, gold, task.name), "predictions": predictions}
+            model = models[f"model/{cell.key}"]
+            shown = student_inputs(test, cfg.data.nli_input, student_eos(cfg, model))
+            predictions = predict(cfg, model, shown, f"evaluate/{cell.key}")
+            result = {"accuracy": accuracy(predictions, gold, task.name, cfg.accuracy), "predictions": predictions}
             run.write_json(rel, result)
         scored.append(
             {

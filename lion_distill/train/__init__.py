@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from lion_distill.config.models import TrainConfig
 from lion_distill.train.result import TrainResult
 from lion_distill.train.validation import Validation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the step code imports without pydantic, pyarrow or Ray (benchmarks/gpu_smoke.py)
     import ray.data
+
+    from lion_distill.config.models import TrainConfig
 
 __all__ = ["TrainResult", "Validation", "delete_checkpoints", "train_causal_sft", "train_seq2seq_multitask"]
 
@@ -66,11 +67,14 @@ def train_seq2seq_multitask(
     name: str,
     task: Literal["multitask", "standard"] = "multitask",
     validation: Validation | None = None,
+    keep_empty_targets: bool = False,
 ) -> TrainResult:
     """Distilling step-by-step: rows `input`, `label`, `rationale` (multitask only).
-    "multitask": loss = label loss + cfg.rationale_weight * rationale loss;
+    "multitask": loss = cfg.label_weight * label loss + cfg.rationale_weight * rationale loss;
     "standard": the label-only fine-tuning / distillation baseline.
-    `validation`: scored during the run; `output_dir` gets the best export, not the last."""
+    `validation`: scored during the run; `output_dir` gets the best export, not the last.
+    `keep_empty_targets`: a blank label or rationale trains (as the end-of-sequence token), as the
+    reference trains every row, instead of leaving its row out."""
     from lion_distill.train.loop import fit
 
     if task not in ("multitask", "standard"):
@@ -83,6 +87,7 @@ def train_seq2seq_multitask(
         name=name,
         kind=task,
         validation=validation,
+        keep_empty_targets=keep_empty_targets,
     )
 
 

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
-from lion_distill.train.chat import IGNORE, tokenize_chat
+from lion_distill.train.chat import tokenize_chat
+from lion_distill.train.targets import IGNORE, LABEL_TASK, RATIONALE_TASK  # noqa: F401 (B.LABEL_TASK, ...)
 
-# IGNORE (-100, lion_distill.train.chat): labels with this value add nothing to the loss (torch's ignore_index)
+# IGNORE (-100, lion_distill.train.targets): labels with this value add nothing to the loss (torch's ignore_index)
 # Distilling step-by-step's task prefixes, exactly as its code writes them
 # (google-research/distilling-step-by-step run.py; the paper's figure says "[label]"
 # and "[rationale]"): a model trained by either code answers the other's prompts.
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
-LABEL_TASK, RATIONALE_TASK = 0, 1
 ROW = "row_index"  # a training row's place in the global row index (0..n-1) that epoch_order deals out
 
 
@@ -131,25 +131,37 @@ def _alpaca(tok, prompt: list[int], answer: list[int], text: str, whole: bool, m
     return np.asarray(prompt + target, dtype=np.int64), np.asarray([IGNORE] * len(prompt) + target, dtype=np.int64)
 
 
-def tokenize_seq2seq(batch: dict, *, tokenizer_path: str, max_length: int, task: str) -> dict:
+def tokenize_seq2seq(
+    batch: dict,
+    *,
+    tokenizer_path: str,
+    max_length: int,
+    task: str,
+    max_target_length: int | None = None,
+    keep_empty_targets: bool = False,
+) -> dict:
     """Step-by-step rows -> a label-task pair (prefixed input -> label) and, for
-    `task="multitask"`, a rationale-task pair (prefixed input -> rationale)."""
+    `task="multitask"`, a rationale-task pair (prefixed input -> rationale). Inputs are cut at
+    `max_length` tokens, targets at `max_target_length` (default: `max_length`). A blank label or
+    rationale leaves its row out, unless `keep_empty_targets` (the reference's: it drops no row),
+    when it is trained as the end-of-sequence token alone."""
     tok = load_tokenizer(tokenizer_path)
     inputs, labels = _texts(batch, "input"), _texts(batch, "label")
 
-    def encode(texts: list[str]) -> list[np.ndarray]:
-        ids = tok(texts, max_length=max_length, truncation=True)["input_ids"]
+    def encode(texts: list[str], limit: int = max_length) -> list[np.ndarray]:
+        ids = tok(texts, max_length=limit, truncation=True)["input_ids"]
         return [np.asarray(x, dtype=np.int64) for x in ids]
 
-    out = {"label_input_ids": encode([LABEL_PREFIX + x for x in inputs]), "label_labels": encode(labels)}
-    usable = np.asarray([bool(x.strip()) and bool(y.strip()) for x, y in zip(inputs, labels)])
+    target = max_target_length or max_length
+    out = {"label_input_ids": encode([LABEL_PREFIX + x for x in inputs]), "label_labels": encode(labels, target)}
+    usable = np.asarray([bool(x.strip()) and (keep_empty_targets or bool(y.strip())) for x, y in zip(inputs, labels)])
     n_prompt = np.asarray([len(x) for x in out["label_input_ids"]])
     n_target = np.asarray([len(y) for y in out["label_labels"]])
     if task == "multitask":
         rationales = _texts(batch, "rationale")
         out["rationale_input_ids"] = encode([RATIONALE_PREFIX + x for x in inputs])
-        out["rationale_labels"] = encode(rationales)
-        usable &= np.asarray([bool(r.strip()) for r in rationales])
+        out["rationale_labels"] = encode(rationales, target)
+        usable &= np.asarray([keep_empty_targets or bool(r.strip()) for r in rationales])
         n_prompt = n_prompt + [len(x) for x in out["rationale_input_ids"]]
         n_target = n_target + [len(y) for y in out["rationale_labels"]]
     out["n_prompt_tokens"] = n_prompt

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lion_distill.llm.reasoning import THINK_CLOSE, THINK_OPEN
+from lion_distill.train.targets import IGNORE
 
-IGNORE = -100
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as transformers and TRL detect it
 TEMPLATE_KEYS = ("tool_calls", "tool_call_id", "name")  # a turn's fields passed to the template beside content
 

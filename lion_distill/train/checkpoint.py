@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -84,10 +83,21 @@ def export_hf(model, tokenizer_path: str, output_dir: str, *, dtype: torch.dtype
         training_use_cache, model.config.use_cache = model.config.use_cache, True  # the export generates
         model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
         model.config.use_cache = training_use_cache  # training goes on after a validation's export
+        name_dtype(tmp, dtype)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
         publish_dir(tmp, output_dir)
+
+
+def name_dtype(folder: str, dtype: torch.dtype) -> None:
+    """config.json names the dtype the weights were written in. save_pretrained names the model's
+    own (fp32 master weights) whatever the state dict it is given: a bf16 export said float32, and
+    `dtype="auto"` loaders (vLLM, transformers) then upcast it."""
+    path = Path(folder, "config.json")
+    config = json.loads(path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def publish_dir(local: str, target: str) -> None:
@@ -100,6 +110,8 @@ def publish_dir(local: str, target: str) -> None:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         return
+    import pyarrow.fs as pafs  # only for a URI: the step code runs where pyarrow is not installed
+
     fs, path = pafs.FileSystem.from_uri(target)
     fs.delete_dir_contents(path, missing_dir_ok=True)
     pafs.copy_files(local, path, destination_filesystem=fs)
@@ -110,6 +122,8 @@ def delete_dir(target: str) -> None:
     if "://" not in target:
         shutil.rmtree(target, ignore_errors=True)
         return
+    import pyarrow.fs as pafs
+
     fs, path = pafs.FileSystem.from_uri(target)
     # Object by object: an object store can list a key that is gone when pyarrow's recursive
     # delete_dir reaches it (Ray Train's storage-validation marker is written and removed by

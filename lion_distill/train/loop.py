@@ -42,11 +42,12 @@ from lion_distill.config.models import TrainConfig
 from lion_distill.data.remote import is_uri, local_model
 from lion_distill.metrics import stage_timer, tracking
 from lion_distill.metrics.curve import TrainingCurve
-from lion_distill.train import batches as B
-from lion_distill.train import lora
-from lion_distill.train import step as S
+from lion_distill.train import batches, lora, step
 from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
+from lion_distill.train.flops import device_peak_flops, mfu, model_flops
+from lion_distill.train.progress import progress_line, relayed
 from lion_distill.train.result import TrainResult
+from lion_distill.train.resume import refuse_changed_schedule, schedule_of
 from lion_distill.train.validation import Validation, best_step, validation_steps
 
 log = logging.getLogger("lion_distill.train")
@@ -68,16 +69,28 @@ def fit(
     name: str,
     kind: str,
     validation: Validation | None = None,
+    keep_empty_targets: bool = False,
     tokenize_kwargs: dict | None = None,
 ) -> TrainResult:
     """`kind`: "causal" (SFT on conversations or instruction/input/response) or a seq2seq task
-    ("multitask" | "standard"). `tokenize_kwargs`: more arguments of the tokenize function."""
+    ("multitask" | "standard"); a seq2seq task's targets are cut at `cfg.max_target_length` and,
+    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone.
+    `tokenize_kwargs`: more arguments of the tokenize function."""
     names = rows.schema().names
     required = CAUSAL_ALPACA if kind == "causal" and "messages" not in names else REQUIRED[kind]
     missing = [c for c in required if c not in names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
-    tokenize = B.tokenize_causal if kind == "causal" else partial(B.tokenize_seq2seq, task=kind)
+    tokenize = (
+        batches.tokenize_causal
+        if kind == "causal"
+        else partial(
+            batches.tokenize_seq2seq,
+            task=kind,
+            max_target_length=cfg.max_target_length,
+            keep_empty_targets=keep_empty_targets,
+        )
+    )
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
         fn_kwargs = {"tokenizer_path": model_path, "max_length": cfg.max_length, **(tokenize_kwargs or {})}
@@ -95,6 +108,8 @@ def fit(
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
             raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+        # A resume with other ranks or batches would silently skip or repeat rows (lion_distill.train.resume).
+        refuse_changed_schedule(storage_path(output_dir), name, schedule_of(cfg, ranks, n_usable))
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
@@ -109,8 +124,11 @@ def fit(
             "ranks": ranks,
             "validation": validation,
             "tracking": tracking.worker_target(name),  # rank 0 logs the per-step curve there
+            "name": name,
         }
-        result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
+        with relayed(log) as lines:  # rank 0's training lines, logged here
+            loop_config["progress"] = lines
+            result = fit_within_deadline(_trainer(cfg, loop_config, output_dir, name, usable), cfg)
         m = result.return_value
         # Inside the timer, so the stage's log line carries these figures.
         rec.rows = m["samples"]
@@ -130,19 +148,20 @@ def fit(
         )
         if validation is not None:
             rec.extra["best_step"] = m["best_step"]
-        if m.get("peak_flops") and rec.gpus:
-            rec.extra["mfu"] = S.mfu(m["params"], tokens_per_s, m["peak_flops"] * rec.gpus)
+        rec.extra["train_step_s"] = m["step_seconds"]
+        if m.get("peak_flops") and rec.gpus:  # over the steps alone: no checkpoint, validation or data wait
+            rec.extra["mfu"] = mfu(m["model_flops"], m["step_seconds"], m["peak_flops"] * rec.gpus)
     return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
 
 
 def _pad_id(model_path: str) -> int:
-    tok = B.load_tokenizer(model_path)
+    tok = batches.load_tokenizer(model_path)
     # LLaMA tokenizers have no pad token; padded positions are masked either way.
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def _usable_rows(rows: ray.data.Dataset, tokenize, fn_kwargs: dict) -> tuple[ray.data.MaterializedDataset, int]:
-    """-> (the rows `tokenize` leaves a target in, tokenised, with their global row index B.ROW
+    """-> (the rows `tokenize` leaves a target in, tokenised, with their global row index batches.ROW
     in the rows' own order; how many rows came in). The order is kept (Ray Data otherwise hands
     blocks on as they finish), so the same rows get the same indices in every attempt: the
     seeded shuffle, and the rows a resumed run skips as already trained, depend on them. Set on
@@ -154,7 +173,7 @@ def _usable_rows(rows: ray.data.Dataset, tokenize, fn_kwargs: dict) -> tuple[ray
 
 
 def _indexed(ds: ray.data.MaterializedDataset) -> ray.data.MaterializedDataset:
-    """The materialized rows with their global row index B.ROW, 0..n-1 in block order, added by
+    """The materialized rows with their global row index batches.ROW, 0..n-1 in block order, added by
     one task per block: only the blocks' row counts reach the driver, never their rows."""
     parts = [
         (entry, piece)
@@ -165,7 +184,7 @@ def _indexed(ds: ray.data.MaterializedDataset) -> ray.data.MaterializedDataset:
         (0, entry.metadata.num_rows) if piece is None else (piece.start_offset, piece.end_offset)
         for entry, piece in parts
     ]
-    offsets = B.block_offsets([end - start for start, end in spans])
+    offsets = batches.block_offsets([end - start for start, end in spans])
     return ray.data.from_arrow_refs(
         [
             _with_row_index.remote(entry.ref, start, end, int(offset))
@@ -179,7 +198,7 @@ def _with_row_index(block, start: int, end: int, offset: int):
     from ray.data.block import BlockAccessor
 
     table = BlockAccessor.for_block(block).to_arrow().slice(start, end - start)
-    return table.append_column(B.ROW, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
+    return table.append_column(batches.ROW, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
 
 
 def _trainer(cfg: TrainConfig, loop_config: dict, output_dir: str, name: str, rows: ray.data.Dataset) -> TorchTrainer:
@@ -266,7 +285,7 @@ def _train_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    model = S.load_sharded(
+    model = step.load_sharded(
         config["model_path"],
         cfg.architecture,
         device,
@@ -275,7 +294,7 @@ def _train_worker(config: dict) -> dict:
         quantization=lora.quantization(cfg.lora, device),
     )
     total_steps, epochs = schedule_length(config["steps_per_epoch"], cfg.epochs, cfg.max_steps)
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps)
     validation: Validation | None = config["validation"]
     validate_at = set(validation_steps(total_steps, validation.count)) if validation else set()
     state = {
@@ -291,38 +310,45 @@ def _train_worker(config: dict) -> dict:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
-    collate = partial(B.collate_causal if config["kind"] == "causal" else B.collate_seq2seq, pad_id=config["pad_id"])
+    collate = partial(
+        batches.collate_causal if config["kind"] == "causal" else batches.collate_seq2seq, pad_id=config["pad_id"]
+    )
     tasks = 2 if config["kind"] == "multitask" else 1
     shard = ray.train.get_dataset_shard("train")  # the whole dataset (in local mode, the Dataset itself)
     rank = dist.get_rank() if dist.is_initialized() else 0
     curve = TrainingCurve(config.get("tracking"), rank)
-    counts = torch.zeros(3, dtype=torch.float64)  # samples, prompt tokens, target tokens
+    counts = torch.zeros(4, dtype=torch.float64)  # samples, prompt tokens, target tokens, model FLOPs
+    flops, step_seconds = model_flops(model), 0.0  # MFU's numerator and the steps' own time
     start = time.perf_counter()
     world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in range(state["epoch"], epochs):
         micro = 0
-        order = B.epoch_order(config["n_rows"], config["ranks"], rank, cfg.seed, epoch)
-        rows = B.rows_of(shard.iter_batches(batch_format="numpy", batch_size=None), order)  # in `order`'s order
-        batches = (collate(b) for b in B.micro_batches(rows, np.arange(len(order)), cfg.batch_size))
-        for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+        order = batches.epoch_order(config["n_rows"], config["ranks"], rank, cfg.seed, epoch)
+        rows = batches.rows_of(shard.iter_batches(batch_format="numpy", batch_size=None), order)  # in `order`'s order
+        collated = (collate(b) for b in batches.micro_batches(rows, np.arange(len(order)), cfg.batch_size))
+        for window in accumulation_windows(collated, cfg.gradient_accumulation_steps):
             if state["step"] >= total_steps:  # max_steps reached mid-epoch
                 break
             micro += len(window)
             if micro <= state["micro_in_epoch"]:  # consumed before the checkpoint we resumed from
                 continue
+            began = time.perf_counter()
             # One normaliser for the whole accumulated batch, on every rank: its answer tokens.
-            tokens = _all_ranks(sum(S.target_tokens(b, cfg.architecture) for b in window), device)
+            tokens = _all_ranks(sum(step.target_tokens(b, cfg.architecture) for b in window), device)
             loss = 0.0
-            for i, batch in enumerate(window):
-                loss += S.backward(model, batch, cfg, device, sync=i == len(window) - 1, tokens=tokens, world=world)
-                counts += _batch_counts(batch, config["kind"], tasks)
+            for batch in window:
+                loss += step.backward(model, batch, cfg, device, tokens=tokens, world=world)
+                counts += _batch_counts(batch, config["kind"], tasks, flops.batch(batch))
             lr = scheduler.get_last_lr()[0]
-            grad_norm = S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+            grad_norm = step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
             loss = float(_all_ranks(torch.tensor([loss], dtype=torch.float64), device)[0]) / world
+            step_seconds += time.perf_counter() - began  # the step synchronised: backward and the norm are read
             curve.log({"train/loss": loss, "train/learning_rate": lr, "train/grad_norm": grad_norm}, state["step"] + 1)
             state.update(step=state["step"] + 1, micro_in_epoch=micro, train_loss_last=loss)
             if state["train_loss_first"] is None:
                 state["train_loss_first"] = loss
+            if cfg.log_every_steps and state["step"] % cfg.log_every_steps == 0:
+                _post_progress(config, state, total_steps, counts, time.perf_counter() - start, resumed_from, device)
             if state["step"] in validate_at:  # before the checkpoint, so a resumed run knows the best so far
                 _validate(
                     model, optimizer, scheduler, validation, config, state, epoch + micro / micro_per_epoch, device
@@ -340,7 +366,7 @@ def _train_worker(config: dict) -> dict:
     counts = _all_ranks(counts, device)
     if validation is None:
         _export(model, cfg, config["model_path"], config["output_dir"], device)
-    samples, prompt_tokens, target_tokens = (int(x) for x in counts.tolist())
+    samples, prompt_tokens, target_tokens = (int(x) for x in counts[:3].tolist())
     return {  # Ray Train hands rank 0's return value to the driver
         "step": state["step"],
         "resumed_from_step": resumed_from,
@@ -350,11 +376,32 @@ def _train_worker(config: dict) -> dict:
         "loop_seconds": loop_seconds,
         "train_loss_first": state["train_loss_first"],
         "train_loss_last": state["train_loss_last"],
-        "params": S.parameter_count(model),
-        "peak_flops": S.peak_flops_per_gpu(),
+        "params": step.parameter_count(model),
+        "model_flops": float(counts[3]),
+        "step_seconds": step_seconds,
+        "peak_flops": device_peak_flops(),
         "validations": state["validations"],
         "best_step": best_step(state["validations"], validation.keep if validation else "best"),
     }
+
+
+def _post_progress(
+    config: dict, state: dict, total_steps: int, counts: torch.Tensor, seconds: float, resumed_from: int, device
+) -> None:
+    """The training line, posted by rank 0. Every rank calls this at the same step: the token
+    count is every rank's (a collective)."""
+    tokens = float(_all_ranks(counts.clone(), device)[1:3].sum())  # prompt + target; a copy: all_reduce is in place
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        line = progress_line(
+            config["name"],
+            state["step"],
+            total_steps,
+            state["train_loss_last"],
+            tokens,
+            seconds,
+            state["step"] - resumed_from,
+        )
+        config["progress"].post.remote(line)
 
 
 def _export(model, cfg: TrainConfig, model_path: str, output_dir: str, device: torch.device) -> None:
@@ -431,9 +478,9 @@ def _all_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.cpu()
 
 
-def _batch_counts(batch: dict, kind: str, tasks: int) -> torch.Tensor:
-    targets = int((batch["labels"] != B.IGNORE).sum())
+def _batch_counts(batch: dict, kind: str, tasks: int, flops: float) -> torch.Tensor:
+    targets = int((batch["labels"] != batches.IGNORE).sum())
     context = int(batch["attention_mask"].sum())
     if kind == "causal":  # the prompt is the unmasked rest of the one sequence
         context -= targets
-    return torch.tensor([batch["input_ids"].shape[0] // tasks, context, targets], dtype=torch.float64)
+    return torch.tensor([batch["input_ids"].shape[0] // tasks, context, targets, flops], dtype=torch.float64)

@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 import tempfile
 from copy import deepcopy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from lion_distill.config.models import LoraConfig
-from lion_distill.train.checkpoint import export_hf, publish_dir, rank, trainable_only
+from lion_distill.train.checkpoint import export_hf, name_dtype, publish_dir, rank, trainable_only
+
+if TYPE_CHECKING:
+    from lion_distill.config.models import LoraConfig
 
 ADAPTER_DIR = "lora_adapter"
 TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
@@ -136,6 +139,7 @@ def export(
         merged.save_pretrained(
             tmp, state_dict={k: v.to(dtype) for k, v in merged.state_dict().items()}, safe_serialization=True
         )
+        name_dtype(tmp, dtype)
         if getattr(merged, "generation_config", None) is not None:
             merged.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)

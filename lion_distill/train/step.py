@@ -17,10 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lion_distill.train.batches import IGNORE, LABEL_TASK, RATIONALE_TASK
-
-# Dense bf16 peak per GPU, for MFU; an unknown GPU reports no MFU rather than a wrong one.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+from lion_distill.train.flops import weights
+from lion_distill.train.targets import IGNORE, LABEL_TASK, RATIONALE_TASK
 
 
 def load_model(model_path: str, architecture: str, quantization=None, device: torch.device | None = None) -> nn.Module:
@@ -88,8 +86,11 @@ def load_sharded(
     except OSError:
         pass  # the model ships none: from_config's default stays
     model = adapt(model)
-    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
     full = adapt(load_model(model_path, architecture)) if dist.get_rank() == 0 else None
+    owners = [parameter_owners(full) if full is not None else None]
+    dist.broadcast_object_list(owners, src=0)
+    tie_as_loaded(model, owners[0])
+    setup_model(model, device, activation_checkpointing=activation_checkpointing, materialize=False)
     set_model_state_dict(
         model,
         full.state_dict() if full is not None else {},
@@ -105,6 +106,30 @@ def load_sharded(
             dist.broadcast(buffer, src=0)
     del full
     return model
+
+
+def parameter_owners(model: nn.Module) -> dict[str, str]:
+    """Each parameter's name -> the first name of the tensor it is: tied names share one."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+def tie_as_loaded(model: nn.Module, owners: dict[str, str]) -> None:
+    """Tie a model built from its config (on the meta device) as from_pretrained tied the loaded one
+    (`owners`, parameter_owners of it). transformers 5 configures every T5 with its head tied to the
+    embeddings (T5Config forces tie_word_embeddings), and from_pretrained unties a head the checkpoint
+    holds with other values, as T5 v1.1's do; built from the config alone the model ties them, and
+    loading both names into its one weight put the head's values in the embeddings."""
+    built = parameter_owners(model)
+    for name, owner in owners.items():
+        if built[name] == owner:
+            continue
+        parent, _, attr = name.rpartition(".")
+        module, current = model.get_submodule(parent), model.get_parameter(name)
+        own = nn.Parameter(torch.empty_like(current), requires_grad=current.requires_grad)
+        setattr(module, attr, own if owner == name else model.get_parameter(owner))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA student's
+        getattr(base, "all_tied_weights_keys", {}).pop(name.removeprefix("base_model.model."), None)  # exported too
 
 
 def quantised_parameters(model: nn.Module) -> set[nn.Parameter]:
@@ -228,35 +253,46 @@ def multitask_loss(
     task: torch.Tensor,
     rationale_weight: float,
     tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Distilling step-by-step: label loss + lambda * rationale loss, each over its own
-    task's target tokens (a batch of label rows only is the standard loss). `tokens`:
-    [label, rationale] token counts to divide by; by default this batch's, the means."""
+    """Distilling step-by-step: label_weight * label loss + rationale_weight * rationale loss,
+    each over its own task's target tokens (0.5 and 0.5: the reference's alpha 0.5); a batch of
+    label rows only is the standard loss, unweighted. `tokens`: [label, rationale] token counts
+    to divide by; by default this batch's, the means."""
     label, rationale = (None, None) if tokens is None else tokens
     loss = masked_token_loss(logits[task == LABEL_TASK], labels[task == LABEL_TASK], label)
     if bool((task == RATIONALE_TASK).any()):
-        loss = loss + rationale_weight * masked_token_loss(
+        loss = label_weight * loss + rationale_weight * masked_token_loss(
             logits[task == RATIONALE_TASK], labels[task == RATIONALE_TASK], rationale
         )
     return loss
 
 
 def seq2seq_loss(
-    model: nn.Module, batch: dict, rationale_weight: float, tokens: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
     ).logits
-    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens)
+    return multitask_loss(logits, batch["labels"], batch["task"], rationale_weight, tokens, label_weight)
 
 
 def batch_loss(
-    model: nn.Module, batch: dict, architecture: str, rationale_weight: float, tokens: torch.Tensor | None = None
+    model: nn.Module,
+    batch: dict,
+    architecture: str,
+    rationale_weight: float,
+    tokens: torch.Tensor | None = None,
+    label_weight: float = 1.0,
 ) -> torch.Tensor:
     if architecture == "causal":
         return causal_lm_loss(model, batch, tokens)
-    return seq2seq_loss(model, batch, rationale_weight, tokens)
+    return seq2seq_loss(model, batch, rationale_weight, tokens, label_weight)
 
 
 def backward(
@@ -265,7 +301,6 @@ def backward(
     cfg,
     device: torch.device,
     *,
-    sync: bool,
     tokens: torch.Tensor | None = None,
     world: int = 1,
 ) -> float:
@@ -275,14 +310,22 @@ def backward(
     on all `world` ranks. The micro-batch's summed loss is divided by them, so every
     answer token weighs the same however tokens fall into micro-batches and ranks (as
     transformers does since 4.46); x world because FSDP averages gradients over ranks.
-    Default: this micro-batch alone, its mean. `sync=False` skips FSDP's gradient
-    reduce-scatter until the last micro-batch."""
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(sync)
+    Default: this micro-batch alone, its mean.
+
+    FSDP reduce-scatters every micro-batch's gradients, so what accumulates is each rank's
+    shard. Skipping that until the last micro-batch (`set_requires_gradient_sync(False)`)
+    saves the communication but keeps an unsharded fp32 copy of every gradient on every rank
+    (FSDP2's unsharded_accumulated_grad): 28 GB more per GPU for a 7B student, out of memory
+    on 40 GB cards."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     tokens = target_tokens(batch, cfg.architecture) if tokens is None else tokens
     with autocast(device):
-        loss = batch_loss(model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device)) * world
+        loss = (
+            batch_loss(
+                model, batch, cfg.architecture, cfg.rationale_weight, tokens.clamp(min=1).to(device), cfg.label_weight
+            )
+            * world
+        )
     loss.backward()
     return loss.detach().item()
 
@@ -298,19 +341,4 @@ def optimizer_step(model: nn.Module, optimizer, scheduler, max_grad_norm: float)
 
 def parameter_count(model: nn.Module) -> int:
     """The model's weights; a 4-bit one (bitsandbytes) counts its unpacked shape, not its bytes."""
-    return sum(
-        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
-        for p in model.parameters()
-    )
-
-
-def mfu(params: int, tokens_per_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: 6 FLOPs per parameter per token (forward + backward)."""
-    return 6.0 * params * tokens_per_s / peak_flops
-
-
-def peak_flops_per_gpu() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return sum(weights(p) for p in model.parameters())
