@@ -2,7 +2,6 @@
 against Lion's own code (tests/reference/lion/: src/chatgpt_inference.py, train.py,
 generate_hard_instruction.py, prompt_hard.txt, prompt_easy.txt, utils.py)."""
 
-import ast
 import copy
 import re
 import string
@@ -24,21 +23,14 @@ from lion_distill.llm.responses import error_row, response_row
 from lion_distill.train.batches import load_tokenizer, tokenize_causal
 from lion_distill.train.card import alpaca_chat_template
 from tests.fixtures.generator_replies import REPLIES
+from tests.reference_code import compiled
 
 LION = Path(__file__).parent / "reference" / "lion"
 
 
 def reference(path: Path, *names: str, source: str | None = None, **namespace) -> dict:
     """Named top-level functions and assignments of a reference file, compiled on their own."""
-    tree = ast.parse(source or path.read_text())
-    chosen = [
-        node
-        for node in tree.body
-        if (isinstance(node, ast.FunctionDef) and node.name in names)
-        or (isinstance(node, ast.Assign) and any(getattr(t, "id", None) in names for t in node.targets))
-    ]
-    exec(compile(ast.Module(chosen, type_ignores=[]), str(path), "exec"), namespace)
-    return {name: namespace[name] for name in names}
+    return compiled(source or path.read_text(), str(path), names, namespace)
 
 
 def test_teacher_is_asked_as_lions_chatgpt_inference():

@@ -1,7 +1,6 @@
 """The referee's and judge's rubrics against the reference code's own text and functions
 (tests/reference/: Lion's chatgpt_referee.py, FastChat's prompt.jsonl and reviewer.jsonl)."""
 
-import ast
 import json
 import math
 import re
@@ -14,6 +13,7 @@ from lion_distill.config.models import LionConfig
 from lion_distill.judging.referee import FAILED, OK, judgment_rows, referee_messages
 from lion_distill.judging.reviews import logprob_scores, parse_score_tuple, parse_scores_last
 from lion_distill.judging.rubrics import RUBRICS, rubric_for
+from tests.reference_code import compiled
 
 REFERENCE = Path(__file__).parent / "reference"
 REPO = Path(__file__).parents[1]
@@ -21,11 +21,7 @@ REPO = Path(__file__).parents[1]
 
 def reference_functions(path: Path, *names: str) -> dict:
     """The named top-level functions of a reference file, compiled on their own (its imports are not needed)."""
-    tree = ast.parse(path.read_text())
-    chosen = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
-    namespace: dict = {}
-    exec(compile(ast.Module(chosen, type_ignores=[]), str(path), "exec"), namespace)
-    return {name: namespace[name] for name in names}
+    return compiled(path.read_text(), str(path), names, {})
 
 
 LION = reference_functions(REFERENCE / "lion/chatgpt_referee.py.txt", "gen_prompt", "parse_score")

@@ -4,7 +4,6 @@ slices shipped in data/step-by-step: the NLI input, exact-match accuracy, the 0.
 256-token targets, validation on the dev split's gold labels, and which rows train. Each is the
 paper configs' setting; the engine's default is the other (docs/paper-fidelity.md)."""
 
-import ast
 import json
 import re
 from pathlib import Path
@@ -23,6 +22,7 @@ from lion_distill.step_by_step.readers import REPO_DATA, read_examples
 from lion_distill.step_by_step.report import unparsed_note
 from lion_distill.step_by_step.stages import cell_rows, rationales
 from lion_distill.step_by_step.tasks import TASKS
+from tests.reference_code import compiled, method_source
 from tests.test_step_by_step_paper import nli_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,17 +50,12 @@ def source(name: str) -> str:
 
 def functions(name: str, *names: str, **namespace) -> dict:
     """Top-level functions of a reference file, compiled on their own."""
-    tree = ast.parse(source(name))
-    chosen = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    exec(compile(ast.Module(chosen, type_ignores=[]), name, "exec"), namespace)
-    return {n: namespace[n] for n in names}
+    return compiled(source(name), name, names, namespace)
 
 
 def method(name: str, cls: str, method_name: str, **namespace):
     """A method of a reference class, compiled as a plain function (its `self` unused or given)."""
-    (klass,) = [n for n in ast.parse(source(name)).body if isinstance(n, ast.ClassDef) and n.name == cls]
-    (fn,) = [n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == method_name]
-    exec(compile(ast.Module([fn], type_ignores=[]), name, "exec"), namespace)
+    exec(compile(method_source(source(name), cls, method_name), name, "exec"), namespace)
     return namespace[method_name]
 
 
@@ -85,12 +80,8 @@ def test_the_nli_input_is_the_references_eos_join(task, tiny_models):
     from lion_distill.train.batches import load_tokenizer
 
     tok = load_tokenizer(str(tiny_models.t5))
-    (join,) = [
-        n
-        for n in ast.walk(ast.parse(source("run.py.txt")))
-        if isinstance(n, ast.Lambda) and "eos_token" in ast.unparse(n)
-    ]
-    feed = eval(compile(ast.Expression(join), "run.py", "eval"), {"tokenizer": tok})  # run.py's own lambda
+    (join,) = re.findall(r"lambda example: \{[^\n]*eos_token[^\n]*\}", source("run.py.txt"))
+    feed = eval(compile(join, "run.py", "eval"), {"tokenizer": tok})  # run.py's own lambda
     examples = [json.loads(line) for line in (REPO_DATA / task / f"{task}_test.json").read_text().splitlines()]
     ours = student_inputs(read_examples(task, "test"), "eos_joined", tok.eos_token)
     assert [r["input"] for r in ours] == [feed(e)["input"] for e in examples]
