@@ -5,8 +5,11 @@ docs/environment.md) and asked through chat completions, as users serve a studen
 
 - end to end, each export's chat template asks a chat request exactly as the student was trained
   (the same prompt tokens, and the same greedy answer as the trained prompt sent raw);
-- the student trained in its own chat template is closer to the teacher: a lower held-out NLL of
-  the teacher's answers, read from the server's prompt logprobs of each answer after its question.
+- each export asked through chat completions is closer to the teacher (a lower held-out NLL of the
+  teacher's answers, read from the server's prompt logprobs of each answer after its question)
+  than the same student asked through the other format's template: the `alpaca` student by more
+  than MARGIN (what an export that kept the base model's chat template cost before,
+  docs/chat-students.md).
 
 LION_TEST_CORRUPT=swap serves each export with the other format's template (trained in one format,
 asked in the other): the NLL test must fail. Figures: benchmarks/RESULTS.md.
@@ -29,23 +32,32 @@ REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
 TRAIN, HELD_OUT = 24, 16  # as tests/test_smol_learning.py: the first 24 train, the last 16 are held out
 CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "" or "swap": a deliberate break, run by hand
-MARGIN = 0.3  # nats per token: below the smallest chat-vs-alpaca gap measured over seeds (benchmarks/RESULTS.md)
+MARGIN = 0.03  # nats per token: half the alpaca student's gap measured in-process (0.065, benchmarks/RESULTS.md)
 
 
-def served_nll(client, model: str, rows: list[dict]) -> tuple[float, int]:
+def served_nll(client, model: str, rows: list[dict], template: str | None = None) -> tuple[float, int]:
     """-> (mean NLL per answer token, answer tokens): each teacher answer scored after its question
-    as the server renders the conversation (its prompt logprobs), the question's tokens counted by
-    the server's own generation prompt."""
+    as the server renders the conversation (its prompt logprobs; `template`: a chat template sent
+    with the request instead of the served one), the question's tokens counted by the server's own
+    generation prompt."""
     total, tokens = 0.0, 0
+    override = {"chat_template": template} if template else {}
     for r in rows:
         question = [{"role": "user", "content": instruction_text(r["instruction"], r["input"])}]
-        asked = client.chat.completions.create(model=model, messages=question, max_tokens=1, temperature=0)
+        asked = client.chat.completions.create(
+            model=model, messages=question, max_tokens=1, temperature=0, extra_body=override
+        )
         scored = client.chat.completions.create(
             model=model,
             messages=[*question, {"role": "assistant", "content": r["response"]}],
             max_tokens=1,
             temperature=0,
-            extra_body={"add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0},
+            extra_body={
+                "add_generation_prompt": False,
+                "continue_final_message": True,
+                "prompt_logprobs": 0,
+                **override,
+            },
         )
         steps = scored.model_extra["prompt_logprobs"][asked.usage.prompt_tokens :]
         total -= sum(next(iter(step.values()))["logprob"] for step in steps)
@@ -53,7 +65,7 @@ def served_nll(client, model: str, rows: list[dict]) -> tuple[float, int]:
     return total / tokens, tokens
 
 
-def _asked_as_trained(client, model: str, trained: str, row: dict, tok) -> None:
+def asked_as_trained(client, model: str, trained: str, row: dict, tok) -> None:
     """A chat request to the export is the prompt the student was trained on: same prompt tokens,
     and the same greedy answer as that prompt sent raw to /v1/completions."""
     question = [{"role": "user", "content": instruction_text(row["instruction"], row["input"])}]
@@ -69,9 +81,7 @@ def _asked_as_trained(client, model: str, trained: str, row: dict, tok) -> None:
 
 
 @pytest.mark.vllm
-def test_a_student_trained_in_its_chat_template_is_closer_to_the_teacher_served_as_users_serve_it(
-    ray_cluster, smol_models, tmp_path
-):
+def test_each_export_served_through_chat_completions_is_asked_as_it_was_trained(ray_cluster, smol_models, tmp_path):
     import openai
     import ray.data
 
@@ -92,13 +102,19 @@ def test_a_student_trained_in_its_chat_template_is_closer_to_the_teacher_served_
         train_causal_sft(
             cfg, student, ray.data.from_items(rows), str(export), name=f"smol-{trained}", prompt_format=trained
         )
-        served_as = {"chat": "alpaca", "alpaca": "chat"}[trained] if CORRUPT == "swap" else trained
-        extra = ("--chat-template", str(templates[served_as])) if CORRUPT else ()
+        other = {"chat": "alpaca", "alpaca": "chat"}[trained]
+        extra = ("--trust-request-chat-template",)
+        if CORRUPT == "swap":
+            extra += ("--chat-template", str(templates[other]))
         with openai_server(export, trained, tmp_path / f"{trained}.log", extra) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
             if not CORRUPT:
-                _asked_as_trained(client, trained, trained, held[0], tok)
-            nll[trained] = served_nll(client, trained, held)
+                asked_as_trained(client, trained, trained, next(r for r in held if not r["input"]), tok)
+            nll[trained] = {
+                "served": served_nll(client, trained, held),
+                "other_template": served_nll(client, trained, held, templates[other].read_text()),
+            }
     print(f"held-out NLL served through chat completions (corrupt={CORRUPT or 'none'}): {nll}")
-    assert nll["chat"][1] > 0 and nll["alpaca"][1] > 0
-    assert nll["chat"][0] + MARGIN < nll["alpaca"][0], nll
+    assert all(n[1] > 0 for student in nll.values() for n in student.values())
+    assert nll["alpaca"]["served"][0] + MARGIN < nll["alpaca"]["other_template"][0], nll
+    assert nll["chat"]["served"][0] < nll["chat"]["other_template"][0], nll
