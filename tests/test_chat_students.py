@@ -1,5 +1,6 @@
 """student.prompt_format (docs/chat-students.md) without Ray: which format a student gets, the
-training rows of each layout, the export's card and an `alpaca` export's chat template, the report."""
+training rows of each layout, the export's card and an `alpaca` export's chat template, the report;
+and each export served by a vLLM server."""
 
 import json
 import shutil
@@ -101,3 +102,23 @@ def test_the_report_names_the_students_format():
     assert line.startswith("Student format: **chat**") and "thinking kept" in line
     assert student_line({"student": {}}) == "" and student_line(None) == ""
     assert line in render_markdown("runs/x", None, [], {}, [], student=line)
+
+
+@pytest.mark.vllm
+def test_each_export_served_by_vllm_asks_a_chat_request_as_it_was_trained(tiny_models, tmp_path):
+    """`vllm serve` of each labelled export (the tiny model): a chat-completions request is the
+    prompt the student was trained on (the same prompt tokens, the same greedy answer as that
+    prompt sent raw). tests/test_smol_chat_students.py does it on trained SmolLM2 students."""
+    import openai
+
+    from tests.fixtures.vllm_server import openai_server
+    from tests.test_smol_chat_students import asked_as_trained
+
+    row = {"instruction": "Name a colour.", "input": ""}
+    for fmt in ("chat", "alpaca"):
+        export = tmp_path / fmt
+        shutil.copytree(tiny_models.llama, export)
+        label_export(str(export), fmt, base_model=str(tiny_models.llama))
+        with openai_server(export, fmt, tmp_path / f"{fmt}.log", max_model_len=256) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
+            asked_as_trained(client, fmt, fmt, row, load_tokenizer(str(export)))
