@@ -5,6 +5,7 @@ tokenization with the loss on assistant turns only, and its prompts in discrimin
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -295,6 +296,48 @@ def test_a_students_format_is_checked_against_its_pool_and_template_at_preflight
     # The tiny template has no form for a thinking: a teacher's thinking cannot be kept.
     [line] = problems(str(tiny_models.llama), plain, teacher={"reasoning": "keep"})
     assert line.startswith("teacher.reasoning: the chat template of") and line.endswith("set teacher.reasoning: drop")
+
+
+def test_a_template_that_cannot_mask_or_refuses_a_conversation_is_one_line_at_preflight(tmp_path, tiny_models):
+    """The tiny tokenizer under two templates: one that renders each answer after a counter its
+    generation prompt never shows (no mask), one that refuses more than two exchanges (each pool
+    conversation longer is named by its file and line)."""
+    from lion_distill.config import RunConfig
+    from lion_distill.preflight import chat_template_problems
+
+    (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT[:3]))
+    role = {"backend": "vllm", "model": "m"}
+
+    def problems(template: str) -> list[str]:
+        student = tmp_path / f"student-{len(template)}"
+        student.mkdir()
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny_models.llama / name, student / name)
+        (student / "chat_template.jinja").write_text(template)
+        cfg = RunConfig(
+            run_dir=str(tmp_path / "run"),
+            data={"pool_files": [str(tmp_path / "chats.jsonl")]},
+            teacher=role,
+            student={"backend": "hf", "model": str(student)},
+            referee=role,
+            generator=role,
+        )
+        return [line.replace(str(student), "STUDENT") for line in chat_template_problems(cfg)]
+
+    counter = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}#{{ loop.index }}: {% endif %}{{ m.content }}|"
+        "{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    [line] = problems(counter)
+    assert line.startswith("student.model: ") and "STUDENT" in line and "cannot be told from the prompt" in line
+    two_exchanges = (
+        "{% if messages | length > 5 %}{{ raise_exception('At most two exchanges') }}{% endif %}"
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert problems(two_exchanges) == [
+        f"{tmp_path / 'chats.jsonl'}:1: the student's chat template refuses this conversation: At most two exchanges"
+    ]
 
 
 def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_last_turn(tmp_path, monkeypatch):
