@@ -133,3 +133,15 @@ def module_aliases(paths) -> list[str]:
 def test_no_module_of_the_package_is_imported_under_an_alias():
     paths = [p for folder in ("lion_distill", "tests", "benchmarks", "jobs") for p in (REPO / folder).rglob("*.py")]
     assert module_aliases(paths) == []
+
+
+def test_what_lion_and_the_evaluation_share_lies_below_both():
+    """Judging (rubrics, review parsing, the pairwise judge) and asking a role over rows
+    (lion_distill.llm.answers) import neither job; the evaluation never imports Lion (Lion reads the
+    evaluation's scores, docs/design.md "Layers")."""
+    packages = package_graph(import_graph())
+    jobs = {"lion_distill.lion", "lion_distill.evaluate"}
+    assert packages["lion_distill.judging"] & jobs == set()
+    assert packages["lion_distill.llm"] & jobs == set()
+    assert "lion_distill.lion" not in packages["lion_distill.evaluate"]
+    assert {"lion_distill.judging"} <= packages["lion_distill.lion"] & packages["lion_distill.evaluate"]
