@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import training  # noqa: E402  (benchmarks/training.py, beside this file)
 
-from lion_distill.train import step as S  # noqa: E402
+from lion_distill.train import step  # noqa: E402
 from lion_distill.train.checkpoint import export_hf, load_checkpoint, save_checkpoint  # noqa: E402
 from lion_distill.train.targets import LABEL_TASK, RATIONALE_TASK  # noqa: E402
 
@@ -143,9 +143,9 @@ def random_batch(run: Run, architecture: str, seed: int) -> dict:
 
 def train_step(model, optimizer, scheduler, batches: list[dict], cfg, device) -> float:
     """One optimizer step over `batches` (accumulated), as lion_distill.train.loop takes it."""
-    tokens = sum(S.target_tokens(b, cfg.architecture) for b in batches)
-    loss = sum(S.backward(model, b, cfg, device, tokens=tokens) for b in batches)
-    S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    tokens = sum(step.target_tokens(b, cfg.architecture) for b in batches)
+    loss = sum(step.backward(model, b, cfg, device, tokens=tokens) for b in batches)
+    step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     return loss
 
 
@@ -153,19 +153,19 @@ def sharded_training(run: Run, folder: str, architecture: str) -> tuple[dict, ob
     """load_sharded on this rank, bf16 against fp32 on one batch, a step at accumulation 1 and 4."""
     cfg = SimpleNamespace(**{**STEP, "architecture": architecture})
     batch = random_batch(run, architecture, seed=0)
-    reference = S.load_model(folder, architecture).to(run.device).eval()  # fp32, no FSDP, no autocast
+    reference = step.load_model(folder, architecture).to(run.device).eval()  # fp32, no FSDP, no autocast
     with torch.no_grad():
-        fp32 = float(S.batch_loss(reference, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
+        fp32 = float(step.batch_loss(reference, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
     del reference
     run.reset_memory()
-    model = S.load_sharded(folder, architecture, run.device)
+    model = step.load_sharded(folder, architecture, run.device)
     figures = {"load_peak_memory_gb": run.peak_memory()}
     with torch.no_grad():
         model.eval()
-        mixed = float(S.batch_loss(model, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
+        mixed = float(step.batch_loss(model, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
         model.train()
     figures.update(loss_fp32=fp32, loss_mixed_precision=mixed, relative_difference=abs(mixed - fp32) / abs(fp32))
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=4)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=4)
     for accumulation in (1, 4):
         if run.left() <= 0:
             figures[f"accumulation_{accumulation}"] = "skipped: the step's share was spent"
@@ -266,8 +266,8 @@ def step_checkpoint(run: Run) -> dict:
 
     folder = saved_model(run, "small", "causal", run.size["small"])
     cfg = SimpleNamespace(**STEP)
-    model = S.load_sharded(folder, "causal", run.device)
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=4)
+    model = step.load_sharded(folder, "causal", run.device)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=4)
     train_step(model, optimizer, scheduler, [random_batch(run, "causal", seed=7)], cfg, run.device)
     checkpoint = run.work / "checkpoint"
     save_checkpoint(checkpoint, model, optimizer, scheduler, {"step": 1})
@@ -300,8 +300,8 @@ def _cpu_rank(rank: int, world: int, rendezvous: str, folder: str, checkpoint: s
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         cpu = torch.device("cpu")
-        model = S.load_sharded(folder, "causal", cpu)
-        optimizer, scheduler = S.build_optimizer(model, SimpleNamespace(**STEP), total_steps=4)
+        model = step.load_sharded(folder, "causal", cpu)
+        optimizer, scheduler = step.build_optimizer(model, SimpleNamespace(**STEP), total_steps=4)
         load_checkpoint(checkpoint, model, optimizer, scheduler)
         export_hf(model, folder, out, dtype=torch.bfloat16)
         dist.barrier()
@@ -319,7 +319,7 @@ def step_qlora(run: Run) -> dict:
         else saved_model(run, "small", "causal", run.size["small"])
     )
     run.reset_memory()
-    model = S.load_sharded(
+    model = step.load_sharded(
         folder,
         "causal",
         run.device,
@@ -327,7 +327,7 @@ def step_qlora(run: Run) -> dict:
         quantization=lora.quantization(settings, run.device),
     )
     cfg = SimpleNamespace(**{**STEP, "learning_rate": 1e-3})
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=3)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=3)
     batch = random_batch(run, "causal", seed=3)
     losses = [train_step(model, optimizer, scheduler, [batch], cfg, run.device) for _ in range(3)]
     run.exports["qlora"] = run.work / "qlora-export"
@@ -335,7 +335,7 @@ def step_qlora(run: Run) -> dict:
     return {
         "losses": losses,
         "finite": all(torch.isfinite(torch.tensor(losses))),
-        "four_bit_weights": len(S.quantised_parameters(model)),
+        "four_bit_weights": len(step.quantised_parameters(model)),
         "peak_memory_gb": run.peak_memory(),
     }
 
@@ -375,7 +375,7 @@ def run_steps(run: Run, budget_s: float, out: Path) -> dict:
     """Each step may run until its share of the budget, and what earlier steps left, is spent."""
     start, spent_share = time.monotonic(), 0.0
     report = {"dry_run": run.dry, "budget_s": budget_s, "steps": {}}
-    for name, step in STEPS.items():
+    for name, measure in STEPS.items():
         spent_share += SHARES[name]
         run.deadline = start + budget_s * spent_share
         if run.left() <= 0:
@@ -383,7 +383,7 @@ def run_steps(run: Run, budget_s: float, out: Path) -> dict:
             continue
         began = time.monotonic()
         try:
-            report["steps"][name] = {"status": "ok", "figures": step(run)}
+            report["steps"][name] = {"status": "ok", "figures": measure(run)}
         except Exception as e:  # one step's failure is a figure too; the rest still run
             tail = traceback.format_exc().strip().splitlines()[-6:]
             report["steps"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:600], "traceback": tail}
