@@ -11,7 +11,7 @@ folder so that the real loading code runs; the tokenizer is the repository's tin
 
 Steps (share of the budget):
 - env (5%): torch, CUDA, NCCL and driver versions, the device, its memory and dense bf16 peak
-  (lion_distill.train.flops), an all-reduce on the rank.
+  (lion_distill.train.flops, or --peak-flops for a GPU the table does not name), an all-reduce on the rank.
 - mfu (20%): benchmarks/training.py's MFU run on the 1.1B LLaMA shape, without and with activation
   checkpointing: tokens/s, MFU, peak memory.
 - llama (15%) and t5 (15%): a 1.1B LLaMA and a T5-v1.1-base (its head its own, as v1.1's checkpoints
@@ -28,7 +28,9 @@ Steps (share of the budget):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -85,6 +87,7 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.exports: dict[str, Path] = {}
         self.deadline = 0.0
+        self.peak_flops = args.peak_flops  # None: the device's by its exact name (lion_distill.train.flops)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -213,9 +216,9 @@ def step_env(run: Run) -> dict:
             cuda=torch.version.cuda,
             nccl=".".join(map(str, torch.cuda.nccl.version())),
             bf16=torch.cuda.is_bf16_supported(),
-            peak_bf16_flops=device_peak_flops(),
             driver=_nvidia_smi("driver_version"),
         )
+    figures["peak_bf16_flops"] = run.peak_flops or device_peak_flops()  # what the mfu step divides by
     return figures
 
 
@@ -237,6 +240,7 @@ def step_mfu(run: Run) -> dict:
             figures[key] = "skipped: the step's share was spent"
             continue
         argv = ["--mode", "mfu", "--device", run.device.type, *run.size["mfu"]]
+        argv += ["--peak-flops", str(run.peak_flops)] if run.peak_flops else []
         args = training.parser().parse_args(argv + (["--activation-checkpointing"] if checkpointing else []))
         figures[key] = training.mfu_run(args, run.device)
         run.reset_memory()
@@ -304,8 +308,12 @@ def _cpu_rank(rank: int, world: int, rendezvous: str, folder: str, checkpoint: s
         optimizer, scheduler = step.build_optimizer(model, SimpleNamespace(**STEP), total_steps=4)
         load_checkpoint(checkpoint, model, optimizer, scheduler)
         export_hf(model, folder, out, dtype=torch.bfloat16)
-        dist.barrier()
+        dist.barrier()  # no rank tears down while the other still talks to it
+        del model, optimizer, scheduler
     finally:
+        # FSDP2's modules hold references in cycles: freed while the group is up, or a rank can
+        # abort in gloo at exit (tests/fixtures/gloo_ranks.py)
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -401,9 +409,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=480.0, help="all steps together (a lent run's command: 600 s)")
     ap.add_argument("--out", default="benchmarks/out/gpu_smoke.json")
     ap.add_argument("--work", help="scratch folder for the models and exports (default: a new temporary one)")
+    ap.add_argument(
+        "--peak-flops",
+        type=float,
+        help="dense bf16 peak of the device for MFU; default: its own by the exact name CUDA reports "
+        "(lion_distill.train.flops.PEAK_BF16_FLOPS), else no MFU",
+    )
     args = ap.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         ap.error("no CUDA device: run with --dry-run for the CPU pass")
+    if args.dry_run:  # one thread a process, as Ray's workers run: on a few shared cores more threads only contend
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # the spawned CPU ranks of `checkpoint`
     run = Run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
