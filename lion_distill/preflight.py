@@ -406,3 +406,28 @@ def cluster_problems(cfg: BaseModel, resources: dict, gpu_ceiling: float = 0.0) 
             if need > gpus
         ]
     return problems
+
+
+def cpu_engine_notes(cfg: BaseModel, cluster) -> list[str]:
+    """vllm roles set for GPUs (bf16 or fp16, or more than one rank) whose engines will start on CPU:
+    the cluster (lion_distill.llm.fit.ClusterGpus) has no GPUs now and Ray reports no autoscaler
+    ceiling. Ray 2.60's own autoscalers (the cluster launcher's, KubeRay's) report none, so to
+    engines_on_gpus a GPU cluster scaled to zero GPU nodes looks like a CPU one (docs/gpu.md)."""
+    from lion_distill.llm.engine_args import CPU_MAX_MODEL_LEN, ranks
+    from lion_distill.llm.fit import engines_on_gpus
+
+    if engines_on_gpus(cluster) or cluster.autoscaler_max is not None:
+        return []
+    gpu_roles = [
+        name
+        for name, role in roles(cfg)
+        if role.backend == "vllm" and (ranks(role) > 1 or role.dtype in ("bfloat16", "float16"))
+    ]
+    if not gpu_roles:
+        return []
+    return [
+        f"{', '.join(gpu_roles)}: set for GPUs, but the cluster has no GPUs now and Ray reports no autoscaler "
+        f"ceiling (Ray 2.60's autoscalers report none), so their engines start on CPU (max_model_len "
+        f"{CPU_MAX_MODEL_LEN} where unset); keep a GPU node running (min_workers: 1, as cluster/ does) "
+        "for GPU engines"
+    ]

@@ -1,4 +1,12 @@
 # Session-wide fixtures live in tests/fixtures/, one module each; import them here.
+import os
+
+# Before any cluster starts: Ray Data's usage poller queries a Prometheus server a local cluster
+# lacks and logs a traceback per poll from a thread; on CPython 3.11 formatting a traceback uses
+# `ast`, whose recursion counter is shared by every thread, and a test's own `ast.parse` then
+# fails with "AST constructor recursion depth mismatch" (CI, 2026-12-07).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 from tests.fixtures.gpu_cluster import gpu_cluster  # noqa: F401
 from tests.fixtures.ray_cluster import ray_cluster  # noqa: F401
 from tests.fixtures.s3_server import s3_bucket, s3_server  # noqa: F401  (sets the S3 endpoint before any cluster starts)

@@ -12,6 +12,7 @@ priors in the config's `plan` section (stated in the plan).
 
 from __future__ import annotations
 
+import math
 from itertools import cycle
 
 from lion_distill.config import RunConfig
@@ -104,13 +105,22 @@ def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
 
 
 def _generator(cfg: RunConfig, rows: list[dict]):
-    """The generator as the plan prices a reply: with Lion's per-seed cap, at the mean cap of the
-    sampled seeds (a round asks at its largest; a reply past its own seed's cap is rejected)."""
+    """The generator as the plan prices a reply under Lion's per-seed cap: a round asks every seed at
+    its largest seed's cap (generator_for_seeds), so a reply is priced at the expected largest cap of
+    new_instructions_per_iteration seeds drawn from the sampled ones."""
     per_word = cfg.lion.generator_tokens_per_seed_word
     if not per_word or not rows:
         return cfg.generator
-    cap = max(1, round(sum(seed_token_cap(r, per_word) for r in rows) / len(rows)))
+    caps = [seed_token_cap(r, per_word) for r in rows]
+    cap = max(1, round(expected_largest(caps, cfg.lion.new_instructions_per_iteration)))
     return cfg.generator.model_copy(update={"sampling": cfg.generator.sampling.model_copy(update={"max_tokens": cap})})
+
+
+def expected_largest(values: list[int], n: int) -> float:
+    """The expected maximum of `n` of `values` drawn without replacement."""
+    values, n = sorted(values), min(n, len(values))
+    # P(max is the (i+1)-th smallest) = (C(i+1, n) - C(i, n)) / C(N, n)
+    return sum(v * (math.comb(i + 1, n) - math.comb(i, n)) for i, v in enumerate(values)) / math.comb(len(values), n)
 
 
 def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
