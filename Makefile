@@ -10,6 +10,9 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_DATA_USE_DATASOURCE_V2 ?= 0
 export TOKENIZERS_PARALLELISM := false
+# Ray Data's usage poller asks a Prometheus server a local cluster does not have and logs a
+# traceback each time: noise in every log, nothing a run needs.
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: demo demo-tiny test install clean
 

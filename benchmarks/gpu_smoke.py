@@ -11,7 +11,7 @@ folder so that the real loading code runs; the tokenizer is the repository's tin
 
 Steps (share of the budget):
 - env (5%): torch, CUDA, NCCL and driver versions, the device, its memory and dense bf16 peak
-  (lion_distill.train.flops), an all-reduce on the rank.
+  (lion_distill.train.flops, or --peak-flops for a GPU the table does not name), an all-reduce on the rank.
 - mfu (20%): benchmarks/training.py's MFU run on the 1.1B LLaMA shape, without and with activation
   checkpointing: tokens/s, MFU, peak memory.
 - llama (15%) and t5 (15%): a 1.1B LLaMA and a T5-v1.1-base (its head its own, as v1.1's checkpoints
@@ -28,7 +28,9 @@ Steps (share of the budget):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import training  # noqa: E402  (benchmarks/training.py, beside this file)
 
-from lion_distill.train import step as S  # noqa: E402
+from lion_distill.train import step  # noqa: E402
 from lion_distill.train.checkpoint import export_hf, load_checkpoint, save_checkpoint  # noqa: E402
 from lion_distill.train.targets import LABEL_TASK, RATIONALE_TASK  # noqa: E402
 
@@ -85,6 +87,7 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.exports: dict[str, Path] = {}
         self.deadline = 0.0
+        self.peak_flops = args.peak_flops  # None: the device's by its exact name (lion_distill.train.flops)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -143,9 +146,9 @@ def random_batch(run: Run, architecture: str, seed: int) -> dict:
 
 def train_step(model, optimizer, scheduler, batches: list[dict], cfg, device) -> float:
     """One optimizer step over `batches` (accumulated), as lion_distill.train.loop takes it."""
-    tokens = sum(S.target_tokens(b, cfg.architecture) for b in batches)
-    loss = sum(S.backward(model, b, cfg, device, tokens=tokens) for b in batches)
-    S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    tokens = sum(step.target_tokens(b, cfg.architecture) for b in batches)
+    loss = sum(step.backward(model, b, cfg, device, tokens=tokens) for b in batches)
+    step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     return loss
 
 
@@ -153,19 +156,19 @@ def sharded_training(run: Run, folder: str, architecture: str) -> tuple[dict, ob
     """load_sharded on this rank, bf16 against fp32 on one batch, a step at accumulation 1 and 4."""
     cfg = SimpleNamespace(**{**STEP, "architecture": architecture})
     batch = random_batch(run, architecture, seed=0)
-    reference = S.load_model(folder, architecture).to(run.device).eval()  # fp32, no FSDP, no autocast
+    reference = step.load_model(folder, architecture).to(run.device).eval()  # fp32, no FSDP, no autocast
     with torch.no_grad():
-        fp32 = float(S.batch_loss(reference, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
+        fp32 = float(step.batch_loss(reference, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
     del reference
     run.reset_memory()
-    model = S.load_sharded(folder, architecture, run.device)
+    model = step.load_sharded(folder, architecture, run.device)
     figures = {"load_peak_memory_gb": run.peak_memory()}
     with torch.no_grad():
         model.eval()
-        mixed = float(S.batch_loss(model, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
+        mixed = float(step.batch_loss(model, {k: v.to(run.device) for k, v in batch.items()}, architecture, 1.0))
         model.train()
     figures.update(loss_fp32=fp32, loss_mixed_precision=mixed, relative_difference=abs(mixed - fp32) / abs(fp32))
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=4)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=4)
     for accumulation in (1, 4):
         if run.left() <= 0:
             figures[f"accumulation_{accumulation}"] = "skipped: the step's share was spent"
@@ -213,9 +216,9 @@ def step_env(run: Run) -> dict:
             cuda=torch.version.cuda,
             nccl=".".join(map(str, torch.cuda.nccl.version())),
             bf16=torch.cuda.is_bf16_supported(),
-            peak_bf16_flops=device_peak_flops(),
             driver=_nvidia_smi("driver_version"),
         )
+    figures["peak_bf16_flops"] = run.peak_flops or device_peak_flops()  # what the mfu step divides by
     return figures
 
 
@@ -237,6 +240,7 @@ def step_mfu(run: Run) -> dict:
             figures[key] = "skipped: the step's share was spent"
             continue
         argv = ["--mode", "mfu", "--device", run.device.type, *run.size["mfu"]]
+        argv += ["--peak-flops", str(run.peak_flops)] if run.peak_flops else []
         args = training.parser().parse_args(argv + (["--activation-checkpointing"] if checkpointing else []))
         figures[key] = training.mfu_run(args, run.device)
         run.reset_memory()
@@ -266,8 +270,8 @@ def step_checkpoint(run: Run) -> dict:
 
     folder = saved_model(run, "small", "causal", run.size["small"])
     cfg = SimpleNamespace(**STEP)
-    model = S.load_sharded(folder, "causal", run.device)
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=4)
+    model = step.load_sharded(folder, "causal", run.device)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=4)
     train_step(model, optimizer, scheduler, [random_batch(run, "causal", seed=7)], cfg, run.device)
     checkpoint = run.work / "checkpoint"
     save_checkpoint(checkpoint, model, optimizer, scheduler, {"step": 1})
@@ -300,12 +304,16 @@ def _cpu_rank(rank: int, world: int, rendezvous: str, folder: str, checkpoint: s
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         cpu = torch.device("cpu")
-        model = S.load_sharded(folder, "causal", cpu)
-        optimizer, scheduler = S.build_optimizer(model, SimpleNamespace(**STEP), total_steps=4)
+        model = step.load_sharded(folder, "causal", cpu)
+        optimizer, scheduler = step.build_optimizer(model, SimpleNamespace(**STEP), total_steps=4)
         load_checkpoint(checkpoint, model, optimizer, scheduler)
         export_hf(model, folder, out, dtype=torch.bfloat16)
-        dist.barrier()
+        dist.barrier()  # no rank tears down while the other still talks to it
+        del model, optimizer, scheduler
     finally:
+        # FSDP2's modules hold references in cycles: freed while the group is up, or a rank can
+        # abort in gloo at exit (tests/fixtures/gloo_ranks.py)
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -319,7 +327,7 @@ def step_qlora(run: Run) -> dict:
         else saved_model(run, "small", "causal", run.size["small"])
     )
     run.reset_memory()
-    model = S.load_sharded(
+    model = step.load_sharded(
         folder,
         "causal",
         run.device,
@@ -327,7 +335,7 @@ def step_qlora(run: Run) -> dict:
         quantization=lora.quantization(settings, run.device),
     )
     cfg = SimpleNamespace(**{**STEP, "learning_rate": 1e-3})
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=3)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=3)
     batch = random_batch(run, "causal", seed=3)
     losses = [train_step(model, optimizer, scheduler, [batch], cfg, run.device) for _ in range(3)]
     run.exports["qlora"] = run.work / "qlora-export"
@@ -335,7 +343,7 @@ def step_qlora(run: Run) -> dict:
     return {
         "losses": losses,
         "finite": all(torch.isfinite(torch.tensor(losses))),
-        "four_bit_weights": len(S.quantised_parameters(model)),
+        "four_bit_weights": len(step.quantised_parameters(model)),
         "peak_memory_gb": run.peak_memory(),
     }
 
@@ -375,7 +383,7 @@ def run_steps(run: Run, budget_s: float, out: Path) -> dict:
     """Each step may run until its share of the budget, and what earlier steps left, is spent."""
     start, spent_share = time.monotonic(), 0.0
     report = {"dry_run": run.dry, "budget_s": budget_s, "steps": {}}
-    for name, step in STEPS.items():
+    for name, measure in STEPS.items():
         spent_share += SHARES[name]
         run.deadline = start + budget_s * spent_share
         if run.left() <= 0:
@@ -383,7 +391,7 @@ def run_steps(run: Run, budget_s: float, out: Path) -> dict:
             continue
         began = time.monotonic()
         try:
-            report["steps"][name] = {"status": "ok", "figures": step(run)}
+            report["steps"][name] = {"status": "ok", "figures": measure(run)}
         except Exception as e:  # one step's failure is a figure too; the rest still run
             tail = traceback.format_exc().strip().splitlines()[-6:]
             report["steps"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:600], "traceback": tail}
@@ -401,9 +409,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=480.0, help="all steps together (a lent run's command: 600 s)")
     ap.add_argument("--out", default="benchmarks/out/gpu_smoke.json")
     ap.add_argument("--work", help="scratch folder for the models and exports (default: a new temporary one)")
+    ap.add_argument(
+        "--peak-flops",
+        type=float,
+        help="dense bf16 peak of the device for MFU; default: its own by the exact name CUDA reports "
+        "(lion_distill.train.flops.PEAK_BF16_FLOPS), else no MFU",
+    )
     args = ap.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         ap.error("no CUDA device: run with --dry-run for the CPU pass")
+    if args.dry_run:  # one thread a process, as Ray's workers run: on a few shared cores more threads only contend
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # the spawned CPU ranks of `checkpoint`
     run = Run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -285,15 +285,19 @@ def _start(job, name: str, cfg, args, notes: list[str]) -> int:
     except ConfigChanged as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    log = logging.getLogger("lion_distill")
     for note in notes:
-        logging.getLogger("lion_distill").info("note: %s", note)
+        log.info("note: %s", note)
     init_ray(args.verbose, args.quiet)
     import ray
 
     from lion_distill.llm.fit import cluster_gpus
-    from lion_distill.preflight import cluster_problems
+    from lion_distill.preflight import cluster_problems, cpu_engine_notes
 
-    problems = cluster_problems(cfg, ray.cluster_resources(), cluster_gpus().ceiling)
+    gpus = cluster_gpus()
+    for note in cpu_engine_notes(cfg, gpus):  # after Ray is joined: what its GPUs say
+        log.info("note: %s", note)
+    problems = cluster_problems(cfg, ray.cluster_resources(), gpus.ceiling)
     if problems:
         return _problems("the cluster lacks what the run asks for", problems)
     run_log = _log_to_run_dir(cfg.run_dir, name)

@@ -122,10 +122,13 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
 
 
 def chat_template_problems(cfg: BaseModel) -> list[str]:
-    """A pool with conversations trains and asks a local student through its chat template."""
+    """A Lion student's format against its pool and template (docs/chat-students.md): `alpaca` has no
+    place for a conversation; `chat` needs a template that renders and masks a conversation (and,
+    with teacher.reasoning keep, renders a thinking), and that accepts each of the pool's
+    conversations, each refused one named by its file and line."""
     from lion_distill.data import load_pool
     from lion_distill.errors import PoolFileError
-    from lion_distill.train.chat import has_chat_template
+    from lion_distill.llm.prompts import has_chat_template, prompt_format
 
     data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
     if not isinstance(data, DataConfig) or student is None or not os.path.isdir(student.model):
@@ -135,12 +138,52 @@ def chat_template_problems(cfg: BaseModel) -> list[str]:
     except PoolFileError:
         return []  # data_problems says why
     chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
-    if chats and not has_chat_template(student.model):
+    fmt = prompt_format(student)
+    if fmt == "alpaca":
+        if not chats:
+            return []
         return [
-            f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
-            "and asked through it (give the tokenizer a chat_template)"
+            f"student.prompt_format: alpaca has no place for a system prompt or earlier turns; the pool has "
+            f"{chats} conversations: set student.prompt_format: chat"
         ]
-    return []
+    if not has_chat_template(student.model):
+        return [
+            f"student.prompt_format: chat, but {student.model} has no chat template (give its tokenizer a "
+            "chat_template, or set student.prompt_format: alpaca)"
+        ]
+    from lion_distill.train.batches import load_tokenizer
+    from lion_distill.train.chat import template_problem
+
+    tok, kwargs = load_tokenizer(student.model), student.chat_template_kwargs
+    reasoning = getattr(getattr(cfg, "teacher", None), "reasoning", "drop")
+    problem = template_problem(tok, kwargs, thinking=reasoning == "keep")
+    if problem:
+        field = "teacher.reasoning" if "thinking" in problem else "student.model"
+        return [f"{field}: {problem}" + ("; set teacher.reasoning: drop" if field == "teacher.reasoning" else "")]
+    return refused_conversations(tok, data, kwargs) if chats else []
+
+
+MAX_LINES = 5  # refused conversations named one a line; the rest counted
+
+
+def refused_conversations(tok, data: DataConfig, template_kwargs: dict) -> list[str]:
+    """Each pool conversation the student's template refuses, by file and line."""
+    from lion_distill.data.readers import LoadReport, checked_rows
+    from lion_distill.llm.prompts import instruction_messages
+    from lion_distill.train.chat import conversation_problem
+
+    refused = []
+    rows = checked_rows(
+        data.pool_files, data.field_map, data.max_instruction_chars, sources=data.sources(), report=LoadReport()
+    )
+    for row, where in rows:
+        if row.get("system") or row.get("history"):
+            messages = [*instruction_messages(row), {"role": "assistant", "content": "answer"}]
+            problem = conversation_problem(tok, messages, template_kwargs)
+            if problem:
+                refused.append(f"{where}: the student's chat template refuses this conversation: {problem}")
+    more = [f"... and {len(refused) - MAX_LINES} more conversations"] if len(refused) > MAX_LINES else []
+    return refused[:MAX_LINES] + more
 
 
 def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
@@ -416,3 +459,28 @@ def cluster_problems(cfg: BaseModel, resources: dict, gpu_ceiling: float = 0.0) 
             if need > gpus
         ]
     return problems
+
+
+def cpu_engine_notes(cfg: BaseModel, cluster) -> list[str]:
+    """vllm roles set for GPUs (bf16 or fp16, or more than one rank) whose engines will start on CPU:
+    the cluster (lion_distill.llm.fit.ClusterGpus) has no GPUs now and Ray reports no autoscaler
+    ceiling. Ray 2.60's own autoscalers (the cluster launcher's, KubeRay's) report none, so to
+    engines_on_gpus a GPU cluster scaled to zero GPU nodes looks like a CPU one (docs/gpu.md)."""
+    from lion_distill.llm.engine_args import CPU_MAX_MODEL_LEN, ranks
+    from lion_distill.llm.fit import engines_on_gpus
+
+    if engines_on_gpus(cluster) or cluster.autoscaler_max is not None:
+        return []
+    gpu_roles = [
+        name
+        for name, role in roles(cfg)
+        if role.backend == "vllm" and (ranks(role) > 1 or role.dtype in ("bfloat16", "float16"))
+    ]
+    if not gpu_roles:
+        return []
+    return [
+        f"{', '.join(gpu_roles)}: set for GPUs, but the cluster has no GPUs now and Ray reports no autoscaler "
+        f"ceiling (Ray 2.60's autoscalers report none), so their engines start on CPU (max_model_len "
+        f"{CPU_MAX_MODEL_LEN} where unset); keep a GPU node running (min_workers: 1, as cluster/ does) "
+        "for GPU engines"
+    ]

@@ -94,6 +94,15 @@ def plan_stages(state: dict, stages: list[str]) -> dict:
     return new
 
 
+def checked(stage: str, result) -> StageResult:
+    """A stage's return, held to the one contract every job's stages keep (docs/design.md)."""
+    if not isinstance(result, StageResult):
+        raise TypeError(
+            f"stage {stage} returned {type(result).__name__}: a stage returns lion_distill.runner.StageResult"
+        )
+    return result
+
+
 def record_stage(state: dict, stage: str, bucket: str, result: StageResult) -> dict:
     """A new state with `stage` complete. Completing out of order is a bug."""
     if next_stage(state) != stage:
@@ -250,7 +259,7 @@ def run_stages(
             log.info("%s: stage %s", job, stage.name)
             try:
                 with tracking.active(tracker):  # the stage's training runs log their curves into it
-                    result = stage.fn(state)
+                    result = checked(stage.name, stage.fn(state))
             except Exception as exc:
                 raise StageError(stage.name, exc) from exc
             crash_point("stage-done")  # the stage's outputs are written, its completion is not

@@ -3,6 +3,7 @@ the openai client's exceptions and HTTP statuses from a scripted server on loopb
 processors' inference errors and the Serve engine's error replies, the budget stop; then a real
 vLLM server's context-length 400. Milliseconds, but for the last test (the session's vLLM server)."""
 
+import ast
 import asyncio
 import re
 from pathlib import Path
@@ -175,6 +176,90 @@ def test_no_code_reads_a_failure_from_its_message():
         "lion_distill/llm/openai_client.py",
         "lion_distill/llm/responses.py",
     ]  # the one reading of a context overflow's text: at the openai edge and Ray's processors'
+
+
+# Where a backend meets its engine or API and reads what it says, once: into an ErrorKind
+# (responses, openai_client), or whether an engine's start failed for good (engine_start,
+# serve_server, vllm_backend read Ray's and Serve's messages: they have no codes).
+EDGE = {
+    "lion_distill/llm/responses.py",
+    "lion_distill/llm/openai_client.py",
+    "lion_distill/llm/engine_start.py",
+    "lion_distill/llm/serve_server.py",
+    "lion_distill/llm/vllm_backend.py",
+}
+# Names a failure's text travels under: a response's `error`/`finish_reason`, a judgment's
+# `failure`/`status`, a reject's `reason`, an exception's message.
+FAILURE_TEXT = re.compile(r"error|failure|finish_reason|status|reason|message|^msg$")
+PREFIX_TESTS = {"startswith", "endswith", "removeprefix", "partition", "split", "find", "index"}
+EXCEPTION_NAMES = {"e", "exc", "err", "error", "exception"}
+PATTERN_TESTS = {"search", "match", "fullmatch", "findall", "finditer", "sub"}
+
+
+def _about_failure_text(node: ast.AST) -> bool:
+    """The expression reads a failure's text: a name, attribute or key like `error`, or an
+    exception made a string (`str(e)`)."""
+    for n in ast.walk(node):
+        name = (
+            n.id
+            if isinstance(n, ast.Name)
+            else n.attr
+            if isinstance(n, ast.Attribute)
+            else n.slice.value
+            if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant)
+            else None
+        )
+        if isinstance(name, str) and FAILURE_TEXT.search(name):
+            return True
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "str" and n.args:
+            if isinstance(n.args[0], ast.Name) and n.args[0].id in EXCEPTION_NAMES:
+                return True
+    return False
+
+
+def text_tests_of_failures(source: str) -> list[int]:
+    """The lines that test a failure's text: by prefix or split (`error.partition(": ")`), by
+    pattern (`re.search(..., error)`, `PATTERN.match(message)`), or by substring
+    (`"timeout" in str(e)`)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        subjects = []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in PREFIX_TESTS:
+                subjects = [node.func.value]
+            elif node.func.attr in PATTERN_TESTS:
+                on_re = isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                subjects = node.args[1:] if on_re else node.args
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
+            subjects = [c for op, c in zip(node.ops, node.comparators) if isinstance(op, (ast.In, ast.NotIn))]
+        if any(_about_failure_text(s) for s in subjects):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_text_test_finder_finds_each_way_of_reading_a_message():
+    src = (
+        'if row["finish_reason"].startswith("failed"): pass\n'
+        'reason, _, detail = error.partition(": ")\n'
+        're.search("context", r["error"])\n'
+        "OVERFLOW.search(message)\n"
+        'ok = "timeout" not in str(e)\n'
+        'fine = "choices" in row and text.startswith("{") and NUMBER.match(reply)\n'
+        'remote = "://" in str(path)\n'
+    )
+    assert text_tests_of_failures(src) == [1, 2, 3, 4, 5]
+
+
+def test_no_code_after_the_backend_edge_reads_a_failure_from_its_text():
+    """A failure after the edge is a typed value: an ErrorKind, a ParseFailure, a Reject
+    (lion_distill.data.records), never a string split or matched to learn what failed."""
+    found = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in sorted((REPO / "lion_distill").rglob("*.py"))
+        if str(path.relative_to(REPO)) not in EDGE
+        for line in text_tests_of_failures(path.read_text())
+    ]
+    assert found == []
 
 
 def test_a_real_vllm_servers_context_length_400_is_a_context_overflow(vllm_server):

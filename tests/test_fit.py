@@ -92,6 +92,22 @@ def test_engines_run_on_gpus_where_the_autoscaler_may_add_them():
     assert engines_on_gpus(ClusterGpus(0, 0, 8, autoscaler_max=16))
 
 
+def test_gpu_roles_that_will_start_on_cpu_are_said_where_ray_reports_no_ceiling():
+    """Ray 2.60's autoscalers report no cluster config, so ClusterGpus.autoscaler_max is None on a
+    launcher or KubeRay cluster scaled to zero GPU nodes: preflight says so for the roles set for GPUs."""
+    from lion_distill.config import load_config
+    from lion_distill.preflight import cpu_engine_notes
+
+    gpu_config, cpu_config = load_config(REPO / "configs/lion-7b-vllm.yaml"), load_config(REPO / "configs/demo.yaml")
+    (note,) = cpu_engine_notes(gpu_config, ClusterGpus(0, 0, 0))
+    assert note.startswith("teacher, student, referee, generator: set for GPUs") and "start on CPU" in note
+    assert "max_model_len 512" in note and "min_workers: 1" in note
+    assert cpu_engine_notes(gpu_config, ClusterGpus(8, 8, 8)) == []
+    assert cpu_engine_notes(gpu_config, ClusterGpus(0, 0, 8, autoscaler_max=16)) == []  # the ceiling says GPUs
+    assert cpu_engine_notes(gpu_config, ClusterGpus(0, 0, 0, autoscaler_max=0)) == []  # it says none: CPU it is
+    assert cpu_engine_notes(cpu_config, ClusterGpus(0, 0, 0)) == []  # tiny models in fp32: a CPU config
+
+
 OVER_ASKING = [
     "--set=serving=shared",
     "--set=teacher.parallelism.tensor_parallel_size=2",

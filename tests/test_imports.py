@@ -107,3 +107,41 @@ def test_the_package_graph_collapses_modules_to_their_packages():
 
 def test_no_package_imports_one_that_imports_it_back():
     assert cycles(package_graph(import_graph())) == []
+
+
+def module_aliases(paths) -> list[str]:
+    """`file:line: module as alias` for each of the package's modules imported under another name
+    (`from lion_distill.train import step as S`): a module is read by its own name everywhere."""
+    modules = {module_name(p) for p in (REPO / "lion_distill").rglob("*.py")}
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                named = [(f"{node.module}.{a.name}", a) for a in node.names]
+            elif isinstance(node, ast.Import):
+                named = [(a.name, a) for a in node.names]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(REPO)}:{node.lineno}: {name} as {a.asname}"
+                for name, a in named
+                if a.asname and name in modules and a.asname != name.rsplit(".", 1)[-1]
+            ]
+    return found
+
+
+def test_no_module_of_the_package_is_imported_under_an_alias():
+    paths = [p for folder in ("lion_distill", "tests", "benchmarks", "jobs") for p in (REPO / folder).rglob("*.py")]
+    assert module_aliases(paths) == []
+
+
+def test_what_lion_and_the_evaluation_share_lies_below_both():
+    """Judging (rubrics, review parsing, the pairwise judge) and asking a role over rows
+    (lion_distill.llm.answers) import neither job; the evaluation never imports Lion (Lion reads the
+    evaluation's scores, docs/design.md "Layers")."""
+    packages = package_graph(import_graph())
+    jobs = {"lion_distill.lion", "lion_distill.evaluate"}
+    assert packages["lion_distill.judging"] & jobs == set()
+    assert packages["lion_distill.llm"] & jobs == set()
+    assert "lion_distill.lion" not in packages["lion_distill.evaluate"]
+    assert {"lion_distill.judging"} <= packages["lion_distill.lion"] & packages["lion_distill.evaluate"]

@@ -77,12 +77,14 @@ def test_vllm_seeds_each_drawn_request_on_gpu_and_the_engine_on_cpu():
 
 
 def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_path, monkeypatch):
-    import lion_distill.llm.openai_client as oc
+    from lion_distill.llm import openai_client
     from lion_distill.llm.cache import attach_cache_key, joinable, read_cache
     from tests.fixtures.fault_server import FaultServer
 
-    seeds, real_body = [], oc.request_body
-    monkeypatch.setattr(oc, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a))
+    seeds, real_body = [], openai_client.request_body
+    monkeypatch.setattr(
+        openai_client, "request_body", lambda *a: seeds.append(real_body(*a).get("seed")) or real_body(*a)
+    )
 
     def batch(role, draws=None):
         """A batch as lion_distill.llm.generate hands it to the actor: keyed, and joined to the stage's cache."""
@@ -101,8 +103,8 @@ def test_openai_asks_a_new_draw_again_and_answers_a_repeat_from_the_cache(tmp_pa
             parallelism=Parallelism(batch_size=4),
             openai=OpenAIEndpoint(base_url=server.base_url),
         )
-        generator = oc.OpenAIGenerator(
-            role, role_name="g", api_key=oc.Secret("EMPTY"), run_dir_uri=str(tmp_path), stage="s"
+        generator = openai_client.OpenAIGenerator(
+            role, role_name="g", api_key=openai_client.Secret("EMPTY"), run_dir_uri=str(tmp_path), stage="s"
         )
 
         async def run():  # one event loop: the generator's HTTP session lives on it

@@ -185,6 +185,7 @@ def test_prompts_and_responses_reconcile():
     responses = [
         {
             "text": "t",
+            "reasoning": None,
             "finish_reason": "stop",
             "error_kind": None,
             "error": None,
@@ -367,7 +368,7 @@ def test_leased_gate_one_lease_serves_many_requests():
 
 def recorded_progress_bars(monkeypatch) -> list:
     """Replaces the openai backend's progress bar with one that records (total, n, closed)."""
-    import lion_distill.llm.openai_client as oc
+    from lion_distill.llm import openai_client
 
     bars = []
 
@@ -382,7 +383,7 @@ def recorded_progress_bars(monkeypatch) -> list:
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(oc, "_progress_bar", Bar)
+    monkeypatch.setattr(openai_client, "_progress_bar", Bar)
     return bars
 
 
@@ -390,13 +391,13 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
     """The bare generator (no Ray) on the aiohttp transport: failure reasons and retry
     counts read as they did with httpx (the vendored transport calls a refused connection
     a timeout), and the progress bar counts every request."""
-    import lion_distill.llm.openai_client as oc
     from lion_distill.config.models import Parallelism, SamplingParams
+    from lion_distill.llm import openai_client
     from tests.fixtures.fault_server import FaultServer
 
-    assert "aiohttp" in type(oc._http_client({}, 8)._transport).__mro__[1].__module__
+    assert "aiohttp" in type(openai_client._http_client({}, 8)._transport).__mro__[1].__module__
     bars = recorded_progress_bars(monkeypatch)
-    monkeypatch.setattr(oc, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(openai_client, "PROGRESS_EVERY", 2)
     faults = ["fault:429", "fault:500", "fault:stall", "fault:cutoff", "ok"]
     with FaultServer(stall_s=2.0) as server:
 
@@ -408,7 +409,7 @@ def test_aiohttp_transport_keeps_failure_reasons_retries_and_progress(monkeypatc
                 parallelism=Parallelism(batch_size=8),
                 openai=OpenAIEndpoint(base_url=base_url, timeout_s=0.5, max_retries=1),
             )
-            return oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
+            return openai_client.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
 
         async def ask(base_url, batch):
             generator = gen(base_url)
@@ -441,7 +442,7 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
     stay under max_concurrent_requests, and the actor shows one bar until it goes idle."""
     import urllib.request
 
-    import lion_distill.llm.openai_client as oc
+    from lion_distill.llm import openai_client
     from tests.fixtures.fault_server import FaultServer
 
     bars = recorded_progress_bars(monkeypatch)
@@ -450,7 +451,7 @@ def test_overlapping_batches_share_the_in_flight_cap_and_one_bar(monkeypatch):
         role = RoleConfig(
             backend="openai", model="fake", openai=OpenAIEndpoint(base_url=server.base_url, max_concurrent_requests=2)
         )
-        generator = oc.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
+        generator = openai_client.OpenAIGenerator(role, role_name="t", api_key=Secret("EMPTY"))
 
         def batch(names):
             return {PROMPT_COL: [encode_prompt([{"role": "user", "content": n}]) for n in names], "id": names}

@@ -78,7 +78,7 @@ def test_lion_counts_follow_the_loop(tmp_path, tiny_models):
 def test_lions_own_ways_are_priced_as_they_ask(tmp_path, tiny_models):
     # lion-7b.yaml's: the teacher answers the cache pool again (step 2.1), the referee is asked
     # again while a pass reads more (here 0.5 of 20 pairs a pass: 10, 5, 2.5, 1.25, 0.625), and
-    # each generator reply is priced at the mean of its seed's cap (4 x the seed's words).
+    # each generator reply is priced at its round's expected largest seed cap (4 x the seed's words).
     cfg = config(
         tmp_path,
         str(tiny_models.llama),
@@ -93,9 +93,12 @@ def test_lions_own_ways_are_priced_as_they_ask(tmp_path, tiny_models):
     assert len(retries) == 5
     from lion_distill.lion.generator import seed_token_cap
     from lion_distill.lion.loop import initial_pool
+    from lion_distill.plan.lion import expected_largest
 
-    seeds = initial_pool(cfg)[0].to_pylist()
-    cap = round(sum(seed_token_cap(r, 4) for r in seeds) / len(seeds))
+    caps = sorted(seed_token_cap(r, 4) for r in initial_pool(cfg)[0].to_pylist())
+    assert expected_largest(caps, 1) == sum(caps) / len(caps) and expected_largest(caps, len(caps)) == caps[-1]
+    assert expected_largest([1, 2, 3], 2) == (2 + 3 + 3) / 3  # of the pairs {1,2}, {1,3}, {2,3}
+    cap = round(expected_largest(caps, cfg.lion.new_instructions_per_iteration))
     assert cap != cfg.generator.sampling.max_tokens
     assert lines["iter_0/generation", "generation/generator_round0"].completion_tokens == 8 * cap
 
@@ -338,10 +341,10 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     assert any(
         p.startswith("student.parallelism: replicas 8 (one GPU each, the hf backend) need 8 GPUs") for p in problems
     )
-    from lion_distill.config.models import RoleConfig
+    from lion_distill.config.models import StudentRoleConfig
 
     pipelined = {"pipeline_parallel_size": 2}
-    cfg.student = RoleConfig(
+    cfg.student = StudentRoleConfig(
         backend="vllm", model="m", parallelism={"tensor_parallel_size": 2, "replicas": 2}, engine_kwargs=pipelined
     )
     line = "student.parallelism: tensor_parallel_size 2 x pipeline_parallel_size 2 x replicas 2 need 8 GPUs; the cluster has 4"

@@ -208,14 +208,14 @@ def test_ray_shards_give_identical_decisions(ray_cluster):
 @FAST
 @given(st.lists(word_texts, max_size=10), st.lists(word_texts, max_size=10), thresholds)
 def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshold):
-    from lion_distill.lion import rouge as module
+    from lion_distill.lion import rouge
 
-    old = module._CODE_POINTS
-    module._CODE_POINTS = 3  # a 4th distinct token switches the index to lists of ids
+    old = rouge._CODE_POINTS
+    rouge._CODE_POINTS = 3  # a 4th distinct token switches the index to lists of ids
     try:
         got = NoveltyFilter(pool, threshold=threshold).filter(cands)
     finally:
-        module._CODE_POINTS = old
+        rouge._CODE_POINTS = old
     assert got == brute_force(pool, cands, threshold)
 
 
@@ -224,13 +224,13 @@ def test_vocabulary_beyond_code_points_falls_back_to_lists(pool, cands, threshol
 def test_an_index_built_in_chunks_and_queried_in_small_batches_decides_alike(pool, cands, threshold, split):
     """The pool's index is built a chunk of texts at a time and queries gather postings a batch
     at a time (a million-text pool's sizes): three texts and four entries here."""
-    from lion_distill.lion import rouge as module
+    from lion_distill.lion import rouge
 
-    old = module._CHUNK, module._FLUSH
-    module._CHUNK, module._FLUSH = 3, 4
+    old = rouge._CHUNK, rouge._FLUSH
+    rouge._CHUNK, rouge._FLUSH = 3, 4
     try:
         f = NoveltyFilter(pool, threshold=threshold)
         got = f.filter(cands[:split]) + f.filter(cands[split:])
     finally:
-        module._CHUNK, module._FLUSH = old
+        rouge._CHUNK, rouge._FLUSH = old
     assert got == brute_force(pool, cands, threshold)

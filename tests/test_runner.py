@@ -4,7 +4,16 @@ import pytest
 
 from lion_distill.data import RunDir
 from lion_distill.errors import RunDirFormatError, StateFileError
-from lion_distill.runner import Driver, StageResult, check_format, fresh_state, next_stage, plan_stages, record_stage
+from lion_distill.runner import (
+    Driver,
+    StageResult,
+    check_format,
+    checked,
+    fresh_state,
+    next_stage,
+    plan_stages,
+    record_stage,
+)
 
 
 def test_stages_complete_in_order_with_counters_outputs_and_summaries():
@@ -32,6 +41,13 @@ def test_stages_complete_in_order_with_counters_outputs_and_summaries():
     assert state["outputs"]["student_model"] == "/ckpt/iter_1/imitation"
     assert state["counters"] == {"rows": 30, "cost_usd": pytest.approx(1.5)}
     assert state["summary"] == {"iter_0": {"imitation": True, "discrimination": True}, "iter_1": {"imitation": True}}
+
+
+def test_a_stage_returns_a_stage_result_and_nothing_else():
+    result = StageResult({"student_model": "/m"})
+    assert checked("iter_0/imitation", result) is result
+    with pytest.raises(TypeError, match="stage iter_0/imitation returned tuple: a stage returns"):
+        checked("iter_0/imitation", ({"student_model": "/m"}, {}, {}))  # Lion's stages before issue 34
 
 
 def test_out_of_order_completion_is_refused():

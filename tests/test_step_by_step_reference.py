@@ -131,19 +131,21 @@ def test_the_loss_mix_is_the_references_alpha_half(tiny_models):
     import torch
     from transformers import T5ForConditionalGeneration
 
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
     from lion_distill.train.step import seq2seq_loss
 
     namespace = {}
     exec(compile(source("model_utils.py.txt"), "model_utils.py", "exec"), namespace)  # its collator and trainer
     path = str(tiny_models.t5)
-    tok, model = B.load_tokenizer(path), T5ForConditionalGeneration.from_pretrained(path).eval()
+    tok, model = batches.load_tokenizer(path), T5ForConditionalGeneration.from_pretrained(path).eval()
     rows = [r for r in released("cqa", "train") if r["rationale"]][:4]
     batch = {
         k: np.array([r[c] for r in rows], dtype=object)
         for k, c in (("input", "input"), ("label", "label"), ("rationale", "rationale"))
     }
-    tokenized = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=1024, task="multitask", max_target_length=256)
+    tokenized = batches.tokenize_seq2seq(
+        batch, tokenizer_path=path, max_length=1024, task="multitask", max_target_length=256
+    )
     features = [
         {
             "input_ids": tokenized["label_input_ids"][i].tolist(),
@@ -164,11 +166,11 @@ def test_the_loss_mix_is_the_references_alpha_half(tiny_models):
         theirs = namespace["TaskPrefixTrainer"].compute_loss(trainer, model, inputs)
         ours = seq2seq_loss(
             model,
-            B.collate_seq2seq(tokenized, pad_id=tok.pad_token_id),
+            batches.collate_seq2seq(tokenized, pad_id=tok.pad_token_id),
             rationale_weight=cfg.rationale_weight,
             label_weight=cfg.label_weight,
         )
-        default = seq2seq_loss(model, B.collate_seq2seq(tokenized, pad_id=tok.pad_token_id), rationale_weight=1.0)
+        default = seq2seq_loss(model, batches.collate_seq2seq(tokenized, pad_id=tok.pad_token_id), rationale_weight=1.0)
     assert torch.allclose(ours, theirs, atol=1e-5) and torch.allclose(default, 2 * theirs, atol=1e-5)
 
 
@@ -176,23 +178,23 @@ def test_the_loss_mix_is_the_references_alpha_half(tiny_models):
 
 
 def test_targets_are_cut_at_256_tokens_as_the_reference(tiny_models):
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
 
     run_py = source("run.py.txt")
     for column in ("label", "rationale"):
         assert f"tokenizer(examples['{column}'], max_length=256, truncation=True)" in run_py
     path = str(tiny_models.t5)
-    tok = B.load_tokenizer(path)
+    tok = batches.load_tokenizer(path)
     long = " ".join(r["rationale"] for r in released("svamp", "train"))
     batch = {
         "input": np.array(["q"], dtype=object),
         "label": np.array([long], dtype=object),
         "rationale": np.array([long], dtype=object),
     }
-    cut = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=1024, task="multitask", max_target_length=256)
+    cut = batches.tokenize_seq2seq(batch, tokenizer_path=path, max_length=1024, task="multitask", max_target_length=256)
     expected = tok([long], max_length=256, truncation=True)["input_ids"][0]
     assert cut["label_labels"][0].tolist() == cut["rationale_labels"][0].tolist() == expected and len(expected) == 256
-    whole = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=1024, task="multitask")
+    whole = batches.tokenize_seq2seq(batch, tokenizer_path=path, max_length=1024, task="multitask")
     assert len(whole["rationale_labels"][0]) > 256
     assert all(paper(t).train.max_target_length == 256 for t in PAPER)
     assert StepByStepConfig(run_dir="r", data={"task": "cqa"}).train.max_target_length is None
@@ -232,7 +234,7 @@ def test_teacher_label_cells_select_against_the_dev_splits_gold_labels(tmp_path)
 
 @pytest.mark.parametrize("task", ["cqa", "svamp"])
 def test_every_row_trains_as_in_the_reference_an_unparsed_label_blank(task, tiny_models):
-    from lion_distill.train import batches as B
+    from lion_distill.train import batches
 
     rows = released(task, "train")
     # The reference parses every completion and drops no row: run.py filters nothing before tokenizing.
@@ -260,9 +262,9 @@ def test_every_row_trains_as_in_the_reference_an_unparsed_label_blank(task, tiny
     # A blank target trains as the end-of-sequence token alone; without `keep`, its row is left out.
     batch = {"input": np.array(["q"], dtype=object), "label": np.array([""], dtype=object)}
     path = str(tiny_models.t5)
-    kept = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="standard", keep_empty_targets=True)
-    left = B.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="standard")
-    assert kept["label_labels"][0].tolist() == [B.load_tokenizer(path).eos_token_id]
+    kept = batches.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="standard", keep_empty_targets=True)
+    left = batches.tokenize_seq2seq(batch, tokenizer_path=path, max_length=64, task="standard")
+    assert kept["label_labels"][0].tolist() == [batches.load_tokenizer(path).eos_token_id]
     assert (kept["n_target_tokens"][0], left["n_target_tokens"][0]) == (1, 0)
     assert unparsed_note(row_counts(rows, "standard_distill", "teacher", "keep")) == "1 / 0, trained as blank targets"
     assert all(paper(t).unparsed_rows == "keep" for t in PAPER)

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from lion_distill.config.models import TrainConfig
-from lion_distill.train import batches as B
-from lion_distill.train import step as S
+from lion_distill.train import batches, step
 from tests.fixtures.gloo_ranks import run_ranks
 
 CPU = torch.device("cpu")
@@ -29,7 +28,7 @@ def _cols(**cols) -> dict:
 def causal_rows(path: str) -> dict:
     answers = ["yes", "one two three", " ".join(["word"] * 12), "a b"]
     cols = _cols(instruction=[f"Say {i}." for i in range(4)], input=["", "x", "", "y"], response=answers)
-    return B.tokenize_causal(cols, tokenizer_path=path, max_length=128)
+    return batches.tokenize_causal(cols, tokenizer_path=path, max_length=128)
 
 
 def seq2seq_rows(path: str) -> dict:
@@ -38,7 +37,7 @@ def seq2seq_rows(path: str) -> dict:
         label=["5", "water", "yes", "2"],
         rationale=["2 plus 3 is 5.", "Fish live in water.", "Ice is frozen water, so it is cold.", "One and one."],
     )
-    return B.tokenize_seq2seq(cols, tokenizer_path=path, max_length=64, task="multitask")
+    return batches.tokenize_seq2seq(cols, tokenizer_path=path, max_length=64, task="multitask")
 
 
 def micro_batches(tokens: dict, collate, rows) -> dict:
@@ -50,16 +49,16 @@ def _rank(rank: int, world: int, path: str, architecture: str, checkpointing: bo
     gathered gradients, whether the embeddings are one weight, and the full weights after the step."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    model = S.load_sharded(path, architecture, CPU, activation_checkpointing=checkpointing)
+    model = step.load_sharded(path, architecture, CPU, activation_checkpointing=checkpointing)
     cfg = TrainConfig(architecture=architecture, learning_rate=1e-3, warmup_ratio=0.0)
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=2)
-    tokens = sum(S.target_tokens(b, architecture) for mine in micro for b in mine)  # the whole step's
-    loss = torch.tensor([sum(S.backward(model, b, cfg, CPU, tokens=tokens, world=world) for b in micro[rank])])
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=2)
+    tokens = sum(step.target_tokens(b, architecture) for mine in micro for b in mine)  # the whole step's
+    loss = torch.tensor([sum(step.backward(model, b, cfg, CPU, tokens=tokens, world=world) for b in micro[rank])])
     torch.distributed.all_reduce(loss)
     grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.grad is not None}
     tied = lambda: len({id(model.get_submodule(m).weight) for m in TIED}) == 1  # noqa: E731
     tied_after_sharding = architecture == "seq2seq" and tied()
-    S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save(
@@ -75,12 +74,12 @@ def _rank(rank: int, world: int, path: str, architecture: str, checkpointing: bo
 
 def reference_step(path: str, architecture: str, joined: dict) -> tuple[float, dict, dict]:
     """One process, no FSDP: the same rows as one batch, one step."""
-    model = S.setup_model(S.load_model(path, architecture), CPU)
+    model = step.setup_model(step.load_model(path, architecture), CPU)
     cfg = TrainConfig(architecture=architecture, learning_rate=1e-3, warmup_ratio=0.0)
-    optimizer, scheduler = S.build_optimizer(model, cfg, total_steps=2)
-    loss = S.backward(model, joined, cfg, CPU)
+    optimizer, scheduler = step.build_optimizer(model, cfg, total_steps=2)
+    loss = step.backward(model, joined, cfg, CPU)
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    S.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+    step.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
     return loss, grads, model.state_dict()
 
 
@@ -102,10 +101,10 @@ def test_two_fsdp_ranks_accumulating_equal_one_batch(architecture, tiny_models, 
     """seq2seq: the tied T5, two micro-batches a rank; causal: the LLaMA with activation
     checkpointing, two micro-batches a rank. Four rows either way, against one batch of the four."""
     if architecture == "seq2seq":
-        path, collate = tied_t5(tiny_models, tmp_path / "t5"), B.collate_seq2seq
+        path, collate = tied_t5(tiny_models, tmp_path / "t5"), batches.collate_seq2seq
         tokens = seq2seq_rows(path)
     else:
-        path, collate = str(tiny_models.llama), B.collate_causal
+        path, collate = str(tiny_models.llama), batches.collate_causal
         tokens = causal_rows(path)
     collate_rows = lambda rows: micro_batches(tokens, lambda b: collate(b, pad_id=0), rows)  # noqa: E731
     micro = [[collate_rows([0]), collate_rows([1])], [collate_rows([2]), collate_rows([3])]]
@@ -123,7 +122,7 @@ def test_two_fsdp_ranks_accumulating_equal_one_batch(architecture, tiny_models, 
         for name in TIED:  # one weight under four names, updated once, as one process updates it
             assert torch.equal(got["weights"][f"{name}.weight"], got["weights"]["shared.weight"]), name
         assert torch.allclose(got["weights"]["shared.weight"], weights["shared.weight"], atol=1e-6)
-        assert not torch.equal(got["weights"]["shared.weight"], S.load_model(path, architecture).shared.weight)
+        assert not torch.equal(got["weights"]["shared.weight"], step.load_model(path, architecture).shared.weight)
 
 
 def test_the_export_is_in_the_dtype_its_config_names(tiny_models, tmp_path):
@@ -135,8 +134,8 @@ def test_the_export_is_in_the_dtype_its_config_names(tiny_models, tmp_path):
     from lion_distill.train.checkpoint import export_hf
 
     path = str(tiny_models.llama)
-    full = S.setup_model(S.load_model(path, "causal"), CPU)
-    adapted = get_peft_model(S.load_model(path, "causal"), LoraConfig(r=2, target_modules=["q_proj"]))
+    full = step.setup_model(step.load_model(path, "causal"), CPU)
+    adapted = get_peft_model(step.load_model(path, "causal"), LoraConfig(r=2, target_modules=["q_proj"]))
     for model, out in ((full, tmp_path / "full"), (adapted, tmp_path / "merged")):
         (lora.export if lora.is_lora(model) else export_hf)(model, path, str(out), dtype=torch.bfloat16)
         assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16", out

@@ -24,6 +24,7 @@ from lion_distill.data.hf import read_dataset_source, read_saved_dataset
 from lion_distill.data.records import (
     PoolFileError,
     RawRecord,
+    Reject,
     has_invalid_utf8,
     read_alpaca_json,
     read_jsonl,
@@ -99,8 +100,8 @@ def read_records(
     )
 
 
-def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | None, str | None]:
-    """-> (row, None) when kept, (None, reason) when rejected."""
+def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | None, Reject | None]:
+    """-> (row, None) when kept, (None, why) when rejected."""
     if record.error:
         return None, record.error
     conversation = {}
@@ -108,24 +109,24 @@ def check_record(record: RawRecord, max_instruction_chars: int) -> tuple[dict | 
         try:
             instruction, system, history = parse(record.fields["conversation"][1], record.fields["conversation"][0])
         except BadConversation as e:
-            return None, f"bad_conversation: {e}"
+            return None, Reject("bad_conversation", str(e))
         conversation = {"system": system, "history": history}
         record = RawRecord(record.where, {**record.fields, "instruction": instruction, "input": ""})
         del record.fields["conversation"]
     instruction, got = record.fields["instruction"], record.fields["input"]
     got = "" if got is None else got
     if instruction is None:
-        return None, "missing_field: instruction"
+        return None, Reject("missing_field", "instruction")
     for name, value in (("instruction", instruction), ("input", got)):
         if not isinstance(value, str):
-            return None, f"non_string_field: {name} is {type(value).__name__}"
+            return None, Reject("non_string_field", f"{name} is {type(value).__name__}")
         if has_invalid_utf8(value):
-            return None, "invalid_utf8"
+            return None, Reject("invalid_utf8")
     instruction, got = instruction.strip(), got.strip()
     if not instruction:
-        return None, "empty_instruction"
+        return None, Reject("empty_instruction")
     if len(instruction) > max_instruction_chars:
-        return None, f"instruction_too_long: {len(instruction)} > {max_instruction_chars} characters"
+        return None, Reject("instruction_too_long", f"{len(instruction)} > {max_instruction_chars} characters")
     context = context_key(**conversation) if conversation else ""
     row = {
         "id": instruction_id(instruction, got, context),
@@ -234,10 +235,9 @@ def checked_rows(
     for read in readers:
         for record in read():
             report.rows_in += 1
-            row, error = check_record(record, max_instruction_chars)
-            if error:
-                reason, _, detail = error.partition(": ")
-                report.reject(reason, f"{record.where} ({detail})" if detail else record.where)
+            row, why = check_record(record, max_instruction_chars)
+            if why:
+                report.reject(why.reason, f"{record.where} ({why.detail})" if why.detail else record.where)
             else:
                 yield row, record.where
 

@@ -28,11 +28,22 @@ from lion_distill.data.conversations import conversation_key
 from lion_distill.errors import PoolFileError
 
 
+@dataclass(frozen=True)
+class Reject:
+    """Why a record is not kept: the reason it is counted under, and what about it (may be empty)."""
+
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
 @dataclass
 class RawRecord:
     where: str  # file:line (or file:row N for parquet)
     fields: dict | None = None
-    error: str | None = None  # a reject reason, with a detail after ": "
+    error: Reject | None = None
 
 
 def _decode(path: Path) -> str:
@@ -84,15 +95,15 @@ def _jsonl_records(
     if not line.strip():
         return  # blank lines are layout, not records
     if has_invalid_utf8(line):
-        yield RawRecord(where, error="invalid_utf8")
+        yield RawRecord(where, error=Reject("invalid_utf8"))
         return
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        yield RawRecord(where, error=f"malformed_json: {e.msg} at column {e.colno}")
+        yield RawRecord(where, error=Reject("malformed_json", f"{e.msg} at column {e.colno}"))
         return
     if not isinstance(obj, dict):
-        yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
+        yield RawRecord(where, error=Reject("not_an_object", f"got {type(obj).__name__}"))
     elif not field_map and isinstance(obj.get("instances"), list) and obj["instances"]:
         for k, instance in enumerate(obj["instances"]):
             got = instance.get("input", "") if isinstance(instance, dict) else instance
@@ -132,9 +143,9 @@ def read_alpaca_json(path: Path) -> Iterator[RawRecord]:
                 f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); fix the file and re-run"
             ) from None
         if invalid and has_invalid_utf8(text[pos:end]):
-            yield RawRecord(where, error="invalid_utf8")
+            yield RawRecord(where, error=Reject("invalid_utf8"))
         elif not isinstance(obj, dict):
-            yield RawRecord(where, error=f"not_an_object: got {type(obj).__name__}")
+            yield RawRecord(where, error=Reject("not_an_object", f"got {type(obj).__name__}"))
         else:
             yield record_of(obj, where)
         pos = _skip_space(text, end)

@@ -30,6 +30,7 @@ RESPONSE_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("role", pa.string(), nullable=False),
         pa.field("text", pa.string()),  # null when the request failed
+        pa.field("reasoning", pa.string()),  # a thinking model's thinking, apart from text (lion_distill.llm.reasoning)
         pa.field("finish_reason", pa.string()),  # stop | length | error
         pa.field("error_kind", pa.string()),  # a lion_distill.errors.ErrorKind value; null unless error
         pa.field("error", pa.string()),  # the failure's message; null unless error

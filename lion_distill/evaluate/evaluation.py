@@ -19,6 +19,7 @@ evaluation runs again.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pyarrow as pa
 
@@ -31,7 +32,7 @@ from lion_distill.evaluate.scores import aggregate, check_judged, headline
 from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
 from lion_distill.judging.referee import ANSWER_COLUMNS, judgment_schema
 from lion_distill.llm.answers import answer, read_rows, write_responses
-from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
+from lion_distill.llm.prompts import FORMATS, student_prompt
 from lion_distill.llm.serving import take_engine_metrics
 from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import Metrics, StageRecord
@@ -57,7 +58,7 @@ JUDGMENT_SCHEMA = pa.schema(
     [pa.field("key", pa.string(), nullable=False), pa.field("category", pa.string(), nullable=False)]
     + [f for f in judgment_schema(*ROLES) if f.name != "hard"]  # hard/easy is Lion's, not a score
 )
-PROMPTS = {"alpaca": lambda row: alpaca_prompt(row["instruction"], row["input"]), "chat": instruction_messages}
+PROMPTS = {fmt: partial(student_prompt, prompt_format=fmt) for fmt in FORMATS}  # a candidate asked in its format
 
 
 def _percent(x: float | None) -> str:
@@ -123,7 +124,7 @@ def evaluate(
     records += judge_records
     nll = None
     if teacher is not None:
-        nll, teacher_records = nll_gap(teacher, role.model, questions, run, out)
+        nll, teacher_records = nll_gap(teacher, role, prompt, questions, run, out)
         records += teacher_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments.to_pylist())]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))

@@ -29,10 +29,11 @@ from lion_distill.data.pools import RowFiles
 from lion_distill.data.remote import export_complete
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.errors import NothingToImitate, TooFewRows
-from lion_distill.lion.conversations import conversation_sft, earlier_turns
+from lion_distill.lion.conversations import assistant_turn, conversation_sft, earlier_turns
 from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_not_in, rel, shown, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, answered, answered_mask, response_table, write_responses
+from lion_distill.llm.prompts import instruction_messages, prompt_format
 from lion_distill.llm.serving import training
 from lion_distill.llm.transient import stop_if_transient, transient_mask
 from lion_distill.metrics import StageRecord, usage
@@ -48,7 +49,8 @@ def imitation(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> StageR
     """-> the stage's result: outputs the new student checkpoint, counters, iteration summary."""
     train_pool = shown(pool(run, k, "train"), cfg.lion.show_input)
     responses, answers, records = teacher_answers(cfg, run, k, train_pool)
-    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated)
+    fmt = prompt_format(cfg.student)
+    sft, truncated = sft_table(train_pool, responses, answers, cfg.lion.train_on_truncated, fmt, cfg.teacher.reasoning)
     failed = responses.num_rows - pc.sum(answered_mask(responses).cast(pa.int64())).as_py() if responses.num_rows else 0
     check_trainable(cfg, k, train_pool.num_rows, sft.num_rows, truncated, failed)
     trained = train_student(cfg, run, k, student_model, sft, records)
@@ -162,7 +164,8 @@ def _training_fingerprint(cfg: RunConfig, student_model: str, sft: pa.Table) -> 
 def _teacher_settings(cfg: RunConfig) -> dict:
     """What the teacher's answers depend on: a change makes its saved truncated answers stale."""
     t = cfg.teacher
-    return {"model": t.model, "max_model_len": t.max_model_len, "sampling": t.sampling.model_dump(mode="json")}
+    settings = {"model": t.model, "max_model_len": t.max_model_len, "sampling": t.sampling.model_dump(mode="json")}
+    return settings | ({"chat_template_kwargs": t.chat_template_kwargs} if t.chat_template_kwargs else {})
 
 
 def saved_answers(cfg: RunConfig, run: RunDir, k: int) -> tuple[pa.Table, list[StageRecord]]:
@@ -204,14 +207,22 @@ def check_trainable(cfg: RunConfig, k: int, asked: int, trained: int, truncated:
 
 
 def sft_rows(
-    pool_rows: list[dict], answers: dict[str, dict], train_on_truncated: bool = False
+    pool_rows: list[dict],
+    answers: dict[str, dict],
+    train_on_truncated: bool = False,
+    prompt_format: str = "alpaca",
+    reasoning: str = "drop",
 ) -> tuple[list[dict], int]:
-    """-> (training rows, how many answers were truncated). A truncated answer is left out,
-    or with `train_on_truncated` kept with `complete` False (trained without eos)."""
+    """-> (training rows in `prompt_format`'s layout, how many answers were truncated). A truncated
+    answer is left out, or with `train_on_truncated` kept with `complete` False (trained without
+    an end of turn). `chat`: a `messages` conversation, the teacher's thinking on its assistant
+    turn with `reasoning` "keep"; `alpaca`: Lion's instruction, input, response, complete."""
     sft, truncated = [], 0
     for row in pool_rows:
         if is_conversation(row):
-            chat, cut = conversation_sft(row, answers, train_on_truncated)
+            if prompt_format != "chat":  # preflight refuses such a run (lion_distill.preflight)
+                raise ValueError(f"row id={row['id']!r}: a conversation trains only in student.prompt_format chat")
+            chat, cut = conversation_sft(row, answers, train_on_truncated, reasoning)
             truncated += cut
             sft += [chat] if chat else []
             continue
@@ -220,38 +231,45 @@ def sft_rows(
             continue
         complete = response.get("finish_reason") != "length"
         truncated += not complete
-        if complete or train_on_truncated:
+        if not (complete or train_on_truncated):
+            continue
+        if prompt_format == "chat":
+            messages = [*instruction_messages(row), assistant_turn(response, reasoning)]
+            sft.append({"messages": json.dumps(messages, ensure_ascii=False)})
+        else:
             sft.append(
                 {
                     "instruction": row["instruction"],
                     "input": row["input"],
                     "response": response["text"],
                     "complete": complete,
-                    "messages": "",
                 }
             )
     return sft, truncated
 
 
 SFT_CHUNK_ROWS = 8192  # pool rows made into training rows at once: Python rows for a chunk, never the pool
-SFT_SCHEMA = pa.schema(
-    [
-        ("instruction", pa.string()),
-        ("input", pa.string()),
-        ("response", pa.string()),
-        ("complete", pa.bool_()),
-        ("messages", pa.string()),
-    ]
-)
+# The training rows' two layouts (docs/design.md "Data contracts"), by student.prompt_format.
+SFT_SCHEMAS = {
+    "chat": pa.schema([("messages", pa.string())]),
+    "alpaca": pa.schema(
+        [("instruction", pa.string()), ("input", pa.string()), ("response", pa.string()), ("complete", pa.bool_())]
+    ),
+}
 
 
 def sft_table(
-    train_pool: pa.Table, responses: pa.Table, answers: pa.Table, train_on_truncated: bool = False
+    train_pool: pa.Table,
+    responses: pa.Table,
+    answers: pa.Table,
+    train_on_truncated: bool = False,
+    prompt_format: str = "alpaca",
+    reasoning: str = "drop",
 ) -> tuple[pa.Table, int]:
     """sft_rows over the pool a chunk at a time -> (the training rows as a table, how many answers
     were truncated). `responses` are aligned with the pool; `answers` also hold a conversation's
     earlier turns' answers, which only its chunk reads."""
-    tables, truncated = [], 0
+    schema, tables, truncated = SFT_SCHEMAS[prompt_format], [], 0
     for start in range(0, train_pool.num_rows, SFT_CHUNK_ROWS):
         rows = train_pool.slice(start, SFT_CHUNK_ROWS).to_pylist()
         by_id = {r["id"]: r for r in responses.slice(start, SFT_CHUNK_ROWS).to_pylist()}
@@ -259,10 +277,10 @@ def sft_table(
         if turns:
             found = answers.filter(pc.is_in(answers.column("id"), value_set=pa.array(turns, pa.string())))
             by_id = {**{r["id"]: r for r in first_per_id(found).to_pylist()}, **by_id}
-        sft, cut = sft_rows(rows, by_id, train_on_truncated)
-        tables.append(pa.Table.from_pylist(sft, schema=SFT_SCHEMA))
+        sft, cut = sft_rows(rows, by_id, train_on_truncated, prompt_format, reasoning)
+        tables.append(pa.Table.from_pylist(sft, schema=schema))
         truncated += cut
-    return pa.concat_tables([SFT_SCHEMA.empty_table(), *tables]), truncated
+    return pa.concat_tables([schema.empty_table(), *tables]), truncated
 
 
 def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Table):
@@ -281,6 +299,8 @@ def _train(cfg: RunConfig, run: RunDir, k: int, student_model: str, sft: pa.Tabl
             rows.dataset(),
             run.uri_of(rel(k, "imitation", "student")),
             name=f"{cfg.name}-iter{k}-imitation",
+            prompt_format=prompt_format(cfg.student),
+            chat_template_kwargs=cfg.student.chat_template_kwargs,
         )
     rows.remove()
     return result

@@ -26,6 +26,7 @@ from lion_distill.lion.generation import generation
 from lion_distill.lion.imitation import imitation
 from lion_distill.lion.iteration import merge_iteration_metrics, rel
 from lion_distill.lion.report import write_report
+from lion_distill.llm.prompts import prompt_format
 from lion_distill.llm.serving import job_engines
 from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
@@ -101,7 +102,7 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
         summary, records = evaluate(
-            cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student", teacher=cfg.teacher
+            cfg.eval, run, student, prompt_format(student), rel(k, "eval"), role_name="student", teacher=cfg.teacher
         )
         merge_iteration_metrics(run, k)
         return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
@@ -139,9 +140,18 @@ def load(path: str, overrides: list[str]) -> RunConfig:
     return resolve_local_models(load_config(path, overrides))
 
 
+def with_prompt_format(cfg: RunConfig) -> RunConfig:
+    """The student's format fixed for the run, from the base student (its export may carry a
+    template of its own: lion_distill.train.card)."""
+    return cfg.model_copy(
+        update={"student": cfg.student.model_copy(update={"prompt_format": prompt_format(cfg.student)})}
+    )
+
+
 def resolved(cfg: RunConfig) -> RunConfig:
-    """The config as the run uses it and stores it in config.json: its paths absolute."""
-    return absolute_paths(cfg)
+    """The config as the run uses it and stores it in config.json: its paths absolute, the
+    student's format fixed."""
+    return with_prompt_format(absolute_paths(cfg))
 
 
 def run(cfg: RunConfig, allow_config_change: bool = False) -> dict:

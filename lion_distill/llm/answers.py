@@ -160,6 +160,7 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
         "model": role.model,
         "sampling": role.sampling.model_dump(mode="json"),
         "max_model_len": role.max_model_len,
+        **({"chat_template_kwargs": role.chat_template_kwargs} if role.chat_template_kwargs else {}),
         **{k: kwargs.get(k) for k in ("structured_output", "logprobs", "draw")},
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

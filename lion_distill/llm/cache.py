@@ -56,6 +56,7 @@ RESPONSE_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("logprobs", pa.string()),
+        ("reasoning", pa.string()),  # parts written before it existed lack it: read as none
     ]
 )
 CACHE_SCHEMA = pa.schema([("key", pa.string()), *RESPONSE_SCHEMA])
@@ -70,6 +71,14 @@ def cache_key(
     parts = [model, prompt, sampling, structured_output, logprobs] + ([draw] if draw is not None else [])
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sampling_key(role) -> dict:
+    """What of a role, beside its model, its answers depend on: its sampling and, when it sets
+    them, its chat template's variables (an `enable_thinking` changes the answer). Without
+    them the key is the sampling alone, so keys of older caches hold."""
+    sampling = role.sampling.model_dump()
+    return {**sampling, "chat_template_kwargs": role.chat_template_kwargs} if role.chat_template_kwargs else sampling
 
 
 def request_seed(seed: int | None, draw: str | None) -> int | None:
@@ -168,7 +177,7 @@ def joinable(parts: pa.Table) -> pa.Table:
     """Cache parts -> the cache side of generate's join: one row per key, (CACHE_KEY_COL,
     CACHED_COL: the response as JSON), names no caller's row can hold."""
     parts = first_per_key(parts)
-    responses = parts.select(RESPONSE_SCHEMA.names).to_pylist()
+    responses = parts.select([n for n in RESPONSE_SCHEMA.names if n in parts.column_names]).to_pylist()
     return pa.table(
         {
             CACHE_KEY_COL: parts["key"].cast(pa.string()),

@@ -62,9 +62,10 @@ import openai
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
 from lion_distill.errors import ErrorKind
-from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, read_cache, request_seed
+from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, read_cache, request_seed, sampling_key
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
+from lion_distill.llm.reasoning import message_reasoning
 from lion_distill.llm.responses import (
     CACHE_KEY_COL,
     CACHED_COL,
@@ -241,6 +242,8 @@ def request_body(
         body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
     body["messages" if chat else "prompt"] = prompt
+    if chat and role.chat_template_kwargs:  # vLLM's and Ray Serve LLM's field; sent only when set
+        body["chat_template_kwargs"] = role.chat_template_kwargs
     if logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
     if structured_output:
@@ -259,6 +262,7 @@ def parse_completion(resp, chat: bool) -> dict:
     try:
         choice = resp["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
+        reasoning = message_reasoning(choice["message"]) if chat else None
         logprobs = choice.get("logprobs") or {}
         if chat and logprobs.get("content") is not None:
             steps = [
@@ -273,13 +277,15 @@ def parse_completion(resp, chat: bool) -> dict:
         prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         return error_row(ErrorKind.UNPARSEABLE, f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
+    if text is None and reasoning:  # a reply that is all thinking (cut before its answer)
+        text = ""
     if not isinstance(text, str):
         return error_row(ErrorKind.UNPARSEABLE, "response without text")
     finish = FINISH_REASONS.get(choice.get("finish_reason"), STOP)
     if finish == ERROR:
         failure = error_row(*STOPPED_BY[choice["finish_reason"]])
         return {**failure, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    return response_row(text, finish, prompt_tokens, completion_tokens, top_logprobs_json(steps))
+    return response_row(text, finish, prompt_tokens, completion_tokens, top_logprobs_json(steps), reasoning)
 
 
 # An API's finish_reason -> the row's (stop | length | error); any other (tool_calls, ...) is a stop.
@@ -359,7 +365,7 @@ class OpenAIGenerator:
             {"request": [self._on_request], "response": [self._on_response]}, self.endpoint.max_concurrent_requests
         )
         self._bar, self._done, self._open_batches = None, 0, 0
-        self._sampling = role.sampling.model_dump()  # part of every cache key
+        self._sampling = sampling_key(role)  # part of every cache key
         self.client = openai.AsyncOpenAI(
             api_key=api_key.reveal(),
             base_url=self.endpoint.base_url,

@@ -12,6 +12,7 @@ priors in the config's `plan` section (stated in the plan).
 
 from __future__ import annotations
 
+import math
 from itertools import cycle
 
 from lion_distill.config import RunConfig
@@ -21,7 +22,7 @@ from lion_distill.judging.rubrics import rubric_for
 from lion_distill.lion.generator import KINDS, generator_messages, seed_token_cap
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.ledger import spent_by_role
-from lion_distill.llm.prompts import student_prompt
+from lion_distill.llm.prompts import prompt_format, student_prompt
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.evaluate import EvalEstimates
 from lion_distill.plan.observed import Estimates, Observed
@@ -104,13 +105,22 @@ def _cut_answers(cfg: RunConfig, seen: Observed) -> list[str]:
 
 
 def _generator(cfg: RunConfig, rows: list[dict]):
-    """The generator as the plan prices a reply: with Lion's per-seed cap, at the mean cap of the
-    sampled seeds (a round asks at its largest; a reply past its own seed's cap is rejected)."""
+    """The generator as the plan prices a reply under Lion's per-seed cap: a round asks every seed at
+    its largest seed's cap (generator_for_seeds), so a reply is priced at the expected largest cap of
+    new_instructions_per_iteration seeds drawn from the sampled ones."""
     per_word = cfg.lion.generator_tokens_per_seed_word
     if not per_word or not rows:
         return cfg.generator
-    cap = max(1, round(sum(seed_token_cap(r, per_word) for r in rows) / len(rows)))
+    caps = [seed_token_cap(r, per_word) for r in rows]
+    cap = max(1, round(expected_largest(caps, cfg.lion.new_instructions_per_iteration)))
     return cfg.generator.model_copy(update={"sampling": cfg.generator.sampling.model_copy(update={"max_tokens": cap})})
+
+
+def expected_largest(values: list[int], n: int) -> float:
+    """The expected maximum of `n` of `values` drawn without replacement."""
+    values, n = sorted(values), min(n, len(values))
+    # P(max is the (i+1)-th smallest) = (C(i+1, n) - C(i, n)) / C(N, n)
+    return sum(v * (math.comb(i + 1, n) - math.comb(i, n)) for i, v in enumerate(values)) / math.comb(len(values), n)
 
 
 def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
@@ -122,7 +132,7 @@ def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
 
 def _eval(evaluation: EvalEstimates, cfg: RunConfig, k: int) -> list[Line]:
     """The student as it stands after iteration k's imitation (k = -1: the base student)."""
-    return evaluation.candidate(f"iter_{k}/eval", cfg.student, "student", "alpaca")
+    return evaluation.candidate(f"iter_{k}/eval", cfg.student, "student", prompt_format(cfg.student))
 
 
 def _seed_rows(cfg: RunConfig, run: RunDir | None) -> list[dict]:
@@ -166,9 +176,12 @@ class _Estimates(Estimates):
                 ("generator", "generation/generator"),
             )
         }
+        # A thinking teacher's completion tokens hold its thinking (servers count every generated token):
+        # paid for in full, trained on with teacher.reasoning keep, an upper bound of the training's otherwise.
+        self.note(f"teacher: completion tokens include any thinking (teacher.reasoning: {cfg.teacher.reasoning})")
         self.prompt = {
             "teacher": counters["teacher"].mean([teacher_messages(r) for r in rows]),
-            "student": counters["student"].mean([student_prompt(r) for r in rows]),  # a conversation: its chat template
+            "student": counters["student"].mean([student_prompt(r, prompt_format(cfg.student)) for r in rows]),
             # The review shows both answers: the frame's tokens plus the two replies'.
             "referee": counters["referee"].mean([referee_messages(r, "", "", rubric) for r in rows])
             + self.reply["teacher"][0]

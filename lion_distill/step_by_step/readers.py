@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from lion_distill.data.readers import LoadReport
+from lion_distill.data.records import Reject
 from lion_distill.errors import TaskDataError
 from lion_distill.step_by_step.tasks import NLI_LABELS, Choices, Fixed, Task
 
@@ -134,15 +135,15 @@ def read_jsonl_task(path: str | Path, task: Task, split: str) -> tuple[list[dict
         if not line.strip():
             continue
         report.rows_in += 1
-        reason = None
+        why = None
         try:
             e = json.loads(line)
         except json.JSONDecodeError as exc:
-            e, reason = None, f"malformed_json: {exc.msg}"
-        if reason is None:
-            reason = _problem(e, task)
-        if reason:
-            report.reject(reason.split(":", 1)[0], f"{path}:{number}: {reason}")
+            e, why = None, Reject("malformed_json", exc.msg)
+        if why is None:
+            why = _problem(e, task)
+        if why:
+            report.reject(why.reason, f"{path}:{number}: {why}")
             continue
         row = {"id": f"jsonl-{split}-{number}", "input": e["input"].strip(), "label": e["label"].strip()}
         if "choices" in e:
@@ -154,23 +155,23 @@ def read_jsonl_task(path: str | Path, task: Task, split: str) -> tuple[list[dict
     return rows, report
 
 
-def _problem(e, task: Task) -> str | None:
+def _problem(e, task: Task) -> Reject | None:
     if not isinstance(e, dict):
-        return f"not_an_object: got {type(e).__name__}"
+        return Reject("not_an_object", f"got {type(e).__name__}")
     for key in ("input", "label"):
         if not isinstance(e.get(key), str) or not e[key].strip():
-            return f"missing_field: {key!r} must be a non-empty string"
+            return Reject("missing_field", f"{key!r} must be a non-empty string")
     if "completion" in e and not isinstance(e["completion"], str):
-        return "bad_completion: 'completion' (a teacher's reply) must be a string"
+        return Reject("bad_completion", "'completion' (a teacher's reply) must be a string")
     if "choices" in e and not (
         isinstance(e["choices"], list) and e["choices"] and all(isinstance(c, str) and c for c in e["choices"])
     ):
-        return "bad_choices: 'choices' must be a list of non-empty strings"
+        return Reject("bad_choices", "'choices' must be a list of non-empty strings")
     if isinstance(task.space, Fixed) and e["label"].strip() not in task.space.labels:
-        return f"label_outside_space: {e['label']!r} is not one of {list(task.space.labels)}"
+        return Reject("label_outside_space", f"{e['label']!r} is not one of {list(task.space.labels)}")
     if isinstance(task.space, Choices):
         if "choices" not in e:
-            return "missing_field: 'choices' (no labels are configured, so each row names its own)"
+            return Reject("missing_field", "'choices' (no labels are configured, so each row names its own)")
         if e["label"].strip() not in e["choices"]:
-            return f"label_outside_space: {e['label']!r} is not one of the row's choices"
+            return Reject("label_outside_space", f"{e['label']!r} is not one of the row's choices")
     return None

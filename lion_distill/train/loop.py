@@ -56,10 +56,11 @@ from lion_distill.train.validation import Validation, best_step, validation_step
 log = logging.getLogger("lion_distill.train")
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 REQUIRED = {
-    "causal": ("instruction", "input", "response"),
+    "causal": ("messages",),  # or Lion's layout, CAUSAL_ALPACA (docs/design.md "Data contracts")
     "standard": ("input", "label"),
     "multitask": ("input", "label", "rationale"),
 }
+CAUSAL_ALPACA = ("instruction", "input", "response")
 
 
 def fit(
@@ -72,11 +73,15 @@ def fit(
     kind: str,
     validation: Validation | None = None,
     keep_empty_targets: bool = False,
+    tokenize_kwargs: dict | None = None,
 ) -> TrainResult:
-    """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
+    """`kind`: "causal" (SFT on conversations or instruction/input/response) or a seq2seq task
     ("multitask" | "standard"); a seq2seq task's targets are cut at `cfg.max_target_length` and,
-    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone."""
-    missing = [c for c in REQUIRED[kind] if c not in rows.schema().names]
+    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone.
+    `tokenize_kwargs`: more arguments of the tokenize function."""
+    names = rows.schema().names
+    required = CAUSAL_ALPACA if kind == "causal" and "messages" not in names else REQUIRED[kind]
+    missing = [c for c in required if c not in names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
     tokenize = (
@@ -91,7 +96,8 @@ def fit(
     )
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
-        usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
+        fn_kwargs = {"tokenizer_path": model_path, "max_length": cfg.max_length, **(tokenize_kwargs or {})}
+        usable, n_in = _usable_rows(rows, tokenize, fn_kwargs)
         n_usable = usable.count()
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
