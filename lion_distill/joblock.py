@@ -163,9 +163,13 @@ def _s3(run: RunDir):
     return client, bucket, key
 
 
+def _s3_code(error) -> str:
+    """botocore's error code of a ClientError ("" for anything else)."""
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def _precondition_failed(error) -> bool:
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+    return _s3_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def _create(run: RunDir, me: dict) -> bool:
@@ -189,7 +193,7 @@ def _create(run: RunDir, me: dict) -> bool:
         except client.exceptions.ClientError as e:
             if _precondition_failed(e):
                 return False
-            if "NotImplemented" not in str(e):  # an endpoint without conditional writes: as any store below
+            if _s3_code(e) != "NotImplemented":  # an endpoint without conditional writes: as any store below
                 raise
     if run.exists(LOCK):
         return False
@@ -209,7 +213,7 @@ def _read(run: RunDir) -> tuple[dict, str | None]:
     except ValueError:  # half written by a job killed while writing it
         return {}, None
     except Exception as e:  # gone meanwhile (S3's NoSuchKey): nothing held
-        if s3 is not None and getattr(e, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if s3 is not None and _s3_code(e) in ("NoSuchKey", "404"):
             return {}, None
         raise
 
@@ -228,7 +232,7 @@ def _take_over(run: RunDir, me: dict, etag: str | None) -> bool:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=json.dumps(me, indent=2).encode(), IfMatch=etag)
     except client.exceptions.ClientError as e:
-        if _precondition_failed(e) or "NoSuchKey" in str(e):
+        if _precondition_failed(e) or _s3_code(e) in ("NoSuchKey", "404"):
             return False
         raise
     return True

@@ -26,7 +26,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lion_distill.crashpoints import crash_point
-from lion_distill.data.remote import EXPORT_COMPLETE
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -117,6 +116,8 @@ def publish_dir(local: str, target: str) -> None:
     target is swapped in whole (a staging folder renamed); an object store has no such rename, so
     its copy is marked complete last (EXPORT_COMPLETE) and a reader takes no folder without the mark
     (`export_complete`)."""
+    from lion_distill.data.remote import EXPORT_COMPLETE  # lion_distill.data needs pyarrow: not at the step's import
+
     if "://" not in target:
         target = os.path.abspath(target)
         staging = f"{target}.tmp-{os.getpid()}"
