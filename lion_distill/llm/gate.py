@@ -63,6 +63,9 @@ class RayGate:
         await asyncio.wait_for(self.handle.observe.remote(hints), self.timeout_s)
 
 
+GATE_START_S = 120.0  # bounded, so a cluster that cannot start the actor fails the stage, not hangs it
+
+
 def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None, spent_usd: float = 0.0) -> LeasedGate:
     """The endpoint's gate, created by the first caller; each job's stage sets its limits (the
     endpoint's requests and tokens per minute) as it begins, so a new job's limits replace an older one's.
@@ -80,7 +83,10 @@ def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None,
     ).remote(endpoint.requests_per_minute, endpoint.tokens_per_minute)
     if job is not None:
         limits = (endpoint.requests_per_minute, endpoint.tokens_per_minute)
-        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd, *limits), timeout=endpoint.timeout_s)
+        # The first call waits for the actor's process to start too: seconds on a busy node, more than
+        # a request's timeout_s (CI: a 1 s timeout_s timed out here).
+        wait_s = max(endpoint.timeout_s, GATE_START_S)
+        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd, *limits), timeout=wait_s)
     return LeasedGate(RayGate(handle, endpoint.timeout_s))
 
 
