@@ -81,12 +81,12 @@ def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None,
         lifetime="detached",
         **on_driver_node(),
     ).remote(endpoint.requests_per_minute, endpoint.tokens_per_minute)
+    # Its process may still be starting (seconds on a busy node, more than a request's timeout_s:
+    # CI timed out a 1 s one here): waited for once, so every call after it has the request's deadline.
+    ray.get(handle.__ray_ready__.remote(), timeout=GATE_START_S)
     if job is not None:
         limits = (endpoint.requests_per_minute, endpoint.tokens_per_minute)
-        # The first call waits for the actor's process to start too: seconds on a busy node, more than
-        # a request's timeout_s (CI: a 1 s timeout_s timed out here).
-        wait_s = max(endpoint.timeout_s, GATE_START_S)
-        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd, *limits), timeout=wait_s)
+        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd, *limits), timeout=endpoint.timeout_s)
     return LeasedGate(RayGate(handle, endpoint.timeout_s))
 
 
