@@ -208,22 +208,29 @@ def export(argv: list[str]) -> int:
         "--to", required=True, help="the folder to write: iter_<k>/ (save_to_disk) and README.md (the card)"
     )
     parser.add_argument(
-        "--push-to-hub", metavar="NAME", help="also push to this hub dataset repository (HF_TOKEN or `hf auth login`)"
+        "--push-to-hub",
+        metavar="NAME",
+        help="also push to this hub dataset repository, private (HF_TOKEN or `hf auth login`)",
     )
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository")
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "state.json")) and "://" not in args.run_dir:
         print(f"error: {args.run_dir}: not a run directory (no state.json)", file=sys.stderr)
         return 2
-    from lion_distill.errors import RunDirFormatError
+    if args.public and not args.push_to_hub:
+        print("error: --public goes with --push-to-hub", file=sys.stderr)
+        return 2
+    from lion_distill.errors import RunDirFormatError, StateFileError
 
     try:
-        counts = export_run(args.run_dir, args.to, args.push_to_hub)
-    except RunDirFormatError as e:
+        counts = export_run(args.run_dir, args.to, args.push_to_hub, public=args.public)
+    except (RunDirFormatError, StateFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for k, splits in counts.items():
         print(f"iter_{k}: " + ", ".join(f"{name} {n}" for name, n in splits.items()))
-    print(f"written: {args.to.rstrip('/')}/README.md" + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    pushed = f"; pushed to {args.push_to_hub} ({'public' if args.public else 'private'})" if args.push_to_hub else ""
+    print(f"written: {args.to.rstrip('/')}/README.md" + pushed)
     return 0
 
 
@@ -306,7 +313,7 @@ def _start(job, name: str, cfg, args, notes: list[str]) -> int:
 def _run(job, cfg, args, run_log: logging.Handler) -> int:
     """The job on its run directory, under its lock; a refusal or a failure is one line."""
     from lion_distill.data import RunDir
-    from lion_distill.errors import RunDirBusy, RunDirFormatError, StageError
+    from lion_distill.errors import RunDirBusy, RunDirFormatError, StageError, StateFileError, TransientFailures
     from lion_distill.joblock import job_lock
     from lion_distill.llm.fit import PlanDoesNotFit
     from lion_distill.run_config import ConfigChanged
@@ -319,6 +326,7 @@ def _run(job, cfg, args, run_log: logging.Handler) -> int:
     except (
         RunDirBusy,
         RunDirFormatError,
+        StateFileError,
         PlanDoesNotFit,
         ConfigChanged,
     ) as e:  # ConfigChanged: a config.json written since
@@ -326,6 +334,10 @@ def _run(job, cfg, args, run_log: logging.Handler) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StageError as e:
+        if isinstance(e.cause, TransientFailures):  # a clean stop: the line says what to do, no traceback
+            _in_run_log(run_log, f"stopped: {e.cause}")
+            print(f"stopped: {e.cause}", file=sys.stderr)
+            return 1
         logging.getLogger("lion_distill").exception("%s", e)
         print(f"error: {e} (the run directory is resumable: run the same command again)", file=sys.stderr)
         return 1

@@ -94,6 +94,35 @@ class RunDirFormatError(RuntimeError):
     """A run directory of another format than this version reads (lion_distill.data.rundir.FORMAT)."""
 
 
+class StateFileError(RuntimeError):
+    """A run directory's state.json that cannot be used (not JSON, not a state, another run's); the
+    message names the file and what to do."""
+
+
+class TransientFailures(RuntimeError):
+    """A stage's requests failed for a reason that passes (TRANSIENT): the stage stops, keeping every
+    answer it got; the same command asks exactly these again. `kinds`: how many failed, by kind."""
+
+    def __init__(self, where: str, asked: int, kinds: dict[str, int], what: str = "requests"):
+        self.where, self.asked, self.kinds = where, asked, dict(kinds)
+        n = sum(kinds.values())
+        by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+        then = (
+            "raise its budget_usd, then run the same command again"
+            if set(kinds) == {ErrorKind.BUDGET.value}
+            else "run the same command again once the endpoint answers"
+        )
+        super().__init__(
+            f"{where}: {n} of {asked} {what} failed for a reason that passes ({by_kind}); every answer "
+            f"is kept and nothing else is asked again: {then}"
+        )
+
+
+class TooFewRows(ValueError):
+    """Fewer training rows than workers (after tokenisation left out those that teach nothing):
+    nothing can be trained, which a caller may accept (Lion keeps the previous student)."""
+
+
 class NothingToImitate(ValueError):
     """Too few of an imitation's answers are trainable: the run would train on (nearly) nothing."""
 

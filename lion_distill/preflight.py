@@ -124,10 +124,13 @@ def data_problems(name: str, data: DataConfig) -> list[str]:
 
 
 def chat_template_problems(cfg: BaseModel) -> list[str]:
-    """A pool with conversations trains and asks a local student through its chat template."""
+    """A Lion student's format against its pool and template (docs/chat-students.md): `alpaca` has no
+    place for a conversation; `chat` needs a template that renders and masks a conversation (and,
+    with teacher.reasoning keep, renders a thinking), and that accepts each of the pool's
+    conversations, each refused one named by its file and line."""
     from lion_distill.data import load_pool
     from lion_distill.errors import PoolFileError
-    from lion_distill.train.chat import has_chat_template
+    from lion_distill.llm.prompts import has_chat_template, prompt_format
 
     data, student = getattr(cfg, "data", None), getattr(cfg, "student", None)
     if not isinstance(data, DataConfig) or student is None or not os.path.isdir(student.model):
@@ -137,12 +140,52 @@ def chat_template_problems(cfg: BaseModel) -> list[str]:
     except PoolFileError:
         return []  # data_problems says why
     chats = sum(1 for s, h in zip(pool.column("system").to_pylist(), pool.column("history").to_pylist()) if s or h)
-    if chats and not has_chat_template(student.model):
+    fmt = prompt_format(student)
+    if fmt == "alpaca":
+        if not chats:
+            return []
         return [
-            f"student.model: {student.model} has no chat template; the pool's {chats} conversations are trained "
-            "and asked through it (give the tokenizer a chat_template)"
+            f"student.prompt_format: alpaca has no place for a system prompt or earlier turns; the pool has "
+            f"{chats} conversations: set student.prompt_format: chat"
         ]
-    return []
+    if not has_chat_template(student.model):
+        return [
+            f"student.prompt_format: chat, but {student.model} has no chat template (give its tokenizer a "
+            "chat_template, or set student.prompt_format: alpaca)"
+        ]
+    from lion_distill.train.batches import load_tokenizer
+    from lion_distill.train.chat import template_problem
+
+    tok, kwargs = load_tokenizer(student.model), student.chat_template_kwargs
+    reasoning = getattr(getattr(cfg, "teacher", None), "reasoning", "drop")
+    problem = template_problem(tok, kwargs, thinking=reasoning == "keep")
+    if problem:
+        field = "teacher.reasoning" if "thinking" in problem else "student.model"
+        return [f"{field}: {problem}" + ("; set teacher.reasoning: drop" if field == "teacher.reasoning" else "")]
+    return refused_conversations(tok, data, kwargs) if chats else []
+
+
+MAX_LINES = 5  # refused conversations named one a line; the rest counted
+
+
+def refused_conversations(tok, data: DataConfig, template_kwargs: dict) -> list[str]:
+    """Each pool conversation the student's template refuses, by file and line."""
+    from lion_distill.data.readers import LoadReport, checked_rows
+    from lion_distill.llm.prompts import instruction_messages
+    from lion_distill.train.chat import conversation_problem
+
+    refused = []
+    rows = checked_rows(
+        data.pool_files, data.field_map, data.max_instruction_chars, sources=data.sources(), report=LoadReport()
+    )
+    for row, where in rows:
+        if row.get("system") or row.get("history"):
+            messages = [*instruction_messages(row), {"role": "assistant", "content": "answer"}]
+            problem = conversation_problem(tok, messages, template_kwargs)
+            if problem:
+                refused.append(f"{where}: the student's chat template refuses this conversation: {problem}")
+    more = [f"... and {len(refused) - MAX_LINES} more conversations"] if len(refused) > MAX_LINES else []
+    return refused[:MAX_LINES] + more
 
 
 def eval_checks(name: str, cfg: EvalConfig, checks: Checks) -> None:
@@ -228,12 +271,60 @@ def lora_problems(name: str, train: TrainConfig) -> list[str]:
     ]
 
 
+def secret_problems(cfg: BaseModel) -> list[str]:
+    """A credential written into the run directory's or an endpoint's URI (lion_distill.data.uri_secrets):
+    refused before the plan too, which writes the config's plan into the run directory."""
+    from lion_distill.data.uri_secrets import uri_problem
+
+    uris = [("run_dir", getattr(cfg, "run_dir", None))]
+    uris += [(f"{name}.openai.base_url", role.openai.base_url) for name, role in roles(cfg) if role.openai]
+    uris += [(f"{name}.uri", tracking.uri) for name, tracking in _sections(cfg, TrackingConfig)]
+    return [problem for field, uri in uris if (problem := uri_problem(field, uri))]
+
+
+def stage_problems(cfg: BaseModel) -> list[str]:
+    """What a stage checks of its config as it starts, checked now: a constrained review that cannot
+    fit the referee's (or judge's) max_tokens, a constraint asked of a role that cannot be constrained
+    (a stage refusing it after an imitation has trained would waste that training)."""
+    from functools import partial
+
+    from lion_distill.evaluate.evaluation import judge_settings
+    from lion_distill.judging.judge import check_constraint
+    from lion_distill.lion.discrimination import referee_settings
+    from lion_distill.lion.generation import CANDIDATE_JSON_SCHEMA, CANDIDATE_REGEX
+    from lion_distill.llm import check_structured_output
+    from lion_distill.llm.answers import constraint
+
+    def generator_constraint(lion, generator):
+        structured = constraint(lion.generator_constraint, generator, CANDIDATE_REGEX, CANDIDATE_JSON_SCHEMA)
+        check_structured_output(structured, generator.backend)
+
+    checks = []
+    if isinstance(cfg, RunConfig):
+        lion = cfg.lion
+        checks.append(("referee.sampling", partial(check_constraint, cfg.referee, referee_settings(cfg))))
+        checks.append(("lion.generator_constraint", partial(generator_constraint, lion, cfg.generator)))
+    for name, e in _sections(cfg, EvalConfig):
+        checks.append((f"{name}.judge.sampling", partial(check_constraint, e.judge, judge_settings(e))))
+    problems = []
+    for where, check in checks:
+        try:
+            check()
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
+    return problems
+
+
 def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     """Every problem that would stop the plan or the run, one line each, and the notes."""
     checks = Checks()
+    checks.inputs += secret_problems(cfg)
+    if checks.inputs:  # nothing else is checked: a check's own line could name the URI (and its key)
+        return checks
     for name, data in _sections(cfg, DataConfig):
         checks.inputs += data_problems(name, data)
     checks.inputs += chat_template_problems(cfg)
+    checks.inputs += stage_problems(cfg)
     models = list(roles(cfg))
     if isinstance(cfg, StepByStepConfig):
         checks.inputs += step_by_step_problems(cfg)
@@ -255,7 +346,12 @@ def preflight(cfg: BaseModel, env=os.environ) -> Checks:
     if isinstance(cfg, RunConfig):
         checks.notes += per_stage_notes(cfg)
     if getattr(cfg, "run_dir", None):
-        checks.run += run_dir_problems(cfg.run_dir)
+        from lion_distill.joblock import unguarded_note
+
+        problems = run_dir_problems(cfg.run_dir)
+        checks.run += problems
+        note = None if problems else unguarded_note(cfg.run_dir)  # concurrent submits, where unguarded
+        checks.notes += [note] if note else []
     if isinstance(cfg, RunConfig) and "student" in hub.get(cfg.student.model, []) and not is_uri(cfg.run_dir):
         student_space_checks(cfg, checks)
     for name, settings in _sections(cfg, TrackingConfig):

@@ -11,6 +11,7 @@ from tests.fixtures.gpu_cluster import gpu_cluster  # noqa: F401
 from tests.fixtures.ray_cluster import ray_cluster  # noqa: F401
 from tests.fixtures.s3_server import s3_bucket, s3_server  # noqa: F401  (sets the S3 endpoint before any cluster starts)
 from tests.fixtures.smol_models import smol_models  # noqa: F401
+from tests.fixtures.thinking_server import thinking_server  # noqa: F401
 from tests.fixtures.tiny_models import tiny_models  # noqa: F401
 from tests.fixtures.two_nodes import two_nodes  # noqa: F401
 from tests.fixtures.vllm_server import vllm_server  # noqa: F401
@@ -24,7 +25,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"ray_cluster", "two_nodes"} & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
-        if "vllm_server" in item.fixturenames:
+        if {"vllm_server", "thinking_server"} & set(item.fixturenames):
             item.add_marker(pytest.mark.vllm)
         if "smol_models" in item.fixturenames:
             item.add_marker(pytest.mark.smol)

@@ -13,15 +13,30 @@ def test_spend_log_records_as_requests_complete(tmp_path):
     log = SpendLog(run, role="teacher", stage="iter_0/imitation", every_s=0.0)  # every request written at once
     log.add(retries=1, failed=False, prompt_tokens=10, completion_tokens=5, cost_usd=0.25)
     assert spent_by_role(run) == {"teacher": 0.25}  # on disk before the stage (or the actor) ends
+    # On a local run directory each request is on disk as it completes, whatever `every_s`: a
+    # killed actor's log lags it by the requests in flight only.
     slow = SpendLog(run, role="referee", stage="iter_0/discrimination", every_s=3600)
     slow.add(retries=0, failed=True, prompt_tokens=0, completion_tokens=0, cost_usd=0.0)
     slow.add(retries=0, failed=False, prompt_tokens=4, completion_tokens=4, cost_usd=0.5)
-    assert "referee" not in spent_by_role(run)
-    slow.flush()
+    assert spent_by_role(run) == {"teacher": 0.25, "referee": 0.5}
+    with open(run.local_path("llm_cache/spend", f"{slow.writer}-000000.open.jsonl"), "a") as f:
+        f.write('{"role": "referee", "stage": "iter_0/discrim')  # the line a kill cut short: not counted
+    (line,) = [ln for ln in read_spend(run) if ln["role"] == "referee"]
+    assert (line["requests"], line["failed"], line["cost_usd"]) == (2, 1, 0.5)
+    slow.flush()  # the open part renamed whole into a part, folded into the summary from now on
     (line,) = [ln for ln in read_spend(run) if ln["role"] == "referee"]
     assert (line["requests"], line["failed"], line["cost_usd"]) == (2, 1, 0.5)
     (run.local_path("llm_cache/spend") / "x.jsonl.tmp-1").write_text("half a li")  # a writer killed mid-write
     assert spent_by_role(run) == {"teacher": 0.25, "referee": 0.5}
+
+
+def test_on_an_object_store_the_spend_log_lags_by_at_most_every_s(s3_bucket):
+    run = RunDir(f"{s3_bucket}/runs/spend")
+    slow = SpendLog(run, role="referee", stage="s", every_s=3600)
+    slow.add(retries=0, failed=False, prompt_tokens=4, completion_tokens=4, cost_usd=0.5)
+    assert spent_by_role(run) == {}  # no appends there: written every `every_s`, and at each batch's end
+    slow.flush()
+    assert spent_by_role(run) == {"referee": 0.5}
 
 
 def test_the_spend_log_is_summed_incrementally(tmp_path, monkeypatch):

@@ -5,10 +5,12 @@ tokenization with the loss on assistant turns only, and its prompts in discrimin
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from lion_distill.data import instruction_id, load_pool, pool_table, write_pool
 from lion_distill.data.conversations import user_turns
@@ -131,7 +133,7 @@ def test_a_conversation_asks_the_teacher_each_user_turn_given_the_turns_before_i
 
 
 def _chat_row(tok, messages, max_length=256):
-    ids, labels = tokenize_chat(tok, messages, max_length)
+    [(ids, labels)] = tokenize_chat(tok, messages, max_length)  # a prefix-preserving template: one sequence
     return ids, labels, tok.decode(ids[labels != IGNORE])
 
 
@@ -147,12 +149,12 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
         {"role": "assistant", "content": "Blue."},
     ]
     ids, labels, learnt = _chat_row(tok, messages)
-    assert learnt == "Red.</s>\nBlue.</s>\n"  # each answer and its end-of-turn, in the student's template
+    assert learnt == "Red.</s>Blue.</s>"  # each answer and its end-of-turn, in the student's template
     whole = tok.apply_chat_template(messages, tokenize=False)
     assert tok.decode(ids) == whole and tok.decode(ids[labels == IGNORE]).count("Be terse.") == 1
     # An answer its model was cut off in teaches no end of turn; max_length cuts the sequence.
     cut = [*messages[:4], {"role": "assistant", "content": "Blue.", "complete": False}]
-    assert _chat_row(tok, cut)[2] == "Red.</s>\nBlue."
+    assert _chat_row(tok, cut)[2] == "Red.</s>Blue."
     assert len(_chat_row(tok, messages, max_length=12)[0]) == 12
     # In a training batch conversations and Alpaca rows mix; counts are of learnt tokens.
     batch = {
@@ -169,6 +171,7 @@ def test_the_student_learns_every_assistant_turn_and_nothing_else(tiny_models):
 
 def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teachers_answers(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
+    cfg.student.prompt_format = "chat"
     from lion_distill.data import RunDir
 
     run = RunDir(str(tmp_path))
@@ -200,8 +203,10 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
         "Blue.",
         "And a third?",
     ]  # the file's earlier turns as context
-    multi = next(r for r in trained if r["messages"] and r["instruction"] == "And a third?")
-    assert [(m["role"], m["content"]) for m in json.loads(multi["messages"])] == [
+    chats = [json.loads(r["messages"]) for r in trained]
+    assert all(set(r) == {"id", "messages"} for r in trained)  # the chat layout (docs/design.md "Data contracts")
+    multi = next(c for c in chats if c[-2]["content"] == "And a third?")
+    assert [(m["role"], m["content"]) for m in multi] == [
         ("system", "You are terse."),
         ("user", "Name a primary colour."),
         ("assistant", "T:Name a primary colour."),
@@ -210,8 +215,11 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
         ("user", "And a third?"),
         ("assistant", "T:And a third?"),
     ]
-    plain = next(r for r in trained if r["instruction"] == "Say hello." and not r["messages"])
-    assert plain["response"] == "T:Say hello."
+    plain = next(c for c in chats if c[0]["role"] == "user" and c[0]["content"] == "Say hello.")
+    assert plain == [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "T:Say hello.", "complete": True},
+    ]
     assert len(run.read_table(rel(0, "imitation", "teacher_turns.parquet"))) == 2
     # Resumed (training killed): every turn's answer is read back, nothing is asked again.
     trained.clear()
@@ -219,7 +227,7 @@ def test_imitation_answers_every_turn_and_trains_the_conversation_with_the_teach
     assert len(scripted.calls) == 1 and len(trained) == 3
 
 
-def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_batch():
+def test_discrimination_asks_the_student_in_the_format_it_was_trained_in():
     pool = pool_table(
         [
             {"instruction": "Say hi."},
@@ -227,51 +235,109 @@ def test_discrimination_asks_the_student_as_it_was_trained_one_kind_per_request_
             {"instruction": "Sum it.", "input": "1 2"},
         ]
     )
-    from lion_distill.config import RoleConfig
+    from lion_distill.config.models import StudentRoleConfig
 
     scripted = ScriptedLLM(lambda role_name, row, prompt, seed: response_row(json.dumps(prompt), "stop", 1, 1))
-    responses, records = answer_student(
-        scripted, RoleConfig(backend="vllm", model="m"), pool, "discrimination/student", role_name="student"
-    )
+    chat = StudentRoleConfig(backend="vllm", model="m", prompt_format="chat")
+    responses, records = answer_student(scripted, chat, pool, "discrimination/student", role_name="student")
     responses = responses.to_pylist()
     assert [r["id"] for r in responses] == pool.column("id").to_pylist()
-    assert [c["stage"] for c in scripted.calls] == ["discrimination/student", "discrimination/student_chat"]
-    assert json.loads(responses[0]["text"]) == alpaca_prompt("Say hi.")
-    assert json.loads(responses[1]["text"]) == [
-        {"role": "system", "content": "Be terse."},
-        {"role": "user", "content": "And a third?"},
+    assert [c["stage"] for c in scripted.calls] == ["discrimination/student"] and len(records) == 1
+    assert [json.loads(r["text"]) for r in responses] == [
+        [{"role": "user", "content": "Say hi."}],
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "And a third?"}],
+        [{"role": "user", "content": "Sum it.\n\n1 2"}],
     ]
-    assert len(records) == 2
+    alpaca = chat.model_copy(update={"prompt_format": "alpaca"})
+    plain = pool.filter(pa.array([True, False, True]))
+    responses, _ = answer_student(scripted, alpaca, plain, "discrimination/student", role_name="student")
+    assert [json.loads(r["text"]) for r in responses.to_pylist()] == [
+        alpaca_prompt("Say hi."),
+        alpaca_prompt("Sum it.", "1 2"),
+    ]
+    with pytest.raises(ValueError, match="set student.prompt_format: chat"):
+        answer_student(scripted, alpaca, pool, "discrimination/student", role_name="student")
 
 
-def test_a_pool_with_conversations_needs_a_student_with_a_chat_template(tmp_path, tiny_models):
+def test_a_students_format_is_checked_against_its_pool_and_template_at_preflight(tmp_path, tiny_models):
     from lion_distill.config import RunConfig
     from lion_distill.preflight import chat_template_problems
 
     (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT[:2]))
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"instruction": "Say hi."}))
     bare = tmp_path / "bare-student"
     bare.mkdir()
     (bare / "tokenizer_config.json").write_text("{}")
     role = {"backend": "vllm", "model": "m"}
 
-    def config(student: str, files: list[str]) -> RunConfig:
-        return RunConfig(
+    def problems(student: str, files: list[str], **fields) -> list[str]:
+        return chat_template_problems(
+            RunConfig(
+                run_dir=str(tmp_path / "run"),
+                data={"pool_files": files},
+                teacher={**role, **fields.pop("teacher", {})},
+                student={"backend": "hf", "model": student, **fields},
+                referee=role,
+                generator=role,
+            )
+        )
+
+    chats, plain = [str(tmp_path / "chats.jsonl")], [str(tmp_path / "plain.jsonl")]
+    # No template: alpaca by default, which cannot hold a conversation.
+    assert problems(str(bare), chats) == [
+        "student.prompt_format: alpaca has no place for a system prompt or earlier turns; the pool has "
+        "2 conversations: set student.prompt_format: chat"
+    ]
+    assert problems(str(bare), chats, prompt_format="chat") == [
+        f"student.prompt_format: chat, but {bare} has no chat template (give its tokenizer a chat_template, "
+        "or set student.prompt_format: alpaca)"
+    ]
+    assert problems(str(bare), plain) == [] and problems(str(tiny_models.llama), chats) == []
+    # The tiny template has no form for a thinking: a teacher's thinking cannot be kept.
+    [line] = problems(str(tiny_models.llama), plain, teacher={"reasoning": "keep"})
+    assert line.startswith("teacher.reasoning: the chat template of") and line.endswith("set teacher.reasoning: drop")
+
+
+def test_a_template_that_cannot_mask_or_refuses_a_conversation_is_one_line_at_preflight(tmp_path, tiny_models):
+    """The tiny tokenizer under two templates: one that renders each answer after a counter its
+    generation prompt never shows (no mask), one that refuses more than two exchanges (each pool
+    conversation longer is named by its file and line)."""
+    from lion_distill.config import RunConfig
+    from lion_distill.preflight import chat_template_problems
+
+    (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(r) for r in SHAREGPT[:3]))
+    role = {"backend": "vllm", "model": "m"}
+
+    def problems(template: str) -> list[str]:
+        student = tmp_path / f"student-{len(template)}"
+        student.mkdir()
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny_models.llama / name, student / name)
+        (student / "chat_template.jinja").write_text(template)
+        cfg = RunConfig(
             run_dir=str(tmp_path / "run"),
-            data={"pool_files": files},
+            data={"pool_files": [str(tmp_path / "chats.jsonl")]},
             teacher=role,
-            student={"backend": "hf", "model": student},
+            student={"backend": "hf", "model": str(student)},
             referee=role,
             generator=role,
         )
+        return [line.replace(str(student), "STUDENT") for line in chat_template_problems(cfg)]
 
-    problems = chat_template_problems(config(str(bare), [str(tmp_path / "chats.jsonl")]))
-    assert problems == [
-        f"student.model: {bare} has no chat template; the pool's 2 conversations are trained and asked "
-        "through it (give the tokenizer a chat_template)"
+    counter = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}#{{ loop.index }}: {% endif %}{{ m.content }}|"
+        "{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    [line] = problems(counter)
+    assert line.startswith("student.model: ") and "STUDENT" in line and "cannot be told from the prompt" in line
+    two_exchanges = (
+        "{% if messages | length > 5 %}{{ raise_exception('At most two exchanges') }}{% endif %}"
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert problems(two_exchanges) == [
+        f"{tmp_path / 'chats.jsonl'}:1: the student's chat template refuses this conversation: At most two exchanges"
     ]
-    assert chat_template_problems(config(str(tiny_models.llama), [str(tmp_path / "chats.jsonl")])) == []
-    (tmp_path / "plain.jsonl").write_text(json.dumps({"instruction": "Say hi."}))
-    assert chat_template_problems(config(str(bare), [str(tmp_path / "plain.jsonl")])) == []
 
 
 def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_last_turn(tmp_path, monkeypatch):
@@ -288,6 +354,7 @@ def test_a_scripted_iteration_on_conversations_judges_and_generates_from_the_las
     # Seeds of two or three words: Lion's cap of 4 tokens a seed word would cut the scripted candidates.
     # Every pair is judged hard: the easy quota is filled from hard seeds (lion.quota_rebalance).
     cfg = _config(tmp_path, new_instructions_per_iteration=2, generator_tokens_per_seed_word=None, quota_rebalance=True)
+    cfg.student.prompt_format = "chat"
     run = RunDir(str(tmp_path / "run"))
     (tmp_path / "chats.json").write_text(json.dumps(SHAREGPT[:3]))
     pool, _ = load_pool([tmp_path / "chats.json"])

@@ -88,6 +88,11 @@ def test_a_teacher_of_another_vocabulary_is_refused_in_one_line_naming_both(smol
             {"mode": "logit_kd"},
             "teacher.engine_kwargs.max_logprobs: 10 is below distill.top_k 20",
         ),
+        (
+            {"backend": "vllm", "model": "/models/t", "reasoning": "keep"},
+            {"mode": "logit_kd"},
+            "teacher.reasoning: keep .* no teacher signal",
+        ),
     ],
 )
 def test_a_teacher_that_cannot_give_the_signal_is_a_preflight_error(teacher, distill, match):

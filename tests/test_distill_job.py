@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lion_distill.lion import loop
-from tests.fixtures.counting_proxy import CountingProxy
+from tests.fixtures.counting_proxy import CountingProxy, counting_proxy
 
 REPO = Path(__file__).resolve().parent.parent
 TEACHER_KEY = "LION_NO_KEY"  # a loopback server needs no key
@@ -56,7 +56,7 @@ def test_a_killed_logit_kd_job_resumes_without_asking_the_teacher_again(
     ray_cluster, vllm_server, tiny_models, tmp_path
 ):
     run, log = tmp_path / "run", tmp_path / "job.log"
-    with CountingProxy(vllm_server.base_url) as proxy:
+    with counting_proxy(vllm_server.base_url, tmp_path, latency_s=0) as proxy:
         cmd = [
             sys.executable,
             str(REPO / "jobs" / "distill.py"),
@@ -77,22 +77,24 @@ def test_a_killed_logit_kd_job_resumes_without_asking_the_teacher_again(
         job.send_signal(signal.SIGKILL)
         job.wait()
         kept = parts_ids(run / "signal")
-        answers_before, scored_before = proxy.seen("/v1/chat/completions"), proxy.seen("/v1/completions")
+        seen = proxy.stats()["by_path"]
+        answers_before, scored_before = seen.get("/v1/chat/completions", 0), seen.get("/v1/completions", 0)
         assert answers_before == 12 and 2 <= scored_before < 12 + 1
         job = start()
         assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
         # No answer asked again; no scoring request of a block that was kept (only those in flight at the kill).
-        assert proxy.seen("/v1/chat/completions") == 12
-        repeated = proxy.repeated()
-        assert {path for path, _ in repeated} <= {"/v1/completions"}
+        stats = proxy.stats()
+        assert stats["by_path"]["/v1/chat/completions"] == 12
+        repeated = stats["repeated"]
+        assert {r["path"] for r in repeated} <= {"/v1/completions"}
         kept_answers = [
             answer
             for part in (run / "signal").glob("*/*.parquet")
             if part.name in kept
             for answer in pq.read_table(part, columns=["token_ids"])["token_ids"].to_pylist()
         ]
-        for key in repeated:  # a request asked twice ends with an answer no kept block holds
-            prompt = proxy.bodies[key]["prompt"]
+        for request in repeated:  # a request asked twice ends with an answer no kept block holds
+            prompt = request["body"]["prompt"]
             assert not any(prompt[-len(answer) :] == answer for answer in kept_answers)
     state = json.loads((run / "state.json").read_text())
     assert state["done"] and state["completed"] == ["teacher", "signal", "train"]
@@ -107,7 +109,7 @@ def test_a_killed_logit_kd_job_resumes_without_asking_the_teacher_again(
 def test_lion_with_the_divergence_discriminator_calls_no_referee(ray_cluster, vllm_server, tiny_models, tmp_path):
     run = tmp_path / "run"
     tiny = str(tiny_models.llama)
-    with CountingProxy(vllm_server.base_url) as proxy:
+    with counting_proxy(vllm_server.base_url, tmp_path, latency_s=0) as proxy:
         sets = [
             f"run_dir={run}",
             "lion.iterations=1",

@@ -404,16 +404,24 @@ def test_too_few_judged_fails_the_evaluation_in_one_line(tmp_path, monkeypatch):
             out = super().replies(rows, role_name, draw)
             for row, reply in zip(rows, out):
                 if role_name == "judge" and "fruit" in row["instruction"]:
-                    reply.update(error_row(ErrorKind.BUDGET, "not sent: the role's budget_usd would be exceeded"))
+                    reply.update(error_row(*self.failure))
             return out
 
+    FailingJudge.failure = (ErrorKind.BAD_REQUEST, "HTTP 400")  # a request refused: asking again changes nothing
     with pytest.raises(TooFewJudged) as error:
         _evaluate(tmp_path, monkeypatch, FailingJudge(), judge_retries=1)
     message = str(error.value)
     assert "\n" not in message and "scored 5 of 6 questions (83%)" in message and "min_judged_fraction 0.95" in message
-    assert "failures: 1 budget" in message
+    assert "failures: 1 bad_request" in message
     assert not (tmp_path / "run/iter_0/eval/summary.json").exists()  # no score reported
     # One setting away: a lower bar reports the score over the five judged.
     (tmp_path / "lower").mkdir()
     _, summary = _evaluate(tmp_path / "lower", monkeypatch, FailingJudge(), judge_retries=1, min_judged_fraction=0.8)
-    assert summary["judged"] == 5 and summary["failed_by_kind"] == {"budget": 1}
+    assert summary["judged"] == 5 and summary["failed_by_kind"] == {"bad_request": 1}
+    # A budget spent is no failure of the judge's: the evaluation stops, and a higher budget goes on.
+    from lion_distill.errors import TransientFailures
+
+    FailingJudge.failure = (ErrorKind.BUDGET, "not sent: the role's budget_usd would be exceeded")
+    (tmp_path / "spent").mkdir()
+    with pytest.raises(TransientFailures, match="eval/judge: 1 of 6 pairs failed .*raise its budget_usd"):
+        _evaluate(tmp_path / "spent", monkeypatch, FailingJudge(), judge_retries=1, min_judged_fraction=0.8)

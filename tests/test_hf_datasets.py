@@ -189,6 +189,32 @@ def test_a_run_exports_as_datasets_folders_with_a_card(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")]) == 2
 
 
+def test_a_push_to_the_hub_is_private_unless_asked(tmp_path, monkeypatch, capsys):
+    """No hub is reachable here: the hub client's two calls are recorded, not sent (scripted)."""
+    import huggingface_hub
+
+    _run_dir(tmp_path, "sk-x")
+    calls = []
+
+    class Api:
+        def create_repo(self, name, **kw):
+            calls.append(("create_repo", kw["private"]))
+
+        def upload_file(self, **kw):
+            calls.append(("upload_file", None))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(
+        datasets.DatasetDict, "push_to_hub", lambda self, name, **kw: calls.append(("push", kw["private"]))
+    )
+    args = ["export", str(tmp_path / "run"), "--to", str(tmp_path / "out"), "--push-to-hub", "me/lion"]
+    assert cli(args) == 0 and "pushed to me/lion (private)" in capsys.readouterr().out
+    assert calls == [("create_repo", True), ("upload_file", None), ("push", True)]
+    calls.clear()
+    assert cli([*args, "--public"]) == 0 and calls[0] == ("create_repo", False) and calls[-1] == ("push", False)
+    assert cli(["export", str(tmp_path / "run"), "--to", str(tmp_path / "o2"), "--public"]) == 2
+
+
 def test_a_run_without_conversations_exports_its_imitation(tmp_path):
     run = _run_dir(tmp_path, "sk-x")
     (tmp_path / "run" / "iter_0" / "imitation" / "teacher_turns.parquet").unlink()  # a pool of plain instructions

@@ -80,8 +80,11 @@ def test_sharegpt_and_a_datasets_folder_through_one_lion_iteration_exported_as_d
     assert len(turns) == 3 and all(r["text"] for r in turns)
     metrics = json.loads((run / "iter_0" / "metrics.json").read_text())
     assert metrics["rows/imitation/teacher"] == 13 and metrics["lion/imitation_trained"] >= 5
-    # The student was asked the conversations through its chat template, the instructions in Alpaca form.
-    assert metrics["rows/discrimination/student_chat"] == 3 and metrics["rows/discrimination/student"] == 7
+    # The tiny student has a chat template: it is trained and asked in it (student.prompt_format chat),
+    # conversations and instructions alike, one kind of request.
+    assert metrics["rows/discrimination/student"] == 10 and "rows/discrimination/student_chat" not in metrics
+    assert json.loads((run / "config.json").read_text())["student"]["prompt_format"] == "chat"
+    assert "Student format: **chat**" in (run / "report.md").read_text()
 
     exported = datasets.load_from_disk(str(run / "datasets" / "iter_0"))
     assert {name: len(split) for name, split in exported.items()} == {

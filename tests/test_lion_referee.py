@@ -334,3 +334,25 @@ def test_a_pairs_two_reviews_are_matched_across_the_tables_they_come_in():
         "review p2|student_first",
         "review p|3|student_first",
     ]
+
+
+def test_a_review_cut_at_max_tokens_where_its_scores_are_is_not_read():
+    """'Score of the Assistant 2: 10' cut to '...: 1' parses as a score of 1: such a review is not read
+    but asked again (unparseable_ids); a scores-first review cut after its first line holds both."""
+    from lion_distill.judging.referee import REVIEW_CUT, unparseable_ids
+    from lion_distill.judging.rubrics import RUBRICS
+
+    lion_cut = "Evaluation evidence: both fine.\nScore of the Assistant 1: 9\nScore of the Assistant 2: 1"
+    whole = "Evaluation evidence: both fine.\nScore of the Assistant 1: 9\nScore of the Assistant 2: 6"
+    [cut] = judgment_rows([_pair(0)], [_review(lion_cut, "length")], [_review(whole)], tau=1.0, rubrics=RUBRICS["lion"])
+    assert cut["status"] == FAILED and cut["failure"] == REVIEW_CUT.message and cut["gap"] is None
+    assert cut["failure_kind"] == ErrorKind.UNPARSEABLE  # asked again as an unparseable review is
+    judged = judgment_rows([_pair(0)], [_review(whole)], [_review(whole)], tau=1.0, rubrics=RUBRICS["lion"])
+    assert judged[0]["status"] == OK  # the same text, not cut: read
+    table = pa.Table.from_pylist([cut, *judged], schema=JUDGMENT_SCHEMA)
+    assert unparseable_ids(table).to_pylist() == ["p0"]
+    # Scores first: a review cut in its explanation is read; one cut on its first line is not.
+    [first] = judgment_rows([_pair(1)], [_review("9 6\nThe first is bet", "length")], [_review("7 8\ny")], tau=1.0)
+    assert first["status"] == OK and first["teacher_score_1"] == 9
+    [line] = judgment_rows([_pair(2)], [_review("9 1", "length")], [_review("7 8\ny")], tau=1.0)
+    assert line["failure"] == REVIEW_CUT.message

@@ -2,6 +2,7 @@
 against Lion's own code (tests/reference/lion/: src/chatgpt_inference.py, train.py,
 generate_hard_instruction.py, prompt_hard.txt, prompt_easy.txt, utils.py)."""
 
+import copy
 import re
 import string
 from collections import Counter
@@ -14,10 +15,13 @@ from lion_distill.config import load_config
 from lion_distill.config.models import LionConfig
 from lion_distill.errors import ErrorKind
 from lion_distill.lion.generator import candidate_rows, clean_candidate, generator_messages, parse_candidate
+from lion_distill.lion.imitation import sft_rows
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.lion.rouge import NoveltyFilter
-from lion_distill.llm.prompts import alpaca_prompt
+from lion_distill.llm.prompts import alpaca_prompt, student_prompt
 from lion_distill.llm.responses import error_row, response_row
+from lion_distill.train.batches import load_tokenizer, tokenize_causal
+from lion_distill.train.card import alpaca_chat_template
 from tests.fixtures.generator_replies import REPLIES
 from tests.reference_code import compiled
 
@@ -53,6 +57,34 @@ def test_student_template_is_lions_train_py(row):
     prompt_dict = reference(LION / "train.py.txt", "PROMPT_DICT")["PROMPT_DICT"]
     key = "prompt_input" if row.get("input", "") != "" else "prompt_no_input"
     assert alpaca_prompt(row["instruction"], row["input"]) == prompt_dict[key].format_map(row)
+
+
+@pytest.mark.parametrize("config", ["lion-7b.yaml", "lion-7b-vllm.yaml"])
+def test_the_paper_configs_train_and_ask_the_student_in_lions_layout_byte_for_byte(config, tiny_models):
+    """The paper's configs set student.prompt_format alpaca: the student is asked (student_prompt),
+    trained (the training rows' tokens) and exported (its chat template) in PROMPT_DICT's layout."""
+    prompt_dict = reference(LION / "train.py.txt", "PROMPT_DICT")["PROMPT_DICT"]
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / config), [])
+    assert cfg.student.prompt_format == "alpaca"
+    rows = [
+        {"id": "a", "instruction": "Name a {fruit}.", "input": ""},
+        {"id": "b", "instruction": "Sum.", "input": "2 3"},
+    ]
+    answers = {"a": {"text": "A pear.", "finish_reason": "stop"}, "b": {"text": "5", "finish_reason": "stop"}}
+    sft, _ = sft_rows(rows, answers, prompt_format=cfg.student.prompt_format, reasoning=cfg.teacher.reasoning)
+    tok = load_tokenizer(str(tiny_models.llama))
+    out = tokenize_causal(
+        {k: [r[k] for r in sft] for k in sft[0]}, tokenizer_path=str(tiny_models.llama), max_length=256
+    )
+    for row, ids, labels in zip(rows, out["input_ids"], out["labels"]):
+        expected = prompt_dict["prompt_input" if row["input"] else "prompt_no_input"].format_map(row)
+        assert student_prompt(row, cfg.student.prompt_format) == expected
+        assert list(ids[labels == -100]) == tok(expected)["input_ids"]  # the prompt tokens, not learnt
+    # The export's chat template asks a chat request (one user message) in the same layout.
+    tok = copy.deepcopy(tok)
+    tok.chat_template = alpaca_chat_template(bos=True)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Name a {fruit}."}], tokenize=False)
+    assert rendered == tok.bos_token + prompt_dict["prompt_no_input"].format_map(rows[0])
 
 
 @pytest.mark.parametrize("kind", ["hard", "easy"])

@@ -399,6 +399,51 @@ def test_a_failed_student_request_is_asked_again_then_excluded_never_hard(tmp_pa
     assert len(referee[0]["ids"]) == 4  # the failed pair is not sent to the referee
 
 
+def test_a_referee_that_fails_for_a_passing_reason_stops_the_stage_after_judging_the_rest(tmp_path, monkeypatch):
+    from lion_distill.errors import TransientFailures
+
+    cfg = _config(tmp_path)
+    run = _seed_generation(tmp_path, n_pool=3)
+
+    def overloaded(role_name, row, prompt, seed):
+        if role_name == "referee" and "number 1 " in prompt[-1]["content"]:
+            return error_row(ErrorKind.SERVER_ERROR, "HTTP 503")
+        return _answers(role_name, row, prompt, seed)
+
+    llm = ScriptedLLM(overloaded)
+    monkeypatch.setattr(discrimination, "answer", llm)
+    monkeypatch.setattr(judge, "answer_stream", llm.stream)
+    with pytest.raises(TransientFailures) as stop:
+        discrimination.discrimination(cfg, run, 0, "student")
+    line = str(stop.value)
+    assert (
+        "iteration 0 discrimination: the referee: 1 of 3 pairs failed for a reason that passes (server_error 1)" in line
+    )
+    assert "run the same command again once the endpoint answers" in line and "\n" not in line
+    assert not run.exists(rel(0, "discrimination", "metrics.json"))  # the stage is not complete
+
+
+def test_an_imitation_whose_teacher_failed_for_a_passing_reason_stops_before_saving_or_training(tmp_path, monkeypatch):
+    from lion_distill.errors import TransientFailures
+
+    run = _seed_generation(tmp_path, n_pool=4)
+    monkeypatch.setattr(
+        imitation,
+        "answer",
+        ScriptedLLM(
+            lambda role_name, row, prompt, seed: (
+                error_row(ErrorKind.BUDGET, "not sent: the role's budget_usd would be exceeded")
+                if "number 2 " in row["instruction"]
+                else response_row("Whole.", "stop", 5, 5)
+            )
+        ),
+    )
+    monkeypatch.setattr(imitation, "_train", lambda *a: pytest.fail("trained with an answer missing"))
+    with pytest.raises(TransientFailures, match=r"1 of 4 requests failed .*\(budget 1\).*raise its budget_usd"):
+        imitation.imitation(_config(tmp_path), run, 0, "student")
+    assert not run.exists(rel(0, "imitation", "teacher_responses.parquet"))  # no failure saved as an answer
+
+
 def test_imitation_leaves_truncated_teacher_answers_out_of_training(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     run = _seed_generation(tmp_path, n_pool=4)
@@ -497,7 +542,10 @@ def test_a_resumed_imitation_trains_on_the_saved_answers_without_asking_the_teac
     assert len(teacher.calls) == 2 and len(teacher.calls[1]["ids"]) == 1
 
 
-def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_path, monkeypatch):
+def test_an_exported_students_training_checkpoints_are_deleted_once_the_stage_is_recorded(tmp_path, monkeypatch):
+    """The imitation keeps them; its stage's cleanup (run by lion_distill.runner after the stage is
+    recorded, and again by later runs) deletes them, unless train.keep_checkpoints."""
+    from lion_distill.lion.loop import lion_stages
     from lion_distill.train.loop import storage_path
 
     run = _seed_generation(tmp_path, n_pool=4)
@@ -516,12 +564,35 @@ def test_an_exported_students_training_checkpoints_are_deleted_unless_kept(tmp_p
         return Exported()
 
     monkeypatch.setattr(imitation, "_train", train)
-    imitation.imitation(_config(tmp_path), run, 0, "student")
-    assert not (tmp_path / storage_path(student)).exists()  # train.keep_checkpoints: false (the default)
     cfg = _config(tmp_path)
-    cfg.train.keep_checkpoints = True
     imitation.imitation(cfg, run, 0, "student")
-    assert (checkpoint / "__0_0.distcp").exists()
+    assert (checkpoint / "__0_0.distcp").exists()  # not before the stage is recorded: a kill would need them
+    (stage,) = [s for s in lion_stages(cfg, run) if s.name == "iter_0/imitation"]
+    stage.cleanup()
+    assert not (tmp_path / storage_path(student)).exists()  # train.keep_checkpoints: false (the default)
+    stage.cleanup()  # idempotent: a later run finishes a cleanup a kill cut short
+    cfg.train.keep_checkpoints = True
+    assert [s.cleanup for s in lion_stages(cfg, run) if s.name == "iter_0/imitation"] == [None]
+
+
+def test_an_imitation_with_nothing_trainable_keeps_the_previous_student_and_says_so(tmp_path, monkeypatch):
+    """lion.min_imitation_fraction 0.0 allows it; tokenisation leaving no row (every prompt longer
+    than max_length) used to crash in the training loop ("0 usable rows cannot feed 1 workers")."""
+    from lion_distill.errors import TooFewRows
+
+    run = _seed_generation(tmp_path, n_pool=4)
+    monkeypatch.setattr(
+        imitation, "answer", ScriptedLLM(lambda role_name, row, prompt, seed: response_row("Whole.", "stop", 5, 5))
+    )
+
+    def no_usable_rows(cfg, run, k, student_model, sft):
+        raise TooFewRows("lion-iter0-imitation: 0 usable rows cannot feed 1 workers")
+
+    monkeypatch.setattr(imitation, "_train", no_usable_rows)
+    cfg = _config(tmp_path, min_imitation_fraction=0.0)
+    result = imitation.imitation(cfg, run, 0, "previous-student")
+    assert result.outputs == {"student_model": "previous-student"} and result.summary["imitation_kept_student"] is True
+    assert run.read_json(rel(0, "imitation", "metrics.json"))["lion/imitation_kept_student"] == 1
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lion_distill.config.models import OpenAIEndpoint, RoleConfig
@@ -115,6 +116,35 @@ def test_cache_is_per_stage_parquet_parts_one_row_per_key(tmp_path):
     assert stage_slug("generation/generator_round0") == "generation_generator_round0" and stage_slug("..") == "_"
 
 
+def test_every_answer_is_on_disk_as_it_comes_and_a_killed_writers_journal_becomes_a_part(tmp_path):
+    rd = RunDir(tmp_path)
+    writer = CacheWriter(rd, "iter_0/teacher", flush_every=100)
+    writer.put("k0", response_row("0", "stop", 3, 4))
+    writer.put("k1", response_row("1", "stop", 3, 4))
+    folder = tmp_path / "llm_cache/responses/iter_0_teacher"
+    (journal,) = folder.glob("*.jsonl.open")  # no part yet: the answers are in the writer's journal
+    assert sorted(read_cache(rd, "iter_0/teacher")["key"].to_pylist()) == ["k0", "k1"]
+    with open(journal, "a") as f:
+        f.write('{"key": "k2", "text": "cut sho')  # the writer was killed mid-line
+    # The next stage to read the cache (no writer of it runs) makes the journal a part; the torn line is no answer.
+    (part,) = cache_parts(rd, "iter_0/teacher")
+    assert not list(folder.glob("*.jsonl.open")) and part.base_name.endswith("-recovered.parquet")
+    assert pq.read_table(part.path)["key"].to_pylist() == ["k0", "k1"]
+    again = CacheWriter(rd, "iter_0/teacher", flush_every=1)  # a part as soon as a journal holds flush_every answers
+    again.put("k3", response_row("3", "stop", 1, 1))
+    assert not list(folder.glob("*.jsonl.open")) and len(cache_parts(rd, "iter_0/teacher")) == 2
+
+
+def test_on_an_object_store_the_cache_writes_a_part_every_flush_s(s3_bucket):
+    rd = RunDir(f"{s3_bucket}/runs/cache")
+    writer = CacheWriter(rd, "s", flush_every=100, flush_s=3600)
+    writer.put("k0", response_row("0", "stop"))
+    assert read_cache(rd, "s").num_rows == 0  # no appends there: at most flush_s of answers can be lost
+    writer.flush_s = 0.0
+    writer.put("k1", response_row("1", "stop"))
+    assert sorted(read_cache(rd, "s")["key"].to_pylist()) == ["k0", "k1"]
+
+
 def test_first_per_key_and_the_key_column():
     t = pa.table({"key": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
     assert first_per_key(t).to_pylist() == [{"key": "a", "v": 1}, {"key": "b", "v": 2}, {"key": "c", "v": 4}]
@@ -155,6 +185,7 @@ def test_prompts_and_responses_reconcile():
     responses = [
         {
             "text": "t",
+            "reasoning": None,
             "finish_reason": "stop",
             "error_kind": None,
             "error": None,
@@ -457,3 +488,16 @@ def test_a_failed_request_is_told_apart_from_a_missing_response_alike_on_rows_an
     )
     assert rec.failed_rows == 2  # a stage's row without a reason was lost: counted with the failed
     assert rec.failed_by_kind == {"engine_lost": 1}
+
+
+def test_a_servers_retry_after_is_capped_and_a_new_jobs_limits_replace_the_gates():
+    from lion_distill.llm.ratelimit import Admission, ServerHints
+
+    hints = ServerHints.from_headers({"retry-after": "3600", "x-ratelimit-reset-tokens": "2h"}, max_wait_s=60.0)
+    assert (hints.retry_after_s, hints.reset_tokens_s) == (60.0, 60.0)
+    gate = Admission(requests_per_minute=60, tokens_per_minute=6000)
+    gate.observe(hints, now=0.0)
+    assert gate.blocked_until == 60.0  # every actor pauses a minute, not an hour
+    # The gate outlives jobs (a detached actor per endpoint): the next job's limits replace the first's.
+    gate.set_limits(requests_per_minute=600, tokens_per_minute=6000)
+    assert gate.requests.per_minute == 600 and gate.requests.capacity == 100 and gate.tokens.per_minute == 6000

@@ -10,7 +10,7 @@ from lion_distill.data import RunDir
 from lion_distill.evaluate.nll import answer_rows, mean_nll
 from lion_distill.evaluate.report import lion_eval_section
 from lion_distill.evaluate.scores import aggregate
-from lion_distill.train.batches import load_tokenizer, prompt_ids
+from lion_distill.train.batches import load_tokenizer, prompt_ids, tokenize_causal
 
 ROWS = [
     {"instruction": "Name a colour.", "input": "", "response": "Blue, the colour of a clear sky.", "complete": True},
@@ -47,16 +47,19 @@ def test_mean_nll_is_the_models_own_loss_on_the_answer_tokens(tiny_models):
 
 
 def test_the_teacher_is_measured_in_its_chat_template(tiny_models):
+    """template "chat": an Alpaca-layout row as a one-turn conversation in the model's own template,
+    the answer and its end of turn learnt."""
     tok = load_tokenizer(str(tiny_models.llama))
+    row = {"instruction": ["Add the numbers."], "input": ["2 and 3"], "response": ["5"], "complete": [True]}
+    out = tokenize_causal(row, tokenizer_path=str(tiny_models.llama), max_length=256, template="chat")
     chat = tok.apply_chat_template(
-        [{"role": "user", "content": "Add the numbers.\n\n2 and 3"}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": "Add the numbers.\n\n2 and 3"}, {"role": "assistant", "content": "5"}],
+        tokenize=False,
     )
-    assert (
-        prompt_ids(tok, ["Add the numbers."], ["2 and 3"], "chat")[0]
-        == tok(chat, add_special_tokens=False)["input_ids"]
-    )
+    assert list(out["input_ids"][0]) == tok(chat, add_special_tokens=False)["input_ids"]
+    assert tok.decode(out["input_ids"][0][out["labels"][0] != -100]) == "5</s>"
     with pytest.raises(ValueError, match="template must be"):
-        prompt_ids(tok, ["x"], [""], "vicuna")
+        tokenize_causal(row, tokenizer_path=str(tiny_models.llama), max_length=256, template="vicuna")
 
 
 def test_only_answered_questions_are_measured():

@@ -341,10 +341,10 @@ def test_cluster_problems_count_gpus_and_cpus(tmp_path, tiny_models):
     assert any(
         p.startswith("student.parallelism: replicas 8 (one GPU each, the hf backend) need 8 GPUs") for p in problems
     )
-    from lion_distill.config.models import RoleConfig
+    from lion_distill.config.models import StudentRoleConfig
 
     pipelined = {"pipeline_parallel_size": 2}
-    cfg.student = RoleConfig(
+    cfg.student = StudentRoleConfig(
         backend="vllm", model="m", parallelism={"tensor_parallel_size": 2, "replicas": 2}, engine_kwargs=pipelined
     )
     line = "student.parallelism: tensor_parallel_size 2 x pipeline_parallel_size 2 x replicas 2 need 8 GPUs; the cluster has 4"
@@ -551,3 +551,46 @@ def test_a_teachers_prompt_without_its_slot_is_one_preflight_line(tmp_path, caps
         )
         == 0
     )
+
+
+def test_a_credential_in_a_uri_is_refused_naming_the_field_never_the_value(tmp_path, capsys):
+    import yaml
+
+    from lion_distill.cli import main
+
+    secret, token = "wJalrXUtnFEMI-never-printed", "sk-live-9f8e7d-never-printed"
+    cfg = {
+        "run_dir": f"s3://AKIAEXAMPLE:{secret}@bucket/runs/x",
+        "data": {"pool_files": [SEED]},
+        "teacher": {"backend": "openai", "model": "gpt", "openai": {"base_url": f"https://api.x/v1?api_key={token}"}},
+        "student": {"backend": "hf", "model": "/no/such/student"},
+        "referee": {"backend": "hf", "model": "/no/such/referee"},
+        "generator": {"backend": "hf", "model": "/no/such/generator"},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for plan in ([], ["--plan"]):  # refused before the plan too: it writes into the run directory
+        assert main(["lion", "--config", str(path), *plan]) == 2
+        err = capsys.readouterr().err
+        assert secret not in err and token not in err and "AKIAEXAMPLE" not in err
+        lines = err.strip().splitlines()[1:]
+        assert len(lines) == 2, lines  # nothing else checked: another check's line could name the URI
+        assert lines[0].strip().startswith("run_dir: the URI holds a credential (user:password)")
+        assert lines[1].strip().startswith("teacher.openai.base_url: the URI holds a credential (api_key)")
+
+
+def test_preflight_knows_what_a_stage_would_refuse(tmp_path, tiny_models):
+    """The constrained review's explanation needs room in the referee's max_tokens: said before the
+    run starts, not when discrimination starts after imitation has trained."""
+    cfg = config(tmp_path, str(tiny_models.llama), referee_constraint="regex")
+    (line,) = [p for p in preflight(cfg, env={}).inputs if p.startswith("referee.sampling")]
+    assert (
+        "sampling.max_tokens 6 leaves no room for an explanation" in line
+        and "give the referee / judge at least" in line
+    )
+    cfg.referee.sampling.max_tokens = 512
+    assert not [p for p in preflight(cfg, env={}).inputs if p.startswith("referee.")]
+    cfg.generator = cfg.generator.model_copy(update={"backend": "hf", "openai": None})
+    cfg.lion.generator_constraint = "regex"
+    (line,) = [p for p in preflight(cfg, env={}).inputs if p.startswith("lion.generator_constraint")]
+    assert "the hf backend cannot constrain decoding" in line

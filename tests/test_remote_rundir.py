@@ -155,3 +155,37 @@ def test_preflight_accepts_a_model_in_s3_only_where_one_is(s3_bucket, tiny_model
     unreachable = f"{s3_bucket}/m?endpoint_override=127.0.0.1:9&scheme=http"  # nothing listens on port 9
     (problem,) = role_problems("student", RoleConfig(backend="hf", model=unreachable))
     assert problem.startswith(f"student.model: {unreachable} cannot be read (")
+
+
+def test_a_file_above_s3s_copy_limit_is_moved_whole(s3_bucket, monkeypatch):
+    """S3 copies one object of at most 5 GiB (CopyObject, what pyarrow's move sends); a larger file is
+    streamed into place instead. The limit lowered to a few bytes takes a small file down that path."""
+    import lion_distill.data.rundir as rundir
+
+    run = RunDir(f"{s3_bucket}/runs/big")
+    monkeypatch.setattr(rundir, "COPY_OBJECT_LIMIT", 16)
+    run.write_bytes("a.bin", b"x" * 1000)  # written to a temp file, then moved: the streamed path
+    run.move("a.bin", "b.bin")
+    assert run.read_bytes("b.bin") == b"x" * 1000 and not run.exists("a.bin")
+    assert [i.base_name for i in run.fs.get_file_info(pafs.FileSelector(run.path(), recursive=True))] == ["b.bin"]
+
+
+def test_a_student_half_uploaded_to_an_object_store_is_no_candidate(s3_bucket, tmp_path):
+    """An object store cannot swap a folder in whole: the export is marked complete last, and the
+    evaluation takes no student without the mark (its config.json may be there before its weights)."""
+    from lion_distill.config.evaluate import CandidateConfig
+    from lion_distill.evaluate.job import CandidateError, candidate_role
+    from lion_distill.train.checkpoint import publish_dir
+
+    run = RunDir(f"{s3_bucket}/runs/half")
+    run.write_json("config.json", {"student": {"backend": "hf", "model": "base"}})
+    run.write_json("iter_0/imitation/student/config.json", {"model_type": "llama"})  # the copy under way
+    candidate = CandidateConfig(name="s", lion_run=run.uri)
+    with pytest.raises(CandidateError, match="no student checkpoint"):
+        candidate_role(candidate)
+    local = tmp_path / "export"
+    local.mkdir()
+    (local / "config.json").write_text('{"model_type": "llama"}')
+    (local / "model.safetensors").write_bytes(b"weights")
+    publish_dir(str(local), run.uri_of("iter_0/imitation/student"))
+    assert candidate_role(candidate).model == run.uri_of("iter_0", "imitation", "student")

@@ -3,8 +3,17 @@
 import pytest
 
 from lion_distill.data import RunDir
-from lion_distill.errors import RunDirFormatError
-from lion_distill.runner import Driver, StageResult, checked, fresh_state, next_stage, plan_stages, record_stage
+from lion_distill.errors import RunDirFormatError, StateFileError
+from lion_distill.runner import (
+    Driver,
+    StageResult,
+    check_format,
+    checked,
+    fresh_state,
+    next_stage,
+    plan_stages,
+    record_stage,
+)
 
 
 def test_stages_complete_in_order_with_counters_outputs_and_summaries():
@@ -63,15 +72,26 @@ def test_driver_persists_and_reloads_state(tmp_path):
     first = Driver(run.uri, fresh_state("lion", "r", {"student_model": "/m"}))
     first.plan(["a", "b"])
     first.complete("a", "a", StageResult({"student_model": "/ckpt/0"}, {"rows": 3}, {}))
-    # A new driver (a restarted cluster) picks up where state.json says, not from scratch.
-    second = Driver(run.uri, fresh_state("lion", "r", {"student_model": "/m"}))
+    # A new driver of the same run (a restarted cluster) picks up where state.json says, not from scratch.
+    run_id = check_format(run)["run_id"]
+    second = Driver(run.uri, {**fresh_state("lion", "r", {"student_model": "/m"}), "run_id": run_id})
     assert next_stage(second.reload()) == "b" and second.state["outputs"]["student_model"] == "/ckpt/0"
-    run.write_json("state.json", plan_stages(fresh_state("lion", "r"), ["a", "b"]))  # changed behind its back
-    assert next_stage(second.reload()) == "a"
+    # Its memory never goes over the directory's own state: another run's there is refused, as is none.
+    run.write_json("state.json", plan_stages(fresh_state("lion", "r"), ["a", "b"]))
+    with pytest.raises(StateFileError, match="deleted or replaced"):
+        second.reload()
+    run.local_path("state.json").unlink()
+    with pytest.raises(StateFileError, match="holds no state"):
+        second.complete("b", "b", StageResult())
+    assert not run.exists("state.json")
 
 
-def test_a_state_file_from_an_older_engine_is_named(tmp_path):
+def test_a_state_file_from_an_older_engine_or_unreadable_is_one_line(tmp_path):
     run = RunDir(tmp_path / "run")
     run.write_json("state.json", {"completed": {"0": ["imitation"]}})
     with pytest.raises(RunDirFormatError, match="run directory format 1 .*start a new run directory"):
         Driver(run.uri, fresh_state("lion", "r"))
+    run.local_path("state.json").write_text('{"version": 2, "comple')  # a disk that filled up, an editor
+    with pytest.raises(StateFileError) as error:
+        check_format(run)
+    assert "\n" not in str(error.value) and "state.json: not readable as a run's state" in str(error.value)

@@ -5,10 +5,10 @@ the real engine's: the teacher's top 20 at each answer token from a scoring pass
 (lion_distill.llm.scoring, backend vllm, as the distill job takes it). Closeness is the held-out
 KL(teacher || student) per answer token over the teacher's top 50 and the tail
 (lion_distill.distill.divergence), that distribution from a transformers forward
-(lion_distill.llm.scorers.HFScorer). A corruption switch makes the test fail:
-LION_TEST_CORRUPT=shuffle_topk (each position's top-k ids permuted, so the teacher's probabilities sit
-on the wrong tokens: what a mix-up of ids and logprobs does) or =other_model (the signal scored by
-another model, the base student itself). The figures of each run are in benchmarks/RESULTS.md.
+(lion_distill.llm.scorers.HFScorer). A corruption switch makes the test fail: LION_TEST_CORRUPT=other_model (the signal of another model,
+the base student: held-out KL 8.55 against SFT's 8.51 on 2026-12-08). LION_TEST_CORRUPT=shift_positions
+(each answer token given the teacher's top k of the token after it) did not (8.40 against the true
+signal's 8.41; benchmarks/RESULTS.md): the margin does not yet tell a right signal from a shifted one.
 """
 
 import json
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.smol, pytest.mark.vllm]
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = REPO / "data" / "smol" / "teacher_answers.jsonl"
 TRAIN, HELD_OUT, K, EVAL_K = 16, 8, 20, 50
-CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "", "shuffle_topk" or "other_model": a deliberate break, by hand
+CORRUPT = os.environ.get("LION_TEST_CORRUPT", "")  # "", "shift_positions" or "other_model": a deliberate break
 
 
 def signal_rows(teacher: str, rows: list[dict], k: int, engine: str) -> pa.Table:
@@ -54,11 +54,13 @@ def signal_rows(teacher: str, rows: list[dict], k: int, engine: str) -> pa.Table
     return with_signal(table, signal)
 
 
-def shuffled(table: pa.Table) -> pa.Table:
-    """LION_TEST_CORRUPT=shuffle_topk: each position's top-k ids permuted, its logprobs left in place."""
-    rng, rows = np.random.default_rng(0), table.to_pylist()
+def shifted(table: pa.Table) -> pa.Table:
+    """LION_TEST_CORRUPT=shift_positions: each answer token's top k (ids and logprobs) is the next
+    token's; the last token keeps its own."""
+    rows = table.to_pylist()
     for r in rows:
-        r["topk_ids"] = [rng.permutation(ids).tolist() for ids in r["topk_ids"]]
+        for column in ("topk_ids", "topk_logprobs"):
+            r[column] = r[column][1:] + r[column][-1:]
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
@@ -77,8 +79,8 @@ def test_logit_kd_comes_closer_to_the_teacher_than_sft_on_the_same_rows(ray_clus
     # other_model: the "teacher" signal is the base student's own top k, another model's distribution.
     # The student's ids are the teacher's (one vocabulary), so the rows' answer ids do not change.
     train = signal_rows(student if CORRUPT == "other_model" else teacher, rows[:TRAIN], K, "vllm")
-    if CORRUPT == "shuffle_topk":
-        train = shuffled(train)
+    if CORRUPT == "shift_positions":
+        train = shifted(train)
     held = signal_rows(teacher, rows[-HELD_OUT:], EVAL_K, "hf")
     before = held_out_kl(student, held)
     cfg = TrainConfig(num_workers=0, epochs=2, batch_size=8, learning_rate=1e-3, max_length=256, warmup_ratio=0.0)

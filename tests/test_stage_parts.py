@@ -14,7 +14,15 @@ from lion_distill.config.models import RoleConfig, SamplingParams
 from lion_distill.data import RunDir
 from lion_distill.data.pools import RowFiles
 from lion_distill.llm.answers import parts_folder
-from lion_distill.llm.parts import NOT_FINAL, Parts, iter_answers, part_files, read_answers, written_ids
+from lion_distill.llm.parts import (
+    NOT_FINAL,
+    Parts,
+    iter_answers,
+    part_files,
+    part_ids,
+    read_answers,
+    written_ids,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +66,49 @@ def test_the_answers_are_read_from_the_parts_column_by_column(tmp_path):
     assert len(tables) == 2 and tables[0].num_rows >= 2 and all(t.column_names == ["id", "text"] for t in tables)
     assert sorted(r["id"] for t in tables for r in t.to_pylist()) == ["a", "b", "c", "d"]
     assert list(iter_answers(run, "calls/none", ["id"])) == []
+
+
+def test_a_transient_failure_is_never_done_and_the_first_complete_row_is_the_answer(tmp_path):
+    run = RunDir(tmp_path)
+    parts = Parts(run.uri_of("calls/x"))
+    # An outage: "b" and "c" failed for reasons that pass, "d" for one that does not (a bad request).
+    parts(
+        pa.table(
+            {
+                "id": ["a", "b", "c", "d"],
+                "text": ["x", None, None, None],
+                "finish_reason": ["stop", "error", "error", "error"],
+                "error_kind": [None, "connection", "server_error", "bad_request"],
+            }
+        )
+    )
+    done, again = part_ids(run, "calls/x")
+    assert sorted(done.to_pylist()) == ["a", "d"] and sorted(again.to_pylist()) == ["b", "c"]
+    # The resumed call asks "b" and "c" again: "b" is answered, "c" fails again.
+    parts(
+        pa.table(
+            {"id": ["b", "c"], "text": ["y", None], "finish_reason": ["stop", "error"], "error_kind": [None, "timeout"]}
+        )
+    )
+    assert sorted(written_ids(run, "calls/x").to_pylist()) == ["a", "b", "d"]
+    answers = read_answers(run, "calls/x", ["id", "text", "finish_reason"])
+    by_id = {r["id"]: r for r in answers.to_pylist()}
+    assert answers.num_rows == 4 and by_id["b"]["text"] == "y" and by_id["c"]["text"] is None
+    streamed = [r["id"] for t in iter_answers(run, "calls/x", ["id"], rows=1) for r in t.to_pylist()]
+    assert sorted(streamed) == ["a", "b", "c", "d"]  # each id once, whichever part holds its answer
+
+
+def test_a_block_written_again_replaces_its_part(tmp_path):
+    """A task Ray Data runs again (its worker was killed) writes the same block: one part, not two."""
+    run = RunDir(tmp_path)
+    parts = Parts(run.uri_of("calls/x"))
+    parts(pa.table({"id": ["a", "b"], "text": ["x", "y"]}))
+    parts(pa.table({"id": ["a", "b"], "text": ["x2", "y2"]}))
+    assert len(part_files(run, "calls/x")) == 1
+    parts(pa.table({"id": ["b", "c"], "text": ["y3", "z"]}))  # other rows around it: a part of its own
+    assert len(part_files(run, "calls/x")) == 2
+    answers = read_answers(run, "calls/x", ["id", "text"])
+    assert sorted(answers.column("id").to_pylist()) == ["a", "b", "c"]  # "b" counted once
 
 
 def test_rows_for_the_workers_are_files_that_a_new_attempt_replaces(tmp_path):

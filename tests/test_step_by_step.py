@@ -404,13 +404,15 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_stage_grid_and_resume_plan(tmp_path):
+    from lion_distill.data import RunDir
+
     cfg = StepByStepConfig(
         run_dir=str(tmp_path),
         data={"task": "cqa"},
         methods=["step_by_step", "standard_finetune"],
         fractions=[1.0, 0.25],
     )  # no grid: the plain method/fraction keys
-    names = [s.name for s in step_by_step_stages(cfg, None)]
+    names = [s.name for s in step_by_step_stages(cfg, RunDir(tmp_path))]
     assert names == [
         "rationales",
         "train/step_by_step/0.25",

@@ -23,6 +23,7 @@ from lion_distill.train.teacher_signal import (
     collate_teacher,
     last_span,
     tokenize_with_teacher,
+    with_teacher_tokens,
 )
 
 K = 3
@@ -96,6 +97,41 @@ def test_the_teachers_ids_and_top_k_sit_at_the_label_positions(tiny_models):
     plain = {**batch, "response_ids": np.asarray([np.asarray([]), np.asarray(answers[1])], dtype=object)}
     mixed = tokenize_with_teacher(plain, tokenizer_path=path, max_length=256, k=K)
     assert mixed["n_target_tokens"][0] > 0 and bool(np.isnan(mixed[TEACHER_LOGPROBS][0]).all())
+
+
+def test_a_chat_row_learns_the_teachers_ids_in_its_last_assistant_turn(tiny_models):
+    path = str(tiny_models.llama)
+    answer = [41, 42, 43]
+    turns = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi", "complete": True}]
+    batch = {
+        "messages": np.asarray([json.dumps(turns)], dtype=object),
+        "response_ids": np.asarray([np.asarray(answer)], dtype=object),
+        "topk_ids": np.asarray([np.asarray([[t, 1, 2] for t in answer])], dtype=object),
+        "topk_logprobs": np.asarray([np.asarray([[-0.1, -2.0, -3.0]] * 3)], dtype=object),
+    }
+    out = tokenize_with_teacher(batch, tokenizer_path=path, max_length=256, k=K)
+    labels = out["labels"][0]
+    assert labels[labels != batches.IGNORE].tolist() == answer and out["input_ids"][0][-3:].tolist() == answer
+
+
+def test_a_rows_earlier_sequences_learn_by_cross_entropy_its_last_from_the_teacher():
+    """A template that rewrites earlier turns gives one sequence per assistant turn (lion_distill.train.chat):
+    the teacher's answer is the row's last turn, so only the row's last sequence takes its signal."""
+    out = {
+        "input_ids": [np.array([1, 2, 3, 4]), np.array([1, 2, 3, 4, 5, 6, 7]), np.array([8, 9])],
+        "labels": [np.array([-100, -100, 3, 4]), np.array([-100, -100, 3, 4, -100, 6, 7]), np.array([-100, 9])],
+    }
+    batch = {
+        "response_ids": [np.array([60, 61, 62]), np.array([70])],
+        "topk_ids": [np.array([[60, 1, 2], [61, 1, 2], [62, 1, 2]]), np.array([[70, 1, 2]])],
+        "topk_logprobs": [np.full((3, K), -1.0), np.full((1, K), -1.0)],
+    }
+    got = with_teacher_tokens(batch, out, [0, 0, 1], max_length=64, k=K)
+    assert got["input_ids"][0].tolist() == [1, 2, 3, 4] and bool(np.isnan(got[TEACHER_LOGPROBS][0]).all())
+    assert got["input_ids"][1].tolist() == [1, 2, 3, 4, 5, 60, 61, 62]
+    assert np.isnan(got[TEACHER_LOGPROBS][1]).tolist() == [True] * 2 * K + [False] * 3 * K  # earlier turn: CE
+    assert got[TEACHER_IDS][1].reshape(-1, K)[2:, 0].tolist() == [60, 61, 62]
+    assert got["input_ids"][2].tolist() == [8, 70] and got["n_target_tokens"].tolist() == [2, 5, 1]
 
 
 @pytest.mark.parametrize("student", ["full", "lora"])

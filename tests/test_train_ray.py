@@ -323,3 +323,17 @@ def test_llama_sft_two_fsdp_workers_resumes_and_exports(ray_cluster, tiny_models
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))  # vLLM logs to stdout too
     assert json.loads(result.removeprefix("RESULT "))["tokens"] > 0
+
+
+def test_a_checkpoint_made_under_other_settings_is_not_resumed_from(ray_cluster, tiny_models, tmp_path):
+    """A resumed training goes on from its checkpoint only under the settings that made it (a longer
+    one goes on: the test above); a changed learning rate starts over, its old checkpoint not loaded.
+    One Ray Train worker: the driver's local mode (num_workers=0) keeps no checkpoint to resume from."""
+    rows = ray.data.from_items([{"instruction": f"Say {i}.", "input": "", "response": f"It is {i}."} for i in range(8)])
+    cfg = TrainConfig(num_workers=1, batch_size=4, epochs=1, learning_rate=1e-3, warmup_ratio=0.0, max_length=64)
+    out = str(tmp_path / "student")
+    first = train_causal_sft(cfg, str(tiny_models.llama), rows, out, name="settings")
+    assert first.record.extra["steps"] == 2
+    other = cfg.model_copy(update={"epochs": 2, "learning_rate": 5e-4})
+    changed = train_causal_sft(other, str(tiny_models.llama), rows, out, name="settings")
+    assert changed.record.extra["resumed_from_step"] == 0 and changed.record.rows == 2 * 8

@@ -73,8 +73,11 @@ class CandidateConfig(Strict):
     iteration: int | None = Field(None, ge=0, description="With lion_run: that iteration's student (null: the latest).")
     prompt: Literal["alpaca", "chat"] | None = Field(
         None,
-        description="How a question is asked: alpaca, as Lion students are trained; chat, as chat models are "
-        "(null: alpaca for lion_run, chat for a role).",
+        description=(
+            "How a question is asked: chat (its chat template, as chat models are served) or alpaca (Lion's "
+            "layout). Default: the format a Lion run's student was trained in (its student.prompt_format), "
+            "chat for a role."
+        ),
     )
 
     @model_validator(mode="after")
@@ -85,8 +88,8 @@ class CandidateConfig(Strict):
             )
         if self.iteration is not None and self.lion_run is None:
             raise ValueError("'iteration' picks a student of 'lion_run'; it needs lion_run")
-        if self.prompt is None:
-            self.prompt = "alpaca" if self.lion_run else "chat"
+        if self.prompt is None and self.role is not None:
+            self.prompt = "chat"
         return self
 
 

@@ -128,6 +128,12 @@ class OpenAIEndpoint(Strict):
         description="The run's budget for this role, across stages, iterations and resumed jobs: the stage stops "
         "cleanly once it is spent (null: no limit).",
     )
+    max_retry_after_s: PositiveFloat = Field(
+        60.0,
+        description="The longest pause a server's Retry-After (or a rate-limit reset with nothing left) imposes "
+        "on every actor of the cluster, in seconds; a longer one is cut to this. Default 60: the openai "
+        "client's own cap on the Retry-After it honours.",
+    )
 
 
 class RoleConfig(Strict):
@@ -156,6 +162,23 @@ class RoleConfig(Strict):
         default_factory=dict,
         description="More vLLM engine arguments, passed to the engine unchanged (e.g. gpu_memory_utilization).",
     )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra variables for the role's chat template (e.g. {enable_thinking: false}), given alike to vLLM's "
+            "chat template stage, to Ray Serve LLM and OpenAI-compatible servers as the request's chat_template_kwargs, "
+            "and to the tokenizer wherever the engine renders the template itself (training, NLL, the plan); "
+            "default none, the template's own defaults."
+        ),
+    )
+    reasoning: Literal["keep", "drop"] = Field(
+        "drop",
+        description=(
+            "For a role whose answers are trained on (the teacher): keep trains the student on the thinking "
+            "(the responses' reasoning column) rendered the way the student's chat template renders thinking; "
+            "drop trains on the final answer alone. Default drop: Lion trains on answers, and its teacher does not think."
+        ),
+    )
 
     @model_validator(mode="after")
     def _endpoint_matches_backend(self) -> RoleConfig:
@@ -171,6 +194,20 @@ class RoleConfig(Strict):
                 f"does not take it (got {sorted(self.sampling.extra)}): serve the role with vllm or openai"
             )
         return self
+
+
+class StudentRoleConfig(RoleConfig):
+    """The student: a role, and the format it is trained, asked, evaluated and exported in."""
+
+    prompt_format: Literal["chat", "alpaca"] | None = Field(
+        None,
+        description=(
+            "chat: every instruction is a conversation in the student's own chat template, trained with the loss on "
+            "its assistant turns and asked through chat completions; alpaca: Lion's `### Instruction:` layout "
+            "(src/train.py's PROMPT_DICT), byte for byte. Default (null): chat when the student's tokenizer has a "
+            "chat template, alpaca otherwise, fixed when the run starts."
+        ),
+    )
 
 
 class ServingConfig(Strict):
@@ -194,6 +231,12 @@ class ServingConfig(Strict):
         900.0,
         description="Seconds an engine may take to start (first start included: GPUs to free up, the model to "
         "download and load) or restart; past it the stage ends naming the role, and the run stays resumable.",
+    )
+    call_timeout_s: PositiveFloat = Field(
+        120.0,
+        description="How long one call to the job's own state actor (lion_distill.runner) may take, in "
+        "seconds, before the job stops naming it instead of waiting on (the actor's node gone, say). "
+        "Default 120: the call reads and writes one small file.",
     )
 
     @model_validator(mode="before")

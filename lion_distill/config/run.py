@@ -17,6 +17,7 @@ from lion_distill.config.models import (
     RoleConfig,
     ServingConfig,
     Strict,
+    StudentRoleConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -35,7 +36,7 @@ class RunConfig(Strict):
     name: str = Field("lion", description="The job's name, in its logs, report and tracking run.")
     data: DataConfig = Field(description="The seed pool.")
     teacher: RoleConfig = Field(description="Answers the train and cache pools (the paper's gpt-3.5-turbo).")
-    student: RoleConfig = Field(description="The model distilled into: a local model (vllm or hf), fine-tuned.")
+    student: StudentRoleConfig = Field(description="The model distilled into: a local model (vllm or hf), fine-tuned.")
     referee: RoleConfig = Field(description="Scores teacher and student answers to find the hard instructions.")
     generator: RoleConfig = Field(description="Writes new instructions from hard and easy ones.")
     lion: LionConfig = Field(LionConfig(), description="Lion's loop.")

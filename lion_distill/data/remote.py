@@ -26,12 +26,25 @@ import shutil
 from pathlib import Path
 
 CACHE_ENV = "LION_MODEL_CACHE"
+# Written last into an exported model (lion_distill.train.checkpoint.publish_dir): on an object store,
+# which cannot swap a folder in whole, a folder without it is an export still being copied.
+EXPORT_COMPLETE = "export_complete.json"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
 def is_uri(path) -> bool:
     """A location on a pyarrow filesystem other than this node's disk (a str or a Path)."""
     return "://" in str(path)
+
+
+def export_complete(fs, path: str) -> bool:
+    """A whole export at `path` on the pyarrow filesystem `fs`: its mark, or, for a local export
+    (swapped in whole; one made before exports were marked), its config.json."""
+    import pyarrow.fs as pafs
+
+    marked = fs.get_file_info(f"{path.rstrip('/')}/{EXPORT_COMPLETE}").type == pafs.FileType.File
+    local = isinstance(fs, pafs.LocalFileSystem)
+    return marked or (local and fs.get_file_info(f"{path.rstrip('/')}/config.json").type == pafs.FileType.File)
 
 
 def cache_root() -> Path:

@@ -3,7 +3,8 @@
 Writes are atomic where the filesystem allows it: write a temporary file, then
 rename it over the target, so a killed job leaves either the old file or the new
 one, never half of one. (Object stores implement the rename as copy + delete: the
-target still only ever appears whole.)
+target still only ever appears whole. S3's copy is one CopyObject up to 5 GiB; a
+larger file is streamed into place, a multipart upload, which also appears whole.)
 
 `RunLog` is a logging handler that keeps a job's log lines in `logs/` of the run directory.
 """
@@ -23,6 +24,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lion_distill.crashpoints import crash_point
+
+COPY_OBJECT_LIMIT = 5 << 30  # S3's largest object one CopyObject (pyarrow's move) copies
 # The run directory's format, recorded as `version` in its state.json (lion_distill.runner) when
 # the directory is created. What each format changed, for the line that refuses an older one:
 FORMAT = 3
@@ -91,8 +95,9 @@ class RunDir:
             out.write(data)
 
     @contextmanager
-    def _atomic(self, rel: str):
-        """An output stream to a temporary file, renamed over `rel` once the block ends without an error."""
+    def _atomic(self, rel: str, point: str | None = None):
+        """An output stream to a temporary file, renamed over `rel` once the block ends without an error.
+        `point`: the crash point (lion_distill.crashpoints) between the two, written but not in place."""
         target = self.path(rel)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
@@ -103,7 +108,17 @@ class RunDir:
         except BaseException:
             self.fs.delete_file(tmp)
             raise
-        self.fs.move(tmp, target)
+        if point is not None:
+            crash_point(point)
+        self._move(tmp, target)
+
+    def _move(self, source: str, target: str) -> None:
+        """`fs.move`, except for an object-store file above COPY_OBJECT_LIMIT: streamed, then removed."""
+        if not self.is_local and (self.fs.get_file_info(source).size or 0) > COPY_OBJECT_LIMIT:
+            pafs.copy_files(source, target, source_filesystem=self.fs, destination_filesystem=self.fs)
+            self.fs.delete_file(source)
+            return
+        self.fs.move(source, target)
 
     @contextmanager
     def table_writer(self, rel: str, schema: pa.Schema):
@@ -113,7 +128,7 @@ class RunDir:
             yield writer
 
     def move(self, rel: str, to: str) -> None:
-        self.fs.move(self.path(rel), self.path(to))
+        self._move(self.path(rel), self.path(to))
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
@@ -127,9 +142,9 @@ class RunDir:
             return default
         return json.loads(self.read_bytes(rel))
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
+    def write_table(self, rel: str, table: pa.Table, point: str | None = None) -> None:
         # Straight to the (temporary) file: a pool's parquet is not first built in memory and copied.
-        with self._atomic(rel) as out:
+        with self._atomic(rel, point) as out:
             pq.write_table(table, out)
 
     def read_table(self, rel: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:

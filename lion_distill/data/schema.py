@@ -30,6 +30,7 @@ RESPONSE_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("role", pa.string(), nullable=False),
         pa.field("text", pa.string()),  # null when the request failed
+        pa.field("reasoning", pa.string()),  # a thinking model's thinking, apart from text (lion_distill.llm.reasoning)
         pa.field("finish_reason", pa.string()),  # stop | length | error
         pa.field("error_kind", pa.string()),  # a lion_distill.errors.ErrorKind value; null unless error
         pa.field("error", pa.string()),  # the failure's message; null unless error
@@ -37,6 +38,21 @@ RESPONSE_SCHEMA = pa.schema(
         pa.field("completion_tokens", pa.int64()),
     ]
 )
+
+# The training rows' two layouts (docs/design.md "Data contracts"), by student.prompt_format; `id` is
+# the pool row's, which its answer's teacher signal joins on.
+TRAINING_ROW_SCHEMAS = {
+    "chat": pa.schema([("id", pa.string()), ("messages", pa.string())]),
+    "alpaca": pa.schema(
+        [
+            ("id", pa.string()),
+            ("instruction", pa.string()),
+            ("input", pa.string()),
+            ("response", pa.string()),
+            ("complete", pa.bool_()),
+        ]
+    ),
+}
 
 
 def instruction_id(instruction: str, input: str = "", context: str = "") -> str:

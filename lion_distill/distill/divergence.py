@@ -18,14 +18,20 @@ import torch
 from lion_distill.train.kd_loss import KDLoss, token_divergence
 from lion_distill.train.teacher_signal import TEACHER_IDS, TEACHER_LOGPROBS, tokenize_with_teacher
 
-COLUMNS = ("instruction", "input", "response", "complete", "response_ids", "topk_ids", "topk_logprobs")
-
 
 @torch.inference_mode()
-def student_divergence(model_path: str, rows: list[dict], loss: KDLoss, *, top_k: int, max_length: int = 2048):
-    """The mean per-token divergence of `model_path` from the teacher on each row's answer (rows of
-    the training layout with the teacher signal, lion_distill.distill.signal.with_signal); NaN for a
-    row with no answer token inside max_length."""
+def student_divergence(
+    model_path: str,
+    rows: list[dict],
+    loss: KDLoss,
+    *,
+    top_k: int,
+    max_length: int = 2048,
+    chat_template_kwargs: dict | None = None,
+):
+    """The mean per-token divergence of `model_path` from the teacher on each row's answer (training
+    rows of either layout with the teacher signal, lion_distill.distill.signal.with_signal); NaN for
+    a row with no answer token inside max_length."""
     from transformers import AutoModelForCausalLM
 
     from lion_distill.data.remote import local_model
@@ -33,8 +39,10 @@ def student_divergence(model_path: str, rows: list[dict], loss: KDLoss, *, top_k
     if not rows:
         return []
     model_path = local_model(model_path)
-    batch = {name: [r[name] for r in rows] for name in COLUMNS}
-    encoded = tokenize_with_teacher(batch, tokenizer_path=model_path, max_length=max_length, k=top_k)
+    batch = {name: [r[name] for r in rows] for name in rows[0]}
+    encoded = tokenize_with_teacher(
+        batch, tokenizer_path=model_path, max_length=max_length, k=top_k, chat_template_kwargs=chat_template_kwargs
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()

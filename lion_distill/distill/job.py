@@ -18,7 +18,6 @@ Stages (resumable, on the shared runner): `eval/before` (with `eval`), `teacher`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -28,21 +27,21 @@ import pyarrow.compute as pc
 from lion_distill.config import load_config
 from lion_distill.config.distill import DistillRunConfig
 from lion_distill.data import RESPONSE_SCHEMA, RunDir, read_pool, write_pool
-from lion_distill.data.conversations import is_conversation
 from lion_distill.data.pools import RowFiles
+from lion_distill.data.schema import TRAINING_ROW_SCHEMAS
 from lion_distill.distill.report import write_report
 from lion_distill.distill.signal import read_signal, teacher_signal, with_signal
 from lion_distill.distill.teacher import with_teacher_logprobs
 from lion_distill.evaluate.evaluation import evaluate
 from lion_distill.evaluate.scores import headline
-from lion_distill.job_inputs import absolute_paths, sampled_pool
+from lion_distill.job_inputs import absolute_paths, run_with_engines, sampled_pool, with_prompt_format
 from lion_distill.llm.answers import answer, answered_mask, response_table, write_responses
-from lion_distill.llm.prompts import instruction_messages
-from lion_distill.llm.serving import job_engines, take_engine_metrics, training
+from lion_distill.llm.prompts import instruction_messages, prompt_format, training_row
+from lion_distill.llm.serving import take_engine_metrics, training
 from lion_distill.local_models import resolve_local_models
 from lion_distill.metrics import Metrics, usage
 from lion_distill.run_config import store_config
-from lion_distill.runner import Stage, StageResult, run_stages
+from lion_distill.runner import Stage, StageResult
 
 log = logging.getLogger("lion_distill.distill")
 
@@ -88,7 +87,8 @@ def train_stage(cfg: DistillRunConfig, run: RunDir, student_model: str) -> Stage
     from lion_distill.train.kd_loss import KDLoss
 
     pool, answers = _trainable(cfg, run)
-    rows = training_rows(pool, answers)
+    fmt = prompt_format(cfg.student)
+    rows = training_rows(pool, answers, fmt, cfg.teacher.reasoning)
     kd = None
     if cfg.distill.mode == "logit_kd":
         rows = with_signal(rows, read_signal(run, cfg.teacher, cfg.distill, stage=SIGNAL_STAGE, parts=SIGNAL_PARTS))
@@ -102,6 +102,8 @@ def train_stage(cfg: DistillRunConfig, run: RunDir, student_model: str) -> Stage
             files.dataset(),
             run.uri_of("train/student"),
             name=f"{cfg.name}-train",
+            prompt_format=fmt,
+            chat_template_kwargs=cfg.student.chat_template_kwargs,
             kd=kd,
             top_k=cfg.distill.top_k,
         )
@@ -115,7 +117,9 @@ def train_stage(cfg: DistillRunConfig, run: RunDir, student_model: str) -> Stage
 
 def eval_stage(cfg: DistillRunConfig, run: RunDir, student_model: str, out: str) -> StageResult:
     student = cfg.student.model_copy(update={"model": student_model})
-    summary, records = evaluate(cfg.eval, run, student, "alpaca", out, role_name="student", teacher=cfg.teacher)
+    summary, records = evaluate(
+        cfg.eval, run, student, prompt_format(student), out, role_name="student", teacher=cfg.teacher
+    )
     return StageResult(counters=usage(records), summary={f"eval_{k}": v for k, v in headline(summary).items()})
 
 
@@ -133,27 +137,11 @@ def _trainable(cfg: DistillRunConfig, run: RunDir) -> tuple[pa.Table, pa.Table]:
     return pool.filter(mask), answers.filter(mask)
 
 
-def training_rows(pool: pa.Table, answers: pa.Table) -> pa.Table:
-    """Training rows (docs/design.md, "Data contracts"): Alpaca's layout for an instruction, a
-    conversation as `messages` (its turns, then the teacher's answer) for the chat template."""
-    rows = pool.to_pylist()
-    texts, reasons = answers.column("text").to_pylist(), answers.column("finish_reason").to_pylist()
-    messages = [
-        json.dumps(instruction_messages(r) + [{"role": "assistant", "content": t}], ensure_ascii=False)
-        if is_conversation(r)
-        else ""
-        for r, t in zip(rows, texts)
-    ]
-    return pa.table(
-        {
-            "id": pool.column("id"),
-            "instruction": pool.column("instruction"),
-            "input": pool.column("input"),
-            "response": texts,
-            "complete": [reason != "length" for reason in reasons],
-            "messages": messages,
-        }
-    )
+def training_rows(pool: pa.Table, answers: pa.Table, fmt: str, reasoning: str) -> pa.Table:
+    """Training rows in the student's layout `fmt` (lion_distill.llm.prompts.training_row; docs/design.md,
+    "Data contracts"): a conversation's context is the pool row's, then the teacher's answer."""
+    rows = [training_row(r, a, fmt, reasoning) for r, a in zip(pool.to_pylist(), answers.to_pylist())]
+    return pa.Table.from_pylist(rows, schema=TRAINING_ROW_SCHEMAS[fmt])
 
 
 def _metrics(run: RunDir, stage: str, records: list, extra: dict) -> None:
@@ -185,8 +173,9 @@ def load(path: str, overrides: list[str]) -> DistillRunConfig:
 
 def resolved(cfg: DistillRunConfig) -> DistillRunConfig:
     """The config as the run uses it and stores it in config.json: its paths absolute (the teacher's
-    tokenizer folder too), and the teacher's engine allowed distill.top_k logprobs."""
-    cfg = with_teacher_logprobs(absolute_paths(cfg))
+    tokenizer folder too), the student's format fixed, and the teacher's engine allowed distill.top_k
+    logprobs."""
+    cfg = with_teacher_logprobs(with_prompt_format(absolute_paths(cfg)))
     if cfg.distill.teacher_tokenizer and os.path.exists(cfg.distill.teacher_tokenizer):
         tokenizer = os.path.abspath(cfg.distill.teacher_tokenizer)
         cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_tokenizer": tokenizer})})
@@ -202,23 +191,9 @@ def run(cfg: DistillRunConfig, allow_config_change: bool = False) -> dict:
         rundir.write_json("data_report.json", report)
         write_pool(rundir, POOL, pool)
     roles = {"teacher": cfg.teacher, "student": cfg.student, **({"judge": cfg.eval.judge} if cfg.eval else {})}
-    with job_engines(
-        roles,
-        cfg.serving,
-        run_id=rundir.uri,
-        train_workers=cfg.train.num_workers,
-        gpus_per_worker=cfg.train.gpus_per_worker,
-    ):
-        state = run_stages(
-            rundir,
-            job="distill",
-            name=cfg.name,
-            stages=distill_stages(cfg, rundir),
-            outputs={"student_model": cfg.student.model},
-            report=write_report,
-            tracking_cfg=cfg.tracking,
-            config=config,
-        )
+    state = run_with_engines(
+        cfg, rundir, job="distill", roles=roles, stages=distill_stages(cfg, rundir), report=write_report, config=config
+    )
     write_report(rundir)
     log.info("done: student %s; report %s", state["outputs"]["student_model"], rundir.path("report.md"))
     return state

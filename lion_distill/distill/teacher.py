@@ -64,6 +64,12 @@ def signal_problems(cfg, env) -> tuple[list[str], list[str]]:
 
     what = "distill.mode: logit_kd" if cfg.distill.mode == "logit_kd" else "lion.discriminator: divergence"
     teacher, k, inputs, run = cfg.teacher, cfg.distill.top_k, [], []
+    if cfg.distill.mode == "logit_kd" and teacher.reasoning == "keep":
+        # The signal covers the answer's tokens; the trained turn would be the thinking and the answer.
+        inputs.append(
+            "teacher.reasoning: keep trains the teacher's thinking, which distill.mode logit_kd has no "
+            "teacher signal for: set teacher.reasoning: drop, or distill.mode: sft"
+        )
     if teacher.backend == "openai":
         host = (teacher.openai.base_url or "https://api.openai.com").split("//", 1)[-1].split("/", 1)[0]
         if host.split(":")[0] == "api.openai.com":

@@ -19,6 +19,7 @@ evaluation runs again.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pyarrow as pa
 
@@ -31,8 +32,9 @@ from lion_distill.evaluate.scores import aggregate, check_judged, headline
 from lion_distill.judging.judge import Judging, check_constraint, judge_pairs
 from lion_distill.judging.referee import ANSWER_COLUMNS, judgment_schema
 from lion_distill.llm.answers import answer, read_rows, write_responses
-from lion_distill.llm.prompts import alpaca_prompt, instruction_messages
+from lion_distill.llm.prompts import FORMATS, student_prompt
 from lion_distill.llm.serving import take_engine_metrics
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import Metrics, StageRecord
 
 log = logging.getLogger("lion_distill.evaluate")
@@ -56,7 +58,7 @@ JUDGMENT_SCHEMA = pa.schema(
     [pa.field("key", pa.string(), nullable=False), pa.field("category", pa.string(), nullable=False)]
     + [f for f in judgment_schema(*ROLES) if f.name != "hard"]  # hard/easy is Lion's, not a score
 )
-PROMPTS = {"alpaca": lambda row: alpaca_prompt(row["instruction"], row["input"]), "chat": instruction_messages}
+PROMPTS = {fmt: partial(student_prompt, prompt_format=fmt) for fmt in FORMATS}  # a candidate asked in its format
 
 
 def _percent(x: float | None) -> str:
@@ -89,6 +91,8 @@ def _answer(
 ) -> tuple[list[dict], StageRecord]:
     rows = [{"id": q["id"], "instruction": q["instruction"], "input": q["input"]} for q in questions]
     answers, record = answer(role, rows, PROMPTS[prompt], stage=stage, role_name=role_name, run_dir=run)
+    if stage == "eval/reference":  # before they are saved: a failure that passes is asked again
+        stop_if_transient(stage, answers)  # (a candidate that cannot answer has lost: failed_answer_loses)
     return answers.to_pylist(), record
 
 
@@ -116,10 +120,11 @@ def evaluate(
         write_responses(run, f"{out}/answers.parquet", candidate)
     pairs = answer_pairs(questions, reference, candidate)
     judgments, judge_records = judge_pairs(cfg.judge, pairs, judging, run=run, stage="eval/judge", draws=out)
+    stop_if_transient("eval/judge", judgments, "failure_kind", "pairs")
     records += judge_records
     nll = None
     if teacher is not None:
-        nll, teacher_records = nll_gap(teacher, role.model, questions, run, out)
+        nll, teacher_records = nll_gap(teacher, role, prompt, questions, run, out)
         records += teacher_records
     rows = [{**j, "key": q["key"], "category": q["category"]} for q, j in zip(questions, judgments.to_pylist())]
     run.write_table(f"{out}/judgments.parquet", pa.Table.from_pylist(rows, schema=JUDGMENT_SCHEMA))

@@ -15,11 +15,14 @@ import os
 
 from lion_distill.config import RoleConfig, load_config
 from lion_distill.config.evaluate import CandidateConfig, EvalConfig, EvalJobConfig
+from lion_distill.config.models import StudentRoleConfig
 from lion_distill.data import RunDir
+from lion_distill.data.remote import export_complete
 from lion_distill.errors import CandidateError
 from lion_distill.evaluate.evaluation import evaluate, prepare
 from lion_distill.evaluate.report import write_report
 from lion_distill.evaluate.scores import headline
+from lion_distill.llm.prompts import prompt_format
 from lion_distill.local_models import resolve_local_models
 from lion_distill.metrics import usage
 from lion_distill.run_config import store_config
@@ -64,10 +67,12 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
             f"is {candidate.lion_run} a Lion run directory?"
         )
     k = candidate.iteration
+
+    def exported(iteration: str) -> bool:  # a student half uploaded to an object store is none
+        return export_complete(run.fs, run.path(iteration, "imitation", "student"))
+
     if k is None:
-        done = [
-            int(name[5:]) for name in _iteration_dirs(run) if run.exists(name, "imitation", "student", "config.json")
-        ]
+        done = [int(name[5:]) for name in _iteration_dirs(run) if exported(name)]
         if not done:
             raise CandidateError(
                 f"candidate {candidate.name}: no student checkpoint in {candidate.lion_run} yet "
@@ -75,9 +80,9 @@ def candidate_role(candidate: CandidateConfig) -> RoleConfig:
             )
         k = max(done)
     student = run.uri_of(f"iter_{k}", "imitation", "student")
-    if not run.exists(f"iter_{k}", "imitation", "student", "config.json"):
+    if not exported(f"iter_{k}"):
         raise CandidateError(f"candidate {candidate.name}: {student} has no student checkpoint")
-    return RoleConfig.model_validate({**config["student"], "model": student})
+    return StudentRoleConfig.model_validate({**config["student"], "model": student})
 
 
 def _iteration_dirs(run: RunDir) -> list[str]:
@@ -94,7 +99,9 @@ def eval_stages(cfg: EvalConfig, run: RunDir) -> list[Stage]:
 
     def candidate(c: CandidateConfig) -> Stage:
         def fn(state: dict) -> StageResult:
-            summary, records = evaluate(cfg, run, candidate_role(c), c.prompt, f"eval/{c.name}", role_name=c.name)
+            role = candidate_role(c)
+            prompt = c.prompt or prompt_format(role)  # a Lion run's student: as it was trained
+            summary, records = evaluate(cfg, run, role, prompt, f"eval/{c.name}", role_name=c.name)
             return StageResult(counters=usage(records), summary=headline(summary))
 
         return Stage(f"candidate/{c.name}", fn, group=c.name)

@@ -1,7 +1,7 @@
 """How far the student is from the teacher, without a judge: the student's mean negative
 log-likelihood per answer token of the teacher's answers to the evaluation questions
-(teacher-forced, asked in the student's own Alpaca format, as it is trained), beside the
-teacher's on the same answers (asked in its chat template): the floor imitation can
+(teacher-forced, asked in the format the student is trained in, `student.prompt_format`),
+beside the teacher's on the same answers (asked in its chat template): the floor imitation can
 approach. No API call and no judge: a small judge is near chance (benchmarks/RESULTS.md),
 this measure is not.
 
@@ -51,14 +51,29 @@ def answer_rows(questions: list[dict], answers: list[dict]) -> list[dict]:
 
 
 @torch.inference_mode()
-def mean_nll(model_path: str, rows: list[dict], template: str, *, max_length: int = 2048, batch_size: int = 8) -> dict:
-    """-> {"nll": mean NLL per answer token (eos included, as trained), "tokens", "answers"} of
-    `model_path` on the rows' responses, asked in `template` ("alpaca" | "chat")."""
+def mean_nll(
+    model_path: str,
+    rows: list[dict],
+    template: str,
+    *,
+    max_length: int = 2048,
+    batch_size: int = 8,
+    chat_template_kwargs: dict | None = None,
+) -> dict:
+    """-> {"nll": mean NLL per answer token (its end of turn included, as trained), "tokens",
+    "answers"} of `model_path` on the rows' responses, asked in `template` ("alpaca" | "chat":
+    lion_distill.train.batches.tokenize_causal, the training's own tokenisation)."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(model_path)
     columns = {k: [r[k] for r in rows] for k in ("instruction", "input", "response", "complete")}
-    encoded = tokenize_causal(columns, tokenizer_path=model_path, max_length=max_length, template=template)
+    encoded = tokenize_causal(
+        columns,
+        tokenizer_path=model_path,
+        max_length=max_length,
+        template=template,
+        chat_template_kwargs=chat_template_kwargs,
+    )
     keep = [i for i, n in enumerate(encoded["n_target_tokens"]) if n > 0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -76,12 +91,13 @@ def mean_nll(model_path: str, rows: list[dict], template: str, *, max_length: in
     return {"nll": total / tokens if tokens else None, "tokens": tokens, "answers": len(keep)}
 
 
-def _remote_nll(model_path: str, rows: list[dict], template: str) -> dict:
-    """mean_nll in a Ray task: on a GPU where the cluster has one."""
+def _remote_nll(role: RoleConfig, rows: list[dict], template: str) -> dict:
+    """mean_nll of a role's model in a Ray task: on a GPU where the cluster has one."""
     import ray
 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(mean_nll).remote(model_path, rows, template))
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(mean_nll)
+    return ray.get(task.remote(role.model, rows, template, chat_template_kwargs=role.chat_template_kwargs))
 
 
 def teacher_answers(teacher: RoleConfig, questions: list[dict], run: RunDir) -> tuple[list[dict], list]:
@@ -98,29 +114,32 @@ def teacher_answers(teacher: RoleConfig, questions: list[dict], run: RunDir) -> 
     return answers, [record]
 
 
-def nll_gap(teacher: RoleConfig, student_model: str, questions: list[dict], run: RunDir, out: str) -> tuple[dict, list]:
+def nll_gap(
+    teacher: RoleConfig, student: RoleConfig, prompt_format: str, questions: list[dict], run: RunDir, out: str
+) -> tuple[dict, list]:
     """-> ({"student_nll", "teacher_nll", "nll_answers", "nll_tokens"}, records): the student's
-    NLL on the teacher's answers and the teacher's own (None for a teacher served by an API)."""
+    NLL on the teacher's answers, asked in `prompt_format`, and the teacher's own (None for a
+    teacher served by an API)."""
     answers, records = teacher_answers(teacher, questions, run)
     rows = answer_rows(questions, answers)
     floor = run.read_json(TEACHER_NLL)
     if floor is None:
-        floor = {"nll": None} if teacher.backend == "openai" else _remote_nll(teacher.model, rows, "chat")
+        floor = {"nll": None} if teacher.backend == "openai" else _remote_nll(teacher, rows, "chat")
         run.write_json(TEACHER_NLL, floor)
-    student = _remote_nll(student_model, rows, "alpaca")
+    student_nll = _remote_nll(student, rows, prompt_format)
     figures = {
-        "student_nll": student["nll"],
+        "student_nll": student_nll["nll"],
         "teacher_nll": floor["nll"],
-        "nll_answers": student["answers"],
-        "nll_tokens": student["tokens"],
+        "nll_answers": student_nll["answers"],
+        "nll_tokens": student_nll["tokens"],
     }
     run.write_json(f"{out}/nll.json", figures)
     log.info(
         "%s: student NLL %s on %d teacher answers (%d tokens); the teacher's own %s",
         out,
         _fmt(figures["student_nll"]),
-        student["answers"],
-        student["tokens"],
+        student_nll["answers"],
+        student_nll["tokens"],
         _fmt(figures["teacher_nll"]),
     )
     return figures, records

@@ -33,7 +33,7 @@ from lion_distill.errors import ErrorKind
 from lion_distill.judging.reviews import logprob_scores
 from lion_distill.judging.rubrics import RUBRICS, Rubric
 from lion_distill.llm.prompts import instruction_text
-from lion_distill.llm.responses import is_error
+from lion_distill.llm.responses import LENGTH, is_error
 
 OK, FAILED = "ok", "failed"  # a judgment's status
 LOWEST_SCORE = 1.0
@@ -51,6 +51,10 @@ class Failure:
 
 
 UNPARSEABLE = Failure(ErrorKind.UNPARSEABLE, "review: no scores in the rubric's layout")
+# Cut at max_tokens where its scores are (the last lines, or a first line not ended): "10" cut to "1"
+# would read as a score, so it is not read, and is asked again as an unparseable review is.
+REVIEW_CUT = Failure(ErrorKind.UNPARSEABLE, "review: cut at max_tokens before its scores")
+UNREADABLE = (UNPARSEABLE, REVIEW_CUT)
 
 
 def judgment_schema(first: str = "teacher", second: str = "student") -> pa.Schema:
@@ -95,6 +99,10 @@ def _review_scores(review: dict, rubric: Rubric, use_logprobs: bool) -> tuple[fl
     """(Assistant 1, Assistant 2) scores of one review, or why there are none."""
     if is_error(review.get("finish_reason")):
         return Failure(ErrorKind(review["error_kind"]), f"review: {review.get('error')}")
+    if review.get("finish_reason") == LENGTH and not (
+        rubric.scores_first and "\n" in (review.get("text") or "").strip()
+    ):
+        return REVIEW_CUT
     scores = rubric.parse(review.get("text"))
     if scores is None:
         return UNPARSEABLE
@@ -196,7 +204,7 @@ def _judgment(
     if failure is None:
         first, second = _review_scores(af, rubric, use_logprobs), _review_scores(bf, rubric, use_logprobs)
         failure = next((s for s in (first, second) if isinstance(s, Failure)), None)
-    if failure is UNPARSEABLE and lost and not failed_answer_loses:
+    if failure in UNREADABLE and lost and not failed_answer_loses:
         lowest = {f"{b}_score_1": LOWEST_SCORE, f"{b}_score_2": LOWEST_SCORE, f"{b}_score": LOWEST_SCORE}
         return {**row, **lowest, "hard": True, "status": OK}
     if failure is not None:

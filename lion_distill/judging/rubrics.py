@@ -61,6 +61,16 @@ def _explanation_then(closing: str, opening: str = ""):
     return regex
 
 
+# The templates' own section markers: inside a question or an answer one would end that section and
+# open another (an answer that closes itself and writes its own [System] rules). Bracketed there, they
+# are shown in parentheses; a text without them is the paper's prompt byte for byte.
+_DELIMITER = re.compile(r"\[(The (?:Start|End) of Assistant \d+'s Answer|System|Question|Instruction)\]", re.IGNORECASE)
+
+
+def neutralised(text: str) -> str:
+    return _DELIMITER.sub(r"(\1)", text)
+
+
 @dataclass(frozen=True)
 class Rubric:
     name: str
@@ -72,11 +82,11 @@ class Rubric:
     schema: dict
     question_slot: str = "question"
     system: str = REFEREE_SYSTEM
+    scores_first: bool = False  # a review cut at max_tokens after its first line still holds both scores
 
     def messages(self, question: str, answer_1: str, answer_2: str) -> list[dict]:
-        user = self.template.format(
-            **{self.question_slot: question}, answer_1=answer_1, answer_2=answer_2, prompt=self.rules
-        )
+        texts = {self.question_slot: question, "answer_1": answer_1, "answer_2": answer_2}
+        user = self.template.format(**{k: neutralised(v) for k, v in texts.items()}, prompt=self.rules)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
@@ -87,6 +97,7 @@ _SCORES_FIRST = dict(
     regex=lambda _: SCORES_FIRST_REGEX,
     scores_at=SCORES_FIRST_AT,
     schema=_schema(explanation_first=False),
+    scores_first=True,
 )
 RUBRICS = {
     "lion": Rubric(

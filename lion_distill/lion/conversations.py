@@ -5,17 +5,17 @@ conversation's turns before it as the file has them (so all turns are asked at o
 and each request depends on the file alone: cached, reused and resumed by id like any
 instruction's). The student then trains on the conversation with each assistant turn
 replaced by the teacher's answer to it, the loss on those turns only, through its chat
-template (lion_distill.train.chat).
+template (lion_distill.train.chat): conversations need `student.prompt_format: chat`.
 
 Discrimination and generation work on the **last user turn**: teacher and student
-answer it given the turns before it (the student through its chat template), the
-referee judges the two answers to it, and the generator writes new (single-turn)
-instructions from it.
+answer it given the turns before it, the referee judges the two answers to it, and the
+generator writes new (single-turn) instructions from it.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +24,7 @@ from lion_distill.data import POOL_SCHEMA, pool_table
 from lion_distill.data.conversations import user_turns
 from lion_distill.data.tables import first_per_id, in_order
 from lion_distill.llm.answers import answered
-from lion_distill.llm.prompts import student_prompt
+from lion_distill.llm.prompts import assistant_turn, prompt_format, student_prompt
 
 CHUNK_ROWS = 8192  # conversations turned into Python rows at once
 
@@ -62,10 +62,12 @@ def turn_answers(row: dict, answers: dict[str, dict]) -> list[dict] | None:
     return found if all(found) else None
 
 
-def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bool) -> tuple[dict | None, bool]:
-    """A conversation's training row -> (the row, or None when a turn's answer failed or was cut
-    short and is left out; whether an answer was cut short). `messages` holds the conversation
-    with the teacher's answers as JSON, each answer's `complete` flag with it."""
+def conversation_sft(
+    row: dict, answers: dict[str, dict], train_on_truncated: bool, reasoning: str = "drop"
+) -> tuple[dict | None, bool]:
+    """A conversation's training row in the `chat` layout -> (the row, or None when a turn's answer
+    failed or was cut short and is left out; whether an answer was cut short). `messages` holds the
+    conversation with the teacher's answers as JSON (lion_distill.llm.prompts.assistant_turn)."""
     found = turn_answers(row, answers)
     if found is None or not all(answered(a) for a in found):
         return None, False
@@ -74,38 +76,15 @@ def conversation_sft(row: dict, answers: dict[str, dict], train_on_truncated: bo
     if truncated and not train_on_truncated:
         return None, True
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    for turn, answer, whole in zip(user_turns(row), found, complete):
-        messages += [
-            {"role": "user", "content": turn["instruction"]},
-            {"role": "assistant", "content": answer["text"], "complete": whole},
-        ]
-    return {
-        "instruction": row["instruction"],
-        "input": row["input"],
-        "response": found[-1]["text"],
-        "complete": complete[-1],
-        "messages": json.dumps(messages, ensure_ascii=False),
-    }, truncated
+    for turn, answer in zip(user_turns(row), found):
+        messages += [{"role": "user", "content": turn["instruction"]}, assistant_turn(answer, reasoning)]
+    return {"messages": json.dumps(messages, ensure_ascii=False)}, truncated
 
 
 def answer_student(ask, role, pool: pa.Table, stage: str, **kwargs) -> tuple[pa.Table, list]:
     """The student's answers to a pool through `ask` (lion_distill.llm.answers.answer), in the
-    pool's order: instructions in the Alpaca format and conversations through its chat
-    template, as it was trained; one request kind per call (a vLLM stage takes one).
-    -> (responses, StageRecords)."""
-    chat = _conversations(pool)
-    parts = [
-        (part, name)
-        for part, name in ((pool.filter(pc.invert(chat)), stage), (pool.filter(chat), f"{stage}_chat"))
-        if part.num_rows
-    ]
-    if len(parts) == 1:  # one kind: the stage keeps its usual name
-        parts = [(parts[0][0], stage)]
-    responses, records = [], []
-    for part, name in parts:
-        answers, record = ask(role, part, student_prompt, stage=name, **kwargs)
-        responses.append(answers)
-        records.append(record)
-    if not responses:
-        return pa.table({"id": pool.column("id")}), records
-    return in_order(pa.concat_tables(responses, promote_options="permissive"), pool.column("id")), records
+    pool's order, asked in the format it was trained in (`student.prompt_format`). -> (responses,
+    StageRecords)."""
+    fmt = prompt_format(role)
+    answers, record = ask(role, pool, partial(student_prompt, prompt_format=fmt), stage=stage, **kwargs)
+    return in_order(answers, pool.column("id")), [record]

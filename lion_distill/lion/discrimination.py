@@ -28,6 +28,7 @@ from lion_distill.lion.iteration import known_teacher_answers, pool, pool_ids_no
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answer, response_table, write_responses
 from lion_distill.llm.responses import error_mask
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import usage
 from lion_distill.runner import StageResult
 
@@ -72,7 +73,13 @@ def discrimination(cfg: RunConfig, run: RunDir, k: int, student_model: str) -> S
     )  # written a chunk at a time; kept without the reviews
     records.extend(judge_records)
 
+    # Every pair that could be judged is; what failed for a reason that passes is asked by the next attempt.
+    for who, table in (("teacher", teacher), ("student", student)):
+        stop_if_transient(f"iteration {k} discrimination: the {who}", table)
+    stop_if_transient(f"iteration {k} discrimination: the referee", judgments, "failure_kind", "pairs")
     summary = summarize(judgments)
+    if summary["rows"] != cache_pool.num_rows:  # a pair judged twice, or not at all, is a bug
+        raise RuntimeError(f"iteration {k} discrimination: {summary['rows']} judgments for {cache_pool.num_rows} pairs")
     log.info(
         "iteration %d discrimination: %d judged, %d hard (fraction %s), mean gap %s, %d failed %s",
         k,

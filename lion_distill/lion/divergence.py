@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lion_distill.config import RunConfig
 from lion_distill.data import RunDir
+from lion_distill.data.schema import TRAINING_ROW_SCHEMAS
 from lion_distill.distill.divergence import hard_by_divergence, student_divergence
 from lion_distill.distill.signal import teacher_signal, with_signal
 from lion_distill.errors import ErrorKind
@@ -22,6 +22,7 @@ from lion_distill.judging.referee import JUDGMENT_SCHEMA, OK, Failure, summarize
 from lion_distill.lion.iteration import rel, write_stage_metrics
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.answers import answered_mask
+from lion_distill.llm.prompts import prompt_format, training_row
 from lion_distill.metrics import stage_timer, usage
 from lion_distill.runner import StageResult
 from lion_distill.train.kd_loss import KDLoss
@@ -48,18 +49,10 @@ def by_divergence(
         parts=rel(k, "discrimination", "signal"),
     )
     records.append(record)
-    scored = with_signal(
-        pa.table(
-            {
-                "id": rows.column("id"),
-                "instruction": rows.column("instruction"),
-                "input": rows.column("input"),
-                "response": answers.column("text"),
-                "complete": pc.not_equal(answers.column("finish_reason"), "length"),
-            }
-        ),
-        signal,
-    )
+    # The student is scored in the layout it is trained in (its answer as the last assistant turn).
+    fmt = prompt_format(cfg.student)
+    rows_in = [training_row(r, a, fmt) for r, a in zip(rows.to_pylist(), answers.to_pylist())]
+    scored = with_signal(pa.Table.from_pylist(rows_in, schema=TRAINING_ROW_SCHEMAS[fmt]), signal)
     with stage_timer("discrimination/divergence") as timing:
         gaps = _remote_divergence(student_model, scored.to_pylist(), cfg)
         timing.rows = len(gaps)
@@ -116,4 +109,13 @@ def _remote_divergence(student_model: str, rows: list[dict], cfg: RunConfig) -> 
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus)(student_divergence)
     loss = KDLoss.of(cfg.distill)
-    return ray.get(task.remote(student_model, rows, loss, top_k=cfg.distill.top_k, max_length=cfg.train.max_length))
+    return ray.get(
+        task.remote(
+            student_model,
+            rows,
+            loss,
+            top_k=cfg.distill.top_k,
+            max_length=cfg.train.max_length,
+            chat_template_kwargs=cfg.student.chat_template_kwargs,
+        )
+    )

@@ -37,6 +37,7 @@ from lion_distill.data import POOL_SCHEMA, RESPONSE_SCHEMA, RunDir
 from lion_distill.data.conversations import user_turns
 from lion_distill.data.schema import history_turns
 from lion_distill.data.tables import first_per_id
+from lion_distill.data.uri_secrets import redacted as uri_redacted
 from lion_distill.lion.iteration import rel
 from lion_distill.llm.prompts import instruction_messages
 from lion_distill.memory import give_back_memory
@@ -264,12 +265,13 @@ SPLITS = {
 
 
 def redacted(obj):
-    """A config with any field named like a secret (not a `*_env` variable name) redacted."""
+    """A config with any field named like a secret (not a `*_env` variable name), and any credential
+    in a URI (lion_distill.data.uri_secrets), redacted."""
     if isinstance(obj, dict):
         return {key: "<redacted>" if SECRET.search(key) and value else redacted(value) for key, value in obj.items()}
     if isinstance(obj, list):
         return [redacted(v) for v in obj]
-    return obj
+    return uri_redacted(obj) if isinstance(obj, str) else obj
 
 
 def card(run: RunDir, counts: dict[int, dict[str, int]]) -> str:
@@ -284,7 +286,7 @@ def card(run: RunDir, counts: dict[int, dict[str, int]]) -> str:
         "",
         f"# {config.get('name', 'Lion run')}: Lion adversarial distillation data",
         "",
-        f"Exported from the run directory `{run.uri}` (state: {'done' if state.get('done') else 'in progress'}).",
+        f"Exported from the run directory `{uri_redacted(run.uri)}` (state: {'done' if state.get('done') else 'in progress'}).",
         "Each `iter_<k>` folder is a `datasets.DatasetDict` (`datasets.load_from_disk`) with a split per stage.",
         "",
         "## Models",
@@ -375,9 +377,12 @@ def _save(slices: Iterator[pa.Table], folder: Path) -> tuple[int, int]:
     return rows, hard
 
 
-def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[int, dict[str, int]]:
+def export_run(
+    run_dir: str, to: str, push_to_hub: str | None = None, public: bool = False
+) -> dict[int, dict[str, int]]:
     """Write each iteration's DatasetDict to `to`/iter_<k> and the card to `to`/README.md;
-    with `push_to_hub`, push them to that hub dataset repository. -> row counts per iteration."""
+    with `push_to_hub`, push them to that hub dataset repository, made private unless `public`
+    (a teacher's answers may not be the user's to publish). -> row counts per iteration."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -403,10 +408,12 @@ def export_run(run_dir: str, to: str, push_to_hub: str | None = None) -> dict[in
 
         # The card first: each push then adds its configuration to the card's metadata.
         api = HfApi()
-        api.create_repo(push_to_hub, repo_type="dataset", exist_ok=True)
+        api.create_repo(push_to_hub, repo_type="dataset", private=not public, exist_ok=True)
         api.upload_file(
             path_or_fileobj=str(out / "README.md"), path_in_repo="README.md", repo_id=push_to_hub, repo_type="dataset"
         )
         for k in counts:  # memory-mapped from the folders just written
-            datasets.load_from_disk(str(out / f"iter_{k}")).push_to_hub(push_to_hub, config_name=f"iter_{k}")
+            datasets.load_from_disk(str(out / f"iter_{k}")).push_to_hub(
+                push_to_hub, config_name=f"iter_{k}", private=not public
+            )
     return counts

@@ -36,6 +36,7 @@ from lion_distill.lion.prompts import NO_INPUT
 from lion_distill.lion.rouge import NoveltyFilter
 from lion_distill.llm.answers import answer, constraint
 from lion_distill.llm.prompts import instruction_text
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.metrics import StageRecord, usage
 from lion_distill.runner import StageResult
 
@@ -150,6 +151,8 @@ def ask_generator(cfg: RunConfig, run: RunDir, k: int, round_: int, requests: li
         parts=rel(k, "generation", "parts"),
     )
     found.records.append(record)
+    # Before the round's candidates decide the next round's seeds: the next attempt asks the failed again.
+    stop_if_transient(f"iteration {k} generation: the generator (round {round_})", replies)
     return replies.to_pylist()  # a round's candidates: thousands, not the pool
 
 

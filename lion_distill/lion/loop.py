@@ -10,25 +10,27 @@ backend's response cache means no paid request is sent twice.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from lion_distill.config import RunConfig, load_config
 from lion_distill.data import RunDir, write_pool
 from lion_distill.distill.teacher import with_teacher_logprobs
 from lion_distill.evaluate.evaluation import evaluate
 from lion_distill.evaluate.scores import headline
-from lion_distill.job_inputs import absolute_paths, sampled_pool
+from lion_distill.job_inputs import absolute_paths, run_with_engines, sampled_pool, with_prompt_format
 from lion_distill.lion.discrimination import discrimination
 from lion_distill.lion.export import export_run
 from lion_distill.lion.generation import generation
 from lion_distill.lion.imitation import imitation
 from lion_distill.lion.iteration import merge_iteration_metrics, rel
 from lion_distill.lion.report import write_report
-from lion_distill.llm.serving import job_engines
+from lion_distill.llm.prompts import prompt_format
 from lion_distill.local_models import resolve_local_models
 from lion_distill.memory import give_back_memory
 from lion_distill.metrics import usage
 from lion_distill.run_config import store_config
-from lion_distill.runner import Stage, StageResult, run_stages
+from lion_distill.runner import Stage, StageResult
+from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.lion")
 
@@ -55,7 +57,10 @@ def _stage(cfg: RunConfig, run: RunDir, k: int, name: str) -> Stage:
     def fn(state: dict) -> StageResult:
         return STAGE_FUNCTIONS[name](cfg, run, k, state["outputs"]["student_model"])
 
-    return Stage(f"iter_{k}/{name}", fn)
+    # An exported student's Ray Train checkpoints, once the imitation is recorded (lion_distill.runner).
+    trained = name == "imitation" and not cfg.train.keep_checkpoints
+    cleanup = partial(delete_checkpoints, run.uri_of(rel(k, "imitation", "student"))) if trained else None
+    return Stage(f"iter_{k}/{name}", fn, cleanup=cleanup)
 
 
 def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
@@ -64,7 +69,7 @@ def _eval_stage(cfg: RunConfig, run: RunDir, k: int) -> Stage:
     def fn(state: dict) -> StageResult:
         student = cfg.student.model_copy(update={"model": state["outputs"]["student_model"]})
         summary, records = evaluate(
-            cfg.eval, run, student, "alpaca", rel(k, "eval"), role_name="student", teacher=cfg.teacher
+            cfg.eval, run, student, prompt_format(student), rel(k, "eval"), role_name="student", teacher=cfg.teacher
         )
         merge_iteration_metrics(run, k)
         return StageResult(counters=usage(records), summary={f"eval_{key}": v for key, v in headline(summary).items()})
@@ -103,9 +108,10 @@ def load(path: str, overrides: list[str]) -> RunConfig:
 
 
 def resolved(cfg: RunConfig) -> RunConfig:
-    """The config as the run uses it and stores it in config.json: its paths absolute, and the
-    teacher's engine allowed distill.top_k logprobs where a white-box mode needs them."""
-    return with_teacher_logprobs(absolute_paths(cfg))
+    """The config as the run uses it and stores it in config.json: its paths absolute, the
+    student's format fixed, and the teacher's engine allowed distill.top_k logprobs where a
+    white-box mode needs them."""
+    return with_teacher_logprobs(with_prompt_format(absolute_paths(cfg)))
 
 
 def run(cfg: RunConfig, allow_config_change: bool = False) -> dict:
@@ -117,23 +123,9 @@ def run(cfg: RunConfig, allow_config_change: bool = False) -> dict:
     roles = {name: getattr(cfg, name) for name in cfg.ROLES}
     if cfg.eval is not None:
         roles["judge"] = cfg.eval.judge  # frozen like the referee: one engine for the job
-    with job_engines(
-        roles,
-        cfg.serving,
-        run_id=rundir.uri,
-        train_workers=cfg.train.num_workers,
-        gpus_per_worker=cfg.train.gpus_per_worker,
-    ):
-        state = run_stages(
-            rundir,
-            job="lion",
-            name=cfg.name,
-            stages=lion_stages(cfg, rundir),
-            outputs={"student_model": cfg.student.model},
-            report=write_report,
-            tracking_cfg=cfg.tracking,
-            config=config,
-        )
+    state = run_with_engines(
+        cfg, rundir, job="lion", roles=roles, stages=lion_stages(cfg, rundir), report=write_report, config=config
+    )
     write_report(rundir)
     give_back_memory()
     export_datasets(rundir)

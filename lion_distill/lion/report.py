@@ -27,6 +27,7 @@ from lion_distill.lion.report_examples import examples_section
 from lion_distill.llm.ledger import read_spend
 from lion_distill.metrics import FAILED_PREFIX
 from lion_distill.metrics.report import failure_rows, fmt, save_plots, state_section, table_md
+from lion_distill.train.card import student_line
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 JUDGMENTS = "discrimination/judgments.parquet"
@@ -48,6 +49,7 @@ THROUGHPUT = (
     "completion_tokens_per_s",
     "tokens_per_s_per_gpu",
     "failed_rows",
+    "asked_again_after_failure",  # rows an earlier attempt got only a failure that passes for (lion_distill.llm.transient)
 )
 SPEND = ("prompt_tokens", "completion_tokens", "api_requests", "api_retries", "api_cached", "cost_usd")
 KNOWN = set(THROUGHPUT) | set(SPEND)
@@ -90,7 +92,16 @@ def write_report(run_dir: RunDir) -> str:
     ]
     plots = save_plots(run_dir, render_plots(iterations))
     spend = read_spend(run_dir)
-    markdown = render_markdown(run_dir.uri, state, iterations, plots, notes, spend, size_bytes=run_dir.size_bytes())
+    markdown = render_markdown(
+        run_dir.uri,
+        state,
+        iterations,
+        plots,
+        notes,
+        spend,
+        size_bytes=run_dir.size_bytes(),
+        student=student_line(run_dir.read_json("config.json")),
+    )
     markdown += "\n".join(examples_section(run_dir, [it.k for it in iterations])) + "\n"
     markdown += (
         "\n".join(lion_eval_section(run_dir)) + "\n"
@@ -359,9 +370,10 @@ def render_markdown(
     notes: list[str],
     spend: list[dict] = (),
     size_bytes: int | None = None,
+    student: str = "",
 ) -> str:
     size = "" if size_bytes is None else f" ({_bytes(size_bytes)} on disk, checkpoints and exports included)"
-    out = [f"# Lion run report\n\nRun directory: `{uri}`{size}\n"]
+    out = [f"# Lion run report\n\nRun directory: `{uri}`{size}\n" + (f"\n{student}\n" if student else "")]
     out += state_section(state)
     if not iterations:
         out.append("\n**No iterations yet** (no `iter_<k>/` folder).")

@@ -252,11 +252,11 @@ def _join_cache(prompted, role: RoleConfig, *, stage, run_dir: RunDir, structure
     on a small stage), by a hash group-by above, so a row is never multiplied."""
     import ray
 
-    from lion_distill.llm.cache import attach_cache_key, cache_parts, first_per_key, joinable
+    from lion_distill.llm.cache import attach_cache_key, cache_parts, first_per_key, joinable, sampling_key
     from lion_distill.llm.responses import CACHE_KEY_COL
 
     keyed = prompted.map_batches(
-        attach_cache_key(role.model, role.sampling.model_dump(), structured_output, logprobs),
+        attach_cache_key(role.model, sampling_key(role), structured_output, logprobs),
         batch_format="pyarrow",
         batch_size=None,
     )

@@ -85,12 +85,13 @@ def _ask(role, rows, to_prompt, *, parts, columns, keep_ids: bool, **kwargs) -> 
     import ray
 
     from lion_distill.llm import generate
-    from lion_distill.llm.parts import Parts, written_ids
+    from lion_distill.llm.parts import Parts, part_ids
 
     run = kwargs.get("run_dir")
     columns = ANSWER_COLUMNS if columns is None else ("id", *(c for c in columns if c != "id"))
     folder = parts_folder(parts, role, kwargs) if parts is not None and run is not None else None
-    done = written_ids(run, folder) if folder else pa.array([], pa.string())
+    # An id an earlier attempt got only a transient failure for is not done: it is asked again.
+    done, failed_before = part_ids(run, folder) if folder else (pa.array([], pa.string()),) * 2
     before = pc.count_distinct(done).as_py()
     # With a folder of parts, the rows go to the workers as files and the answers come back from
     # the parts they wrote: the driver neither writes nor reads a pool's worth of object store.
@@ -108,6 +109,8 @@ def _ask(role, rows, to_prompt, *, parts, columns, keep_ids: bool, **kwargs) -> 
         else:
             asked.responses = _answer_columns(dataset_to_table(out), columns)
     asked.record.extra["rows_from_parts"] = before
+    if len(failed_before):  # counted in the report: a transient failure is never an answer
+        asked.record.extra["asked_again_after_failure"] = len(failed_before)
     if keep_ids:
         asked.ids = pa.chunked_array(ids, pa.string())
     return asked
@@ -157,6 +160,7 @@ def parts_folder(base: str, role, kwargs: dict) -> str:
         "model": role.model,
         "sampling": role.sampling.model_dump(mode="json"),
         "max_model_len": role.max_model_len,
+        **({"chat_template_kwargs": role.chat_template_kwargs} if role.chat_template_kwargs else {}),
         **{k: kwargs.get(k) for k in ("structured_output", "logprobs", "draw")},
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

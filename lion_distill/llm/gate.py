@@ -11,6 +11,7 @@ actor round trip; a lease costs one about every second per actor.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -37,7 +38,8 @@ class GateActor:
     def observe(self, hints):
         self.admission.observe(hints, time.monotonic())
 
-    def begin(self, job, budget_usd, spent_usd):
+    def begin(self, job, budget_usd, spent_usd, requests_per_minute, tokens_per_minute):
+        self.admission.set_limits(requests_per_minute, tokens_per_minute)
         self.admission.begin(job, budget_usd, spent_usd)
 
     def spent(self, job):
@@ -45,23 +47,28 @@ class GateActor:
 
 
 class RayGate:
-    """LeasedGate's remote: the async calls, forwarded to the shared actor."""
+    """LeasedGate's remote: the async calls, forwarded to the shared actor, each within `timeout_s`
+    (the endpoint's request deadline: a gate slower than that fails the request, asked again later)."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, timeout_s: float):
+        self.handle, self.timeout_s = handle, timeout_s
 
     async def lease(self, job, ask, budget_usd, report):
-        return await self.handle.lease.remote(job, ask, budget_usd, report)
+        return await asyncio.wait_for(self.handle.lease.remote(job, ask, budget_usd, report), self.timeout_s)
 
     async def release(self, job, report):
-        await self.handle.release.remote(job, report)
+        await asyncio.wait_for(self.handle.release.remote(job, report), self.timeout_s)
 
     async def observe(self, hints):
-        await self.handle.observe.remote(hints)
+        await asyncio.wait_for(self.handle.observe.remote(hints), self.timeout_s)
+
+
+GATE_START_S = 120.0  # bounded, so a cluster that cannot start the actor fails the stage, not hangs it
 
 
 def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None, spent_usd: float = 0.0) -> LeasedGate:
-    """The endpoint's gate, created by the first caller; its limits are the first caller's.
+    """The endpoint's gate, created by the first caller; each job's stage sets its limits (the
+    endpoint's requests and tokens per minute) as it begins, so a new job's limits replace an older one's.
     Detached: it outlives the stage that made it (a non-detached gate died with its
     creator's handle, between stages or under a stage that had just fetched it); on the
     caller's node, the driver's (lion_distill.driver_node), never on a worker that may go away.
@@ -74,9 +81,13 @@ def shared_gate(endpoint: OpenAIEndpoint, model: str, *, job: str | None = None,
         lifetime="detached",
         **on_driver_node(),
     ).remote(endpoint.requests_per_minute, endpoint.tokens_per_minute)
+    # Its process may still be starting (seconds on a busy node, more than a request's timeout_s:
+    # CI timed out a 1 s one here): waited for once, so every call after it has the request's deadline.
+    ray.get(handle.__ray_ready__.remote(), timeout=GATE_START_S)
     if job is not None:
-        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd))
-    return LeasedGate(RayGate(handle))
+        limits = (endpoint.requests_per_minute, endpoint.tokens_per_minute)
+        ray.get(handle.begin.remote(job, endpoint.budget_usd, spent_usd, *limits), timeout=endpoint.timeout_s)
+    return LeasedGate(RayGate(handle, endpoint.timeout_s))
 
 
 def gate_name(endpoint: OpenAIEndpoint, model: str) -> str:

@@ -62,7 +62,9 @@ class HFGenerator:
         tok = self.tokenizer
         if isinstance(prompt, list):
             if tok.chat_template:
-                text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                text = tok.apply_chat_template(
+                    prompt, tokenize=False, add_generation_prompt=True, **self.role.chat_template_kwargs
+                )
                 ids = tok(text, add_special_tokens=False)["input_ids"]
             else:
                 ids = tok("\n\n".join(m["content"] for m in prompt))["input_ids"]

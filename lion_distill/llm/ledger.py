@@ -2,8 +2,12 @@
 
 Three records: `llm_cache/ledger/<stage>-<time>.json`, a stage's totals written when it ends;
 the spend log `llm_cache/spend/<writer>-<seq>.jsonl`, written by every API actor as its
-requests complete (at most `SpendLog.every_s` behind), so a stage killed midway still
-counts what it spent; and `llm_cache/spend_summary.json`, the spend log summed so far. The
+requests complete, so a stage killed midway still counts what it spent; and
+`llm_cache/spend_summary.json`, the spend log summed so far. On a local run directory each
+completed request is a line appended at once to the writer's open part
+(`<writer>-<seq>.open.jsonl`, renamed to its part every `SpendLog.every_s`): a killed driver's
+log lags it by the requests in flight only. On an object store (no appends) a part is written
+every `every_s`, which is then how far the log may lag a killed actor. The
 spend log is what a role's run-wide `budget_usd` is held to, across stages, iterations and
 resumed jobs, and what a report's total cost adds up.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -69,36 +74,58 @@ def write_ledger(run_dir: RunDir, rec: StageRecord, *, role_name: str, model: st
 
 
 class SpendLog:
-    """One API actor's completed requests, appended to the run's spend log in whole part files
-    (atomic writes, one writer per file, as the response cache does): one line per role and
-    stage for the requests completed since the last write."""
+    """One API actor's completed requests, appended to the run's spend log in part files (atomic
+    writes or renames, one writer per file, as the response cache does): a line per request in
+    the open part of a local run directory, else one line per role and stage for the requests
+    completed since the last write."""
 
     def __init__(self, run_dir: RunDir, *, role: str, stage: str, every_s: float = 1.0):
         self.run_dir, self.role, self.stage, self.every_s = run_dir, role, stage, every_s
         self.writer, self._seq, self._last = uuid.uuid4().hex[:12], 0, time.monotonic()
         self._pending = dict.fromkeys(SPEND_FIELDS, 0)
+        self._open: int | None = None  # the open part's file descriptor (a local run directory)
 
     def add(self, *, retries: int, failed: bool, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
-        p = self._pending
-        p["requests"] += 1
-        p["retries"] += retries
-        p["failed"] += int(failed)
-        p["prompt_tokens"] += prompt_tokens
-        p["completion_tokens"] += completion_tokens
-        p["cost_usd"] += cost_usd
+        line = {
+            "requests": 1,
+            "retries": retries,
+            "failed": int(failed),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost_usd,
+        }
+        if self.run_dir.is_local:
+            if self._open is None:
+                path = self._part(OPEN_SUFFIX)
+                self.run_dir.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                self._open = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(self._open, (json.dumps({"role": self.role, "stage": self.stage, **line}) + "\n").encode())
+            self._pending["requests"] += 1
+        else:
+            for name, value in line.items():
+                self._pending[name] += value
         if time.monotonic() - self._last >= self.every_s:
             self.flush()
+
+    def _part(self, suffix: str) -> str:
+        return self.run_dir.path(f"{SPEND_DIR}/{self.writer}-{self._seq:06d}{suffix}")
 
     def flush(self) -> None:
         self._last = time.monotonic()
         if not self._pending["requests"]:
             return
-        line = json.dumps({"role": self.role, "stage": self.stage, **self._pending})
-        self.run_dir.write_bytes(f"{SPEND_DIR}/{self.writer}-{self._seq:06d}.jsonl", (line + "\n").encode())
+        if self._open is not None:  # its lines become the part, renamed whole
+            os.close(self._open)
+            self._open = None
+            self.run_dir.fs.move(self._part(OPEN_SUFFIX), self._part(".jsonl"))
+        else:
+            line = json.dumps({"role": self.role, "stage": self.stage, **self._pending})
+            self.run_dir.write_bytes(f"{SPEND_DIR}/{self.writer}-{self._seq:06d}.jsonl", (line + "\n").encode())
         self._seq += 1
         self._pending = dict.fromkeys(SPEND_FIELDS, 0)
 
 
+OPEN_SUFFIX = ".open.jsonl"  # not a part's name: counted every time it is read, never folded
 SUMMARY = "llm_cache/spend_summary.json"
 _PART = re.compile(r"(?P<writer>[0-9A-Za-z]+)-(?P<seq>[0-9]+)\.jsonl")
 
@@ -110,13 +137,19 @@ def _fold(totals: dict, line: dict) -> None:
 
 
 def _read_part(run_dir: RunDir, path: str) -> list[dict]:
+    """A part's lines; an unreadable line (the last of an open part its writer was killed while
+    appending to) is skipped; an open part renamed since it was listed is read next time, as its part."""
     lines = []
-    with run_dir.fs.open_input_stream(path) as f:
-        for text in f.read().decode("utf-8").splitlines():
-            try:
-                lines.append(json.loads(text))
-            except ValueError:
-                log.warning("spend log: skipped an unreadable line in %s", path)
+    try:
+        with run_dir.fs.open_input_stream(path) as f:
+            texts = f.read().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return []
+    for text in texts:
+        try:
+            lines.append(json.loads(text))
+        except ValueError:
+            log.warning("spend log: skipped an unreadable line in %s", path)
     return lines
 
 

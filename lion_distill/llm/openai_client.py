@@ -35,8 +35,11 @@ What is built on what:
 - cache: lion_distill.llm.cache, one per stage, keyed by (model, prompt, sampling, structured
   output, logprobs, draw). lion_distill.llm.generate joins each row to the stage's cache in
   Ray Data before this actor (CACHED_COL): a row that arrives with its cached answer is
-  not sent (counted `_api_cached`). The actor loads no cache; it writes the answers it
-  gets (only answered requests) as parquet parts of its own.
+  not sent (counted `_api_cached`). The actor loads no cache, unless Ray restarted it (it
+  was killed with batches in hand, which Ray Data hands it again): then it reads the stage's
+  answers so far once, those its last life got after the join included, so none is paid
+  twice. It records each answer it gets (only answered requests) as it comes
+  (lion_distill.llm.cache.CacheWriter), before the batch is done.
 
 The API key: read from the variable `openai.api_key_env` names, wrapped in
 `Secret` (its repr is masked) and handed only to the client. A loopback
@@ -59,9 +62,10 @@ import openai
 from lion_distill.config.models import RoleConfig
 from lion_distill.data.rundir import RunDir
 from lion_distill.errors import ErrorKind
-from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, request_seed
+from lion_distill.llm.cache import CacheWriter, cache_key, cached_response, read_cache, request_seed, sampling_key
 from lion_distill.llm.ledger import SpendLog, cost_usd
 from lion_distill.llm.ratelimit import REFUSED, Admission, ServerHints
+from lion_distill.llm.reasoning import message_reasoning
 from lion_distill.llm.responses import (
     CACHE_KEY_COL,
     CACHED_COL,
@@ -238,6 +242,8 @@ def request_body(
         body["seed"] = request_seed(s.seed, draw)
     chat = isinstance(prompt, list)
     body["messages" if chat else "prompt"] = prompt
+    if chat and role.chat_template_kwargs:  # vLLM's and Ray Serve LLM's field; sent only when set
+        body["chat_template_kwargs"] = role.chat_template_kwargs
     if logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": logprobs} if chat else {"logprobs": logprobs})
     if structured_output:
@@ -256,6 +262,7 @@ def parse_completion(resp, chat: bool) -> dict:
     try:
         choice = resp["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
+        reasoning = message_reasoning(choice["message"]) if chat else None
         logprobs = choice.get("logprobs") or {}
         if chat and logprobs.get("content") is not None:
             steps = [
@@ -270,13 +277,15 @@ def parse_completion(resp, chat: bool) -> dict:
         prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         return error_row(ErrorKind.UNPARSEABLE, f"malformed response ({type(exc).__name__}: {str(exc)[:80]})")
+    if text is None and reasoning:  # a reply that is all thinking (cut before its answer)
+        text = ""
     if not isinstance(text, str):
         return error_row(ErrorKind.UNPARSEABLE, "response without text")
     finish = FINISH_REASONS.get(choice.get("finish_reason"), STOP)
     if finish == ERROR:
         failure = error_row(*STOPPED_BY[choice["finish_reason"]])
         return {**failure, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    return response_row(text, finish, prompt_tokens, completion_tokens, top_logprobs_json(steps))
+    return response_row(text, finish, prompt_tokens, completion_tokens, top_logprobs_json(steps), reasoning)
 
 
 # An API's finish_reason -> the row's (stop | length | error); any other (tool_calls, ...) is a stop.
@@ -347,6 +356,7 @@ class OpenAIGenerator:
         self.structured_output, self.logprobs, self.job = structured_output, logprobs, job
         self.gate = gate or LocalGate(self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute)
         self.cache = CacheWriter(RunDir(run_dir_uri), stage) if run_dir_uri else None
+        self.answered_before = _answered_before_restart(run_dir_uri, stage)
         self.spend = SpendLog(RunDir(run_dir_uri), role=role_name, stage=stage) if run_dir_uri else None
         self.attempts: Counter[str] = Counter()
         self.budget_spent = False
@@ -355,7 +365,7 @@ class OpenAIGenerator:
             {"request": [self._on_request], "response": [self._on_response]}, self.endpoint.max_concurrent_requests
         )
         self._bar, self._done, self._open_batches = None, 0, 0
-        self._sampling = role.sampling.model_dump()  # part of every cache key
+        self._sampling = sampling_key(role)  # part of every cache key
         self.client = openai.AsyncOpenAI(
             api_key=api_key.reveal(),
             base_url=self.endpoint.base_url,
@@ -370,7 +380,7 @@ class OpenAIGenerator:
             self.attempts[rid] += 1
 
     async def _on_response(self, response) -> None:
-        hints = ServerHints.from_headers(response.headers)
+        hints = ServerHints.from_headers(response.headers, self.endpoint.max_retry_after_s)
         if hints is not None:
             await self.gate.observe(hints)
 
@@ -417,6 +427,8 @@ class OpenAIGenerator:
 
     async def _answer_one(self, prompt, draw: str | None, key: str | None, cached: str | None) -> dict:
         hit = cached_response(cached)  # joined to the row by lion_distill.llm.generate
+        if hit is None and key is not None:
+            hit = self.answered_before.get(key)
         if hit is not None:
             return {**hit, **_api(cached=1)}
         if self.budget_spent:
@@ -466,6 +478,20 @@ class OpenAIGenerator:
                 key = cache_key(self.role.model, prompt, self._sampling, self.structured_output, self.logprobs, draw)
             self.cache.put(key, row)
         return {**row, **_api(requests=1, retries=max(0, attempts - 1), cost=cost)}
+
+
+def _answered_before_restart(run_dir_uri: str | None, stage: str) -> dict[str, dict]:
+    """In an actor Ray restarted, the stage's cached answers by key; else nothing (no read)."""
+    if not run_dir_uri or "ray" not in sys.modules:
+        return {}
+    import ray
+
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.get_actor_id() is None or not context.was_current_actor_reconstructed:
+        return {}
+    table = read_cache(RunDir(run_dir_uri), stage)
+    responses = table.select(table.column_names[1:]).to_pylist()
+    return dict(zip(table.column("key").to_pylist(), responses))
 
 
 def _budget_spent() -> dict:

@@ -93,19 +93,26 @@ class ServerHints:
     reset_tokens_s: float | None = None
 
     @classmethod
-    def from_headers(cls, headers) -> ServerHints | None:
+    def from_headers(cls, headers, max_wait_s: float = math.inf) -> ServerHints | None:
+        """The hints of a response's headers; a wait they ask for (Retry-After, a reset with nothing
+        remaining) is capped at `max_wait_s` (an endpoint's `max_retry_after_s`): a server asking for an
+        hour does not stop every actor of the cluster for an hour."""
+
         def num(name):
             try:
                 return float(headers.get(name))
             except (TypeError, ValueError):
                 return None
 
+        def capped(value):
+            return None if value is None else min(value, max_wait_s)
+
         hints = cls(
-            retry_after_s=num("retry-after"),
+            retry_after_s=capped(num("retry-after")),
             remaining_requests=num("x-ratelimit-remaining-requests"),
-            reset_requests_s=parse_duration_s(headers.get("x-ratelimit-reset-requests")),
+            reset_requests_s=capped(parse_duration_s(headers.get("x-ratelimit-reset-requests"))),
             remaining_tokens=num("x-ratelimit-remaining-tokens"),
-            reset_tokens_s=parse_duration_s(headers.get("x-ratelimit-reset-tokens")),
+            reset_tokens_s=capped(parse_duration_s(headers.get("x-ratelimit-reset-tokens"))),
         )
         return hints if any(v is not None for v in vars(hints).values()) else None
 
@@ -172,6 +179,13 @@ class Admission:
         self.tokens = TokenBucket(tokens_per_minute)
         self.blocked_until = 0.0
         self.budgets: dict[str, Budget] = {}
+
+    def set_limits(self, requests_per_minute: float, tokens_per_minute: float) -> None:
+        """The endpoint's limits as the latest job gives them (its permits held so far kept)."""
+        for bucket, per_minute in ((self.requests, requests_per_minute), (self.tokens, tokens_per_minute)):
+            if bucket.per_minute != per_minute:
+                bucket.per_minute, bucket.capacity = per_minute, max(1.0, per_minute / 6)
+                bucket.level = min(bucket.level, bucket.capacity)
 
     def begin(self, job: str, budget_usd: float | None, spent_usd: float) -> None:
         """A stage of a run starts using the job's budget: spent is the larger of what this gate

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lion_distill.errors import ErrorKind
+from lion_distill.llm.reasoning import split_reasoning
 from lion_distill.metrics import StageRecord
 
 PROMPT_COL = "_llm_prompt"
@@ -37,7 +38,7 @@ INTERNAL_COLS = (PROMPT_COL, DRAW_COL, CACHE_KEY_COL, CACHED_COL)
 API_COLS = ("_api_requests", "_api_retries", "_api_cached", "_api_cost_usd")
 RESPONSE_STATS = ("prompt_tokens", "completion_tokens", "finish_reason", "error_kind")
 # The response columns a backend fills per row (the row's own columns and `role` besides).
-RESPONSE_FIELDS = ("text", "finish_reason", "error_kind", "error", "prompt_tokens", "completion_tokens")
+RESPONSE_FIELDS = ("text", "reasoning", "finish_reason", "error_kind", "error", "prompt_tokens", "completion_tokens")
 
 STOP, LENGTH, ERROR = "stop", "length", "error"  # every finish_reason there is
 ERROR_CHARS = 500  # of an error's message kept in the row
@@ -149,9 +150,13 @@ def response_row(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     logprobs: str | None = None,
+    reasoning: str | None = None,
 ) -> dict:
+    """One response; a thinking text's thinking is split off into `reasoning` (lion_distill.llm.reasoning)."""
+    text, reasoning = split_reasoning(text, reasoning)
     return {
         "text": text,
+        "reasoning": reasoning,
         "finish_reason": finish_reason,
         "error_kind": None,
         "error": None,

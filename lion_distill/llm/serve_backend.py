@@ -43,6 +43,7 @@ IN = "_in__"
 RETRY = "_serve_retry"  # the engine lost this request: send it again
 DEPLOYMENT = "llm"
 PROBE_EVERY_S = 5.0
+PROBE_TIMEOUT_S = 60.0  # one probe of an engine; wait_until's deadline bounds them all
 # Ray Data runs one batch at a time on the Serve stage's actor and waits for the batch's
 # slowest request, so a batch of the role's batch_size kept an engine 8x emptier than
 # Ray's own vLLM processor (batch_size x max_concurrent_batches=8 in flight per engine).
@@ -232,7 +233,7 @@ def run_serve(
         # Each block's final rows are kept as it finishes (lion_distill.llm.parts); lost ones are not final.
         out = _skipping_failed_batches(write_parts(processor(todo).map(to_response), parts))
         lost, missing, counts = _sort_out.remote(expected, *out.select_columns(["id", RETRY]).to_arrow_refs())
-        n_lost, n_missing = ray.get(counts)
+        n_lost, n_missing = ray.get(counts, timeout=ready_timeout_s)  # counted by a task: its CPU may be taken
         if not n_lost or attempt == retries:
             results.append(out)  # a retryable reply left now stays a failed row, with the engine's message
             break
@@ -296,17 +297,30 @@ def _sort_out(expected: pa.Array, *blocks: pa.Table) -> tuple[pa.Array, pa.Array
     return lost, missing, (len(lost), len(missing))
 
 
-def probe(app: str, model_id: str) -> bool:
-    """Does the deployment answer a one-token request now?"""
+def probe(app: str, model_id: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Does the deployment answer a one-token request within `timeout_s`? A handle's call waits
+    for a replica without a deadline of its own (none can be placed, say): it is given one here,
+    and cancelled when it passes."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Late
+
     from ray import serve
     from ray.serve.llm.openai_api_models import CompletionRequest
 
     handle = serve.get_deployment_handle(DEPLOYMENT, app).options(stream=True)
+    response = handle.completions.remote(CompletionRequest(model=model_id, prompt="ping", max_tokens=1))
+    pool = ThreadPoolExecutor(1, thread_name_prefix="serve-probe")
     try:
-        reply = next(iter(handle.completions.remote(CompletionRequest(model=model_id, prompt="ping", max_tokens=1))))
+        reply = pool.submit(lambda: next(iter(response))).result(timeout=timeout_s)
+    except Late:
+        response.cancel()
+        log.info("engine %s did not answer a probe within %.0f s", app, timeout_s)
+        return False
     except Exception as exc:  # a dead replica raises; Serve is replacing it
         log.info("engine %s not answering yet: %s", app, type(exc).__name__)
         return False
+    finally:
+        pool.shutdown(wait=False)
     return getattr(reply, "choices", None) is not None
 
 

@@ -69,9 +69,14 @@ class Engine:
         return self.spec.model
 
     def wait_ready(self, timeout_s: float) -> None:
-        from lion_distill.llm.serve_backend import probe, wait_until
+        from lion_distill.llm.serve_backend import PROBE_TIMEOUT_S, probe, wait_until
 
-        wait_until(lambda: probe(self.app, self.model_id), timeout_s, f"engine {self.app}")
+        deadline = time.monotonic() + timeout_s
+        wait_until(
+            lambda: probe(self.app, self.model_id, max(1.0, min(PROBE_TIMEOUT_S, deadline - time.monotonic()))),
+            timeout_s,
+            f"engine {self.app}",
+        )
 
 
 class JobEngines:

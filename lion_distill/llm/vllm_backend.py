@@ -21,6 +21,7 @@ from lion_distill.config.models import RoleConfig
 from lion_distill.llm.cache import request_seed
 from lion_distill.llm.engine_args import EngineSpec, engine_spec
 from lion_distill.llm.parts import write_parts
+from lion_distill.llm.reasoning import split_reasoning
 from lion_distill.llm.responses import (
     DRAW_COL,
     PROMPT_COL,
@@ -82,8 +83,10 @@ def to_response(
         out.update({k: failure[k] for k in RESPONSE_FIELDS})
     else:
         done, prompt = int(row.get("num_generated_tokens") or 0), int(row.get("num_input_tokens") or 0)
+        text, reasoning = split_reasoning(row.get("generated_text"))  # no reasoning parser in this stage
         out.update(
-            text=row.get("generated_text"),
+            text=text,
+            reasoning=reasoning,
             finish_reason=finish_reason_from_counts(done, max_tokens, prompt, max_model_len),
             prompt_tokens=prompt,
             completion_tokens=done,
@@ -105,7 +108,7 @@ def processor_config(role: RoleConfig, spec: EngineSpec, *, chat: bool) -> vLLME
         engine_kwargs=spec.engine_kwargs,
         batch_size=role.parallelism.batch_size,
         concurrency=spec.replicas,
-        chat_template_stage=chat,
+        chat_template_stage={"enabled": chat, "chat_template_kwargs": role.chat_template_kwargs or None},
         tokenize_stage=True,
         detokenize_stage=True,
         should_continue_on_error=True,

@@ -7,7 +7,7 @@ from lion_distill.config.distill import DistillRunConfig
 from lion_distill.data import read_pool
 from lion_distill.job_inputs import sampled_pool
 from lion_distill.llm.ledger import spent_by_role
-from lion_distill.llm.prompts import instruction_messages, student_prompt
+from lion_distill.llm.prompts import instruction_messages, prompt_format, student_prompt
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.evaluate import EvalEstimates
 from lion_distill.plan.observed import Estimates, Observed
@@ -22,7 +22,7 @@ def distill_plan(cfg: DistillRunConfig) -> Plan:
     pool = (read_pool(run, "pool.parquet") if run is not None and run.exists("pool.parquet") else None) or sampled_pool(
         cfg.data, cfg.train.seed
     )[0]
-    rows, n = sample(pool.to_pylist()), pool.num_rows
+    rows, n, fmt = sample(pool.to_pylist()), pool.num_rows, prompt_format(cfg.student)
     teacher, student = counter_for(cfg.teacher, "teacher", cfg.plan), counter_for(cfg.student, "student", cfg.plan)
     est = Estimates(seen, cfg.plan, [f"pool: {n:,} instructions; teacher tokens counted with {teacher.source}"])
     prompt = teacher.mean([instruction_messages(r) for r in rows])
@@ -33,9 +33,7 @@ def distill_plan(cfg: DistillRunConfig) -> Plan:
     )
     if evaluation:
         before = evaluation.reference("eval/before") + evaluation.teacher("eval/before", cfg.teacher)
-        plan.add(
-            "eval/before", before + evaluation.candidate("eval/before", cfg.student, "student", "alpaca"), completed
-        )
+        plan.add("eval/before", before + evaluation.candidate("eval/before", cfg.student, "student", fmt), completed)
     answers = Line("teacher", "teacher", "teacher", n, n * prompt, n * reply, basis=basis)
     plan.add("teacher", [price(cfg.teacher, answers, est.throughput("teacher", "teacher"))], completed)
     if cfg.distill.mode == "logit_kd":
@@ -44,9 +42,11 @@ def distill_plan(cfg: DistillRunConfig) -> Plan:
         )
         plan.add("signal", [line], completed)
         est.note(note)
-    plan.add("train", [_train_line(cfg, seen, n, student.mean([student_prompt(r) for r in rows]) + reply)], completed)
+    plan.add(
+        "train", [_train_line(cfg, seen, n, student.mean([student_prompt(r, fmt) for r in rows]) + reply)], completed
+    )
     if evaluation:
-        plan.add("eval/after", evaluation.candidate("eval/after", cfg.student, "student", "alpaca"), completed)
+        plan.add("eval/after", evaluation.candidate("eval/after", cfg.student, "student", fmt), completed)
         plan.assumptions += [a for a in evaluation.assumptions if a not in plan.assumptions]
     roles = {"teacher": cfg.teacher, **({"judge": cfg.eval.judge} if cfg.eval else {})}
     budgets = {name: role.openai.budget_usd for name, role in roles.items() if role.openai}

@@ -20,6 +20,7 @@ from lion_distill.evaluate.questions import load_questions, read_reference_answe
 from lion_distill.judging.referee import referee_messages
 from lion_distill.judging.rubrics import rubric_for
 from lion_distill.llm.ledger import spent_by_role
+from lion_distill.llm.prompts import prompt_format
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.observed import Estimates, Observed
 from lion_distill.plan.tokens import counter_for, sample
@@ -135,7 +136,9 @@ def evaluate_plan(cfg: EvalJobConfig) -> Plan:
     for c in cfg.eval.candidates:
         roles[c.name] = _candidate_role(c, plan.assumptions)
         plan.add(
-            f"candidate/{c.name}", est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt), completed
+            f"candidate/{c.name}",
+            est.candidate(f"candidate/{c.name}", roles[c.name], c.name, c.prompt or prompt_format(roles[c.name])),
+            completed,
         )
     budgets = {name: role.openai.budget_usd for name, role in roles.items() if role is not None and role.openai}
     plan.warnings = budget_warnings(plan.lines, budgets, spent_by_role(run) if run else {})

@@ -22,7 +22,7 @@ from lion_distill.judging.rubrics import rubric_for
 from lion_distill.lion.generator import KINDS, generator_messages, seed_token_cap
 from lion_distill.lion.prompts import teacher_messages
 from lion_distill.llm.ledger import spent_by_role
-from lion_distill.llm.prompts import student_prompt
+from lion_distill.llm.prompts import prompt_format, student_prompt
 from lion_distill.plan import Line, Plan, budget_warnings, earlier_run, price
 from lion_distill.plan.evaluate import EvalEstimates
 from lion_distill.plan.observed import Estimates, Observed
@@ -133,7 +133,7 @@ def _eval_estimates(cfg: RunConfig, run: RunDir | None) -> EvalEstimates | None:
 
 def _eval(evaluation: EvalEstimates, cfg: RunConfig, k: int) -> list[Line]:
     """The student as it stands after iteration k's imitation (k = -1: the base student)."""
-    return evaluation.candidate(f"iter_{k}/eval", cfg.student, "student", "alpaca")
+    return evaluation.candidate(f"iter_{k}/eval", cfg.student, "student", prompt_format(cfg.student))
 
 
 def _seed_rows(cfg: RunConfig, run: RunDir | None) -> list[dict]:
@@ -177,9 +177,12 @@ class _Estimates(Estimates):
                 ("generator", "generation/generator"),
             )
         }
+        # A thinking teacher's completion tokens hold its thinking (servers count every generated token):
+        # paid for in full, trained on with teacher.reasoning keep, an upper bound of the training's otherwise.
+        self.note(f"teacher: completion tokens include any thinking (teacher.reasoning: {cfg.teacher.reasoning})")
         self.prompt = {
             "teacher": counters["teacher"].mean([teacher_messages(r) for r in rows]),
-            "student": counters["student"].mean([student_prompt(r) for r in rows]),  # a conversation: its chat template
+            "student": counters["student"].mean([student_prompt(r, prompt_format(cfg.student)) for r in rows]),
             # The review shows both answers: the frame's tokens plus the two replies'.
             "referee": counters["referee"].mean([referee_messages(r, "", "", rubric) for r in rows])
             + self.reply["teacher"][0]

@@ -45,8 +45,14 @@ def _tokenizer(path: str):
 class TokenCounter:
     """`count(prompt)` for chat messages or a raw string; `source` says how it counts."""
 
-    def __init__(self, tokenizer_path: str | None, chars_per_token: float, source: str | None = None):
-        self.path, self.chars_per_token = tokenizer_path, chars_per_token
+    def __init__(
+        self,
+        tokenizer_path: str | None,
+        chars_per_token: float,
+        source: str | None = None,
+        template_kwargs: dict | None = None,
+    ):
+        self.path, self.chars_per_token, self.template_kwargs = tokenizer_path, chars_per_token, template_kwargs or {}
         self.source = source or (
             f"tokenizer {tokenizer_path}" if tokenizer_path else f"{chars_per_token:g} characters a token"
         )
@@ -62,7 +68,7 @@ class TokenCounter:
         if isinstance(prompt, str):
             return len(tok(prompt)["input_ids"])
         if tok.chat_template:
-            text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **self.template_kwargs)
             return len(tok(text, add_special_tokens=False)["input_ids"])
         return len(tok("\n\n".join(m["content"] for m in prompt))["input_ids"])
 
@@ -78,14 +84,15 @@ def counter_for(role, role_name: str, plan_cfg) -> TokenCounter:
     if path is not None:
         if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
             return TokenCounter(None, plan_cfg.chars_per_token, f"{per_token} ({path} holds no tokenizer)")
-        return TokenCounter(path, plan_cfg.chars_per_token)
+        return TokenCounter(path, plan_cfg.chars_per_token, template_kwargs=role.chat_template_kwargs)
     if role.backend == "openai":  # an API model's name: no tokenizer of its own here
         return TokenCounter(None, plan_cfg.chars_per_token)
     if role.model.startswith((".", "/", "~")):
         return TokenCounter(None, plan_cfg.chars_per_token, f"{per_token} (no folder {role.model} here)")
     cached = cached_hub_tokenizer(role.model)
     if cached is not None:
-        return TokenCounter(cached, plan_cfg.chars_per_token, f"tokenizer {role.model} (this machine's hub cache)")
+        source = f"tokenizer {role.model} (this machine's hub cache)"
+        return TokenCounter(cached, plan_cfg.chars_per_token, source, role.chat_template_kwargs)
     return TokenCounter(
         None, plan_cfg.chars_per_token, f"{per_token} ({role.model} is not in this machine's hub cache)"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 from lion_distill.config import load_config
 from lion_distill.config.step_by_step import StepByStepConfig
@@ -24,6 +25,7 @@ from lion_distill.runner import Stage, run_stages
 from lion_distill.step_by_step.grid import Cell, cells
 from lion_distill.step_by_step.report import write_report
 from lion_distill.step_by_step.stages import evaluate, rationales, train_cell
+from lion_distill.train import delete_checkpoints
 
 log = logging.getLogger("lion_distill.step_by_step")
 
@@ -32,7 +34,13 @@ def step_by_step_stages(cfg: StepByStepConfig, run: RunDir) -> list[Stage]:
     """rationales, then every cell of the grid (lion_distill.step_by_step.grid), then evaluate."""
 
     def train(cell: Cell) -> Stage:
-        return Stage(f"train/{cell.key}", lambda state: train_cell(cfg, run, cell))
+        # Optimizer state, twice the model: only an unfinished stage needs it (lion_distill.runner's cleanup).
+        cleanup = (
+            None
+            if cfg.train.keep_checkpoints
+            else partial(delete_checkpoints, run.uri_of(f"train/{cell.key}", "model"))
+        )
+        return Stage(f"train/{cell.key}", lambda state: train_cell(cfg, run, cell), cleanup=cleanup)
 
     return [
         Stage("rationales", lambda state: rationales(cfg, run)),

@@ -30,6 +30,7 @@ from lion_distill.config.step_by_step import StepByStepConfig
 from lion_distill.data import RunDir
 from lion_distill.errors import TaskDataError, TeacherFailed, count_by_kind
 from lion_distill.llm.responses import is_error
+from lion_distill.llm.transient import stop_if_transient
 from lion_distill.runner import StageResult
 from lion_distill.step_by_step.data import (
     alignment_problem,
@@ -123,6 +124,9 @@ def ask_teacher(cfg: StepByStepConfig, run: RunDir, rows: list[dict], task: Task
         structured_output=structured_output(cfg, task),
     )
     answered = out.select_columns(["id", "text", "finish_reason", "error_kind", "error"]).take_all()
+    # A failure that passes is no "no reply", even where every request failed: the stage stops and
+    # the next run asks it again (the answered ones from the response cache).
+    stop_if_transient("rationales/teacher", pa.Table.from_pylist(answered))
     problem = teacher_failed(answered)
     if problem:
         raise TeacherFailed(problem)
@@ -278,7 +282,7 @@ def validation_for(cfg: StepByStepConfig, run: RunDir, valid: list[dict], task: 
 
 
 def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
-    from lion_distill.train import delete_checkpoints, train_seq2seq_multitask
+    from lion_distill.train import train_seq2seq_multitask
 
     start, task = time.perf_counter(), task_of(cfg)
     rows, valid, counts = cell_rows(cfg, run, cell)
@@ -299,8 +303,6 @@ def train_cell(cfg: StepByStepConfig, run: RunDir, cell: Cell) -> StageResult:
         validation=validation_for(cfg, run, valid, task, student_eos(cfg, cell.student)),
         keep_empty_targets=cfg.unparsed_rows == "keep",
     )
-    if not cfg.train.keep_checkpoints:  # optimizer state, twice the model: only an unfinished stage needs them
-        delete_checkpoints(result.model_dir)
     summary = cell_summary(cfg, cell, len(rows), len(valid), counts, result)
     summary["seconds"] = time.perf_counter() - start
     run.write_json(f"{slug}/result.json", summary)

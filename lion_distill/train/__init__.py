@@ -33,17 +33,37 @@ def train_causal_sft(
     output_dir: str,
     *,
     name: str,
+    prompt_format: str | None = None,
+    chat_template_kwargs: dict | None = None,
     kd: KDLoss | None = None,
     top_k: int | None = None,
 ) -> TrainResult:
-    """Instruction tuning (Lion's imitation stage): rows `instruction`, `input`,
-    `response`; Alpaca prompt, loss on the response tokens and eos only. With `kd` (logit
-    distillation, lion_distill.train.kd_loss) the rows also carry the teacher's answer ids and top
-    `top_k` per token (`response_ids`, `topk_ids`, `topk_logprobs`), and the student learns those."""
+    """Instruction tuning (Lion's imitation stage) on training rows in either layout
+    (lion_distill.train.batches.tokenize_causal): `messages` through the chat template, the loss
+    on the assistant turns; or `instruction`, `input`, `response` in Lion's Alpaca prompt, the
+    loss on the response and eos. With `prompt_format`, the export says it in its model card
+    (lion_distill.train.card), and an `alpaca` export gets a chat template of that layout. With
+    `kd` (logit distillation, lion_distill.train.kd_loss) the rows also carry the teacher's answer
+    ids and top `top_k` per token (`response_ids`, `topk_ids`, `topk_logprobs`), and the student
+    learns those."""
     from lion_distill.train.loop import fit
 
-    causal = cfg.model_copy(update={"architecture": "causal"})
-    return fit(causal, model_path, rows, output_dir, name=name, kind="causal", kd=kd, top_k=top_k)
+    result = fit(
+        cfg.model_copy(update={"architecture": "causal"}),
+        model_path,
+        rows,
+        output_dir,
+        name=name,
+        kind="causal",
+        tokenize_kwargs={"chat_template_kwargs": chat_template_kwargs or None},
+        kd=kd,
+        top_k=top_k,
+    )
+    if prompt_format is not None:
+        from lion_distill.train.card import label_export
+
+        label_export(output_dir, prompt_format, base_model=model_path, chat_template_kwargs=chat_template_kwargs)
+    return result
 
 
 def train_seq2seq_multitask(

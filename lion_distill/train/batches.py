@@ -46,62 +46,97 @@ def _texts(batch: dict, column: str) -> list[str]:
     return ["" if v is None else str(v) for v in batch[column]]
 
 
-def prompt_ids(tok, instructions: list[str], inputs: list[str], template: str = "alpaca") -> list[list[int]]:
-    """Token ids of the prompts: "alpaca" as students are trained and asked; "chat" through
-    the model's chat template (its special tokens written by the template, none added), as
-    a chat model (the teacher) is asked."""
-    if template == "alpaca":
-        return tok([alpaca_prompt(i, x) for i, x in zip(instructions, inputs)], add_special_tokens=True)["input_ids"]
+def prompt_ids(tok, instructions: list[str], inputs: list[str]) -> list[list[int]]:
+    """Token ids of Lion's Alpaca-layout prompts, as an `alpaca` student is trained and asked."""
+    return tok([alpaca_prompt(i, x) for i, x in zip(instructions, inputs)], add_special_tokens=True)["input_ids"]
+
+
+def conversations(batch: dict, template: str) -> list[list[dict] | None]:
+    """Each row's conversation: its `messages` (the `chat` layout), or with template "chat" an
+    Alpaca-layout row asked as a one-turn conversation; None for a row trained in the Alpaca layout.
+    A block without `messages` holds the column as nulls, which numpy batches turn into NaN."""
+    n = len(batch["messages"] if "messages" in batch else batch["response"])
+    chats = [json.loads(c) if isinstance(c, str) and c else None for c in batch.get("messages", [None] * n)]
     if template == "chat":
-        texts = [
-            tok.apply_chat_template(
-                instruction_messages({"instruction": i, "input": x}), tokenize=False, add_generation_prompt=True
-            )
-            for i, x in zip(instructions, inputs)
+        chats = [
+            chat or [*instruction_messages(row), {"role": "assistant", "content": row["response"], "complete": whole}]
+            for chat, row, whole in zip(chats, _rows(batch, n), _complete(batch, n))
         ]
-        return tok(texts, add_special_tokens=False)["input_ids"]
-    raise ValueError(f"template must be 'alpaca' or 'chat', not {template!r}")
+    elif template != "alpaca":
+        raise ValueError(f"template must be 'alpaca' or 'chat', not {template!r}")
+    return chats
 
 
-def tokenize_causal(batch: dict, *, tokenizer_path: str, max_length: int, template: str = "alpaca") -> dict:
-    """Prompt (Alpaca by default, see prompt_ids) -> response + eos. Labels are IGNORE on
-    the prompt, so the loss is on the response tokens (and eos) only; padding is masked at
-    collate time. A row with a `messages` column (a conversation as JSON) is rendered through
-    the chat template instead, the loss on its assistant turns. A row whose optional `complete`
-    column is False (an answer its model was cut off in) gets no eos either."""
+def _rows(batch: dict, n: int) -> list[dict]:
+    columns = {k: _texts(batch, k) if k in batch else [""] * n for k in ("instruction", "input", "response")}
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def _complete(batch: dict, n: int) -> list[bool]:
+    return [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * n
+
+
+def tokenize_causal(batch: dict, **kwargs) -> dict:
+    """Training rows -> token ids and labels: causal_sequences' sequences."""
+    return causal_sequences(batch, **kwargs)[0]
+
+
+def causal_sequences(
+    batch: dict,
+    *,
+    tokenizer_path: str,
+    max_length: int,
+    template: str = "alpaca",
+    chat_template_kwargs: dict | None = None,
+) -> tuple[dict, list[int]]:
+    """Training rows -> (token ids and labels, the batch row of each sequence; lion_distill.train.chat
+    for a conversation).
+
+    A row with `messages` (the `chat` layout, docs/design.md "Data contracts") is rendered
+    through the chat template, the loss on its assistant turns; a template that rewrites earlier
+    turns makes one sequence per assistant turn, so a row may give several. A row in the Alpaca
+    layout (instruction, input, response, optional complete) is Lion's prompt -> response + eos,
+    the loss on the response and eos; with `template="chat"` it is a one-turn conversation
+    instead. A `complete` False answer (its model was cut off) gets no end of turn or eos."""
     tok = load_tokenizer(tokenizer_path)
-    responses = _texts(batch, "response")
-    complete = [bool(c) for c in batch["complete"]] if "complete" in batch else [True] * len(responses)
-    prompts = prompt_ids(tok, _texts(batch, "instruction"), _texts(batch, "input"), template)
-    response_ids = tok(responses, add_special_tokens=False)["input_ids"]
-    chats = batch["messages"] if "messages" in batch else [None] * len(responses)
-    input_ids, labels, n_prompt, n_target = [], [], [], []
-    for p, r, text, whole, chat in zip(prompts, response_ids, responses, complete, chats):
-        # A conversation: every assistant turn through the chat template (lion_distill.train.chat). A block
-        # without one holds the column as nulls, which numpy batches turn into NaN: only text counts.
-        if isinstance(chat, str) and chat:
-            ids, marks = tokenize_chat(tok, json.loads(chat), max_length)
-            input_ids.append(ids)
-            labels.append(marks)
-            learnt = np.flatnonzero(marks != IGNORE)
-            n_prompt.append(int(learnt[0]) if len(learnt) else len(ids))
-            n_target.append(len(learnt))
-            continue
-        room = max_length - len(p)
-        # A truncated response must not end in eos: the student would learn to stop mid-answer.
-        target = (r + [tok.eos_token_id]) if whole and len(r) < room else r[:room]
-        if not text.strip() or room <= 0:
-            target = []
-        input_ids.append(np.asarray(p + target, dtype=np.int64))
-        labels.append(np.asarray([IGNORE] * len(p) + target, dtype=np.int64))
-        n_prompt.append(len(p))
-        n_target.append(len(target))
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "n_prompt_tokens": np.asarray(n_prompt),
-        "n_target_tokens": np.asarray(n_target),
-    }
+    chats = conversations(batch, template)
+    rows = _rows(batch, len(chats))
+    plain = [i for i, chat in enumerate(chats) if chat is None]
+    prompts, answers = {}, {}
+    if plain:  # the tokenizer refuses an empty batch
+        prompts = dict(zip(plain, prompt_ids(tok, *([rows[i][k] for i in plain] for k in ("instruction", "input")))))
+        answers = dict(zip(plain, tok([rows[i]["response"] for i in plain], add_special_tokens=False)["input_ids"]))
+    complete = _complete(batch, len(chats))
+    out = {"input_ids": [], "labels": [], "n_prompt_tokens": [], "n_target_tokens": []}
+    source = []
+    for i, chat in enumerate(chats):
+        pairs = (
+            tokenize_chat(tok, chat, max_length, chat_template_kwargs)
+            if chat is not None
+            else [_alpaca(tok, prompts[i], answers[i], rows[i]["response"], complete[i], max_length)]
+        )
+        for ids, labels in pairs:
+            learnt = np.flatnonzero(labels != IGNORE)
+            source.append(i)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["n_prompt_tokens"].append(int(learnt[0]) if len(learnt) else len(ids))
+            out["n_target_tokens"].append(len(learnt))
+    out["n_prompt_tokens"], out["n_target_tokens"] = (
+        np.asarray(out["n_prompt_tokens"]),
+        np.asarray(out["n_target_tokens"]),
+    )
+    return out, source
+
+
+def _alpaca(tok, prompt: list[int], answer: list[int], text: str, whole: bool, max_length: int):
+    """Lion's layout: the prompt, then the answer and eos, the loss on those. A truncated answer
+    must not end in eos: the student would learn to stop mid-answer."""
+    room = max_length - len(prompt)
+    target = (answer + [tok.eos_token_id]) if whole and len(answer) < room else answer[:room]
+    if not text.strip() or room <= 0:
+        target = []
+    return np.asarray(prompt + target, dtype=np.int64), np.asarray([IGNORE] * len(prompt) + target, dtype=np.int64)
 
 
 def tokenize_seq2seq(

@@ -25,6 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from lion_distill.crashpoints import crash_point
+
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -51,6 +53,15 @@ def load_checkpoint(folder: str | Path, model, optimizer, scheduler, options: St
     state = json.loads(Path(folder, TRAINER_STATE).read_text())
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
+
+
+def checkpoint_settings(folder: str | Path) -> str | None:
+    """The training settings a checkpoint was made under (lion_distill.train.loop.training_settings);
+    None for a checkpoint from before they were recorded."""
+    try:
+        return json.loads(Path(folder, TRAINER_STATE).read_text()).get("settings")
+    except (OSError, ValueError):
+        return None
 
 
 def trainable_only(model, state_dict: dict) -> dict:
@@ -101,25 +112,43 @@ def name_dtype(folder: str, dtype: torch.dtype) -> None:
 
 
 def publish_dir(local: str, target: str) -> None:
-    """Copy a finished local folder to `target` (local path or pyarrow URI), replacing it."""
+    """Copy a finished local folder to `target` (local path or pyarrow URI), replacing it. A local
+    target is swapped in whole (a staging folder renamed); an object store has no such rename, so
+    its copy is marked complete last (EXPORT_COMPLETE) and a reader takes no folder without the mark
+    (`export_complete`)."""
+    from lion_distill.data.remote import EXPORT_COMPLETE  # lion_distill.data needs pyarrow: not at the step's import
+
     if "://" not in target:
         target = os.path.abspath(target)
         staging = f"{target}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        for left in Path(target).parent.glob(f"{Path(target).name}.tmp-*"):  # a killed publish's, any process
+            shutil.rmtree(left, ignore_errors=True)
         shutil.copytree(local, staging)
+        Path(staging, EXPORT_COMPLETE).write_text(json.dumps({"files": len(os.listdir(local))}))
+        crash_point("export")  # copied, not yet in place
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         return
     import pyarrow.fs as pafs  # only for a URI: the step code runs where pyarrow is not installed
 
     fs, path = pafs.FileSystem.from_uri(target)
-    fs.delete_dir_contents(path, missing_dir_ok=True)
+    fs.delete_dir_contents(path, missing_dir_ok=True)  # the mark first: a half-replaced export is not complete
     pafs.copy_files(local, path, destination_filesystem=fs)
+    crash_point("export")  # copied, not yet marked
+    with fs.open_output_stream(f"{path.rstrip('/')}/{EXPORT_COMPLETE}") as out:
+        out.write(json.dumps({"files": len(os.listdir(local))}).encode())
 
 
 def delete_dir(target: str) -> None:
-    """Remove a folder (local path or pyarrow URI) and everything in it; nothing if it is absent."""
+    """Remove a folder (local path or pyarrow URI) and everything in it; nothing if it is absent.
+    Idempotent, so a delete a kill cut short is finished by the next call."""
     if "://" not in target:
+        for child in sorted(Path(target).iterdir()) if os.path.isdir(target) else ():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            crash_point("cleanup")  # part of it deleted
         shutil.rmtree(target, ignore_errors=True)
         return
     import pyarrow.fs as pafs
@@ -134,6 +163,7 @@ def delete_dir(target: str) -> None:
                 fs.delete_file(info.path)
             except FileNotFoundError:
                 pass
+            crash_point("cleanup")
     try:
         fs.delete_dir(path)
     except FileNotFoundError:

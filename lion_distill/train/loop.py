@@ -18,6 +18,8 @@ checkpoint, validations so far included (Ray Train V2 keeps it under
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -40,10 +42,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from lion_distill.config.models import TrainConfig
 from lion_distill.data.remote import is_uri, local_model
+from lion_distill.errors import TooFewRows
 from lion_distill.metrics import stage_timer, tracking
 from lion_distill.metrics.curve import TrainingCurve
 from lion_distill.train import batches, lora, step
-from lion_distill.train.checkpoint import load_checkpoint, publish_dir, save_checkpoint
+from lion_distill.train.checkpoint import checkpoint_settings, load_checkpoint, publish_dir, save_checkpoint
 from lion_distill.train.flops import device_peak_flops, mfu, model_flops
 from lion_distill.train.kd_loss import KDLoss
 from lion_distill.train.progress import progress_line, relayed
@@ -56,10 +59,11 @@ log = logging.getLogger("lion_distill.train")
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 TEACHER_COLUMNS = ("response_ids", "topk_ids", "topk_logprobs")  # a white-box row's (docs/design.md)
 REQUIRED = {
-    "causal": ("instruction", "input", "response"),
+    "causal": ("messages",),  # or Lion's layout, CAUSAL_ALPACA (docs/design.md "Data contracts")
     "standard": ("input", "label"),
     "multitask": ("input", "label", "rationale"),
 }
+CAUSAL_ALPACA = ("instruction", "input", "response")
 
 
 def fit(
@@ -74,13 +78,17 @@ def fit(
     keep_empty_targets: bool = False,
     kd: KDLoss | None = None,
     top_k: int | None = None,
+    tokenize_kwargs: dict | None = None,
 ) -> TrainResult:
-    """`kind`: "causal" (SFT on instruction/input/response) or a seq2seq task
+    """`kind`: "causal" (SFT on conversations or instruction/input/response) or a seq2seq task
     ("multitask" | "standard"); a seq2seq task's targets are cut at `cfg.max_target_length` and,
-    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone. `kd` (causal):
-    logit distillation from the rows' teacher signal (TEACHER_COLUMNS, top `top_k` per token;
+    with `keep_empty_targets`, a blank one trains as the end-of-sequence token alone.
+    `tokenize_kwargs`: more arguments of the tokenize function. `kd` (causal): logit distillation
+    from the rows' teacher signal (TEACHER_COLUMNS, top `top_k` per token;
     lion_distill.train.teacher_signal) instead of SFT."""
-    missing = [c for c in REQUIRED[kind] + (TEACHER_COLUMNS if kd else ()) if c not in rows.schema().names]
+    names = rows.schema().names
+    required = CAUSAL_ALPACA if kind == "causal" and "messages" not in names else REQUIRED[kind]
+    missing = [c for c in required + (TEACHER_COLUMNS if kd else ()) if c not in names]
     if missing:
         raise ValueError(f"training rows for {kind!r} lack column(s) {missing}; they have {rows.schema().names}")
     tokenize = (
@@ -97,7 +105,8 @@ def fit(
         tokenize = partial(tokenize_with_teacher, k=top_k)
     pad_id = _pad_id(model_path)
     with stage_timer(name) as rec:
-        usable, n_in = _usable_rows(rows, tokenize, {"tokenizer_path": model_path, "max_length": cfg.max_length})
+        fn_kwargs = {"tokenizer_path": model_path, "max_length": cfg.max_length, **(tokenize_kwargs or {})}
+        usable, n_in = _usable_rows(rows, tokenize, fn_kwargs)
         n_usable = usable.count()
         rec.failed_rows = n_in - n_usable
         if rec.failed_rows:
@@ -110,12 +119,13 @@ def fit(
             )
         ranks = max(1, cfg.num_workers)
         if n_usable < ranks:
-            raise ValueError(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
+            raise TooFewRows(f"{name}: {n_usable} usable rows cannot feed {ranks} workers")
         # A resume with other ranks or batches would silently skip or repeat rows (lion_distill.train.resume).
         refuse_changed_schedule(storage_path(output_dir), name, schedule_of(cfg, ranks, n_usable))
         # Every rank trains on n_usable // ranks rows an epoch (batches.epoch_order).
         micro_per_epoch = math.ceil((n_usable // ranks) / cfg.batch_size)
         loop_config = {
+            "settings": training_settings(cfg, model_path, kind, n_usable),
             "train": cfg.model_dump(),
             "model_path": model_path,
             "output_dir": output_dir,
@@ -157,6 +167,28 @@ def fit(
         if m.get("peak_flops") and rec.gpus:  # over the steps alone: no checkpoint, validation or data wait
             rec.extra["mfu"] = mfu(m["model_flops"], m["step_seconds"], m["peak_flops"] * rec.gpus)
     return TrainResult(model_dir=output_dir, record=rec, validations=m["validations"], best_step=m["best_step"])
+
+
+# Settings a checkpoint's steps so far do not depend on: how the run is kept, logged and placed, and how
+# long it goes on (a longer training, more epochs or max_steps, goes on from where the last one ended).
+# Those that count a rank's place in the data are refused outright (lion_distill.train.resume).
+UNTRAINED_SETTINGS = (
+    "start_timeout_s",
+    "log_every_steps",
+    "gpus_per_worker",
+    "keep_checkpoints",
+    "max_failures",
+    "checkpoint_every_steps",
+    "epochs",
+    "max_steps",
+)
+
+
+def training_settings(cfg: TrainConfig, model_path: str, kind: str, rows: int) -> str:
+    """What a training's steps so far depend on, as a digest: a checkpoint made under another (a
+    changed learning rate, batch size or model, other rows) is not resumed from: training starts over."""
+    train = cfg.model_dump(mode="json", exclude=set(UNTRAINED_SETTINGS))
+    return hashlib.sha256(json.dumps([train, model_path, kind, rows], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _pad_id(model_path: str) -> int:
@@ -313,7 +345,11 @@ def _train_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
+            if checkpoint_settings(folder) == config["settings"]:
+                state = load_checkpoint(folder, model, optimizer, scheduler, lora.checkpoint_options(model))
+            else:  # another config's (or rows') trajectory: not this one's to go on with
+                log.warning("%s: its checkpoint was made with other train settings; training starts over", folder)
+    state["settings"] = config["settings"]
     resumed_from, micro_per_epoch = state["step"], config["micro_per_epoch"]
     collate = partial(
         batches.collate_causal if config["kind"] == "causal" else batches.collate_seq2seq, pad_id=config["pad_id"]

@@ -36,13 +36,16 @@ def last_span(labels: np.ndarray) -> tuple[int, int]:
     return int(start), int(learnt[-1]) + 1
 
 
-def with_teacher_tokens(batch: dict, out: dict, *, max_length: int, k: int) -> dict:
-    """`out` (tokenize_causal's output for `batch`) with each row's last trained turn made of the
-    teacher's `response_ids`, cut at max_length, and the teacher's top k per label position."""
+def with_teacher_tokens(batch: dict, out: dict, source: list[int], *, max_length: int, k: int) -> dict:
+    """`out` (causal_sequences' output for `batch`, `source` the batch row of each sequence) with
+    each row's last trained turn made of the teacher's `response_ids`, cut at max_length, and the
+    teacher's top k per label position. A row's earlier sequences (a template that rewrites earlier
+    turns gives one per assistant turn, lion_distill.train.chat) learn by cross-entropy."""
     ids_out, labels_out, targets, teacher_ids, teacher_lp = [], [], [], [], []
-    for i, (ids, labels) in enumerate(zip(out["input_ids"], out["labels"])):
+    last = {row: at for at, row in enumerate(source)}
+    for at, (i, ids, labels) in enumerate(zip(source, out["input_ids"], out["labels"])):
         ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
-        response = batch["response_ids"][i] if "response_ids" in batch else None
+        response = batch["response_ids"][i] if "response_ids" in batch and last[i] == at else None
         start, end = last_span(labels)
         if response is not None and len(response) and end > start:
             room = max(0, max_length - start)
@@ -83,10 +86,10 @@ def collate_teacher(batch: dict, labels: torch.Tensor, k: int) -> dict[str, torc
     return {TEACHER_IDS: ids, TEACHER_LOGPROBS: logprobs}
 
 
-def tokenize_with_teacher(batch: dict, *, tokenizer_path: str, max_length: int, k: int, tokenize=None) -> dict:
-    """lion_distill.train.batches.tokenize_causal (or `tokenize`), then with_teacher_tokens: the
+def tokenize_with_teacher(batch: dict, *, tokenizer_path: str, max_length: int, k: int, **kwargs) -> dict:
+    """lion_distill.train.batches.causal_sequences (`kwargs` its own), then with_teacher_tokens: the
     tokeniser the training of a white-box mode runs in Ray Data."""
-    from lion_distill.train.batches import tokenize_causal
+    from lion_distill.train.batches import causal_sequences
 
-    out = (tokenize or tokenize_causal)(batch, tokenizer_path=tokenizer_path, max_length=max_length)
-    return with_teacher_tokens(batch, out, max_length=max_length, k=k)
+    out, source = causal_sequences(batch, tokenizer_path=tokenizer_path, max_length=max_length, **kwargs)
+    return with_teacher_tokens(batch, out, source, max_length=max_length, k=k)
