@@ -187,6 +187,8 @@ EDGE = {
     "lion_distill/llm/engine_start.py",
     "lion_distill/llm/serve_server.py",
     "lion_distill/llm/vllm_backend.py",
+    "lion_distill/llm/scorers.py",  # the scoring pass's client of a server: it words the server's refusal
+    "lion_distill/distill/teacher.py",  # preflight's scoring probe of the teacher's server, likewise
 }
 # Names a failure's text travels under: a response's `error`/`finish_reason`, a judgment's
 # `failure`/`status`, a reject's `reason`, an exception's message.

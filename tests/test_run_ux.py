@@ -38,7 +38,7 @@ def test_help_and_version_exit_0():
     version = _cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("lion-distill ") and not version.stderr
     top = _cli("--help")
-    assert top.returncode == 0 and "lion-distill {lion|evaluate|step-by-step} --config FILE" in top.stdout
+    assert top.returncode == 0 and "lion-distill {lion|evaluate|step-by-step|distill} --config FILE" in top.stdout
     job = subprocess.run(
         [sys.executable, "jobs/lion.py", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
     )
